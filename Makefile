@@ -1,0 +1,52 @@
+# Tether: the two commands a user needs are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+
+.PHONY: setup gen gen-check lint demo test bench serve clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $(BUF)
+
+setup: $(STAMP)
+
+## gen: regenerate gen/python from proto/ (the generated code is committed)
+gen: $(STAMP)
+	$(BIN)/python tools/gen_python.py
+
+## gen-check: fail when gen/ differs from what proto/ produces
+gen-check: $(STAMP)
+	$(BIN)/python tools/gen_python.py --check
+
+## lint: buf lint on the contract
+lint: $(BUF)
+	$(BUF) lint
+
+## demo: a control plane on SQLite, two workers, one session streaming live output
+demo: $(STAMP)
+	$(BIN)/python -m tether_cli.demo
+
+## test: set up, check the contract and generated code, run the whole test suite
+test: $(STAMP) $(BUF)
+	$(BUF) lint
+	$(BIN)/python tools/gen_python.py --check
+	$(BIN)/python -m pytest -q
+
+## bench: print one JSON line per figure
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+## serve: run a control plane on ./tether.db
+serve: $(STAMP)
+	$(BIN)/tether serve
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache
