@@ -1,0 +1,134 @@
+"""The control plane's error tree.
+
+Every error a caller can cause has a stable `reason` (the contract's ErrorReason without its
+prefix) and a status `code` name. `api/` turns these into google.rpc.Status in one place; the
+store turns database failures into these, so nothing above `store/` sees SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DomainError(Exception):
+    """Base of every expected error. `code` names the gRPC status code to answer with."""
+
+    code = "INTERNAL"
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(DomainError):
+    code = "INVALID_ARGUMENT"
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field_name: str, description: str) -> None:
+        super().__init__(f"{field_name}: {description}", field=field_name)
+        self.violations = [FieldViolation(field_name, description)]
+
+
+class InvalidPageToken(DomainError):
+    code = "INVALID_ARGUMENT"
+    reason = "INVALID_PAGE_TOKEN"
+
+
+class SessionNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} does not exist", session_id=session_id)
+
+
+class TurnNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "TURN_NOT_FOUND"
+
+    def __init__(self, session_id: str, turn_id: str) -> None:
+        super().__init__(
+            f"turn {turn_id!r} does not exist in session {session_id!r}",
+            session_id=session_id,
+            turn_id=turn_id,
+        )
+
+
+class SnapshotNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "SNAPSHOT_NOT_FOUND"
+
+
+class LeaseLost(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "LEASE_LOST"
+
+    def __init__(self, session_id: str, epoch: int, current: int) -> None:
+        super().__init__(
+            f"lease epoch {epoch} of session {session_id!r} is no longer current "
+            f"(current epoch {current}); stop this session",
+            session_id=session_id,
+            lease_epoch=str(epoch),
+            current_epoch=str(current),
+        )
+
+
+class SessionArchived(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "SESSION_ARCHIVED"
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "ALREADY_EXISTS"
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class TurnAlreadyEnded(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "TURN_ALREADY_ENDED"
+
+
+class WorkerNotRegistered(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "WORKER_NOT_REGISTERED"
+
+
+class NoWorker(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "NO_WORKER"
+
+
+class RuntimeMismatch(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "RUNTIME_MISMATCH"
+
+
+class CursorOutOfRange(DomainError):
+    code = "OUT_OF_RANGE"
+    reason = "CURSOR_OUT_OF_RANGE"
+
+
+class NotImplementedYet(DomainError):
+    code = "UNIMPLEMENTED"
+    reason = "NOT_IMPLEMENTED"
+
+
+class Unavailable(DomainError):
+    """The store or a worker could not do the work now; retrying later may succeed."""
+
+    code = "UNAVAILABLE"
+    reason = "UNAVAILABLE"
+
+
+class Timeout(DomainError):
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+

@@ -1,0 +1,135 @@
+"""Domain records: plain Python values that `api/` converts to and from the contract.
+
+Enum values equal the contract's numbers, so conversion is a cast. An event body stays the
+bytes the worker sent (the contract's EventBody encoding): the domain only needs its kind.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+
+
+class SessionState(enum.IntEnum):
+    IDLE = 1
+    ACTIVE = 2
+    ARCHIVED = 3
+
+
+class TurnState(enum.IntEnum):
+    QUEUED = 1
+    OFFERED = 2
+    RUNNING = 3
+    COMPLETED = 4
+    FAILED = 5
+    INTERRUPTED = 6
+
+    @property
+    def ended(self) -> bool:
+        return self >= TurnState.COMPLETED
+
+
+# Event kinds (the EventBody oneof names) that end a turn, with the state they end it in.
+TERMINAL_KINDS = {
+    "turn_completed": TurnState.COMPLETED,
+    "turn_failed": TurnState.FAILED,
+    "turn_interrupted": TurnState.INTERRUPTED,
+}
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str) -> str:
+    """A sortable unique id: 48 bits of milliseconds then 80 random bits, in Crockford base32.
+
+    Sorting ids sorts by creation time, which gives ListSessions a stable, index-only order.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class Session:
+    session_id: str
+    runtime: str
+    worker_selector: dict[str, str]
+    labels: dict[str, str]
+    create_time_us: int
+    update_time_us: int
+    archived: bool = False
+    runtime_thread_id: str = ""
+    turn_count: int = 0
+
+
+@dataclass
+class Turn:
+    turn_id: str
+    session_id: str
+    ordinal: int
+    input: str
+    state: TurnState
+    create_time_us: int
+    idempotency_key: str = ""
+    worker_id: str = ""
+    lease_epoch: int = 0
+    exit_code: int = 0
+    error_message: str = ""
+    end_time_us: int = 0
+
+
+@dataclass(slots=True)
+class Event:
+    session_id: str
+    seq: int
+    turn_id: str
+    kind: str
+    body: bytes
+    create_time_us: int
+    lease_epoch: int = 0
+    worker_seq: int = 0
+    # The event's encoding on the wire, filled in once by api/ and shared by every subscriber.
+    wire: bytes | None = None
+
+
+@dataclass
+class Lease:
+    session_id: str
+    worker_id: str
+    epoch: int
+    granted_at_us: int
+
+
+@dataclass
+class Snapshot:
+    snapshot_id: str
+    session_id: str
+    seq: int
+    worker_id: str
+    lease_epoch: int
+    runtime: str
+    runtime_metadata_json: str
+    history: bytes
+    history_count: int
+    create_time_us: int
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    name: str
+    registration_id: str
+    runtimes: list[str]
+    labels: dict[str, str]
+    slots: int
+    version: str
+    registered_at_us: int = field(default_factory=now_us)

@@ -1,0 +1,37 @@
+"""Durable storage: ORM rows, the group-commit writer and the read queries.
+
+SQLAlchemy errors stop here: the writer reports `WriteFailed`, which `domain/` maps to an
+UNAVAILABLE answer.
+"""
+
+from ._database import create_engine, create_schema, database_url
+from ._reads import (
+    Reader,
+    SessionState_,
+    event_to_row,
+    lease_to_row,
+    session_to_row,
+    session_update_row,
+    snapshot_to_row,
+    turn_to_row,
+    turn_update_row,
+)
+from ._writer import WriteFailed, Writer, WriteSet
+
+__all__ = [
+    "Reader",
+    "SessionState_",
+    "WriteFailed",
+    "WriteSet",
+    "Writer",
+    "create_engine",
+    "create_schema",
+    "database_url",
+    "event_to_row",
+    "lease_to_row",
+    "session_to_row",
+    "session_update_row",
+    "snapshot_to_row",
+    "turn_to_row",
+    "turn_update_row",
+]

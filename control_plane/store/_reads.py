@@ -1,0 +1,292 @@
+"""Queries: rows in, domain records out. Nothing above `store/` sees a row."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..domain.model import Event, Lease, Session, Snapshot, Turn, TurnState
+from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow
+
+_ENDED = TurnState.COMPLETED  # states >= this have ended
+
+
+def session_from_row(r: Any) -> Session:
+    return Session(
+        session_id=r.session_id,
+        runtime=r.runtime,
+        worker_selector=json.loads(r.worker_selector_json),
+        labels=json.loads(r.labels_json),
+        create_time_us=r.create_time_us,
+        update_time_us=r.update_time_us,
+        archived=bool(r.archived),
+        runtime_thread_id=r.runtime_thread_id,
+        turn_count=r.turn_count,
+    )
+
+
+def session_to_row(s: Session) -> dict[str, Any]:
+    return {
+        "session_id": s.session_id,
+        "runtime": s.runtime,
+        "worker_selector_json": json.dumps(s.worker_selector, sort_keys=True),
+        "labels_json": json.dumps(s.labels, sort_keys=True),
+        "archived": s.archived,
+        "runtime_thread_id": s.runtime_thread_id,
+        "turn_count": s.turn_count,
+        "create_time_us": s.create_time_us,
+        "update_time_us": s.update_time_us,
+    }
+
+
+def session_update_row(s: Session) -> dict[str, Any]:
+    return {
+        "b_session_id": s.session_id,
+        "archived": s.archived,
+        "runtime_thread_id": s.runtime_thread_id,
+        "turn_count": s.turn_count,
+        "update_time_us": s.update_time_us,
+    }
+
+
+def turn_from_row(r: Any) -> Turn:
+    return Turn(
+        turn_id=r.turn_id,
+        session_id=r.session_id,
+        ordinal=r.ordinal,
+        input=r.input,
+        state=TurnState(r.state),
+        create_time_us=r.create_time_us,
+        idempotency_key=r.idempotency_key or "",
+        worker_id=r.worker_id,
+        lease_epoch=r.lease_epoch,
+        exit_code=r.exit_code,
+        error_message=r.error_message,
+        end_time_us=r.end_time_us,
+    )
+
+
+def turn_to_row(t: Turn) -> dict[str, Any]:
+    return {
+        "turn_id": t.turn_id,
+        "session_id": t.session_id,
+        "ordinal": t.ordinal,
+        "input": t.input,
+        "idempotency_key": t.idempotency_key or None,
+        "state": int(t.state),
+        "worker_id": t.worker_id,
+        "lease_epoch": t.lease_epoch,
+        "exit_code": t.exit_code,
+        "error_message": t.error_message,
+        "create_time_us": t.create_time_us,
+        "end_time_us": t.end_time_us,
+    }
+
+
+def turn_update_row(t: Turn) -> dict[str, Any]:
+    # OFFERED is not durable: an offer dies with the process, so it is stored as QUEUED.
+    state = TurnState.QUEUED if t.state == TurnState.OFFERED else t.state
+    return {
+        "b_turn_id": t.turn_id,
+        "state": int(state),
+        "worker_id": t.worker_id,
+        "lease_epoch": t.lease_epoch,
+        "exit_code": t.exit_code,
+        "error_message": t.error_message,
+        "end_time_us": t.end_time_us,
+    }
+
+
+def event_to_row(e: Event) -> dict[str, Any]:
+    return {
+        "session_id": e.session_id,
+        "seq": e.seq,
+        "turn_id": e.turn_id,
+        "kind": e.kind,
+        "body": e.body,
+        "lease_epoch": e.lease_epoch,
+        "worker_seq": e.worker_seq,
+        "create_time_us": e.create_time_us,
+    }
+
+
+def lease_to_row(lease: Lease) -> dict[str, Any]:
+    return {
+        "session_id": lease.session_id,
+        "worker_id": lease.worker_id,
+        "epoch": lease.epoch,
+        "granted_at_us": lease.granted_at_us,
+    }
+
+
+def snapshot_to_row(s: Snapshot) -> dict[str, Any]:
+    return {
+        "snapshot_id": s.snapshot_id,
+        "session_id": s.session_id,
+        "seq": s.seq,
+        "worker_id": s.worker_id,
+        "lease_epoch": s.lease_epoch,
+        "runtime": s.runtime,
+        "runtime_metadata_json": s.runtime_metadata_json,
+        "history": s.history,
+        "history_count": s.history_count,
+        "create_time_us": s.create_time_us,
+    }
+
+
+def _snapshot_from_row(r: Any) -> Snapshot:
+    return Snapshot(
+        snapshot_id=r.snapshot_id,
+        session_id=r.session_id,
+        seq=r.seq,
+        worker_id=r.worker_id,
+        lease_epoch=r.lease_epoch,
+        runtime=r.runtime,
+        runtime_metadata_json=r.runtime_metadata_json,
+        history=r.history,
+        history_count=r.history_count,
+        create_time_us=r.create_time_us,
+    )
+
+
+class SessionState_:  # noqa: N801 - a loaded bundle, not the enum
+    """Everything needed to rebuild a session's in-memory state."""
+
+    def __init__(
+        self,
+        session: Session,
+        last_seq: int,
+        lease: Lease | None,
+        open_turns: list[Turn],
+        last_worker_seq: int,
+    ) -> None:
+        self.session = session
+        self.last_seq = last_seq
+        self.lease = lease
+        self.open_turns = open_turns
+        self.last_worker_seq = last_worker_seq
+
+
+class Reader:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def load_session(self, session_id: str) -> SessionState_ | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(SessionRow.__table__).where(SessionRow.session_id == session_id))
+            ).first()
+            if row is None:
+                return None
+            last_seq = (
+                await conn.execute(
+                    select(func.coalesce(func.max(EventRow.seq), 0)).where(EventRow.session_id == session_id)
+                )
+            ).scalar_one()
+            lease_row = (
+                await conn.execute(select(LeaseRow.__table__).where(LeaseRow.session_id == session_id))
+            ).first()
+            turns = (
+                await conn.execute(
+                    select(TurnRow.__table__)
+                    .where(and_(TurnRow.session_id == session_id, TurnRow.state < int(_ENDED)))
+                    .order_by(TurnRow.ordinal)
+                )
+            ).all()
+            lease = None
+            last_worker_seq = 0
+            if lease_row is not None:
+                lease = Lease(session_id, lease_row.worker_id, lease_row.epoch, lease_row.granted_at_us)
+                last_worker_seq = (
+                    await conn.execute(
+                        select(func.coalesce(func.max(EventRow.worker_seq), 0)).where(
+                            and_(EventRow.session_id == session_id, EventRow.lease_epoch == lease.epoch)
+                        )
+                    )
+                ).scalar_one()
+        return SessionState_(
+            session_from_row(row), last_seq, lease, [turn_from_row(t) for t in turns], last_worker_seq
+        )
+
+    async def list_sessions(
+        self, *, limit: int, before_id: str | None, archived: bool | None, active: bool | None
+    ) -> list[tuple[Session, bool]]:
+        """Sessions newest first (ids sort by creation time), each with whether a turn is open."""
+        s = SessionRow.__table__
+        open_turn = (
+            select(TurnRow.turn_id)
+            .where(and_(TurnRow.session_id == s.c.session_id, TurnRow.state < int(_ENDED)))
+            .exists()
+        )
+        q = select(s, open_turn.label("has_open_turn")).order_by(s.c.session_id.desc()).limit(limit)
+        if before_id:
+            q = q.where(s.c.session_id < before_id)
+        if archived is not None:
+            q = q.where(s.c.archived == archived)
+        if active is not None:
+            q = q.where(open_turn if active else ~open_turn)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [(session_from_row(r), bool(r.has_open_turn)) for r in rows]
+
+    async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(TurnRow.__table__).where(
+                        and_(TurnRow.turn_id == turn_id, TurnRow.session_id == session_id)
+                    )
+                )
+            ).first()
+        return turn_from_row(row) if row else None
+
+    async def find_turn_by_key(self, session_id: str, key: str) -> Turn | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(TurnRow.__table__).where(
+                        and_(TurnRow.session_id == session_id, TurnRow.idempotency_key == key)
+                    )
+                )
+            ).first()
+        return turn_from_row(row) if row else None
+
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
+        e = EventRow.__table__
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(e.c.seq, e.c.turn_id, e.c.kind, e.c.body, e.c.create_time_us, e.c.lease_epoch)
+                    .where(and_(e.c.session_id == session_id, e.c.seq > after_seq))
+                    .order_by(e.c.seq)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            Event(session_id, r.seq, r.turn_id, r.kind, r.body, r.create_time_us, r.lease_epoch)
+            for r in rows
+        ]
+
+    async def latest_snapshot(self, session_id: str) -> Snapshot | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(SnapshotRow.__table__)
+                    .where(SnapshotRow.session_id == session_id)
+                    .order_by(SnapshotRow.seq.desc(), SnapshotRow.create_time_us.desc())
+                    .limit(1)
+                )
+            ).first()
+        return _snapshot_from_row(row) if row else None
+
+    async def sessions_with_open_turns(self) -> list[str]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(TurnRow.session_id).where(TurnRow.state < int(_ENDED)).distinct()
+                )
+            ).all()
+        return [r.session_id for r in rows]

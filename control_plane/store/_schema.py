@@ -1,0 +1,123 @@
+"""ORM rows: the durable tables of the control plane.
+
+Times are integer microseconds since the Unix epoch (`*_us`): cheap to write in bulk, exact,
+and the same on SQLite and PostgreSQL. Event and snapshot bodies are the contract's own
+protobuf encoding, stored as opaque bytes: the store never needs to look inside them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import ForeignKey, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    registration_id: Mapped[str] = mapped_column(String(64))
+    runtimes_json: Mapped[str] = mapped_column(Text, default="[]")
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    slots: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    registered_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    runtime: Mapped[str] = mapped_column(String(128))
+    worker_selector_json: Mapped[str] = mapped_column(Text, default="{}")
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    runtime_thread_id: Mapped[str] = mapped_column(String(256), default="")
+    turn_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    update_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+    __table_args__ = (
+        UniqueConstraint("session_id", "idempotency_key"),
+        Index("ix_turns_session_ordinal", "session_id", "ordinal"),
+        Index("ix_turns_state", "state"),
+    )
+
+    turn_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    input: Mapped[str] = mapped_column(Text)
+    # NULL, not "", when absent, so the unique constraint only binds real keys.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    state: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(128), default="")
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    end_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    turn_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The worker's own number for the event under lease_epoch; 0 for events the control plane
+    # wrote. Lets a restarted control plane drop a resent duplicate.
+    worker_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseRow(Base):
+    __tablename__ = "leases"
+
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
+    )
+    # Empty when the lease was released or expired; the epoch stays, so it only ever grows.
+    worker_id: Mapped[str] = mapped_column(String(128), default="")
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    granted_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_session_seq", "session_id", "seq"),)
+
+    snapshot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    lease_epoch: Mapped[int] = mapped_column(BigInteger)
+    runtime: Mapped[str] = mapped_column(String(128))
+    runtime_metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    history: Mapped[bytes] = mapped_column(LargeBinary)
+    history_count: Mapped[int] = mapped_column(Integer)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)

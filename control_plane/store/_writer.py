@@ -1,0 +1,158 @@
+"""Group commit: every durable change goes through one writer task.
+
+Handlers put a `WriteSet` on the queue and await it. The writer drains whatever has queued
+while the previous commit ran, merges it into one transaction (one executemany per statement,
+in a fixed dependency order), commits once, then runs each set's `on_commit` callbacks in
+queue order. Per-row commits through the async bridge cap out near 1k rows/s on this machine;
+merged commits reach tens of thousands, and a lone request pays no extra wait.
+
+Because commits happen in queue order, a write queued later is never durable before one queued
+earlier: the session log and fan-out can rely on that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow, WorkerRow
+
+log = logging.getLogger(__name__)
+
+_sessions = SessionRow.__table__
+_turns = TurnRow.__table__
+_events = EventRow.__table__
+_leases = LeaseRow.__table__
+_snapshots = SnapshotRow.__table__
+_workers = WorkerRow.__table__
+
+
+@dataclass
+class WriteSet:
+    """Rows to write in one unit. Lists hold column dicts; updates carry full mutable state."""
+
+    session_inserts: list[dict[str, Any]] = field(default_factory=list)
+    turn_inserts: list[dict[str, Any]] = field(default_factory=list)
+    event_inserts: list[dict[str, Any]] = field(default_factory=list)
+    snapshot_inserts: list[dict[str, Any]] = field(default_factory=list)
+    worker_upserts: list[dict[str, Any]] = field(default_factory=list)
+    lease_upserts: list[dict[str, Any]] = field(default_factory=list)
+    session_updates: list[dict[str, Any]] = field(default_factory=list)
+    turn_updates: list[dict[str, Any]] = field(default_factory=list)
+    session_deletes: list[str] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def merge(self, other: WriteSet) -> None:
+        for name in _FIELDS:
+            getattr(self, name).extend(getattr(other, name))
+
+
+_FIELDS = [f for f in WriteSet.__dataclass_fields__ if f != "on_commit"]
+
+
+class WriteFailed(Exception):
+    """The transaction holding a write set failed; nothing in it was stored."""
+
+
+class Writer:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[tuple[WriteSet, asyncio.Future[None]] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._statements = self._build_statements(engine.dialect.name)
+        self.on_failure: Callable[[list[WriteSet]], None] | None = None
+
+    def _build_statements(self, dialect: str) -> dict[str, Any]:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        lease_up = upsert(_leases)
+        lease_up = lease_up.on_conflict_do_update(
+            index_elements=[_leases.c.session_id],
+            set_={c: lease_up.excluded[c] for c in ("worker_id", "epoch", "granted_at_us")},
+        )
+        worker_up = upsert(_workers)
+        worker_up = worker_up.on_conflict_do_update(
+            index_elements=[_workers.c.worker_id],
+            set_={c.name: worker_up.excluded[c.name] for c in _workers.c if c.name != "worker_id"},
+        )
+        return {
+            "session_inserts": insert(_sessions),
+            "turn_inserts": insert(_turns),
+            "event_inserts": insert(_events),
+            "snapshot_inserts": insert(_snapshots),
+            "worker_upserts": worker_up,
+            "lease_upserts": lease_up,
+            "session_updates": update(_sessions).where(
+                _sessions.c.session_id == bindparam("b_session_id")
+            ),
+            "turn_updates": update(_turns).where(_turns.c.turn_id == bindparam("b_turn_id")),
+        }
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tether-writer")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    def submit(self, ws: WriteSet) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((ws, fut))
+        return fut
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[WriteSet, asyncio.Future[None]]]) -> None:
+        merged = WriteSet()
+        for ws, _ in batch:
+            merged.merge(ws)
+        try:
+            async with self._engine.begin() as conn:
+                for name in _FIELDS[:-1]:  # session_deletes last, below
+                    rows = getattr(merged, name)
+                    if rows:
+                        await conn.execute(self._statements[name], rows)
+                if merged.session_deletes:
+                    ids = merged.session_deletes
+                    for table in (_events, _snapshots, _leases, _turns, _sessions):
+                        await conn.execute(delete(table).where(table.c.session_id.in_(ids)))
+        except Exception as exc:  # the whole transaction rolled back: fail every waiter
+            log.exception("write transaction failed; %d write sets rolled back", len(batch))
+            if self.on_failure is not None:
+                self.on_failure([ws for ws, _ in batch])
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(WriteFailed(str(exc)))
+            return
+        for ws, fut in batch:
+            for callback in ws.on_commit:
+                try:
+                    callback()
+                except Exception:  # a callback bug must not strand the other waiters
+                    log.exception("on_commit callback failed")
+            if not fut.done():
+                fut.set_result(None)

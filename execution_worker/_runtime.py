@@ -1,0 +1,176 @@
+"""The runtime interface: what an agent runtime must do for the worker, and the registry of them.
+
+The runtime layer speaks plain Python dataclasses, never protobuf, so a plugin author needs
+nothing but this module; the worker converts at its edge (`_convert.py`).
+
+A runtime instance belongs to one session on this worker. The worker calls, in order:
+`start()` once (fresh, or rehydrated from history), then `run_turn()` for each turn (never two
+at once), `interrupt()` while a turn runs, `export_history()` / `runtime_metadata()` for a
+snapshot, and `close()` when the session leaves the worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import importlib.metadata
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_log = logging.getLogger(__name__)
+
+#: Entry point group third-party runtimes register their factory under.
+ENTRY_POINT_GROUP = "tether.runtimes"
+
+# Session ids come from the server but end up in file system paths.
+_SAFE_SESSION_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+class HistoryRole(enum.Enum):
+    """What a model-visible history item is (mirrors tether.v1.HistoryItemRole)."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+    TOOL_CALL = "tool_call"
+    TOOL_OUTPUT = "tool_output"
+
+
+class OutputStream(enum.Enum):
+    """Which stream of the runtime an output chunk came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One item of a session's model-visible history."""
+
+    role: HistoryRole
+    text: str
+    turn_id: str = ""
+    raw_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A chunk of output streamed while a turn runs."""
+
+    stream: OutputStream
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCompleted:
+    """Terminal: the runtime ran the turn (whatever the command's exit code)."""
+
+    exit_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFailed:
+    """Terminal: the runtime could not run the turn."""
+
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInterrupted:
+    """Terminal: the turn was stopped on request before it finished."""
+
+    reason: str
+
+
+#: What `Runtime.run_turn` yields: any number of `Output`, then exactly one terminal event.
+RuntimeEvent = Output | TurnCompleted | TurnFailed | TurnInterrupted
+TERMINAL_EVENTS = (TurnCompleted, TurnFailed, TurnInterrupted)
+
+
+class Runtime(abc.ABC):
+    """One session's agent runtime on this worker."""
+
+    @abc.abstractmethod
+    async def start(self, session_id: str, workdir: Path, history: list[HistoryItem]) -> None:
+        """Prepare the session under `workdir`; `history` is empty for a fresh session and the
+        model-visible history to continue from when rehydrating. Raising fails the turn."""
+
+    @abc.abstractmethod
+    def run_turn(self, turn_id: str, input: str) -> AsyncIterator[RuntimeEvent]:
+        """Run one turn: yield `Output` chunks as they come, then exactly one terminal event."""
+
+    @abc.abstractmethod
+    async def interrupt(self, reason: str) -> None:
+        """Stop the running turn, which then ends with `TurnInterrupted(reason)`; no-op if idle."""
+
+    @abc.abstractmethod
+    def export_history(self) -> list[HistoryItem]:
+        """The model-visible history of every finished turn, for a snapshot."""
+
+    def runtime_metadata(self) -> dict[str, Any]:
+        """Runtime-specific state a snapshot keeps next to the history (JSON-serialisable)."""
+        return {}
+
+    @property
+    def runtime_thread_id(self) -> str:
+        """The runtime's own id for the session (for example a Codex thread id), if any."""
+        return ""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything; kill whatever still runs. Idempotent."""
+
+
+#: Builds a fresh, not yet started runtime instance.
+RuntimeFactory = Callable[[], Runtime]
+
+
+def session_workspace(workdir: Path, session_id: str) -> Path:
+    """The directory a session's runtime works in: `<workdir>/sessions/<session_id>/`."""
+    if not _SAFE_SESSION_ID.match(session_id) or session_id in {".", ".."}:
+        raise ValueError(f"session id {session_id!r} is not safe to use as a directory name")
+    return workdir / "sessions" / session_id
+
+
+def _builtin_runtimes() -> dict[str, RuntimeFactory]:
+    # Imported here so that `_runtime` stays importable by plugins without pulling the shell in.
+    from execution_worker._shell import ShellRuntime
+
+    return {"shell": ShellRuntime}
+
+
+def discover_runtimes() -> dict[str, RuntimeFactory]:
+    """Every runtime this installation offers: built-ins plus `tether.runtimes` entry points.
+
+    A plugin that fails to load is logged and skipped rather than taking the worker down.
+    """
+    runtimes = _builtin_runtimes()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in runtimes:
+            continue  # built-ins win: a plugin must not silently replace "shell"
+        try:
+            runtimes[ep.name] = ep.load()
+        except Exception:
+            _log.exception("runtime plugin %r (%s) failed to load; skipping it", ep.name, ep.value)
+    return runtimes
+
+
+def select_runtimes(names: list[str] | tuple[str, ...]) -> dict[str, RuntimeFactory]:
+    """The factories for `names`; raises `LookupError` naming the available ones."""
+    available = discover_runtimes()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise LookupError(
+            f"unknown runtime {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(sorted(available))}"
+        )
+    return {n: available[n] for n in names}
+
+
+def check_runtimes(runtimes: Mapping[str, RuntimeFactory]) -> None:
+    """Fail early on an empty runtime table (a worker with nothing to run is a config error)."""
+    if not runtimes:
+        raise ValueError("a worker needs at least one runtime")

@@ -1,0 +1,358 @@
+"""`AsyncClient`: the asyncio client of `tether.v1.SessionService`.
+
+It owns one long-lived `grpc.aio` channel, puts a deadline on every unary call, and is the only
+place where stub calls happen: `_unary` and `stream_events` translate every `AioRpcError` into
+the SDK's exception tree (see `sdk._errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tether.v1 import session_service_pb2 as pb
+from tether.v1 import session_service_pb2_grpc as pb_grpc
+
+from . import _convert
+from ._errors import DeadlineExceededError, translate_rpc_error
+from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn
+
+__all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TARGET = "127.0.0.1:7670"
+DEFAULT_TIMEOUT_S = 10.0
+
+_SERVICE = "tether.v1.SessionService"
+
+# Only reads are retried by the channel: a retried SendInput without an idempotency key could
+# store a second turn.
+_RETRYABLE_READS = ("GetSession", "ListSessions", "GetTurn", "GetSnapshot")
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": _SERVICE, "method": m} for m in _RETRYABLE_READS],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+)
+
+
+class AsyncClient:
+    """Asyncio client of the Tether control plane.
+
+    Use it as ``async with AsyncClient("host:7670") as client: ...`` or call `close()`, which is
+    idempotent. Every unary call has a deadline: `timeout_s` per call, else the client's
+    default. Pass `channel` to use a channel you own (the client then never closes it).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        channel: grpc.aio.Channel | None = None,
+        options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(
+            target, options=list(options)
+        )
+        self._stub = pb_grpc.SessionServiceStub(self._channel)
+        self._health_stub = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Close the channel (when the client created it); calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_channel:
+            await self._channel.close(grace_s)
+
+    # -- the boundary ---------------------------------------------------------------------
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return self.timeout_s if timeout_s is None else timeout_s
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        if self._closed:
+            raise RuntimeError("AsyncClient is closed")
+        try:
+            return await method(request, timeout=self._deadline(timeout_s))
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc) from exc
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        runtime: str,
+        *,
+        worker_selector: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        """Create an idle session whose turns run on `runtime` ("shell", "codex", ...)."""
+        request = pb.CreateSessionRequest(
+            runtime=runtime,
+            worker_selector=dict(worker_selector or {}),
+            labels=dict(labels or {}),
+        )
+        response = await self._unary(self._stub.CreateSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
+    async def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        request = pb.GetSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.GetSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
+    async def list_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: SessionState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> SessionPage:
+        """One page of sessions, newest first; `state` may be a `SessionState` or its name."""
+        request = pb.ListSessionsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            state=_convert.session_state_to_proto(state),
+        )
+        response = await self._unary(self._stub.ListSessions, request, timeout_s)
+        return SessionPage(
+            sessions=[_convert.session_from_proto(s) for s in response.sessions],
+            next_page_token=response.next_page_token,
+        )
+
+    async def iter_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        state: SessionState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Session]:
+        """Every session, newest first, fetching pages as needed (each page has a deadline)."""
+        page_token = ""
+        while True:
+            page = await self.list_sessions(
+                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
+            )
+            for session in page.sessions:
+                yield session
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    async def archive_session(
+        self, session_id: str, *, timeout_s: float | None = None
+    ) -> Session:
+        """Make the session read-only; archiving an archived session succeeds."""
+        request = pb.ArchiveSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.ArchiveSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
+    async def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
+        """Delete the session with its turns, events, leases and snapshots."""
+        request = pb.DeleteSessionRequest(session_id=session_id)
+        await self._unary(self._stub.DeleteSession, request, timeout_s)
+
+    async def restore_session(
+        self,
+        session_id: str,
+        *,
+        worker_selector: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        """Move the session to another eligible worker (servers may raise UnimplementedError)."""
+        request = pb.RestoreSessionRequest(
+            session_id=session_id, worker_selector=dict(worker_selector or {})
+        )
+        response = await self._unary(self._stub.RestoreSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
+    async def fork_session(
+        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
+    ) -> Session:
+        """Copy the session up to `turn_id` into a new one (may raise UnimplementedError)."""
+        request = pb.ForkSessionRequest(session_id=session_id, turn_id=turn_id)
+        response = await self._unary(self._stub.ForkSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
+    # -- turns ----------------------------------------------------------------------------
+
+    async def send_input(
+        self,
+        session_id: str,
+        input: str,
+        *,
+        idempotency_key: str = "",
+        timeout_s: float | None = None,
+    ) -> Turn:
+        """Store a new turn; `Turn.deduplicated` says an earlier call with the key stored it."""
+        request = pb.SendInputRequest(
+            session_id=session_id, input=input, idempotency_key=idempotency_key
+        )
+        response = await self._unary(self._stub.SendInput, request, timeout_s)
+        return _convert.turn_from_proto(response.turn, deduplicated=response.deduplicated)
+
+    async def get_turn(
+        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
+    ) -> Turn:
+        request = pb.GetTurnRequest(session_id=session_id, turn_id=turn_id)
+        response = await self._unary(self._stub.GetTurn, request, timeout_s)
+        return _convert.turn_from_proto(response.turn)
+
+    async def interrupt_turn(
+        self,
+        session_id: str,
+        turn_id: str = "",
+        *,
+        reason: str = "",
+        timeout_s: float | None = None,
+    ) -> Turn:
+        """Stop a queued or running turn (empty `turn_id`: the session's active turn)."""
+        request = pb.InterruptTurnRequest(session_id=session_id, turn_id=turn_id, reason=reason)
+        response = await self._unary(self._stub.InterruptTurn, request, timeout_s)
+        return _convert.turn_from_proto(response.turn)
+
+    async def respond_to_request(
+        self,
+        session_id: str,
+        request_id: str,
+        response_json: str,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Answer a runtime's pending request (servers may raise UnimplementedError)."""
+        request = pb.RespondToRequestRequest(
+            session_id=session_id, request_id=request_id, response_json=response_json
+        )
+        await self._unary(self._stub.RespondToRequest, request, timeout_s)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def stream_events(
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        stop_at_end: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Yield the session's events with seq > `after_seq`, then live ones as they arrive.
+
+        The live stream has no deadline unless `timeout_s` is given; it ends when the caller
+        stops iterating (``break``, cancellation, or ``aclose()``), which cancels the call, or
+        after the stored events when `stop_at_end` is True.
+        """
+        if self._closed:
+            raise RuntimeError("AsyncClient is closed")
+        request = pb.StreamSessionEventsRequest(
+            session_id=session_id, after_seq=after_seq, stop_at_end=stop_at_end
+        )
+        call = self._stub.StreamSessionEvents(request, timeout=timeout_s)
+        try:
+            async for response in call:
+                for event in response.events:
+                    yield _convert.event_from_proto(event)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def wait_for_turn(
+        self,
+        session_id: str,
+        turn_id: str,
+        *,
+        after_seq: int = 0,
+        timeout_s: float | None = None,
+    ) -> Turn:
+        """Wait until the turn ends (completed, failed or interrupted) and return it.
+
+        `timeout_s` bounds the whole wait (None: no bound) and raises DeadlineExceededError.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def remaining() -> float | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError(
+                    f"turn {turn_id} did not end within {timeout_s}s",
+                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            return left
+
+        def unary_timeout() -> float | None:
+            return _min(remaining(), self.timeout_s)
+
+        # The turn may have ended before `after_seq`; then no terminal event would come.
+        turn = await self.get_turn(session_id, turn_id, timeout_s=unary_timeout())
+        if turn.is_terminal:
+            return turn
+        events = self.stream_events(session_id, after_seq=after_seq, timeout_s=remaining())
+        try:
+            async for event in events:
+                if event.turn_id == turn_id and event.is_terminal:
+                    break
+        finally:
+            await events.aclose()
+        return await self.get_turn(session_id, turn_id, timeout_s=unary_timeout())
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def get_snapshot(self, session_id: str, *, timeout_s: float | None = None) -> Snapshot:
+        """The session's latest snapshot (NotFoundError, reason SNAPSHOT_NOT_FOUND, if none)."""
+        request = pb.GetSnapshotRequest(session_id=session_id)
+        response = await self._unary(self._stub.GetSnapshot, request, timeout_s)
+        return _convert.snapshot_from_proto(response.snapshot)
+
+    async def create_snapshot(
+        self, session_id: str, *, timeout_s: float | None = None
+    ) -> Snapshot:
+        """Ask the worker holding the session for a snapshot, store it and return it."""
+        request = pb.CreateSnapshotRequest(session_id=session_id)
+        response = await self._unary(self._stub.CreateSnapshot, request, timeout_s)
+        return _convert.snapshot_from_proto(response.snapshot)
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def health(self, service: str = "", *, timeout_s: float | None = None) -> bool:
+        """True when the server's gRPC health service reports SERVING for `service`."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._unary(self._health_stub.Check, request, timeout_s)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

@@ -1,0 +1,266 @@
+"""`Client`: the blocking client, a thin wrapper over `AsyncClient`.
+
+It owns a private event loop running in a daemon thread; the `AsyncClient` (and its channel)
+lives on that loop, and every method submits a coroutine to it and waits. Streams stay open
+across `next()` calls, which `asyncio.run` per call could not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ._async_client import (
+    DEFAULT_CHANNEL_OPTIONS,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    AsyncClient,
+)
+from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn
+
+__all__ = ["Client"]
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """Blocking client of the Tether control plane; same methods as `AsyncClient`.
+
+    Use it as ``with Client("host:7670") as client: ...`` or call `close()`, which is
+    idempotent. `stream_events` returns a plain iterator; closing it (or leaving a ``for`` loop
+    and dropping it) cancels the stream.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tether-sdk-loop", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._lock = threading.Lock()
+
+        async def make() -> AsyncClient:  # the channel must be created on its own loop
+            return AsyncClient(target, timeout_s=timeout_s, options=options)
+
+        self._async = self._run(make())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and stop the loop thread; calling it again does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("Client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C in the caller's thread must not leave the call running on the loop.
+            if not future.done():
+                future.cancel()
+                try:
+                    future.result()
+                except (concurrent.futures.CancelledError, Exception):
+                    pass
+            raise
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        runtime: str,
+        *,
+        worker_selector: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        return self._run(
+            self._async.create_session(
+                runtime, worker_selector=worker_selector, labels=labels, timeout_s=timeout_s
+            )
+        )
+
+    def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        return self._run(self._async.get_session(session_id, timeout_s=timeout_s))
+
+    def list_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: SessionState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> SessionPage:
+        return self._run(
+            self._async.list_sessions(
+                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
+            )
+        )
+
+    def iter_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        state: SessionState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[Session]:
+        page_token = ""
+        while True:
+            page = self.list_sessions(
+                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
+            )
+            yield from page.sessions
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def archive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        return self._run(self._async.archive_session(session_id, timeout_s=timeout_s))
+
+    def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
+        return self._run(self._async.delete_session(session_id, timeout_s=timeout_s))
+
+    def restore_session(
+        self,
+        session_id: str,
+        *,
+        worker_selector: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        return self._run(
+            self._async.restore_session(
+                session_id, worker_selector=worker_selector, timeout_s=timeout_s
+            )
+        )
+
+    def fork_session(
+        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
+    ) -> Session:
+        return self._run(self._async.fork_session(session_id, turn_id, timeout_s=timeout_s))
+
+    # -- turns ----------------------------------------------------------------------------
+
+    def send_input(
+        self,
+        session_id: str,
+        input: str,
+        *,
+        idempotency_key: str = "",
+        timeout_s: float | None = None,
+    ) -> Turn:
+        return self._run(
+            self._async.send_input(
+                session_id, input, idempotency_key=idempotency_key, timeout_s=timeout_s
+            )
+        )
+
+    def get_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Turn:
+        return self._run(self._async.get_turn(session_id, turn_id, timeout_s=timeout_s))
+
+    def interrupt_turn(
+        self,
+        session_id: str,
+        turn_id: str = "",
+        *,
+        reason: str = "",
+        timeout_s: float | None = None,
+    ) -> Turn:
+        return self._run(
+            self._async.interrupt_turn(session_id, turn_id, reason=reason, timeout_s=timeout_s)
+        )
+
+    def respond_to_request(
+        self,
+        session_id: str,
+        request_id: str,
+        response_json: str,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        return self._run(
+            self._async.respond_to_request(
+                session_id, request_id, response_json, timeout_s=timeout_s
+            )
+        )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def stream_events(
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        stop_at_end: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[Event]:
+        """Blocking form of `AsyncClient.stream_events`; `close()` the iterator to cancel."""
+        events = self._async.stream_events(
+            session_id, after_seq=after_seq, stop_at_end=stop_at_end, timeout_s=timeout_s
+        )
+        try:
+            while True:
+                try:
+                    event = self._run(_anext(events))
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            if not self._closed:
+                self._run(events.aclose())
+
+    def wait_for_turn(
+        self,
+        session_id: str,
+        turn_id: str,
+        *,
+        after_seq: int = 0,
+        timeout_s: float | None = None,
+    ) -> Turn:
+        return self._run(
+            self._async.wait_for_turn(
+                session_id, turn_id, after_seq=after_seq, timeout_s=timeout_s
+            )
+        )
+
+    # -- snapshots and health -------------------------------------------------------------
+
+    def get_snapshot(self, session_id: str, *, timeout_s: float | None = None) -> Snapshot:
+        return self._run(self._async.get_snapshot(session_id, timeout_s=timeout_s))
+
+    def create_snapshot(self, session_id: str, *, timeout_s: float | None = None) -> Snapshot:
+        return self._run(self._async.create_snapshot(session_id, timeout_s=timeout_s))
+
+    def health(self, service: str = "", *, timeout_s: float | None = None) -> bool:
+        return self._run(self._async.health(service, timeout_s=timeout_s))
+
+
+async def _anext(iterator: Any) -> Any:
+    return await iterator.__anext__()
