@@ -1,0 +1,7 @@
+"""Tether control plane: sessions, turns, events, leases and snapshots over gRPC."""
+
+from ._server import ControlPlane, serve_forever
+from ._settings import Settings
+from .domain.hub import Timings
+
+__all__ = ["ControlPlane", "Settings", "Timings", "serve_forever"]

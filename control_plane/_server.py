@@ -1,0 +1,160 @@
+"""The control plane process: store, hub and gRPC server sharing one lifecycle.
+
+Start order: database and schema, writer, hub (reloads open sessions), gRPC server. Stop
+order is the reverse, so no request can reach a component that is already closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tether.v1 import session_service_pb2, worker_service_pb2
+
+from ._settings import Settings
+from .api._convert import ProtoBodyCodec
+from .api._session_service import SessionService
+from .api._worker_service import WorkerService
+from .domain.hub import Hub
+from .store import Reader, Writer, create_engine, create_schema, database_url
+
+log = logging.getLogger(__name__)
+
+_SERVICES = {
+    "tether.v1.SessionService": session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
+    "tether.v1.WorkerService": worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+}
+# Methods whose handlers yield responses already encoded as bytes (shared by subscribers).
+_PRE_ENCODED = {"/tether.v1.SessionService/StreamSessionEvents"}
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def _handlers(full_name: str, impl: object) -> grpc.GenericRpcHandler:
+    from google.protobuf import symbol_database
+
+    db = symbol_database.Default()
+    service = _SERVICES[full_name]
+    table = {}
+    for method in service.methods:
+        req = db.GetSymbol(method.input_type.full_name)
+        resp = db.GetSymbol(method.output_type.full_name)
+        path = f"/{full_name}/{method.name}"
+        ser = _identity if path in _PRE_ENCODED else resp.SerializeToString
+        fn = getattr(impl, method.name)
+        cs, ss = method.client_streaming, method.server_streaming
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(cs, ss)]
+        table[method.name] = factory(fn, request_deserializer=req.FromString, response_serializer=ser)
+    return grpc.method_handlers_generic_handler(full_name, table)
+
+
+class ControlPlane:
+    """`async with ControlPlane(settings) as cp:` serves until the block ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._engine = None
+        self._writer: Writer | None = None
+        self.hub: Hub | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._closed = False
+
+    async def start(self) -> int:
+        s = self.settings
+        url = database_url(s.db)
+        self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
+        await create_schema(self._engine)
+        self._writer = Writer(self._engine)
+        self._writer.start()
+        self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings)
+        await self.hub.start()
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers(
+            (
+                _handlers("tether.v1.SessionService", SessionService(self.hub)),
+                _handlers("tether.v1.WorkerService", WorkerService(self.hub)),
+            )
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{s.host}:{s.port}"
+        self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", *_SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane listening on %s:%d (database %s)", s.host, self.port, url.split("://")[0])
+        return self.port
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_s)
+        if self._writer is not None:
+            await self._writer.stop()
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_forever(settings: Settings, port_file: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with ControlPlane(settings) as cp:
+        if port_file:
+            import pathlib
+
+            tmp = pathlib.Path(port_file + ".tmp")
+            tmp.write_text(str(cp.port))
+            tmp.replace(port_file)
+        print(f"tether control plane listening on {settings.host}:{cp.port}", flush=True)
+        await stop.wait()
+        log.info("shutting down")

@@ -1,0 +1,19 @@
+"""Settings of one control plane, built at the CLI edge (flags and TETHER_* environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .domain.hub import Timings
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7670
+    db: str = "tether.db"  # a file path (SQLite) or a SQLAlchemy URL
+    sqlite_synchronous: str = "NORMAL"
+    db_pool_size: int = 5
+    max_message_bytes: int = 4 << 20
+    shutdown_grace_s: float = 5.0
+    timings: Timings = field(default_factory=Timings)

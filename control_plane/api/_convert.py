@@ -1,0 +1,200 @@
+"""Proto ↔ domain conversion, in small functions, plus the event wire cache.
+
+An event is encoded once, when it is first sent, and the bytes are shared by every
+subscriber: protobuf lets concatenated encodings merge, so the stored EventBody bytes are
+appended to the header fields without ever being decoded.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from tether.v1 import resources_pb2 as pb
+from tether.v1 import worker_service_pb2 as wpb
+
+from ..domain import hub as h
+from ..domain.model import Event, Session, Snapshot, Turn
+
+_BODY_TAG = b"\x2a"  # Event.body: field 5, length-delimited
+_EVENTS_TAG = b"\x0a"  # StreamSessionEventsResponse.events / ResumeResponse...: field 1
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def ts(us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
+
+
+def event_wire(e: Event) -> bytes:
+    wire = e.wire
+    if wire is None:
+        head = pb.Event(session_id=e.session_id, seq=e.seq, turn_id=e.turn_id, create_time=ts(e.create_time_us))
+        wire = e.wire = head.SerializeToString() + _BODY_TAG + varint(len(e.body)) + e.body
+    return wire
+
+
+def events_message(events: list[Event]) -> bytes:
+    """Encode a StreamSessionEventsResponse directly from cached event encodings."""
+    parts = []
+    for e in events:
+        w = event_wire(e)
+        parts.append(_EVENTS_TAG)
+        parts.append(varint(len(w)))
+        parts.append(w)
+    return b"".join(parts)
+
+
+def event_pb(e: Event) -> pb.Event:
+    return pb.Event.FromString(event_wire(e))
+
+
+def session_pb(v: h.SessionView) -> pb.Session:
+    s: Session = v.session
+    return pb.Session(
+        session_id=s.session_id,
+        runtime=s.runtime,
+        worker_selector=s.worker_selector,
+        labels=s.labels,
+        state=int(v.state),
+        create_time=ts(s.create_time_us),
+        update_time=ts(s.update_time_us),
+        last_seq=v.last_seq,
+        active_turn_id=v.active_turn_id,
+        worker_id=v.worker_id,
+        lease_epoch=v.lease_epoch,
+        runtime_thread_id=s.runtime_thread_id,
+        turn_count=s.turn_count,
+    )
+
+
+def turn_pb(t: Turn) -> pb.Turn:
+    msg = pb.Turn(
+        turn_id=t.turn_id,
+        session_id=t.session_id,
+        input=t.input,
+        state=int(t.state),
+        idempotency_key=t.idempotency_key,
+        create_time=ts(t.create_time_us),
+        worker_id=t.worker_id,
+        lease_epoch=t.lease_epoch,
+        exit_code=t.exit_code,
+        error_message=t.error_message,
+    )
+    if t.end_time_us:
+        msg.end_time.CopyFrom(ts(t.end_time_us))
+    return msg
+
+
+class HistoryCodec:
+    """Snapshot history is stored as a Snapshot message holding only its history items."""
+
+    @staticmethod
+    def encode(items: list[pb.HistoryItem]) -> bytes:
+        return pb.Snapshot(history=items).SerializeToString()
+
+    @staticmethod
+    def decode(data: bytes) -> list[pb.HistoryItem]:
+        return list(pb.Snapshot.FromString(data).history)
+
+
+def snapshot_pb(s: Snapshot, *, with_history: bool = True) -> pb.Snapshot:
+    msg = pb.Snapshot.FromString(s.history) if with_history else pb.Snapshot()
+    msg.session_id = s.session_id
+    msg.snapshot_id = s.snapshot_id
+    msg.seq = s.seq
+    msg.runtime = s.runtime
+    msg.runtime_metadata_json = s.runtime_metadata_json
+    msg.create_time.CopyFrom(ts(s.create_time_us))
+    msg.worker_id = s.worker_id
+    return msg
+
+
+class ProtoBodyCodec:
+    """Encodes the event bodies the control plane writes itself."""
+
+    def input_received(self, text: str) -> bytes:
+        return pb.EventBody(input_received=pb.InputReceived(input=text)).SerializeToString()
+
+    def turn_failed(self, message: str) -> bytes:
+        return pb.EventBody(turn_failed=pb.TurnFailed(error_message=message)).SerializeToString()
+
+    def turn_interrupted(self, reason: str) -> bytes:
+        return pb.EventBody(turn_interrupted=pb.TurnInterrupted(reason=reason)).SerializeToString()
+
+
+def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
+    body = ev.body
+    kind = body.WhichOneof("kind") or ""
+    exit_code, message, thread = 0, "", ""
+    if kind == "turn_completed":
+        exit_code = body.turn_completed.exit_code
+    elif kind == "turn_failed":
+        message = body.turn_failed.error_message
+    elif kind == "turn_interrupted":
+        message = body.turn_interrupted.reason
+    elif kind == "turn_started":
+        thread = body.turn_started.runtime_thread_id
+    return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, body.SerializeToString(), exit_code, message, thread)
+
+
+def lease_refs(refs) -> list[tuple[str, int]]:  # noqa: ANN001 - repeated LeaseRef
+    return [(r.session_id, r.lease_epoch) for r in refs]
+
+
+def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
+    if isinstance(msg, h.OfferMsg):
+        return wpb.LeaseResponse(
+            offer=wpb.Offer(
+                session_id=msg.session_id,
+                turn_id=msg.turn_id,
+                input=msg.input,
+                runtime=msg.runtime,
+                lease_epoch=msg.lease_epoch,
+                resume_required=msg.resume_required,
+                last_seq=msg.last_seq,
+                accept_deadline=ts(msg.accept_deadline_us),
+            )
+        )
+    if isinstance(msg, h.GrantMsg):
+        return wpb.LeaseResponse(
+            granted=wpb.OfferGranted(
+                session_id=msg.session_id,
+                turn_id=msg.turn_id,
+                lease_epoch=msg.lease_epoch,
+                lease_expire_time=ts(msg.lease_expire_us),
+            )
+        )
+    if isinstance(msg, h.InterruptMsg):
+        return wpb.LeaseResponse(
+            interrupt=wpb.InterruptRequested(session_id=msg.session_id, turn_id=msg.turn_id, reason=msg.reason)
+        )
+    if isinstance(msg, h.RevokeMsg):
+        return wpb.LeaseResponse(
+            revoked=wpb.LeaseRevoked(session_id=msg.session_id, lease_epoch=msg.lease_epoch, reason=msg.reason)
+        )
+    if isinstance(msg, h.SnapshotRequestMsg):
+        return wpb.LeaseResponse(
+            snapshot=wpb.SnapshotRequested(
+                session_id=msg.session_id, lease_epoch=msg.lease_epoch, request_id=msg.request_id
+            )
+        )
+    if isinstance(msg, h.RenewedMsg):
+        return wpb.LeaseResponse(
+            renewed=wpb.LeasesRenewed(
+                lease_expire_time=ts(msg.lease_expire_us),
+                lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in msg.lost],
+            )
+        )
+    raise TypeError(f"no wire form for {type(msg).__name__}")

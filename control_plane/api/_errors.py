@@ -1,0 +1,65 @@
+"""Domain errors → google.rpc.Status, in one place.
+
+Every handler runs inside `translate()`: a `DomainError` becomes its status code with an
+ErrorInfo (reason, domain "tether.dev", metadata) and, for bad input, a BadRequest naming the
+field; anything unexpected becomes INTERNAL with a generic message and a logged traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from ..domain import errors
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "tether.dev"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_for(err: errors.DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    code = getattr(grpc.StatusCode, err.code)
+    status = status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata))
+    status.details.append(info)
+    if isinstance(err, errors.InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in err.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        status.details.append(packed)
+    return code, status
+
+
+async def abort(context: grpc.aio.ServicerContext, err: errors.DomainError) -> None:
+    code, status = status_for(err)
+    await context.abort(code, err.message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
+
+
+@asynccontextmanager
+async def translate(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except errors.DomainError as err:
+        await abort(context, err)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s", method)
+        await abort(context, _Internal(f"internal error in {method}; the server log has the details"))
+
+
+class _Internal(errors.DomainError):
+    code = "INTERNAL"
+    reason = "INTERNAL"

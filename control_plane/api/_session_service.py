@@ -1,0 +1,133 @@
+"""SessionService: the application-facing API, as a thin adapter over the hub."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+
+from tether.v1 import resources_pb2 as pb
+from tether.v1 import session_service_pb2 as spb
+
+from ..domain import errors
+from ..domain.hub import Hub
+from ..domain.model import SessionState
+from . import _validate as v
+from ._convert import events_message, session_pb, snapshot_pb, turn_pb
+from ._errors import translate
+
+_PAGE_DEFAULT = 100
+_PAGE_MAX = 1000
+
+
+def _encode_page_token(last_id: str, state: int) -> str:
+    return base64.urlsafe_b64encode(f"v1|{state}|{last_id}".encode()).decode()
+
+
+def _decode_page_token(token: str, state: int) -> str:
+    try:
+        version, token_state, last_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 2)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.InvalidPageToken("page_token is malformed; pass next_page_token unchanged") from None
+    if version != "v1" or int(token_state) != state or not last_id:
+        raise errors.InvalidPageToken("page_token belongs to a different query; start again without it")
+    return last_id
+
+
+class SessionService:
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def CreateSession(self, request: spb.CreateSessionRequest, context: grpc.aio.ServicerContext) -> spb.CreateSessionResponse:
+        async with translate(context, "CreateSession"):
+            runtime = v.word("runtime", request.runtime)
+            selector = v.labels("worker_selector", request.worker_selector)
+            labels = v.labels("labels", request.labels)
+            view = await self._hub.create_session(runtime, selector, labels)
+            return spb.CreateSessionResponse(session=session_pb(view))
+
+    async def GetSession(self, request: spb.GetSessionRequest, context: grpc.aio.ServicerContext) -> spb.GetSessionResponse:
+        async with translate(context, "GetSession"):
+            view = await self._hub.get_session(v.required("session_id", request.session_id))
+            return spb.GetSessionResponse(session=session_pb(view))
+
+    async def ListSessions(self, request: spb.ListSessionsRequest, context: grpc.aio.ServicerContext) -> spb.ListSessionsResponse:
+        async with translate(context, "ListSessions"):
+            size = v.in_range("page_size", request.page_size, 0, _PAGE_MAX) or _PAGE_DEFAULT
+            v.enum_value("state", request.state, pb.SessionState)
+            state = SessionState(request.state) if request.state else None
+            before = _decode_page_token(request.page_token, request.state) if request.page_token else None
+            views, last = await self._hub.list_sessions(size, before, state)
+            return spb.ListSessionsResponse(
+                sessions=[session_pb(x) for x in views],
+                next_page_token=_encode_page_token(last, request.state) if last else "",
+            )
+
+    async def SendInput(self, request: spb.SendInputRequest, context: grpc.aio.ServicerContext) -> spb.SendInputResponse:
+        async with translate(context, "SendInput"):
+            session_id = v.required("session_id", request.session_id)
+            text = v.text("input", request.input)
+            key = v.optional("idempotency_key", request.idempotency_key)
+            turn, dedup = await self._hub.send_input(session_id, text, key)
+            return spb.SendInputResponse(turn=turn_pb(turn), deduplicated=dedup)
+
+    async def GetTurn(self, request: spb.GetTurnRequest, context: grpc.aio.ServicerContext) -> spb.GetTurnResponse:
+        async with translate(context, "GetTurn"):
+            turn = await self._hub.get_turn(
+                v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
+            )
+            return spb.GetTurnResponse(turn=turn_pb(turn))
+
+    async def InterruptTurn(self, request: spb.InterruptTurnRequest, context: grpc.aio.ServicerContext) -> spb.InterruptTurnResponse:
+        async with translate(context, "InterruptTurn"):
+            turn = await self._hub.interrupt_turn(
+                v.required("session_id", request.session_id),
+                v.optional("turn_id", request.turn_id),
+                v.optional("reason", request.reason, max_len=1024),
+            )
+            return spb.InterruptTurnResponse(turn=turn_pb(turn))
+
+    async def StreamSessionEvents(self, request: spb.StreamSessionEventsRequest, context: grpc.aio.ServicerContext):
+        # Yields pre-encoded StreamSessionEventsResponse bytes (see server registration).
+        async with translate(context, "StreamSessionEvents"):
+            session_id = v.required("session_id", request.session_id)
+            batches = await self._hub.subscribe(session_id, request.after_seq, request.stop_at_end)
+            async for batch in batches:
+                yield events_message(batch)
+
+    async def GetSnapshot(self, request: spb.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.GetSnapshotResponse:
+        async with translate(context, "GetSnapshot"):
+            snap = await self._hub.latest_snapshot(v.required("session_id", request.session_id))
+            return spb.GetSnapshotResponse(snapshot=snapshot_pb(snap))
+
+    async def CreateSnapshot(self, request: spb.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.CreateSnapshotResponse:
+        async with translate(context, "CreateSnapshot"):
+            snap = await self._hub.request_snapshot(v.required("session_id", request.session_id))
+            return spb.CreateSnapshotResponse(snapshot=snapshot_pb(snap))
+
+    async def ArchiveSession(self, request: spb.ArchiveSessionRequest, context: grpc.aio.ServicerContext) -> spb.ArchiveSessionResponse:
+        async with translate(context, "ArchiveSession"):
+            view = await self._hub.archive_session(v.required("session_id", request.session_id))
+            return spb.ArchiveSessionResponse(session=session_pb(view))
+
+    async def DeleteSession(self, request: spb.DeleteSessionRequest, context: grpc.aio.ServicerContext) -> spb.DeleteSessionResponse:
+        async with translate(context, "DeleteSession"):
+            await self._hub.delete_session(v.required("session_id", request.session_id))
+            return spb.DeleteSessionResponse()
+
+    async def _later(self, context: grpc.aio.ServicerContext, name: str, session_id: str) -> None:
+        async with translate(context, name):
+            await self._hub.get_session(v.required("session_id", session_id))
+            raise errors.NotImplementedYet(f"{name} is part of the v1 contract but not served by this release")
+
+    async def RestoreSession(self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext) -> spb.RestoreSessionResponse:
+        await self._later(context, "RestoreSession", request.session_id)
+        return spb.RestoreSessionResponse()
+
+    async def ForkSession(self, request: spb.ForkSessionRequest, context: grpc.aio.ServicerContext) -> spb.ForkSessionResponse:
+        await self._later(context, "ForkSession", request.session_id)
+        return spb.ForkSessionResponse()
+
+    async def RespondToRequest(self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext) -> spb.RespondToRequestResponse:
+        await self._later(context, "RespondToRequest", request.session_id)
+        return spb.RespondToRequestResponse()

@@ -1,0 +1,67 @@
+"""Request field checks. Each failure names the field; nothing is written before they pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..domain.errors import InvalidArgument
+
+MAX_ID = 128
+MAX_INPUT_BYTES = 1 << 20
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 256
+
+
+def required(field: str, value: str, *, max_len: int = MAX_ID) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > max_len:
+        raise InvalidArgument(field, f"must be at most {max_len} characters (got {len(value)})")
+    return value
+
+
+def optional(field: str, value: str, *, max_len: int = MAX_ID) -> str:
+    if len(value) > max_len:
+        raise InvalidArgument(field, f"must be at most {max_len} characters (got {len(value)})")
+    return value
+
+
+def word(field: str, value: str, *, max_len: int = MAX_ID) -> str:
+    """An identifier: letters, digits, '.', '_' and '-'."""
+    required(field, value, max_len=max_len)
+    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in value):
+        raise InvalidArgument(field, f"must use only letters, digits, '.', '_' and '-' (got {value!r})")
+    return value
+
+
+def labels(field: str, value: Mapping[str, str]) -> dict[str, str]:
+    if len(value) > MAX_LABELS:
+        raise InvalidArgument(field, f"at most {MAX_LABELS} entries (got {len(value)})")
+    for k, v in value.items():
+        word(f"{field}[{k!r}]", k, max_len=MAX_LABEL_KEY)
+        if len(v) > MAX_LABEL_VALUE:
+            raise InvalidArgument(f"{field}[{k!r}]", f"value must be at most {MAX_LABEL_VALUE} characters")
+    return dict(value)
+
+
+def enum_value(field: str, value: int, enum_type) -> int:  # noqa: ANN001 - protobuf EnumTypeWrapper
+    if value not in enum_type.values():
+        names = ", ".join(n for n in enum_type.keys())
+        raise InvalidArgument(field, f"unknown value {value}; expected one of {names}")
+    return value
+
+
+def text(field: str, value: str, *, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    if not value.strip():
+        raise InvalidArgument(field, "must not be empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument(field, f"must be at most {max_bytes} bytes (got {size})")
+    return value
+
+
+def in_range(field: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
+    return value

@@ -1,0 +1,284 @@
+"""WorkerService: the execution workers' API, as a thin adapter over the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from tether.v1 import resources_pb2 as pb
+from tether.v1 import worker_service_pb2 as wpb
+
+from ..domain import errors
+from ..domain import hub as h
+from ..domain.model import WorkerInfo
+from . import _validate as v
+from ._convert import (
+    HistoryCodec,
+    duration,
+    event_pb,
+    incoming_event,
+    lease_refs,
+    ts,
+    worker_msg_pb,
+)
+from ._errors import translate
+
+log = logging.getLogger(__name__)
+
+_HISTORY_CHUNK = 500
+_MAX_SNAPSHOT_ITEMS = 200_000
+_END = object()
+
+
+def _durable(item: Any) -> bool:
+    return isinstance(item, tuple) and (item[0] is None or item[0].done())
+
+
+class WorkerService:
+    def __init__(self, hub: h.Hub) -> None:
+        self._hub = hub
+
+    async def Register(self, request: wpb.RegisterRequest, context: grpc.aio.ServicerContext) -> wpb.RegisterResponse:
+        async with translate(context, "Register"):
+            worker_id = v.word("worker_id", request.worker_id)
+            if not request.runtimes:
+                raise errors.InvalidArgument("runtimes", "name at least one runtime the worker runs")
+            runtimes = [v.word(f"runtimes[{i}]", r) for i, r in enumerate(request.runtimes)]
+            slots = v.in_range("slots", request.slots, 1, 1024)
+            info = WorkerInfo(
+                worker_id=worker_id,
+                name=v.optional("name", request.name, max_len=256),
+                registration_id="",
+                runtimes=runtimes,
+                labels=v.labels("labels", request.labels),
+                slots=slots,
+                version=v.optional("version", request.version, max_len=64),
+            )
+            registration_id = await self._hub.register(info)
+            t = self._hub.timings
+            return wpb.RegisterResponse(
+                worker_id=worker_id,
+                registration_id=registration_id,
+                heartbeat_interval=duration(t.heartbeat_interval_s),
+                lease_ttl=duration(t.lease_ttl_s),
+                offer_timeout=duration(t.offer_timeout_s),
+                reconnect_backoff_initial=duration(t.reconnect_backoff_initial_s),
+                reconnect_backoff_max=duration(t.reconnect_backoff_max_s),
+                max_events_per_message=t.max_events_per_message,
+            )
+
+    async def Heartbeat(self, request: wpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wpb.HeartbeatResponse:
+        async with translate(context, "Heartbeat"):
+            renewed = self._hub.renew(
+                v.required("worker_id", request.worker_id),
+                v.required("registration_id", request.registration_id),
+                lease_refs(request.leases),
+            )
+            return wpb.HeartbeatResponse(
+                lease_expire_time=ts(renewed.lease_expire_us),
+                lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in renewed.lost],
+            )
+
+    async def Lease(self, request_iterator: AsyncIterator[wpb.LeaseRequest], context: grpc.aio.ServicerContext):
+        async with translate(context, "Lease"):
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("kind") != "open":
+                raise errors.InvalidArgument("open", "the first message on a Lease stream must be LeaseOpen")
+            worker_id = v.required("open.worker_id", first.open.worker_id)
+            registration_id = v.required("open.registration_id", first.open.registration_id)
+            outbox: asyncio.Queue[Any] = asyncio.Queue()
+            lost = await self._hub.attach(worker_id, registration_id, lease_refs(first.open.leases), outbox)
+            reader = asyncio.create_task(self._read_lease(worker_id, registration_id, request_iterator, outbox))
+            try:
+                yield wpb.LeaseResponse(
+                    opened=wpb.LeaseOpened(
+                        worker_id=worker_id,
+                        lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in lost],
+                    )
+                )
+                while True:
+                    msg = await outbox.get()
+                    if msg is _END:
+                        return
+                    if isinstance(msg, BaseException):
+                        raise msg
+                    if isinstance(msg, h.CloseMsg):
+                        raise errors.Unavailable(msg.reason)
+                    yield worker_msg_pb(msg)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                self._hub.detach(worker_id, outbox)
+
+    async def _read_lease(
+        self, worker_id: str, registration_id: str, requests: AsyncIterator[wpb.LeaseRequest], outbox: asyncio.Queue[Any]
+    ) -> None:
+        accepting: set[asyncio.Task[None]] = set()
+
+        async def accept(a: wpb.AcceptOffer) -> None:
+            try:
+                await self._hub.accept(worker_id, a.session_id, a.turn_id, a.lease_epoch)
+            except errors.DomainError as err:
+                outbox.put_nowait(h.RevokeMsg(a.session_id, a.lease_epoch, err.message))
+
+        try:
+            async for req in requests:
+                kind = req.WhichOneof("kind")
+                if kind == "accept":
+                    # Accepts commit in the background so one slow commit does not hold up
+                    # the worker's other messages; the grant is pushed when it is durable.
+                    task = asyncio.create_task(accept(req.accept))
+                    accepting.add(task)
+                    task.add_done_callback(accepting.discard)
+                elif kind == "renew":
+                    outbox.put_nowait(self._hub.renew(worker_id, registration_id, lease_refs(req.renew.leases)))
+                elif kind == "reject":
+                    r = req.reject
+                    self._hub.reject(worker_id, r.session_id, r.turn_id, r.reason)
+                elif kind == "release":
+                    await self._hub.release(worker_id, req.release.session_id, req.release.lease_epoch)
+                else:
+                    raise errors.InvalidArgument("kind", f"unexpected {kind or 'empty'} message on an open Lease stream")
+            outbox.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced by the stream's writer side, which owns the status
+            outbox.put_nowait(exc)
+        finally:
+            for task in list(accepting):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def StreamEvents(self, request_iterator: AsyncIterator[wpb.StreamEventsRequest], context: grpc.aio.ServicerContext):
+        async with translate(context, "StreamEvents"):
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            if first is None:
+                return
+            worker_id = v.required("worker_id", first.worker_id)
+            session_id = v.required("session_id", first.session_id)
+            epoch = first.lease_epoch
+            if epoch <= 0:
+                raise errors.InvalidArgument("lease_epoch", "is required (the epoch from the offer)")
+            await self._hub.load_for_worker(worker_id, session_id, epoch)
+            pending: asyncio.Queue[Any] = asyncio.Queue()
+            reader = asyncio.create_task(self._read_events(worker_id, session_id, epoch, first, requests, pending))
+            try:
+                while True:
+                    item = await pending.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    fut, acked, last = item
+                    try:
+                        if fut is not None:
+                            await fut
+                        # Coalesce: later batches already durable are covered by one ack.
+                        while not pending.empty() and _durable(pending._queue[0]):  # noqa: SLF001
+                            fut, acked, last = pending.get_nowait()
+                            if fut is not None:
+                                fut.result()
+                    except errors.DomainError:
+                        raise
+                    except Exception as exc:
+                        raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
+                    yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _read_events(
+        self,
+        worker_id: str,
+        session_id: str,
+        epoch: int,
+        first: wpb.StreamEventsRequest,
+        requests: AsyncIterator[wpb.StreamEventsRequest],
+        pending: asyncio.Queue[Any],
+    ) -> None:
+        max_events = self._hub.timings.max_events_per_message
+        try:
+            req: wpb.StreamEventsRequest | None = first
+            while req is not None:
+                if req.session_id and req.session_id != session_id:
+                    raise errors.InvalidArgument("session_id", "one StreamEvents stream carries one session")
+                if req.lease_epoch and req.lease_epoch != epoch:
+                    raise errors.InvalidArgument("lease_epoch", "one StreamEvents stream carries one lease epoch")
+                if len(req.events) > max_events:
+                    raise errors.InvalidArgument("events", f"at most {max_events} events per message")
+                if req.events:
+                    incoming = [incoming_event(e) for e in req.events]
+                    for i, e in enumerate(incoming):
+                        if not e.kind:
+                            raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
+                        if e.kind == "input_received":
+                            raise errors.InvalidArgument(f"events[{i}].body", "input_received is written by the control plane")
+                    fut, acked, last, _ = self._hub.ingest(worker_id, session_id, epoch, incoming)
+                    pending.put_nowait((fut, acked, last))
+                req = await anext(requests, None)
+            pending.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            pending.put_nowait(exc)
+
+    async def Resume(self, request: wpb.ResumeRequest, context: grpc.aio.ServicerContext):
+        async with translate(context, "Resume"):
+            worker_id = v.required("worker_id", request.worker_id)
+            session_id = v.required("session_id", request.session_id)
+            snap, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch)
+            after = 0
+            header = wpb.ResumeResponse()
+            history: list[pb.HistoryItem] = []
+            if snap is not None:
+                after = snap.seq
+                header.snapshot_seq = snap.seq
+                header.runtime_metadata_json = snap.runtime_metadata_json
+                history = HistoryCodec.decode(snap.history)
+            header.history.extend(history[:_HISTORY_CHUNK])
+            yield header
+            for i in range(_HISTORY_CHUNK, len(history), _HISTORY_CHUNK):
+                yield wpb.ResumeResponse(history=history[i : i + _HISTORY_CHUNK])
+            while after < upto:
+                page = await self._hub.events_between(session_id, after, upto)
+                if not page:
+                    break
+                after = page[-1].seq
+                yield wpb.ResumeResponse(events=[event_pb(e) for e in page])
+
+    async def Snapshot(self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext) -> wpb.SnapshotResponse:
+        async with translate(context, "Snapshot"):
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            if first is None:
+                raise errors.InvalidArgument("session_id", "a snapshot upload needs a first chunk with its header")
+            worker_id = v.required("worker_id", first.worker_id)
+            session_id = v.required("session_id", first.session_id)
+            if first.lease_epoch <= 0:
+                raise errors.InvalidArgument("lease_epoch", "is required")
+            items = list(first.history)
+            async for chunk in requests:
+                items.extend(chunk.history)
+                if len(items) > _MAX_SNAPSHOT_ITEMS:
+                    raise errors.InvalidArgument("history", f"at most {_MAX_SNAPSHOT_ITEMS} items per snapshot")
+            for i, item in enumerate(items):
+                v.enum_value(f"history[{i}].role", item.role, pb.HistoryItemRole)
+            snap = await self._hub.store_snapshot(
+                worker_id,
+                session_id,
+                first.lease_epoch,
+                first.seq,
+                v.optional("runtime_metadata_json", first.runtime_metadata_json, max_len=1 << 20),
+                HistoryCodec.encode(items),
+                len(items),
+                first.request_id,
+            )
+            return wpb.SnapshotResponse(snapshot_id=snap.snapshot_id, seq=snap.seq)

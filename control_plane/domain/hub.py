@@ -1,0 +1,1039 @@
+"""The control plane's rules: sessions, turns, leases, fencing, scheduling and fan-out.
+
+One `Hub` per process owns the live state of every session it has touched (a `_SessionCtx`)
+and of every connected worker (a `_WorkerConn`). All decisions are made synchronously on the
+event loop, before the first await, so two requests can never both win a race; the durable
+change then goes through the store's group-commit writer, and what must follow the commit
+(pushing an offer, waking subscribers) runs in the writer's `on_commit` callbacks, in commit
+order.
+
+Fencing: every worker write names (session, lease epoch). Only the current holder at the
+current epoch may write; anything else is `LeaseLost`. Moving a session to another worker
+bumps its epoch, so a worker that lost a lease can never append again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..store import (
+    Reader,
+    WriteFailed,
+    Writer,
+    WriteSet,
+    event_to_row,
+    lease_to_row,
+    session_to_row,
+    session_update_row,
+    snapshot_to_row,
+    turn_to_row,
+    turn_update_row,
+)
+from . import errors
+from .model import (
+    TERMINAL_KINDS,
+    Event,
+    Lease,
+    Session,
+    SessionState,
+    Snapshot,
+    Turn,
+    TurnState,
+    WorkerInfo,
+    new_id,
+    now_us,
+)
+
+log = logging.getLogger(__name__)
+
+# Committed events kept in memory per session so live subscribers never touch the database.
+_RECENT_EVENTS = 4096
+_REPLAY_PAGE = 1000
+
+
+class BodyCodec(Protocol):
+    """Encodes the event bodies the control plane writes itself (api/ provides it)."""
+
+    def input_received(self, text: str) -> bytes: ...
+    def turn_failed(self, message: str) -> bytes: ...
+    def turn_interrupted(self, reason: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Timings:
+    heartbeat_interval_s: float = 5.0
+    lease_ttl_s: float = 15.0
+    offer_timeout_s: float = 10.0
+    reconnect_backoff_initial_s: float = 0.2
+    reconnect_backoff_max_s: float = 5.0
+    snapshot_timeout_s: float = 30.0
+    max_events_per_message: int = 1000
+
+
+# Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.
+@dataclass(frozen=True)
+class OfferMsg:
+    session_id: str
+    turn_id: str
+    input: str
+    runtime: str
+    lease_epoch: int
+    resume_required: bool
+    last_seq: int
+    accept_deadline_us: int
+
+
+@dataclass(frozen=True)
+class GrantMsg:
+    session_id: str
+    turn_id: str
+    lease_epoch: int
+    lease_expire_us: int
+
+
+@dataclass(frozen=True)
+class InterruptMsg:
+    session_id: str
+    turn_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RevokeMsg:
+    session_id: str
+    lease_epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SnapshotRequestMsg:
+    session_id: str
+    lease_epoch: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RenewedMsg:
+    lease_expire_us: int
+    lost: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class CloseMsg:
+    """Ends the stream: the registration was replaced."""
+
+    reason: str
+
+
+WorkerMsg = OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | CloseMsg
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    worker_seq: int
+    turn_id: str
+    kind: str
+    body: bytes
+    exit_code: int = 0
+    message: str = ""
+    runtime_thread_id: str = ""
+
+
+@dataclass(frozen=True)
+class SessionView:
+    session: Session
+    state: SessionState
+    last_seq: int
+    active_turn_id: str
+    worker_id: str
+    lease_epoch: int
+
+
+@dataclass
+class _SessionCtx:
+    session: Session
+    last_seq: int  # highest seq assigned (may be ahead of committed_seq while a commit runs)
+    committed_seq: int
+    lease: Lease | None
+    lease_expires: float = 0.0  # time.monotonic() deadline
+    worker_seq_epoch: int = 0
+    acked_worker_seq: int = 0  # highest worker_seq accepted under worker_seq_epoch
+    turns: dict[str, Turn] = field(default_factory=dict)  # open turns only
+    queue: collections.deque[str] = field(default_factory=collections.deque)
+    active: Turn | None = None  # offered or running
+    offered_to: str = ""
+    offer_timer: asyncio.TimerHandle | None = None
+    offer_epoch: int = 0
+    keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> turn id
+    recent: list[Event] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deleted: bool = False
+
+    @property
+    def state(self) -> SessionState:
+        if self.session.archived:
+            return SessionState.ARCHIVED
+        return SessionState.ACTIVE if (self.active or self.queue) else SessionState.IDLE
+
+    def holder(self) -> str:
+        return self.lease.worker_id if self.lease else ""
+
+
+@dataclass
+class _WorkerConn:
+    info: WorkerInfo
+    outbox: asyncio.Queue[WorkerMsg] | None = None
+    in_flight: set[str] = field(default_factory=set)  # turn ids offered or running
+    sessions: set[str] = field(default_factory=set)  # sessions whose lease it holds
+
+    @property
+    def free_slots(self) -> int:
+        return self.info.slots - len(self.in_flight)
+
+    def push(self, msg: WorkerMsg) -> None:
+        if self.outbox is not None:
+            self.outbox.put_nowait(msg)
+
+
+class Hub:
+    def __init__(self, reader: Reader, writer: Writer, codec: BodyCodec, timings: Timings) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._codec = codec
+        self.timings = timings
+        self._ctx: dict[str, _SessionCtx] = {}
+        self._loading: dict[str, asyncio.Future[_SessionCtx | None]] = {}
+        self._workers: dict[str, _WorkerConn] = {}
+        self._waiting: dict[str, None] = {}  # sessions with a queued turn and no worker yet
+        self._snapshot_waiters: dict[str, asyncio.Future[Snapshot]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        writer.on_failure = self._on_write_failure
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Reload sessions with open turns so they are dispatched when workers connect."""
+        # Loading gives every held lease a full TTL: workers get that long to reconnect.
+        await self._reload_open_sessions()
+        self._sweeper = asyncio.create_task(self._sweep_leases(), name="tether-lease-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for w in self._workers.values():
+            w.push(CloseMsg("control plane shutting down"))
+        for ctx in self._ctx.values():
+            ctx.deleted = True  # ends live subscriptions
+            ctx.changed.set()
+
+    # ----------------------------------------------------------------- loading
+
+    async def _load(self, session_id: str) -> _SessionCtx | None:
+        ctx = self._ctx.get(session_id)
+        if ctx is not None:
+            return ctx
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[_SessionCtx | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = fut
+        try:
+            loaded = await self._reader.load_session(session_id)
+            ctx = None
+            if loaded is not None:
+                ctx = _SessionCtx(
+                    session=loaded.session,
+                    last_seq=loaded.last_seq,
+                    committed_seq=loaded.last_seq,
+                    lease=loaded.lease,
+                )
+                if loaded.lease is not None:
+                    ctx.worker_seq_epoch = loaded.lease.epoch
+                    ctx.acked_worker_seq = loaded.last_worker_seq
+                    if loaded.lease.worker_id:
+                        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
+                for turn in loaded.open_turns:
+                    if turn.state == TurnState.RUNNING:
+                        ctx.active = turn
+                    else:
+                        turn.state = TurnState.QUEUED
+                        ctx.queue.append(turn.turn_id)
+                    ctx.turns[turn.turn_id] = turn
+                    if turn.idempotency_key:
+                        ctx.keys[turn.idempotency_key] = turn.turn_id
+                self._ctx[session_id] = ctx
+            fut.set_result(ctx)
+            return ctx
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved; callers get it re-raised
+            raise
+        finally:
+            del self._loading[session_id]
+
+    async def _require(self, session_id: str) -> _SessionCtx:
+        ctx = await self._load(session_id)
+        if ctx is None or ctx.deleted:
+            raise errors.SessionNotFound(session_id)
+        return ctx
+
+    def _on_write_failure(self, sets: list[WriteSet]) -> None:
+        # Sequence numbers and states were assigned in memory for writes that are now gone.
+        # Rebuild from what is durable, as after a restart: drop every session context (live
+        # subscribers re-resolve theirs), close worker streams so workers re-attach, reload.
+        log.error("a write failed: rebuilding in-memory state from the database")
+        for ctx in self._ctx.values():
+            ctx.deleted = True
+            ctx.changed.set()
+            if ctx.offer_timer:
+                ctx.offer_timer.cancel()
+        self._ctx.clear()
+        self._waiting.clear()
+        for w in self._workers.values():
+            w.push(CloseMsg("the control plane is recovering from a failed write; reconnect"))
+            w.outbox = None
+            w.in_flight.clear()
+            w.sessions.clear()
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload_open_sessions())
+
+    async def _reload_open_sessions(self) -> None:
+        for session_id in await self._reader.sessions_with_open_turns():
+            ctx = await self._load(session_id)
+            if ctx is not None and ctx.queue and ctx.active is None:
+                self._waiting[session_id] = None
+
+    async def _commit(self, ws: WriteSet) -> None:
+        try:
+            await self._writer.submit(ws)
+        except WriteFailed as exc:
+            raise errors.Unavailable(f"the database did not accept the write: {exc}") from exc
+
+    # ----------------------------------------------------------------- sessions
+
+    async def create_session(
+        self, runtime: str, worker_selector: dict[str, str], labels: dict[str, str]
+    ) -> SessionView:
+        now = now_us()
+        session = Session(new_id("ses"), runtime, dict(worker_selector), dict(labels), now, now)
+        ctx = _SessionCtx(session=session, last_seq=0, committed_seq=0, lease=None)
+        ws = WriteSet(session_inserts=[session_to_row(session)])
+        await self._commit(ws)
+        self._ctx[session.session_id] = ctx
+        return self._view(ctx)
+
+    def _view(self, ctx: _SessionCtx) -> SessionView:
+        lease = ctx.lease
+        return SessionView(
+            session=ctx.session,
+            state=ctx.state,
+            last_seq=ctx.committed_seq,
+            active_turn_id=(ctx.active.turn_id if ctx.active else (ctx.queue[0] if ctx.queue else "")),
+            worker_id=lease.worker_id if lease else "",
+            lease_epoch=lease.epoch if lease else 0,
+        )
+
+    async def get_session(self, session_id: str) -> SessionView:
+        return self._view(await self._require(session_id))
+
+    async def list_sessions(
+        self, page_size: int, before_id: str | None, state: SessionState | None
+    ) -> tuple[list[SessionView], str | None]:
+        archived = None if state is None else state == SessionState.ARCHIVED
+        active = None if state in (None, SessionState.ARCHIVED) else state == SessionState.ACTIVE
+        rows = await self._reader.list_sessions(
+            limit=page_size + 1, before_id=before_id, archived=archived, active=active
+        )
+        more = len(rows) > page_size
+        views = []
+        for session, has_open in rows[:page_size]:
+            ctx = self._ctx.get(session.session_id)
+            if ctx is not None and not ctx.deleted:
+                views.append(self._view(ctx))
+                continue
+            st = SessionState.ARCHIVED if session.archived else (
+                SessionState.ACTIVE if has_open else SessionState.IDLE
+            )
+            views.append(SessionView(session, st, 0, "", "", 0))
+        # Sessions not in memory show last_seq 0 in a list; GetSession gives the full view.
+        return views, (views[-1].session.session_id if more and views else None)
+
+    async def archive_session(self, session_id: str) -> SessionView:
+        ctx = await self._require(session_id)
+        if not ctx.session.archived:
+            ctx.session.archived = True
+            ctx.session.update_time_us = now_us()
+            await self._commit(WriteSet(session_updates=[session_update_row(ctx.session)]))
+        return self._view(ctx)
+
+    async def delete_session(self, session_id: str) -> None:
+        ctx = await self._require(session_id)
+        ctx.deleted = True
+        self._waiting.pop(session_id, None)
+        if ctx.offer_timer:
+            ctx.offer_timer.cancel()
+        holder = self._workers.get(ctx.holder())
+        if holder is not None:
+            if ctx.active is not None and ctx.active.state == TurnState.RUNNING:
+                holder.push(InterruptMsg(session_id, ctx.active.turn_id, "session deleted"))
+            holder.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "session deleted"))
+            holder.sessions.discard(session_id)
+        if ctx.active is not None:
+            for w in self._workers.values():
+                w.in_flight.discard(ctx.active.turn_id)
+        ctx.changed.set()
+        try:
+            await self._commit(WriteSet(session_deletes=[session_id]))
+        finally:
+            self._ctx.pop(session_id, None)
+
+    # ----------------------------------------------------------------- turns
+
+    async def send_input(self, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
+        ctx = await self._require(session_id)
+        if key:
+            existing = await self._turn_for_key(ctx, key)
+            if existing is not None:
+                if existing.input != text:
+                    raise errors.IdempotencyKeyReused(
+                        f"idempotency key {key!r} was used for turn {existing.turn_id} with "
+                        "different input; use a new key for new input",
+                        turn_id=existing.turn_id,
+                    )
+                return existing, True
+            if ctx.deleted:
+                raise errors.SessionNotFound(session_id)
+        if ctx.session.archived:
+            raise errors.SessionArchived(
+                f"session {session_id!r} is archived and accepts no input", session_id=session_id
+            )
+        now = now_us()
+        ctx.session.turn_count += 1
+        ctx.session.update_time_us = now
+        turn = Turn(
+            turn_id=new_id("trn"),
+            session_id=session_id,
+            ordinal=ctx.session.turn_count,
+            input=text,
+            state=TurnState.QUEUED,
+            create_time_us=now,
+            idempotency_key=key,
+        )
+        ctx.turns[turn.turn_id] = turn
+        ctx.queue.append(turn.turn_id)
+        if key:
+            ctx.keys[key] = turn.turn_id
+        event = self._own_event(ctx, turn.turn_id, "input_received", self._codec.input_received(text))
+        ws = WriteSet(
+            turn_inserts=[turn_to_row(turn)],
+            event_inserts=[event_to_row(event)],
+            session_updates=[session_update_row(ctx.session)],
+        )
+        ws.on_commit.append(lambda: self._published(ctx, [event]))
+        ws.on_commit.append(lambda: self._dispatch(ctx))
+        await self._commit(ws)
+        return turn, False
+
+    async def _turn_for_key(self, ctx: _SessionCtx, key: str) -> Turn | None:
+        turn_id = ctx.keys.get(key)
+        if turn_id is None:
+            found = await self._reader.find_turn_by_key(ctx.session.session_id, key)
+            # Re-check after the await: a concurrent call may have stored the key meanwhile.
+            turn_id = ctx.keys.get(key)
+            if turn_id is None:
+                return found
+        return ctx.turns.get(turn_id) or await self._reader.get_turn(ctx.session.session_id, turn_id)
+
+    async def get_turn(self, session_id: str, turn_id: str) -> Turn:
+        ctx = await self._require(session_id)
+        turn = ctx.turns.get(turn_id) or await self._reader.get_turn(session_id, turn_id)
+        if turn is None:
+            raise errors.TurnNotFound(session_id, turn_id)
+        return turn
+
+    async def interrupt_turn(self, session_id: str, turn_id: str, reason: str) -> Turn:
+        ctx = await self._require(session_id)
+        if not turn_id:
+            if ctx.active is not None:
+                turn_id = ctx.active.turn_id
+            elif ctx.queue:
+                turn_id = ctx.queue[0]
+            else:
+                raise errors.TurnAlreadyEnded(
+                    f"session {session_id!r} has no queued or running turn", session_id=session_id
+                )
+        turn = ctx.turns.get(turn_id)
+        if turn is None:
+            stored = await self._reader.get_turn(session_id, turn_id)
+            if stored is None:
+                raise errors.TurnNotFound(session_id, turn_id)
+            raise errors.TurnAlreadyEnded(
+                f"turn {turn_id!r} already ended ({stored.state.name.lower()})", turn_id=turn_id
+            )
+        reason = reason or "interrupted by request"
+        if turn.state == TurnState.RUNNING:
+            holder = self._workers.get(turn.worker_id)
+            if holder is not None:
+                holder.push(InterruptMsg(session_id, turn_id, reason))
+            return turn
+        # Queued, or offered but not yet accepted: it never ran, so end it here.
+        if turn.state == TurnState.OFFERED:
+            self._withdraw_offer(ctx)
+        if turn_id in ctx.queue:
+            ctx.queue.remove(turn_id)
+        await self._end_turn_here(ctx, turn, TurnState.INTERRUPTED, reason)
+        return turn
+
+    async def _end_turn_here(self, ctx: _SessionCtx, turn: Turn, state: TurnState, why: str) -> None:
+        """End a turn with an event the control plane writes itself."""
+        turn.state = state
+        turn.end_time_us = now_us()
+        turn.error_message = why
+        ctx.turns.pop(turn.turn_id, None)
+        if ctx.active is turn:
+            ctx.active = None
+        body = (
+            self._codec.turn_interrupted(why)
+            if state == TurnState.INTERRUPTED
+            else self._codec.turn_failed(why)
+        )
+        event = self._own_event(ctx, turn.turn_id, "turn_interrupted" if state == TurnState.INTERRUPTED else "turn_failed", body)
+        ctx.session.update_time_us = turn.end_time_us
+        ws = WriteSet(
+            event_inserts=[event_to_row(event)],
+            turn_updates=[turn_update_row(turn)],
+            session_updates=[session_update_row(ctx.session)],
+        )
+        ws.on_commit.append(lambda: self._published(ctx, [event]))
+        ws.on_commit.append(lambda: self._dispatch(ctx))
+        await self._commit(ws)
+
+    def _own_event(self, ctx: _SessionCtx, turn_id: str, kind: str, body: bytes) -> Event:
+        ctx.last_seq += 1
+        return Event(ctx.session.session_id, ctx.last_seq, turn_id, kind, body, now_us())
+
+    # ----------------------------------------------------------------- fan-out
+
+    def _published(self, ctx: _SessionCtx, events: list[Event]) -> None:
+        recent = ctx.recent
+        recent.extend(events)
+        if len(recent) > 2 * _RECENT_EVENTS:
+            del recent[: len(recent) - _RECENT_EVENTS]
+        ctx.committed_seq = events[-1].seq
+        changed, ctx.changed = ctx.changed, asyncio.Event()
+        changed.set()
+
+    async def subscribe(
+        self, session_id: str, after_seq: int, stop_at_end: bool
+    ) -> AsyncIterator[list[Event]]:
+        """Committed events after `after_seq`, in order, then live ones as they commit."""
+        ctx = await self._require(session_id)
+        if after_seq > ctx.committed_seq:
+            raise errors.CursorOutOfRange(
+                f"cursor {after_seq} is past the end of session {session_id!r}'s log "
+                f"(last seq {ctx.committed_seq})",
+                last_seq=str(ctx.committed_seq),
+            )
+        return self._follow(ctx, after_seq, stop_at_end)
+
+    async def _follow(self, ctx: _SessionCtx, cursor: int, stop_at_end: bool) -> AsyncIterator[list[Event]]:
+        while True:
+            if ctx.deleted:
+                if self._ctx.get(ctx.session.session_id) is ctx or ctx.session.session_id not in self._ctx:
+                    raise errors.SessionNotFound(ctx.session.session_id)
+                # The context was dropped after a failed write: continue on a fresh one.
+                ctx = await self._require(ctx.session.session_id)
+            if cursor < ctx.committed_seq:
+                recent = ctx.recent
+                first = recent[0].seq if recent else None
+                if first is not None and first <= cursor + 1:
+                    start = cursor + 1 - first
+                    batch = recent[start : start + _REPLAY_PAGE]
+                else:
+                    batch = await self._reader.events_after(ctx.session.session_id, cursor, _REPLAY_PAGE)
+                    batch = [e for e in batch if e.seq <= ctx.committed_seq]
+                if batch:
+                    cursor = batch[-1].seq
+                    yield batch
+                    continue
+            if stop_at_end:
+                return
+            changed = ctx.changed
+            if cursor < ctx.committed_seq or ctx.deleted:
+                continue
+            await changed.wait()
+
+    # ----------------------------------------------------------------- scheduling
+
+    def _eligible(self, w: _WorkerConn, session: Session) -> bool:
+        info = w.info
+        return (
+            w.outbox is not None
+            and session.runtime in info.runtimes
+            and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
+        )
+
+    def _dispatch(self, ctx: _SessionCtx) -> None:
+        """Offer the session's next queued turn to a worker, if it has one and one is free."""
+        if ctx.deleted or ctx.active is not None or not ctx.queue:
+            self._waiting.pop(ctx.session.session_id, None)
+            return
+        session_id = ctx.session.session_id
+        lease = ctx.lease
+        now = time.monotonic()
+        target: _WorkerConn | None = None
+        epoch = lease.epoch if lease else 0
+        resume = True
+        if lease is not None and lease.worker_id and now < ctx.lease_expires:
+            holder = self._workers.get(lease.worker_id)
+            if holder is None or holder.outbox is None or holder.free_slots <= 0:
+                # Sticky: the holder keeps the warm runtime; wait for it (or for its lease to
+                # lapse, after which any worker may take the session).
+                self._waiting[session_id] = None
+                return
+            target, resume = holder, False
+        else:
+            best = None
+            for w in self._workers.values():
+                if w.free_slots > 0 and self._eligible(w, ctx.session):
+                    if best is None or w.free_slots > best.free_slots:
+                        best = w
+            if best is None:
+                self._waiting[session_id] = None
+                return
+            target, epoch = best, epoch + 1
+        self._waiting.pop(session_id, None)
+        turn = ctx.turns[ctx.queue.popleft()]
+        turn.state = TurnState.OFFERED
+        ctx.active = turn
+        ctx.offer_epoch = epoch
+        ctx.offered_to = target.info.worker_id
+        target.in_flight.add(turn.turn_id)
+        timeout = self.timings.offer_timeout_s
+        ctx.offer_timer = asyncio.get_running_loop().call_later(
+            timeout, self._offer_expired, ctx, turn.turn_id
+        )
+        target.push(
+            OfferMsg(
+                session_id=session_id,
+                turn_id=turn.turn_id,
+                input=turn.input,
+                runtime=ctx.session.runtime,
+                lease_epoch=epoch,
+                resume_required=resume,
+                last_seq=ctx.committed_seq,
+                accept_deadline_us=now_us() + int(timeout * 1e6),
+            )
+        )
+
+    def _withdraw_offer(self, ctx: _SessionCtx) -> None:
+        turn = ctx.active
+        if turn is None or turn.state != TurnState.OFFERED:
+            return
+        if ctx.offer_timer:
+            ctx.offer_timer.cancel()
+            ctx.offer_timer = None
+        w = self._workers.get(ctx.offered_to)
+        if w is not None:
+            w.in_flight.discard(turn.turn_id)
+        ctx.offered_to = ""
+        turn.state = TurnState.QUEUED
+        ctx.active = None
+
+    def _requeue_offer(self, ctx: _SessionCtx) -> None:
+        turn = ctx.active
+        self._withdraw_offer(ctx)
+        if turn is not None:
+            ctx.queue.appendleft(turn.turn_id)
+
+    def _offer_expired(self, ctx: _SessionCtx, turn_id: str) -> None:
+        if ctx.active is not None and ctx.active.turn_id == turn_id and ctx.active.state == TurnState.OFFERED:
+            log.warning("offer of turn %s to %s was not accepted in time; requeued", turn_id, ctx.offered_to)
+            self._requeue_offer(ctx)
+            self._dispatch(ctx)
+
+    def _dispatch_waiting(self) -> None:
+        for session_id in list(self._waiting):
+            ctx = self._ctx.get(session_id)
+            if ctx is None:
+                self._waiting.pop(session_id, None)
+                continue
+            self._dispatch(ctx)
+
+    # ----------------------------------------------------------------- workers
+
+    async def register(self, info: WorkerInfo) -> str:
+        info.registration_id = new_id("reg")
+        ws = WriteSet(
+            worker_upserts=[
+                {
+                    "worker_id": info.worker_id,
+                    "name": info.name,
+                    "registration_id": info.registration_id,
+                    "runtimes_json": _json(info.runtimes),
+                    "labels_json": _json(info.labels),
+                    "slots": info.slots,
+                    "version": info.version,
+                    "registered_at_us": info.registered_at_us,
+                }
+            ]
+        )
+        await self._commit(ws)
+        old = self._workers.get(info.worker_id)
+        conn = _WorkerConn(info)
+        if old is not None:
+            conn.sessions = old.sessions
+            conn.in_flight = old.in_flight
+            if old.outbox is not None:
+                old.push(CloseMsg("replaced by a newer registration of the same worker"))
+                old.outbox = None
+                self._requeue_offers_of(old)
+        self._workers[info.worker_id] = conn
+        return info.registration_id
+
+    def _worker(self, worker_id: str, registration_id: str | None = None) -> _WorkerConn:
+        w = self._workers.get(worker_id)
+        if w is None or (registration_id is not None and w.info.registration_id != registration_id):
+            raise errors.WorkerNotRegistered(
+                f"worker {worker_id!r} has no current registration {registration_id or ''}; "
+                "call Register again",
+                worker_id=worker_id,
+            )
+        return w
+
+    async def attach(
+        self, worker_id: str, registration_id: str, held: list[tuple[str, int]], outbox: asyncio.Queue[WorkerMsg]
+    ) -> list[tuple[str, int]]:
+        """Bind a Lease stream to its registration. Returns the held leases it no longer has."""
+        self._worker(worker_id, registration_id)
+        for session_id, _ in held:  # after a control-plane restart they may not be loaded yet
+            await self._load(session_id)
+        w = self._worker(worker_id, registration_id)
+        if w.outbox is not None:
+            w.push(CloseMsg("replaced by a newer Lease stream"))
+        w.outbox = outbox
+        # Rebuild the slot count from the turns this control plane knows the worker runs
+        # (after a control-plane restart they were loaded from the database).
+        for ctx in self._ctx.values():
+            if ctx.active is not None and ctx.active.state == TurnState.RUNNING and ctx.active.worker_id == worker_id:
+                w.in_flight.add(ctx.active.turn_id)
+                w.sessions.add(ctx.session.session_id)
+        lost = self._renew(w, held)
+        held_ids = {sid for sid, _ in held}
+        # Leases the control plane says it holds but the worker does not know about: it
+        # restarted and lost those runtimes. Release them so the sessions can move at once.
+        for session_id in list(w.sessions - held_ids):
+            ctx = self._ctx.get(session_id)
+            if ctx is not None and ctx.holder() == worker_id:
+                asyncio.get_running_loop().create_task(
+                    self._expire_lease(ctx, "the worker restarted and no longer holds the session")
+                )
+        log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
+        self._dispatch_waiting()
+        return lost
+
+    def detach(self, worker_id: str, outbox: asyncio.Queue[WorkerMsg]) -> None:
+        w = self._workers.get(worker_id)
+        if w is None or w.outbox is not outbox:
+            return
+        w.outbox = None
+        self._requeue_offers_of(w)
+        log.info("worker %s detached; its leases stay until they expire", worker_id)
+
+    def _requeue_offers_of(self, w: _WorkerConn) -> None:
+        for ctx in list(self._ctx.values()):
+            if ctx.active is not None and ctx.active.state == TurnState.OFFERED and ctx.offered_to == w.info.worker_id:
+                self._requeue_offer(ctx)
+                self._dispatch(ctx)
+
+    def _renew(self, w: _WorkerConn, held: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        lost = []
+        deadline = time.monotonic() + self.timings.lease_ttl_s
+        for session_id, epoch in held:
+            ctx = self._ctx.get(session_id)
+            if ctx is None or ctx.deleted or ctx.lease is None or ctx.lease.worker_id != w.info.worker_id or ctx.lease.epoch != epoch:
+                lost.append((session_id, epoch))
+                continue
+            ctx.lease_expires = deadline
+            w.sessions.add(session_id)
+        return lost
+
+    def renew(self, worker_id: str, registration_id: str, held: list[tuple[str, int]]) -> RenewedMsg:
+        w = self._worker(worker_id, registration_id)
+        lost = self._renew(w, held)
+        return RenewedMsg(now_us() + int(self.timings.lease_ttl_s * 1e6), lost)
+
+    async def accept(self, worker_id: str, session_id: str, turn_id: str, epoch: int) -> None:
+        w = self._worker(worker_id)
+        ctx = self._ctx.get(session_id)
+        turn = ctx.active if ctx is not None else None
+        if (
+            ctx is None
+            or turn is None
+            or turn.turn_id != turn_id
+            or turn.state != TurnState.OFFERED
+            or ctx.offered_to != worker_id
+            or ctx.offer_epoch != epoch
+        ):
+            w.in_flight.discard(turn_id)
+            w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
+            self._dispatch_waiting()
+            return
+        if ctx.offer_timer:
+            ctx.offer_timer.cancel()
+            ctx.offer_timer = None
+        ws = WriteSet()
+        now = now_us()
+        if ctx.lease is None or ctx.lease.epoch != epoch or ctx.lease.worker_id != worker_id:
+            previous = self._workers.get(ctx.holder())
+            if previous is not None and previous is not w:
+                previous.sessions.discard(session_id)
+                previous.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "moved to another worker"))
+            ctx.lease = Lease(session_id, worker_id, epoch, now)
+            ctx.worker_seq_epoch, ctx.acked_worker_seq = epoch, 0
+            ws.lease_upserts.append(lease_to_row(ctx.lease))
+        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
+        w.sessions.add(session_id)
+        turn.state = TurnState.RUNNING
+        turn.worker_id = worker_id
+        turn.lease_epoch = epoch
+        ws.turn_updates.append(turn_update_row(turn))
+        grant = GrantMsg(session_id, turn_id, epoch, now + int(self.timings.lease_ttl_s * 1e6))
+        ws.on_commit.append(lambda: w.push(grant))
+        await self._commit(ws)
+
+    def reject(self, worker_id: str, session_id: str, turn_id: str, reason: str) -> None:
+        ctx = self._ctx.get(session_id)
+        if ctx is None or ctx.active is None or ctx.active.turn_id != turn_id or ctx.offered_to != worker_id:
+            return
+        log.info("worker %s rejected turn %s: %s", worker_id, turn_id, reason or "no reason")
+        self._requeue_offer(ctx)
+        # Not re-offered at once: the rejecting worker may be the sticky holder and would get
+        # it straight back. It waits for the next freed slot or the sweeper's next pass.
+        self._waiting[session_id] = None
+
+    async def release(self, worker_id: str, session_id: str, epoch: int) -> None:
+        ctx = self._ctx.get(session_id)
+        w = self._workers.get(worker_id)
+        if w is not None:
+            w.sessions.discard(session_id)
+        if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
+            return
+        if ctx.active is not None and ctx.active.state == TurnState.RUNNING:
+            await self._end_turn_here(ctx, ctx.active, TurnState.FAILED, "the worker released the session while the turn ran")
+            if w is not None:
+                w.in_flight.discard(ctx.active.turn_id if ctx.active else "")
+        ctx.lease = Lease(session_id, "", ctx.lease.epoch, now_us())
+        await self._commit(WriteSet(lease_upserts=[lease_to_row(ctx.lease)]))
+        self._dispatch(ctx)
+
+    async def _expire_lease(self, ctx: _SessionCtx, why: str) -> None:
+        lease = ctx.lease
+        if lease is None or not lease.worker_id:
+            return
+        w = self._workers.get(lease.worker_id)
+        if w is not None:
+            w.sessions.discard(ctx.session.session_id)
+            w.push(RevokeMsg(ctx.session.session_id, lease.epoch, why))
+        ctx.lease = Lease(ctx.session.session_id, "", lease.epoch, now_us())
+        turn = ctx.active
+        if turn is not None and turn.state == TurnState.RUNNING:
+            if w is not None:
+                w.in_flight.discard(turn.turn_id)
+            # A turn never stays "running" without a live lease: record why it ended.
+            await self._end_turn_here(ctx, turn, TurnState.FAILED, f"the worker was lost: {why}")
+        await self._commit(WriteSet(lease_upserts=[lease_to_row(ctx.lease)]))
+        log.warning("lease of session %s (epoch %d) expired: %s", ctx.session.session_id, lease.epoch, why)
+        self._dispatch(ctx)
+
+    async def _sweep_leases(self) -> None:
+        period = max(0.05, min(1.0, self.timings.lease_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for ctx in list(self._ctx.values()):
+                if ctx.lease is not None and ctx.lease.worker_id and now >= ctx.lease_expires and not ctx.deleted:
+                    try:
+                        await self._expire_lease(ctx, "the lease was not renewed before its deadline")
+                    except errors.DomainError:
+                        log.exception("could not expire lease of %s", ctx.session.session_id)
+            self._dispatch_waiting()
+
+    def check_lease(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
+        ctx = self._ctx.get(session_id)
+        if ctx is None or ctx.deleted:
+            raise errors.LeaseLost(session_id, epoch, 0)
+        lease = ctx.lease
+        if lease is None or lease.worker_id != worker_id or lease.epoch != epoch:
+            raise errors.LeaseLost(session_id, epoch, lease.epoch if lease else 0)
+        return ctx
+
+    async def load_for_worker(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
+        """Like check_lease, but loads the session first (after a control-plane restart)."""
+        await self._load(session_id)
+        return self.check_lease(worker_id, session_id, epoch)
+
+    def ingest(
+        self, worker_id: str, session_id: str, epoch: int, events: list[IncomingEvent]
+    ) -> tuple[asyncio.Future[None] | None, int, int, list[Event]]:
+        """Fence, dedup, number and queue a batch of worker events.
+
+        Returns the commit future (None when every event was a duplicate), the acked worker
+        watermark and last seq that hold once it resolves, and the new events.
+        """
+        ctx = self.check_lease(worker_id, session_id, epoch)
+        expected = ctx.acked_worker_seq + 1
+        fresh = [e for e in events if e.worker_seq >= expected]
+        for i, e in enumerate(fresh):
+            if e.worker_seq != expected + i:
+                raise errors.InvalidArgument(
+                    "events.worker_seq",
+                    f"worker_seq must continue at {expected + i} with no gaps; got {e.worker_seq}",
+                )
+        if not fresh:
+            return None, ctx.acked_worker_seq, ctx.committed_seq, []
+        active = ctx.active
+        running_id = active.turn_id if active is not None and active.state == TurnState.RUNNING else ""
+        for e in fresh:
+            if e.turn_id != running_id:
+                raise errors.InvalidArgument(
+                    "events.turn_id",
+                    f"turn {e.turn_id!r} is not the session's running turn"
+                    + (f" ({running_id})" if running_id else " (no turn is running)"),
+                )
+            if e.kind in TERMINAL_KINDS and e is not fresh[-1]:
+                raise errors.InvalidArgument("events", "no event may follow a turn's terminal event in a batch")
+        ws = WriteSet()
+        now = now_us()
+        stored: list[Event] = []
+        seq = ctx.last_seq
+        for e in fresh:
+            seq += 1
+            ev = Event(session_id, seq, e.turn_id, e.kind, e.body, now, epoch, e.worker_seq)
+            stored.append(ev)
+        ws.event_inserts = [event_to_row(ev) for ev in stored]
+        ctx.last_seq = seq
+        ctx.acked_worker_seq = fresh[-1].worker_seq
+        last = fresh[-1]
+        session = ctx.session
+        for e in fresh:
+            if e.kind == "turn_started" and e.runtime_thread_id and e.runtime_thread_id != session.runtime_thread_id:
+                session.runtime_thread_id = e.runtime_thread_id
+                session.update_time_us = now
+                ws.session_updates.append(session_update_row(session))
+        if last.kind in TERMINAL_KINDS and active is not None:
+            active.state = TERMINAL_KINDS[last.kind]
+            active.end_time_us = now
+            active.exit_code = last.exit_code
+            active.error_message = last.message
+            ctx.turns.pop(active.turn_id, None)
+            ctx.active = None
+            session.update_time_us = now
+            ws.turn_updates.append(turn_update_row(active))
+            ws.session_updates.append(session_update_row(session))
+            w = self._workers.get(worker_id)
+            if w is not None:
+                w.in_flight.discard(active.turn_id)
+            ws.on_commit.append(lambda: self._dispatch(ctx))
+            ws.on_commit.append(self._dispatch_waiting)
+        ws.on_commit.insert(0, lambda: self._published(ctx, stored))
+        return self._writer.submit(ws), ctx.acked_worker_seq, seq, stored
+
+    # ----------------------------------------------------------------- snapshots & resume
+
+    async def latest_snapshot(self, session_id: str) -> Snapshot:
+        await self._require(session_id)
+        snap = await self._reader.latest_snapshot(session_id)
+        if snap is None:
+            raise errors.SnapshotNotFound(
+                f"session {session_id!r} has no snapshot yet; CreateSnapshot makes one",
+                session_id=session_id,
+            )
+        return snap
+
+    async def request_snapshot(self, session_id: str) -> Snapshot:
+        ctx = await self._require(session_id)
+        w = self._workers.get(ctx.holder())
+        if w is None or w.outbox is None or ctx.lease is None:
+            raise errors.NoWorker(
+                f"no connected worker holds session {session_id!r}'s runtime; send input to "
+                "start it on a worker, or read the latest snapshot with GetSnapshot",
+                session_id=session_id,
+            )
+        request_id = new_id("req")
+        fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters[request_id] = fut
+        w.push(SnapshotRequestMsg(session_id, ctx.lease.epoch, request_id))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.timings.snapshot_timeout_s)
+        except TimeoutError:
+            raise errors.Timeout(
+                f"worker {w.info.worker_id!r} did not upload a snapshot within "
+                f"{self.timings.snapshot_timeout_s:g}s",
+                worker_id=w.info.worker_id,
+            ) from None
+        finally:
+            self._snapshot_waiters.pop(request_id, None)
+
+    async def store_snapshot(
+        self,
+        worker_id: str,
+        session_id: str,
+        epoch: int,
+        seq: int,
+        metadata_json: str,
+        history: bytes,
+        history_count: int,
+        request_id: str,
+    ) -> Snapshot:
+        ctx = await self.load_for_worker(worker_id, session_id, epoch)
+        if seq > ctx.committed_seq:
+            raise errors.InvalidArgument(
+                "seq", f"the snapshot claims seq {seq} but the log ends at {ctx.committed_seq}"
+            )
+        snap = Snapshot(
+            snapshot_id=new_id("snp"),
+            session_id=session_id,
+            seq=seq,
+            worker_id=worker_id,
+            lease_epoch=epoch,
+            runtime=ctx.session.runtime,
+            runtime_metadata_json=metadata_json or "{}",
+            history=history,
+            history_count=history_count,
+            create_time_us=now_us(),
+        )
+        ws = WriteSet(snapshot_inserts=[snapshot_to_row(snap)])
+        waiter = self._snapshot_waiters.get(request_id) if request_id else None
+        if waiter is not None:
+            ws.on_commit.append(lambda: waiter.done() or waiter.set_result(snap))
+        await self._commit(ws)
+        return snap
+
+    async def resume_source(self, worker_id: str, session_id: str, epoch: int) -> tuple[Snapshot | None, int]:
+        """The latest snapshot and the log end a resuming worker must read up to."""
+        ctx = await self.load_for_worker(worker_id, session_id, epoch)
+        return await self._reader.latest_snapshot(session_id), ctx.committed_seq
+
+    async def events_between(self, session_id: str, after_seq: int, upto: int) -> list[Event]:
+        events = await self._reader.events_after(session_id, after_seq, _REPLAY_PAGE)
+        return [e for e in events if e.seq <= upto]
+
+    def worker_count(self) -> int:
+        return sum(1 for w in self._workers.values() if w.outbox is not None)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True)

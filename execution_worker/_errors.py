@@ -1,0 +1,55 @@
+"""Reading the control plane's errors: the google.rpc.Status details on a failed call.
+
+The server puts an ErrorInfo (domain "tether.dev") with a stable reason in the
+`grpc-status-details-bin` trailer; the worker acts on the reason, not on the message text.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "tether.dev"
+LEASE_LOST = "LEASE_LOST"
+WORKER_NOT_REGISTERED = "WORKER_NOT_REGISTERED"
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason the server attached to `error`, or "" when there is none."""
+    try:
+        metadata = error.trailing_metadata() or ()
+    except Exception:
+        return ""
+    for key, value in metadata:
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except Exception:
+            return ""
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason
+    return ""
+
+
+def is_lease_lost(error: BaseException) -> bool:
+    return (
+        isinstance(error, grpc.aio.AioRpcError)
+        and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and error_reason(error) == LEASE_LOST
+    )
+
+
+def describe(error: BaseException) -> str:
+    """One log-friendly line for an RPC failure."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        reason = error_reason(error)
+        suffix = f" [{reason}]" if reason else ""
+        return f"{error.code().name}: {error.details()}{suffix}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,256 @@
+"""The per-session event outbox: numbers a leased session's events and delivers them on a
+StreamEvents stream until the control plane acknowledges them.
+
+Delivery is at-least-once with stable numbers: every event gets the next `worker_seq` of its
+(session, lease epoch) when emitted and keeps it across reconnects, so the server can drop the
+duplicates a resend produces. Throughput comes from batching, not from waiting: the sender
+writes everything pending (up to the server's per-message limit) whenever its previous write
+completes, so under load batches grow by themselves and when idle an event leaves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+from execution_worker._backoff import Backoff
+from execution_worker._errors import describe, is_lease_lost
+
+_log = logging.getLogger(__name__)
+
+#: An idle stream (everything acknowledged, nothing new) is closed after this long, so a
+#: worker holding many quiet sessions does not pin a server stream for each.
+IDLE_CLOSE_S = 30.0
+
+
+class EventOutbox:
+    """Unacknowledged events of one session under one lease epoch, and the task sending them.
+
+    `emit()` never blocks and never fails: events are kept until acknowledged or until the
+    lease is lost (then `on_lease_lost(outbox)` is called once and everything is discarded).
+    """
+
+    def __init__(
+        self,
+        *,
+        stub: worker_service_pb2_grpc.WorkerServiceStub,
+        worker_id: str,
+        session_id: str,
+        lease_epoch: int,
+        max_events_per_message: Callable[[], int],
+        new_backoff: Callable[[], Backoff],
+        on_lease_lost: Callable[[EventOutbox], None],
+        rpc_timeout_s: float = 10.0,
+    ) -> None:
+        self.worker_id = worker_id
+        self.session_id = session_id
+        self.lease_epoch = lease_epoch
+        self._stub = stub
+        self._max_batch = max_events_per_message
+        self._new_backoff = new_backoff
+        self._on_lease_lost = on_lease_lost
+        self._rpc_timeout_s = rpc_timeout_s
+        # Unacknowledged events; _pending[0].worker_seq == _acked + 1.
+        self._pending: list[worker_service_pb2.WorkerEvent] = []
+        self._emitted = 0  # worker_seq of the last emitted event
+        self._acked = 0
+        self._last_seq = 0
+        self._next_send = 1
+        self._new_events = asyncio.Event()
+        self._ack_waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self._closed = False
+        self.lease_lost = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- producer side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(
+                self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}"
+            )
+
+    def emit(self, turn_id: str, body: resources_pb2.EventBody) -> int:
+        """Queue one event; returns its worker_seq (0 when the outbox is closed)."""
+        if self._closed:
+            return 0
+        self._emitted += 1
+        self._pending.append(
+            worker_service_pb2.WorkerEvent(worker_seq=self._emitted, turn_id=turn_id, body=body)
+        )
+        self._new_events.set()
+        return self._emitted
+
+    @property
+    def acked_worker_seq(self) -> int:
+        return self._acked
+
+    @property
+    def emitted_worker_seq(self) -> int:
+        return self._emitted
+
+    @property
+    def last_seq(self) -> int:
+        """The session's last stored seq as of the latest acknowledgement (the watermark a
+        snapshot may claim once everything is acknowledged)."""
+        return self._last_seq
+
+    @property
+    def all_acked(self) -> bool:
+        return self._acked >= self._emitted
+
+    async def wait_acked(self, timeout: float | None = None) -> bool:
+        """Wait until every event emitted so far is acknowledged. False on timeout, or when the
+        outbox closes (lease lost, session dropped) first."""
+        target = self._emitted
+        if self._acked >= target:
+            return True
+        if self._closed:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        entry = (target, future)
+        self._ack_waiters.append(entry)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._ack_waiters:
+                self._ack_waiters.remove(entry)
+
+    async def close(self) -> None:
+        """Stop sending and discard whatever is unacknowledged. Idempotent; safe to call from
+        the outbox's own callback."""
+        self._closed = True
+        self._pending.clear()
+        self._resolve_waiters(False)
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    # -- sender --------------------------------------------------------------------------------
+
+    def _resolve_waiters(self, value: bool | None = None) -> None:
+        keep = []
+        for target, future in self._ack_waiters:
+            if future.done():
+                continue
+            if value is not None:
+                future.set_result(value)
+            elif self._acked >= target:
+                future.set_result(True)
+            else:
+                keep.append((target, future))
+        self._ack_waiters = keep
+
+    def _on_ack(self, response: worker_service_pb2.StreamEventsResponse) -> None:
+        acked = min(response.acked_worker_seq, self._emitted)
+        if response.last_seq:
+            self._last_seq = max(self._last_seq, response.last_seq)
+        if acked <= self._acked:
+            return
+        del self._pending[: acked - self._acked]
+        self._acked = acked
+        self._resolve_waiters()
+
+    async def _run(self) -> None:
+        backoff = self._new_backoff()
+        while not self._closed:
+            if self._acked >= self._emitted:
+                self._new_events.clear()
+                if self._acked >= self._emitted:
+                    await self._new_events.wait()
+                continue
+            call = self._stub.StreamEvents()
+            try:
+                got_ack = await self._pump(call)
+            except grpc.aio.AioRpcError as error:
+                if is_lease_lost(error):
+                    _log.warning(
+                        "session %s lost its lease (epoch %d) while sending events; stopping it",
+                        self.session_id, self.lease_epoch,
+                    )
+                    self.lease_lost = True
+                    self._closed = True
+                    self._pending.clear()
+                    self._resolve_waiters(False)
+                    self._on_lease_lost(self)
+                    return
+                _log.warning("event stream of session %s broke: %s", self.session_id, describe(error))
+            else:
+                if got_ack:
+                    backoff.reset()
+                if self._acked >= self._emitted:
+                    continue  # a clean idle close: no backoff needed
+            finally:
+                call.cancel()
+            delay = backoff.next_delay()
+            _log.info("event stream of session %s reconnecting in %.2fs", self.session_id, delay)
+            await asyncio.sleep(delay)
+
+    async def _pump(self, call: grpc.aio.StreamStreamCall) -> bool:
+        """Run one StreamEvents call; returns True when any ack arrived. Raises AioRpcError."""
+        self._next_send = self._acked + 1
+        acks_before = self._acked
+        reader = asyncio.create_task(self._read_acks(call))
+        writer = asyncio.create_task(self._write_events(call))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done and writer.exception() is None:
+                # Idle half-close: let the server finish acknowledging, then end.
+                await asyncio.wait_for(asyncio.shield(reader), self._rpc_timeout_s)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            call.cancel()
+            results = await asyncio.gather(reader, writer, return_exceptions=True)
+        # The reader sees the server's status with its trailers; prefer its error.
+        for result in results:
+            if isinstance(result, grpc.aio.AioRpcError):
+                raise result
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                _log.debug("event stream of session %s: %r", self.session_id, result)
+        return self._acked > acks_before
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            self._on_ack(response)
+
+    async def _write_events(self, call: grpc.aio.StreamStreamCall) -> None:
+        header_sent = False
+        while True:
+            if self._next_send > self._emitted:
+                self._new_events.clear()
+                if self._next_send > self._emitted:
+                    try:
+                        await asyncio.wait_for(self._new_events.wait(), IDLE_CLOSE_S)
+                    except TimeoutError:
+                        if self._acked >= self._emitted and self._next_send > self._emitted:
+                            await call.done_writing()
+                            return
+                continue
+            if self._next_send <= self._acked:
+                self._next_send = self._acked + 1  # acked past what this call sent: skip ahead
+                continue
+            start = self._next_send - self._acked - 1
+            batch = self._pending[start : start + max(1, self._max_batch())]
+            request = worker_service_pb2.StreamEventsRequest(events=batch)
+            if not header_sent:
+                request.worker_id = self.worker_id
+                request.session_id = self.session_id
+                request.lease_epoch = self.lease_epoch
+                header_sent = True
+            self._next_send += len(batch)
+            await call.write(request)

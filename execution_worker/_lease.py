@@ -1,0 +1,272 @@
+"""The Lease loop: register, hold the long-lived Lease stream, heartbeat on it, and reconnect
+forever when it ends.
+
+The loop owns the connection and its timing; what the messages mean is the worker's business,
+handed over through `LeaseHandler`. Heartbeats ride on the stream and every renewal is
+answered, so silence from the server means the stream is deaf (alive but receiving nothing,
+as with a half-dead TCP connection): the loop then drops it and reconnects rather than
+heartbeating into the void.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
+
+from execution_worker._backoff import Backoff
+from execution_worker._errors import describe
+from execution_worker._settings import WorkerSettings
+
+_log = logging.getLogger(__name__)
+
+#: Protocol features this worker implements, announced in RegisterRequest.features.
+FEATURES = ("lease_renew", "resume", "snapshot", "interrupt", "drain", "release")
+
+# The stream is declared deaf after this many heartbeat intervals without any message.
+_DEAF_AFTER_INTERVALS = 3
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tether")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class LeaseTimings:
+    """The timings the server set in its RegisterResponse (the server is the authority)."""
+
+    heartbeat_interval_s: float = 5.0
+    lease_ttl_s: float = 30.0
+    offer_timeout_s: float = 5.0
+    reconnect_backoff_initial_s: float = 0.2
+    reconnect_backoff_max_s: float = 5.0
+    max_events_per_message: int = 500
+
+    @classmethod
+    def from_response(cls, response: worker_service_pb2.RegisterResponse, fallback: LeaseTimings) -> LeaseTimings:
+        def seconds(field: str, default: float) -> float:
+            if not response.HasField(field):
+                return default
+            value = getattr(response, field).ToTimedelta().total_seconds()
+            return value if value > 0 else default
+
+        return cls(
+            heartbeat_interval_s=seconds("heartbeat_interval", fallback.heartbeat_interval_s),
+            lease_ttl_s=seconds("lease_ttl", fallback.lease_ttl_s),
+            offer_timeout_s=seconds("offer_timeout", fallback.offer_timeout_s),
+            reconnect_backoff_initial_s=seconds("reconnect_backoff_initial", fallback.reconnect_backoff_initial_s),
+            reconnect_backoff_max_s=seconds("reconnect_backoff_max", fallback.reconnect_backoff_max_s),
+            max_events_per_message=response.max_events_per_message or fallback.max_events_per_message,
+        )
+
+
+class LeaseHandler(Protocol):
+    """What the Lease loop asks of the worker."""
+
+    def held_leases(self) -> Sequence[worker_service_pb2.LeaseRef]: ...
+
+    def running_turns(self) -> int: ...
+
+    def on_lost_leases(self, lost: Sequence[worker_service_pb2.LeaseRef], why: str) -> None: ...
+
+    async def on_lease_message(self, message: worker_service_pb2.LeaseResponse) -> None: ...
+
+    def on_heartbeat(self) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+
+class LeaseClient:
+    """Registers and keeps one Lease stream open, forever, until `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        stub: worker_service_pb2_grpc.WorkerServiceStub,
+        settings: WorkerSettings,
+        worker_id: str,
+        runtimes: Sequence[str],
+        handler: LeaseHandler,
+    ) -> None:
+        self._stub = stub
+        self._settings = settings
+        self._worker_id = worker_id
+        self._runtimes = list(runtimes)
+        self._handler = handler
+        self.timings = LeaseTimings(
+            reconnect_backoff_initial_s=settings.reconnect_backoff_initial_s,
+            reconnect_backoff_max_s=settings.reconnect_backoff_max_s,
+        )
+        self.registration_id = ""
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._write_lock = asyncio.Lock()
+        self._stopping = False
+        self._last_heard = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._call is not None
+
+    def new_backoff(self) -> Backoff:
+        return Backoff(self.timings.reconnect_backoff_initial_s, self.timings.reconnect_backoff_max_s)
+
+    async def send(self, request: worker_service_pb2.LeaseRequest) -> bool:
+        """Write one message on the open stream; False when there is none or the write failed
+        (the read side then sees the failure and the loop reconnects)."""
+        call = self._call
+        if call is None:
+            return False
+        async with self._write_lock:  # grpc.aio allows one write in flight per call
+            try:
+                await asyncio.wait_for(call.write(request), self._settings.rpc_timeout_s)
+                return True
+            except TimeoutError:
+                _log.warning("lease stream write timed out; dropping the stream")
+                call.cancel()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                _log.debug("lease stream write failed: %s", describe(error))
+        return False
+
+    async def finish(self) -> None:
+        """Half-close the stream: the worker has said everything (after a drain's releases)."""
+        call = self._call
+        if call is None:
+            return
+        async with self._write_lock:
+            try:
+                await asyncio.wait_for(call.done_writing(), self._settings.rpc_timeout_s)
+            except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+
+    def stop(self) -> None:
+        """Make `run()` end at its next step (the owner cancels it too)."""
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Register, hold the stream, reconnect with jittered backoff; never gives up."""
+        backoff = self.new_backoff()
+        while not self._stopping:
+            opened = False
+            try:
+                opened = await self._connect_once()
+            except grpc.aio.AioRpcError as error:
+                _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
+            except (TimeoutError, ConnectionError, OSError) as error:
+                _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("lease loop failed unexpectedly; reconnecting")
+            if self._stopping:
+                return
+            if opened:
+                # A stream that was up counts as success: start the next backoff from the
+                # server's current hints rather than where a past outage left it.
+                backoff = self.new_backoff()
+            delay = backoff.next_delay()
+            _log.info("reconnecting to %s in %.2fs", self._settings.control_plane, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> bool:
+        settings = self._settings
+        response = await self._stub.Register(
+            worker_service_pb2.RegisterRequest(
+                worker_id=self._worker_id,
+                name=settings.name,
+                runtimes=self._runtimes,
+                slots=settings.slots,
+                labels=dict(settings.labels),
+                version=_version(),
+                features=list(FEATURES),
+            ),
+            timeout=settings.rpc_timeout_s,
+        )
+        self.timings = LeaseTimings.from_response(response, self.timings)
+        self.registration_id = response.registration_id
+        call = self._stub.Lease()
+        try:
+            held = list(self._handler.held_leases())
+            await asyncio.wait_for(
+                call.write(
+                    worker_service_pb2.LeaseRequest(
+                        open=worker_service_pb2.LeaseOpen(
+                            worker_id=self._worker_id,
+                            registration_id=self.registration_id,
+                            leases=held,
+                        )
+                    )
+                ),
+                settings.rpc_timeout_s,
+            )
+            first = await asyncio.wait_for(call.read(), settings.rpc_timeout_s)
+            if first is grpc.aio.EOF:
+                _log.warning("control plane closed the lease stream before opening it")
+                return False
+            if first.WhichOneof("kind") != "opened":
+                _log.warning("lease stream: expected 'opened', got %r; reconnecting", first.WhichOneof("kind"))
+                return False
+            _log.info(
+                "registered as %s (registration %s, heartbeat %.1fs, %d leases held)",
+                self._worker_id, self.registration_id, self.timings.heartbeat_interval_s, len(held),
+            )
+            if first.opened.lost_leases:
+                self._handler.on_lost_leases(first.opened.lost_leases, "lost while disconnected")
+            self._call = call
+            self._last_heard = asyncio.get_running_loop().time()
+            reader = asyncio.create_task(self._read(call), name="lease reader")
+            heartbeat = asyncio.create_task(self._heartbeat(), name="lease heartbeat")
+            try:
+                done, _ = await asyncio.wait({reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._call = None
+                for task in (reader, heartbeat):
+                    task.cancel()
+                call.cancel()
+                results = await asyncio.gather(reader, heartbeat, return_exceptions=True)
+                self._handler.on_disconnected()
+            for result in results:
+                if isinstance(result, grpc.aio.AioRpcError):
+                    _log.warning("lease stream failed: %s", describe(result))
+                elif isinstance(result, Exception):
+                    _log.error("lease stream handler failed", exc_info=result)
+            return True
+        finally:
+            call.cancel()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                _log.warning("control plane closed the lease stream")
+                return
+            self._last_heard = loop.time()
+            await self._handler.on_lease_message(message)
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            interval = self.timings.heartbeat_interval_s
+            await asyncio.sleep(interval)
+            silence = loop.time() - self._last_heard
+            if silence > _DEAF_AFTER_INTERVALS * interval + self._settings.rpc_timeout_s:
+                _log.warning("lease stream silent for %.1fs; dropping it as deaf", silence)
+                return
+            self._handler.on_heartbeat()
+            await self.send(
+                worker_service_pb2.LeaseRequest(
+                    renew=worker_service_pb2.RenewLeases(
+                        leases=list(self._handler.held_leases()),
+                        running_turns=self._handler.running_turns(),
+                    )
+                )
+            )

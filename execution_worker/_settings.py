@@ -1,0 +1,72 @@
+"""The worker's settings, built once at the CLI edge (or by a test) and passed down; and the
+worker's stable identity on disk."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a `Worker` needs to know. Durations are seconds, named `_s`."""
+
+    workdir: Path
+    control_plane: str = DEFAULT_CONTROL_PLANE
+    runtimes: tuple[str, ...] = ("shell",)
+    slots: int = 4
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: None: read `<workdir>/.tether/worker_id`, creating it on first start.
+    worker_id: str | None = None
+    name: str = field(default_factory=socket.gethostname)
+    #: How long running turns may take to finish once a drain starts.
+    drain_grace_s: float = 30.0
+    #: Deadline of unary calls (Register) and of waiting for the LeaseOpened answer.
+    rpc_timeout_s: float = 10.0
+    #: Deadline of a whole Resume download and of a whole Snapshot upload.
+    resume_timeout_s: float = 60.0
+    snapshot_timeout_s: float = 60.0
+    #: How long a drain waits for the control plane to acknowledge the last events.
+    flush_timeout_s: float = 10.0
+    #: Used until the first RegisterResponse says otherwise.
+    reconnect_backoff_initial_s: float = 0.2
+    reconnect_backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workdir", Path(self.workdir))
+        object.__setattr__(self, "runtimes", tuple(self.runtimes))
+        object.__setattr__(self, "labels", dict(self.labels))
+        if not 1 <= self.slots <= 1024:
+            raise ValueError(f"slots must be between 1 and 1024, got {self.slots}")
+        if not self.runtimes:
+            raise ValueError("at least one runtime is required")
+        if self.worker_id is not None and not _WORKER_ID.match(self.worker_id):
+            raise ValueError(f"worker id {self.worker_id!r} must be 1-128 characters of [A-Za-z0-9._-]")
+
+
+def resolve_worker_id(workdir: Path, override: str | None = None) -> str:
+    """The worker's stable id: `override`, else the one stored under the workdir (created on
+    first start), so a restarted worker comes back as itself and keeps its sticky sessions."""
+    if override:
+        return override
+    path = Path(workdir) / ".tether" / "worker_id"
+    try:
+        stored = path.read_text().strip()
+    except FileNotFoundError:
+        stored = ""
+    if _WORKER_ID.match(stored):
+        return stored
+    worker_id = "wkr_" + secrets.token_hex(8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(worker_id + "\n")
+    tmp.replace(path)  # atomic: a crash never leaves a half-written id behind
+    return worker_id

@@ -1,0 +1,633 @@
+"""The public `Worker`: composes the Lease loop, the held sessions (runtime + event outbox each)
+and the slots, under one lifecycle: run, drain, close.
+
+Ownership: every background task is created through `Worker._spawn` (or owned by a session's
+outbox, or by the Lease loop) and is cancelled and awaited by `close()`, which is idempotent.
+Sessions are forgotten on exactly three paths: lease lost (revoked, lost in a renewal or open,
+LEASE_LOST on a write), released at the end of a drain, or the worker closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
+
+from execution_worker._convert import event_body, history_from_resume, history_to_proto, turn_started_body
+from execution_worker._errors import describe, is_lease_lost
+from execution_worker._events import EventOutbox
+from execution_worker._lease import LeaseClient
+from execution_worker._runtime import (
+    TERMINAL_EVENTS,
+    HistoryItem,
+    Runtime,
+    RuntimeFactory,
+    TurnCompleted,
+    TurnFailed,
+    TurnInterrupted,
+    check_runtimes,
+    select_runtimes,
+)
+from execution_worker._settings import WorkerSettings, resolve_worker_id
+
+_log = logging.getLogger("execution_worker")
+
+#: History items per SnapshotRequest chunk.
+SNAPSHOT_CHUNK_ITEMS = 500
+
+# Resume histories and snapshots can be large; the default 4 MiB receive cap is too tight.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Catches a dead TCP connection under streams that are open but quiet. The Lease stream's
+    # heartbeats keep data flowing, so these pings never count as abusive on the server.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+
+class _LeaseLost(Exception):
+    """A call of a session's was fenced off: the session is no longer this worker's."""
+
+
+@dataclass
+class _Reservation:
+    offer: worker_service_pb2.Offer
+    expires_at: float
+
+
+@dataclass
+class _Session:
+    session_id: str
+    lease_epoch: int
+    runtime_name: str
+    outbox: EventOutbox
+    runtime: Runtime | None = None
+    turn_id: str | None = None
+    turn_task: asyncio.Task[None] | None = None
+    # An interrupt that arrived while the turn was still rehydrating.
+    pending_interrupt: str | None = None
+    dropped: bool = False
+
+    def ref(self) -> worker_service_pb2.LeaseRef:
+        return worker_service_pb2.LeaseRef(session_id=self.session_id, lease_epoch=self.lease_epoch)
+
+
+class Worker:
+    """A Tether execution worker: dials out to the control plane, takes offered turns for the
+    runtimes it has, runs them, streams their events, and reconnects forever.
+
+    Use as ``async with Worker(settings) as worker: await worker.run()``; `run()` returns after
+    a drain (`request_drain()`, a DrainRequested from the server) or `close()`.
+    `runtimes` and `channel` are test seams: fake runtimes, or an already-built channel.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        runtimes: Mapping[str, RuntimeFactory] | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = resolve_worker_id(settings.workdir, settings.worker_id)
+        self._runtimes = dict(runtimes) if runtimes is not None else select_runtimes(settings.runtimes)
+        check_runtimes(self._runtimes)
+        self._channel = channel
+        self._owns_channel = channel is None
+        self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
+        self._lease: LeaseClient | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._reservations: dict[tuple[str, str], _Reservation] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._draining = False
+        self._drain_grace_s = settings.drain_grace_s
+        self._drain_requested = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._work_changed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._running = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def connected(self) -> bool:
+        """True while the Lease stream is open."""
+        return self._lease is not None and self._lease.connected
+
+    @property
+    def session_ids(self) -> list[str]:
+        """Sessions this worker holds a lease on now."""
+        return list(self._sessions)
+
+    @property
+    def running_turn_count(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.turn_task is not None)
+
+    def request_drain(self, grace_s: float | None = None) -> None:
+        """Start draining: no new offers, running turns get `grace_s` (default: the setting) to
+        finish, events are flushed, leases released, then `run()` returns. Safe from a signal
+        handler; a second call only shortens the grace."""
+        if grace_s is not None:
+            self._drain_grace_s = min(self._drain_grace_s, max(0.0, grace_s))
+        if not self._draining:
+            _log.info("drain requested; taking no new offers")
+        self._draining = True
+        self._drain_requested.set()
+        # Reservations not yet granted would delay the drain for nothing.
+        self._work_changed.set()
+
+    async def run(self) -> None:
+        """Run until drained or closed. Never raises for control-plane trouble: it reconnects."""
+        if self._running:
+            raise RuntimeError("Worker.run() is already running")
+        self._running = True
+        self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.settings.control_plane, options=_CHANNEL_OPTIONS)
+        self._stub = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
+        self._lease = LeaseClient(
+            stub=self._stub,
+            settings=self.settings,
+            worker_id=self.worker_id,
+            runtimes=list(self._runtimes),
+            handler=self,
+        )
+        _log.info(
+            "worker %s starting: control plane %s, runtimes %s, %d slots, workdir %s",
+            self.worker_id, self.settings.control_plane, ",".join(self._runtimes),
+            self.settings.slots, self.settings.workdir,
+        )
+        lease_task = self._spawn(self._lease.run(), "lease loop")
+        drain = asyncio.create_task(self._drain_requested.wait())
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({drain, stop, lease_task}, return_when=asyncio.FIRST_COMPLETED)
+            if self._drain_requested.is_set() and not self._stop_requested.is_set():
+                await self._drain()
+        finally:
+            for task in (drain, stop):
+                task.cancel()
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop everything now: kill running turns, drop sessions, close the channel.
+        Idempotent and safe to call concurrently."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        self._stop_requested.set()
+        if self._lease is not None:
+            self._lease.stop()
+        for session in list(self._sessions.values()):
+            await self._forget(session, "worker closing")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_channel and self._channel is not None:
+            await self._channel.close()
+        _log.info("worker %s stopped", self.worker_id)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("task %r failed", task.get_name(), exc_info=task.exception())
+
+    # -- waiting helpers (drain, tests) ------------------------------------------------------------
+
+    async def wait_events_acked(self, timeout: float | None = None) -> bool:
+        """Wait until every event emitted so far, in every held session, is acknowledged."""
+        outboxes = [s.outbox for s in self._sessions.values()]
+        if not outboxes:
+            return True
+        results = await asyncio.gather(*(o.wait_acked(timeout) for o in outboxes))
+        return all(results)
+
+    async def _wait_idle(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.running_turn_count or self._reservations:
+            self._purge_expired_reservations()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._work_changed.clear()
+            try:
+                await asyncio.wait_for(self._work_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return True
+
+    async def _drain(self) -> None:
+        grace = self._drain_grace_s
+        _log.info("draining: %d turns running, grace %.1fs", self.running_turn_count, grace)
+        if not await self._wait_idle(grace):
+            _log.warning("drain grace over; interrupting %d running turns", self.running_turn_count)
+            for session in self._sessions.values():
+                if session.turn_task is not None:
+                    self._interrupt_session(session, "worker draining")
+            # Interrupts end turns within the runtime's kill grace; bound it anyway.
+            await self._wait_idle(5.0)
+        if not await self.wait_events_acked(self.settings.flush_timeout_s):
+            _log.warning("drain: some events were not acknowledged in %.1fs", self.settings.flush_timeout_s)
+        for session in list(self._sessions.values()):
+            assert self._lease is not None
+            released = await self._lease.send(
+                worker_service_pb2.LeaseRequest(
+                    release=worker_service_pb2.ReleaseLease(
+                        session_id=session.session_id, lease_epoch=session.lease_epoch
+                    )
+                )
+            )
+            _log.info(
+                "released session %s (epoch %d)%s", session.session_id, session.lease_epoch,
+                "" if released else " locally (not connected; the lease will expire)",
+            )
+            await self._forget(session, "released")
+        if self._lease is not None:
+            await self._lease.finish()
+        _log.info("drained")
+
+    # -- LeaseHandler ---------------------------------------------------------------------------
+
+    def held_leases(self) -> Sequence[worker_service_pb2.LeaseRef]:
+        return [s.ref() for s in self._sessions.values() if not s.dropped]
+
+    def running_turns(self) -> int:
+        return self.running_turn_count
+
+    def on_heartbeat(self) -> None:
+        self._purge_expired_reservations()
+
+    def on_disconnected(self) -> None:
+        # Grants for these would have come on the stream that just ended; the server re-offers.
+        if self._reservations:
+            self._reservations.clear()
+            self._work_changed.set()
+
+    def on_lost_leases(self, lost: Sequence[worker_service_pb2.LeaseRef], why: str) -> None:
+        for ref in lost:
+            self._drop_later(ref.session_id, ref.lease_epoch, why)
+
+    async def on_lease_message(self, message: worker_service_pb2.LeaseResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "offer":
+            await self._on_offer(message.offer)
+        elif kind == "granted":
+            self._on_granted(message.granted)
+        elif kind == "interrupt":
+            self._on_interrupt(message.interrupt)
+        elif kind == "revoked":
+            revoked = message.revoked
+            self._drop_later(revoked.session_id, revoked.lease_epoch, f"revoked: {revoked.reason or 'no reason'}")
+        elif kind == "snapshot":
+            request = message.snapshot
+            self._spawn(self._snapshot(request), f"snapshot {request.session_id}")
+        elif kind == "drain":
+            grace = None
+            if message.drain.HasField("deadline"):
+                deadline = message.drain.deadline
+                grace = deadline.seconds + deadline.nanos / 1e9 - time.time()
+            self.request_drain(grace)
+        elif kind == "renewed":
+            if message.renewed.lost_leases:
+                self.on_lost_leases(message.renewed.lost_leases, "lost at renewal")
+        elif kind == "opened":
+            pass  # only expected first; the Lease loop consumed it
+        else:
+            _log.debug("ignoring lease message %r", kind)
+
+    # -- offers and turns ---------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.settings.slots - self.running_turn_count - len(self._reservations)
+
+    def _purge_expired_reservations(self) -> None:
+        now = asyncio.get_running_loop().time()
+        expired = [key for key, r in self._reservations.items() if r.expires_at <= now]
+        for key in expired:
+            del self._reservations[key]
+        if expired:
+            self._work_changed.set()
+
+    def _rejection(self, offer: worker_service_pb2.Offer) -> str | None:
+        if self._draining:
+            return "worker draining"
+        if offer.runtime not in self._runtimes:
+            return f"runtime {offer.runtime!r} not available (have {', '.join(self._runtimes)})"
+        session = self._sessions.get(offer.session_id)
+        busy = session is not None and session.turn_task is not None
+        if busy or any(sid == offer.session_id for sid, _ in self._reservations):
+            return "session busy on this worker"
+        self._purge_expired_reservations()
+        if self._free_slots() <= 0:
+            return "no free slot"
+        return None
+
+    async def _on_offer(self, offer: worker_service_pb2.Offer) -> None:
+        assert self._lease is not None
+        reason = self._rejection(offer)
+        if reason is not None:
+            await self._lease.send(
+                worker_service_pb2.LeaseRequest(
+                    reject=worker_service_pb2.RejectOffer(
+                        session_id=offer.session_id, turn_id=offer.turn_id,
+                        lease_epoch=offer.lease_epoch, reason=reason,
+                    )
+                )
+            )
+            _log.info("offer %s/%s rejected: %s", offer.session_id, offer.turn_id, reason)
+            return
+        # Reserve before answering so a burst of offers cannot oversubscribe the slots.
+        timings = self._lease.timings
+        expires = asyncio.get_running_loop().time() + timings.offer_timeout_s + self.settings.rpc_timeout_s
+        self._reservations[(offer.session_id, offer.turn_id)] = _Reservation(offer, expires)
+        sent = await self._lease.send(
+            worker_service_pb2.LeaseRequest(
+                accept=worker_service_pb2.AcceptOffer(
+                    session_id=offer.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch
+                )
+            )
+        )
+        if sent:
+            _log.info("offer %s/%s accepted (epoch %d)", offer.session_id, offer.turn_id, offer.lease_epoch)
+        else:
+            self._reservations.pop((offer.session_id, offer.turn_id), None)
+
+    def _on_granted(self, granted: worker_service_pb2.OfferGranted) -> None:
+        reservation = self._reservations.pop((granted.session_id, granted.turn_id), None)
+        self._work_changed.set()
+        if reservation is None:
+            # Without the offer there is no input to run; the server times the turn out.
+            _log.warning("grant for unknown offer %s/%s ignored", granted.session_id, granted.turn_id)
+            return
+        offer = reservation.offer
+        epoch = granted.lease_epoch or offer.lease_epoch
+        session = self._sessions.get(offer.session_id)
+        if session is not None and session.lease_epoch != epoch:
+            # A new epoch fences the old one: what we held under it may be stale, so retire it
+            # and rehydrate (below, because the new session has no runtime).
+            self._sessions.pop(session.session_id, None)
+            session.dropped = True
+            self._spawn(self._dispose(session), f"retire {session.session_id}@{session.lease_epoch}")
+            session = None
+        if session is None:
+            session = self._new_session(offer.session_id, epoch, offer.runtime)
+        session.turn_id = offer.turn_id
+        session.pending_interrupt = None
+        session.turn_task = self._spawn(self._run_turn(session, offer), f"turn {offer.turn_id}")
+
+    def _new_session(self, session_id: str, epoch: int, runtime_name: str) -> _Session:
+        assert self._stub is not None and self._lease is not None
+        lease = self._lease
+        outbox = EventOutbox(
+            stub=self._stub,
+            worker_id=self.worker_id,
+            session_id=session_id,
+            lease_epoch=epoch,
+            max_events_per_message=lambda: lease.timings.max_events_per_message,
+            new_backoff=lease.new_backoff,
+            on_lease_lost=lambda o: self._drop_later(o.session_id, o.lease_epoch, "LEASE_LOST on an event write"),
+            rpc_timeout_s=self.settings.rpc_timeout_s,
+        )
+        outbox.start()
+        session = _Session(session_id, epoch, runtime_name, outbox)
+        self._sessions[session_id] = session
+        return session
+
+    async def _run_turn(self, session: _Session, offer: worker_service_pb2.Offer) -> None:
+        turn_id = offer.turn_id
+        outbox = session.outbox
+        terminal: object = None
+        try:
+            outbox.emit(turn_id, turn_started_body(self.worker_id, session.runtime.runtime_thread_id if session.runtime else ""))
+            runtime = session.runtime
+            if runtime is None or offer.resume_required:
+                runtime = await self._rehydrate(session, offer)
+                if runtime is None:
+                    return
+            if session.pending_interrupt is not None:
+                terminal = TurnInterrupted(session.pending_interrupt)
+                outbox.emit(turn_id, event_body(terminal))
+                return
+            async for event in runtime.run_turn(turn_id, offer.input):
+                if isinstance(event, TERMINAL_EVENTS):
+                    if terminal is not None:
+                        continue  # exactly one terminal event per turn, whatever the runtime does
+                    terminal = event
+                outbox.emit(turn_id, event_body(event))
+            if terminal is None:
+                terminal = TurnFailed("the runtime ended the turn without a result")
+                outbox.emit(turn_id, event_body(terminal))
+        except asyncio.CancelledError:
+            raise  # the session was dropped or the worker closes: the lease is not ours to write
+        except Exception as error:
+            _log.exception("turn %s of session %s failed in the worker", turn_id, session.session_id)
+            if terminal is None and not session.dropped:
+                terminal = TurnFailed(f"worker error: {describe(error)}")
+                outbox.emit(turn_id, event_body(terminal))
+        finally:
+            session.turn_id = None
+            session.turn_task = None
+            session.pending_interrupt = None
+            self._work_changed.set()
+            if terminal is not None:
+                _log.info("turn %s of session %s finished: %s", turn_id, session.session_id, _describe_terminal(terminal))
+
+    async def _rehydrate(self, session: _Session, offer: worker_service_pb2.Offer) -> Runtime | None:
+        """Start a runtime from the session's stored history; on failure the turn fails closed
+        (never runs on an empty history by mistake) and None is returned."""
+        if session.runtime is not None:
+            old, session.runtime = session.runtime, None
+            await old.close()
+        try:
+            history = await self._resume(session, offer.turn_id)
+        except _LeaseLost:
+            self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Resume")
+            return None
+        except Exception as error:
+            message = f"could not rehydrate session {session.session_id}: Resume failed: {describe(error)}"
+            _log.warning("%s", message)
+            session.outbox.emit(offer.turn_id, event_body(TurnFailed(message)))
+            return None
+        runtime = self._runtimes[session.runtime_name]()
+        try:
+            await runtime.start(session.session_id, self.settings.workdir, history)
+        except Exception as error:
+            await _close_quietly(runtime)
+            message = f"could not start the {session.runtime_name} runtime: {describe(error)}"
+            _log.warning("session %s: %s", session.session_id, message)
+            session.outbox.emit(offer.turn_id, event_body(TurnFailed(message)))
+            return None
+        if session.dropped:
+            await _close_quietly(runtime)
+            return None
+        session.runtime = runtime
+        _log.info("session %s rehydrated with %d history items", session.session_id, len(history))
+        return runtime
+
+    async def _resume(self, session: _Session, turn_id: str) -> list[HistoryItem]:
+        assert self._stub is not None
+        call = self._stub.Resume(
+            worker_service_pb2.ResumeRequest(
+                worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch
+            ),
+            timeout=self.settings.resume_timeout_s,
+        )
+        try:
+            chunks = [chunk async for chunk in call]
+        except grpc.aio.AioRpcError as error:
+            if is_lease_lost(error):
+                raise _LeaseLost() from error
+            raise
+        return history_from_resume(chunks, skip_turn_id=turn_id)
+
+    def _on_interrupt(self, request: worker_service_pb2.InterruptRequested) -> None:
+        session = self._sessions.get(request.session_id)
+        if session is None or session.turn_task is None or session.turn_id != request.turn_id:
+            _log.debug("interrupt for %s/%s ignored: not running here", request.session_id, request.turn_id)
+            return
+        _log.info("interrupting turn %s of session %s", request.turn_id, request.session_id)
+        self._interrupt_session(session, request.reason or "interrupted by request")
+
+    def _interrupt_session(self, session: _Session, reason: str) -> None:
+        session.pending_interrupt = reason
+        if session.runtime is not None:
+            self._spawn(session.runtime.interrupt(reason), f"interrupt {session.session_id}")
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    async def _snapshot(self, request: worker_service_pb2.SnapshotRequested) -> None:
+        session = self._sessions.get(request.session_id)
+        if session is None or session.lease_epoch != request.lease_epoch or session.runtime is None:
+            _log.warning(
+                "snapshot of session %s (epoch %d) requested but its runtime is not held here",
+                request.session_id, request.lease_epoch,
+            )
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.snapshot_timeout_s
+        # A snapshot must be consistent with its watermark: no turn half-way, and every event
+        # the history reflects stored (so `last_seq` covers them).
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or session.dropped:
+                _log.warning("snapshot of session %s abandoned: session never became quiet", request.session_id)
+                return
+            task = session.turn_task
+            if task is not None:
+                await asyncio.wait({task}, timeout=remaining)
+                continue
+            if not session.outbox.all_acked:
+                await session.outbox.wait_acked(remaining)
+                continue
+            if session.runtime is None:
+                return
+            break
+        history = session.runtime.export_history()
+        metadata = json.dumps(session.runtime.runtime_metadata())
+        seq = session.outbox.last_seq
+
+        def chunks():
+            header = worker_service_pb2.SnapshotRequest(
+                worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch,
+                seq=seq, runtime_metadata_json=metadata, request_id=request.request_id,
+            )
+            header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])
+            yield header
+            for start in range(SNAPSHOT_CHUNK_ITEMS, len(history), SNAPSHOT_CHUNK_ITEMS):
+                yield worker_service_pb2.SnapshotRequest(
+                    history=[history_to_proto(h) for h in history[start : start + SNAPSHOT_CHUNK_ITEMS]]
+                )
+
+        assert self._stub is not None
+        try:
+            response = await self._stub.Snapshot(chunks(), timeout=max(0.1, deadline - loop.time()))
+        except grpc.aio.AioRpcError as error:
+            if is_lease_lost(error):
+                self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Snapshot")
+            else:
+                _log.warning("snapshot of session %s failed: %s", session.session_id, describe(error))
+            return
+        _log.info(
+            "snapshot %s of session %s stored (seq %d, %d items)",
+            response.snapshot_id, session.session_id, response.seq, len(history),
+        )
+
+    # -- dropping sessions ---------------------------------------------------------------------------
+
+    def _drop_later(self, session_id: str, lease_epoch: int, why: str) -> None:
+        """Forget a session whose lease is gone. Callable from anywhere, including an outbox's
+        own task: the teardown runs in a task of its own."""
+        session = self._sessions.get(session_id)
+        if session is None or (lease_epoch and session.lease_epoch != lease_epoch):
+            return
+        for key in [k for k in self._reservations if k[0] == session_id]:
+            del self._reservations[key]
+        _log.warning("dropping session %s (epoch %d): %s", session_id, session.lease_epoch, why)
+        self._sessions.pop(session_id, None)
+        session.dropped = True
+        self._work_changed.set()
+        self._spawn(self._dispose(session), f"drop {session_id}")
+
+    async def _forget(self, session: _Session, why: str) -> None:
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+        session.dropped = True
+        _log.debug("forgetting session %s: %s", session.session_id, why)
+        await self._dispose(session)
+
+    async def _dispose(self, session: _Session) -> None:
+        task = session.turn_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # the turn's runtime kills its process on the way out
+            await asyncio.gather(task, return_exceptions=True)
+        if session.runtime is not None:
+            await _close_quietly(session.runtime)
+            session.runtime = None
+        await session.outbox.close()
+        self._work_changed.set()
+
+
+async def _close_quietly(runtime: Runtime) -> None:
+    try:
+        await runtime.close()
+    except Exception:
+        _log.exception("runtime close failed")
+
+
+def _describe_terminal(event: object) -> str:
+    if isinstance(event, TurnCompleted):
+        return f"completed (exit {event.exit_code})"
+    if isinstance(event, TurnFailed):
+        return f"failed: {event.error_message}"
+    if isinstance(event, TurnInterrupted):
+        return f"interrupted: {event.reason}"
+    return repr(event)

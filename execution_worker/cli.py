@@ -1,0 +1,130 @@
+"""The `tether worker` command: builds `WorkerSettings` from flags and `TETHER_*` environment
+variables, and runs a `Worker` until it drains.
+
+Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one stops at once
+(running commands are killed) with exit status 128 + signal number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from execution_worker._runtime import discover_runtimes
+from execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
+from execution_worker._worker import Worker
+
+
+def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        # TETHER_LABELS may carry several labels separated by spaces or commas.
+        for item in value.replace(",", " ").split():
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not of the form key=value", ctx=ctx, param=param)
+            labels[key] = val
+    return labels
+
+
+def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    available = discover_runtimes()
+    names: list[str] = []
+    for value in values:
+        names.extend(n for n in value.replace(",", " ").split() if n)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown runtime {', '.join(map(repr, unknown))}; available: {', '.join(sorted(available))}",
+            ctx=ctx, param=param,
+        )
+    return tuple(dict.fromkeys(names)) or ("shell",)
+
+
+@click.command("worker")
+@click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_CONTROL_PLANE,
+              show_default=True, help="HOST:PORT of the control plane to dial.")
+@click.option("--runtime", "runtimes", envvar="TETHER_RUNTIME", multiple=True, default=("shell",),
+              show_default=True, callback=_check_runtimes,
+              help="Runtime to offer; repeat for several.")
+@click.option("--workdir", envvar="TETHER_WORKDIR", default="./tether-worker", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the worker id and session workspaces.")
+@click.option("--slots", envvar="TETHER_SLOTS", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Turns run at once.")
+@click.option("--label", "labels", envvar="TETHER_LABELS", multiple=True, callback=_parse_labels,
+              metavar="KEY=VALUE", help="Label sessions can select this worker by; repeatable.")
+@click.option("--worker-id", envvar="TETHER_WORKER_ID", default=None,
+              help="Stable worker id [default: kept in WORKDIR/.tether/worker_id].")
+@click.option("--name", envvar="TETHER_WORKER_NAME", default=socket.gethostname, show_default="host name",
+              help="Human-readable worker name.")
+@click.option("--drain-grace-s", envvar="TETHER_DRAIN_GRACE_S", type=click.FloatRange(0), default=30.0,
+              show_default=True, help="Seconds running turns get to finish when draining.")
+@click.option("--log-level", envvar="TETHER_LOG_LEVEL", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def worker(
+    control_plane: str,
+    runtimes: tuple[str, ...],
+    workdir: Path,
+    slots: int,
+    labels: dict[str, str],
+    worker_id: str | None,
+    name: str,
+    drain_grace_s: float,
+    log_level: str,
+) -> None:
+    """Run an execution worker that dials the control plane and runs sessions' turns."""
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = WorkerSettings(
+            workdir=workdir, control_plane=control_plane, runtimes=runtimes, slots=slots,
+            labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    sys.exit(asyncio.run(_serve(settings)))
+
+
+async def _serve(settings: WorkerSettings) -> int:
+    loop = asyncio.get_running_loop()
+    exit_code = 0
+    async with Worker(settings) as w:
+        run = asyncio.create_task(w.run(), name="worker")
+
+        def on_signal(signum: int) -> None:
+            nonlocal exit_code
+            if not w.draining:
+                logging.getLogger("execution_worker").info(
+                    "%s received; draining (send it again to stop at once)", signal.Signals(signum).name
+                )
+                w.request_drain()
+            else:
+                logging.getLogger("execution_worker").warning(
+                    "%s received again; stopping now", signal.Signals(signum).name
+                )
+                exit_code = 128 + signum
+                run.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await run
+        except asyncio.CancelledError:
+            if exit_code == 0:
+                raise
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+    return exit_code
+
+
+__all__ = ["worker"]
