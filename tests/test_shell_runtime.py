@@ -95,6 +95,13 @@ async def test_background_children_do_not_hold_the_turn_open(shell: ShellRuntime
     assert events[-1] == TurnCompleted(exit_code=0)
 
 
+async def test_a_process_that_left_the_group_does_not_hang_the_turn(shell: ShellRuntime) -> None:
+    # setsid escapes the process-group kill; its inherited pipes must not keep the turn open.
+    events = await asyncio.wait_for(run(shell, "setsid sleep 30 & echo done"), timeout=10)
+    assert text_of(events, OutputStream.STDOUT) == "done\n"
+    assert events[-1] == TurnCompleted(exit_code=0)
+
+
 async def test_interrupt_when_idle_is_a_no_op(shell: ShellRuntime) -> None:
     await asyncio.wait_for(shell.interrupt("nothing runs"), timeout=1)
     assert (await run(shell, "true"))[-1] == TurnCompleted(exit_code=0)

@@ -1,0 +1,3 @@
+from .cli import serve
+
+serve(prog_name="tether serve")

@@ -1,0 +1,158 @@
+"""Shared fixtures: real control planes (in-process or as processes), real workers, helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+import sdk
+from control_plane import ControlPlane, Settings, Timings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FAST = Timings(
+    heartbeat_interval_s=0.2,
+    lease_ttl_s=1.5,
+    offer_timeout_s=2.0,
+    reconnect_backoff_initial_s=0.05,
+    reconnect_backoff_max_s=0.5,
+)
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll until predicate() is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """A child process that is always reaped, with its output kept for failure messages."""
+
+    def __init__(self, args: list[str], log_path: pathlib.Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class ControlPlaneProcess:
+    """`tether serve` as a separate process on a real SQLite file."""
+
+    def __init__(self, tmp: pathlib.Path, db: pathlib.Path, port: int = 0, extra: list[str] | None = None) -> None:
+        self.tmp, self.db, self.extra = tmp, db, extra or []
+        self.port = port
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        port_file = self.tmp / f"cp-{time.monotonic_ns()}.port"
+        args = [
+            sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
+            "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
+            "--offer-timeout-s", "3", *self.extra,
+        ]
+        self.proc = Proc(args, self.tmp / "control-plane.log")
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if self.proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("control plane did not start:\n" + self.proc.output())
+            time.sleep(0.02)
+        self.port = int(port_file.read_text())
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.stop(sig)
+
+
+def worker_args(target: str, workdir: pathlib.Path, slots: int = 2, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "execution_worker", "--control-plane", target, "--runtime", "shell",
+        "--workdir", str(workdir), "--slots", str(slots), *extra,
+    ]
+
+
+@pytest.fixture
+def procs(tmp_path: pathlib.Path):
+    """Start processes that are stopped (SIGKILL if needed) when the test ends."""
+    started: list[Proc] = []
+
+    def start(args: list[str], name: str) -> Proc:
+        p = Proc(args, tmp_path / f"{name}.log")
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop(signal.SIGTERM, timeout=10)
+
+
+@pytest.fixture
+def cp_process(tmp_path: pathlib.Path):
+    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db")
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+async def control_plane(tmp_path: pathlib.Path) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on port 0 with short timings and a real SQLite file."""
+    async with ControlPlane(Settings(port=0, db=str(tmp_path / "inproc.db"), timings=FAST, max_message_bytes=256 * 1024)) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def client(control_plane: ControlPlane) -> AsyncIterator[sdk.AsyncClient]:
+    async with sdk.AsyncClient(f"127.0.0.1:{control_plane.port}") as c:
+        yield c
+
+
+def start_worker(procs, target: str, workdir: pathlib.Path, name: str, slots: int = 2, *extra: str) -> Proc:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return procs(worker_args(target, workdir, slots, *extra), name)

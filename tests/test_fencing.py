@@ -1,0 +1,131 @@
+"""Lease fencing and exactly-once ingest, driven by a scripted worker over the raw contract."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+import sdk
+from sdk._errors import translate_rpc_error
+
+from .conftest import eventually
+from .fake_worker import FakeWorker, completed, output, started
+
+
+async def _expect_error(coro, code: grpc.StatusCode, reason: str) -> sdk.TetherError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await coro
+    err = translate_rpc_error(info.value)
+    assert info.value.code() == code, info.value
+    assert err.reason == reason, err
+    return err
+
+
+async def _texts(client: sdk.AsyncClient, session_id: str) -> list[tuple[int, str, str]]:
+    return [(e.seq, e.kind, e.text) async for e in client.stream_events(session_id, stop_at_end=True)]
+
+
+async def test_stale_epoch_write_is_refused_and_nothing_is_stored(control_plane, client):
+    target = f"127.0.0.1:{control_plane.port}"
+    a = FakeWorker(target, "wkr_a")
+    await a.register()
+    await a.open_lease()
+    try:
+        s = await client.create_session("shell")
+        turn = await client.send_input(s.session_id, "echo one")
+        offer = await a.take_offer()
+        assert offer.lease_epoch == 1 and offer.turn_id == turn.turn_id
+        before = await _texts(client, s.session_id)
+
+        err = await _expect_error(
+            a.write(s.session_id, offer.lease_epoch + 1, [output(1, turn.turn_id, "forged")]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "LEASE_LOST",
+        )
+        assert isinstance(err, sdk.LeaseLostError)
+        assert await _texts(client, s.session_id) == before  # nothing stored, nothing shown
+
+        acks = await a.write(
+            s.session_id,
+            offer.lease_epoch,
+            [started(1, turn.turn_id, "wkr_a"), output(2, turn.turn_id, "one\n"), completed(3, turn.turn_id)],
+        )
+        assert acks[-1].acked_worker_seq == 3
+        done = await client.get_turn(s.session_id, turn.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED
+        assert [k for _, k, _ in await _texts(client, s.session_id)] == [
+            "input_received", "turn_started", "output", "turn_completed",
+        ]
+    finally:
+        await a.close()
+
+
+async def test_moved_session_refuses_every_write_of_the_old_holder(control_plane, client):
+    target = f"127.0.0.1:{control_plane.port}"
+    a = FakeWorker(target, "wkr_old")
+    await a.register()
+    await a.open_lease()
+    s = await client.create_session("shell")
+    t1 = await client.send_input(s.session_id, "echo first")
+    offer = await a.take_offer()
+    await a.write(s.session_id, 1, [started(1, t1.turn_id, "wkr_old"), completed(2, t1.turn_id)])
+    # A goes silent (a partition): no renewals, its stream gone. The lease lapses.
+    await a.close()
+    await eventually(
+        lambda: _lease_holder(client, s.session_id, ""), timeout=10, what="the old lease to expire"
+    )
+
+    b = FakeWorker(target, "wkr_new")
+    await b.register()
+    await b.open_lease()
+    try:
+        t2 = await client.send_input(s.session_id, "echo second")
+        offer_b = await b.take_offer()
+        assert offer_b.lease_epoch == offer.lease_epoch + 1
+        assert offer_b.resume_required
+
+        # The old holder comes back and writes with its old epoch: refused, never stored.
+        zombie = FakeWorker(target, "wkr_old")
+        try:
+            await _expect_error(
+                zombie.write(s.session_id, offer.lease_epoch, [output(3, t2.turn_id, "zombie")]),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "LEASE_LOST",
+            )
+        finally:
+            await zombie.close()
+        await b.write(s.session_id, offer_b.lease_epoch, [started(1, t2.turn_id, "wkr_new"), output(2, t2.turn_id, "second\n"), completed(3, t2.turn_id)])
+        texts = await _texts(client, s.session_id)
+        assert all("zombie" not in t for _, _, t in texts)
+        assert [seq for seq, _, _ in texts] == list(range(1, len(texts) + 1))
+        assert (await client.get_session(s.session_id)).lease_epoch == offer_b.lease_epoch
+    finally:
+        await b.close()
+
+
+async def _lease_holder(client: sdk.AsyncClient, session_id: str, worker_id: str) -> bool:
+    return (await client.get_session(session_id)).worker_id == worker_id
+
+
+async def test_resent_events_are_stored_once_and_gaps_are_refused(control_plane, client):
+    target = f"127.0.0.1:{control_plane.port}"
+    a = FakeWorker(target, "wkr_dup")
+    await a.register()
+    await a.open_lease()
+    try:
+        s = await client.create_session("shell")
+        t = await client.send_input(s.session_id, "echo x")
+        offer = await a.take_offer()
+        await a.write(s.session_id, offer.lease_epoch, [started(1, t.turn_id, "wkr_dup"), output(2, t.turn_id, "a")])
+        # The ack was "lost": the worker resends 1-2 along with 3.
+        acks = await a.write(s.session_id, offer.lease_epoch, [started(1, t.turn_id, "wkr_dup"), output(2, t.turn_id, "a"), output(3, t.turn_id, "b")])
+        assert acks[-1].acked_worker_seq == 3
+        await _expect_error(
+            a.write(s.session_id, offer.lease_epoch, [output(5, t.turn_id, "skipped 4")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        texts = await _texts(client, s.session_id)
+        assert [(k, x) for _, k, x in texts] == [("input_received", ""), ("turn_started", ""), ("output", "a"), ("output", "b")]
+    finally:
+        await a.close()
