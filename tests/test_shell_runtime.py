@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -97,9 +99,20 @@ async def test_background_children_do_not_hold_the_turn_open(shell: ShellRuntime
 
 async def test_a_process_that_left_the_group_does_not_hang_the_turn(shell: ShellRuntime) -> None:
     # setsid escapes the process-group kill; its inherited pipes must not keep the turn open.
-    events = await asyncio.wait_for(run(shell, "setsid sleep 30 & echo done"), timeout=10)
-    assert text_of(events, OutputStream.STDOUT) == "done\n"
-    assert events[-1] == TurnCompleted(exit_code=0)
+    pid_file = shell.workspace / "orphan.pid"
+    command = "setsid sh -c 'echo $$ > orphan.pid; exec sleep 30' & while [ ! -s orphan.pid ]; do :; done; echo done"
+    try:
+        began = time.monotonic()
+        events = await asyncio.wait_for(run(shell, command), timeout=10)
+        assert text_of(events, OutputStream.STDOUT) == "done\n"
+        assert events[-1] == TurnCompleted(exit_code=0)
+        assert time.monotonic() - began < 5
+    finally:
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 async def test_interrupt_when_idle_is_a_no_op(shell: ShellRuntime) -> None:

@@ -1,0 +1,156 @@
+"""Bad input gets a precise status, names the field, and changes nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+import sdk
+from tether.v1 import session_service_pb2 as spb
+from tether.v1 import session_service_pb2_grpc as sgrpc
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wgrpc
+
+
+def _details(err: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
+    raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw, "a rich status is attached"
+    status = status_pb2.Status.FromString(raw)
+    reason, fields = "", []
+    for d in status.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            reason = info.reason
+            assert info.domain == "tether.dev"
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            d.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return reason, fields
+
+
+@pytest.fixture
+async def stubs(control_plane):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}") as ch:
+        yield sgrpc.SessionServiceStub(ch), wgrpc.WorkerServiceStub(ch)
+
+
+async def _state(client: sdk.AsyncClient) -> list[tuple]:
+    out = []
+    async for s in client.iter_sessions():
+        events = [(e.seq, e.kind) async for e in client.stream_events(s.session_id, stop_at_end=True)]
+        out.append((s.session_id, s.turn_count, s.archived if hasattr(s, "archived") else s.state, tuple(events)))
+    return out
+
+
+CASES = [
+    ("unknown session", "GetSession", lambda sid: spb.GetSessionRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", None),
+    ("input to unknown session", "SendInput", lambda sid: spb.SendInputRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA", input="ls"), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", None),
+    ("empty command", "SendInput", lambda sid: spb.SendInputRequest(session_id=sid, input="   "), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "input"),
+    ("missing session id", "SendInput", lambda sid: spb.SendInputRequest(input="ls"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "session_id"),
+    ("unknown enum", "ListSessions", lambda sid: spb.ListSessionsRequest(state=99), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "state"),
+    ("page size out of range", "ListSessions", lambda sid: spb.ListSessionsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "page_size"),
+    ("forged page token", "ListSessions", lambda sid: spb.ListSessionsRequest(page_token="not-a-token"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", None),
+    ("bad runtime name", "CreateSession", lambda sid: spb.CreateSessionRequest(runtime="she ll"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "runtime"),
+    ("missing runtime", "CreateSession", lambda sid: spb.CreateSessionRequest(), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "runtime"),
+    ("unknown turn", "GetTurn", lambda sid: spb.GetTurnRequest(session_id=sid, turn_id="trn_nope"), grpc.StatusCode.NOT_FOUND, "TURN_NOT_FOUND", None),
+    ("interrupt with nothing running", "InterruptTurn", lambda sid: spb.InterruptTurnRequest(session_id=sid), grpc.StatusCode.FAILED_PRECONDITION, "TURN_ALREADY_ENDED", None),
+    ("no snapshot yet", "GetSnapshot", lambda sid: spb.GetSnapshotRequest(session_id=sid), grpc.StatusCode.NOT_FOUND, "SNAPSHOT_NOT_FOUND", None),
+    ("snapshot with no worker", "CreateSnapshot", lambda sid: spb.CreateSnapshotRequest(session_id=sid), grpc.StatusCode.FAILED_PRECONDITION, "NO_WORKER", None),
+    ("reserved RPC", "ForkSession", lambda sid: spb.ForkSessionRequest(session_id=sid, turn_id="t"), grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", None),
+]
+
+
+@pytest.mark.parametrize("name,method,build,code,reason,field", CASES, ids=[c[0] for c in CASES])
+async def test_bad_session_requests(client, stubs, name, method, build, code, reason, field):
+    session_stub, _ = stubs
+    s = await client.create_session("shell")
+    await client.send_input(s.session_id, "echo kept")
+    await client.interrupt_turn(s.session_id)  # no worker: ends the queued turn, leaving an idle session
+    before = await _state(client)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await getattr(session_stub, method)(build(s.session_id), timeout=5)
+    assert info.value.code() == code
+    got_reason, fields = _details(info.value)
+    assert got_reason == reason
+    if field:
+        assert fields == [field]
+        assert field in info.value.details()
+    assert await _state(client) == before
+
+
+async def test_oversized_message_is_refused_and_changes_nothing(client, stubs):
+    session_stub, _ = stubs
+    s = await client.create_session("shell")
+    before = await _state(client)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await session_stub.SendInput(spb.SendInputRequest(session_id=s.session_id, input="x" * (300 * 1024)), timeout=5)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await _state(client) == before
+
+
+async def test_idempotency_key_reuse_with_other_input(client):
+    s = await client.create_session("shell")
+    first = await client.send_input(s.session_id, "echo a", idempotency_key="k1")
+    again = await client.send_input(s.session_id, "echo a", idempotency_key="k1")
+    assert again.turn_id == first.turn_id and again.deduplicated and not first.deduplicated
+    with pytest.raises(sdk.AlreadyExistsError) as info:
+        await client.send_input(s.session_id, "echo b", idempotency_key="k1")
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert (await client.get_session(s.session_id)).turn_count == 1
+
+
+async def test_archived_session_refuses_input_and_delete_removes_everything(client):
+    s = await client.create_session("shell")
+    await client.archive_session(s.session_id)
+    with pytest.raises(sdk.FailedPreconditionError) as info:
+        await client.send_input(s.session_id, "ls")
+    assert info.value.reason == "SESSION_ARCHIVED"
+    assert (await client.get_session(s.session_id)).state == sdk.SessionState.ARCHIVED
+    await client.delete_session(s.session_id)
+    with pytest.raises(sdk.NotFoundError):
+        await client.get_session(s.session_id)
+    with pytest.raises(sdk.NotFoundError):
+        async for _ in client.stream_events(s.session_id, stop_at_end=True):
+            pass
+
+
+async def test_cursor_past_the_end_is_an_explicit_error(client):
+    s = await client.create_session("shell")
+    await client.send_input(s.session_id, "echo a")
+    with pytest.raises(sdk.OutOfRangeError) as info:
+        async for _ in client.stream_events(s.session_id, after_seq=5):
+            pass
+    assert info.value.reason == "CURSOR_OUT_OF_RANGE"
+
+
+async def test_bad_worker_requests(stubs):
+    _, worker_stub = stubs
+    cases = [
+        (wpb.RegisterRequest(worker_id="", runtimes=["shell"], slots=1), "worker_id"),
+        (wpb.RegisterRequest(worker_id="w1", runtimes=[], slots=1), "runtimes"),
+        (wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=0), "slots"),
+        (wpb.RegisterRequest(worker_id="w/1", runtimes=["shell"], slots=1), "worker_id"),
+    ]
+    for req, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await worker_stub.Register(req, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _details(info.value) == ("INVALID_ARGUMENT", [field])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await worker_stub.Heartbeat(wpb.HeartbeatRequest(worker_id="ghost", registration_id="reg_x"), timeout=5)
+    assert _details(info.value)[0] == "WORKER_NOT_REGISTERED"
+
+
+async def test_pagination_walks_every_session_once(client):
+    ids = [(await client.create_session("shell", labels={"n": str(i)})).session_id for i in range(5)]
+    seen, token = [], ""
+    while True:
+        page = await client.list_sessions(page_size=2, page_token=token)
+        seen += [s.session_id for s in page.sessions]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
