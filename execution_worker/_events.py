@@ -184,6 +184,10 @@ class EventOutbox:
                     self._resolve_waiters(False)
                     self._on_lease_lost(self)
                     return
+                if self._acked >= self._emitted:
+                    # Nothing is waiting: reconnect lazily, when the next event needs the stream.
+                    _log.debug("idle event stream of session %s ended: %s", self.session_id, describe(error))
+                    continue
                 _log.warning("event stream of session %s broke: %s", self.session_id, describe(error))
             else:
                 if got_ack:

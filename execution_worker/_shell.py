@@ -35,6 +35,9 @@ from execution_worker._runtime import (
 
 #: Time between SIGTERM and SIGKILL when a turn is interrupted.
 KILL_GRACE_S = 2.0
+#: After the command exits and its process group is killed, pipes still open can only be held
+#: by a process that left the group (setsid, daemonised); the turn stops waiting for it then.
+ORPHAN_PIPE_GRACE_S = 2.0
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 
@@ -78,6 +81,7 @@ class _ShellTurn:
         self.finished = loop.create_future()
         self._waiter: asyncio.Future[None] | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._orphan_timer: asyncio.TimerHandle | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._pidfd: int | None = None
 
@@ -120,10 +124,18 @@ class _ShellTurn:
         self.returncode = returncode
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        if self.open_pipes:
+            self._orphan_timer = self.loop.call_later(ORPHAN_PIPE_GRACE_S, self._close_pipes)
         self._maybe_finish()
+
+    def _close_pipes(self) -> None:
+        for transport in self._transports:
+            transport.close()  # its protocol's connection_lost() counts the pipe as closed
 
     def _maybe_finish(self) -> None:
         if self.returncode is not None and self.open_pipes == 0 and not self.finished.done():
+            if self._orphan_timer is not None:
+                self._orphan_timer.cancel()
             self.finished.set_result(None)
             self._wake()
 
@@ -157,8 +169,9 @@ class _ShellTurn:
         """The consumer went away mid-turn (cancelled): kill now and let the exit reap itself."""
         if self.returncode is None:
             self.signal_group(signal.SIGKILL)
-        for transport in self._transports:
-            transport.close()
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+        self._close_pipes()
 
     def terminal_event(self) -> RuntimeEvent:
         if self.interrupt_reason is not None:

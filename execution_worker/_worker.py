@@ -161,7 +161,17 @@ class Worker:
         self._running = True
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.settings.control_plane, options=_CHANNEL_OPTIONS)
+            # gRPC's own subchannel backoff (1 s growing to 120 s) would fail our calls fast
+            # while it waits, overriding the server's reconnect hints: keep it short and let
+            # the Lease loop's jittered backoff be the one that paces reconnects.
+            backoff_options = [
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", int(self.settings.reconnect_backoff_max_s * 1000)),
+            ]
+            self._channel = grpc.aio.insecure_channel(
+                self.settings.control_plane, options=_CHANNEL_OPTIONS + backoff_options
+            )
         self._stub = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
         self._lease = LeaseClient(
             stub=self._stub,
@@ -586,11 +596,14 @@ class Worker:
     def _drop_later(self, session_id: str, lease_epoch: int, why: str) -> None:
         """Forget a session whose lease is gone. Callable from anywhere, including an outbox's
         own task: the teardown runs in a task of its own."""
+        # An accepted offer revoked before its grant: free the slot it reserved.
+        for key, reservation in list(self._reservations.items()):
+            if key[0] == session_id and (not lease_epoch or reservation.offer.lease_epoch == lease_epoch):
+                del self._reservations[key]
+                self._work_changed.set()
         session = self._sessions.get(session_id)
         if session is None or (lease_epoch and session.lease_epoch != lease_epoch):
             return
-        for key in [k for k in self._reservations if k[0] == session_id]:
-            del self._reservations[key]
         _log.warning("dropping session %s (epoch %d): %s", session_id, session.lease_epoch, why)
         self._sessions.pop(session_id, None)
         session.dropped = True
