@@ -22,6 +22,10 @@ from execution_worker._errors import describe, is_lease_lost
 
 _log = logging.getLogger(__name__)
 
+#: Byte budget of one StreamEventsRequest (the server's default receive limit is 4 MiB, and
+#: output chunks can be a few hundred KiB each).
+MAX_BATCH_BYTES = 1024 * 1024
+
 #: An idle stream (everything acknowledged, nothing new) is closed after this long, so a
 #: worker holding many quiet sessions does not pin a server stream for each.
 IDLE_CLOSE_S = 30.0
@@ -56,6 +60,7 @@ class EventOutbox:
         self._rpc_timeout_s = rpc_timeout_s
         # Unacknowledged events; _pending[0].worker_seq == _acked + 1.
         self._pending: list[worker_service_pb2.WorkerEvent] = []
+        self._sizes: list[int] = []  # serialized size of each pending event
         self._emitted = 0  # worker_seq of the last emitted event
         self._acked = 0
         self._last_seq = 0
@@ -79,9 +84,9 @@ class EventOutbox:
         if self._closed:
             return 0
         self._emitted += 1
-        self._pending.append(
-            worker_service_pb2.WorkerEvent(worker_seq=self._emitted, turn_id=turn_id, body=body)
-        )
+        event = worker_service_pb2.WorkerEvent(worker_seq=self._emitted, turn_id=turn_id, body=body)
+        self._pending.append(event)
+        self._sizes.append(event.ByteSize())
         self._new_events.set()
         return self._emitted
 
@@ -127,6 +132,7 @@ class EventOutbox:
         the outbox's own callback."""
         self._closed = True
         self._pending.clear()
+        self._sizes.clear()
         self._resolve_waiters(False)
         task = self._task
         if task is not None and task is not asyncio.current_task():
@@ -158,6 +164,7 @@ class EventOutbox:
         if acked <= self._acked:
             return
         del self._pending[: acked - self._acked]
+        del self._sizes[: acked - self._acked]
         self._acked = acked
         self._resolve_waiters()
 
@@ -181,6 +188,7 @@ class EventOutbox:
                     self.lease_lost = True
                     self._closed = True
                     self._pending.clear()
+                    self._sizes.clear()
                     self._resolve_waiters(False)
                     self._on_lease_lost(self)
                     return
@@ -249,7 +257,14 @@ class EventOutbox:
                 self._next_send = self._acked + 1  # acked past what this call sent: skip ahead
                 continue
             start = self._next_send - self._acked - 1
-            batch = self._pending[start : start + max(1, self._max_batch())]
+            end = min(len(self._pending), start + max(1, self._max_batch()))
+            budget = MAX_BATCH_BYTES
+            for i in range(start, end):
+                budget -= self._sizes[i]
+                if budget < 0 and i > start:
+                    end = i
+                    break
+            batch = self._pending[start:end]
             request = worker_service_pb2.StreamEventsRequest(events=batch)
             if not header_sent:
                 request.worker_id = self.worker_id

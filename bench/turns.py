@@ -1,0 +1,67 @@
+"""turn_throughput_tps: short turns completed per second through one control plane with four
+workers (shell runtime, command `true`).
+
+Many sessions run turns back to back: each session sends its next input as soon as its
+previous turn's terminal event arrives on its event stream. The figure is completed turns
+divided by the wall time of the measured window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from tether.v1 import session_service_pb2 as spb
+from tether.v1 import session_service_pb2_grpc as sgrpc
+
+from ._harness import emit, procs
+
+WORKERS = 4
+SLOTS = 8
+SESSIONS = 32
+WARMUP_S = 2.0
+MEASURE_S = 8.0
+TERMINAL = {"turn_completed", "turn_failed", "turn_interrupted"}
+
+
+async def main() -> None:
+    with procs() as ps:
+        target = ps.control_plane()
+        for i in range(WORKERS):
+            ps.worker(target, f"w{i}", SLOTS)
+        async with grpc.aio.insecure_channel(target) as ch:
+            stub = sgrpc.SessionServiceStub(ch)
+            sessions = [
+                (await stub.CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session.session_id
+                for _ in range(SESSIONS)
+            ]
+            completed: list[float] = []
+            failures = 0
+            stop_at = time.monotonic() + WARMUP_S + MEASURE_S
+
+            async def run(session_id: str) -> None:
+                nonlocal failures
+                stream = stub.StreamSessionEvents(spb.StreamSessionEventsRequest(session_id=session_id))
+                events = stream.__aiter__()
+                try:
+                    while time.monotonic() < stop_at:
+                        await stub.SendInput(spb.SendInputRequest(session_id=session_id, input="true"), timeout=10)
+                        while True:
+                            msg = await asyncio.wait_for(events.__anext__(), 30)
+                            ends = [e for e in msg.events if e.body.WhichOneof("kind") in TERMINAL]
+                            if ends:
+                                if ends[-1].body.WhichOneof("kind") != "turn_completed":
+                                    failures += 1
+                                completed.append(time.monotonic())
+                                break
+                finally:
+                    stream.cancel()
+
+            t0 = time.monotonic()
+            await asyncio.gather(*(run(s) for s in sessions))
+        window_start = t0 + WARMUP_S
+        measured = [t for t in completed if window_start <= t <= window_start + MEASURE_S]
+    assert failures == 0, f"{failures} turns did not complete"
+    emit("turn_throughput_tps", len(measured) / MEASURE_S, "turns/s", workers=WORKERS, sessions=SESSIONS, total_turns=len(completed))
