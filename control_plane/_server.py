@@ -20,7 +20,7 @@ from .api._convert import ProtoBodyCodec
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .domain.hub import Hub
-from .store import Reader, Writer, create_engine, create_schema, database_url
+from .store import Reader, Writer, create_engine, create_schema, create_sqlite_writer_engine, database_url, is_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class ControlPlane:
         url = database_url(s.db)
         self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
         await create_schema(self._engine)
-        self._writer = Writer(self._engine)
+        sync_writer = (
+            create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
+        )
+        self._writer = Writer(self._engine, sync_writer)
         self._writer.start()
         self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings)
         await self.hub.start()

@@ -67,4 +67,6 @@ def serve(
             offer_timeout_s=offer_timeout_s,
         ),
     )
-    asyncio.run(serve_forever(settings, port_file))
+    import uvloop
+
+    uvloop.run(serve_forever(settings, port_file))

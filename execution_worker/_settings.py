@@ -39,6 +39,9 @@ class WorkerSettings:
     #: Used until the first RegisterResponse says otherwise.
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0
+    #: When set, the worker appends "<turn_id> <CLOCK_MONOTONIC ns>" here on receiving each
+    #: offer: the benchmark's view of when the worker holds the offer.
+    offer_trace: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workdir", Path(self.workdir))

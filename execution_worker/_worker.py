@@ -102,6 +102,8 @@ class Worker:
         check_runtimes(self._runtimes)
         self._channel = channel
         self._owns_channel = channel is None
+        # Line-buffered so every offer is on disk even if the worker is killed.
+        self._offer_trace = open(settings.offer_trace, "a", buffering=1) if settings.offer_trace else None  # noqa: SIM115
         self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
         self._lease: LeaseClient | None = None
         self._sessions: dict[str, _Session] = {}
@@ -216,6 +218,8 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_channel and self._channel is not None:
             await self._channel.close()
+        if self._offer_trace is not None:
+            self._offer_trace.close()
         _log.info("worker %s stopped", self.worker_id)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -309,6 +313,8 @@ class Worker:
     async def on_lease_message(self, message: worker_service_pb2.LeaseResponse) -> None:
         kind = message.WhichOneof("kind")
         if kind == "offer":
+            if self._offer_trace is not None:
+                self._offer_trace.write(f"{message.offer.turn_id} {time.monotonic_ns()}\n")
             await self._on_offer(message.offer)
         elif kind == "granted":
             self._on_granted(message.granted)

@@ -8,6 +8,7 @@ Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one 
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import signal
 import socket
@@ -88,10 +89,13 @@ def worker(
         settings = WorkerSettings(
             workdir=workdir, control_plane=control_plane, runtimes=runtimes, slots=slots,
             labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
+            offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    sys.exit(asyncio.run(_serve(settings)))
+    import uvloop
+
+    sys.exit(uvloop.run(_serve(settings)))
 
 
 async def _serve(settings: WorkerSettings) -> int:

@@ -4,7 +4,7 @@ SQLAlchemy errors stop here: the writer reports `WriteFailed`, which `domain/` m
 UNAVAILABLE answer.
 """
 
-from ._database import create_engine, create_schema, database_url
+from ._database import create_engine, create_schema, create_sqlite_writer_engine, database_url, is_sqlite
 from ._reads import (
     Reader,
     SessionState_,
@@ -26,6 +26,8 @@ __all__ = [
     "Writer",
     "create_engine",
     "create_schema",
+    "create_sqlite_writer_engine",
+    "is_sqlite",
     "database_url",
     "event_to_row",
     "lease_to_row",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import pathlib
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,24 +24,37 @@ def database_url(db: str) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
+        cur = dbapi_conn.cursor()
+        # WAL lets readers (event replay, lists) run while the writer commits; NORMAL in WAL
+        # mode loses nothing on a process crash, only on power loss (FULL covers that).
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
 def create_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 5) -> AsyncEngine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    if is_sqlite(url):
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=10)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
-            cur = dbapi_conn.cursor()
-            # WAL lets readers (event replay, lists) run while the writer commits; NORMAL in
-            # WAL mode loses nothing on a process crash, only on power loss (FULL covers that).
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
+        _sqlite_pragmas(engine.sync_engine, sqlite_synchronous)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
+    """A synchronous engine on the same SQLite file, for the writer's dedicated thread."""
+    sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = create_sync_engine(sync_url, pool_size=1, max_overflow=0)
+    _sqlite_pragmas(engine, sqlite_synchronous)
+    return engine
 
 
 async def create_schema(engine: AsyncEngine) -> None:
