@@ -37,19 +37,48 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
 
 
-def event_wire(e: Event) -> bytes:
+def _timestamp_bytes(us: int) -> bytes:
+    seconds, micros = divmod(us, 1_000_000)
+    out = b"\x08" + varint(seconds) if seconds else b""
+    if micros:
+        out += b"\x10" + varint(micros * 1000)
+    return out
+
+
+def _string_field(tag: bytes, value: str) -> bytes:
+    raw = value.encode()
+    return tag + varint(len(raw)) + raw if raw else b""
+
+
+def event_wire(e: Event, _prefix: dict | None = None) -> bytes:
+    """The Event's encoding: session_id(1) seq(2) turn_id(3) create_time(4) body(5).
+
+    Events of one batch share their session, turn and time, so `_prefix` caches those bytes.
+    """
     wire = e.wire
     if wire is None:
-        head = pb.Event(session_id=e.session_id, seq=e.seq, turn_id=e.turn_id, create_time=ts(e.create_time_us))
-        wire = e.wire = head.SerializeToString() + _BODY_TAG + varint(len(e.body)) + e.body
+        key = (e.turn_id, e.create_time_us)
+        cached = _prefix.get(key) if _prefix is not None else None
+        if cached is None:
+            when = _timestamp_bytes(e.create_time_us)
+            cached = (
+                _string_field(b"\x0a", e.session_id),
+                _string_field(b"\x1a", e.turn_id) + b"\x22" + varint(len(when)) + when,
+            )
+            if _prefix is not None:
+                _prefix[key] = cached
+        head, tail = cached
+        seq = b"\x10" + varint(e.seq) if e.seq else b""
+        wire = e.wire = head + seq + tail + _BODY_TAG + varint(len(e.body)) + e.body
     return wire
 
 
 def events_message(events: list[Event]) -> bytes:
     """Encode a StreamSessionEventsResponse directly from cached event encodings."""
+    prefix: dict = {}
     parts = []
     for e in events:
-        w = event_wire(e)
+        w = e.wire or event_wire(e, prefix)
         parts.append(_EVENTS_TAG)
         parts.append(varint(len(w)))
         parts.append(w)

@@ -21,14 +21,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..store import (
     Reader,
     WriteFailed,
     Writer,
     WriteSet,
-    event_to_row,
     lease_to_row,
     session_to_row,
     session_update_row,
@@ -135,8 +134,9 @@ class CloseMsg:
 WorkerMsg = OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | CloseMsg
 
 
-@dataclass(frozen=True)
-class IncomingEvent:
+class IncomingEvent(NamedTuple):
+    """One worker event, decoded just enough to fence, dedup and end turns."""
+
     worker_seq: int
     turn_id: str
     kind: str
@@ -438,7 +438,7 @@ class Hub:
         event = self._own_event(ctx, turn.turn_id, "input_received", self._codec.input_received(text))
         ws = WriteSet(
             turn_inserts=[turn_to_row(turn)],
-            event_inserts=[event_to_row(event)],
+            event_inserts=[event],
             session_updates=[session_update_row(ctx.session)],
         )
         ws.on_commit.append(lambda: self._published(ctx, [event]))
@@ -512,7 +512,7 @@ class Hub:
         event = self._own_event(ctx, turn.turn_id, "turn_interrupted" if state == TurnState.INTERRUPTED else "turn_failed", body)
         ctx.session.update_time_us = turn.end_time_us
         ws = WriteSet(
-            event_inserts=[event_to_row(event)],
+            event_inserts=[event],
             turn_updates=[turn_update_row(turn)],
             session_updates=[session_update_row(ctx.session)],
         )
@@ -923,7 +923,7 @@ class Hub:
             seq += 1
             ev = Event(session_id, seq, e.turn_id, e.kind, e.body, now, epoch, e.worker_seq)
             stored.append(ev)
-        ws.event_inserts = [event_to_row(ev) for ev in stored]
+        ws.event_inserts = stored
         ctx.last_seq = seq
         ctx.acked_worker_seq = fresh[-1].worker_seq
         last = fresh[-1]

@@ -8,7 +8,6 @@ from ._database import create_engine, create_schema, create_sqlite_writer_engine
 from ._reads import (
     Reader,
     SessionState_,
-    event_to_row,
     lease_to_row,
     session_to_row,
     session_update_row,
@@ -29,7 +28,6 @@ __all__ = [
     "create_sqlite_writer_engine",
     "is_sqlite",
     "database_url",
-    "event_to_row",
     "lease_to_row",
     "session_to_row",
     "session_update_row",

@@ -100,19 +100,6 @@ def turn_update_row(t: Turn) -> dict[str, Any]:
     }
 
 
-def event_to_row(e: Event) -> dict[str, Any]:
-    return {
-        "session_id": e.session_id,
-        "seq": e.seq,
-        "turn_id": e.turn_id,
-        "kind": e.kind,
-        "body": e.body,
-        "lease_epoch": e.lease_epoch,
-        "worker_seq": e.worker_seq,
-        "create_time_us": e.create_time_us,
-    }
-
-
 def lease_to_row(lease: Lease) -> dict[str, Any]:
     return {
         "session_id": lease.session_id,
