@@ -152,6 +152,9 @@ async def test_worker_reconnects_after_control_plane_restart(tmp_path, procs):
         async with sdk.AsyncClient(cp.target) as client:
             before = await _events(client, s.session_id)
             assert before[-1].kind == "turn_completed"  # nothing acknowledged was lost
+            reloaded = await client.get_session(s.session_id)
+            assert reloaded.turn_count == 1 and reloaded.last_seq == before[-1].seq
+            assert reloaded.update_time >= before[-1].create_time
             t2 = await client.send_input(s.session_id, "echo after")
             done = await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=30)
             assert done.state == sdk.TurnState.COMPLETED

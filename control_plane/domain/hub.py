@@ -436,11 +436,7 @@ class Hub:
         if key:
             ctx.keys[key] = turn.turn_id
         event = self._own_event(ctx, turn.turn_id, "input_received", self._codec.input_received(text))
-        ws = WriteSet(
-            turn_inserts=[turn_to_row(turn)],
-            event_inserts=[event],
-            session_updates=[session_update_row(ctx.session)],
-        )
+        ws = WriteSet(turn_inserts=[turn_to_row(turn)], event_inserts=[event])
         ws.on_commit.append(lambda: self._published(ctx, [event]))
         ws.on_commit.append(lambda: self._dispatch(ctx))
         await self._commit(ws)

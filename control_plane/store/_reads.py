@@ -14,17 +14,17 @@ from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow
 _ENDED = TurnState.COMPLETED  # states >= this have ended
 
 
-def session_from_row(r: Any) -> Session:
+def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Session:
     return Session(
         session_id=r.session_id,
         runtime=r.runtime,
         worker_selector=json.loads(r.worker_selector_json),
         labels=json.loads(r.labels_json),
         create_time_us=r.create_time_us,
-        update_time_us=r.update_time_us,
+        update_time_us=max(r.update_time_us, last_event_us or 0),
         archived=bool(r.archived),
         runtime_thread_id=r.runtime_thread_id,
-        turn_count=r.turn_count,
+        turn_count=turn_count or 0,
     )
 
 
@@ -36,7 +36,6 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "labels_json": json.dumps(s.labels, sort_keys=True),
         "archived": s.archived,
         "runtime_thread_id": s.runtime_thread_id,
-        "turn_count": s.turn_count,
         "create_time_us": s.create_time_us,
         "update_time_us": s.update_time_us,
     }
@@ -47,7 +46,6 @@ def session_update_row(s: Session) -> dict[str, Any]:
         "b_session_id": s.session_id,
         "archived": s.archived,
         "runtime_thread_id": s.runtime_thread_id,
-        "turn_count": s.turn_count,
         "update_time_us": s.update_time_us,
     }
 
@@ -168,9 +166,18 @@ class Reader:
             ).first()
             if row is None:
                 return None
-            last_seq = (
+            last = (
                 await conn.execute(
-                    select(func.coalesce(func.max(EventRow.seq), 0)).where(EventRow.session_id == session_id)
+                    select(EventRow.seq, EventRow.create_time_us)
+                    .where(EventRow.session_id == session_id)
+                    .order_by(EventRow.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            last_seq, last_event_us = (last.seq, last.create_time_us) if last else (0, 0)
+            turn_count = (
+                await conn.execute(
+                    select(func.coalesce(func.max(TurnRow.ordinal), 0)).where(TurnRow.session_id == session_id)
                 )
             ).scalar_one()
             lease_row = (
@@ -195,7 +202,7 @@ class Reader:
                     )
                 ).scalar_one()
         return SessionState_(
-            session_from_row(row), last_seq, lease, [turn_from_row(t) for t in turns], last_worker_seq
+            session_from_row(row, turn_count, last_event_us), last_seq, lease, [turn_from_row(t) for t in turns], last_worker_seq
         )
 
     async def list_sessions(
@@ -208,7 +215,23 @@ class Reader:
             .where(and_(TurnRow.session_id == s.c.session_id, TurnRow.state < int(_ENDED)))
             .exists()
         )
-        q = select(s, open_turn.label("has_open_turn")).order_by(s.c.session_id.desc()).limit(limit)
+        turn_count = (
+            select(func.coalesce(func.max(TurnRow.ordinal), 0))
+            .where(TurnRow.session_id == s.c.session_id)
+            .scalar_subquery()
+        )
+        last_event_us = (
+            select(EventRow.create_time_us)
+            .where(EventRow.session_id == s.c.session_id)
+            .order_by(EventRow.seq.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        q = (
+            select(s, open_turn.label("has_open_turn"), turn_count.label("turn_count"), last_event_us.label("last_event_us"))
+            .order_by(s.c.session_id.desc())
+            .limit(limit)
+        )
         if before_id:
             q = q.where(s.c.session_id < before_id)
         if archived is not None:
@@ -217,7 +240,7 @@ class Reader:
             q = q.where(open_turn if active else ~open_turn)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return [(session_from_row(r), bool(r.has_open_turn)) for r in rows]
+        return [(session_from_row(r, r.turn_count, r.last_event_us), bool(r.has_open_turn)) for r in rows]
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
         async with self._engine.connect() as conn:

@@ -46,8 +46,9 @@ class SessionRow(Base):
     labels_json: Mapped[str] = mapped_column(Text, default="{}")
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     runtime_thread_id: Mapped[str] = mapped_column(String(256), default="")
-    turn_count: Mapped[int] = mapped_column(Integer, default=0)
     create_time_us: Mapped[int] = mapped_column(BigInteger)
+    # Last change to the row itself; a session's update time as shown is the later of this and
+    # its last event's time, so new input costs no session write.
     update_time_us: Mapped[int] = mapped_column(BigInteger)
 
 
