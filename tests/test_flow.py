@@ -167,3 +167,45 @@ async def test_worker_reconnects_after_control_plane_restart(tmp_path, procs):
 async def test_health_check_serves(cp_process):
     async with sdk.AsyncClient(cp_process.target) as client:
         await eventually(client.health, timeout=5, what="health SERVING")
+
+
+async def test_sigterm_drains_the_worker_without_losing_the_running_turn(cp_process, procs, tmp_path):
+    w = start_worker(procs, cp_process.target, tmp_path / "w1", "w1", 1, "--drain-grace-s", "20")
+    async with sdk.AsyncClient(cp_process.target) as client:
+        s = await client.create_session("shell")
+        t = await client.send_input(s.session_id, "echo begin; sleep 1; echo end")
+        async for e in client.stream_events(s.session_id):
+            if e.kind == "output":
+                break
+        w.send_signal(signal.SIGTERM)
+        done = await client.wait_for_turn(s.session_id, t.turn_id, timeout_s=20)
+        assert done.state == sdk.TurnState.COMPLETED
+        assert w.popen.wait(20) == 0
+        # The drained worker released its lease: the session is free for any other worker.
+        await eventually(lambda: _holder_is(client, s.session_id, ""), timeout=10, what="lease released")
+        text = "".join(e.text for e in await _events(client, s.session_id) if e.kind == "output")
+        assert text == "begin\nend\n"
+
+
+async def _holder_is(client: sdk.AsyncClient, session_id: str, worker_id: str) -> bool:
+    return (await client.get_session(session_id)).worker_id == worker_id
+
+
+async def test_session_of_a_killed_worker_moves_and_is_rehydrated_from_its_history(cp_process, procs, tmp_path):
+    a = start_worker(procs, cp_process.target, tmp_path / "wa", "wa", 1)
+    async with sdk.AsyncClient(cp_process.target) as client:
+        s = await client.create_session("shell")
+        t1 = await client.send_input(s.session_id, "echo remembered")
+        first = await client.wait_for_turn(s.session_id, t1.turn_id, timeout_s=20)
+        a.send_signal(signal.SIGKILL)
+        start_worker(procs, cp_process.target, tmp_path / "wb", "wb", 1)
+        t2 = await client.send_input(s.session_id, "echo next")
+        # The new worker takes the session once A's lease expires, with a new epoch.
+        second = await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=30)
+        assert second.state == sdk.TurnState.COMPLETED
+        assert second.worker_id != first.worker_id and second.lease_epoch == first.lease_epoch + 1
+        # B's runtime was rehydrated from the log: its history holds A's turn too.
+        snap = await client.create_snapshot(s.session_id)
+        assert [h.text for h in snap.history] == ["echo remembered", "remembered\n", "echo next", "next\n"]
+        events = await _events(client, s.session_id)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))

@@ -41,7 +41,7 @@ async def _state(client: sdk.AsyncClient) -> list[tuple]:
     out = []
     async for s in client.iter_sessions():
         events = [(e.seq, e.kind) async for e in client.stream_events(s.session_id, stop_at_end=True)]
-        out.append((s.session_id, s.turn_count, s.archived if hasattr(s, "archived") else s.state, tuple(events)))
+        out.append((s.session_id, s.turn_count, s.state, tuple(events)))
     return out
 
 

@@ -827,10 +827,11 @@ class Hub:
             w.sessions.discard(session_id)
         if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
             return
-        if ctx.active is not None and ctx.active.state == TurnState.RUNNING:
-            await self._end_turn_here(ctx, ctx.active, TurnState.FAILED, "the worker released the session while the turn ran")
+        running = ctx.active if ctx.active is not None and ctx.active.state == TurnState.RUNNING else None
+        if running is not None:
             if w is not None:
-                w.in_flight.discard(ctx.active.turn_id if ctx.active else "")
+                w.in_flight.discard(running.turn_id)
+            await self._end_turn_here(ctx, running, TurnState.FAILED, "the worker released the session while the turn ran")
         ctx.lease = Lease(session_id, "", ctx.lease.epoch, now_us())
         await self._commit(WriteSet(lease_upserts=[lease_to_row(ctx.lease)]))
         self._dispatch(ctx)
