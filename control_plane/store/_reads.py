@@ -41,13 +41,13 @@ def session_to_row(s: Session) -> dict[str, Any]:
     }
 
 
+_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us")
+_TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_time_us")
+
+
 def session_update_row(s: Session) -> dict[str, Any]:
-    return {
-        "b_session_id": s.session_id,
-        "archived": s.archived,
-        "runtime_thread_id": s.runtime_thread_id,
-        "update_time_us": s.update_time_us,
-    }
+    row = session_to_row(s)
+    return {"b_session_id": s.session_id, **{k: row[k] for k in _SESSION_MUTABLE}}
 
 
 def turn_from_row(r: Any) -> Turn:
@@ -85,17 +85,10 @@ def turn_to_row(t: Turn) -> dict[str, Any]:
 
 
 def turn_update_row(t: Turn) -> dict[str, Any]:
+    row = turn_to_row(t)
     # OFFERED is not durable: an offer dies with the process, so it is stored as QUEUED.
     state = TurnState.QUEUED if t.state == TurnState.OFFERED else t.state
-    return {
-        "b_turn_id": t.turn_id,
-        "state": int(state),
-        "worker_id": t.worker_id,
-        "lease_epoch": t.lease_epoch,
-        "exit_code": t.exit_code,
-        "error_message": t.error_message,
-        "end_time_us": t.end_time_us,
-    }
+    return {"b_turn_id": t.turn_id, "state": int(state), **{k: row[k] for k in _TURN_MUTABLE}}
 
 
 def lease_to_row(lease: Lease) -> dict[str, Any]:
