@@ -59,6 +59,10 @@ def _handlers(full_name: str, impl: object) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(full_name, table)
 
 
+class StartupError(Exception):
+    """The control plane could not start; the message says what to fix."""
+
+
 class ControlPlane:
     """`async with ControlPlane(settings) as cp:` serves until the block ends."""
 
@@ -74,9 +78,12 @@ class ControlPlane:
 
     async def start(self) -> int:
         s = self.settings
-        url = database_url(s.db)
-        self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
-        await create_schema(self._engine)
+        try:
+            url = database_url(s.db)
+            self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
+            await create_schema(self._engine)
+        except Exception as exc:
+            raise StartupError(f"cannot open the database {s.db!r}: {exc}") from exc
         sync_writer = (
             create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
         )
@@ -106,9 +113,11 @@ class ControlPlane:
             [*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = f"{s.host}:{s.port}"
-        self.port = server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"could not bind {address}")
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            await self.close()
+            raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
         await server.start()
         self._server = server
         for name in ("", *_SERVICES):

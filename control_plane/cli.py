@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from ._server import serve_forever
+from ._server import StartupError, serve_forever
 from ._settings import Settings
 from .domain.hub import Timings
 
@@ -69,4 +69,7 @@ def serve(
     )
     import uvloop
 
-    uvloop.run(serve_forever(settings, port_file))
+    try:
+        uvloop.run(serve_forever(settings, port_file))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -209,3 +209,22 @@ async def test_session_of_a_killed_worker_moves_and_is_rehydrated_from_its_histo
         assert [h.text for h in snap.history] == ["echo remembered", "remembered\n", "echo next", "next\n"]
         events = await _events(client, s.session_id)
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def test_serve_explains_a_busy_port_and_a_bad_database_path(cp_process, tmp_path):
+    import subprocess
+    import sys
+
+    busy = subprocess.run(
+        [sys.executable, "-m", "control_plane", "--port", str(cp_process.port), "--db", str(tmp_path / "other.db")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert busy.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{cp_process.port}" in busy.stderr and "Traceback" not in busy.stderr
+    (tmp_path / "a-file").write_text("")
+    bad = subprocess.run(
+        [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(tmp_path / "a-file" / "x.db")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert bad.returncode == 1
+    assert "cannot open the database" in bad.stderr and "Traceback" not in bad.stderr
