@@ -236,23 +236,16 @@ class Reader:
         return [(session_from_row(r, r.turn_count, r.last_event_us), bool(r.has_open_turn)) for r in rows]
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(TurnRow.__table__).where(
-                        and_(TurnRow.turn_id == turn_id, TurnRow.session_id == session_id)
-                    )
-                )
-            ).first()
-        return turn_from_row(row) if row else None
+        return await self._one_turn(session_id, TurnRow.turn_id == turn_id)
 
     async def find_turn_by_key(self, session_id: str, key: str) -> Turn | None:
+        return await self._one_turn(session_id, TurnRow.idempotency_key == key)
+
+    async def _one_turn(self, session_id: str, condition: Any) -> Turn | None:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(TurnRow.__table__).where(
-                        and_(TurnRow.session_id == session_id, TurnRow.idempotency_key == key)
-                    )
+                    select(TurnRow.__table__).where(and_(TurnRow.session_id == session_id, condition))
                 )
             ).first()
         return turn_from_row(row) if row else None
