@@ -39,7 +39,7 @@ class Procs:
         port_file = self.tmp / "cp.port"
         self.spawn(
             [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(self.tmp / "bench.db"),
-             "--port-file", str(port_file), "--log-level", "INFO", *extra],
+             "--port-file", str(port_file), "--log-level", "WARNING", *extra],
             "control-plane",
         )
         deadline = time.monotonic() + 30

@@ -129,3 +129,39 @@ async def test_resent_events_are_stored_once_and_gaps_are_refused(control_plane,
         assert [(k, x) for _, k, x in texts] == [("input_received", ""), ("turn_started", ""), ("output", "a"), ("output", "b")]
     finally:
         await a.close()
+
+
+async def test_a_turn_never_stays_running_after_its_lease_is_gone(control_plane, client):
+    from tether.v1 import worker_service_pb2 as wpb
+
+    target = f"127.0.0.1:{control_plane.port}"
+    s1 = await client.create_session("shell")
+    s2 = await client.create_session("shell")
+    silent = FakeWorker(target, "wkr_silent")
+    await silent.register()
+    await silent.open_lease()
+    t1 = await client.send_input(s1.session_id, "sleep 100")
+    await silent.take_offer()
+    await silent.close()  # partitioned mid-turn: no renewals
+    ended = await client.wait_for_turn(s1.session_id, t1.turn_id, timeout_s=10)
+    assert ended.state == sdk.TurnState.FAILED and "not renewed" in ended.error_message
+    session = await client.get_session(s1.session_id)
+    assert session.worker_id == "" and session.state == sdk.SessionState.IDLE
+
+    releasing = FakeWorker(target, "wkr_release")
+    await releasing.register()
+    await releasing.open_lease()
+    try:
+        t2 = await client.send_input(s2.session_id, "sleep 100")
+        offer = await releasing.take_offer()
+        releasing.send(wpb.LeaseRequest(release=wpb.ReleaseLease(session_id=s2.session_id, lease_epoch=offer.lease_epoch)))
+        ended = await client.wait_for_turn(s2.session_id, t2.turn_id, timeout_s=10)
+        assert ended.state == sdk.TurnState.FAILED and "released" in ended.error_message
+        kinds = [k for _, k, _ in await _texts(client, s2.session_id)]
+        assert kinds == ["input_received", "turn_failed"]
+        await eventually(lambda: _lease_holder(client, s2.session_id, ""), timeout=5, what="lease freed")
+        # The freed slot is usable at once: the next turn is offered to the same worker.
+        await client.send_input(s2.session_id, "echo again")
+        assert (await releasing.take_offer()).lease_epoch == offer.lease_epoch + 1
+    finally:
+        await releasing.close()

@@ -169,9 +169,10 @@ class WorkerService:
             await self._hub.load_for_worker(worker_id, session_id, epoch)
             pending: asyncio.Queue[Any] = asyncio.Queue()
             reader = asyncio.create_task(self._read_events(worker_id, session_id, epoch, first, requests, pending))
+            carried: Any = None  # an item taken off the queue while coalescing, not yet durable
             try:
                 while True:
-                    item = await pending.get()
+                    item, carried = (carried if carried is not None else await pending.get()), None
                     if item is _END:
                         return
                     if isinstance(item, BaseException):
@@ -181,8 +182,12 @@ class WorkerService:
                         if fut is not None:
                             await fut
                         # Coalesce: later batches already durable are covered by one ack.
-                        while not pending.empty() and _durable(pending._queue[0]):  # noqa: SLF001
-                            fut, acked, last = pending.get_nowait()
+                        while not pending.empty():
+                            nxt = pending.get_nowait()
+                            if not _durable(nxt):
+                                carried = nxt
+                                break
+                            fut, acked, last = nxt
                             if fut is not None:
                                 fut.result()
                     except errors.DomainError:

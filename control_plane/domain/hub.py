@@ -19,9 +19,9 @@ import collections
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..store import (
     Reader,
@@ -163,8 +163,7 @@ class _SessionCtx:
     committed_seq: int
     lease: Lease | None
     lease_expires: float = 0.0  # time.monotonic() deadline
-    worker_seq_epoch: int = 0
-    acked_worker_seq: int = 0  # highest worker_seq accepted under worker_seq_epoch
+    acked_worker_seq: int = 0  # highest worker_seq accepted under the current lease epoch
     turns: dict[str, Turn] = field(default_factory=dict)  # open turns only
     queue: collections.deque[str] = field(default_factory=collections.deque)
     active: Turn | None = None  # offered or running
@@ -214,7 +213,7 @@ class Hub:
         self._waiting: dict[str, None] = {}  # sessions with a queued turn and no worker yet
         self._snapshot_waiters: dict[str, asyncio.Future[Snapshot]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._reload_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # owned here, awaited by stop()
         writer.on_failure = self._on_write_failure
 
     # ----------------------------------------------------------------- lifecycle
@@ -225,14 +224,22 @@ class Hub:
         await self._reload_open_sessions()
         self._sweeper = asyncio.create_task(self._sweep_leases(), name="tether-lease-sweeper")
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        tasks = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = None
         for w in self._workers.values():
             w.push(CloseMsg("control plane shutting down"))
         for ctx in self._ctx.values():
@@ -261,7 +268,6 @@ class Hub:
                     lease=loaded.lease,
                 )
                 if loaded.lease is not None:
-                    ctx.worker_seq_epoch = loaded.lease.epoch
                     ctx.acked_worker_seq = loaded.last_worker_seq
                     if loaded.lease.worker_id:
                         ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
@@ -290,7 +296,7 @@ class Hub:
             raise errors.SessionNotFound(session_id)
         return ctx
 
-    def _on_write_failure(self, sets: list[WriteSet]) -> None:
+    def _on_write_failure(self) -> None:
         # Sequence numbers and states were assigned in memory for writes that are now gone.
         # Rebuild from what is durable, as after a restart: drop every session context (live
         # subscribers re-resolve theirs), close worker streams so workers re-attach, reload.
@@ -307,7 +313,7 @@ class Hub:
             w.outbox = None
             w.in_flight.clear()
             w.sessions.clear()
-        self._reload_task = asyncio.get_running_loop().create_task(self._reload_open_sessions())
+        self._spawn(self._reload_open_sessions(), "tether-reload-after-write-failure")
 
     async def _reload_open_sessions(self) -> None:
         for session_id in await self._reader.sessions_with_open_turns():
@@ -489,23 +495,23 @@ class Hub:
             self._withdraw_offer(ctx)
         if turn_id in ctx.queue:
             ctx.queue.remove(turn_id)
-        await self._end_turn_here(ctx, turn, TurnState.INTERRUPTED, reason)
+        await self._commit(self._end_turn_writes(ctx, turn, TurnState.INTERRUPTED, reason))
         return turn
 
-    async def _end_turn_here(self, ctx: _SessionCtx, turn: Turn, state: TurnState, why: str) -> None:
-        """End a turn with an event the control plane writes itself."""
+    def _end_turn_writes(self, ctx: _SessionCtx, turn: Turn, state: TurnState, why: str) -> WriteSet:
+        """End a turn with an event the control plane writes itself; the caller commits."""
         turn.state = state
         turn.end_time_us = now_us()
         turn.error_message = why
         ctx.turns.pop(turn.turn_id, None)
         if ctx.active is turn:
             ctx.active = None
-        body = (
-            self._codec.turn_interrupted(why)
-            if state == TurnState.INTERRUPTED
-            else self._codec.turn_failed(why)
-        )
-        event = self._own_event(ctx, turn.turn_id, "turn_interrupted" if state == TurnState.INTERRUPTED else "turn_failed", body)
+        w = self._workers.get(turn.worker_id)
+        if w is not None:
+            w.in_flight.discard(turn.turn_id)
+        interrupted = state == TurnState.INTERRUPTED
+        body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why)
+        event = self._own_event(ctx, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
         ctx.session.update_time_us = turn.end_time_us
         ws = WriteSet(
             event_inserts=[event],
@@ -514,7 +520,7 @@ class Hub:
         )
         ws.on_commit.append(lambda: self._published(ctx, [event]))
         ws.on_commit.append(lambda: self._dispatch(ctx))
-        await self._commit(ws)
+        return ws
 
     def _own_event(self, ctx: _SessionCtx, turn_id: str, kind: str, body: bytes) -> Event:
         ctx.last_seq += 1
@@ -733,8 +739,9 @@ class Hub:
         for session_id in list(w.sessions - held_ids):
             ctx = self._ctx.get(session_id)
             if ctx is not None and ctx.holder() == worker_id:
-                asyncio.get_running_loop().create_task(
-                    self._expire_lease(ctx, "the worker restarted and no longer holds the session")
+                self._spawn(
+                    self._drop_lease(ctx, "the worker restarted and no longer holds the session", revoke=True),
+                    f"tether-drop-lease-{session_id}",
                 )
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
         self._dispatch_waiting()
@@ -798,7 +805,7 @@ class Hub:
                 previous.sessions.discard(session_id)
                 previous.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "moved to another worker"))
             ctx.lease = Lease(session_id, worker_id, epoch, now)
-            ctx.worker_seq_epoch, ctx.acked_worker_seq = epoch, 0
+            ctx.acked_worker_seq = 0
             ws.lease_upserts.append(lease_to_row(ctx.lease))
         ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
         w.sessions.add(session_id)
@@ -821,39 +828,40 @@ class Hub:
         self._waiting[session_id] = None
 
     async def release(self, worker_id: str, session_id: str, epoch: int) -> None:
-        ctx = self._ctx.get(session_id)
         w = self._workers.get(worker_id)
         if w is not None:
             w.sessions.discard(session_id)
+        ctx = self._ctx.get(session_id)
         if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
             return
-        running = ctx.active if ctx.active is not None and ctx.active.state == TurnState.RUNNING else None
-        if running is not None:
-            if w is not None:
-                w.in_flight.discard(running.turn_id)
-            await self._end_turn_here(ctx, running, TurnState.FAILED, "the worker released the session while the turn ran")
-        ctx.lease = Lease(session_id, "", ctx.lease.epoch, now_us())
-        await self._commit(WriteSet(lease_upserts=[lease_to_row(ctx.lease)]))
-        self._dispatch(ctx)
+        await self._drop_lease(ctx, "the worker released the session while the turn ran", revoke=False)
 
-    async def _expire_lease(self, ctx: _SessionCtx, why: str) -> None:
+    async def _drop_lease(self, ctx: _SessionCtx, why: str, *, revoke: bool) -> None:
+        """Free the session's lease (keeping its epoch) so any worker may take it next.
+
+        A turn never stays "running" without a live lease: it ends as failed, with `why`, in
+        the same transaction that frees the lease.
+        """
         lease = ctx.lease
         if lease is None or not lease.worker_id:
             return
+        session_id = ctx.session.session_id
         w = self._workers.get(lease.worker_id)
         if w is not None:
-            w.sessions.discard(ctx.session.session_id)
-            w.push(RevokeMsg(ctx.session.session_id, lease.epoch, why))
-        ctx.lease = Lease(ctx.session.session_id, "", lease.epoch, now_us())
+            w.sessions.discard(session_id)
+            if revoke:
+                w.push(RevokeMsg(session_id, lease.epoch, why))
+        ctx.lease = Lease(session_id, "", lease.epoch, now_us())
         turn = ctx.active
         if turn is not None and turn.state == TurnState.RUNNING:
-            if w is not None:
-                w.in_flight.discard(turn.turn_id)
-            # A turn never stays "running" without a live lease: record why it ended.
-            await self._end_turn_here(ctx, turn, TurnState.FAILED, f"the worker was lost: {why}")
-        await self._commit(WriteSet(lease_upserts=[lease_to_row(ctx.lease)]))
-        log.warning("lease of session %s (epoch %d) expired: %s", ctx.session.session_id, lease.epoch, why)
-        self._dispatch(ctx)
+            ws = self._end_turn_writes(ctx, turn, TurnState.FAILED, f"the worker was lost: {why}" if revoke else why)
+        else:
+            ws = WriteSet()
+            ws.on_commit.append(lambda: self._dispatch(ctx))
+        ws.lease_upserts.append(lease_to_row(ctx.lease))
+        await self._commit(ws)
+        if revoke:
+            log.warning("lease of session %s (epoch %d) dropped: %s", session_id, lease.epoch, why)
 
     async def _sweep_leases(self) -> None:
         period = max(0.05, min(1.0, self.timings.lease_ttl_s / 4))
@@ -863,7 +871,7 @@ class Hub:
             for ctx in list(self._ctx.values()):
                 if ctx.lease is not None and ctx.lease.worker_id and now >= ctx.lease_expires and not ctx.deleted:
                     try:
-                        await self._expire_lease(ctx, "the lease was not renewed before its deadline")
+                        await self._drop_lease(ctx, "the lease was not renewed before its deadline", revoke=True)
                     except errors.DomainError:
                         log.exception("could not expire lease of %s", ctx.session.session_id)
             self._dispatch_waiting()
@@ -1027,9 +1035,6 @@ class Hub:
     async def events_between(self, session_id: str, after_seq: int, upto: int) -> list[Event]:
         events = await self._reader.events_after(session_id, after_seq, _REPLAY_PAGE)
         return [e for e in events if e.seq <= upto]
-
-    def worker_count(self) -> int:
-        return sum(1 for w in self._workers.values() if w.outbox is not None)
 
 
 def _json(value: object) -> str:

@@ -7,7 +7,7 @@ UNAVAILABLE answer.
 from ._database import create_engine, create_schema, create_sqlite_writer_engine, database_url, is_sqlite
 from ._reads import (
     Reader,
-    SessionState_,
+    LoadedSession,
     lease_to_row,
     session_to_row,
     session_update_row,
@@ -19,7 +19,7 @@ from ._writer import WriteFailed, Writer, WriteSet
 
 __all__ = [
     "Reader",
-    "SessionState_",
+    "LoadedSession",
     "WriteFailed",
     "WriteSet",
     "Writer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -130,29 +131,22 @@ def _snapshot_from_row(r: Any) -> Snapshot:
     )
 
 
-class SessionState_:  # noqa: N801 - a loaded bundle, not the enum
+@dataclass
+class LoadedSession:
     """Everything needed to rebuild a session's in-memory state."""
 
-    def __init__(
-        self,
-        session: Session,
-        last_seq: int,
-        lease: Lease | None,
-        open_turns: list[Turn],
-        last_worker_seq: int,
-    ) -> None:
-        self.session = session
-        self.last_seq = last_seq
-        self.lease = lease
-        self.open_turns = open_turns
-        self.last_worker_seq = last_worker_seq
+    session: Session
+    last_seq: int
+    lease: Lease | None
+    open_turns: list[Turn]
+    last_worker_seq: int  # highest worker_seq stored under the lease's epoch
 
 
 class Reader:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def load_session(self, session_id: str) -> SessionState_ | None:
+    async def load_session(self, session_id: str) -> LoadedSession | None:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(select(SessionRow.__table__).where(SessionRow.session_id == session_id))
@@ -194,7 +188,7 @@ class Reader:
                         )
                     )
                 ).scalar_one()
-        return SessionState_(
+        return LoadedSession(
             session_from_row(row, turn_count, last_event_us), last_seq, lease, [turn_from_row(t) for t in turns], last_worker_seq
         )
 

@@ -61,6 +61,9 @@ class WriteSet:
 
 
 _FIELDS = [f for f in WriteSet.__dataclass_fields__ if f != "on_commit"]
+# Parents before children, inserts before the updates that may touch the same rows; deletes
+# run after all of these (see _apply).
+_WRITE_ORDER = [f for f in _FIELDS if f != "session_deletes"]
 _SQLITE_EVENT_INSERT = (
     "INSERT INTO events (session_id, seq, turn_id, kind, body, lease_epoch, worker_seq, create_time_us) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -84,7 +87,9 @@ class Writer:
         self._queue: asyncio.Queue[tuple[WriteSet, asyncio.Future[None]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._statements = self._build_statements(engine.dialect.name)
-        self.on_failure: Callable[[list[WriteSet]], None] | None = None
+        # Called after a failed transaction, before its waiters hear of it, so the owner of
+        # in-memory state can rebuild it from what is durable.
+        self.on_failure: Callable[[], None] | None = None
         self.transactions = 0
         self.write_sets = 0
 
@@ -157,7 +162,7 @@ class Writer:
             self._apply(conn, merged)
 
     def _apply(self, conn: Connection, merged: WriteSet) -> None:
-        for name in _FIELDS[:-1]:  # session_deletes last, below
+        for name in _WRITE_ORDER:
             rows = getattr(merged, name)
             if not rows:
                 continue
@@ -214,7 +219,7 @@ class Writer:
         except Exception as exc:  # the whole transaction rolled back: fail every waiter
             log.exception("write transaction failed; %d write sets rolled back", len(batch))
             if self.on_failure is not None:
-                self.on_failure([ws for ws, _ in batch])
+                self.on_failure()
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(WriteFailed(str(exc)))
