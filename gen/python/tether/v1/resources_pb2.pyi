@@ -58,6 +58,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_NOT_IMPLEMENTED: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
     ERROR_REASON_RUNTIME_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_BUSY: _ClassVar[ErrorReason]
+    ERROR_REASON_WORKER_NOT_CONNECTED: _ClassVar[ErrorReason]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_IDLE: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -92,6 +94,8 @@ ERROR_REASON_CURSOR_OUT_OF_RANGE: ErrorReason
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
 ERROR_REASON_RUNTIME_MISMATCH: ErrorReason
+ERROR_REASON_SESSION_BUSY: ErrorReason
+ERROR_REASON_WORKER_NOT_CONNECTED: ErrorReason
 
 class Session(_message.Message):
     __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count")
@@ -192,10 +196,12 @@ class TurnCompleted(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
 
 class TurnFailed(_message.Message):
-    __slots__ = ("error_message",)
+    __slots__ = ("error_message", "worker_lost")
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_LOST_FIELD_NUMBER: _ClassVar[int]
     error_message: str
-    def __init__(self, error_message: _Optional[str] = ...) -> None: ...
+    worker_lost: bool
+    def __init__(self, error_message: _Optional[str] = ..., worker_lost: _Optional[bool] = ...) -> None: ...
 
 class TurnInterrupted(_message.Message):
     __slots__ = ("reason",)

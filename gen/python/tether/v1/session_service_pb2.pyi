@@ -178,7 +178,7 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RestoreSessionRequest(_message.Message):
-    __slots__ = ("session_id", "worker_selector")
+    __slots__ = ("session_id", "worker_selector", "worker_id")
     class WorkerSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,9 +188,11 @@ class RestoreSessionRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     worker_selector: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, session_id: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class RestoreSessionResponse(_message.Message):
     __slots__ = ("session",)

@@ -196,8 +196,11 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RestoreSession(self, request, context):
-        """RestoreSession moves a session onto another eligible worker by rehydrating its history.
-        Reserved for a later release: the server answers UNIMPLEMENTED.
+        """RestoreSession moves an idle session onto another eligible worker (any, or one matching
+        worker_selector) and rehydrates its runtime there from the latest snapshot and the
+        history after it. The current holder, if any, loses its lease. It answers once the new
+        worker holds the lease; FAILED_PRECONDITION (SESSION_BUSY) while a turn runs,
+        UNAVAILABLE (NO_WORKER) when no connected worker matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message")
+    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class RegisterResponse(_message.Message):
     RECONNECT_BACKOFF_INITIAL_FIELD_NUMBER: _ClassVar[int]
     RECONNECT_BACKOFF_MAX_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_DEAD_GRACE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     registration_id: str
     heartbeat_interval: _duration_pb2.Duration
@@ -54,7 +56,9 @@ class RegisterResponse(_message.Message):
     reconnect_backoff_initial: _duration_pb2.Duration
     reconnect_backoff_max: _duration_pb2.Duration
     max_events_per_message: int
-    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ...) -> None: ...
+    liveness_timeout: _duration_pb2.Duration
+    worker_dead_grace: _duration_pb2.Duration
+    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "registration_id", "running_turns", "leases")
@@ -87,18 +91,20 @@ class LeaseRef(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("open", "accept", "reject", "renew", "release")
+    __slots__ = ("open", "accept", "reject", "renew", "release", "draining")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     open: LeaseOpen
     accept: AcceptOffer
     reject: RejectOffer
     renew: RenewLeases
     release: ReleaseLease
-    def __init__(self, open: _Optional[_Union[LeaseOpen, _Mapping]] = ..., accept: _Optional[_Union[AcceptOffer, _Mapping]] = ..., reject: _Optional[_Union[RejectOffer, _Mapping]] = ..., renew: _Optional[_Union[RenewLeases, _Mapping]] = ..., release: _Optional[_Union[ReleaseLease, _Mapping]] = ...) -> None: ...
+    draining: DrainStarted
+    def __init__(self, open: _Optional[_Union[LeaseOpen, _Mapping]] = ..., accept: _Optional[_Union[AcceptOffer, _Mapping]] = ..., reject: _Optional[_Union[RejectOffer, _Mapping]] = ..., renew: _Optional[_Union[RenewLeases, _Mapping]] = ..., release: _Optional[_Union[ReleaseLease, _Mapping]] = ..., draining: _Optional[_Union[DrainStarted, _Mapping]] = ...) -> None: ...
 
 class LeaseOpen(_message.Message):
     __slots__ = ("worker_id", "registration_id", "leases")
@@ -141,12 +147,20 @@ class RenewLeases(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., running_turns: _Optional[int] = ...) -> None: ...
 
 class ReleaseLease(_message.Message):
-    __slots__ = ("session_id", "lease_epoch")
+    __slots__ = ("session_id", "lease_epoch", "reason")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     lease_epoch: int
-    def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DrainStarted(_message.Message):
+    __slots__ = ("deadline",)
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    deadline: _timestamp_pb2.Timestamp
+    def __init__(self, deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LeaseResponse(_message.Message):
     __slots__ = ("opened", "offer", "granted", "interrupt", "revoked", "snapshot", "drain", "renewed")
@@ -177,7 +191,7 @@ class LeaseOpened(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline")
+    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +200,7 @@ class Offer(_message.Message):
     RESUME_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_ONLY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     input: str
@@ -194,7 +209,8 @@ class Offer(_message.Message):
     resume_required: bool
     last_seq: int
     accept_deadline: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    restore_only: bool
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ...) -> None: ...
 
 class OfferGranted(_message.Message):
     __slots__ = ("session_id", "turn_id", "lease_epoch", "lease_expire_time")
