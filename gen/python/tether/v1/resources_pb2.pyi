@@ -60,6 +60,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_RUNTIME_MISMATCH: _ClassVar[ErrorReason]
     ERROR_REASON_SESSION_BUSY: _ClassVar[ErrorReason]
     ERROR_REASON_WORKER_NOT_CONNECTED: _ClassVar[ErrorReason]
+    ERROR_REASON_REHYDRATION_FAILED: _ClassVar[ErrorReason]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_IDLE: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -96,6 +97,7 @@ ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
 ERROR_REASON_RUNTIME_MISMATCH: ErrorReason
 ERROR_REASON_SESSION_BUSY: ErrorReason
 ERROR_REASON_WORKER_NOT_CONNECTED: ErrorReason
+ERROR_REASON_REHYDRATION_FAILED: ErrorReason
 
 class Session(_message.Message):
     __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count")
@@ -236,18 +238,20 @@ class EventBody(_message.Message):
     def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("session_id", "seq", "turn_id", "create_time", "body")
+    __slots__ = ("session_id", "seq", "turn_id", "create_time", "body", "lease_epoch")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     turn_id: str
     create_time: _timestamp_pb2.Timestamp
     body: EventBody
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., turn_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[_Union[EventBody, _Mapping]] = ...) -> None: ...
+    lease_epoch: int
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., turn_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[_Union[EventBody, _Mapping]] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
 
 class HistoryItem(_message.Message):
     __slots__ = ("role", "text", "turn_id", "raw_json")
