@@ -13,10 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tether.v1 import session_service_pb2, worker_service_pb2
+from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
 from ._settings import Settings
 from .api._convert import ProtoBodyCodec
+from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .domain.hub import Hub
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 _SERVICES = {
     "tether.v1.SessionService": session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
     "tether.v1.WorkerService": worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    "tether.v1.AdminService": admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
 }
 # Methods whose handlers yield responses already encoded as bytes (shared by subscribers).
 _PRE_ENCODED = {"/tether.v1.SessionService/StreamSessionEvents"}
@@ -105,6 +107,7 @@ class ControlPlane:
             (
                 _handlers("tether.v1.SessionService", SessionService(self.hub)),
                 _handlers("tether.v1.WorkerService", WorkerService(self.hub)),
+                _handlers("tether.v1.AdminService", AdminService(self.hub)),
             )
         )
         self._health = health.aio.HealthServicer()

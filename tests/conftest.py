@@ -19,7 +19,10 @@ from control_plane import ControlPlane, Settings, Timings
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAST = Timings(
     heartbeat_interval_s=0.2,
+    liveness_timeout_s=1.0,
+    worker_dead_grace_s=0.5,
     lease_ttl_s=1.5,
+    sticky_timeout_s=1.0,
     offer_timeout_s=2.0,
     reconnect_backoff_initial_s=0.05,
     reconnect_backoff_max_s=0.5,

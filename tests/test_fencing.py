@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -137,14 +139,29 @@ async def test_a_turn_never_stays_running_after_its_lease_is_gone(control_plane,
     target = f"127.0.0.1:{control_plane.port}"
     s1 = await client.create_session("shell")
     s2 = await client.create_session("shell")
-    silent = FakeWorker(target, "wkr_silent")
-    await silent.register()
-    await silent.open_lease()
+    # Lease expiry: the stream stays alive (heartbeats flow) but the lease is not renewed.
+    forgetful = FakeWorker(target, "wkr_forgetful")
+    await forgetful.register()
+    await forgetful.open_lease()
     t1 = await client.send_input(s1.session_id, "sleep 100")
-    await silent.take_offer()
-    await silent.close()  # partitioned mid-turn: no renewals
-    ended = await client.wait_for_turn(s1.session_id, t1.turn_id, timeout_s=10)
+    await forgetful.take_offer()
+    stop = asyncio.Event()
+
+    async def heartbeat_without_leases() -> None:
+        while not stop.is_set():
+            forgetful.send(wpb.LeaseRequest(renew=wpb.RenewLeases()))
+            await asyncio.sleep(0.1)
+
+    beating = asyncio.create_task(heartbeat_without_leases())
+    try:
+        ended = await client.wait_for_turn(s1.session_id, t1.turn_id, timeout_s=10)
+    finally:
+        stop.set()
+        await beating
+        await forgetful.close()
     assert ended.state == sdk.TurnState.FAILED and "not renewed" in ended.error_message
+    failed = [e async for e in client.stream_events(s1.session_id, stop_at_end=True) if e.kind == sdk.EventKind.TURN_FAILED]
+    assert len(failed) == 1 and failed[0].worker_lost
     session = await client.get_session(s1.session_id)
     assert session.worker_id == "" and session.state == sdk.SessionState.IDLE
 

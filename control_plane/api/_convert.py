@@ -51,7 +51,8 @@ def _string_field(tag: bytes, value: str) -> bytes:
 
 
 def event_wire(e: Event, _prefix: dict | None = None) -> bytes:
-    """The Event's encoding: session_id(1) seq(2) turn_id(3) create_time(4) body(5).
+    """The Event's encoding: session_id(1) seq(2) turn_id(3) create_time(4) body(5)
+    lease_epoch(6).
 
     Events of one batch share their session, turn and time, so `_prefix` caches those bytes.
     """
@@ -69,7 +70,8 @@ def event_wire(e: Event, _prefix: dict | None = None) -> bytes:
                 _prefix[key] = cached
         head, tail = cached
         seq = b"\x10" + varint(e.seq) if e.seq else b""
-        wire = e.wire = head + seq + tail + _BODY_TAG + varint(len(e.body)) + e.body
+        epoch = b"\x30" + varint(e.lease_epoch) if e.lease_epoch else b""
+        wire = e.wire = head + seq + tail + _BODY_TAG + varint(len(e.body)) + e.body + epoch
     return wire
 
 
@@ -156,8 +158,9 @@ class ProtoBodyCodec:
     def input_received(self, text: str) -> bytes:
         return pb.EventBody(input_received=pb.InputReceived(input=text)).SerializeToString()
 
-    def turn_failed(self, message: str) -> bytes:
-        return pb.EventBody(turn_failed=pb.TurnFailed(error_message=message)).SerializeToString()
+    def turn_failed(self, message: str, worker_lost: bool = False) -> bytes:
+        failed = pb.TurnFailed(error_message=message, worker_lost=worker_lost)
+        return pb.EventBody(turn_failed=failed).SerializeToString()
 
     def turn_interrupted(self, reason: str) -> bytes:
         return pb.EventBody(turn_interrupted=pb.TurnInterrupted(reason=reason)).SerializeToString()
@@ -194,6 +197,7 @@ def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
                 resume_required=msg.resume_required,
                 last_seq=msg.last_seq,
                 accept_deadline=ts(msg.accept_deadline_us),
+                restore_only=msg.restore_only,
             )
         )
     if isinstance(msg, h.GrantMsg):
@@ -226,4 +230,9 @@ def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
                 lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in msg.lost],
             )
         )
+    if isinstance(msg, h.DrainMsg):
+        drain = wpb.DrainRequested()
+        if msg.deadline_us:
+            drain.deadline.CopyFrom(ts(msg.deadline_us))
+        return wpb.LeaseResponse(drain=drain)
     raise TypeError(f"no wire form for {type(msg).__name__}")

@@ -121,8 +121,13 @@ class SessionService:
             raise errors.NotImplementedYet(f"{name} is part of the v1 contract but not served by this release")
 
     async def RestoreSession(self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext) -> spb.RestoreSessionResponse:
-        await self._later(context, "RestoreSession", request.session_id)
-        return spb.RestoreSessionResponse()
+        async with translate(context, "RestoreSession"):
+            view = await self._hub.restore_session(
+                v.required("session_id", request.session_id),
+                v.labels("worker_selector", request.worker_selector),
+                v.optional("worker_id", request.worker_id),
+            )
+            return spb.RestoreSessionResponse(session=session_pb(view))
 
     async def ForkSession(self, request: spb.ForkSessionRequest, context: grpc.aio.ServicerContext) -> spb.ForkSessionResponse:
         await self._later(context, "ForkSession", request.session_id)

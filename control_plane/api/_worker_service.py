@@ -70,6 +70,8 @@ class WorkerService:
                 reconnect_backoff_initial=duration(t.reconnect_backoff_initial_s),
                 reconnect_backoff_max=duration(t.reconnect_backoff_max_s),
                 max_events_per_message=t.max_events_per_message,
+                liveness_timeout=duration(t.liveness_timeout_s),
+                worker_dead_grace=duration(t.worker_dead_grace_s),
             )
 
     async def Heartbeat(self, request: wpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wpb.HeartbeatResponse:
@@ -127,8 +129,20 @@ class WorkerService:
             except errors.DomainError as err:
                 outbox.put_nowait(h.RevokeMsg(a.session_id, a.lease_epoch, err.message))
 
+        liveness = self._hub.timings.liveness_timeout_s
+        requests = aiter(requests)
         try:
-            async for req in requests:
+            while True:
+                # Connection liveness: a worker renews every heartbeat interval, so a stream
+                # silent this long belongs to a dead or partitioned worker (or a deaf one).
+                try:
+                    req = await asyncio.wait_for(anext(requests, None), liveness)
+                except TimeoutError:
+                    raise errors.Unavailable(
+                        f"no heartbeat on the Lease stream for {liveness:g}s; closing it as dead"
+                    ) from None
+                if req is None:
+                    break
                 kind = req.WhichOneof("kind")
                 if kind == "accept":
                     # Accepts commit in the background so one slow commit does not hold up
@@ -142,7 +156,11 @@ class WorkerService:
                     r = req.reject
                     self._hub.reject(worker_id, r.session_id, r.turn_id, r.reason)
                 elif kind == "release":
-                    await self._hub.release(worker_id, req.release.session_id, req.release.lease_epoch)
+                    r = req.release
+                    reason = r.reason[:4096]  # only logged and reported; never worth failing the stream
+                    await self._hub.release(worker_id, r.session_id, r.lease_epoch, reason)
+                elif kind == "draining":
+                    self._hub.worker_draining(worker_id)
                 else:
                     raise errors.InvalidArgument("kind", f"unexpected {kind or 'empty'} message on an open Lease stream")
             outbox.put_nowait(_END)

@@ -132,3 +132,23 @@ class Timeout(DomainError):
     code = "DEADLINE_EXCEEDED"
     reason = "DEADLINE_EXCEEDED"
 
+
+
+class SessionBusy(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "SESSION_BUSY"
+
+
+class WorkerNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "WORKER_NOT_REGISTERED"
+
+
+class WorkerNotConnected(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "WORKER_NOT_CONNECTED"
+
+
+class RehydrationFailed(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "REHYDRATION_FAILED"

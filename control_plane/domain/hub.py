@@ -61,15 +61,28 @@ class BodyCodec(Protocol):
     """Encodes the event bodies the control plane writes itself (api/ provides it)."""
 
     def input_received(self, text: str) -> bytes: ...
-    def turn_failed(self, message: str) -> bytes: ...
+    def turn_failed(self, message: str, worker_lost: bool = False) -> bytes: ...
     def turn_interrupted(self, reason: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
 class Timings:
-    heartbeat_interval_s: float = 5.0
+    """Every timing a worker lives by; the server is the authority and sends them at Register.
+
+    Three clocks: connection liveness (a Lease stream silent for `liveness_timeout_s` is
+    closed), worker-dead (a worker whose stream closed and that did not open a new one within
+    `worker_dead_grace_s` has its sessions moved), and lease expiry (a lease not renewed for
+    `lease_ttl_s` moves its session, whatever the connection looks like).
+    """
+
+    heartbeat_interval_s: float = 2.0
+    liveness_timeout_s: float = 6.0
     lease_ttl_s: float = 15.0
+    worker_dead_grace_s: float = 1.0
     offer_timeout_s: float = 10.0
+    # How long a session waits for its warm holder while that worker is busy (no free slot)
+    # before any eligible worker takes it by rehydration.
+    sticky_timeout_s: float = 5.0
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0
     snapshot_timeout_s: float = 30.0
@@ -87,6 +100,7 @@ class OfferMsg:
     resume_required: bool
     last_seq: int
     accept_deadline_us: int
+    restore_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,13 +139,18 @@ class RenewedMsg:
 
 
 @dataclass(frozen=True)
+class DrainMsg:
+    deadline_us: int  # 0: the worker's own grace
+
+
+@dataclass(frozen=True)
 class CloseMsg:
     """Ends the stream: the registration was replaced."""
 
     reason: str
 
 
-WorkerMsg = OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | CloseMsg
+WorkerMsg = OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | DrainMsg | CloseMsg
 
 
 class IncomingEvent(NamedTuple):
@@ -156,6 +175,29 @@ class SessionView:
     lease_epoch: int
 
 
+@dataclass(frozen=True)
+class WorkerStatus:
+    info: WorkerInfo
+    running_turns: int
+    held_sessions: int
+    connected: bool
+    draining: bool
+
+
+@dataclass
+class _Restore:
+    """A RestoreSession under way: offered, then granted, then confirmed by a snapshot."""
+
+    worker_id: str
+    epoch: int
+    done: asyncio.Future[None]
+    granted: bool = False
+
+    @property
+    def slot(self) -> str:
+        return f"restore:{self.epoch}"
+
+
 @dataclass
 class _SessionCtx:
     session: Session
@@ -174,6 +216,8 @@ class _SessionCtx:
     recent: list[Event] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     deleted: bool = False
+    sticky_since: float = 0.0  # when the next turn started waiting for a busy holder
+    restoring: _Restore | None = None
 
     @property
     def state(self) -> SessionState:
@@ -191,6 +235,8 @@ class _WorkerConn:
     outbox: asyncio.Queue[WorkerMsg] | None = None
     in_flight: set[str] = field(default_factory=set)  # turn ids offered or running
     sessions: set[str] = field(default_factory=set)  # sessions whose lease it holds
+    draining: bool = False
+    dead_timer: asyncio.TimerHandle | None = None  # worker-dead grace after its stream closed
 
     @property
     def free_slots(self) -> int:
@@ -390,6 +436,8 @@ class Hub:
         self._waiting.pop(session_id, None)
         if ctx.offer_timer:
             ctx.offer_timer.cancel()
+        if ctx.restoring is not None:
+            self._fail_restore(ctx, ctx.restoring.epoch, errors.SessionNotFound(session_id))
         holder = self._workers.get(ctx.holder())
         if holder is not None:
             if ctx.active is not None and ctx.active.state == TurnState.RUNNING:
@@ -498,7 +546,9 @@ class Hub:
         await self._commit(self._end_turn_writes(ctx, turn, TurnState.INTERRUPTED, reason))
         return turn
 
-    def _end_turn_writes(self, ctx: _SessionCtx, turn: Turn, state: TurnState, why: str) -> WriteSet:
+    def _end_turn_writes(
+        self, ctx: _SessionCtx, turn: Turn, state: TurnState, why: str, *, worker_lost: bool = False
+    ) -> WriteSet:
         """End a turn with an event the control plane writes itself; the caller commits."""
         turn.state = state
         turn.end_time_us = now_us()
@@ -510,7 +560,7 @@ class Hub:
         if w is not None:
             w.in_flight.discard(turn.turn_id)
         interrupted = state == TurnState.INTERRUPTED
-        body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why)
+        body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why, worker_lost)
         event = self._own_event(ctx, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
         ctx.session.update_time_us = turn.end_time_us
         ws = WriteSet(
@@ -583,6 +633,7 @@ class Hub:
         info = w.info
         return (
             w.outbox is not None
+            and not w.draining
             and session.runtime in info.runtimes
             and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
         )
@@ -593,16 +644,19 @@ class Hub:
             self._waiting.pop(ctx.session.session_id, None)
             return
         session_id = ctx.session.session_id
+        if ctx.restoring is not None:
+            self._waiting[session_id] = None  # the restore's new holder takes the turn
+            return
         lease = ctx.lease
         now = time.monotonic()
         target: _WorkerConn | None = None
         epoch = lease.epoch if lease else 0
         resume = True
-        if lease is not None and lease.worker_id and now < ctx.lease_expires:
-            holder = self._workers.get(lease.worker_id)
+        holder = self._workers.get(lease.worker_id) if lease is not None and lease.worker_id else None
+        if lease is not None and lease.worker_id and now < ctx.lease_expires and self._sticky(ctx, holder, now):
             if holder is None or holder.outbox is None or holder.free_slots <= 0:
-                # Sticky: the holder keeps the warm runtime; wait for it (or for its lease to
-                # lapse, after which any worker may take the session).
+                # Sticky: the holder keeps the warm runtime; wait for it: for a slot, for it to
+                # reconnect within the worker-dead grace, or until the sticky timeout.
                 self._waiting[session_id] = None
                 return
             target, resume = holder, False
@@ -617,6 +671,7 @@ class Hub:
                 return
             target, epoch = best, epoch + 1
         self._waiting.pop(session_id, None)
+        ctx.sticky_since = 0.0
         turn = ctx.turns[ctx.queue.popleft()]
         turn.state = TurnState.OFFERED
         ctx.active = turn
@@ -639,6 +694,24 @@ class Hub:
                 accept_deadline_us=now_us() + int(timeout * 1e6),
             )
         )
+
+    def _sticky(self, ctx: _SessionCtx, holder: _WorkerConn | None, now: float) -> bool:
+        """Whether the next turn should wait for the lease holder rather than move."""
+        if holder is None or holder.outbox is None:
+            return True  # moved by the worker-dead grace or by lease expiry, not here
+        if holder.draining:
+            return False
+        if holder.free_slots > 0:
+            return True
+        if not ctx.sticky_since:
+            ctx.sticky_since = now
+        if now - ctx.sticky_since < self.timings.sticky_timeout_s:
+            return True
+        log.info(
+            "session %s waited %.1fs for its busy holder %s; moving it",
+            ctx.session.session_id, now - ctx.sticky_since, holder.info.worker_id,
+        )
+        return False
 
     def _withdraw_offer(self, ctx: _SessionCtx) -> None:
         turn = ctx.active
@@ -726,6 +799,9 @@ class Hub:
         if w.outbox is not None:
             w.push(CloseMsg("replaced by a newer Lease stream"))
         w.outbox = outbox
+        if w.dead_timer is not None:
+            w.dead_timer.cancel()  # back within the grace: nothing moves
+            w.dead_timer = None
         # Rebuild the slot count from the turns this control plane knows the worker runs
         # (after a control-plane restart they were loaded from the database).
         for ctx in self._ctx.values():
@@ -753,10 +829,35 @@ class Hub:
             return
         w.outbox = None
         self._requeue_offers_of(w)
-        log.info("worker %s detached; its leases stay until they expire", worker_id)
+        grace = self.timings.worker_dead_grace_s
+        if w.dead_timer is not None:
+            w.dead_timer.cancel()
+        w.dead_timer = asyncio.get_running_loop().call_later(grace, self._worker_dead, w)
+        log.info("worker %s detached; its sessions move unless it is back within %gs", worker_id, grace)
+
+    def _worker_dead(self, w: _WorkerConn) -> None:
+        w.dead_timer = None
+        if self._workers.get(w.info.worker_id) is not w or w.outbox is not None:
+            return
+        why = (
+            f"worker {w.info.worker_id} did not reconnect within the worker-dead grace "
+            f"({self.timings.worker_dead_grace_s:g}s)"
+        )
+        for session_id in list(w.sessions):
+            ctx = self._ctx.get(session_id)
+            if ctx is not None and ctx.holder() == w.info.worker_id and not ctx.deleted:
+                self._spawn(self._drop_lease(ctx, why, revoke=True), f"tether-worker-dead-{session_id}")
+        w.sessions.clear()
 
     def _requeue_offers_of(self, w: _WorkerConn) -> None:
         for ctx in list(self._ctx.values()):
+            restore = ctx.restoring
+            if restore is not None and restore.worker_id == w.info.worker_id and not restore.granted:
+                self._fail_restore(ctx, restore.epoch, errors.NoWorker(
+                    f"worker {w.info.worker_id!r} went away before taking session "
+                    f"{ctx.session.session_id!r}; try again",
+                    session_id=ctx.session.session_id,
+                ))
             if ctx.active is not None and ctx.active.state == TurnState.OFFERED and ctx.offered_to == w.info.worker_id:
                 self._requeue_offer(ctx)
                 self._dispatch(ctx)
@@ -781,6 +882,9 @@ class Hub:
     async def accept(self, worker_id: str, session_id: str, turn_id: str, epoch: int) -> None:
         w = self._worker(worker_id)
         ctx = self._ctx.get(session_id)
+        if not turn_id:
+            await self._accept_restore(w, ctx, session_id, epoch)
+            return
         turn = ctx.active if ctx is not None else None
         if (
             ctx is None
@@ -819,6 +923,14 @@ class Hub:
 
     def reject(self, worker_id: str, session_id: str, turn_id: str, reason: str) -> None:
         ctx = self._ctx.get(session_id)
+        if not turn_id:
+            restore = ctx.restoring if ctx is not None else None
+            if ctx is not None and restore is not None and restore.worker_id == worker_id and not restore.granted:
+                self._fail_restore(ctx, restore.epoch, errors.NoWorker(
+                    f"worker {worker_id!r} declined session {session_id!r}: {reason or 'no reason'}",
+                    session_id=session_id, worker_id=worker_id,
+                ))
+            return
         if ctx is None or ctx.active is None or ctx.active.turn_id != turn_id or ctx.offered_to != worker_id:
             return
         log.info("worker %s rejected turn %s: %s", worker_id, turn_id, reason or "no reason")
@@ -827,14 +939,16 @@ class Hub:
         # it straight back. It waits for the next freed slot or the sweeper's next pass.
         self._waiting[session_id] = None
 
-    async def release(self, worker_id: str, session_id: str, epoch: int) -> None:
+    async def release(self, worker_id: str, session_id: str, epoch: int, reason: str = "") -> None:
         w = self._workers.get(worker_id)
         if w is not None:
             w.sessions.discard(session_id)
         ctx = self._ctx.get(session_id)
         if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
             return
-        await self._drop_lease(ctx, "the worker released the session while the turn ran", revoke=False)
+        why = f"the worker released the session ({reason or 'no reason given'})"
+        log.info("worker %s released session %s (epoch %d): %s", worker_id, session_id, epoch, reason or "no reason")
+        await self._drop_lease(ctx, why, revoke=False)
 
     async def _drop_lease(self, ctx: _SessionCtx, why: str, *, revoke: bool) -> None:
         """Free the session's lease (keeping its epoch) so any worker may take it next.
@@ -852,9 +966,14 @@ class Hub:
             if revoke:
                 w.push(RevokeMsg(session_id, lease.epoch, why))
         ctx.lease = Lease(session_id, "", lease.epoch, now_us())
+        self._fail_restore(ctx, lease.epoch, errors.RehydrationFailed(
+            f"worker {lease.worker_id!r} gave session {session_id!r} up before confirming it: {why}",
+            session_id=session_id, worker_id=lease.worker_id,
+        ))
         turn = ctx.active
         if turn is not None and turn.state == TurnState.RUNNING:
-            ws = self._end_turn_writes(ctx, turn, TurnState.FAILED, f"the worker was lost: {why}" if revoke else why)
+            message = f"the turn's worker {lease.worker_id} was lost: {why}"
+            ws = self._end_turn_writes(ctx, turn, TurnState.FAILED, message, worker_lost=True)
         else:
             ws = WriteSet()
             ws.on_commit.append(lambda: self._dispatch(ctx))
@@ -956,6 +1075,175 @@ class Hub:
         ws.on_commit.insert(0, lambda: self._published(ctx, stored))
         return self._writer.submit(ws), ctx.acked_worker_seq, seq, stored
 
+    # ----------------------------------------------------------------- drain
+
+    def worker_draining(self, worker_id: str) -> None:
+        """The worker said it is draining: no more offers; its idle sessions with queued work
+        move now, the rest when it releases them at the end of its drain."""
+        w = self._workers.get(worker_id)
+        if w is None or w.draining:
+            return
+        w.draining = True
+        log.info("worker %s is draining", worker_id)
+        self._requeue_offers_of(w)
+        for session_id in list(w.sessions):
+            ctx = self._ctx.get(session_id)
+            if ctx is not None:
+                self._dispatch(ctx)
+        self._dispatch_waiting()
+
+    def drain_worker(self, worker_id: str, grace_s: float | None) -> WorkerStatus:
+        w = self._workers.get(worker_id)
+        if w is None:
+            raise errors.WorkerNotFound(f"no worker {worker_id!r} has registered since this control plane started", worker_id=worker_id)
+        if w.outbox is None:
+            raise errors.WorkerNotConnected(
+                f"worker {worker_id!r} is not connected; a worker drains on SIGTERM too",
+                worker_id=worker_id,
+            )
+        w.push(DrainMsg(now_us() + int(grace_s * 1e6) if grace_s is not None else 0))
+        self.worker_draining(worker_id)
+        return self._status(w)
+
+    def _status(self, w: _WorkerConn) -> WorkerStatus:
+        return WorkerStatus(w.info, len(w.in_flight), len(w.sessions), w.outbox is not None, w.draining)
+
+    def worker_statuses(self) -> list[WorkerStatus]:
+        statuses = [self._status(w) for w in self._workers.values()]
+        statuses.sort(key=lambda st: (not st.connected, st.info.worker_id))
+        return statuses
+
+    # ----------------------------------------------------------------- restore
+
+    async def restore_session(self, session_id: str, selector: dict[str, str], worker_id: str) -> SessionView:
+        """Move an idle session onto another worker and rehydrate it there, now."""
+        ctx = await self._require(session_id)
+        if ctx.session.archived:
+            raise errors.SessionArchived(f"session {session_id!r} is archived", session_id=session_id)
+        if ctx.active is not None or ctx.queue:
+            raise errors.SessionBusy(
+                f"session {session_id!r} has a turn queued or running; interrupt it or wait for "
+                "it to end, then restore",
+                session_id=session_id,
+            )
+        if ctx.restoring is not None:
+            raise errors.SessionBusy(f"session {session_id!r} is already being restored", session_id=session_id)
+        holder = ctx.holder()
+        if worker_id:
+            w = self._workers.get(worker_id)
+            if w is None:
+                raise errors.WorkerNotFound(f"no worker {worker_id!r} is registered", worker_id=worker_id)
+            if w.outbox is None:
+                raise errors.WorkerNotConnected(f"worker {worker_id!r} is not connected", worker_id=worker_id)
+            if worker_id == holder:
+                raise errors.InvalidArgument("worker_id", f"worker {worker_id!r} already holds the session")
+        wanted = {**ctx.session.worker_selector, **selector}
+        best: _WorkerConn | None = None
+        for w in self._workers.values():
+            if (
+                w.info.worker_id != holder
+                and (not worker_id or w.info.worker_id == worker_id)
+                and w.free_slots > 0
+                and self._eligible(w, ctx.session)
+                and all(w.info.labels.get(k) == v for k, v in wanted.items())
+                and (best is None or w.free_slots > best.free_slots)
+            ):
+                best = w
+        if best is None:
+            raise errors.NoWorker(
+                f"no connected worker other than the holder runs {ctx.session.runtime!r}"
+                + (f" with labels {wanted}" if wanted else "")
+                + " and has a free slot",
+                session_id=session_id,
+            )
+        epoch = (ctx.lease.epoch if ctx.lease else 0) + 1
+        restore = _Restore(best.info.worker_id, epoch, asyncio.get_running_loop().create_future())
+        ctx.restoring = restore
+        best.in_flight.add(restore.slot)
+        timeout = self.timings.offer_timeout_s
+        ctx.offer_timer = asyncio.get_running_loop().call_later(
+            timeout,
+            lambda: self._fail_restore(ctx, epoch, errors.Timeout(
+                f"worker {restore.worker_id!r} did not accept session {session_id!r} within {timeout:g}s",
+                worker_id=restore.worker_id,
+            )),
+        )
+        best.push(
+            OfferMsg(
+                session_id=session_id,
+                turn_id="",
+                input="",
+                runtime=ctx.session.runtime,
+                lease_epoch=epoch,
+                resume_required=True,
+                last_seq=ctx.committed_seq,
+                accept_deadline_us=now_us() + int(timeout * 1e6),
+                restore_only=True,
+            )
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(restore.done), timeout + self.timings.snapshot_timeout_s)
+        except TimeoutError:
+            self._fail_restore(ctx, epoch, errors.Timeout(
+                f"worker {restore.worker_id!r} took session {session_id!r} but did not confirm "
+                f"its rehydration within {self.timings.snapshot_timeout_s:g}s",
+                worker_id=restore.worker_id,
+            ))
+            await restore.done
+        return self._view(ctx)
+
+    async def _accept_restore(self, w: _WorkerConn, ctx: _SessionCtx | None, session_id: str, epoch: int) -> None:
+        restore = ctx.restoring if ctx is not None else None
+        if ctx is None or restore is None or restore.granted or restore.worker_id != w.info.worker_id or restore.epoch != epoch:
+            w.in_flight.discard(f"restore:{epoch}")
+            w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
+            return
+        if ctx.offer_timer:
+            ctx.offer_timer.cancel()
+            ctx.offer_timer = None
+        restore.granted = True
+        w.in_flight.discard(restore.slot)
+        previous = self._workers.get(ctx.holder())
+        if previous is not None and previous is not w:
+            previous.sessions.discard(session_id)
+            previous.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "restored onto another worker"))
+        now = now_us()
+        ctx.lease = Lease(session_id, w.info.worker_id, epoch, now)
+        ctx.acked_worker_seq = 0
+        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
+        w.sessions.add(session_id)
+        grant = GrantMsg(session_id, "", epoch, now + int(self.timings.lease_ttl_s * 1e6))
+        ws = WriteSet(lease_upserts=[lease_to_row(ctx.lease)])
+        ws.on_commit.append(lambda: w.push(grant))
+        await self._commit(ws)
+
+    def _fail_restore(self, ctx: _SessionCtx, epoch: int, error: errors.DomainError) -> None:
+        restore = ctx.restoring
+        if restore is None or restore.epoch != epoch:
+            return
+        ctx.restoring = None
+        if ctx.offer_timer:
+            ctx.offer_timer.cancel()
+            ctx.offer_timer = None
+        w = self._workers.get(restore.worker_id)
+        if w is not None:
+            w.in_flight.discard(restore.slot)
+        if restore.granted and ctx.lease is not None and ctx.lease.epoch == epoch and ctx.lease.worker_id:
+            # Granted but never confirmed: the lease must not stay with a runtime that is not
+            # there. Free it; the next turn rehydrates wherever it lands.
+            self._spawn(self._drop_lease(ctx, str(error), revoke=True), f"tether-restore-failed-{ctx.session.session_id}")
+        if not restore.done.done():
+            restore.done.set_exception(error)
+        self._dispatch(ctx)
+
+    def _finish_restore(self, ctx: _SessionCtx, restore: _Restore) -> None:
+        if ctx.restoring is restore:
+            ctx.restoring = None
+        if not restore.done.done():
+            restore.done.set_result(None)
+        log.info("session %s restored onto %s (epoch %d)", ctx.session.session_id, restore.worker_id, restore.epoch)
+        self._dispatch(ctx)
+
     # ----------------------------------------------------------------- snapshots & resume
 
     async def latest_snapshot(self, session_id: str) -> Snapshot:
@@ -1020,10 +1308,13 @@ class Hub:
             history_count=history_count,
             create_time_us=now_us(),
         )
-        ws = WriteSet(snapshot_inserts=[snapshot_to_row(snap)])
+        ws = WriteSet(snapshot_inserts=[snapshot_to_row(snap)], snapshot_prunes=[session_id])
         waiter = self._snapshot_waiters.get(request_id) if request_id else None
         if waiter is not None:
             ws.on_commit.append(lambda: waiter.done() or waiter.set_result(snap))
+        restore = ctx.restoring
+        if restore is not None and restore.granted and restore.epoch == epoch and restore.worker_id == worker_id:
+            ws.on_commit.append(lambda: self._finish_restore(ctx, restore))
         await self._commit(ws)
         return snap
 

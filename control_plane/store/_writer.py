@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import Event
@@ -48,6 +48,7 @@ class WriteSet:
     turn_inserts: list[dict[str, Any]] = field(default_factory=list)
     event_inserts: list[Event] = field(default_factory=list)  # the hottest table: no dicts
     snapshot_inserts: list[dict[str, Any]] = field(default_factory=list)
+    snapshot_prunes: list[str] = field(default_factory=list)  # session ids: keep the newest few
     worker_upserts: list[dict[str, Any]] = field(default_factory=list)
     lease_upserts: list[dict[str, Any]] = field(default_factory=list)
     session_updates: list[dict[str, Any]] = field(default_factory=list)
@@ -68,6 +69,10 @@ _SQLITE_EVENT_INSERT = (
     "INSERT INTO events (session_id, seq, turn_id, kind, body, lease_epoch, worker_seq, create_time_us) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+# Snapshots kept per session: the newest is what Resume uses; two older ones are a margin.
+SNAPSHOTS_KEPT = 3
 
 
 class WriteFailed(Exception):
@@ -108,7 +113,16 @@ class Writer:
             index_elements=[_workers.c.worker_id],
             set_={c.name: worker_up.excluded[c.name] for c in _workers.c if c.name != "worker_id"},
         )
+        newest = (
+            select(_snapshots.c.snapshot_id)
+            .where(_snapshots.c.session_id == bindparam("sid"))
+            .order_by(_snapshots.c.seq.desc(), _snapshots.c.create_time_us.desc())
+            .limit(SNAPSHOTS_KEPT)
+        )
         return {
+            "snapshot_prunes": delete(_snapshots).where(
+                _snapshots.c.session_id == bindparam("sid"), _snapshots.c.snapshot_id.not_in(newest)
+            ),
             "session_inserts": insert(_sessions),
             "turn_inserts": insert(_turns),
             "event_inserts": insert(_events),
@@ -168,6 +182,9 @@ class Writer:
                 continue
             if name == "event_inserts":
                 self._insert_events(conn, rows)
+            elif name == "snapshot_prunes":
+                for session_id in dict.fromkeys(rows):
+                    conn.execute(self._statements[name], {"sid": session_id})
             else:
                 conn.execute(self._statements[name], rows)
         if merged.session_deletes:

@@ -199,8 +199,10 @@ class SessionServiceServicer:
         """RestoreSession moves an idle session onto another eligible worker (any, or one matching
         worker_selector) and rehydrates its runtime there from the latest snapshot and the
         history after it. The current holder, if any, loses its lease. It answers once the new
-        worker holds the lease; FAILED_PRECONDITION (SESSION_BUSY) while a turn runs,
-        UNAVAILABLE (NO_WORKER) when no connected worker matches.
+        worker holds the lease and has rehydrated the runtime (its first snapshot under the new
+        lease confirms it); FAILED_PRECONDITION (SESSION_BUSY) while a turn runs or is queued,
+        FAILED_PRECONDITION (NO_WORKER) when no connected worker matches, (REHYDRATION_FAILED)
+        when the target could not rehydrate it (the session then has no holder).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
