@@ -1,0 +1,584 @@
+"""Chaos: many multi-turn sessions while workers are SIGKILLed and the control plane crashes.
+
+    python -m bench chaos                       # 200 sessions, 4 workers, default timings
+    python -m bench.chaos --sessions 20 ...     # other sizes (see --help)
+
+What runs: one control plane (a process, SQLite file, fixed port) and M shell workers (processes,
+a few slots each). N sessions each run K turns (3-5) one after another; turn j of session i
+is ``echo si-tj-a; sleep 0.05-0.4; echo si-tj-b``, so its whole output is known in advance.
+
+Chaos, all at random intervals and bounded in count:
+
+- a worker is SIGKILLed (never the last one alive) and started again after a random pause
+  (0.2-3 s) with the same workdir, so it comes back with the same worker id: depending on the
+  pause the control plane learns of the death from the worker-dead grace / lease expiry, or
+  from the worker re-attaching without the session. Its running turn is lost.
+- the control plane is SIGKILLed and started again on the same database file and port, exactly
+  `cp_restarts` times (at 30 % and 60 % of the intended turns done, for two).
+
+The driver is an application doing the right thing: every SendInput carries an idempotency key
+per intended turn and attempt (``chaos-s<i>-t<j>-a<a>``) and is retried with that key through
+UNAVAILABLE and deadlines; each session follows its own log from its cursor and re-subscribes
+after a failure; a turn that ends failed (worker lost, or anything else) or interrupted is sent
+again as a new attempt with a new key, at most `max_attempts` times. The channel reconnects
+with a 100 ms-1 s backoff (gRPC's default grows to 120 s).
+
+At the end every session's full log is read back (over the API, and the SQLite file is read
+after the control plane stops) and checked:
+
+- seq is 1, 2, 3, ... with no gap and no duplicate;
+- every turn in the log is one the driver sent (one per key), opens with its input_received,
+  has at most one turn_started, exactly one terminal event and nothing after it; no output
+  event is stored twice (each line of output is unique in the whole run);
+- every completed turn printed exactly its two lines and exited 0; every intended turn
+  completed exactly once, as the last attempt for it; GetTurn agrees with the log;
+- lease_epoch never goes down along the log and is the same for all worker-written events of
+  a turn (and equals the turn's epoch): anything else is a stale write the control plane took.
+
+Figures (one JSON line each): chaos_sessions_total, chaos_sessions_lost (must be 0: sessions
+that did not complete all intended turns or whose log failed a check), chaos_events_duplicated
+(must be 0), chaos_stale_writes_accepted (must be 0), chaos_worker_kills, chaos_cp_restarts,
+chaos_duration_s, chaos_turns_lost_to_worker_death, chaos_turns_failed_other (informational).
+The process exits non-zero when a must-be-0 figure is not 0; logs are then kept and their path
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import pathlib
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sdk
+
+from ._harness import (
+    ControlPlaneProc,
+    Procs,
+    Retries,
+    client_options,
+    cp_timing_args,
+    emit,
+    procs,
+    retry,
+    transient,
+)
+
+TERMINAL = ("turn_completed", "turn_failed", "turn_interrupted")
+
+
+@dataclass
+class ChaosConfig:
+    sessions: int = 200
+    workers: int = 4
+    slots: int = 2
+    turns: tuple[int, int] = (3, 5)  # turns per session, inclusive range
+    sleep_s: tuple[float, float] = (0.05, 0.4)  # each turn's `sleep`
+    cp_restarts: int = 2
+    max_worker_kills: int = 40
+    kill_interval_s: tuple[float, float] = (1.0, 3.0)
+    worker_down_s: tuple[float, float] = (0.2, 3.0)
+    cp_down_s: tuple[float, float] = (0.2, 1.0)
+    time_cap_s: float = 300.0
+    max_attempts: int = 6
+    # Control-plane flags (name without dashes -> value); flags this build lacks are reported.
+    cp_timings: dict[str, float] = field(default_factory=dict)
+    worker_args: tuple[str, ...] = ()
+    seed: int | None = None
+    keep_logs_on_failure: bool = True
+
+
+@dataclass
+class Attempt:
+    j: int
+    a: int
+    key: str
+    turn_id: str = ""
+    outcome: str = ""  # turn_completed / turn_failed / turn_interrupted / "" (never ended)
+    worker_lost: bool = False
+    message: str = ""
+
+
+@dataclass
+class SessionRun:
+    index: int
+    n_turns: int
+    session_id: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    completed: int = 0
+    error: str = ""
+    stream_gaps: int = 0
+
+    def command(self, j: int, sleep_s: float) -> str:
+        return f"echo s{self.index}-t{j}-a; sleep {sleep_s:.2f}; echo s{self.index}-t{j}-b"
+
+    def expected(self, j: int) -> str:
+        return f"s{self.index}-t{j}-a\ns{self.index}-t{j}-b\n"
+
+
+@dataclass
+class ChaosResult:
+    sessions_total: int = 0
+    sessions_lost: int = 0
+    events_duplicated: int = 0
+    stale_writes_accepted: int = 0
+    worker_kills: int = 0
+    cp_restarts: int = 0
+    duration_s: float = 0.0
+    turns_intended: int = 0
+    turns_sent: int = 0
+    turns_lost_to_worker_death: int = 0
+    turns_failed_other: int = 0
+    turns_interrupted: int = 0
+    failure_samples: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # first few, for the report
+    retries: dict[str, int] = field(default_factory=dict)
+    stream_gaps: int = 0
+    missing_cp_flags: list[str] = field(default_factory=list)
+    epoch_source: str = ""
+    logs_kept_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.sessions_lost == 0 and self.events_duplicated == 0 and self.stale_writes_accepted == 0
+
+
+class _Chaos:
+    """The control plane, the workers, and the chaos task that kills them."""
+
+    def __init__(self, ps: Procs, cfg: ChaosConfig, rng: random.Random) -> None:
+        self.ps = ps
+        self.cfg = cfg
+        self.rng = rng
+        self.cp: ControlPlaneProc | None = None
+        self.workers: dict[str, subprocess.Popen | None] = {}
+        self.kills = 0
+        self.cp_restarts = 0
+        self.cp_up = asyncio.Event()
+        self._restarts: set[asyncio.Task[None]] = set()
+        self.cp_args: list[str] = []
+
+    def start(self) -> str:
+        self.cp_args, missing = cp_timing_args(**self.cfg.cp_timings)
+        self.missing_flags = missing
+        self.cp = self.ps.start_control_plane(*self.cp_args)
+        self.cp_up.set()
+        for k in range(self.cfg.workers):
+            self._start_worker(f"w{k}")
+        return self.cp.target
+
+    def _start_worker(self, name: str) -> None:
+        assert self.cp is not None
+        self.workers[name] = self.ps.worker(
+            self.cp.target, name, self.cfg.slots, extra=self.cfg.worker_args, log_level="info"
+        )
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.workers.items() if p is not None and p.poll() is None]
+
+    async def kill_worker(self) -> bool:
+        alive = self.alive()
+        if len(alive) < 2:
+            return False
+        name = self.rng.choice(alive)
+        p = self.workers[name]
+        assert p is not None
+        await asyncio.to_thread(self.ps.kill, p)
+        self.workers[name] = None
+        self.kills += 1
+        down = self.rng.uniform(*self.cfg.worker_down_s)
+        task = asyncio.create_task(self._restart_worker(name, down))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+        return True
+
+    async def _restart_worker(self, name: str, down: float) -> None:
+        await asyncio.sleep(down)
+        self._start_worker(name)
+
+    async def restart_control_plane(self) -> None:
+        assert self.cp is not None
+        self.cp_up.clear()
+        await asyncio.to_thread(self.cp.kill)
+        await asyncio.sleep(self.rng.uniform(*self.cfg.cp_down_s))
+        await asyncio.to_thread(self.cp.start)
+        self.cp_restarts += 1
+        self.cp_up.set()
+
+    async def run(self, progress, done: asyncio.Event) -> None:
+        await asyncio.gather(self._kill_workers(progress, done), self._restart_control_plane(progress, done))
+
+    async def _kill_workers(self, progress, done: asyncio.Event) -> None:
+        """Kill a worker at random intervals, until the last few turns."""
+        while not done.is_set() and self.kills < self.cfg.max_worker_kills:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.rng.uniform(*self.cfg.kill_interval_s))
+                return
+            if progress() < 0.97:
+                await self.kill_worker()
+
+    async def _restart_control_plane(self, progress, done: asyncio.Event) -> None:
+        """Crash and restart the control plane at progress marks: 30 % and 60 % for two."""
+        n = self.cfg.cp_restarts
+        marks = [0.9 * (k + 1) / (n + 1) for k in range(n)]
+        while not done.is_set() and self.cp_restarts < n:
+            if progress() >= marks[self.cp_restarts]:
+                await self.restart_control_plane()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.1)
+
+    async def settle(self) -> None:
+        """After the run: no restart left pending, every worker process up again."""
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
+        for name, p in self.workers.items():
+            if p is None or p.poll() is not None:
+                self._start_worker(name)
+
+
+async def _follow_to_end(
+    client: sdk.AsyncClient, run: SessionRun, turn_id: str, cursor: int, deadline: float, retries: Retries
+) -> tuple[sdk.Event | None, int]:
+    """Follow the session's log from `cursor` until `turn_id` ends; re-subscribe from the
+    cursor after any transient failure. Returns the terminal event (None at the deadline)."""
+    delay = 0.05
+    while time.monotonic() < deadline:
+        events = client.stream_events(
+            run.session_id, after_seq=cursor, timeout_s=max(0.1, min(30.0, deadline - time.monotonic()))
+        )
+        try:
+            async for e in events:
+                if e.seq != cursor + 1:
+                    run.stream_gaps += 1
+                cursor = max(cursor, e.seq)
+                if e.turn_id == turn_id and e.is_terminal:
+                    return e, cursor
+                delay = 0.05
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            retries.note(exc)
+        finally:
+            await events.aclose()
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(1.0, delay * 2)
+    return None, cursor
+
+
+async def _drive(
+    client: sdk.AsyncClient, run: SessionRun, cfg: ChaosConfig, rng: random.Random, deadline: float,
+    retries: Retries, on_done,
+) -> None:
+    cursor = 0
+    try:
+        for j in range(run.n_turns):
+            sleep_s = rng.uniform(*cfg.sleep_s)
+            command = run.command(j, sleep_s)
+            for a in range(cfg.max_attempts):
+                at = Attempt(j, a, f"chaos-s{run.index}-t{j}-a{a}")
+                run.attempts.append(at)
+                turn = await retry(
+                    lambda: client.send_input(run.session_id, command, idempotency_key=at.key),
+                    deadline=deadline, retries=retries,
+                )
+                at.turn_id = turn.turn_id
+                end, cursor = await _follow_to_end(client, run, turn.turn_id, cursor, deadline, retries)
+                if end is None:
+                    run.error = f"turn {j} attempt {a} ({turn.turn_id}) did not end before the time cap"
+                    return
+                at.outcome = end.kind.value
+                if end.kind == sdk.EventKind.TURN_COMPLETED:
+                    break
+                if end.kind == sdk.EventKind.TURN_FAILED:
+                    at.worker_lost = bool(end.raw.body.turn_failed.worker_lost)
+                    at.message = end.error_message
+                else:
+                    at.message = end.reason
+            else:
+                run.error = f"turn {j} did not complete in {cfg.max_attempts} attempts"
+                return
+            run.completed += 1
+            on_done()
+    except Exception as exc:  # a non-transient error, or the time cap in the middle of a retry
+        run.error = f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------- checking
+
+
+@dataclass
+class _Tally:
+    duplicated: int = 0
+    stale: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+
+def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], turns: dict[str, Any]) -> _Tally:
+    """Check one session's full log against what its driver sent. `epochs[k]` is the
+    lease_epoch of `events[k]`; `turns` maps turn id to GetTurn's answer."""
+    t = _Tally()
+    sid = run.session_id
+    seqs = [e.seq for e in events]
+    if seqs != list(range(1, len(seqs) + 1)):
+        dup = len(seqs) - len(set(seqs))
+        t.duplicated += dup
+        t.problem(f"{sid}: seq not 1..{len(seqs)} (duplicates {dup}, first seqs {seqs[:5]})")
+    # Stale writes: worker epochs (0 = written by the control plane) never go down.
+    top = 0
+    for e, ep in zip(events, epochs):
+        if ep and ep < top:
+            t.stale += 1
+            t.problem(f"{sid}: seq {e.seq} has lease_epoch {ep} after epoch {top}")
+        top = max(top, ep)
+    by_key = {a.key: a for a in run.attempts}
+    by_turn: dict[str, list[tuple[sdk.Event, int]]] = collections.defaultdict(list)
+    order: list[str] = []
+    for e, ep in zip(events, epochs):
+        if e.turn_id not in by_turn:
+            order.append(e.turn_id)
+        by_turn[e.turn_id].append((e, ep))
+    completed_for: collections.Counter[int] = collections.Counter()
+    for turn_id in order:
+        evs = by_turn[turn_id]
+        info = turns.get(turn_id)
+        attempt = by_key.get(info.idempotency_key) if info is not None else None
+        if attempt is None or attempt.turn_id != turn_id:
+            t.duplicated += 1
+            t.problem(f"{sid}: turn {turn_id} (key {getattr(info, 'idempotency_key', '?')!r}) was not sent by the driver as such")
+            continue
+        kinds = [e.kind.value for e, _ in evs]
+        if kinds[0] != "input_received" or kinds.count("input_received") != 1:
+            t.duplicated += max(0, kinds.count("input_received") - 1)
+            t.problem(f"{sid}: turn {turn_id} events {kinds}: not one input_received first")
+        if kinds.count("turn_started") > 1:
+            t.duplicated += kinds.count("turn_started") - 1
+            t.problem(f"{sid}: turn {turn_id} started {kinds.count('turn_started')} times")
+        ends = [k for k in kinds if k in TERMINAL]
+        if len(ends) != 1:
+            t.duplicated += max(0, len(ends) - 1)
+            t.problem(f"{sid}: turn {turn_id} has {len(ends)} terminal events ({kinds})")
+        elif kinds[-1] not in TERMINAL:
+            t.problem(f"{sid}: turn {turn_id} has events after its terminal event ({kinds})")
+        seen_output: set[tuple[str, str]] = set()  # a resend prints the same lines again, in its own turn
+        for e, _ in evs:
+            if e.kind == sdk.EventKind.OUTPUT:
+                for line in e.text.splitlines(keepends=True):
+                    if (line, e.stream) in seen_output:
+                        t.duplicated += 1
+                        t.problem(f"{sid}: output {line!r} stored twice (seq {e.seq})")
+                    seen_output.add((line, e.stream))
+        worker_epochs = {ep for _, ep in evs if ep}
+        if len(worker_epochs) > 1 or (worker_epochs and info.lease_epoch not in worker_epochs):
+            t.stale += 1
+            t.problem(f"{sid}: turn {turn_id} has worker events under epochs {sorted(worker_epochs)}, turn epoch {info.lease_epoch}")
+        end = evs[-1][0]
+        if not info.is_terminal:
+            t.problem(f"{sid}: turn {turn_id} is still {info.state.name} at the end")
+        elif end.kind.value in TERMINAL and end.kind.value != {4: "turn_completed", 5: "turn_failed", 6: "turn_interrupted"}[int(info.state)]:
+            t.problem(f"{sid}: turn {turn_id} ended {end.kind.value} in the log but is {info.state.name}")
+        if end.kind == sdk.EventKind.TURN_COMPLETED:
+            completed_for[attempt.j] += 1
+            out = "".join(e.text for e, _ in evs if e.kind == sdk.EventKind.OUTPUT and e.stream == "stdout")
+            err = "".join(e.text for e, _ in evs if e.kind == sdk.EventKind.OUTPUT and e.stream != "stdout")
+            if out != run.expected(attempt.j) or err or end.exit_code != 0:
+                t.problem(f"{sid}: turn {turn_id} completed with stdout {out!r} stderr {err!r} exit {end.exit_code}")
+    logged = set(order)
+    for a in run.attempts:
+        if a.turn_id and a.turn_id not in logged:
+            t.problem(f"{sid}: turn {a.turn_id} (key {a.key}) the driver stored is not in the log")
+    for j in range(run.n_turns):
+        if completed_for[j] > 1:
+            t.duplicated += completed_for[j] - 1
+            t.problem(f"{sid}: intended turn {j} completed {completed_for[j]} times")
+        last = [a for a in run.attempts if a.j == j]
+        if completed_for[j] != 1 or not last or last[-1].outcome != "turn_completed":
+            t.problem(f"{sid}: intended turn {j} did not complete exactly once (attempts {[a.outcome for a in last]})")
+    if run.error:
+        t.problem(f"{sid}: driver: {run.error}")
+    return t
+
+
+async def _read_back(client: sdk.AsyncClient, runs: list[SessionRun], retries: Retries, deadline: float):
+    """Every session's full log and every logged turn, over the API."""
+    sem = asyncio.Semaphore(16)
+    logs: dict[str, list[sdk.Event]] = {}
+    turns: dict[str, dict[str, Any]] = {}
+
+    async def one(run: SessionRun) -> None:
+        async with sem:
+            async def read() -> list[sdk.Event]:
+                return [e async for e in client.stream_events(run.session_id, stop_at_end=True, timeout_s=60)]
+
+            events = await retry(read, deadline=deadline, retries=retries)
+            logs[run.session_id] = events
+            got = {}
+            for turn_id in dict.fromkeys(e.turn_id for e in events):
+                got[turn_id] = await retry(
+                    lambda: client.get_turn(run.session_id, turn_id), deadline=deadline, retries=retries
+                )
+            turns[run.session_id] = got
+
+    await asyncio.gather(*(one(r) for r in runs if r.session_id))
+    return logs, turns
+
+
+def _db_epochs(db: pathlib.Path) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT session_id, seq, lease_epoch FROM events").fetchall()
+    epochs = {(s, q): ep for s, q, ep in rows}
+    counts: dict[str, int] = collections.Counter(s for s, _, _ in rows)
+    return epochs, counts
+
+
+# ------------------------------------------------------------------------------- the run
+
+
+async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosResult:
+    rng = random.Random(cfg.seed)
+    res = ChaosResult(sessions_total=cfg.sessions)
+    retries = Retries()
+    own_tmp = tmp is None
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="tether-chaos-")) if tmp is None else tmp
+    runs = [SessionRun(i, rng.randint(*cfg.turns)) for i in range(cfg.sessions)]
+    res.turns_intended = sum(r.n_turns for r in runs)
+    done_turns = 0
+
+    def on_done() -> None:
+        nonlocal done_turns
+        done_turns += 1
+
+    try:
+        with procs(tmp) as ps:
+            chaos = _Chaos(ps, cfg, rng)
+            target = chaos.start()
+            res.missing_cp_flags = chaos.missing_flags
+            t0 = time.monotonic()
+            deadline = t0 + cfg.time_cap_s
+            async with sdk.AsyncClient(target, options=client_options()) as client:
+                for run in runs:
+                    run.session_id = (
+                        await retry(lambda: client.create_session("shell"), deadline=deadline, retries=retries)
+                    ).session_id
+                finished = asyncio.Event()
+                chaos_task = asyncio.create_task(
+                    chaos.run(lambda: done_turns / max(1, res.turns_intended), finished)
+                )
+                drivers = [
+                    _drive(client, run, cfg, random.Random(rng.random()), deadline, retries, on_done)
+                    for run in runs
+                ]
+                await asyncio.gather(*drivers)
+                res.duration_s = time.monotonic() - t0
+                finished.set()
+                await chaos_task
+                await chaos.settle()
+                await asyncio.wait_for(chaos.cp_up.wait(), 60)
+                logs, turns = await _read_back(client, runs, retries, time.monotonic() + 120)
+            res.worker_kills = chaos.kills
+            res.cp_restarts = chaos.cp_restarts
+            ps.stop_all()
+            db_epochs, db_counts = _db_epochs(ps.tmp / "bench.db")
+        api_has_epochs = any(e.raw.lease_epoch for evs in logs.values() for e in evs)
+        res.epoch_source = "api" if api_has_epochs else "sqlite events.lease_epoch (the API sends none)"
+        for run in runs:
+            events = logs.get(run.session_id, [])
+            if api_has_epochs:
+                epochs = [e.raw.lease_epoch for e in events]
+            else:
+                epochs = [db_epochs.get((run.session_id, e.seq), 0) for e in events]
+            tally = check_session(run, events, epochs, turns.get(run.session_id, {}))
+            if db_counts.get(run.session_id, 0) != len(events):
+                tally.problem(f"{run.session_id}: {db_counts.get(run.session_id, 0)} events stored, {len(events)} served")
+            res.events_duplicated += tally.duplicated
+            res.stale_writes_accepted += tally.stale
+            if tally.problems:
+                res.sessions_lost += 1
+                res.problems.extend(tally.problems[:3])
+            res.stream_gaps += run.stream_gaps
+            for a in run.attempts:
+                res.turns_sent += 1
+                if a.outcome == "turn_failed":
+                    if a.worker_lost:
+                        res.turns_lost_to_worker_death += 1
+                    else:
+                        res.turns_failed_other += 1
+                        if len(res.failure_samples) < 5:
+                            res.failure_samples.append(a.message)
+                elif a.outcome == "turn_interrupted":
+                    res.turns_interrupted += 1
+                    if len(res.failure_samples) < 5:
+                        res.failure_samples.append("interrupted: " + a.message)
+        res.problems = res.problems[:20]
+        res.retries = retries.counts
+        return res
+    finally:
+        if not res.ok and cfg.keep_logs_on_failure:
+            kept = pathlib.Path(tempfile.gettempdir()) / f"tether-chaos-logs-{int(time.time())}"
+            shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("sessions"), dirs_exist_ok=True)
+            res.logs_kept_at = str(kept)
+        if own_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(res: ChaosResult) -> None:
+    emit("chaos_sessions_total", res.sessions_total, "sessions", turns_intended=res.turns_intended, turns_sent=res.turns_sent)
+    emit("chaos_sessions_lost", res.sessions_lost, "sessions", must_be=0, problems=res.problems[:10], logs=res.logs_kept_at)
+    emit("chaos_events_duplicated", res.events_duplicated, "events", must_be=0)
+    emit("chaos_stale_writes_accepted", res.stale_writes_accepted, "events", must_be=0, epoch_source=res.epoch_source)
+    emit("chaos_worker_kills", res.worker_kills, "kills")
+    emit("chaos_cp_restarts", res.cp_restarts, "restarts")
+    emit("chaos_duration_s", res.duration_s, "s")
+    emit("chaos_turns_lost_to_worker_death", res.turns_lost_to_worker_death, "turns")
+    emit(
+        "chaos_turns_failed_other", res.turns_failed_other + res.turns_interrupted, "turns",
+        interrupted=res.turns_interrupted, samples=res.failure_samples, retried_calls=res.retries,
+        stream_gaps=res.stream_gaps, missing_cp_flags=res.missing_cp_flags,
+    )
+
+
+async def main(cfg: ChaosConfig | None = None) -> bool:
+    res = await run_chaos(cfg or ChaosConfig())
+    report(res)
+    return res.ok
+
+
+def _cli() -> None:
+    d = ChaosConfig()
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    p.add_argument("--sessions", type=int, default=d.sessions)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--slots", type=int, default=d.slots)
+    p.add_argument("--turns", type=int, nargs=2, default=d.turns)
+    p.add_argument("--sleep-s", type=float, nargs=2, default=d.sleep_s)
+    p.add_argument("--cp-restarts", type=int, default=d.cp_restarts)
+    p.add_argument("--max-worker-kills", type=int, default=d.max_worker_kills)
+    p.add_argument("--time-cap-s", type=float, default=d.time_cap_s)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cp", action="append", default=[], metavar="NAME=VALUE",
+                   help="control-plane timing flag, e.g. lease_ttl_s=3 (repeatable)")
+    a = p.parse_args()
+    cfg = dataclasses.replace(
+        d, sessions=a.sessions, workers=a.workers, slots=a.slots, turns=tuple(a.turns), sleep_s=tuple(a.sleep_s),
+        cp_restarts=a.cp_restarts, max_worker_kills=a.max_worker_kills, time_cap_s=a.time_cap_s,
+        seed=a.seed, cp_timings={k: float(v) for k, v in (x.split("=", 1) for x in a.cp)},
+    )
+    sys.exit(0 if asyncio.run(main(cfg)) else 1)
+
+
+if __name__ == "__main__":
+    _cli()
