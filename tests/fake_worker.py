@@ -25,6 +25,7 @@ class FakeWorker:
         self._out: asyncio.Queue[wpb.LeaseRequest | None] = asyncio.Queue()
         self._call = None
         self._reader: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
 
     async def register(self) -> wpb.RegisterResponse:
         resp = await self.stub.Register(
@@ -60,6 +61,17 @@ class FakeWorker:
                     raise AssertionError(f"expected {kind}, got {msg}")
         return await asyncio.wait_for(get(), timeout)
 
+    def start_heartbeat(self, leases: dict[str, int], period: float = 0.1) -> None:
+        """Renew `leases` (session id -> epoch; the caller may update it) like a live worker."""
+
+        async def beat() -> None:
+            while True:
+                refs = [wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in leases.items()]
+                self.send(wpb.LeaseRequest(renew=wpb.RenewLeases(leases=refs)))
+                await asyncio.sleep(period)
+
+        self._heartbeat = asyncio.create_task(beat())
+
     def send(self, msg: wpb.LeaseRequest) -> None:
         self._out.put_nowait(msg)
 
@@ -78,6 +90,8 @@ class FakeWorker:
         return [ack async for ack in self.stub.StreamEvents(requests(), timeout=10)]
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._out.put_nowait(None)
         if self._call is not None:
             self._call.cancel()
