@@ -76,6 +76,7 @@ def history_from_resume(
     gives an INPUT item, and all its output chunks joined give one OUTPUT item right after it
     (none when the turn printed nothing). The turn about to run (`skip_turn_id`) is left out:
     its input_received is already stored, but the runtime adds it itself when it runs the turn.
+    An empty `skip_turn_id` (a restore: no turn is about to run) skips nothing.
     """
     history: list[HistoryItem] = []
     inputs: dict[str, str] = {}
@@ -85,7 +86,7 @@ def history_from_resume(
         history.extend(history_from_proto(item) for item in chunk.history)
         for event in chunk.events:
             turn_id = event.turn_id
-            if turn_id == skip_turn_id:
+            if skip_turn_id and turn_id == skip_turn_id:
                 continue
             kind = event.body.WhichOneof("kind")
             if kind == "input_received":
@@ -103,3 +104,11 @@ def history_from_resume(
         if text:
             history.append(HistoryItem(HistoryRole.OUTPUT, text, turn_id))
     return history
+
+
+def resume_watermark(chunks: Iterable[worker_service_pb2.ResumeResponse]) -> int:
+    """The session seq the rehydrated history covers: the last event sent, else the snapshot's."""
+    watermark = 0
+    for chunk in chunks:
+        watermark = max(watermark, chunk.snapshot_seq, *(event.seq for event in chunk.events))
+    return watermark

@@ -3,9 +3,13 @@ forever when it ends.
 
 The loop owns the connection and its timing; what the messages mean is the worker's business,
 handed over through `LeaseHandler`. Heartbeats ride on the stream and every renewal is
-answered, so silence from the server means the stream is deaf (alive but receiving nothing,
-as with a half-dead TCP connection): the loop then drops it and reconnects rather than
-heartbeating into the void.
+answered, so silence from the server for the liveness timeout (set at Register) means the
+stream is deaf (alive but receiving nothing, as with a half-dead TCP connection): the loop
+then drops it and reconnects rather than heartbeating into the void. Leases stay held across
+the reconnect; the next LeaseOpen lists them.
+
+The loop also owns the drain announcement: once the worker starts draining, every stream it
+opens carries one DrainStarted, written before any other message on that stream.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from google.protobuf import timestamp_pb2
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from execution_worker._backoff import Backoff
@@ -27,10 +33,14 @@ from execution_worker._settings import WorkerSettings
 _log = logging.getLogger(__name__)
 
 #: Protocol features this worker implements, announced in RegisterRequest.features.
-FEATURES = ("lease_renew", "resume", "snapshot", "interrupt", "drain", "release")
+FEATURES = (
+    "lease_renew", "resume", "snapshot", "interrupt", "drain", "release",
+    "liveness", "drain_started", "restore_only", "release_reason", "snapshot_after_turn",
+)
 
-# The stream is declared deaf after this many heartbeat intervals without any message.
-_DEAF_AFTER_INTERVALS = 3
+#: Without a liveness timeout from the server, the stream is deaf after this many heartbeat
+#: intervals of silence.
+LIVENESS_FALLBACK_INTERVALS = 3
 
 
 def _version() -> str:
@@ -50,6 +60,11 @@ class LeaseTimings:
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0
     max_events_per_message: int = 500
+    #: Silence on the Lease stream after which it is dead (the server's, else 3 heartbeats).
+    liveness_timeout_s: float = LIVENESS_FALLBACK_INTERVALS * 5.0
+    #: How long the server waits for a closed stream to come back before moving its sessions
+    #: (informational: the worker reconnects as fast as its backoff allows anyway).
+    worker_dead_grace_s: float = 0.0
 
     @classmethod
     def from_response(cls, response: worker_service_pb2.RegisterResponse, fallback: LeaseTimings) -> LeaseTimings:
@@ -59,13 +74,20 @@ class LeaseTimings:
             value = getattr(response, field).ToTimedelta().total_seconds()
             return value if value > 0 else default
 
+        heartbeat_interval_s = seconds("heartbeat_interval", fallback.heartbeat_interval_s)
         return cls(
-            heartbeat_interval_s=seconds("heartbeat_interval", fallback.heartbeat_interval_s),
+            heartbeat_interval_s=heartbeat_interval_s,
             lease_ttl_s=seconds("lease_ttl", fallback.lease_ttl_s),
             offer_timeout_s=seconds("offer_timeout", fallback.offer_timeout_s),
             reconnect_backoff_initial_s=seconds("reconnect_backoff_initial", fallback.reconnect_backoff_initial_s),
             reconnect_backoff_max_s=seconds("reconnect_backoff_max", fallback.reconnect_backoff_max_s),
             max_events_per_message=response.max_events_per_message or fallback.max_events_per_message,
+            # Unset means 3 heartbeat intervals of this response, not what an earlier
+            # registration said.
+            liveness_timeout_s=seconds(
+                "liveness_timeout", LIVENESS_FALLBACK_INTERVALS * heartbeat_interval_s
+            ),
+            worker_dead_grace_s=seconds("worker_dead_grace", 0.0),
         )
 
 
@@ -111,6 +133,10 @@ class LeaseClient:
         self._write_lock = asyncio.Lock()
         self._stopping = False
         self._last_heard = 0.0
+        # Wall-clock deadline (seconds since the epoch) announced in DrainStarted; None until
+        # the worker drains. `_drain_announced_on` is the stream that carried it.
+        self._drain_deadline: float | None = None
+        self._drain_announced_on: grpc.aio.StreamStreamCall | None = None
 
     @property
     def connected(self) -> bool:
@@ -150,6 +176,24 @@ class LeaseClient:
     def stop(self) -> None:
         """Make `run()` end at its next step (the owner cancels it too)."""
         self._stopping = True
+
+    async def announce_drain(self, deadline: float) -> None:
+        """Tell the server the worker is draining until `deadline` (seconds since the epoch):
+        now on the open stream, and once on every stream opened from now on."""
+        self._drain_deadline = deadline
+        await self._send_drain_started()
+
+    async def _send_drain_started(self) -> None:
+        call = self._call
+        if call is None or self._drain_deadline is None or self._drain_announced_on is call:
+            return
+        self._drain_announced_on = call
+        deadline = timestamp_pb2.Timestamp()
+        fraction, whole = math.modf(self._drain_deadline)
+        deadline.seconds, deadline.nanos = int(whole), int(fraction * 1e9)
+        request = worker_service_pb2.LeaseRequest(draining=worker_service_pb2.DrainStarted(deadline=deadline))
+        if await self.send(request):
+            _log.info("told the control plane this worker is draining")
 
     async def run(self) -> None:
         """Register, hold the stream, reconnect with jittered backoff; never gives up."""
@@ -215,23 +259,30 @@ class LeaseClient:
                 _log.warning("lease stream: expected 'opened', got %r; reconnecting", first.WhichOneof("kind"))
                 return False
             _log.info(
-                "registered as %s (registration %s, heartbeat %.1fs, %d leases held)",
-                self._worker_id, self.registration_id, self.timings.heartbeat_interval_s, len(held),
+                "registered as %s (registration %s, heartbeat %.2fs, liveness %.2fs, %d leases held)",
+                self._worker_id, self.registration_id, self.timings.heartbeat_interval_s,
+                self.timings.liveness_timeout_s, len(held),
             )
             if first.opened.lost_leases:
                 self._handler.on_lost_leases(first.opened.lost_leases, "lost while disconnected")
             self._call = call
             self._last_heard = asyncio.get_running_loop().time()
-            reader = asyncio.create_task(self._read(call), name="lease reader")
-            heartbeat = asyncio.create_task(self._heartbeat(), name="lease heartbeat")
+            tasks = [
+                asyncio.create_task(self._read(call), name="lease reader"),
+                asyncio.create_task(self._heartbeat(), name="lease heartbeat"),
+                asyncio.create_task(self._watch_liveness(), name="lease liveness"),
+            ]
             try:
-                done, _ = await asyncio.wait({reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+                # Before anything else the worker says on this stream (the write lock orders
+                # it ahead of any message queued meanwhile).
+                await self._send_drain_started()
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._call = None
-                for task in (reader, heartbeat):
+                for task in tasks:
                     task.cancel()
                 call.cancel()
-                results = await asyncio.gather(reader, heartbeat, return_exceptions=True)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
                 self._handler.on_disconnected()
             for result in results:
                 if isinstance(result, grpc.aio.AioRpcError):
@@ -252,15 +303,24 @@ class LeaseClient:
             self._last_heard = loop.time()
             await self._handler.on_lease_message(message)
 
-    async def _heartbeat(self) -> None:
+    async def _watch_liveness(self) -> None:
+        """Return (which drops the stream) once the server has been silent for the liveness
+        timeout: every renewal is answered, so silence means nobody is listening."""
         loop = asyncio.get_running_loop()
         while True:
-            interval = self.timings.heartbeat_interval_s
-            await asyncio.sleep(interval)
+            timeout = self.timings.liveness_timeout_s
             silence = loop.time() - self._last_heard
-            if silence > _DEAF_AFTER_INTERVALS * interval + self._settings.rpc_timeout_s:
-                _log.warning("lease stream silent for %.1fs; dropping it as deaf", silence)
+            if silence >= timeout:
+                _log.warning(
+                    "lease stream silent for %.2fs (liveness timeout %.2fs); dropping it as deaf",
+                    silence, timeout,
+                )
                 return
+            await asyncio.sleep(timeout - silence)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.timings.heartbeat_interval_s)
             self._handler.on_heartbeat()
             await self.send(
                 worker_service_pb2.LeaseRequest(

@@ -36,6 +36,10 @@ class WorkerSettings:
     snapshot_timeout_s: float = 60.0
     #: How long a drain waits for the control plane to acknowledge the last events.
     flush_timeout_s: float = 10.0
+    #: Upload a snapshot of a session after every N turns it finishes (once the turn's events
+    #: are acknowledged); 0 turns the after-turn policy off. Drains and restores snapshot
+    #: regardless.
+    snapshot_every_turns: int = 1
     #: Used until the first RegisterResponse says otherwise.
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0
@@ -51,6 +55,8 @@ class WorkerSettings:
             raise ValueError(f"slots must be between 1 and 1024, got {self.slots}")
         if not self.runtimes:
             raise ValueError("at least one runtime is required")
+        if self.snapshot_every_turns < 0:
+            raise ValueError(f"snapshot_every_turns must be 0 or more, got {self.snapshot_every_turns}")
         if self.worker_id is not None and not _WORKER_ID.match(self.worker_id):
             raise ValueError(f"worker id {self.worker_id!r} must be 1-128 characters of [A-Za-z0-9._-]")
 

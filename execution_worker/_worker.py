@@ -3,8 +3,16 @@ and the slots, under one lifecycle: run, drain, close.
 
 Ownership: every background task is created through `Worker._spawn` (or owned by a session's
 outbox, or by the Lease loop) and is cancelled and awaited by `close()`, which is idempotent.
-Sessions are forgotten on exactly three paths: lease lost (revoked, lost in a renewal or open,
-LEASE_LOST on a write), released at the end of a drain, or the worker closing.
+Sessions are forgotten on exactly four paths: lease lost (revoked, lost in a renewal or open,
+LEASE_LOST on a write), released (at the end of a drain, or after a failed restore), retired
+by a newer epoch of the same session, or the worker closing.
+
+Snapshots: a session's runtime is checkpointed after every `snapshot_every_turns` finished
+turns (once the turn's events are acknowledged, unless the next turn already started), on a
+SnapshotRequested, right after a restore-only placement (the control plane takes the first
+snapshot at the new epoch as the confirmation that the restore worked) and at the end of a
+drain. Each upload captures the history synchronously and sends it in a task of its own, so it
+never holds up the next turn.
 """
 
 from __future__ import annotations
@@ -13,14 +21,20 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from execution_worker._convert import event_body, history_from_resume, history_to_proto, turn_started_body
+from execution_worker._convert import (
+    event_body,
+    history_from_resume,
+    history_to_proto,
+    resume_watermark,
+    turn_started_body,
+)
 from execution_worker._errors import describe, is_lease_lost
 from execution_worker._events import EventOutbox
 from execution_worker._lease import LeaseClient
@@ -42,6 +56,14 @@ _log = logging.getLogger("execution_worker")
 #: History items per SnapshotRequest chunk.
 SNAPSHOT_CHUNK_ITEMS = 500
 
+#: ReleaseLease.reason at the end of a drain.
+RELEASE_DRAINED = "worker drained"
+#: ReleaseLease.reason prefix when a restore-only placement could not rehydrate.
+RELEASE_REHYDRATION_FAILED = "rehydration failed"
+
+#: After the drain grace, interrupted turns get this long to end.
+_INTERRUPT_GRACE_S = 5.0
+
 # Resume histories and snapshots can be large; the default 4 MiB receive cap is too tight.
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -57,10 +79,25 @@ class _LeaseLost(Exception):
     """A call of a session's was fenced off: the session is no longer this worker's."""
 
 
+class _RehydrationFailed(Exception):
+    """The session's runtime could not be rebuilt from its stored history; str() says why."""
+
+
 @dataclass
 class _Reservation:
     offer: worker_service_pb2.Offer
     expires_at: float
+
+
+@dataclass(frozen=True)
+class _SnapshotCapture:
+    """What a snapshot upload sends, taken in one synchronous step so it is consistent."""
+
+    session_id: str
+    lease_epoch: int
+    seq: int
+    history: list[HistoryItem]
+    metadata_json: str
 
 
 @dataclass
@@ -72,12 +109,29 @@ class _Session:
     runtime: Runtime | None = None
     turn_id: str | None = None
     turn_task: asyncio.Task[None] | None = None
+    # Rehydration of a restore-only placement; a turn granted meanwhile waits for it.
+    restore_task: asyncio.Task[None] | None = None
     # An interrupt that arrived while the turn was still rehydrating.
     pending_interrupt: str | None = None
     dropped: bool = False
+    # Session seq the runtime's history covered when it was rehydrated (events acknowledged
+    # later move the watermark on; see `watermark`).
+    history_seq: int = 0
+    # Watermark of the latest snapshot stored at this epoch; None before the first.
+    snapshot_seq: int | None = None
+    # Snapshot uploads running in the background.
+    snapshot_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Bumped when a turn is granted: an after-turn snapshot that sees it changed skips.
+    turn_generation: int = 0
+    turns_since_snapshot: int = 0
 
     def ref(self) -> worker_service_pb2.LeaseRef:
         return worker_service_pb2.LeaseRef(session_id=self.session_id, lease_epoch=self.lease_epoch)
+
+    @property
+    def watermark(self) -> int:
+        """The session seq the runtime's history covers once every emitted event is acked."""
+        return max(self.history_seq, self.outbox.last_seq)
 
 
 class Worker:
@@ -110,7 +164,9 @@ class Worker:
         self._reservations: dict[tuple[str, str], _Reservation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._draining = False
-        self._drain_grace_s = settings.drain_grace_s
+        # When running turns stop being waited for: time.monotonic() and wall clock.
+        self._drain_deadline = 0.0
+        self._drain_deadline_wall = 0.0
         self._drain_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._work_changed = asyncio.Event()
@@ -145,15 +201,21 @@ class Worker:
 
     def request_drain(self, grace_s: float | None = None) -> None:
         """Start draining: no new offers, running turns get `grace_s` (default: the setting) to
-        finish, events are flushed, leases released, then `run()` returns. Safe from a signal
-        handler; a second call only shortens the grace."""
-        if grace_s is not None:
-            self._drain_grace_s = min(self._drain_grace_s, max(0.0, grace_s))
+        finish, events are flushed, final snapshots uploaded, leases released, then `run()`
+        returns. Safe from a signal handler; a second call can only bring the deadline closer."""
+        grace = self.settings.drain_grace_s if grace_s is None else max(0.0, grace_s)
+        deadline = time.monotonic() + grace
+        if not self._draining or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            self._drain_deadline_wall = time.time() + grace
         if not self._draining:
-            _log.info("drain requested; taking no new offers")
-        self._draining = True
+            _log.info("drain requested; taking no new offers (grace %.1fs)", grace)
+            self._draining = True
+            if self._lease is not None:
+                self._spawn(self._lease.announce_drain(self._drain_deadline_wall), "announce drain")
         self._drain_requested.set()
-        # Reservations not yet granted would delay the drain for nothing.
+        # Reservations not yet granted would delay the drain for nothing; a closer deadline
+        # must be noticed by the waiting drain.
         self._work_changed.set()
 
     async def run(self) -> None:
@@ -182,6 +244,8 @@ class Worker:
             runtimes=list(self._runtimes),
             handler=self,
         )
+        if self._draining:  # drain requested before run(): the first stream announces it
+            self._spawn(self._lease.announce_drain(self._drain_deadline_wall), "announce drain")
         _log.info(
             "worker %s starting: control plane %s, runtimes %s, %d slots, workdir %s",
             self.worker_id, self.settings.control_plane, ",".join(self._runtimes),
@@ -244,12 +308,19 @@ class Worker:
         results = await asyncio.gather(*(o.wait_acked(timeout) for o in outboxes))
         return all(results)
 
-    async def _wait_idle(self, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.running_turn_count or self._reservations:
+    def _busy(self) -> bool:
+        """Turns running, offers accepted but not granted yet, or restores rehydrating."""
+        return bool(
+            self._reservations
+            or any(s.turn_task is not None or s.restore_task is not None for s in self._sessions.values())
+        )
+
+    async def _wait_idle(self, deadline: Callable[[], float]) -> bool:
+        """Wait until not `_busy()`; False once time.monotonic() passes `deadline()` (read
+        again on every change, so a drain whose deadline moves closer notices)."""
+        while self._busy():
             self._purge_expired_reservations()
-            remaining = deadline - loop.time()
+            remaining = deadline() - time.monotonic()
             if remaining <= 0:
                 return False
             self._work_changed.clear()
@@ -260,34 +331,67 @@ class Worker:
         return True
 
     async def _drain(self) -> None:
-        grace = self._drain_grace_s
-        _log.info("draining: %d turns running, grace %.1fs", self.running_turn_count, grace)
-        if not await self._wait_idle(grace):
+        _log.info(
+            "draining: %d turns running, %.1fs to finish them",
+            self.running_turn_count, max(0.0, self._drain_deadline - time.monotonic()),
+        )
+        if not await self._wait_idle(lambda: self._drain_deadline):
             _log.warning("drain grace over; interrupting %d running turns", self.running_turn_count)
             for session in self._sessions.values():
                 if session.turn_task is not None:
                     self._interrupt_session(session, "worker draining")
             # Interrupts end turns within the runtime's kill grace; bound it anyway.
-            await self._wait_idle(5.0)
+            interrupt_deadline = time.monotonic() + _INTERRUPT_GRACE_S
+            await self._wait_idle(lambda: interrupt_deadline)
         if not await self.wait_events_acked(self.settings.flush_timeout_s):
             _log.warning("drain: some events were not acknowledged in %.1fs", self.settings.flush_timeout_s)
-        for session in list(self._sessions.values()):
-            assert self._lease is not None
-            released = await self._lease.send(
-                worker_service_pb2.LeaseRequest(
-                    release=worker_service_pb2.ReleaseLease(
-                        session_id=session.session_id, lease_epoch=session.lease_epoch
-                    )
-                )
-            )
-            _log.info(
-                "released session %s (epoch %d)%s", session.session_id, session.lease_epoch,
-                "" if released else " locally (not connected; the lease will expire)",
-            )
-            await self._forget(session, "released")
+        # Each session: its final snapshot, then its release (sessions in parallel).
+        await asyncio.gather(*(self._hand_back(s) for s in list(self._sessions.values())))
         if self._lease is not None:
             await self._lease.finish()
         _log.info("drained")
+
+    async def _hand_back(self, session: _Session) -> None:
+        """End of a drain for one session: upload a final snapshot of its warm runtime (so the
+        next holder rehydrates from it), then release the lease."""
+        if session.runtime is not None:
+            await self._final_snapshot(session)
+        if session.dropped:
+            return  # lost while snapshotting: not ours to release
+        await self._release(session, RELEASE_DRAINED)
+
+    async def _final_snapshot(self, session: _Session) -> None:
+        if not session.outbox.all_acked:
+            # The watermark would not cover what the history holds; the log has it all anyway.
+            _log.warning("no final snapshot of session %s: its last events were not acknowledged", session.session_id)
+            return
+        if session.snapshot_tasks:
+            await asyncio.wait(set(session.snapshot_tasks), timeout=self.settings.snapshot_timeout_s)
+        if session.dropped or session.runtime is None:
+            return
+        if session.snapshot_seq is not None and session.snapshot_seq >= session.watermark:
+            _log.debug("session %s: the stored snapshot already covers seq %d", session.session_id, session.watermark)
+            return
+        await self._send_snapshot(self._capture_snapshot(session), request_id="")
+
+    async def _release(self, session: _Session, reason: str) -> None:
+        """Give the session's lease back with `reason` and forget the session."""
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+        session.dropped = True  # out of held_leases before the release is on the wire
+        assert self._lease is not None
+        released = await self._lease.send(
+            worker_service_pb2.LeaseRequest(
+                release=worker_service_pb2.ReleaseLease(
+                    session_id=session.session_id, lease_epoch=session.lease_epoch, reason=reason
+                )
+            )
+        )
+        _log.info(
+            "released session %s (epoch %d): %s%s", session.session_id, session.lease_epoch, reason,
+            "" if released else " (not connected: the lease expires on the server)",
+        )
+        await self._forget(session, f"released: {reason}")
 
     # -- LeaseHandler ---------------------------------------------------------------------------
 
@@ -313,7 +417,7 @@ class Worker:
     async def on_lease_message(self, message: worker_service_pb2.LeaseResponse) -> None:
         kind = message.WhichOneof("kind")
         if kind == "offer":
-            if self._offer_trace is not None:
+            if self._offer_trace is not None and not message.offer.restore_only:
                 self._offer_trace.write(f"{message.offer.turn_id} {time.monotonic_ns()}\n")
             await self._on_offer(message.offer)
         elif kind == "granted":
@@ -325,7 +429,7 @@ class Worker:
             self._drop_later(revoked.session_id, revoked.lease_epoch, f"revoked: {revoked.reason or 'no reason'}")
         elif kind == "snapshot":
             request = message.snapshot
-            self._spawn(self._snapshot(request), f"snapshot {request.session_id}")
+            self._spawn(self._snapshot_requested(request), f"snapshot {request.session_id}")
         elif kind == "drain":
             grace = None
             if message.drain.HasField("deadline"):
@@ -354,11 +458,13 @@ class Worker:
             self._work_changed.set()
 
     def _rejection(self, offer: worker_service_pb2.Offer) -> str | None:
+        """Why the offer (a turn or a restore-only placement) is declined; None to accept."""
         if self._draining:
             return "worker draining"
         if offer.runtime not in self._runtimes:
             return f"runtime {offer.runtime!r} not available (have {', '.join(self._runtimes)})"
         session = self._sessions.get(offer.session_id)
+        # A restore still rehydrating is not busy: a turn granted meanwhile waits for it.
         busy = session is not None and session.turn_task is not None
         if busy or any(sid == offer.session_id for sid, _ in self._reservations):
             return "session busy on this worker"
@@ -369,6 +475,7 @@ class Worker:
 
     async def _on_offer(self, offer: worker_service_pb2.Offer) -> None:
         assert self._lease is not None
+        what = "restore" if offer.restore_only else "offer"
         reason = self._rejection(offer)
         if reason is not None:
             await self._lease.send(
@@ -379,7 +486,7 @@ class Worker:
                     )
                 )
             )
-            _log.info("offer %s/%s rejected: %s", offer.session_id, offer.turn_id, reason)
+            _log.info("%s %s/%s rejected: %s", what, offer.session_id, offer.turn_id, reason)
             return
         # Reserve before answering so a burst of offers cannot oversubscribe the slots.
         timings = self._lease.timings
@@ -393,7 +500,7 @@ class Worker:
             )
         )
         if sent:
-            _log.info("offer %s/%s accepted (epoch %d)", offer.session_id, offer.turn_id, offer.lease_epoch)
+            _log.info("%s %s/%s accepted (epoch %d)", what, offer.session_id, offer.turn_id, offer.lease_epoch)
         else:
             self._reservations.pop((offer.session_id, offer.turn_id), None)
 
@@ -414,9 +521,18 @@ class Worker:
             session.dropped = True
             self._spawn(self._dispose(session), f"retire {session.session_id}@{session.lease_epoch}")
             session = None
+        if offer.restore_only:
+            if session is not None and (session.turn_task is not None or session.restore_task is not None):
+                _log.warning("restore of session %s ignored: it is busy here at epoch %d", offer.session_id, epoch)
+                return
+            if session is None:
+                session = self._new_session(offer.session_id, epoch, offer.runtime)
+            session.restore_task = self._spawn(self._restore(session), f"restore {offer.session_id}")
+            return
         if session is None:
             session = self._new_session(offer.session_id, epoch, offer.runtime)
         session.turn_id = offer.turn_id
+        session.turn_generation += 1
         session.pending_interrupt = None
         session.turn_task = self._spawn(self._run_turn(session, offer), f"turn {offer.turn_id}")
 
@@ -438,15 +554,48 @@ class Worker:
         self._sessions[session_id] = session
         return session
 
+    async def _restore(self, session: _Session) -> None:
+        """A restore-only placement: rehydrate the runtime and keep it warm, then confirm with
+        a snapshot at the new epoch. Fails closed: a runtime that cannot be rebuilt from the
+        history is never replaced by an empty one; the lease goes back with the reason."""
+        try:
+            runtime = await self._rehydrate(session, skip_turn_id="")
+        except _LeaseLost:
+            self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Resume")
+            return
+        except _RehydrationFailed as failure:
+            session.restore_task = None
+            await self._release(session, f"{RELEASE_REHYDRATION_FAILED}: {failure}")
+            return
+        finally:
+            session.restore_task = None
+            self._work_changed.set()
+        if runtime is None:
+            return  # the session was dropped meanwhile
+        # Captured now, before a turn granted next could add to the history.
+        self._spawn_snapshot(session, self._capture_snapshot(session), request_id="", why="restore")
+
     async def _run_turn(self, session: _Session, offer: worker_service_pb2.Offer) -> None:
         turn_id = offer.turn_id
         outbox = session.outbox
         terminal: object = None
         try:
             outbox.emit(turn_id, turn_started_body(self.worker_id, session.runtime.runtime_thread_id if session.runtime else ""))
+            if session.restore_task is not None:
+                # A turn right after a restore-only placement runs on the runtime it rebuilds.
+                await asyncio.wait({session.restore_task})
             runtime = session.runtime
             if runtime is None or offer.resume_required:
-                runtime = await self._rehydrate(session, offer)
+                try:
+                    runtime = await self._rehydrate(session, skip_turn_id=turn_id)
+                except _LeaseLost:
+                    self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Resume")
+                    return
+                except _RehydrationFailed as failure:
+                    # Fails closed: never run the turn on an empty history by mistake.
+                    terminal = TurnFailed(f"could not rehydrate session {session.session_id}: {failure}")
+                    outbox.emit(turn_id, event_body(terminal))
+                    return
                 if runtime is None:
                     return
             if session.pending_interrupt is not None:
@@ -476,23 +625,47 @@ class Worker:
             self._work_changed.set()
             if terminal is not None:
                 _log.info("turn %s of session %s finished: %s", turn_id, session.session_id, _describe_terminal(terminal))
+                self._after_turn(session)
 
-    async def _rehydrate(self, session: _Session, offer: worker_service_pb2.Offer) -> Runtime | None:
-        """Start a runtime from the session's stored history; on failure the turn fails closed
-        (never runs on an empty history by mistake) and None is returned."""
+    def _after_turn(self, session: _Session) -> None:
+        """The after-turn snapshot policy: every `snapshot_every_turns` finished turns."""
+        every = self.settings.snapshot_every_turns
+        if session.dropped or session.runtime is None or every <= 0:
+            return
+        session.turns_since_snapshot += 1
+        if session.turns_since_snapshot >= every:
+            self._spawn(
+                self._snapshot_after_turn(session, session.turn_generation),
+                f"after-turn snapshot {session.session_id}",
+            )
+
+    async def _snapshot_after_turn(self, session: _Session, generation: int) -> None:
+        # Waits only for the events emitted so far (the ended turn's); the outbox closing
+        # (lease lost, session dropped) ends the wait with False.
+        if not await session.outbox.wait_acked():
+            return
+        if session.dropped or session.runtime is None:
+            return
+        if session.turn_generation != generation or session.turn_task is not None:
+            return  # the next turn started: its end covers this one
+        session.turns_since_snapshot = 0
+        self._spawn_snapshot(session, self._capture_snapshot(session), request_id="", why="after turn")
+
+    async def _rehydrate(self, session: _Session, *, skip_turn_id: str) -> Runtime | None:
+        """Start a runtime from the session's stored history (the snapshot, then the events
+        after it, leaving out `skip_turn_id`'s input, which the runtime adds when it runs the
+        turn). Returns None when the session was dropped meanwhile; raises `_LeaseLost`, or
+        `_RehydrationFailed` saying why."""
         if session.runtime is not None:
             old, session.runtime = session.runtime, None
-            await old.close()
+            await _close_quietly(old)
         try:
-            history = await self._resume(session, offer.turn_id)
+            history, watermark = await self._resume(session, skip_turn_id)
         except _LeaseLost:
-            self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Resume")
-            return None
+            raise
         except Exception as error:
-            message = f"could not rehydrate session {session.session_id}: Resume failed: {describe(error)}"
-            _log.warning("%s", message)
-            session.outbox.emit(offer.turn_id, event_body(TurnFailed(message)))
-            return None
+            _log.warning("session %s: Resume failed: %s", session.session_id, describe(error))
+            raise _RehydrationFailed(f"Resume failed: {describe(error)}") from error
         runtime = self._runtimes[session.runtime_name]()
         try:
             await runtime.start(session.session_id, self.settings.workdir, history)
@@ -500,16 +673,19 @@ class Worker:
             await _close_quietly(runtime)
             message = f"could not start the {session.runtime_name} runtime: {describe(error)}"
             _log.warning("session %s: %s", session.session_id, message)
-            session.outbox.emit(offer.turn_id, event_body(TurnFailed(message)))
-            return None
+            raise _RehydrationFailed(message) from error
         if session.dropped:
             await _close_quietly(runtime)
             return None
         session.runtime = runtime
-        _log.info("session %s rehydrated with %d history items", session.session_id, len(history))
+        session.history_seq = watermark
+        _log.info(
+            "session %s rehydrated with %d history items (up to seq %d)",
+            session.session_id, len(history), watermark,
+        )
         return runtime
 
-    async def _resume(self, session: _Session, turn_id: str) -> list[HistoryItem]:
+    async def _resume(self, session: _Session, skip_turn_id: str) -> tuple[list[HistoryItem], int]:
         assert self._stub is not None
         call = self._stub.Resume(
             worker_service_pb2.ResumeRequest(
@@ -523,7 +699,7 @@ class Worker:
             if is_lease_lost(error):
                 raise _LeaseLost() from error
             raise
-        return history_from_resume(chunks, skip_turn_id=turn_id)
+        return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks)
 
     def _on_interrupt(self, request: worker_service_pb2.InterruptRequested) -> None:
         session = self._sessions.get(request.session_id)
@@ -540,41 +716,65 @@ class Worker:
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    async def _snapshot(self, request: worker_service_pb2.SnapshotRequested) -> None:
+    async def _snapshot_requested(self, request: worker_service_pb2.SnapshotRequested) -> None:
+        """Answer a SnapshotRequested once the session is quiet: no turn or restore half-way,
+        and every event the history reflects stored (so the watermark covers them)."""
         session = self._sessions.get(request.session_id)
-        if session is None or session.lease_epoch != request.lease_epoch or session.runtime is None:
+        if session is None or session.lease_epoch != request.lease_epoch:
             _log.warning(
-                "snapshot of session %s (epoch %d) requested but its runtime is not held here",
+                "snapshot of session %s (epoch %d) requested but its lease is not held here",
                 request.session_id, request.lease_epoch,
             )
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.snapshot_timeout_s
-        # A snapshot must be consistent with its watermark: no turn half-way, and every event
-        # the history reflects stored (so `last_seq` covers them).
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0 or session.dropped:
                 _log.warning("snapshot of session %s abandoned: session never became quiet", request.session_id)
                 return
-            task = session.turn_task
+            task = session.turn_task or session.restore_task
             if task is not None:
                 await asyncio.wait({task}, timeout=remaining)
                 continue
             if not session.outbox.all_acked:
                 await session.outbox.wait_acked(remaining)
                 continue
-            if session.runtime is None:
-                return
             break
-        history = session.runtime.export_history()
-        metadata = json.dumps(session.runtime.runtime_metadata())
-        seq = session.outbox.last_seq
+        if session.runtime is None:
+            _log.warning("snapshot of session %s requested but its runtime is not held here", request.session_id)
+            return
+        await self._send_snapshot(
+            self._capture_snapshot(session), request_id=request.request_id, timeout_s=deadline - loop.time()
+        )
+
+    def _capture_snapshot(self, session: _Session) -> _SnapshotCapture:
+        """The session's history and watermark, now. Call with the session quiet."""
+        assert session.runtime is not None
+        return _SnapshotCapture(
+            session_id=session.session_id,
+            lease_epoch=session.lease_epoch,
+            seq=session.watermark,
+            history=session.runtime.export_history(),
+            metadata_json=json.dumps(session.runtime.runtime_metadata()),
+        )
+
+    def _spawn_snapshot(self, session: _Session, capture: _SnapshotCapture, *, request_id: str, why: str) -> None:
+        task = self._spawn(self._send_snapshot(capture, request_id=request_id), f"{why} snapshot {session.session_id}")
+        session.snapshot_tasks.add(task)
+        task.add_done_callback(session.snapshot_tasks.discard)
+
+    async def _send_snapshot(
+        self, capture: _SnapshotCapture, *, request_id: str, timeout_s: float | None = None
+    ) -> bool:
+        """Upload one captured snapshot (every snapshot path ends here). True once stored; a
+        LEASE_LOST answer drops the session."""
 
         def chunks():
+            history = capture.history
             header = worker_service_pb2.SnapshotRequest(
-                worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch,
-                seq=seq, runtime_metadata_json=metadata, request_id=request.request_id,
+                worker_id=self.worker_id, session_id=capture.session_id, lease_epoch=capture.lease_epoch,
+                seq=capture.seq, runtime_metadata_json=capture.metadata_json, request_id=request_id,
             )
             header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])
             yield header
@@ -584,18 +784,23 @@ class Worker:
                 )
 
         assert self._stub is not None
+        timeout = self.settings.snapshot_timeout_s if timeout_s is None else max(0.1, timeout_s)
         try:
-            response = await self._stub.Snapshot(chunks(), timeout=max(0.1, deadline - loop.time()))
+            response = await self._stub.Snapshot(chunks(), timeout=timeout)
         except grpc.aio.AioRpcError as error:
             if is_lease_lost(error):
-                self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Snapshot")
+                self._drop_later(capture.session_id, capture.lease_epoch, "LEASE_LOST on Snapshot")
             else:
-                _log.warning("snapshot of session %s failed: %s", session.session_id, describe(error))
-            return
+                _log.warning("snapshot of session %s failed: %s", capture.session_id, describe(error))
+            return False
+        session = self._sessions.get(capture.session_id)
+        if session is not None and session.lease_epoch == capture.lease_epoch:
+            session.snapshot_seq = max(session.snapshot_seq or 0, capture.seq)
         _log.info(
             "snapshot %s of session %s stored (seq %d, %d items)",
-            response.snapshot_id, session.session_id, response.seq, len(history),
+            response.snapshot_id, capture.session_id, capture.seq, len(capture.history),
         )
+        return True
 
     # -- dropping sessions ---------------------------------------------------------------------------
 
@@ -624,10 +829,14 @@ class Worker:
         await self._dispose(session)
 
     async def _dispose(self, session: _Session) -> None:
-        task = session.turn_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()  # the turn's runtime kills its process on the way out
-            await asyncio.gather(task, return_exceptions=True)
+        current = asyncio.current_task()
+        # The turn's runtime kills its process on the way out; uploads of a lease that is
+        # gone would only be refused.
+        tasks = [t for t in (session.turn_task, session.restore_task, *session.snapshot_tasks) if t is not None and t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if session.runtime is not None:
             await _close_quietly(session.runtime)
             session.runtime = None

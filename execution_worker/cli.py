@@ -1,5 +1,7 @@
-"""The `tether worker` command: builds `WorkerSettings` from flags and `TETHER_*` environment
-variables, and runs a `Worker` until it drains.
+"""The `tether worker` command: without a subcommand it builds `WorkerSettings` from flags and
+`TETHER_*` environment variables and runs a `Worker` until it drains; the operator
+subcommands `tether worker list` and `tether worker drain WORKER_ID` (from `sdk.cli`) ask the
+control plane about workers instead.
 
 Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one stops at once
 (running commands are killed) with exit status 128 + signal number.
@@ -16,6 +18,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from sdk.cli import drain_worker, list_workers
 
 from execution_worker._runtime import discover_runtimes
 from execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
@@ -48,7 +52,7 @@ def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[st
     return tuple(dict.fromkeys(names)) or ("shell",)
 
 
-@click.command("worker")
+@click.group("worker", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
 @click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_CONTROL_PLANE,
               show_default=True, help="HOST:PORT of the control plane to dial.")
 @click.option("--runtime", "runtimes", envvar="TETHER_RUNTIME", multiple=True, default=("shell",),
@@ -67,9 +71,15 @@ def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[st
               help="Human-readable worker name.")
 @click.option("--drain-grace-s", envvar="TETHER_DRAIN_GRACE_S", type=click.FloatRange(0), default=30.0,
               show_default=True, help="Seconds running turns get to finish when draining.")
+@click.option("--snapshot-every-turns", envvar="TETHER_SNAPSHOT_EVERY_TURNS", type=click.IntRange(0),
+              default=1, show_default=True,
+              help="Upload a session snapshot after every N finished turns; 0 only on request, "
+                   "restore and drain.")
 @click.option("--log-level", envvar="TETHER_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
 def worker(
+    ctx: click.Context,
     control_plane: str,
     runtimes: tuple[str, ...],
     workdir: Path,
@@ -78,9 +88,16 @@ def worker(
     worker_id: str | None,
     name: str,
     drain_grace_s: float,
+    snapshot_every_turns: int,
     log_level: str,
 ) -> None:
-    """Run an execution worker that dials the control plane and runs sessions' turns."""
+    """Run an execution worker that dials the control plane and runs sessions' turns.
+
+    With a COMMAND, ask the control plane about workers instead (`list`, `drain`); the worker
+    options are then ignored, except --control-plane.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     logging.basicConfig(
         stream=sys.stderr, level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -89,7 +106,7 @@ def worker(
         settings = WorkerSettings(
             workdir=workdir, control_plane=control_plane, runtimes=runtimes, slots=slots,
             labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
-            offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
+            snapshot_every_turns=snapshot_every_turns, offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
@@ -130,5 +147,8 @@ async def _serve(settings: WorkerSettings) -> int:
                 loop.remove_signal_handler(signum)
     return exit_code
 
+
+worker.add_command(list_workers)
+worker.add_command(drain_worker)
 
 __all__ = ["worker"]

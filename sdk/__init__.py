@@ -8,8 +8,10 @@ The public API is what this module exports; the `_name` modules behind it are pr
         async for event in client.stream_events(session.session_id):
             ...
 
-`Client` offers the same methods, blocking. Failed calls raise a `TetherError` subclass (the
-tree is documented in `sdk._errors`). The `tether session` command lives in `sdk.cli`.
+`Client` offers the same methods, blocking; both also serve operators (`list_workers`,
+`drain_worker`). Failed calls raise a `TetherError` subclass (the tree is documented in
+`sdk._errors`). The `tether session` command and the `tether worker list` / `drain` commands
+live in `sdk.cli`.
 """
 
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, AsyncClient
@@ -23,12 +25,15 @@ from ._errors import (
     NotFoundError,
     OutOfRangeError,
     PermissionDeniedError,
+    RehydrationFailedError,
     RequestCancelledError,
     ResourceExhaustedError,
+    SessionBusyError,
     TetherError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
+    WorkerNotConnectedError,
 )
 from ._models import (
     Event,
@@ -41,6 +46,7 @@ from ._models import (
     Snapshot,
     Turn,
     TurnState,
+    WorkerStatus,
 )
 from ._sync_client import Client
 
@@ -62,9 +68,11 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "RehydrationFailedError",
     "RequestCancelledError",
     "ResourceExhaustedError",
     "Session",
+    "SessionBusyError",
     "SessionPage",
     "SessionState",
     "Snapshot",
@@ -74,4 +82,6 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "WorkerNotConnectedError",
+    "WorkerStatus",
 ]

@@ -1,4 +1,5 @@
-"""`AsyncClient`: the asyncio client of `tether.v1.SessionService`.
+"""`AsyncClient`: the asyncio client of `tether.v1.SessionService` and, for operators,
+`tether.v1.AdminService` (served by the control plane on the same port).
 
 It owns one long-lived `grpc.aio` channel, puts a deadline on every unary call, and is the only
 place where stub calls happen: `_unary` and `stream_events` translate every `AioRpcError` into
@@ -13,28 +14,35 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tether.v1 import admin_service_pb2 as admin_pb
+from tether.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from tether.v1 import session_service_pb2 as pb
 from tether.v1 import session_service_pb2_grpc as pb_grpc
 
 from . import _convert
 from ._errors import DeadlineExceededError, translate_rpc_error
-from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn
+from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn, WorkerStatus
 
 __all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TARGET = "127.0.0.1:7670"
 DEFAULT_TIMEOUT_S = 10.0
 
-_SERVICE = "tether.v1.SessionService"
-
 # Only reads are retried by the channel: a retried SendInput without an idempotency key could
 # store a second turn.
-_RETRYABLE_READS = ("GetSession", "ListSessions", "GetTurn", "GetSnapshot")
+_RETRYABLE_READS = (
+    ("tether.v1.SessionService", "GetSession"),
+    ("tether.v1.SessionService", "ListSessions"),
+    ("tether.v1.SessionService", "GetTurn"),
+    ("tether.v1.SessionService", "GetSnapshot"),
+    ("tether.v1.AdminService", "ListWorkers"),
+)
 _SERVICE_CONFIG = {
     "methodConfig": [
         {
-            "name": [{"service": _SERVICE, "method": m} for m in _RETRYABLE_READS],
+            "name": [{"service": service, "method": m} for service, m in _RETRYABLE_READS],
             "retryPolicy": {
                 "maxAttempts": 4,
                 "initialBackoff": "0.1s",
@@ -74,6 +82,7 @@ class AsyncClient:
             target, options=list(options)
         )
         self._stub = pb_grpc.SessionServiceStub(self._channel)
+        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)
         self._health_stub = health_pb2_grpc.HealthStub(self._channel)
         self._closed = False
 
@@ -183,13 +192,25 @@ class AsyncClient:
     async def restore_session(
         self,
         session_id: str,
-        *,
         worker_selector: Mapping[str, str] | None = None,
+        worker_id: str | None = None,
+        *,
         timeout_s: float | None = None,
     ) -> Session:
-        """Move the session to another eligible worker (servers may raise UnimplementedError)."""
+        """Move an idle session onto another eligible worker and rehydrate its runtime there.
+
+        `worker_selector` adds labels the target must carry (on top of the session's own);
+        `worker_id` names the target (it must differ from the current holder). Returns the
+        session once the new worker holds the lease and confirmed the rehydration. Raises
+        `SessionBusyError` while a turn is queued or running, `FailedPreconditionError`
+        (reason NO_WORKER) when no connected worker matches, `WorkerNotConnectedError` for a
+        named worker that is not connected, `RehydrationFailedError` when the target could
+        not rebuild the runtime (the session is then left without a holder).
+        """
         request = pb.RestoreSessionRequest(
-            session_id=session_id, worker_selector=dict(worker_selector or {})
+            session_id=session_id,
+            worker_selector=dict(worker_selector or {}),
+            worker_id=worker_id or "",
         )
         response = await self._unary(self._stub.RestoreSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
@@ -341,6 +362,34 @@ class AsyncClient:
         response = await self._unary(self._stub.CreateSnapshot, request, timeout_s)
         return _convert.snapshot_from_proto(response.snapshot)
 
+    # -- workers (AdminService) -----------------------------------------------------------
+
+    async def list_workers(self, *, timeout_s: float | None = None) -> list[WorkerStatus]:
+        """Every worker the control plane knows, connected ones first."""
+        response = await self._unary(
+            self._admin_stub.ListWorkers, admin_pb.ListWorkersRequest(), timeout_s
+        )
+        return [_convert.worker_status_from_proto(w) for w in response.workers]
+
+    async def drain_worker(
+        self,
+        worker_id: str,
+        grace_s: float | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> WorkerStatus:
+        """Ask a connected worker to drain: no new offers, running turns get `grace_s`
+        (None: the worker's own setting) to finish, then final snapshots and releases.
+        Returns the worker as it is after the request; `WorkerNotConnectedError` when it has
+        no open Lease stream."""
+        request = admin_pb.DrainWorkerRequest(worker_id=worker_id)
+        if grace_s is not None:
+            if grace_s < 0:
+                raise ValueError(f"grace_s must be 0 or more, got {grace_s}")
+            request.grace.CopyFrom(_duration(grace_s))
+        response = await self._unary(self._admin_stub.DrainWorker, request, timeout_s)
+        return _convert.worker_status_from_proto(response.worker)
+
     # -- health ---------------------------------------------------------------------------
 
     async def health(self, service: str = "", *, timeout_s: float | None = None) -> bool:
@@ -356,3 +405,8 @@ def _min(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))

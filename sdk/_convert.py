@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
-from tether.v1 import resources_pb2
+from tether.v1 import admin_service_pb2, resources_pb2
 
 from ._models import (
     Event,
@@ -21,6 +21,7 @@ from ._models import (
     Snapshot,
     Turn,
     TurnState,
+    WorkerStatus,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "snapshot_from_proto",
     "timestamp_from_proto",
     "turn_from_proto",
+    "worker_status_from_proto",
 ]
 
 _STREAM_NAMES = {
@@ -119,7 +121,11 @@ def _event_body_fields(body: resources_pb2.EventBody) -> tuple[EventKind, dict]:
     if name == "turn_completed":
         return EventKind.TURN_COMPLETED, {"exit_code": body.turn_completed.exit_code}
     if name == "turn_failed":
-        return EventKind.TURN_FAILED, {"error_message": body.turn_failed.error_message}
+        failed = body.turn_failed
+        return EventKind.TURN_FAILED, {
+            "error_message": failed.error_message,
+            "worker_lost": failed.worker_lost,
+        }
     if name == "turn_interrupted":
         return EventKind.TURN_INTERRUPTED, {"reason": body.turn_interrupted.reason}
     if name == "runtime":
@@ -138,6 +144,7 @@ def event_from_proto(msg: resources_pb2.Event) -> Event:
         turn_id=msg.turn_id,
         create_time=timestamp_from_proto(msg.create_time),
         kind=kind,
+        lease_epoch=msg.lease_epoch,
         raw=msg,
         **fields,
     )
@@ -163,5 +170,22 @@ def snapshot_from_proto(msg: resources_pb2.Snapshot) -> Snapshot:
         runtime_metadata_json=msg.runtime_metadata_json,
         create_time=timestamp_from_proto(msg.create_time),
         worker_id=msg.worker_id,
+        raw=msg,
+    )
+
+
+def worker_status_from_proto(msg: admin_service_pb2.WorkerStatus) -> WorkerStatus:
+    return WorkerStatus(
+        worker_id=msg.worker_id,
+        name=msg.name,
+        runtimes=list(msg.runtimes),
+        labels=dict(msg.labels),
+        slots=msg.slots,
+        running_turns=msg.running_turns,
+        held_sessions=msg.held_sessions,
+        connected=msg.connected,
+        draining=msg.draining,
+        register_time=timestamp_from_proto(msg.register_time),
+        version=msg.version,
         raw=msg,
     )

@@ -9,7 +9,13 @@ Every failed call raises a subclass of `TetherError`::
     ├── AlreadyExistsError           ALREADY_EXISTS
     ├── FailedPreconditionError      FAILED_PRECONDITION (and ABORTED): e.g. SESSION_ARCHIVED,
     │   │                            TURN_ALREADY_ENDED, NO_WORKER
-    │   └── LeaseLostError           FAILED_PRECONDITION with reason LEASE_LOST
+    │   ├── LeaseLostError           reason LEASE_LOST: a write's lease epoch is stale
+    │   ├── SessionBusyError         reason SESSION_BUSY: a turn is queued or running and the
+    │   │                            call needs the session idle (e.g. RestoreSession)
+    │   ├── WorkerNotConnectedError  reason WORKER_NOT_CONNECTED: the named worker has no
+    │   │                            open Lease stream (e.g. DrainWorker, RestoreSession)
+    │   └── RehydrationFailedError   reason REHYDRATION_FAILED: the target worker could not
+    │                                rebuild the session's runtime from its history
     ├── OutOfRangeError              OUT_OF_RANGE: e.g. CURSOR_OUT_OF_RANGE
     ├── ResourceExhaustedError       RESOURCE_EXHAUSTED
     ├── UnauthenticatedError         UNAUTHENTICATED
@@ -17,11 +23,13 @@ Every failed call raises a subclass of `TetherError`::
     ├── UnavailableError             UNAVAILABLE: the control plane cannot be reached
     ├── DeadlineExceededError        DEADLINE_EXCEEDED: the call's deadline passed
     ├── RequestCancelledError        CANCELLED (named so it does not shadow asyncio's)
-    ├── UnimplementedError           UNIMPLEMENTED: e.g. RestoreSession on this server
+    ├── UnimplementedError           UNIMPLEMENTED: e.g. ForkSession on this server
     └── InternalError                INTERNAL, UNKNOWN, DATA_LOSS and anything unmapped
 
 The server puts a `google.rpc.Status` in the trailing metadata; its `ErrorInfo` gives the
 stable `reason` (for example "SESSION_NOT_FOUND") and its `BadRequest` the field violations.
+The class comes from the reason when one names a narrower class (the table below), else from
+the status code; a reason this SDK does not know still arrives in `.reason`.
 `translate_rpc_error` is the only function that turns a `grpc.aio.AioRpcError` into one of these.
 """
 
@@ -42,12 +50,15 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "RehydrationFailedError",
     "RequestCancelledError",
     "ResourceExhaustedError",
+    "SessionBusyError",
     "TetherError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "WorkerNotConnectedError",
     "translate_rpc_error",
 ]
 
@@ -118,6 +129,19 @@ class LeaseLostError(FailedPreconditionError):
     """A write carried a lease epoch that is no longer current; stop working on the session."""
 
 
+class SessionBusyError(FailedPreconditionError):
+    """The session has a turn queued or running; the call needs it idle (interrupt or wait)."""
+
+
+class WorkerNotConnectedError(FailedPreconditionError):
+    """The worker the call names is not connected to the control plane."""
+
+
+class RehydrationFailedError(FailedPreconditionError):
+    """The target worker could not rehydrate the session's runtime from its history; the
+    session is left without a holder and its next turn goes to any eligible worker."""
+
+
 class OutOfRangeError(TetherError):
     """A cursor or position lies beyond what exists."""
 
@@ -176,6 +200,9 @@ _ERROR_FOR_CODE: dict[grpc.StatusCode, type[TetherError]] = {
 # Reasons that pick a narrower class than the status code alone would.
 _ERROR_FOR_REASON: dict[str, type[TetherError]] = {
     "LEASE_LOST": LeaseLostError,
+    "SESSION_BUSY": SessionBusyError,
+    "WORKER_NOT_CONNECTED": WorkerNotConnectedError,
+    "REHYDRATION_FAILED": RehydrationFailedError,
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "Snapshot",
     "Turn",
     "TurnState",
+    "WorkerStatus",
 ]
 
 
@@ -154,9 +155,14 @@ class Event:
     - turn_started: `worker_id`, `runtime_thread_id`
     - output: `text`, `stream` ("stdout", "stderr" or "")
     - turn_completed: `exit_code`
-    - turn_failed: `error_message`
+    - turn_failed: `error_message`, `worker_lost` (True when the control plane ended the
+      turn because its worker died, was partitioned or lost the lease; such a turn is not
+      retried automatically)
     - turn_interrupted: `reason`
     - runtime: `runtime_event_name`, `runtime_json`
+
+    `lease_epoch` is the lease under which a worker wrote the event, 0 for events the control
+    plane wrote itself (input received, a turn it ended).
     """
 
     session_id: str
@@ -174,6 +180,8 @@ class Event:
     runtime_thread_id: str = ""
     runtime_event_name: str = ""
     runtime_json: str = ""
+    worker_lost: bool = False
+    lease_epoch: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -205,4 +213,26 @@ class Snapshot:
     runtime_metadata_json: str
     create_time: datetime | None
     worker_id: str
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What the control plane knows about one execution worker (`list_workers`)."""
+
+    worker_id: str
+    name: str
+    runtimes: list[str]
+    labels: dict[str, str]
+    slots: int
+    #: Turns offered to it or running on it now.
+    running_turns: int
+    #: Sessions whose lease it holds.
+    held_sessions: int
+    #: True while its Lease stream is open.
+    connected: bool
+    #: True once it started draining.
+    draining: bool
+    register_time: datetime | None
+    version: str
     raw: Any = field(default=None, repr=False, compare=False)

@@ -19,7 +19,7 @@ from ._async_client import (
     DEFAULT_TIMEOUT_S,
     AsyncClient,
 )
-from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn
+from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn, WorkerStatus
 
 __all__ = ["Client"]
 
@@ -151,13 +151,14 @@ class Client:
     def restore_session(
         self,
         session_id: str,
-        *,
         worker_selector: Mapping[str, str] | None = None,
+        worker_id: str | None = None,
+        *,
         timeout_s: float | None = None,
     ) -> Session:
         return self._run(
             self._async.restore_session(
-                session_id, worker_selector=worker_selector, timeout_s=timeout_s
+                session_id, worker_selector, worker_id, timeout_s=timeout_s
             )
         )
 
@@ -249,6 +250,16 @@ class Client:
                 session_id, turn_id, after_seq=after_seq, timeout_s=timeout_s
             )
         )
+
+    # -- workers (AdminService) -----------------------------------------------------------
+
+    def list_workers(self, *, timeout_s: float | None = None) -> list[WorkerStatus]:
+        return self._run(self._async.list_workers(timeout_s=timeout_s))
+
+    def drain_worker(
+        self, worker_id: str, grace_s: float | None = None, *, timeout_s: float | None = None
+    ) -> WorkerStatus:
+        return self._run(self._async.drain_worker(worker_id, grace_s, timeout_s=timeout_s))
 
     # -- snapshots and health -------------------------------------------------------------
 

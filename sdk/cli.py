@@ -1,4 +1,6 @@
-"""The `tether session` commands: a thin shell over the blocking `sdk.Client`.
+"""The `tether session` commands, and the operator commands `tether worker list` and
+`tether worker drain` (attached to the `tether worker` group by `execution_worker.cli`): a thin
+shell over the blocking `sdk.Client`.
 
 This module owns argument parsing, human and `--json` output, and turning a `TetherError` into
 ``error: <message> (<reason>)`` on stderr with exit status 2 for bad input and 1 otherwise.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -17,13 +20,21 @@ import click
 
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 from ._errors import InvalidArgumentError, OutOfRangeError, TetherError
-from ._models import Event, EventKind, Session, Snapshot, Turn, TurnState
+from ._models import Event, EventKind, Session, Snapshot, Turn, TurnState, WorkerStatus
 from ._sync_client import Client
 
-__all__ = ["session"]
+__all__ = ["drain_worker", "list_workers", "session"]
 
 _BAD_INPUT_ERRORS = (InvalidArgumentError, OutOfRangeError)
 _EXIT_INTERRUPTED = 130
+
+
+def _report(ctx: click.Context, exc: TetherError) -> None:
+    label = exc.reason or exc.code.name
+    click.echo(f"error: {exc.message or exc.code.name} ({label})", err=True)
+    for field, description in exc.field_violations:
+        click.echo(f"  {field}: {description}", err=True)
+    ctx.exit(2 if isinstance(exc, _BAD_INPUT_ERRORS) else 1)
 
 
 class _SessionGroup(click.Group):
@@ -33,11 +44,17 @@ class _SessionGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TetherError as exc:
-            label = exc.reason or exc.code.name
-            click.echo(f"error: {exc.message or exc.code.name} ({label})", err=True)
-            for field, description in exc.field_violations:
-                click.echo(f"  {field}: {description}", err=True)
-            ctx.exit(2 if isinstance(exc, _BAD_INPUT_ERRORS) else 1)
+            _report(ctx, exc)
+
+
+class _ReportingCommand(click.Command):
+    """A stand-alone command that reports SDK errors like the session group does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TetherError as exc:
+            _report(ctx, exc)
 
 
 @click.group(cls=_SessionGroup)
@@ -130,7 +147,7 @@ def _describe_event(event: Event) -> str:
         EventKind.TURN_STARTED: f"worker={event.worker_id}",
         EventKind.OUTPUT: f"[{event.stream or '-'}] {event.text.rstrip(chr(10))}",
         EventKind.TURN_COMPLETED: f"exit_code={event.exit_code}",
-        EventKind.TURN_FAILED: event.error_message,
+        EventKind.TURN_FAILED: event.error_message + (" (worker lost)" if event.worker_lost else ""),
         EventKind.TURN_INTERRUPTED: event.reason,
         EventKind.RUNTIME: f"{event.runtime_event_name} {event.runtime_json}",
     }.get(event.kind, "")
@@ -327,6 +344,28 @@ def _echo_snapshot(snap: Snapshot) -> None:
 
 @session.command()
 @click.argument("session_id")
+@click.option(
+    "--selector", "selectors", multiple=True, metavar="K=V",
+    help="Label the target worker must carry, on top of the session's selector (repeatable).",
+)
+@click.option("--worker-id", default="", help="Move to this worker (default: any that matches).")
+@json_option
+@pass_lazy
+def restore(lazy: _Lazy, session_id: str, selectors: tuple[str, ...], worker_id: str,
+            as_json: bool) -> None:
+    """Move an idle session onto another worker and rehydrate it there."""
+    restored = lazy.client.restore_session(
+        session_id, _parse_pairs(selectors, "--selector"), worker_id or None
+    )
+    if as_json:
+        _echo_json(restored)
+    else:
+        click.echo(f"{restored.session_id} worker={restored.worker_id or '-'} "
+                   f"epoch={restored.lease_epoch}")
+
+
+@session.command()
+@click.argument("session_id")
 @json_option
 @pass_lazy
 def archive(lazy: _Lazy, session_id: str, as_json: bool) -> None:
@@ -345,3 +384,67 @@ def delete(lazy: _Lazy, session_id: str) -> None:
     """Delete a session with its turns, events and snapshots."""
     lazy.client.delete_session(session_id)
     click.echo(f"{session_id} deleted")
+
+
+# -- operator commands, attached to `tether worker` ------------------------------------------
+
+# No envvar here: the `tether worker` group's own --control-plane reads TETHER_CONTROL_PLANE,
+# and an environment variable must not override a flag given before the subcommand.
+_admin_control_plane = click.option(
+    "--control-plane", default=None,
+    help=f"Address of the control plane [default: the group's --control-plane, else "
+         f"TETHER_CONTROL_PLANE, else {DEFAULT_TARGET}].",
+)
+_admin_timeout = click.option(
+    "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+    help="Deadline of the call, in seconds.",
+)
+
+
+def _admin_target(ctx: click.Context, control_plane: str | None) -> str:
+    if control_plane:
+        return control_plane
+    parent = ctx.parent.params.get("control_plane") if ctx.parent is not None else None
+    return parent or os.environ.get("TETHER_CONTROL_PLANE") or DEFAULT_TARGET
+
+
+def _worker_line(w: WorkerStatus) -> str:
+    state = ("connected" if w.connected else "disconnected") + (",draining" if w.draining else "")
+    return (f"{w.worker_id}  {state:22}  turns={w.running_turns}/{w.slots}  "
+            f"sessions={w.held_sessions}  runtimes={','.join(w.runtimes) or '-'}  {w.name}")
+
+
+@click.command("list", cls=_ReportingCommand)
+@_admin_control_plane
+@_admin_timeout
+@json_option
+@click.pass_context
+def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float,
+                 as_json: bool) -> None:
+    """List the workers the control plane knows, connected first."""
+    with Client(_admin_target(ctx, control_plane), timeout_s=timeout_s) as client:
+        workers = client.list_workers()
+    if as_json:
+        _echo_json({"workers": workers})
+        return
+    for w in workers:
+        click.echo(_worker_line(w))
+
+
+@click.command("drain", cls=_ReportingCommand, short_help="Ask a connected worker to drain.")
+@click.argument("worker_id")
+@click.option("--grace-s", type=click.FloatRange(0), default=None,
+              help="Seconds running turns get to finish [default: the worker's own setting].")
+@_admin_control_plane
+@_admin_timeout
+@json_option
+@click.pass_context
+def drain_worker(ctx: click.Context, worker_id: str, grace_s: float | None,
+                 control_plane: str | None, timeout_s: float, as_json: bool) -> None:
+    """Ask a connected worker to drain: it finishes its turns, snapshots, releases, exits."""
+    with Client(_admin_target(ctx, control_plane), timeout_s=timeout_s) as client:
+        status = client.drain_worker(worker_id, grace_s)
+    if as_json:
+        _echo_json(status)
+    else:
+        click.echo(f"{status.worker_id} draining" if status.draining else _worker_line(status))
