@@ -244,3 +244,29 @@ async def retry(
                 retries.note(exc)
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(max_s, delay * 2)
+
+
+async def connected_workers(target: str) -> dict[str, object]:
+    """worker id -> AdminService WorkerStatus, for the workers whose Lease stream is open."""
+    import grpc
+    from tether.v1 import admin_service_pb2 as apb
+    from tether.v1 import admin_service_pb2_grpc as agrpc
+
+    async with grpc.aio.insecure_channel(target) as ch:
+        resp = await agrpc.AdminServiceStub(ch).ListWorkers(apb.ListWorkersRequest(), timeout=5)
+    return {w.worker_id: w for w in resp.workers if w.connected}
+
+
+async def wait_connected(target: str, worker_ids: list[str], timeout_s: float = 30.0) -> None:
+    """Return once every worker in `worker_ids` has its Lease stream open."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            up = await connected_workers(target)
+        except Exception:
+            up = {}
+        if all(w in up for w in worker_ids):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers {sorted(set(worker_ids) - set(up))} not connected after {timeout_s}s")
+        await asyncio.sleep(0.05)
