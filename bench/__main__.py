@@ -2,7 +2,9 @@
 
     {"metric": NAME, "value": NUMBER, "unit": UNIT}
 
-Run one with `python -m bench dispatch|events|turns`.
+Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain ...`.
+A benchmark whose main returns False (a must-be-0 figure was not 0) makes the exit status 1;
+the others still run.
 """
 
 from __future__ import annotations
@@ -10,15 +12,28 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from . import dispatch, events, turns
+from . import chaos, dispatch, drain, events, failover, rehydrate, turns
 
-BENCHES = {"dispatch": dispatch.main, "events": events.main, "turns": turns.main}
+BENCHES = {
+    "dispatch": dispatch.main,
+    "events": events.main,
+    "turns": turns.main,
+    "failover": failover.main,
+    "rehydrate": rehydrate.main,
+    "drain": drain.main,
+    "chaos": chaos.main,
+}
 
 
 def main() -> None:
     names = sys.argv[1:] or list(BENCHES)
-    for name in names:
-        asyncio.run(BENCHES[name]())
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    failed = [name for name in names if asyncio.run(BENCHES[name]()) is False]
+    if failed:
+        print(f"benchmarks with a must-be-0 figure not 0: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 main()
