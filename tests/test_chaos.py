@@ -36,3 +36,36 @@ async def test_sessions_survive_worker_kills_and_a_control_plane_crash(tmp_path)
     assert res.events_duplicated == 0, detail
     assert res.stale_writes_accepted == 0, detail
     assert res.turns_sent >= res.turns_intended == 18
+
+
+@pytest.mark.xfail(
+    reason="product bug: after a control-plane restart, a worker restarted with the same id is "
+    "offered its old session under the same lease epoch; its events (worker_seq from 1 again) "
+    "are dropped as duplicates and the turn stays running",
+    strict=False,
+)
+@pytest.mark.timeout(60)
+async def test_worker_restarted_across_a_control_plane_restart_gets_its_turn_stored(tmp_path):
+    import asyncio
+
+    import sdk
+    from bench._harness import client_options, procs
+
+    with procs(tmp_path / "p") as ps:
+        cp = ps.start_control_plane(log_level="INFO")
+        w = ps.worker(cp.target, "w", 2, log_level="info")
+        async with sdk.AsyncClient(cp.target, options=client_options()) as client:
+            s = await client.create_session("shell")
+            t1 = await client.send_input(s.session_id, "echo one")
+            assert (await client.wait_for_turn(s.session_id, t1.turn_id, timeout_s=20)).state == sdk.TurnState.COMPLETED
+        ps.kill(w)
+        cp.kill()
+        cp.start()  # same database, same port
+        ps.worker(cp.target, "w", 2, log_level="info")  # same workdir: same worker id, nothing held
+        await asyncio.sleep(1.0)
+        async with sdk.AsyncClient(cp.target, options=client_options()) as client:
+            t2 = await client.send_input(s.session_id, "echo two")
+            done = await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=8)
+            assert done.state == sdk.TurnState.COMPLETED
+            events = [e async for e in client.stream_events(s.session_id, stop_at_end=True)]
+            assert "two\n" in [e.text for e in events if e.turn_id == t2.turn_id]
