@@ -14,9 +14,11 @@ under uvloop exactly as `tether worker` runs it, but through this module
 (``python -m bench.rehydrate --timed-worker ...``), which wraps `Worker._rehydrate` to time it.
 That call is the whole takeover of a session: the Resume stream (snapshot items and the events
 after it) read from the control plane, the history rebuilt from it, and the runtime started
-with it. The worker appends ``<session> <items> <ms> <resume ms>`` per rehydration to a file;
-the last figure is the part spent in the Resume call alone (reading the whole stream), the
-rest is rebuilding the history from it and starting the runtime.
+with it. The worker appends ``<session> <items> <ms> <resume ms> <rebuild ms>`` per
+rehydration to a file: the whole, the Resume call (reading the stream and rebuilding the
+history), and the rebuilding alone (`history_from_resume`, timed by wrapping it), so the
+figure's line also says how much of it is the stream (resume_stream_ms_p50) and how much the
+rebuild (history_rebuild_ms_p50).
 
 Rounds: the holder is SIGKILLed (so it leaves no final snapshot), a fresh worker (new id) is
 started, and the session's next input makes the control plane move the session to it after
@@ -107,12 +109,14 @@ async def main() -> bool:
     if len(rows) != 2 * ROUNDS:
         raise RuntimeError(f"expected {2 * ROUNDS} rehydrations, the workers logged {len(rows)}: {rows}")
     log_ms = [float(r[2]) for r in rows[:ROUNDS]]
-    log_resume_ms = [float(r[3]) for r in rows[:ROUNDS]]
+    log_resume_ms = [float(r[3]) - float(r[4]) for r in rows[:ROUNDS]]
+    log_convert_ms = [float(r[4]) for r in rows[:ROUNDS]]
     snap_ms = [float(r[2]) for r in rows[ROUNDS:]]
     items = [int(r[1]) for r in rows]
     emit("rehydrate_10k_items_ms", percentile(log_ms, 50), "ms", source="event log, no snapshot", items=items[0],
          rounds=ROUNDS, target=200, build_s=round(build_s, 1),
-         resume_call_ms_p50=round(percentile(log_resume_ms, 50), 1))
+         resume_stream_ms_p50=round(percentile(log_resume_ms, 50), 1),
+         history_rebuild_ms_p50=round(percentile(log_convert_ms, 50), 1))
     emit("rehydrate_10k_items_max_ms", max(log_ms), "ms", source="event log, no snapshot")
     emit("rehydrate_10k_items_snapshot_ms", percentile(snap_ms, 50), "ms", source="snapshot + tail",
          items=items[ROUNDS], snapshot_items=len(snap.history), rounds=ROUNDS)
@@ -126,8 +130,21 @@ def _timed_worker(argv: list[str]) -> None:
 
     import uvloop
 
+    import execution_worker._worker as worker_module
     from execution_worker._settings import WorkerSettings
     from execution_worker._worker import Worker
+
+    convert_ms = [0.0]
+    history_from_resume = worker_module.history_from_resume
+
+    def timed_history_from_resume(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return history_from_resume(*args, **kwargs)
+        finally:
+            convert_ms[0] = (time.perf_counter() - t0) * 1000
+
+    worker_module.history_from_resume = timed_history_from_resume
 
     p = argparse.ArgumentParser()
     p.add_argument("--timed-worker", action="store_true")
@@ -154,7 +171,7 @@ def _timed_worker(argv: list[str]) -> None:
             runtime = await super()._rehydrate(session, *args, **kwargs)
             ms = (time.perf_counter() - t0) * 1000
             if runtime is not None:
-                out.write(f"{session.session_id} {len(runtime.export_history())} {ms:.3f} {self.resume_ms:.3f}\n")
+                out.write(f"{session.session_id} {len(runtime.export_history())} {ms:.3f} {self.resume_ms:.3f} {convert_ms[0]:.3f}\n")
             return runtime
 
     settings = WorkerSettings(
