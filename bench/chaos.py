@@ -14,7 +14,9 @@ Chaos, all at random intervals and bounded in count:
   pause the control plane learns of the death from the worker-dead grace / lease expiry, or
   from the worker re-attaching without the session. Its running turn is lost.
 - the control plane is SIGKILLed and started again on the same database file and port, exactly
-  `cp_restarts` times (at 30 % and 60 % of the intended turns done, for two).
+  `cp_restarts` times (at 30 % and 60 % of the intended turns done, for two). With
+  `cp_crash_kills_worker` (the default) a random worker is SIGKILLed just before it, as if
+  both ran on one host, and comes back after the control plane (counted in the worker kills).
 
 The driver is an application doing the right thing: every SendInput carries an idempotency key
 per intended turn and attempt (``chaos-s<i>-t<j>-a<a>``) and is retried with that key through
@@ -90,6 +92,9 @@ class ChaosConfig:
     kill_interval_s: tuple[float, float] = (1.0, 3.0)
     worker_down_s: tuple[float, float] = (0.2, 3.0)
     cp_down_s: tuple[float, float] = (0.2, 1.0)
+    # Each control-plane crash takes a worker down with it (one host running both), back
+    # after its own random pause.
+    cp_crash_kills_worker: bool = True
     time_cap_s: float = 300.0
     max_attempts: int = 6
     # Control-plane flags (name without dashes -> value); flags this build lacks are reported.
@@ -187,7 +192,7 @@ class _Chaos:
     def alive(self) -> list[str]:
         return [n for n, p in self.workers.items() if p is not None and p.poll() is None]
 
-    async def kill_worker(self) -> bool:
+    async def kill_worker(self, *, fixed_down_s: float | None = None) -> bool:
         alive = self.alive()
         if len(alive) < 2:
             return False
@@ -197,7 +202,7 @@ class _Chaos:
         await asyncio.to_thread(self.ps.kill, p)
         self.workers[name] = None
         self.kills += 1
-        down = self.rng.uniform(*self.cfg.worker_down_s)
+        down = self.rng.uniform(*self.cfg.worker_down_s) if fixed_down_s is None else fixed_down_s
         task = asyncio.create_task(self._restart_worker(name, down))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
@@ -210,8 +215,11 @@ class _Chaos:
     async def restart_control_plane(self) -> None:
         assert self.cp is not None
         self.cp_up.clear()
+        down = self.rng.uniform(*self.cfg.cp_down_s)
+        if self.cfg.cp_crash_kills_worker:
+            await self.kill_worker(fixed_down_s=down + self.rng.uniform(*self.cfg.worker_down_s))
         await asyncio.to_thread(self.cp.kill)
-        await asyncio.sleep(self.rng.uniform(*self.cfg.cp_down_s))
+        await asyncio.sleep(down)
         await asyncio.to_thread(self.cp.start)
         self.cp_restarts += 1
         self.cp_up.set()
@@ -569,13 +577,15 @@ def _cli() -> None:
     p.add_argument("--max-worker-kills", type=int, default=d.max_worker_kills)
     p.add_argument("--time-cap-s", type=float, default=d.time_cap_s)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--independent-cp-crash", action="store_true",
+                   help="do not take a worker down with each control-plane crash")
     p.add_argument("--cp", action="append", default=[], metavar="NAME=VALUE",
                    help="control-plane timing flag, e.g. lease_ttl_s=3 (repeatable)")
     a = p.parse_args()
     cfg = dataclasses.replace(
         d, sessions=a.sessions, workers=a.workers, slots=a.slots, turns=tuple(a.turns), sleep_s=tuple(a.sleep_s),
         cp_restarts=a.cp_restarts, max_worker_kills=a.max_worker_kills, time_cap_s=a.time_cap_s,
-        seed=a.seed, cp_timings={k: float(v) for k, v in (x.split("=", 1) for x in a.cp)},
+        seed=a.seed, cp_crash_kills_worker=not a.independent_cp_crash, cp_timings={k: float(v) for k, v in (x.split("=", 1) for x in a.cp)},
     )
     sys.exit(0 if asyncio.run(main(cfg)) else 1)
 
