@@ -310,7 +310,7 @@ async def _drive(
                 if end.kind == sdk.EventKind.TURN_COMPLETED:
                     break
                 if end.kind == sdk.EventKind.TURN_FAILED:
-                    at.worker_lost = bool(end.raw.body.turn_failed.worker_lost)
+                    at.worker_lost = end.worker_lost
                     at.message = end.error_message
                 else:
                     at.message = end.reason
@@ -501,12 +501,12 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
             res.cp_restarts = chaos.cp_restarts
             ps.stop_all()
             db_epochs, db_counts = _db_epochs(ps.tmp / "bench.db")
-        api_has_epochs = any(e.raw.lease_epoch for evs in logs.values() for e in evs)
+        api_has_epochs = any(e.lease_epoch for evs in logs.values() for e in evs)
         res.epoch_source = "api" if api_has_epochs else "sqlite events.lease_epoch (the API sends none)"
         for run in runs:
             events = logs.get(run.session_id, [])
             if api_has_epochs:
-                epochs = [e.raw.lease_epoch for e in events]
+                epochs = [e.lease_epoch for e in events]
             else:
                 epochs = [db_epochs.get((run.session_id, e.seq), 0) for e in events]
             tally = check_session(run, events, epochs, turns.get(run.session_id, {}))

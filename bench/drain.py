@@ -104,7 +104,7 @@ async def main() -> bool:
     submitted = 0
     for run in runs:
         events = logs[run.session_id]
-        tally = check_session(run, events, [e.raw.lease_epoch for e in events], turns[run.session_id])
+        tally = check_session(run, events, [e.lease_epoch for e in events], turns[run.session_id])
         submitted += len(run.attempts)
         lost += sum(1 for a in run.attempts if a.outcome != "turn_completed") + tally.duplicated
         problems.extend(tally.problems[:2])
