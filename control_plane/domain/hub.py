@@ -699,7 +699,10 @@ class Hub:
         """Whether the next turn should wait for the lease holder rather than move."""
         if holder is None or holder.outbox is None:
             return True  # moved by the worker-dead grace or by lease expiry, not here
-        if holder.draining:
+        if holder.draining or ctx.session.session_id not in holder.sessions:
+            # Not confirmed by the holder's current stream (for example a worker restarted
+            # while the control plane was down): it has no warm runtime, so the session moves
+            # at the next epoch, possibly back to the same worker, which then rehydrates.
             return False
         if holder.free_slots > 0:
             return True
@@ -812,9 +815,10 @@ class Hub:
         held_ids = {sid for sid, _ in held}
         # Leases the control plane says it holds but the worker does not know about: it
         # restarted and lost those runtimes. Release them so the sessions can move at once.
-        for session_id in list(w.sessions - held_ids):
+        stale = w.sessions | {sid for sid, ctx in self._ctx.items() if ctx.holder() == worker_id}
+        for session_id in list(stale - held_ids):
             ctx = self._ctx.get(session_id)
-            if ctx is not None and ctx.holder() == worker_id:
+            if ctx is not None and ctx.holder() == worker_id and not ctx.deleted:
                 self._spawn(
                     self._drop_lease(ctx, "the worker restarted and no longer holds the session", revoke=True),
                     f"tether-drop-lease-{session_id}",
