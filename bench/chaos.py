@@ -95,7 +95,7 @@ class ChaosConfig:
     # Each control-plane crash takes a worker down with it (one host running both), back
     # after its own random pause.
     cp_crash_kills_worker: bool = True
-    time_cap_s: float = 300.0
+    time_cap_s: float = 180.0  # about 3.5x a normal run of the defaults on 2 cores
     max_attempts: int = 6
     # Control-plane flags (name without dashes -> value); flags this build lacks are reported.
     cp_timings: dict[str, float] = field(default_factory=dict)

@@ -24,7 +24,7 @@ async def test_sessions_survive_worker_kills_and_a_control_plane_crash(tmp_path)
         worker_down_s=(0.2, 1.5),
         cp_down_s=(0.2, 0.5),
         cp_crash_kills_worker=False,  # the xfail test below covers that path until it is fixed
-        time_cap_s=60,
+        time_cap_s=45,
         cp_timings={"lease_ttl_s": 3, "heartbeat_interval_s": 0.3, "worker_dead_grace_s": 0.5},
         seed=7,
         keep_logs_on_failure=False,
