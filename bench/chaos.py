@@ -13,6 +13,11 @@ Chaos, all at random intervals and bounded in count:
   (0.2-3 s) with the same workdir, so it comes back with the same worker id: depending on the
   pause the control plane learns of the death from the worker-dead grace / lease expiry, or
   from the worker re-attaching without the session. Its running turn is lost.
+- now and then (at most `max_worker_freezes` times) a worker is SIGSTOPped instead, for longer
+  than the liveness timeout plus the worker-dead grace, so the control plane gives it up and
+  its sessions move on; then SIGCONTed: it wakes up believing it still holds them, and its
+  commands that finished meanwhile try to write under the old epochs. Those writes must be
+  refused: this is what makes the stale-write check mean something.
 - the control plane is SIGKILLed and started again on the same database file and port, exactly
   `cp_restarts` times (at 30 % and 60 % of the intended turns done, for two). With
   `cp_crash_kills_worker` (the default) a random worker is SIGKILLed just before it, as if
@@ -39,7 +44,8 @@ after the control plane stops) and checked:
 
 Figures (one JSON line each): chaos_sessions_total, chaos_sessions_lost (must be 0: sessions
 that did not complete all intended turns or whose log failed a check), chaos_events_duplicated
-(must be 0), chaos_stale_writes_accepted (must be 0), chaos_worker_kills, chaos_cp_restarts,
+(must be 0), chaos_stale_writes_accepted (must be 0), chaos_worker_kills, chaos_worker_freezes,
+chaos_cp_restarts,
 chaos_duration_s, chaos_turns_lost_to_worker_death, chaos_turns_failed_other (informational).
 The process exits non-zero when a must-be-0 figure is not 0; logs are then kept and their path
 printed.
@@ -55,6 +61,7 @@ import dataclasses
 import pathlib
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -92,6 +99,11 @@ class ChaosConfig:
     kill_interval_s: tuple[float, float] = (1.0, 3.0)
     worker_down_s: tuple[float, float] = (0.2, 3.0)
     cp_down_s: tuple[float, float] = (0.2, 1.0)
+    # Freezes: a worker is SIGSTOPped for longer than liveness timeout + worker-dead grace (its
+    # sessions move on), then SIGCONTed: it wakes up still believing it holds them, and
+    # whatever it then writes under its old epochs must be refused (stale writes).
+    max_worker_freezes: int = 3
+    freeze_margin_s: tuple[float, float] = (0.5, 2.5)
     # Each control-plane crash takes a worker down with it (one host running both), back
     # after its own random pause.
     cp_crash_kills_worker: bool = True
@@ -139,6 +151,7 @@ class ChaosResult:
     events_duplicated: int = 0
     stale_writes_accepted: int = 0
     worker_kills: int = 0
+    worker_freezes: int = 0
     cp_restarts: int = 0
     duration_s: float = 0.0
     turns_intended: int = 0
@@ -169,6 +182,8 @@ class _Chaos:
         self.cp: ControlPlaneProc | None = None
         self.workers: dict[str, subprocess.Popen | None] = {}
         self.kills = 0
+        self.freezes = 0
+        self.frozen: set[str] = set()
         self.cp_restarts = 0
         self.cp_up = asyncio.Event()
         self._restarts: set[asyncio.Task[None]] = set()
@@ -190,7 +205,38 @@ class _Chaos:
         )
 
     def alive(self) -> list[str]:
-        return [n for n, p in self.workers.items() if p is not None and p.poll() is None]
+        """Workers running and not frozen."""
+        return [n for n, p in self.workers.items() if p is not None and p.poll() is None and n not in self.frozen]
+
+    def freeze_s(self) -> float:
+        """Long enough for the control plane to give the worker up: liveness timeout (default
+        3 heartbeats) plus worker-dead grace, plus a margin."""
+        t = self.cfg.cp_timings
+        liveness = t.get("liveness_timeout_s", 3 * t.get("heartbeat_interval_s", 2.0))
+        return liveness + t.get("worker_dead_grace_s", 1.0) + self.rng.uniform(*self.cfg.freeze_margin_s)
+
+    async def freeze_worker(self) -> bool:
+        alive = self.alive()
+        if len(alive) < 2:
+            return False
+        name = self.rng.choice(alive)
+        p = self.workers[name]
+        assert p is not None
+        p.send_signal(signal.SIGSTOP)
+        self.frozen.add(name)
+        self.freezes += 1
+        task = asyncio.create_task(self._thaw(name, p, self.freeze_s()))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+        return True
+
+    async def _thaw(self, name: str, p: subprocess.Popen, after: float) -> None:
+        try:
+            await asyncio.sleep(after)
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+            self.frozen.discard(name)
 
     async def kill_worker(self, *, fixed_down_s: float | None = None) -> bool:
         alive = self.alive()
@@ -228,12 +274,17 @@ class _Chaos:
         await asyncio.gather(self._kill_workers(progress, done), self._restart_control_plane(progress, done))
 
     async def _kill_workers(self, progress, done: asyncio.Event) -> None:
-        """Kill a worker at random intervals, until the last few turns."""
-        while not done.is_set() and self.kills < self.cfg.max_worker_kills:
+        """Kill (or now and then freeze) a worker at random intervals, until the last turns."""
+        cfg = self.cfg
+        while not done.is_set() and (self.kills < cfg.max_worker_kills or self.freezes < cfg.max_worker_freezes):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self.rng.uniform(*self.cfg.kill_interval_s))
+                await asyncio.wait_for(done.wait(), self.rng.uniform(*cfg.kill_interval_s))
                 return
-            if progress() < 0.97:
+            if progress() >= 0.97:
+                continue
+            if self.freezes < cfg.max_worker_freezes and (self.kills >= cfg.max_worker_kills or self.rng.random() < 0.25):
+                await self.freeze_worker()
+            elif self.kills < cfg.max_worker_kills:
                 await self.kill_worker()
 
     async def _restart_control_plane(self, progress, done: asyncio.Event) -> None:
@@ -247,10 +298,15 @@ class _Chaos:
                 await asyncio.wait_for(done.wait(), 0.1)
 
     async def settle(self) -> None:
-        """After the run: no restart left pending, every worker process up again."""
+        """After the run: no restart or thaw left pending, every worker process up again."""
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*self._restarts, return_exceptions=True)
+        for name in list(self.frozen):  # a thaw cancelled before its `finally` ran
+            p = self.workers.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+            self.frozen.discard(name)
         for name, p in self.workers.items():
             if p is None or p.poll() is not None:
                 self._start_worker(name)
@@ -498,6 +554,7 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
                 await asyncio.wait_for(chaos.cp_up.wait(), 60)
                 logs, turns = await _read_back(client, runs, retries, time.monotonic() + 120)
             res.worker_kills = chaos.kills
+            res.worker_freezes = chaos.freezes
             res.cp_restarts = chaos.cp_restarts
             ps.stop_all()
             db_epochs, db_counts = _db_epochs(ps.tmp / "bench.db")
@@ -549,6 +606,7 @@ def report(res: ChaosResult) -> None:
     emit("chaos_events_duplicated", res.events_duplicated, "events", must_be=0)
     emit("chaos_stale_writes_accepted", res.stale_writes_accepted, "events", must_be=0, epoch_source=res.epoch_source)
     emit("chaos_worker_kills", res.worker_kills, "kills")
+    emit("chaos_worker_freezes", res.worker_freezes, "freezes")
     emit("chaos_cp_restarts", res.cp_restarts, "restarts")
     emit("chaos_duration_s", res.duration_s, "s")
     emit("chaos_turns_lost_to_worker_death", res.turns_lost_to_worker_death, "turns")

@@ -25,6 +25,7 @@ async def test_sessions_survive_worker_kills_and_a_control_plane_crash(tmp_path)
         sleep_s=(0.4, 0.8),  # long enough for kills to land mid-turn
         cp_restarts=1,
         max_worker_kills=2,
+        max_worker_freezes=1,
         kill_interval_s=(0.6, 1.2),
         worker_down_s=(0.2, 1.5),
         cp_down_s=(0.2, 0.5),
