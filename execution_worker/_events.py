@@ -120,7 +120,8 @@ class EventOutbox:
         entry = (target, future)
         self._ack_waiters.append(entry)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
         except TimeoutError:
             return False
         finally:
@@ -217,8 +218,13 @@ class EventOutbox:
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done and writer.exception() is None:
-                # Idle half-close: let the server finish acknowledging, then end.
-                await asyncio.wait_for(asyncio.shield(reader), self._rpc_timeout_s)
+                # Idle half-close: let the server finish acknowledging, then end. A server
+                # that does not end the call in time only costs this stream, not the outbox.
+                try:
+                    async with asyncio.timeout(self._rpc_timeout_s):
+                        await asyncio.shield(reader)
+                except TimeoutError:
+                    _log.debug("event stream of session %s: no end after the half-close", self.session_id)
         finally:
             for task in (reader, writer):
                 task.cancel()
@@ -247,7 +253,8 @@ class EventOutbox:
                 self._new_events.clear()
                 if self._next_send > self._emitted:
                     try:
-                        await asyncio.wait_for(self._new_events.wait(), IDLE_CLOSE_S)
+                        async with asyncio.timeout(IDLE_CLOSE_S):
+                            await self._new_events.wait()
                     except TimeoutError:
                         if self._acked >= self._emitted and self._next_send > self._emitted:
                             await call.done_writing()

@@ -153,7 +153,8 @@ class LeaseClient:
             return False
         async with self._write_lock:  # grpc.aio allows one write in flight per call
             try:
-                await asyncio.wait_for(call.write(request), self._settings.rpc_timeout_s)
+                async with asyncio.timeout(self._settings.rpc_timeout_s):
+                    await call.write(request)
                 return True
             except TimeoutError:
                 _log.warning("lease stream write timed out; dropping the stream")
@@ -169,7 +170,8 @@ class LeaseClient:
             return
         async with self._write_lock:
             try:
-                await asyncio.wait_for(call.done_writing(), self._settings.rpc_timeout_s)
+                async with asyncio.timeout(self._settings.rpc_timeout_s):
+                    await call.done_writing()
             except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 pass
 
@@ -239,19 +241,16 @@ class LeaseClient:
         call = self._stub.Lease()
         try:
             held = list(self._handler.held_leases())
-            await asyncio.wait_for(
-                call.write(
-                    worker_service_pb2.LeaseRequest(
-                        open=worker_service_pb2.LeaseOpen(
-                            worker_id=self._worker_id,
-                            registration_id=self.registration_id,
-                            leases=held,
-                        )
-                    )
-                ),
-                settings.rpc_timeout_s,
+            open_request = worker_service_pb2.LeaseRequest(
+                open=worker_service_pb2.LeaseOpen(
+                    worker_id=self._worker_id, registration_id=self.registration_id, leases=held
+                )
             )
-            first = await asyncio.wait_for(call.read(), settings.rpc_timeout_s)
+            # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a
+            # cancellation that lands as the inner call completes, and then nothing stops.
+            async with asyncio.timeout(settings.rpc_timeout_s):
+                await call.write(open_request)
+                first = await call.read()
             if first is grpc.aio.EOF:
                 _log.warning("control plane closed the lease stream before opening it")
                 return False

@@ -325,7 +325,9 @@ class Worker:
                 return False
             self._work_changed.clear()
             try:
-                await asyncio.wait_for(self._work_changed.wait(), remaining)
+                # Not wait_for: on 3.11 it can swallow the cancellation a second SIGTERM sends.
+                async with asyncio.timeout(remaining):
+                    await self._work_changed.wait()
             except TimeoutError:
                 pass
         return True
