@@ -136,7 +136,8 @@ class WorkerService:
                 # Connection liveness: a worker renews every heartbeat interval, so a stream
                 # silent this long belongs to a dead or partitioned worker (or a deaf one).
                 try:
-                    req = await asyncio.wait_for(anext(requests, None), liveness)
+                    async with asyncio.timeout(liveness):
+                        req = await anext(requests, None)
                 except TimeoutError:
                     raise errors.Unavailable(
                         f"no heartbeat on the Lease stream for {liveness:g}s; closing it as dead"
