@@ -31,7 +31,7 @@ _SERVICES = {
     "tether.v1.AdminService": admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
 }
 # Methods whose handlers yield responses already encoded as bytes (shared by subscribers).
-_PRE_ENCODED = {"/tether.v1.SessionService/StreamSessionEvents"}
+_PRE_ENCODED = {"/tether.v1.SessionService/StreamSessionEvents", "/tether.v1.WorkerService/Resume"}
 
 
 def _identity(b: bytes) -> bytes:

@@ -75,13 +75,17 @@ def event_wire(e: Event, _prefix: dict | None = None) -> bytes:
     return wire
 
 
-def events_message(events: list[Event]) -> bytes:
-    """Encode a StreamSessionEventsResponse directly from cached event encodings."""
+RESUME_EVENTS_TAG = b"\x22"  # ResumeResponse.events: field 4, length-delimited
+
+
+def events_message(events: list[Event], tag: bytes = _EVENTS_TAG) -> bytes:
+    """Encode a message whose only field is repeated Event `tag` (StreamSessionEventsResponse by
+    default) directly from cached event encodings."""
     prefix: dict = {}
     parts = []
     for e in events:
         w = e.wire or event_wire(e, prefix)
-        parts.append(_EVENTS_TAG)
+        parts.append(tag)
         parts.append(varint(len(w)))
         parts.append(w)
     return b"".join(parts)

@@ -20,7 +20,8 @@ from . import _validate as v
 from ._convert import (
     HistoryCodec,
     duration,
-    event_pb,
+    RESUME_EVENTS_TAG,
+    events_message,
     incoming_event,
     lease_refs,
     ts,
@@ -267,16 +268,18 @@ class WorkerService:
                 header.snapshot_seq = snap.seq
                 header.runtime_metadata_json = snap.runtime_metadata_json
                 history = HistoryCodec.decode(snap.history)
+            # Responses go out pre-encoded (see _server._PRE_ENCODED): events are sent as the
+            # bytes they were stored with, never decoded and re-encoded.
             header.history.extend(history[:_HISTORY_CHUNK])
-            yield header
+            yield header.SerializeToString()
             for i in range(_HISTORY_CHUNK, len(history), _HISTORY_CHUNK):
-                yield wpb.ResumeResponse(history=history[i : i + _HISTORY_CHUNK])
+                yield wpb.ResumeResponse(history=history[i : i + _HISTORY_CHUNK]).SerializeToString()
             while after < upto:
                 page = await self._hub.events_between(session_id, after, upto)
                 if not page:
                     break
                 after = page[-1].seq
-                yield wpb.ResumeResponse(events=[event_pb(e) for e in page])
+                yield events_message(page, RESUME_EVENTS_TAG)
 
     async def Snapshot(self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext) -> wpb.SnapshotResponse:
         async with translate(context, "Snapshot"):
