@@ -274,12 +274,9 @@ class WorkerService:
             yield header.SerializeToString()
             for i in range(_HISTORY_CHUNK, len(history), _HISTORY_CHUNK):
                 yield wpb.ResumeResponse(history=history[i : i + _HISTORY_CHUNK]).SerializeToString()
-            while after < upto:
-                page = await self._hub.events_between(session_id, after, upto)
-                if not page:
-                    break
-                after = page[-1].seq
-                yield events_message(page, RESUME_EVENTS_TAG)
+            if after < upto:
+                async for page in self._hub.events_between(session_id, after, upto):
+                    yield events_message(page, RESUME_EVENTS_TAG)
 
     async def Snapshot(self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext) -> wpb.SnapshotResponse:
         async with translate(context, "Snapshot"):

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 # Committed events kept in memory per session so live subscribers never touch the database.
 _RECENT_EVENTS = 4096
 _REPLAY_PAGE = 1000
+_RESUME_PAGE = 2000
 
 
 class BodyCodec(Protocol):
@@ -1327,9 +1328,24 @@ class Hub:
         ctx = await self.load_for_worker(worker_id, session_id, epoch)
         return await self._reader.latest_snapshot(session_id), ctx.committed_seq
 
-    async def events_between(self, session_id: str, after_seq: int, upto: int) -> list[Event]:
-        events = await self._reader.events_after(session_id, after_seq, _REPLAY_PAGE)
-        return [e for e in events if e.seq <= upto]
+    async def events_between(self, session_id: str, after_seq: int, upto: int) -> AsyncIterator[list[Event]]:
+        """Stored events in (after_seq, upto], a page at a time; the next page is read while
+        the caller sends the current one."""
+        pending: asyncio.Task[list[Event]] | None = asyncio.ensure_future(
+            self._reader.events_after(session_id, after_seq, _RESUME_PAGE)
+        )
+        try:
+            while pending is not None:
+                page = [e for e in await pending if e.seq <= upto]
+                pending = None
+                if not page:
+                    return
+                if page[-1].seq < upto:
+                    pending = asyncio.ensure_future(self._reader.events_after(session_id, page[-1].seq, _RESUME_PAGE))
+                yield page
+        finally:
+            if pending is not None:
+                pending.cancel()
 
 
 def _json(value: object) -> str:
