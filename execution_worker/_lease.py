@@ -137,6 +137,8 @@ class LeaseClient:
         # the worker drains. `_drain_announced_on` is the stream that carried it.
         self._drain_deadline: float | None = None
         self._drain_announced_on: grpc.aio.StreamStreamCall | None = None
+        # Set once the open stream has ended (see finish()).
+        self._stream_ended: asyncio.Event | None = None
 
     @property
     def connected(self) -> bool:
@@ -164,16 +166,25 @@ class LeaseClient:
         return False
 
     async def finish(self) -> None:
-        """Half-close the stream: the worker has said everything (after a drain's releases)."""
-        call = self._call
-        if call is None:
+        """Half-close the stream (the worker has said everything: a drain's releases) and wait
+        for the server to end it, bounded by the RPC timeout. Closing the channel any sooner
+        could cancel the call before the server handled the last releases. The loop does not
+        reconnect afterwards."""
+        self._stopping = True
+        call, ended = self._call, self._stream_ended
+        if call is None or ended is None:
             return
         async with self._write_lock:
             try:
                 async with asyncio.timeout(self._settings.rpc_timeout_s):
                     await call.done_writing()
             except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                pass
+                return
+        try:
+            async with asyncio.timeout(self._settings.rpc_timeout_s):
+                await ended.wait()
+        except TimeoutError:
+            _log.warning("the control plane did not end the lease stream within %.1fs", self._settings.rpc_timeout_s)
 
     def stop(self) -> None:
         """Make `run()` end at its next step (the owner cancels it too)."""
@@ -265,6 +276,7 @@ class LeaseClient:
             if first.opened.lost_leases:
                 self._handler.on_lost_leases(first.opened.lost_leases, "lost while disconnected")
             self._call = call
+            self._stream_ended = ended = asyncio.Event()
             self._last_heard = asyncio.get_running_loop().time()
             tasks = [
                 asyncio.create_task(self._read(call), name="lease reader"),
@@ -282,6 +294,7 @@ class LeaseClient:
                     task.cancel()
                 call.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
+                ended.set()
                 self._handler.on_disconnected()
             for result in results:
                 if isinstance(result, grpc.aio.AioRpcError):
@@ -297,7 +310,10 @@ class LeaseClient:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
-                _log.warning("control plane closed the lease stream")
+                if self._stopping:
+                    _log.debug("control plane ended the lease stream after its half-close")
+                else:
+                    _log.warning("control plane closed the lease stream")
                 return
             self._last_heard = loop.time()
             await self._handler.on_lease_message(message)

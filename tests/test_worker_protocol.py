@@ -78,6 +78,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         self.ack_gate.set()
         self.snapshot_gate = asyncio.Event()
         self.snapshot_gate.set()
+        self.end_gate = asyncio.Event()  # held: the server is slow to end a half-closed stream
+        self.end_gate.set()
+        self.half_closed = 0
         self.snapshot_error: tuple[grpc.StatusCode, str] | None = None
         self.resume_error: tuple[grpc.StatusCode, str] | None = None
         self.resume_chunks: list[wpb.ResumeResponse] = []
@@ -164,6 +167,10 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
                     a = request.accept
                     out.put_nowait(wpb.LeaseResponse(granted=wpb.OfferGranted(
                         session_id=a.session_id, turn_id=a.turn_id, lease_epoch=a.lease_epoch)))
+            self.half_closed += 1
+            while not self.end_gate.is_set():  # slow to end, but not silent
+                out.put_nowait(wpb.LeaseResponse(renewed=wpb.LeasesRenewed()))
+                await asyncio.sleep(HEARTBEAT_S)
             out.put_nowait(None)
 
         reader = asyncio.create_task(read())
@@ -442,6 +449,24 @@ async def test_drain_announces_then_snapshots_then_releases_with_a_reason(fake_c
             elif entry[0] == "lease" and entry[2].WhichOneof("kind") == "release" and entry[2].release.session_id == session_id:
                 names.append("release")
         assert names == ["draining", "snapshot", "release"], (session_id, names)
+
+
+async def test_a_drained_worker_waits_for_the_server_to_end_the_stream(fake_cp, start_worker):
+    """Closing the channel right after the last ReleaseLease could cancel the call before the
+    server handled it; the worker half-closes and waits for the server to end the stream."""
+    cp, target = fake_cp
+    w = start_worker(target)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    cp.end_gate.clear()
+    w.worker.request_drain()
+    await eventually(lambda: cp.half_closed == 1, timeout=3, what="half-close")
+    assert [r.release.reason for r in cp.lease_requests("release")] == ["worker drained"]
+    await asyncio.sleep(2 * LIVENESS_S)
+    assert not w.task.done() and cp.streams == 1  # waiting, and not reconnecting
+    cp.end_gate.set()
+    await asyncio.wait_for(w.task, 3)
+    assert cp.streams == 1
 
 
 async def test_drain_started_is_sent_once_per_stream_and_again_after_a_reconnect(fake_cp, start_worker):
