@@ -12,7 +12,7 @@ import sdk
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
-from .fake_worker import FakeWorker, completed, started
+from .fake_worker import FakeWorker, completed, output, started
 
 ITEMS = 10_000
 
@@ -111,4 +111,55 @@ async def test_restore_fails_closed_when_the_target_cannot_rehydrate(control_pla
         assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await a.close()
+        await b.close()
+
+
+async def test_resume_sends_the_input_of_a_turn_queued_before_the_snapshot_watermark(control_plane, client):
+    """A snapshot's watermark can cover the input of a turn queued while the previous one ran;
+    its history cannot hold that input, so Resume must send it with the tail."""
+    target = f"127.0.0.1:{control_plane.port}"
+    a = FakeWorker(target, "wkr_a")
+    await a.register()
+    await a.open_lease()
+    leases: dict[str, int] = {}
+    a.start_heartbeat(leases)
+    s = await client.create_session("shell")
+    t1 = await client.send_input(s.session_id, "first")
+    offer = await a.take_offer()
+    leases[s.session_id] = offer.lease_epoch
+    await a.write(s.session_id, offer.lease_epoch, [started(1, t1.turn_id, "wkr_a"), output(2, t1.turn_id, "one\n")])
+    t2 = await client.send_input(s.session_id, "second")  # queued while turn 1 runs
+    await a.write(s.session_id, offer.lease_epoch, [completed(3, t1.turn_id)])
+    last = (await client.get_session(s.session_id)).last_seq
+    history = [
+        pb.HistoryItem(role=pb.HISTORY_ITEM_ROLE_INPUT, text="first"),
+        pb.HistoryItem(role=pb.HISTORY_ITEM_ROLE_OUTPUT, text="one\n"),
+    ]
+    await a.stub.Snapshot(iter([wpb.SnapshotRequest(
+        worker_id="wkr_a", session_id=s.session_id, lease_epoch=offer.lease_epoch, seq=last, history=history,
+    )]), timeout=10)
+    second = await a.take_offer()
+    assert second.turn_id == t2.turn_id and not second.resume_required
+    await a.write(s.session_id, offer.lease_epoch, [started(4, t2.turn_id, "wkr_a"), output(5, t2.turn_id, "tw")])
+    await a.close()  # dies mid-turn 2
+
+    b = FakeWorker(target, "wkr_b")
+    await b.register()
+    await b.open_lease()
+    try:
+        await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=10)
+        t3 = await client.send_input(s.session_id, "third")
+        moved = await b.take_offer()
+        assert moved.turn_id == t3.turn_id and moved.resume_required
+        chunks = [c async for c in b.stub.Resume(
+            wpb.ResumeRequest(worker_id="wkr_b", session_id=s.session_id, lease_epoch=moved.lease_epoch), timeout=10
+        )]
+        assert [h.text for c in chunks for h in c.history] == ["first", "one\n"]
+        tail = [(e.turn_id, e.body.WhichOneof("kind")) for c in chunks for e in c.events]
+        assert tail[0] == (t2.turn_id, "input_received")  # at or before the watermark, but needed
+        assert tail[1:] == [
+            (t2.turn_id, "turn_started"), (t2.turn_id, "output"), (t2.turn_id, "turn_failed"),
+            (t3.turn_id, "input_received"),
+        ]
+    finally:
         await b.close()

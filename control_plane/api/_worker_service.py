@@ -259,7 +259,7 @@ class WorkerService:
         async with translate(context, "Resume"):
             worker_id = v.required("worker_id", request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            snap, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch)
+            snap, carried, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch)
             after = 0
             header = wpb.ResumeResponse()
             history: list[pb.HistoryItem] = []
@@ -274,6 +274,8 @@ class WorkerService:
             yield header.SerializeToString()
             for i in range(_HISTORY_CHUNK, len(history), _HISTORY_CHUNK):
                 yield wpb.ResumeResponse(history=history[i : i + _HISTORY_CHUNK]).SerializeToString()
+            if carried:
+                yield events_message(carried, RESUME_EVENTS_TAG)
             if after < upto:
                 async for page in self._hub.events_between(session_id, after, upto):
                     yield events_message(page, RESUME_EVENTS_TAG)

@@ -945,12 +945,12 @@ class Hub:
         self._waiting[session_id] = None
 
     async def release(self, worker_id: str, session_id: str, epoch: int, reason: str = "") -> None:
+        ctx = self._ctx.get(session_id)
+        if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
+            return  # a stale release: the lease is not the worker's at that epoch any more
         w = self._workers.get(worker_id)
         if w is not None:
             w.sessions.discard(session_id)
-        ctx = self._ctx.get(session_id)
-        if ctx is None or ctx.lease is None or ctx.lease.worker_id != worker_id or ctx.lease.epoch != epoch:
-            return
         why = f"the worker released the session ({reason or 'no reason given'})"
         log.info("worker %s released session %s (epoch %d): %s", worker_id, session_id, epoch, reason or "no reason")
         await self._drop_lease(ctx, why, revoke=False)
@@ -1187,7 +1187,8 @@ class Hub:
             )
         )
         try:
-            await asyncio.wait_for(asyncio.shield(restore.done), timeout + self.timings.snapshot_timeout_s)
+            async with asyncio.timeout(timeout + self.timings.snapshot_timeout_s):
+                await asyncio.shield(restore.done)
         except TimeoutError:
             self._fail_restore(ctx, epoch, errors.Timeout(
                 f"worker {restore.worker_id!r} took session {session_id!r} but did not confirm "
@@ -1275,7 +1276,8 @@ class Hub:
         self._snapshot_waiters[request_id] = fut
         w.push(SnapshotRequestMsg(session_id, ctx.lease.epoch, request_id))
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.timings.snapshot_timeout_s)
+            async with asyncio.timeout(self.timings.snapshot_timeout_s):
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise errors.Timeout(
                 f"worker {w.info.worker_id!r} did not upload a snapshot within "
@@ -1323,10 +1325,16 @@ class Hub:
         await self._commit(ws)
         return snap
 
-    async def resume_source(self, worker_id: str, session_id: str, epoch: int) -> tuple[Snapshot | None, int]:
-        """The latest snapshot and the log end a resuming worker must read up to."""
+    async def resume_source(
+        self, worker_id: str, session_id: str, epoch: int
+    ) -> tuple[Snapshot | None, list[Event], int]:
+        """What a resuming worker reads: the latest snapshot, the inputs at or before its
+        watermark of turns it does not cover yet, and the log end to read up to after it."""
         ctx = await self.load_for_worker(worker_id, session_id, epoch)
-        return await self._reader.latest_snapshot(session_id), ctx.committed_seq
+        upto = ctx.committed_seq
+        snap = await self._reader.latest_snapshot(session_id)
+        carried = await self._reader.inputs_open_at(session_id, snap.seq) if snap is not None else []
+        return snap, carried, upto
 
     async def events_between(self, session_id: str, after_seq: int, upto: int) -> AsyncIterator[list[Event]]:
         """Stored events in (after_seq, upto], a page at a time; the next page is read while

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..domain.model import Event, Lease, Session, Snapshot, Turn, TurnState
+from ..domain.model import TERMINAL_KINDS, Event, Lease, Session, Snapshot, Turn, TurnState
 from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow
 
 _ENDED = TurnState.COMPLETED  # states >= this have ended
@@ -150,6 +150,16 @@ _EVENTS_AFTER = text(
     "WHERE session_id = :sid AND seq > :after ORDER BY seq LIMIT :n"
 )
 
+_KINDS_BEFORE = text(
+    "SELECT seq, turn_id, kind FROM events "
+    "WHERE session_id = :sid AND seq < :before ORDER BY seq DESC LIMIT :n"
+)
+_EVENTS_AT = text(
+    "SELECT seq, turn_id, kind, body, create_time_us, lease_epoch FROM events "
+    "WHERE session_id = :sid AND seq IN :seqs ORDER BY seq"
+).bindparams(bindparam("seqs", expanding=True))
+_TERMINAL = frozenset(TERMINAL_KINDS)
+
 
 class Reader:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -257,6 +267,42 @@ class Reader:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(_EVENTS_AFTER, {"sid": session_id, "after": after_seq, "n": limit})).all()
         # Positional unpacking: a Row's attribute lookup by name costs ~2 us, times 6 columns.
+        return [
+            Event(session_id, seq, turn_id, kind, body, create_time_us, lease_epoch)
+            for seq, turn_id, kind, body, create_time_us, lease_epoch in rows
+        ]
+
+    async def inputs_open_at(self, session_id: str, upto: int) -> list[Event]:
+        """The input_received events at or before `upto` of turns that had not ended by then.
+
+        A snapshot at watermark `upto` holds the history of the turns that ended by then, but
+        the log up to it can also hold the input of a turn that was queued meanwhile; Resume
+        must send that input too. A session's turns run one at a time, in order, so walking
+        back from `upto` stops at the input of the last turn that ended.
+        """
+        found: list[int] = []
+        last_ended: str | None = None
+        before = upto + 1
+        async with self._engine.connect() as conn:
+            while True:
+                rows = (await conn.execute(_KINDS_BEFORE, {"sid": session_id, "before": before, "n": 1000})).all()
+                if not rows:
+                    break
+                for seq, turn_id, kind in rows:
+                    if kind in _TERMINAL:
+                        if last_ended is None:
+                            last_ended = turn_id
+                    elif kind == "input_received":
+                        if turn_id == last_ended:
+                            rows = []
+                            break
+                        found.append(seq)
+                if not rows:
+                    break
+                before = rows[-1][0]
+            if not found:
+                return []
+            rows = (await conn.execute(_EVENTS_AT, {"sid": session_id, "seqs": found})).all()
         return [
             Event(session_id, seq, turn_id, kind, body, create_time_us, lease_epoch)
             for seq, turn_id, kind, body, create_time_us, lease_epoch in rows
