@@ -14,6 +14,8 @@ import sdk
 from bench._harness import client_options, procs
 from bench.chaos import ChaosConfig, run_chaos
 
+from .conftest import eventually
+
 
 @pytest.mark.timeout(110)
 async def test_sessions_survive_worker_kills_and_a_control_plane_crash(tmp_path):
@@ -61,8 +63,12 @@ async def test_worker_restarted_across_a_control_plane_restart_gets_its_turn_sto
         cp.kill()
         cp.start()  # same database, same port
         ps.worker(cp.target, "w", 2, log_level="info")  # same workdir: same worker id, nothing held
-        await asyncio.sleep(1.0)
         async with sdk.AsyncClient(cp.target, options=client_options()) as client:
+
+            async def reconnected() -> bool:
+                return any(w.connected for w in await client.list_workers())
+
+            await eventually(reconnected, timeout=20, what="the restarted worker connected")
             t2 = await client.send_input(s.session_id, "echo two")
             done = await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=8)
             assert done.state == sdk.TurnState.COMPLETED and done.lease_epoch > first.lease_epoch

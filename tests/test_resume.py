@@ -71,7 +71,7 @@ async def test_resume_streams_a_10k_item_history_in_chunks_then_the_tail(control
 async def test_restore_fails_closed_when_the_target_cannot_rehydrate(control_plane, client):
     target = f"127.0.0.1:{control_plane.port}"
     a = FakeWorker(target, "wkr_a")
-    b = FakeWorker(target, "wkr_b", labels={"pool": "b"})
+    b = FakeWorker(target, "wkr_b")
     await a.register()
     await a.open_lease()
     a_leases: dict[str, int] = {}

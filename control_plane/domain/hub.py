@@ -196,7 +196,12 @@ class _Restore:
 
     @property
     def slot(self) -> str:
-        return f"restore:{self.epoch}"
+        return _restore_slot(self.epoch)
+
+
+def _restore_slot(epoch: int) -> str:
+    """The in-flight key a placement occupies on its worker until granted."""
+    return f"restore:{epoch}"
 
 
 @dataclass
@@ -639,6 +644,25 @@ class Hub:
             and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
         )
 
+    def _most_free(
+        self, session: Session, selector: dict[str, str] | None = None, *, only: str = "", exclude: str = ""
+    ) -> _WorkerConn | None:
+        """The eligible worker with a free slot and the most of them (also matching `selector`,
+        being `only` when given, and not being `exclude`)."""
+        best: _WorkerConn | None = None
+        for w in self._workers.values():
+            wid = w.info.worker_id
+            if (
+                w.free_slots > 0
+                and (best is None or w.free_slots > best.free_slots)
+                and wid != exclude
+                and (not only or wid == only)
+                and self._eligible(w, session)
+                and all(w.info.labels.get(k) == v for k, v in (selector or {}).items())
+            ):
+                best = w
+        return best
+
     def _dispatch(self, ctx: _SessionCtx) -> None:
         """Offer the session's next queued turn to a worker, if it has one and one is free."""
         if ctx.deleted or ctx.active is not None or not ctx.queue:
@@ -662,11 +686,7 @@ class Hub:
                 return
             target, resume = holder, False
         else:
-            best = None
-            for w in self._workers.values():
-                if w.free_slots > 0 and self._eligible(w, ctx.session):
-                    if best is None or w.free_slots > best.free_slots:
-                        best = w
+            best = self._most_free(ctx.session)
             if best is None:
                 self._waiting[session_id] = None
                 return
@@ -806,24 +826,23 @@ class Hub:
         if w.dead_timer is not None:
             w.dead_timer.cancel()  # back within the grace: nothing moves
             w.dead_timer = None
-        # Rebuild the slot count from the turns this control plane knows the worker runs
-        # (after a control-plane restart they were loaded from the database).
-        for ctx in self._ctx.values():
-            if ctx.active is not None and ctx.active.state == TurnState.RUNNING and ctx.active.worker_id == worker_id:
-                w.in_flight.add(ctx.active.turn_id)
-                w.sessions.add(ctx.session.session_id)
-        lost = self._renew(w, held)
         held_ids = {sid for sid, _ in held}
-        # Leases the control plane says it holds but the worker does not know about: it
-        # restarted and lost those runtimes. Release them so the sessions can move at once.
-        stale = w.sessions | {sid for sid, ctx in self._ctx.items() if ctx.holder() == worker_id}
-        for session_id in list(stale - held_ids):
-            ctx = self._ctx.get(session_id)
-            if ctx is not None and ctx.holder() == worker_id and not ctx.deleted:
+        # One pass over what this control plane says the worker holds (after a control-plane
+        # restart, as loaded from the database): rebuild its slot count from the turns it runs,
+        # and free the leases it no longer knows about (it restarted and lost those runtimes)
+        # so those sessions move at once.
+        for ctx in list(self._ctx.values()):
+            if ctx.holder() != worker_id or ctx.deleted:
+                continue
+            session_id = ctx.session.session_id
+            if session_id not in held_ids:
                 self._spawn(
                     self._drop_lease(ctx, "the worker restarted and no longer holds the session", revoke=True),
                     f"tether-drop-lease-{session_id}",
                 )
+            elif ctx.active is not None and ctx.active.state == TurnState.RUNNING and ctx.active.worker_id == worker_id:
+                w.in_flight.add(ctx.active.turn_id)
+        lost = self._renew(w, held)
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
         self._dispatch_waiting()
         return lost
@@ -908,16 +927,7 @@ class Hub:
             ctx.offer_timer = None
         ws = WriteSet()
         now = now_us()
-        if ctx.lease is None or ctx.lease.epoch != epoch or ctx.lease.worker_id != worker_id:
-            previous = self._workers.get(ctx.holder())
-            if previous is not None and previous is not w:
-                previous.sessions.discard(session_id)
-                previous.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "moved to another worker"))
-            ctx.lease = Lease(session_id, worker_id, epoch, now)
-            ctx.acked_worker_seq = 0
-            ws.lease_upserts.append(lease_to_row(ctx.lease))
-        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
-        w.sessions.add(session_id)
+        self._grant_lease(ctx, w, epoch, ws, "moved to another worker")
         turn.state = TurnState.RUNNING
         turn.worker_id = worker_id
         turn.lease_epoch = epoch
@@ -925,6 +935,22 @@ class Hub:
         grant = GrantMsg(session_id, turn_id, epoch, now + int(self.timings.lease_ttl_s * 1e6))
         ws.on_commit.append(lambda: w.push(grant))
         await self._commit(ws)
+
+    def _grant_lease(self, ctx: _SessionCtx, w: _WorkerConn, epoch: int, ws: WriteSet, why_moved: str) -> None:
+        """Give `w` the session's lease at `epoch` (renewing it if `w` already holds that epoch);
+        a previous holder is revoked. The durable part is added to `ws`."""
+        session_id = ctx.session.session_id
+        lease = ctx.lease
+        if lease is None or lease.epoch != epoch or lease.worker_id != w.info.worker_id:
+            previous = self._workers.get(ctx.holder())
+            if previous is not None and previous is not w:
+                previous.sessions.discard(session_id)
+                previous.push(RevokeMsg(session_id, lease.epoch if lease else 0, why_moved))
+            ctx.lease = Lease(session_id, w.info.worker_id, epoch, now_us())
+            ctx.acked_worker_seq = 0
+            ws.lease_upserts.append(lease_to_row(ctx.lease))
+        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
+        w.sessions.add(session_id)
 
     def reject(self, worker_id: str, session_id: str, turn_id: str, reason: str) -> None:
         ctx = self._ctx.get(session_id)
@@ -1143,17 +1169,7 @@ class Hub:
             if worker_id == holder:
                 raise errors.InvalidArgument("worker_id", f"worker {worker_id!r} already holds the session")
         wanted = {**ctx.session.worker_selector, **selector}
-        best: _WorkerConn | None = None
-        for w in self._workers.values():
-            if (
-                w.info.worker_id != holder
-                and (not worker_id or w.info.worker_id == worker_id)
-                and w.free_slots > 0
-                and self._eligible(w, ctx.session)
-                and all(w.info.labels.get(k) == v for k, v in wanted.items())
-                and (best is None or w.free_slots > best.free_slots)
-            ):
-                best = w
+        best = self._most_free(ctx.session, selector, only=worker_id, exclude=holder)
         if best is None:
             raise errors.NoWorker(
                 f"no connected worker other than the holder runs {ctx.session.runtime!r}"
@@ -1201,7 +1217,7 @@ class Hub:
     async def _accept_restore(self, w: _WorkerConn, ctx: _SessionCtx | None, session_id: str, epoch: int) -> None:
         restore = ctx.restoring if ctx is not None else None
         if ctx is None or restore is None or restore.granted or restore.worker_id != w.info.worker_id or restore.epoch != epoch:
-            w.in_flight.discard(f"restore:{epoch}")
+            w.in_flight.discard(_restore_slot(epoch))
             w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
             return
         if ctx.offer_timer:
@@ -1209,17 +1225,9 @@ class Hub:
             ctx.offer_timer = None
         restore.granted = True
         w.in_flight.discard(restore.slot)
-        previous = self._workers.get(ctx.holder())
-        if previous is not None and previous is not w:
-            previous.sessions.discard(session_id)
-            previous.push(RevokeMsg(session_id, ctx.lease.epoch if ctx.lease else 0, "restored onto another worker"))
-        now = now_us()
-        ctx.lease = Lease(session_id, w.info.worker_id, epoch, now)
-        ctx.acked_worker_seq = 0
-        ctx.lease_expires = time.monotonic() + self.timings.lease_ttl_s
-        w.sessions.add(session_id)
-        grant = GrantMsg(session_id, "", epoch, now + int(self.timings.lease_ttl_s * 1e6))
-        ws = WriteSet(lease_upserts=[lease_to_row(ctx.lease)])
+        ws = WriteSet()
+        self._grant_lease(ctx, w, epoch, ws, "restored onto another worker")
+        grant = GrantMsg(session_id, "", epoch, now_us() + int(self.timings.lease_ttl_s * 1e6))
         ws.on_commit.append(lambda: w.push(grant))
         await self._commit(ws)
 
