@@ -6,7 +6,6 @@ The run and its checks are `bench.chaos` (the 200-session version is in `make be
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
