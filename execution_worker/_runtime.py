@@ -15,6 +15,7 @@ import abc
 import enum
 import importlib.metadata
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -85,8 +86,157 @@ class TurnInterrupted:
     reason: str
 
 
-#: What `Runtime.run_turn` yields: any number of `Output`, then exactly one terminal event.
-RuntimeEvent = Output | TurnCompleted | TurnFailed | TurnInterrupted
+class ItemKind(enum.Enum):
+    """What a runtime item is (mirrors tether.v1.ItemKind)."""
+
+    OTHER = "other"
+    USER_MESSAGE = "user_message"
+    AGENT_MESSAGE = "agent_message"
+    REASONING = "reasoning"
+    COMMAND_EXECUTION = "command_execution"
+    FILE_CHANGE = "file_change"
+    TOOL_CALL = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """One file an item changed: `kind` is "add", "delete" or "update"; `diff` a unified diff."""
+
+    path: str
+    kind: str
+    diff: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One unit of a turn's work (a message, a command, a file change) as the runtime reports it."""
+
+    item_id: str
+    kind: ItemKind
+    text: str = ""
+    command: str = ""
+    cwd: str = ""
+    status: str = ""
+    exit_code: int | None = None
+    aggregated_output: str = ""
+    changes: tuple[FileChange, ...] = ()
+    raw_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStarted:
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class ItemCompleted:
+    item: Item
+
+
+class DeltaKind(enum.Enum):
+    """What an `ItemDelta` extends (mirrors tether.v1.DeltaKind)."""
+
+    AGENT_MESSAGE = "agent_message"
+    COMMAND_OUTPUT = "command_output"
+    REASONING = "reasoning"
+    FILE_CHANGE = "file_change"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDelta:
+    """A piece of an item's text or output, streamed while it runs."""
+
+    item_id: str
+    kind: DeltaKind
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Model tokens: the last request's and the runtime thread's running totals."""
+
+    last_input_tokens: int = 0
+    last_output_tokens: int = 0
+    total_input_tokens: int = 0
+    total_cached_input_tokens: int = 0
+    total_output_tokens: int = 0
+    total_reasoning_output_tokens: int = 0
+    total_tokens: int = 0
+    model_context_window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentError:
+    """An error the runtime reported (the turn may still go on when `will_retry`)."""
+
+    message: str
+    will_retry: bool = False
+    code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A runtime-specific event with no typed form: its name and JSON payload."""
+
+    name: str
+    json: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryAppended:
+    """A model-visible history item the runtime recorded during the turn. Written to the log so
+    a restore from the log (no snapshot yet) can rehydrate the runtime elsewhere."""
+
+    item: HistoryItem
+
+
+class RequestKind(enum.Enum):
+    """What a pending request asks (mirrors tether.v1.RequestKind)."""
+
+    OTHER = "other"
+    COMMAND_APPROVAL = "command_approval"
+    FILE_CHANGE_APPROVAL = "file_change_approval"
+    USER_INPUT = "user_input"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOpened:
+    """The runtime waits for an answer. The worker stores it as a pending request on the
+    control plane; the answer comes back through `Runtime.respond(request_id, answer)`.
+    `request_id` comes from `new_request_id()`."""
+
+    request_id: str
+    kind: RequestKind
+    method: str
+    params_json: str
+    summary: str = ""
+    item_id: str = ""
+    available_decisions: tuple[str, ...] = ()
+
+
+def new_request_id() -> str:
+    """A fresh pending-request id: "req_" and 26 random Crockford base32 characters."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    value = int.from_bytes(os.urandom(17), "big")
+    return "req_" + "".join(alphabet[(value >> (5 * i)) & 31] for i in range(26))
+
+
+#: What `Runtime.run_turn` yields: any number of non-terminal events, then exactly one terminal
+#: event.
+RuntimeEvent = (
+    Output
+    | ItemStarted
+    | ItemCompleted
+    | ItemDelta
+    | TokenUsage
+    | AgentError
+    | RawEvent
+    | HistoryAppended
+    | RequestOpened
+    | TurnCompleted
+    | TurnFailed
+    | TurnInterrupted
+)
 TERMINAL_EVENTS = (TurnCompleted, TurnFailed, TurnInterrupted)
 
 
@@ -105,6 +255,12 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def interrupt(self, reason: str) -> None:
         """Stop the running turn, which then ends with `TurnInterrupted(reason)`; no-op if idle."""
+
+    async def respond(self, request_id: str, answer: dict[str, Any]) -> bool:
+        """Deliver an application's answer to a `RequestOpened` this runtime yielded. Returns
+        False when no such request waits (already answered, or its turn ended); the worker
+        then ignores the answer. Runtimes that never ask need not override it."""
+        return False
 
     @abc.abstractmethod
     def export_history(self) -> list[HistoryItem]:
@@ -139,7 +295,14 @@ def _builtin_runtimes() -> dict[str, RuntimeFactory]:
     # Imported here so that `_runtime` stays importable by plugins without pulling the shell in.
     from execution_worker._shell import ShellRuntime
 
-    return {"shell": ShellRuntime}
+    return {"shell": ShellRuntime, "codex": codex_runtime}
+
+
+def codex_runtime(settings: Any = None) -> Runtime:
+    """The built-in Codex runtime (imported on first use); `settings` is a `CodexSettings`."""
+    from execution_worker._codex import CodexRuntime
+
+    return CodexRuntime(settings) if settings is not None else CodexRuntime()
 
 
 def discover_runtimes() -> dict[str, RuntimeFactory]:

@@ -13,7 +13,7 @@ from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
 from ..domain import hub as h
-from ..domain.model import Event, Session, Snapshot, Turn
+from ..domain.model import Event, PendingRequest, RequestKind, RequestState, Session, Snapshot, Turn, now_us
 
 _BODY_TAG = b"\x2a"  # Event.body: field 5, length-delimited
 _EVENTS_TAG = b"\x0a"  # StreamSessionEventsResponse.events / ResumeResponse...: field 1
@@ -169,6 +169,67 @@ class ProtoBodyCodec:
     def turn_interrupted(self, reason: str) -> bytes:
         return pb.EventBody(turn_interrupted=pb.TurnInterrupted(reason=reason)).SerializeToString()
 
+    def request_resolved(self, request: PendingRequest) -> bytes:
+        resolved = pb.RequestResolved(
+            request_id=request.request_id,
+            state=int(request.state),
+            response_json=request.response_json,
+            expire_reason=request.expire_reason,
+        )
+        return pb.EventBody(request_resolved=resolved).SerializeToString()
+
+
+def request_pb(r: PendingRequest) -> pb.PendingRequest:
+    msg = pb.PendingRequest(
+        request_id=r.request_id,
+        session_id=r.session_id,
+        turn_id=r.turn_id,
+        kind=int(r.kind),
+        method=r.method,
+        params_json=r.params_json,
+        summary=r.summary,
+        item_id=r.item_id,
+        state=int(r.state),
+        response_json=r.response_json,
+        expire_reason=r.expire_reason,
+        create_time=ts(r.create_time_us),
+        available_decisions=r.available_decisions,
+    )
+    if r.resolve_time_us:
+        msg.resolve_time.CopyFrom(ts(r.resolve_time_us))
+    return msg
+
+
+def _opened_request(body: pb.EventBody, turn_id: str) -> tuple[PendingRequest, bytes]:
+    """The request a worker's request_opened event carries, and the body as stored: the control
+    plane fills in what it owns (session, turn, state, time) so readers of the log see the
+    request as stored."""
+    opened = body.request_opened.request
+    try:
+        kind = RequestKind(opened.kind)
+    except ValueError:
+        kind = RequestKind.OTHER
+    request = PendingRequest(
+        request_id=opened.request_id,
+        session_id="",
+        turn_id=turn_id,
+        kind=kind,
+        method=opened.method,
+        params_json=opened.params_json,
+        summary=opened.summary,
+        item_id=opened.item_id,
+        available_decisions=list(opened.available_decisions),
+        state=RequestState.PENDING,
+        create_time_us=now_us(),
+    )
+    opened.turn_id = turn_id
+    opened.state = int(RequestState.PENDING)
+    opened.ClearField("response_json")
+    opened.ClearField("expire_reason")
+    opened.ClearField("resolve_time")
+    opened.create_time.CopyFrom(ts(request.create_time_us))
+    return request, body.SerializeToString()
+
 
 def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
     body = ev.body
@@ -182,6 +243,9 @@ def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
         message = body.turn_interrupted.reason
     elif kind == "turn_started":
         thread = body.turn_started.runtime_thread_id
+    elif kind == "request_opened":
+        request, raw = _opened_request(body, ev.turn_id)
+        return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, raw, request=request)
     return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, body.SerializeToString(), exit_code, message, thread)
 
 
@@ -239,4 +303,13 @@ def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
         if msg.deadline_us:
             drain.deadline.CopyFrom(ts(msg.deadline_us))
         return wpb.LeaseResponse(drain=drain)
+    if isinstance(msg, h.AnswerMsg):
+        return wpb.LeaseResponse(
+            answered=wpb.RequestAnswered(
+                session_id=msg.session_id,
+                turn_id=msg.turn_id,
+                request_id=msg.request_id,
+                response_json=msg.response_json,
+            )
+        )
     raise TypeError(f"no wire form for {type(msg).__name__}")

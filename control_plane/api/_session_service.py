@@ -11,9 +11,9 @@ from tether.v1 import session_service_pb2 as spb
 
 from ..domain import errors
 from ..domain.hub import Hub
-from ..domain.model import SessionState
+from ..domain.model import RequestState, SessionState
 from . import _validate as v
-from ._convert import events_message, session_pb, snapshot_pb, turn_pb
+from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
 from ._errors import translate
 
 _PAGE_DEFAULT = 100
@@ -134,5 +134,17 @@ class SessionService:
         return spb.ForkSessionResponse()
 
     async def RespondToRequest(self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext) -> spb.RespondToRequestResponse:
-        await self._later(context, "RespondToRequest", request.session_id)
-        return spb.RespondToRequestResponse()
+        async with translate(context, "RespondToRequest"):
+            session_id = v.required("session_id", request.session_id)
+            request_id = v.required("request_id", request.request_id)
+            answer = v.json_object("response_json", request.response_json)
+            resolved = await self._hub.respond_to_request(session_id, request_id, answer, request.response_json)
+            return spb.RespondToRequestResponse(request=request_pb(resolved))
+
+    async def ListRequests(self, request: spb.ListRequestsRequest, context: grpc.aio.ServicerContext) -> spb.ListRequestsResponse:
+        async with translate(context, "ListRequests"):
+            session_id = v.required("session_id", request.session_id)
+            v.enum_value("state", request.state, pb.RequestState)
+            state = RequestState(request.state) if request.state else None
+            found = await self._hub.list_requests(session_id, state)
+            return spb.ListRequestsResponse(requests=[request_pb(r) for r in found])

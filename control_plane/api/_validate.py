@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 from ..domain.errors import InvalidArgument
 
@@ -65,3 +67,15 @@ def in_range(field: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
     return value
+
+
+def json_object(field: str, value: str, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
+    """A required JSON object (an answer to a pending request)."""
+    text(field, value, max_bytes=max_bytes)
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"is not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(field, f"must be a JSON object, got {type(parsed).__name__}")
+    return parsed

@@ -152,3 +152,20 @@ class WorkerNotConnected(DomainError):
 class RehydrationFailed(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "REHYDRATION_FAILED"
+
+
+class RequestNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "REQUEST_NOT_FOUND"
+
+    def __init__(self, session_id: str, request_id: str) -> None:
+        super().__init__(
+            f"request {request_id!r} does not exist in session {session_id!r}",
+            session_id=session_id,
+            request_id=request_id,
+        )
+
+
+class RequestAlreadyResolved(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "REQUEST_ALREADY_RESOLVED"

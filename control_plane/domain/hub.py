@@ -18,6 +18,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..store import (
     Writer,
     WriteSet,
     lease_to_row,
+    request_to_row,
+    request_update_row,
     session_to_row,
     session_update_row,
     snapshot_to_row,
@@ -36,10 +39,13 @@ from ..store import (
     turn_update_row,
 )
 from . import errors
+from .requests import check_answer
 from .model import (
     TERMINAL_KINDS,
     Event,
     Lease,
+    PendingRequest,
+    RequestState,
     Session,
     SessionState,
     Snapshot,
@@ -64,6 +70,7 @@ class BodyCodec(Protocol):
     def input_received(self, text: str) -> bytes: ...
     def turn_failed(self, message: str, worker_lost: bool = False) -> bytes: ...
     def turn_interrupted(self, reason: str) -> bytes: ...
+    def request_resolved(self, request: PendingRequest) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,19 @@ class CloseMsg:
     reason: str
 
 
-WorkerMsg = OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | DrainMsg | CloseMsg
+@dataclass(frozen=True)
+class AnswerMsg:
+    """An application answered a pending request of a turn the worker runs."""
+
+    session_id: str
+    turn_id: str
+    request_id: str
+    response_json: str
+
+
+WorkerMsg = (
+    OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | DrainMsg | AnswerMsg | CloseMsg
+)
 
 
 class IncomingEvent(NamedTuple):
@@ -164,6 +183,7 @@ class IncomingEvent(NamedTuple):
     exit_code: int = 0
     message: str = ""
     runtime_thread_id: str = ""
+    request: PendingRequest | None = None  # for request_opened
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,9 @@ class _SessionCtx:
     deleted: bool = False
     sticky_since: float = 0.0  # when the next turn started waiting for a busy holder
     restoring: _Restore | None = None
+    # Pending requests of the open turns (and answered ones while their turn still runs, so a
+    # reconnecting worker gets the answer again); dropped when the turn ends.
+    requests: dict[str, PendingRequest] = field(default_factory=dict)
 
     @property
     def state(self) -> SessionState:
@@ -332,6 +355,8 @@ class Hub:
                     ctx.turns[turn.turn_id] = turn
                     if turn.idempotency_key:
                         ctx.keys[turn.idempotency_key] = turn.turn_id
+                for request in loaded.open_requests:
+                    ctx.requests[request.request_id] = request
                 self._ctx[session_id] = ctx
             fut.set_result(ctx)
             return ctx
@@ -574,9 +599,31 @@ class Hub:
             turn_updates=[turn_update_row(turn)],
             session_updates=[session_update_row(ctx.session)],
         )
-        ws.on_commit.append(lambda: self._published(ctx, [event]))
+        expired = self._expire_requests(ctx, turn.turn_id, f"its turn ended: {why}", ws)
+        events = [event, *expired]
+        ws.event_inserts = events
+        ws.on_commit.append(lambda: self._published(ctx, events))
         ws.on_commit.append(lambda: self._dispatch(ctx))
         return ws
+
+    def _expire_requests(self, ctx: _SessionCtx, turn_id: str, why: str, ws: WriteSet) -> list[Event]:
+        """The turn ended: its unanswered requests expire (never dangle) and every request of
+        the turn leaves memory. Returns the RequestResolved events to store after the turn's
+        terminal event; the caller adds them to `ws`."""
+        events: list[Event] = []
+        now = now_us()
+        for request_id, request in list(ctx.requests.items()):
+            if request.turn_id != turn_id:
+                continue
+            del ctx.requests[request_id]
+            if request.state != RequestState.PENDING:
+                continue
+            request.state = RequestState.EXPIRED
+            request.expire_reason = why
+            request.resolve_time_us = now
+            ws.request_updates.append(request_update_row(request))
+            events.append(self._own_event(ctx, turn_id, "request_resolved", self._codec.request_resolved(request)))
+        return events
 
     def _own_event(self, ctx: _SessionCtx, turn_id: str, kind: str, body: bytes) -> Event:
         ctx.last_seq += 1
@@ -842,6 +889,9 @@ class Hub:
                 )
             elif ctx.active is not None and ctx.active.state == TurnState.RUNNING and ctx.active.worker_id == worker_id:
                 w.in_flight.add(ctx.active.turn_id)
+                for request in ctx.requests.values():  # answers it may have missed meanwhile
+                    if request.state == RequestState.RESOLVED and request.turn_id == ctx.active.turn_id:
+                        w.push(AnswerMsg(session_id, request.turn_id, request.request_id, request.response_json))
         lost = self._renew(w, held)
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
         self._dispatch_waiting()
@@ -1070,6 +1120,9 @@ class Hub:
                 )
             if e.kind in TERMINAL_KINDS and e is not fresh[-1]:
                 raise errors.InvalidArgument("events", "no event may follow a turn's terminal event in a batch")
+        opened = [e.request for e in fresh if e.kind == "request_opened"]
+        if opened:
+            self._check_opened(ctx, opened)
         ws = WriteSet()
         now = now_us()
         stored: list[Event] = []
@@ -1083,6 +1136,13 @@ class Hub:
         ctx.acked_worker_seq = fresh[-1].worker_seq
         last = fresh[-1]
         session = ctx.session
+        for e, ev in zip(fresh, stored):
+            if e.kind == "request_opened" and e.request is not None:
+                request = e.request
+                request.session_id, request.turn_id = session_id, e.turn_id
+                request.state, request.create_time_us = RequestState.PENDING, now
+                ctx.requests[request.request_id] = request
+                ws.request_inserts.append(request_to_row(request))
         for e in fresh:
             if e.kind == "turn_started" and e.runtime_thread_id and e.runtime_thread_id != session.runtime_thread_id:
                 session.runtime_thread_id = e.runtime_thread_id
@@ -1098,6 +1158,12 @@ class Hub:
             session.update_time_us = now
             ws.turn_updates.append(turn_update_row(active))
             ws.session_updates.append(session_update_row(session))
+            expired = self._expire_requests(
+                ctx, active.turn_id, f"its turn ended ({active.state.name.lower()}) before an answer", ws
+            )
+            if expired:
+                stored.extend(expired)  # the same list as ws.event_inserts
+                seq = ctx.last_seq
             w = self._workers.get(worker_id)
             if w is not None:
                 w.in_flight.discard(active.turn_id)
@@ -1105,6 +1171,71 @@ class Hub:
             ws.on_commit.append(self._dispatch_waiting)
         ws.on_commit.insert(0, lambda: self._published(ctx, stored))
         return self._writer.submit(ws), ctx.acked_worker_seq, seq, stored
+
+    def _check_opened(self, ctx: _SessionCtx, opened: list[PendingRequest | None]) -> None:
+        seen: set[str] = set()
+        for request in opened:
+            if request is None:
+                raise errors.InvalidArgument("events.body.request_opened.request", "the request is missing")
+            rid = request.request_id
+            if not _REQUEST_ID.match(rid):
+                raise errors.InvalidArgument(
+                    "events.body.request_opened.request.request_id",
+                    f"{rid!r} is not a request id: \"req_\" and 26 characters of [0-9A-Z]",
+                )
+            if rid in ctx.requests or rid in seen:
+                raise errors.InvalidArgument(
+                    "events.body.request_opened.request.request_id", f"request {rid!r} already exists in the session"
+                )
+            seen.add(rid)
+
+    # ----------------------------------------------------------------- pending requests
+
+    async def respond_to_request(self, session_id: str, request_id: str, answer: dict[str, Any], answer_json: str) -> PendingRequest:
+        """Resolve a pending request exactly once and send the answer to the turn's worker."""
+        ctx = await self._require(session_id)
+        request = ctx.requests.get(request_id)
+        if request is None:
+            stored = await self._reader.get_request(session_id, request_id)
+            request = ctx.requests.get(request_id)  # it may have arrived during the read
+            if request is None:
+                if stored is None or ctx.deleted:
+                    raise errors.RequestNotFound(session_id, request_id)
+                raise _already_resolved(stored)
+        if request.state != RequestState.PENDING:
+            raise _already_resolved(request)
+        check_answer(request, answer)
+        # Decided here, before any await: a second answer racing this one sees RESOLVED.
+        request.state = RequestState.RESOLVED
+        request.response_json = answer_json
+        request.resolve_time_us = now_us()
+        event = self._own_event(ctx, request.turn_id, "request_resolved", self._codec.request_resolved(request))
+        ws = WriteSet(event_inserts=[event], request_updates=[request_update_row(request)])
+        ws.on_commit.append(lambda: self._published(ctx, [event]))
+        ws.on_commit.append(lambda: self._deliver_answer(ctx, request))
+        await self._commit(ws)
+        return request
+
+    def _deliver_answer(self, ctx: _SessionCtx, request: PendingRequest) -> None:
+        """Push an answer to the worker running its turn; one that is not connected now gets it
+        when its Lease stream attaches again."""
+        turn = ctx.active
+        if turn is None or turn.turn_id != request.turn_id or turn.state != TurnState.RUNNING:
+            return
+        w = self._workers.get(turn.worker_id)
+        if w is not None and ctx.holder() == turn.worker_id:
+            w.push(AnswerMsg(ctx.session.session_id, request.turn_id, request.request_id, request.response_json))
+
+    async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]:
+        ctx = await self._require(session_id)
+        stored = {r.request_id: r for r in await self._reader.list_requests(session_id, state)}
+        # Memory is ahead of the database while a commit runs.
+        for request in ctx.requests.values():
+            if state is None or request.state == state:
+                stored[request.request_id] = request
+            else:
+                stored.pop(request.request_id, None)
+        return sorted(stored.values(), key=lambda r: (r.create_time_us, r.request_id))
 
     # ----------------------------------------------------------------- drain
 
@@ -1324,6 +1455,12 @@ class Hub:
             create_time_us=now_us(),
         )
         ws = WriteSet(snapshot_inserts=[snapshot_to_row(snap)], snapshot_prunes=[session_id])
+        thread_id = _runtime_thread_id(metadata_json)
+        if thread_id and thread_id != ctx.session.runtime_thread_id:
+            # A rehydrated runtime has a new thread id; the session id never changes.
+            ctx.session.runtime_thread_id = thread_id
+            ctx.session.update_time_us = snap.create_time_us
+            ws.session_updates.append(session_update_row(ctx.session))
         waiter = self._snapshot_waiters.get(request_id) if request_id else None
         if waiter is not None:
             ws.on_commit.append(lambda: waiter.done() or waiter.set_result(snap))
@@ -1366,3 +1503,25 @@ class Hub:
 
 def _json(value: object) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+_REQUEST_ID = re.compile(r"^req_[0-9A-Z]{26}$")
+
+
+def _already_resolved(request: PendingRequest) -> errors.RequestAlreadyResolved:
+    if request.state == RequestState.EXPIRED:
+        why = f"expired: {request.expire_reason}"
+    else:
+        why = "was already answered; each request takes exactly one answer"
+    return errors.RequestAlreadyResolved(
+        f"request {request.request_id!r} {why}", session_id=request.session_id, request_id=request.request_id
+    )
+
+
+def _runtime_thread_id(metadata_json: str) -> str:
+    try:
+        metadata = json.loads(metadata_json or "{}")
+    except ValueError:
+        return ""
+    value = metadata.get("runtime_thread_id") if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) and len(value) <= 256 else ""

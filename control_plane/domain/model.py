@@ -123,6 +123,39 @@ class Snapshot:
     create_time_us: int
 
 
+class RequestState(enum.IntEnum):
+    PENDING = 1
+    RESOLVED = 2
+    EXPIRED = 3
+
+
+class RequestKind(enum.IntEnum):
+    OTHER = 0
+    COMMAND_APPROVAL = 1
+    FILE_CHANGE_APPROVAL = 2
+    USER_INPUT = 3
+
+
+@dataclass
+class PendingRequest:
+    """A runtime's question that waits for an application's answer (RespondToRequest)."""
+
+    request_id: str
+    session_id: str
+    turn_id: str
+    kind: RequestKind
+    method: str
+    params_json: str
+    summary: str
+    item_id: str
+    available_decisions: list[str]
+    state: RequestState
+    create_time_us: int
+    response_json: str = ""
+    expire_reason: str = ""
+    resolve_time_us: int = 0
+
+
 @dataclass
 class WorkerInfo:
     worker_id: str

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..domain.model import TERMINAL_KINDS, Event, Lease, Session, Snapshot, Turn, TurnState
-from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow
+from ..domain.model import (
+    TERMINAL_KINDS,
+    Event,
+    Lease,
+    PendingRequest,
+    RequestKind,
+    RequestState,
+    Session,
+    Snapshot,
+    Turn,
+    TurnState,
+)
+from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
 
 _ENDED = TurnState.COMPLETED  # states >= this have ended
 
@@ -49,6 +60,58 @@ _TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_
 def session_update_row(s: Session) -> dict[str, Any]:
     row = session_to_row(s)
     return {"b_session_id": s.session_id, **{k: row[k] for k in _SESSION_MUTABLE}}
+
+
+def request_to_row(r: PendingRequest) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "session_id": r.session_id,
+        "turn_id": r.turn_id,
+        "kind": int(r.kind),
+        "method": r.method,
+        "params_json": r.params_json,
+        "summary": r.summary,
+        "item_id": r.item_id,
+        "available_json": json.dumps(r.available_decisions),
+        "state": int(r.state),
+        "response_json": r.response_json,
+        "expire_reason": r.expire_reason,
+        "create_time_us": r.create_time_us,
+        "resolve_time_us": r.resolve_time_us,
+    }
+
+
+def request_update_row(r: PendingRequest) -> dict[str, Any]:
+    return {
+        "b_request_id": r.request_id,
+        "state": int(r.state),
+        "response_json": r.response_json,
+        "expire_reason": r.expire_reason,
+        "resolve_time_us": r.resolve_time_us,
+    }
+
+
+def request_from_row(r: Any) -> PendingRequest:
+    try:
+        kind = RequestKind(r.kind)
+    except ValueError:
+        kind = RequestKind.OTHER
+    return PendingRequest(
+        request_id=r.request_id,
+        session_id=r.session_id,
+        turn_id=r.turn_id,
+        kind=kind,
+        method=r.method,
+        params_json=r.params_json,
+        summary=r.summary,
+        item_id=r.item_id,
+        available_decisions=list(json.loads(r.available_json or "[]")),
+        state=RequestState(r.state),
+        create_time_us=r.create_time_us,
+        response_json=r.response_json,
+        expire_reason=r.expire_reason,
+        resolve_time_us=r.resolve_time_us,
+    )
 
 
 def turn_from_row(r: Any) -> Turn:
@@ -140,6 +203,7 @@ class LoadedSession:
     lease: Lease | None
     open_turns: list[Turn]
     last_worker_seq: int  # highest worker_seq stored under the lease's epoch
+    open_requests: list[PendingRequest] = field(default_factory=list)  # of the open turns
 
 
 # The hottest read (replays and Resume): plain SQL, so rows skip Core's per-column result
@@ -207,8 +271,25 @@ class Reader:
                         )
                     )
                 ).scalar_one()
+            open_ids = [t.turn_id for t in turns]
+            requests = (
+                (
+                    await conn.execute(
+                        select(RequestRow.__table__)
+                        .where(and_(RequestRow.session_id == session_id, RequestRow.turn_id.in_(open_ids)))
+                        .order_by(RequestRow.create_time_us)
+                    )
+                ).all()
+                if open_ids
+                else []
+            )
         return LoadedSession(
-            session_from_row(row, turn_count, last_event_us), last_seq, lease, [turn_from_row(t) for t in turns], last_worker_seq
+            session_from_row(row, turn_count, last_event_us),
+            last_seq,
+            lease,
+            [turn_from_row(t) for t in turns],
+            last_worker_seq,
+            [request_from_row(r) for r in requests],
         )
 
     async def list_sessions(
@@ -319,6 +400,25 @@ class Reader:
                 )
             ).first()
         return _snapshot_from_row(row) if row else None
+
+    async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(RequestRow.__table__).where(
+                        and_(RequestRow.session_id == session_id, RequestRow.request_id == request_id)
+                    )
+                )
+            ).first()
+        return request_from_row(row) if row else None
+
+    async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]:
+        query = select(RequestRow.__table__).where(RequestRow.session_id == session_id)
+        if state is not None:
+            query = query.where(RequestRow.state == int(state))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(RequestRow.create_time_us, RequestRow.request_id))).all()
+        return [request_from_row(r) for r in rows]
 
     async def sessions_with_open_turns(self) -> list[str]:
         async with self._engine.connect() as conn:

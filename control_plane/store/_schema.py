@@ -122,3 +122,27 @@ class SnapshotRow(Base):
     history: Mapped[bytes] = mapped_column(LargeBinary)
     history_count: Mapped[int] = mapped_column(Integer)
     create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestRow(Base):
+    """A runtime's pending request (an approval, a question) and, once given, its answer."""
+
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_session", "session_id", "create_time_us"),)
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    turn_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(256))
+    params_json: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    item_id: Mapped[str] = mapped_column(String(256), default="")
+    available_json: Mapped[str] = mapped_column(Text, default="[]")
+    state: Mapped[int] = mapped_column(Integer)
+    response_json: Mapped[str] = mapped_column(Text, default="")
+    expire_reason: Mapped[str] = mapped_column(Text, default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    resolve_time_us: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, up
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import Event
-from ._schema import EventRow, LeaseRow, SessionRow, SnapshotRow, TurnRow, WorkerRow
+from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow, WorkerRow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ _events = EventRow.__table__
 _leases = LeaseRow.__table__
 _snapshots = SnapshotRow.__table__
 _workers = WorkerRow.__table__
+_requests = RequestRow.__table__
 
 
 @dataclass
@@ -53,6 +54,8 @@ class WriteSet:
     lease_upserts: list[dict[str, Any]] = field(default_factory=list)
     session_updates: list[dict[str, Any]] = field(default_factory=list)
     turn_updates: list[dict[str, Any]] = field(default_factory=list)
+    request_inserts: list[dict[str, Any]] = field(default_factory=list)
+    request_updates: list[dict[str, Any]] = field(default_factory=list)
     session_deletes: list[str] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
 
@@ -133,6 +136,8 @@ class Writer:
                 _sessions.c.session_id == bindparam("b_session_id")
             ),
             "turn_updates": update(_turns).where(_turns.c.turn_id == bindparam("b_turn_id")),
+            "request_inserts": insert(_requests),
+            "request_updates": update(_requests).where(_requests.c.request_id == bindparam("b_request_id")),
         }
 
     def start(self) -> None:
@@ -189,7 +194,7 @@ class Writer:
                 conn.execute(self._statements[name], rows)
         if merged.session_deletes:
             ids = merged.session_deletes
-            for table in (_events, _snapshots, _leases, _turns, _sessions):
+            for table in (_events, _snapshots, _leases, _requests, _turns, _sessions):
                 conn.execute(delete(table).where(table.c.session_id.in_(ids)))
 
     def _insert_events(self, conn: Connection, events: list[Event]) -> None:

@@ -61,6 +61,40 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_SESSION_BUSY: _ClassVar[ErrorReason]
     ERROR_REASON_WORKER_NOT_CONNECTED: _ClassVar[ErrorReason]
     ERROR_REASON_REHYDRATION_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_REQUEST_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_REQUEST_ALREADY_RESOLVED: _ClassVar[ErrorReason]
+
+class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_KIND_UNSPECIFIED: _ClassVar[RequestKind]
+    REQUEST_KIND_COMMAND_APPROVAL: _ClassVar[RequestKind]
+    REQUEST_KIND_FILE_CHANGE_APPROVAL: _ClassVar[RequestKind]
+    REQUEST_KIND_USER_INPUT: _ClassVar[RequestKind]
+
+class RequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_STATE_UNSPECIFIED: _ClassVar[RequestState]
+    REQUEST_STATE_PENDING: _ClassVar[RequestState]
+    REQUEST_STATE_RESOLVED: _ClassVar[RequestState]
+    REQUEST_STATE_EXPIRED: _ClassVar[RequestState]
+
+class ItemKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_KIND_UNSPECIFIED: _ClassVar[ItemKind]
+    ITEM_KIND_USER_MESSAGE: _ClassVar[ItemKind]
+    ITEM_KIND_AGENT_MESSAGE: _ClassVar[ItemKind]
+    ITEM_KIND_REASONING: _ClassVar[ItemKind]
+    ITEM_KIND_COMMAND_EXECUTION: _ClassVar[ItemKind]
+    ITEM_KIND_FILE_CHANGE: _ClassVar[ItemKind]
+    ITEM_KIND_TOOL_CALL: _ClassVar[ItemKind]
+
+class DeltaKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELTA_KIND_UNSPECIFIED: _ClassVar[DeltaKind]
+    DELTA_KIND_AGENT_MESSAGE: _ClassVar[DeltaKind]
+    DELTA_KIND_COMMAND_OUTPUT: _ClassVar[DeltaKind]
+    DELTA_KIND_REASONING: _ClassVar[DeltaKind]
+    DELTA_KIND_FILE_CHANGE: _ClassVar[DeltaKind]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_IDLE: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -98,6 +132,28 @@ ERROR_REASON_RUNTIME_MISMATCH: ErrorReason
 ERROR_REASON_SESSION_BUSY: ErrorReason
 ERROR_REASON_WORKER_NOT_CONNECTED: ErrorReason
 ERROR_REASON_REHYDRATION_FAILED: ErrorReason
+ERROR_REASON_REQUEST_NOT_FOUND: ErrorReason
+ERROR_REASON_REQUEST_ALREADY_RESOLVED: ErrorReason
+REQUEST_KIND_UNSPECIFIED: RequestKind
+REQUEST_KIND_COMMAND_APPROVAL: RequestKind
+REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
+REQUEST_KIND_USER_INPUT: RequestKind
+REQUEST_STATE_UNSPECIFIED: RequestState
+REQUEST_STATE_PENDING: RequestState
+REQUEST_STATE_RESOLVED: RequestState
+REQUEST_STATE_EXPIRED: RequestState
+ITEM_KIND_UNSPECIFIED: ItemKind
+ITEM_KIND_USER_MESSAGE: ItemKind
+ITEM_KIND_AGENT_MESSAGE: ItemKind
+ITEM_KIND_REASONING: ItemKind
+ITEM_KIND_COMMAND_EXECUTION: ItemKind
+ITEM_KIND_FILE_CHANGE: ItemKind
+ITEM_KIND_TOOL_CALL: ItemKind
+DELTA_KIND_UNSPECIFIED: DeltaKind
+DELTA_KIND_AGENT_MESSAGE: DeltaKind
+DELTA_KIND_COMMAND_OUTPUT: DeltaKind
+DELTA_KIND_REASONING: DeltaKind
+DELTA_KIND_FILE_CHANGE: DeltaKind
 
 class Session(_message.Message):
     __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count")
@@ -211,6 +267,142 @@ class TurnInterrupted(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class FileChange(_message.Message):
+    __slots__ = ("path", "kind", "diff")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: str
+    diff: str
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., diff: _Optional[str] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "kind", "text", "command", "cwd", "status", "exit_code", "aggregated_output", "changes", "raw_json")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    RAW_JSON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    kind: ItemKind
+    text: str
+    command: str
+    cwd: str
+    status: str
+    exit_code: int
+    aggregated_output: str
+    changes: _containers.RepeatedCompositeFieldContainer[FileChange]
+    raw_json: str
+    def __init__(self, item_id: _Optional[str] = ..., kind: _Optional[_Union[ItemKind, str]] = ..., text: _Optional[str] = ..., command: _Optional[str] = ..., cwd: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., aggregated_output: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[FileChange, _Mapping]]] = ..., raw_json: _Optional[str] = ...) -> None: ...
+
+class ItemStarted(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class ItemCompleted(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class ItemDelta(_message.Message):
+    __slots__ = ("item_id", "kind", "delta")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    kind: DeltaKind
+    delta: str
+    def __init__(self, item_id: _Optional[str] = ..., kind: _Optional[_Union[DeltaKind, str]] = ..., delta: _Optional[str] = ...) -> None: ...
+
+class TokenUsage(_message.Message):
+    __slots__ = ("last_input_tokens", "last_output_tokens", "total_input_tokens", "total_cached_input_tokens", "total_output_tokens", "total_reasoning_output_tokens", "total_tokens", "model_context_window")
+    LAST_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REASONING_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    last_input_tokens: int
+    last_output_tokens: int
+    total_input_tokens: int
+    total_cached_input_tokens: int
+    total_output_tokens: int
+    total_reasoning_output_tokens: int
+    total_tokens: int
+    model_context_window: int
+    def __init__(self, last_input_tokens: _Optional[int] = ..., last_output_tokens: _Optional[int] = ..., total_input_tokens: _Optional[int] = ..., total_cached_input_tokens: _Optional[int] = ..., total_output_tokens: _Optional[int] = ..., total_reasoning_output_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., model_context_window: _Optional[int] = ...) -> None: ...
+
+class AgentError(_message.Message):
+    __slots__ = ("message", "will_retry", "code")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WILL_RETRY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    will_retry: bool
+    code: str
+    def __init__(self, message: _Optional[str] = ..., will_retry: _Optional[bool] = ..., code: _Optional[str] = ...) -> None: ...
+
+class PendingRequest(_message.Message):
+    __slots__ = ("request_id", "session_id", "turn_id", "kind", "method", "params_json", "summary", "item_id", "state", "response_json", "expire_reason", "create_time", "resolve_time", "available_decisions")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESOLVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_id: str
+    turn_id: str
+    kind: RequestKind
+    method: str
+    params_json: str
+    summary: str
+    item_id: str
+    state: RequestState
+    response_json: str
+    expire_reason: str
+    create_time: _timestamp_pb2.Timestamp
+    resolve_time: _timestamp_pb2.Timestamp
+    available_decisions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., kind: _Optional[_Union[RequestKind, str]] = ..., method: _Optional[str] = ..., params_json: _Optional[str] = ..., summary: _Optional[str] = ..., item_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., response_json: _Optional[str] = ..., expire_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., available_decisions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RequestOpened(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: PendingRequest
+    def __init__(self, request: _Optional[_Union[PendingRequest, _Mapping]] = ...) -> None: ...
+
+class RequestResolved(_message.Message):
+    __slots__ = ("request_id", "state", "response_json", "expire_reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: RequestState
+    response_json: str
+    expire_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., response_json: _Optional[str] = ..., expire_reason: _Optional[str] = ...) -> None: ...
+
 class RuntimeEvent(_message.Message):
     __slots__ = ("name", "json")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -220,7 +412,7 @@ class RuntimeEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class EventBody(_message.Message):
-    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime")
+    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime", "item_started", "item_completed", "item_delta", "token_usage", "agent_error", "request_opened", "request_resolved", "history_item")
     INPUT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     TURN_STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +420,14 @@ class EventBody(_message.Message):
     TURN_FAILED_FIELD_NUMBER: _ClassVar[int]
     TURN_INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    ITEM_STARTED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_DELTA_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_USAGE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_OPENED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ITEM_FIELD_NUMBER: _ClassVar[int]
     input_received: InputReceived
     turn_started: TurnStarted
     output: OutputChunk
@@ -235,7 +435,15 @@ class EventBody(_message.Message):
     turn_failed: TurnFailed
     turn_interrupted: TurnInterrupted
     runtime: RuntimeEvent
-    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ...) -> None: ...
+    item_started: ItemStarted
+    item_completed: ItemCompleted
+    item_delta: ItemDelta
+    token_usage: TokenUsage
+    agent_error: AgentError
+    request_opened: RequestOpened
+    request_resolved: RequestResolved
+    history_item: HistoryItem
+    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ..., item_started: _Optional[_Union[ItemStarted, _Mapping]] = ..., item_completed: _Optional[_Union[ItemCompleted, _Mapping]] = ..., item_delta: _Optional[_Union[ItemDelta, _Mapping]] = ..., token_usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., agent_error: _Optional[_Union[AgentError, _Mapping]] = ..., request_opened: _Optional[_Union[RequestOpened, _Mapping]] = ..., request_resolved: _Optional[_Union[RequestResolved, _Mapping]] = ..., history_item: _Optional[_Union[HistoryItem, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("session_id", "seq", "turn_id", "create_time", "body", "lease_epoch")

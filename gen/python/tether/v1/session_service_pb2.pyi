@@ -225,5 +225,21 @@ class RespondToRequestRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class RespondToRequestResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: _resources_pb2.PendingRequest
+    def __init__(self, request: _Optional[_Union[_resources_pb2.PendingRequest, _Mapping]] = ...) -> None: ...
+
+class ListRequestsRequest(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: _resources_pb2.RequestState
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[_resources_pb2.RequestState, str]] = ...) -> None: ...
+
+class ListRequestsResponse(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[_resources_pb2.PendingRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[_resources_pb2.PendingRequest, _Mapping]]] = ...) -> None: ...

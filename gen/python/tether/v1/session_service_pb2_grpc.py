@@ -107,6 +107,11 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestResponse.FromString,
                 _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/tether.v1.SessionService/ListRequests',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.ListRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -217,8 +222,18 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RespondToRequest(self, request, context):
-        """RespondToRequest answers a runtime's pending request (an approval or a question).
-        Reserved for a later release: the server answers UNIMPLEMENTED.
+        """RespondToRequest answers a runtime's pending request (an approval or a question) exactly
+        once: the answer is stored, written to the log as a RequestResolved event and sent to the
+        worker running the turn. NOT_FOUND (REQUEST_NOT_FOUND) for an unknown request;
+        FAILED_PRECONDITION (REQUEST_ALREADY_RESOLVED) for one already answered or expired;
+        INVALID_ARGUMENT for an answer that does not fit the request's kind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequests(self, request, context):
+        """ListRequests returns a session's pending requests (or all of them), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -296,6 +311,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.RespondToRequest,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.ListRequestsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.ListRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -679,6 +699,33 @@ class SessionService:
             '/tether.v1.SessionService/RespondToRequest',
             tether_dot_v1_dot_session__service__pb2.RespondToRequestRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.RespondToRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/ListRequests',
+            tether_dot_v1_dot_session__service__pb2.ListRequestsRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.ListRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

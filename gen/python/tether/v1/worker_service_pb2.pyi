@@ -163,7 +163,7 @@ class DrainStarted(_message.Message):
     def __init__(self, deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LeaseResponse(_message.Message):
-    __slots__ = ("opened", "offer", "granted", "interrupt", "revoked", "snapshot", "drain", "renewed")
+    __slots__ = ("opened", "offer", "granted", "interrupt", "revoked", "snapshot", "drain", "renewed", "answered")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class LeaseResponse(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     RENEWED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
     opened: LeaseOpened
     offer: Offer
     granted: OfferGranted
@@ -180,7 +181,8 @@ class LeaseResponse(_message.Message):
     snapshot: SnapshotRequested
     drain: DrainRequested
     renewed: LeasesRenewed
-    def __init__(self, opened: _Optional[_Union[LeaseOpened, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., granted: _Optional[_Union[OfferGranted, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequested, _Mapping]] = ..., revoked: _Optional[_Union[LeaseRevoked, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequested, _Mapping]] = ..., drain: _Optional[_Union[DrainRequested, _Mapping]] = ..., renewed: _Optional[_Union[LeasesRenewed, _Mapping]] = ...) -> None: ...
+    answered: RequestAnswered
+    def __init__(self, opened: _Optional[_Union[LeaseOpened, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., granted: _Optional[_Union[OfferGranted, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequested, _Mapping]] = ..., revoked: _Optional[_Union[LeaseRevoked, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequested, _Mapping]] = ..., drain: _Optional[_Union[DrainRequested, _Mapping]] = ..., renewed: _Optional[_Union[LeasesRenewed, _Mapping]] = ..., answered: _Optional[_Union[RequestAnswered, _Mapping]] = ...) -> None: ...
 
 class LeaseOpened(_message.Message):
     __slots__ = ("worker_id", "lost_leases")
@@ -259,6 +261,18 @@ class DrainRequested(_message.Message):
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     deadline: _timestamp_pb2.Timestamp
     def __init__(self, deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RequestAnswered(_message.Message):
+    __slots__ = ("session_id", "turn_id", "request_id", "response_json")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turn_id: str
+    request_id: str
+    response_json: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., request_id: _Optional[str] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class LeasesRenewed(_message.Message):
     __slots__ = ("lease_expire_time", "lost_leases")
