@@ -10,11 +10,23 @@ from collections.abc import Iterable
 from tether.v1 import resources_pb2, worker_service_pb2
 
 from execution_worker._runtime import (
+    AgentError,
+    DeltaKind,
+    HistoryAppended,
     HistoryItem,
     HistoryRole,
+    Item,
+    ItemCompleted,
+    ItemDelta,
+    ItemKind,
+    ItemStarted,
     Output,
     OutputStream,
+    RawEvent,
+    RequestKind,
+    RequestOpened,
     RuntimeEvent,
+    TokenUsage,
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
@@ -31,6 +43,27 @@ _STREAM_TO_PROTO = {
     OutputStream.STDOUT: resources_pb2.OUTPUT_STREAM_STDOUT,
     OutputStream.STDERR: resources_pb2.OUTPUT_STREAM_STDERR,
 }
+_ITEM_KIND_TO_PROTO = {
+    ItemKind.OTHER: resources_pb2.ITEM_KIND_UNSPECIFIED,
+    ItemKind.USER_MESSAGE: resources_pb2.ITEM_KIND_USER_MESSAGE,
+    ItemKind.AGENT_MESSAGE: resources_pb2.ITEM_KIND_AGENT_MESSAGE,
+    ItemKind.REASONING: resources_pb2.ITEM_KIND_REASONING,
+    ItemKind.COMMAND_EXECUTION: resources_pb2.ITEM_KIND_COMMAND_EXECUTION,
+    ItemKind.FILE_CHANGE: resources_pb2.ITEM_KIND_FILE_CHANGE,
+    ItemKind.TOOL_CALL: resources_pb2.ITEM_KIND_TOOL_CALL,
+}
+_DELTA_KIND_TO_PROTO = {
+    DeltaKind.AGENT_MESSAGE: resources_pb2.DELTA_KIND_AGENT_MESSAGE,
+    DeltaKind.COMMAND_OUTPUT: resources_pb2.DELTA_KIND_COMMAND_OUTPUT,
+    DeltaKind.REASONING: resources_pb2.DELTA_KIND_REASONING,
+    DeltaKind.FILE_CHANGE: resources_pb2.DELTA_KIND_FILE_CHANGE,
+}
+_REQUEST_KIND_TO_PROTO = {
+    RequestKind.OTHER: resources_pb2.REQUEST_KIND_UNSPECIFIED,
+    RequestKind.COMMAND_APPROVAL: resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+    RequestKind.FILE_CHANGE_APPROVAL: resources_pb2.REQUEST_KIND_FILE_CHANGE_APPROVAL,
+    RequestKind.USER_INPUT: resources_pb2.REQUEST_KIND_USER_INPUT,
+}
 
 
 def history_to_proto(item: HistoryItem) -> resources_pb2.HistoryItem:
@@ -46,8 +79,71 @@ def history_from_proto(item: resources_pb2.HistoryItem) -> HistoryItem:
     return HistoryItem(role, item.text, item.turn_id, item.raw_json)
 
 
+def item_to_proto(item: Item) -> resources_pb2.Item:
+    msg = resources_pb2.Item(
+        item_id=item.item_id,
+        kind=_ITEM_KIND_TO_PROTO[item.kind],
+        text=item.text,
+        command=item.command,
+        cwd=item.cwd,
+        status=item.status,
+        aggregated_output=item.aggregated_output,
+        changes=[resources_pb2.FileChange(path=c.path, kind=c.kind, diff=c.diff) for c in item.changes],
+        raw_json=item.raw_json,
+    )
+    if item.exit_code is not None:
+        msg.exit_code = item.exit_code
+    return msg
+
+
 def event_body(event: RuntimeEvent) -> resources_pb2.EventBody:
     """The EventBody for one runtime event."""
+    if isinstance(event, ItemDelta):  # the most frequent, first
+        return resources_pb2.EventBody(
+            item_delta=resources_pb2.ItemDelta(
+                item_id=event.item_id, kind=_DELTA_KIND_TO_PROTO[event.kind], delta=event.delta
+            )
+        )
+    if isinstance(event, ItemStarted):
+        return resources_pb2.EventBody(item_started=resources_pb2.ItemStarted(item=item_to_proto(event.item)))
+    if isinstance(event, ItemCompleted):
+        return resources_pb2.EventBody(item_completed=resources_pb2.ItemCompleted(item=item_to_proto(event.item)))
+    if isinstance(event, TokenUsage):
+        return resources_pb2.EventBody(
+            token_usage=resources_pb2.TokenUsage(
+                last_input_tokens=event.last_input_tokens,
+                last_output_tokens=event.last_output_tokens,
+                total_input_tokens=event.total_input_tokens,
+                total_cached_input_tokens=event.total_cached_input_tokens,
+                total_output_tokens=event.total_output_tokens,
+                total_reasoning_output_tokens=event.total_reasoning_output_tokens,
+                total_tokens=event.total_tokens,
+                model_context_window=event.model_context_window,
+            )
+        )
+    if isinstance(event, AgentError):
+        return resources_pb2.EventBody(
+            agent_error=resources_pb2.AgentError(message=event.message, will_retry=event.will_retry, code=event.code)
+        )
+    if isinstance(event, RawEvent):
+        return resources_pb2.EventBody(runtime=resources_pb2.RuntimeEvent(name=event.name, json=event.json))
+    if isinstance(event, HistoryAppended):
+        return resources_pb2.EventBody(history_item=history_to_proto(event.item))
+    if isinstance(event, RequestOpened):
+        return resources_pb2.EventBody(
+            request_opened=resources_pb2.RequestOpened(
+                request=resources_pb2.PendingRequest(
+                    request_id=event.request_id,
+                    kind=_REQUEST_KIND_TO_PROTO[event.kind],
+                    method=event.method,
+                    params_json=event.params_json,
+                    summary=event.summary,
+                    item_id=event.item_id,
+                    state=resources_pb2.REQUEST_STATE_PENDING,
+                    available_decisions=list(event.available_decisions),
+                )
+            )
+        )
     if isinstance(event, Output):
         return resources_pb2.EventBody(
             output=resources_pb2.OutputChunk(stream=_STREAM_TO_PROTO[event.stream], text=event.text)
@@ -72,15 +168,18 @@ def history_from_resume(
 ) -> list[HistoryItem]:
     """Model-visible history from Resume chunks: the snapshot's items, then the events after it.
 
-    Events become history the way the shell runtime records it live: a turn's input_received
-    gives an INPUT item, and all its output chunks joined give one OUTPUT item right after it
-    (none when the turn printed nothing). The turn about to run (`skip_turn_id`) is left out:
+    A turn whose runtime recorded its model-visible history (`history_item` events, as the Codex
+    runtime does) contributes exactly those items. Other turns become history the way the shell
+    runtime records it live: a turn's input_received gives an INPUT item, and all its output
+    chunks joined give one OUTPUT item right after it (none when the turn printed nothing).
+    The turn about to run (`skip_turn_id`) is left out:
     its input_received is already stored, but the runtime adds it itself when it runs the turn.
     An empty `skip_turn_id` (a restore: no turn is about to run) skips nothing.
     """
     history: list[HistoryItem] = []
     inputs: dict[str, str] = {}
     outputs: dict[str, list[str]] = {}
+    recorded: dict[str, list[HistoryItem]] = {}
     order: list[str] = []  # turns in the order their first event appears
     for chunk in chunks:
         history.extend(history_from_proto(item) for item in chunk.history)
@@ -97,7 +196,14 @@ def history_from_resume(
                 if turn_id not in inputs and turn_id not in outputs:
                     order.append(turn_id)
                 outputs.setdefault(turn_id, []).append(event.body.output.text)
+            elif kind == "history_item":
+                if turn_id not in inputs and turn_id not in outputs and turn_id not in recorded:
+                    order.append(turn_id)
+                recorded.setdefault(turn_id, []).append(history_from_proto(event.body.history_item))
     for turn_id in order:
+        if turn_id in recorded:
+            history.extend(recorded[turn_id])
+            continue
         if turn_id in inputs:
             history.append(HistoryItem(HistoryRole.INPUT, inputs[turn_id], turn_id))
         text = "".join(outputs.get(turn_id, ()))

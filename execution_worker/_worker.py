@@ -18,6 +18,7 @@ never holds up the next turn.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ from execution_worker._runtime import (
     TurnFailed,
     TurnInterrupted,
     check_runtimes,
+    codex_runtime,
     select_runtimes,
 )
 from execution_worker._settings import WorkerSettings, resolve_worker_id
@@ -153,6 +155,8 @@ class Worker:
         self.settings = settings
         self.worker_id = resolve_worker_id(settings.workdir, settings.worker_id)
         self._runtimes = dict(runtimes) if runtimes is not None else select_runtimes(settings.runtimes)
+        if self._runtimes.get("codex") is codex_runtime:
+            self._runtimes["codex"] = functools.partial(codex_runtime, settings.codex)
         check_runtimes(self._runtimes)
         self._channel = channel
         self._owns_channel = channel is None
@@ -441,6 +445,8 @@ class Worker:
         elif kind == "renewed":
             if message.renewed.lost_leases:
                 self.on_lost_leases(message.renewed.lost_leases, "lost at renewal")
+        elif kind == "answered":
+            self._on_answered(message.answered)
         elif kind == "opened":
             pass  # only expected first; the Lease loop consumed it
         else:
@@ -604,12 +610,27 @@ class Worker:
                 terminal = TurnInterrupted(session.pending_interrupt)
                 outbox.emit(turn_id, event_body(terminal))
                 return
-            async for event in runtime.run_turn(turn_id, offer.input):
-                if isinstance(event, TERMINAL_EVENTS):
-                    if terminal is not None:
-                        continue  # exactly one terminal event per turn, whatever the runtime does
-                    terminal = event
-                outbox.emit(turn_id, event_body(event))
+            limit = self.settings.turn_timeout_s
+            timer = (
+                asyncio.get_running_loop().call_later(
+                    limit,
+                    self._interrupt_session,
+                    session,
+                    f"the turn ran longer than the worker's turn timeout ({limit:g} s)",
+                )
+                if limit > 0
+                else None
+            )
+            try:
+                async for event in runtime.run_turn(turn_id, offer.input):
+                    if isinstance(event, TERMINAL_EVENTS):
+                        if terminal is not None:
+                            continue  # exactly one terminal event per turn, whatever the runtime does
+                        terminal = event
+                    outbox.emit(turn_id, event_body(event))
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if terminal is None:
                 terminal = TurnFailed("the runtime ended the turn without a result")
                 outbox.emit(turn_id, event_body(terminal))
@@ -710,6 +731,26 @@ class Worker:
             return
         _log.info("interrupting turn %s of session %s", request.turn_id, request.session_id)
         self._interrupt_session(session, request.reason or "interrupted by request")
+
+    def _on_answered(self, answered: worker_service_pb2.RequestAnswered) -> None:
+        """An application answered a pending request: hand it to the runtime, once. Repeats (a
+        reconnect re-sends answers) and answers for turns no longer running here are ignored."""
+        session = self._sessions.get(answered.session_id)
+        if session is None or session.runtime is None or session.turn_id != answered.turn_id:
+            _log.debug("answer to %s/%s ignored: its turn is not running here", answered.session_id, answered.request_id)
+            return
+        try:
+            answer = json.loads(answered.response_json)
+        except ValueError:
+            _log.warning("answer to request %s is not JSON; ignoring it", answered.request_id)
+            return
+        self._spawn(self._deliver_answer(session.runtime, answered.request_id, answer), f"answer {answered.request_id}")
+
+    async def _deliver_answer(self, runtime: Runtime, request_id: str, answer: Any) -> None:
+        if await runtime.respond(request_id, answer):
+            _log.info("request %s answered", request_id)
+        else:
+            _log.debug("request %s already answered or gone; repeat ignored", request_id)
 
     def _interrupt_session(self, session: _Session, reason: str) -> None:
         session.pending_interrupt = reason

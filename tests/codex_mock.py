@@ -21,9 +21,23 @@ from __future__ import annotations
 
 import http.server
 import json
+import pathlib
+import shutil
 import threading
 import time
 from typing import Any
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: The pinned Codex CLI's native binary, as `npm ci` installs it (package.json pins the version).
+NATIVE_CODEX = _ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+
+
+def codex_bin() -> pathlib.Path | None:
+    """The Codex binary the tests drive: the pinned native build, else `codex` on PATH."""
+    if NATIVE_CODEX.exists():
+        return NATIVE_CODEX
+    found = shutil.which("codex")
+    return pathlib.Path(found) if found else None
 
 SCRIPT_WORDS = ("RUN_ESCALATED:", "RUN:", "PATCH:", "SLOW", "LOOP", "FAIL500")
 

@@ -1,0 +1,288 @@
+"""The real Codex CLI through Tether, end to end: `tether serve` and `tether worker --runtime
+codex` processes, the pinned `codex app-server` binary, and a mock Responses API on 127.0.0.1.
+Everything goes through the SDK, as an application would."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+
+import pytest
+
+import sdk
+from tether.v1 import resources_pb2 as pb
+
+from .codex_mock import MockResponses, codex_bin
+from .conftest import ControlPlaneProcess, eventually, start_worker
+
+pytestmark = pytest.mark.skipif(
+    codex_bin() is None, reason="the pinned Codex CLI is not installed (run `make test`, which runs npm ci)"
+)
+
+
+@pytest.fixture(scope="module")
+def mock():
+    with MockResponses(slow_delay_s=0.4) as m:
+        yield m
+
+
+def codex_worker(procs, cp: ControlPlaneProcess, workdir: pathlib.Path, name: str, mock: MockResponses, *extra: str):
+    provider = (
+        f'{{name="mock", base_url="{mock.base_url}", wire_api="responses", '
+        "request_max_retries=0, stream_max_retries=0}"
+    )
+    return start_worker(
+        procs, cp.target, workdir, name, 1,
+        "--worker-id", name, "--runtime", "codex", "--codex-bin", str(codex_bin()),
+        "--codex-model", "mock-model", "--codex-sandbox", "read-only",
+        "--codex-approval-policy", "on-request",
+        "--codex-config", 'model_provider="mock"', "--codex-config", f"model_providers.mock={provider}",
+        "--codex-home-from", str(workdir / "no-user-home"),
+        *extra,
+    )
+
+
+@pytest.fixture
+def cp(tmp_path):
+    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", extra=["--worker-dead-grace-s", "0.5"])
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+def kind(e: sdk.Event) -> str:
+    return e.raw.body.WhichOneof("kind")
+
+
+async def events_of(client: sdk.AsyncClient, session_id: str, turn_id: str | None = None) -> list[sdk.Event]:
+    found = [e async for e in client.stream_events(session_id, stop_at_end=True)]
+    return [e for e in found if turn_id is None or e.turn_id == turn_id]
+
+
+async def opened_request(client: sdk.AsyncClient, session_id: str, turn_id: str) -> pb.PendingRequest:
+    """Wait for the turn's request_opened event, as an application following the log would."""
+    async for e in client.stream_events(session_id, timeout_s=60):
+        if e.turn_id == turn_id and kind(e) == "request_opened":
+            return e.raw.body.request_opened.request
+        if e.turn_id == turn_id and e.is_terminal:
+            raise AssertionError(f"turn ended without a request: {e}")
+    raise AssertionError("the event stream ended")
+
+
+async def finished(client: sdk.AsyncClient, session_id: str, turn_id: str) -> sdk.Turn:
+    return await client.wait_for_turn(session_id, turn_id, timeout_s=60)
+
+
+def items(events: list[sdk.Event], which: str = "item_completed") -> list[pb.Item]:
+    return [getattr(e.raw.body, which).item for e in events if kind(e) == which]
+
+
+async def test_a_plain_turn_streams_deltas_items_and_usage(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "hi there")
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        events = await events_of(client, s.session_id, t.turn_id)
+        deltas = [e.raw.body.item_delta for e in events if kind(e) == "item_delta"]
+        assert deltas and all(d.kind == pb.DELTA_KIND_AGENT_MESSAGE for d in deltas)
+        reply = "Hello from mock. You said: hi there"
+        assert "".join(d.delta for d in deltas) == reply
+        messages = [i for i in items(events) if i.kind == pb.ITEM_KIND_AGENT_MESSAGE]
+        assert [m.text for m in messages] == [reply] and json.loads(messages[0].raw_json)["type"] == "agentMessage"
+        assert any(kind(e) == "token_usage" and e.raw.body.token_usage.total_tokens > 0 for e in events)
+        history = [e.raw.body.history_item for e in events if kind(e) == "history_item"]
+        assert [json.loads(h.raw_json)["role"] for h in history] == ["user", "assistant"]
+        assert events[-1].kind == "turn_completed"
+
+        async def thread_recorded() -> bool:
+            return bool((await client.get_session(s.session_id)).runtime_thread_id)
+
+        await eventually(thread_recorded, timeout=20, what="the Codex thread id on the session")
+
+
+async def test_a_command_approval_is_accepted_then_declined_in_another_turn(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "RUN_ESCALATED: touch accepted.txt")
+        req = await opened_request(client, s.session_id, t1.turn_id)
+        assert req.kind == pb.REQUEST_KIND_COMMAND_APPROVAL and "touch accepted.txt" in req.summary
+        assert req.method == "item/commandExecution/requestApproval" and req.state == pb.REQUEST_STATE_PENDING
+        await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
+        with pytest.raises(sdk.FailedPreconditionError, match="already answered"):
+            await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "decline"}))
+        done = await finished(client, s.session_id, t1.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        events = await events_of(client, s.session_id, t1.turn_id)
+        resolved = [e.raw.body.request_resolved for e in events if kind(e) == "request_resolved"]
+        assert [(r.request_id, r.state) for r in resolved] == [(req.request_id, pb.REQUEST_STATE_RESOLVED)]
+        commands = [i for i in items(events) if i.kind == pb.ITEM_KIND_COMMAND_EXECUTION]
+        assert commands and commands[-1].status == "completed" and commands[-1].exit_code == 0
+        workspace = tmp_path / "wa" / "sessions" / s.session_id / "workspace"
+        assert (workspace / "accepted.txt").exists()
+
+        t2 = await client.send_input(s.session_id, "RUN_ESCALATED: touch declined.txt")
+        req2 = await opened_request(client, s.session_id, t2.turn_id)
+        await client.respond_to_request(s.session_id, req2.request_id, json.dumps({"decision": "decline"}))
+        done2 = await finished(client, s.session_id, t2.turn_id)
+        assert done2.state == sdk.TurnState.COMPLETED, done2.error_message
+        declined = [i for i in items(await events_of(client, s.session_id, t2.turn_id)) if i.kind == pb.ITEM_KIND_COMMAND_EXECUTION]
+        assert declined and declined[-1].status == "declined"
+        assert not (workspace / "declined.txt").exists()
+        # The model was told the command was rejected.
+        assert mock.requests_containing("rejected by user")
+
+
+async def test_a_file_change_approval_round_trips(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "PATCH: new.txt")
+        req = await opened_request(client, s.session_id, t.turn_id)
+        assert req.kind == pb.REQUEST_KIND_FILE_CHANGE_APPROVAL
+        with pytest.raises(sdk.InvalidArgumentError, match="decision"):
+            await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "maybe"}))
+        await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        changes = [i for i in items(await events_of(client, s.session_id, t.turn_id)) if i.kind == pb.ITEM_KIND_FILE_CHANGE]
+        assert changes and changes[-1].changes[0].path.endswith("new.txt")
+        written = tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "new.txt"
+        assert written.read_text() == "patched by the mock\n"
+
+
+async def test_interrupt_stops_a_streaming_turn_and_the_session_goes_on(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "SLOW please")
+        async for e in client.stream_events(s.session_id, timeout_s=60):
+            if kind(e) == "item_delta":
+                break
+        await client.interrupt_turn(s.session_id, t.turn_id, reason="the user pressed stop")
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.INTERRUPTED and done.error_message == "the user pressed stop"
+        t2 = await client.send_input(s.session_id, "still there?")
+        assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
+
+
+async def test_a_model_error_fails_the_turn_with_a_readable_message(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "FAIL500")
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.FAILED
+        assert len(done.error_message) > 10 and "Traceback" not in done.error_message
+        errors = [e.raw.body.agent_error for e in await events_of(client, s.session_id, t.turn_id) if kind(e) == "agent_error"]
+        assert errors and not errors[-1].will_retry and errors[-1].message
+
+
+async def test_the_turn_timeout_interrupts_a_tool_loop_and_says_why(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock, "--turn-timeout-s", "2")
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "LOOP forever")
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.INTERRUPTED
+        assert "turn timeout (2 s)" in done.error_message
+
+
+async def test_a_pending_request_survives_a_control_plane_restart(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "RUN_ESCALATED: touch after-restart.txt")
+        req = await opened_request(client, s.session_id, t.turn_id)
+    cp.stop(signal.SIGKILL)
+    cp.start()  # same port, same database
+    async with sdk.AsyncClient(cp.target) as client:
+        await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        assert done.worker_id == "wa"
+    assert (tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "after-restart.txt").exists()
+
+
+async def test_a_request_whose_worker_died_expires(cp, procs, tmp_path, mock):
+    a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "RUN_ESCALATED: touch never.txt")
+        req = await opened_request(client, s.session_id, t.turn_id)
+        a.send_signal(signal.SIGKILL)
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.FAILED
+        resolved = [e.raw.body.request_resolved for e in await events_of(client, s.session_id, t.turn_id) if kind(e) == "request_resolved"]
+        assert [r.state for r in resolved] == [pb.REQUEST_STATE_EXPIRED] and "wa" in resolved[0].expire_reason
+        with pytest.raises(sdk.FailedPreconditionError, match="expired"):
+            await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
+        with pytest.raises(sdk.NotFoundError):
+            await client.respond_to_request(s.session_id, "req_" + "0" * 26, json.dumps({"decision": "accept"}))
+
+
+@pytest.mark.parametrize("snapshots", ["after every turn", "none: from the log"])
+async def test_a_session_restored_onto_a_fresh_worker_carries_its_history_to_the_model(cp, procs, tmp_path, mock, snapshots):
+    every = "1" if snapshots == "after every turn" else "0"
+    a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "remember: my favourite colour is teal")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        t2 = await client.send_input(s.session_id, "RUN: echo tool-output-from-a")
+        assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
+        if every == "1":
+            await eventually(lambda: _has_snapshot(client, s.session_id, 2), timeout=20, what="A's snapshot of both turns")
+        first_thread = (await client.get_session(s.session_id)).runtime_thread_id
+        a.send_signal(signal.SIGKILL)
+        # B has an empty CODEX_HOME and has never seen the session.
+        codex_worker(procs, cp, tmp_path / "wb", "wb", mock)
+        t3 = await client.send_input(s.session_id, "what was my colour?")
+        done = await finished(client, s.session_id, t3.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message
+        # The model request B sent for turn 3 carries the earlier conversation, tool call included.
+        sent = mock.requests_containing("what was my colour?")[0]["input"]
+        kinds = [(i.get("type"), i.get("role")) for i in sent]
+        text = json.dumps(sent)
+        assert "my favourite colour is teal" in text
+        calls = [i for i in sent if i.get("type") == "function_call"]
+        outputs = [i for i in sent if i.get("type") == "function_call_output"]
+        assert calls and "echo tool-output-from-a" in calls[0]["arguments"], kinds
+        assert outputs and "tool-output-from-a" in outputs[0]["output"] and outputs[0]["call_id"] == calls[0]["call_id"]
+        assert text.index("my favourite colour is teal") < text.index("what was my colour?")
+
+        async def new_thread() -> bool:
+            thread = (await client.get_session(s.session_id)).runtime_thread_id
+            return bool(thread) and thread != first_thread
+
+        await eventually(new_thread, timeout=20, what="B's new Codex thread id on the session")
+        assert (await client.get_session(s.session_id)).session_id == s.session_id
+
+
+async def _has_snapshot(client: sdk.AsyncClient, session_id: str, turns: int) -> bool:
+    try:
+        snap = await client.get_snapshot(session_id)
+    except sdk.NotFoundError:
+        return False
+    return sum(1 for h in snap.history if h.role == sdk.HistoryItemRole.INPUT) >= turns
+
+
+async def test_a_restore_that_cannot_rehydrate_fails_closed(cp, procs, tmp_path, mock):
+    a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "remember: the password is swordfish")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        a.send_signal(signal.SIGKILL)
+        broken = start_worker(
+            procs, cp.target, tmp_path / "wb", "wb", 1, "--worker-id", "wb", "--runtime", "codex",
+            "--codex-bin", str(tmp_path / "no-such-codex"),
+        )
+        t2 = await client.send_input(s.session_id, "what is the password?")
+        done = await finished(client, s.session_id, t2.turn_id)
+        assert done.state == sdk.TurnState.FAILED and "rehydrate" in done.error_message
+        assert not mock.requests_containing("what is the password?"), "an empty thread ran the turn"
+        broken.stop()
