@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from execution_worker._codex import CodexSettings
+
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -46,6 +48,11 @@ class WorkerSettings:
     #: When set, the worker appends "<turn_id> <CLOCK_MONOTONIC ns>" here on receiving each
     #: offer: the benchmark's view of when the worker holds the offer.
     offer_trace: Path | None = None
+    #: A turn still running after this long is interrupted; 0: no limit. Codex has no cap of
+    #: its own on a turn's tool-call loop.
+    turn_timeout_s: float = 1800.0
+    #: How the "codex" runtime runs `codex app-server`.
+    codex: CodexSettings = field(default_factory=CodexSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workdir", Path(self.workdir))
@@ -57,6 +64,10 @@ class WorkerSettings:
             raise ValueError("at least one runtime is required")
         if self.snapshot_every_turns < 0:
             raise ValueError(f"snapshot_every_turns must be 0 or more, got {self.snapshot_every_turns}")
+        if self.turn_timeout_s < 0:
+            raise ValueError(f"turn_timeout_s must be 0 (no limit) or more, got {self.turn_timeout_s}")
+        if not isinstance(self.codex, CodexSettings):
+            raise TypeError(f"codex must be CodexSettings, got {type(self.codex).__name__}")
         if self.worker_id is not None and not _WORKER_ID.match(self.worker_id):
             raise ValueError(f"worker id {self.worker_id!r} must be 1-128 characters of [A-Za-z0-9._-]")
 

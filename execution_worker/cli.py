@@ -21,6 +21,7 @@ import click
 
 from sdk.cli import drain_worker, list_workers
 
+from execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
 from execution_worker._runtime import discover_runtimes
 from execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from execution_worker._worker import Worker
@@ -52,6 +53,26 @@ def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[st
     return tuple(dict.fromkeys(names)) or ("shell",)
 
 
+class _CodexConfigOverride(click.ParamType):
+    """One `-c KEY=TOML` override for codex. TETHER_CODEX_CONFIG holds one per line, since TOML
+    values (inline tables, strings) may contain spaces."""
+
+    name = "KEY=TOML"
+    envvar_list_splitter = "\n"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        value = value.strip()
+        if value:
+            key, sep, _ = value.partition("=")
+            if not sep or not key.strip():
+                self.fail(f"{value!r} is not of the form KEY=TOML", param, ctx)
+        return value
+
+
+def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v for v in values if v)
+
+
 @click.group("worker", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
 @click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_CONTROL_PLANE,
               show_default=True, help="HOST:PORT of the control plane to dial.")
@@ -75,6 +96,24 @@ def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[st
               default=1, show_default=True,
               help="Upload a session snapshot after every N finished turns; 0 only on request, "
                    "restore and drain.")
+@click.option("--turn-timeout-s", envvar="TETHER_TURN_TIMEOUT_S", type=click.FloatRange(0), default=1800.0,
+              show_default=True, help="Interrupt a turn still running after this many seconds; 0 for no limit.")
+@click.option("--codex-bin", envvar="TETHER_CODEX_BIN", default="codex", show_default=True,
+              help="The codex executable the codex runtime runs (a path or a name on PATH).")
+@click.option("--codex-model", envvar="TETHER_CODEX_MODEL", default=None, show_default="Codex's own default",
+              help="Model of codex sessions.")
+@click.option("--codex-sandbox", envvar="TETHER_CODEX_SANDBOX", type=click.Choice(SANDBOX_MODES),
+              default="workspace-write", show_default=True, help="Sandbox of the commands codex runs.")
+@click.option("--codex-approval-policy", envvar="TETHER_CODEX_APPROVAL_POLICY", type=click.Choice(APPROVAL_POLICIES),
+              default="on-request", show_default=True, help="When codex asks before running a command.")
+@click.option("--codex-config", envvar="TETHER_CODEX_CONFIG", multiple=True, type=_CodexConfigOverride(),
+              callback=_drop_blank,
+              help="Codex config override passed as `-c KEY=TOML`; repeatable (one per line in the "
+                   "environment variable).")
+@click.option("--codex-home-from", envvar="TETHER_CODEX_HOME_FROM", default=None,
+              type=click.Path(file_okay=False, path_type=Path), show_default="$CODEX_HOME or ~/.codex",
+              help="Where auth.json and config.toml of a logged-in user are copied from into each "
+                   "codex session's own CODEX_HOME.")
 @click.option("--log-level", envvar="TETHER_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.pass_context
@@ -89,6 +128,13 @@ def worker(
     name: str,
     drain_grace_s: float,
     snapshot_every_turns: int,
+    turn_timeout_s: float,
+    codex_bin: str,
+    codex_model: str | None,
+    codex_sandbox: str,
+    codex_approval_policy: str,
+    codex_config: tuple[str, ...],
+    codex_home_from: Path | None,
     log_level: str,
 ) -> None:
     """Run an execution worker that dials the control plane and runs sessions' turns.
@@ -103,10 +149,15 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        codex = CodexSettings(
+            bin=codex_bin, model=codex_model or None, sandbox=codex_sandbox,
+            approval_policy=codex_approval_policy, config=codex_config, home_from=codex_home_from,
+        )
         settings = WorkerSettings(
             workdir=workdir, control_plane=control_plane, runtimes=runtimes, slots=slots,
             labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
             snapshot_every_turns=snapshot_every_turns, offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
+            turn_timeout_s=turn_timeout_s, codex=codex,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error

@@ -1,0 +1,531 @@
+"""The Codex runtime on its own, against the real `codex app-server` and a mock Responses API on
+127.0.0.1: streaming, commands, approvals, interrupts, failures, history and rehydration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from execution_worker._codex import CodexError, CodexRuntime, CodexSettings
+from execution_worker._runtime import (
+    AgentError,
+    DeltaKind,
+    HistoryAppended,
+    HistoryItem,
+    HistoryRole,
+    ItemCompleted,
+    ItemDelta,
+    ItemKind,
+    ItemStarted,
+    RequestKind,
+    RequestOpened,
+    TokenUsage,
+    TurnCompleted,
+    TurnFailed,
+    TurnInterrupted,
+)
+from tests.codex_mock import MockResponses
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_NATIVE = ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+_LAUNCHER = ROOT / "node_modules/.bin/codex"
+
+
+def codex_bin() -> str | None:
+    """The Codex CLI pinned in package.json: the native binary (faster to start) or its launcher."""
+    for path in (_NATIVE, _LAUNCHER):
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+CODEX = codex_bin()
+needs_codex = pytest.mark.skipif(
+    CODEX is None, reason="the Codex CLI is not installed (run `npm install`; `make test` does)"
+)
+TERMINAL = (TurnCompleted, TurnFailed, TurnInterrupted)
+
+
+@pytest.fixture(scope="module")
+def mock_api():
+    with MockResponses(slow_delay_s=0.3) as mock:
+        yield mock
+
+
+def settings_for(mock: MockResponses, tmp_path: pathlib.Path, **overrides: Any) -> CodexSettings:
+    provider = (
+        f'model_providers.mock={{name="mock", base_url="{mock.base_url}", wire_api="responses", '
+        "request_max_retries=0, stream_max_retries=0}"
+    )
+    values: dict[str, Any] = {
+        "bin": CODEX,
+        "model": "mock-model",
+        "config": ('model_provider="mock"', provider),
+        # Never the real user's ~/.codex: tests must not depend on (or leak) a login.
+        "home_from": tmp_path / "no-user-home",
+        "request_timeout_s": 20.0,
+    }
+    values.update(overrides)
+    return CodexSettings(**values)
+
+
+@pytest.fixture
+async def codex(mock_api: MockResponses, tmp_path: pathlib.Path):
+    runtime = CodexRuntime(settings_for(mock_api, tmp_path))
+    await runtime.start("ses_test", tmp_path, [])
+    yield runtime
+    await runtime.close()
+
+
+Answer = Callable[[RequestOpened], dict[str, Any]]
+
+
+async def run(runtime: CodexRuntime, text: str, turn_id: str = "trn_1", answer: Answer | None = None) -> list:
+    """Every event of one turn; requests are answered with `answer(request)` as they open."""
+    events = []
+    async with asyncio.timeout(30):
+        async for event in runtime.run_turn(turn_id, text):
+            events.append(event)
+            if isinstance(event, RequestOpened):
+                assert answer is not None, f"unexpected request {event}"
+                assert await runtime.respond(event.request_id, answer(event))
+                assert not await runtime.respond(event.request_id, answer(event))  # only once
+    assert sum(isinstance(e, TERMINAL) for e in events) == 1 and isinstance(events[-1], TERMINAL)
+    return events
+
+
+def of_type(events: list, cls: type) -> list:
+    return [e for e in events if isinstance(e, cls)]
+
+
+def completed_items(events: list, kind: ItemKind) -> list:
+    return [e.item for e in of_type(events, ItemCompleted) if e.item.kind is kind]
+
+
+def history_of(events: list) -> list[HistoryItem]:
+    return [e.item for e in of_type(events, HistoryAppended)]
+
+
+def accept(request: RequestOpened) -> dict[str, Any]:
+    return {"decision": "accept"}
+
+
+def decline(request: RequestOpened) -> dict[str, Any]:
+    return {"decision": "decline"}
+
+
+@needs_codex
+async def test_plain_turn_streams_and_records_history(codex: CodexRuntime, mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+    events = await run(codex, "hi there")
+    reply = "Hello from mock. You said: hi there"
+    assert events[-1] == TurnCompleted()
+    deltas = [e for e in of_type(events, ItemDelta) if e.kind is DeltaKind.AGENT_MESSAGE]
+    assert len(deltas) > 1 and "".join(d.delta for d in deltas) == reply
+    [message] = completed_items(events, ItemKind.AGENT_MESSAGE)
+    assert message.text == reply and json.loads(message.raw_json)["type"] == "agentMessage"
+    assert {d.item_id for d in deltas} == {message.item_id}
+    assert [i.text for i in completed_items(events, ItemKind.USER_MESSAGE)] == ["hi there"]
+    assert any(e.item.kind is ItemKind.AGENT_MESSAGE for e in of_type(events, ItemStarted))
+    usage = of_type(events, TokenUsage)[-1]
+    assert usage.total_tokens > 0 and usage.total_input_tokens > 0
+
+    # The model-visible items, recorded before the terminal event and nothing Codex makes itself.
+    history = history_of(events)
+    assert [(h.role, h.text, h.turn_id) for h in history] == [
+        (HistoryRole.INPUT, "hi there", "trn_1"),
+        (HistoryRole.OUTPUT, reply, "trn_1"),
+    ]
+    assert events.index(of_type(events, HistoryAppended)[-1]) < len(events) - 1
+    for item in history:
+        raw = json.loads(item.raw_json)
+        assert raw["type"] == "message" and "internal_chat_message_metadata_passthrough" not in raw
+    assert codex.export_history() == history
+
+    workspace = tmp_path / "sessions" / "ses_test" / "workspace"
+    assert codex.workspace == workspace and workspace.is_dir()
+    assert codex.codex_home == tmp_path / "sessions" / "ses_test" / "codex-home"
+    assert f"<cwd>{workspace}</cwd>" in json.dumps(mock_api.requests[-1]["input"])
+    metadata = codex.runtime_metadata()
+    assert metadata["runtime"] == "codex" and metadata["model"] == "mock-model"
+    assert metadata["runtime_thread_id"] == codex.runtime_thread_id != ""
+    assert metadata["codex_version"].count(".") == 2
+    json.dumps(metadata)
+
+    # A second turn on the same thread: the history only grows by the new turn's items.
+    events = await run(codex, "and again", "trn_2")
+    assert [h.text for h in history_of(events)] == ["and again", "Hello from mock. You said: and again"]
+    assert len(codex.export_history()) == 4
+
+
+@needs_codex
+async def test_command_execution_and_its_history(codex: CodexRuntime) -> None:
+    events = await run(codex, "RUN: echo hi-from-codex")
+    assert events[-1] == TurnCompleted()
+    [command] = completed_items(events, ItemKind.COMMAND_EXECUTION)
+    assert "echo hi-from-codex" in command.command
+    assert command.status == "completed" and command.exit_code == 0
+    assert "hi-from-codex" in command.aggregated_output
+    assert command.cwd == str(codex.workspace)
+    roles = [h.role for h in history_of(events)]
+    assert roles == [HistoryRole.INPUT, HistoryRole.TOOL_CALL, HistoryRole.TOOL_OUTPUT, HistoryRole.OUTPUT]
+    call, output = (json.loads(h.raw_json) for h in history_of(events)[1:3])
+    assert call["type"] == "function_call" and call["name"] == "exec_command"
+    assert output["type"] == "function_call_output" and output["call_id"] == call["call_id"]
+    assert "hi-from-codex" in history_of(events)[2].text
+
+
+@needs_codex
+async def test_command_approval_accepted_then_declined(codex: CodexRuntime) -> None:
+    events = await run(codex, "RUN_ESCALATED: echo ran-with-approval", answer=accept)
+    [request] = of_type(events, RequestOpened)
+    assert request.kind is RequestKind.COMMAND_APPROVAL
+    assert request.method == "item/commandExecution/requestApproval"
+    assert "echo ran-with-approval" in request.summary and "the mock wants" in request.summary
+    # Codex's own list, objects by their key ("decline" is accepted too, though not listed).
+    assert request.available_decisions == ("accept", "acceptWithExecpolicyAmendment", "cancel")
+    assert all(isinstance(d, str) for d in request.available_decisions)
+    assert json.loads(request.params_json)["itemId"] == request.item_id != ""
+    [command] = completed_items(events, ItemKind.COMMAND_EXECUTION)
+    assert command.item_id == request.item_id
+    assert command.status == "completed" and "ran-with-approval" in command.aggregated_output
+    assert events[-1] == TurnCompleted()
+    # The turn is over: its request can no longer be answered.
+    assert not await codex.respond(request.request_id, {"decision": "accept"})
+
+    events = await run(codex, "RUN_ESCALATED: echo must-not-run", "trn_2", answer=decline)
+    [request] = of_type(events, RequestOpened)
+    [command] = completed_items(events, ItemKind.COMMAND_EXECUTION)
+    assert command.status == "declined" and "must-not-run" not in command.aggregated_output
+    assert events[-1] == TurnCompleted()
+
+
+@needs_codex
+async def test_file_change_approval_in_a_read_only_sandbox(mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+    runtime = CodexRuntime(settings_for(mock_api, tmp_path, sandbox="read-only"))
+    try:
+        await runtime.start("ses_patch", tmp_path, [])
+        events = await run(runtime, "PATCH: new.txt", answer=accept)
+        [request] = of_type(events, RequestOpened)
+        assert request.kind is RequestKind.FILE_CHANGE_APPROVAL
+        assert request.method == "item/fileChange/requestApproval"
+        assert "new.txt" in request.summary
+        assert runtime.workspace is not None
+        assert (runtime.workspace / "new.txt").read_text() == "patched by the mock\n"
+        [change_item] = completed_items(events, ItemKind.FILE_CHANGE)
+        assert change_item.status == "completed"
+        [change] = change_item.changes
+        assert change.path.endswith("new.txt") and change.kind == "add" and "patched by the mock" in change.diff
+        assert events[-1] == TurnCompleted()
+    finally:
+        await runtime.close()
+
+
+@needs_codex
+async def test_interrupt_ends_a_slow_turn(codex: CodexRuntime) -> None:
+    await asyncio.wait_for(codex.interrupt("nothing runs"), timeout=1)  # idle: a no-op
+    events = []
+    turn = codex.run_turn("trn_1", "SLOW")
+    async with asyncio.timeout(20):
+        async for event in turn:
+            events.append(event)
+            if isinstance(event, ItemDelta):
+                break
+        interrupt = asyncio.create_task(codex.interrupt("stop please"))
+        events += [e async for e in turn]
+        await interrupt
+        await codex.interrupt("again")  # idempotent once the turn is over
+    assert events[-1] == TurnInterrupted("stop please")
+    assert sum(isinstance(e, TERMINAL) for e in events) == 1
+    assert history_of(events)[0].text == "SLOW"
+    # The thread goes on.
+    assert (await run(codex, "still there?", "trn_2"))[-1] == TurnCompleted()
+
+
+@needs_codex
+async def test_model_error_fails_the_turn_readably(codex: CodexRuntime) -> None:
+    events = await run(codex, "FAIL500")
+    [error] = of_type(events, AgentError)
+    assert error.code == "internalServerError" and not error.will_retry and error.message
+    assert isinstance(events[-1], TurnFailed)
+    assert error.message in events[-1].error_message and "{" not in events[-1].error_message
+    assert (await run(codex, "recovered?", "trn_2"))[-1] == TurnCompleted()
+
+
+@needs_codex
+async def test_app_server_dying_mid_turn_fails_the_turn(codex: CodexRuntime) -> None:
+    pid = codex.pid
+    assert pid is not None
+    events = []
+    async with asyncio.timeout(20):
+        turn = codex.run_turn("trn_1", "SLOW")
+        async for event in turn:
+            events.append(event)
+            if isinstance(event, ItemDelta):
+                os.kill(pid, signal.SIGKILL)
+    assert isinstance(events[-1], TurnFailed)
+    assert events[-1].error_message.startswith("codex app-server exited (code -9)")
+    assert isinstance((await run(codex, "anyone?", "trn_2"))[-1], TurnFailed)
+
+
+@needs_codex
+async def test_close_mid_turn_ends_the_turn(codex: CodexRuntime) -> None:
+    events = []
+    async with asyncio.timeout(20):
+        async for event in codex.run_turn("trn_1", "SLOW"):
+            events.append(event)
+            if isinstance(event, ItemDelta) and codex.pid is not None:
+                await codex.close()
+                await codex.close()  # idempotent
+    assert events[-1] == TurnInterrupted("runtime closed")
+    assert codex.pid is None
+
+
+@needs_codex
+async def test_rehydration_hands_the_history_to_a_new_thread(mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+    first = CodexRuntime(settings_for(mock_api, tmp_path))
+    try:
+        await first.start("ses_a", tmp_path / "a", [])
+        await run(first, "REMEMBER: my favourite colour is teal", "trn_1")
+        await run(first, "RUN: echo prior-output", "trn_2")
+        history = first.export_history()
+        first_thread = first.runtime_thread_id
+    finally:
+        await first.close()
+    # Items another runtime recorded carry no raw JSON; they reach Codex as plain messages.
+    shell_era = [HistoryItem(HistoryRole.INPUT, "SHELL-ERA input", "trn_0"),
+                 HistoryItem(HistoryRole.OUTPUT, "SHELL-ERA output", "trn_0")]
+    second = CodexRuntime(settings_for(mock_api, tmp_path))
+    try:
+        await second.start("ses_a", tmp_path / "b", shell_era + history)
+        assert second.runtime_thread_id not in ("", first_thread)
+        assert second.export_history() == shell_era + history
+        events = await run(second, "what was my colour?", "trn_3")
+        assert events[-1] == TurnCompleted()
+        sent = mock_api.requests[-1]["input"]
+        texts = json.dumps(sent)
+        for expected in ("SHELL-ERA input", "SHELL-ERA output", "my favourite colour is teal", "prior-output"):
+            assert expected in texts
+        calls = [i for i in sent if i.get("type") == "function_call"]
+        outputs = [i for i in sent if i.get("type") == "function_call_output"]
+        assert [c["call_id"] for c in calls] == [o["call_id"] for o in outputs] != []
+        assert "echo prior-output" in calls[0]["arguments"]
+        # Codex's own context is not duplicated by the rehydrated history.
+        contexts = [i for i in sent if "<environment_context>" in json.dumps(i)]
+        assert len(contexts) == 1
+        assert sent[-1]["content"][0]["text"] == "what was my colour?"
+        # Only the new turn's items are added; the rehydrated ones are not read back.
+        assert [h.text for h in history_of(events)] == ["what was my colour?", "Hello from mock. You said: what was my colour?"]
+        assert second.export_history() == shell_era + history + history_of(events)
+    finally:
+        await second.close()
+
+
+@needs_codex
+async def test_rehydration_fails_closed(mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+    history = [HistoryItem(HistoryRole.INPUT, "hello", "trn_1")]
+
+    missing = CodexRuntime(settings_for(mock_api, tmp_path, bin=str(tmp_path / "no-such-codex")))
+    with pytest.raises(CodexError, match="could not run"):
+        await missing.start("ses_x", tmp_path, history)
+    await missing.close()
+
+    # A message without content: Codex rejects the history, and no empty thread is started.
+    rejected = CodexRuntime(settings_for(mock_api, tmp_path))
+    bad = HistoryItem(HistoryRole.INPUT, "hello", "trn_1", raw_json='{"type": "message", "role": "user"}')
+    with pytest.raises(CodexError, match="rehydrating the codex thread failed: thread/resume failed"):
+        await rejected.start("ses_y", tmp_path, history + [bad])
+    assert rejected.runtime_thread_id == "" and rejected.pid is None
+    assert isinstance((await run(rejected, "hi"))[-1], TurnFailed)
+    await rejected.close()
+
+    garbled = CodexRuntime(settings_for(mock_api, tmp_path))
+    with pytest.raises(CodexError, match="not JSON"):
+        await garbled.start("ses_z", tmp_path, [HistoryItem(HistoryRole.OUTPUT, "x", raw_json="{nope")])
+    await garbled.close()
+
+
+@needs_codex
+async def test_a_users_login_is_copied_into_the_session_home(mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+    user_home = tmp_path / "user-codex-home"
+    user_home.mkdir()
+    (user_home / "config.toml").write_text("# the user's config\n")
+    (user_home / "auth.json").write_text('{"OPENAI_API_KEY": "sk-not-used"}')
+    (user_home / "auth.json").chmod(0o600)
+    (user_home / "history.jsonl").write_text("")  # not copied: only the login and the config
+    runtime = CodexRuntime(settings_for(mock_api, tmp_path, home_from=user_home))
+    try:
+        await runtime.start("ses_home", tmp_path, [])
+        home = runtime.codex_home
+        assert home is not None
+        assert (home / "config.toml").read_text() == "# the user's config\n"
+        assert (home / "auth.json").stat().st_mode & 0o777 == 0o600
+        assert not (home / "history.jsonl").exists()
+        assert (await run(runtime, "hello"))[-1] == TurnCompleted()
+    finally:
+        await runtime.close()
+
+
+@needs_codex
+async def test_a_consumer_may_stop_at_the_terminal_event_or_walk_away(codex: CodexRuntime) -> None:
+    turn = codex.run_turn("trn_1", "hello")
+    async with asyncio.timeout(20):
+        async for event in turn:
+            if isinstance(event, TERMINAL):
+                break  # no further anext(): the runtime must already be free for the next turn
+        assert (await run(codex, "next", "trn_2"))[-1] == TurnCompleted()
+        # Walking away mid-turn stops Codex's turn; the session goes on.
+        turn = codex.run_turn("trn_3", "SLOW")
+        async for event in turn:
+            if isinstance(event, ItemDelta):
+                break
+        await turn.aclose()
+        events = await run(codex, "after walking away", "trn_4")
+    assert events[-1] == TurnCompleted()
+    assert [h.turn_id for h in codex.export_history()].count("trn_4") == 2
+
+
+# A stand-in for `codex app-server`, for what the real one cannot be made to do on cue.
+FAKE_APP_SERVER = """\
+import json, sys
+
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\\n")
+    sys.stdout.flush()
+
+for line in sys.stdin:
+    message = json.loads(line)
+    with open(LOG, "a") as log:
+        log.write(line)
+    method, rid = message.get("method"), message.get("id")
+    if MODE == "silent":
+        continue
+    if method == "initialize":
+        send({"id": rid, "result": {"userAgent": "tether/9.9.9 (fake)"}})
+    elif method in ("thread/start", "thread/resume"):
+        thread = {} if MODE == "no-thread-id" else {"id": "thr_fake", "path": None}
+        send({"id": rid, "result": {"thread": thread, "model": "fake-model"}})
+    elif method == "turn/start":
+        send({"id": rid, "result": {"turn": {"id": "turn_fake", "status": "inProgress"}}})
+        send({"id": 0, "method": "item/tool/call",
+              "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"}})
+    elif method is None and rid == 0:
+        send({"method": "turn/completed",
+              "params": {"threadId": "thr_fake", "turn": {"id": "turn_fake", "status": "completed"}}})
+"""
+
+
+def fake_codex(tmp_path: pathlib.Path, mode: str, **overrides: Any) -> tuple[CodexSettings, pathlib.Path]:
+    """Settings running the fake app-server in `mode`, and the file it logs what it got to."""
+    script = tmp_path / "fake-codex"
+    log = tmp_path / f"fake-codex-{mode}.log"
+    script.write_text(f"#!{sys.executable}\nMODE, LOG = {mode!r}, {str(log)!r}\n{FAKE_APP_SERVER}")
+    script.chmod(0o755)
+    values: dict[str, Any] = {"bin": str(script), "home_from": tmp_path / "no-user-home", **overrides}
+    return CodexSettings(**values), log
+
+
+async def test_unsupported_server_requests_get_an_error_answer(tmp_path: pathlib.Path) -> None:
+    settings, log = fake_codex(tmp_path, "tool-call")
+    runtime = CodexRuntime(settings)
+    try:
+        await runtime.start("ses_fake", tmp_path, [])
+        assert runtime.runtime_metadata()["codex_version"] == "9.9.9"
+        events = await run(runtime, "call a tool")
+    finally:
+        await runtime.close()
+    [raw] = [e for e in events if getattr(e, "name", "") == "item/tool/call"]
+    assert json.loads(raw.json) == {"unsupported_server_request": True,
+                                    "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"}}
+    assert events[-1] == TurnCompleted()
+    received = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"id": 0, "error": {"code": -32601, "message": "tether does not support item/tool/call"}} in received
+    assert received[0]["params"]["capabilities"] == {"experimentalApi": True}
+    assert received[1] == {"method": "initialized"}
+
+
+async def test_a_resume_without_a_thread_id_fails_closed(tmp_path: pathlib.Path) -> None:
+    settings, log = fake_codex(tmp_path, "no-thread-id")
+    runtime = CodexRuntime(settings)
+    with pytest.raises(CodexError, match="thread/resume returned no thread id"):
+        await runtime.start("ses_fake", tmp_path, [HistoryItem(HistoryRole.INPUT, "earlier", "trn_0")])
+    assert runtime.pid is None and runtime.runtime_thread_id == ""
+    resume = [json.loads(line) for line in log.read_text().splitlines()][-1]
+    assert resume["method"] == "thread/resume"
+    assert resume["params"]["history"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "earlier"}]}
+    ]
+    await runtime.close()
+
+
+async def test_every_request_has_a_deadline(tmp_path: pathlib.Path) -> None:
+    settings, _ = fake_codex(tmp_path, "silent", request_timeout_s=0.5)
+    runtime = CodexRuntime(settings)
+    with pytest.raises(CodexError, match="initialize got no answer within 0.5s"):
+        await asyncio.wait_for(runtime.start("ses_fake", tmp_path, []), timeout=10)
+    assert runtime.pid is None
+
+
+def test_settings_defaults_and_validation() -> None:
+    runtime = CodexRuntime()  # a plugin-style factory call takes no arguments
+    assert runtime.settings == CodexSettings()
+    assert runtime.settings.sandbox == "workspace-write" and runtime.settings.approval_policy == "on-request"
+    assert runtime.runtime_thread_id == "" and runtime.export_history() == []
+    with pytest.raises(ValueError, match="sandbox"):
+        CodexSettings(sandbox="everything")
+    with pytest.raises(ValueError, match="approval policy"):
+        CodexSettings(approval_policy="sometimes")
+    with pytest.raises(ValueError, match="KEY=TOML"):
+        CodexSettings(config=("no-equals-sign",))
+
+
+def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    import logging
+
+    import uvloop
+
+    from execution_worker import cli
+
+    captured: dict[str, Any] = {}
+
+    def fake_serve(settings: Any) -> Any:
+        captured["settings"] = settings
+        return asyncio.sleep(0, result=0)
+
+    def fake_run(coroutine: Any) -> int:
+        coroutine.close()
+        return 0
+
+    # Only the settings the flags build are under test: no worker runs, logging stays as it is.
+    monkeypatch.setattr(cli, "_serve", fake_serve)
+    monkeypatch.setattr(uvloop, "run", fake_run)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    env = {
+        # One override per line: TOML values may hold spaces.
+        "TETHER_CODEX_CONFIG": 'model_provider="mock"\nmodel_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}\n',
+        "TETHER_TURN_TIMEOUT_S": "60",
+    }
+    args = ["--workdir", str(tmp_path), "--codex-bin", "/opt/codex", "--codex-model", "gpt-5.5",
+            "--codex-sandbox", "read-only", "--codex-approval-policy", "never", "--codex-home-from", str(tmp_path)]
+    result = CliRunner().invoke(cli.worker, args, env=env)
+    assert result.exit_code == 0, result.output
+    settings = captured["settings"]
+    assert settings.turn_timeout_s == 60.0
+    assert settings.codex == CodexSettings(
+        bin="/opt/codex", model="gpt-5.5", sandbox="read-only", approval_policy="never",
+        config=('model_provider="mock"', 'model_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}'),
+        home_from=tmp_path,
+    )
+    result = CliRunner().invoke(cli.worker, ["--workdir", str(tmp_path)])
+    assert result.exit_code == 0 and captured["settings"].codex == CodexSettings()
+    assert captured["settings"].turn_timeout_s == 1800.0
+    result = CliRunner().invoke(cli.worker, ["--workdir", str(tmp_path), "--codex-config", "nokey"])
+    assert result.exit_code == 2 and "KEY=TOML" in result.output
