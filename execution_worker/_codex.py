@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import importlib.metadata
 import itertools
 import json
@@ -26,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -446,6 +448,86 @@ class _Turn:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Process:
+    """`codex app-server` as a child process with asyncio pipes.
+
+    Spawned with the standard library's `subprocess.Popen` (vfork/exec), not the event loop's
+    own spawn: under uvloop that forks the whole worker, gRPC's fork handlers run in the child,
+    and about one start in fifteen died with SIGSEGV before exec (seen in the end-to-end tests).
+    The shell runtime spawns the same way and never did.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pidfd: int | None = None
+
+    @classmethod
+    async def spawn(cls, args: list[str], *, cwd: Path, env: dict[str, str]) -> _Process:
+        popen = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            bufsize=0,
+        )
+        proc = cls(popen)
+        await proc._attach()
+        return proc
+
+    async def _attach(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.popen.stdin and self.popen.stdout and self.popen.stderr
+        self.stdout = asyncio.StreamReader(limit=STREAM_LIMIT)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.stdout), self.popen.stdout)
+        self.stderr = asyncio.StreamReader(limit=STREAM_LIMIT)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.stderr), self.popen.stderr)
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), self.popen.stdin
+        )
+        self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # pragma: no cover - non-Linux fallback: a thread
+            waiter = loop.run_in_executor(None, self.popen.wait)
+            waiter.add_done_callback(lambda f: self._set_exited(f.result()))
+        else:
+            loop.add_reader(self._pidfd, self._on_pidfd)
+
+    def _on_pidfd(self) -> None:
+        code = self.popen.poll()
+        if code is None:
+            return
+        loop = asyncio.get_running_loop()
+        assert self._pidfd is not None
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._set_exited(code)
+
+    def _set_exited(self, code: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+
+
 class CodexRuntime(Runtime):
     """Runs a session's turns in its own `codex app-server` process."""
 
@@ -454,7 +536,7 @@ class CodexRuntime(Runtime):
         self._session_id = ""
         self._workspace: Path | None = None
         self._codex_home: Path | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stderr_reader: asyncio.Task[None] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
@@ -612,18 +694,9 @@ class CodexRuntime(Runtime):
             args += ["-c", override]
         env = {**os.environ, "CODEX_HOME": str(self._codex_home)}
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self._workspace,
-                env=env,
-                limit=STREAM_LIMIT,
-                # Its own process group: a Ctrl-C meant for the worker (which drains) must not
-                # kill the session's Codex, and close() can kill what Codex left running.
-                start_new_session=True,
-            )
+            # Its own process group: a Ctrl-C meant for the worker (which drains) must not
+            # kill the session's Codex, and close() can kill what Codex left running.
+            self._proc = await _Process.spawn(args, cwd=self._workspace, env=env)
         except OSError as error:
             raise CodexError(f"could not run {self.settings.bin!r} app-server: {error}") from error
         self._reader = asyncio.create_task(self._read_stdout(), name=f"codex stdout {self._session_id}")
@@ -678,7 +751,20 @@ class CodexRuntime(Runtime):
         try:
             await self._proc.stdin.drain()
         except (ConnectionError, BrokenPipeError) as error:
+            await self._await_exit()
             raise CodexExited(self._exit_message()) from error
+
+    async def _await_exit(self) -> None:
+        """The process is going away: give the stdout reader a moment to record its exit code
+        and last stderr lines, so the error says why."""
+        reader = self._reader
+        if reader is None or reader.done() or reader is asyncio.current_task():
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(reader)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
 
     def _notify(self, method: str) -> None:
         self._write({"method": method})
