@@ -8,10 +8,12 @@ The public API is what this module exports; the `_name` modules behind it are pr
         async for event in client.stream_events(session.session_id):
             ...
 
-`Client` offers the same methods, blocking; both also serve operators (`list_workers`,
-`drain_worker`). Failed calls raise a `TetherError` subclass (the tree is documented in
-`sdk._errors`). The `tether session` command and the `tether worker list` / `drain` commands
-live in `sdk.cli`.
+`Client` offers the same methods, blocking. A runtime that asks mid-turn (an approval, a
+question) opens a `PendingRequest`, seen as a request_opened event and in `list_requests`;
+`respond_to_request` answers it exactly once. Both clients also serve operators
+(`list_workers`, `drain_worker`). Failed calls raise a `TetherError` subclass (the tree is
+documented in `sdk._errors`). The `tether session` command and the `tether worker list` /
+`drain` commands live in `sdk.cli`.
 """
 
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, AsyncClient
@@ -26,7 +28,9 @@ from ._errors import (
     OutOfRangeError,
     PermissionDeniedError,
     RehydrationFailedError,
+    RequestAlreadyResolvedError,
     RequestCancelledError,
+    RequestNotFoundError,
     ResourceExhaustedError,
     SessionBusyError,
     TetherError,
@@ -36,14 +40,22 @@ from ._errors import (
     WorkerNotConnectedError,
 )
 from ._models import (
+    DeltaKind,
     Event,
     EventKind,
+    FileChange,
     HistoryItem,
     HistoryItemRole,
+    Item,
+    ItemKind,
+    PendingRequest,
+    RequestKind,
+    RequestState,
     Session,
     SessionPage,
     SessionState,
     Snapshot,
+    TokenUsage,
     Turn,
     TurnState,
     WorkerStatus,
@@ -57,19 +69,28 @@ __all__ = [
     "AsyncClient",
     "Client",
     "DeadlineExceededError",
+    "DeltaKind",
     "Event",
     "EventKind",
     "FailedPreconditionError",
+    "FileChange",
     "HistoryItem",
     "HistoryItemRole",
     "InternalError",
     "InvalidArgumentError",
+    "Item",
+    "ItemKind",
     "LeaseLostError",
     "NotFoundError",
     "OutOfRangeError",
+    "PendingRequest",
     "PermissionDeniedError",
     "RehydrationFailedError",
+    "RequestAlreadyResolvedError",
     "RequestCancelledError",
+    "RequestKind",
+    "RequestNotFoundError",
+    "RequestState",
     "ResourceExhaustedError",
     "Session",
     "SessionBusyError",
@@ -77,6 +98,7 @@ __all__ = [
     "SessionState",
     "Snapshot",
     "TetherError",
+    "TokenUsage",
     "Turn",
     "TurnState",
     "UnauthenticatedError",

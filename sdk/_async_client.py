@@ -23,7 +23,17 @@ from tether.v1 import session_service_pb2_grpc as pb_grpc
 
 from . import _convert
 from ._errors import DeadlineExceededError, translate_rpc_error
-from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn, WorkerStatus
+from ._models import (
+    Event,
+    PendingRequest,
+    RequestState,
+    Session,
+    SessionPage,
+    SessionState,
+    Snapshot,
+    Turn,
+    WorkerStatus,
+)
 
 __all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
 
@@ -37,6 +47,7 @@ _RETRYABLE_READS = (
     ("tether.v1.SessionService", "ListSessions"),
     ("tether.v1.SessionService", "GetTurn"),
     ("tether.v1.SessionService", "GetSnapshot"),
+    ("tether.v1.SessionService", "ListRequests"),
     ("tether.v1.AdminService", "ListWorkers"),
 )
 _SERVICE_CONFIG = {
@@ -260,19 +271,50 @@ class AsyncClient:
         response = await self._unary(self._stub.InterruptTurn, request, timeout_s)
         return _convert.turn_from_proto(response.turn)
 
+    # -- pending requests -----------------------------------------------------------------
+
     async def respond_to_request(
         self,
         session_id: str,
         request_id: str,
-        response_json: str,
+        response_json: str | None = None,
         *,
+        decision: str | None = None,
+        answers: Mapping[str, Sequence[str]] | None = None,
         timeout_s: float | None = None,
-    ) -> None:
-        """Answer a runtime's pending request (servers may raise UnimplementedError)."""
+    ) -> PendingRequest:
+        """Answer a runtime's pending request, exactly once; returns it resolved.
+
+        Give the answer in exactly one form (else ValueError): `decision` for an approval
+        ("accept", "acceptForSession", "decline", "cancel"; sent as ``{"decision": ...}``),
+        `answers` for user input (question id -> answers; sent as
+        ``{"answers": {id: {"answers": [...]}}}``), or `response_json` as the runtime wants it.
+        Raises `RequestNotFoundError` for an unknown request, `RequestAlreadyResolvedError` for
+        one already answered or expired, `InvalidArgumentError` for an answer that does not fit
+        the request's kind.
+        """
         request = pb.RespondToRequestRequest(
-            session_id=session_id, request_id=request_id, response_json=response_json
+            session_id=session_id,
+            request_id=request_id,
+            response_json=_convert.answer_json(response_json, decision, answers),
         )
-        await self._unary(self._stub.RespondToRequest, request, timeout_s)
+        response = await self._unary(self._stub.RespondToRequest, request, timeout_s)
+        return _convert.pending_request_from_proto(response.request)
+
+    async def list_requests(
+        self,
+        session_id: str,
+        *,
+        state: RequestState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> list[PendingRequest]:
+        """The session's pending requests, oldest first; `state` (a `RequestState` or its name,
+        "pending") keeps only those in that state, None (or "all") keeps every one."""
+        request = pb.ListRequestsRequest(
+            session_id=session_id, state=_convert.request_state_to_proto(state)
+        )
+        response = await self._unary(self._stub.ListRequests, request, timeout_s)
+        return [_convert.pending_request_from_proto(r) for r in response.requests]
 
     # -- events ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Conversion between `tether.v1` protobufs and the SDK's dataclasses.
+"""Conversion between `tether.v1` protobufs and the SDK's dataclasses, and the JSON shape of an
+answer to a pending request.
 
 Small pure functions, one per message; the client calls them and nothing else touches protobuf
 field names.
@@ -6,31 +7,48 @@ field names.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from tether.v1 import admin_service_pb2, resources_pb2
 
 from ._models import (
+    DeltaKind,
     Event,
     EventKind,
+    FileChange,
     HistoryItem,
     HistoryItemRole,
+    Item,
+    ItemKind,
+    PendingRequest,
+    RequestKind,
+    RequestState,
     Session,
     SessionState,
     Snapshot,
+    TokenUsage,
     Turn,
     TurnState,
     WorkerStatus,
 )
 
 __all__ = [
+    "answer_json",
     "event_from_proto",
+    "file_change_from_proto",
     "history_item_from_proto",
+    "item_from_proto",
+    "pending_request_from_proto",
+    "request_state_to_proto",
     "session_from_proto",
     "session_state_to_proto",
     "snapshot_from_proto",
     "timestamp_from_proto",
+    "token_usage_from_proto",
     "turn_from_proto",
     "worker_status_from_proto",
 ]
@@ -62,6 +80,44 @@ def session_state_to_proto(state: SessionState | str | int | None) -> int:
     if isinstance(state, str):
         return int(SessionState[state.upper()])
     return int(SessionState(state))
+
+
+def request_state_to_proto(state: RequestState | str | int | None) -> int:
+    """The proto number for a request state given as enum, name ("pending") or number; None
+    (or "all") means any."""
+    if state is None or (isinstance(state, str) and state.lower() == "all"):
+        return resources_pb2.REQUEST_STATE_UNSPECIFIED
+    if isinstance(state, str):
+        return int(RequestState[state.upper()])
+    return int(RequestState(state))
+
+
+def answer_json(
+    response_json: str | None,
+    decision: str | None,
+    answers: Mapping[str, Sequence[str]] | None,
+) -> str:
+    """The `response_json` of a RespondToRequest given exactly one form of the answer: the
+    JSON itself, an approval's decision, or user input as question id -> answers."""
+    given = sum(form is not None for form in (response_json, decision, answers))
+    if given != 1:
+        raise ValueError(
+            f"give exactly one of response_json, decision or answers (got {given})"
+        )
+    if response_json is not None:
+        return response_json
+    if decision is not None:
+        return json.dumps({"decision": decision})
+    assert answers is not None
+    shaped: dict[str, dict[str, list[str]]] = {}
+    for question_id, texts in answers.items():
+        # A bare string would otherwise become one answer per character.
+        if isinstance(texts, str):
+            raise TypeError(
+                f"answers[{question_id!r}] must be a list of strings, got a str"
+            )
+        shaped[question_id] = {"answers": [str(text) for text in texts]}
+    return json.dumps({"answers": shaped})
 
 
 def session_from_proto(msg: resources_pb2.Session) -> Session:
@@ -103,37 +159,113 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
     )
 
 
-def _event_body_fields(body: resources_pb2.EventBody) -> tuple[EventKind, dict]:
+def file_change_from_proto(msg: resources_pb2.FileChange) -> FileChange:
+    return FileChange(path=msg.path, kind=msg.kind, diff=msg.diff, raw=msg)
+
+
+def item_from_proto(msg: resources_pb2.Item) -> Item:
+    return Item(
+        item_id=msg.item_id,
+        kind=_enum(ItemKind, msg.kind),
+        text=msg.text,
+        command=msg.command,
+        cwd=msg.cwd,
+        status=msg.status,
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+        aggregated_output=msg.aggregated_output,
+        changes=[file_change_from_proto(change) for change in msg.changes],
+        raw_json=msg.raw_json,
+        raw=msg,
+    )
+
+
+def token_usage_from_proto(msg: resources_pb2.TokenUsage) -> TokenUsage:
+    return TokenUsage(
+        last_input_tokens=msg.last_input_tokens,
+        last_output_tokens=msg.last_output_tokens,
+        total_input_tokens=msg.total_input_tokens,
+        total_cached_input_tokens=msg.total_cached_input_tokens,
+        total_output_tokens=msg.total_output_tokens,
+        total_reasoning_output_tokens=msg.total_reasoning_output_tokens,
+        total_tokens=msg.total_tokens,
+        model_context_window=msg.model_context_window,
+        raw=msg,
+    )
+
+
+def pending_request_from_proto(msg: resources_pb2.PendingRequest) -> PendingRequest:
+    return PendingRequest(
+        request_id=msg.request_id,
+        session_id=msg.session_id,
+        turn_id=msg.turn_id,
+        kind=_enum(RequestKind, msg.kind),
+        method=msg.method,
+        params_json=msg.params_json,
+        summary=msg.summary,
+        item_id=msg.item_id,
+        state=_enum(RequestState, msg.state),
+        response_json=msg.response_json,
+        expire_reason=msg.expire_reason,
+        create_time=timestamp_from_proto(msg.create_time),
+        resolve_time=timestamp_from_proto(msg.resolve_time),
+        available_decisions=list(msg.available_decisions),
+        raw=msg,
+    )
+
+
+def _item_fields(msg: Any) -> dict[str, Any]:  # ItemStarted or ItemCompleted
+    item = item_from_proto(msg.item)
+    return {"item": item, "item_id": item.item_id}
+
+
+def _request_opened_fields(msg: resources_pb2.RequestOpened) -> dict[str, Any]:
+    request = pending_request_from_proto(msg.request)
+    return {"request": request, "request_id": request.request_id}
+
+
+# The fields of `Event` each `EventBody.kind` sets, keyed by the oneof field's name (which is
+# also the `EventKind` value); a kind missing here arrives as EventKind.UNKNOWN.
+_BODY_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "input_received": lambda m: {"input": m.input},
+    "turn_started": lambda m: {
+        "worker_id": m.worker_id,
+        "runtime_thread_id": m.runtime_thread_id,
+    },
+    "output": lambda m: {"text": m.text, "stream": _STREAM_NAMES.get(m.stream, "")},
+    "turn_completed": lambda m: {"exit_code": m.exit_code},
+    "turn_failed": lambda m: {"error_message": m.error_message, "worker_lost": m.worker_lost},
+    "turn_interrupted": lambda m: {"reason": m.reason},
+    "runtime": lambda m: {"runtime_event_name": m.name, "runtime_json": m.json},
+    "item_started": _item_fields,
+    "item_completed": _item_fields,
+    "item_delta": lambda m: {
+        "item_id": m.item_id,
+        "delta_kind": _enum(DeltaKind, m.kind),
+        "text": m.delta,
+    },
+    "token_usage": lambda m: {"token_usage": token_usage_from_proto(m)},
+    "agent_error": lambda m: {
+        "error_message": m.message,
+        "will_retry": m.will_retry,
+        "error_code": m.code,
+    },
+    "request_opened": _request_opened_fields,
+    "request_resolved": lambda m: {
+        "request_id": m.request_id,
+        "request_state": _enum(RequestState, m.state),
+        "response_json": m.response_json,
+        "reason": m.expire_reason,
+    },
+    "history_item": lambda m: {"history_item": history_item_from_proto(m)},
+}
+
+
+def _event_body_fields(body: resources_pb2.EventBody) -> tuple[EventKind, dict[str, Any]]:
     name = body.WhichOneof("kind")
-    if name == "input_received":
-        return EventKind.INPUT_RECEIVED, {"input": body.input_received.input}
-    if name == "turn_started":
-        started = body.turn_started
-        return EventKind.TURN_STARTED, {
-            "worker_id": started.worker_id,
-            "runtime_thread_id": started.runtime_thread_id,
-        }
-    if name == "output":
-        return EventKind.OUTPUT, {
-            "text": body.output.text,
-            "stream": _STREAM_NAMES.get(body.output.stream, ""),
-        }
-    if name == "turn_completed":
-        return EventKind.TURN_COMPLETED, {"exit_code": body.turn_completed.exit_code}
-    if name == "turn_failed":
-        failed = body.turn_failed
-        return EventKind.TURN_FAILED, {
-            "error_message": failed.error_message,
-            "worker_lost": failed.worker_lost,
-        }
-    if name == "turn_interrupted":
-        return EventKind.TURN_INTERRUPTED, {"reason": body.turn_interrupted.reason}
-    if name == "runtime":
-        return EventKind.RUNTIME, {
-            "runtime_event_name": body.runtime.name,
-            "runtime_json": body.runtime.json,
-        }
-    return EventKind.UNKNOWN, {}
+    lift = _BODY_FIELDS.get(name or "")
+    if name is None or lift is None:
+        return EventKind.UNKNOWN, {}
+    return EventKind(name), lift(getattr(body, name))
 
 
 def event_from_proto(msg: resources_pb2.Event) -> Event:

@@ -6,6 +6,8 @@ Every failed call raises a subclass of `TetherError`::
     │                                .field_violations)
     ├── InvalidArgumentError         INVALID_ARGUMENT: a request field is missing or malformed
     ├── NotFoundError                NOT_FOUND: session, turn or snapshot does not exist
+    │   └── RequestNotFoundError     reason REQUEST_NOT_FOUND: the session has no pending
+    │                                request with that id
     ├── AlreadyExistsError           ALREADY_EXISTS
     ├── FailedPreconditionError      FAILED_PRECONDITION (and ABORTED): e.g. SESSION_ARCHIVED,
     │   │                            TURN_ALREADY_ENDED, NO_WORKER
@@ -14,8 +16,11 @@ Every failed call raises a subclass of `TetherError`::
     │   │                            call needs the session idle (e.g. RestoreSession)
     │   ├── WorkerNotConnectedError  reason WORKER_NOT_CONNECTED: the named worker has no
     │   │                            open Lease stream (e.g. DrainWorker, RestoreSession)
-    │   └── RehydrationFailedError   reason REHYDRATION_FAILED: the target worker could not
-    │                                rebuild the session's runtime from its history
+    │   ├── RehydrationFailedError   reason REHYDRATION_FAILED: the target worker could not
+    │   │                            rebuild the session's runtime from its history
+    │   └── RequestAlreadyResolvedError
+    │                                reason REQUEST_ALREADY_RESOLVED: the pending request was
+    │                                already answered, or expired with its turn
     ├── OutOfRangeError              OUT_OF_RANGE: e.g. CURSOR_OUT_OF_RANGE
     ├── ResourceExhaustedError       RESOURCE_EXHAUSTED
     ├── UnauthenticatedError         UNAUTHENTICATED
@@ -51,7 +56,9 @@ __all__ = [
     "OutOfRangeError",
     "PermissionDeniedError",
     "RehydrationFailedError",
+    "RequestAlreadyResolvedError",
     "RequestCancelledError",
+    "RequestNotFoundError",
     "ResourceExhaustedError",
     "SessionBusyError",
     "TetherError",
@@ -117,6 +124,10 @@ class NotFoundError(TetherError):
     """The session, turn or snapshot does not exist."""
 
 
+class RequestNotFoundError(NotFoundError):
+    """The pending request does not exist in that session."""
+
+
 class AlreadyExistsError(TetherError):
     """The resource already exists."""
 
@@ -140,6 +151,11 @@ class WorkerNotConnectedError(FailedPreconditionError):
 class RehydrationFailedError(FailedPreconditionError):
     """The target worker could not rehydrate the session's runtime from its history; the
     session is left without a holder and its next turn goes to any eligible worker."""
+
+
+class RequestAlreadyResolvedError(FailedPreconditionError):
+    """The pending request was already answered (each is answered exactly once) or expired
+    with its turn; it takes no answer. `list_requests` shows how it ended."""
 
 
 class OutOfRangeError(TetherError):
@@ -203,6 +219,8 @@ _ERROR_FOR_REASON: dict[str, type[TetherError]] = {
     "SESSION_BUSY": SessionBusyError,
     "WORKER_NOT_CONNECTED": WorkerNotConnectedError,
     "REHYDRATION_FAILED": RehydrationFailedError,
+    "REQUEST_NOT_FOUND": RequestNotFoundError,
+    "REQUEST_ALREADY_RESOLVED": RequestAlreadyResolvedError,
 }
 
 

@@ -12,14 +12,22 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "DeltaKind",
     "Event",
     "EventKind",
+    "FileChange",
     "HistoryItem",
     "HistoryItemRole",
+    "Item",
+    "ItemKind",
+    "PendingRequest",
+    "RequestKind",
+    "RequestState",
     "Session",
     "SessionPage",
     "SessionState",
     "Snapshot",
+    "TokenUsage",
     "Turn",
     "TurnState",
     "WorkerStatus",
@@ -67,6 +75,54 @@ class HistoryItemRole(enum.IntEnum):
     TOOL_OUTPUT = 4
 
 
+class ItemKind(enum.IntEnum):
+    """What a runtime item is; values equal `tether.v1.ItemKind` numbers."""
+
+    UNSPECIFIED = 0  # another kind: the item's `raw_json` says what
+    USER_MESSAGE = 1
+    AGENT_MESSAGE = 2
+    REASONING = 3
+    COMMAND_EXECUTION = 4
+    FILE_CHANGE = 5
+    TOOL_CALL = 6
+
+
+class DeltaKind(enum.IntEnum):
+    """What an item delta extends; values equal `tether.v1.DeltaKind` numbers."""
+
+    UNSPECIFIED = 0
+    AGENT_MESSAGE = 1
+    COMMAND_OUTPUT = 2
+    REASONING = 3
+    FILE_CHANGE = 4
+
+
+class RequestKind(enum.IntEnum):
+    """What a pending request asks for; values equal `tether.v1.RequestKind` numbers.
+
+    The answer each kind takes (`respond_to_request` builds the first two for you)::
+
+        COMMAND_APPROVAL, FILE_CHANGE_APPROVAL  {"decision": "accept" | "acceptForSession"
+                                                 | "decline" | "cancel"}
+        USER_INPUT                              {"answers": {"<question id>": {"answers": [...]}}}
+        UNSPECIFIED                             whatever the runtime's `params_json` asks for
+    """
+
+    UNSPECIFIED = 0
+    COMMAND_APPROVAL = 1
+    FILE_CHANGE_APPROVAL = 2
+    USER_INPUT = 3
+
+
+class RequestState(enum.IntEnum):
+    """Where a pending request stands; values equal `tether.v1.RequestState` numbers."""
+
+    UNSPECIFIED = 0
+    PENDING = 1  # waiting for an answer; its turn is blocked on it
+    RESOLVED = 2  # answered, exactly once
+    EXPIRED = 3  # its turn ended before an answer
+
+
 class EventKind(str, enum.Enum):
     """The name of the `EventBody.kind` oneof field that is set."""
 
@@ -77,6 +133,14 @@ class EventKind(str, enum.Enum):
     TURN_FAILED = "turn_failed"
     TURN_INTERRUPTED = "turn_interrupted"
     RUNTIME = "runtime"
+    ITEM_STARTED = "item_started"
+    ITEM_COMPLETED = "item_completed"
+    ITEM_DELTA = "item_delta"
+    TOKEN_USAGE = "token_usage"
+    AGENT_ERROR = "agent_error"
+    REQUEST_OPENED = "request_opened"
+    REQUEST_RESOLVED = "request_resolved"
+    HISTORY_ITEM = "history_item"
     UNKNOWN = ""  # a kind this SDK version does not know, or an empty body
 
     def __str__(self) -> str:
@@ -145,6 +209,87 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class FileChange:
+    """One file an item changed: `kind` is "add", "delete" or "update", `diff` a unified diff."""
+
+    path: str
+    kind: str
+    diff: str
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of a turn's work as the runtime reports it: a message, a command, file changes.
+
+    `text` holds a message or reasoning summary; `command`, `cwd`, `exit_code` (None until the
+    command ends) and `aggregated_output` describe a command execution; `changes` a file
+    change. `status` is the runtime's ("inProgress", "completed", "failed", "declined") and
+    `raw_json` the runtime's own item.
+    """
+
+    item_id: str
+    kind: ItemKind
+    text: str
+    command: str
+    cwd: str
+    status: str
+    exit_code: int | None
+    aggregated_output: str
+    changes: list[FileChange]
+    raw_json: str
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Model tokens: the last model request's (`last_*`) and the runtime thread's totals."""
+
+    last_input_tokens: int
+    last_output_tokens: int
+    total_input_tokens: int
+    total_cached_input_tokens: int
+    total_output_tokens: int
+    total_reasoning_output_tokens: int
+    total_tokens: int
+    #: The model's context window; 0 when the runtime did not say.
+    model_context_window: int
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A question a runtime asked mid-turn (an approval, user input); its turn waits for an
+    answer (`respond_to_request`). Each request resolves exactly once, or expires with its turn.
+
+    `params_json` is the runtime's question as JSON, `summary` one line for people,
+    `available_decisions` the answers an approval offers; once resolved `response_json` holds
+    the answer, once expired `expire_reason` says why.
+    """
+
+    request_id: str
+    session_id: str
+    turn_id: str
+    kind: RequestKind
+    method: str
+    params_json: str
+    summary: str
+    item_id: str
+    state: RequestState
+    response_json: str
+    expire_reason: str
+    create_time: datetime | None
+    resolve_time: datetime | None
+    available_decisions: list[str]
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_pending(self) -> bool:
+        """True while the request waits for an answer."""
+        return self.state is RequestState.PENDING
+
+
+@dataclass(frozen=True)
 class Event:
     """One entry of a session's durable log.
 
@@ -160,6 +305,17 @@ class Event:
       retried automatically)
     - turn_interrupted: `reason`
     - runtime: `runtime_event_name`, `runtime_json`
+    - item_started, item_completed: `item`, and its id in `item_id`
+    - item_delta: `item_id`, `delta_kind`, `text` (the piece to append to the item's text or
+      output)
+    - token_usage: `token_usage`
+    - agent_error: `error_message`, `will_retry` (True when the runtime retries by itself, so
+      the turn goes on), `error_code` (the runtime's code, may be empty)
+    - request_opened: `request` (state PENDING), and its id in `request_id`
+    - request_resolved: `request_id`, `request_state` (RESOLVED or EXPIRED), `response_json`
+      (the answer, when resolved), `reason` (why it expired, when it did)
+    - history_item: `history_item` (model-visible history a restore feeds to a new runtime;
+      applications may ignore it)
 
     `lease_epoch` is the lease under which a worker wrote the event, 0 for events the control
     plane wrote itself (input received, a turn it ended).
@@ -182,6 +338,17 @@ class Event:
     runtime_json: str = ""
     worker_lost: bool = False
     lease_epoch: int = 0
+    item: Item | None = None
+    item_id: str = ""
+    delta_kind: DeltaKind = DeltaKind.UNSPECIFIED
+    token_usage: TokenUsage | None = None
+    will_retry: bool = False
+    error_code: str = ""
+    request: PendingRequest | None = None
+    request_id: str = ""
+    request_state: RequestState = RequestState.UNSPECIFIED
+    response_json: str = ""
+    history_item: HistoryItem | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -192,7 +359,8 @@ class Event:
 
 @dataclass(frozen=True)
 class HistoryItem:
-    """One item of the model-visible history a snapshot holds."""
+    """One item of the model-visible history: a snapshot holds them, a history_item event
+    carries one."""
 
     role: HistoryItemRole
     text: str

@@ -19,7 +19,17 @@ from ._async_client import (
     DEFAULT_TIMEOUT_S,
     AsyncClient,
 )
-from ._models import Event, Session, SessionPage, SessionState, Snapshot, Turn, WorkerStatus
+from ._models import (
+    Event,
+    PendingRequest,
+    RequestState,
+    Session,
+    SessionPage,
+    SessionState,
+    Snapshot,
+    Turn,
+    WorkerStatus,
+)
 
 __all__ = ["Client"]
 
@@ -198,18 +208,38 @@ class Client:
             self._async.interrupt_turn(session_id, turn_id, reason=reason, timeout_s=timeout_s)
         )
 
+    # -- pending requests -----------------------------------------------------------------
+
     def respond_to_request(
         self,
         session_id: str,
         request_id: str,
-        response_json: str,
+        response_json: str | None = None,
         *,
+        decision: str | None = None,
+        answers: Mapping[str, Sequence[str]] | None = None,
         timeout_s: float | None = None,
-    ) -> None:
+    ) -> PendingRequest:
         return self._run(
             self._async.respond_to_request(
-                session_id, request_id, response_json, timeout_s=timeout_s
+                session_id,
+                request_id,
+                response_json,
+                decision=decision,
+                answers=answers,
+                timeout_s=timeout_s,
             )
+        )
+
+    def list_requests(
+        self,
+        session_id: str,
+        *,
+        state: RequestState | str | None = None,
+        timeout_s: float | None = None,
+    ) -> list[PendingRequest]:
+        return self._run(
+            self._async.list_requests(session_id, state=state, timeout_s=timeout_s)
         )
 
     # -- events ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 `tether worker drain` (attached to the `tether worker` group by `execution_worker.cli`): a thin
 shell over the blocking `sdk.Client`.
 
-This module owns argument parsing, human and `--json` output, and turning a `TetherError` into
-``error: <message> (<reason>)`` on stderr with exit status 2 for bad input and 1 otherwise.
+This module owns argument parsing, human and `--json` output (`_Transcript` renders a live
+event stream for a person), and turning a `TetherError` into ``error: <message> (<reason>)``
+on stderr with exit status 2 for bad input and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import enum
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +22,31 @@ import click
 
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 from ._errors import InvalidArgumentError, OutOfRangeError, TetherError
-from ._models import Event, EventKind, Session, Snapshot, Turn, TurnState, WorkerStatus
+from ._models import (
+    DeltaKind,
+    Event,
+    EventKind,
+    FileChange,
+    Item,
+    ItemKind,
+    PendingRequest,
+    RequestKind,
+    RequestState,
+    Session,
+    Snapshot,
+    TokenUsage,
+    Turn,
+    TurnState,
+    WorkerStatus,
+)
 from ._sync_client import Client
 
 __all__ = ["drain_worker", "list_workers", "session"]
 
 _BAD_INPUT_ERRORS = (InvalidArgumentError, OutOfRangeError)
 _EXIT_INTERRUPTED = 130
+#: The decisions every approval takes (`RequestKind`); a runtime may offer fewer.
+_APPROVAL_DECISIONS = ("accept", "acceptForSession", "decline", "cancel")
 
 
 def _report(ctx: click.Context, exc: TetherError) -> None:
@@ -154,6 +174,279 @@ def _describe_event(event: Event) -> str:
     return f"#{event.seq} {event.turn_id} {event.kind.value or 'unknown'} {detail}".rstrip()
 
 
+def _write_click(text: str, err: bool) -> None:
+    click.echo(text, nl=False, err=err)
+    (sys.stderr if err else sys.stdout).flush()
+
+
+class _Transcript:
+    """Renders a session's events for a person as they stream.
+
+    Items read like a terminal session: an agent message's deltas print inline as text, a
+    command as ``$ <command>`` followed by its output and ``[exit N]``, file changes as paths
+    with their diffs; a pending request as a ``?`` line saying how to answer it; token usage,
+    agent errors and answered or expired requests as short lines. history_item events are for
+    rehydration and stay hidden.
+
+    With `lifecycle` (``tether session events``) the other kinds print as ``#seq turn kind
+    detail`` lines; without it (``tether session send --wait``) output chunks print inline and
+    the turn's own events stay silent. `write(text, err)` receives everything.
+    """
+
+    def __init__(
+        self,
+        *,
+        lifecycle: bool,
+        write: Callable[[str, bool], None] = _write_click,
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._write = write
+        # Whether stdout's last line is unfinished, and whether item text (not a command's
+        # own output chunk, which is printed byte for byte) left it so.
+        self._mid_line = False
+        self._item_text_open = False
+        self._streamed: set[str] = set()  # items whose text or output came as deltas
+        self._announced: set[str] = set()  # items whose header line is printed
+        self._changes_shown: set[str] = set()  # file-change items whose diffs are printed
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _inline(self, text: str, *, item: bool) -> None:
+        if not text:
+            return
+        self._write(text, False)
+        self._mid_line = not text.endswith("\n")
+        self._item_text_open = item and self._mid_line
+
+    def _line(self, text: str, **style: Any) -> None:
+        """A line of its own, starting on a fresh line."""
+        self._end_line()
+        self._write(click.style(text, **style) + "\n" if style else text + "\n", False)
+
+    def _end_line(self) -> None:
+        if self._mid_line:
+            self._write("\n", False)
+        self._mid_line = self._item_text_open = False
+
+    def finish(self) -> None:
+        """End a line that item text left open (output chunks are left byte for byte)."""
+        if self._item_text_open:
+            self._end_line()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def render(self, event: Event) -> None:
+        handler = self._HANDLERS.get(event.kind)
+        if handler is not None:
+            handler(self, event)
+        elif event.kind is EventKind.OUTPUT and not self._lifecycle:
+            if event.stream == "stderr":
+                self._write(event.text, True)
+            else:
+                self._inline(event.text, item=False)
+        elif self._lifecycle:
+            self._line(_describe_event(event))
+
+    def _item_started(self, event: Event) -> None:
+        item = event.item
+        if item is None:
+            return
+        if item.kind is ItemKind.COMMAND_EXECUTION:
+            self._announce(item)
+        elif item.kind is ItemKind.AGENT_MESSAGE:
+            self._end_line()  # its deltas start on a fresh line
+        elif item.kind is ItemKind.FILE_CHANGE:
+            self._show_changes(item)
+        elif item.kind is ItemKind.TOOL_CALL:
+            self._announce(item)
+
+    def _item_delta(self, event: Event) -> None:
+        if event.delta_kind in (DeltaKind.AGENT_MESSAGE, DeltaKind.COMMAND_OUTPUT):
+            self._streamed.add(event.item_id)
+            self._inline(event.text, item=True)
+        # Reasoning prints whole when its item completes; a file change as its diff.
+
+    def _item_completed(self, event: Event) -> None:
+        item = event.item
+        if item is None:
+            return
+        streamed = item.item_id in self._streamed
+        if item.kind is ItemKind.AGENT_MESSAGE:
+            if not streamed:
+                self._end_line()
+                self._inline(item.text, item=True)
+            self._end_line()
+        elif item.kind is ItemKind.COMMAND_EXECUTION:
+            self._announce(item)
+            if not streamed:
+                self._inline(item.aggregated_output, item=True)
+            if item.exit_code is not None:
+                self._line(f"[exit {item.exit_code}]", dim=True)
+            elif item.status and item.status != "completed":
+                self._line(f"[{item.status}]", dim=True)
+            else:
+                self._end_line()
+        elif item.kind is ItemKind.REASONING:
+            if item.text.strip():
+                self._line(_indent_rest(f"thinking: {item.text.strip()}"), dim=True)
+        elif item.kind is ItemKind.FILE_CHANGE:
+            self._show_changes(item)
+            if item.status and item.status != "completed":
+                self._line(f"[{item.status}]", dim=True)
+        elif item.kind is ItemKind.TOOL_CALL:
+            self._announce(item)
+            if item.status and item.status != "completed":
+                self._line(f"[{item.status}]", dim=True)
+        self._streamed.discard(item.item_id)
+        self._announced.discard(item.item_id)
+        self._changes_shown.discard(item.item_id)
+
+    def _announce(self, item: Item) -> None:
+        if item.item_id in self._announced:
+            return
+        self._announced.add(item.item_id)
+        if item.kind is ItemKind.COMMAND_EXECUTION:
+            self._line(f"$ {item.command}", bold=True)
+        else:
+            self._line(f"* tool: {item.text or 'call'}", bold=True)
+
+    def _show_changes(self, item: Item) -> None:
+        if not item.changes or item.item_id in self._changes_shown:
+            return
+        self._changes_shown.add(item.item_id)
+        for change in item.changes:
+            self._file_change(change)
+
+    def _file_change(self, change: FileChange) -> None:
+        self._line(f"~ {change.path} ({change.kind or 'change'})", bold=True)
+        if change.diff:
+            self._inline(change.diff, item=True)
+            self._end_line()
+
+    def _token_usage(self, event: Event) -> None:
+        if event.token_usage is not None:
+            self._line(_usage_line(event.token_usage), dim=True)
+
+    def _agent_error(self, event: Event) -> None:
+        code = f" [{event.error_code}]" if event.error_code else ""
+        retry = " (retrying)" if event.will_retry else ""
+        self._line(f"agent error: {event.error_message}{code}{retry}", fg="red")
+
+    def _request_opened(self, event: Event) -> None:
+        if event.request is not None:
+            self._line(_request_prompt(event.session_id, event.request), fg="yellow", bold=True)
+
+    def _request_resolved(self, event: Event) -> None:
+        if event.request_state is RequestState.EXPIRED:
+            self._line(f"= expired [{event.request_id}]: {event.reason}", dim=True)
+        else:
+            self._line(f"= answered [{event.request_id}]: {_answer_text(event.response_json)}",
+                       dim=True)
+
+    def _hidden(self, event: Event) -> None:
+        pass
+
+    _HANDLERS: dict[EventKind, Callable[[_Transcript, Event], None]] = {
+        EventKind.ITEM_STARTED: _item_started,
+        EventKind.ITEM_DELTA: _item_delta,
+        EventKind.ITEM_COMPLETED: _item_completed,
+        EventKind.TOKEN_USAGE: _token_usage,
+        EventKind.AGENT_ERROR: _agent_error,
+        EventKind.REQUEST_OPENED: _request_opened,
+        EventKind.REQUEST_RESOLVED: _request_resolved,
+        EventKind.HISTORY_ITEM: _hidden,
+    }
+
+
+def _indent_rest(text: str, indent: str = "    ") -> str:
+    """`text` with every line after the first indented (a multi-line value in a line)."""
+    return text.replace("\n", "\n" + indent)
+
+
+def _usage_line(usage: TokenUsage) -> str:
+    total = f"total {usage.total_tokens:,}"
+    if usage.model_context_window:
+        total += f", context window {usage.model_context_window:,}"
+    return f"tokens: {usage.last_input_tokens:,} in / {usage.last_output_tokens:,} out ({total})"
+
+
+def _answer_text(response_json: str) -> str:
+    try:
+        answer = json.loads(response_json)
+    except ValueError:
+        return response_json
+    if isinstance(answer, dict) and isinstance(answer.get("decision"), str) and len(answer) == 1:
+        return answer["decision"]
+    return response_json
+
+
+def _questions(request: PendingRequest) -> list[tuple[str, str]]:
+    """(question id, text with options) of a user-input request, from its `params_json`."""
+    try:
+        params = json.loads(request.params_json or "{}")
+    except ValueError:
+        return []
+    questions = params.get("questions") if isinstance(params, dict) else None
+    found = []
+    for q in questions if isinstance(questions, list) else ():
+        if not isinstance(q, dict) or not q.get("id"):
+            continue
+        text = str(q.get("question") or q.get("header") or "")
+        labels = [str(o.get("label")) for o in q.get("options") or []
+                  if isinstance(o, dict) and o.get("label")]
+        if labels:
+            text += f" (options: {', '.join(labels)})"
+        found.append((str(q["id"]), text))
+    return found
+
+
+def _request_prompt(session_id: str, request: PendingRequest) -> str:
+    """What a request asks and the command that answers it, e.g. ``? approval needed [req_...]
+    command: rm -rf build — answer with: tether session respond ses_... req_... --decision
+    accept|decline``."""
+    respond = f"tether session respond {session_id} {request.request_id}"
+    summary = request.summary
+    if request.kind in (RequestKind.COMMAND_APPROVAL, RequestKind.FILE_CHANGE_APPROVAL):
+        what = "command" if request.kind is RequestKind.COMMAND_APPROVAL else "file change"
+        head = f"? approval needed [{request.request_id}] {what}: "
+        # A runtime may offer decisions that take more than a name (Codex's
+        # acceptWithExecpolicyAmendment); those need --json.
+        offered = request.available_decisions or ["accept", "decline"]
+        decisions = [d for d in offered if d in _APPROVAL_DECISIONS]
+        answer = (f"{respond} --decision {'|'.join(decisions)}" if decisions
+                  else respond + " --json '{\"decision\": ...}'")
+    elif request.kind is RequestKind.USER_INPUT:
+        questions = _questions(request)
+        if questions:
+            lines = [f"? input needed [{request.request_id}]"]
+            lines += [f"    {qid}: {_indent_rest(text, '      ')}" for qid, text in questions]
+            flags = " ".join(f"--answer {qid}=TEXT" for qid, _ in questions)
+            lines.append(f"  answer with: {respond} {flags}")
+            return "\n".join(lines)
+        head = f"? input needed [{request.request_id}] "
+        answer = f"{respond} --answer QUESTION_ID=TEXT"
+    else:
+        head = f"? request [{request.request_id}] {request.method}: "
+        answer = respond + " --json '{...}'"
+    if "\n" in summary.strip():
+        return f"{head.rstrip()}\n    {_indent_rest(summary.strip())}\n  answer with: {answer}"
+    return f"{head}{summary.strip()}".rstrip() + f" — answer with: {answer}"
+
+
+def _request_line(r: PendingRequest) -> str:
+    created = r.create_time.isoformat(timespec="seconds") if r.create_time else "-"
+    summary = " ".join(r.summary.split())
+    if len(summary) > 80:
+        summary = summary[:77] + "..."
+    line = (f"{r.request_id}  {r.state.name.lower():8}  {r.kind.name.lower():20}  "
+            f"{r.turn_id}  {created}  {summary}")
+    if r.state is RequestState.RESOLVED:
+        line += f"  answer: {_answer_text(r.response_json)}"
+    elif r.state is RequestState.EXPIRED:
+        line += f"  expired: {r.expire_reason}"
+    return line
+
+
 def _parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -232,7 +525,8 @@ def list_(lazy: _Lazy, state: str | None, page_size: int, page_token: str, all_p
 @click.argument("session_id")
 @click.argument("input_text", metavar="INPUT")
 @click.option("--idempotency-key", default="", help="Makes a retry return the first turn.")
-@click.option("--wait", is_flag=True, help="Print output live; exit with the turn's exit code.")
+@click.option("--wait", "--follow", "wait", is_flag=True,
+              help="Print the turn live; exit with the turn's exit code.")
 @json_option
 @pass_lazy
 def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wait: bool,
@@ -252,19 +546,20 @@ def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wa
     if not as_json:
         click.echo(f"turn {turn.turn_id}" + (" (deduplicated)" if turn.deduplicated else ""),
                    err=True)
+    transcript = _Transcript(lifecycle=False)
     try:
         for event in client.stream_events(session_id, after_seq=after_seq):
             if event.turn_id != turn.turn_id:
                 continue
-            if event.kind is EventKind.OUTPUT and not as_json:
-                click.echo(event.text, nl=False, err=event.stream == "stderr")
-                (sys.stderr if event.stream == "stderr" else sys.stdout).flush()
+            if not as_json:
+                transcript.render(event)
             if event.is_terminal:
                 break
     except KeyboardInterrupt:
         click.echo(f"\nstopped following; turn {turn.turn_id} keeps running "
                    f"(tether session interrupt {session_id})", err=True)
         sys.exit(_EXIT_INTERRUPTED)
+    transcript.finish()
     final = client.get_turn(session_id, turn.turn_id)
     if as_json:
         _echo_json(final)
@@ -290,7 +585,8 @@ def _turn_exit_status(turn: Turn) -> int:
 @json_option
 @pass_lazy
 def events(lazy: _Lazy, session_id: str, after_seq: int, follow: bool, as_json: bool) -> None:
-    """Print a session's events: #seq turn kind text."""
+    """Print a session's events: #seq turn kind text, with agent items as a transcript."""
+    transcript = _Transcript(lifecycle=True)
     try:
         for event in lazy.client.stream_events(
             session_id, after_seq=after_seq, stop_at_end=not follow
@@ -298,9 +594,10 @@ def events(lazy: _Lazy, session_id: str, after_seq: int, follow: bool, as_json: 
             if as_json:
                 click.echo(json.dumps(_plain(event)))
             else:
-                click.echo(_describe_event(event))
+                transcript.render(event)
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
+    transcript.finish()
 
 
 @session.command()
@@ -316,6 +613,69 @@ def interrupt(lazy: _Lazy, session_id: str, turn_id: str, reason: str, as_json: 
         _echo_json(turn)
     else:
         click.echo(f"{turn.turn_id} {turn.state.name.lower()}")
+
+
+@session.command("requests")
+@click.argument("session_id")
+@click.option(
+    "--state", type=click.Choice(["pending", "resolved", "expired", "all"]), default="pending",
+    show_default=True, help="Only requests in this state.",
+)
+@json_option
+@pass_lazy
+def requests_(lazy: _Lazy, session_id: str, state: str, as_json: bool) -> None:
+    """List a session's pending requests (approvals, questions), oldest first."""
+    found = lazy.client.list_requests(session_id, state=state)
+    if as_json:
+        _echo_json({"requests": found})
+        return
+    for r in found:
+        click.echo(_request_line(r))
+    if not found:
+        click.echo(f"no {'' if state == 'all' else state + ' '}requests", err=True)
+
+
+@session.command()
+@click.argument("session_id")
+@click.argument("request_id")
+@click.option("--decision", type=click.Choice(_APPROVAL_DECISIONS),
+              help="Answer an approval.")
+@click.option("--answer", "answers", multiple=True, metavar="QUESTION_ID=TEXT",
+              help="Answer a question of a user-input request (repeatable).")
+@click.option("--json", "response_json", metavar="JSON",
+              help="The answer as JSON, as the runtime wants it.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Print the resolved request as text or JSON.")
+@pass_lazy
+def respond(lazy: _Lazy, session_id: str, request_id: str, decision: str | None,
+            answers: tuple[str, ...], response_json: str | None, output: str) -> None:
+    """Answer a pending request, exactly once: --decision, --answer or --json."""
+    if sum((decision is not None, bool(answers), response_json is not None)) != 1:
+        raise click.UsageError("give exactly one of --decision, --answer or --json")
+    resolved = lazy.client.respond_to_request(
+        session_id,
+        request_id,
+        response_json,
+        decision=decision,
+        answers=_parse_answers(answers) if answers else None,
+    )
+    if output == "json":
+        _echo_json(resolved)
+    else:
+        click.echo(f"{resolved.request_id} {resolved.state.name.lower()} "
+                   f"{_answer_text(resolved.response_json)}")
+
+
+def _parse_answers(pairs: tuple[str, ...]) -> dict[str, list[str]]:
+    """QUESTION_ID=TEXT pairs; a question given twice gets both answers, in order."""
+    result: dict[str, list[str]] = {}
+    for pair in pairs:
+        question_id, sep, text = pair.partition("=")
+        if not sep or not question_id:
+            raise click.BadParameter(f"expected QUESTION_ID=TEXT, got {pair!r}",
+                                     param_hint="--answer")
+        result.setdefault(question_id, []).append(text)
+    return result
 
 
 @session.command()
