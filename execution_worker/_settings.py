@@ -42,6 +42,9 @@ class WorkerSettings:
     #: are acknowledged); 0 turns the after-turn policy off. Drains and restores snapshot
     #: regardless.
     snapshot_every_turns: int = 1
+    #: ... once the session has then been idle this long (a turn that starts meanwhile takes
+    #: the snapshot over at its own end).
+    snapshot_idle_s: float = 0.05
     #: Used until the first RegisterResponse says otherwise.
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0

@@ -667,6 +667,11 @@ class Worker:
         # (lease lost, session dropped) ends the wait with False.
         if not await session.outbox.wait_acked():
             return
+        # Debounced: a session that gets its next turn within the idle time snapshots after
+        # that turn instead, so back-to-back turns do not pay for an upload each. Nothing is at
+        # risk meanwhile: Resume replays the log after the last snapshot.
+        if self.settings.snapshot_idle_s > 0:
+            await asyncio.sleep(self.settings.snapshot_idle_s)
         if session.dropped or session.runtime is None:
             return
         if session.turn_generation != generation or session.turn_task is not None:
