@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
+NPM_STAMP := node_modules/.installed
 
 .PHONY: setup gen gen-check lint demo test bench serve clean
 
@@ -12,9 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-$(BUF): package.json
+# npm tools, pinned by package-lock.json: buf (the contract linter) and the Codex CLI that the
+# codex runtime's tests drive (its native binary ships inside the package; nothing downloads
+# at install time).
+$(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --silent
-	touch $(BUF)
+	touch $(NPM_STAMP)
+
+$(BUF): $(NPM_STAMP)
 
 setup: $(STAMP)
 
@@ -27,7 +33,7 @@ gen-check: $(STAMP)
 	$(BIN)/python tools/gen_python.py --check
 
 ## lint: buf lint on the contract
-lint: $(BUF)
+lint: $(NPM_STAMP)
 	$(BUF) lint
 
 ## demo: a control plane on SQLite, two workers, one session streaming live output
@@ -35,13 +41,13 @@ demo: $(STAMP)
 	$(BIN)/python -m tether_cli.demo
 
 ## test: set up, check the contract and generated code, run the whole test suite
-test: $(STAMP) $(BUF)
+test: $(STAMP) $(NPM_STAMP)
 	$(BUF) lint
 	$(BIN)/python tools/gen_python.py --check
 	$(BIN)/python -m pytest -q
 
 ## bench: print one JSON line per figure
-bench: $(STAMP)
+bench: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m bench
 
 ## serve: run a control plane on ./tether.db

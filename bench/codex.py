@@ -118,7 +118,7 @@ class DirectCodex:
 
 async def main() -> bool | None:
     if codex_bin() is None:
-        print("codex benchmark skipped: the pinned Codex CLI is not installed (npm ci)")
+        print("codex benchmark skipped: the pinned Codex CLI is not installed (make test installs it with npm)")
         return None
     with MockResponses() as mock, procs() as ps:
         target = ps.control_plane()

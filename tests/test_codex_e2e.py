@@ -17,7 +17,7 @@ from .codex_mock import MockResponses, codex_bin
 from .conftest import ControlPlaneProcess, eventually, start_worker
 
 pytestmark = pytest.mark.skipif(
-    codex_bin() is None, reason="the pinned Codex CLI is not installed (run `make test`, which runs npm ci)"
+    codex_bin() is None, reason="the pinned Codex CLI is not installed (run `make test`, which installs it with npm)"
 )
 
 
