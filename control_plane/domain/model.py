@@ -41,12 +41,20 @@ TERMINAL_KINDS = {
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_last_id = 0
+
+
 def new_id(prefix: str) -> str:
     """A sortable unique id: 48 bits of milliseconds then 80 random bits, in Crockford base32.
 
-    Sorting ids sorts by creation time, which gives ListSessions a stable, index-only order.
+    Sorting ids sorts by creation time, which gives ListSessions a stable, index-only order;
+    within one process they strictly increase even inside one millisecond.
     """
+    global _last_id
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    if value <= _last_id:  # two ids in one millisecond: keep creation order (monotonic)
+        value = _last_id + 1
+    _last_id = value
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
