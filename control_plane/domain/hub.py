@@ -1140,7 +1140,8 @@ class Hub:
             if e.kind == "request_opened" and e.request is not None:
                 request = e.request
                 request.session_id, request.turn_id = session_id, e.turn_id
-                request.state, request.create_time_us = RequestState.PENDING, now
+                request.state = RequestState.PENDING
+                request.create_time_us = request.create_time_us or now  # as the event says
                 ctx.requests[request.request_id] = request
                 ws.request_inserts.append(request_to_row(request))
         for e in fresh:
