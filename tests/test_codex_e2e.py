@@ -286,3 +286,28 @@ async def test_a_restore_that_cannot_rehydrate_fails_closed(cp, procs, tmp_path,
         assert done.state == sdk.TurnState.FAILED and "rehydrate" in done.error_message
         assert not mock.requests_containing("what is the password?"), "an empty thread ran the turn"
         broken.stop()
+
+
+async def test_restore_session_moves_a_codex_session_to_a_worker_with_an_empty_home(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "RUN: echo restored-tool-output")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        first_thread = (await client.get_session(s.session_id)).runtime_thread_id
+        codex_worker(procs, cp, tmp_path / "wb", "wb", mock)
+
+        async def b_connected() -> bool:
+            return any(w.worker_id == "wb" and w.connected for w in await client.list_workers())
+
+        await eventually(b_connected, timeout=20, what="worker wb connected")
+        # Answers once B holds the lease and its rehydrated runtime confirmed with a snapshot.
+        moved = await client.restore_session(s.session_id, worker_id="wb", timeout_s=60)
+        assert moved.worker_id == "wb" and moved.session_id == s.session_id
+        assert moved.runtime_thread_id and moved.runtime_thread_id != first_thread
+        assert not (tmp_path / "wb" / "sessions" / s.session_id / "codex-home" / "auth.json").exists()
+        t2 = await client.send_input(s.session_id, "and now?")
+        done = await finished(client, s.session_id, t2.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message
+        sent = json.dumps(mock.requests_containing("and now?")[0]["input"])
+        assert "echo restored-tool-output" in sent and sent.count("restored-tool-output") >= 2
