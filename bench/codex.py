@@ -36,13 +36,6 @@ WARMUP = 3
 TERMINAL = {"turn_completed", "turn_failed", "turn_interrupted"}
 
 
-def _provider(mock: MockResponses) -> str:
-    return (
-        f'{{name="mock", base_url="{mock.base_url}", wire_api="responses", '
-        "request_max_retries=0, stream_max_retries=0}"
-    )
-
-
 class DirectCodex:
     """A bare JSON-RPC client of `codex app-server`: the baseline, with nothing of Tether."""
 
@@ -59,7 +52,7 @@ class DirectCodex:
             str(codex_bin()), "app-server",
             "-c", "features.plugins=false", "-c", "analytics.enabled=false",
             "-c", "check_for_update_on_startup=false", "-c", 'model="mock-model"',
-            "-c", 'model_provider="mock"', "-c", f"model_providers.mock={_provider(mock)}",
+            *(arg for override in mock.codex_config() for arg in ("-c", override)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             cwd=cwd, env={**os.environ, "CODEX_HOME": home}, limit=1 << 26,
         )
@@ -125,9 +118,7 @@ async def main() -> bool | None:
         ps.worker(
             target, "codex-worker", 1,
             env={"TETHER_SNAPSHOT_EVERY_TURNS": os.environ.get("TETHER_SNAPSHOT_EVERY_TURNS", "1")},
-            extra=("--runtime", "codex", "--codex-bin", str(codex_bin()), "--codex-model", "mock-model",
-                   "--codex-sandbox", "read-only", "--codex-config", 'model_provider="mock"',
-                   "--codex-config", f"model_providers.mock={_provider(mock)}",
+            extra=(*mock.worker_flags(), "--codex-sandbox", "read-only",
                    "--codex-home-from", str(ps.tmp / "no-user-home")),
         )
         home, cwd = ps.tmp / "direct-home", ps.tmp / "direct-work"

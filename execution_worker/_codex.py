@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from execution_worker._child import when_exited
 from execution_worker._runtime import (
     AgentError,
     DeltaKind,
@@ -451,10 +452,8 @@ class _Turn:
 class _Process:
     """`codex app-server` as a child process with asyncio pipes.
 
-    Spawned with the standard library's `subprocess.Popen` (vfork/exec), not the event loop's
-    own spawn: under uvloop that forks the whole worker, gRPC's fork handlers run in the child,
-    and about one start in fifteen died with SIGSEGV before exec (seen in the end-to-end tests).
-    The shell runtime spawns the same way and never did.
+    Spawned with `subprocess.Popen` (see `_child`): through uvloop's own spawn, about one start
+    in fifteen died with SIGSEGV before exec in the end-to-end tests.
     """
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
@@ -464,7 +463,6 @@ class _Process:
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pidfd: int | None = None
 
     @classmethod
     async def spawn(cls, args: list[str], *, cwd: Path, env: dict[str, str]) -> _Process:
@@ -493,28 +491,11 @@ class _Process:
             lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), self.popen.stdin
         )
         self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-        try:
-            self._pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):  # pragma: no cover - non-Linux fallback: a thread
-            waiter = loop.run_in_executor(None, self.popen.wait)
-            waiter.add_done_callback(lambda f: self._set_exited(f.result()))
-        else:
-            loop.add_reader(self._pidfd, self._on_pidfd)
+        when_exited(loop, self.popen, self._on_exit)
 
-    def _on_pidfd(self) -> None:
-        code = self.popen.poll()
-        if code is None:
-            return
-        loop = asyncio.get_running_loop()
-        assert self._pidfd is not None
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = None
-        self._set_exited(code)
-
-    def _set_exited(self, code: int) -> None:
+    def _on_exit(self) -> None:
         if not self._exited.done():
-            self._exited.set_result(code)
+            self._exited.set_result(self.popen.wait())
 
     @property
     def returncode(self) -> int | None:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from execution_worker._child import when_exited
 from execution_worker._runtime import (
     HistoryItem,
     HistoryRole,
@@ -38,9 +39,6 @@ KILL_GRACE_S = 2.0
 #: After the command exits and its process group is killed, pipes still open can only be held
 #: by a process that left the group (setsid, daemonised); the turn stops waiting for it then.
 ORPHAN_PIPE_GRACE_S = 2.0
-
-_HAS_PIDFD = hasattr(os, "pidfd_open")
-
 
 class _PipeReader(asyncio.Protocol):
     """Feeds one pipe of a turn into the turn, decoding UTF-8 across chunk boundaries."""
@@ -83,19 +81,13 @@ class _ShellTurn:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._orphan_timer: asyncio.TimerHandle | None = None
         self._transports: list[asyncio.BaseTransport] = []
-        self._pidfd: int | None = None
 
     async def attach(self) -> None:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         for pipe, stream in ((self.proc.stdout, OutputStream.STDOUT), (self.proc.stderr, OutputStream.STDERR)):
             transport, _ = await self.loop.connect_read_pipe(lambda s=stream: _PipeReader(self, s), pipe)
             self._transports.append(transport)
-        if _HAS_PIDFD:
-            self._pidfd = os.pidfd_open(self.proc.pid)
-            self.loop.add_reader(self._pidfd, self._on_exit)
-        else:  # pragma: no cover - non-Linux fallback; costs a thread per turn
-            fut = self.loop.run_in_executor(None, self.proc.wait)
-            fut.add_done_callback(lambda f: self._exited(f.result()))
+        when_exited(self.loop, self.proc, self._on_exit)
 
     # -- callbacks from the loop ---------------------------------------------------------------
 
@@ -110,10 +102,6 @@ class _ShellTurn:
         self._maybe_finish()
 
     def _on_exit(self) -> None:
-        assert self._pidfd is not None
-        self.loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = None
         # The leader is a zombie until we reap it, so its pid is still the group's id and
         # cannot be reused: the only safe moment to kill what it left behind (background
         # jobs would otherwise hold our pipes open and outlive the turn).

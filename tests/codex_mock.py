@@ -132,6 +132,21 @@ class MockResponses:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def codex_config(self) -> tuple[str, str]:
+        """The Codex `-c KEY=TOML` overrides that send all model traffic to this mock."""
+        provider = (
+            f'{{name="mock", base_url="{self.base_url}", wire_api="responses", '
+            "request_max_retries=0, stream_max_retries=0}"
+        )
+        return ('model_provider="mock"', f"model_providers.mock={provider}")
+
+    def worker_flags(self) -> list[str]:
+        """`tether worker` flags for a codex runtime on the pinned binary talking to this mock."""
+        flags = ["--runtime", "codex", "--codex-bin", str(codex_bin()), "--codex-model", "mock-model"]
+        for override in self.codex_config():
+            flags += ["--codex-config", override]
+        return flags
+
     def requests_containing(self, text: str) -> list[dict[str, Any]]:
         """Recorded requests whose body mentions `text` anywhere."""
         with self._lock:

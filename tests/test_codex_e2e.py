@@ -28,17 +28,10 @@ def mock():
 
 
 def codex_worker(procs, cp: ControlPlaneProcess, workdir: pathlib.Path, name: str, mock: MockResponses, *extra: str):
-    provider = (
-        f'{{name="mock", base_url="{mock.base_url}", wire_api="responses", '
-        "request_max_retries=0, stream_max_retries=0}"
-    )
     return start_worker(
         procs, cp.target, workdir, name, 1,
-        "--worker-id", name, "--runtime", "codex", "--codex-bin", str(codex_bin()),
-        "--codex-model", "mock-model", "--codex-sandbox", "read-only",
-        "--codex-approval-policy", "on-request",
-        "--codex-config", 'model_provider="mock"', "--codex-config", f"model_providers.mock={provider}",
-        "--codex-home-from", str(workdir / "no-user-home"),
+        "--worker-id", name, *mock.worker_flags(), "--codex-sandbox", "read-only",
+        "--codex-approval-policy", "on-request", "--codex-home-from", str(workdir / "no-user-home"),
         *extra,
     )
 

@@ -62,14 +62,10 @@ def mock_api():
 
 
 def settings_for(mock: MockResponses, tmp_path: pathlib.Path, **overrides: Any) -> CodexSettings:
-    provider = (
-        f'model_providers.mock={{name="mock", base_url="{mock.base_url}", wire_api="responses", '
-        "request_max_retries=0, stream_max_retries=0}"
-    )
     values: dict[str, Any] = {
         "bin": CODEX,
         "model": "mock-model",
-        "config": ('model_provider="mock"', provider),
+        "config": mock.codex_config(),
         # Never the real user's ~/.codex: tests must not depend on (or leak) a login.
         "home_from": tmp_path / "no-user-home",
         "request_timeout_s": 20.0,
