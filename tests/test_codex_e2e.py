@@ -298,7 +298,9 @@ async def test_restore_session_moves_a_codex_session_to_a_worker_with_an_empty_h
         moved = await client.restore_session(s.session_id, worker_id="wb", timeout_s=60)
         assert moved.worker_id == "wb" and moved.session_id == s.session_id
         assert moved.runtime_thread_id and moved.runtime_thread_id != first_thread
-        assert not (tmp_path / "wb" / "sessions" / s.session_id / "codex-home" / "auth.json").exists()
+        # The new thread lives in B's own CODEX_HOME, which held nothing of the session before.
+        b_home = tmp_path / "wb" / "sessions" / s.session_id / "codex-home"
+        assert any(moved.runtime_thread_id in p.name for p in b_home.rglob("rollout-*.jsonl"))
         t2 = await client.send_input(s.session_id, "and now?")
         done = await finished(client, s.session_id, t2.turn_id)
         assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message

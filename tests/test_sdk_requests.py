@@ -9,7 +9,9 @@ scripted worker (`FakeWorker`) opening the requests a runtime would open mid-tur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 import threading
 
 import grpc
@@ -311,20 +313,30 @@ def _opened(seq: int, turn_id: str, request_id: str, kind: int, **fields) -> wpb
     )
 
 
+@contextlib.asynccontextmanager
+async def _running_turn(
+    control_plane, client: sdk.AsyncClient, worker_id: str, text: str
+) -> AsyncIterator[tuple[FakeWorker, sdk.Session, sdk.Turn, wpb.Offer]]:
+    """A session whose turn a scripted worker has taken (and keeps its lease of)."""
+    worker = FakeWorker(f"127.0.0.1:{control_plane.port}", worker_id)
+    await worker.register()
+    await worker.open_lease()
+    try:
+        s = await client.create_session("shell")
+        turn = await client.send_input(s.session_id, text)
+        offer = await worker.take_offer()
+        worker.start_heartbeat({s.session_id: offer.lease_epoch})
+        yield worker, s, turn, offer
+    finally:
+        await worker.close()
+
+
 async def _events(client: sdk.AsyncClient, session_id: str) -> list[sdk.Event]:
     return [e async for e in client.stream_events(session_id, stop_at_end=True)]
 
 
 async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(control_plane, client):
-    target = f"127.0.0.1:{control_plane.port}"
-    worker = FakeWorker(target, "wkr_ask")
-    await worker.register()
-    await worker.open_lease()
-    try:
-        s = await client.create_session("shell")
-        turn = await client.send_input(s.session_id, "clean the build")
-        offer = await worker.take_offer()
-        worker.start_heartbeat({s.session_id: offer.lease_epoch})
+    async with _running_turn(control_plane, client, "wkr_ask", "clean the build") as (worker, s, turn, offer):
         await worker.write(s.session_id, offer.lease_epoch, [
             started(1, turn.turn_id, "wkr_ask"),
             _opened(2, turn.turn_id, _REQ, pb.REQUEST_KIND_COMMAND_APPROVAL,
@@ -378,23 +390,13 @@ async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(cont
         await worker.write(s.session_id, offer.lease_epoch, [completed(3, turn.turn_id)])
         done = await client.wait_for_turn(s.session_id, turn.turn_id, timeout_s=10)
         assert done.state is sdk.TurnState.COMPLETED
-    finally:
-        await worker.close()
 
 
 async def test_user_input_is_answered_and_an_unanswered_request_expires_with_its_turn(
     control_plane, client
 ):
-    target = f"127.0.0.1:{control_plane.port}"
-    worker = FakeWorker(target, "wkr_input")
-    await worker.register()
-    await worker.open_lease()
     asked, unanswered = "req_" + "0" * 25 + "2", "req_" + "0" * 25 + "3"
-    try:
-        s = await client.create_session("shell")
-        turn = await client.send_input(s.session_id, "pick a colour")
-        offer = await worker.take_offer()
-        worker.start_heartbeat({s.session_id: offer.lease_epoch})
+    async with _running_turn(control_plane, client, "wkr_input", "pick a colour") as (worker, s, turn, offer):
         questions = {"questions": [{"id": "colour", "question": "Which colour?"}]}
         await worker.write(s.session_id, offer.lease_epoch, [
             started(1, turn.turn_id, "wkr_input"),
@@ -426,21 +428,12 @@ async def test_user_input_is_answered_and_an_unanswered_request_expires_with_its
         last = (await _events(client, s.session_id))[-1]
         assert last.kind is sdk.EventKind.REQUEST_RESOLVED and last.request_id == unanswered
         assert last.request_state is sdk.RequestState.EXPIRED and last.reason == gone.expire_reason
-    finally:
-        await worker.close()
 
 
 async def test_cli_answers_a_request_of_a_real_control_plane(control_plane, client):
     """`requests`, `events` and `respond` end to end (the CLI blocks, so it runs in a thread)."""
     target = f"127.0.0.1:{control_plane.port}"
-    worker = FakeWorker(target, "wkr_cli")
-    await worker.register()
-    await worker.open_lease()
-    try:
-        s = await client.create_session("shell")
-        turn = await client.send_input(s.session_id, "clean up")
-        offer = await worker.take_offer()
-        worker.start_heartbeat({s.session_id: offer.lease_epoch})
+    async with _running_turn(control_plane, client, "wkr_cli", "clean up") as (worker, s, turn, offer):
         await worker.write(s.session_id, offer.lease_epoch, [
             started(1, turn.turn_id, "wkr_cli"),
             _opened(2, turn.turn_id, _REQ, pb.REQUEST_KIND_COMMAND_APPROVAL, summary="rm -rf build",
@@ -462,5 +455,3 @@ async def test_cli_answers_a_request_of_a_real_control_plane(control_plane, clie
         assert answered.exit_code == 0, answered.output
         assert answered.stdout.strip() == f"{_REQ} resolved decline"
         assert json.loads((await worker.next("answered")).answered.response_json) == {"decision": "decline"}
-    finally:
-        await worker.close()

@@ -890,8 +890,8 @@ class Hub:
             elif ctx.active is not None and ctx.active.state == TurnState.RUNNING and ctx.active.worker_id == worker_id:
                 w.in_flight.add(ctx.active.turn_id)
                 for request in ctx.requests.values():  # answers it may have missed meanwhile
-                    if request.state == RequestState.RESOLVED and request.turn_id == ctx.active.turn_id:
-                        w.push(AnswerMsg(session_id, request.turn_id, request.request_id, request.response_json))
+                    if request.state == RequestState.RESOLVED:
+                        self._deliver_answer(ctx, request)
         lost = self._renew(w, held)
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
         self._dispatch_waiting()
@@ -1120,9 +1120,9 @@ class Hub:
                 )
             if e.kind in TERMINAL_KINDS and e is not fresh[-1]:
                 raise errors.InvalidArgument("events", "no event may follow a turn's terminal event in a batch")
-        opened = [e.request for e in fresh if e.kind == "request_opened"]
+        opened = [e for e in fresh if e.kind == "request_opened"]
         if opened:
-            self._check_opened(ctx, opened)
+            self._check_opened(ctx, [e.request for e in opened])
         ws = WriteSet()
         now = now_us()
         stored: list[Event] = []
@@ -1136,14 +1136,14 @@ class Hub:
         ctx.acked_worker_seq = fresh[-1].worker_seq
         last = fresh[-1]
         session = ctx.session
-        for e, ev in zip(fresh, stored):
-            if e.kind == "request_opened" and e.request is not None:
-                request = e.request
-                request.session_id, request.turn_id = session_id, e.turn_id
-                request.state = RequestState.PENDING
-                request.create_time_us = request.create_time_us or now  # as the event says
-                ctx.requests[request.request_id] = request
-                ws.request_inserts.append(request_to_row(request))
+        for e in opened:  # checked above: each carries a request
+            request = e.request
+            assert request is not None
+            request.session_id, request.turn_id = session_id, e.turn_id
+            request.state = RequestState.PENDING
+            request.create_time_us = request.create_time_us or now  # as the event says
+            ctx.requests[request.request_id] = request
+            ws.request_inserts.append(request_to_row(request))
         for e in fresh:
             if e.kind == "turn_started" and e.runtime_thread_id and e.runtime_thread_id != session.runtime_thread_id:
                 session.runtime_thread_id = e.runtime_thread_id
