@@ -20,7 +20,6 @@ $(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --silent
 	touch $(NPM_STAMP)
 
-$(BUF): $(NPM_STAMP)
 
 setup: $(STAMP)
 
