@@ -20,7 +20,6 @@ $(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --silent
 	touch $(NPM_STAMP)
 
-
 setup: $(STAMP)
 
 ## gen: regenerate gen/python from proto/ (the generated code is committed)
