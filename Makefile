@@ -13,22 +13,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# npm tools, pinned by package-lock.json: buf (the contract linter) and the Codex CLI that the
-# codex runtime's tests drive (its native binary ships inside the package; nothing downloads
-# at install time).
+# npm tools, pinned by package-lock.json: buf (the contract linter and TypeScript generator),
+# protoc-gen-es, the Connect runtime and TypeScript for the examples in examples/typescript, and
+# the Codex CLI that the codex runtime's tests drive (its native binary ships inside the
+# package; nothing downloads at install time).
 $(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --silent
 	touch $(NPM_STAMP)
 
 setup: $(STAMP)
 
-## gen: regenerate gen/python from proto/ (the generated code is committed)
-gen: $(STAMP)
-	$(BIN)/python tools/gen_python.py
+## gen: regenerate gen/python and gen/ts from proto/ (the generated code is committed)
+gen: $(STAMP) $(NPM_STAMP)
+	$(BIN)/python tools/gen.py
 
 ## gen-check: fail when gen/ differs from what proto/ produces
-gen-check: $(STAMP)
-	$(BIN)/python tools/gen_python.py --check
+gen-check: $(STAMP) $(NPM_STAMP)
+	$(BIN)/python tools/gen.py --check
 
 ## lint: buf lint on the contract
 lint: $(NPM_STAMP)
@@ -41,7 +42,7 @@ demo: $(STAMP)
 ## test: set up, check the contract and generated code, run the whole test suite
 test: $(STAMP) $(NPM_STAMP)
 	$(BUF) lint
-	$(BIN)/python tools/gen_python.py --check
+	$(BIN)/python tools/gen.py --check
 	$(BIN)/python -m pytest -q
 
 ## bench: print one JSON line per figure

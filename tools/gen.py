@@ -1,7 +1,9 @@
-"""Generate gen/python from proto/ with grpcio-tools; with --check, fail on drift instead.
+"""Generate gen/ from proto/; with --check, fail on drift instead.
 
-One command produces every generated Python file, so CI can regenerate into a scratch
-directory and compare it byte for byte with what is committed.
+gen/python comes from grpcio-tools (messages, stubs, type stubs); gen/ts comes from
+`buf generate` with the local protoc-gen-es plugin that buf.gen.yaml names. One command
+produces every generated file, so CI can regenerate into a scratch directory and compare it
+byte for byte with what is committed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import filecmp
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -19,6 +22,8 @@ from grpc_tools import protoc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "gen" / "python"
+TS_OUT = ROOT / "gen" / "ts"
+BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
 def generate(out: pathlib.Path) -> None:
@@ -42,6 +47,14 @@ def generate(out: pathlib.Path) -> None:
         (d / "__init__.py").touch()
 
 
+def generate_ts(base: pathlib.Path) -> pathlib.Path:
+    """Run buf.gen.yaml with its output rooted at `base`; return where gen/ts landed."""
+    if not BUF.exists():
+        raise SystemExit("buf is not installed: run `npm install` (make does it for you)")
+    subprocess.run([str(BUF), "generate", "--output", str(base)], cwd=ROOT, check=True)
+    return base / "gen" / "ts"
+
+
 def tree(root: pathlib.Path) -> set[str]:
     return {
         str(p.relative_to(root))
@@ -57,18 +70,27 @@ def main() -> int:
     if not check:
         shutil.rmtree(OUT / "tether", ignore_errors=True)
         generate(OUT)
+        shutil.rmtree(TS_OUT, ignore_errors=True)
+        generate_ts(ROOT)
         return 0
+    drift: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = pathlib.Path(tmp)
-        generate(fresh)
-        want, have = tree(fresh), tree(OUT)
-        drift = sorted(want ^ have) + sorted(
-            f for f in want & have if not filecmp.cmp(fresh / f, OUT / f, shallow=False)
-        )
+        scratch = pathlib.Path(tmp)
+        generate(scratch / "python")
+        fresh_ts = generate_ts(scratch / "ts-base")
+        for fresh, committed in ((scratch / "python", OUT), (fresh_ts, TS_OUT)):
+            want, have = tree(fresh), tree(committed)
+            rel = committed.relative_to(ROOT)
+            drift += [f"{rel}/{f}" for f in sorted(want ^ have)]
+            drift += [
+                f"{rel}/{f}"
+                for f in sorted(want & have)
+                if not filecmp.cmp(fresh / f, committed / f, shallow=False)
+            ]
     if drift:
-        print("gen/python is out of date with proto/ (run `make gen`):", *drift, sep="\n  ")
+        print("gen/ is out of date with proto/ (run `make gen`):", *drift, sep="\n  ")
         return 1
-    print("gen/python matches proto/")
+    print("gen/python and gen/ts match proto/")
     return 0
 
 
