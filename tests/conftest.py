@@ -159,3 +159,19 @@ async def client(control_plane: ControlPlane) -> AsyncIterator[sdk.AsyncClient]:
 def start_worker(procs, target: str, workdir: pathlib.Path, name: str, slots: int = 2, *extra: str) -> Proc:
     workdir.mkdir(parents=True, exist_ok=True)
     return procs(worker_args(target, workdir, slots, *extra), name)
+
+
+TS_DIR = ROOT / "examples" / "typescript"
+TSC = ROOT / "node_modules" / ".bin" / "tsc"
+
+
+@pytest.fixture(scope="session")
+def ts_dist() -> pathlib.Path:
+    """Compile examples/typescript (and the generated gen/ts it imports) once per test run;
+    returns the directory holding the compiled examples (`client.js`, `worker.js`)."""
+    if not TSC.exists():
+        raise RuntimeError("TypeScript is not installed: run `npm install` (make test does it)")
+    done = subprocess.run([str(TSC), "-p", str(TS_DIR)], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError("tsc failed:\n" + done.stdout + done.stderr)
+    return TS_DIR / "dist" / "examples" / "typescript"
