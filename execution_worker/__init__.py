@@ -1,13 +1,13 @@
 """Tether execution worker: dials out to the control plane, runs leased sessions' turns in a
-runtime (the built-in `shell` and `codex`, or plugins from the `tether.runtimes` entry point group), and
-streams their events back.
+runtime (the built-in `shell`, `codex` and `script`, or plugins from the `tether.runtimes` entry
+point group), and streams their events back.
 
 Public surface:
 
 - `Worker`, `WorkerSettings`: run a worker in-process (``await Worker(settings).run()``).
 - `Runtime` and its dataclasses (`HistoryItem`, `Output`, `TurnCompleted`, ...): the interface a
   runtime plugin implements, with the events a runtime may yield (items, deltas, token usage,
-  pending requests, history items); `ShellRuntime` and `CodexRuntime` (with `CodexSettings`)
+  pending requests, history items); `ShellRuntime`, `ScriptRuntime` and `CodexRuntime` (with `CodexSettings`)
   are the built-in ones.
 - `discover_runtimes()`: every runtime this installation offers, by name.
 """
@@ -42,6 +42,7 @@ from execution_worker._runtime import (
     new_request_id,
 )
 from execution_worker._settings import WorkerSettings, resolve_worker_id
+from execution_worker._script import ScriptRuntime
 from execution_worker._shell import ShellRuntime
 from execution_worker._worker import Worker
 
@@ -71,6 +72,7 @@ __all__ = [
     "Runtime",
     "RuntimeEvent",
     "RuntimeFactory",
+    "ScriptRuntime",
     "ShellRuntime",
     "TokenUsage",
     "TurnCompleted",

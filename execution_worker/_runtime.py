@@ -293,9 +293,10 @@ def session_workspace(workdir: Path, session_id: str) -> Path:
 
 def _builtin_runtimes() -> dict[str, RuntimeFactory]:
     # Imported here so that `_runtime` stays importable by plugins without pulling the shell in.
+    from execution_worker._script import ScriptRuntime
     from execution_worker._shell import ShellRuntime
 
-    return {"shell": ShellRuntime, "codex": codex_runtime}
+    return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime}
 
 
 def codex_runtime(settings: Any = None) -> Runtime:
