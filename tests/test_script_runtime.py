@@ -104,8 +104,15 @@ async def test_approve_waits_for_the_answer(script: ScriptRuntime) -> None:
     assert stdout([e async for e in turn]) == "after\n"
 
 
-async def test_approval_through_a_real_worker(client: sdk.AsyncClient, control_plane, procs, tmp_path: Path) -> None:
-    start_worker(procs, f"127.0.0.1:{control_plane.port}", tmp_path / "w", "worker", 1, "--runtime", "script")
+async def test_approval_through_a_real_worker(cp_process, procs, tmp_path: Path) -> None:
+    # The control plane runs as a process: the procs fixture stops the worker synchronously,
+    # and a draining worker needs a control plane that answers.
+    start_worker(procs, cp_process.target, tmp_path / "w", "worker", 1, "--runtime", "script")
+    async with sdk.AsyncClient(cp_process.target) as client:
+        await _approve_one(client)
+
+
+async def _approve_one(client: sdk.AsyncClient) -> None:
     session = await client.create_session(runtime="script")
     turn = await client.send_input(session.session_id, "say before\napprove deploy\nsay after")
 
