@@ -13,7 +13,7 @@ import pytest
 import sdk
 
 from .conftest import ControlPlaneProcess, eventually, start_worker
-from .tcp_proxy import TcpProxy
+from tether_cli._proxy import TcpProxy
 
 
 async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> list[sdk.Event]:

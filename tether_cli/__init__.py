@@ -1,7 +1,8 @@
 """The `tether` command: one entry point over the three deployables.
 
 `control_plane`, `execution_worker` and `sdk` are peers that must not import each other's CLI
-code, so the group loads each subcommand lazily from its own package.
+code, so the group loads each subcommand lazily from its own package. `tether conformance`
+(the worker conformance kit) lives here because it needs a control plane and the SDK at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _SUBCOMMANDS = {
     "serve": ("control_plane.cli", "serve"),
     "worker": ("execution_worker.cli", "worker"),
     "session": ("sdk.cli", "session"),
+    "conformance": ("tether_cli.conformance", "conformance"),
 }
 
 

@@ -289,6 +289,9 @@ class Hub:
         self._snapshot_waiters: dict[str, asyncio.Future[Snapshot]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # owned here, awaited by stop()
+        # Calls refused by fencing, per worker: a worker that keeps writing for a lease it lost
+        # is a zombie, and this is how the conformance kit sees one.
+        self._fenced_calls: collections.Counter[str] = collections.Counter()
         writer.on_failure = self._on_write_failure
 
     # ----------------------------------------------------------------- lifecycle
@@ -1079,11 +1082,17 @@ class Hub:
     def check_lease(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
         ctx = self._ctx.get(session_id)
         if ctx is None or ctx.deleted:
+            self._fenced_calls[worker_id] += 1
             raise errors.LeaseLost(session_id, epoch, 0)
         lease = ctx.lease
         if lease is None or lease.worker_id != worker_id or lease.epoch != epoch:
+            self._fenced_calls[worker_id] += 1
             raise errors.LeaseLost(session_id, epoch, lease.epoch if lease else 0)
         return ctx
+
+    def fenced_calls(self, worker_id: str) -> int:
+        """How many of the worker's writes, resumes and snapshots fencing refused (LEASE_LOST)."""
+        return self._fenced_calls[worker_id]
 
     async def load_for_worker(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
         """Like check_lease, but loads the session first (after a control-plane restart)."""

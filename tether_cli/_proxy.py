@@ -1,4 +1,8 @@
-"""A loopback TCP proxy whose connections a test can cut, to make a network blip."""
+"""A loopback TCP proxy whose connections can be cut, to make a network blip or a partition.
+
+The conformance kit puts one between the worker under test and its control plane; tests use it
+the same way.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.port = 0
         self.cuts = 0
+        #: Connections accepted and forwarded so far (a reconnect makes a new one).
+        self.connections = 0
+        self._refusing = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -23,6 +30,10 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.transport.abort()  # a reset, as from a host that is unreachable
+            return
+        self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -49,6 +60,15 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
         self._writers.clear()
+
+    async def blackout(self, seconds: float) -> None:
+        """Cut every connection and reset new ones for `seconds`: a partition, not a blip."""
+        self._refusing = True
+        self.cut()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._refusing = False
 
     async def close(self) -> None:
         self.cut()

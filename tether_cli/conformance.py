@@ -1,0 +1,518 @@
+"""`tether conformance`: drive any execution worker through the contract's scenarios.
+
+The kit owns a control plane (in process, temporary SQLite, 127.0.0.1), a TCP proxy between
+it and the worker under test (so it can cut the worker off), and the worker's process. It
+talks to the control plane with the Python SDK and judges the worker only by what the contract
+makes visible: the session log, turn states, snapshots, the worker list, and how many of the
+worker's calls fencing refused. docs/conformance.md is the worker author's side of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import click
+
+import sdk
+from control_plane import ControlPlane, Settings, Timings
+from tether_cli._proxy import TcpProxy
+
+#: The kit's control-plane timings: short, so the whole run takes about a minute. The worker
+#: learns them at Register. The worker-dead grace is longer than the events-resend blip (the
+#: worker must come back without losing its lease) and shorter than the lease-loss partition.
+KIT_TIMINGS = Timings(
+    heartbeat_interval_s=0.25,
+    liveness_timeout_s=1.5,
+    lease_ttl_s=5.0,
+    worker_dead_grace_s=3.0,
+    offer_timeout_s=3.0,
+    sticky_timeout_s=1.0,
+    reconnect_backoff_initial_s=0.05,
+    reconnect_backoff_max_s=0.5,
+    snapshot_timeout_s=10.0,
+)
+
+#: How long the events-resend scenario cuts the worker off (less than the worker-dead grace).
+BLIP_S = 1.5
+#: How long the lease-loss scenario cuts the worker off (more than grace and lease TTL).
+PARTITION_S = KIT_TIMINGS.lease_ttl_s + 1.0
+#: How long a worker gets to exit after SIGTERM when it has nothing left to finish.
+DRAIN_EXIT_S = 15.0
+
+
+class ScenarioFailed(Exception):
+    """A scenario's expectation did not hold; the message says which and what was seen."""
+
+
+def expect(condition: object, message: str) -> None:
+    if not condition:
+        raise ScenarioFailed(message)
+
+
+@dataclass
+class Launched:
+    """One launch of a worker process and what the kit learned about it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+    under_test: bool
+    worker_id: str = ""
+
+    @property
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n".join("    | " + line for line in text)
+
+
+@dataclass
+class Kit:
+    worker_cmd: str
+    root: pathlib.Path
+    cp: ControlPlane | None = None
+    proxy: TcpProxy | None = None
+    client: sdk.AsyncClient | None = None
+    launches: list[Launched] = field(default_factory=list)
+    worker: Launched | None = None  # the worker under test, once registered
+    resume_session: str = ""  # prepared on the reference worker before the worker under test starts
+    resume_inputs: tuple[str, ...] = ("say apple", "say banana", "say cherry")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = Settings(host="127.0.0.1", port=0, db=str(self.root / "conformance.db"), timings=KIT_TIMINGS)
+        self.cp = ControlPlane(settings)
+        await self.cp.start()
+        self.proxy = TcpProxy(self.cp.port)
+        await self.proxy.start()
+        self.client = sdk.AsyncClient(f"127.0.0.1:{self.cp.port}", timeout_s=10)
+
+    async def close(self) -> None:
+        for launched in self.launches:
+            launched.kill()
+        if self.client is not None:
+            await self.client.close()
+        if self.proxy is not None:
+            await self.proxy.close()
+        if self.cp is not None:
+            await self.cp.close()
+
+    @property
+    def sdk(self) -> sdk.AsyncClient:
+        assert self.client is not None
+        return self.client
+
+    def launch_under_test(self) -> Launched:
+        """Start the worker under test, dialling the proxy, in a fresh work directory."""
+        assert self.proxy is not None
+        n = sum(launched.under_test for launched in self.launches) + 1
+        workdir = self.root / f"worker-{n}"
+        workdir.mkdir()
+        values = {"control_plane": self.proxy.target, "workdir": str(workdir)}
+        try:
+            args = shlex.split(self.worker_cmd.format(**values))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise click.UsageError(f"--worker-cmd: {exc}; placeholders are {{control_plane}} and {{workdir}}") from None
+        env = {
+            **os.environ,
+            "TETHER_CONTROL_PLANE": self.proxy.target,
+            "TETHER_WORKDIR": str(workdir),
+            "TETHER_RUNTIME": "script",
+            "TETHER_SLOTS": "2",
+            "TETHER_WORKER_NAME": f"conformance-{n}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        return self._spawn(f"conformance-{n}", args, env, under_test=True)
+
+    def launch_reference(self, workdir_name: str, *extra: str) -> Launched:
+        """The kit's own Python worker, dialling the control plane directly (no proxy)."""
+        assert self.cp is not None
+        workdir = self.root / workdir_name
+        args = [
+            sys.executable, "-m", "execution_worker", "--control-plane", f"127.0.0.1:{self.cp.port}",
+            "--runtime", "script", "--workdir", str(workdir), "--slots", "2", "--name", workdir_name,
+            "--drain-grace-s", "5", *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        return self._spawn(workdir_name, args, {**env, "PYTHONUNBUFFERED": "1"}, under_test=False)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], *, under_test: bool) -> Launched:
+        log_path = self.root / f"{name}.log"
+        with open(log_path, "wb") as log:
+            try:
+                popen = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,  # so the kit can kill whatever the worker started
+                )
+            except OSError as exc:
+                raise ScenarioFailed(f"could not start {args[0]!r}: {exc}") from None
+        launched = Launched(name, popen, log_path, under_test)
+        self.launches.append(launched)
+        return launched
+
+    async def registered(self, launched: Launched, timeout: float = 20.0) -> sdk.WorkerStatus:
+        """Wait until the launched process shows up as a connected worker named after it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for w in await self.sdk.list_workers():
+                if w.name == launched.name and w.connected:
+                    launched.worker_id = w.worker_id
+                    return w
+            if launched.exited:
+                raise ScenarioFailed(
+                    f"the worker exited with status {launched.popen.returncode} before registering:\n"
+                    + launched.tail()
+                )
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(
+                    f"no connected worker named {launched.name!r} after {timeout:g}s "
+                    f"(does it read TETHER_WORKER_NAME?); its log:\n" + launched.tail()
+                )
+            await asyncio.sleep(0.1)
+
+    async def worker_status(self, worker_id: str) -> sdk.WorkerStatus | None:
+        return next((w for w in await self.sdk.list_workers() if w.worker_id == worker_id), None)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def events(self, session_id: str) -> list[sdk.Event]:
+        return [e async for e in self.sdk.stream_events(session_id, stop_at_end=True)]
+
+    async def wait_event(
+        self, session_id: str, what: str, predicate: Callable[[sdk.Event], bool], timeout: float = 10.0
+    ) -> sdk.Event:
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in self.sdk.stream_events(session_id):
+                    if predicate(event):
+                        return event
+        except TimeoutError:
+            pass
+        raise ScenarioFailed(f"timed out after {timeout:g}s waiting for {what}")
+
+    async def wait_turn(self, session_id: str, turn_id: str, timeout: float = 10.0) -> sdk.Turn:
+        try:
+            return await self.sdk.wait_for_turn(session_id, turn_id, timeout_s=timeout)
+        except sdk.DeadlineExceededError:
+            turn = await self.sdk.get_turn(session_id, turn_id)
+            raise ScenarioFailed(f"turn {turn_id} still {turn.state.name} after {timeout:g}s") from None
+
+    async def run(self, session_id: str, script: str, timeout: float = 10.0) -> tuple[sdk.Turn, list[sdk.Event]]:
+        """Send `script` as a turn, wait for it to end; return it with its events."""
+        turn = await self.sdk.send_input(session_id, script)
+        done = await self.wait_turn(session_id, turn.turn_id, timeout)
+        return done, [e for e in await self.events(session_id) if e.turn_id == turn.turn_id]
+
+    async def prepare_resume(self) -> None:
+        """Three turns of a session on the reference worker, snapshotting every second turn,
+        then the worker killed: the session's history is a snapshot plus a tail of events."""
+        ref = self.launch_reference("reference-1", "--snapshot-every-turns", "2")
+        try:
+            await self.registered(ref)
+        except ScenarioFailed as exc:
+            raise RuntimeError(f"the kit's reference worker did not start: {exc}") from None
+        session = await self.sdk.create_session(runtime="script")
+        for i, script in enumerate(self.resume_inputs):
+            turn, _ = await self.run(session.session_id, script)
+            if turn.state is not sdk.TurnState.COMPLETED:
+                raise RuntimeError(f"the reference worker's turn {script!r} ended {turn.state.name}")
+            if i == 1:  # the snapshot after the second turn, before the third starts
+                await self._wait_snapshot(session.session_id)
+        ref.kill()
+        self.resume_session = session.session_id
+
+    async def _wait_snapshot(self, session_id: str) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(sdk.NotFoundError):
+                snapshot = await self.sdk.get_snapshot(session_id)
+                if len(snapshot.history) >= 4:
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the reference worker uploaded no snapshot after its second turn")
+
+
+def outputs(events: list[sdk.Event]) -> list[str]:
+    return [e.text for e in events if e.kind is sdk.EventKind.OUTPUT]
+
+
+def check_gapless(events: list[sdk.Event]) -> None:
+    seqs = [e.seq for e in events]
+    expect(seqs == list(range(1, len(seqs) + 1)), f"the log's sequence numbers are not gapless: {seqs}")
+
+
+# -- scenarios -------------------------------------------------------------------------------
+
+
+async def register(kit: Kit) -> None:
+    launched = kit.launch_under_test()
+    status = await kit.registered(launched)
+    expect("script" in status.runtimes, f"the worker offers {status.runtimes}, not the 'script' runtime")
+    expect(status.slots >= 1, f"the worker registered {status.slots} slots")
+    kit.worker = launched
+
+
+async def offer_accept(kit: Kit) -> None:
+    session = await kit.sdk.create_session(runtime="script")
+    turn, events = await kit.run(session.session_id, "say hello")
+    expect(turn.state is sdk.TurnState.COMPLETED, f"the turn ended {turn.state.name}: {turn.error_message}")
+    kinds = [e.kind.value for e in events]
+    expect(
+        kinds == ["input_received", "turn_started", "output", "turn_completed"],
+        f"the turn's events are {kinds}, not input_received, turn_started, output, turn_completed",
+    )
+    started = events[1]
+    expect(started.worker_id == worker_id(kit), f"turn_started names worker {started.worker_id!r}")
+    expect(outputs(events) == ["hello\n"], f"the output is {outputs(events)}, not ['hello\\n']")
+    expect(events[-1].exit_code == 0, f"exit code {events[-1].exit_code}")
+    check_gapless(await kit.events(session.session_id))
+
+
+async def events_resend(kit: Kit) -> None:
+    assert kit.proxy is not None
+    session = await kit.sdk.create_session(runtime="script")
+    sid = session.session_id
+    before = kit.proxy.connections
+    turn = await kit.sdk.send_input(sid, "say one\nsleep 500\nsay two\nsleep 1500\nsay three")
+    await kit.wait_event(sid, "the first output", lambda e: e.kind is sdk.EventKind.OUTPUT)
+    # "two" is produced while the worker is cut off: it must keep it and send it afterwards.
+    await kit.proxy.blackout(BLIP_S)
+    done = await kit.wait_turn(sid, turn.turn_id, timeout=15)
+    expect(done.state is sdk.TurnState.COMPLETED, f"the turn ended {done.state.name}: {done.error_message}")
+    expect(kit.proxy.connections > before, "the worker never reconnected after its connections were cut")
+    events = await kit.events(sid)
+    check_gapless(events)
+    got = outputs(events)
+    expect(got == ["one\n", "two\n", "three\n"], f"the output is {got}, not one, two, three exactly once each")
+
+
+async def interrupt(kit: Kit) -> None:
+    session = await kit.sdk.create_session(runtime="script")
+    sid = session.session_id
+    turn = await kit.sdk.send_input(sid, "say start\nsleep 30000\nsay never")
+    await kit.wait_event(sid, "the output 'start'", lambda e: e.kind is sdk.EventKind.OUTPUT)
+    await kit.sdk.interrupt_turn(sid, turn.turn_id, reason="conformance")
+    done = await kit.wait_turn(sid, turn.turn_id, timeout=5)
+    expect(done.state is sdk.TurnState.INTERRUPTED, f"the turn ended {done.state.name}, not INTERRUPTED")
+    events = await kit.events(sid)
+    check_gapless(events)
+    expect(outputs(events) == ["start\n"], f"the output is {outputs(events)}: the script ran on after the interrupt")
+
+
+async def snapshot(kit: Kit) -> None:
+    session = await kit.sdk.create_session(runtime="script")
+    sid = session.session_id
+    last_seq = 0
+    for script in ("say first", "say second"):
+        turn, events = await kit.run(sid, script)
+        expect(turn.state is sdk.TurnState.COMPLETED, f"turn {script!r} ended {turn.state.name}")
+        last_seq = events[-1].seq
+    snap = await kit.sdk.create_snapshot(sid, timeout_s=15)
+    got = [(item.role.name, item.text) for item in snap.history]
+    want = [("INPUT", "say first"), ("OUTPUT", "first\n"), ("INPUT", "say second"), ("OUTPUT", "second\n")]
+    expect(got == want, f"the snapshot's history is {got}, not {want}")
+    expect(snap.seq >= last_seq, f"the snapshot covers seq {snap.seq}, but the second turn ended at seq {last_seq}")
+
+
+async def resume(kit: Kit) -> None:
+    sid = kit.resume_session
+    expect(sid, "the kit could not prepare a session on its reference worker")
+    deadline = time.monotonic() + KIT_TIMINGS.worker_dead_grace_s + 5
+    while (await kit.sdk.get_session(sid)).worker_id and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # the killed reference worker's lease moves after its grace
+    turn, events = await kit.run(sid, "recall", timeout=15)
+    expect(turn.state is sdk.TurnState.COMPLETED, f"the turn ended {turn.state.name}: {turn.error_message}")
+    started = next((e for e in events if e.kind is sdk.EventKind.TURN_STARTED), None)
+    expect(started is not None and started.worker_id == worker_id(kit), "the recall turn did not run on the worker under test")
+    want = "".join(f"recalled: {text}\n" for text in kit.resume_inputs)
+    got = "".join(outputs(events))
+    expect(got == want, f"recall printed {got!r}, not {want!r}: the rehydrated history is wrong")
+
+
+async def lease_loss(kit: Kit) -> None:
+    assert kit.proxy is not None and kit.cp is not None
+    session = await kit.sdk.create_session(runtime="script")
+    sid = session.session_id
+    turn = await kit.sdk.send_input(sid, "say before\nsleep 4000\nsay after")
+    await kit.wait_event(sid, "the output 'before'", lambda e: e.kind is sdk.EventKind.OUTPUT)
+    old_epoch = (await kit.sdk.get_session(sid)).lease_epoch
+    before = kit.proxy.connections
+    await kit.proxy.blackout(PARTITION_S)
+    failed = await kit.wait_turn(sid, turn.turn_id, timeout=5)
+    expect(failed.state is sdk.TurnState.FAILED, f"the partitioned turn ended {failed.state.name}, not FAILED")
+    wid = worker_id(kit)
+    deadline = time.monotonic() + 10
+    while True:
+        status = await kit.worker_status(wid)
+        if kit.proxy.connections > before and status is not None and status.connected:
+            break
+        expect(time.monotonic() < deadline, "the worker did not reconnect within 10s of the partition ending")
+        await asyncio.sleep(0.1)
+    # It may have tried a few stale writes before it learned; after that they must stop.
+    await asyncio.sleep(1.5)
+    fenced = kit.cp.hub.fenced_calls(wid)
+    await asyncio.sleep(2.0)
+    more = kit.cp.hub.fenced_calls(wid) - fenced
+    expect(more == 0, f"the worker kept writing for its lost lease: {more} more calls refused with LEASE_LOST")
+    events = await kit.events(sid)
+    check_gapless(events)
+    ended = next(e for e in events if e.turn_id == turn.turn_id and e.is_terminal)
+    late = [e for e in events if e.seq > ended.seq and e.lease_epoch == old_epoch and e.lease_epoch]
+    expect(not late, f"events of the lost epoch {old_epoch} reached the log: {[e.kind.value for e in late]}")
+    expect("after\n" not in outputs(events), "output of the lost lease's turn reached the log")
+    nxt, nxt_events = await kit.run(sid, "say again", timeout=15)
+    expect(nxt.state is sdk.TurnState.COMPLETED, f"the next turn ended {nxt.state.name}: {nxt.error_message}")
+    started = next(e for e in nxt_events if e.kind is sdk.EventKind.TURN_STARTED)
+    expect(started.worker_id == wid, "the next turn did not run on the worker under test")
+    expect(started.lease_epoch > old_epoch, f"the next turn ran at epoch {started.lease_epoch}, not above {old_epoch}")
+
+
+async def drain(kit: Kit) -> None:
+    launched = kit.worker
+    assert launched is not None
+    wid = worker_id(kit)
+    held = await kit.sdk.create_session(runtime="script")
+    sid = held.session_id
+    warm, _ = await kit.run(sid, "say warm")
+    expect(warm.state is sdk.TurnState.COMPLETED, f"the first turn ended {warm.state.name}")
+    ref = kit.launch_reference("reference-2")
+    await kit.registered(ref)
+    turn = await kit.sdk.send_input(sid, "say draining\nsleep 1500\nsay done")
+    await kit.wait_event(sid, "the output 'draining'", lambda e: e.turn_id == turn.turn_id and e.kind is sdk.EventKind.OUTPUT)
+    launched.popen.send_signal(signal.SIGTERM)
+    draining = False
+    deadline = time.monotonic() + 3
+    while not draining and time.monotonic() < deadline:
+        status = await kit.worker_status(wid)
+        draining = status is not None and status.draining
+        await asyncio.sleep(0.05)
+    expect(draining, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM")
+    other = await kit.sdk.create_session(runtime="script")
+    other_turn = await kit.sdk.send_input(other.session_id, "say elsewhere")
+    deadline = time.monotonic() + DRAIN_EXIT_S
+    while not launched.exited:
+        expect(time.monotonic() < deadline, f"the worker did not exit within {DRAIN_EXIT_S:g}s of SIGTERM")
+        await asyncio.sleep(0.05)
+    exited_at = time.monotonic()
+    holder = (await kit.sdk.get_session(sid)).worker_id
+    expect(launched.popen.returncode == 0, f"the worker exited with status {launched.popen.returncode}, not 0")
+    done = await kit.sdk.get_turn(sid, turn.turn_id)
+    expect(done.state is sdk.TurnState.COMPLETED, f"the running turn ended {done.state.name}, not COMPLETED: drain must let it finish")
+    events = [e for e in await kit.events(sid) if e.turn_id == turn.turn_id]
+    expect(outputs(events) == ["draining\n", "done\n"], f"the drained turn's output is {outputs(events)}")
+    expect(holder != wid, "the worker exited still holding its session's lease: it must release it when drained")
+    moved = await kit.wait_turn(other.session_id, other_turn.turn_id, timeout=10)
+    expect(moved.state is sdk.TurnState.COMPLETED, f"the turn sent during the drain ended {moved.state.name}")
+    other_started = next(e for e in await kit.events(other.session_id) if e.kind is sdk.EventKind.TURN_STARTED)
+    expect(other_started.worker_id != wid, "the worker took a new turn while draining")
+    after = await kit.sdk.send_input(sid, "say moved")
+    await kit.wait_event(sid, "the next turn to start", lambda e: e.turn_id == after.turn_id and e.kind is sdk.EventKind.TURN_STARTED)
+    waited = time.monotonic() - exited_at
+    expect(waited < KIT_TIMINGS.worker_dead_grace_s - 0.5, f"the session waited {waited:.1f}s for another worker: its lease was not released")
+
+
+def worker_id(kit: Kit) -> str:
+    assert kit.worker is not None
+    return kit.worker.worker_id
+
+
+SCENARIOS: list[tuple[str, Callable[[Kit], Awaitable[None]]]] = [
+    ("register", register),
+    ("offer-accept", offer_accept),
+    ("events-resend", events_resend),
+    ("interrupt", interrupt),
+    ("snapshot", snapshot),
+    ("resume", resume),
+    ("lease-loss", lease_loss),
+    ("drain", drain),
+]
+
+
+async def run_kit(worker_cmd: str, root: pathlib.Path, echo: Callable[[str], None]) -> int:
+    """Run every scenario; return 0 when all passed, 1 when any failed, 2 when none could run."""
+    kit = Kit(worker_cmd, root)
+    failed = 0
+    try:
+        await kit.start()
+        await kit.prepare_resume()
+        for name, scenario in SCENARIOS:
+            if kit.worker is None and name != "register":
+                echo(f"FAIL {name}: not run, the worker never registered")
+                failed += 1
+                continue
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(scenario(kit), timeout=90)
+            except ScenarioFailed as exc:
+                failed += 1
+                echo(f"FAIL {name}: {exc}")
+            except (TimeoutError, asyncio.TimeoutError):
+                failed += 1
+                echo(f"FAIL {name}: did not finish within 90s")
+            except sdk.TetherError as exc:
+                failed += 1
+                echo(f"FAIL {name}: the control plane answered {exc.code.name}: {exc}")
+            else:
+                echo(f"PASS {name} ({time.monotonic() - started:.1f}s)")
+    finally:
+        await kit.close()
+    if not any(launched.worker_id for launched in kit.launches if launched.under_test):
+        return 2
+    return 1 if failed else 0
+
+
+@click.command("conformance")
+@click.option("--worker-cmd", required=True, metavar="COMMAND",
+              help="Starts the worker under test; split like a shell command line (not run through "
+                   "a shell). {control_plane} and {workdir} are replaced, and the same values are "
+                   "in TETHER_CONTROL_PLANE and TETHER_WORKDIR.")
+@click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
+              help="Keep the kit's files (worker logs, database) in this directory "
+                   "[default: a temporary one, kept only when a scenario fails].")
+def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
+    """Check that an execution worker follows the WorkerService contract (docs/conformance.md).
+
+    Prints PASS or FAIL per scenario; exits 1 when any failed, 2 when the worker never registered.
+    """
+    root = keep_dir or pathlib.Path(tempfile.mkdtemp(prefix="tether-conformance-"))
+    root.mkdir(parents=True, exist_ok=True)
+    # The control plane's own log (leases dropped on purpose, and so on) goes to a file next
+    # to the workers' logs, so the terminal shows only the verdicts.
+    logging.basicConfig(
+        filename=root / "control-plane.log", level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    code = asyncio.run(run_kit(worker_cmd, root, lambda line: click.echo(line)))
+    total = len(SCENARIOS)
+    if code == 0:
+        click.echo(f"all {total} scenarios passed")
+        if keep_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    else:
+        click.echo(f"conformance failed; worker logs and the database are in {root}")
+    sys.exit(code)
