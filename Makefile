@@ -3,10 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BUF := node_modules/.bin/buf
+NPM_BIN := node_modules/.bin
+BUF := $(NPM_BIN)/buf
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup gen gen-check lint demo test bench serve clean
+.PHONY: setup gen gen-check lint breaking contract-baseline conformance demo test bench serve clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +36,20 @@ gen-check: $(STAMP) $(NPM_STAMP)
 lint: $(NPM_STAMP)
 	$(BUF) lint
 
+## breaking: fail when proto/ breaks the released contract (contract/tether-v1.binpb)
+breaking: $(NPM_STAMP)
+	$(BUF) breaking --against contract/tether-v1.binpb
+
+## contract-baseline: record proto/ as the released contract (after a reviewed additive change)
+contract-baseline: $(NPM_STAMP) breaking
+	$(BUF) build --exclude-source-info -o contract/tether-v1.binpb
+
+## conformance: run the worker conformance kit against the Python and TypeScript workers
+conformance: $(STAMP) $(NPM_STAMP)
+	$(NPM_BIN)/tsc -p examples/typescript
+	$(BIN)/tether conformance --worker-cmd "$(BIN)/python -m execution_worker"
+	$(BIN)/tether conformance --worker-cmd "node examples/typescript/dist/examples/typescript/worker.js"
+
 ## demo: a control plane on SQLite, two workers, one session streaming live output
 demo: $(STAMP)
 	$(BIN)/python -m tether_cli.demo
@@ -42,6 +57,7 @@ demo: $(STAMP)
 ## test: set up, check the contract and generated code, run the whole test suite
 test: $(STAMP) $(NPM_STAMP)
 	$(BUF) lint
+	$(BUF) breaking --against contract/tether-v1.binpb
 	$(BIN)/python tools/gen.py --check
 	$(BIN)/python -m pytest -q
 
