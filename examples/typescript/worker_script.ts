@@ -141,9 +141,12 @@ export class ScriptRuntime {
 
   private async *execute(input: string, before: HistoryItem[], control: TurnControl): AsyncGenerator<RuntimeEvent> {
     const interrupted = (): RuntimeEvent => ({ kind: "interrupted", reason: control.interruptReason ?? "interrupted" });
-    for (const raw of input.split("\n")) {
-      const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
-      if (line.trim() === "") continue;
+    // Lines as Python's splitlines() cuts them, trimmed, as the Python script runtime reads them.
+    const lines = input.split(/\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/);
+    for (const [index, raw] of lines.entries()) {
+      const line = raw.trim();
+      if (line === "") continue;
+      const where = `line ${index + 1}`;
       if (control.interruptReason !== null) {
         yield interrupted();
         return;
@@ -156,23 +159,29 @@ export class ScriptRuntime {
           yield { kind: "output", text: `${arg}\n` };
           break;
         case "sleep": {
-          if (!/^\d+$/.test(arg.trim())) {
-            yield { kind: "failed", message: `sleep needs milliseconds: ${JSON.stringify(line)}` };
+          const ms = numberArg(arg);
+          if (ms === null) {
+            yield { kind: "failed", message: `${where}: ${JSON.stringify(line)} needs a number of at least 0` };
             return;
           }
-          await sleep(Number(arg.trim()), control.interrupted);
+          await sleep(ms, control.interrupted);
+          // An interrupt ends the wait at once, and the turn with it.
+          if (control.interruptReason !== null) {
+            yield interrupted();
+            return;
+          }
           break;
         }
         case "fail":
           yield { kind: "failed", message: arg };
           return;
         case "exit": {
-          const code = Number(arg.trim());
-          if (!/^-?\d+$/.test(arg.trim()) || code < -(2 ** 31) || code >= 2 ** 31) {
-            yield { kind: "failed", message: `exit needs an integer exit code: ${JSON.stringify(line)}` };
+          const code = numberArg(arg);
+          if (code === null || code >= 2 ** 31) {
+            yield { kind: "failed", message: `${where}: ${JSON.stringify(line)} needs an exit code from 0 to 2147483647` };
             return;
           }
-          yield { kind: "completed", exitCode: code };
+          yield { kind: "completed", exitCode: Math.trunc(code) };
           return;
         }
         case "recall":
@@ -204,25 +213,28 @@ export class ScriptRuntime {
           break;
         }
         default:
-          yield { kind: "failed", message: `unknown script line: ${JSON.stringify(line)}` };
+          yield { kind: "failed", message: `${where}: unknown script command ${JSON.stringify(command)} in ${JSON.stringify(line)}` };
           return;
-      }
-      // An interrupt ends a sleep at once; the turn then ends here, before the next line.
-      if (control.interruptReason !== null) {
-        yield interrupted();
-        return;
       }
     }
   }
 }
 
+/** A non-negative number argument (milliseconds, an exit code), or null. */
+function numberArg(arg: string): number | null {
+  const text = arg.trim();
+  const value = Number(text);
+  return text !== "" && Number.isFinite(value) && value >= 0 ? value : null;
+}
+
 const STOPPED = Symbol("stopped");
 
-/** The decision in an answer ({"decision": "accept"}); anything else is shown as its JSON. */
+/** The decision in an answer ({"decision": "accept"}), as the Python script runtime reads it. */
 function decisionOf(answer: unknown): string {
-  if (typeof answer === "object" && answer !== null && "decision" in answer) {
-    const decision = (answer as { decision: unknown }).decision;
-    if (typeof decision === "string") return decision;
-  }
-  return JSON.stringify(answer);
+  if (typeof answer !== "object" || answer === null || !("decision" in answer)) return "";
+  const decision = (answer as { decision: unknown }).decision;
+  if (typeof decision === "string") return decision;
+  // A decision with parameters ({"acceptWithExecpolicyAmendment": {...}}) is named by its key.
+  if (typeof decision === "object" && decision !== null) return Object.keys(decision)[0] ?? "";
+  return String(decision ?? "");
 }
