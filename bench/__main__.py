@@ -2,7 +2,7 @@
 
     {"metric": NAME, "value": NUMBER, "unit": UNIT}
 
-Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain|codex ...`.
+Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain|codex|typescript ...`.
 A benchmark whose main returns False (a must-be-0 figure was not 0) makes the exit status 1;
 the others still run.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from . import chaos, codex, dispatch, drain, events, failover, rehydrate, turns
+from . import chaos, codex, dispatch, drain, events, failover, rehydrate, turns, typescript
 
 BENCHES = {
     "dispatch": dispatch.main,
@@ -23,6 +23,7 @@ BENCHES = {
     "drain": drain.main,
     "chaos": chaos.main,
     "codex": codex.main,
+    "typescript": typescript.main,
 }
 
 
