@@ -23,6 +23,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -395,8 +396,8 @@ export class Worker {
   private readonly lease: LeaseClient;
   private readonly sessions = new Map<string, Session>();
   private readonly reservations = new Map<string, Reservation>();
-  private draining_ = false;
-  /** When running turns stop being waited for: monotonic and wall clock. */
+  private isDraining = false;
+  /** When running turns stop being waited for (monotonic ms). */
   private drainDeadline = 0;
   private readonly workChanged = new Notifier();
   private readonly drainRequested: Promise<void>;
@@ -434,7 +435,7 @@ export class Worker {
   }
 
   get draining(): boolean {
-    return this.draining_;
+    return this.isDraining;
   }
 
   private get runningTurnCount(): number {
@@ -453,7 +454,7 @@ export class Worker {
     );
     const leaseLoop = this.spawn(this.lease.run(), "lease loop");
     await Promise.race([this.drainRequested, leaseLoop]);
-    if (this.draining_ && !this.closed) await this.drain();
+    if (this.isDraining && !this.closed) await this.drain();
     await this.close();
   }
 
@@ -465,10 +466,10 @@ export class Worker {
   requestDrain(graceMs?: number): void {
     const grace = Math.max(0, graceMs ?? this.settings.drainGraceMs);
     const deadline = monotonicMs() + grace;
-    if (!this.draining_ || deadline < this.drainDeadline) this.drainDeadline = deadline;
-    if (!this.draining_) {
+    if (!this.isDraining || deadline < this.drainDeadline) this.drainDeadline = deadline;
+    if (!this.isDraining) {
       log("INFO", `drain requested; taking no new offers (grace ${(grace / 1000).toFixed(1)}s)`);
-      this.draining_ = true;
+      this.isDraining = true;
       this.lease.announceDrain(Date.now() + grace);
     }
     this.signalDrain();
@@ -606,9 +607,9 @@ export class Worker {
         this.spawn(this.snapshotRequested(kind.value), `snapshot ${kind.value.sessionId}`);
         break;
       case "drain": {
+        // The server's deadline is wall clock; the drain counts on the monotonic clock.
         const deadline = kind.value.deadline;
-        const seconds = deadline === undefined ? undefined : Number(deadline.seconds) * 1000 + deadline.nanos / 1e6 - Date.now();
-        this.requestDrain(seconds);
+        this.requestDrain(deadline === undefined ? undefined : timestampMs(deadline) - Date.now());
         break;
       }
       case "renewed":
@@ -648,7 +649,7 @@ export class Worker {
 
   /** Why the offer (a turn or a restore-only placement) is declined; null to accept. */
   private rejection(offer: Offer): string | null {
-    if (this.draining_) return "worker draining";
+    if (this.isDraining) return "worker draining";
     if (!this.settings.runtimes.includes(offer.runtime)) {
       return `runtime '${offer.runtime}' not available (have ${this.settings.runtimes.join(", ")})`;
     }
@@ -785,6 +786,7 @@ export class Worker {
             this.dropSession(session.sessionId, session.epoch, "LEASE_LOST on Resume");
             return;
           }
+          if (session.dropped) return; // the Resume was cancelled because the lease went
           // Fails closed: never run the turn on an empty history by mistake.
           end({ kind: "failed", message: `could not rehydrate session ${session.sessionId}: ${describe(error)}` });
           return;

@@ -6,7 +6,7 @@
 // comes from the transport pulling: whatever is pending when it asks for the next message goes
 // out in one request, so an idle session sends an event at once and a busy one sends batches.
 
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { EventBodySchema } from "../../gen/ts/tether/v1/resources_pb.js";
 import {
@@ -18,6 +18,10 @@ import {
   type WorkerService,
 } from "../../gen/ts/tether/v1/worker_service_pb.js";
 import { Backoff, Notifier, describe, isLeaseLost, log, monotonicMs, sleep } from "./worker_util.js";
+
+/** Byte budget of one StreamEventsRequest: the server's default receive limit is 4 MiB, and a
+ * single output chunk can be large. */
+const MAX_BATCH_BYTES = 1024 * 1024;
 
 /** An idle stream (everything acknowledged, nothing new) is half-closed after this long, so a
  * worker holding many quiet sessions does not pin a server stream for each. */
@@ -44,6 +48,7 @@ export class EventOutbox {
   private readonly opts: OutboxOptions;
   // Unacknowledged events; pending[0].workerSeq === acked + 1.
   private pending: WorkerEvent[] = [];
+  private sizes: number[] = []; // serialized size of each pending event
   private emitted = 0n;
   private acked = 0n;
   private lastSeqAcked = 0n;
@@ -65,7 +70,9 @@ export class EventOutbox {
   emit(turnId: string, body: MessageInitShape<typeof EventBodySchema>): bigint {
     if (this.closed) return 0n;
     this.emitted += 1n;
-    this.pending.push(create(WorkerEventSchema, { workerSeq: this.emitted, turnId, body }));
+    const event = create(WorkerEventSchema, { workerSeq: this.emitted, turnId, body });
+    this.pending.push(event);
+    this.sizes.push(toBinary(WorkerEventSchema, event).length);
     this.changed.notify();
     return this.emitted;
   }
@@ -97,6 +104,7 @@ export class EventOutbox {
   async close(): Promise<void> {
     this.closed = true;
     this.pending = [];
+    this.sizes = [];
     this.stop.abort();
     this.call?.abort();
     this.changed.notify();
@@ -116,6 +124,7 @@ export class EventOutbox {
     const acked = response.ackedWorkerSeq < this.emitted ? response.ackedWorkerSeq : this.emitted;
     if (acked > this.acked) {
       this.pending.splice(0, Number(acked - this.acked));
+      this.sizes.splice(0, Number(acked - this.acked));
       this.acked = acked;
     }
     this.changed.notify();
@@ -140,6 +149,7 @@ export class EventOutbox {
           log("WARNING", `session ${this.sessionId} lost its lease (epoch ${this.leaseEpoch}) while sending events; stopping it`);
           this.closed = true;
           this.pending = [];
+          this.sizes = [];
           this.changed.notify();
           this.opts.onLeaseLost();
           return;
@@ -177,7 +187,16 @@ export class EventOutbox {
           continue;
         }
         const start = Number(next - this.acked - 1n);
-        const batch = this.pending.slice(start, start + Math.max(1, this.opts.maxEventsPerMessage()));
+        let end = Math.min(this.pending.length, start + Math.max(1, this.opts.maxEventsPerMessage()));
+        let budget = MAX_BATCH_BYTES;
+        for (let i = start; i < end; i++) {
+          budget -= this.sizes[i] ?? 0;
+          if (budget < 0 && i > start) {
+            end = i;
+            break;
+          }
+        }
+        const batch = this.pending.slice(start, end);
         if (batch.length === 0) continue;
         // The ack clock starts when something becomes outstanding, not at every send: a stream
         // that keeps taking events but never acknowledges one is deaf too.

@@ -72,13 +72,16 @@ export class Notifier {
   /** Resolves at the next notify(), after `ms`, or when `signal` aborts. */
   wait(ms: number, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
+      if (signal?.aborted) return resolve();
       let timer: NodeJS.Timeout | undefined;
       const wake = () => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", wake);
+        // Woken by the timer or the signal: leave the list, so waits that time out do not pile up.
+        const i = this.waiters.indexOf(wake);
+        if (i >= 0) this.waiters.splice(i, 1);
         resolve();
       };
-      if (signal?.aborted) return resolve();
       this.waiters.push(wake);
       timer = setTimeout(wake, Math.max(0, ms));
       signal?.addEventListener("abort", wake, { once: true });
