@@ -37,6 +37,13 @@ def test_the_python_worker_passes_every_scenario(tmp_path: pathlib.Path) -> None
     assert "all 8 scenarios passed" in out
 
 
+def test_the_typescript_worker_passes_every_scenario(ts_dist: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    code, verdicts, out = run_kit(f"node {ts_dist / 'worker.js'}", tmp_path)
+    assert code == 0, out
+    assert list(verdicts) == [name for name, _ in SCENARIOS], out
+    assert all(line.startswith("PASS") for line in verdicts.values()), out
+
+
 def test_a_worker_that_does_not_let_turns_finish_fails_drain(tmp_path: pathlib.Path) -> None:
     # No drain grace: SIGTERM interrupts the running turn instead of letting it finish.
     code, verdicts, out = run_kit(PY_WORKER + " --drain-grace-s 0", tmp_path)

@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 
 import click
 
-import sdk
-from control_plane import ControlPlane, Settings, Timings
-from tether_cli._proxy import TcpProxy
+# gRPC's C core logs connection events (GOAWAY and the like) that the kit causes on purpose.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import sdk  # noqa: E402 - after GRPC_VERBOSITY, which gRPC reads when it loads
+from control_plane import ControlPlane, Settings, Timings  # noqa: E402
+from tether_cli._proxy import TcpProxy  # noqa: E402
 
 #: The kit's control-plane timings: short, so the whole run takes about a minute. The worker
 #: learns them at Register. The worker-dead grace is longer than the events-resend blip (the
