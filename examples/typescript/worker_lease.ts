@@ -12,7 +12,7 @@
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/wkt";
-import type { Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import {
   LeaseRequestSchema,
   type LeaseRef,
@@ -86,7 +86,8 @@ export interface LeaseHandler {
   /** Must not block: the reader calls it for every message in order. */
   onLeaseMessage(message: LeaseResponse): void;
   onHeartbeat(): void;
-  /** The stream ended; `deaf` when the loop gave up on a silent one. */
+  /** The stream ended (or never opened); `deaf` when the loop gave up on a silent one or on an
+   * unanswered Register: the connection under it is presumed dead. */
   onDisconnected(deaf: boolean): void;
 }
 
@@ -198,18 +199,26 @@ export class LeaseClient {
   private async connectOnce(): Promise<boolean> {
     const s = this.settings;
     const client = this.client();
-    const response = await client.register(
-      {
-        workerId: s.workerId,
-        name: s.name,
-        runtimes: s.runtimes,
-        slots: s.slots,
-        labels: s.labels,
-        version: s.version,
-        features: FEATURES,
-      },
-      { timeoutMs: s.rpcTimeoutMs, signal: this.stopSignal.signal },
-    );
+    let response: RegisterResponse;
+    try {
+      response = await client.register(
+        {
+          workerId: s.workerId,
+          name: s.name,
+          runtimes: s.runtimes,
+          slots: s.slots,
+          labels: s.labels,
+          version: s.version,
+          features: FEATURES,
+        },
+        { timeoutMs: s.rpcTimeoutMs, signal: this.stopSignal.signal },
+      );
+    } catch (error) {
+      // No answer at all: the connection (or its TCP handshake) is hanging, and every call
+      // would queue behind it. Let the worker replace it, as for a deaf stream.
+      if (error instanceof ConnectError && error.code === Code.DeadlineExceeded) this.handler.onDisconnected(true);
+      throw error;
+    }
     this.timings = timingsFrom(response, this.timings);
     this.registrationId = response.registrationId;
 
