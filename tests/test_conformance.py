@@ -18,10 +18,13 @@ PY_WORKER = f"{sys.executable} -m execution_worker"
 def run_kit(worker_cmd: str, keep: pathlib.Path) -> tuple[int, dict[str, str], str]:
     """Run the kit as a user would; return its exit status, each scenario's verdict line
     (by name) and the whole output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tether_cli", "conformance", "--worker-cmd", worker_cmd, "--keep", str(keep)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tether_cli", "conformance", "--worker-cmd", worker_cmd, "--keep", str(keep)],
+            cwd=ROOT, capture_output=True, text=True, timeout=100,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the kit ran past 100s; its output so far:\n{exc.stdout!r}\n{exc.stderr!r}") from None
     verdicts = {}
     for line in done.stdout.splitlines():
         if m := re.match(r"^(PASS|FAIL) ([a-z-]+)", line):

@@ -495,9 +495,19 @@ async def run_kit(worker_cmd: str, root: pathlib.Path, echo: Callable[[str], Non
                 echo(f"PASS {name} ({time.monotonic() - started:.1f}s)")
     finally:
         await kit.close()
+        await _let_stragglers_finish(3.0)
     if not any(launched.worker_id for launched in kit.launches if launched.under_test):
         return 2
     return 1 if failed else 0
+
+
+async def _let_stragglers_finish(timeout: float) -> None:
+    """Give tasks still running after the control plane closed (a gRPC handler finishing a
+    read it started before the shutdown) up to `timeout` to end by themselves. Cancelled by
+    asyncio.run instead, such a task sometimes never finished and the kit hung at exit."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=timeout)
 
 
 @click.command("conformance")
