@@ -117,7 +117,7 @@ async def _approve_one(client: sdk.AsyncClient) -> None:
     turn = await client.send_input(session.session_id, "say before\napprove deploy\nsay after")
 
     async def opened():
-        return [r for r in await client.list_requests(session.session_id)]
+        return await client.list_requests(session.session_id)
 
     await eventually(opened, what="the approval to be opened")
     (request,) = await opened()

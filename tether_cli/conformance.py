@@ -65,6 +65,21 @@ def expect(condition: object, message: str) -> None:
         raise ScenarioFailed(message)
 
 
+async def until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float,
+    failure: str | Callable[[], str],
+    period: float = 0.05,
+) -> None:
+    """Poll `predicate` until it holds; after `timeout` seconds raise ScenarioFailed with
+    `failure` (called then, when it is a function, so it can show what happened meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() >= deadline:
+            raise ScenarioFailed(failure() if callable(failure) else failure)
+        await asyncio.sleep(period)
+
+
 @dataclass
 class Launched:
     """One launch of a worker process and what the kit learned about it."""
@@ -185,23 +200,25 @@ class Kit:
 
     async def registered(self, launched: Launched, timeout: float = 20.0) -> sdk.WorkerStatus:
         """Wait until the launched process shows up as a connected worker named after it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for w in await self.sdk.list_workers():
-                if w.name == launched.name and w.connected:
-                    launched.worker_id = w.worker_id
-                    return w
-            if launched.exited:
+        found: list[sdk.WorkerStatus] = []
+
+        async def connected() -> bool:
+            found[:] = [w for w in await self.sdk.list_workers() if w.name == launched.name and w.connected]
+            if not found and launched.exited:
                 raise ScenarioFailed(
                     f"the worker exited with status {launched.popen.returncode} before registering:\n"
                     + launched.tail()
                 )
-            if time.monotonic() > deadline:
-                raise ScenarioFailed(
-                    f"no connected worker named {launched.name!r} after {timeout:g}s "
-                    f"(does it read TETHER_WORKER_NAME?); its log:\n" + launched.tail()
-                )
-            await asyncio.sleep(0.1)
+            return bool(found)
+
+        await until(
+            connected, timeout,
+            lambda: f"no connected worker named {launched.name!r} after {timeout:g}s "
+            f"(does it read TETHER_WORKER_NAME?); its log:\n" + launched.tail(),
+            period=0.1,
+        )
+        launched.worker_id = found[0].worker_id
+        return found[0]
 
     async def worker_status(self, worker_id: str) -> sdk.WorkerStatus | None:
         return next((w for w in await self.sdk.list_workers() if w.worker_id == worker_id), None)
@@ -255,14 +272,16 @@ class Kit:
         self.resume_session = session.session_id
 
     async def _wait_snapshot(self, session_id: str) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(sdk.NotFoundError):
-                snapshot = await self.sdk.get_snapshot(session_id)
-                if len(snapshot.history) >= 4:
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("the reference worker uploaded no snapshot after its second turn")
+        async def stored() -> bool:
+            try:
+                return len((await self.sdk.get_snapshot(session_id)).history) >= 4
+            except sdk.NotFoundError:
+                return False
+
+        try:
+            await until(stored, 10, "the reference worker uploaded no snapshot after its second turn")
+        except ScenarioFailed as exc:
+            raise RuntimeError(str(exc)) from None
 
 
 def outputs(events: list[sdk.Event]) -> list[str]:
@@ -350,9 +369,12 @@ async def snapshot(kit: Kit) -> None:
 async def resume(kit: Kit) -> None:
     sid = kit.resume_session
     expect(sid, "the kit could not prepare a session on its reference worker")
-    deadline = time.monotonic() + KIT_TIMINGS.worker_dead_grace_s + 5
-    while (await kit.sdk.get_session(sid)).worker_id and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)  # the killed reference worker's lease moves after its grace
+    async def released() -> bool:
+        return not (await kit.sdk.get_session(sid)).worker_id
+
+    # The killed reference worker's lease moves after the worker-dead grace.
+    wait = KIT_TIMINGS.worker_dead_grace_s + 5
+    await until(released, wait, f"the killed reference worker still held the session after {wait:g}s", period=0.1)
     turn, events = await kit.run(sid, "recall", timeout=15)
     expect(turn.state is sdk.TurnState.COMPLETED, f"the turn ended {turn.state.name}: {turn.error_message}")
     started = next((e for e in events if e.kind is sdk.EventKind.TURN_STARTED), None)
@@ -372,21 +394,21 @@ async def lease_loss(kit: Kit) -> None:
     # Frozen, the worker cannot know its lease is gone: when it wakes, its sleep is over and it
     # writes the rest of the turn at once, as a zombie would. Fencing refuses those writes;
     # the worker must then stop writing for that lease.
+    frozen_at = time.monotonic()
     kit.worker.signal_group(signal.SIGSTOP)
     try:
         failed = await kit.wait_turn(sid, turn.turn_id, timeout=FREEZE_S)
-        await asyncio.sleep(max(0.0, FREEZE_S - KIT_TIMINGS.liveness_timeout_s - KIT_TIMINGS.worker_dead_grace_s))
+        await asyncio.sleep(max(0.0, frozen_at + FREEZE_S - time.monotonic()))  # past the lease TTL too
     finally:
         kit.worker.signal_group(signal.SIGCONT)
     expect(failed.state is sdk.TurnState.FAILED, f"the frozen worker's turn ended {failed.state.name}, not FAILED")
     wid = worker_id(kit)
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def reconnected() -> bool:
         status = await kit.worker_status(wid)
-        if status is not None and status.connected:
-            break
-        expect(time.monotonic() < deadline, "the worker did not reconnect within 10s of waking")
-        await asyncio.sleep(0.1)
+        return status is not None and status.connected
+
+    await until(reconnected, 10, "the worker did not reconnect within 10s of waking", period=0.1)
     # It may have tried a few stale writes before it learned; after that they must stop.
     await asyncio.sleep(1.5)
     fenced = kit.cp.hub.fenced_calls(wid)
@@ -419,19 +441,18 @@ async def drain(kit: Kit) -> None:
     turn = await kit.sdk.send_input(sid, "say draining\nsleep 1500\nsay done")
     await kit.wait_event(sid, "the output 'draining'", lambda e: e.turn_id == turn.turn_id and e.kind is sdk.EventKind.OUTPUT)
     launched.popen.send_signal(signal.SIGTERM)
-    draining = False
-    deadline = time.monotonic() + 3
-    while not draining and time.monotonic() < deadline:
+
+    async def draining() -> bool:
         status = await kit.worker_status(wid)
-        draining = status is not None and status.draining
-        await asyncio.sleep(0.05)
-    expect(draining, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM")
+        return status is not None and status.draining
+
+    await until(draining, 3, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM")
     other = await kit.sdk.create_session(runtime="script")
     other_turn = await kit.sdk.send_input(other.session_id, "say elsewhere")
-    deadline = time.monotonic() + DRAIN_EXIT_S
-    while not launched.exited:
-        expect(time.monotonic() < deadline, f"the worker did not exit within {DRAIN_EXIT_S:g}s of SIGTERM")
-        await asyncio.sleep(0.05)
+    async def exited() -> bool:
+        return launched.exited
+
+    await until(exited, DRAIN_EXIT_S, f"the worker did not exit within {DRAIN_EXIT_S:g}s of SIGTERM")
     exited_at = time.monotonic()
     holder = (await kit.sdk.get_session(sid)).worker_id
     expect(launched.popen.returncode == 0, f"the worker exited with status {launched.popen.returncode}, not 0")
@@ -485,7 +506,7 @@ async def run_kit(worker_cmd: str, root: pathlib.Path, echo: Callable[[str], Non
             except ScenarioFailed as exc:
                 failed += 1
                 echo(f"FAIL {name}: {exc}")
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 failed += 1
                 echo(f"FAIL {name}: did not finish within 90s")
             except sdk.TetherError as exc:
