@@ -33,12 +33,12 @@ import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 
-import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { type Event, OutputStream, RequestKind, RequestState } from "../../gen/ts/tether/v1/resources_pb.js";
 import { SessionService } from "../../gen/ts/tether/v1/session_service_pb.js";
+import { errorInfo, fieldViolations } from "./rpc_errors.js";
 
 type Sessions = Client<typeof SessionService>;
 
@@ -285,55 +285,6 @@ function note(text: string): void {
 }
 
 // -- errors ---------------------------------------------------------------------------------
-
-/**
- * The server's google.rpc.ErrorInfo, decoded from the error's details. Tether puts one on every
- * error; its reason (for example SESSION_NOT_FOUND, LEASE_LOST) is the stable thing to branch
- * on, the message is for people. gen/ts holds only tether.v1, so the two string fields are
- * read straight off the wire (ErrorInfo: 1 reason, 2 domain, 3 metadata).
- */
-function errorInfo(error: ConnectError): { reason: string; domain: string } | undefined {
-  for (const detail of error.details) {
-    if (!("type" in detail) || detail.type !== "google.rpc.ErrorInfo") continue;
-    const reader = new BinaryReader(detail.value);
-    const info = { reason: "", domain: "" };
-    while (reader.pos < reader.len) {
-      const [field, wireType] = reader.tag();
-      if (field === 1) info.reason = reader.string();
-      else if (field === 2) info.domain = reader.string();
-      else reader.skip(wireType);
-    }
-    return info;
-  }
-  return undefined;
-}
-
-/** The fields a google.rpc.BadRequest names (INVALID_ARGUMENT): FieldViolation{1 field, 2 description}. */
-function fieldViolations(error: ConnectError): string[] {
-  const found: string[] = [];
-  for (const detail of error.details) {
-    if (!("type" in detail) || detail.type !== "google.rpc.BadRequest") continue;
-    const outer = new BinaryReader(detail.value);
-    while (outer.pos < outer.len) {
-      const [field, wireType] = outer.tag();
-      if (field !== 1) {
-        outer.skip(wireType);
-        continue;
-      }
-      const inner = new BinaryReader(outer.bytes());
-      let name = "";
-      let description = "";
-      while (inner.pos < inner.len) {
-        const [f, w] = inner.tag();
-        if (f === 1) name = inner.string();
-        else if (f === 2) description = inner.string();
-        else inner.skip(w);
-      }
-      found.push(`${name}: ${description}`);
-    }
-  }
-  return found;
-}
 
 /** `NOT_FOUND (SESSION_NOT_FOUND): session 'x' does not exist`: the gRPC status, then the reason. */
 function describeError(error: ConnectError): string {

@@ -2,7 +2,7 @@
 // plane's errors. Nothing here knows about sessions or leases.
 
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BinaryReader } from "@bufbuild/protobuf/wire";
+import { errorInfo } from "./rpc_errors.js";
 
 // -- logging ----------------------------------------------------------------------------------
 
@@ -177,27 +177,10 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
 export const LEASE_LOST = "LEASE_LOST";
 export const WORKER_NOT_REGISTERED = "WORKER_NOT_REGISTERED";
 
-/**
- * The google.rpc.ErrorInfo reason the server attached to a failed call, or "" when there is none.
- * The worker acts on this stable reason, never on the message text. ErrorInfo is decoded by hand
- * (field 1 is `reason`) because gen/ts holds only the tether contract, not google.rpc.
- */
+/** The google.rpc.ErrorInfo reason of a failed call, or "" when there is none. The worker acts
+ * on this stable reason, never on the message text. */
 export function errorReason(error: unknown): string {
-  if (!(error instanceof ConnectError)) return "";
-  for (const detail of error.details) {
-    if (!("type" in detail) || detail.type.replace(/^.*\//, "") !== "google.rpc.ErrorInfo") continue;
-    try {
-      const reader = new BinaryReader(detail.value);
-      while (reader.pos < reader.len) {
-        const [field, wireType] = reader.tag();
-        if (field === 1) return reader.string();
-        reader.skip(wireType);
-      }
-    } catch {
-      return "";
-    }
-  }
-  return "";
+  return errorInfo(error)?.reason ?? "";
 }
 
 /** FAILED_PRECONDITION with reason LEASE_LOST: the session is no longer this worker's. */
