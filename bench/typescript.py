@@ -119,21 +119,17 @@ class TypeScriptSide:
             raise RuntimeError(f"client.js bench exited with status {status}")
 
 
-def build() -> str | None:
-    """Compile examples/typescript; None when it can, else why not."""
+def build() -> None:
+    """Compile examples/typescript; a figure that cannot be measured is an error, not a skip."""
     if shutil.which("node") is None or not TSC.exists():
-        return "node or TypeScript is not installed (make test runs npm install)"
+        raise RuntimeError("node or TypeScript is not installed: run `npm install` (make bench does it)")
     done = subprocess.run([str(TSC), "-p", str(TS_DIR)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError("tsc failed:\n" + done.stdout + done.stderr)
-    return None
 
 
 async def main() -> None:
-    why_not = build()
-    if why_not:
-        print(f"typescript benchmark skipped: {why_not}")
-        return
+    build()
     with procs() as ps:
         target = ps.control_plane()
         ps.spawn(
