@@ -52,7 +52,7 @@ class ControlPlaneProc:
         port_file = self.procs.tmp / f"cp-{self.starts}.port"
         self.proc = self.procs.spawn(
             [sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
-             "--port-file", str(port_file), "--log-level", self.log_level, *self.extra],
+             "--port-file", str(port_file), "--log-level", self.log_level, "--dev", *self.extra],
             "control-plane",
         )
         deadline = time.monotonic() + timeout_s

@@ -16,12 +16,23 @@ from grpc_reflection.v1alpha import reflection
 from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
 from ._settings import Settings
+from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
 from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .domain.hub import Hub
-from .store import Reader, Writer, create_engine, create_schema, create_sqlite_writer_engine, database_url, is_sqlite
+from .store import (
+    AccessStore,
+    Reader,
+    Writer,
+    create_engine,
+    create_schema,
+    create_sqlite_writer_engine,
+    database_url,
+    is_sqlite,
+    missing_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +94,32 @@ class ControlPlane:
         try:
             url = database_url(s.db)
             self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
-            await create_schema(self._engine)
+            missing = await missing_columns(self._engine)
+            if not missing:
+                await create_schema(self._engine)
         except Exception as exc:
+            await self._dispose_engine()
             raise StartupError(f"cannot open the database {s.db!r}: {exc}") from exc
+        if missing:
+            await self._dispose_engine()
+            raise StartupError(
+                f"the database {s.db!r} was made by an older Tether: it lacks {', '.join(missing)}. "
+                "Start on a new database file (this release has no migration for it)."
+            )
+        try:
+            credentials = self._server_credentials()
+        except OSError as exc:
+            await self._dispose_engine()
+            raise StartupError(f"cannot read the TLS files: {exc}") from exc
         sync_writer = (
             create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
         )
         self._writer = Writer(self._engine, sync_writer)
         self._writer.start()
-        self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings)
+        self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
         await self.hub.start()
+        access = AccessStore(self._engine)
+        auth = Authenticator(access, s.dev_owner)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -105,9 +132,9 @@ class ControlPlane:
         server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(
             (
-                _handlers("tether.v1.SessionService", SessionService(self.hub)),
-                _handlers("tether.v1.WorkerService", WorkerService(self.hub)),
-                _handlers("tether.v1.AdminService", AdminService(self.hub)),
+                _handlers("tether.v1.SessionService", SessionService(self.hub, auth)),
+                _handlers("tether.v1.WorkerService", WorkerService(self.hub, auth, access, s.limits)),
+                _handlers("tether.v1.AdminService", AdminService(self.hub, auth, access, s.limits)),
             )
         )
         self._health = health.aio.HealthServicer()
@@ -117,7 +144,10 @@ class ControlPlane:
         )
         address = f"{s.host}:{s.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             await self.close()
             raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
@@ -125,8 +155,37 @@ class ControlPlane:
         self._server = server
         for name in ("", *_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane listening on %s:%d (database %s)", s.host, self.port, url.split("://")[0])
+        log.info(
+            "control plane listening on %s:%d (database %s, %s%s)", s.host, self.port, url.split("://")[0],
+            "mTLS" if s.tls_client_ca_file else ("TLS" if credentials else "plaintext"),
+            f", --dev: callers without credentials act as owner {s.dev_owner!r}" if s.dev_owner else "",
+        )
         return self.port
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if not (s.tls_cert_file or s.tls_key_file):
+            if s.tls_client_ca_file:
+                raise OSError("a client CA (mTLS) needs the server's own certificate and key too")
+            return None
+        if not (s.tls_cert_file and s.tls_key_file):
+            raise OSError("TLS needs both a certificate and its key")
+        with open(s.tls_cert_file, "rb") as f:
+            cert = f.read()
+        with open(s.tls_key_file, "rb") as f:
+            key = f.read()
+        client_ca = None
+        if s.tls_client_ca_file:
+            with open(s.tls_client_ca_file, "rb") as f:
+                client_ca = f.read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    async def _dispose_engine(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .domain.access import Limits
 from .domain.hub import Timings
 
 
 @dataclass(frozen=True)
 class Settings:
+    """`dev_owner`, when set, lets callers without credentials in, acting for that owner (and
+    for any owner they name): for a control plane on loopback during development only. The
+    `tls_*` files turn on TLS; `tls_client_ca_file` also requires client certificates (mTLS)."""
+
     host: str = "127.0.0.1"
     port: int = 7670
     db: str = "tether.db"  # a file path (SQLite) or a SQLAlchemy URL
@@ -17,3 +22,8 @@ class Settings:
     max_message_bytes: int = 4 << 20
     shutdown_grace_s: float = 5.0
     timings: Timings = field(default_factory=Timings)
+    limits: Limits = field(default_factory=Limits)
+    dev_owner: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""

@@ -11,6 +11,7 @@ import click
 
 from ._server import StartupError, serve_forever
 from ._settings import Settings
+from .domain.access import Limits
 from .domain.hub import Timings
 
 
@@ -35,6 +36,15 @@ def _is_loopback(host: str) -> bool:
 @click.option("--sticky-timeout-s", type=click.FloatRange(0.0), default=5.0, show_default=True, envvar="TETHER_STICKY_TIMEOUT_S", help="How long a turn waits for its busy warm worker before moving.")
 @click.option("--offer-timeout-s", type=click.FloatRange(0.05), default=10.0, show_default=True, envvar="TETHER_OFFER_TIMEOUT_S", help="Requeue an offer not accepted within this.")
 @click.option("--max-message-bytes", type=click.IntRange(1024), default=4 << 20, show_default=True, envvar="TETHER_MAX_MESSAGE_BYTES")
+@click.option("--dev", is_flag=True, envvar="TETHER_DEV", help="Development only: let callers without credentials in, acting as owner 'local' (or the owner they name in x-tether-owner). Refused on a non-loopback address.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_CERT", help="Serve TLS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_KEY", help="The certificate's private key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_CLIENT_CA", help="Require client certificates signed by this CA (mutual TLS).")
+@click.option("--max-active-sessions-per-owner", type=click.IntRange(1), default=Limits.max_active_sessions_per_owner, show_default=True, envvar="TETHER_MAX_ACTIVE_SESSIONS_PER_OWNER", help="Sessions of one owner with a turn queued or running at once.")
+@click.option("--max-queued-turns-per-owner", type=click.IntRange(1), default=Limits.max_queued_turns_per_owner, show_default=True, envvar="TETHER_MAX_QUEUED_TURNS_PER_OWNER", help="Turns of one owner waiting for a worker.")
+@click.option("--events-per-second-per-session", type=click.FloatRange(1), default=Limits.events_per_second_per_session, show_default=True, envvar="TETHER_EVENTS_PER_SECOND_PER_SESSION", help="Sustained event rate one session's worker may write (bursts of 10x allowed).")
+@click.option("--max-pending-pairing-codes-per-owner", type=click.IntRange(1), default=Limits.max_pending_pairing_codes_per_owner, show_default=True, envvar="TETHER_MAX_PENDING_PAIRING_CODES_PER_OWNER")
+@click.option("--pairing-failures-per-minute", type=click.IntRange(1), default=Limits.pairing_failures_per_minute, show_default=True, envvar="TETHER_PAIRING_FAILURES_PER_MINUTE", help="Invalid pairing codes one address may try per minute.")
 @click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="Write the bound port here once serving.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="TETHER_LOG_LEVEL")
 def serve(
@@ -49,6 +59,15 @@ def serve(
     sticky_timeout_s: float,
     offer_timeout_s: float,
     max_message_bytes: int,
+    dev: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    max_active_sessions_per_owner: int,
+    max_queued_turns_per_owner: int,
+    events_per_second_per_session: float,
+    max_pending_pairing_codes_per_owner: int,
+    pairing_failures_per_minute: int,
     port_file: str | None,
     log_level: str,
 ) -> None:
@@ -60,9 +79,18 @@ def serve(
         liveness_timeout_s = 3 * heartbeat_interval_s
     if liveness_timeout_s <= heartbeat_interval_s:
         raise click.BadParameter("must be longer than --heartbeat-interval-s", param_hint="--liveness-timeout-s")
-    if not _is_loopback(host):
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    if tls_client_ca and not tls_cert:
+        raise click.BadParameter("mutual TLS needs the server's own --tls-cert and --tls-key", param_hint="--tls-client-ca")
+    if dev and not _is_loopback(host):
+        raise click.BadParameter(
+            "--dev lets anyone in without credentials; it is only allowed on a loopback address", param_hint="--dev"
+        )
+    if not _is_loopback(host) and not tls_cert:
         logging.getLogger("tether").warning(
-            "serving plaintext gRPC on non-loopback address %s: anyone who can reach it can use it", host
+            "serving plaintext gRPC on non-loopback address %s: keys and tokens cross the network in the clear; "
+            "use --tls-cert and --tls-key", host
         )
     settings = Settings(
         host=host,
@@ -70,6 +98,18 @@ def serve(
         db=db,
         sqlite_synchronous=sqlite_synchronous,
         max_message_bytes=max_message_bytes,
+        dev_owner="local" if dev else "",
+        tls_cert_file=tls_cert or "",
+        tls_key_file=tls_key or "",
+        tls_client_ca_file=tls_client_ca or "",
+        limits=Limits(
+            max_active_sessions_per_owner=max_active_sessions_per_owner,
+            max_queued_turns_per_owner=max_queued_turns_per_owner,
+            events_per_second_per_session=events_per_second_per_session,
+            event_burst_per_session=int(events_per_second_per_session * 10),
+            max_pending_pairing_codes_per_owner=max_pending_pairing_codes_per_owner,
+            pairing_failures_per_minute=pairing_failures_per_minute,
+        ),
         timings=dataclasses.replace(
             Timings(),
             heartbeat_interval_s=heartbeat_interval_s,

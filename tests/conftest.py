@@ -94,7 +94,7 @@ class ControlPlaneProcess:
         args = [
             sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
             "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
-            "--offer-timeout-s", "3", *self.extra,
+            "--offer-timeout-s", "3", "--dev", *self.extra,
         ]
         self.proc = Proc(args, self.tmp / "control-plane.log")
         deadline = time.monotonic() + 20
@@ -146,7 +146,7 @@ def cp_process(tmp_path: pathlib.Path):
 @pytest.fixture
 async def control_plane(tmp_path: pathlib.Path) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on port 0 with short timings and a real SQLite file."""
-    async with ControlPlane(Settings(port=0, db=str(tmp_path / "inproc.db"), timings=FAST, max_message_bytes=256 * 1024)) as cp:
+    async with ControlPlane(Settings(port=0, db=str(tmp_path / "inproc.db"), timings=FAST, max_message_bytes=256 * 1024, dev_owner="local")) as cp:
         yield cp
 
 

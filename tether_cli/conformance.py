@@ -128,7 +128,7 @@ class Kit:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        settings = Settings(host="127.0.0.1", port=0, db=str(self.root / "conformance.db"), timings=KIT_TIMINGS)
+        settings = Settings(host="127.0.0.1", port=0, db=str(self.root / "conformance.db"), timings=KIT_TIMINGS, dev_owner="local")
         self.cp = ControlPlane(settings)
         await self.cp.start()
         self.proxy = TcpProxy(self.cp.port)

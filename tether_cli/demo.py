@@ -67,7 +67,7 @@ async def run_turn(client: sdk.AsyncClient, session_id: str, command: str, label
 
 async def demo(tmp: pathlib.Path) -> None:
     port_file = tmp / "cp.port"
-    procs = [start(["control_plane", "--port", "0", "--db", str(tmp / "tether.db"), "--port-file", str(port_file)], tmp / "control-plane.log")]
+    procs = [start(["control_plane", "--port", "0", "--dev", "--db", str(tmp / "tether.db"), "--port-file", str(port_file)], tmp / "control-plane.log")]
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if procs[0].poll() is not None or time.monotonic() > deadline:

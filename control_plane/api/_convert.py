@@ -111,6 +111,7 @@ def session_pb(v: h.SessionView) -> pb.Session:
         lease_epoch=v.lease_epoch,
         runtime_thread_id=s.runtime_thread_id,
         turn_count=s.turn_count,
+        owner=s.owner,
     )
 
 

@@ -14,6 +14,7 @@ from ..domain.hub import Hub
 from ..domain.model import RequestState, SessionState
 from . import _validate as v
 from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
+from ._auth import Authenticator
 from ._errors import translate
 
 _PAGE_DEFAULT = 100
@@ -35,29 +36,33 @@ def _decode_page_token(token: str, state: int) -> str:
 
 
 class SessionService:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, auth: Authenticator) -> None:
         self._hub = hub
+        self._auth = auth
 
     async def CreateSession(self, request: spb.CreateSessionRequest, context: grpc.aio.ServicerContext) -> spb.CreateSessionResponse:
         async with translate(context, "CreateSession"):
+            owner = (await self._auth.app(context)).owner
             runtime = v.word("runtime", request.runtime)
             selector = v.labels("worker_selector", request.worker_selector)
             labels = v.labels("labels", request.labels)
-            view = await self._hub.create_session(runtime, selector, labels)
+            view = await self._hub.create_session(owner, runtime, selector, labels)
             return spb.CreateSessionResponse(session=session_pb(view))
 
     async def GetSession(self, request: spb.GetSessionRequest, context: grpc.aio.ServicerContext) -> spb.GetSessionResponse:
         async with translate(context, "GetSession"):
-            view = await self._hub.get_session(v.required("session_id", request.session_id))
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.get_session(owner, v.required("session_id", request.session_id))
             return spb.GetSessionResponse(session=session_pb(view))
 
     async def ListSessions(self, request: spb.ListSessionsRequest, context: grpc.aio.ServicerContext) -> spb.ListSessionsResponse:
         async with translate(context, "ListSessions"):
+            owner = (await self._auth.app(context)).owner
             size = v.in_range("page_size", request.page_size, 0, _PAGE_MAX) or _PAGE_DEFAULT
             v.enum_value("state", request.state, pb.SessionState)
             state = SessionState(request.state) if request.state else None
             before = _decode_page_token(request.page_token, request.state) if request.page_token else None
-            views, last = await self._hub.list_sessions(size, before, state)
+            views, last = await self._hub.list_sessions(owner, size, before, state)
             return spb.ListSessionsResponse(
                 sessions=[session_pb(x) for x in views],
                 next_page_token=_encode_page_token(last, request.state) if last else "",
@@ -65,22 +70,27 @@ class SessionService:
 
     async def SendInput(self, request: spb.SendInputRequest, context: grpc.aio.ServicerContext) -> spb.SendInputResponse:
         async with translate(context, "SendInput"):
+            owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
             text = v.text("input", request.input)
             key = v.optional("idempotency_key", request.idempotency_key)
-            turn, dedup = await self._hub.send_input(session_id, text, key)
+            turn, dedup = await self._hub.send_input(owner, session_id, text, key)
             return spb.SendInputResponse(turn=turn_pb(turn), deduplicated=dedup)
 
     async def GetTurn(self, request: spb.GetTurnRequest, context: grpc.aio.ServicerContext) -> spb.GetTurnResponse:
         async with translate(context, "GetTurn"):
+            owner = (await self._auth.app(context)).owner
             turn = await self._hub.get_turn(
+                owner,
                 v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
             )
             return spb.GetTurnResponse(turn=turn_pb(turn))
 
     async def InterruptTurn(self, request: spb.InterruptTurnRequest, context: grpc.aio.ServicerContext) -> spb.InterruptTurnResponse:
         async with translate(context, "InterruptTurn"):
+            owner = (await self._auth.app(context)).owner
             turn = await self._hub.interrupt_turn(
+                owner,
                 v.required("session_id", request.session_id),
                 v.optional("turn_id", request.turn_id),
                 v.optional("reason", request.reason, max_len=1024),
@@ -90,39 +100,47 @@ class SessionService:
     async def StreamSessionEvents(self, request: spb.StreamSessionEventsRequest, context: grpc.aio.ServicerContext):
         # Yields pre-encoded StreamSessionEventsResponse bytes (see server registration).
         async with translate(context, "StreamSessionEvents"):
+            owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
-            batches = await self._hub.subscribe(session_id, request.after_seq, request.stop_at_end)
+            batches = await self._hub.subscribe(owner, session_id, request.after_seq, request.stop_at_end)
             async for batch in batches:
                 yield events_message(batch)
 
     async def GetSnapshot(self, request: spb.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.GetSnapshotResponse:
         async with translate(context, "GetSnapshot"):
-            snap = await self._hub.latest_snapshot(v.required("session_id", request.session_id))
+            owner = (await self._auth.app(context)).owner
+            snap = await self._hub.latest_snapshot(owner, v.required("session_id", request.session_id))
             return spb.GetSnapshotResponse(snapshot=snapshot_pb(snap))
 
     async def CreateSnapshot(self, request: spb.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.CreateSnapshotResponse:
         async with translate(context, "CreateSnapshot"):
-            snap = await self._hub.request_snapshot(v.required("session_id", request.session_id))
+            owner = (await self._auth.app(context)).owner
+            snap = await self._hub.request_snapshot(owner, v.required("session_id", request.session_id))
             return spb.CreateSnapshotResponse(snapshot=snapshot_pb(snap))
 
     async def ArchiveSession(self, request: spb.ArchiveSessionRequest, context: grpc.aio.ServicerContext) -> spb.ArchiveSessionResponse:
         async with translate(context, "ArchiveSession"):
-            view = await self._hub.archive_session(v.required("session_id", request.session_id))
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.archive_session(owner, v.required("session_id", request.session_id))
             return spb.ArchiveSessionResponse(session=session_pb(view))
 
     async def DeleteSession(self, request: spb.DeleteSessionRequest, context: grpc.aio.ServicerContext) -> spb.DeleteSessionResponse:
         async with translate(context, "DeleteSession"):
-            await self._hub.delete_session(v.required("session_id", request.session_id))
+            owner = (await self._auth.app(context)).owner
+            await self._hub.delete_session(owner, v.required("session_id", request.session_id))
             return spb.DeleteSessionResponse()
 
     async def _later(self, context: grpc.aio.ServicerContext, name: str, session_id: str) -> None:
         async with translate(context, name):
-            await self._hub.get_session(v.required("session_id", session_id))
+            owner = (await self._auth.app(context)).owner
+            await self._hub.get_session(owner, v.required("session_id", session_id))
             raise errors.NotImplementedYet(f"{name} is part of the v1 contract but not served by this release")
 
     async def RestoreSession(self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext) -> spb.RestoreSessionResponse:
         async with translate(context, "RestoreSession"):
+            owner = (await self._auth.app(context)).owner
             view = await self._hub.restore_session(
+                owner,
                 v.required("session_id", request.session_id),
                 v.labels("worker_selector", request.worker_selector),
                 v.optional("worker_id", request.worker_id),
@@ -135,16 +153,18 @@ class SessionService:
 
     async def RespondToRequest(self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext) -> spb.RespondToRequestResponse:
         async with translate(context, "RespondToRequest"):
+            owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
             request_id = v.required("request_id", request.request_id)
             answer = v.json_object("response_json", request.response_json)
-            resolved = await self._hub.respond_to_request(session_id, request_id, answer, request.response_json)
+            resolved = await self._hub.respond_to_request(owner, session_id, request_id, answer, request.response_json)
             return spb.RespondToRequestResponse(request=request_pb(resolved))
 
     async def ListRequests(self, request: spb.ListRequestsRequest, context: grpc.aio.ServicerContext) -> spb.ListRequestsResponse:
         async with translate(context, "ListRequests"):
+            owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
             v.enum_value("state", request.state, pb.RequestState)
             state = RequestState(request.state) if request.state else None
-            found = await self._hub.list_requests(session_id, state)
+            found = await self._hub.list_requests(owner, session_id, state)
             return spb.ListRequestsResponse(requests=[request_pb(r) for r in found])

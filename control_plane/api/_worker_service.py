@@ -15,8 +15,11 @@ from tether.v1 import worker_service_pb2 as wpb
 
 from ..domain import errors
 from ..domain import hub as h
+from ..domain.access import FailureLimiter, Limits, WorkerCaller
 from ..domain.model import WorkerInfo
+from ..store import AccessStore
 from . import _validate as v
+from ._auth import Authenticator, peer_address
 from ._convert import (
     HistoryCodec,
     duration,
@@ -41,12 +44,59 @@ def _durable(item: Any) -> bool:
 
 
 class WorkerService:
-    def __init__(self, hub: h.Hub) -> None:
+    def __init__(self, hub: h.Hub, auth: Authenticator, access: AccessStore, limits: Limits) -> None:
         self._hub = hub
+        self._auth = auth
+        self._access = access
+        self._limits = limits
+        self._pairing_failures = FailureLimiter(limits.pairing_failures_per_minute)
+
+    def _worker_id(self, caller: WorkerCaller, given: str, field: str = "worker_id") -> str:
+        """The worker id a call may act as: the one its token is bound to, or, for an anonymous
+        worker of a --dev control plane, the one it names (if no other owner's worker has it)."""
+        if caller.worker_id:
+            if given and given != caller.worker_id:
+                raise errors.PermissionDenied(
+                    f"this worker token is bound to worker {caller.worker_id!r}, not {given!r}",
+                    worker_id=caller.worker_id,
+                )
+            return caller.worker_id
+        worker_id = v.word(field, given)
+        owner = self._hub.worker_owner(worker_id)
+        if owner is not None and owner != caller.owner:
+            raise errors.PermissionDenied(
+                f"worker id {worker_id!r} is taken by a worker of another credential", worker_id=worker_id
+            )
+        return worker_id
+
+    async def Pair(self, request: wpb.PairRequest, context: grpc.aio.ServicerContext) -> wpb.PairResponse:
+        async with translate(context, "Pair"):
+            peer = peer_address(context)
+            limit = self._limits.pairing_failures_per_minute
+            if not self._pairing_failures.allowed(peer):
+                raise errors.LimitExceeded(
+                    "pairing_failures_per_minute", limit,
+                    "too many invalid pairing codes from this address; wait a minute",
+                )
+            code = v.required("code", request.code, max_len=32)
+            name = v.optional("name", request.name, max_len=256)
+            issued = await self._access.pair(code, name)
+            if issued is None:
+                self._pairing_failures.failed(peer)
+                raise errors.PairingCodeInvalid()
+            token, secret = issued
+            log.info("worker %s paired for a new token %s", token.worker_id, token.token_id)
+            return wpb.PairResponse(token=secret, token_id=token.token_id, worker_id=token.worker_id, owner=token.owner)
 
     async def Register(self, request: wpb.RegisterRequest, context: grpc.aio.ServicerContext) -> wpb.RegisterResponse:
         async with translate(context, "Register"):
-            worker_id = v.word("worker_id", request.worker_id)
+            caller = await self._auth.worker(context)
+            worker_id = self._worker_id(caller, request.worker_id)
+            if not caller.worker_id and await self._access.worker_id_bound(worker_id):
+                raise errors.PermissionDenied(
+                    f"worker id {worker_id!r} belongs to a paired worker; only its token can register it",
+                    worker_id=worker_id,
+                )
             if not request.runtimes:
                 raise errors.InvalidArgument("runtimes", "name at least one runtime the worker runs")
             runtimes = [v.word(f"runtimes[{i}]", r) for i, r in enumerate(request.runtimes)]
@@ -59,6 +109,7 @@ class WorkerService:
                 labels=v.labels("labels", request.labels),
                 slots=slots,
                 version=v.optional("version", request.version, max_len=64),
+                owner=caller.owner,
             )
             registration_id = await self._hub.register(info)
             t = self._hub.timings
@@ -77,8 +128,9 @@ class WorkerService:
 
     async def Heartbeat(self, request: wpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wpb.HeartbeatResponse:
         async with translate(context, "Heartbeat"):
+            caller = await self._auth.worker(context)
             renewed = self._hub.renew(
-                v.required("worker_id", request.worker_id),
+                self._worker_id(caller, request.worker_id),
                 v.required("registration_id", request.registration_id),
                 lease_refs(request.leases),
             )
@@ -89,14 +141,16 @@ class WorkerService:
 
     async def Lease(self, request_iterator: AsyncIterator[wpb.LeaseRequest], context: grpc.aio.ServicerContext):
         async with translate(context, "Lease"):
+            caller = await self._auth.worker(context)
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("kind") != "open":
                 raise errors.InvalidArgument("open", "the first message on a Lease stream must be LeaseOpen")
-            worker_id = v.required("open.worker_id", first.open.worker_id)
+            worker_id = self._worker_id(caller, first.open.worker_id, "open.worker_id")
             registration_id = v.required("open.registration_id", first.open.registration_id)
             outbox: asyncio.Queue[Any] = asyncio.Queue()
             lost = await self._hub.attach(worker_id, registration_id, lease_refs(first.open.leases), outbox)
             reader = asyncio.create_task(self._read_lease(worker_id, registration_id, request_iterator, outbox))
+            unwatch = self._auth.watch(caller, outbox.put_nowait)
             try:
                 yield wpb.LeaseResponse(
                     opened=wpb.LeaseOpened(
@@ -114,6 +168,7 @@ class WorkerService:
                         raise errors.Unavailable(msg.reason)
                     yield worker_msg_pb(msg)
             finally:
+                unwatch()
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
@@ -177,19 +232,23 @@ class WorkerService:
 
     async def StreamEvents(self, request_iterator: AsyncIterator[wpb.StreamEventsRequest], context: grpc.aio.ServicerContext):
         async with translate(context, "StreamEvents"):
+            caller = await self._auth.worker(context)
             requests = aiter(request_iterator)
             first = await anext(requests, None)
             if first is None:
                 return
-            worker_id = v.required("worker_id", first.worker_id)
+            worker_id = self._worker_id(caller, first.worker_id)
             session_id = v.required("session_id", first.session_id)
             epoch = first.lease_epoch
             if epoch <= 0:
                 raise errors.InvalidArgument("lease_epoch", "is required (the epoch from the offer)")
-            await self._hub.load_for_worker(worker_id, session_id, epoch)
+            await self._hub.load_for_worker(worker_id, session_id, epoch, caller.owner)
             pending: asyncio.Queue[Any] = asyncio.Queue()
-            reader = asyncio.create_task(self._read_events(worker_id, session_id, epoch, first, requests, pending))
+            reader = asyncio.create_task(
+                self._read_events(worker_id, caller.owner, session_id, epoch, first, requests, pending)
+            )
             carried: Any = None  # an item taken off the queue while coalescing, not yet durable
+            unwatch = self._auth.watch(caller, pending.put_nowait)
             try:
                 while True:
                     item, carried = (carried if carried is not None else await pending.get()), None
@@ -216,6 +275,7 @@ class WorkerService:
                         raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
                     yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
             finally:
+                unwatch()
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
@@ -223,6 +283,7 @@ class WorkerService:
     async def _read_events(
         self,
         worker_id: str,
+        owner: str,
         session_id: str,
         epoch: int,
         first: wpb.StreamEventsRequest,
@@ -246,7 +307,7 @@ class WorkerService:
                             raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
                         if e.kind == "input_received":
                             raise errors.InvalidArgument(f"events[{i}].body", "input_received is written by the control plane")
-                    fut, acked, last, _ = self._hub.ingest(worker_id, session_id, epoch, incoming)
+                    fut, acked, last, _ = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
                     pending.put_nowait((fut, acked, last))
                 req = await anext(requests, None)
             pending.put_nowait(_END)
@@ -257,9 +318,10 @@ class WorkerService:
 
     async def Resume(self, request: wpb.ResumeRequest, context: grpc.aio.ServicerContext):
         async with translate(context, "Resume"):
-            worker_id = v.required("worker_id", request.worker_id)
+            caller = await self._auth.worker(context)
+            worker_id = self._worker_id(caller, request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            snap, carried, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch)
+            snap, carried, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch, caller.owner)
             after = 0
             header = wpb.ResumeResponse()
             history: list[pb.HistoryItem] = []
@@ -278,15 +340,17 @@ class WorkerService:
                 yield events_message(carried, RESUME_EVENTS_TAG)
             if after < upto:
                 async for page in self._hub.events_between(session_id, after, upto):
+                    self._auth.check_still_valid(caller)
                     yield events_message(page, RESUME_EVENTS_TAG)
 
     async def Snapshot(self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext) -> wpb.SnapshotResponse:
         async with translate(context, "Snapshot"):
+            caller = await self._auth.worker(context)
             requests = aiter(request_iterator)
             first = await anext(requests, None)
             if first is None:
                 raise errors.InvalidArgument("session_id", "a snapshot upload needs a first chunk with its header")
-            worker_id = v.required("worker_id", first.worker_id)
+            worker_id = self._worker_id(caller, first.worker_id)
             session_id = v.required("session_id", first.session_id)
             if first.lease_epoch <= 0:
                 raise errors.InvalidArgument("lease_epoch", "is required")
@@ -297,6 +361,7 @@ class WorkerService:
                     raise errors.InvalidArgument("history", f"at most {_MAX_SNAPSHOT_ITEMS} items per snapshot")
             for i, item in enumerate(items):
                 v.enum_value(f"history[{i}].role", item.role, pb.HistoryItemRole)
+            self._auth.check_still_valid(caller)
             snap = await self._hub.store_snapshot(
                 worker_id,
                 session_id,
@@ -306,5 +371,6 @@ class WorkerService:
                 HistoryCodec.encode(items),
                 len(items),
                 first.request_id,
+                caller.owner,
             )
             return wpb.SnapshotResponse(snapshot_id=snap.snapshot_id, seq=snap.seq)

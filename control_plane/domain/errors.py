@@ -169,3 +169,48 @@ class RequestNotFound(DomainError):
 class RequestAlreadyResolved(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "REQUEST_ALREADY_RESOLVED"
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or unknown ones. The message never repeats the secret."""
+
+    code = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
+
+
+class TokenRevoked(Unauthenticated):
+    reason = "TOKEN_REVOKED"
+
+
+class PairingCodeInvalid(Unauthenticated):
+    reason = "PAIRING_CODE_INVALID"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the pairing code is unknown, expired or already used; ask for a new one "
+            "(tether pair, or AdminService.CreatePairingCode)"
+        )
+
+
+class PermissionDenied(DomainError):
+    code = "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
+
+
+class LimitExceeded(DomainError):
+    """A per-owner or per-session limit; `limit` names the setting, `value` gives it."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, limit: str, value: float, what: str) -> None:
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        super().__init__(f"limit {limit}={shown} reached: {what}", limit=limit, value=shown)
+
+
+class WorkerTokenNotFound(DomainError):
+    code = "NOT_FOUND"
+    reason = "WORKER_TOKEN_NOT_FOUND"
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"worker token {token_id!r} does not exist", token_id=token_id)

@@ -10,6 +10,11 @@ order.
 Fencing: every worker write names (session, lease epoch). Only the current holder at the
 current epoch may write; anything else is `LeaseLost`. Moving a session to another worker
 bumps its epoch, so a worker that lost a lease can never append again.
+
+Owners: every session and worker belongs to one. Every session call names the caller's owner
+and finds only that owner's sessions (another owner's session does not exist, to the caller);
+turns are offered only to workers of the session's owner, so a lease, and with it every
+worker write, stays within one owner.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..store import (
     turn_update_row,
 )
 from . import errors
+from .access import Limits, TokenBucket
 from .requests import check_answer
 from .model import (
     TERMINAL_KINDS,
@@ -247,6 +253,7 @@ class _SessionCtx:
     # Pending requests of the open turns (and answered ones while their turn still runs, so a
     # reconnecting worker gets the answer again); dropped when the turn ends.
     requests: dict[str, PendingRequest] = field(default_factory=dict)
+    events_bucket: TokenBucket | None = None  # the events-per-second limit, made on first ingest
 
     @property
     def state(self) -> SessionState:
@@ -277,16 +284,20 @@ class _WorkerConn:
 
 
 class Hub:
-    def __init__(self, reader: Reader, writer: Writer, codec: BodyCodec, timings: Timings) -> None:
+    def __init__(
+        self, reader: Reader, writer: Writer, codec: BodyCodec, timings: Timings, limits: Limits | None = None
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._codec = codec
         self.timings = timings
+        self.limits = limits or Limits()
         self._ctx: dict[str, _SessionCtx] = {}
+        self._by_owner: dict[str, set[str]] = collections.defaultdict(set)  # owner -> loaded session ids
         self._loading: dict[str, asyncio.Future[_SessionCtx | None]] = {}
         self._workers: dict[str, _WorkerConn] = {}
         self._waiting: dict[str, None] = {}  # sessions with a queued turn and no worker yet
-        self._snapshot_waiters: dict[str, asyncio.Future[Snapshot]] = {}
+        self._snapshot_waiters: dict[str, tuple[str, asyncio.Future[Snapshot]]] = {}  # by request id
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # owned here, awaited by stop()
         # Calls refused by fencing, per worker: a worker that keeps writing for a lease it lost
@@ -360,7 +371,7 @@ class Hub:
                         ctx.keys[turn.idempotency_key] = turn.turn_id
                 for request in loaded.open_requests:
                     ctx.requests[request.request_id] = request
-                self._ctx[session_id] = ctx
+                self._keep(ctx)
             fut.set_result(ctx)
             return ctx
         except BaseException as exc:
@@ -370,9 +381,20 @@ class Hub:
         finally:
             del self._loading[session_id]
 
-    async def _require(self, session_id: str) -> _SessionCtx:
+    def _keep(self, ctx: _SessionCtx) -> None:
+        session = ctx.session
+        self._ctx[session.session_id] = ctx
+        self._by_owner[session.owner].add(session.session_id)
+
+    def _forget(self, session_id: str) -> None:
+        ctx = self._ctx.pop(session_id, None)
+        if ctx is not None:
+            self._by_owner[ctx.session.owner].discard(session_id)
+
+    async def _require(self, session_id: str, owner: str) -> _SessionCtx:
+        """The owner's session; another owner's is as absent as one that never existed."""
         ctx = await self._load(session_id)
-        if ctx is None or ctx.deleted:
+        if ctx is None or ctx.deleted or ctx.session.owner != owner:
             raise errors.SessionNotFound(session_id)
         return ctx
 
@@ -387,6 +409,7 @@ class Hub:
             if ctx.offer_timer:
                 ctx.offer_timer.cancel()
         self._ctx.clear()
+        self._by_owner.clear()
         self._waiting.clear()
         for w in self._workers.values():
             w.push(CloseMsg("the control plane is recovering from a failed write; reconnect"))
@@ -410,14 +433,14 @@ class Hub:
     # ----------------------------------------------------------------- sessions
 
     async def create_session(
-        self, runtime: str, worker_selector: dict[str, str], labels: dict[str, str]
+        self, owner: str, runtime: str, worker_selector: dict[str, str], labels: dict[str, str]
     ) -> SessionView:
         now = now_us()
-        session = Session(new_id("ses"), runtime, dict(worker_selector), dict(labels), now, now)
+        session = Session(new_id("ses"), runtime, dict(worker_selector), dict(labels), now, now, owner=owner)
         ctx = _SessionCtx(session=session, last_seq=0, committed_seq=0, lease=None)
         ws = WriteSet(session_inserts=[session_to_row(session)])
         await self._commit(ws)
-        self._ctx[session.session_id] = ctx
+        self._keep(ctx)
         return self._view(ctx)
 
     def _view(self, ctx: _SessionCtx) -> SessionView:
@@ -431,15 +454,16 @@ class Hub:
             lease_epoch=lease.epoch if lease else 0,
         )
 
-    async def get_session(self, session_id: str) -> SessionView:
-        return self._view(await self._require(session_id))
+    async def get_session(self, owner: str, session_id: str) -> SessionView:
+        return self._view(await self._require(session_id, owner))
 
     async def list_sessions(
-        self, page_size: int, before_id: str | None, state: SessionState | None
+        self, owner: str, page_size: int, before_id: str | None, state: SessionState | None
     ) -> tuple[list[SessionView], str | None]:
         archived = None if state is None else state == SessionState.ARCHIVED
         active = None if state in (None, SessionState.ARCHIVED) else state == SessionState.ACTIVE
         rows = await self._reader.list_sessions(
+            owner=owner,
             limit=page_size + 1, before_id=before_id, archived=archived, active=active
         )
         more = len(rows) > page_size
@@ -456,16 +480,16 @@ class Hub:
         # Sessions not in memory show last_seq 0 in a list; GetSession gives the full view.
         return views, (views[-1].session.session_id if more and views else None)
 
-    async def archive_session(self, session_id: str) -> SessionView:
-        ctx = await self._require(session_id)
+    async def archive_session(self, owner: str, session_id: str) -> SessionView:
+        ctx = await self._require(session_id, owner)
         if not ctx.session.archived:
             ctx.session.archived = True
             ctx.session.update_time_us = now_us()
             await self._commit(WriteSet(session_updates=[session_update_row(ctx.session)]))
         return self._view(ctx)
 
-    async def delete_session(self, session_id: str) -> None:
-        ctx = await self._require(session_id)
+    async def delete_session(self, owner: str, session_id: str) -> None:
+        ctx = await self._require(session_id, owner)
         ctx.deleted = True
         self._waiting.pop(session_id, None)
         if ctx.offer_timer:
@@ -485,12 +509,12 @@ class Hub:
         try:
             await self._commit(WriteSet(session_deletes=[session_id]))
         finally:
-            self._ctx.pop(session_id, None)
+            self._forget(session_id)
 
     # ----------------------------------------------------------------- turns
 
-    async def send_input(self, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
-        ctx = await self._require(session_id)
+    async def send_input(self, owner: str, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
+        ctx = await self._require(session_id, owner)
         if key:
             existing = await self._turn_for_key(ctx, key)
             if existing is not None:
@@ -507,6 +531,7 @@ class Hub:
             raise errors.SessionArchived(
                 f"session {session_id!r} is archived and accepts no input", session_id=session_id
             )
+        self._check_owner_limits(ctx)
         now = now_us()
         ctx.session.turn_count += 1
         ctx.session.update_time_us = now
@@ -530,6 +555,27 @@ class Hub:
         await self._commit(ws)
         return turn, False
 
+    def _check_owner_limits(self, ctx: _SessionCtx) -> None:
+        """Refuse a new turn past the owner's limits; other owners' work is never counted."""
+        limits = self.limits
+        active = queued = 0
+        for session_id in self._by_owner[ctx.session.owner]:
+            other = self._ctx.get(session_id)
+            if other is None or other.deleted:
+                continue
+            queued += len(other.queue)
+            active += bool(other.active or other.queue)
+        if queued >= limits.max_queued_turns_per_owner:
+            raise errors.LimitExceeded(
+                "max_queued_turns_per_owner", limits.max_queued_turns_per_owner,
+                f"{queued} turns of this owner are waiting for a worker; wait for some to start",
+            )
+        if not (ctx.active or ctx.queue) and active >= limits.max_active_sessions_per_owner:
+            raise errors.LimitExceeded(
+                "max_active_sessions_per_owner", limits.max_active_sessions_per_owner,
+                f"{active} sessions of this owner have a turn queued or running; wait for one to finish",
+            )
+
     async def _turn_for_key(self, ctx: _SessionCtx, key: str) -> Turn | None:
         turn_id = ctx.keys.get(key)
         if turn_id is None:
@@ -540,15 +586,15 @@ class Hub:
                 return found
         return ctx.turns.get(turn_id) or await self._reader.get_turn(ctx.session.session_id, turn_id)
 
-    async def get_turn(self, session_id: str, turn_id: str) -> Turn:
-        ctx = await self._require(session_id)
+    async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
+        ctx = await self._require(session_id, owner)
         turn = ctx.turns.get(turn_id) or await self._reader.get_turn(session_id, turn_id)
         if turn is None:
             raise errors.TurnNotFound(session_id, turn_id)
         return turn
 
-    async def interrupt_turn(self, session_id: str, turn_id: str, reason: str) -> Turn:
-        ctx = await self._require(session_id)
+    async def interrupt_turn(self, owner: str, session_id: str, turn_id: str, reason: str) -> Turn:
+        ctx = await self._require(session_id, owner)
         if not turn_id:
             if ctx.active is not None:
                 turn_id = ctx.active.turn_id
@@ -644,10 +690,10 @@ class Hub:
         changed.set()
 
     async def subscribe(
-        self, session_id: str, after_seq: int, stop_at_end: bool
+        self, owner: str, session_id: str, after_seq: int, stop_at_end: bool
     ) -> AsyncIterator[list[Event]]:
         """Committed events after `after_seq`, in order, then live ones as they commit."""
-        ctx = await self._require(session_id)
+        ctx = await self._require(session_id, owner)
         if after_seq > ctx.committed_seq:
             raise errors.CursorOutOfRange(
                 f"cursor {after_seq} is past the end of session {session_id!r}'s log "
@@ -662,7 +708,7 @@ class Hub:
                 if self._ctx.get(ctx.session.session_id) is ctx or ctx.session.session_id not in self._ctx:
                     raise errors.SessionNotFound(ctx.session.session_id)
                 # The context was dropped after a failed write: continue on a fresh one.
-                ctx = await self._require(ctx.session.session_id)
+                ctx = await self._require(ctx.session.session_id, ctx.session.owner)
             if cursor < ctx.committed_seq:
                 recent = ctx.recent
                 first = recent[0].seq if recent else None
@@ -688,7 +734,8 @@ class Hub:
     def _eligible(self, w: _WorkerConn, session: Session) -> bool:
         info = w.info
         return (
-            w.outbox is not None
+            info.owner == session.owner  # a worker only ever sees its owner's work
+            and w.outbox is not None
             and not w.draining
             and session.runtime in info.runtimes
             and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
@@ -824,11 +871,18 @@ class Hub:
     # ----------------------------------------------------------------- workers
 
     async def register(self, info: WorkerInfo) -> str:
+        old = self._workers.get(info.worker_id)
+        if old is not None and old.info.owner != info.owner:
+            raise errors.PermissionDenied(
+                f"worker id {info.worker_id!r} is taken by a worker of another credential; choose another --worker-id",
+                worker_id=info.worker_id,
+            )
         info.registration_id = new_id("reg")
         ws = WriteSet(
             worker_upserts=[
                 {
                     "worker_id": info.worker_id,
+                    "owner_id": info.owner,
                     "name": info.name,
                     "registration_id": info.registration_id,
                     "runtimes_json": _json(info.runtimes),
@@ -851,6 +905,11 @@ class Hub:
                 self._requeue_offers_of(old)
         self._workers[info.worker_id] = conn
         return info.registration_id
+
+    def worker_owner(self, worker_id: str) -> str | None:
+        """The owner of a worker registered since this control plane started, else None."""
+        w = self._workers.get(worker_id)
+        return w.info.owner if w is not None else None
 
     def _worker(self, worker_id: str, registration_id: str | None = None) -> _WorkerConn:
         w = self._workers.get(worker_id)
@@ -1079,9 +1138,11 @@ class Hub:
                         log.exception("could not expire lease of %s", ctx.session.session_id)
             self._dispatch_waiting()
 
-    def check_lease(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
+    def check_lease(self, worker_id: str, session_id: str, epoch: int, owner: str) -> _SessionCtx:
+        """The session, if `worker_id` (of `owner`) holds its lease at `epoch`; else LeaseLost.
+        For another owner's session the answer is the one for a session that does not exist."""
         ctx = self._ctx.get(session_id)
-        if ctx is None or ctx.deleted:
+        if ctx is None or ctx.deleted or ctx.session.owner != owner:
             self._fenced_calls[worker_id] += 1
             raise errors.LeaseLost(session_id, epoch, 0)
         lease = ctx.lease
@@ -1094,20 +1155,31 @@ class Hub:
         """How many of the worker's writes, resumes and snapshots fencing refused (LEASE_LOST)."""
         return self._fenced_calls[worker_id]
 
-    async def load_for_worker(self, worker_id: str, session_id: str, epoch: int) -> _SessionCtx:
+    async def load_for_worker(self, worker_id: str, session_id: str, epoch: int, owner: str) -> _SessionCtx:
         """Like check_lease, but loads the session first (after a control-plane restart)."""
         await self._load(session_id)
-        return self.check_lease(worker_id, session_id, epoch)
+        return self.check_lease(worker_id, session_id, epoch, owner)
 
     def ingest(
-        self, worker_id: str, session_id: str, epoch: int, events: list[IncomingEvent]
+        self, worker_id: str, session_id: str, epoch: int, events: list[IncomingEvent], owner: str
     ) -> tuple[asyncio.Future[None] | None, int, int, list[Event]]:
         """Fence, dedup, number and queue a batch of worker events.
 
         Returns the commit future (None when every event was a duplicate), the acked worker
         watermark and last seq that hold once it resolves, and the new events.
         """
-        ctx = self.check_lease(worker_id, session_id, epoch)
+        ctx = self.check_lease(worker_id, session_id, epoch, owner)
+        limits = self.limits
+        bucket = ctx.events_bucket
+        if bucket is None:
+            bucket = ctx.events_bucket = TokenBucket(
+                limits.events_per_second_per_session, limits.event_burst_per_session
+            )
+        if not bucket.take(len(events)):
+            raise errors.LimitExceeded(
+                "events_per_second_per_session", limits.events_per_second_per_session,
+                f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
+            )
         expected = ctx.acked_worker_seq + 1
         fresh = [e for e in events if e.worker_seq >= expected]
         for i, e in enumerate(fresh):
@@ -1201,9 +1273,11 @@ class Hub:
 
     # ----------------------------------------------------------------- pending requests
 
-    async def respond_to_request(self, session_id: str, request_id: str, answer: dict[str, Any], answer_json: str) -> PendingRequest:
+    async def respond_to_request(
+        self, owner: str, session_id: str, request_id: str, answer: dict[str, Any], answer_json: str
+    ) -> PendingRequest:
         """Resolve a pending request exactly once and send the answer to the turn's worker."""
-        ctx = await self._require(session_id)
+        ctx = await self._require(session_id, owner)
         request = ctx.requests.get(request_id)
         if request is None:
             stored = await self._reader.get_request(session_id, request_id)
@@ -1236,8 +1310,8 @@ class Hub:
         if w is not None and ctx.holder() == turn.worker_id:
             w.push(AnswerMsg(ctx.session.session_id, request.turn_id, request.request_id, request.response_json))
 
-    async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]:
-        ctx = await self._require(session_id)
+    async def list_requests(self, owner: str, session_id: str, state: RequestState | None) -> list[PendingRequest]:
+        ctx = await self._require(session_id, owner)
         stored = {r.request_id: r for r in await self._reader.list_requests(session_id, state)}
         # Memory is ahead of the database while a commit runs.
         for request in ctx.requests.values():
@@ -1264,9 +1338,10 @@ class Hub:
                 self._dispatch(ctx)
         self._dispatch_waiting()
 
-    def drain_worker(self, worker_id: str, grace_s: float | None) -> WorkerStatus:
+    def drain_worker(self, owner: str | None, worker_id: str, grace_s: float | None) -> WorkerStatus:
+        """Drain one of `owner`'s workers (any owner's when `owner` is None: an admin)."""
         w = self._workers.get(worker_id)
-        if w is None:
+        if w is None or (owner is not None and w.info.owner != owner):
             raise errors.WorkerNotFound(f"no worker {worker_id!r} has registered since this control plane started", worker_id=worker_id)
         if w.outbox is None:
             raise errors.WorkerNotConnected(
@@ -1280,16 +1355,17 @@ class Hub:
     def _status(self, w: _WorkerConn) -> WorkerStatus:
         return WorkerStatus(w.info, len(w.in_flight), len(w.sessions), w.outbox is not None, w.draining)
 
-    def worker_statuses(self) -> list[WorkerStatus]:
-        statuses = [self._status(w) for w in self._workers.values()]
+    def worker_statuses(self, owner: str | None) -> list[WorkerStatus]:
+        """`owner`'s workers (every owner's when None: an admin), connected first."""
+        statuses = [self._status(w) for w in self._workers.values() if owner is None or w.info.owner == owner]
         statuses.sort(key=lambda st: (not st.connected, st.info.worker_id))
         return statuses
 
     # ----------------------------------------------------------------- restore
 
-    async def restore_session(self, session_id: str, selector: dict[str, str], worker_id: str) -> SessionView:
+    async def restore_session(self, owner: str, session_id: str, selector: dict[str, str], worker_id: str) -> SessionView:
         """Move an idle session onto another worker and rehydrate it there, now."""
-        ctx = await self._require(session_id)
+        ctx = await self._require(session_id, owner)
         if ctx.session.archived:
             raise errors.SessionArchived(f"session {session_id!r} is archived", session_id=session_id)
         if ctx.active is not None or ctx.queue:
@@ -1303,7 +1379,7 @@ class Hub:
         holder = ctx.holder()
         if worker_id:
             w = self._workers.get(worker_id)
-            if w is None:
+            if w is None or w.info.owner != owner:
                 raise errors.WorkerNotFound(f"no worker {worker_id!r} is registered", worker_id=worker_id)
             if w.outbox is None:
                 raise errors.WorkerNotConnected(f"worker {worker_id!r} is not connected", worker_id=worker_id)
@@ -1401,8 +1477,8 @@ class Hub:
 
     # ----------------------------------------------------------------- snapshots & resume
 
-    async def latest_snapshot(self, session_id: str) -> Snapshot:
-        await self._require(session_id)
+    async def latest_snapshot(self, owner: str, session_id: str) -> Snapshot:
+        await self._require(session_id, owner)
         snap = await self._reader.latest_snapshot(session_id)
         if snap is None:
             raise errors.SnapshotNotFound(
@@ -1411,8 +1487,8 @@ class Hub:
             )
         return snap
 
-    async def request_snapshot(self, session_id: str) -> Snapshot:
-        ctx = await self._require(session_id)
+    async def request_snapshot(self, owner: str, session_id: str) -> Snapshot:
+        ctx = await self._require(session_id, owner)
         w = self._workers.get(ctx.holder())
         if w is None or w.outbox is None or ctx.lease is None:
             raise errors.NoWorker(
@@ -1422,7 +1498,7 @@ class Hub:
             )
         request_id = new_id("req")
         fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
-        self._snapshot_waiters[request_id] = fut
+        self._snapshot_waiters[request_id] = (session_id, fut)
         w.push(SnapshotRequestMsg(session_id, ctx.lease.epoch, request_id))
         try:
             async with asyncio.timeout(self.timings.snapshot_timeout_s):
@@ -1446,8 +1522,9 @@ class Hub:
         history: bytes,
         history_count: int,
         request_id: str,
+        owner: str,
     ) -> Snapshot:
-        ctx = await self.load_for_worker(worker_id, session_id, epoch)
+        ctx = await self.load_for_worker(worker_id, session_id, epoch, owner)
         if seq > ctx.committed_seq:
             raise errors.InvalidArgument(
                 "seq", f"the snapshot claims seq {seq} but the log ends at {ctx.committed_seq}"
@@ -1471,8 +1548,8 @@ class Hub:
             ctx.session.runtime_thread_id = thread_id
             ctx.session.update_time_us = snap.create_time_us
             ws.session_updates.append(session_update_row(ctx.session))
-        waiter = self._snapshot_waiters.get(request_id) if request_id else None
-        if waiter is not None:
+        sid, waiter = self._snapshot_waiters.get(request_id, ("", None)) if request_id else ("", None)
+        if waiter is not None and sid == session_id:
             ws.on_commit.append(lambda: waiter.done() or waiter.set_result(snap))
         restore = ctx.restoring
         if restore is not None and restore.granted and restore.epoch == epoch and restore.worker_id == worker_id:
@@ -1481,11 +1558,11 @@ class Hub:
         return snap
 
     async def resume_source(
-        self, worker_id: str, session_id: str, epoch: int
+        self, worker_id: str, session_id: str, epoch: int, owner: str
     ) -> tuple[Snapshot | None, list[Event], int]:
         """What a resuming worker reads: the latest snapshot, the inputs at or before its
         watermark of turns it does not cover yet, and the log end to read up to after it."""
-        ctx = await self.load_for_worker(worker_id, session_id, epoch)
+        ctx = await self.load_for_worker(worker_id, session_id, epoch, owner)
         upto = ctx.committed_seq
         snap = await self._reader.latest_snapshot(session_id)
         carried = await self._reader.inputs_open_at(session_id, snap.seq) if snap is not None else []

@@ -77,6 +77,7 @@ class Session:
     archived: bool = False
     runtime_thread_id: str = ""
     turn_count: int = 0
+    owner: str = ""
 
 
 @dataclass
@@ -174,3 +175,4 @@ class WorkerInfo:
     slots: int
     version: str
     registered_at_us: int = field(default_factory=now_us)
+    owner: str = ""

@@ -4,7 +4,15 @@ SQLAlchemy errors stop here: the writer reports `WriteFailed`, which `domain/` m
 UNAVAILABLE answer.
 """
 
-from ._database import create_engine, create_schema, create_sqlite_writer_engine, database_url, is_sqlite
+from ._access import AccessStore
+from ._database import (
+    create_engine,
+    create_schema,
+    create_sqlite_writer_engine,
+    database_url,
+    is_sqlite,
+    missing_columns,
+)
 from ._reads import (
     Reader,
     LoadedSession,
@@ -20,6 +28,7 @@ from ._reads import (
 from ._writer import WriteFailed, Writer, WriteSet
 
 __all__ = [
+    "AccessStore",
     "Reader",
     "LoadedSession",
     "WriteFailed",
@@ -29,6 +38,7 @@ __all__ = [
     "create_schema",
     "create_sqlite_writer_engine",
     "is_sqlite",
+    "missing_columns",
     "database_url",
     "lease_to_row",
     "request_to_row",

@@ -60,3 +60,23 @@ def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL")
 async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+
+
+async def missing_columns(engine: AsyncEngine) -> list[str]:
+    """Columns the models have and the database's existing tables lack ("table.column").
+    Missing tables are not reported: `create_schema` makes them."""
+
+    def compare(conn) -> list[str]:  # noqa: ANN001 - a sync Connection
+        from sqlalchemy import inspect
+
+        inspector = inspect(conn)
+        missing = []
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing.extend(f"{table.name}.{c.name}" for c in table.columns if c.name not in have)
+        return missing
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(compare)

@@ -37,12 +37,14 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         archived=bool(r.archived),
         runtime_thread_id=r.runtime_thread_id,
         turn_count=turn_count or 0,
+        owner=r.owner_id,
     )
 
 
 def session_to_row(s: Session) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
+        "owner_id": s.owner,
         "runtime": s.runtime,
         "worker_selector_json": json.dumps(s.worker_selector, sort_keys=True),
         "labels_json": json.dumps(s.labels, sort_keys=True),
@@ -293,9 +295,10 @@ class Reader:
         )
 
     async def list_sessions(
-        self, *, limit: int, before_id: str | None, archived: bool | None, active: bool | None
+        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
     ) -> list[tuple[Session, bool]]:
-        """Sessions newest first (ids sort by creation time), each with whether a turn is open."""
+        """One owner's sessions newest first (ids sort by creation time), each with whether a
+        turn is open."""
         s = SessionRow.__table__
         open_turn = (
             select(TurnRow.turn_id)
@@ -316,6 +319,7 @@ class Reader:
         )
         q = (
             select(s, open_turn.label("has_open_turn"), turn_count.label("turn_count"), last_event_us.label("last_event_us"))
+            .where(s.c.owner_id == owner)
             .order_by(s.c.session_id.desc())
             .limit(limit)
         )

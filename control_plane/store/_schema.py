@@ -28,6 +28,7 @@ class WorkerRow(Base):
     __tablename__ = "workers"
 
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(256), default="")
     name: Mapped[str] = mapped_column(String(256), default="")
     registration_id: Mapped[str] = mapped_column(String(64))
     runtimes_json: Mapped[str] = mapped_column(Text, default="[]")
@@ -39,8 +40,11 @@ class WorkerRow(Base):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
+    # Every list is one owner's: (owner, id) serves ListSessions from the index alone.
+    __table_args__ = (Index("ix_sessions_owner_session", "owner_id", "session_id"),)
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(256))
     runtime: Mapped[str] = mapped_column(String(128))
     worker_selector_json: Mapped[str] = mapped_column(Text, default="{}")
     labels_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -146,3 +150,48 @@ class RequestRow(Base):
     expire_reason: Mapped[str] = mapped_column(Text, default="")
     create_time_us: Mapped[int] = mapped_column(BigInteger)
     resolve_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ApiKeyRow(Base):
+    """An application's API key: bound to one owner, or a trusted backend or admin key that
+    names the owner it acts for on each call. Only the secret's SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "owner", "backend" or "admin"
+    owner_id: Mapped[str] = mapped_column(String(256), default="")  # "" unless kind is "owner"
+    name: Mapped[str] = mapped_column(String(256), default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    revoke_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WorkerTokenRow(Base):
+    """A worker's credential, issued by pairing, bound to one owner and one worker id."""
+
+    __tablename__ = "worker_tokens"
+    __table_args__ = (Index("ix_worker_tokens_owner", "owner_id", "create_time_us"),)
+
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[str] = mapped_column(String(256))
+    worker_id: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    revoke_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PairingCodeRow(Base):
+    """A one-time pairing code, by its hash. `consumed_time_us` is set by the one exchange
+    that wins (a conditional UPDATE), in the transaction that issues the worker token."""
+
+    __tablename__ = "pairing_codes"
+    __table_args__ = (Index("ix_pairing_codes_owner", "owner_id", "expire_time_us"),)
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(256))
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    expire_time_us: Mapped[int] = mapped_column(BigInteger)
+    consumed_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    token_id: Mapped[str] = mapped_column(String(64), default="")

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "name", "runtimes", "labels", "slots", "running_turns", "held_sessions", "connected", "draining", "register_time", "version")
+    __slots__ = ("worker_id", "name", "runtimes", "labels", "slots", "running_turns", "held_sessions", "connected", "draining", "register_time", "version", "owner")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class WorkerStatus(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     REGISTER_TIME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     runtimes: _containers.RepeatedScalarFieldContainer[str]
@@ -41,7 +42,8 @@ class WorkerStatus(_message.Message):
     draining: bool
     register_time: _timestamp_pb2.Timestamp
     version: str
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., running_turns: _Optional[int] = ..., held_sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., draining: _Optional[bool] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., running_turns: _Optional[int] = ..., held_sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., draining: _Optional[bool] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
@@ -66,3 +68,57 @@ class DrainWorkerResponse(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     worker: WorkerStatus
     def __init__(self, worker: _Optional[_Union[WorkerStatus, _Mapping]] = ...) -> None: ...
+
+class CreatePairingCodeRequest(_message.Message):
+    __slots__ = ("ttl",)
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    ttl: _duration_pb2.Duration
+    def __init__(self, ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CreatePairingCodeResponse(_message.Message):
+    __slots__ = ("code", "expire_time", "owner")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    expire_time: _timestamp_pb2.Timestamp
+    owner: str
+    def __init__(self, code: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class WorkerToken(_message.Message):
+    __slots__ = ("token_id", "worker_id", "name", "owner", "create_time", "revoke_time")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    worker_id: str
+    name: str
+    owner: str
+    create_time: _timestamp_pb2.Timestamp
+    revoke_time: _timestamp_pb2.Timestamp
+    def __init__(self, token_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListWorkerTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkerTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[WorkerToken]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[WorkerToken, _Mapping]]] = ...) -> None: ...
+
+class RevokeWorkerTokenRequest(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
+
+class RevokeWorkerTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: WorkerToken
+    def __init__(self, token: _Optional[_Union[WorkerToken, _Mapping]] = ...) -> None: ...

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService is for operators: which workers are connected, and draining one.
+    """AdminService is for operators and application backends: workers, pairing codes and worker
+    tokens. An owner's API key sees and changes only that owner's workers and tokens; an admin key
+    sees every owner's workers.
     """
 
     def __init__(self, channel):
@@ -45,10 +47,27 @@ class AdminServiceStub:
                 request_serializer=tether_dot_v1_dot_admin__service__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_admin__service__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.CreatePairingCode = channel.unary_unary(
+                '/tether.v1.AdminService/CreatePairingCode',
+                request_serializer=tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeResponse.FromString,
+                _registered_method=True)
+        self.ListWorkerTokens = channel.unary_unary(
+                '/tether.v1.AdminService/ListWorkerTokens',
+                request_serializer=tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeWorkerToken = channel.unary_unary(
+                '/tether.v1.AdminService/RevokeWorkerToken',
+                request_serializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService is for operators: which workers are connected, and draining one.
+    """AdminService is for operators and application backends: workers, pairing codes and worker
+    tokens. An owner's API key sees and changes only that owner's workers and tokens; an admin key
+    sees every owner's workers.
     """
 
     def ListWorkers(self, request, context):
@@ -61,6 +80,29 @@ class AdminServiceServicer:
     def DrainWorker(self, request, context):
         """DrainWorker asks a connected worker to drain: it takes no new offers, finishes running
         turns within the grace, uploads final snapshots and releases its leases, then exits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePairingCode(self, request, context):
+        """CreatePairingCode issues a short one-time code a worker exchanges (WorkerService.Pair) for
+        a worker token of the caller's owner. Only its hash is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkerTokens(self, request, context):
+        """ListWorkerTokens lists the caller's owner's worker tokens, revoked ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeWorkerToken(self, request, context):
+        """RevokeWorkerToken revokes a worker token: the worker's open streams end at once with
+        UNAUTHENTICATED and its leases move by the normal rules.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +121,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=tether_dot_v1_dot_admin__service__pb2.DrainWorkerRequest.FromString,
                     response_serializer=tether_dot_v1_dot_admin__service__pb2.DrainWorkerResponse.SerializeToString,
             ),
+            'CreatePairingCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePairingCode,
+                    request_deserializer=tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeResponse.SerializeToString,
+            ),
+            'ListWorkerTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkerTokens,
+                    request_deserializer=tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensResponse.SerializeToString,
+            ),
+            'RevokeWorkerToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeWorkerToken,
+                    request_deserializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tether.v1.AdminService', rpc_method_handlers)
@@ -88,7 +145,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService is for operators: which workers are connected, and draining one.
+    """AdminService is for operators and application backends: workers, pairing codes and worker
+    tokens. An owner's API key sees and changes only that owner's workers and tokens; an admin key
+    sees every owner's workers.
     """
 
     @staticmethod
@@ -135,6 +194,87 @@ class AdminService:
             '/tether.v1.AdminService/DrainWorker',
             tether_dot_v1_dot_admin__service__pb2.DrainWorkerRequest.SerializeToString,
             tether_dot_v1_dot_admin__service__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePairingCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.AdminService/CreatePairingCode',
+            tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeRequest.SerializeToString,
+            tether_dot_v1_dot_admin__service__pb2.CreatePairingCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkerTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.AdminService/ListWorkerTokens',
+            tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensRequest.SerializeToString,
+            tether_dot_v1_dot_admin__service__pb2.ListWorkerTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeWorkerToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.AdminService/RevokeWorkerToken',
+            tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.SerializeToString,
+            tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

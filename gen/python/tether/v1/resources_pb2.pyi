@@ -63,6 +63,12 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_REHYDRATION_FAILED: _ClassVar[ErrorReason]
     ERROR_REASON_REQUEST_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_REQUEST_ALREADY_RESOLVED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
+    ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
+    ERROR_REASON_TOKEN_REVOKED: _ClassVar[ErrorReason]
+    ERROR_REASON_PAIRING_CODE_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
+    ERROR_REASON_WORKER_TOKEN_NOT_FOUND: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -134,6 +140,12 @@ ERROR_REASON_WORKER_NOT_CONNECTED: ErrorReason
 ERROR_REASON_REHYDRATION_FAILED: ErrorReason
 ERROR_REASON_REQUEST_NOT_FOUND: ErrorReason
 ERROR_REASON_REQUEST_ALREADY_RESOLVED: ErrorReason
+ERROR_REASON_UNAUTHENTICATED: ErrorReason
+ERROR_REASON_PERMISSION_DENIED: ErrorReason
+ERROR_REASON_TOKEN_REVOKED: ErrorReason
+ERROR_REASON_PAIRING_CODE_INVALID: ErrorReason
+ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
+ERROR_REASON_WORKER_TOKEN_NOT_FOUND: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
@@ -156,7 +168,7 @@ DELTA_KIND_REASONING: DeltaKind
 DELTA_KIND_FILE_CHANGE: DeltaKind
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count")
+    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner")
     class WorkerSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +196,7 @@ class Session(_message.Message):
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     runtime: str
     worker_selector: _containers.ScalarMap[str, str]
@@ -197,7 +210,8 @@ class Session(_message.Message):
     lease_epoch: int
     runtime_thread_id: str
     turn_count: int
-    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message")

@@ -11,6 +11,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PairRequest(_message.Message):
+    __slots__ = ("code", "name")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    name: str
+    def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class PairResponse(_message.Message):
+    __slots__ = ("token", "token_id", "worker_id", "owner")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_id: str
+    worker_id: str
+    owner: str
+    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("worker_id", "name", "runtimes", "slots", "labels", "version", "features")
     class LabelsEntry(_message.Message):

@@ -69,6 +69,11 @@ class WorkerServiceStub:
                 request_serializer=tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Pair = channel.unary_unary(
+                '/tether.v1.WorkerService/Pair',
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.PairRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.PairResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -125,6 +130,16 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pair(self, request, context):
+        """Pair exchanges a one-time pairing code (from AdminService.CreatePairingCode) for a worker
+        token. It is the one call that needs no credentials. A code works once: of two workers
+        racing for one code exactly one wins. An unknown, expired or used code gets UNAUTHENTICATED
+        (PAIRING_CODE_INVALID); too many failed codes from one address get RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +172,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.FromString,
                     response_serializer=tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Pair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pair,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.PairRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.PairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +346,33 @@ class WorkerService:
             '/tether.v1.WorkerService/Snapshot',
             tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.SerializeToString,
             tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.WorkerService/Pair',
+            tether_dot_v1_dot_worker__service__pb2.PairRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.PairResponse.FromString,
             options,
             channel_credentials,
             insecure,

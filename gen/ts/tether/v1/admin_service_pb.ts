@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/admin_service.proto.
  */
 export const file_tether_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10ZXRoZXIvdjEvYWRtaW5fc2VydmljZS5wcm90bxIJdGV0aGVyLnYxIssCCgxXb3JrZXJTdGF0dXMSEQoJd29ya2VyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcnVudGltZXMYAyADKAkSMwoGbGFiZWxzGAQgAygLMiMudGV0aGVyLnYxLldvcmtlclN0YXR1cy5MYWJlbHNFbnRyeRINCgVzbG90cxgFIAEoBRIVCg1ydW5uaW5nX3R1cm5zGAYgASgFEhUKDWhlbGRfc2Vzc2lvbnMYByABKAUSEQoJY29ubmVjdGVkGAggASgIEhAKCGRyYWluaW5nGAkgASgIEjEKDXJlZ2lzdGVyX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCyABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJRChJEcmFpbldvcmtlclJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj4KE0RyYWluV29ya2VyUmVzcG9uc2USJwoGd29ya2VyGAEgASgLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1czKqAQoMQWRtaW5TZXJ2aWNlEkwKC0xpc3RXb3JrZXJzEh0udGV0aGVyLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBoeLnRldGhlci52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkwKC0RyYWluV29ya2VyEh0udGV0aGVyLnYxLkRyYWluV29ya2VyUmVxdWVzdBoeLnRldGhlci52MS5EcmFpbldvcmtlclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10ZXRoZXIvdjEvYWRtaW5fc2VydmljZS5wcm90bxIJdGV0aGVyLnYxItoCCgxXb3JrZXJTdGF0dXMSEQoJd29ya2VyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcnVudGltZXMYAyADKAkSMwoGbGFiZWxzGAQgAygLMiMudGV0aGVyLnYxLldvcmtlclN0YXR1cy5MYWJlbHNFbnRyeRINCgVzbG90cxgFIAEoBRIVCg1ydW5uaW5nX3R1cm5zGAYgASgFEhUKDWhlbGRfc2Vzc2lvbnMYByABKAUSEQoJY29ubmVjdGVkGAggASgIEhAKCGRyYWluaW5nGAkgASgIEjEKDXJlZ2lzdGVyX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCyABKAkSDQoFb3duZXIYDCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJRChJEcmFpbldvcmtlclJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj4KE0RyYWluV29ya2VyUmVzcG9uc2USJwoGd29ya2VyGAEgASgLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJCChhDcmVhdGVQYWlyaW5nQ29kZVJlcXVlc3QSJgoDdHRsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImkKGUNyZWF0ZVBhaXJpbmdDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFb3duZXIYAyABKAkisQEKC1dvcmtlclRva2VuEhAKCHRva2VuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEg0KBW93bmVyGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGQoXTGlzdFdvcmtlclRva2Vuc1JlcXVlc3QiQgoYTGlzdFdvcmtlclRva2Vuc1Jlc3BvbnNlEiYKBnRva2VucxgBIAMoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbiIsChhSZXZva2VXb3JrZXJUb2tlblJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkiQgoZUmV2b2tlV29ya2VyVG9rZW5SZXNwb25zZRIlCgV0b2tlbhgBIAEoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbjLHAwoMQWRtaW5TZXJ2aWNlEkwKC0xpc3RXb3JrZXJzEh0udGV0aGVyLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBoeLnRldGhlci52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkwKC0RyYWluV29ya2VyEh0udGV0aGVyLnYxLkRyYWluV29ya2VyUmVxdWVzdBoeLnRldGhlci52MS5EcmFpbldvcmtlclJlc3BvbnNlEl4KEUNyZWF0ZVBhaXJpbmdDb2RlEiMudGV0aGVyLnYxLkNyZWF0ZVBhaXJpbmdDb2RlUmVxdWVzdBokLnRldGhlci52MS5DcmVhdGVQYWlyaW5nQ29kZVJlc3BvbnNlElsKEExpc3RXb3JrZXJUb2tlbnMSIi50ZXRoZXIudjEuTGlzdFdvcmtlclRva2Vuc1JlcXVlc3QaIy50ZXRoZXIudjEuTGlzdFdvcmtlclRva2Vuc1Jlc3BvbnNlEl4KEVJldm9rZVdvcmtlclRva2VuEiMudGV0aGVyLnYxLlJldm9rZVdvcmtlclRva2VuUmVxdWVzdBokLnRldGhlci52MS5SZXZva2VXb3JrZXJUb2tlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * WorkerStatus is what the control plane knows about one worker.
@@ -96,6 +96,13 @@ export type WorkerStatus = Message<"tether.v1.WorkerStatus"> & {
    * @generated from field: string version = 11;
    */
   version: string;
+
+  /**
+   * The owner whose work the worker runs.
+   *
+   * @generated from field: string owner = 12;
+   */
+  owner: string;
 };
 
 /**
@@ -191,7 +198,199 @@ export const DrainWorkerResponseSchema: GenMessage<DrainWorkerResponse> = /*@__P
   messageDesc(file_tether_v1_admin_service, 4);
 
 /**
- * AdminService is for operators: which workers are connected, and draining one.
+ * CreatePairingCodeRequest sets how long the code lives.
+ *
+ * @generated from message tether.v1.CreatePairingCodeRequest
+ */
+export type CreatePairingCodeRequest = Message<"tether.v1.CreatePairingCodeRequest"> & {
+  /**
+   * How long the code can be used; unset means 10 minutes, at most 24 hours.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 1;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message tether.v1.CreatePairingCodeRequest.
+ * Use `create(CreatePairingCodeRequestSchema)` to create a new message.
+ */
+export const CreatePairingCodeRequestSchema: GenMessage<CreatePairingCodeRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 5);
+
+/**
+ * CreatePairingCodeResponse holds the code. It is shown only here.
+ *
+ * @generated from message tether.v1.CreatePairingCodeResponse
+ */
+export type CreatePairingCodeResponse = Message<"tether.v1.CreatePairingCodeResponse"> & {
+  /**
+   * The one-time code, for example "K7QM-2XPD".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * When the code stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * The owner the paired worker will belong to.
+   *
+   * @generated from field: string owner = 3;
+   */
+  owner: string;
+};
+
+/**
+ * Describes the message tether.v1.CreatePairingCodeResponse.
+ * Use `create(CreatePairingCodeResponseSchema)` to create a new message.
+ */
+export const CreatePairingCodeResponseSchema: GenMessage<CreatePairingCodeResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 6);
+
+/**
+ * WorkerToken describes a worker token; the token itself is never shown again.
+ *
+ * @generated from message tether.v1.WorkerToken
+ */
+export type WorkerToken = Message<"tether.v1.WorkerToken"> & {
+  /**
+   * The token's id.
+   *
+   * @generated from field: string token_id = 1;
+   */
+  tokenId: string;
+
+  /**
+   * The worker id the token is bound to.
+   *
+   * @generated from field: string worker_id = 2;
+   */
+  workerId: string;
+
+  /**
+   * The name given when pairing.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * The owner the token belongs to.
+   *
+   * @generated from field: string owner = 4;
+   */
+  owner: string;
+
+  /**
+   * When the token was issued.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the token was revoked; unset while it is valid.
+   *
+   * @generated from field: google.protobuf.Timestamp revoke_time = 6;
+   */
+  revokeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tether.v1.WorkerToken.
+ * Use `create(WorkerTokenSchema)` to create a new message.
+ */
+export const WorkerTokenSchema: GenMessage<WorkerToken> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 7);
+
+/**
+ * ListWorkerTokensRequest has no filters yet.
+ *
+ * @generated from message tether.v1.ListWorkerTokensRequest
+ */
+export type ListWorkerTokensRequest = Message<"tether.v1.ListWorkerTokensRequest"> & {
+};
+
+/**
+ * Describes the message tether.v1.ListWorkerTokensRequest.
+ * Use `create(ListWorkerTokensRequestSchema)` to create a new message.
+ */
+export const ListWorkerTokensRequestSchema: GenMessage<ListWorkerTokensRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 8);
+
+/**
+ * ListWorkerTokensResponse holds the owner's tokens, newest first.
+ *
+ * @generated from message tether.v1.ListWorkerTokensResponse
+ */
+export type ListWorkerTokensResponse = Message<"tether.v1.ListWorkerTokensResponse"> & {
+  /**
+   * The tokens.
+   *
+   * @generated from field: repeated tether.v1.WorkerToken tokens = 1;
+   */
+  tokens: WorkerToken[];
+};
+
+/**
+ * Describes the message tether.v1.ListWorkerTokensResponse.
+ * Use `create(ListWorkerTokensResponseSchema)` to create a new message.
+ */
+export const ListWorkerTokensResponseSchema: GenMessage<ListWorkerTokensResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 9);
+
+/**
+ * RevokeWorkerTokenRequest names the token to revoke.
+ *
+ * @generated from message tether.v1.RevokeWorkerTokenRequest
+ */
+export type RevokeWorkerTokenRequest = Message<"tether.v1.RevokeWorkerTokenRequest"> & {
+  /**
+   * The token's id. Required.
+   *
+   * @generated from field: string token_id = 1;
+   */
+  tokenId: string;
+};
+
+/**
+ * Describes the message tether.v1.RevokeWorkerTokenRequest.
+ * Use `create(RevokeWorkerTokenRequestSchema)` to create a new message.
+ */
+export const RevokeWorkerTokenRequestSchema: GenMessage<RevokeWorkerTokenRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 10);
+
+/**
+ * RevokeWorkerTokenResponse holds the token as it is after the request.
+ *
+ * @generated from message tether.v1.RevokeWorkerTokenResponse
+ */
+export type RevokeWorkerTokenResponse = Message<"tether.v1.RevokeWorkerTokenResponse"> & {
+  /**
+   * The token, now revoked.
+   *
+   * @generated from field: tether.v1.WorkerToken token = 1;
+   */
+  token?: WorkerToken | undefined;
+};
+
+/**
+ * Describes the message tether.v1.RevokeWorkerTokenResponse.
+ * Use `create(RevokeWorkerTokenResponseSchema)` to create a new message.
+ */
+export const RevokeWorkerTokenResponseSchema: GenMessage<RevokeWorkerTokenResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 11);
+
+/**
+ * AdminService is for operators and application backends: workers, pairing codes and worker
+ * tokens. An owner's API key sees and changes only that owner's workers and tokens; an admin key
+ * sees every owner's workers.
  *
  * @generated from service tether.v1.AdminService
  */
@@ -216,6 +415,38 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DrainWorkerRequestSchema;
     output: typeof DrainWorkerResponseSchema;
+  },
+  /**
+   * CreatePairingCode issues a short one-time code a worker exchanges (WorkerService.Pair) for
+   * a worker token of the caller's owner. Only its hash is stored.
+   *
+   * @generated from rpc tether.v1.AdminService.CreatePairingCode
+   */
+  createPairingCode: {
+    methodKind: "unary";
+    input: typeof CreatePairingCodeRequestSchema;
+    output: typeof CreatePairingCodeResponseSchema;
+  },
+  /**
+   * ListWorkerTokens lists the caller's owner's worker tokens, revoked ones included.
+   *
+   * @generated from rpc tether.v1.AdminService.ListWorkerTokens
+   */
+  listWorkerTokens: {
+    methodKind: "unary";
+    input: typeof ListWorkerTokensRequestSchema;
+    output: typeof ListWorkerTokensResponseSchema;
+  },
+  /**
+   * RevokeWorkerToken revokes a worker token: the worker's open streams end at once with
+   * UNAUTHENTICATED and its leases move by the normal rules.
+   *
+   * @generated from rpc tether.v1.AdminService.RevokeWorkerToken
+   */
+  revokeWorkerToken: {
+    methodKind: "unary";
+    input: typeof RevokeWorkerTokenRequestSchema;
+    output: typeof RevokeWorkerTokenResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_admin_service, 0);

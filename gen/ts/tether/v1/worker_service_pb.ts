@@ -14,7 +14,78 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/worker_service.proto.
  */
 export const file_tether_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSLdAQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItgDChBSZWdpc3RlclJlc3BvbnNlEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1vZmZlcl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjwKGXJlY29ubmVjdF9iYWNrb2ZmX2luaXRpYWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOAoVcmVjb25uZWN0X2JhY2tvZmZfbWF4GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEh4KFm1heF9ldmVudHNfcGVyX21lc3NhZ2UYCCABKAUSMwoQbGl2ZW5lc3NfdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChF3b3JrZXJfZGVhZF9ncmFjZRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ6ChBIZWFydGJlYXRSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSFQoNcnVubmluZ190dXJucxgDIAEoBRIjCgZsZWFzZXMYBCADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYigwEKEUhlYXJ0YmVhdFJlc3BvbnNlEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhINCgVkcmFpbhgDIAEoCCIzCghMZWFzZVJlZhISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEIpICCgxMZWFzZVJlcXVlc3QSJAoEb3BlbhgBIAEoCzIULnRldGhlci52MS5MZWFzZU9wZW5IABIoCgZhY2NlcHQYAiABKAsyFi50ZXRoZXIudjEuQWNjZXB0T2ZmZXJIABIoCgZyZWplY3QYAyABKAsyFi50ZXRoZXIudjEuUmVqZWN0T2ZmZXJIABInCgVyZW5ldxgEIAEoCzIWLnRldGhlci52MS5SZW5ld0xlYXNlc0gAEioKB3JlbGVhc2UYBSABKAsyFy50ZXRoZXIudjEuUmVsZWFzZUxlYXNlSAASKwoIZHJhaW5pbmcYBiABKAsyFy50ZXRoZXIudjEuRHJhaW5TdGFydGVkSABCBgoEa2luZCJcCglMZWFzZU9wZW4SEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIjCgZsZWFzZXMYAyADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYiRwoLQWNjZXB0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEIlcKC1JlamVjdE9mZmVyEhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBIOCgZyZWFzb24YBCABKAkiSQoLUmVuZXdMZWFzZXMSIwoGbGVhc2VzGAEgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEhUKDXJ1bm5pbmdfdHVybnMYAiABKAUiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiLXAQoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJInAKDUxlYXNlc1JlbmV3ZWQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIlYKC1dvcmtlckV2ZW50EhIKCndvcmtlcl9zZXEYASABKAQSDwoHdHVybl9pZBgCIAEoCRIiCgRib2R5GAMgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiYKBmV2ZW50cxgEIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJCChRTdHJlYW1FdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhAKCGxhc3Rfc2VxGAIgASgEIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQikAEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQitgEKD1NuYXBzaG90UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBILCgNzZXEYBCABKAQSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAUgASgJEhIKCnJlcXVlc3RfaWQYBiABKAkSJwoHaGlzdG9yeRgHIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbSI0ChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEgsKA3NlcRgCIAEoBDK5AwoNV29ya2VyU2VydmljZRJDCghSZWdpc3RlchIaLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QaGy50ZXRoZXIudjEuUmVnaXN0ZXJSZXNwb25zZRJGCglIZWFydGJlYXQSGy50ZXRoZXIudjEuSGVhcnRiZWF0UmVxdWVzdBocLnRldGhlci52MS5IZWFydGJlYXRSZXNwb25zZRI+CgVMZWFzZRIXLnRldGhlci52MS5MZWFzZVJlcXVlc3QaGC50ZXRoZXIudjEuTGVhc2VSZXNwb25zZSgBMAESUwoMU3RyZWFtRXZlbnRzEh4udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UoATABEj8KBlJlc3VtZRIYLnRldGhlci52MS5SZXN1bWVSZXF1ZXN0GhkudGV0aGVyLnYxLlJlc3VtZVJlc3BvbnNlMAESRQoIU25hcHNob3QSGi50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0GhsudGV0aGVyLnYxLlNuYXBzaG90UmVzcG9uc2UoAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
+  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSLdAQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItgDChBSZWdpc3RlclJlc3BvbnNlEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1vZmZlcl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjwKGXJlY29ubmVjdF9iYWNrb2ZmX2luaXRpYWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOAoVcmVjb25uZWN0X2JhY2tvZmZfbWF4GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEh4KFm1heF9ldmVudHNfcGVyX21lc3NhZ2UYCCABKAUSMwoQbGl2ZW5lc3NfdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChF3b3JrZXJfZGVhZF9ncmFjZRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ6ChBIZWFydGJlYXRSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSFQoNcnVubmluZ190dXJucxgDIAEoBRIjCgZsZWFzZXMYBCADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYigwEKEUhlYXJ0YmVhdFJlc3BvbnNlEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhINCgVkcmFpbhgDIAEoCCIzCghMZWFzZVJlZhISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEIpICCgxMZWFzZVJlcXVlc3QSJAoEb3BlbhgBIAEoCzIULnRldGhlci52MS5MZWFzZU9wZW5IABIoCgZhY2NlcHQYAiABKAsyFi50ZXRoZXIudjEuQWNjZXB0T2ZmZXJIABIoCgZyZWplY3QYAyABKAsyFi50ZXRoZXIudjEuUmVqZWN0T2ZmZXJIABInCgVyZW5ldxgEIAEoCzIWLnRldGhlci52MS5SZW5ld0xlYXNlc0gAEioKB3JlbGVhc2UYBSABKAsyFy50ZXRoZXIudjEuUmVsZWFzZUxlYXNlSAASKwoIZHJhaW5pbmcYBiABKAsyFy50ZXRoZXIudjEuRHJhaW5TdGFydGVkSABCBgoEa2luZCJcCglMZWFzZU9wZW4SEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIjCgZsZWFzZXMYAyADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYiRwoLQWNjZXB0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEIlcKC1JlamVjdE9mZmVyEhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBIOCgZyZWFzb24YBCABKAkiSQoLUmVuZXdMZWFzZXMSIwoGbGVhc2VzGAEgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEhUKDXJ1bm5pbmdfdHVybnMYAiABKAUiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiLXAQoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJInAKDUxlYXNlc1JlbmV3ZWQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIlYKC1dvcmtlckV2ZW50EhIKCndvcmtlcl9zZXEYASABKAQSDwoHdHVybl9pZBgCIAEoCRIiCgRib2R5GAMgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiYKBmV2ZW50cxgEIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJCChRTdHJlYW1FdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhAKCGxhc3Rfc2VxGAIgASgEIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQikAEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQitgEKD1NuYXBzaG90UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBILCgNzZXEYBCABKAQSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAUgASgJEhIKCnJlcXVlc3RfaWQYBiABKAkSJwoHaGlzdG9yeRgHIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbSI0ChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEgsKA3NlcRgCIAEoBDLyAwoNV29ya2VyU2VydmljZRJDCghSZWdpc3RlchIaLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QaGy50ZXRoZXIudjEuUmVnaXN0ZXJSZXNwb25zZRJGCglIZWFydGJlYXQSGy50ZXRoZXIudjEuSGVhcnRiZWF0UmVxdWVzdBocLnRldGhlci52MS5IZWFydGJlYXRSZXNwb25zZRI+CgVMZWFzZRIXLnRldGhlci52MS5MZWFzZVJlcXVlc3QaGC50ZXRoZXIudjEuTGVhc2VSZXNwb25zZSgBMAESUwoMU3RyZWFtRXZlbnRzEh4udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UoATABEj8KBlJlc3VtZRIYLnRldGhlci52MS5SZXN1bWVSZXF1ZXN0GhkudGV0aGVyLnYxLlJlc3VtZVJlc3BvbnNlMAESRQoIU25hcHNob3QSGi50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0GhsudGV0aGVyLnYxLlNuYXBzaG90UmVzcG9uc2UoARI3CgRQYWlyEhYudGV0aGVyLnYxLlBhaXJSZXF1ZXN0GhcudGV0aGVyLnYxLlBhaXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
+
+/**
+ * PairRequest carries the code an operator or an application handed to the worker.
+ *
+ * @generated from message tether.v1.PairRequest
+ */
+export type PairRequest = Message<"tether.v1.PairRequest"> & {
+  /**
+   * The one-time pairing code, for example "K7QM-2XPD" (case and dashes do not matter).
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * Human-readable name for the token, for example the host name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message tether.v1.PairRequest.
+ * Use `create(PairRequestSchema)` to create a new message.
+ */
+export const PairRequestSchema: GenMessage<PairRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 0);
+
+/**
+ * PairResponse carries the worker's credentials. The token is shown only here: the control
+ * plane keeps only its hash.
+ *
+ * @generated from message tether.v1.PairResponse
+ */
+export type PairResponse = Message<"tether.v1.PairResponse"> & {
+  /**
+   * The worker token: send it as "authorization: Bearer <token>" on every WorkerService call.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * Id of the token, for listing and revoking it.
+   *
+   * @generated from field: string token_id = 2;
+   */
+  tokenId: string;
+
+  /**
+   * The worker id the token is bound to; Register must use it.
+   *
+   * @generated from field: string worker_id = 3;
+   */
+  workerId: string;
+
+  /**
+   * The owner whose work the worker will run.
+   *
+   * @generated from field: string owner = 4;
+   */
+  owner: string;
+};
+
+/**
+ * Describes the message tether.v1.PairResponse.
+ * Use `create(PairResponseSchema)` to create a new message.
+ */
+export const PairResponseSchema: GenMessage<PairResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 1);
 
 /**
  * RegisterRequest describes the worker.
@@ -77,7 +148,7 @@ export type RegisterRequest = Message<"tether.v1.RegisterRequest"> & {
  * Use `create(RegisterRequestSchema)` to create a new message.
  */
 export const RegisterRequestSchema: GenMessage<RegisterRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 0);
+  messageDesc(file_tether_v1_worker_service, 2);
 
 /**
  * RegisterResponse carries the registration and the timings the server sets.
@@ -165,7 +236,7 @@ export type RegisterResponse = Message<"tether.v1.RegisterResponse"> & {
  * Use `create(RegisterResponseSchema)` to create a new message.
  */
 export const RegisterResponseSchema: GenMessage<RegisterResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 1);
+  messageDesc(file_tether_v1_worker_service, 3);
 
 /**
  * HeartbeatRequest reports liveness and load.
@@ -207,7 +278,7 @@ export type HeartbeatRequest = Message<"tether.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 2);
+  messageDesc(file_tether_v1_worker_service, 4);
 
 /**
  * HeartbeatResponse carries what the worker must know.
@@ -242,7 +313,7 @@ export type HeartbeatResponse = Message<"tether.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 3);
+  messageDesc(file_tether_v1_worker_service, 5);
 
 /**
  * LeaseRef names one lease.
@@ -270,7 +341,7 @@ export type LeaseRef = Message<"tether.v1.LeaseRef"> & {
  * Use `create(LeaseRefSchema)` to create a new message.
  */
 export const LeaseRefSchema: GenMessage<LeaseRef> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 4);
+  messageDesc(file_tether_v1_worker_service, 6);
 
 /**
  * LeaseRequest is one message from the worker on its Lease stream.
@@ -339,7 +410,7 @@ export type LeaseRequest = Message<"tether.v1.LeaseRequest"> & {
  * Use `create(LeaseRequestSchema)` to create a new message.
  */
 export const LeaseRequestSchema: GenMessage<LeaseRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 5);
+  messageDesc(file_tether_v1_worker_service, 7);
 
 /**
  * LeaseOpen names the registration.
@@ -374,7 +445,7 @@ export type LeaseOpen = Message<"tether.v1.LeaseOpen"> & {
  * Use `create(LeaseOpenSchema)` to create a new message.
  */
 export const LeaseOpenSchema: GenMessage<LeaseOpen> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 6);
+  messageDesc(file_tether_v1_worker_service, 8);
 
 /**
  * AcceptOffer accepts an offered turn.
@@ -409,7 +480,7 @@ export type AcceptOffer = Message<"tether.v1.AcceptOffer"> & {
  * Use `create(AcceptOfferSchema)` to create a new message.
  */
 export const AcceptOfferSchema: GenMessage<AcceptOffer> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 7);
+  messageDesc(file_tether_v1_worker_service, 9);
 
 /**
  * RejectOffer declines an offered turn.
@@ -451,7 +522,7 @@ export type RejectOffer = Message<"tether.v1.RejectOffer"> & {
  * Use `create(RejectOfferSchema)` to create a new message.
  */
 export const RejectOfferSchema: GenMessage<RejectOffer> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 8);
+  messageDesc(file_tether_v1_worker_service, 10);
 
 /**
  * RenewLeases is the worker's heartbeat on the Lease stream.
@@ -479,7 +550,7 @@ export type RenewLeases = Message<"tether.v1.RenewLeases"> & {
  * Use `create(RenewLeasesSchema)` to create a new message.
  */
 export const RenewLeasesSchema: GenMessage<RenewLeases> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 9);
+  messageDesc(file_tether_v1_worker_service, 11);
 
 /**
  * ReleaseLease gives a session back.
@@ -514,7 +585,7 @@ export type ReleaseLease = Message<"tether.v1.ReleaseLease"> & {
  * Use `create(ReleaseLeaseSchema)` to create a new message.
  */
 export const ReleaseLeaseSchema: GenMessage<ReleaseLease> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 10);
+  messageDesc(file_tether_v1_worker_service, 12);
 
 /**
  * DrainStarted tells the server the worker is draining.
@@ -535,7 +606,7 @@ export type DrainStarted = Message<"tether.v1.DrainStarted"> & {
  * Use `create(DrainStartedSchema)` to create a new message.
  */
 export const DrainStartedSchema: GenMessage<DrainStarted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 11);
+  messageDesc(file_tether_v1_worker_service, 13);
 
 /**
  * LeaseResponse is one message from the control plane on a worker's Lease stream.
@@ -628,7 +699,7 @@ export type LeaseResponse = Message<"tether.v1.LeaseResponse"> & {
  * Use `create(LeaseResponseSchema)` to create a new message.
  */
 export const LeaseResponseSchema: GenMessage<LeaseResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 12);
+  messageDesc(file_tether_v1_worker_service, 14);
 
 /**
  * LeaseOpened confirms the stream.
@@ -656,7 +727,7 @@ export type LeaseOpened = Message<"tether.v1.LeaseOpened"> & {
  * Use `create(LeaseOpenedSchema)` to create a new message.
  */
 export const LeaseOpenedSchema: GenMessage<LeaseOpened> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 13);
+  messageDesc(file_tether_v1_worker_service, 15);
 
 /**
  * Offer proposes a turn to the worker.
@@ -735,7 +806,7 @@ export type Offer = Message<"tether.v1.Offer"> & {
  * Use `create(OfferSchema)` to create a new message.
  */
 export const OfferSchema: GenMessage<Offer> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 14);
+  messageDesc(file_tether_v1_worker_service, 16);
 
 /**
  * OfferGranted confirms an accepted offer.
@@ -777,7 +848,7 @@ export type OfferGranted = Message<"tether.v1.OfferGranted"> & {
  * Use `create(OfferGrantedSchema)` to create a new message.
  */
 export const OfferGrantedSchema: GenMessage<OfferGranted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 15);
+  messageDesc(file_tether_v1_worker_service, 17);
 
 /**
  * InterruptRequested asks the worker to stop a turn.
@@ -812,7 +883,7 @@ export type InterruptRequested = Message<"tether.v1.InterruptRequested"> & {
  * Use `create(InterruptRequestedSchema)` to create a new message.
  */
 export const InterruptRequestedSchema: GenMessage<InterruptRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 16);
+  messageDesc(file_tether_v1_worker_service, 18);
 
 /**
  * LeaseRevoked tells the worker it lost a lease.
@@ -847,7 +918,7 @@ export type LeaseRevoked = Message<"tether.v1.LeaseRevoked"> & {
  * Use `create(LeaseRevokedSchema)` to create a new message.
  */
 export const LeaseRevokedSchema: GenMessage<LeaseRevoked> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 17);
+  messageDesc(file_tether_v1_worker_service, 19);
 
 /**
  * SnapshotRequested asks the worker to upload a snapshot.
@@ -882,7 +953,7 @@ export type SnapshotRequested = Message<"tether.v1.SnapshotRequested"> & {
  * Use `create(SnapshotRequestedSchema)` to create a new message.
  */
 export const SnapshotRequestedSchema: GenMessage<SnapshotRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 18);
+  messageDesc(file_tether_v1_worker_service, 20);
 
 /**
  * DrainRequested asks the worker to drain.
@@ -903,7 +974,7 @@ export type DrainRequested = Message<"tether.v1.DrainRequested"> & {
  * Use `create(DrainRequestedSchema)` to create a new message.
  */
 export const DrainRequestedSchema: GenMessage<DrainRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 19);
+  messageDesc(file_tether_v1_worker_service, 21);
 
 /**
  * RequestAnswered carries the answer to a pending request. It may arrive again after a
@@ -946,7 +1017,7 @@ export type RequestAnswered = Message<"tether.v1.RequestAnswered"> & {
  * Use `create(RequestAnsweredSchema)` to create a new message.
  */
 export const RequestAnsweredSchema: GenMessage<RequestAnswered> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 20);
+  messageDesc(file_tether_v1_worker_service, 22);
 
 /**
  * LeasesRenewed answers a renewal.
@@ -974,7 +1045,7 @@ export type LeasesRenewed = Message<"tether.v1.LeasesRenewed"> & {
  * Use `create(LeasesRenewedSchema)` to create a new message.
  */
 export const LeasesRenewedSchema: GenMessage<LeasesRenewed> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 21);
+  messageDesc(file_tether_v1_worker_service, 23);
 
 /**
  * WorkerEvent is one event as the worker numbers it.
@@ -1010,7 +1081,7 @@ export type WorkerEvent = Message<"tether.v1.WorkerEvent"> & {
  * Use `create(WorkerEventSchema)` to create a new message.
  */
 export const WorkerEventSchema: GenMessage<WorkerEvent> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 22);
+  messageDesc(file_tether_v1_worker_service, 24);
 
 /**
  * StreamEventsRequest carries a batch of one session's events.
@@ -1052,7 +1123,7 @@ export type StreamEventsRequest = Message<"tether.v1.StreamEventsRequest"> & {
  * Use `create(StreamEventsRequestSchema)` to create a new message.
  */
 export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 23);
+  messageDesc(file_tether_v1_worker_service, 25);
 
 /**
  * StreamEventsResponse acknowledges stored events.
@@ -1080,7 +1151,7 @@ export type StreamEventsResponse = Message<"tether.v1.StreamEventsResponse"> & {
  * Use `create(StreamEventsResponseSchema)` to create a new message.
  */
 export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 24);
+  messageDesc(file_tether_v1_worker_service, 26);
 
 /**
  * ResumeRequest asks for a session's rehydration material.
@@ -1115,7 +1186,7 @@ export type ResumeRequest = Message<"tether.v1.ResumeRequest"> & {
  * Use `create(ResumeRequestSchema)` to create a new message.
  */
 export const ResumeRequestSchema: GenMessage<ResumeRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 25);
+  messageDesc(file_tether_v1_worker_service, 27);
 
 /**
  * ResumeResponse is one chunk of rehydration material. The first chunk carries the snapshot's
@@ -1161,7 +1232,7 @@ export type ResumeResponse = Message<"tether.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 26);
+  messageDesc(file_tether_v1_worker_service, 28);
 
 /**
  * SnapshotRequest is one chunk of a snapshot upload. The first chunk carries the header fields;
@@ -1225,7 +1296,7 @@ export type SnapshotRequest = Message<"tether.v1.SnapshotRequest"> & {
  * Use `create(SnapshotRequestSchema)` to create a new message.
  */
 export const SnapshotRequestSchema: GenMessage<SnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 27);
+  messageDesc(file_tether_v1_worker_service, 29);
 
 /**
  * SnapshotResponse acknowledges a stored snapshot.
@@ -1253,7 +1324,7 @@ export type SnapshotResponse = Message<"tether.v1.SnapshotResponse"> & {
  * Use `create(SnapshotResponseSchema)` to create a new message.
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 28);
+  messageDesc(file_tether_v1_worker_service, 30);
 
 /**
  * WorkerService is the API execution workers call. A worker only ever dials out: it registers,
@@ -1328,6 +1399,19 @@ export const WorkerService: GenService<{
     methodKind: "client_streaming";
     input: typeof SnapshotRequestSchema;
     output: typeof SnapshotResponseSchema;
+  },
+  /**
+   * Pair exchanges a one-time pairing code (from AdminService.CreatePairingCode) for a worker
+   * token. It is the one call that needs no credentials. A code works once: of two workers
+   * racing for one code exactly one wins. An unknown, expired or used code gets UNAUTHENTICATED
+   * (PAIRING_CODE_INVALID); too many failed codes from one address get RESOURCE_EXHAUSTED.
+   *
+   * @generated from rpc tether.v1.WorkerService.Pair
+   */
+  pair: {
+    methodKind: "unary";
+    input: typeof PairRequestSchema;
+    output: typeof PairResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_worker_service, 0);
