@@ -86,6 +86,7 @@ class ControlPlane:
         self._engine = None
         self._writer: Writer | None = None
         self.hub: Hub | None = None
+        self.access: AccessStore | None = None
         self._health: health.aio.HealthServicer | None = None
         self._closed = False
 
@@ -118,7 +119,7 @@ class ControlPlane:
         self._writer.start()
         self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
         await self.hub.start()
-        access = AccessStore(self._engine)
+        access = self.access = AccessStore(self._engine)
         auth = Authenticator(access, s.dev_owner)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -186,6 +187,12 @@ class ControlPlane:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    async def create_api_key(self, kind: str, owner: str = "", name: str = "") -> str:
+        """Issue an API key (see `tether keys create`) and return its secret."""
+        assert self.access is not None, "start() first"
+        _, secret = await self.access.create_api_key(kind, owner, name)
+        return secret
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -27,6 +27,7 @@ from google.protobuf import timestamp_pb2
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from execution_worker._backoff import Backoff
+from execution_worker._credentials import REJECTED_CODES, CredentialsRejected
 from execution_worker._errors import describe
 from execution_worker._settings import WorkerSettings
 
@@ -216,6 +217,8 @@ class LeaseClient:
             try:
                 opened = await self._connect_once()
             except grpc.aio.AioRpcError as error:
+                if error.code() in REJECTED_CODES:
+                    raise CredentialsRejected(describe(error)) from None
                 _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
             except (TimeoutError, ConnectionError, OSError) as error:
                 _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
@@ -298,6 +301,8 @@ class LeaseClient:
                 self._handler.on_disconnected()
             for result in results:
                 if isinstance(result, grpc.aio.AioRpcError):
+                    if result.code() in REJECTED_CODES:  # for example the token was revoked
+                        raise CredentialsRejected(describe(result))
                     _log.warning("lease stream failed: %s", describe(result))
                 elif isinstance(result, Exception):
                     _log.error("lease stream handler failed", exc_info=result)

@@ -56,6 +56,14 @@ class WorkerSettings:
     turn_timeout_s: float = 1800.0
     #: How the "codex" runtime runs `codex app-server`.
     codex: CodexSettings = field(default_factory=CodexSettings)
+    #: The worker token from pairing (sent on every call); "" for a --dev control plane.
+    #: With a token, `worker_id` must be the id the token is bound to.
+    token: str = field(default="", repr=False)
+    #: TLS: the CA that signed the control plane's certificate; with a client certificate
+    #: and key, mutual TLS.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workdir", Path(self.workdir))
@@ -71,6 +79,8 @@ class WorkerSettings:
             raise ValueError(f"turn_timeout_s must be 0 (no limit) or more, got {self.turn_timeout_s}")
         if not isinstance(self.codex, CodexSettings):
             raise TypeError(f"codex must be CodexSettings, got {type(self.codex).__name__}")
+        if self.token and not self.worker_id:
+            raise ValueError("a worker token is bound to one worker id: give worker_id with token")
         if self.worker_id is not None and not _WORKER_ID.match(self.worker_id):
             raise ValueError(f"worker id {self.worker_id!r} must be 1-128 characters of [A-Za-z0-9._-]")
 

@@ -29,6 +29,9 @@ from typing import Any
 import grpc
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
+from sdk._channel import WithMetadata, credential_metadata, make_channel
+
+from execution_worker._credentials import CredentialsRejected
 from execution_worker._convert import (
     event_body,
     history_from_resume,
@@ -223,7 +226,8 @@ class Worker:
         self._work_changed.set()
 
     async def run(self) -> None:
-        """Run until drained or closed. Never raises for control-plane trouble: it reconnects."""
+        """Run until drained or closed. Never raises for control-plane trouble: it reconnects;
+        only credentials the control plane refuses (`CredentialsRejected`) end it."""
         if self._running:
             raise RuntimeError("Worker.run() is already running")
         self._running = True
@@ -237,10 +241,14 @@ class Worker:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", int(self.settings.reconnect_backoff_max_s * 1000)),
             ]
-            self._channel = grpc.aio.insecure_channel(
-                self.settings.control_plane, options=_CHANNEL_OPTIONS + backoff_options
+            self._channel = make_channel(
+                self.settings.control_plane, options=_CHANNEL_OPTIONS + backoff_options,
+                tls_ca_file=self.settings.tls_ca_file, tls_cert_file=self.settings.tls_cert_file,
+                tls_key_file=self.settings.tls_key_file,
             )
-        self._stub = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
+        self._stub = WithMetadata(
+            worker_service_pb2_grpc.WorkerServiceStub(self._channel), credential_metadata(self.settings.token)
+        )
         self._lease = LeaseClient(
             stub=self._stub,
             settings=self.settings,
@@ -266,6 +274,9 @@ class Worker:
             for task in (drain, stop):
                 task.cancel()
             await self.close()
+        rejected = lease_task.exception() if lease_task.done() and not lease_task.cancelled() else None
+        if isinstance(rejected, CredentialsRejected):
+            raise rejected
 
     async def close(self) -> None:
         """Stop everything now: kill running turns, drop sessions, close the channel.
@@ -299,6 +310,8 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), CredentialsRejected):
+            return  # run() raises it: the operator must act
         if not task.cancelled() and task.exception() is not None:
             _log.error("task %r failed", task.get_name(), exc_info=task.exception())
 

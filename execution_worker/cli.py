@@ -1,7 +1,8 @@
 """The `tether worker` command: without a subcommand it builds `WorkerSettings` from flags and
 `TETHER_*` environment variables and runs a `Worker` until it drains; the operator
-subcommands `tether worker list` and `tether worker drain WORKER_ID` (from `sdk.cli`) ask the
-control plane about workers instead.
+subcommands `tether worker list`, `drain WORKER_ID`, `tokens` and `revoke TOKEN_ID` (from
+`sdk.cli`) ask the control plane about workers instead, and `tether worker pair --code CODE`
+exchanges a one-time pairing code for the worker's token.
 
 Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one stops at once
 (running commands are killed) with exit status 128 + signal number.
@@ -18,10 +19,20 @@ import sys
 from pathlib import Path
 
 import click
+import grpc
 
-from sdk.cli import drain_worker, list_workers
+from sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
 
 from execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
+from execution_worker._credentials import (
+    CredentialsRejected,
+    WorkerCredentials,
+    default_token_file,
+    load_credentials,
+    pair,
+    save_credentials,
+)
+from execution_worker._errors import describe
 from execution_worker._runtime import discover_runtimes
 from execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from execution_worker._worker import Worker
@@ -73,6 +84,15 @@ def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     return tuple(v for v in values if v)
 
 
+def _tls_options(f):  # noqa: ANN001, ANN202 - a click decorator
+    f = click.option("--tls-key", envvar="TETHER_TLS_CLIENT_KEY", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="The client certificate's key (mutual TLS).")(f)
+    f = click.option("--tls-cert", envvar="TETHER_TLS_CLIENT_CERT", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="Client certificate for mutual TLS (PEM).")(f)
+    return click.option("--tls-ca", envvar="TETHER_TLS_CA", default=None, type=click.Path(exists=True, dir_okay=False),
+                        help="Dial with TLS, verifying the control plane against this CA (PEM).")(f)
+
+
 @click.group("worker", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
 @click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_CONTROL_PLANE,
               show_default=True, help="HOST:PORT of the control plane to dial.")
@@ -114,6 +134,12 @@ def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, .
               type=click.Path(file_okay=False, path_type=Path), show_default="$CODEX_HOME or ~/.codex",
               help="Where auth.json and config.toml of a logged-in user are copied from into each "
                    "codex session's own CODEX_HOME.")
+@click.option("--token-file", envvar="TETHER_WORKER_TOKEN_FILE", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), show_default="WORKDIR/.tether/token.json",
+              help="The worker token from pairing; without one the worker calls anonymously (a --dev control plane).")
+@click.option("--pairing-code", envvar="TETHER_PAIRING_CODE", default=None,
+              help="On first start, pair with this one-time code and keep the token in --token-file.")
+@_tls_options
 @click.option("--log-level", envvar="TETHER_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.pass_context
@@ -135,6 +161,11 @@ def worker(
     codex_approval_policy: str,
     codex_config: tuple[str, ...],
     codex_home_from: Path | None,
+    token_file: Path | None,
+    pairing_code: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     log_level: str,
 ) -> None:
     """Run an execution worker that dials the control plane and runs sessions' turns.
@@ -148,6 +179,19 @@ def worker(
         stream=sys.stderr, level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tls = {"tls_ca_file": tls_ca, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
+    token_file = token_file or default_token_file(workdir)
+    credentials = _credentials(token_file, pairing_code, control_plane, name, tls)
+    if credentials is not None:
+        if worker_id and worker_id != credentials.worker_id:
+            raise click.UsageError(
+                f"the worker token in {token_file} is bound to worker id {credentials.worker_id!r}; "
+                "drop --worker-id or pair again"
+            )
+        worker_id = credentials.worker_id
+        logging.getLogger("execution_worker").info(
+            "using the worker token %s of owner %r (%s)", credentials.token_id, credentials.owner, token_file
+        )
     try:
         codex = CodexSettings(
             bin=codex_bin, model=codex_model or None, sandbox=codex_sandbox,
@@ -158,12 +202,60 @@ def worker(
             labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
             snapshot_every_turns=snapshot_every_turns, offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
             turn_timeout_s=turn_timeout_s, codex=codex,
+            token=credentials.token if credentials else "", **tls,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     import uvloop
 
     sys.exit(uvloop.run(_serve(settings)))
+
+
+def _credentials(
+    token_file: Path, pairing_code: str | None, control_plane: str, name: str, tls: dict[str, str | None]
+) -> WorkerCredentials | None:
+    try:
+        stored = load_credentials(token_file)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    if stored is not None:
+        if pairing_code:
+            logging.getLogger("execution_worker").info("already paired (%s); ignoring the pairing code", token_file)
+        return stored
+    if not pairing_code:
+        return None
+    return _pair_and_save(control_plane, pairing_code, name, token_file, tls)
+
+
+def _pair_and_save(
+    control_plane: str, code: str, name: str, token_file: Path, tls: dict[str, str | None]
+) -> WorkerCredentials:
+    try:
+        credentials = asyncio.run(pair(control_plane, code, name, **tls))
+    except ValueError as error:  # an unreadable TLS file
+        raise click.UsageError(str(error)) from None
+    except grpc.aio.AioRpcError as error:
+        raise click.ClickException(f"pairing with {control_plane} failed: {describe(error)}") from None
+    save_credentials(token_file, credentials)
+    return credentials
+
+
+@click.command("pair")
+@click.option("--code", envvar="TETHER_PAIRING_CODE", required=True, help="The one-time pairing code (tether pair).")
+@click.option("--control-plane", default=None, help="HOST:PORT of the control plane [default: the group's].")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              show_default="the group's --token-file, else WORKDIR/.tether/token.json",
+              help="Where to keep the token (readable by this user only).")
+@click.option("--name", default=None, help="Name for the token [default: the group's --name].")
+@click.pass_context
+def pair_worker(ctx: click.Context, code: str, control_plane: str | None, token_file: Path | None, name: str | None) -> None:
+    """Exchange a one-time pairing code for this worker's token and keep it."""
+    group = ctx.parent.params if ctx.parent is not None else {}
+    target = control_plane or group.get("control_plane") or DEFAULT_CONTROL_PLANE
+    path = token_file or group.get("token_file") or default_token_file(group.get("workdir") or Path("./tether-worker"))
+    tls = {"tls_ca_file": group.get("tls_ca"), "tls_cert_file": group.get("tls_cert"), "tls_key_file": group.get("tls_key")}
+    credentials = _pair_and_save(target, code, name or group.get("name") or socket.gethostname(), path, tls)
+    click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
 
 
 async def _serve(settings: WorkerSettings) -> int:
@@ -193,6 +285,12 @@ async def _serve(settings: WorkerSettings) -> int:
         except asyncio.CancelledError:
             if exit_code == 0:
                 raise
+        except CredentialsRejected as error:
+            logging.getLogger("execution_worker").error(
+                "the control plane refused this worker's credentials: %s. Pair it again "
+                "(tether worker pair --code CODE) or fix --token-file.", error,
+            )
+            exit_code = 3
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
@@ -201,5 +299,8 @@ async def _serve(settings: WorkerSettings) -> int:
 
 worker.add_command(list_workers)
 worker.add_command(drain_worker)
+worker.add_command(list_worker_tokens)
+worker.add_command(revoke_worker_token)
+worker.add_command(pair_worker)
 
 __all__ = ["worker"]

@@ -59,6 +59,8 @@ from ._models import (
     Turn,
     TurnState,
     WorkerStatus,
+    WorkerToken,
+    PairingCode,
 )
 from ._sync_client import Client
 
@@ -106,4 +108,6 @@ __all__ = [
     "UnimplementedError",
     "WorkerNotConnectedError",
     "WorkerStatus",
+    "WorkerToken",
+    "PairingCode",
 ]

@@ -22,8 +22,11 @@ from tether.v1 import session_service_pb2 as pb
 from tether.v1 import session_service_pb2_grpc as pb_grpc
 
 from . import _convert
+from ._channel import WithMetadata, credential_metadata, make_channel
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
+    PairingCode,
+    WorkerToken,
     Event,
     PendingRequest,
     RequestState,
@@ -76,6 +79,11 @@ class AsyncClient:
     Use it as ``async with AsyncClient("host:7670") as client: ...`` or call `close()`, which is
     idempotent. Every unary call has a deadline: `timeout_s` per call, else the client's
     default. Pass `channel` to use a channel you own (the client then never closes it).
+
+    Credentials: `api_key` is sent on every call; with a backend or admin key, `owner` names
+    the owner the client acts for (an owner-bound key needs none). `tls_ca_file` turns on
+    TLS, verifying the server against that CA; `tls_cert_file` and `tls_key_file` add a
+    client certificate (mutual TLS). A control plane started with `--dev` needs none of these.
     """
 
     def __init__(
@@ -85,15 +93,22 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         channel: grpc.aio.Channel | None = None,
         options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+        api_key: str | None = None,
+        owner: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.owner = owner
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(
-            target, options=list(options)
+        self._channel = channel if channel is not None else make_channel(
+            target, options=options, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
         )
-        self._stub = pb_grpc.SessionServiceStub(self._channel)
-        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)
+        metadata = credential_metadata(api_key, owner)
+        self._stub = WithMetadata(pb_grpc.SessionServiceStub(self._channel), metadata)
+        self._admin_stub = WithMetadata(admin_pb_grpc.AdminServiceStub(self._channel), metadata)
         self._health_stub = health_pb2_grpc.HealthStub(self._channel)
         self._closed = False
 
@@ -431,6 +446,27 @@ class AsyncClient:
             request.grace.CopyFrom(_duration(grace_s))
         response = await self._unary(self._admin_stub.DrainWorker, request, timeout_s)
         return _convert.worker_status_from_proto(response.worker)
+
+    async def create_pairing_code(self, ttl_s: float | None = None, *, timeout_s: float | None = None) -> PairingCode:
+        """A one-time code (default life 10 minutes) that a worker exchanges for a worker
+        token of this client's owner: `tether worker pair --code CODE`."""
+        request = admin_pb.CreatePairingCodeRequest()
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        response = await self._unary(self._admin_stub.CreatePairingCode, request, timeout_s)
+        return PairingCode(response.code, _convert.timestamp_from_proto(response.expire_time), response.owner)
+
+    async def list_worker_tokens(self, *, timeout_s: float | None = None) -> list[WorkerToken]:
+        """The owner's worker tokens, newest first, revoked ones included."""
+        response = await self._unary(self._admin_stub.ListWorkerTokens, admin_pb.ListWorkerTokensRequest(), timeout_s)
+        return [_convert.worker_token_from_proto(t) for t in response.tokens]
+
+    async def revoke_worker_token(self, token_id: str, *, timeout_s: float | None = None) -> WorkerToken:
+        """Revoke a worker token: the worker's streams end at once (UNAUTHENTICATED) and its
+        sessions move to other workers by the usual lease rules."""
+        request = admin_pb.RevokeWorkerTokenRequest(token_id=token_id)
+        response = await self._unary(self._admin_stub.RevokeWorkerToken, request, timeout_s)
+        return _convert.worker_token_from_proto(response.token)
 
     # -- health ---------------------------------------------------------------------------
 

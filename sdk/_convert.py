@@ -34,6 +34,7 @@ from ._models import (
     Turn,
     TurnState,
     WorkerStatus,
+    WorkerToken,
 )
 
 __all__ = [
@@ -135,6 +136,7 @@ def session_from_proto(msg: resources_pb2.Session) -> Session:
         lease_epoch=msg.lease_epoch,
         runtime_thread_id=msg.runtime_thread_id,
         turn_count=msg.turn_count,
+        owner=msg.owner,
         raw=msg,
     )
 
@@ -319,5 +321,18 @@ def worker_status_from_proto(msg: admin_service_pb2.WorkerStatus) -> WorkerStatu
         draining=msg.draining,
         register_time=timestamp_from_proto(msg.register_time),
         version=msg.version,
+        owner=msg.owner,
+        raw=msg,
+    )
+
+
+def worker_token_from_proto(msg: admin_service_pb2.WorkerToken) -> WorkerToken:
+    return WorkerToken(
+        token_id=msg.token_id,
+        worker_id=msg.worker_id,
+        name=msg.name,
+        owner=msg.owner,
+        create_time=timestamp_from_proto(msg.create_time),
+        revoke_time=timestamp_from_proto(msg.revoke_time) if msg.HasField("revoke_time") else None,
         raw=msg,
     )

@@ -169,6 +169,8 @@ class Session:
     lease_epoch: int
     runtime_thread_id: str
     turn_count: int
+    #: The owner the session belongs to.
+    owner: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -403,4 +405,33 @@ class WorkerStatus:
     draining: bool
     register_time: datetime | None
     version: str
+    #: The owner whose work it runs.
+    owner: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    """A one-time code a worker exchanges for a worker token (`tether worker pair --code`)."""
+
+    code: str
+    expire_time: datetime | None
+    owner: str
+
+
+@dataclass(frozen=True)
+class WorkerToken:
+    """A worker's credential as listed; the secret itself is only ever shown to the worker."""
+
+    token_id: str
+    worker_id: str
+    name: str
+    owner: str
+    create_time: datetime | None
+    #: When it was revoked; None while it is valid.
+    revoke_time: datetime | None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoke_time is not None

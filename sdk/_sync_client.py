@@ -21,6 +21,7 @@ from ._async_client import (
 )
 from ._models import (
     Event,
+    PairingCode,
     PendingRequest,
     RequestState,
     Session,
@@ -29,6 +30,7 @@ from ._models import (
     Snapshot,
     Turn,
     WorkerStatus,
+    WorkerToken,
 )
 
 __all__ = ["Client"]
@@ -50,6 +52,11 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+        api_key: str | None = None,
+        owner: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
@@ -62,7 +69,10 @@ class Client:
         self._lock = threading.Lock()
 
         async def make() -> AsyncClient:  # the channel must be created on its own loop
-            return AsyncClient(target, timeout_s=timeout_s, options=options)
+            return AsyncClient(
+                target, timeout_s=timeout_s, options=options, api_key=api_key, owner=owner,
+                tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+            )
 
         self._async = self._run(make())
 
@@ -290,6 +300,15 @@ class Client:
         self, worker_id: str, grace_s: float | None = None, *, timeout_s: float | None = None
     ) -> WorkerStatus:
         return self._run(self._async.drain_worker(worker_id, grace_s, timeout_s=timeout_s))
+
+    def create_pairing_code(self, ttl_s: float | None = None, *, timeout_s: float | None = None) -> PairingCode:
+        return self._run(self._async.create_pairing_code(ttl_s, timeout_s=timeout_s))
+
+    def list_worker_tokens(self, *, timeout_s: float | None = None) -> list[WorkerToken]:
+        return self._run(self._async.list_worker_tokens(timeout_s=timeout_s))
+
+    def revoke_worker_token(self, token_id: str, *, timeout_s: float | None = None) -> WorkerToken:
+        return self._run(self._async.revoke_worker_token(token_id, timeout_s=timeout_s))
 
     # -- snapshots and health -------------------------------------------------------------
 

@@ -99,6 +99,27 @@ def session(ctx: click.Context, control_plane: str, timeout_s: float) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
+def env_credentials() -> dict[str, str | None]:
+    """Client credentials from the environment, never from flags (argv is visible to every
+    user of the machine): TETHER_API_KEY, TETHER_OWNER (for a backend or admin key),
+    TETHER_TLS_CA, and TETHER_TLS_CLIENT_CERT with TETHER_TLS_CLIENT_KEY for mutual TLS."""
+    env = os.environ.get
+    return {
+        "api_key": env("TETHER_API_KEY") or None,
+        "owner": env("TETHER_OWNER") or None,
+        "tls_ca_file": env("TETHER_TLS_CA") or None,
+        "tls_cert_file": env("TETHER_TLS_CLIENT_CERT") or None,
+        "tls_key_file": env("TETHER_TLS_CLIENT_KEY") or None,
+    }
+
+
+def _client(target: str, timeout_s: float) -> Client:
+    try:
+        return Client(target, timeout_s=timeout_s, **env_credentials())
+    except ValueError as exc:  # an unreadable TLS file
+        raise click.UsageError(str(exc)) from None
+
+
 class _Lazy:
     """Creates the client on first use so `--help` never opens a channel."""
 
@@ -110,7 +131,7 @@ class _Lazy:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self._target, timeout_s=self._timeout_s)
+            self._client = _client(self._target, self._timeout_s)
         return self._client
 
     def close(self) -> None:
@@ -782,7 +803,7 @@ def _worker_line(w: WorkerStatus) -> str:
 def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float,
                  as_json: bool) -> None:
     """List the workers the control plane knows, connected first."""
-    with Client(_admin_target(ctx, control_plane), timeout_s=timeout_s) as client:
+    with _client(_admin_target(ctx, control_plane), timeout_s) as client:
         workers = client.list_workers()
     if as_json:
         _echo_json({"workers": workers})
@@ -802,9 +823,59 @@ def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float
 def drain_worker(ctx: click.Context, worker_id: str, grace_s: float | None,
                  control_plane: str | None, timeout_s: float, as_json: bool) -> None:
     """Ask a connected worker to drain: it finishes its turns, snapshots, releases, exits."""
-    with Client(_admin_target(ctx, control_plane), timeout_s=timeout_s) as client:
+    with _client(_admin_target(ctx, control_plane), timeout_s) as client:
         status = client.drain_worker(worker_id, grace_s)
     if as_json:
         _echo_json(status)
     else:
         click.echo(f"{status.worker_id} draining" if status.draining else _worker_line(status))
+
+
+@click.command("tokens", cls=_ReportingCommand)
+@_admin_control_plane
+@_admin_timeout
+@json_option
+@click.pass_context
+def list_worker_tokens(ctx: click.Context, control_plane: str | None, timeout_s: float, as_json: bool) -> None:
+    """List the owner's worker tokens (TETHER_API_KEY, TETHER_OWNER), newest first."""
+    with _client(_admin_target(ctx, control_plane), timeout_s) as client:
+        tokens = client.list_worker_tokens()
+    if as_json:
+        _echo_json({"tokens": tokens})
+        return
+    for t in tokens:
+        state = "revoked" if t.revoked else "valid"
+        click.echo(f"{t.token_id}  {state:8}  worker={t.worker_id}  {t.name}")
+
+
+@click.command("revoke", cls=_ReportingCommand)
+@click.argument("token_id")
+@_admin_control_plane
+@_admin_timeout
+@click.pass_context
+def revoke_worker_token(ctx: click.Context, token_id: str, control_plane: str | None, timeout_s: float) -> None:
+    """Revoke a worker token: the worker is cut off at once and its sessions move."""
+    with _client(_admin_target(ctx, control_plane), timeout_s) as client:
+        token = client.revoke_worker_token(token_id)
+    click.echo(f"{token.token_id} revoked (worker {token.worker_id})")
+
+
+@click.command("pair", cls=_ReportingCommand)
+@click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_TARGET, show_default=True,
+              help="Address of the control plane (env TETHER_CONTROL_PLANE).")
+@click.option("--ttl-s", type=click.FloatRange(1, 86400), default=None,
+              help="How long the code works, in seconds [default: 600].")
+@click.option("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Deadline of the call, in seconds.")
+@json_option
+def pair(control_plane: str, ttl_s: float | None, timeout_s: float, as_json: bool) -> None:
+    """Issue a one-time pairing code for a new worker of the owner of TETHER_API_KEY (or of
+    TETHER_OWNER, with a backend key). On the worker's machine:
+    `tether worker pair --code CODE`."""
+    with _client(control_plane, timeout_s) as client:
+        code = client.create_pairing_code(ttl_s)
+    if as_json:
+        _echo_json(code)
+        return
+    expires = code.expire_time.isoformat(timespec="seconds") if code.expire_time else "?"
+    click.echo(f"{code.code}  (owner {code.owner}, works once, until {expires})")

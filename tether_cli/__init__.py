@@ -15,6 +15,8 @@ _SUBCOMMANDS = {
     "serve": ("control_plane.cli", "serve"),
     "worker": ("execution_worker.cli", "worker"),
     "session": ("sdk.cli", "session"),
+    "pair": ("sdk.cli", "pair"),
+    "keys": ("control_plane.keys_cli", "keys"),
     "conformance": ("tether_cli.conformance", "conformance"),
 }
 

@@ -1,0 +1,72 @@
+"""Channels and credentials shared by the SDK and the execution worker.
+
+A channel is plaintext unless a CA file is given: then it is TLS, verifying the server against
+that CA, and with a client certificate and key it is mutual TLS. Credentials ride as call
+metadata (`authorization: Bearer <secret>`, and `x-tether-owner` for a backend key).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+OWNER_HEADER = "x-tether-owner"
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def make_channel(
+    target: str,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
+) -> grpc.aio.Channel:
+    """A `grpc.aio` channel to `target`: TLS when `tls_ca_file` is given, mutual TLS when the
+    client certificate and key are given too."""
+    if bool(tls_cert_file) != bool(tls_key_file):
+        raise ValueError("a client certificate and its key go together")
+    if not tls_ca_file:
+        if tls_cert_file:
+            raise ValueError("a client certificate needs TLS: give the CA that signed the server's certificate too")
+        return grpc.aio.insecure_channel(target, options=list(options))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls_ca_file, "CA certificate"),
+        private_key=_read(tls_key_file, "client key") if tls_key_file else None,
+        certificate_chain=_read(tls_cert_file, "client certificate") if tls_cert_file else None,
+    )
+    return grpc.aio.secure_channel(target, credentials, options=list(options))
+
+
+def credential_metadata(secret: str | None, owner: str | None = None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata that carries a key or token (and the owner a backend key acts for)."""
+    metadata: list[tuple[str, str]] = []
+    if secret:
+        metadata.append(("authorization", f"Bearer {secret}"))
+    if owner:
+        metadata.append((OWNER_HEADER, owner))
+    return tuple(metadata) or None
+
+
+class WithMetadata:
+    """A stub whose every call carries `metadata` (one seam instead of one per call site)."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...] | None) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if not self._metadata:
+            return method
+        return functools.partial(method, metadata=self._metadata)
