@@ -84,8 +84,12 @@ class Proc:
 class ControlPlaneProcess:
     """`tether serve` as a separate process on a real SQLite file."""
 
-    def __init__(self, tmp: pathlib.Path, db: pathlib.Path, port: int = 0, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, tmp: pathlib.Path, db: pathlib.Path, port: int = 0, extra: list[str] | None = None, dev: bool = True
+    ) -> None:
+        """`dev`: let callers without credentials in (`--dev`); False requires keys and tokens."""
         self.tmp, self.db, self.extra = tmp, db, extra or []
+        self.dev = dev
         self.port = port
         self.proc: Proc | None = None
 
@@ -94,7 +98,7 @@ class ControlPlaneProcess:
         args = [
             sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
             "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
-            "--offer-timeout-s", "3", "--dev", *self.extra,
+            "--offer-timeout-s", "3", *(["--dev"] if self.dev else []), *self.extra,
         ]
         self.proc = Proc(args, self.tmp / "control-plane.log")
         deadline = time.monotonic() + 20

@@ -97,14 +97,27 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = time.monotonic()
 
-    def take(self, n: float = 1.0) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self, n: float = 1.0) -> bool:
+        self._refill()
         if self.tokens >= n:
             self.tokens -= n
             return True
         return False
+
+    def spend(self, n: float) -> bool:
+        """Like `take`, but a batch larger than what is left (even than the burst) passes
+        whenever anything is left, and puts the bucket in debt: the long-run rate still holds,
+        and no batch is refused forever for its size."""
+        self._refill()
+        if self.tokens <= 0:
+            return False
+        self.tokens -= n
+        return True
 
 
 class FailureLimiter:

@@ -1175,7 +1175,7 @@ class Hub:
             bucket = ctx.events_bucket = TokenBucket(
                 limits.events_per_second_per_session, limits.event_burst_per_session
             )
-        if not bucket.take(len(events)):
+        if not bucket.spend(len(events)):
             raise errors.LimitExceeded(
                 "events_per_second_per_session", limits.events_per_second_per_session,
                 f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
