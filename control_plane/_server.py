@@ -7,9 +7,12 @@ order is the reverse, so no request can reach a component that is already closed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,9 +21,11 @@ from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 from ._settings import Settings
 from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
+from .api._errors import abort, translate
 from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
+from .domain import errors
 from .domain.hub import Hub
 from .store import (
     AccessStore,
@@ -49,6 +54,72 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+# What a request body that is not the method's message decodes to. gRPC would answer a
+# deserializer's exception with UNKNOWN (and never reach the handler); decoding to this marker
+# instead lets the call be refused as bad input, like any other.
+_MALFORMED = object()
+
+
+def _lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    def decode(data: bytes) -> object:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _MALFORMED
+
+    return decode
+
+
+def _malformed(type_name: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument("request", f"is not a valid {type_name} message (the protobuf encoding is corrupt)")
+
+
+def _refusing_malformed(fn: Callable, name: str, type_name: str, client_streaming: bool, server_streaming: bool) -> Callable:
+    """`fn` behind a check that answers a malformed request with INVALID_ARGUMENT. A streamed
+    request is checked as the handler reads it, so the messages before it are still served."""
+
+    async def checked(requests: AsyncIterator[object]) -> AsyncIterator[object]:
+        async for request in requests:
+            if request is _MALFORMED:
+                raise _malformed(type_name)
+            yield request
+
+    if not client_streaming and not server_streaming:
+
+        async def unary_unary(request: object, context: grpc.aio.ServicerContext) -> object:
+            if request is _MALFORMED:
+                await abort(context, _malformed(type_name))
+            return await fn(request, context)
+
+        return unary_unary
+    if not client_streaming:
+
+        async def unary_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+            if request is _MALFORMED:
+                await abort(context, _malformed(type_name))
+            async with contextlib.aclosing(fn(request, context)) as responses:
+                async for response in responses:
+                    yield response
+
+        return unary_stream
+    # Handlers read their requests inside their own translate(); this one also covers a read
+    # made elsewhere (a background reader whose error ends up raised by the handler).
+    if not server_streaming:
+
+        async def stream_unary(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:
+            async with translate(context, name):
+                return await fn(checked(requests), context)
+
+        return stream_unary
+
+    async def stream_stream(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        async with translate(context, name), contextlib.aclosing(fn(checked(requests), context)) as responses:
+            async for response in responses:
+                yield response
+
+    return stream_stream
+
+
 def _handlers(full_name: str, impl: object) -> grpc.GenericRpcHandler:
     from google.protobuf import symbol_database
 
@@ -60,15 +131,15 @@ def _handlers(full_name: str, impl: object) -> grpc.GenericRpcHandler:
         resp = db.GetSymbol(method.output_type.full_name)
         path = f"/{full_name}/{method.name}"
         ser = _identity if path in _PRE_ENCODED else resp.SerializeToString
-        fn = getattr(impl, method.name)
         cs, ss = method.client_streaming, method.server_streaming
+        fn = _refusing_malformed(getattr(impl, method.name), method.name, method.input_type.full_name, cs, ss)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(cs, ss)]
-        table[method.name] = factory(fn, request_deserializer=req.FromString, response_serializer=ser)
+        table[method.name] = factory(fn, request_deserializer=_lenient(req.FromString), response_serializer=ser)
     return grpc.method_handlers_generic_handler(full_name, table)
 
 
@@ -111,7 +182,7 @@ class ControlPlane:
             credentials = self._server_credentials()
         except OSError as exc:
             await self._dispose_engine()
-            raise StartupError(f"cannot read the TLS files: {exc}") from exc
+            raise StartupError(f"cannot use the TLS files (--tls-cert, --tls-key, --tls-client-ca): {exc}") from exc
         sync_writer = (
             create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
         )
@@ -171,6 +242,12 @@ class ControlPlane:
             return None
         if not (s.tls_cert_file and s.tls_key_file):
             raise OSError("TLS needs both a certificate and its key")
+        # gRPC only says "cannot listen" for a bad certificate or key; check them here so the
+        # message names the real fault (ssl.SSLError is an OSError).
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        if s.tls_client_ca_file:
+            check.load_verify_locations(s.tls_client_ca_file)
         with open(s.tls_cert_file, "rb") as f:
             cert = f.read()
         with open(s.tls_key_file, "rb") as f:

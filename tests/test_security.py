@@ -369,7 +369,8 @@ async def test_the_event_rate_limit_slows_a_worker_but_loses_nothing(tmp_path: p
             worker = _InProcessWorker(_target(cp), tmp_path / "w", creds.worker_id, creds.token, snapshot_every_turns=0)
             try:
                 session = await alice.create_session("script")
-                lines = [f"say line {i}" for i in range(60)]
+                # Small pauses keep the worker's batches small, so the bucket runs dry mid-turn.
+                lines = [f"say line {i}\nsleep 5" for i in range(60)]
                 turn = await alice.send_input(session.session_id, "\n".join(lines))
                 await eventually(lambda: _turn_ended(alice, session.session_id, turn.turn_id), timeout=30, what="the chatty turn")
                 out = "".join([e.text async for e in alice.stream_events(session.session_id, stop_at_end=True) if e.kind == sdk.EventKind.OUTPUT])

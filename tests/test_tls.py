@@ -182,11 +182,6 @@ def test_serve_refuses_dev_on_a_non_loopback_address(tmp_path):
     assert "--dev" in done.stderr and "loopback" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="control_plane/_server.py: a TLS file that is not valid PEM (or a key that does not match the "
-    "certificate) only fails in add_secure_port, which start() reports as a busy port",
-)
 @pytest.mark.parametrize("broken", ["certificate", "key"])
 def test_serve_explains_tls_files_that_are_not_a_certificate_and_its_key(tmp_path, pki, broken):
     cert, key = pki.server.cert_file, pki.server.key_file
