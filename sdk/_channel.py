@@ -8,6 +8,7 @@ metadata (`authorization: Bearer <secret>`, and `x-tether-owner` for a backend k
 from __future__ import annotations
 
 import functools
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +41,13 @@ def make_channel(
         if tls_cert_file:
             raise ValueError("a client certificate needs TLS: give the CA that signed the server's certificate too")
         return grpc.aio.insecure_channel(target, options=list(options))
+    root = _read(tls_ca_file, "CA certificate")
+    try:  # gRPC would only fail later, at connect time, with a bare UNAVAILABLE
+        ssl.create_default_context(cadata=root.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"the CA certificate {tls_ca_file!r} is not a PEM certificate: {exc}") from None
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(tls_ca_file, "CA certificate"),
+        root_certificates=root,
         private_key=_read(tls_key_file, "client key") if tls_key_file else None,
         certificate_chain=_read(tls_cert_file, "client certificate") if tls_cert_file else None,
     )

@@ -74,7 +74,13 @@ class Client:
                 tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
             )
 
-        self._async = self._run(make())
+        try:
+            self._async = self._run(make())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)  # no thread left behind
+            self._thread.join()
+            self._loop.close()
+            raise
 
     def __enter__(self) -> Client:
         return self
