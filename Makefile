@@ -67,7 +67,7 @@ bench: $(STAMP) $(NPM_STAMP)
 
 ## serve: run a control plane on ./tether.db
 serve: $(STAMP)
-	$(BIN)/tether serve
+	$(BIN)/tether serve --dev
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
