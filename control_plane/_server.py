@@ -22,7 +22,7 @@ from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 from ._settings import Settings
 from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
-from .api._errors import abort, translate
+from .api._errors import abort
 from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
@@ -75,7 +75,7 @@ def _malformed(type_name: str) -> errors.InvalidArgument:
     return errors.InvalidArgument("request", f"is not a valid {type_name} message (the protobuf encoding is corrupt)")
 
 
-def _refusing_malformed(fn: Callable, name: str, type_name: str, client_streaming: bool, server_streaming: bool) -> Callable:
+def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, server_streaming: bool) -> Callable:
     """`fn` behind a check that answers a malformed request with INVALID_ARGUMENT. A streamed
     request is checked as the handler reads it, so the messages before it are still served."""
 
@@ -103,20 +103,25 @@ def _refusing_malformed(fn: Callable, name: str, type_name: str, client_streamin
                     yield response
 
         return unary_stream
-    # Handlers read their requests inside their own translate(); this one also covers a read
-    # made elsewhere (a background reader whose error ends up raised by the handler).
+    # Handlers read their requests inside their own translate(); this covers a read made
+    # elsewhere whose error escaped the handler.
     if not server_streaming:
 
         async def stream_unary(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:
-            async with translate(context, name):
+            try:
                 return await fn(checked(requests), context)
+            except errors.DomainError as err:
+                await abort(context, err)
 
         return stream_unary
 
     async def stream_stream(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-        async with translate(context, name), contextlib.aclosing(fn(checked(requests), context)) as responses:
-            async for response in responses:
-                yield response
+        try:
+            async with contextlib.aclosing(fn(checked(requests), context)) as responses:
+                async for response in responses:
+                    yield response
+        except errors.DomainError as err:
+            await abort(context, err)
 
     return stream_stream
 
@@ -133,7 +138,7 @@ def _handlers(full_name: str, impl: object) -> grpc.GenericRpcHandler:
         path = f"/{full_name}/{method.name}"
         ser = _identity if path in _PRE_ENCODED else resp.SerializeToString
         cs, ss = method.client_streaming, method.server_streaming
-        fn = _refusing_malformed(getattr(impl, method.name), method.name, method.input_type.full_name, cs, ss)
+        fn = _refusing_malformed(getattr(impl, method.name), method.input_type.full_name, cs, ss)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,

@@ -41,9 +41,11 @@ def labels(field: str, value: Mapping[str, str]) -> dict[str, str]:
     if len(value) > MAX_LABELS:
         raise InvalidArgument(field, f"at most {MAX_LABELS} entries (got {len(value)})")
     for k, v in value.items():
-        word(f"{field}[{k!r}]", k, max_len=MAX_LABEL_KEY)
+        # The key names the field in the error; cut, so a huge key cannot make a huge status.
+        name = f"{field}[{k if len(k) <= MAX_LABEL_KEY else k[:MAX_LABEL_KEY] + '...'!r}]"
+        word(name, k, max_len=MAX_LABEL_KEY)
         if len(v) > MAX_LABEL_VALUE:
-            raise InvalidArgument(f"{field}[{k!r}]", f"value must be at most {MAX_LABEL_VALUE} characters")
+            raise InvalidArgument(name, f"value must be at most {MAX_LABEL_VALUE} characters")
     return dict(value)
 
 

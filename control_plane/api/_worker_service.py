@@ -54,6 +54,7 @@ class WorkerService:
     def _worker_id(self, caller: WorkerCaller, given: str, field: str = "worker_id") -> str:
         """The worker id a call may act as: the one its token is bound to, or, for an anonymous
         worker of a --dev control plane, the one it names (if no other owner's worker has it)."""
+        v.optional(field, given)  # before `given` is quoted in an error
         if caller.worker_id:
             if given and given != caller.worker_id:
                 raise errors.PermissionDenied(

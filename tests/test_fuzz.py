@@ -1,0 +1,132 @@
+"""Arbitrary and malformed requests to every RPC: never INTERNAL, nothing of another owner changes.
+
+The engine (request strategies from the descriptors, credentials, the victim's rows) lives in
+bench/fuzz.py, which `make bench` runs with more examples.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from bench.fuzz import VICTIM, all_methods, run_fuzz
+from tether.v1 import session_service_pb2 as spb
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wgrpc
+
+EXAMPLES_PER_METHOD = 40
+GARBAGE = b"\xff\xff\xff"  # a field number of 0 with a varint that never ends: no message
+
+
+def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
+    report = run_fuzz(tmp_path, EXAMPLES_PER_METHOD, strict=True)
+
+    assert report.findings == []
+    assert report.internal_errors == 0
+    assert report.logged_errors == []
+    assert report.still_serving, "health and a normal CreateSession answer after the run"
+    assert report.rows_unchanged, f"owner {VICTIM!r}'s stored rows changed"
+    assert report.protected_row_count >= 10, "the victim owns sessions, turns, events, a worker and credentials"
+    assert set(report.by_method) == {m.name for m in all_methods()}
+    assert set(report.credentials) == {"api_key", "worker_token", "none", "garbage"}
+    assert report.requests >= len(all_methods()) * EXAMPLES_PER_METHOD
+
+
+def _invalid_request(err: grpc.aio.AioRpcError) -> None:
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    status = status_pb2.Status.FromString(dict(err.trailing_metadata())["grpc-status-details-bin"])
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+        if detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+    assert info.reason == "INVALID_ARGUMENT"
+    assert [v.field for v in bad.field_violations] == ["request"]
+
+
+def _raw(channel: grpc.aio.Channel, kind: str, method: str):
+    return getattr(channel, kind)(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+
+@pytest.fixture
+async def channel(control_plane):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.port}") as ch:
+        yield ch
+
+
+async def test_a_malformed_unary_request_is_invalid_argument(channel):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _raw(channel, "unary_unary", "/tether.v1.SessionService/GetSession")(GARBAGE, timeout=5)
+    _invalid_request(info.value)
+
+
+async def test_a_malformed_request_to_a_server_stream_is_invalid_argument(channel):
+    call = _raw(channel, "unary_stream", "/tether.v1.SessionService/StreamSessionEvents")(GARBAGE, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    _invalid_request(info.value)
+
+
+async def test_a_malformed_chunk_of_a_client_stream_is_invalid_argument(channel):
+    header = wpb.SnapshotRequest(worker_id="w1", session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA", lease_epoch=1)
+
+    async def chunks():
+        yield header.SerializeToString()
+        yield GARBAGE
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _raw(channel, "stream_unary", "/tether.v1.WorkerService/Snapshot")(chunks(), timeout=5)
+    _invalid_request(info.value)
+
+
+async def test_a_malformed_message_on_an_open_lease_is_invalid_argument(channel):
+    """The Lease stream reads its requests in a background task; the error still ends the call
+    with INVALID_ARGUMENT, after the stream had opened."""
+    registered = await wgrpc.WorkerServiceStub(channel).Register(
+        wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=1), timeout=5
+    )
+    opened = wpb.LeaseRequest(open=wpb.LeaseOpen(worker_id="w1", registration_id=registered.registration_id))
+    call = _raw(channel, "stream_stream", "/tether.v1.WorkerService/Lease")(timeout=5)
+    await call.write(opened.SerializeToString())
+    first = wpb.LeaseResponse.FromString(await call.read())
+    assert first.WhichOneof("kind") == "opened"
+    await call.write(GARBAGE)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    _invalid_request(info.value)
+
+
+async def test_a_huge_label_key_gets_a_readable_error(channel):
+    """The key names the field in the error: uncut, a huge one made a status too large for the
+    client to read (RESOURCE_EXHAUSTED on its side instead of INVALID_ARGUMENT)."""
+    request = spb.CreateSessionRequest(runtime="shell", labels={"k" * 100_000: "v"})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _raw(channel, "unary_unary", "/tether.v1.SessionService/CreateSession")(request.SerializeToString(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(info.value.details()) < 200
+
+
+async def test_a_huge_worker_id_gets_a_readable_error(control_plane, channel):
+    """A paired worker naming another worker id: the refusal quoted the id whatever its size."""
+    from tether.v1 import admin_service_pb2 as apb
+    from tether.v1 import admin_service_pb2_grpc as agrpc
+
+    key = await control_plane.create_api_key("owner", "alice")
+    code = (
+        await agrpc.AdminServiceStub(channel).CreatePairingCode(
+            apb.CreatePairingCodeRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5
+        )
+    ).code
+    token = (await wgrpc.WorkerServiceStub(channel).Pair(wpb.PairRequest(code=code), timeout=5)).token
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await wgrpc.WorkerServiceStub(channel).Register(
+            wpb.RegisterRequest(worker_id="w" * 100_000, runtimes=["shell"], slots=1),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(info.value.details()) < 200
