@@ -27,7 +27,9 @@ TIME_LIMIT_S = 120
 
 async def main() -> None:
     with procs() as ps:
-        target = ps.control_plane()
+        # One session at full speed is the point here: lift the per-session event rate limit
+        # (a policy knob, 2000/s by default), or the producer is throttled, as it should be.
+        target = ps.control_plane("--events-per-second-per-session", "1e9")
         async with grpc.aio.insecure_channel(target) as ch:
             stub = sgrpc.SessionServiceStub(ch)
             session = (await stub.CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session
