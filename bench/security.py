@@ -41,6 +41,7 @@ import sdk
 from control_plane import ControlPlane, Settings, Timings
 from execution_worker import Worker, WorkerSettings
 from execution_worker._credentials import pair
+from tether_cli.conformance import until
 
 TIMINGS = Timings(
     heartbeat_interval_s=0.2, liveness_timeout_s=1.0, worker_dead_grace_s=0.5, lease_ttl_s=1.5,
@@ -141,14 +142,6 @@ def _rows(db: pathlib.Path, session_ids: list[str]) -> dict[str, list[tuple]]:
         conn.close()
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def run_probe(root: pathlib.Path) -> Probe:
     db = root / "security.db"
     async with ControlPlane(Settings(port=0, db=str(db), timings=TIMINGS)) as cp:
@@ -170,7 +163,7 @@ async def run_probe(root: pathlib.Path) -> Probe:
             # The victim's resources.
             done = await victim.create_session("script")
             first = await victim.send_input(done.session_id, "say secret-victim-output")
-            await _until(lambda: _ended(victim, done.session_id, first.turn_id), 20, "the victim's first turn")
+            await until(lambda: _ended(victim, done.session_id, first.turn_id), 20, "the victim's first turn")
             snapshot = await victim.create_snapshot(done.session_id)
             asking = await victim.send_input(done.session_id, "approve rm -rf /victim")
             requests: list[sdk.PendingRequest] = []
@@ -179,7 +172,7 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 requests[:] = await victim.list_requests(done.session_id)
                 return bool(requests)
 
-            await _until(opened, 20, "the victim's approval request")
+            await until(opened, 20, "the victim's approval request")
             queued_session = await victim.create_session("script", worker_selector={"pool": "shared"})
             queued = await victim.send_input(queued_session.session_id, "say never-offered-to-the-attacker")
             victim_sessions = [done.session_id, queued_session.session_id]

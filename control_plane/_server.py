@@ -37,7 +37,7 @@ from .store import (
     create_sqlite_writer_engine,
     database_url,
     is_sqlite,
-    missing_columns,
+    SchemaTooOld,
 )
 
 log = logging.getLogger(__name__)
@@ -172,18 +172,13 @@ class ControlPlane:
         try:
             url = database_url(s.db)
             self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
-            missing = await missing_columns(self._engine)
-            if not missing:
-                await create_schema(self._engine)
+            await create_schema(self._engine)
+        except SchemaTooOld as exc:
+            await self._dispose_engine()
+            raise StartupError(f"{s.db!r}: {exc}") from None
         except Exception as exc:
             await self._dispose_engine()
             raise StartupError(f"cannot open the database {s.db!r}: {exc}") from exc
-        if missing:
-            await self._dispose_engine()
-            raise StartupError(
-                f"the database {s.db!r} was made by an older Tether: it lacks {', '.join(missing)}. "
-                "Start on a new database file (this release has no migration for it)."
-            )
         try:
             credentials = self._server_credentials()
         except OSError as exc:

@@ -15,7 +15,7 @@ import click
 from .api._auth import owner_name
 from .domain import errors
 from .domain.access import KEY_KINDS, ApiKey
-from .store import AccessStore, create_engine, create_schema, database_url, missing_columns
+from .store import AccessStore, SchemaTooOld, create_engine, create_schema, database_url
 
 _db_option = click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB",
                           help="The control plane's SQLite file path or SQLAlchemy URL.")
@@ -24,11 +24,10 @@ _db_option = click.option("--db", default="tether.db", show_default=True, envvar
 async def _with_store(db: str, action):  # noqa: ANN001, ANN202 - a coroutine function on the store
     engine = create_engine(database_url(db))
     try:
-        missing = await missing_columns(engine)
-        if missing:
-            raise click.ClickException(f"the database {db!r} was made by an older Tether: it lacks {', '.join(missing)}")
         await create_schema(engine)
         return await action(AccessStore(engine))
+    except SchemaTooOld as exc:
+        raise click.ClickException(f"{db!r}: {exc}") from None
     except errors.DomainError as exc:
         raise click.ClickException(exc.message) from None
     finally:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -30,6 +31,7 @@ from ..store import AccessStore
 log = logging.getLogger(__name__)
 
 OWNER_HEADER = "x-tether-owner"
+_Credential = TypeVar("_Credential", ApiKey, WorkerToken)
 _CACHE_TTL_S = 2.0
 _MAX_SECRET = 256
 
@@ -131,26 +133,10 @@ class Authenticator:
             raise errors.TokenRevoked(f"worker token {caller.token_id} was revoked; pair the worker again")
 
     async def _api_key(self, secret: str) -> ApiKey | None:
-        h = secret_hash(secret)
-        hit = self._keys.get(h)
-        now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        key = await self._store.find_api_key(secret) if secret.startswith(API_KEY_PREFIX) else None
-        if key is not None:
-            self._keys[h] = (key, now + _CACHE_TTL_S)
-        return key
+        return await _cached(self._keys, secret, API_KEY_PREFIX, self._store.find_api_key)
 
     async def _worker_token(self, secret: str) -> WorkerToken | None:
-        h = secret_hash(secret)
-        hit = self._tokens.get(h)
-        now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        token = await self._store.find_worker_token(secret) if secret.startswith(WORKER_TOKEN_PREFIX) else None
-        if token is not None:
-            self._tokens[h] = (token, now + _CACHE_TTL_S)
-        return token
+        return await _cached(self._tokens, secret, WORKER_TOKEN_PREFIX, self._store.find_worker_token)
 
     # -- revocation -----------------------------------------------------------------------------
 
@@ -178,6 +164,26 @@ class Authenticator:
         for on_revoked in list(self._watchers.get(token.token_id, ())):
             on_revoked(err)
         log.info("worker token %s of worker %s revoked", token.token_id, token.worker_id)
+
+
+async def _cached(
+    cache: dict[str, tuple[_Credential, float]],
+    secret: str,
+    prefix: str,
+    find: Callable[[str], Awaitable[_Credential | None]],
+) -> _Credential | None:
+    """A known credential from `cache` (by secret hash) or, on a miss, from the store. Unknown
+    secrets are not cached, so a key issued a moment ago works at once; a secret without the
+    kind's prefix is never looked up."""
+    h = secret_hash(secret)
+    now = time.monotonic()
+    hit = cache.get(h)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    found = await find(secret) if secret.startswith(prefix) else None
+    if found is not None:
+        cache[h] = (found, now + _CACHE_TTL_S)
+    return found
 
 
 def peer_address(context: grpc.aio.ServicerContext) -> str:

@@ -102,6 +102,10 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
+    def available(self) -> float:
+        self._refill()
+        return self.tokens
+
     def take(self, n: float = 1.0) -> bool:
         self._refill()
         if self.tokens >= n:
@@ -138,8 +142,7 @@ class FailureLimiter:
 
     def allowed(self, peer: str) -> bool:
         """Whether `peer` may try a code now (it has failures left, and so does everyone)."""
-        bucket = self._bucket(peer)
-        return bucket.take(0) and bucket.tokens >= 1 and self._all.take(0) and self._all.tokens >= 1
+        return self._bucket(peer).available() >= 1 and self._all.available() >= 1
 
     def failed(self, peer: str) -> None:
         self._bucket(peer).take(1)

@@ -11,7 +11,7 @@ from ._database import (
     create_sqlite_writer_engine,
     database_url,
     is_sqlite,
-    missing_columns,
+    SchemaTooOld,
 )
 from ._reads import (
     Reader,
@@ -38,7 +38,7 @@ __all__ = [
     "create_schema",
     "create_sqlite_writer_engine",
     "is_sqlite",
-    "missing_columns",
+    "SchemaTooOld",
     "database_url",
     "lease_to_row",
     "request_to_row",

@@ -57,12 +57,23 @@ def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL")
     return engine
 
 
+class SchemaTooOld(Exception):
+    """The database's tables lack columns this release needs; the message names them."""
+
+
 async def create_schema(engine: AsyncEngine) -> None:
+    """Create missing tables; refuse (SchemaTooOld) a database whose existing tables are older."""
+    missing = await _missing_columns(engine)
+    if missing:
+        raise SchemaTooOld(
+            f"the database was made by an older Tether: it lacks {', '.join(missing)}. "
+            "Start on a new database file (this release has no migration for it)."
+        )
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
 
 
-async def missing_columns(engine: AsyncEngine) -> list[str]:
+async def _missing_columns(engine: AsyncEngine) -> list[str]:
     """Columns the models have and the database's existing tables lack ("table.column").
     Missing tables are not reported: `create_schema` makes them."""
 
