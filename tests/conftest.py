@@ -16,6 +16,8 @@ import pytest
 import sdk
 from control_plane import ControlPlane, Settings, Timings
 
+from .pg import fresh_database, pg_unreachable_reason
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAST = Timings(
     heartbeat_interval_s=0.2,
@@ -82,10 +84,10 @@ class Proc:
 
 
 class ControlPlaneProcess:
-    """`tether serve` as a separate process on a real SQLite file."""
+    """`tether serve` as a separate process on a real database: a SQLite file or a URL."""
 
     def __init__(
-        self, tmp: pathlib.Path, db: pathlib.Path, port: int = 0, extra: list[str] | None = None, dev: bool = True
+        self, tmp: pathlib.Path, db: pathlib.Path | str, port: int = 0, extra: list[str] | None = None, dev: bool = True
     ) -> None:
         """`dev`: let callers without credentials in (`--dev`); False requires keys and tokens."""
         self.tmp, self.db, self.extra = tmp, db, extra or []
@@ -98,7 +100,8 @@ class ControlPlaneProcess:
         args = [
             sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
             "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
-            "--offer-timeout-s", "3", *(["--dev"] if self.dev else []), *self.extra,
+            "--offer-timeout-s", "3", *(["--dev"] if self.dev else []),
+            *(["--migrate"] if is_postgres(self.db) else []), *self.extra,
         ]
         self.proc = Proc(args, self.tmp / "control-plane.log")
         deadline = time.monotonic() + 20
@@ -139,19 +142,44 @@ def procs(tmp_path: pathlib.Path):
         p.stop(signal.SIGTERM, timeout=10)
 
 
+# Every test that takes a database (`db_url`, or a control plane built on it) runs once on
+# SQLite and once on PostgreSQL; the PostgreSQL run is skipped, with the reason shown, only
+# when no PostgreSQL answers (see tests/pg.py).
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
+    """A fresh database for this test: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "tether.db")
+        return
+    with fresh_database() as url:
+        yield url
+
+
+def is_postgres(db: str | pathlib.Path) -> bool:
+    return str(db).startswith("postgresql")
+
+
 @pytest.fixture
-def cp_process(tmp_path: pathlib.Path):
-    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db")
+def cp_process(tmp_path: pathlib.Path, db_url: str):
+    cp = ControlPlaneProcess(tmp_path, db_url)
     cp.start()
     yield cp
     cp.stop()
 
 
 @pytest.fixture
-async def control_plane(tmp_path: pathlib.Path) -> AsyncIterator[ControlPlane]:
-    """An in-process control plane on port 0 with short timings and a real SQLite file."""
-    async with ControlPlane(Settings(port=0, db=str(tmp_path / "inproc.db"), timings=FAST, max_message_bytes=256 * 1024, dev_owner="local")) as cp:
+async def control_plane(db_url: str) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on port 0 with short timings on a fresh database."""
+    async with ControlPlane(Settings(port=0, db=db_url, timings=FAST, max_message_bytes=256 * 1024, dev_owner="local", migrate=True)) as cp:
         yield cp
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    why = pg_unreachable_reason()
+    return "databases: sqlite, " + (f"postgresql SKIPPED: {why}" if why else "postgresql")
 
 
 @pytest.fixture

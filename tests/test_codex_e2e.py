@@ -37,8 +37,8 @@ def codex_worker(procs, cp: ControlPlaneProcess, workdir: pathlib.Path, name: st
 
 
 @pytest.fixture
-def cp(tmp_path):
-    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", extra=["--worker-dead-grace-s", "0.5"])
+def cp(tmp_path, db_url):
+    cp = ControlPlaneProcess(tmp_path, db_url, extra=["--worker-dead-grace-s", "0.5"])
     cp.start()
     yield cp
     cp.stop()

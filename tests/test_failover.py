@@ -46,15 +46,15 @@ async def _wait_output(client: sdk.AsyncClient, session_id: str, turn_id: str, n
     await eventually(seen, timeout=20, what=f"{needle!r} in the output of {turn_id}")
 
 
-def _cp(tmp_path, *extra: str) -> ControlPlaneProcess:
-    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", extra=list(extra))
+def _cp(tmp_path, db_url: str, *extra: str) -> ControlPlaneProcess:
+    cp = ControlPlaneProcess(tmp_path, db_url, extra=list(extra))
     cp.start()
     return cp
 
 
-async def test_a_killed_worker_moves_its_session_on_the_worker_dead_clock_not_the_lease_ttl(tmp_path, procs):
+async def test_a_killed_worker_moves_its_session_on_the_worker_dead_clock_not_the_lease_ttl(tmp_path, procs, db_url):
     # A 60 s lease TTL: only the worker-dead grace (0.5 s) can move the session in time.
-    cp = _cp(tmp_path, "--lease-ttl-s", "60", "--worker-dead-grace-s", "0.5")
+    cp = _cp(tmp_path, db_url, "--lease-ttl-s", "60", "--worker-dead-grace-s", "0.5")
     try:
         a = start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa")
         async with sdk.AsyncClient(cp.target) as client:
@@ -86,8 +86,8 @@ async def test_a_killed_worker_moves_its_session_on_the_worker_dead_clock_not_th
         cp.stop()
 
 
-async def test_a_stream_blip_within_the_grace_moves_nothing(tmp_path, procs):
-    cp = _cp(tmp_path, "--worker-dead-grace-s", "5", "--lease-ttl-s", "10")
+async def test_a_stream_blip_within_the_grace_moves_nothing(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url, "--worker-dead-grace-s", "5", "--lease-ttl-s", "10")
     proxy = TcpProxy(cp.port)
     await proxy.start()
     try:
@@ -110,8 +110,8 @@ async def test_a_stream_blip_within_the_grace_moves_nothing(tmp_path, procs):
         cp.stop()
 
 
-async def test_a_partitioned_worker_is_fenced_and_none_of_its_late_writes_is_stored(tmp_path, procs):
-    cp = _cp(tmp_path, "--lease-ttl-s", "2", "--heartbeat-interval-s", "0.3", "--worker-dead-grace-s", "0.5")
+async def test_a_partitioned_worker_is_fenced_and_none_of_its_late_writes_is_stored(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url, "--lease-ttl-s", "2", "--heartbeat-interval-s", "0.3", "--worker-dead-grace-s", "0.5")
     try:
         a = start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa")
         async with sdk.AsyncClient(cp.target) as client:
@@ -149,8 +149,8 @@ async def test_a_partitioned_worker_is_fenced_and_none_of_its_late_writes_is_sto
         cp.stop()
 
 
-async def test_drain_under_load_loses_no_turn(tmp_path, procs):
-    cp = _cp(tmp_path)
+async def test_drain_under_load_loses_no_turn(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url)
     try:
         a = start_worker(procs, cp.target, tmp_path / "wa", "wa", 2, "--worker-id", "wa", "--drain-grace-s", "30")
         start_worker(procs, cp.target, tmp_path / "wb", "wb", 2, "--worker-id", "wb")
@@ -188,8 +188,8 @@ async def test_drain_under_load_loses_no_turn(tmp_path, procs):
         cp.stop()
 
 
-async def test_control_plane_sigkill_mid_stream_loses_nothing(tmp_path, procs):
-    cp = _cp(tmp_path)
+async def test_control_plane_sigkill_mid_stream_loses_nothing(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url)
     try:
         start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa")
         seen: list[sdk.Event] = []
@@ -227,8 +227,8 @@ async def test_control_plane_sigkill_mid_stream_loses_nothing(tmp_path, procs):
         cp.stop()
 
 
-async def test_a_session_waits_for_its_busy_holder_only_up_to_the_sticky_timeout(tmp_path, procs):
-    cp = _cp(tmp_path, "--sticky-timeout-s", "1")
+async def test_a_session_waits_for_its_busy_holder_only_up_to_the_sticky_timeout(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url, "--sticky-timeout-s", "1")
     try:
         start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa")
         async with sdk.AsyncClient(cp.target) as client:
@@ -254,8 +254,8 @@ async def _state(client: sdk.AsyncClient, session_id: str, turn_id: str, state: 
     return (await client.get_turn(session_id, turn_id)).state == state
 
 
-async def test_restore_session_moves_an_idle_session_onto_a_chosen_worker(tmp_path, procs):
-    cp = _cp(tmp_path)
+async def test_restore_session_moves_an_idle_session_onto_a_chosen_worker(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url)
     try:
         start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa", "--label", "pool=a")
         async with sdk.AsyncClient(cp.target) as client:
@@ -297,8 +297,8 @@ async def _connected(client: sdk.AsyncClient, ids: set[str]) -> bool:
     return ids <= {w.worker_id for w in await client.list_workers() if w.connected}
 
 
-async def test_drain_worker_rpc_drains_a_worker_and_it_exits(tmp_path, procs):
-    cp = _cp(tmp_path)
+async def test_drain_worker_rpc_drains_a_worker_and_it_exits(tmp_path, procs, db_url):
+    cp = _cp(tmp_path, db_url)
     try:
         workers = {w: start_worker(procs, cp.target, tmp_path / w, w, 1, "--worker-id", w) for w in ("wa", "wb")}
         async with sdk.AsyncClient(cp.target) as client:

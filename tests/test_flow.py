@@ -137,8 +137,8 @@ async def test_snapshot_holds_the_model_visible_history(cp_process, procs, tmp_p
         assert latest.snapshot_id == snap.snapshot_id and len(latest.history) == 4
 
 
-async def test_worker_reconnects_after_control_plane_restart(tmp_path, procs):
-    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db")
+async def test_worker_reconnects_after_control_plane_restart(tmp_path, procs, db_url):
+    cp = ControlPlaneProcess(tmp_path, db_url)
     cp.start()
     try:
         start_worker(procs, cp.target, tmp_path / "w1", "w1")

@@ -56,10 +56,10 @@ def pki(tmp_path: pathlib.Path) -> Pki:
 
 
 @pytest.fixture
-def tls_cp(tmp_path: pathlib.Path, pki: Pki) -> Iterator[ControlPlaneProcess]:
+def tls_cp(tmp_path: pathlib.Path, pki: Pki, db_url: str) -> Iterator[ControlPlaneProcess]:
     """`tether serve --dev` as a process, serving TLS with the server certificate."""
     cp = ControlPlaneProcess(
-        tmp_path, tmp_path / "tether.db",
+        tmp_path, db_url,
         extra=["--tls-cert", str(pki.server.cert_file), "--tls-key", str(pki.server.key_file)],
     )
     cp.start()
@@ -68,10 +68,10 @@ def tls_cp(tmp_path: pathlib.Path, pki: Pki) -> Iterator[ControlPlaneProcess]:
 
 
 @pytest.fixture
-async def mtls_cp(tmp_path: pathlib.Path, pki: Pki) -> AsyncIterator[ControlPlane]:
+async def mtls_cp(pki: Pki, db_url: str) -> AsyncIterator[ControlPlane]:
     """An in-process control plane that requires client certificates signed by the client CA."""
     settings = Settings(
-        port=0, db=str(tmp_path / "mtls.db"), timings=FAST, dev_owner="local",
+        port=0, db=db_url, migrate=True, timings=FAST, dev_owner="local",
         tls_cert_file=str(pki.server.cert_file), tls_key_file=str(pki.server.key_file),
         tls_client_ca_file=str(pki.client_ca.cert_file),
     )
