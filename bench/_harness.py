@@ -31,13 +31,17 @@ def emit(metric: str, value: float, unit: str, **extra: object) -> None:
 
 
 class ControlPlaneProc:
-    """One control plane on one SQLite file and one port, which it keeps across restarts."""
+    """One control plane on one database (a SQLite file or a URL) and one port, which it keeps
+    across restarts."""
 
-    def __init__(self, procs: Procs, db: pathlib.Path, extra: tuple[str, ...], log_level: str) -> None:
+    def __init__(
+        self, procs: Procs, db: pathlib.Path | str, extra: tuple[str, ...], log_level: str, name: str = "control-plane"
+    ) -> None:
         self.procs = procs
         self.db = db
         self.extra = extra
         self.log_level = log_level
+        self.name = name
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -49,16 +53,16 @@ class ControlPlaneProc:
     def start(self, timeout_s: float = 30.0) -> str:
         """Start it (on its previous port when it had one) and return once it serves."""
         self.starts += 1
-        port_file = self.procs.tmp / f"cp-{self.starts}.port"
+        port_file = self.procs.tmp / f"{self.name}-{self.starts}.port"
         self.proc = self.procs.spawn(
             [sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
              "--port-file", str(port_file), "--log-level", self.log_level, "--dev", *self.extra],
-            "control-plane",
+            self.name,
         )
         deadline = time.monotonic() + timeout_s
         while not port_file.exists() or not port_file.read_text().strip():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((self.procs.tmp / "control-plane.log").read_text(errors="replace")[-4000:])
+                raise RuntimeError((self.procs.tmp / f"{self.name}.log").read_text(errors="replace")[-4000:])
             time.sleep(0.01)
         self.port = int(port_file.read_text())
         return self.target
@@ -84,8 +88,11 @@ class Procs:
     def control_plane(self, *extra: str) -> str:
         return self.start_control_plane(*extra).target
 
-    def start_control_plane(self, *extra: str, log_level: str = "WARNING", db: str = "bench.db") -> ControlPlaneProc:
-        cp = ControlPlaneProc(self, self.tmp / db, extra, log_level)
+    def start_control_plane(
+        self, *extra: str, log_level: str = "WARNING", db: str = "bench.db", name: str = "control-plane"
+    ) -> ControlPlaneProc:
+        """`db`: a file name in the bench's directory (SQLite) or a database URL."""
+        cp = ControlPlaneProc(self, db if "://" in db else self.tmp / db, extra, log_level, name)
         cp.start()
         return cp
 

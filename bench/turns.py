@@ -26,42 +26,55 @@ MEASURE_S = 8.0
 TERMINAL = {"turn_completed", "turn_failed", "turn_interrupted"}
 
 
+async def turn_load(
+    worker_targets: list[str], client_targets: list[str], ps, *, sessions: int = SESSIONS
+) -> tuple[float, int]:
+    """Run the load: WORKERS workers (worker i dials worker_targets[i % n]), `sessions`
+    sessions each driven through client_targets[k % n]. Returns (turns/s, total turns)."""
+    for i in range(WORKERS):
+        ps.worker(worker_targets[i % len(worker_targets)], f"w{i}", SLOTS)
+    channels = [grpc.aio.insecure_channel(t) for t in client_targets]
+    try:
+        stubs = [sgrpc.SessionServiceStub(ch) for ch in channels]
+        ids = [
+            (await stubs[k % len(stubs)].CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session.session_id
+            for k in range(sessions)
+        ]
+        completed: list[float] = []
+        failures = 0
+        stop_at = time.monotonic() + WARMUP_S + MEASURE_S
+
+        async def run(stub: sgrpc.SessionServiceStub, session_id: str) -> None:
+            nonlocal failures
+            stream = stub.StreamSessionEvents(spb.StreamSessionEventsRequest(session_id=session_id))
+            events = stream.__aiter__()
+            try:
+                while time.monotonic() < stop_at:
+                    await stub.SendInput(spb.SendInputRequest(session_id=session_id, input="true"), timeout=10)
+                    while True:
+                        msg = await asyncio.wait_for(events.__anext__(), 30)
+                        ends = [e for e in msg.events if e.body.WhichOneof("kind") in TERMINAL]
+                        if ends:
+                            if ends[-1].body.WhichOneof("kind") != "turn_completed":
+                                failures += 1
+                            completed.append(time.monotonic())
+                            break
+            finally:
+                stream.cancel()
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(run(stubs[k % len(stubs)], s) for k, s in enumerate(ids)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    window_start = t0 + WARMUP_S
+    measured = [t for t in completed if window_start <= t <= window_start + MEASURE_S]
+    assert failures == 0, f"{failures} turns did not complete"
+    return len(measured) / MEASURE_S, len(completed)
+
+
 async def main() -> None:
     with procs() as ps:
         target = ps.control_plane()
-        for i in range(WORKERS):
-            ps.worker(target, f"w{i}", SLOTS)
-        async with grpc.aio.insecure_channel(target) as ch:
-            stub = sgrpc.SessionServiceStub(ch)
-            sessions = [
-                (await stub.CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session.session_id
-                for _ in range(SESSIONS)
-            ]
-            completed: list[float] = []
-            failures = 0
-            stop_at = time.monotonic() + WARMUP_S + MEASURE_S
-
-            async def run(session_id: str) -> None:
-                nonlocal failures
-                stream = stub.StreamSessionEvents(spb.StreamSessionEventsRequest(session_id=session_id))
-                events = stream.__aiter__()
-                try:
-                    while time.monotonic() < stop_at:
-                        await stub.SendInput(spb.SendInputRequest(session_id=session_id, input="true"), timeout=10)
-                        while True:
-                            msg = await asyncio.wait_for(events.__anext__(), 30)
-                            ends = [e for e in msg.events if e.body.WhichOneof("kind") in TERMINAL]
-                            if ends:
-                                if ends[-1].body.WhichOneof("kind") != "turn_completed":
-                                    failures += 1
-                                completed.append(time.monotonic())
-                                break
-                finally:
-                    stream.cancel()
-
-            t0 = time.monotonic()
-            await asyncio.gather(*(run(s) for s in sessions))
-        window_start = t0 + WARMUP_S
-        measured = [t for t in completed if window_start <= t <= window_start + MEASURE_S]
-    assert failures == 0, f"{failures} turns did not complete"
-    emit("turn_throughput_tps", len(measured) / MEASURE_S, "turns/s", workers=WORKERS, sessions=SESSIONS, total_turns=len(completed))
+        tps, total = await turn_load([target], [target], ps)
+    emit("turn_throughput_tps", tps, "turns/s", workers=WORKERS, sessions=SESSIONS, total_turns=total)
