@@ -46,7 +46,11 @@ def create_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: in
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=10)
         _sqlite_pragmas(engine.sync_engine, sqlite_synchronous)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # asyncpg waits 60 s for a host that does not answer; a control plane should say so sooner.
+    connect_args = {"timeout": 5} if make_url(url).get_driver_name() == "asyncpg" else {}
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
