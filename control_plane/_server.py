@@ -30,14 +30,16 @@ from .domain import errors
 from .domain.hub import Hub
 from .store import (
     AccessStore,
+    DatabaseNotReady,
     Reader,
+    SchemaNotCurrent,
     Writer,
     create_engine,
-    create_schema,
     create_sqlite_writer_engine,
     database_url,
+    describe_database,
+    ensure_schema,
     is_sqlite,
-    SchemaTooOld,
 )
 
 log = logging.getLogger(__name__)
@@ -172,13 +174,16 @@ class ControlPlane:
         try:
             url = database_url(s.db)
             self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
-            await create_schema(self._engine)
-        except SchemaTooOld as exc:
+            # A new empty SQLite file is made here; any other database must be at head already
+            # (`tether db upgrade`), unless --migrate asks for the upgrade now.
+            await ensure_schema(self._engine, migrate=s.migrate)
+        except DatabaseNotReady as exc:
             await self._dispose_engine()
-            raise StartupError(f"{s.db!r}: {exc}") from None
+            upgradable = isinstance(exc, SchemaNotCurrent) and exc.upgradable
+            raise StartupError(f"{exc} (or start with --migrate)" if upgradable else str(exc)) from None
         except Exception as exc:
             await self._dispose_engine()
-            raise StartupError(f"cannot open the database {s.db!r}: {exc}") from exc
+            raise StartupError(f"cannot open the database {describe_database(s.db)}: {exc}") from exc
         try:
             credentials = self._server_credentials()
         except OSError as exc:

@@ -17,6 +17,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7670
     db: str = "tether.db"  # a file path (SQLite) or a SQLAlchemy URL
+    migrate: bool = False  # upgrade the database's tables at start (else only a new SQLite file)
     sqlite_synchronous: str = "NORMAL"
     db_pool_size: int = 5
     max_message_bytes: int = 4 << 20

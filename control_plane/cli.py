@@ -28,6 +28,7 @@ def _is_loopback(host: str) -> bool:
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="TETHER_HOST", help="Address to bind.")
 @click.option("--port", default=7670, show_default=True, type=click.IntRange(0, 65535), envvar="TETHER_PORT", help="Port (0 picks a free one).")
 @click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB", help="SQLite file path or SQLAlchemy URL.")
+@click.option("--migrate", is_flag=True, envvar="TETHER_MIGRATE", help="Upgrade the database's tables to this release at start (as `tether db upgrade` does; sessions and workers from before owners go to owner 'local'). Without it only a new SQLite file is set up; any other database must be upgraded first.")
 @click.option("--sqlite-synchronous", type=click.Choice(["NORMAL", "FULL"]), default="NORMAL", show_default=True, envvar="TETHER_SQLITE_SYNCHRONOUS", help="FULL also survives power loss.")
 @click.option("--heartbeat-interval-s", type=click.FloatRange(0.05), default=2.0, show_default=True, envvar="TETHER_HEARTBEAT_INTERVAL_S", help="How often workers renew on their Lease stream.")
 @click.option("--liveness-timeout-s", type=click.FloatRange(0.1), default=None, envvar="TETHER_LIVENESS_TIMEOUT_S", help="Close a Lease stream silent this long.  [default: 3 x heartbeat interval]")
@@ -51,6 +52,7 @@ def serve(
     host: str,
     port: int,
     db: str,
+    migrate: bool,
     sqlite_synchronous: str,
     heartbeat_interval_s: float,
     liveness_timeout_s: float | None,
@@ -96,6 +98,7 @@ def serve(
         host=host,
         port=port,
         db=db,
+        migrate=migrate,
         sqlite_synchronous=sqlite_synchronous,
         max_message_bytes=max_message_bytes,
         dev_owner="local" if dev else "",

@@ -15,19 +15,23 @@ import click
 from .api._auth import owner_name
 from .domain import errors
 from .domain.access import KEY_KINDS, ApiKey
-from .store import AccessStore, SchemaTooOld, create_engine, create_schema, database_url
+from .store import AccessStore, DatabaseNotReady, create_engine, database_url, describe_database, ensure_schema
 
 _db_option = click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB",
                           help="The control plane's SQLite file path or SQLAlchemy URL.")
 
 
 async def _with_store(db: str, action):  # noqa: ANN001, ANN202 - a coroutine function on the store
-    engine = create_engine(database_url(db))
     try:
-        await create_schema(engine)
+        engine = create_engine(database_url(db))
+    except Exception as exc:  # noqa: BLE001 - a URL SQLAlchemy cannot use (no such driver, malformed)
+        raise click.ClickException(f"cannot open the database {describe_database(db)}: {exc}") from None
+    try:
+        # Like `tether serve`: a new SQLite file is set up, any other database must be at head.
+        await ensure_schema(engine)
         return await action(AccessStore(engine))
-    except SchemaTooOld as exc:
-        raise click.ClickException(f"{db!r}: {exc}") from None
+    except DatabaseNotReady as exc:
+        raise click.ClickException(str(exc)) from None
     except errors.DomainError as exc:
         raise click.ClickException(exc.message) from None
     finally:

@@ -404,19 +404,28 @@ def test_secrets_stay_out_of_logs_and_messages(tmp_path: pathlib.Path, caplog: p
         assert secret not in text
 
 
-def test_a_database_from_before_owners_is_refused_clearly(tmp_path: pathlib.Path) -> None:
+def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tether_db(tmp_path: pathlib.Path) -> None:
+    from sqlalchemy import create_engine as create_sync_engine
+
+    from . import legacy_schema
+
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE sessions (session_id VARCHAR(64) PRIMARY KEY, runtime VARCHAR(128))")
-    conn.commit()
-    conn.close()
-    done = subprocess.run(
-        [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(db)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    engine = create_sync_engine(f"sqlite:///{db}")
+    legacy_schema.Base.metadata.create_all(engine)  # as the release before owners did
+    engine.dispose()
+    serve = [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(db)]
+    done = subprocess.run(serve, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"Error: the database {db} was made before migrations (its tables are revision 0001), this release needs "
+        f"0002: run `tether db upgrade --db {db}` (or start with --migrate)"
     )
-    assert done.returncode == 1
-    assert "made by an older Tether" in done.stderr and "sessions.owner_id" in done.stderr
-    assert "Traceback" not in done.stderr
+    upgraded = subprocess.run([sys.executable, "-m", "tether_cli", "db", "upgrade", "--db", str(db)],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert upgraded.returncode == 0 and "to 0002" in upgraded.stdout, upgraded.stderr
+    cp = ControlPlaneProcess(tmp_path, db, dev=False)
+    cp.start()  # an owner-less database is now one with owners: served with keys, not refused
+    cp.stop()
 
 
 def test_dev_mode_is_refused_off_loopback(tmp_path: pathlib.Path) -> None:

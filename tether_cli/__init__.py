@@ -17,6 +17,7 @@ _SUBCOMMANDS = {
     "session": ("sdk.cli", "session"),
     "pair": ("sdk.cli", "pair"),
     "keys": ("control_plane.keys_cli", "keys"),
+    "db": ("control_plane.db_cli", "db"),
     "conformance": ("tether_cli.conformance", "conformance"),
 }
 

@@ -1,4 +1,4 @@
-"""Durable storage: ORM rows, the group-commit writer and the read queries.
+"""Durable storage: ORM rows, their migrations, the group-commit writer and the read queries.
 
 SQLAlchemy errors stop here: the writer reports `WriteFailed`, which `domain/` maps to an
 UNAVAILABLE answer.
@@ -7,11 +7,25 @@ UNAVAILABLE answer.
 from ._access import AccessStore
 from ._database import (
     create_engine,
-    create_schema,
     create_sqlite_writer_engine,
     database_url,
     is_sqlite,
-    SchemaTooOld,
+)
+from ._migrate import (
+    SCHEMA_HEAD,
+    DatabaseNotReady,
+    DatabaseUnreachable,
+    SchemaNotCurrent,
+    SchemaState,
+    Upgrade,
+    UpgradeFailed,
+    check_schema,
+    current_revision,
+    describe_database,
+    ensure_schema,
+    not_current,
+    schema_state,
+    upgrade_schema,
 )
 from ._reads import (
     Reader,
@@ -29,17 +43,29 @@ from ._writer import WriteFailed, Writer, WriteSet
 
 __all__ = [
     "AccessStore",
+    "DatabaseNotReady",
+    "DatabaseUnreachable",
+    "SCHEMA_HEAD",
+    "SchemaNotCurrent",
+    "SchemaState",
+    "Upgrade",
+    "UpgradeFailed",
     "Reader",
     "LoadedSession",
     "WriteFailed",
     "WriteSet",
     "Writer",
+    "check_schema",
     "create_engine",
-    "create_schema",
     "create_sqlite_writer_engine",
-    "is_sqlite",
-    "SchemaTooOld",
+    "current_revision",
     "database_url",
+    "describe_database",
+    "ensure_schema",
+    "is_sqlite",
+    "not_current",
+    "schema_state",
+    "upgrade_schema",
     "lease_to_row",
     "request_to_row",
     "request_update_row",

@@ -10,8 +10,6 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ._schema import Base
-
 log = logging.getLogger(__name__)
 
 
@@ -59,39 +57,3 @@ def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL")
     engine = create_sync_engine(sync_url, pool_size=1, max_overflow=0)
     _sqlite_pragmas(engine, sqlite_synchronous)
     return engine
-
-
-class SchemaTooOld(Exception):
-    """The database's tables lack columns this release needs; the message names them."""
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables; refuse (SchemaTooOld) a database whose existing tables are older."""
-    missing = await _missing_columns(engine)
-    if missing:
-        raise SchemaTooOld(
-            f"the database was made by an older Tether: it lacks {', '.join(missing)}. "
-            "Start on a new database file (this release has no migration for it)."
-        )
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-
-
-async def _missing_columns(engine: AsyncEngine) -> list[str]:
-    """Columns the models have and the database's existing tables lack ("table.column").
-    Missing tables are not reported: `create_schema` makes them."""
-
-    def compare(conn) -> list[str]:  # noqa: ANN001 - a sync Connection
-        from sqlalchemy import inspect
-
-        inspector = inspect(conn)
-        missing = []
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            missing.extend(f"{table.name}.{c.name}" for c in table.columns if c.name not in have)
-        return missing
-
-    async with engine.connect() as conn:
-        return await conn.run_sync(compare)

@@ -1,0 +1,148 @@
+"""The control plane's tables as released before owners: control_plane/store/_schema.py at
+commit 91ae982, copied unchanged below this docstring.
+
+tests/test_migrations.py builds "old" databases with `create_all` on these models, as that
+release did, and checks that revision 0001 makes exactly these tables. Never edit the models.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import ForeignKey, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    registration_id: Mapped[str] = mapped_column(String(64))
+    runtimes_json: Mapped[str] = mapped_column(Text, default="[]")
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    slots: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    registered_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    runtime: Mapped[str] = mapped_column(String(128))
+    worker_selector_json: Mapped[str] = mapped_column(Text, default="{}")
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    runtime_thread_id: Mapped[str] = mapped_column(String(256), default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    # Last change to the row itself; a session's update time as shown is the later of this and
+    # its last event's time, so new input costs no session write.
+    update_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+    __table_args__ = (
+        UniqueConstraint("session_id", "idempotency_key"),
+        Index("ix_turns_session_ordinal", "session_id", "ordinal"),
+        Index("ix_turns_state", "state"),
+    )
+
+    turn_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    input: Mapped[str] = mapped_column(Text)
+    # NULL, not "", when absent, so the unique constraint only binds real keys.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    state: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(128), default="")
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    end_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    turn_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The worker's own number for the event under lease_epoch; 0 for events the control plane
+    # wrote. Lets a restarted control plane drop a resent duplicate.
+    worker_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseRow(Base):
+    __tablename__ = "leases"
+
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
+    )
+    # Empty when the lease was released or expired; the epoch stays, so it only ever grows.
+    worker_id: Mapped[str] = mapped_column(String(128), default="")
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    granted_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_session_seq", "session_id", "seq"),)
+
+    snapshot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    lease_epoch: Mapped[int] = mapped_column(BigInteger)
+    runtime: Mapped[str] = mapped_column(String(128))
+    runtime_metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    history: Mapped[bytes] = mapped_column(LargeBinary)
+    history_count: Mapped[int] = mapped_column(Integer)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestRow(Base):
+    """A runtime's pending request (an approval, a question) and, once given, its answer."""
+
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_session", "session_id", "create_time_us"),)
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    turn_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(256))
+    params_json: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    item_id: Mapped[str] = mapped_column(String(256), default="")
+    available_json: Mapped[str] = mapped_column(Text, default="[]")
+    state: Mapped[int] = mapped_column(Integer)
+    response_json: Mapped[str] = mapped_column(Text, default="")
+    expire_reason: Mapped[str] = mapped_column(Text, default="")
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    resolve_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
