@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -23,11 +26,13 @@ from ._settings import Settings
 from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
 from .api._errors import abort
+from .api._forward import Forwarder, tether_methods
 from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .domain import errors
 from .domain.hub import Hub
+from .store._election import Election
 from .store import (
     AccessStore,
     DatabaseNotReady,
@@ -168,6 +173,12 @@ class ControlPlane:
         self.access: AccessStore | None = None
         self._health: health.aio.HealthServicer | None = None
         self._closed = False
+        # Replicas (PostgreSQL only): the election, the relay to the leader, and whether this
+        # replica serves calls itself (it leads and its hub has loaded). SQLite: always serves.
+        self._election: Election | None = None
+        self._forwarder: Forwarder | None = None
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.serving = False
 
     async def start(self) -> int:
         s = self.settings
@@ -195,7 +206,10 @@ class ControlPlane:
         self._writer = Writer(self._engine, sync_writer)
         self._writer.start()
         self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
-        await self.hub.start()
+        replicated = not is_sqlite(url)
+        if not replicated:
+            await self.hub.start()
+            self.serving = True
         access = self.access = AccessStore(self._engine)
         auth = Authenticator(access, s.dev_owner)
         options = [
@@ -207,7 +221,13 @@ class ControlPlane:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        interceptors = None
+        if replicated:
+            self._forwarder = Forwarder(
+                self._route, replica_id=self.replica_id, max_message_bytes=s.max_message_bytes,
+            )
+            interceptors = [self._forwarder, _Gate(self)]
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         server.add_generic_rpc_handlers(
             (
                 _handlers("tether.v1.SessionService", SessionService(self.hub, auth)),
@@ -231,6 +251,8 @@ class ControlPlane:
             raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
         await server.start()
         self._server = server
+        if replicated:
+            await self._campaign(url)
         for name in ("", *_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -239,6 +261,48 @@ class ControlPlane:
             f", --dev: callers without credentials act as owner {s.dev_owner!r}" if s.dev_owner else "",
         )
         return self.port
+
+    async def _campaign(self, url: str) -> None:
+        """Join the replicas on this database: lead if none does, else relay to the leader.
+        Returns once this replica knows which (at most 15 s; calls get UNAVAILABLE until)."""
+        s = self.settings
+        host = s.host if s.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        address = s.advertise_address or f"{host}:{self.port}"
+        election = self._election = Election(
+            url, self.replica_id, address, on_elected=self._elected, on_deposed=self._deposed
+        )
+        assert self._writer is not None
+        self._writer.fence = election.fence
+        election.start()
+        deadline = time.monotonic() + 15
+        while not self.serving and time.monotonic() < deadline:
+            leader = election.leader
+            if leader is not None and leader.replica_id != self.replica_id and not election.is_leader:
+                log.info("replica %s follows leader %s at %s", self.replica_id, leader.replica_id, leader.address)
+                return
+            await asyncio.sleep(0.02)
+
+    async def _elected(self, epoch: int) -> None:
+        assert self.hub is not None
+        await self.hub.start()  # reload open sessions, as after a restart
+        self.serving = True
+        log.info("replica %s serves as leader (epoch %d)", self.replica_id, epoch)
+
+    def _deposed(self, why: str) -> None:
+        # Crash-only: what this replica holds in memory may now be stale, and a newer leader
+        # serves. Stop at once; a supervisor restarts it as a follower.
+        log.critical("replica %s stops: %s", self.replica_id, why)
+        logging.shutdown()
+        os._exit(70)
+
+    def _route(self, method: str) -> str | None:
+        """Where a call goes: None serves it here (this replica leads); else the leader."""
+        if self.serving or self._election is None:
+            return None
+        leader = self._election.leader
+        if leader is None or leader.replica_id == self.replica_id:
+            return None  # no leader known yet: the gate answers UNAVAILABLE
+        return leader.address
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
@@ -293,6 +357,10 @@ class ControlPlane:
             await self._server.stop(self.settings.shutdown_grace_s)
         if self._writer is not None:
             await self._writer.stop()
+        if self._election is not None:
+            await self._election.stop()  # after the last write: it releases the leadership
+        if self._forwarder is not None:
+            await self._forwarder.close()
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -302,6 +370,36 @@ class ControlPlane:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _Gate(grpc.aio.ServerInterceptor):
+    """Behind the relay: a replica that does not serve (it follows, or is still taking over)
+    answers UNAVAILABLE to any call that reaches it, including one relayed to it by a replica
+    with a stale view, so it never touches session state it does not hold."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self._cp = cp
+        self._methods = tether_methods()
+
+    async def intercept_service(self, continuation, details):  # noqa: ANN001, ANN201 - grpc's types
+        arity = self._methods.get(details.method)
+        if self._cp.serving or arity is None:
+            return await continuation(details)
+        return _unavailable(arity, f"replica {self._cp.replica_id} is not serving yet (no leader elected, or it is taking over); retry")
+
+
+def _unavailable(arity: tuple[bool, bool], message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request_or_iterator, context: grpc.aio.ServicerContext):  # noqa: ANN001, ANN202
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+    client_streaming, server_streaming = arity
+    if client_streaming and server_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if client_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if server_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 async def serve_forever(settings: Settings, port_file: str | None = None) -> None:

@@ -20,6 +20,10 @@ class Settings:
     migrate: bool = False  # upgrade the database's tables at start (else only a new SQLite file)
     sqlite_synchronous: str = "NORMAL"
     db_pool_size: int = 5
+    # Replicas on one PostgreSQL database (store/_election.py): this one's unique name, and the
+    # address the others relay calls to when it leads ("" = HOST:PORT as bound).
+    replica_id: str = ""
+    advertise_address: str = ""
     max_message_bytes: int = 4 << 20
     shutdown_grace_s: float = 5.0
     timings: Timings = field(default_factory=Timings)

@@ -29,6 +29,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--port", default=7670, show_default=True, type=click.IntRange(0, 65535), envvar="TETHER_PORT", help="Port (0 picks a free one).")
 @click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB", help="SQLite file path or SQLAlchemy URL.")
 @click.option("--migrate", is_flag=True, envvar="TETHER_MIGRATE", help="Upgrade the database's tables to this release at start (as `tether db upgrade` does; sessions and workers from before owners go to owner 'local'). Without it only a new SQLite file is set up; any other database must be upgraded first.")
+@click.option("--db-pool-size", type=click.IntRange(1), default=5, show_default=True, envvar="TETHER_DB_POOL_SIZE", help="Database connections this replica keeps open (plus up to 10 more under load).")
+@click.option("--replica-id", default="", envvar="TETHER_REPLICA_ID", help="This replica's unique name among the replicas on one PostgreSQL database.  [default: host name and process id]")
+@click.option("--advertise-address", default="", envvar="TETHER_ADVERTISE_ADDRESS", help="host:port the other replicas reach this one at, to relay calls to it while it leads.  [default: --host and the bound port]")
 @click.option("--sqlite-synchronous", type=click.Choice(["NORMAL", "FULL"]), default="NORMAL", show_default=True, envvar="TETHER_SQLITE_SYNCHRONOUS", help="FULL also survives power loss.")
 @click.option("--heartbeat-interval-s", type=click.FloatRange(0.05), default=2.0, show_default=True, envvar="TETHER_HEARTBEAT_INTERVAL_S", help="How often workers renew on their Lease stream.")
 @click.option("--liveness-timeout-s", type=click.FloatRange(0.1), default=None, envvar="TETHER_LIVENESS_TIMEOUT_S", help="Close a Lease stream silent this long.  [default: 3 x heartbeat interval]")
@@ -53,6 +56,9 @@ def serve(
     port: int,
     db: str,
     migrate: bool,
+    db_pool_size: int,
+    replica_id: str,
+    advertise_address: str,
     sqlite_synchronous: str,
     heartbeat_interval_s: float,
     liveness_timeout_s: float | None,
@@ -99,6 +105,9 @@ def serve(
         port=port,
         db=db,
         migrate=migrate,
+        db_pool_size=db_pool_size,
+        replica_id=replica_id,
+        advertise_address=advertise_address,
         sqlite_synchronous=sqlite_synchronous,
         max_message_bytes=max_message_bytes,
         dev_owner="local" if dev else "",

@@ -29,7 +29,7 @@ from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORWARDED_BY", "FORWARDED_FOR", "Forwarder"]
+__all__ = ["FORWARDED_BY", "FORWARDED_FOR", "Forwarder", "tether_methods"]
 
 FORWARDED_BY = "x-tether-forwarded-by"
 FORWARDED_FOR = "x-tether-forwarded-for"
@@ -42,7 +42,7 @@ _STATUS_DETAILS = "grpc-status-details-bin"
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
-def _tether_methods() -> dict[str, tuple[bool, bool]]:
+def tether_methods() -> dict[str, tuple[bool, bool]]:
     """Every `tether.v1` method's path -> (client_streaming, server_streaming), from the
     service descriptors, so a method added to the contract is relayed with the right shape."""
     arity = {}
@@ -98,7 +98,7 @@ class Forwarder(grpc.aio.ServerInterceptor):
         self._route = route
         self.replica_id = replica_id
         self._credentials = credentials
-        self._arity = _tether_methods()
+        self._arity = tether_methods()
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

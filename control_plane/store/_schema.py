@@ -195,3 +195,18 @@ class PairingCodeRow(Base):
     expire_time_us: Mapped[int] = mapped_column(BigInteger)
     consumed_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
     token_id: Mapped[str] = mapped_column(String(64), default="")
+
+
+class LeadershipRow(Base):
+    """The replica that serves, when several share a PostgreSQL database (store/_election.py).
+
+    One row (id 1). `epoch` grows by one at each election and fences the leader's writes.
+    """
+
+    __tablename__ = "leadership"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    replica_id: Mapped[str] = mapped_column(String(256))
+    address: Mapped[str] = mapped_column(String(512))
+    elected_at_us: Mapped[int] = mapped_column(BigInteger)

@@ -98,6 +98,9 @@ class Writer:
         # Called after a failed transaction, before its waiters hear of it, so the owner of
         # in-memory state can rebuild it from what is durable.
         self.on_failure: Callable[[], None] | None = None
+        # Run first in every transaction; raising rolls it back. A replica's leadership fence
+        # (store/_election.py) goes here, so a deposed leader can never commit.
+        self.fence: Callable[[Connection], None] | None = None
         self.transactions = 0
         self.write_sets = 0
 
@@ -181,6 +184,8 @@ class Writer:
             self._apply(conn, merged)
 
     def _apply(self, conn: Connection, merged: WriteSet) -> None:
+        if self.fence is not None:
+            self.fence(conn)
         for name in _WRITE_ORDER:
             rows = getattr(merged, name)
             if not rows:

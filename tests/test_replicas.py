@@ -1,0 +1,164 @@
+"""Several control-plane replicas on one PostgreSQL database, as real processes.
+
+Workers and subscribers are spread over three replicas; the replica that serves (the leader)
+is SIGKILLed mid-stream. Every session must still complete every turn, each exactly once,
+with a gapless log read by subscribers that reconnect from their cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+
+import pytest
+
+import sdk
+
+from .conftest import ControlPlaneProcess, eventually, start_worker
+from .pg import fresh_database, require_pg
+
+pytestmark = pytest.mark.timeout(180)
+
+TURNS = 3
+SESSIONS = 6
+
+
+@pytest.fixture
+def pg_url():
+    require_pg()
+    with fresh_database() as url:
+        yield url
+
+
+def _replicas(tmp_path: pathlib.Path, url: str, n: int = 3) -> list[ControlPlaneProcess]:
+    out = []
+    for i in range(n):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        cp = ControlPlaneProcess(d, url, extra=["--replica-id", f"r{i}", "--worker-dead-grace-s", "1"])
+        cp.start()  # the first one also migrates (--migrate on PostgreSQL); later ones find it at head
+        out.append(cp)
+    return out
+
+
+def _targets(cps: list[ControlPlaneProcess], first: int) -> str:
+    """A gRPC target naming every replica, `first` tried first (as a load balancer would)."""
+    order = cps[first:] + cps[:first]
+    return "ipv4:" + ",".join(cp.target for cp in order)
+
+
+async def _leader_id(url: str) -> str:
+    """The replica id the leadership row names (what the elected replica wrote)."""
+    import asyncpg
+
+    from control_plane.store._election import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await conn.fetchval("SELECT replica_id FROM leadership WHERE id = 1")
+    finally:
+        await conn.close()
+
+
+async def _retry(fn, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN202
+    """Retry a call while the replicas fail over (UNAVAILABLE), up to `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await fn()
+        except sdk.UnavailableError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{what}: still unavailable after {timeout}s") from None
+            await asyncio.sleep(0.2)
+
+
+class Follower:
+    """A subscriber that reconnects from its cursor whenever its stream breaks."""
+
+    def __init__(self, client: sdk.AsyncClient, session_id: str) -> None:
+        self.client, self.session_id = client, session_id
+        self.events: list[sdk.Event] = []
+        self.reconnects = 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            cursor = self.events[-1].seq if self.events else 0
+            try:
+                async for event in self.client.stream_events(self.session_id, after_seq=cursor):
+                    self.events.append(event)
+            except sdk.TetherError:  # the replica serving the stream went away
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
+
+    def ended(self, turn_id: str) -> bool:
+        return any(e.turn_id == turn_id and e.is_terminal for e in self.events)
+
+
+async def test_three_replicas_survive_the_leader_being_killed_mid_stream(tmp_path, procs, pg_url):
+    cps = _replicas(tmp_path, pg_url)
+    try:
+        ran = tmp_path / "ran.log"
+        for i in range(3):  # each worker dials a different replica first
+            start_worker(procs, _targets(cps, i), tmp_path / f"w{i}", f"w{i}", 2, "--worker-id", f"w{i}")
+        clients = [sdk.AsyncClient(_targets(cps, i)) for i in range(3)]
+        try:
+            await eventually(
+                lambda: _count_connected(clients[0]), timeout=30, what="three workers connected through the replicas"
+            )
+            sessions = [await clients[k % 3].create_session(runtime="shell") for k in range(SESSIONS)]
+            followers = [Follower(clients[(k + 1) % 3], s.session_id) for k, s in enumerate(sessions)]
+
+            async def run(k: int, session_id: str) -> list[str]:
+                client = clients[k % 3]
+                turn_ids = []
+                for j in range(TURNS):
+                    token = f"s{k}-t{j}"
+                    command = f"for i in 1 2 3 4 5 6; do echo {token}-$i; sleep 0.25; done; echo {token} >> {ran}"
+                    turn = await _retry(
+                        lambda: client.send_input(session_id, command, idempotency_key=token), f"send {token}"
+                    )
+                    turn_ids.append(turn.turn_id)
+                    await eventually(lambda: followers[k].ended(turn.turn_id), timeout=60, what=f"{token} to end")
+                return turn_ids
+
+            runs = [asyncio.create_task(run(k, s.session_id)) for k, s in enumerate(sessions)]
+            # Kill the leader while the first turns stream output.
+            await eventually(
+                lambda: all(any(e.kind == sdk.EventKind.OUTPUT for e in f.events) for f in followers), timeout=30,
+                what="every session streaming output",
+            )
+            leader = await _leader_id(pg_url)
+            victim = cps[int(leader.removeprefix("r"))]
+            victim.stop(signal.SIGKILL)
+            turn_ids = await asyncio.wait_for(asyncio.gather(*runs), 120)
+        finally:
+            for f in locals().get("followers", []):
+                f.task.cancel()
+            for c in clients:
+                await c.close()
+
+        # Each turn ran exactly once (the workers append a line when a turn's command ends).
+        lines = ran.read_text().split()
+        assert sorted(lines) == sorted(f"s{k}-t{j}" for k in range(SESSIONS) for j in range(TURNS))
+        for k, f in enumerate(followers):
+            seqs = [e.seq for e in f.events]
+            assert seqs == list(range(1, len(seqs) + 1)), f"session {k}: gap or repeat in {seqs}"
+            ends = {e.turn_id: e.kind for e in f.events if e.is_terminal}
+            assert all(ends.get(t) == sdk.EventKind.TURN_COMPLETED for t in turn_ids[k]), f"session {k}: {ends}"
+            started = [e.turn_id for e in f.events if e.kind == sdk.EventKind.TURN_STARTED]
+            assert sorted(started) == sorted(turn_ids[k]), f"session {k}: a turn started twice: {started}"
+            outputs = [e for e in f.events if e.kind == sdk.EventKind.OUTPUT]
+            assert outputs, f"session {k} has no output"
+        assert sum(f.reconnects for f in followers) >= 1  # the kill really cut streams
+    finally:
+        for cp in cps:
+            cp.stop()
+
+
+async def _count_connected(client: sdk.AsyncClient) -> bool:
+    try:
+        return sum(w.connected for w in await client.list_workers()) == 3
+    except sdk.UnavailableError:
+        return False
