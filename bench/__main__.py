@@ -2,7 +2,7 @@
 
     {"metric": NAME, "value": NUMBER, "unit": UNIT}
 
-Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain|codex|typescript|fuzz|security ...`.
+Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain|codex|typescript|fuzz|security|pg ...`.
 A benchmark whose main returns False (a must-be-0 figure was not 0) makes the exit status 1;
 the others still run.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from . import chaos, codex, dispatch, drain, events, failover, fuzz, rehydrate, security, turns, typescript
+from . import chaos, codex, dispatch, drain, events, failover, fuzz, pg, rehydrate, security, turns, typescript
 
 BENCHES = {
     "dispatch": dispatch.main,
@@ -26,6 +26,7 @@ BENCHES = {
     "typescript": typescript.main,
     "fuzz": fuzz.main,
     "security": security.main,
+    "pg": pg.main,
 }
 
 
