@@ -162,3 +162,55 @@ async def _count_connected(client: sdk.AsyncClient) -> bool:
         return sum(w.connected for w in await client.list_workers()) == 3
     except sdk.UnavailableError:
         return False
+
+
+async def test_a_deposed_leader_can_commit_nothing(pg_url):
+    """The fence: once another replica is elected, every write transaction of the old leader
+    rolls back, even while the old leader still believes it leads."""
+    from control_plane.domain.model import Session, new_id, now_us
+    from control_plane.store import Writer, WriteFailed, WriteSet, create_engine, ensure_schema, session_to_row
+    from control_plane.store._election import Election
+
+    from .pg import _admin, _run
+
+    engine = create_engine(pg_url)
+    await ensure_schema(engine, migrate=True)
+    deposed: list[str] = []
+    # `a` checks its lock's connection only once a minute: it stays unaware of losing it.
+    a = Election(pg_url, "a", "127.0.0.1:1", on_elected=lambda epoch: None, on_deposed=deposed.append, check_s=60)
+    b = Election(pg_url, "b", "127.0.0.1:2", on_elected=lambda epoch: None, on_deposed=deposed.append, poll_s=0.1)
+    writer = Writer(engine)
+    writer.fence = a.fence
+    writer.start()
+
+    def session() -> dict:
+        now = now_us()
+        return session_to_row(Session(new_id("ses"), "shell", {}, {}, now, now, owner="o"))
+
+    async def count() -> int:
+        async with engine.connect() as conn:
+            return (await conn.exec_driver_sql("SELECT count(*) FROM sessions")).scalar()
+
+    try:
+        a.start()
+        await eventually(lambda: a.is_leader, what="a to lead")
+        b.start()
+        await eventually(lambda: b.leader is not None and b.leader.replica_id == "a", what="b to follow a")
+        await writer.submit(WriteSet(session_inserts=[session()]))  # a leads: it commits
+        assert await count() == 1
+
+        # a's lock connection dies (its host cut off from the database, say): b takes over.
+        pid = a._conn.get_server_pid()
+        _run(_admin(f"SELECT pg_terminate_backend({pid})"))
+        await eventually(lambda: b.is_leader, what="b to be elected")
+        assert b.epoch == a.epoch + 1 and a.is_leader  # a has not noticed
+
+        with pytest.raises(WriteFailed, match="was replaced by epoch"):
+            await writer.submit(WriteSet(session_inserts=[session()]))
+        assert await count() == 1, "the deposed leader's write was stored"
+        assert deposed and "replaced by epoch" in deposed[0]
+    finally:
+        await writer.stop()
+        await a.stop()
+        await b.stop()
+        await engine.dispose()
