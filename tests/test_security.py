@@ -407,6 +407,8 @@ def test_secrets_stay_out_of_logs_and_messages(tmp_path: pathlib.Path, caplog: p
 def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tether_db(tmp_path: pathlib.Path) -> None:
     from sqlalchemy import create_engine as create_sync_engine
 
+    from control_plane.store import SCHEMA_HEAD
+
     from . import legacy_schema
 
     db = tmp_path / "old.db"
@@ -418,11 +420,11 @@ def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tethe
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
         f"Error: the database {db} was made before migrations (its tables are revision 0001), this release needs "
-        f"0002: run `tether db upgrade --db {db}` (or start with --migrate)"
+        f"{SCHEMA_HEAD}: run `tether db upgrade --db {db}` (or start with --migrate)"
     )
     upgraded = subprocess.run([sys.executable, "-m", "tether_cli", "db", "upgrade", "--db", str(db)],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert upgraded.returncode == 0 and "to 0002" in upgraded.stdout, upgraded.stderr
+    assert upgraded.returncode == 0 and f"from 0001 to {SCHEMA_HEAD}" in upgraded.stdout, upgraded.stderr
     cp = ControlPlaneProcess(tmp_path, db, dev=False)
     cp.start()  # an owner-less database is now one with owners: served with keys, not refused
     cp.stop()
