@@ -460,3 +460,12 @@ def test_a_postgres_database_that_does_not_exist_is_named() -> None:
     assert done.stderr.strip() == (
         f'Error: cannot open the database {missing}: database "tether_no_such_database" does not exist'
     )
+
+
+def test_a_url_without_a_driver_gets_the_one_tether_ships():
+    from control_plane.store import database_url
+
+    assert database_url("postgresql://u@h:5432/db") == "postgresql+asyncpg://u@h:5432/db"
+    assert database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert database_url("sqlite:////tmp/x.db") == "sqlite+aiosqlite:////tmp/x.db"
+    assert database_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"

@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def database_url(db: str) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (which means SQLite)."""
+    """Accept a SQLAlchemy URL or a plain file path (which means SQLite). A URL that names no
+    driver gets the one Tether ships with: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+    for bare, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                         ("sqlite://", "sqlite+aiosqlite://")):
+        if db.startswith(bare):
+            return driver + db[len(bare):]
     if "://" in db:
         return db
     path = pathlib.Path(db).expanduser().resolve()
