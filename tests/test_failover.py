@@ -167,7 +167,10 @@ async def test_drain_under_load_loses_no_turn(tmp_path, procs, db_url):
             load = asyncio.gather(*(run(s) for s in sessions))
 
             async def a_is_running_turns() -> bool:
-                return any(w.worker_id == "wa" and w.running_turns for w in await client.list_workers())
+                # A lease granted to wa: it accepted a turn (an offer alone, which the drain
+                # would hand back, shows in running_turns too and is not enough).
+                holders = [(await client.get_session(s.session_id)).worker_id for s in sessions]
+                return "wa" in holders
 
             await eventually(a_is_running_turns, timeout=20, what="wa mid-load")
             a.send_signal(signal.SIGTERM)
