@@ -214,3 +214,34 @@ async def test_a_deposed_leader_can_commit_nothing(pg_url):
         await a.stop()
         await b.stop()
         await engine.dispose()
+
+
+async def test_a_follower_never_serves_a_call_itself(tmp_path, pg_url):
+    """A call that claims to be relayed already reaches a follower's own handlers only through
+    the gate, which answers UNAVAILABLE: a client cannot make a follower touch session state."""
+    import grpc
+
+    from tether.v1 import session_service_pb2 as spb
+    from tether.v1 import session_service_pb2_grpc as sgrpc
+
+    leader, follower = _replicas(tmp_path, pg_url, 2)
+    try:
+        async with sdk.AsyncClient(follower.target) as client:  # relayed to the leader: served
+            created = await client.create_session(runtime="shell")
+        spoofed = (("x-tether-forwarded-by", "r0"),)
+        async with grpc.aio.insecure_channel(follower.target) as ch:
+            stub = sgrpc.SessionServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await stub.GetSession(spb.GetSessionRequest(session_id=created.session_id), metadata=spoofed, timeout=5)
+            stream = stub.StreamSessionEvents(
+                spb.StreamSessionEventsRequest(session_id=created.session_id), metadata=spoofed, timeout=5
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as streamed:
+                async for _ in stream:
+                    pass
+        for err in (unary.value, streamed.value):
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            assert "replica r1 is not serving" in err.details()
+    finally:
+        follower.stop()
+        leader.stop()

@@ -117,9 +117,9 @@ class Election:
                     return
                 self.leader = await self._read_leader(self._conn)
                 backoff = 0.2
-            except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - retried
-                if isinstance(exc, Deposed):
-                    raise
+            except Deposed:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database did not answer: retried
                 log.warning("election: the database did not answer (%s); retrying in %.1fs", exc, backoff)
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
