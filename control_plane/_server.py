@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -274,13 +273,12 @@ class ControlPlane:
         assert self._writer is not None
         self._writer.fence = election.fence
         election.start()
-        deadline = time.monotonic() + 15
-        while not self.serving and time.monotonic() < deadline:
-            leader = election.leader
-            if leader is not None and leader.replica_id != self.replica_id and not election.is_leader:
-                log.info("replica %s follows leader %s at %s", self.replica_id, leader.replica_id, leader.address)
-                return
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                await election.decided.wait()
+        leader = election.leader
+        if not self.serving and leader is not None:
+            log.info("replica %s follows leader %s at %s", self.replica_id, leader.replica_id, leader.address)
 
     async def _elected(self, epoch: int) -> None:
         assert self.hub is not None

@@ -49,12 +49,29 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+async def _read_leader(conn) -> Leader | None:  # noqa: ANN001 - asyncpg.Connection
+    row = await conn.fetchrow("SELECT epoch, replica_id, address FROM leadership WHERE id = 1")
+    return Leader(row["epoch"], row["replica_id"], row["address"]) if row else None
+
+
+async def current_leader(url: str) -> Leader | None:
+    """The leader the database names now (None before the first election)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    try:
+        return await _read_leader(conn)
+    finally:
+        await conn.close()
+
+
 class Election:
     """Campaign for leadership of the replicas on one PostgreSQL database.
 
     `leader` is the current leader as last seen (None before the first read). `on_elected`
     runs once, when this replica wins; `on_deposed` runs if it then loses the lock's
-    connection, after which nothing it holds in memory may be trusted.
+    connection, after which nothing it holds in memory may be trusted. `decided` is set once
+    this replica knows its part: it follows another leader, or it leads and `on_elected` is done.
     """
 
     def __init__(
@@ -78,6 +95,7 @@ class Election:
         self.leader: Leader | None = None
         self.epoch = 0  # ours, once elected
         self._wake = asyncio.Event()
+        self.decided = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn = None  # asyncpg.Connection holding the lock
 
@@ -109,13 +127,16 @@ class Election:
     async def _run(self) -> None:
         backoff = 0.2
         while True:
+            self._wake.clear()  # before reading: a notification from now on wakes the next pass
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await self._connect()
                 if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
                     await self._lead()
                     return
-                self.leader = await self._read_leader(self._conn)
+                self.leader = await _read_leader(self._conn)
+                if self.leader is not None and self.leader.replica_id != self.replica_id:
+                    self.decided.set()
                 backoff = 0.2
             except Deposed:
                 raise
@@ -128,14 +149,9 @@ class Election:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._poll_s * 2)
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_s):  # the fallback poll
                     await self._wake.wait()
-
-    async def _read_leader(self, conn) -> Leader | None:  # noqa: ANN001
-        row = await conn.fetchrow("SELECT epoch, replica_id, address FROM leadership WHERE id = 1")
-        return Leader(row["epoch"], row["replica_id"], row["address"]) if row else None
 
     async def _lead(self) -> None:
         conn = self._conn
@@ -152,6 +168,7 @@ class Election:
         result = self._on_elected(epoch)
         if asyncio.iscoroutine(result):
             await result
+        self.decided.set()
         # Hold the lock: if its connection goes, so does the leadership.
         while True:
             await asyncio.sleep(self._check_s)
