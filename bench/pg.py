@@ -68,6 +68,14 @@ async def _throughput(n: int) -> tuple[float, int]:
             return await turn_load(targets, targets, ps)
 
 
+async def _kill_leader(ps: Procs, cps: list[ControlPlaneProc], url: str) -> None:
+    from control_plane.store._election import current_leader
+
+    leader = await current_leader(url)
+    assert leader is not None, "no replica was elected"
+    ps.kill(cps[int(leader.replica_id.removeprefix("r"))].proc)
+
+
 async def _query(url: str, sql: str) -> list:
     import asyncpg
 
@@ -86,18 +94,16 @@ CHAOS_TURNS_PER_SESSION = 12
 async def _drive(client, session_id: str, k: int, deadline: float, retries: Retries) -> None:  # noqa: ANN001
     """Turns back to back on one session, riding out the fail-over: each input has an
     idempotency key, so a retried SendInput never stores a second turn."""
-    import sdk
-
     for j in range(CHAOS_TURNS_PER_SESSION):
         turn = await retry(
             lambda: client.send_input(session_id, "sleep 0.05", idempotency_key=f"s{k}-t{j}"),
             deadline=deadline, retries=retries,
         )
-        while True:
-            got = await retry(lambda: client.get_turn(session_id, turn.turn_id), deadline=deadline, retries=retries)
-            if got.state in (sdk.TurnState.COMPLETED, sdk.TurnState.FAILED, sdk.TurnState.INTERRUPTED):
-                break
-            await asyncio.sleep(0.05)
+        # Bounded by the run's deadline; a stream cut by the kill is reopened from the start.
+        await retry(
+            lambda: client.wait_for_turn(session_id, turn.turn_id, timeout_s=max(0.1, deadline - time.monotonic())),
+            deadline=deadline, retries=retries,
+        )
 
 
 async def _double_dispatch() -> tuple[int, int, dict[str, int]]:
@@ -121,8 +127,7 @@ async def _double_dispatch() -> tuple[int, int, dict[str, int]]:
                 ]
                 runs = [asyncio.create_task(_drive(clients[k % 3], s, k, deadline, retries)) for k, s in enumerate(ids)]
                 await asyncio.sleep(2.0)
-                rows = await _query(url, "SELECT replica_id FROM leadership WHERE id = 1")
-                ps.kill(cps[int(rows[0]["replica_id"].removeprefix("r"))].proc)
+                await _kill_leader(ps, cps, url)
                 await asyncio.gather(*runs)
             finally:
                 for c in clients:

@@ -87,11 +87,19 @@ class ControlPlaneProcess:
     """`tether serve` as a separate process on a real database: a SQLite file or a URL."""
 
     def __init__(
-        self, tmp: pathlib.Path, db: pathlib.Path | str, port: int = 0, extra: list[str] | None = None, dev: bool = True
+        self,
+        tmp: pathlib.Path,
+        db: pathlib.Path | str,
+        port: int = 0,
+        extra: list[str] | None = None,
+        dev: bool = True,
+        migrate: bool | None = None,
     ) -> None:
-        """`dev`: let callers without credentials in (`--dev`); False requires keys and tokens."""
+        """`dev`: let callers without credentials in (`--dev`); False requires keys and tokens.
+        `migrate`: pass `--migrate` (default: on PostgreSQL, whose fresh databases start empty)."""
         self.tmp, self.db, self.extra = tmp, db, extra or []
         self.dev = dev
+        self.migrate = is_postgres(db) if migrate is None else migrate
         self.port = port
         self.proc: Proc | None = None
 
@@ -101,7 +109,7 @@ class ControlPlaneProcess:
             sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
             "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
             "--offer-timeout-s", "3", *(["--dev"] if self.dev else []),
-            *(["--migrate"] if is_postgres(self.db) else []), *self.extra,
+            *(["--migrate"] if self.migrate else []), *self.extra,
         ]
         self.proc = Proc(args, self.tmp / "control-plane.log")
         deadline = time.monotonic() + 20

@@ -19,14 +19,12 @@ _ADMIN_DB = "postgres"
 _reachable: str | None = None  # "" when reachable, else why not
 
 
-def _dsn(database: str) -> str:
-    return PG_SERVER.replace("postgresql+asyncpg://", "postgresql://", 1) + "/" + database
-
-
 async def _admin(sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(_dsn(_ADMIN_DB), timeout=5)
+    from control_plane.store._election import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(f"{PG_SERVER}/{_ADMIN_DB}"), timeout=5)
     try:
         await conn.execute(sql)
     finally:

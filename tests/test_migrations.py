@@ -42,7 +42,7 @@ from control_plane.store import _schema as current_schema
 from control_plane.store._schema import Base
 
 from . import legacy_schema
-from .conftest import ROOT, Proc
+from .conftest import ROOT, ControlPlaneProcess, Proc
 from .pg import PG_SERVER, fresh_database, require_pg
 
 
@@ -63,19 +63,15 @@ def serve(db: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProc
 
 @contextlib.contextmanager
 def serving(tmp_path: pathlib.Path, db: str, *extra: str) -> Iterator[tuple[str, Proc]]:
-    """`tether serve --dev` with exactly these flags (conftest's helper adds --migrate on
-    PostgreSQL); yields its target once it listens, and stops it afterwards."""
-    port_file = tmp_path / f"cp-{time.monotonic_ns()}.port"
-    proc = Proc([*serve_args(db, *extra), "--port-file", str(port_file)], tmp_path / "control-plane.log")
+    """`tether serve --dev` with exactly these flags (no --migrate unless given); yields its
+    target once it listens, and stops it afterwards."""
+    cp = ControlPlaneProcess(tmp_path, db, extra=list(extra), migrate=False)
+    cp.start()
     try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the control plane did not start:\n" + proc.output())
-            time.sleep(0.02)
-        yield f"127.0.0.1:{int(port_file.read_text())}", proc
+        assert cp.proc is not None
+        yield cp.target, cp.proc
     finally:
-        proc.stop()
+        cp.stop()
 
 
 def run_together(*commands: list[str], timeout: float = 60) -> list[tuple[int, str, str]]:
