@@ -323,12 +323,6 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
         return await conn.run_sync(_state, engine.url)
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    """The revision recorded in the database (None when there is none)."""
-    async with _connect(engine) as conn:
-        return await conn.run_sync(lambda c: _recorded(c, engine.url, frozenset(inspect(c).get_table_names())))
-
-
 async def check_schema(engine: AsyncEngine) -> None:
     """Return if the database is at `SCHEMA_HEAD`; otherwise raise `SchemaNotCurrent`."""
     state = await schema_state(engine)
