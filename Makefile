@@ -7,12 +7,21 @@ NPM_BIN := node_modules/.bin
 BUF := $(NPM_BIN)/buf
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup gen gen-check lint breaking contract-baseline conformance demo test bench serve clean
+.PHONY: setup lock check gen gen-check lint breaking contract-baseline conformance demo test bench serve clean
 
-$(STAMP): pyproject.toml
+# The project's own installs take the exact versions in requirements.lock; pyproject.toml keeps
+# the compatible ranges that a user's `pip install tether[...]` resolves.
+$(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+## lock: re-pin requirements.lock from a fresh resolve of pyproject.toml's ranges
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^tether'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 # npm tools, pinned by package-lock.json: buf (the contract linter and TypeScript generator),
 # protoc-gen-es, the Connect runtime and TypeScript for the examples in examples/typescript, and
@@ -47,12 +56,12 @@ contract-baseline: $(NPM_STAMP) breaking
 ## conformance: run the worker conformance kit against the Python and TypeScript workers
 conformance: $(STAMP) $(NPM_STAMP)
 	$(NPM_BIN)/tsc -p examples/typescript
-	$(BIN)/tether conformance --worker-cmd "$(BIN)/python -m execution_worker"
+	$(BIN)/tether conformance --worker-cmd "$(BIN)/python -m tether.execution_worker"
 	$(BIN)/tether conformance --worker-cmd "node examples/typescript/dist/examples/typescript/worker.js"
 
 ## demo: a control plane on SQLite, two workers, one session streaming live output
 demo: $(STAMP)
-	$(BIN)/python -m tether_cli.demo
+	$(BIN)/python -m tether.cli.demo
 
 ## test: set up, check the contract and generated code, run the whole test suite
 test: $(STAMP) $(NPM_STAMP)

@@ -55,7 +55,7 @@ class ControlPlaneProc:
         self.starts += 1
         port_file = self.procs.tmp / f"{self.name}-{self.starts}.port"
         self.proc = self.procs.spawn(
-            [sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
+            [sys.executable, "-m", "tether.control_plane", "--port", str(self.port), "--db", str(self.db),
              "--port-file", str(port_file), "--log-level", self.log_level, "--dev", *self.extra],
             self.name,
         )
@@ -105,7 +105,7 @@ class Procs:
         *,
         extra: tuple[str, ...] = (),
         log_level: str = "warning",
-        module: str = "execution_worker",
+        module: str = "tether.execution_worker",
     ) -> subprocess.Popen:
         """A shell worker whose workdir (and so its stable worker id) is `<tmp>/<name>`."""
         return self.spawn(
@@ -176,7 +176,7 @@ def percentile(values: list[float], p: float) -> float:
 def control_plane_flags() -> frozenset[str]:
     """The `--flags` this checkout's `tether serve` accepts (some land while benches are written)."""
     out = subprocess.run(
-        [sys.executable, "-m", "control_plane", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "tether.control_plane", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
     ).stdout
     return frozenset(word.rstrip(",") for word in out.split() if word.startswith("--"))
 
@@ -205,7 +205,7 @@ FAST_RECONNECT_OPTIONS = (
 
 
 def client_options() -> tuple[tuple[str, object], ...]:
-    import sdk._async_client as ac
+    import tether.sdk._async_client as ac
 
     return tuple(ac.DEFAULT_CHANNEL_OPTIONS) + FAST_RECONNECT_OPTIONS
 
@@ -223,7 +223,7 @@ class Retries:
 
 def transient(exc: BaseException) -> bool:
     """An SDK error a call may be retried after (with the same idempotency key, for writes)."""
-    import sdk
+    from tether import sdk
 
     return isinstance(
         exc, (sdk.UnavailableError, sdk.DeadlineExceededError, sdk.InternalError, sdk.RequestCancelledError)

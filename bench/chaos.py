@@ -70,7 +70,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import sdk
+from tether import sdk
 
 from ._harness import (
     ControlPlaneProc,

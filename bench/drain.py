@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 
-import sdk
+from tether import sdk
 
 from ._harness import client_options, connected_workers, emit, procs, retry, wait_connected
 from .chaos import Attempt, SessionRun, check_session

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-import sdk
+from tether import sdk
 
 from ._harness import client_options, emit, percentile, procs, wait_connected
 

@@ -356,7 +356,7 @@ class LocalControlPlane:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from control_plane import ControlPlane, Settings
+        from tether.control_plane import ControlPlane, Settings
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -512,7 +512,7 @@ class _ErrorLog(logging.Handler):
         self.records: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(("control_plane", "asyncio", "grpc")):
+        if record.name.startswith(("tether.control_plane", "asyncio", "grpc")):
             trace = f"\n{logging.Formatter().formatException(record.exc_info)}" if record.exc_info else ""
             self.records.append(f"{record.name}: {record.getMessage()}{trace}")
 

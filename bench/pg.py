@@ -69,7 +69,7 @@ async def _throughput(n: int) -> tuple[float, int]:
 
 
 async def _kill_leader(ps: Procs, cps: list[ControlPlaneProc], url: str) -> None:
-    from control_plane.store._election import current_leader
+    from tether.control_plane.store._election import current_leader
 
     leader = await current_leader(url)
     assert leader is not None, "no replica was elected"
@@ -79,7 +79,7 @@ async def _kill_leader(ps: Procs, cps: list[ControlPlaneProc], url: str) -> None
 async def _query(url: str, sql: str) -> list:
     import asyncpg
 
-    from control_plane.store._election import asyncpg_dsn
+    from tether.control_plane.store._election import asyncpg_dsn
 
     conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
     try:
@@ -109,7 +109,7 @@ async def _drive(client, session_id: str, k: int, deadline: float, retries: Retr
 async def _double_dispatch() -> tuple[int, int, dict[str, int]]:
     """Turns that started more than once, turns in all, and the transient errors ridden out,
     over a run on three replicas whose leader is SIGKILLed while turns run."""
-    import sdk
+    from tether import sdk
 
     async with _database() as url:
         with procs() as ps:

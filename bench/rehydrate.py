@@ -47,7 +47,7 @@ BUILD_TIMEOUT_S = 240
 
 
 async def main() -> bool:
-    import sdk
+    from tether import sdk
 
     from ._harness import client_options, emit, percentile, procs, wait_connected
 
@@ -130,9 +130,9 @@ def _timed_worker(argv: list[str]) -> None:
 
     import uvloop
 
-    import execution_worker._worker as worker_module
-    from execution_worker._settings import WorkerSettings
-    from execution_worker._worker import Worker
+    import tether.execution_worker._worker as worker_module
+    from tether.execution_worker._settings import WorkerSettings
+    from tether.execution_worker._worker import Worker
 
     convert_ms = [0.0]
     history_from_resume = worker_module.history_from_resume

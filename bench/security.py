@@ -37,11 +37,11 @@ from tether.v1 import session_service_pb2_grpc as spb_grpc
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wpb_grpc
 
-import sdk
-from control_plane import ControlPlane, Settings, Timings
-from execution_worker import Worker, WorkerSettings
-from execution_worker._credentials import pair
-from tether_cli.conformance import until
+from tether import sdk
+from tether.control_plane import ControlPlane, Settings, Timings
+from tether.execution_worker import Worker, WorkerSettings
+from tether.execution_worker._credentials import pair
+from tether.cli.conformance import until
 
 TIMINGS = Timings(
     heartbeat_interval_s=0.2, liveness_timeout_s=1.0, worker_dead_grace_s=0.5, lease_ttl_s=1.5,

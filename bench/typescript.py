@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-import sdk
+from tether import sdk
 
 from ._harness import ROOT, emit, percentile, procs
 
@@ -133,7 +133,7 @@ async def main() -> None:
     with procs() as ps:
         target = ps.control_plane()
         ps.spawn(
-            [sys.executable, "-m", "execution_worker", "--control-plane", target, "--runtime", "script",
+            [sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "script",
              "--workdir", str(ps.tmp / "w0"), "--slots", "2", "--log-level", "warning"],
             "w0",
         )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
@@ -12,6 +15,8 @@ from ._server import StartupError, serve_forever
 from ._settings import Settings
 from .domain.access import Limits
 from .domain.hub import Timings
+
+_T = TypeVar("_T")
 
 
 def _is_loopback(host: str) -> bool:
@@ -131,9 +136,16 @@ def serve(
             offer_timeout_s=offer_timeout_s,
         ),
     )
-    import uvloop
-
     try:
-        uvloop.run(serve_forever(settings, port_file))
+        _run(serve_forever(settings, port_file))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run on uvloop where it is installed; it has no build for Windows, where the stock loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -12,8 +12,8 @@ Public surface:
 - `discover_runtimes()`: every runtime this installation offers, by name.
 """
 
-from execution_worker._codex import CodexRuntime, CodexSettings
-from execution_worker._runtime import (
+from tether.execution_worker._codex import CodexRuntime, CodexSettings
+from tether.execution_worker._runtime import (
     ENTRY_POINT_GROUP,
     AgentError,
     DeltaKind,
@@ -41,10 +41,10 @@ from execution_worker._runtime import (
     discover_runtimes,
     new_request_id,
 )
-from execution_worker._settings import WorkerSettings, resolve_worker_id
-from execution_worker._script import ScriptRuntime
-from execution_worker._shell import ShellRuntime
-from execution_worker._worker import Worker
+from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
+from tether.execution_worker._script import ScriptRuntime
+from tether.execution_worker._shell import ShellRuntime
+from tether.execution_worker._worker import Worker
 
 __all__ = [
     "ENTRY_POINT_GROUP",

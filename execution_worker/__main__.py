@@ -1,6 +1,6 @@
-"""`python -m execution_worker ...` is `tether worker ...`."""
+"""`python -m tether.execution_worker ...` is `tether worker ...`."""
 
-from execution_worker.cli import worker
+from tether.execution_worker.cli import worker
 
 if __name__ == "__main__":
-    worker(prog_name="python -m execution_worker")
+    worker(prog_name="python -m tether.execution_worker")

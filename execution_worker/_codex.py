@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from execution_worker._child import when_exited
-from execution_worker._runtime import (
+from tether.execution_worker._child import when_exited
+from tether.execution_worker._runtime import (
     AgentError,
     DeltaKind,
     FileChange,

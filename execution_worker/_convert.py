@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from tether.v1 import resources_pb2, worker_service_pb2
 
-from execution_worker._runtime import (
+from tether.execution_worker._runtime import (
     AgentError,
     DeltaKind,
     HistoryAppended,

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from sdk._channel import make_channel
+from tether.sdk._channel import make_channel
 
 
 class CredentialsRejected(Exception):

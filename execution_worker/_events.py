@@ -17,8 +17,8 @@ from collections.abc import Callable
 import grpc
 from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
-from execution_worker._backoff import Backoff
-from execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._backoff import Backoff
+from tether.execution_worker._errors import describe, is_lease_lost
 
 _log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import grpc
 from google.protobuf import timestamp_pb2
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from execution_worker._backoff import Backoff
-from execution_worker._credentials import REJECTED_CODES, CredentialsRejected
-from execution_worker._errors import describe
-from execution_worker._settings import WorkerSettings
+from tether.execution_worker._backoff import Backoff
+from tether.execution_worker._credentials import REJECTED_CODES, CredentialsRejected
+from tether.execution_worker._errors import describe
+from tether.execution_worker._settings import WorkerSettings
 
 _log = logging.getLogger(__name__)
 

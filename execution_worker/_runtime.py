@@ -293,15 +293,15 @@ def session_workspace(workdir: Path, session_id: str) -> Path:
 
 def _builtin_runtimes() -> dict[str, RuntimeFactory]:
     # Imported here so that `_runtime` stays importable by plugins without pulling the shell in.
-    from execution_worker._script import ScriptRuntime
-    from execution_worker._shell import ShellRuntime
+    from tether.execution_worker._script import ScriptRuntime
+    from tether.execution_worker._shell import ShellRuntime
 
     return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime}
 
 
 def codex_runtime(settings: Any = None) -> Runtime:
     """The built-in Codex runtime (imported on first use); `settings` is a `CodexSettings`."""
-    from execution_worker._codex import CodexRuntime
+    from tether.execution_worker._codex import CodexRuntime
 
     return CodexRuntime(settings) if settings is not None else CodexRuntime()
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from execution_worker._runtime import (
+from tether.execution_worker._runtime import (
     HistoryItem,
     HistoryRole,
     Output,

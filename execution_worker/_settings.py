@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from execution_worker._codex import CodexSettings
+from tether.execution_worker._codex import CodexSettings
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
 

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from execution_worker._child import when_exited
-from execution_worker._runtime import (
+from tether.execution_worker._child import when_exited
+from tether.execution_worker._runtime import (
     HistoryItem,
     HistoryRole,
     Output,

@@ -29,20 +29,20 @@ from typing import Any
 import grpc
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from sdk._channel import WithMetadata, credential_metadata, make_channel
+from tether.sdk._channel import WithMetadata, credential_metadata, make_channel
 
-from execution_worker._credentials import CredentialsRejected
-from execution_worker._convert import (
+from tether.execution_worker._credentials import CredentialsRejected
+from tether.execution_worker._convert import (
     event_body,
     history_from_resume,
     history_to_proto,
     resume_watermark,
     turn_started_body,
 )
-from execution_worker._errors import describe, is_lease_lost
-from execution_worker._events import EventOutbox
-from execution_worker._lease import LeaseClient
-from execution_worker._runtime import (
+from tether.execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._events import EventOutbox
+from tether.execution_worker._lease import LeaseClient
+from tether.execution_worker._runtime import (
     TERMINAL_EVENTS,
     HistoryItem,
     Runtime,
@@ -54,9 +54,9 @@ from execution_worker._runtime import (
     codex_runtime,
     select_runtimes,
 )
-from execution_worker._settings import WorkerSettings, resolve_worker_id
+from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
 
-_log = logging.getLogger("execution_worker")
+_log = logging.getLogger("tether.execution_worker")
 
 #: History items per SnapshotRequest chunk.
 SNAPSHOT_CHUNK_ITEMS = 500

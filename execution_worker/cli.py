@@ -16,15 +16,17 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import grpc
 
-from sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
+from tether.sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
 
-from execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
-from execution_worker._credentials import (
+from tether.execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
+from tether.execution_worker._credentials import (
     CredentialsRejected,
     WorkerCredentials,
     default_token_file,
@@ -32,10 +34,12 @@ from execution_worker._credentials import (
     pair,
     save_credentials,
 )
-from execution_worker._errors import describe
-from execution_worker._runtime import discover_runtimes
-from execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
-from execution_worker._worker import Worker
+from tether.execution_worker._errors import describe
+from tether.execution_worker._runtime import discover_runtimes
+from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
+from tether.execution_worker._worker import Worker
+
+_T = TypeVar("_T")
 
 
 def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -189,7 +193,7 @@ def worker(
                 "drop --worker-id or pair again"
             )
         worker_id = credentials.worker_id
-        logging.getLogger("execution_worker").info(
+        logging.getLogger("tether.execution_worker").info(
             "using the worker token %s of owner %r (%s)", credentials.token_id, credentials.owner, token_file
         )
     try:
@@ -206,9 +210,7 @@ def worker(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    import uvloop
-
-    sys.exit(uvloop.run(_serve(settings)))
+    sys.exit(_run(_serve(settings)))
 
 
 def _credentials(
@@ -220,7 +222,7 @@ def _credentials(
         raise click.UsageError(str(error)) from None
     if stored is not None:
         if pairing_code:
-            logging.getLogger("execution_worker").info("already paired (%s); ignoring the pairing code", token_file)
+            logging.getLogger("tether.execution_worker").info("already paired (%s); ignoring the pairing code", token_file)
         return stored
     if not pairing_code:
         return None
@@ -267,12 +269,12 @@ async def _serve(settings: WorkerSettings) -> int:
         def on_signal(signum: int) -> None:
             nonlocal exit_code
             if not w.draining:
-                logging.getLogger("execution_worker").info(
+                logging.getLogger("tether.execution_worker").info(
                     "%s received; draining (send it again to stop at once)", signal.Signals(signum).name
                 )
                 w.request_drain()
             else:
-                logging.getLogger("execution_worker").warning(
+                logging.getLogger("tether.execution_worker").warning(
                     "%s received again; stopping now", signal.Signals(signum).name
                 )
                 exit_code = 128 + signum
@@ -286,7 +288,7 @@ async def _serve(settings: WorkerSettings) -> int:
             if exit_code == 0:
                 raise
         except CredentialsRejected as error:
-            logging.getLogger("execution_worker").error(
+            logging.getLogger("tether.execution_worker").error(
                 "the control plane refused this worker's credentials: %s. Pair it again "
                 "(tether worker pair --code CODE) or fix --token-file.", error,
             )
@@ -304,3 +306,12 @@ worker.add_command(revoke_worker_token)
 worker.add_command(pair_worker)
 
 __all__ = ["worker"]
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run on uvloop where it is installed; it has no build for Windows, where the stock loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

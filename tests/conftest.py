@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-import sdk
-from control_plane import ControlPlane, Settings, Timings
+from tether import sdk
+from tether.control_plane import ControlPlane, Settings, Timings
 
 from .pg import fresh_database, pg_unreachable_reason
 
@@ -106,7 +106,7 @@ class ControlPlaneProcess:
     def start(self) -> None:
         port_file = self.tmp / f"cp-{time.monotonic_ns()}.port"
         args = [
-            sys.executable, "-m", "control_plane", "--port", str(self.port), "--db", str(self.db),
+            sys.executable, "-m", "tether.control_plane", "--port", str(self.port), "--db", str(self.db),
             "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
             "--offer-timeout-s", "3", *(["--dev"] if self.dev else []),
             *(["--migrate"] if self.migrate else []), *self.extra,
@@ -130,7 +130,7 @@ class ControlPlaneProcess:
 
 def worker_args(target: str, workdir: pathlib.Path, slots: int = 2, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "execution_worker", "--control-plane", target, "--runtime", "shell",
+        sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "shell",
         "--workdir", str(workdir), "--slots", str(slots), *extra,
     ]
 

@@ -22,7 +22,7 @@ _reachable: str | None = None  # "" when reachable, else why not
 async def _admin(sql: str) -> None:
     import asyncpg
 
-    from control_plane.store._election import asyncpg_dsn
+    from tether.control_plane.store._election import asyncpg_dsn
 
     conn = await asyncpg.connect(asyncpg_dsn(f"{PG_SERVER}/{_ADMIN_DB}"), timeout=5)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-import sdk
+from tether import sdk
 from bench._harness import client_options, procs
 from bench.chaos import ChaosConfig, run_chaos
 

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-import sdk
+from tether import sdk
 from tether.v1 import resources_pb2 as pb
 
 from .codex_mock import MockResponses, codex_bin

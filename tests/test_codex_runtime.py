@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from execution_worker._codex import CodexError, CodexRuntime, CodexSettings
-from execution_worker._runtime import (
+from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
+from tether.execution_worker._runtime import (
     AgentError,
     DeltaKind,
     HistoryAppended,
@@ -488,7 +488,7 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
 
     import uvloop
 
-    from execution_worker import cli
+    from tether.execution_worker import cli
 
     captured: dict[str, Any] = {}
 

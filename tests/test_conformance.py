@@ -8,11 +8,11 @@ import re
 import subprocess
 import sys
 
-from tether_cli.conformance import SCENARIOS
+from tether.cli.conformance import SCENARIOS
 
 from .conftest import ROOT
 
-PY_WORKER = f"{sys.executable} -m execution_worker"
+PY_WORKER = f"{sys.executable} -m tether.execution_worker"
 
 
 def run_kit(worker_cmd: str, keep: pathlib.Path) -> tuple[int, dict[str, str], str]:
@@ -20,7 +20,7 @@ def run_kit(worker_cmd: str, keep: pathlib.Path) -> tuple[int, dict[str, str], s
     (by name) and the whole output."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "tether_cli", "conformance", "--worker-cmd", worker_cmd, "--keep", str(keep)],
+            [sys.executable, "-m", "tether.cli", "conformance", "--worker-cmd", worker_cmd, "--keep", str(keep)],
             cwd=ROOT, capture_output=True, text=True, timeout=100,
         )
     except subprocess.TimeoutExpired as exc:

@@ -10,10 +10,10 @@ import time
 import grpc
 import pytest
 
-import sdk
+from tether import sdk
 
 from .conftest import ControlPlaneProcess, eventually, start_worker
-from tether_cli._proxy import TcpProxy
+from tether.cli._proxy import TcpProxy
 
 
 async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> list[sdk.Event]:

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-import sdk
-from sdk._errors import translate_rpc_error
+from tether import sdk
+from tether.sdk._errors import translate_rpc_error
 
 from .conftest import eventually
 from .fake_worker import FakeWorker, completed, output, started

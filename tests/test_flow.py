@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import sdk
+from tether import sdk
 
 from .conftest import ControlPlaneProcess, eventually, start_worker
 
@@ -216,14 +216,14 @@ def test_serve_explains_a_busy_port_and_a_bad_database_path(cp_process, tmp_path
     import sys
 
     busy = subprocess.run(
-        [sys.executable, "-m", "control_plane", "--port", str(cp_process.port), "--db", str(tmp_path / "other.db")],
+        [sys.executable, "-m", "tether.control_plane", "--port", str(cp_process.port), "--db", str(tmp_path / "other.db")],
         capture_output=True, text=True, timeout=30,
     )
     assert busy.returncode == 1
     assert f"cannot listen on 127.0.0.1:{cp_process.port}" in busy.stderr and "Traceback" not in busy.stderr
     (tmp_path / "a-file").write_text("")
     bad = subprocess.run(
-        [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(tmp_path / "a-file" / "x.db")],
+        [sys.executable, "-m", "tether.control_plane", "--port", "0", "--db", str(tmp_path / "a-file" / "x.db")],
         capture_output=True, text=True, timeout=30,
     )
     assert bad.returncode == 1

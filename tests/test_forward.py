@@ -31,10 +31,10 @@ from tether.v1 import (
     worker_service_pb2_grpc,
 )
 
-import sdk
-from control_plane import ControlPlane
-from control_plane.api._forward import FORWARDED_BY, FORWARDED_FOR, Forwarder
-from sdk._errors import translate_rpc_error
+from tether import sdk
+from tether.control_plane import ControlPlane
+from tether.control_plane.api._forward import FORWARDED_BY, FORWARDED_FOR, Forwarder
+from tether.sdk._errors import translate_rpc_error
 
 from .certs import CertificateAuthority
 from .conftest import eventually, start_worker

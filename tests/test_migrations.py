@@ -27,9 +27,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, func, insert, inspect, select, text
 from tether.v1 import resources_pb2 as pb
 
-import sdk
-from control_plane.domain.model import new_id
-from control_plane.store import (
+from tether import sdk
+from tether.control_plane.domain.model import new_id
+from tether.control_plane.store import (
     SCHEMA_HEAD,
     Upgrade,
     create_engine,
@@ -37,9 +37,9 @@ from control_plane.store import (
     describe_database,
     upgrade_schema,
 )
-from control_plane.store import _migrate
-from control_plane.store import _schema as current_schema
-from control_plane.store._schema import Base
+from tether.control_plane.store import _migrate
+from tether.control_plane.store import _schema as current_schema
+from tether.control_plane.store._schema import Base
 
 from . import legacy_schema
 from .conftest import ROOT, ControlPlaneProcess, Proc
@@ -48,12 +48,12 @@ from .pg import PG_SERVER, fresh_database, require_pg
 
 def tether(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tether_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+        [sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
     )
 
 
 def serve_args(db: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "control_plane", "--dev", "--port", "0", "--db", db, *extra]
+    return [sys.executable, "-m", "tether.control_plane", "--dev", "--port", "0", "--db", db, *extra]
 
 
 def serve(db: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -346,7 +346,7 @@ def test_a_database_newer_than_this_release_is_refused(db_url: str) -> None:
         f"the database {name} is at revision 9999, newer than this release knows (it needs {SCHEMA_HEAD}): "
         "run the Tether release that upgraded it"
     )
-    cli = [sys.executable, "-m", "tether_cli", "db"]
+    cli = [sys.executable, "-m", "tether.cli", "db"]
     for code, _, err in run_together(serve_args(db_url), serve_args(db_url, "--migrate"),
                                      [*cli, "upgrade", "--db", db_url], [*cli, "check", "--db", db_url]):
         assert code == 1 and err.strip() == f"Error: {message}"
@@ -356,7 +356,7 @@ def test_a_database_newer_than_this_release_is_refused(db_url: str) -> None:
 def test_tables_that_match_no_release_are_refused_even_with_migrate(tmp_path: pathlib.Path) -> None:
     db = str(tmp_path / "odd.db")
     on_db(db, lambda conn: conn.execute(text("CREATE TABLE sessions (session_id VARCHAR(64) PRIMARY KEY)")))
-    for code, _, err in run_together(serve_args(db, "--migrate"), [sys.executable, "-m", "tether_cli", "db", "upgrade", "--db", db]):
+    for code, _, err in run_together(serve_args(db, "--migrate"), [sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", db]):
         assert code == 1 and "Traceback" not in err
         assert f"the database {db} has Tether tables but no migration record, and they match no release" in err
         assert "lacks table events" in err and "lacks sessions.runtime" in err
@@ -382,7 +382,7 @@ def test_serve_and_keys_set_up_a_new_sqlite_file_and_refuse_an_old_one(tmp_path:
 def test_upgrades_at_once_take_turns(db_url: str) -> None:
     """Control planes started together with --migrate, or an operator's upgrade racing one: one
     upgrades, the others wait for it and find nothing to do."""
-    outputs = run_together(*[[sys.executable, "-m", "tether_cli", "db", "upgrade", "--db", db_url]] * 3)
+    outputs = run_together(*[[sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", db_url]] * 3)
     assert [code for code, _, _ in outputs] == [0, 0, 0], outputs
     said = sorted("upgraded" if f"from empty to {SCHEMA_HEAD}" in out else "nothing to do" if "nothing to do" in out else out
                   for _, out, _ in outputs)
@@ -459,7 +459,7 @@ def test_a_postgres_database_that_does_not_exist_is_named() -> None:
 
 
 def test_a_url_without_a_driver_gets_the_one_tether_ships():
-    from control_plane.store import database_url
+    from tether.control_plane.store import database_url
 
     assert database_url("postgresql://u@h:5432/db") == "postgresql+asyncpg://u@h:5432/db"
     assert database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"

@@ -13,8 +13,8 @@ import signal
 
 import pytest
 
-import sdk
-from control_plane.store._election import current_leader
+from tether import sdk
+from tether.control_plane.store._election import current_leader
 
 from .conftest import ControlPlaneProcess, eventually, start_worker
 from .pg import fresh_database
@@ -157,9 +157,9 @@ async def _count_connected(client: sdk.AsyncClient) -> bool:
 async def test_a_deposed_leader_can_commit_nothing(pg_url):
     """The fence: once another replica is elected, every write transaction of the old leader
     rolls back, even while the old leader still believes it leads."""
-    from control_plane.domain.model import Session, new_id, now_us
-    from control_plane.store import Writer, WriteFailed, WriteSet, create_engine, ensure_schema, session_to_row
-    from control_plane.store._election import Election
+    from tether.control_plane.domain.model import Session, new_id, now_us
+    from tether.control_plane.store import Writer, WriteFailed, WriteSet, create_engine, ensure_schema, session_to_row
+    from tether.control_plane.store._election import Election
 
     from .pg import _admin, _run
 

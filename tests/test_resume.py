@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-import sdk
+from tether import sdk
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 

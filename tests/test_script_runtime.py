@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import sdk
-from execution_worker import (
+from tether import sdk
+from tether.execution_worker import (
     HistoryItem,
     HistoryRole,
     Output,
@@ -19,7 +19,7 @@ from execution_worker import (
     TurnFailed,
     TurnInterrupted,
 )
-from execution_worker._runtime import RequestKind, RequestOpened
+from tether.execution_worker._runtime import RequestKind, RequestOpened
 
 from .conftest import eventually, start_worker
 

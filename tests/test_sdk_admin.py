@@ -18,11 +18,11 @@ from tether.v1 import admin_service_pb2 as apb
 from tether.v1 import admin_service_pb2_grpc as agrpc
 from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
-import sdk
-from execution_worker.cli import worker as worker_cli
-from sdk import _convert
-from sdk._errors import translate_rpc_error
-from sdk.cli import session as session_cli
+from tether import sdk
+from tether.execution_worker.cli import worker as worker_cli
+from tether.sdk import _convert
+from tether.sdk._errors import translate_rpc_error
+from tether.sdk.cli import session as session_cli
 
 
 def _status_metadata(code: grpc.StatusCode, reason: str, message: str) -> tuple[tuple[str, bytes], ...]:
@@ -135,7 +135,7 @@ def test_new_reasons_have_typed_errors_under_failed_precondition(reason, cls):
 
 
 def test_the_exception_tree_docstring_names_every_exported_error():
-    from sdk import _errors
+    from tether.sdk import _errors
 
     exported = [name for name in sdk.__all__ if name.endswith("Error")]
     assert exported and all(name in _errors.__doc__ for name in exported)
@@ -277,7 +277,7 @@ def test_cli_worker_help_shows_both_forms():
 
 def test_cli_worker_without_a_command_still_runs_a_worker(monkeypatch, tmp_path):
     """`tether worker --control-plane ... --runtime ...` builds settings and runs the worker."""
-    import execution_worker.cli as cli
+    import tether.execution_worker.cli as cli
 
     seen = {}
 

@@ -23,8 +23,8 @@ from tether.v1 import resources_pb2 as pb
 from tether.v1 import session_service_pb2, session_service_pb2_grpc
 from tether.v1 import worker_service_pb2 as wpb
 
-import sdk
-from sdk.cli import session as session_cli
+from tether import sdk
+from tether.sdk.cli import session as session_cli
 
 from .conftest import eventually
 from .fake_worker import FakeWorker, completed, started

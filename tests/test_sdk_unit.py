@@ -20,11 +20,11 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
-import sdk
-from sdk import _convert
-from sdk._errors import translate_rpc_error
-from sdk.cli import _Transcript
-from sdk.cli import session as session_cli
+from tether import sdk
+from tether.sdk import _convert
+from tether.sdk._errors import translate_rpc_error
+from tether.sdk.cli import _Transcript
+from tether.sdk.cli import session as session_cli
 
 # -- helpers ----------------------------------------------------------------------------
 

@@ -24,12 +24,12 @@ import pytest
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wpb_grpc
 
-import sdk
+from tether import sdk
 from bench.security import run_probe
-from control_plane import ControlPlane, Settings
-from control_plane.domain.access import Limits, normalize_code, secret_hash
-from execution_worker import Worker, WorkerSettings
-from execution_worker._credentials import load_credentials, pair
+from tether.control_plane import ControlPlane, Settings
+from tether.control_plane.domain.access import Limits, normalize_code, secret_hash
+from tether.execution_worker import Worker, WorkerSettings
+from tether.execution_worker._credentials import load_credentials, pair
 
 from .conftest import FAST, ROOT, ControlPlaneProcess, eventually, worker_args
 
@@ -250,7 +250,7 @@ async def test_a_token_revoked_mid_stream_cuts_the_worker_off_and_its_session_mo
     cp.start()
     try:
         key = subprocess.run(
-            [sys.executable, "-m", "tether_cli", "keys", "create", "--owner", "alice", "--db", str(cp.db)],
+            [sys.executable, "-m", "tether.cli", "keys", "create", "--owner", "alice", "--db", str(cp.db)],
             capture_output=True, text=True, check=True, cwd=ROOT,
         ).stdout.strip()
         async with sdk.AsyncClient(cp.target, api_key=key) as alice:
@@ -407,7 +407,7 @@ def test_secrets_stay_out_of_logs_and_messages(tmp_path: pathlib.Path, caplog: p
 def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tether_db(tmp_path: pathlib.Path) -> None:
     from sqlalchemy import create_engine as create_sync_engine
 
-    from control_plane.store import SCHEMA_HEAD
+    from tether.control_plane.store import SCHEMA_HEAD
 
     from . import legacy_schema
 
@@ -415,14 +415,14 @@ def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tethe
     engine = create_sync_engine(f"sqlite:///{db}")
     legacy_schema.Base.metadata.create_all(engine)  # as the release before owners did
     engine.dispose()
-    serve = [sys.executable, "-m", "control_plane", "--port", "0", "--db", str(db)]
+    serve = [sys.executable, "-m", "tether.control_plane", "--port", "0", "--db", str(db)]
     done = subprocess.run(serve, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
         f"Error: the database {db} was made before migrations (its tables are revision 0001), this release needs "
         f"{SCHEMA_HEAD}: run `tether db upgrade --db {db}` (or start with --migrate)"
     )
-    upgraded = subprocess.run([sys.executable, "-m", "tether_cli", "db", "upgrade", "--db", str(db)],
+    upgraded = subprocess.run([sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", str(db)],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert upgraded.returncode == 0 and f"from 0001 to {SCHEMA_HEAD}" in upgraded.stdout, upgraded.stderr
     cp = ControlPlaneProcess(tmp_path, db, dev=False)
@@ -432,7 +432,7 @@ def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tethe
 
 def test_dev_mode_is_refused_off_loopback(tmp_path: pathlib.Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "control_plane", "--dev", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "x.db")],
+        [sys.executable, "-m", "tether.control_plane", "--dev", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "x.db")],
         capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "TETHER_DEV": ""},
     )
     assert done.returncode == 2 and "loopback" in done.stderr
@@ -442,7 +442,7 @@ def test_worker_pair_command_writes_an_owner_only_token_file(tmp_path: pathlib.P
     cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", dev=False)
     cp.start()
     try:
-        run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "tether_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)  # noqa: E731
+        run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)  # noqa: E731
         key = run("keys", "create", "--owner", "carol", "--db", str(cp.db)).stdout.strip()
         env = {**os.environ, "TETHER_API_KEY": key, "TETHER_CONTROL_PLANE": cp.target}
         printed = run("pair", env=env)

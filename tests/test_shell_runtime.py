@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from execution_worker import (
+from tether.execution_worker import (
     HistoryItem,
     HistoryRole,
     Output,

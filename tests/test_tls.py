@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-import sdk
-from control_plane import ControlPlane, Settings
+from tether import sdk
+from tether.control_plane import ControlPlane, Settings
 
 from .certs import CertificateAuthority, Issued
 from .conftest import FAST, ROOT, ControlPlaneProcess, eventually, start_worker
@@ -163,7 +163,7 @@ async def test_mtls_admits_only_client_certificates_of_the_client_ca(mtls_cp, pr
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "control_plane", *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        [sys.executable, "-m", "tether.control_plane", *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
     )
 
 
@@ -200,7 +200,7 @@ async def test_plaintext_on_a_non_loopback_address_serves_with_a_warning(procs, 
     port_file = tmp_path / "cp.port"
     cp = procs(
         [
-            sys.executable, "-m", "control_plane", "--host", "0.0.0.0", "--port", "0",
+            sys.executable, "-m", "tether.control_plane", "--host", "0.0.0.0", "--port", "0",
             "--port-file", str(port_file), "--db", str(tmp_path / "x.db"),
         ],
         "plaintext-cp",

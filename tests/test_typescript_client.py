@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 
-import sdk
+from tether import sdk
 
 from .conftest import ROOT, eventually
 
@@ -75,7 +75,7 @@ async def run_client(ts_dist: pathlib.Path, *args: str, env: dict[str, str] | No
 def start_script_worker(procs, target: str, workdir: pathlib.Path):
     workdir.mkdir(parents=True, exist_ok=True)
     return procs(
-        [sys.executable, "-m", "execution_worker", "--control-plane", target, "--runtime", "script",
+        [sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "script",
          "--workdir", str(workdir), "--slots", "2"],
         "worker",
     )

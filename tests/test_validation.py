@@ -6,7 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-import sdk
+from tether import sdk
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
 from tether.v1 import worker_service_pb2 as wpb

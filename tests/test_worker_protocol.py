@@ -27,7 +27,7 @@ from tether.v1 import resources_pb2 as rpb
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
 
-from execution_worker import (
+from tether.execution_worker import (
     HistoryItem,
     HistoryRole,
     Output,
@@ -38,7 +38,7 @@ from execution_worker import (
     Worker,
     WorkerSettings,
 )
-from execution_worker._lease import LeaseTimings
+from tether.execution_worker._lease import LeaseTimings
 
 from .conftest import ROOT, eventually
 
@@ -379,7 +379,7 @@ async def test_a_cancel_landing_as_a_lease_write_fails_is_not_swallowed(tmp_path
     """The stream teardown cancels the heartbeat and then the call, which fails the heartbeat's
     write in the same loop iteration; the heartbeat must still end, or the Lease loop waits
     for it forever and never reconnects (asyncio.wait_for on 3.11 swallowed it)."""
-    from execution_worker._lease import LeaseClient
+    from tether.execution_worker._lease import LeaseClient
 
     write_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -519,7 +519,7 @@ async def test_drain_skips_a_snapshot_the_after_turn_policy_already_stored(fake_
 async def test_a_second_sigterm_stops_a_draining_worker_at_once(fake_cp, tmp_path):
     cp, target = fake_cp
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "execution_worker", "--control-plane", target, "--runtime", "shell",
+        sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "shell",
         "--workdir", str(tmp_path / "w"), "--slots", "1", "--drain-grace-s", "30", "--log-level", "WARNING",
         cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )

@@ -1,5 +1,5 @@
-"""`python -m tether_cli`: the same as the `tether` command."""
+"""`python -m tether.cli`: the same as the `tether` command."""
 
-from tether_cli import main
+from tether.cli import main
 
 main()

@@ -29,9 +29,9 @@ import click
 # gRPC's C core logs connection events (GOAWAY and the like) that the kit causes on purpose.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import sdk  # noqa: E402 - after GRPC_VERBOSITY, which gRPC reads when it loads
-from control_plane import ControlPlane, Settings, Timings  # noqa: E402
-from tether_cli._proxy import TcpProxy  # noqa: E402
+from tether import sdk  # noqa: E402 - after GRPC_VERBOSITY, which gRPC reads when it loads
+from tether.control_plane import ControlPlane, Settings, Timings  # noqa: E402
+from tether.cli._proxy import TcpProxy  # noqa: E402
 
 #: The kit's control-plane timings: short, so the whole run takes about a minute. The worker
 #: learns them at Register. The worker-dead grace is longer than the events-resend blip (the
@@ -177,7 +177,7 @@ class Kit:
         assert self.cp is not None
         workdir = self.root / workdir_name
         args = [
-            sys.executable, "-m", "execution_worker", "--control-plane", f"127.0.0.1:{self.cp.port}",
+            sys.executable, "-m", "tether.execution_worker", "--control-plane", f"127.0.0.1:{self.cp.port}",
             "--runtime", "script", "--workdir", str(workdir), "--slots", "2", "--name", workdir_name,
             "--drain-grace-s", "5", *extra,
         ]

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-import sdk
+from tether import sdk
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ async def run_turn(client: sdk.AsyncClient, session_id: str, command: str, label
 
 async def demo(tmp: pathlib.Path) -> None:
     port_file = tmp / "cp.port"
-    procs = [start(["control_plane", "--port", "0", "--dev", "--db", str(tmp / "tether.db"), "--port-file", str(port_file)], tmp / "control-plane.log")]
+    procs = [start(["tether.control_plane", "--port", "0", "--dev", "--db", str(tmp / "tether.db"), "--port-file", str(port_file)], tmp / "control-plane.log")]
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if procs[0].poll() is not None or time.monotonic() > deadline:
@@ -78,7 +78,7 @@ async def demo(tmp: pathlib.Path) -> None:
     for name in ("worker-a", "worker-b"):
         procs.append(
             start(
-                ["execution_worker", "--control-plane", target, "--runtime", "shell", "--workdir", str(tmp / name),
+                ["tether.execution_worker", "--control-plane", target, "--runtime", "shell", "--workdir", str(tmp / name),
                  "--slots", "1", "--worker-id", name, "--name", name],
                 tmp / f"{name}.log",
             )

@@ -45,6 +45,9 @@ def generate(out: pathlib.Path) -> None:
     # Python import path (tether.v1), so nothing is rewritten.
     for d in [p for p in out.rglob("*") if p.is_dir()]:
         (d / "__init__.py").touch()
+    # `tether` is the distribution's one top-level package (the SDK, control plane and worker
+    # are mapped under it by pyproject.toml); the marker tells type checkers it is typed.
+    (out / "tether" / "py.typed").touch()
 
 
 def generate_ts(base: pathlib.Path) -> pathlib.Path:

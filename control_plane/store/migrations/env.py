@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from control_plane.store._schema import Base
+from tether.control_plane.store._schema import Base
 
 config = context.config
 connection = config.attributes.get("connection")
