@@ -55,8 +55,21 @@ class ControlPlaneProc:
         self.starts += 1
         port_file = self.procs.tmp / f"{self.name}-{self.starts}.port"
         self.proc = self.procs.spawn(
-            [sys.executable, "-m", "tether.control_plane", "--port", str(self.port), "--db", str(self.db),
-             "--port-file", str(port_file), "--log-level", self.log_level, "--dev", *self.extra],
+            [
+                sys.executable,
+                "-m",
+                "tether.control_plane",
+                "--port",
+                str(self.port),
+                "--db",
+                str(self.db),
+                "--port-file",
+                str(port_file),
+                "--log-level",
+                self.log_level,
+                "--dev",
+                *self.extra,
+            ],
             self.name,
         )
         deadline = time.monotonic() + timeout_s
@@ -79,7 +92,7 @@ class Procs:
         self.started: list[subprocess.Popen] = []
 
     def spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.tmp / f"{name}.log", "ab")
         p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         log.close()  # the child has its own copy
         self.started.append(p)
@@ -109,8 +122,22 @@ class Procs:
     ) -> subprocess.Popen:
         """A shell worker whose workdir (and so its stable worker id) is `<tmp>/<name>`."""
         return self.spawn(
-            [sys.executable, "-m", module, "--control-plane", target, "--runtime", "shell",
-             "--workdir", str(self.tmp / name), "--slots", str(slots), "--log-level", log_level, *extra],
+            [
+                sys.executable,
+                "-m",
+                module,
+                "--control-plane",
+                target,
+                "--runtime",
+                "shell",
+                "--workdir",
+                str(self.tmp / name),
+                "--slots",
+                str(slots),
+                "--log-level",
+                log_level,
+                *extra,
+            ],
             name,
             env,
         )
@@ -256,6 +283,7 @@ async def retry(
 async def connected_workers(target: str) -> dict[str, object]:
     """worker id -> AdminService WorkerStatus, for the workers whose Lease stream is open."""
     import grpc
+
     from tether.v1 import admin_service_pb2 as apb
     from tether.v1 import admin_service_pb2_grpc as agrpc
 

@@ -22,7 +22,9 @@ WINDOW = 4
 async def main(target: str, n: int, batch: int) -> None:
     async with grpc.aio.insecure_channel(target) as ch:
         stub = wgrpc.WorkerServiceStub(ch)
-        reg = await stub.Register(wpb.RegisterRequest(worker_id="bench_producer", runtimes=["shell"], slots=1), timeout=10)
+        reg = await stub.Register(
+            wpb.RegisterRequest(worker_id="bench_producer", runtimes=["shell"], slots=1), timeout=10
+        )
         out: asyncio.Queue = asyncio.Queue()
 
         async def lease_requests():
@@ -36,7 +38,13 @@ async def main(target: str, n: int, batch: int) -> None:
             kind = msg.WhichOneof("kind")
             if kind == "offer":
                 offer = msg.offer
-                out.put_nowait(wpb.LeaseRequest(accept=wpb.AcceptOffer(session_id=offer.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch)))
+                out.put_nowait(
+                    wpb.LeaseRequest(
+                        accept=wpb.AcceptOffer(
+                            session_id=offer.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch
+                        )
+                    )
+                )
             elif kind == "granted":
                 break
         assert offer is not None
@@ -62,7 +70,12 @@ async def main(target: str, n: int, batch: int) -> None:
                     events.append(wpb.WorkerEvent(worker_seq=seq, turn_id=offer.turn_id, body=b))
                     seq += 1
                 if first:
-                    yield wpb.StreamEventsRequest(worker_id="bench_producer", session_id=offer.session_id, lease_epoch=offer.lease_epoch, events=events)
+                    yield wpb.StreamEventsRequest(
+                        worker_id="bench_producer",
+                        session_id=offer.session_id,
+                        lease_epoch=offer.lease_epoch,
+                        events=events,
+                    )
                     first = False
                 else:
                     yield wpb.StreamEventsRequest(events=events)

@@ -282,7 +282,9 @@ class _Chaos:
                 return
             if progress() >= 0.97:
                 continue
-            if self.freezes < cfg.max_worker_freezes and (self.kills >= cfg.max_worker_kills or self.rng.random() < 0.25):
+            if self.freezes < cfg.max_worker_freezes and (
+                self.kills >= cfg.max_worker_kills or self.rng.random() < 0.25
+            ):
                 await self.freeze_worker()
             elif self.kills < cfg.max_worker_kills:
                 await self.kill_worker()
@@ -342,8 +344,13 @@ async def _follow_to_end(
 
 
 async def _drive(
-    client: sdk.AsyncClient, run: SessionRun, cfg: ChaosConfig, rng: random.Random, deadline: float,
-    retries: Retries, on_done,
+    client: sdk.AsyncClient,
+    run: SessionRun,
+    cfg: ChaosConfig,
+    rng: random.Random,
+    deadline: float,
+    retries: Retries,
+    on_done,
 ) -> None:
     cursor = 0
     try:
@@ -354,8 +361,9 @@ async def _drive(
                 at = Attempt(j, a, f"chaos-s{run.index}-t{j}-a{a}")
                 run.attempts.append(at)
                 turn = await retry(
-                    lambda: client.send_input(run.session_id, command, idempotency_key=at.key),
-                    deadline=deadline, retries=retries,
+                    lambda command=command, at=at: client.send_input(run.session_id, command, idempotency_key=at.key),
+                    deadline=deadline,
+                    retries=retries,
                 )
                 at.turn_id = turn.turn_id
                 end, cursor = await _follow_to_end(client, run, turn.turn_id, cursor, deadline, retries)
@@ -404,7 +412,7 @@ def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], t
         t.problem(f"{sid}: seq not 1..{len(seqs)} (duplicates {dup}, first seqs {seqs[:5]})")
     # Stale writes: worker epochs (0 = written by the control plane) never go down.
     top = 0
-    for e, ep in zip(events, epochs):
+    for e, ep in zip(events, epochs, strict=True):
         if ep and ep < top:
             t.stale += 1
             t.problem(f"{sid}: seq {e.seq} has lease_epoch {ep} after epoch {top}")
@@ -412,7 +420,7 @@ def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], t
     by_key = {a.key: a for a in run.attempts}
     by_turn: dict[str, list[tuple[sdk.Event, int]]] = collections.defaultdict(list)
     order: list[str] = []
-    for e, ep in zip(events, epochs):
+    for e, ep in zip(events, epochs, strict=True):
         if e.turn_id not in by_turn:
             order.append(e.turn_id)
         by_turn[e.turn_id].append((e, ep))
@@ -423,7 +431,9 @@ def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], t
         attempt = by_key.get(info.idempotency_key) if info is not None else None
         if attempt is None or attempt.turn_id != turn_id:
             t.duplicated += 1
-            t.problem(f"{sid}: turn {turn_id} (key {getattr(info, 'idempotency_key', '?')!r}) was not sent by the driver as such")
+            t.problem(
+                f"{sid}: turn {turn_id} (key {getattr(info, 'idempotency_key', '?')!r}) was not sent by the driver as such"
+            )
             continue
         kinds = [e.kind.value for e, _ in evs]
         if kinds[0] != "input_received" or kinds.count("input_received") != 1:
@@ -449,11 +459,16 @@ def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], t
         worker_epochs = {ep for _, ep in evs if ep}
         if len(worker_epochs) > 1 or (worker_epochs and info.lease_epoch not in worker_epochs):
             t.stale += 1
-            t.problem(f"{sid}: turn {turn_id} has worker events under epochs {sorted(worker_epochs)}, turn epoch {info.lease_epoch}")
+            t.problem(
+                f"{sid}: turn {turn_id} has worker events under epochs {sorted(worker_epochs)}, turn epoch {info.lease_epoch}"
+            )
         end = evs[-1][0]
         if not info.is_terminal:
             t.problem(f"{sid}: turn {turn_id} is still {info.state.name} at the end")
-        elif end.kind.value in TERMINAL and end.kind.value != {4: "turn_completed", 5: "turn_failed", 6: "turn_interrupted"}[int(info.state)]:
+        elif (
+            end.kind.value in TERMINAL
+            and end.kind.value != {4: "turn_completed", 5: "turn_failed", 6: "turn_interrupted"}[int(info.state)]
+        ):
             t.problem(f"{sid}: turn {turn_id} ended {end.kind.value} in the log but is {info.state.name}")
         if end.kind == sdk.EventKind.TURN_COMPLETED:
             completed_for[attempt.j] += 1
@@ -485,6 +500,7 @@ async def _read_back(client: sdk.AsyncClient, runs: list[SessionRun], retries: R
 
     async def one(run: SessionRun) -> None:
         async with sem:
+
             async def read() -> list[sdk.Event]:
                 return [e async for e in client.stream_events(run.session_id, stop_at_end=True, timeout_s=60)]
 
@@ -493,7 +509,7 @@ async def _read_back(client: sdk.AsyncClient, runs: list[SessionRun], retries: R
             got = {}
             for turn_id in dict.fromkeys(e.turn_id for e in events):
                 got[turn_id] = await retry(
-                    lambda: client.get_turn(run.session_id, turn_id), deadline=deadline, retries=retries
+                    lambda turn_id=turn_id: client.get_turn(run.session_id, turn_id), deadline=deadline, retries=retries
                 )
             turns[run.session_id] = got
 
@@ -539,12 +555,9 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
                         await retry(lambda: client.create_session("shell"), deadline=deadline, retries=retries)
                     ).session_id
                 finished = asyncio.Event()
-                chaos_task = asyncio.create_task(
-                    chaos.run(lambda: done_turns / max(1, res.turns_intended), finished)
-                )
+                chaos_task = asyncio.create_task(chaos.run(lambda: done_turns / max(1, res.turns_intended), finished))
                 drivers = [
-                    _drive(client, run, cfg, random.Random(rng.random()), deadline, retries, on_done)
-                    for run in runs
+                    _drive(client, run, cfg, random.Random(rng.random()), deadline, retries, on_done) for run in runs
                 ]
                 await asyncio.gather(*drivers)
                 res.duration_s = time.monotonic() - t0
@@ -568,7 +581,9 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
                 epochs = [db_epochs.get((run.session_id, e.seq), 0) for e in events]
             tally = check_session(run, events, epochs, turns.get(run.session_id, {}))
             if db_counts.get(run.session_id, 0) != len(events):
-                tally.problem(f"{run.session_id}: {db_counts.get(run.session_id, 0)} events stored, {len(events)} served")
+                tally.problem(
+                    f"{run.session_id}: {db_counts.get(run.session_id, 0)} events stored, {len(events)} served"
+                )
             res.events_duplicated += tally.duplicated
             res.stale_writes_accepted += tally.stale
             if tally.problems:
@@ -601,8 +616,21 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
 
 
 def report(res: ChaosResult) -> None:
-    emit("chaos_sessions_total", res.sessions_total, "sessions", turns_intended=res.turns_intended, turns_sent=res.turns_sent)
-    emit("chaos_sessions_lost", res.sessions_lost, "sessions", must_be=0, problems=res.problems[:10], logs=res.logs_kept_at)
+    emit(
+        "chaos_sessions_total",
+        res.sessions_total,
+        "sessions",
+        turns_intended=res.turns_intended,
+        turns_sent=res.turns_sent,
+    )
+    emit(
+        "chaos_sessions_lost",
+        res.sessions_lost,
+        "sessions",
+        must_be=0,
+        problems=res.problems[:10],
+        logs=res.logs_kept_at,
+    )
     emit("chaos_events_duplicated", res.events_duplicated, "events", must_be=0)
     emit("chaos_stale_writes_accepted", res.stale_writes_accepted, "events", must_be=0, epoch_source=res.epoch_source)
     emit("chaos_worker_kills", res.worker_kills, "kills")
@@ -611,9 +639,14 @@ def report(res: ChaosResult) -> None:
     emit("chaos_duration_s", res.duration_s, "s")
     emit("chaos_turns_lost_to_worker_death", res.turns_lost_to_worker_death, "turns")
     emit(
-        "chaos_turns_failed_other", res.turns_failed_other + res.turns_interrupted, "turns",
-        interrupted=res.turns_interrupted, samples=res.failure_samples, retried_calls=res.retries,
-        stream_gaps=res.stream_gaps, missing_cp_flags=res.missing_cp_flags,
+        "chaos_turns_failed_other",
+        res.turns_failed_other + res.turns_interrupted,
+        "turns",
+        interrupted=res.turns_interrupted,
+        samples=res.failure_samples,
+        retried_calls=res.retries,
+        stream_gaps=res.stream_gaps,
+        missing_cp_flags=res.missing_cp_flags,
     )
 
 
@@ -635,15 +668,30 @@ def _cli() -> None:
     p.add_argument("--max-worker-kills", type=int, default=d.max_worker_kills)
     p.add_argument("--time-cap-s", type=float, default=d.time_cap_s)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--independent-cp-crash", action="store_true",
-                   help="do not take a worker down with each control-plane crash")
-    p.add_argument("--cp", action="append", default=[], metavar="NAME=VALUE",
-                   help="control-plane timing flag, e.g. lease_ttl_s=3 (repeatable)")
+    p.add_argument(
+        "--independent-cp-crash", action="store_true", help="do not take a worker down with each control-plane crash"
+    )
+    p.add_argument(
+        "--cp",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="control-plane timing flag, e.g. lease_ttl_s=3 (repeatable)",
+    )
     a = p.parse_args()
     cfg = dataclasses.replace(
-        d, sessions=a.sessions, workers=a.workers, slots=a.slots, turns=tuple(a.turns), sleep_s=tuple(a.sleep_s),
-        cp_restarts=a.cp_restarts, max_worker_kills=a.max_worker_kills, time_cap_s=a.time_cap_s,
-        seed=a.seed, cp_crash_kills_worker=not a.independent_cp_crash, cp_timings={k: float(v) for k, v in (x.split("=", 1) for x in a.cp)},
+        d,
+        sessions=a.sessions,
+        workers=a.workers,
+        slots=a.slots,
+        turns=tuple(a.turns),
+        sleep_s=tuple(a.sleep_s),
+        cp_restarts=a.cp_restarts,
+        max_worker_kills=a.max_worker_kills,
+        time_cap_s=a.time_cap_s,
+        seed=a.seed,
+        cp_crash_kills_worker=not a.independent_cp_crash,
+        cp_timings={k: float(v) for k, v in (x.split("=", 1) for x in a.cp)},
     )
     sys.exit(0 if asyncio.run(main(cfg)) else 1)
 

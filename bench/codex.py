@@ -25,9 +25,9 @@ from typing import Any
 
 import grpc
 
+from tests.codex_mock import MockResponses, codex_bin
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
-from tests.codex_mock import MockResponses, codex_bin
 
 from ._harness import emit, percentile, procs
 
@@ -49,12 +49,23 @@ class DirectCodex:
     @classmethod
     async def start(cls, home: str, cwd: str, mock: MockResponses) -> DirectCodex:
         proc = await asyncio.create_subprocess_exec(
-            str(codex_bin()), "app-server",
-            "-c", "features.plugins=false", "-c", "analytics.enabled=false",
-            "-c", "check_for_update_on_startup=false", "-c", 'model="mock-model"',
+            str(codex_bin()),
+            "app-server",
+            "-c",
+            "features.plugins=false",
+            "-c",
+            "analytics.enabled=false",
+            "-c",
+            "check_for_update_on_startup=false",
+            "-c",
+            'model="mock-model"',
             *(arg for override in mock.codex_config() for arg in ("-c", override)),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            cwd=cwd, env={**os.environ, "CODEX_HOME": home}, limit=1 << 26,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, "CODEX_HOME": home},
+            limit=1 << 26,
         )
         return cls(proc)
 
@@ -85,14 +96,19 @@ class DirectCodex:
         return msg["result"]
 
     async def open_thread(self, cwd: str) -> str:
-        await self.call("initialize", {"clientInfo": {"name": "bench", "title": None, "version": "0"}, "capabilities": {"experimentalApi": True}})
+        await self.call(
+            "initialize",
+            {"clientInfo": {"name": "bench", "title": None, "version": "0"}, "capabilities": {"experimentalApi": True}},
+        )
         self._send({"method": "initialized"})
         result = await self.call("thread/start", {"cwd": cwd, "approvalPolicy": "on-request", "sandbox": "read-only"})
         return result["thread"]["id"]
 
     async def turn(self, thread_id: str, text: str) -> float:
         t0 = time.perf_counter()
-        await self.call("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": text, "text_elements": []}]})
+        await self.call(
+            "turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": text, "text_elements": []}]}
+        )
         async with asyncio.timeout(60):
             done = await self.completed.get()
         assert done["turn"]["status"] == "completed", done
@@ -116,10 +132,17 @@ async def main() -> bool | None:
     with MockResponses() as mock, procs() as ps:
         target = ps.control_plane()
         ps.worker(
-            target, "codex-worker", 1,
+            target,
+            "codex-worker",
+            1,
             env={"TETHER_SNAPSHOT_EVERY_TURNS": os.environ.get("TETHER_SNAPSHOT_EVERY_TURNS", "1")},
-            extra=(*mock.worker_flags(), "--codex-sandbox", "read-only",
-                   "--codex-home-from", str(ps.tmp / "no-user-home")),
+            extra=(
+                *mock.worker_flags(),
+                "--codex-sandbox",
+                "read-only",
+                "--codex-home-from",
+                str(ps.tmp / "no-user-home"),
+            ),
         )
         home, cwd = ps.tmp / "direct-home", ps.tmp / "direct-work"
         home.mkdir()
@@ -155,9 +178,13 @@ async def main() -> bool | None:
         await direct.close()
         ps.stop_all()
     direct_p50, tether_p50 = percentile(direct_ms, 50), percentile(tether_ms, 50)
-    overhead = percentile([t - d for t, d in zip(tether_ms, direct_ms)], 50)
+    overhead = percentile([t - d for t, d in zip(tether_ms, direct_ms, strict=True)], 50)
     emit(
-        "codex_turn_overhead_ms_p50", round(overhead, 2), "ms",
-        turns=len(tether_ms), direct_p50_ms=round(direct_p50, 2), tether_p50_ms=round(tether_p50, 2),
+        "codex_turn_overhead_ms_p50",
+        round(overhead, 2),
+        "ms",
+        turns=len(tether_ms),
+        direct_p50_ms=round(direct_p50, 2),
+        tether_p50_ms=round(tether_p50, 2),
     )
     return None

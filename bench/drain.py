@@ -58,7 +58,10 @@ async def main() -> bool:
                     run.n_turns += 1
                     command = run.command(j, rng.uniform(0.1, 0.5))
                     turn = await retry(
-                        lambda: client.send_input(run.session_id, command, idempotency_key=at.key), deadline=deadline
+                        lambda command=command, at=at: client.send_input(
+                            run.session_id, command, idempotency_key=at.key
+                        ),
+                        deadline=deadline,
                     )
                     at.turn_id = turn.turn_id
                     try:
@@ -96,7 +99,8 @@ async def main() -> bool:
             for run in runs:
                 logs[run.session_id] = [e async for e in client.stream_events(run.session_id, stop_at_end=True)]
                 turns[run.session_id] = {
-                    t: await client.get_turn(run.session_id, t) for t in dict.fromkeys(e.turn_id for e in logs[run.session_id])
+                    t: await client.get_turn(run.session_id, t)
+                    for t in dict.fromkeys(e.turn_id for e in logs[run.session_id])
                 }
     lost = 0
     problems: list[str] = []

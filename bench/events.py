@@ -8,7 +8,6 @@ prove every event was stored.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import sys
 import time
@@ -33,10 +32,14 @@ async def main() -> None:
         async with grpc.aio.insecure_channel(target) as ch:
             stub = sgrpc.SessionServiceStub(ch)
             session = (await stub.CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session
-            producer = ps.spawn([sys.executable, "-m", "bench._producer", target, str(N_EVENTS), str(BATCH)], "producer")
+            producer = ps.spawn(
+                [sys.executable, "-m", "bench._producer", target, str(N_EVENTS), str(BATCH)], "producer"
+            )
             await stub.SendInput(spb.SendInputRequest(session_id=session.session_id, input="produce"), timeout=10)
             count, first_t = 0, None
-            stream = stub.StreamSessionEvents(spb.StreamSessionEventsRequest(session_id=session.session_id), timeout=TIME_LIMIT_S)
+            stream = stub.StreamSessionEvents(
+                spb.StreamSessionEventsRequest(session_id=session.session_id), timeout=TIME_LIMIT_S
+            )
             async for msg in stream:
                 for e in msg.events:
                     kind = e.body.WhichOneof("kind")

@@ -84,8 +84,10 @@ async def main() -> bool:
                 finally:
                     await events.aclose()
                 if lost_end is None or lost_end.kind != sdk.EventKind.TURN_FAILED or not lost_end.worker_lost:
-                    bad.append(f"round {r}: the lost turn ended {lost_end and lost_end.kind.value} "
-                               f"(worker_lost={lost_end is not None and lost_end.worker_lost})")
+                    bad.append(
+                        f"round {r}: the lost turn ended {lost_end and lost_end.kind.value} "
+                        f"(worker_lost={lost_end is not None and lost_end.worker_lost})"
+                    )
                 if started is None or started.worker_id == holder:
                     bad.append(f"round {r}: next turn started on {started and started.worker_id}, killed {holder}")
                 if started is not None:

@@ -106,9 +106,36 @@ _INT_BOUNDS = {
     d.FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _ODD_STRINGS = [
-    "", " ", "\x00", "\n", "\t\r\n", "\x7f", "\u202e", "\ufeff", "\u0000abc", "..", "../../etc/passwd",
-    "' OR 1=1 --", "%s%n%x", "{}", "[]", "null", '{"a": 1}', '{"decision": "accept"}', "{" * 200,
-    "ses_", "trn_", "wrk_", "twt_", "tak_", "req_", "snp_", "key_", "tok_", "shell", "script",
+    "",
+    " ",
+    "\x00",
+    "\n",
+    "\t\r\n",
+    "\x7f",
+    "\u202e",
+    "\ufeff",
+    "\u0000abc",
+    "..",
+    "../../etc/passwd",
+    "' OR 1=1 --",
+    "%s%n%x",
+    "{}",
+    "[]",
+    "null",
+    '{"a": 1}',
+    '{"decision": "accept"}',
+    "{" * 200,
+    "ses_",
+    "trn_",
+    "wrk_",
+    "twt_",
+    "tak_",
+    "req_",
+    "snp_",
+    "key_",
+    "tok_",
+    "shell",
+    "script",
 ]
 _SIZES = [63, 64, 65, 127, 128, 129, 256, 257, 1024, 4097, 65537, (1 << 20) + 1, 3 << 20]
 # A client stream keeps under the server's 4 MiB message limit: past it gRPC ends the stream on
@@ -163,7 +190,8 @@ class Requests:
         plain = [(f, self._field(f, depth)) for f in desc.fields if f.name not in grouped]
         choices = [
             st.one_of(
-                st.none(), st.sampled_from(list(o.fields)).flatmap(lambda f: st.tuples(st.just(f), self._field(f, depth)))
+                st.none(),
+                st.sampled_from(list(o.fields)).flatmap(lambda f: st.tuples(st.just(f), self._field(f, depth))),
             )
             for o in groups
         ]
@@ -249,7 +277,7 @@ def _corrupt(desc: d.Descriptor, valid: st.SearchStrategy[bytes]) -> st.SearchSt
         st.binary(max_size=256),
         st.tuples(valid, st.integers(0, 64)).map(lambda v: v[0][: max(0, len(v[0]) - 1 - v[1])]),  # truncated
         st.tuples(valid, st.integers(0, 64), st.binary(min_size=1, max_size=16)).map(
-            lambda v: v[0][: v[1]] + v[2] + v[0][v[1]:]  # spliced
+            lambda v: v[0][: v[1]] + v[2] + v[0][v[1] :]  # spliced
         ),
         # a length-delimited field whose length runs past the end
         st.tuples(numbers, st.integers(1, 2**32)).map(lambda v: _varint(v[0] << 3 | 2) + _varint(v[1]) + b"x"),
@@ -284,11 +312,22 @@ class Call:
 def _credentials(native: str, api_key: str, worker_token: str) -> st.SearchStrategy[tuple[str, Metadata]]:
     """Metadata of a call: mostly the credential the service takes (`native`), else another."""
     garbage = st.one_of(
-        st.sampled_from([
-            "Bearer", "Bearer  ", "bearer x", "Basic dXNlcjpwYXNz", "Bearer tak_", "Bearer twt_",
-            "Bearer tak_" + "A" * 43, "Bearer twt_" + "A" * 43, "Bearer " + "x" * 300, "Bearer " + api_key[:-1],
-            "Bearer " + worker_token + "x", "Token " + api_key,
-        ]),
+        st.sampled_from(
+            [
+                "Bearer",
+                "Bearer  ",
+                "bearer x",
+                "Basic dXNlcjpwYXNz",
+                "Bearer tak_",
+                "Bearer twt_",
+                "Bearer tak_" + "A" * 43,
+                "Bearer twt_" + "A" * 43,
+                "Bearer " + "x" * 300,
+                "Bearer " + api_key[:-1],
+                "Bearer " + worker_token + "x",
+                "Token " + api_key,
+            ]
+        ),
         st.text(_PRINTABLE, max_size=80).map(lambda s: "Bearer " + s),
         st.text(_PRINTABLE, max_size=80),
     )
@@ -351,7 +390,7 @@ class LocalControlPlane:
     def _main(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported by __enter__ or `alive`
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
 
@@ -377,7 +416,9 @@ def protected_rows(db: pathlib.Path, owner: str, created_until_us: int) -> dict[
     credential row created until `created_until_us`, read straight from the SQLite file."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = {"sessions": conn.execute("SELECT * FROM sessions WHERE owner_id = ? ORDER BY rowid", (owner,)).fetchall()}
+        rows = {
+            "sessions": conn.execute("SELECT * FROM sessions WHERE owner_id = ? ORDER BY rowid", (owner,)).fetchall()
+        }
         ids = [r[0] for r in rows["sessions"]]
         marks = ",".join("?" * len(ids))
         for table in _SESSION_TABLES:
@@ -408,7 +449,9 @@ class Fixtures:
 
 def _setup(server: LocalControlPlane, channel: grpc.Channel) -> Fixtures:
     session, worker, admin = (
-        sgrpc.SessionServiceStub(channel), wgrpc.WorkerServiceStub(channel), agrpc.AdminServiceStub(channel)
+        sgrpc.SessionServiceStub(channel),
+        wgrpc.WorkerServiceStub(channel),
+        agrpc.AdminServiceStub(channel),
     )
     ids: dict[str, list[str]] = {
         "session_id": ["ses_01AAAAAAAAAAAAAAAAAAAAAAAA"],

@@ -91,18 +91,22 @@ async def _query(url: str, sql: str) -> list:
 CHAOS_TURNS_PER_SESSION = 12
 
 
-async def _drive(client, session_id: str, k: int, deadline: float, retries: Retries) -> None:  # noqa: ANN001
+async def _drive(client, session_id: str, k: int, deadline: float, retries: Retries) -> None:
     """Turns back to back on one session, riding out the fail-over: each input has an
     idempotency key, so a retried SendInput never stores a second turn."""
     for j in range(CHAOS_TURNS_PER_SESSION):
         turn = await retry(
-            lambda: client.send_input(session_id, "sleep 0.05", idempotency_key=f"s{k}-t{j}"),
-            deadline=deadline, retries=retries,
+            lambda j=j: client.send_input(session_id, "sleep 0.05", idempotency_key=f"s{k}-t{j}"),
+            deadline=deadline,
+            retries=retries,
         )
         # Bounded by the run's deadline; a stream cut by the kill is reopened from the start.
         await retry(
-            lambda: client.wait_for_turn(session_id, turn.turn_id, timeout_s=max(0.1, deadline - time.monotonic())),
-            deadline=deadline, retries=retries,
+            lambda turn=turn: client.wait_for_turn(
+                session_id, turn.turn_id, timeout_s=max(0.1, deadline - time.monotonic())
+            ),
+            deadline=deadline,
+            retries=retries,
         )
 
 
@@ -122,7 +126,7 @@ async def _double_dispatch() -> tuple[int, int, dict[str, int]]:
             deadline = time.monotonic() + 120
             try:
                 ids = [
-                    (await retry(lambda: clients[k % 3].create_session("shell"), deadline=deadline)).session_id
+                    (await retry(lambda k=k: clients[k % 3].create_session("shell"), deadline=deadline)).session_id
                     for k in range(SESSIONS)
                 ]
                 runs = [asyncio.create_task(_drive(clients[k % 3], s, k, deadline, retries)) for k, s in enumerate(ids)]
@@ -143,16 +147,30 @@ async def _double_dispatch() -> tuple[int, int, dict[str, int]]:
 async def main() -> bool | None:
     try:
         await _admin("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - any failure: no PostgreSQL here
+    except Exception as exc:
         print(f"bench pg: skipped, no PostgreSQL at {SERVER} ({exc})", file=sys.stderr)
         return None
     one, one_total = await _throughput(1)
     three, three_total = await _throughput(3)
     emit("pg_turn_throughput_tps_1_replica", one, "turns/s", workers=WORKERS, sessions=SESSIONS, total_turns=one_total)
-    emit("pg_turn_throughput_tps_3_replicas", three, "turns/s", workers=WORKERS, sessions=SESSIONS,
-         total_turns=three_total, ratio_to_1_replica=round(three / one, 3) if one else None)
+    emit(
+        "pg_turn_throughput_tps_3_replicas",
+        three,
+        "turns/s",
+        workers=WORKERS,
+        sessions=SESSIONS,
+        total_turns=three_total,
+        ratio_to_1_replica=round(three / one, 3) if one else None,
+    )
     t0 = time.monotonic()
     twice, turns, rode_out = await _double_dispatch()
-    emit("pg_double_dispatch", twice, "turns", turns=turns, leader_killed=True, errors_ridden_out=rode_out,
-         seconds=round(time.monotonic() - t0, 1))
+    emit(
+        "pg_double_dispatch",
+        twice,
+        "turns",
+        turns=turns,
+        leader_killed=True,
+        errors_ridden_out=rode_out,
+        seconds=round(time.monotonic() - t0, 1),
+    )
     return twice == 0

@@ -88,9 +88,20 @@ async def main() -> bool:
                 ps.kill(holder)
                 name = f"timed{n_round}"
                 holder = ps.spawn(
-                    [sys.executable, "-m", "bench.rehydrate", "--timed-worker", "--control-plane", cp.target,
-                     "--workdir", str(ps.tmp / name), "--times", str(timing),
-                     "--snapshot-every-turns", str(snapshots_every)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.rehydrate",
+                        "--timed-worker",
+                        "--control-plane",
+                        cp.target,
+                        "--workdir",
+                        str(ps.tmp / name),
+                        "--times",
+                        str(timing),
+                        "--snapshot-every-turns",
+                        str(snapshots_every),
+                    ],
                     name,
                 )
                 await wait_connected(cp.target, [ps.worker_id(name)])
@@ -113,13 +124,28 @@ async def main() -> bool:
     log_convert_ms = [float(r[4]) for r in rows[:ROUNDS]]
     snap_ms = [float(r[2]) for r in rows[ROUNDS:]]
     items = [int(r[1]) for r in rows]
-    emit("rehydrate_10k_items_ms", percentile(log_ms, 50), "ms", source="event log, no snapshot", items=items[0],
-         rounds=ROUNDS, target=200, build_s=round(build_s, 1),
-         resume_stream_ms_p50=round(percentile(log_resume_ms, 50), 1),
-         history_rebuild_ms_p50=round(percentile(log_convert_ms, 50), 1))
+    emit(
+        "rehydrate_10k_items_ms",
+        percentile(log_ms, 50),
+        "ms",
+        source="event log, no snapshot",
+        items=items[0],
+        rounds=ROUNDS,
+        target=200,
+        build_s=round(build_s, 1),
+        resume_stream_ms_p50=round(percentile(log_resume_ms, 50), 1),
+        history_rebuild_ms_p50=round(percentile(log_convert_ms, 50), 1),
+    )
     emit("rehydrate_10k_items_max_ms", max(log_ms), "ms", source="event log, no snapshot")
-    emit("rehydrate_10k_items_snapshot_ms", percentile(snap_ms, 50), "ms", source="snapshot + tail",
-         items=items[ROUNDS], snapshot_items=len(snap.history), rounds=ROUNDS)
+    emit(
+        "rehydrate_10k_items_snapshot_ms",
+        percentile(snap_ms, 50),
+        "ms",
+        source="snapshot + tail",
+        items=items[ROUNDS],
+        snapshot_items=len(snap.history),
+        rounds=ROUNDS,
+    )
     return True
 
 
@@ -154,7 +180,7 @@ def _timed_worker(argv: list[str]) -> None:
     p.add_argument("--snapshot-every-turns", type=int, default=1)
     a = p.parse_args(argv)
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = open(a.times, "a", buffering=1)  # noqa: SIM115 - one line per rehydration, kept to exit
+    out = open(a.times, "a", buffering=1)
 
     class TimedWorker(Worker):
         resume_ms = 0.0
@@ -171,7 +197,9 @@ def _timed_worker(argv: list[str]) -> None:
             runtime = await super()._rehydrate(session, *args, **kwargs)
             ms = (time.perf_counter() - t0) * 1000
             if runtime is not None:
-                out.write(f"{session.session_id} {len(runtime.export_history())} {ms:.3f} {self.resume_ms:.3f} {convert_ms[0]:.3f}\n")
+                out.write(
+                    f"{session.session_id} {len(runtime.export_history())} {ms:.3f} {self.resume_ms:.3f} {convert_ms[0]:.3f}\n"
+                )
             return runtime
 
     settings = WorkerSettings(

@@ -30,6 +30,12 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from tether import sdk
+from tether.cli.conformance import until
+from tether.control_plane import ControlPlane, Settings, Timings
+from tether.execution_worker import Worker, WorkerSettings
+from tether.execution_worker._credentials import pair
 from tether.v1 import admin_service_pb2 as apb
 from tether.v1 import admin_service_pb2_grpc as apb_grpc
 from tether.v1 import session_service_pb2 as spb
@@ -37,19 +43,23 @@ from tether.v1 import session_service_pb2_grpc as spb_grpc
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wpb_grpc
 
-from tether import sdk
-from tether.control_plane import ControlPlane, Settings, Timings
-from tether.execution_worker import Worker, WorkerSettings
-from tether.execution_worker._credentials import pair
-from tether.cli.conformance import until
-
 TIMINGS = Timings(
-    heartbeat_interval_s=0.2, liveness_timeout_s=1.0, worker_dead_grace_s=0.5, lease_ttl_s=1.5,
-    sticky_timeout_s=1.0, offer_timeout_s=2.0, reconnect_backoff_initial_s=0.05, reconnect_backoff_max_s=0.5,
+    heartbeat_interval_s=0.2,
+    liveness_timeout_s=1.0,
+    worker_dead_grace_s=0.5,
+    lease_ttl_s=1.5,
+    sticky_timeout_s=1.0,
+    offer_timeout_s=2.0,
+    reconnect_backoff_initial_s=0.05,
+    reconnect_backoff_max_s=0.5,
 )
 _VICTIM_TABLES = {
-    "sessions": "session_id", "turns": "session_id", "events": "session_id", "snapshots": "session_id",
-    "requests": "session_id", "leases": "session_id",
+    "sessions": "session_id",
+    "turns": "session_id",
+    "events": "session_id",
+    "snapshots": "session_id",
+    "requests": "session_id",
+    "leases": "session_id",
 }
 
 
@@ -97,7 +107,9 @@ class Probe:
     calls: int = 0
     leaks: list[str] = field(default_factory=list)
 
-    async def compare(self, name: str, call: Callable[[str], Awaitable[Any]], real: str, *, ok_allowed: bool = False) -> None:
+    async def compare(
+        self, name: str, call: Callable[[str], Awaitable[Any]], real: str, *, ok_allowed: bool = False
+    ) -> None:
         """Call with the victim's real id and with a made-up one; the answers must match."""
         outcomes = []
         for value in (real, _fake(real)):
@@ -153,10 +165,17 @@ async def run_probe(root: pathlib.Path) -> Probe:
         victim_creds = await pair(target, (await victim.create_pairing_code()).code, "victim-worker")
         attacker_creds = await pair(target, (await attacker.create_pairing_code()).code, "attacker-worker")
         pending_code = await victim.create_pairing_code()  # stays unused: the probe must not see it
-        worker = Worker(WorkerSettings(
-            workdir=root / "victim-worker", control_plane=target, runtimes=("script",), slots=4,
-            worker_id=victim_creds.worker_id, token=victim_creds.token, snapshot_every_turns=0,
-        ))
+        worker = Worker(
+            WorkerSettings(
+                workdir=root / "victim-worker",
+                control_plane=target,
+                runtimes=("script",),
+                slots=4,
+                worker_id=victim_creds.worker_id,
+                token=victim_creds.token,
+                snapshot_every_turns=0,
+            )
+        )
         worker_task = asyncio.create_task(worker.run())
         probe = Probe()
         try:
@@ -200,67 +219,185 @@ async def run_probe(root: pathlib.Path) -> Probe:
 
             vs, vt, vr = done.session_id, asking.turn_id, requests[0].request_id
             epoch = (await victim.get_session(vs)).lease_epoch
-            await probe.compare("GetSession", unary(sessions.GetSession, lambda x: spb.GetSessionRequest(session_id=x)), vs)
-            await probe.compare("SendInput", unary(sessions.SendInput, lambda x: spb.SendInputRequest(session_id=x, input="say pwned")), vs)
-            await probe.compare("GetTurn", unary(sessions.GetTurn, lambda x: spb.GetTurnRequest(session_id=x, turn_id=vt)), vs)
-            await probe.compare("GetTurn(own session, victim turn)", unary(sessions.GetTurn, lambda x: spb.GetTurnRequest(session_id=own.session_id, turn_id=x)), vt)
-            await probe.compare("InterruptTurn", unary(sessions.InterruptTurn, lambda x: spb.InterruptTurnRequest(session_id=x)), vs)
-            await probe.compare("InterruptTurn(queued)", unary(sessions.InterruptTurn, lambda x: spb.InterruptTurnRequest(session_id=x, turn_id=queued.turn_id)), queued_session.session_id)
+            await probe.compare(
+                "GetSession", unary(sessions.GetSession, lambda x: spb.GetSessionRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "SendInput",
+                unary(sessions.SendInput, lambda x: spb.SendInputRequest(session_id=x, input="say pwned")),
+                vs,
+            )
+            await probe.compare(
+                "GetTurn", unary(sessions.GetTurn, lambda x: spb.GetTurnRequest(session_id=x, turn_id=vt)), vs
+            )
+            await probe.compare(
+                "GetTurn(own session, victim turn)",
+                unary(sessions.GetTurn, lambda x: spb.GetTurnRequest(session_id=own.session_id, turn_id=x)),
+                vt,
+            )
+            await probe.compare(
+                "InterruptTurn", unary(sessions.InterruptTurn, lambda x: spb.InterruptTurnRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "InterruptTurn(queued)",
+                unary(sessions.InterruptTurn, lambda x: spb.InterruptTurnRequest(session_id=x, turn_id=queued.turn_id)),
+                queued_session.session_id,
+            )
             await probe.compare("StreamSessionEvents", first_events, vs)
-            await probe.compare("GetSnapshot", unary(sessions.GetSnapshot, lambda x: spb.GetSnapshotRequest(session_id=x)), vs)
-            await probe.compare("CreateSnapshot", unary(sessions.CreateSnapshot, lambda x: spb.CreateSnapshotRequest(session_id=x)), vs)
-            await probe.compare("ArchiveSession", unary(sessions.ArchiveSession, lambda x: spb.ArchiveSessionRequest(session_id=x)), vs)
-            await probe.compare("DeleteSession", unary(sessions.DeleteSession, lambda x: spb.DeleteSessionRequest(session_id=x)), vs)
-            await probe.compare("RestoreSession", unary(sessions.RestoreSession, lambda x: spb.RestoreSessionRequest(session_id=x)), vs)
-            await probe.compare("RestoreSession(own session onto victim worker)", unary(sessions.RestoreSession, lambda x: spb.RestoreSessionRequest(session_id=own.session_id, worker_id=x)), victim_creds.worker_id)
-            await probe.compare("ForkSession", unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=x)), vs)
-            await probe.compare("RespondToRequest", unary(sessions.RespondToRequest, lambda x: spb.RespondToRequestRequest(session_id=x, request_id=vr, response_json='{"decision": "accept"}')), vs)
-            await probe.compare("RespondToRequest(own session, victim request)", unary(sessions.RespondToRequest, lambda x: spb.RespondToRequestRequest(session_id=own.session_id, request_id=x, response_json='{"decision": "accept"}')), vr)
-            await probe.compare("ListRequests", unary(sessions.ListRequests, lambda x: spb.ListRequestsRequest(session_id=x)), vs)
+            await probe.compare(
+                "GetSnapshot", unary(sessions.GetSnapshot, lambda x: spb.GetSnapshotRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "CreateSnapshot", unary(sessions.CreateSnapshot, lambda x: spb.CreateSnapshotRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "ArchiveSession", unary(sessions.ArchiveSession, lambda x: spb.ArchiveSessionRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "DeleteSession", unary(sessions.DeleteSession, lambda x: spb.DeleteSessionRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "RestoreSession", unary(sessions.RestoreSession, lambda x: spb.RestoreSessionRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "RestoreSession(own session onto victim worker)",
+                unary(
+                    sessions.RestoreSession, lambda x: spb.RestoreSessionRequest(session_id=own.session_id, worker_id=x)
+                ),
+                victim_creds.worker_id,
+            )
+            await probe.compare(
+                "ForkSession", unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "RespondToRequest",
+                unary(
+                    sessions.RespondToRequest,
+                    lambda x: spb.RespondToRequestRequest(
+                        session_id=x, request_id=vr, response_json='{"decision": "accept"}'
+                    ),
+                ),
+                vs,
+            )
+            await probe.compare(
+                "RespondToRequest(own session, victim request)",
+                unary(
+                    sessions.RespondToRequest,
+                    lambda x: spb.RespondToRequestRequest(
+                        session_id=own.session_id, request_id=x, response_json='{"decision": "accept"}'
+                    ),
+                ),
+                vr,
+            )
+            await probe.compare(
+                "ListRequests", unary(sessions.ListRequests, lambda x: spb.ListRequestsRequest(session_id=x)), vs
+            )
             victim_ids = [*victim_sessions, vt, vr, victim_creds.worker_id, victim_creds.token_id, snapshot.snapshot_id]
-            await probe.absent("ListSessions", lambda: sessions.ListSessions(spb.ListSessionsRequest(), metadata=app_md, timeout=5), victim_ids)
-            await probe.absent("ListWorkers", lambda: admin.ListWorkers(apb.ListWorkersRequest(), metadata=app_md, timeout=5), victim_ids)
-            await probe.absent("ListWorkerTokens", lambda: admin.ListWorkerTokens(apb.ListWorkerTokensRequest(), metadata=app_md, timeout=5), victim_ids)
-            await probe.compare("DrainWorker", unary(admin.DrainWorker, lambda x: apb.DrainWorkerRequest(worker_id=x)), victim_creds.worker_id)
-            await probe.compare("RevokeWorkerToken", unary(admin.RevokeWorkerToken, lambda x: apb.RevokeWorkerTokenRequest(token_id=x)), victim_creds.token_id)
+            await probe.absent(
+                "ListSessions",
+                lambda: sessions.ListSessions(spb.ListSessionsRequest(), metadata=app_md, timeout=5),
+                victim_ids,
+            )
+            await probe.absent(
+                "ListWorkers",
+                lambda: admin.ListWorkers(apb.ListWorkersRequest(), metadata=app_md, timeout=5),
+                victim_ids,
+            )
+            await probe.absent(
+                "ListWorkerTokens",
+                lambda: admin.ListWorkerTokens(apb.ListWorkerTokensRequest(), metadata=app_md, timeout=5),
+                victim_ids,
+            )
+            await probe.compare(
+                "DrainWorker",
+                unary(admin.DrainWorker, lambda x: apb.DrainWorkerRequest(worker_id=x)),
+                victim_creds.worker_id,
+            )
+            await probe.compare(
+                "RevokeWorkerToken",
+                unary(admin.RevokeWorkerToken, lambda x: apb.RevokeWorkerTokenRequest(token_id=x)),
+                victim_creds.token_id,
+            )
 
             # WorkerService, with the attacker's own valid worker token.
             wid = attacker_creds.worker_id
-            await probe.compare("Register(as the victim's worker)", unary(workers.Register, lambda x: wpb.RegisterRequest(worker_id=x, runtimes=["script"], slots=1), worker_md), victim_creds.worker_id)
-            await probe.compare("Heartbeat(as the victim's worker)", unary(workers.Heartbeat, lambda x: wpb.HeartbeatRequest(worker_id=x, registration_id="reg_x"), worker_md), victim_creds.worker_id)
-            reg = await workers.Register(
-                wpb.RegisterRequest(worker_id=wid, runtimes=["script"], slots=4, labels={"pool": "shared"}), metadata=worker_md, timeout=5
+            await probe.compare(
+                "Register(as the victim's worker)",
+                unary(
+                    workers.Register,
+                    lambda x: wpb.RegisterRequest(worker_id=x, runtimes=["script"], slots=1),
+                    worker_md,
+                ),
+                victim_creds.worker_id,
             )
+            await probe.compare(
+                "Heartbeat(as the victim's worker)",
+                unary(
+                    workers.Heartbeat, lambda x: wpb.HeartbeatRequest(worker_id=x, registration_id="reg_x"), worker_md
+                ),
+                victim_creds.worker_id,
+            )
+            reg = await workers.Register(
+                wpb.RegisterRequest(worker_id=wid, runtimes=["script"], slots=4, labels={"pool": "shared"}),
+                metadata=worker_md,
+                timeout=5,
+            )
+
             async def renew(value: str) -> Any:
-                response = await workers.Heartbeat(wpb.HeartbeatRequest(
-                    worker_id=wid, registration_id=reg.registration_id, leases=[wpb.LeaseRef(session_id=value, lease_epoch=epoch)]
-                ), metadata=worker_md, timeout=5)
+                response = await workers.Heartbeat(
+                    wpb.HeartbeatRequest(
+                        worker_id=wid,
+                        registration_id=reg.registration_id,
+                        leases=[wpb.LeaseRef(session_id=value, lease_epoch=epoch)],
+                    ),
+                    metadata=worker_md,
+                    timeout=5,
+                )
                 return response.lost_leases  # the expiry time differs call to call
 
             await probe.compare("Heartbeat(renew the victim's lease)", renew, vs, ok_allowed=True)
 
             async def stream_events(value: str) -> Any:
                 call = workers.StreamEvents(metadata=worker_md, timeout=5)
-                await call.write(wpb.StreamEventsRequest(worker_id=wid, session_id=value, lease_epoch=epoch, events=[
-                    wpb.WorkerEvent(worker_seq=1, turn_id=vt)
-                ]))
+                await call.write(
+                    wpb.StreamEventsRequest(
+                        worker_id=wid,
+                        session_id=value,
+                        lease_epoch=epoch,
+                        events=[wpb.WorkerEvent(worker_seq=1, turn_id=vt)],
+                    )
+                )
                 await call.done_writing()
                 return [r async for r in call]
 
             async def resume(value: str) -> Any:
-                call = workers.Resume(wpb.ResumeRequest(worker_id=wid, session_id=value, lease_epoch=epoch), metadata=worker_md, timeout=5)
+                call = workers.Resume(
+                    wpb.ResumeRequest(worker_id=wid, session_id=value, lease_epoch=epoch), metadata=worker_md, timeout=5
+                )
                 return [r async for r in call]
 
             async def snapshot_upload(value: str) -> Any:
                 async def chunks():
                     yield wpb.SnapshotRequest(worker_id=wid, session_id=value, lease_epoch=epoch, seq=1, request_id="")
+
                 return await workers.Snapshot(chunks(), metadata=worker_md, timeout=5)
 
             await probe.compare("StreamEvents(victim session)", stream_events, vs)
             await probe.compare("Resume(victim session)", resume, vs)
             await probe.compare("Snapshot(victim session)", snapshot_upload, vs)
-            await _lease_probe(probe, workers, worker_md, wid, reg.registration_id, vs, epoch, queued_session.session_id,
-                               queued.turn_id, own.session_id, own_turn.turn_id)
+            await _lease_probe(
+                probe,
+                workers,
+                worker_md,
+                wid,
+                reg.registration_id,
+                vs,
+                epoch,
+                queued_session.session_id,
+                queued.turn_id,
+                own.session_id,
+                own_turn.turn_id,
+            )
             await channel.close()
 
             after = _rows(db, victim_sessions)
@@ -279,8 +416,17 @@ async def run_probe(root: pathlib.Path) -> Probe:
 
 
 async def _lease_probe(
-    probe: Probe, workers: Any, md: Any, wid: str, registration_id: str, victim_session: str, epoch: int,
-    queued_session: str, queued_turn: str, own_session: str, own_turn: str,
+    probe: Probe,
+    workers: Any,
+    md: Any,
+    wid: str,
+    registration_id: str,
+    victim_session: str,
+    epoch: int,
+    queued_session: str,
+    queued_turn: str,
+    own_session: str,
+    own_turn: str,
 ) -> None:
     """On its own Lease stream, the attacker's worker claims the victim's lease and turn; it
     must be offered its own queued turn and never the victim's."""
@@ -291,9 +437,15 @@ async def _lease_probe(
             yield item
 
     call = workers.Lease(outgoing(), metadata=md, timeout=30)
-    requests.put_nowait(wpb.LeaseRequest(open=wpb.LeaseOpen(
-        worker_id=wid, registration_id=registration_id, leases=[wpb.LeaseRef(session_id=victim_session, lease_epoch=epoch)]
-    )))
+    requests.put_nowait(
+        wpb.LeaseRequest(
+            open=wpb.LeaseOpen(
+                worker_id=wid,
+                registration_id=registration_id,
+                leases=[wpb.LeaseRef(session_id=victim_session, lease_epoch=epoch)],
+            )
+        )
+    )
     first = await call.read()
     probe.calls += 1
     if [ref.session_id for ref in first.opened.lost_leases] != [victim_session]:
@@ -339,7 +491,9 @@ async def _lease_probe(
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     if not offered_own:
-        probe.leaks.append("Lease stream: the attacker's worker was not offered its own turn (the probe proved nothing)")
+        probe.leaks.append(
+            "Lease stream: the attacker's worker was not offered its own turn (the probe proved nothing)"
+        )
 
 
 async def _ended(client: sdk.AsyncClient, session_id: str, turn_id: str) -> bool:

@@ -37,7 +37,9 @@ async def turn_load(
     try:
         stubs = [sgrpc.SessionServiceStub(ch) for ch in channels]
         ids = [
-            (await stubs[k % len(stubs)].CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)).session.session_id
+            (
+                await stubs[k % len(stubs)].CreateSession(spb.CreateSessionRequest(runtime="shell"), timeout=10)
+            ).session.session_id
             for k in range(sessions)
         ]
         completed: list[float] = []

@@ -91,9 +91,19 @@ class TypeScriptSide:
     @classmethod
     async def start(cls, target: str, session_id: str) -> TypeScriptSide:
         proc = await asyncio.create_subprocess_exec(
-            "node", str(CLIENT_JS), "bench", "--control-plane", target, "--session", session_id,
-            "--input", INPUT, "--paced",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            "node",
+            str(CLIENT_JS),
+            "bench",
+            "--control-plane",
+            target,
+            "--session",
+            session_id,
+            "--input",
+            INPUT,
+            "--paced",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
         )
         return cls(proc)
 
@@ -133,8 +143,21 @@ async def main() -> None:
     with procs() as ps:
         target = ps.control_plane()
         ps.spawn(
-            [sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "script",
-             "--workdir", str(ps.tmp / "w0"), "--slots", "2", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "tether.execution_worker",
+                "--control-plane",
+                target,
+                "--runtime",
+                "script",
+                "--workdir",
+                str(ps.tmp / "w0"),
+                "--slots",
+                "2",
+                "--log-level",
+                "warning",
+            ],
             "w0",
         )
         ts_ms: list[float] = []
@@ -162,7 +185,7 @@ async def main() -> None:
             finally:
                 await ts.stop()
                 await py.stop()
-    diffs = [t - p for t, p in zip(ts_ms, py_ms)]
+    diffs = [t - p for t, p in zip(ts_ms, py_ms, strict=True)]
     n = len(diffs)
     emit("ts_client_dispatch_latency_p50_ms", percentile(ts_ms, 50), "ms", turns=n)
     emit("ts_client_dispatch_latency_p99_ms", percentile(ts_ms, 99), "ms", turns=n)

@@ -22,16 +22,15 @@ from grpc_reflection.v1alpha import reflection
 from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
 from ._settings import Settings
+from .api._admin_service import AdminService
 from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
 from .api._errors import abort
 from .api._forward import Forwarder, tether_methods
-from .api._admin_service import AdminService
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .domain import errors
 from .domain.hub import Hub
-from .store._election import Election
 from .store import (
     AccessStore,
     DatabaseNotReady,
@@ -45,6 +44,7 @@ from .store import (
     ensure_schema,
     is_sqlite,
 )
+from .store._election import Election
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, se
 
         return stream_unary
 
-    async def stream_stream(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+    async def stream_stream(
+        requests: AsyncIterator[object], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[object]:
         try:
             async with contextlib.aclosing(fn(checked(requests), context)) as responses:
                 async for response in responses:
@@ -223,7 +225,9 @@ class ControlPlane:
         interceptors = None
         if replicated:
             self._forwarder = Forwarder(
-                self._route, replica_id=self.replica_id, max_message_bytes=s.max_message_bytes,
+                self._route,
+                replica_id=self.replica_id,
+                max_message_bytes=s.max_message_bytes,
             )
             interceptors = [self._forwarder, _Gate(self)]
         server = grpc.aio.server(options=options, interceptors=interceptors)
@@ -236,9 +240,7 @@ class ControlPlane:
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        reflection.enable_server_reflection([*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{s.host}:{s.port}"
         try:
             if credentials is None:
@@ -255,7 +257,10 @@ class ControlPlane:
         for name in ("", *_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "control plane listening on %s:%d (database %s, %s%s)", s.host, self.port, url.split("://")[0],
+            "control plane listening on %s:%d (database %s, %s%s)",
+            s.host,
+            self.port,
+            url.split("://")[0],
             "mTLS" if s.tls_client_ca_file else ("TLS" if credentials else "plaintext"),
             f", --dev: callers without credentials act as owner {s.dev_owner!r}" if s.dev_owner else "",
         )
@@ -379,15 +384,17 @@ class _Gate(grpc.aio.ServerInterceptor):
         self._cp = cp
         self._methods = tether_methods()
 
-    async def intercept_service(self, continuation, details):  # noqa: ANN001, ANN201 - grpc's types
+    async def intercept_service(self, continuation, details):
         arity = self._methods.get(details.method)
         if self._cp.serving or arity is None:
             return await continuation(details)
-        return _unavailable(arity, f"replica {self._cp.replica_id} is not serving yet (no leader elected, or it is taking over); retry")
+        return _unavailable(
+            arity, f"replica {self._cp.replica_id} is not serving yet (no leader elected, or it is taking over); retry"
+        )
 
 
 def _unavailable(arity: tuple[bool, bool], message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request_or_iterator, context: grpc.aio.ServicerContext):  # noqa: ANN001, ANN202
+    async def refuse(request_or_iterator, context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
     client_streaming, server_streaming = arity
@@ -410,11 +417,15 @@ async def serve_forever(settings: Settings, port_file: str | None = None) -> Non
         loop.add_signal_handler(sig, stop.set)
     async with ControlPlane(settings) as cp:
         if port_file:
-            import pathlib
-
-            tmp = pathlib.Path(port_file + ".tmp")
-            tmp.write_text(str(cp.port))
-            tmp.replace(port_file)
+            _write_port_file(port_file, cp.port)
         print(f"tether control plane listening on {settings.host}:{cp.port}", flush=True)
         await stop.wait()
         log.info("shutting down")
+
+
+def _write_port_file(port_file: str, port: int) -> None:
+    """A few bytes, once at start: written then renamed, so a reader never sees half."""
+    tmp = port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.replace(tmp, port_file)

@@ -30,30 +30,174 @@ def _is_loopback(host: str) -> bool:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="TETHER_HOST", help="Address to bind.")
-@click.option("--port", default=7670, show_default=True, type=click.IntRange(0, 65535), envvar="TETHER_PORT", help="Port (0 picks a free one).")
-@click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB", help="SQLite file path or SQLAlchemy URL.")
-@click.option("--migrate", is_flag=True, envvar="TETHER_MIGRATE", help="Upgrade the database's tables to this release at start (as `tether db upgrade` does; sessions and workers from before owners go to owner 'local'). Without it only a new SQLite file is set up; any other database must be upgraded first.")
-@click.option("--db-pool-size", type=click.IntRange(1), default=5, show_default=True, envvar="TETHER_DB_POOL_SIZE", help="Database connections this replica keeps open (plus up to 10 more under load).")
-@click.option("--replica-id", default="", envvar="TETHER_REPLICA_ID", help="This replica's unique name among the replicas on one PostgreSQL database.  [default: host name and process id]")
-@click.option("--advertise-address", default="", envvar="TETHER_ADVERTISE_ADDRESS", help="host:port the other replicas reach this one at, to relay calls to it while it leads.  [default: --host and the bound port]")
-@click.option("--sqlite-synchronous", type=click.Choice(["NORMAL", "FULL"]), default="NORMAL", show_default=True, envvar="TETHER_SQLITE_SYNCHRONOUS", help="FULL also survives power loss.")
-@click.option("--heartbeat-interval-s", type=click.FloatRange(0.05), default=2.0, show_default=True, envvar="TETHER_HEARTBEAT_INTERVAL_S", help="How often workers renew on their Lease stream.")
-@click.option("--liveness-timeout-s", type=click.FloatRange(0.1), default=None, envvar="TETHER_LIVENESS_TIMEOUT_S", help="Close a Lease stream silent this long.  [default: 3 x heartbeat interval]")
-@click.option("--worker-dead-grace-s", type=click.FloatRange(0.0), default=1.0, show_default=True, envvar="TETHER_WORKER_DEAD_GRACE_S", help="Move a disconnected worker's sessions if it is not back within this.")
-@click.option("--lease-ttl-s", type=click.FloatRange(0.1), default=15.0, show_default=True, envvar="TETHER_LEASE_TTL_S", help="Move a session whose lease is not renewed within this.")
-@click.option("--sticky-timeout-s", type=click.FloatRange(0.0), default=5.0, show_default=True, envvar="TETHER_STICKY_TIMEOUT_S", help="How long a turn waits for its busy warm worker before moving.")
-@click.option("--offer-timeout-s", type=click.FloatRange(0.05), default=10.0, show_default=True, envvar="TETHER_OFFER_TIMEOUT_S", help="Requeue an offer not accepted within this.")
-@click.option("--max-message-bytes", type=click.IntRange(1024), default=4 << 20, show_default=True, envvar="TETHER_MAX_MESSAGE_BYTES")
-@click.option("--dev", is_flag=True, envvar="TETHER_DEV", help="Development only: let callers without credentials in, acting as owner 'local' (or the owner they name in x-tether-owner). Refused on a non-loopback address.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_CERT", help="Serve TLS with this certificate (PEM; with --tls-key).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_KEY", help="The certificate's private key (PEM).")
-@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), default=None, envvar="TETHER_TLS_CLIENT_CA", help="Require client certificates signed by this CA (mutual TLS).")
-@click.option("--max-active-sessions-per-owner", type=click.IntRange(1), default=Limits.max_active_sessions_per_owner, show_default=True, envvar="TETHER_MAX_ACTIVE_SESSIONS_PER_OWNER", help="Sessions of one owner with a turn queued or running at once.")
-@click.option("--max-queued-turns-per-owner", type=click.IntRange(1), default=Limits.max_queued_turns_per_owner, show_default=True, envvar="TETHER_MAX_QUEUED_TURNS_PER_OWNER", help="Turns of one owner waiting for a worker.")
-@click.option("--events-per-second-per-session", type=click.FloatRange(1), default=Limits.events_per_second_per_session, show_default=True, envvar="TETHER_EVENTS_PER_SECOND_PER_SESSION", help="Sustained event rate one session's worker may write (bursts of 10x allowed).")
-@click.option("--max-pending-pairing-codes-per-owner", type=click.IntRange(1), default=Limits.max_pending_pairing_codes_per_owner, show_default=True, envvar="TETHER_MAX_PENDING_PAIRING_CODES_PER_OWNER")
-@click.option("--pairing-failures-per-minute", type=click.IntRange(1), default=Limits.pairing_failures_per_minute, show_default=True, envvar="TETHER_PAIRING_FAILURES_PER_MINUTE", help="Invalid pairing codes one address may try per minute.")
-@click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="Write the bound port here once serving.")
+@click.option(
+    "--port",
+    default=7670,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="TETHER_PORT",
+    help="Port (0 picks a free one).",
+)
+@click.option(
+    "--db", default="tether.db", show_default=True, envvar="TETHER_DB", help="SQLite file path or SQLAlchemy URL."
+)
+@click.option(
+    "--migrate",
+    is_flag=True,
+    envvar="TETHER_MIGRATE",
+    help="Upgrade the database's tables to this release at start (as `tether db upgrade` does; sessions and workers from before owners go to owner 'local'). Without it only a new SQLite file is set up; any other database must be upgraded first.",
+)
+@click.option(
+    "--db-pool-size",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    envvar="TETHER_DB_POOL_SIZE",
+    help="Database connections this replica keeps open (plus up to 10 more under load).",
+)
+@click.option(
+    "--replica-id",
+    default="",
+    envvar="TETHER_REPLICA_ID",
+    help="This replica's unique name among the replicas on one PostgreSQL database.  [default: host name and process id]",
+)
+@click.option(
+    "--advertise-address",
+    default="",
+    envvar="TETHER_ADVERTISE_ADDRESS",
+    help="host:port the other replicas reach this one at, to relay calls to it while it leads.  [default: --host and the bound port]",
+)
+@click.option(
+    "--sqlite-synchronous",
+    type=click.Choice(["NORMAL", "FULL"]),
+    default="NORMAL",
+    show_default=True,
+    envvar="TETHER_SQLITE_SYNCHRONOUS",
+    help="FULL also survives power loss.",
+)
+@click.option(
+    "--heartbeat-interval-s",
+    type=click.FloatRange(0.05),
+    default=2.0,
+    show_default=True,
+    envvar="TETHER_HEARTBEAT_INTERVAL_S",
+    help="How often workers renew on their Lease stream.",
+)
+@click.option(
+    "--liveness-timeout-s",
+    type=click.FloatRange(0.1),
+    default=None,
+    envvar="TETHER_LIVENESS_TIMEOUT_S",
+    help="Close a Lease stream silent this long.  [default: 3 x heartbeat interval]",
+)
+@click.option(
+    "--worker-dead-grace-s",
+    type=click.FloatRange(0.0),
+    default=1.0,
+    show_default=True,
+    envvar="TETHER_WORKER_DEAD_GRACE_S",
+    help="Move a disconnected worker's sessions if it is not back within this.",
+)
+@click.option(
+    "--lease-ttl-s",
+    type=click.FloatRange(0.1),
+    default=15.0,
+    show_default=True,
+    envvar="TETHER_LEASE_TTL_S",
+    help="Move a session whose lease is not renewed within this.",
+)
+@click.option(
+    "--sticky-timeout-s",
+    type=click.FloatRange(0.0),
+    default=5.0,
+    show_default=True,
+    envvar="TETHER_STICKY_TIMEOUT_S",
+    help="How long a turn waits for its busy warm worker before moving.",
+)
+@click.option(
+    "--offer-timeout-s",
+    type=click.FloatRange(0.05),
+    default=10.0,
+    show_default=True,
+    envvar="TETHER_OFFER_TIMEOUT_S",
+    help="Requeue an offer not accepted within this.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(1024),
+    default=4 << 20,
+    show_default=True,
+    envvar="TETHER_MAX_MESSAGE_BYTES",
+)
+@click.option(
+    "--dev",
+    is_flag=True,
+    envvar="TETHER_DEV",
+    help="Development only: let callers without credentials in, acting as owner 'local' (or the owner they name in x-tether-owner). Refused on a non-loopback address.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="TETHER_TLS_CERT",
+    help="Serve TLS with this certificate (PEM; with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="TETHER_TLS_KEY",
+    help="The certificate's private key (PEM).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="TETHER_TLS_CLIENT_CA",
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--max-active-sessions-per-owner",
+    type=click.IntRange(1),
+    default=Limits.max_active_sessions_per_owner,
+    show_default=True,
+    envvar="TETHER_MAX_ACTIVE_SESSIONS_PER_OWNER",
+    help="Sessions of one owner with a turn queued or running at once.",
+)
+@click.option(
+    "--max-queued-turns-per-owner",
+    type=click.IntRange(1),
+    default=Limits.max_queued_turns_per_owner,
+    show_default=True,
+    envvar="TETHER_MAX_QUEUED_TURNS_PER_OWNER",
+    help="Turns of one owner waiting for a worker.",
+)
+@click.option(
+    "--events-per-second-per-session",
+    type=click.FloatRange(1),
+    default=Limits.events_per_second_per_session,
+    show_default=True,
+    envvar="TETHER_EVENTS_PER_SECOND_PER_SESSION",
+    help="Sustained event rate one session's worker may write (bursts of 10x allowed).",
+)
+@click.option(
+    "--max-pending-pairing-codes-per-owner",
+    type=click.IntRange(1),
+    default=Limits.max_pending_pairing_codes_per_owner,
+    show_default=True,
+    envvar="TETHER_MAX_PENDING_PAIRING_CODES_PER_OWNER",
+)
+@click.option(
+    "--pairing-failures-per-minute",
+    type=click.IntRange(1),
+    default=Limits.pairing_failures_per_minute,
+    show_default=True,
+    envvar="TETHER_PAIRING_FAILURES_PER_MINUTE",
+    help="Invalid pairing codes one address may try per minute.",
+)
+@click.option(
+    "--port-file", type=click.Path(dir_okay=False), default=None, help="Write the bound port here once serving."
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="TETHER_LOG_LEVEL")
 def serve(
     host: str,
@@ -94,7 +238,9 @@ def serve(
     if bool(tls_cert) != bool(tls_key):
         raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     if tls_client_ca and not tls_cert:
-        raise click.BadParameter("mutual TLS needs the server's own --tls-cert and --tls-key", param_hint="--tls-client-ca")
+        raise click.BadParameter(
+            "mutual TLS needs the server's own --tls-cert and --tls-key", param_hint="--tls-client-ca"
+        )
     if dev and not _is_loopback(host):
         raise click.BadParameter(
             "--dev lets anyone in without credentials; it is only allowed on a loopback address", param_hint="--dev"
@@ -102,7 +248,8 @@ def serve(
     if not _is_loopback(host) and not tls_cert:
         logging.getLogger("tether").warning(
             "serving plaintext gRPC on non-loopback address %s: keys and tokens cross the network in the clear; "
-            "use --tls-cert and --tls-key", host
+            "use --tls-cert and --tls-key",
+            host,
         )
     settings = Settings(
         host=host,

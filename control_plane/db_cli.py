@@ -32,15 +32,20 @@ from .store import (
 
 T = TypeVar("T")
 
-_db_option = click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB",
-                          help="The control plane's SQLite file path or SQLAlchemy URL.")
+_db_option = click.option(
+    "--db",
+    default="tether.db",
+    show_default=True,
+    envvar="TETHER_DB",
+    help="The control plane's SQLite file path or SQLAlchemy URL.",
+)
 
 
 def _run(db: str, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     async def run() -> T:
         try:
             engine = create_engine(database_url(db))
-        except Exception as exc:  # noqa: BLE001 - a URL SQLAlchemy cannot use (no such driver, malformed)
+        except Exception as exc:
             raise click.ClickException(f"cannot open the database {describe_database(db)}: {exc}") from None
         try:
             return await action(engine)
@@ -59,9 +64,14 @@ def db() -> None:
 
 @db.command()
 @_db_option
-@click.option("--legacy-owner", default="local", show_default=True, envvar="TETHER_LEGACY_OWNER",
-              help="The owner that sessions and workers from before owners (revision 0001) are given. "
-                   "'local' is the owner `tether serve --dev` acts as.")
+@click.option(
+    "--legacy-owner",
+    default="local",
+    show_default=True,
+    envvar="TETHER_LEGACY_OWNER",
+    help="The owner that sessions and workers from before owners (revision 0001) are given. "
+    "'local' is the owner `tether serve --dev` acts as.",
+)
 def upgrade(db: str, legacy_owner: str) -> None:
     """Upgrade the database to this release's revision, in one transaction.
 
@@ -83,7 +93,9 @@ def upgrade(db: str, legacy_owner: str) -> None:
         click.echo(f"upgraded the database {name} from {done.from_revision or 'empty'} to {done.to_revision}")
     if done.from_revision is not None and done.legacy_owner_rows is not None:
         counts = " and ".join(f"{n} {table if n != 1 else table[:-1]}" for table, n in done.legacy_owner_rows.items())
-        click.echo(f"sessions and workers from before owners ({counts}) now belong to owner {legacy_owner!r} (--legacy-owner)")
+        click.echo(
+            f"sessions and workers from before owners ({counts}) now belong to owner {legacy_owner!r} (--legacy-owner)"
+        )
 
 
 def _revision(state: SchemaState) -> str:

@@ -8,7 +8,7 @@ few seconds (its credential cache).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -17,14 +17,19 @@ from .domain import errors
 from .domain.access import KEY_KINDS, ApiKey
 from .store import AccessStore, DatabaseNotReady, create_engine, database_url, describe_database, ensure_schema
 
-_db_option = click.option("--db", default="tether.db", show_default=True, envvar="TETHER_DB",
-                          help="The control plane's SQLite file path or SQLAlchemy URL.")
+_db_option = click.option(
+    "--db",
+    default="tether.db",
+    show_default=True,
+    envvar="TETHER_DB",
+    help="The control plane's SQLite file path or SQLAlchemy URL.",
+)
 
 
-async def _with_store(db: str, action):  # noqa: ANN001, ANN202 - a coroutine function on the store
+async def _with_store(db: str, action):
     try:
         engine = create_engine(database_url(db))
-    except Exception as exc:  # noqa: BLE001 - a URL SQLAlchemy cannot use (no such driver, malformed)
+    except Exception as exc:
         raise click.ClickException(f"cannot open the database {describe_database(db)}: {exc}") from None
     try:
         # Like `tether serve`: a new SQLite file is set up, any other database must be at head.
@@ -38,12 +43,12 @@ async def _with_store(db: str, action):  # noqa: ANN001, ANN202 - a coroutine fu
         await engine.dispose()
 
 
-def _run(db: str, action):  # noqa: ANN001, ANN202
+def _run(db: str, action):
     return asyncio.run(_with_store(db, action))
 
 
 def _when(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat(timespec="seconds") if us else "-"
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds") if us else "-"
 
 
 @click.group()
@@ -52,9 +57,14 @@ def keys() -> None:
 
 
 @keys.command()
-@click.option("--kind", type=click.Choice(KEY_KINDS), default="owner", show_default=True,
-              help="owner: bound to --owner. backend: a trusted application backend that names the owner "
-                   "in x-tether-owner on each call. admin: like backend, and also sees every owner's workers.")
+@click.option(
+    "--kind",
+    type=click.Choice(KEY_KINDS),
+    default="owner",
+    show_default=True,
+    help="owner: bound to --owner. backend: a trusted application backend that names the owner "
+    "in x-tether-owner on each call. admin: like backend, and also sees every owner's workers.",
+)
 @click.option("--owner", default="", help="The owner an 'owner' key is bound to.")
 @click.option("--name", default="", help="A note saying who holds the key.")
 @_db_option
@@ -64,9 +74,13 @@ def create(kind: str, owner: str, name: str, db: str) -> None:
         try:
             owner_name(owner, "--owner")
         except errors.InvalidArgument as exc:
-            raise click.BadParameter(exc.violations[0].description + " for an owner key", param_hint="--owner") from None
+            raise click.BadParameter(
+                exc.violations[0].description + " for an owner key", param_hint="--owner"
+            ) from None
     elif owner:
-        raise click.BadParameter(f"a {kind} key is not bound to an owner; it names one on each call", param_hint="--owner")
+        raise click.BadParameter(
+            f"a {kind} key is not bound to an owner; it names one on each call", param_hint="--owner"
+        )
 
     async def action(store: AccessStore) -> tuple[ApiKey, str]:
         return await store.create_api_key(kind, owner, name)

@@ -41,8 +41,8 @@ from tether.execution_worker._runtime import (
     discover_runtimes,
     new_request_id,
 )
-from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
 from tether.execution_worker._script import ScriptRuntime
+from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
 from tether.execution_worker._shell import ShellRuntime
 from tether.execution_worker._worker import Worker
 

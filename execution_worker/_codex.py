@@ -244,9 +244,7 @@ def raw_to_history(item: dict[str, Any], turn_id: str) -> HistoryItem:
         text = output if isinstance(output, str) else _text_of_content(output) or json.dumps(output)
     elif kind == "reasoning":
         summary = item.get("summary") or []
-        role, text = HistoryRole.OUTPUT, "\n".join(
-            str(s.get("text", "")) for s in summary if isinstance(s, dict)
-        )
+        role, text = HistoryRole.OUTPUT, "\n".join(str(s.get("text", "")) for s in summary if isinstance(s, dict))
     elif kind.endswith("_call"):
         role, text = HistoryRole.TOOL_CALL, kind
     else:
@@ -277,9 +275,7 @@ def _item_kind(kind: str) -> ItemKind:
 def _item_text(item: dict[str, Any]) -> str:
     kind = item.get("type")
     if kind == "userMessage":
-        return "".join(
-            str(part.get("text", "")) for part in item.get("content") or [] if isinstance(part, dict)
-        )
+        return "".join(str(part.get("text", "")) for part in item.get("content") or [] if isinstance(part, dict))
     if kind == "reasoning":
         return "\n".join(str(s) for s in (item.get("summary") or item.get("content") or []))
     if kind == "mcpToolCall":
@@ -466,7 +462,7 @@ class _Process:
 
     @classmethod
     async def spawn(cls, args: list[str], *, cwd: Path, env: dict[str, str]) -> _Process:
-        popen = subprocess.Popen(
+        popen = subprocess.Popen(  # noqa: ASYNC220 - on purpose, see the docstring
             args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -626,9 +622,7 @@ class CodexRuntime(Runtime):
         thread = (result or {}).get("thread") or {}
         if not thread.get("id"):
             await self.close()
-            raise CodexError(
-                f"codex {'thread/resume' if raw_history else 'thread/start'} returned no thread id"
-            )
+            raise CodexError(f"codex {'thread/resume' if raw_history else 'thread/start'} returned no thread id")
         self._thread = thread
         self._thread_id = str(thread["id"])
         self._model = str(result.get("model") or thread.get("model") or self.settings.model or "")
@@ -639,10 +633,18 @@ class CodexRuntime(Runtime):
             if raw_history:
                 self._check_resumed_history(len(raw_history))
         else:
-            _log.warning("session %s: codex thread %s has no rollout file; history will not be recorded",
-                         session_id, self._thread_id)
-        _log.info("session %s: codex thread %s (%s) started%s", session_id, self._thread_id,
-                  self._model or "default model", f" from {len(history)} history items" if history else "")
+            _log.warning(
+                "session %s: codex thread %s has no rollout file; history will not be recorded",
+                session_id,
+                self._thread_id,
+            )
+        _log.info(
+            "session %s: codex thread %s (%s) started%s",
+            session_id,
+            self._thread_id,
+            self._model or "default model",
+            f" from {len(history)} history items" if history else "",
+        )
 
     def _copy_home_files(self) -> None:
         assert self._codex_home is not None
@@ -661,8 +663,7 @@ class CodexRuntime(Runtime):
         assert self._rollout is not None
         kept = sum(1 for turn, _ in self._rollout.read() if turn is None)
         if kept and kept < expected:
-            _log.warning("session %s: codex kept %d of %d history items on resume",
-                         self._session_id, kept, expected)
+            _log.warning("session %s: codex kept %d of %d history items on resume", self._session_id, kept, expected)
 
     async def _spawn(self) -> None:
         assert self._workspace is not None and self._codex_home is not None
@@ -775,8 +776,9 @@ class CodexRuntime(Runtime):
                 try:
                     line = await stdout.readline()
                 except ValueError:  # a line over STREAM_LIMIT: nothing we can route
-                    _log.error("session %s: codex sent a message over %d bytes; dropped it",
-                               self._session_id, STREAM_LIMIT)
+                    _log.error(
+                        "session %s: codex sent a message over %d bytes; dropped it", self._session_id, STREAM_LIMIT
+                    )
                     continue
                 if not line:
                     break
@@ -852,8 +854,9 @@ class CodexRuntime(Runtime):
         elif "id" in message:
             self._reject(message, f"tether: no turn is running to take {message['method']}")
         elif message["method"] not in _DROPPED_NOTIFICATIONS:
-            _log.debug("session %s: codex %s outside a turn: %s", self._session_id, message["method"],
-                       json.dumps(params)[:500])
+            _log.debug(
+                "session %s: codex %s outside a turn: %s", self._session_id, message["method"], json.dumps(params)[:500]
+            )
 
     def _reject(self, message: dict[str, Any], text: str) -> None:
         """Answer a server request with a JSON-RPC error, so Codex never waits on it."""
@@ -894,8 +897,12 @@ class CodexRuntime(Runtime):
             while terminal is None:
                 message = await self._next_message(turn)
                 if message is None:  # Codex never confirmed the interrupt
-                    _log.warning("session %s: codex did not end turn %s within %gs of turn/interrupt",
-                                 self._session_id, turn.codex_turn_id, INTERRUPT_GRACE_S)
+                    _log.warning(
+                        "session %s: codex did not end turn %s within %gs of turn/interrupt",
+                        self._session_id,
+                        turn.codex_turn_id,
+                        INTERRUPT_GRACE_S,
+                    )
                     terminal = TurnInterrupted(turn.interrupt_reason or "interrupted")
                 elif message is _EXITED:
                     terminal = (
@@ -922,8 +929,13 @@ class CodexRuntime(Runtime):
                 if turn.codex_turn_id and self._exit_code is None:
                     # The consumer went away mid-turn: stop Codex's turn too, without waiting.
                     try:
-                        self._write({"id": next(self._ids), "method": "turn/interrupt",
-                                     "params": {"threadId": self._thread_id, "turnId": turn.codex_turn_id}})
+                        self._write(
+                            {
+                                "id": next(self._ids),
+                                "method": "turn/interrupt",
+                                "params": {"threadId": self._thread_id, "turnId": turn.codex_turn_id},
+                            }
+                        )
                     except CodexExited:
                         pass
                 self._finish_turn(turn)
@@ -974,7 +986,9 @@ class CodexRuntime(Runtime):
         elif method == "error":
             error = params.get("error") or {}
             turn.last_error = _error_text(error) or turn.last_error
-            yield AgentError(_error_text(error), bool(params.get("willRetry")), _error_code(error.get("codexErrorInfo")))
+            yield AgentError(
+                _error_text(error), bool(params.get("willRetry")), _error_code(error.get("codexErrorInfo"))
+            )
         elif method == "serverRequest/resolved":
             self._forget_codex_request(turn, params.get("requestId"))
             yield RawEvent(method, json.dumps(params))
@@ -1104,8 +1118,13 @@ class CodexRuntime(Runtime):
             if turn.codex_turn_id in rollout.ended or self._exit_code is not None:
                 break
             if loop.time() >= deadline:
-                _log.warning("session %s: no end of turn %s in %s after %gs; history may miss items",
-                             self._session_id, turn.codex_turn_id, rollout.path, ROLLOUT_FLUSH_WAIT_S)
+                _log.warning(
+                    "session %s: no end of turn %s in %s after %gs; history may miss items",
+                    self._session_id,
+                    turn.codex_turn_id,
+                    rollout.path,
+                    ROLLOUT_FLUSH_WAIT_S,
+                )
                 break
             await asyncio.sleep(_ROLLOUT_POLL_S)
         self._history.extend(collected)
@@ -1113,7 +1132,7 @@ class CodexRuntime(Runtime):
 
 
 def _version_from_user_agent(user_agent: str) -> str:
-    """"tether/0.169.0 (Debian 12.0.0; x86_64) ..." -> "0.169.0"."""
+    """ "tether/0.169.0 (Debian 12.0.0; x86_64) ..." -> "0.169.0"."""
     product = user_agent.split(" ", 1)[0]
     return product.split("/", 1)[1] if "/" in product else ""
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tether.v1 import resources_pb2, worker_service_pb2
-
 from tether.execution_worker._runtime import (
     AgentError,
     DeltaKind,
@@ -31,6 +29,7 @@ from tether.execution_worker._runtime import (
     TurnFailed,
     TurnInterrupted,
 )
+from tether.v1 import resources_pb2, worker_service_pb2
 
 _ROLE_TO_PROTO = {
     HistoryRole.INPUT: resources_pb2.HISTORY_ITEM_ROLE_INPUT,
@@ -163,9 +162,7 @@ def turn_started_body(worker_id: str, runtime_thread_id: str = "") -> resources_
     )
 
 
-def history_from_resume(
-    chunks: Iterable[worker_service_pb2.ResumeResponse], *, skip_turn_id: str
-) -> list[HistoryItem]:
+def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, skip_turn_id: str) -> list[HistoryItem]:
     """Model-visible history from Resume chunks: the snapshot's items, then the events after it.
 
     A turn whose runtime recorded its model-visible history (`history_item` events, as the Codex

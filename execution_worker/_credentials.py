@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
-from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from tether.sdk._channel import make_channel
+from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 
 class CredentialsRejected(Exception):
@@ -51,8 +51,11 @@ def load_credentials(path: Path) -> WorkerCredentials | None:
         raise ValueError(f"cannot read the worker token file {str(path)!r}: {exc}") from None
     try:
         return WorkerCredentials(
-            worker_id=data["worker_id"], token=data["token"], token_id=data["token_id"],
-            owner=data["owner"], control_plane=data.get("control_plane", ""),
+            worker_id=data["worker_id"],
+            token=data["token"],
+            token_id=data["token_id"],
+            owner=data["owner"],
+            control_plane=data.get("control_plane", ""),
         )
     except (KeyError, TypeError):
         raise ValueError(f"the worker token file {str(path)!r} is not one `tether worker pair` wrote") from None
@@ -88,6 +91,9 @@ async def pair(
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         response = await stub.Pair(worker_service_pb2.PairRequest(code=code, name=name), timeout=timeout_s)
     return WorkerCredentials(
-        worker_id=response.worker_id, token=response.token, token_id=response.token_id,
-        owner=response.owner, control_plane=control_plane,
+        worker_id=response.worker_id,
+        token=response.token,
+        token_id=response.token_id,
+        owner=response.owner,
+        control_plane=control_plane,
     )

@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._errors import describe, is_lease_lost
+from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class EventOutbox:
 
     def start(self) -> None:
         if self._task is None and not self._closed:
-            self._task = asyncio.create_task(
-                self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}"
-            )
+            self._task = asyncio.create_task(self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}")
 
     def emit(self, turn_id: str, body: resources_pb2.EventBody) -> int:
         """Queue one event; returns its worker_seq (0 when the outbox is closed)."""
@@ -184,7 +182,8 @@ class EventOutbox:
                 if is_lease_lost(error):
                     _log.warning(
                         "session %s lost its lease (epoch %d) while sending events; stopping it",
-                        self.session_id, self.lease_epoch,
+                        self.session_id,
+                        self.lease_epoch,
                     )
                     self.lease_lost = True
                     self._closed = True

@@ -24,19 +24,28 @@ from typing import Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
-from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._credentials import REJECTED_CODES, CredentialsRejected
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import WorkerSettings
+from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
 #: Protocol features this worker implements, announced in RegisterRequest.features.
 FEATURES = (
-    "lease_renew", "resume", "snapshot", "interrupt", "drain", "release",
-    "liveness", "drain_started", "restore_only", "release_reason", "snapshot_after_turn",
+    "lease_renew",
+    "resume",
+    "snapshot",
+    "interrupt",
+    "drain",
+    "release",
+    "liveness",
+    "drain_started",
+    "restore_only",
+    "release_reason",
+    "snapshot_after_turn",
 )
 
 #: Without a liveness timeout from the server, the stream is deaf after this many heartbeat
@@ -85,9 +94,7 @@ class LeaseTimings:
             max_events_per_message=response.max_events_per_message or fallback.max_events_per_message,
             # Unset means 3 heartbeat intervals of this response, not what an earlier
             # registration said.
-            liveness_timeout_s=seconds(
-                "liveness_timeout", LIVENESS_FALLBACK_INTERVALS * heartbeat_interval_s
-            ),
+            liveness_timeout_s=seconds("liveness_timeout", LIVENESS_FALLBACK_INTERVALS * heartbeat_interval_s),
             worker_dead_grace_s=seconds("worker_dead_grace", 0.0),
         )
 
@@ -273,8 +280,11 @@ class LeaseClient:
                 return False
             _log.info(
                 "registered as %s (registration %s, heartbeat %.2fs, liveness %.2fs, %d leases held)",
-                self._worker_id, self.registration_id, self.timings.heartbeat_interval_s,
-                self.timings.liveness_timeout_s, len(held),
+                self._worker_id,
+                self.registration_id,
+                self.timings.heartbeat_interval_s,
+                self.timings.liveness_timeout_s,
+                len(held),
             )
             if first.opened.lost_leases:
                 self._handler.on_lost_leases(first.opened.lost_leases, "lost while disconnected")
@@ -333,7 +343,8 @@ class LeaseClient:
             if silence >= timeout:
                 _log.warning(
                     "lease stream silent for %.2fs (liveness timeout %.2fs); dropping it as deaf",
-                    silence, timeout,
+                    silence,
+                    timeout,
                 )
                 return
             await asyncio.sleep(timeout - silence)

@@ -327,10 +327,7 @@ def select_runtimes(names: list[str] | tuple[str, ...]) -> dict[str, RuntimeFact
     available = discover_runtimes()
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise LookupError(
-            f"unknown runtime {', '.join(map(repr, unknown))}; "
-            f"available: {', '.join(sorted(available))}"
-        )
+        raise LookupError(f"unknown runtime {', '.join(map(repr, unknown))}; available: {', '.join(sorted(available))}")
     return {n: available[n] for n in names}
 
 

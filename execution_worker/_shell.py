@@ -40,6 +40,7 @@ KILL_GRACE_S = 2.0
 #: by a process that left the group (setsid, daemonised); the turn stops waiting for it then.
 ORPHAN_PIPE_GRACE_S = 2.0
 
+
 class _PipeReader(asyncio.Protocol):
     """Feeds one pipe of a turn into the turn, decoding UTF-8 across chunk boundaries."""
 
@@ -205,7 +206,7 @@ class ShellRuntime(Runtime):
             return
         loop = asyncio.get_running_loop()
         try:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: ASYNC220 - see _child: uvloop's spawn is slower
                 ["/bin/sh", "-c", input],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -27,11 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-from tether.sdk._channel import WithMetadata, credential_metadata, make_channel
-
-from tether.execution_worker._credentials import CredentialsRejected
 from tether.execution_worker._convert import (
     event_body,
     history_from_resume,
@@ -39,6 +35,7 @@ from tether.execution_worker._convert import (
     resume_watermark,
     turn_started_body,
 )
+from tether.execution_worker._credentials import CredentialsRejected
 from tether.execution_worker._errors import describe, is_lease_lost
 from tether.execution_worker._events import EventOutbox
 from tether.execution_worker._lease import LeaseClient
@@ -55,6 +52,8 @@ from tether.execution_worker._runtime import (
     select_runtimes,
 )
 from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
+from tether.sdk._channel import WithMetadata, credential_metadata, make_channel
+from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger("tether.execution_worker")
 
@@ -164,7 +163,7 @@ class Worker:
         self._channel = channel
         self._owns_channel = channel is None
         # Line-buffered so every offer is on disk even if the worker is killed.
-        self._offer_trace = open(settings.offer_trace, "a", buffering=1) if settings.offer_trace else None  # noqa: SIM115
+        self._offer_trace = open(settings.offer_trace, "a", buffering=1) if settings.offer_trace else None
         self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
         self._lease: LeaseClient | None = None
         self._sessions: dict[str, _Session] = {}
@@ -242,8 +241,10 @@ class Worker:
                 ("grpc.max_reconnect_backoff_ms", int(self.settings.reconnect_backoff_max_s * 1000)),
             ]
             self._channel = make_channel(
-                self.settings.control_plane, options=_CHANNEL_OPTIONS + backoff_options,
-                tls_ca_file=self.settings.tls_ca_file, tls_cert_file=self.settings.tls_cert_file,
+                self.settings.control_plane,
+                options=_CHANNEL_OPTIONS + backoff_options,
+                tls_ca_file=self.settings.tls_ca_file,
+                tls_cert_file=self.settings.tls_cert_file,
                 tls_key_file=self.settings.tls_key_file,
             )
         self._stub = WithMetadata(
@@ -260,8 +261,11 @@ class Worker:
             self._spawn(self._lease.announce_drain(self._drain_deadline_wall), "announce drain")
         _log.info(
             "worker %s starting: control plane %s, runtimes %s, %d slots, workdir %s",
-            self.worker_id, self.settings.control_plane, ",".join(self._runtimes),
-            self.settings.slots, self.settings.workdir,
+            self.worker_id,
+            self.settings.control_plane,
+            ",".join(self._runtimes),
+            self.settings.slots,
+            self.settings.workdir,
         )
         lease_task = self._spawn(self._lease.run(), "lease loop")
         drain = asyncio.create_task(self._drain_requested.wait())
@@ -352,7 +356,8 @@ class Worker:
     async def _drain(self) -> None:
         _log.info(
             "draining: %d turns running, %.1fs to finish them",
-            self.running_turn_count, max(0.0, self._drain_deadline - time.monotonic()),
+            self.running_turn_count,
+            max(0.0, self._drain_deadline - time.monotonic()),
         )
         if not await self._wait_idle(lambda: self._drain_deadline):
             _log.warning("drain grace over; interrupting %d running turns", self.running_turn_count)
@@ -407,7 +412,10 @@ class Worker:
             )
         )
         _log.info(
-            "released session %s (epoch %d): %s%s", session.session_id, session.lease_epoch, reason,
+            "released session %s (epoch %d): %s%s",
+            session.session_id,
+            session.lease_epoch,
+            reason,
             "" if released else " (not connected: the lease expires on the server)",
         )
         await self._forget(session, f"released: {reason}")
@@ -502,8 +510,10 @@ class Worker:
             await self._lease.send(
                 worker_service_pb2.LeaseRequest(
                     reject=worker_service_pb2.RejectOffer(
-                        session_id=offer.session_id, turn_id=offer.turn_id,
-                        lease_epoch=offer.lease_epoch, reason=reason,
+                        session_id=offer.session_id,
+                        turn_id=offer.turn_id,
+                        lease_epoch=offer.lease_epoch,
+                        reason=reason,
                     )
                 )
             )
@@ -601,7 +611,9 @@ class Worker:
         outbox = session.outbox
         terminal: object = None
         try:
-            outbox.emit(turn_id, turn_started_body(self.worker_id, session.runtime.runtime_thread_id if session.runtime else ""))
+            outbox.emit(
+                turn_id, turn_started_body(self.worker_id, session.runtime.runtime_thread_id if session.runtime else "")
+            )
             if session.restore_task is not None:
                 # A turn right after a restore-only placement runs on the runtime it rebuilds.
                 await asyncio.wait({session.restore_task})
@@ -660,7 +672,9 @@ class Worker:
             session.pending_interrupt = None
             self._work_changed.set()
             if terminal is not None:
-                _log.info("turn %s of session %s finished: %s", turn_id, session.session_id, _describe_terminal(terminal))
+                _log.info(
+                    "turn %s of session %s finished: %s", turn_id, session.session_id, _describe_terminal(terminal)
+                )
                 self._after_turn(session)
 
     def _after_turn(self, session: _Session) -> None:
@@ -722,7 +736,9 @@ class Worker:
         session.history_seq = watermark
         _log.info(
             "session %s rehydrated with %d history items (up to seq %d)",
-            session.session_id, len(history), watermark,
+            session.session_id,
+            len(history),
+            watermark,
         )
         return runtime
 
@@ -755,7 +771,9 @@ class Worker:
         reconnect re-sends answers) and answers for turns no longer running here are ignored."""
         session = self._sessions.get(answered.session_id)
         if session is None or session.runtime is None or session.turn_id != answered.turn_id:
-            _log.debug("answer to %s/%s ignored: its turn is not running here", answered.session_id, answered.request_id)
+            _log.debug(
+                "answer to %s/%s ignored: its turn is not running here", answered.session_id, answered.request_id
+            )
             return
         try:
             answer = json.loads(answered.response_json)
@@ -784,7 +802,8 @@ class Worker:
         if session is None or session.lease_epoch != request.lease_epoch:
             _log.warning(
                 "snapshot of session %s (epoch %d) requested but its lease is not held here",
-                request.session_id, request.lease_epoch,
+                request.session_id,
+                request.lease_epoch,
             )
             return
         loop = asyncio.get_running_loop()
@@ -834,8 +853,12 @@ class Worker:
         def chunks():
             history = capture.history
             header = worker_service_pb2.SnapshotRequest(
-                worker_id=self.worker_id, session_id=capture.session_id, lease_epoch=capture.lease_epoch,
-                seq=capture.seq, runtime_metadata_json=capture.metadata_json, request_id=request_id,
+                worker_id=self.worker_id,
+                session_id=capture.session_id,
+                lease_epoch=capture.lease_epoch,
+                seq=capture.seq,
+                runtime_metadata_json=capture.metadata_json,
+                request_id=request_id,
             )
             header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])
             yield header
@@ -859,7 +882,10 @@ class Worker:
             session.snapshot_seq = max(session.snapshot_seq or 0, capture.seq)
         _log.info(
             "snapshot %s of session %s stored (seq %d, %d items)",
-            response.snapshot_id, capture.session_id, capture.seq, len(capture.history),
+            response.snapshot_id,
+            capture.session_id,
+            capture.seq,
+            len(capture.history),
         )
         return True
 
@@ -893,7 +919,11 @@ class Worker:
         current = asyncio.current_task()
         # The turn's runtime kills its process on the way out; uploads of a lease that is
         # gone would only be refused.
-        tasks = [t for t in (session.turn_task, session.restore_task, *session.snapshot_tasks) if t is not None and t is not current]
+        tasks = [
+            t
+            for t in (session.turn_task, session.restore_task, *session.snapshot_tasks)
+            if t is not None and t is not current
+        ]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -11,8 +11,8 @@ Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one 
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,8 +22,6 @@ from typing import Any, TypeVar
 
 import click
 import grpc
-
-from tether.sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
 
 from tether.execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
 from tether.execution_worker._credentials import (
@@ -38,6 +36,7 @@ from tether.execution_worker._errors import describe
 from tether.execution_worker._runtime import discover_runtimes
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from tether.execution_worker._worker import Worker
+from tether.sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
 
 _T = TypeVar("_T")
 
@@ -63,7 +62,8 @@ def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[st
     if unknown:
         raise click.BadParameter(
             f"unknown runtime {', '.join(map(repr, unknown))}; available: {', '.join(sorted(available))}",
-            ctx=ctx, param=param,
+            ctx=ctx,
+            param=param,
         )
     return tuple(dict.fromkeys(names)) or ("shell",)
 
@@ -88,64 +88,179 @@ def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     return tuple(v for v in values if v)
 
 
-def _tls_options(f):  # noqa: ANN001, ANN202 - a click decorator
-    f = click.option("--tls-key", envvar="TETHER_TLS_CLIENT_KEY", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="The client certificate's key (mutual TLS).")(f)
-    f = click.option("--tls-cert", envvar="TETHER_TLS_CLIENT_CERT", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="Client certificate for mutual TLS (PEM).")(f)
-    return click.option("--tls-ca", envvar="TETHER_TLS_CA", default=None, type=click.Path(exists=True, dir_okay=False),
-                        help="Dial with TLS, verifying the control plane against this CA (PEM).")(f)
+def _tls_options(f):
+    f = click.option(
+        "--tls-key",
+        envvar="TETHER_TLS_CLIENT_KEY",
+        default=None,
+        type=click.Path(exists=True, dir_okay=False),
+        help="The client certificate's key (mutual TLS).",
+    )(f)
+    f = click.option(
+        "--tls-cert",
+        envvar="TETHER_TLS_CLIENT_CERT",
+        default=None,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Client certificate for mutual TLS (PEM).",
+    )(f)
+    return click.option(
+        "--tls-ca",
+        envvar="TETHER_TLS_CA",
+        default=None,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Dial with TLS, verifying the control plane against this CA (PEM).",
+    )(f)
 
 
 @click.group("worker", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
-@click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_CONTROL_PLANE,
-              show_default=True, help="HOST:PORT of the control plane to dial.")
-@click.option("--runtime", "runtimes", envvar="TETHER_RUNTIME", multiple=True, default=("shell",),
-              show_default=True, callback=_check_runtimes,
-              help="Runtime to offer; repeat for several.")
-@click.option("--workdir", envvar="TETHER_WORKDIR", default="./tether-worker", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the worker id and session workspaces.")
-@click.option("--slots", envvar="TETHER_SLOTS", type=click.IntRange(1, 1024), default=4, show_default=True,
-              help="Turns run at once.")
-@click.option("--label", "labels", envvar="TETHER_LABELS", multiple=True, callback=_parse_labels,
-              metavar="KEY=VALUE", help="Label sessions can select this worker by; repeatable.")
-@click.option("--worker-id", envvar="TETHER_WORKER_ID", default=None,
-              help="Stable worker id [default: kept in WORKDIR/.tether/worker_id].")
-@click.option("--name", envvar="TETHER_WORKER_NAME", default=socket.gethostname, show_default="host name",
-              help="Human-readable worker name.")
-@click.option("--drain-grace-s", envvar="TETHER_DRAIN_GRACE_S", type=click.FloatRange(0), default=30.0,
-              show_default=True, help="Seconds running turns get to finish when draining.")
-@click.option("--snapshot-every-turns", envvar="TETHER_SNAPSHOT_EVERY_TURNS", type=click.IntRange(0),
-              default=1, show_default=True,
-              help="Upload a session snapshot after every N finished turns; 0 only on request, "
-                   "restore and drain.")
-@click.option("--turn-timeout-s", envvar="TETHER_TURN_TIMEOUT_S", type=click.FloatRange(0), default=1800.0,
-              show_default=True, help="Interrupt a turn still running after this many seconds; 0 for no limit.")
-@click.option("--codex-bin", envvar="TETHER_CODEX_BIN", default="codex", show_default=True,
-              help="The codex executable the codex runtime runs (a path or a name on PATH).")
-@click.option("--codex-model", envvar="TETHER_CODEX_MODEL", default=None, show_default="Codex's own default",
-              help="Model of codex sessions.")
-@click.option("--codex-sandbox", envvar="TETHER_CODEX_SANDBOX", type=click.Choice(SANDBOX_MODES),
-              default="workspace-write", show_default=True, help="Sandbox of the commands codex runs.")
-@click.option("--codex-approval-policy", envvar="TETHER_CODEX_APPROVAL_POLICY", type=click.Choice(APPROVAL_POLICIES),
-              default="on-request", show_default=True, help="When codex asks before running a command.")
-@click.option("--codex-config", envvar="TETHER_CODEX_CONFIG", multiple=True, type=_CodexConfigOverride(),
-              callback=_drop_blank,
-              help="Codex config override passed as `-c KEY=TOML`; repeatable (one per line in the "
-                   "environment variable).")
-@click.option("--codex-home-from", envvar="TETHER_CODEX_HOME_FROM", default=None,
-              type=click.Path(file_okay=False, path_type=Path), show_default="$CODEX_HOME or ~/.codex",
-              help="Where auth.json and config.toml of a logged-in user are copied from into each "
-                   "codex session's own CODEX_HOME.")
-@click.option("--token-file", envvar="TETHER_WORKER_TOKEN_FILE", default=None,
-              type=click.Path(dir_okay=False, path_type=Path), show_default="WORKDIR/.tether/token.json",
-              help="The worker token from pairing; without one the worker calls anonymously (a --dev control plane).")
-@click.option("--pairing-code", envvar="TETHER_PAIRING_CODE", default=None,
-              help="On first start, pair with this one-time code and keep the token in --token-file.")
+@click.option(
+    "--control-plane",
+    envvar="TETHER_CONTROL_PLANE",
+    default=DEFAULT_CONTROL_PLANE,
+    show_default=True,
+    help="HOST:PORT of the control plane to dial.",
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    envvar="TETHER_RUNTIME",
+    multiple=True,
+    default=("shell",),
+    show_default=True,
+    callback=_check_runtimes,
+    help="Runtime to offer; repeat for several.",
+)
+@click.option(
+    "--workdir",
+    envvar="TETHER_WORKDIR",
+    default="./tether-worker",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the worker id and session workspaces.",
+)
+@click.option(
+    "--slots",
+    envvar="TETHER_SLOTS",
+    type=click.IntRange(1, 1024),
+    default=4,
+    show_default=True,
+    help="Turns run at once.",
+)
+@click.option(
+    "--label",
+    "labels",
+    envvar="TETHER_LABELS",
+    multiple=True,
+    callback=_parse_labels,
+    metavar="KEY=VALUE",
+    help="Label sessions can select this worker by; repeatable.",
+)
+@click.option(
+    "--worker-id",
+    envvar="TETHER_WORKER_ID",
+    default=None,
+    help="Stable worker id [default: kept in WORKDIR/.tether/worker_id].",
+)
+@click.option(
+    "--name",
+    envvar="TETHER_WORKER_NAME",
+    default=socket.gethostname,
+    show_default="host name",
+    help="Human-readable worker name.",
+)
+@click.option(
+    "--drain-grace-s",
+    envvar="TETHER_DRAIN_GRACE_S",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running turns get to finish when draining.",
+)
+@click.option(
+    "--snapshot-every-turns",
+    envvar="TETHER_SNAPSHOT_EVERY_TURNS",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Upload a session snapshot after every N finished turns; 0 only on request, restore and drain.",
+)
+@click.option(
+    "--turn-timeout-s",
+    envvar="TETHER_TURN_TIMEOUT_S",
+    type=click.FloatRange(0),
+    default=1800.0,
+    show_default=True,
+    help="Interrupt a turn still running after this many seconds; 0 for no limit.",
+)
+@click.option(
+    "--codex-bin",
+    envvar="TETHER_CODEX_BIN",
+    default="codex",
+    show_default=True,
+    help="The codex executable the codex runtime runs (a path or a name on PATH).",
+)
+@click.option(
+    "--codex-model",
+    envvar="TETHER_CODEX_MODEL",
+    default=None,
+    show_default="Codex's own default",
+    help="Model of codex sessions.",
+)
+@click.option(
+    "--codex-sandbox",
+    envvar="TETHER_CODEX_SANDBOX",
+    type=click.Choice(SANDBOX_MODES),
+    default="workspace-write",
+    show_default=True,
+    help="Sandbox of the commands codex runs.",
+)
+@click.option(
+    "--codex-approval-policy",
+    envvar="TETHER_CODEX_APPROVAL_POLICY",
+    type=click.Choice(APPROVAL_POLICIES),
+    default="on-request",
+    show_default=True,
+    help="When codex asks before running a command.",
+)
+@click.option(
+    "--codex-config",
+    envvar="TETHER_CODEX_CONFIG",
+    multiple=True,
+    type=_CodexConfigOverride(),
+    callback=_drop_blank,
+    help="Codex config override passed as `-c KEY=TOML`; repeatable (one per line in the environment variable).",
+)
+@click.option(
+    "--codex-home-from",
+    envvar="TETHER_CODEX_HOME_FROM",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default="$CODEX_HOME or ~/.codex",
+    help="Where auth.json and config.toml of a logged-in user are copied from into each "
+    "codex session's own CODEX_HOME.",
+)
+@click.option(
+    "--token-file",
+    envvar="TETHER_WORKER_TOKEN_FILE",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    show_default="WORKDIR/.tether/token.json",
+    help="The worker token from pairing; without one the worker calls anonymously (a --dev control plane).",
+)
+@click.option(
+    "--pairing-code",
+    envvar="TETHER_PAIRING_CODE",
+    default=None,
+    help="On first start, pair with this one-time code and keep the token in --token-file.",
+)
 @_tls_options
-@click.option("--log-level", envvar="TETHER_LOG_LEVEL", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    envvar="TETHER_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -180,7 +295,8 @@ def worker(
     if ctx.invoked_subcommand is not None:
         return
     logging.basicConfig(
-        stream=sys.stderr, level=log_level.upper(),
+        stream=sys.stderr,
+        level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tls = {"tls_ca_file": tls_ca, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
@@ -198,15 +314,28 @@ def worker(
         )
     try:
         codex = CodexSettings(
-            bin=codex_bin, model=codex_model or None, sandbox=codex_sandbox,
-            approval_policy=codex_approval_policy, config=codex_config, home_from=codex_home_from,
+            bin=codex_bin,
+            model=codex_model or None,
+            sandbox=codex_sandbox,
+            approval_policy=codex_approval_policy,
+            config=codex_config,
+            home_from=codex_home_from,
         )
         settings = WorkerSettings(
-            workdir=workdir, control_plane=control_plane, runtimes=runtimes, slots=slots,
-            labels=labels, worker_id=worker_id, name=name, drain_grace_s=drain_grace_s,
-            snapshot_every_turns=snapshot_every_turns, offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
-            turn_timeout_s=turn_timeout_s, codex=codex,
-            token=credentials.token if credentials else "", **tls,
+            workdir=workdir,
+            control_plane=control_plane,
+            runtimes=runtimes,
+            slots=slots,
+            labels=labels,
+            worker_id=worker_id,
+            name=name,
+            drain_grace_s=drain_grace_s,
+            snapshot_every_turns=snapshot_every_turns,
+            offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
+            turn_timeout_s=turn_timeout_s,
+            codex=codex,
+            token=credentials.token if credentials else "",
+            **tls,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
@@ -222,7 +351,9 @@ def _credentials(
         raise click.UsageError(str(error)) from None
     if stored is not None:
         if pairing_code:
-            logging.getLogger("tether.execution_worker").info("already paired (%s); ignoring the pairing code", token_file)
+            logging.getLogger("tether.execution_worker").info(
+                "already paired (%s); ignoring the pairing code", token_file
+            )
         return stored
     if not pairing_code:
         return None
@@ -245,17 +376,27 @@ def _pair_and_save(
 @click.command("pair")
 @click.option("--code", envvar="TETHER_PAIRING_CODE", required=True, help="The one-time pairing code (tether pair).")
 @click.option("--control-plane", default=None, help="HOST:PORT of the control plane [default: the group's].")
-@click.option("--token-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              show_default="the group's --token-file, else WORKDIR/.tether/token.json",
-              help="Where to keep the token (readable by this user only).")
+@click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    show_default="the group's --token-file, else WORKDIR/.tether/token.json",
+    help="Where to keep the token (readable by this user only).",
+)
 @click.option("--name", default=None, help="Name for the token [default: the group's --name].")
 @click.pass_context
-def pair_worker(ctx: click.Context, code: str, control_plane: str | None, token_file: Path | None, name: str | None) -> None:
+def pair_worker(
+    ctx: click.Context, code: str, control_plane: str | None, token_file: Path | None, name: str | None
+) -> None:
     """Exchange a one-time pairing code for this worker's token and keep it."""
     group = ctx.parent.params if ctx.parent is not None else {}
     target = control_plane or group.get("control_plane") or DEFAULT_CONTROL_PLANE
     path = token_file or group.get("token_file") or default_token_file(group.get("workdir") or Path("./tether-worker"))
-    tls = {"tls_ca_file": group.get("tls_ca"), "tls_cert_file": group.get("tls_cert"), "tls_key_file": group.get("tls_key")}
+    tls = {
+        "tls_ca_file": group.get("tls_ca"),
+        "tls_cert_file": group.get("tls_cert"),
+        "tls_key_file": group.get("tls_key"),
+    }
     credentials = _pair_and_save(target, code, name or group.get("name") or socket.gethostname(), path, tls)
     click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
 
@@ -290,7 +431,8 @@ async def _serve(settings: WorkerSettings) -> int:
         except CredentialsRejected as error:
             logging.getLogger("tether.execution_worker").error(
                 "the control plane refused this worker's credentials: %s. Pair it again "
-                "(tether worker pair --code CODE) or fix --token-file.", error,
+                "(tether worker pair --code CODE) or fix --token-file.",
+                error,
             )
             exit_code = 3
         finally:

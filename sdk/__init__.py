@@ -48,6 +48,7 @@ from ._models import (
     HistoryItemRole,
     Item,
     ItemKind,
+    PairingCode,
     PendingRequest,
     RequestKind,
     RequestState,
@@ -60,7 +61,6 @@ from ._models import (
     TurnState,
     WorkerStatus,
     WorkerToken,
-    PairingCode,
 )
 from ._sync_client import Client
 

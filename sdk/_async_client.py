@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tether.v1 import admin_service_pb2 as admin_pb
 from tether.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from tether.v1 import session_service_pb2 as pb
@@ -25,9 +26,8 @@ from . import _convert
 from ._channel import WithMetadata, credential_metadata, make_channel
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
-    PairingCode,
-    WorkerToken,
     Event,
+    PairingCode,
     PendingRequest,
     RequestState,
     Session,
@@ -36,6 +36,7 @@ from ._models import (
     Snapshot,
     Turn,
     WorkerStatus,
+    WorkerToken,
 )
 
 __all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
@@ -103,8 +104,12 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self.owner = owner
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else make_channel(
-            target, options=options, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
+        self._channel = (
+            channel
+            if channel is not None
+            else make_channel(
+                target, options=options, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
+            )
         )
         metadata = credential_metadata(api_key, owner)
         self._stub = WithMetadata(pb_grpc.SessionServiceStub(self._channel), metadata)
@@ -202,9 +207,7 @@ class AsyncClient:
                 return
             page_token = page.next_page_token
 
-    async def archive_session(
-        self, session_id: str, *, timeout_s: float | None = None
-    ) -> Session:
+    async def archive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         """Make the session read-only; archiving an archived session succeeds."""
         request = pb.ArchiveSessionRequest(session_id=session_id)
         response = await self._unary(self._stub.ArchiveSession, request, timeout_s)
@@ -241,9 +244,7 @@ class AsyncClient:
         response = await self._unary(self._stub.RestoreSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
-    async def fork_session(
-        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
-    ) -> Session:
+    async def fork_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
         """Copy the session up to `turn_id` into a new one (may raise UnimplementedError)."""
         request = pb.ForkSessionRequest(session_id=session_id, turn_id=turn_id)
         response = await self._unary(self._stub.ForkSession, request, timeout_s)
@@ -260,15 +261,11 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> Turn:
         """Store a new turn; `Turn.deduplicated` says an earlier call with the key stored it."""
-        request = pb.SendInputRequest(
-            session_id=session_id, input=input, idempotency_key=idempotency_key
-        )
+        request = pb.SendInputRequest(session_id=session_id, input=input, idempotency_key=idempotency_key)
         response = await self._unary(self._stub.SendInput, request, timeout_s)
         return _convert.turn_from_proto(response.turn, deduplicated=response.deduplicated)
 
-    async def get_turn(
-        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
-    ) -> Turn:
+    async def get_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Turn:
         request = pb.GetTurnRequest(session_id=session_id, turn_id=turn_id)
         response = await self._unary(self._stub.GetTurn, request, timeout_s)
         return _convert.turn_from_proto(response.turn)
@@ -325,9 +322,7 @@ class AsyncClient:
     ) -> list[PendingRequest]:
         """The session's pending requests, oldest first; `state` (a `RequestState` or its name,
         "pending") keeps only those in that state, None (or "all") keeps every one."""
-        request = pb.ListRequestsRequest(
-            session_id=session_id, state=_convert.request_state_to_proto(state)
-        )
+        request = pb.ListRequestsRequest(session_id=session_id, state=_convert.request_state_to_proto(state))
         response = await self._unary(self._stub.ListRequests, request, timeout_s)
         return [_convert.pending_request_from_proto(r) for r in response.requests]
 
@@ -349,9 +344,7 @@ class AsyncClient:
         """
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
-        request = pb.StreamSessionEventsRequest(
-            session_id=session_id, after_seq=after_seq, stop_at_end=stop_at_end
-        )
+        request = pb.StreamSessionEventsRequest(session_id=session_id, after_seq=after_seq, stop_at_end=stop_at_end)
         call = self._stub.StreamSessionEvents(request, timeout=timeout_s)
         try:
             async for response in call:
@@ -411,9 +404,7 @@ class AsyncClient:
         response = await self._unary(self._stub.GetSnapshot, request, timeout_s)
         return _convert.snapshot_from_proto(response.snapshot)
 
-    async def create_snapshot(
-        self, session_id: str, *, timeout_s: float | None = None
-    ) -> Snapshot:
+    async def create_snapshot(self, session_id: str, *, timeout_s: float | None = None) -> Snapshot:
         """Ask the worker holding the session for a snapshot, store it and return it."""
         request = pb.CreateSnapshotRequest(session_id=session_id)
         response = await self._unary(self._stub.CreateSnapshot, request, timeout_s)
@@ -423,9 +414,7 @@ class AsyncClient:
 
     async def list_workers(self, *, timeout_s: float | None = None) -> list[WorkerStatus]:
         """Every worker the control plane knows, connected ones first."""
-        response = await self._unary(
-            self._admin_stub.ListWorkers, admin_pb.ListWorkersRequest(), timeout_s
-        )
+        response = await self._unary(self._admin_stub.ListWorkers, admin_pb.ListWorkersRequest(), timeout_s)
         return [_convert.worker_status_from_proto(w) for w in response.workers]
 
     async def drain_worker(

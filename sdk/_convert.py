@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+
 from tether.v1 import admin_service_pb2, resources_pb2
 
 from ._models import (
@@ -64,7 +65,7 @@ def timestamp_from_proto(ts: timestamp_pb2.Timestamp) -> datetime | None:
     """An aware UTC datetime, or None for an unset (zero) timestamp."""
     if ts.seconds == 0 and ts.nanos == 0:
         return None
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def _enum(cls, value: int):
@@ -102,9 +103,7 @@ def answer_json(
     JSON itself, an approval's decision, or user input as question id -> answers."""
     given = sum(form is not None for form in (response_json, decision, answers))
     if given != 1:
-        raise ValueError(
-            f"give exactly one of response_json, decision or answers (got {given})"
-        )
+        raise ValueError(f"give exactly one of response_json, decision or answers (got {given})")
     if response_json is not None:
         return response_json
     if decision is not None:
@@ -114,9 +113,7 @@ def answer_json(
     for question_id, texts in answers.items():
         # A bare string would otherwise become one answer per character.
         if isinstance(texts, str):
-            raise TypeError(
-                f"answers[{question_id!r}] must be a list of strings, got a str"
-            )
+            raise TypeError(f"answers[{question_id!r}] must be a list of strings, got a str")
         shaped[question_id] = {"answers": [str(text) for text in texts]}
     return json.dumps({"answers": shaped})
 
@@ -149,9 +146,7 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
         state=_enum(TurnState, msg.state),
         idempotency_key=msg.idempotency_key,
         create_time=timestamp_from_proto(msg.create_time),
-        end_time=(
-            timestamp_from_proto(msg.end_time) if msg.HasField("end_time") else None
-        ),
+        end_time=(timestamp_from_proto(msg.end_time) if msg.HasField("end_time") else None),
         worker_id=msg.worker_id,
         lease_epoch=msg.lease_epoch,
         exit_code=msg.exit_code,

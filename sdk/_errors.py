@@ -110,10 +110,7 @@ class TetherError(Exception):
         return text
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
-            f"message={self.message!r})"
-        )
+        return f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, message={self.message!r})"
 
 
 class InvalidArgumentError(TetherError):
@@ -253,10 +250,6 @@ def translate_rpc_error(error: grpc.aio.AioRpcError) -> TetherError:
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad_request = error_details_pb2.BadRequest()
                 detail.Unpack(bad_request)
-                violations.extend(
-                    (v.field, v.description) for v in bad_request.field_violations
-                )
+                violations.extend((v.field, v.description) for v in bad_request.field_violations)
     cls = _ERROR_FOR_REASON.get(reason) or _ERROR_FOR_CODE.get(code, InternalError)
-    return cls(
-        message, code=code, reason=reason, metadata=metadata, field_violations=violations
-    )
+    return cls(message, code=code, reason=reason, metadata=metadata, field_violations=violations)

@@ -60,9 +60,7 @@ class TurnState(enum.IntEnum):
         return self in _TERMINAL_TURN_STATES
 
 
-_TERMINAL_TURN_STATES = frozenset(
-    {TurnState.COMPLETED, TurnState.FAILED, TurnState.INTERRUPTED}
-)
+_TERMINAL_TURN_STATES = frozenset({TurnState.COMPLETED, TurnState.FAILED, TurnState.INTERRUPTED})
 
 
 class HistoryItemRole(enum.IntEnum):
@@ -147,9 +145,7 @@ class EventKind(str, enum.Enum):
         return self.value
 
 
-TERMINAL_EVENT_KINDS = frozenset(
-    {EventKind.TURN_COMPLETED, EventKind.TURN_FAILED, EventKind.TURN_INTERRUPTED}
-)
+TERMINAL_EVENT_KINDS = frozenset({EventKind.TURN_COMPLETED, EventKind.TURN_FAILED, EventKind.TURN_INTERRUPTED})
 
 
 @dataclass(frozen=True)

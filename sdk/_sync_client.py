@@ -61,17 +61,21 @@ class Client:
         self.target = target
         self.timeout_s = timeout_s
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="tether-sdk-loop", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tether-sdk-loop", daemon=True)
         self._thread.start()
         self._closed = False
         self._lock = threading.Lock()
 
         async def make() -> AsyncClient:  # the channel must be created on its own loop
             return AsyncClient(
-                target, timeout_s=timeout_s, options=options, api_key=api_key, owner=owner,
-                tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+                target,
+                timeout_s=timeout_s,
+                options=options,
+                api_key=api_key,
+                owner=owner,
+                tls_ca_file=tls_ca_file,
+                tls_cert_file=tls_cert_file,
+                tls_key_file=tls_key_file,
             )
 
         try:
@@ -129,9 +133,7 @@ class Client:
         timeout_s: float | None = None,
     ) -> Session:
         return self._run(
-            self._async.create_session(
-                runtime, worker_selector=worker_selector, labels=labels, timeout_s=timeout_s
-            )
+            self._async.create_session(runtime, worker_selector=worker_selector, labels=labels, timeout_s=timeout_s)
         )
 
     def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
@@ -146,9 +148,7 @@ class Client:
         timeout_s: float | None = None,
     ) -> SessionPage:
         return self._run(
-            self._async.list_sessions(
-                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
-            )
+            self._async.list_sessions(page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s)
         )
 
     def iter_sessions(
@@ -160,9 +160,7 @@ class Client:
     ) -> Iterator[Session]:
         page_token = ""
         while True:
-            page = self.list_sessions(
-                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
-            )
+            page = self.list_sessions(page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s)
             yield from page.sessions
             if not page.next_page_token:
                 return
@@ -182,15 +180,9 @@ class Client:
         *,
         timeout_s: float | None = None,
     ) -> Session:
-        return self._run(
-            self._async.restore_session(
-                session_id, worker_selector, worker_id, timeout_s=timeout_s
-            )
-        )
+        return self._run(self._async.restore_session(session_id, worker_selector, worker_id, timeout_s=timeout_s))
 
-    def fork_session(
-        self, session_id: str, turn_id: str, *, timeout_s: float | None = None
-    ) -> Session:
+    def fork_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
         return self._run(self._async.fork_session(session_id, turn_id, timeout_s=timeout_s))
 
     # -- turns ----------------------------------------------------------------------------
@@ -204,9 +196,7 @@ class Client:
         timeout_s: float | None = None,
     ) -> Turn:
         return self._run(
-            self._async.send_input(
-                session_id, input, idempotency_key=idempotency_key, timeout_s=timeout_s
-            )
+            self._async.send_input(session_id, input, idempotency_key=idempotency_key, timeout_s=timeout_s)
         )
 
     def get_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Turn:
@@ -220,9 +210,7 @@ class Client:
         reason: str = "",
         timeout_s: float | None = None,
     ) -> Turn:
-        return self._run(
-            self._async.interrupt_turn(session_id, turn_id, reason=reason, timeout_s=timeout_s)
-        )
+        return self._run(self._async.interrupt_turn(session_id, turn_id, reason=reason, timeout_s=timeout_s))
 
     # -- pending requests -----------------------------------------------------------------
 
@@ -254,9 +242,7 @@ class Client:
         state: RequestState | str | None = None,
         timeout_s: float | None = None,
     ) -> list[PendingRequest]:
-        return self._run(
-            self._async.list_requests(session_id, state=state, timeout_s=timeout_s)
-        )
+        return self._run(self._async.list_requests(session_id, state=state, timeout_s=timeout_s))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -291,11 +277,7 @@ class Client:
         after_seq: int = 0,
         timeout_s: float | None = None,
     ) -> Turn:
-        return self._run(
-            self._async.wait_for_turn(
-                session_id, turn_id, after_seq=after_seq, timeout_s=timeout_s
-            )
-        )
+        return self._run(self._async.wait_for_turn(session_id, turn_id, after_seq=after_seq, timeout_s=timeout_s))
 
     # -- workers (AdminService) -----------------------------------------------------------
 

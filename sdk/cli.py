@@ -148,11 +148,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.name != "raw"
-        }
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "raw"}
     if isinstance(value, enum.Enum):
         return value.name if isinstance(value, enum.IntEnum) else value.value
     if isinstance(value, datetime):
@@ -361,8 +357,7 @@ class _Transcript:
         if event.request_state is RequestState.EXPIRED:
             self._line(f"= expired [{event.request_id}]: {event.reason}", dim=True)
         else:
-            self._line(f"= answered [{event.request_id}]: {_answer_text(event.response_json)}",
-                       dim=True)
+            self._line(f"= answered [{event.request_id}]: {_answer_text(event.response_json)}", dim=True)
 
     def _hidden(self, event: Event) -> None:
         pass
@@ -413,8 +408,7 @@ def _questions(request: PendingRequest) -> list[tuple[str, str]]:
         if not isinstance(q, dict) or not q.get("id"):
             continue
         text = str(q.get("question") or q.get("header") or "")
-        labels = [str(o.get("label")) for o in q.get("options") or []
-                  if isinstance(o, dict) and o.get("label")]
+        labels = [str(o.get("label")) for o in q.get("options") or [] if isinstance(o, dict) and o.get("label")]
         if labels:
             text += f" (options: {', '.join(labels)})"
         found.append((str(q["id"]), text))
@@ -434,8 +428,9 @@ def _request_prompt(session_id: str, request: PendingRequest) -> str:
         # acceptWithExecpolicyAmendment); those need --json.
         offered = request.available_decisions or ["accept", "decline"]
         decisions = [d for d in offered if d in _APPROVAL_DECISIONS]
-        answer = (f"{respond} --decision {'|'.join(decisions)}" if decisions
-                  else respond + " --json '{\"decision\": ...}'")
+        answer = (
+            f"{respond} --decision {'|'.join(decisions)}" if decisions else respond + " --json '{\"decision\": ...}'"
+        )
     elif request.kind is RequestKind.USER_INPUT:
         questions = _questions(request)
         if questions:
@@ -459,8 +454,7 @@ def _request_line(r: PendingRequest) -> str:
     summary = " ".join(r.summary.split())
     if len(summary) > 80:
         summary = summary[:77] + "..."
-    line = (f"{r.request_id}  {r.state.name.lower():8}  {r.kind.name.lower():20}  "
-            f"{r.turn_id}  {created}  {summary}")
+    line = f"{r.request_id}  {r.state.name.lower():8}  {r.kind.name.lower():20}  {r.turn_id}  {created}  {summary}"
     if r.state is RequestState.RESOLVED:
         line += f"  answer: {_answer_text(r.response_json)}"
     elif r.state is RequestState.EXPIRED:
@@ -485,13 +479,15 @@ def _parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--runtime", required=True, help='Runtime of the session, e.g. "shell".')
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Label (repeatable).")
 @click.option(
-    "--selector", "selectors", multiple=True, metavar="K=V",
+    "--selector",
+    "selectors",
+    multiple=True,
+    metavar="K=V",
     help="Label an eligible worker must carry (repeatable).",
 )
 @json_option
 @pass_lazy
-def create(lazy: _Lazy, runtime: str, labels: tuple[str, ...], selectors: tuple[str, ...],
-           as_json: bool) -> None:
+def create(lazy: _Lazy, runtime: str, labels: tuple[str, ...], selectors: tuple[str, ...], as_json: bool) -> None:
     """Create a session and print its id."""
     created = lazy.client.create_session(
         runtime,
@@ -524,8 +520,7 @@ def get(lazy: _Lazy, session_id: str, as_json: bool) -> None:
 @click.option("--all", "all_pages", is_flag=True, help="Fetch every page.")
 @json_option
 @pass_lazy
-def list_(lazy: _Lazy, state: str | None, page_size: int, page_token: str, all_pages: bool,
-          as_json: bool) -> None:
+def list_(lazy: _Lazy, state: str | None, page_size: int, page_token: str, all_pages: bool, as_json: bool) -> None:
     """List sessions, newest first."""
     next_token = ""
     if all_pages:
@@ -546,12 +541,10 @@ def list_(lazy: _Lazy, state: str | None, page_size: int, page_token: str, all_p
 @click.argument("session_id")
 @click.argument("input_text", metavar="INPUT")
 @click.option("--idempotency-key", default="", help="Makes a retry return the first turn.")
-@click.option("--wait", "--follow", "wait", is_flag=True,
-              help="Print the turn live; exit with the turn's exit code.")
+@click.option("--wait", "--follow", "wait", is_flag=True, help="Print the turn live; exit with the turn's exit code.")
 @json_option
 @pass_lazy
-def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wait: bool,
-         as_json: bool) -> None:
+def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wait: bool, as_json: bool) -> None:
     """Send INPUT to a session as a new turn."""
     client = lazy.client
     after_seq = client.get_session(session_id).last_seq if wait else 0
@@ -565,8 +558,7 @@ def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wa
     if turn.deduplicated:
         after_seq = 0  # the turn's events may predate the cursor taken above
     if not as_json:
-        click.echo(f"turn {turn.turn_id}" + (" (deduplicated)" if turn.deduplicated else ""),
-                   err=True)
+        click.echo(f"turn {turn.turn_id}" + (" (deduplicated)" if turn.deduplicated else ""), err=True)
     transcript = _Transcript(lifecycle=False)
     try:
         for event in client.stream_events(session_id, after_seq=after_seq):
@@ -577,8 +569,9 @@ def send(lazy: _Lazy, session_id: str, input_text: str, idempotency_key: str, wa
             if event.is_terminal:
                 break
     except KeyboardInterrupt:
-        click.echo(f"\nstopped following; turn {turn.turn_id} keeps running "
-                   f"(tether session interrupt {session_id})", err=True)
+        click.echo(
+            f"\nstopped following; turn {turn.turn_id} keeps running (tether session interrupt {session_id})", err=True
+        )
         sys.exit(_EXIT_INTERRUPTED)
     transcript.finish()
     final = client.get_turn(session_id, turn.turn_id)
@@ -609,9 +602,7 @@ def events(lazy: _Lazy, session_id: str, after_seq: int, follow: bool, as_json: 
     """Print a session's events: #seq turn kind text, with agent items as a transcript."""
     transcript = _Transcript(lifecycle=True)
     try:
-        for event in lazy.client.stream_events(
-            session_id, after_seq=after_seq, stop_at_end=not follow
-        ):
+        for event in lazy.client.stream_events(session_id, after_seq=after_seq, stop_at_end=not follow):
             if as_json:
                 click.echo(json.dumps(_plain(event)))
             else:
@@ -639,8 +630,11 @@ def interrupt(lazy: _Lazy, session_id: str, turn_id: str, reason: str, as_json: 
 @session.command("requests")
 @click.argument("session_id")
 @click.option(
-    "--state", type=click.Choice(["pending", "resolved", "expired", "all"]), default="pending",
-    show_default=True, help="Only requests in this state.",
+    "--state",
+    type=click.Choice(["pending", "resolved", "expired", "all"]),
+    default="pending",
+    show_default=True,
+    help="Only requests in this state.",
 )
 @json_option
 @pass_lazy
@@ -659,17 +653,32 @@ def requests_(lazy: _Lazy, session_id: str, state: str, as_json: bool) -> None:
 @session.command()
 @click.argument("session_id")
 @click.argument("request_id")
-@click.option("--decision", type=click.Choice(_APPROVAL_DECISIONS),
-              help="Answer an approval.")
-@click.option("--answer", "answers", multiple=True, metavar="QUESTION_ID=TEXT",
-              help="Answer a question of a user-input request (repeatable).")
-@click.option("--json", "response_json", metavar="JSON",
-              help="The answer as JSON, as the runtime wants it.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Print the resolved request as text or JSON.")
+@click.option("--decision", type=click.Choice(_APPROVAL_DECISIONS), help="Answer an approval.")
+@click.option(
+    "--answer",
+    "answers",
+    multiple=True,
+    metavar="QUESTION_ID=TEXT",
+    help="Answer a question of a user-input request (repeatable).",
+)
+@click.option("--json", "response_json", metavar="JSON", help="The answer as JSON, as the runtime wants it.")
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Print the resolved request as text or JSON.",
+)
 @pass_lazy
-def respond(lazy: _Lazy, session_id: str, request_id: str, decision: str | None,
-            answers: tuple[str, ...], response_json: str | None, output: str) -> None:
+def respond(
+    lazy: _Lazy,
+    session_id: str,
+    request_id: str,
+    decision: str | None,
+    answers: tuple[str, ...],
+    response_json: str | None,
+    output: str,
+) -> None:
     """Answer a pending request, exactly once: --decision, --answer or --json."""
     if sum((decision is not None, bool(answers), response_json is not None)) != 1:
         raise click.UsageError("give exactly one of --decision, --answer or --json")
@@ -683,8 +692,7 @@ def respond(lazy: _Lazy, session_id: str, request_id: str, decision: str | None,
     if output == "json":
         _echo_json(resolved)
     else:
-        click.echo(f"{resolved.request_id} {resolved.state.name.lower()} "
-                   f"{_answer_text(resolved.response_json)}")
+        click.echo(f"{resolved.request_id} {resolved.state.name.lower()} {_answer_text(resolved.response_json)}")
 
 
 def _parse_answers(pairs: tuple[str, ...]) -> dict[str, list[str]]:
@@ -693,8 +701,7 @@ def _parse_answers(pairs: tuple[str, ...]) -> dict[str, list[str]]:
     for pair in pairs:
         question_id, sep, text = pair.partition("=")
         if not sep or not question_id:
-            raise click.BadParameter(f"expected QUESTION_ID=TEXT, got {pair!r}",
-                                     param_hint="--answer")
+            raise click.BadParameter(f"expected QUESTION_ID=TEXT, got {pair!r}", param_hint="--answer")
         result.setdefault(question_id, []).append(text)
     return result
 
@@ -716,8 +723,7 @@ def snapshot(lazy: _Lazy, session_id: str, create: bool, as_json: bool) -> None:
 
 def _echo_snapshot(snap: Snapshot) -> None:
     created = snap.create_time.isoformat(timespec="seconds") if snap.create_time else "-"
-    click.echo(f"{snap.snapshot_id} seq={snap.seq} runtime={snap.runtime} "
-               f"worker={snap.worker_id or '-'} {created}")
+    click.echo(f"{snap.snapshot_id} seq={snap.seq} runtime={snap.runtime} worker={snap.worker_id or '-'} {created}")
     for item in snap.history:
         text = item.text if len(item.text) <= 120 else item.text[:117] + "..."
         click.echo(f"  {item.turn_id} {item.role.name.lower()}: {text!r}")
@@ -726,23 +732,22 @@ def _echo_snapshot(snap: Snapshot) -> None:
 @session.command()
 @click.argument("session_id")
 @click.option(
-    "--selector", "selectors", multiple=True, metavar="K=V",
+    "--selector",
+    "selectors",
+    multiple=True,
+    metavar="K=V",
     help="Label the target worker must carry, on top of the session's selector (repeatable).",
 )
 @click.option("--worker-id", default="", help="Move to this worker (default: any that matches).")
 @json_option
 @pass_lazy
-def restore(lazy: _Lazy, session_id: str, selectors: tuple[str, ...], worker_id: str,
-            as_json: bool) -> None:
+def restore(lazy: _Lazy, session_id: str, selectors: tuple[str, ...], worker_id: str, as_json: bool) -> None:
     """Move an idle session onto another worker and rehydrate it there."""
-    restored = lazy.client.restore_session(
-        session_id, _parse_pairs(selectors, "--selector"), worker_id or None
-    )
+    restored = lazy.client.restore_session(session_id, _parse_pairs(selectors, "--selector"), worker_id or None)
     if as_json:
         _echo_json(restored)
     else:
-        click.echo(f"{restored.session_id} worker={restored.worker_id or '-'} "
-                   f"epoch={restored.lease_epoch}")
+        click.echo(f"{restored.session_id} worker={restored.worker_id or '-'} epoch={restored.lease_epoch}")
 
 
 @session.command()
@@ -772,12 +777,16 @@ def delete(lazy: _Lazy, session_id: str) -> None:
 # No envvar here: the `tether worker` group's own --control-plane reads TETHER_CONTROL_PLANE,
 # and an environment variable must not override a flag given before the subcommand.
 _admin_control_plane = click.option(
-    "--control-plane", default=None,
+    "--control-plane",
+    default=None,
     help=f"Address of the control plane [default: the group's --control-plane, else "
-         f"TETHER_CONTROL_PLANE, else {DEFAULT_TARGET}].",
+    f"TETHER_CONTROL_PLANE, else {DEFAULT_TARGET}].",
 )
 _admin_timeout = click.option(
-    "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+    "--timeout-s",
+    type=float,
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
     help="Deadline of the call, in seconds.",
 )
 
@@ -791,8 +800,10 @@ def _admin_target(ctx: click.Context, control_plane: str | None) -> str:
 
 def _worker_line(w: WorkerStatus) -> str:
     state = ("connected" if w.connected else "disconnected") + (",draining" if w.draining else "")
-    return (f"{w.worker_id}  {state:22}  turns={w.running_turns}/{w.slots}  "
-            f"sessions={w.held_sessions}  runtimes={','.join(w.runtimes) or '-'}  {w.name}")
+    return (
+        f"{w.worker_id}  {state:22}  turns={w.running_turns}/{w.slots}  "
+        f"sessions={w.held_sessions}  runtimes={','.join(w.runtimes) or '-'}  {w.name}"
+    )
 
 
 @click.command("list", cls=_ReportingCommand)
@@ -800,8 +811,7 @@ def _worker_line(w: WorkerStatus) -> str:
 @_admin_timeout
 @json_option
 @click.pass_context
-def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float,
-                 as_json: bool) -> None:
+def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float, as_json: bool) -> None:
     """List the workers the control plane knows, connected first."""
     with _client(_admin_target(ctx, control_plane), timeout_s) as client:
         workers = client.list_workers()
@@ -814,14 +824,24 @@ def list_workers(ctx: click.Context, control_plane: str | None, timeout_s: float
 
 @click.command("drain", cls=_ReportingCommand, short_help="Ask a connected worker to drain.")
 @click.argument("worker_id")
-@click.option("--grace-s", type=click.FloatRange(0), default=None,
-              help="Seconds running turns get to finish [default: the worker's own setting].")
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds running turns get to finish [default: the worker's own setting].",
+)
 @_admin_control_plane
 @_admin_timeout
 @json_option
 @click.pass_context
-def drain_worker(ctx: click.Context, worker_id: str, grace_s: float | None,
-                 control_plane: str | None, timeout_s: float, as_json: bool) -> None:
+def drain_worker(
+    ctx: click.Context,
+    worker_id: str,
+    grace_s: float | None,
+    control_plane: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
     """Ask a connected worker to drain: it finishes its turns, snapshots, releases, exits."""
     with _client(_admin_target(ctx, control_plane), timeout_s) as client:
         status = client.drain_worker(worker_id, grace_s)
@@ -861,12 +881,19 @@ def revoke_worker_token(ctx: click.Context, token_id: str, control_plane: str | 
 
 
 @click.command("pair", cls=_ReportingCommand)
-@click.option("--control-plane", envvar="TETHER_CONTROL_PLANE", default=DEFAULT_TARGET, show_default=True,
-              help="Address of the control plane (env TETHER_CONTROL_PLANE).")
-@click.option("--ttl-s", type=click.FloatRange(1, 86400), default=None,
-              help="How long the code works, in seconds [default: 600].")
-@click.option("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
-              help="Deadline of the call, in seconds.")
+@click.option(
+    "--control-plane",
+    envvar="TETHER_CONTROL_PLANE",
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Address of the control plane (env TETHER_CONTROL_PLANE).",
+)
+@click.option(
+    "--ttl-s", type=click.FloatRange(1, 86400), default=None, help="How long the code works, in seconds [default: 600]."
+)
+@click.option(
+    "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True, help="Deadline of the call, in seconds."
+)
 @json_option
 def pair(control_plane: str, ttl_s: float | None, timeout_s: float, as_json: bool) -> None:
     """Issue a one-time pairing code for a new worker of the owner of TETHER_API_KEY (or of

@@ -39,6 +39,7 @@ def codex_bin() -> pathlib.Path | None:
     found = shutil.which("codex")
     return pathlib.Path(found) if found else None
 
+
 SCRIPT_WORDS = ("RUN_ESCALATED:", "RUN:", "PATCH:", "SLOW", "LOOP", "FAIL500")
 
 
@@ -88,7 +89,7 @@ class MockResponses:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
                 try:

@@ -31,7 +31,9 @@ FAST = Timings(
 )
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition") -> None:
+async def eventually(
+    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll until predicate() is true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -57,7 +59,7 @@ class Proc:
     def __init__(self, args: list[str], log_path: pathlib.Path) -> None:
         self.args = args
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
 
     @property
@@ -106,10 +108,24 @@ class ControlPlaneProcess:
     def start(self) -> None:
         port_file = self.tmp / f"cp-{time.monotonic_ns()}.port"
         args = [
-            sys.executable, "-m", "tether.control_plane", "--port", str(self.port), "--db", str(self.db),
-            "--port-file", str(port_file), "--lease-ttl-s", "3", "--heartbeat-interval-s", "0.3",
-            "--offer-timeout-s", "3", *(["--dev"] if self.dev else []),
-            *(["--migrate"] if self.migrate else []), *self.extra,
+            sys.executable,
+            "-m",
+            "tether.control_plane",
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            "--port-file",
+            str(port_file),
+            "--lease-ttl-s",
+            "3",
+            "--heartbeat-interval-s",
+            "0.3",
+            "--offer-timeout-s",
+            "3",
+            *(["--dev"] if self.dev else []),
+            *(["--migrate"] if self.migrate else []),
+            *self.extra,
         ]
         self.proc = Proc(args, self.tmp / "control-plane.log")
         deadline = time.monotonic() + 20
@@ -130,8 +146,18 @@ class ControlPlaneProcess:
 
 def worker_args(target: str, workdir: pathlib.Path, slots: int = 2, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "shell",
-        "--workdir", str(workdir), "--slots", str(slots), *extra,
+        sys.executable,
+        "-m",
+        "tether.execution_worker",
+        "--control-plane",
+        target,
+        "--runtime",
+        "shell",
+        "--workdir",
+        str(workdir),
+        "--slots",
+        str(slots),
+        *extra,
     ]
 
 
@@ -181,7 +207,9 @@ def cp_process(tmp_path: pathlib.Path, db_url: str):
 @pytest.fixture
 async def control_plane(db_url: str) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on port 0 with short timings on a fresh database."""
-    async with ControlPlane(Settings(port=0, db=db_url, timings=FAST, max_message_bytes=256 * 1024, dev_owner="local", migrate=True)) as cp:
+    async with ControlPlane(
+        Settings(port=0, db=db_url, timings=FAST, max_message_bytes=256 * 1024, dev_owner="local", migrate=True)
+    ) as cp:
         yield cp
 
 

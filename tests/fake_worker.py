@@ -37,7 +37,9 @@ class FakeWorker:
 
     async def open_lease(self, leases=()) -> wpb.LeaseResponse:
         async def requests():
-            yield wpb.LeaseRequest(open=wpb.LeaseOpen(worker_id=self.worker_id, registration_id=self.registration_id, leases=list(leases)))
+            yield wpb.LeaseRequest(
+                open=wpb.LeaseOpen(worker_id=self.worker_id, registration_id=self.registration_id, leases=list(leases))
+            )
             while (msg := await self._out.get()) is not None:
                 yield msg
 
@@ -52,6 +54,7 @@ class FakeWorker:
 
     async def next(self, kind: str, timeout: float = 10.0) -> wpb.LeaseResponse:
         """The next Lease message of `kind`, skipping renewals."""
+
         async def get():
             while True:
                 msg = await self.inbox.get()
@@ -59,6 +62,7 @@ class FakeWorker:
                     return msg
                 if msg.WhichOneof("kind") != "renewed":
                     raise AssertionError(f"expected {kind}, got {msg}")
+
         return await asyncio.wait_for(get(), timeout)
 
     def start_heartbeat(self, leases: dict[str, int], period: float = 0.1) -> None:
@@ -77,15 +81,24 @@ class FakeWorker:
 
     async def take_offer(self) -> wpb.Offer:
         offer = (await self.next("offer")).offer
-        self.send(wpb.LeaseRequest(accept=wpb.AcceptOffer(session_id=offer.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch)))
+        self.send(
+            wpb.LeaseRequest(
+                accept=wpb.AcceptOffer(
+                    session_id=offer.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch
+                )
+            )
+        )
         granted = (await self.next("granted")).granted
         assert granted.turn_id == offer.turn_id
         return offer
 
     async def write(self, session_id: str, epoch: int, events: list[wpb.WorkerEvent]) -> list[wpb.StreamEventsResponse]:
         """One StreamEvents call carrying `events`; returns the acks (raises AioRpcError)."""
+
         async def requests():
-            yield wpb.StreamEventsRequest(worker_id=self.worker_id, session_id=session_id, lease_epoch=epoch, events=events)
+            yield wpb.StreamEventsRequest(
+                worker_id=self.worker_id, session_id=session_id, lease_epoch=epoch, events=events
+            )
 
         return [ack async for ack in self.stub.StreamEvents(requests(), timeout=10)]
 
@@ -105,12 +118,20 @@ class FakeWorker:
 
 
 def output(seq: int, turn_id: str, text: str) -> wpb.WorkerEvent:
-    return wpb.WorkerEvent(worker_seq=seq, turn_id=turn_id, body=pb.EventBody(output=pb.OutputChunk(stream=pb.OUTPUT_STREAM_STDOUT, text=text)))
+    return wpb.WorkerEvent(
+        worker_seq=seq,
+        turn_id=turn_id,
+        body=pb.EventBody(output=pb.OutputChunk(stream=pb.OUTPUT_STREAM_STDOUT, text=text)),
+    )
 
 
 def completed(seq: int, turn_id: str, exit_code: int = 0) -> wpb.WorkerEvent:
-    return wpb.WorkerEvent(worker_seq=seq, turn_id=turn_id, body=pb.EventBody(turn_completed=pb.TurnCompleted(exit_code=exit_code)))
+    return wpb.WorkerEvent(
+        worker_seq=seq, turn_id=turn_id, body=pb.EventBody(turn_completed=pb.TurnCompleted(exit_code=exit_code))
+    )
 
 
 def started(seq: int, turn_id: str, worker_id: str) -> wpb.WorkerEvent:
-    return wpb.WorkerEvent(worker_seq=seq, turn_id=turn_id, body=pb.EventBody(turn_started=pb.TurnStarted(worker_id=worker_id)))
+    return wpb.WorkerEvent(
+        worker_seq=seq, turn_id=turn_id, body=pb.EventBody(turn_started=pb.TurnStarted(worker_id=worker_id))
+    )

@@ -7,8 +7,18 @@ release did, and checks that revision 0001 makes exactly these tables. Never edi
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text
-from sqlalchemy import ForeignKey, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -61,9 +71,7 @@ class TurnRow(Base):
     )
 
     turn_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
-    )
+    session_id: Mapped[str] = mapped_column(String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"))
     ordinal: Mapped[int] = mapped_column(Integer)
     input: Mapped[str] = mapped_column(Text)
     # NULL, not "", when absent, so the unique constraint only binds real keys.
@@ -111,9 +119,7 @@ class SnapshotRow(Base):
     __table_args__ = (Index("ix_snapshots_session_seq", "session_id", "seq"),)
 
     snapshot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
-    )
+    session_id: Mapped[str] = mapped_column(String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(BigInteger)
     worker_id: Mapped[str] = mapped_column(String(128))
     lease_epoch: Mapped[int] = mapped_column(BigInteger)
@@ -131,9 +137,7 @@ class RequestRow(Base):
     __table_args__ = (Index("ix_requests_session", "session_id", "create_time_us"),)
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE")
-    )
+    session_id: Mapped[str] = mapped_column(String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"))
     turn_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(256))

@@ -31,7 +31,7 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-def _run(coro) -> None:  # noqa: ANN001 - a coroutine
+def _run(coro) -> None:
     """Run admin SQL from sync or async tests alike (on its own thread's loop)."""
     import concurrent.futures
 
@@ -46,7 +46,7 @@ def pg_unreachable_reason() -> str:
         try:
             _run(_admin("SELECT 1"))
             _reachable = ""
-        except Exception as exc:  # noqa: BLE001 - any failure means: not usable here
+        except Exception as exc:
             _reachable = f"no PostgreSQL reachable at {PG_SERVER} ({type(exc).__name__}: {exc})"
     return _reachable
 

@@ -6,12 +6,11 @@ The run and its checks are `bench.chaos` (the 200-session version is in `make be
 
 from __future__ import annotations
 
-
 import pytest
 
-from tether import sdk
 from bench._harness import client_options, procs
 from bench.chaos import ChaosConfig, run_chaos
+from tether import sdk
 
 from .conftest import eventually
 

@@ -29,9 +29,20 @@ def mock():
 
 def codex_worker(procs, cp: ControlPlaneProcess, workdir: pathlib.Path, name: str, mock: MockResponses, *extra: str):
     return start_worker(
-        procs, cp.target, workdir, name, 1,
-        "--worker-id", name, *mock.worker_flags(), "--codex-sandbox", "read-only",
-        "--codex-approval-policy", "on-request", "--codex-home-from", str(workdir / "no-user-home"),
+        procs,
+        cp.target,
+        workdir,
+        name,
+        1,
+        "--worker-id",
+        name,
+        *mock.worker_flags(),
+        "--codex-sandbox",
+        "read-only",
+        "--codex-approval-policy",
+        "on-request",
+        "--codex-home-from",
+        str(workdir / "no-user-home"),
         *extra,
     )
 
@@ -122,7 +133,11 @@ async def test_a_command_approval_is_accepted_then_declined_in_another_turn(cp, 
         await client.respond_to_request(s.session_id, req2.request_id, json.dumps({"decision": "decline"}))
         done2 = await finished(client, s.session_id, t2.turn_id)
         assert done2.state == sdk.TurnState.COMPLETED, done2.error_message
-        declined = [i for i in items(await events_of(client, s.session_id, t2.turn_id)) if i.kind == pb.ITEM_KIND_COMMAND_EXECUTION]
+        declined = [
+            i
+            for i in items(await events_of(client, s.session_id, t2.turn_id))
+            if i.kind == pb.ITEM_KIND_COMMAND_EXECUTION
+        ]
         assert declined and declined[-1].status == "declined"
         assert not (workspace / "declined.txt").exists()
         # The model was told the command was rejected.
@@ -141,7 +156,9 @@ async def test_a_file_change_approval_round_trips(cp, procs, tmp_path, mock):
         await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
         done = await finished(client, s.session_id, t.turn_id)
         assert done.state == sdk.TurnState.COMPLETED, done.error_message
-        changes = [i for i in items(await events_of(client, s.session_id, t.turn_id)) if i.kind == pb.ITEM_KIND_FILE_CHANGE]
+        changes = [
+            i for i in items(await events_of(client, s.session_id, t.turn_id)) if i.kind == pb.ITEM_KIND_FILE_CHANGE
+        ]
         assert changes and changes[-1].changes[0].path.endswith("new.txt")
         written = tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "new.txt"
         assert written.read_text() == "patched by the mock\n"
@@ -170,7 +187,9 @@ async def test_a_model_error_fails_the_turn_with_a_readable_message(cp, procs, t
         done = await finished(client, s.session_id, t.turn_id)
         assert done.state == sdk.TurnState.FAILED
         assert len(done.error_message) > 10 and "Traceback" not in done.error_message
-        errors = [e.raw.body.agent_error for e in await events_of(client, s.session_id, t.turn_id) if kind(e) == "agent_error"]
+        errors = [
+            e.raw.body.agent_error for e in await events_of(client, s.session_id, t.turn_id) if kind(e) == "agent_error"
+        ]
         assert errors and not errors[-1].will_retry and errors[-1].message
 
 
@@ -209,7 +228,11 @@ async def test_a_request_whose_worker_died_expires(cp, procs, tmp_path, mock):
         a.send_signal(signal.SIGKILL)
         done = await finished(client, s.session_id, t.turn_id)
         assert done.state == sdk.TurnState.FAILED
-        resolved = [e.raw.body.request_resolved for e in await events_of(client, s.session_id, t.turn_id) if kind(e) == "request_resolved"]
+        resolved = [
+            e.raw.body.request_resolved
+            for e in await events_of(client, s.session_id, t.turn_id)
+            if kind(e) == "request_resolved"
+        ]
         assert [r.state for r in resolved] == [pb.REQUEST_STATE_EXPIRED] and "wa" in resolved[0].expire_reason
         with pytest.raises(sdk.FailedPreconditionError, match="expired"):
             await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
@@ -218,7 +241,9 @@ async def test_a_request_whose_worker_died_expires(cp, procs, tmp_path, mock):
 
 
 @pytest.mark.parametrize("snapshots", ["after every turn", "none: from the log"])
-async def test_a_session_restored_onto_a_fresh_worker_carries_its_history_to_the_model(cp, procs, tmp_path, mock, snapshots):
+async def test_a_session_restored_onto_a_fresh_worker_carries_its_history_to_the_model(
+    cp, procs, tmp_path, mock, snapshots
+):
     every = "1" if snapshots == "after every turn" else "0"
     a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every)
     async with sdk.AsyncClient(cp.target) as client:
@@ -228,7 +253,9 @@ async def test_a_session_restored_onto_a_fresh_worker_carries_its_history_to_the
         t2 = await client.send_input(s.session_id, "RUN: echo tool-output-from-a")
         assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
         if every == "1":
-            await eventually(lambda: _has_snapshot(client, s.session_id, 2), timeout=20, what="A's snapshot of both turns")
+            await eventually(
+                lambda: _has_snapshot(client, s.session_id, 2), timeout=20, what="A's snapshot of both turns"
+            )
         first_thread = (await client.get_session(s.session_id)).runtime_thread_id
         a.send_signal(signal.SIGKILL)
         # B has an empty CODEX_HOME and has never seen the session.
@@ -271,8 +298,17 @@ async def test_a_restore_that_cannot_rehydrate_fails_closed(cp, procs, tmp_path,
         assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
         a.send_signal(signal.SIGKILL)
         broken = start_worker(
-            procs, cp.target, tmp_path / "wb", "wb", 1, "--worker-id", "wb", "--runtime", "codex",
-            "--codex-bin", str(tmp_path / "no-such-codex"),
+            procs,
+            cp.target,
+            tmp_path / "wb",
+            "wb",
+            1,
+            "--worker-id",
+            "wb",
+            "--runtime",
+            "codex",
+            "--codex-bin",
+            str(tmp_path / "no-such-codex"),
         )
         t2 = await client.send_input(s.session_id, "what is the password?")
         done = await finished(client, s.session_id, t2.turn_id)

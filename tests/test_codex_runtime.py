@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.codex_mock import MockResponses
 from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
 from tether.execution_worker._runtime import (
     AgentError,
@@ -33,7 +34,6 @@ from tether.execution_worker._runtime import (
     TurnFailed,
     TurnInterrupted,
 )
-from tests.codex_mock import MockResponses
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _NATIVE = ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
@@ -120,7 +120,9 @@ def decline(request: RequestOpened) -> dict[str, Any]:
 
 
 @needs_codex
-async def test_plain_turn_streams_and_records_history(codex: CodexRuntime, mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
+async def test_plain_turn_streams_and_records_history(
+    codex: CodexRuntime, mock_api: MockResponses, tmp_path: pathlib.Path
+) -> None:
     events = await run(codex, "hi there")
     reply = "Hello from mock. You said: hi there"
     assert events[-1] == TurnCompleted()
@@ -297,8 +299,10 @@ async def test_rehydration_hands_the_history_to_a_new_thread(mock_api: MockRespo
     finally:
         await first.close()
     # Items another runtime recorded carry no raw JSON; they reach Codex as plain messages.
-    shell_era = [HistoryItem(HistoryRole.INPUT, "SHELL-ERA input", "trn_0"),
-                 HistoryItem(HistoryRole.OUTPUT, "SHELL-ERA output", "trn_0")]
+    shell_era = [
+        HistoryItem(HistoryRole.INPUT, "SHELL-ERA input", "trn_0"),
+        HistoryItem(HistoryRole.OUTPUT, "SHELL-ERA output", "trn_0"),
+    ]
     second = CodexRuntime(settings_for(mock_api, tmp_path))
     try:
         await second.start("ses_a", tmp_path / "b", shell_era + history)
@@ -319,7 +323,10 @@ async def test_rehydration_hands_the_history_to_a_new_thread(mock_api: MockRespo
         assert len(contexts) == 1
         assert sent[-1]["content"][0]["text"] == "what was my colour?"
         # Only the new turn's items are added; the rehydrated ones are not read back.
-        assert [h.text for h in history_of(events)] == ["what was my colour?", "Hello from mock. You said: what was my colour?"]
+        assert [h.text for h in history_of(events)] == [
+            "what was my colour?",
+            "Hello from mock. You said: what was my colour?",
+        ]
         assert second.export_history() == shell_era + history + history_of(events)
     finally:
         await second.close()
@@ -439,8 +446,10 @@ async def test_unsupported_server_requests_get_an_error_answer(tmp_path: pathlib
     finally:
         await runtime.close()
     [raw] = [e for e in events if getattr(e, "name", "") == "item/tool/call"]
-    assert json.loads(raw.json) == {"unsupported_server_request": True,
-                                    "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"}}
+    assert json.loads(raw.json) == {
+        "unsupported_server_request": True,
+        "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"},
+    }
     assert events[-1] == TurnCompleted()
     received = [json.loads(line) for line in log.read_text().splitlines()]
     assert {"id": 0, "error": {"code": -32601, "message": "tether does not support item/tool/call"}} in received
@@ -509,14 +518,29 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
         "TETHER_CODEX_CONFIG": 'model_provider="mock"\nmodel_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}\n',
         "TETHER_TURN_TIMEOUT_S": "60",
     }
-    args = ["--workdir", str(tmp_path), "--codex-bin", "/opt/codex", "--codex-model", "gpt-5.5",
-            "--codex-sandbox", "read-only", "--codex-approval-policy", "never", "--codex-home-from", str(tmp_path)]
+    args = [
+        "--workdir",
+        str(tmp_path),
+        "--codex-bin",
+        "/opt/codex",
+        "--codex-model",
+        "gpt-5.5",
+        "--codex-sandbox",
+        "read-only",
+        "--codex-approval-policy",
+        "never",
+        "--codex-home-from",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(cli.worker, args, env=env)
     assert result.exit_code == 0, result.output
     settings = captured["settings"]
     assert settings.turn_timeout_s == 60.0
     assert settings.codex == CodexSettings(
-        bin="/opt/codex", model="gpt-5.5", sandbox="read-only", approval_policy="never",
+        bin="/opt/codex",
+        model="gpt-5.5",
+        sandbox="read-only",
+        approval_policy="never",
         config=('model_provider="mock"', 'model_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}'),
         home_from=tmp_path,
     )

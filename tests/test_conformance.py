@@ -21,7 +21,10 @@ def run_kit(worker_cmd: str, keep: pathlib.Path) -> tuple[int, dict[str, str], s
     try:
         done = subprocess.run(
             [sys.executable, "-m", "tether.cli", "conformance", "--worker-cmd", worker_cmd, "--keep", str(keep)],
-            cwd=ROOT, capture_output=True, text=True, timeout=100,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=100,
         )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the kit ran past 100s; its output so far:\n{exc.stdout!r}\n{exc.stderr!r}") from None

@@ -26,7 +26,10 @@ def contract_copy(tmp_path: pathlib.Path) -> pathlib.Path:
 def guard(module: pathlib.Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BUF), "breaking", str(module), "--against", str(BASELINE)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -48,8 +51,12 @@ def test_the_contract_as_it_stands_passes(contract_copy: pathlib.Path) -> None:
 
 
 def test_an_additive_change_passes(contract_copy: pathlib.Path) -> None:
-    edit(contract_copy, "resources.proto", "  uint64 turn_count = 13;\n",
-         "  uint64 turn_count = 13;\n  // A field added later.\n  string added_later = 99;\n")
+    edit(
+        contract_copy,
+        "resources.proto",
+        "  uint64 turn_count = 13;\n",
+        "  uint64 turn_count = 13;\n  // A field added later.\n  string added_later = 99;\n",
+    )
     done = guard(contract_copy)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from tether import sdk
+from tether.cli._proxy import TcpProxy
 
 from .conftest import ControlPlaneProcess, eventually, start_worker
-from tether.cli._proxy import TcpProxy
 
 
 async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> list[sdk.Event]:
@@ -81,7 +81,10 @@ async def test_a_killed_worker_moves_its_session_on_the_worker_dead_clock_not_th
             # B rehydrated the whole conversation, including the turn that died with A.
             snap = await client.create_snapshot(s.session_id)
             texts = [h.text for h in snap.history]
-            assert texts[:3] == ["echo one", "one\n", "echo started; sleep 60"] and texts[-2:] == ["echo three", "three\n"]
+            assert texts[:3] == ["echo one", "one\n", "echo started; sleep 60"] and texts[-2:] == [
+                "echo three",
+                "three\n",
+            ]
     finally:
         cp.stop()
 
@@ -176,7 +179,7 @@ async def test_drain_under_load_loses_no_turn(tmp_path, procs, db_url):
             a.send_signal(signal.SIGTERM)
             results = await load
             assert a.popen.wait(30) == 0
-            for session, turns in zip(sessions, results):
+            for session, turns in zip(sessions, results, strict=True):
                 assert [t.state for t in turns] == [sdk.TurnState.COMPLETED] * 4, turns
                 events = await _events(client, session.session_id)
                 check_log(events)
@@ -240,7 +243,9 @@ async def test_a_session_waits_for_its_busy_holder_only_up_to_the_sticky_timeout
             t1 = await client.send_input(warm.session_id, "echo warm")
             await client.wait_for_turn(warm.session_id, t1.turn_id, timeout_s=20)
             long = await client.send_input(busy.session_id, "sleep 30")
-            await eventually(lambda: _state(client, busy.session_id, long.turn_id, sdk.TurnState.RUNNING), timeout=20, what="A busy")
+            await eventually(
+                lambda: _state(client, busy.session_id, long.turn_id, sdk.TurnState.RUNNING), timeout=20, what="A busy"
+            )
             start_worker(procs, cp.target, tmp_path / "wb", "wb", 1, "--worker-id", "wb")
             t2 = await client.send_input(warm.session_id, "echo moved")
             done = await client.wait_for_turn(warm.session_id, t2.turn_id, timeout_s=20)
@@ -283,7 +288,9 @@ async def test_restore_session_moves_an_idle_session_onto_a_chosen_worker(tmp_pa
             assert [h.text for h in snap.history] == ["echo before", "before\n", "echo after", "after\n"]
             # A session with a turn in flight is not moved.
             t3 = await client.send_input(s.session_id, "sleep 30")
-            await eventually(lambda: _state(client, s.session_id, t3.turn_id, sdk.TurnState.RUNNING), timeout=20, what="running")
+            await eventually(
+                lambda: _state(client, s.session_id, t3.turn_id, sdk.TurnState.RUNNING), timeout=20, what="running"
+            )
             with pytest.raises(sdk.TetherError) as err:
                 await client.restore_session(s.session_id, worker_id="wc")
             assert err.value.reason == "SESSION_BUSY" and err.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -326,4 +333,3 @@ async def test_drain_worker_rpc_drains_a_worker_and_it_exits(tmp_path, procs, db
 
 async def _holder_is_not(client: sdk.AsyncClient, session_id: str, worker_id: str) -> bool:
     return (await client.get_session(session_id)).worker_id != worker_id
-

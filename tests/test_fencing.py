@@ -56,7 +56,10 @@ async def test_stale_epoch_write_is_refused_and_nothing_is_stored(control_plane,
         done = await client.get_turn(s.session_id, turn.turn_id)
         assert done.state == sdk.TurnState.COMPLETED
         assert [k for _, k, _ in await _texts(client, s.session_id)] == [
-            "input_received", "turn_started", "output", "turn_completed",
+            "input_received",
+            "turn_started",
+            "output",
+            "turn_completed",
         ]
     finally:
         await a.close()
@@ -73,9 +76,7 @@ async def test_moved_session_refuses_every_write_of_the_old_holder(control_plane
     await a.write(s.session_id, 1, [started(1, t1.turn_id, "wkr_old"), completed(2, t1.turn_id)])
     # A goes silent (a partition): no renewals, its stream gone. The lease lapses.
     await a.close()
-    await eventually(
-        lambda: _lease_holder(client, s.session_id, ""), timeout=10, what="the old lease to expire"
-    )
+    await eventually(lambda: _lease_holder(client, s.session_id, ""), timeout=10, what="the old lease to expire")
 
     b = FakeWorker(target, "wkr_new")
     await b.register()
@@ -96,7 +97,11 @@ async def test_moved_session_refuses_every_write_of_the_old_holder(control_plane
             )
         finally:
             await zombie.close()
-        await b.write(s.session_id, offer_b.lease_epoch, [started(1, t2.turn_id, "wkr_new"), output(2, t2.turn_id, "second\n"), completed(3, t2.turn_id)])
+        await b.write(
+            s.session_id,
+            offer_b.lease_epoch,
+            [started(1, t2.turn_id, "wkr_new"), output(2, t2.turn_id, "second\n"), completed(3, t2.turn_id)],
+        )
         texts = await _texts(client, s.session_id)
         assert all("zombie" not in t for _, _, t in texts)
         assert [seq for seq, _, _ in texts] == list(range(1, len(texts) + 1))
@@ -120,7 +125,11 @@ async def test_resent_events_are_stored_once_and_gaps_are_refused(control_plane,
         offer = await a.take_offer()
         await a.write(s.session_id, offer.lease_epoch, [started(1, t.turn_id, "wkr_dup"), output(2, t.turn_id, "a")])
         # The ack was "lost": the worker resends 1-2 along with 3.
-        acks = await a.write(s.session_id, offer.lease_epoch, [started(1, t.turn_id, "wkr_dup"), output(2, t.turn_id, "a"), output(3, t.turn_id, "b")])
+        acks = await a.write(
+            s.session_id,
+            offer.lease_epoch,
+            [started(1, t.turn_id, "wkr_dup"), output(2, t.turn_id, "a"), output(3, t.turn_id, "b")],
+        )
         assert acks[-1].acked_worker_seq == 3
         await _expect_error(
             a.write(s.session_id, offer.lease_epoch, [output(5, t.turn_id, "skipped 4")]),
@@ -128,7 +137,12 @@ async def test_resent_events_are_stored_once_and_gaps_are_refused(control_plane,
             "INVALID_ARGUMENT",
         )
         texts = await _texts(client, s.session_id)
-        assert [(k, x) for _, k, x in texts] == [("input_received", ""), ("turn_started", ""), ("output", "a"), ("output", "b")]
+        assert [(k, x) for _, k, x in texts] == [
+            ("input_received", ""),
+            ("turn_started", ""),
+            ("output", "a"),
+            ("output", "b"),
+        ]
     finally:
         await a.close()
 
@@ -160,7 +174,9 @@ async def test_a_turn_never_stays_running_after_its_lease_is_gone(control_plane,
         await beating
         await forgetful.close()
     assert ended.state == sdk.TurnState.FAILED and "not renewed" in ended.error_message
-    failed = [e async for e in client.stream_events(s1.session_id, stop_at_end=True) if e.kind == sdk.EventKind.TURN_FAILED]
+    failed = [
+        e async for e in client.stream_events(s1.session_id, stop_at_end=True) if e.kind == sdk.EventKind.TURN_FAILED
+    ]
     assert len(failed) == 1 and failed[0].worker_lost
     session = await client.get_session(s1.session_id)
     assert session.worker_id == "" and session.state == sdk.SessionState.IDLE
@@ -171,7 +187,9 @@ async def test_a_turn_never_stays_running_after_its_lease_is_gone(control_plane,
     try:
         t2 = await client.send_input(s2.session_id, "sleep 100")
         offer = await releasing.take_offer()
-        releasing.send(wpb.LeaseRequest(release=wpb.ReleaseLease(session_id=s2.session_id, lease_epoch=offer.lease_epoch)))
+        releasing.send(
+            wpb.LeaseRequest(release=wpb.ReleaseLease(session_id=s2.session_id, lease_epoch=offer.lease_epoch))
+        )
         ended = await client.wait_for_turn(s2.session_id, t2.turn_id, timeout_s=10)
         assert ended.state == sdk.TurnState.FAILED and "released" in ended.error_message
         kinds = [k for _, k, _ in await _texts(client, s2.session_id)]

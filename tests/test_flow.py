@@ -53,7 +53,7 @@ async def test_two_workers_share_the_load(cp_process, procs, tmp_path):
         sessions = [await client.create_session("shell") for _ in range(4)]
         turns = await asyncio.gather(*(client.send_input(s.session_id, "sleep 0.3; echo done") for s in sessions))
         done = await asyncio.gather(
-            *(client.wait_for_turn(s.session_id, t.turn_id, timeout_s=30) for s, t in zip(sessions, turns))
+            *(client.wait_for_turn(s.session_id, t.turn_id, timeout_s=30) for s, t in zip(sessions, turns, strict=True))
         )
         assert all(t.state == sdk.TurnState.COMPLETED for t in done)
         # One slot each and four concurrent turns: both workers must have run some.
@@ -130,7 +130,10 @@ async def test_snapshot_holds_the_model_visible_history(cp_process, procs, tmp_p
             await client.wait_for_turn(s.session_id, t.turn_id, timeout_s=20)
         snap = await client.create_snapshot(s.session_id)
         assert [(h.role.name, h.text) for h in snap.history] == [
-            ("INPUT", "echo alpha"), ("OUTPUT", "alpha\n"), ("INPUT", "echo beta"), ("OUTPUT", "beta\n"),
+            ("INPUT", "echo alpha"),
+            ("OUTPUT", "alpha\n"),
+            ("INPUT", "echo beta"),
+            ("OUTPUT", "beta\n"),
         ]
         assert snap.seq == (await client.get_session(s.session_id)).last_seq
         latest = await client.get_snapshot(s.session_id)
@@ -216,15 +219,27 @@ def test_serve_explains_a_busy_port_and_a_bad_database_path(cp_process, tmp_path
     import sys
 
     busy = subprocess.run(
-        [sys.executable, "-m", "tether.control_plane", "--port", str(cp_process.port), "--db", str(tmp_path / "other.db")],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "tether.control_plane",
+            "--port",
+            str(cp_process.port),
+            "--db",
+            str(tmp_path / "other.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert busy.returncode == 1
     assert f"cannot listen on 127.0.0.1:{cp_process.port}" in busy.stderr and "Traceback" not in busy.stderr
     (tmp_path / "a-file").write_text("")
     bad = subprocess.run(
         [sys.executable, "-m", "tether.control_plane", "--port", "0", "--db", str(tmp_path / "a-file" / "x.db")],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert bad.returncode == 1
     assert "cannot open the database" in bad.stderr and "Traceback" not in bad.stderr

@@ -22,6 +22,11 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from tether import sdk
+from tether.control_plane import ControlPlane
+from tether.control_plane.api._forward import FORWARDED_BY, FORWARDED_FOR, Forwarder
+from tether.sdk._errors import translate_rpc_error
 from tether.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -30,11 +35,6 @@ from tether.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-
-from tether import sdk
-from tether.control_plane import ControlPlane
-from tether.control_plane.api._forward import FORWARDED_BY, FORWARDED_FOR, Forwarder
-from tether.sdk._errors import translate_rpc_error
 
 from .certs import CertificateAuthority
 from .conftest import eventually, start_worker
@@ -76,7 +76,9 @@ def _add_local_servicers(server: grpc.aio.Server, served_locally: list[str]) -> 
             return answer
 
         base = getattr(pb2_grpc, f"{name}Servicer")
-        servicer = type(f"Local{name}", (base,), {m.name: answering(f"/{service.full_name}/{m.name}") for m in service.methods})
+        servicer = type(
+            f"Local{name}", (base,), {m.name: answering(f"/{service.full_name}/{m.name}") for m in service.methods}
+        )
         getattr(pb2_grpc, f"add_{name}Servicer_to_server")(servicer(), server)
 
 
@@ -146,7 +148,8 @@ async def test_unary_calls_and_error_reasons_pass_through(control_plane: Control
     async with sdk.AsyncClient(f"127.0.0.1:{control_plane.port}") as direct:
         assert (await direct.get_session(s.session_id)).labels == {"via": "relay"}
     assert relay.routed[:3] == [
-        "/tether.v1.SessionService/CreateSession", "/tether.v1.SessionService/ListSessions",
+        "/tether.v1.SessionService/CreateSession",
+        "/tether.v1.SessionService/ListSessions",
         "/tether.v1.SessionService/GetSession",
     ]
 
@@ -199,7 +202,10 @@ async def test_worker_runs_a_turn_through_the_relay(
     assert [(e.seq, e.kind, e.text) for e in seen] == [(e.seq, e.kind, e.text) for e in stored]
     assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
     assert "".join(e.text for e in seen if e.stream == "stdout") == "out-1\nout-2\nout-3\n"
-    assert [(h.role.name, h.text) for h in snap.history] == [("INPUT", COMMAND), ("OUTPUT", "out-1\nout-2\nout-3\noops\n")]
+    assert [(h.role.name, h.text) for h in snap.history] == [
+        ("INPUT", COMMAND),
+        ("OUTPUT", "out-1\nout-2\nout-3\noops\n"),
+    ]
     for method in ("Register", "Lease", "StreamEvents", "Snapshot"):
         assert f"/tether.v1.WorkerService/{method}" in relay.routed
 
@@ -220,7 +226,9 @@ async def test_deadline_ends_a_relayed_wait(control_plane: ControlPlane, relay: 
     await eventually(lambda: _subscribers(control_plane, s.session_id) == 0, 5, "the upstream stream to end")
 
 
-async def test_cancelling_a_relayed_subscription_closes_the_upstream_stream(control_plane: ControlPlane, relay: Relay) -> None:
+async def test_cancelling_a_relayed_subscription_closes_the_upstream_stream(
+    control_plane: ControlPlane, relay: Relay
+) -> None:
     async with sdk.AsyncClient(relay.target, timeout_s=CALL_TIMEOUT_S) as client:
         s = await client.create_session("shell")
 
@@ -231,11 +239,15 @@ async def test_cancelling_a_relayed_subscription_closes_the_upstream_stream(cont
         followers = [asyncio.create_task(follow()) for _ in range(3)]
         await eventually(lambda: _subscribers(control_plane, s.session_id) == 3, 5, "three upstream subscriptions")
         followers[0].cancel()
-        await eventually(lambda: _subscribers(control_plane, s.session_id) == 2, 5, "the cancelled one to close upstream")
+        await eventually(
+            lambda: _subscribers(control_plane, s.session_id) == 2, 5, "the cancelled one to close upstream"
+        )
         for f in followers[1:]:
             f.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
-        await eventually(lambda: _subscribers(control_plane, s.session_id) == 0, 5, "every upstream subscription to close")
+        await eventually(
+            lambda: _subscribers(control_plane, s.session_id) == 0, 5, "every upstream subscription to close"
+        )
 
 
 async def test_many_cancelled_streams_leave_no_tasks(control_plane: ControlPlane, relay: Relay) -> None:
@@ -248,12 +260,18 @@ async def test_many_cancelled_streams_leave_no_tasks(control_plane: ControlPlane
             calls.append(_raw(channel, "stream_stream", "/tether.v1.WorkerService/Lease")(timeout=CALL_TIMEOUT_S))
         for _ in range(20):  # server streams
             request = _stream_events_request(s.session_id)
-            calls.append(_raw(channel, "unary_stream", "/tether.v1.SessionService/StreamSessionEvents")(request, timeout=CALL_TIMEOUT_S))
+            calls.append(
+                _raw(channel, "unary_stream", "/tether.v1.SessionService/StreamSessionEvents")(
+                    request, timeout=CALL_TIMEOUT_S
+                )
+            )
         await eventually(lambda: len(_pumps()) == 20, 5, "20 relayed Lease streams")
         await eventually(lambda: _subscribers(control_plane, s.session_id) == 20, 5, "20 relayed subscriptions")
         for call in calls:
             call.cancel()
-        await eventually(lambda: not _pumps() and _subscribers(control_plane, s.session_id) == 0, 5, "the relayed streams to end")
+        await eventually(
+            lambda: not _pumps() and _subscribers(control_plane, s.session_id) == 0, 5, "the relayed streams to end"
+        )
     await relay.forwarder.close()
     await relay.forwarder.close()  # idempotent
     await eventually(lambda: not _new_tasks(baseline), 5, "no task left behind")
@@ -263,7 +281,8 @@ def _new_tasks(baseline: set[asyncio.Task]) -> list[str]:
     """Tasks started since `baseline` and still running, except each server's standing
     accept tasks (grpc.aio re-arms one per registered method, and one generic, per call)."""
     return [
-        t.get_name() for t in asyncio.all_tasks() - baseline - {asyncio.current_task()}
+        t.get_name()
+        for t in asyncio.all_tasks() - baseline - {asyncio.current_task()}
         if not getattr(t.get_coro(), "__qualname__", "").startswith("AioServer._request")
     ]
 
@@ -322,7 +341,8 @@ async def test_an_already_forwarded_call_is_served_locally() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as local:
             await stub.GetSession(
                 session_service_pb2.GetSessionRequest(session_id="ses_x"),
-                metadata=((FORWARDED_BY, "elsewhere"),), timeout=CALL_TIMEOUT_S,
+                metadata=((FORWARDED_BY, "elsewhere"),),
+                timeout=CALL_TIMEOUT_S,
             )
     # The relay's own servicer answered; the route was never asked.
     assert (local.value.code(), local.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, LOCAL_ANSWER)
@@ -380,7 +400,9 @@ class EchoReplica:
         async for r in requests:
             yield r.upper()
 
-    async def bidi_held_open(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def bidi_held_open(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         """Echoes, and stays open after the caller half-closes: only a cancel ends it."""
         self._record(context)
         try:
@@ -392,14 +414,20 @@ class EchoReplica:
             raise
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
-        return grpc.method_handlers_generic_handler("tether.v1.SessionService", {
-            "GetSession": grpc.unary_unary_rpc_method_handler(self.unary),
-            "StreamSessionEvents": grpc.unary_stream_rpc_method_handler(self.server_stream),
-        }), grpc.method_handlers_generic_handler("tether.v1.WorkerService", {
-            "Snapshot": grpc.stream_unary_rpc_method_handler(self.client_stream),
-            "Lease": grpc.stream_stream_rpc_method_handler(self.bidi),
-            "StreamEvents": grpc.stream_stream_rpc_method_handler(self.bidi_held_open),
-        })
+        return grpc.method_handlers_generic_handler(
+            "tether.v1.SessionService",
+            {
+                "GetSession": grpc.unary_unary_rpc_method_handler(self.unary),
+                "StreamSessionEvents": grpc.unary_stream_rpc_method_handler(self.server_stream),
+            },
+        ), grpc.method_handlers_generic_handler(
+            "tether.v1.WorkerService",
+            {
+                "Snapshot": grpc.stream_unary_rpc_method_handler(self.client_stream),
+                "Lease": grpc.stream_stream_rpc_method_handler(self.bidi),
+                "StreamEvents": grpc.stream_stream_rpc_method_handler(self.bidi_held_open),
+            },
+        )
 
 
 def _status_details() -> bytes:
@@ -439,10 +467,14 @@ async def test_bytes_metadata_and_deadline_reach_the_serving_replica(echo_relay)
     echo, relay = echo_relay
     body = b"\x00not a protobuf message\xff"  # the relay never decodes it
     sent = (
-        ("authorization", "Bearer secret"), ("x-tether-owner", "alice"), ("x-blob-bin", b"\x00\x01\x02"),
+        ("authorization", "Bearer secret"),
+        ("x-tether-owner", "alice"),
+        ("x-blob-bin", b"\x00\x01\x02"),
         (FORWARDED_FOR, "spoofed"),
     )
-    async with grpc.aio.insecure_channel(relay.target, options=[("grpc.primary_user_agent", "caller-agent")]) as channel:
+    async with grpc.aio.insecure_channel(
+        relay.target, options=[("grpc.primary_user_agent", "caller-agent")]
+    ) as channel:
         call = _raw(channel, "unary_unary", "/tether.v1.SessionService/GetSession")(body, metadata=sent, timeout=5)
         assert await call == body
         assert ("x-upstream-header", "h") in list(await call.initial_metadata())
@@ -499,7 +531,10 @@ async def test_each_stream_shape_is_relayed(echo_relay) -> None:
 async def test_cancelling_a_relayed_bidi_stream_cancels_the_upstream_call(echo_relay) -> None:
     echo, relay = echo_relay
     async with grpc.aio.insecure_channel(relay.target) as channel:
-        calls = [_raw(channel, "stream_stream", "/tether.v1.WorkerService/StreamEvents")(timeout=CALL_TIMEOUT_S) for _ in range(5)]
+        calls = [
+            _raw(channel, "stream_stream", "/tether.v1.WorkerService/StreamEvents")(timeout=CALL_TIMEOUT_S)
+            for _ in range(5)
+        ]
         for call in calls:
             await call.write(b"x")
             assert await call.read() == b"x"
@@ -514,15 +549,20 @@ async def test_replicas_talk_mutual_tls_when_given_credentials(tmp_path: pathlib
     server_cert, relay_cert = ca.issue_server(), ca.issue_client("relay-1")
     upstream_tls = grpc.ssl_server_credentials(
         [(server_cert.key_file.read_bytes(), server_cert.cert_file.read_bytes())],
-        root_certificates=ca.cert_file.read_bytes(), require_client_auth=True,
+        root_certificates=ca.cert_file.read_bytes(),
+        require_client_auth=True,
     )
     relay_tls = grpc.ssl_channel_credentials(
         root_certificates=ca.cert_file.read_bytes(),
-        private_key=relay_cert.key_file.read_bytes(), certificate_chain=relay_cert.cert_file.read_bytes(),
+        private_key=relay_cert.key_file.read_bytes(),
+        certificate_chain=relay_cert.cert_file.read_bytes(),
     )
     get = "/tether.v1.SessionService/GetSession"
     async with serve_echo(upstream_tls) as (echo, target):
-        async with serve_relay(lambda: target, credentials=relay_tls) as relay, grpc.aio.insecure_channel(relay.target) as channel:
+        async with (
+            serve_relay(lambda: target, credentials=relay_tls) as relay,
+            grpc.aio.insecure_channel(relay.target) as channel,
+        ):
             assert await _raw(channel, "unary_unary", get)(b"over tls", timeout=CALL_TIMEOUT_S) == b"over tls"
         # Without credentials the relay cannot complete the handshake: the replica is unreachable.
         async with serve_relay(lambda: target) as relay, grpc.aio.insecure_channel(relay.target) as channel:
@@ -540,4 +580,7 @@ async def test_the_relay_channel_takes_the_servers_message_size_limit() -> None:
         serve_relay(lambda: target, max_message_bytes=big) as relay,
         grpc.aio.insecure_channel(relay.target, options=_size_options(big)) as channel,
     ):
-        assert await _raw(channel, "unary_unary", "/tether.v1.SessionService/GetSession")(body, timeout=CALL_TIMEOUT_S) == body
+        assert (
+            await _raw(channel, "unary_unary", "/tether.v1.SessionService/GetSession")(body, timeout=CALL_TIMEOUT_S)
+            == body
+        )

@@ -105,7 +105,9 @@ async def test_a_huge_label_key_gets_a_readable_error(channel):
     client to read (RESOURCE_EXHAUSTED on its side instead of INVALID_ARGUMENT)."""
     request = spb.CreateSessionRequest(runtime="shell", labels={"k" * 100_000: "v"})
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _raw(channel, "unary_unary", "/tether.v1.SessionService/CreateSession")(request.SerializeToString(), timeout=5)
+        await _raw(channel, "unary_unary", "/tether.v1.SessionService/CreateSession")(
+            request.SerializeToString(), timeout=5
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(info.value.details()) < 200
 

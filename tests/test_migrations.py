@@ -25,21 +25,21 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, func, insert, inspect, select, text
-from tether.v1 import resources_pb2 as pb
 
 from tether import sdk
 from tether.control_plane.domain.model import new_id
 from tether.control_plane.store import (
     SCHEMA_HEAD,
     Upgrade,
+    _migrate,
     create_engine,
     database_url,
     describe_database,
     upgrade_schema,
 )
-from tether.control_plane.store import _migrate
 from tether.control_plane.store import _schema as current_schema
 from tether.control_plane.store._schema import Base
+from tether.v1 import resources_pb2 as pb
 
 from . import legacy_schema
 from .conftest import ROOT, ControlPlaneProcess, Proc
@@ -77,11 +77,10 @@ def serving(tmp_path: pathlib.Path, db: str, *extra: str) -> Iterator[tuple[str,
 def run_together(*commands: list[str], timeout: float = 60) -> list[tuple[int, str, str]]:
     """Run the commands at once; (exit code, stdout, stderr) of each."""
     running = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        for args in commands
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for args in commands
     ]
     outputs = [p.communicate(timeout=timeout) for p in running]
-    return [(p.returncode, out, err) for p, (out, err) in zip(running, outputs)]
+    return [(p.returncode, out, err) for p, (out, err) in zip(running, outputs, strict=True)]
 
 
 def in_thread(coro: Any) -> Any:
@@ -127,7 +126,15 @@ BODIES = [
 # made them. The current models still describe them; if a later revision changes one, copy
 # the models of commit 6a4bd49 here as legacy_schema is.
 OWNER_TABLES = [
-    "workers", "sessions", "turns", "events", "leases", "snapshots", "requests", "api_keys", "worker_tokens",
+    "workers",
+    "sessions",
+    "turns",
+    "events",
+    "leases",
+    "snapshots",
+    "requests",
+    "api_keys",
+    "worker_tokens",
     "pairing_codes",
 ]
 
@@ -142,27 +149,73 @@ def old_rows(schema: Any, owner: str | None = None, only: list[str] | None = Non
         metadata = schema.Base.metadata
         metadata.create_all(conn, tables=None if only is None else [metadata.tables[name] for name in only])
         session = dict(
-            worker_selector_json="{}", labels_json='{"team": "a"}', runtime_thread_id="",
-            runtime="shell", create_time_us=1_000, update_time_us=2_000, **owned,
+            worker_selector_json="{}",
+            labels_json='{"team": "a"}',
+            runtime_thread_id="",
+            runtime="shell",
+            create_time_us=1_000,
+            update_time_us=2_000,
+            **owned,
         )
-        conn.execute(insert(schema.SessionRow), [
-            dict(session, session_id=SESSION, archived=False),
-            dict(session, session_id=ARCHIVED, archived=True),
-        ])
-        conn.execute(insert(schema.TurnRow), [dict(
-            turn_id=TURN, session_id=SESSION, ordinal=1, input="echo hi", idempotency_key="k1", state=4,
-            worker_id=WORKER, lease_epoch=1, exit_code=0, error_message="", create_time_us=1_500, end_time_us=1_900,
-        )])
-        conn.execute(insert(schema.EventRow), [
-            dict(session_id=SESSION, seq=seq, turn_id=TURN, kind=kind, body=body.SerializeToString(),
-                 lease_epoch=1, worker_seq=seq, create_time_us=1_500 + seq)
-            for seq, (kind, body) in enumerate(BODIES, start=1)
-        ])
+        conn.execute(
+            insert(schema.SessionRow),
+            [
+                dict(session, session_id=SESSION, archived=False),
+                dict(session, session_id=ARCHIVED, archived=True),
+            ],
+        )
+        conn.execute(
+            insert(schema.TurnRow),
+            [
+                dict(
+                    turn_id=TURN,
+                    session_id=SESSION,
+                    ordinal=1,
+                    input="echo hi",
+                    idempotency_key="k1",
+                    state=4,
+                    worker_id=WORKER,
+                    lease_epoch=1,
+                    exit_code=0,
+                    error_message="",
+                    create_time_us=1_500,
+                    end_time_us=1_900,
+                )
+            ],
+        )
+        conn.execute(
+            insert(schema.EventRow),
+            [
+                dict(
+                    session_id=SESSION,
+                    seq=seq,
+                    turn_id=TURN,
+                    kind=kind,
+                    body=body.SerializeToString(),
+                    lease_epoch=1,
+                    worker_seq=seq,
+                    create_time_us=1_500 + seq,
+                )
+                for seq, (kind, body) in enumerate(BODIES, start=1)
+            ],
+        )
         conn.execute(insert(schema.LeaseRow), [dict(session_id=SESSION, worker_id="", epoch=1, granted_at_us=1_500)])
-        conn.execute(insert(schema.WorkerRow), [dict(
-            worker_id=WORKER, name="old", registration_id="reg", runtimes_json='["shell"]', labels_json="{}",
-            slots=2, version="0.1.0", registered_at_us=1_000, **owned,
-        )])
+        conn.execute(
+            insert(schema.WorkerRow),
+            [
+                dict(
+                    worker_id=WORKER,
+                    name="old",
+                    registration_id="reg",
+                    runtimes_json='["shell"]',
+                    labels_json="{}",
+                    slots=2,
+                    version="0.1.0",
+                    registered_at_us=1_000,
+                    **owned,
+                )
+            ],
+        )
 
     return write
 
@@ -206,7 +259,9 @@ def _migrate_to(db: str, step: Callable[[Any], None]) -> None:
 
 
 def sqlite_ddl(conn: Connection) -> list[tuple[str, str]]:
-    return conn.execute(text("SELECT name, sql FROM sqlite_master WHERE tbl_name != 'alembic_version' ORDER BY name")).all()
+    return conn.execute(
+        text("SELECT name, sql FROM sqlite_master WHERE tbl_name != 'alembic_version' ORDER BY name")
+    ).all()
 
 
 def test_revision_0001_is_the_schema_released_before_owners_and_each_step_goes_back(
@@ -332,7 +387,10 @@ def test_serve_refuses_an_unmigrated_postgres_database_and_migrate_starts_it(tmp
 
         with serving(tmp_path, url, "--migrate") as (_, migrating):
             pass
-        assert "sessions and workers from before owners (sessions: 2, workers: 1) now belong to owner 'local'" in migrating.output()
+        assert (
+            "sessions and workers from before owners (sessions: 2, workers: 1) now belong to owner 'local'"
+            in migrating.output()
+        )
         assert on_db(url, rows_after)["revision"] == SCHEMA_HEAD
         with serving(tmp_path, url) as (target, _), sdk.Client(target) as client:  # at head: no flag needed
             assert client.get_session(SESSION).owner == "local"
@@ -347,8 +405,12 @@ def test_a_database_newer_than_this_release_is_refused(db_url: str) -> None:
         "run the Tether release that upgraded it"
     )
     cli = [sys.executable, "-m", "tether.cli", "db"]
-    for code, _, err in run_together(serve_args(db_url), serve_args(db_url, "--migrate"),
-                                     [*cli, "upgrade", "--db", db_url], [*cli, "check", "--db", db_url]):
+    for code, _, err in run_together(
+        serve_args(db_url),
+        serve_args(db_url, "--migrate"),
+        [*cli, "upgrade", "--db", db_url],
+        [*cli, "check", "--db", db_url],
+    ):
         assert code == 1 and err.strip() == f"Error: {message}"
     assert on_db(db_url, rows_after)["revision"] == "9999"
 
@@ -356,7 +418,9 @@ def test_a_database_newer_than_this_release_is_refused(db_url: str) -> None:
 def test_tables_that_match_no_release_are_refused_even_with_migrate(tmp_path: pathlib.Path) -> None:
     db = str(tmp_path / "odd.db")
     on_db(db, lambda conn: conn.execute(text("CREATE TABLE sessions (session_id VARCHAR(64) PRIMARY KEY)")))
-    for code, _, err in run_together(serve_args(db, "--migrate"), [sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", db]):
+    for code, _, err in run_together(
+        serve_args(db, "--migrate"), [sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", db]
+    ):
         assert code == 1 and "Traceback" not in err
         assert f"the database {db} has Tether tables but no migration record, and they match no release" in err
         assert "lacks table events" in err and "lacks sessions.runtime" in err
@@ -384,8 +448,10 @@ def test_upgrades_at_once_take_turns(db_url: str) -> None:
     upgrades, the others wait for it and find nothing to do."""
     outputs = run_together(*[[sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", db_url]] * 3)
     assert [code for code, _, _ in outputs] == [0, 0, 0], outputs
-    said = sorted("upgraded" if f"from empty to {SCHEMA_HEAD}" in out else "nothing to do" if "nothing to do" in out else out
-                  for _, out, _ in outputs)
+    said = sorted(
+        "upgraded" if f"from empty to {SCHEMA_HEAD}" in out else "nothing to do" if "nothing to do" in out else out
+        for _, out, _ in outputs
+    )
     assert said == ["nothing to do", "nothing to do", "upgraded"]
     assert on_db(db_url, schema_differences(Base.metadata)) == []
 
@@ -408,7 +474,9 @@ def test_a_failed_upgrade_changes_nothing(db_url: str) -> None:
     done = tether("db", "upgrade", "--db", db_url)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     name = describe_database(database_url(db_url))
-    assert done.stderr.startswith(f"Error: upgrading the database {name} to revision {SCHEMA_HEAD} failed and changed nothing: ")
+    assert done.stderr.startswith(
+        f"Error: upgrading the database {name} to revision {SCHEMA_HEAD} failed and changed nothing: "
+    )
     assert "ix_sessions_owner_session" in done.stderr
 
     def columns(conn: Connection) -> dict[str, set[str]]:

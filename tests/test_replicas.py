@@ -48,9 +48,7 @@ def _targets(cps: list[ControlPlaneProcess], first: int) -> str:
     return "ipv4:" + ",".join(cp.target for cp in order)
 
 
-
-
-async def _retry(fn, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN202
+async def _retry(fn, what: str, timeout: float = 30.0):
     """Retry a call while the replicas fail over (UNAVAILABLE), up to `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -107,16 +105,22 @@ async def test_three_replicas_survive_the_leader_being_killed_mid_stream(tmp_pat
                     token = f"s{k}-t{j}"
                     command = f"for i in 1 2 3 4 5 6; do echo {token}-$i; sleep 0.25; done; echo {token} >> {ran}"
                     turn = await _retry(
-                        lambda: client.send_input(session_id, command, idempotency_key=token), f"send {token}"
+                        lambda command=command, token=token: client.send_input(
+                            session_id, command, idempotency_key=token
+                        ),
+                        f"send {token}",
                     )
                     turn_ids.append(turn.turn_id)
-                    await eventually(lambda: followers[k].ended(turn.turn_id), timeout=60, what=f"{token} to end")
+                    await eventually(
+                        lambda turn=turn: followers[k].ended(turn.turn_id), timeout=60, what=f"{token} to end"
+                    )
                 return turn_ids
 
             runs = [asyncio.create_task(run(k, s.session_id)) for k, s in enumerate(sessions)]
             # Kill the leader while the first turns stream output.
             await eventually(
-                lambda: all(any(e.kind == sdk.EventKind.OUTPUT for e in f.events) for f in followers), timeout=30,
+                lambda: all(any(e.kind == sdk.EventKind.OUTPUT for e in f.events) for f in followers),
+                timeout=30,
                 what="every session streaming output",
             )
             leader = await current_leader(pg_url)
@@ -158,7 +162,7 @@ async def test_a_deposed_leader_can_commit_nothing(pg_url):
     """The fence: once another replica is elected, every write transaction of the old leader
     rolls back, even while the old leader still believes it leads."""
     from tether.control_plane.domain.model import Session, new_id, now_us
-    from tether.control_plane.store import Writer, WriteFailed, WriteSet, create_engine, ensure_schema, session_to_row
+    from tether.control_plane.store import WriteFailed, Writer, WriteSet, create_engine, ensure_schema, session_to_row
     from tether.control_plane.store._election import Election
 
     from .pg import _admin, _run

@@ -20,8 +20,12 @@ ITEMS = 10_000
 def _snapshot_chunks(worker_id: str, session_id: str, epoch: int, seq: int, n: int, per_chunk: int = 500):
     items = [pb.HistoryItem(role=pb.HISTORY_ITEM_ROLE_OUTPUT, text=f"item {i}\n") for i in range(n)]
     first = wpb.SnapshotRequest(
-        worker_id=worker_id, session_id=session_id, lease_epoch=epoch, seq=seq,
-        runtime_metadata_json='{"runtime": "fake"}', history=items[:per_chunk],
+        worker_id=worker_id,
+        session_id=session_id,
+        lease_epoch=epoch,
+        seq=seq,
+        runtime_metadata_json='{"runtime": "fake"}',
+        history=items[:per_chunk],
     )
     yield first
     for i in range(per_chunk, n, per_chunk):
@@ -49,9 +53,12 @@ async def test_resume_streams_a_10k_item_history_in_chunks_then_the_tail(control
         t2 = await client.send_input(s.session_id, "second")
         moved = await b.take_offer()
         assert moved.resume_required and moved.lease_epoch == offer.lease_epoch + 1
-        chunks = [c async for c in b.stub.Resume(
-            wpb.ResumeRequest(worker_id="wkr_b", session_id=s.session_id, lease_epoch=moved.lease_epoch), timeout=10
-        )]
+        chunks = [
+            c
+            async for c in b.stub.Resume(
+                wpb.ResumeRequest(worker_id="wkr_b", session_id=s.session_id, lease_epoch=moved.lease_epoch), timeout=10
+            )
+        ]
         history = [h.text for c in chunks for h in c.history]
         assert history == [f"item {i}\n" for i in range(ITEMS)]
         assert chunks[0].snapshot_seq == last and chunks[0].runtime_metadata_json == '{"runtime": "fake"}'
@@ -63,7 +70,9 @@ async def test_resume_streams_a_10k_item_history_in_chunks_then_the_tail(control
         # The old holder's snapshot is refused now.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await b.stub.Snapshot(_snapshot_chunks("wkr_a", s.session_id, offer.lease_epoch, last, 1), timeout=10)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "LEASE_LOST" in str(err.value.trailing_metadata())
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "LEASE_LOST" in str(
+            err.value.trailing_metadata()
+        )
     finally:
         await b.close()
 
@@ -80,7 +89,11 @@ async def test_restore_fails_closed_when_the_target_cannot_rehydrate(control_pla
         s = await client.create_session("shell")
         t1 = await client.send_input(s.session_id, "first")
         offer = (await a.next("offer")).offer
-        a.send(wpb.LeaseRequest(accept=wpb.AcceptOffer(session_id=s.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch)))
+        a.send(
+            wpb.LeaseRequest(
+                accept=wpb.AcceptOffer(session_id=s.session_id, turn_id=offer.turn_id, lease_epoch=offer.lease_epoch)
+            )
+        )
         await a.next("granted")
         a_leases[s.session_id] = offer.lease_epoch
         await a.write(s.session_id, offer.lease_epoch, [started(1, t1.turn_id, "wkr_a"), completed(2, t1.turn_id)])
@@ -95,9 +108,13 @@ async def test_restore_fails_closed_when_the_target_cannot_rehydrate(control_pla
         assert granted.turn_id == "" and granted.lease_epoch == placement.lease_epoch
         revoked = (await a.next("revoked")).revoked  # A lost the session at once
         assert revoked.lease_epoch == offer.lease_epoch
-        b.send(wpb.LeaseRequest(release=wpb.ReleaseLease(
-            session_id=s.session_id, lease_epoch=placement.lease_epoch, reason="rehydration failed: boom"
-        )))
+        b.send(
+            wpb.LeaseRequest(
+                release=wpb.ReleaseLease(
+                    session_id=s.session_id, lease_epoch=placement.lease_epoch, reason="rehydration failed: boom"
+                )
+            )
+        )
         with pytest.raises(sdk.TetherError) as err:
             await restore
         assert err.value.reason == "REHYDRATION_FAILED" and "boom" in str(err.value)
@@ -135,9 +152,20 @@ async def test_resume_sends_the_input_of_a_turn_queued_before_the_snapshot_water
         pb.HistoryItem(role=pb.HISTORY_ITEM_ROLE_INPUT, text="first"),
         pb.HistoryItem(role=pb.HISTORY_ITEM_ROLE_OUTPUT, text="one\n"),
     ]
-    await a.stub.Snapshot(iter([wpb.SnapshotRequest(
-        worker_id="wkr_a", session_id=s.session_id, lease_epoch=offer.lease_epoch, seq=last, history=history,
-    )]), timeout=10)
+    await a.stub.Snapshot(
+        iter(
+            [
+                wpb.SnapshotRequest(
+                    worker_id="wkr_a",
+                    session_id=s.session_id,
+                    lease_epoch=offer.lease_epoch,
+                    seq=last,
+                    history=history,
+                )
+            ]
+        ),
+        timeout=10,
+    )
     second = await a.take_offer()
     assert second.turn_id == t2.turn_id and not second.resume_required
     await a.write(s.session_id, offer.lease_epoch, [started(4, t2.turn_id, "wkr_a"), output(5, t2.turn_id, "tw")])
@@ -151,14 +179,19 @@ async def test_resume_sends_the_input_of_a_turn_queued_before_the_snapshot_water
         t3 = await client.send_input(s.session_id, "third")
         moved = await b.take_offer()
         assert moved.turn_id == t3.turn_id and moved.resume_required
-        chunks = [c async for c in b.stub.Resume(
-            wpb.ResumeRequest(worker_id="wkr_b", session_id=s.session_id, lease_epoch=moved.lease_epoch), timeout=10
-        )]
+        chunks = [
+            c
+            async for c in b.stub.Resume(
+                wpb.ResumeRequest(worker_id="wkr_b", session_id=s.session_id, lease_epoch=moved.lease_epoch), timeout=10
+            )
+        ]
         assert [h.text for c in chunks for h in c.history] == ["first", "one\n"]
         tail = [(e.turn_id, e.body.WhichOneof("kind")) for c in chunks for e in c.events]
         assert tail[0] == (t2.turn_id, "input_received")  # at or before the watermark, but needed
         assert tail[1:] == [
-            (t2.turn_id, "turn_started"), (t2.turn_id, "output"), (t2.turn_id, "turn_failed"),
+            (t2.turn_id, "turn_started"),
+            (t2.turn_id, "output"),
+            (t2.turn_id, "turn_failed"),
             (t3.turn_id, "input_received"),
         ]
     finally:

@@ -7,22 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from datetime import timezone
+from datetime import UTC
 
 import grpc
 import pytest
 from click.testing import CliRunner
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
-from tether.v1 import admin_service_pb2 as apb
-from tether.v1 import admin_service_pb2_grpc as agrpc
-from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
 from tether import sdk
 from tether.execution_worker.cli import worker as worker_cli
 from tether.sdk import _convert
 from tether.sdk._errors import translate_rpc_error
 from tether.sdk.cli import session as session_cli
+from tether.v1 import admin_service_pb2 as apb
+from tether.v1 import admin_service_pb2_grpc as agrpc
+from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
 
 def _status_metadata(code: grpc.StatusCode, reason: str, message: str) -> tuple[tuple[str, bytes], ...]:
@@ -39,9 +39,17 @@ async def _abort(context, code: grpc.StatusCode, reason: str, message: str) -> N
 
 def _worker(worker_id: str, *, connected: bool = True, draining: bool = False) -> apb.WorkerStatus:
     return apb.WorkerStatus(
-        worker_id=worker_id, name=f"host-{worker_id}", runtimes=["shell"], labels={"pool": "a"}, slots=4,
-        running_turns=1, held_sessions=2, connected=connected, draining=draining,
-        register_time=timestamp_pb2.Timestamp(seconds=1_700_000_000), version="0.1.0",
+        worker_id=worker_id,
+        name=f"host-{worker_id}",
+        runtimes=["shell"],
+        labels={"pool": "a"},
+        slots=4,
+        running_turns=1,
+        held_sessions=2,
+        connected=connected,
+        draining=draining,
+        register_time=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+        version="0.1.0",
     )
 
 
@@ -54,12 +62,18 @@ class FakeSessions(session_service_pb2_grpc.SessionServiceServicer):
         if request.session_id == "ses_busy":
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "SESSION_BUSY", "a turn is running")
         if request.session_id == "ses_broken":
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "REHYDRATION_FAILED",
-                         "rehydration failed: Resume failed")
-        return session_service_pb2.RestoreSessionResponse(session=resources_pb2.Session(
-            session_id=request.session_id, runtime="shell", worker_id=request.worker_id or "wkr_any",
-            lease_epoch=4, state=resources_pb2.SESSION_STATE_IDLE,
-        ))
+            await _abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "REHYDRATION_FAILED", "rehydration failed: Resume failed"
+            )
+        return session_service_pb2.RestoreSessionResponse(
+            session=resources_pb2.Session(
+                session_id=request.session_id,
+                runtime="shell",
+                worker_id=request.worker_id or "wkr_any",
+                lease_epoch=4,
+                state=resources_pb2.SESSION_STATE_IDLE,
+            )
+        )
 
 
 class FakeAdmin(agrpc.AdminServiceServicer):
@@ -72,8 +86,12 @@ class FakeAdmin(agrpc.AdminServiceServicer):
     async def DrainWorker(self, request, context):
         self.drains.append(request)
         if request.worker_id != "wkr_1":
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "WORKER_NOT_CONNECTED",
-                         f"worker {request.worker_id} is not connected")
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "WORKER_NOT_CONNECTED",
+                f"worker {request.worker_id} is not connected",
+            )
         return apb.DrainWorkerResponse(worker=_worker("wkr_1", draining=True))
 
 
@@ -126,8 +144,10 @@ def threaded_fake():
 )
 def test_new_reasons_have_typed_errors_under_failed_precondition(reason, cls):
     error = grpc.aio.AioRpcError(
-        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(),
-        grpc.aio.Metadata(*_status_metadata(grpc.StatusCode.FAILED_PRECONDITION, reason, "no")), details="no",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*_status_metadata(grpc.StatusCode.FAILED_PRECONDITION, reason, "no")),
+        details="no",
     )
     translated = translate_rpc_error(error)
     assert type(translated) is cls and translated.reason == reason
@@ -142,26 +162,44 @@ def test_the_exception_tree_docstring_names_every_exported_error():
 
 
 def test_events_carry_worker_lost_and_lease_epoch():
-    lost = _convert.event_from_proto(resources_pb2.Event(
-        session_id="ses_1", seq=9, turn_id="trn_1", lease_epoch=0,
-        body=resources_pb2.EventBody(turn_failed=resources_pb2.TurnFailed(error_message="gone", worker_lost=True)),
-    ))
+    lost = _convert.event_from_proto(
+        resources_pb2.Event(
+            session_id="ses_1",
+            seq=9,
+            turn_id="trn_1",
+            lease_epoch=0,
+            body=resources_pb2.EventBody(turn_failed=resources_pb2.TurnFailed(error_message="gone", worker_lost=True)),
+        )
+    )
     assert lost.kind == "turn_failed" and lost.worker_lost and lost.lease_epoch == 0 and lost.is_terminal
-    written = _convert.event_from_proto(resources_pb2.Event(
-        session_id="ses_1", seq=3, turn_id="trn_1", lease_epoch=2,
-        body=resources_pb2.EventBody(output=resources_pb2.OutputChunk(text="x")),
-    ))
+    written = _convert.event_from_proto(
+        resources_pb2.Event(
+            session_id="ses_1",
+            seq=3,
+            turn_id="trn_1",
+            lease_epoch=2,
+            body=resources_pb2.EventBody(output=resources_pb2.OutputChunk(text="x")),
+        )
+    )
     assert written.lease_epoch == 2 and not written.worker_lost
 
 
 def test_worker_status_conversion():
     status = _convert.worker_status_from_proto(_worker("wkr_1", draining=True))
     assert status == sdk.WorkerStatus(
-        worker_id="wkr_1", name="host-wkr_1", runtimes=["shell"], labels={"pool": "a"}, slots=4,
-        running_turns=1, held_sessions=2, connected=True, draining=True,
-        register_time=status.register_time, version="0.1.0",
+        worker_id="wkr_1",
+        name="host-wkr_1",
+        runtimes=["shell"],
+        labels={"pool": "a"},
+        slots=4,
+        running_turns=1,
+        held_sessions=2,
+        connected=True,
+        draining=True,
+        register_time=status.register_time,
+        version="0.1.0",
     )
-    assert status.register_time.tzinfo is timezone.utc
+    assert status.register_time.tzinfo is UTC
     assert _convert.worker_status_from_proto(apb.WorkerStatus(worker_id="w")).register_time is None
 
 
@@ -223,10 +261,21 @@ def test_sync_client_has_the_same_calls(threaded_fake):
 def test_cli_session_restore(threaded_fake):
     sessions, _, target = threaded_fake
     runner = CliRunner()
-    result = runner.invoke(session_cli, [
-        "--control-plane", target, "restore", "ses_1", "--selector", "gpu=yes", "--selector", "zone=b",
-        "--worker-id", "wkr_7",
-    ])
+    result = runner.invoke(
+        session_cli,
+        [
+            "--control-plane",
+            target,
+            "restore",
+            "ses_1",
+            "--selector",
+            "gpu=yes",
+            "--selector",
+            "zone=b",
+            "--worker-id",
+            "wkr_7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "ses_1 worker=wkr_7 epoch=4"
     assert dict(sessions.restores[-1].worker_selector) == {"gpu": "yes", "zone": "b"}
@@ -286,10 +335,23 @@ def test_cli_worker_without_a_command_still_runs_a_worker(monkeypatch, tmp_path)
         return 0
 
     monkeypatch.setattr(cli, "_serve", fake_serve)
-    result = CliRunner().invoke(worker_cli, [
-        "--control-plane", "127.0.0.1:9", "--runtime", "shell", "--workdir", str(tmp_path),
-        "--slots", "3", "--snapshot-every-turns", "0", "--log-level", "ERROR",
-    ])
+    result = CliRunner().invoke(
+        worker_cli,
+        [
+            "--control-plane",
+            "127.0.0.1:9",
+            "--runtime",
+            "shell",
+            "--workdir",
+            str(tmp_path),
+            "--slots",
+            "3",
+            "--snapshot-every-turns",
+            "0",
+            "--log-level",
+            "ERROR",
+        ],
+    )
     assert result.exit_code == 0, result.output
     settings = seen["settings"]
     assert (settings.control_plane, settings.slots, settings.snapshot_every_turns) == ("127.0.0.1:9", 3, 0)

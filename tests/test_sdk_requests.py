@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 import threading
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from click.testing import CliRunner
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
-from tether.v1 import resources_pb2 as pb
-from tether.v1 import session_service_pb2, session_service_pb2_grpc
-from tether.v1 import worker_service_pb2 as wpb
 
 from tether import sdk
 from tether.sdk.cli import session as session_cli
+from tether.v1 import resources_pb2 as pb
+from tether.v1 import session_service_pb2, session_service_pb2_grpc
+from tether.v1 import worker_service_pb2 as wpb
 
 from .conftest import eventually
 from .fake_worker import FakeWorker, completed, started
@@ -53,9 +53,7 @@ async def _abort(context, code: grpc.StatusCode, reason: str, message: str) -> N
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="tether.dev"))
     status.details.append(detail)
-    await context.abort(
-        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
-    )
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
 
 
 class FakeRequests(session_service_pb2_grpc.SessionServiceServicer):
@@ -69,11 +67,19 @@ class FakeRequests(session_service_pb2_grpc.SessionServiceServicer):
     async def RespondToRequest(self, request, context):
         self.responses.append(request)
         if request.request_id != _REQ:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "REQUEST_NOT_FOUND",
-                         f"request {request.request_id!r} does not exist in session 'ses_1'")
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "REQUEST_NOT_FOUND",
+                f"request {request.request_id!r} does not exist in session 'ses_1'",
+            )
         if self.pending.state != pb.REQUEST_STATE_PENDING:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ALREADY_RESOLVED",
-                         f"request {_REQ} was already answered")
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "REQUEST_ALREADY_RESOLVED",
+                f"request {_REQ} was already answered",
+            )
         self.pending.state = pb.REQUEST_STATE_RESOLVED
         self.pending.response_json = request.response_json
         self.pending.resolve_time.FromSeconds(1_700_000_100)
@@ -132,8 +138,11 @@ def threaded_fake():
             {"answers": {"q1": ["Yes"], "q2": ["a", "b"]}},
             {"answers": {"q1": {"answers": ["Yes"]}, "q2": {"answers": ["a", "b"]}}},
         ),
-        (('{"decision": {"acceptWithExecpolicyAmendment": {}}}',), {},
-         {"decision": {"acceptWithExecpolicyAmendment": {}}}),
+        (
+            ('{"decision": {"acceptWithExecpolicyAmendment": {}}}',),
+            {},
+            {"decision": {"acceptWithExecpolicyAmendment": {}}},
+        ),
     ],
 )
 async def test_respond_to_request_sends_the_answer_as_json(fake, args, kwargs, sent):
@@ -231,8 +240,7 @@ def test_cli_requests_lists_pending_by_default(threaded_fake):
     assert line.startswith(f"{_REQ}  pending   command_approval")
     assert line.endswith("rm -rf build")
 
-    as_json = runner.invoke(session_cli, ["--control-plane", target, "requests", "ses_1",
-                                          "--state", "all", "--json"])
+    as_json = runner.invoke(session_cli, ["--control-plane", target, "requests", "ses_1", "--state", "all", "--json"])
     assert as_json.exit_code == 0, as_json.output
     assert service.lists[-1].state == pb.REQUEST_STATE_UNSPECIFIED
     (request,) = json.loads(as_json.stdout)["requests"]
@@ -240,8 +248,7 @@ def test_cli_requests_lists_pending_by_default(threaded_fake):
     assert request["kind"] == "COMMAND_APPROVAL" and request["available_decisions"] == ["accept", "decline"]
     assert request["params_json"] == '{"command": "rm -rf build"}'
 
-    none = runner.invoke(session_cli, ["--control-plane", target, "requests", "ses_1",
-                                       "--state", "expired"])
+    none = runner.invoke(session_cli, ["--control-plane", target, "requests", "ses_1", "--state", "expired"])
     assert none.exit_code == 0 and none.stdout == ""
     assert none.stderr.strip() == "no expired requests"
 
@@ -249,35 +256,35 @@ def test_cli_requests_lists_pending_by_default(threaded_fake):
 def test_cli_respond_with_a_decision_and_again(threaded_fake):
     service, target = threaded_fake
     runner = CliRunner()
-    answered = runner.invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ,
-                                           "--decision", "accept"])
+    answered = runner.invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ, "--decision", "accept"])
     assert answered.exit_code == 0, answered.output
     assert answered.stdout.strip() == f"{_REQ} resolved accept"
     assert json.loads(service.responses[-1].response_json) == {"decision": "accept"}
 
-    again = runner.invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ,
-                                        "--decision", "decline"])
+    again = runner.invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ, "--decision", "decline"])
     assert again.exit_code == 1
-    assert again.stderr.strip() == (
-        f"error: request {_REQ} was already answered (REQUEST_ALREADY_RESOLVED)"
+    assert again.stderr.strip() == (f"error: request {_REQ} was already answered (REQUEST_ALREADY_RESOLVED)")
+    missing = runner.invoke(
+        session_cli, ["--control-plane", target, "respond", "ses_1", "req_nope", "--decision", "accept"]
     )
-    missing = runner.invoke(session_cli, ["--control-plane", target, "respond", "ses_1",
-                                          "req_nope", "--decision", "accept"])
     assert missing.exit_code == 1 and "(REQUEST_NOT_FOUND)" in missing.stderr
 
 
 @pytest.mark.parametrize(
     ("flags", "sent"),
     [
-        (["--answer", "q1=Yes", "--answer", "q2=a=b", "--answer", "q1=Also"],
-         {"answers": {"q1": {"answers": ["Yes", "Also"]}, "q2": {"answers": ["a=b"]}}}),
+        (
+            ["--answer", "q1=Yes", "--answer", "q2=a=b", "--answer", "q1=Also"],
+            {"answers": {"q1": {"answers": ["Yes", "Also"]}, "q2": {"answers": ["a=b"]}}},
+        ),
         (["--json", '{"decision": "cancel"}'], {"decision": "cancel"}),
     ],
 )
 def test_cli_respond_with_answers_or_json(threaded_fake, flags, sent):
     service, target = threaded_fake
-    result = CliRunner().invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ,
-                                              *flags, "--output", "json"])
+    result = CliRunner().invoke(
+        session_cli, ["--control-plane", target, "respond", "ses_1", _REQ, *flags, "--output", "json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(service.responses[-1].response_json) == sent
     printed = json.loads(result.stdout)
@@ -296,8 +303,7 @@ def test_cli_respond_with_answers_or_json(threaded_fake, flags, sent):
 )
 def test_cli_respond_refuses_bad_usage_without_calling(threaded_fake, flags):
     service, target = threaded_fake
-    result = CliRunner().invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ,
-                                              *flags])
+    result = CliRunner().invoke(session_cli, ["--control-plane", target, "respond", "ses_1", _REQ, *flags])
     assert result.exit_code == 2, result.output
     assert service.responses == []
 
@@ -308,7 +314,8 @@ def test_cli_respond_refuses_bad_usage_without_calling(threaded_fake, flags):
 def _opened(seq: int, turn_id: str, request_id: str, kind: int, **fields) -> wpb.WorkerEvent:
     request = pb.PendingRequest(request_id=request_id, kind=kind, **fields)
     return wpb.WorkerEvent(
-        worker_seq=seq, turn_id=turn_id,
+        worker_seq=seq,
+        turn_id=turn_id,
         body=pb.EventBody(request_opened=pb.RequestOpened(request=request)),
     )
 
@@ -337,22 +344,30 @@ async def _events(client: sdk.AsyncClient, session_id: str) -> list[sdk.Event]:
 
 async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(control_plane, client):
     async with _running_turn(control_plane, client, "wkr_ask", "clean the build") as (worker, s, turn, offer):
-        await worker.write(s.session_id, offer.lease_epoch, [
-            started(1, turn.turn_id, "wkr_ask"),
-            _opened(2, turn.turn_id, _REQ, pb.REQUEST_KIND_COMMAND_APPROVAL,
-                    method="item/commandExecution/requestApproval", summary="rm -rf build",
-                    item_id="call_1", available_decisions=["accept", "decline"]),
-        ])
+        await worker.write(
+            s.session_id,
+            offer.lease_epoch,
+            [
+                started(1, turn.turn_id, "wkr_ask"),
+                _opened(
+                    2,
+                    turn.turn_id,
+                    _REQ,
+                    pb.REQUEST_KIND_COMMAND_APPROVAL,
+                    method="item/commandExecution/requestApproval",
+                    summary="rm -rf build",
+                    item_id="call_1",
+                    available_decisions=["accept", "decline"],
+                ),
+            ],
+        )
 
         # The application sees it in the event stream, as the control plane stored it.
-        (opened,) = [e for e in await _events(client, s.session_id)
-                     if e.kind is sdk.EventKind.REQUEST_OPENED]
+        (opened,) = [e for e in await _events(client, s.session_id) if e.kind is sdk.EventKind.REQUEST_OPENED]
         assert opened.request_id == _REQ and opened.turn_id == turn.turn_id
         request = opened.request
-        assert (request.kind, request.state) == (sdk.RequestKind.COMMAND_APPROVAL,
-                                                 sdk.RequestState.PENDING)
-        assert (request.turn_id, request.summary, request.item_id) == (
-            turn.turn_id, "rm -rf build", "call_1")
+        assert (request.kind, request.state) == (sdk.RequestKind.COMMAND_APPROVAL, sdk.RequestState.PENDING)
+        assert (request.turn_id, request.summary, request.item_id) == (turn.turn_id, "rm -rf build", "call_1")
         assert request.available_decisions == ["accept", "decline"]
         assert request.create_time is not None
 
@@ -371,8 +386,7 @@ async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(cont
         assert json.loads(resolved.response_json) == {"decision": "accept"}
 
         answered = (await worker.next("answered")).answered
-        assert (answered.session_id, answered.turn_id, answered.request_id) == (
-            s.session_id, turn.turn_id, _REQ)
+        assert (answered.session_id, answered.turn_id, answered.request_id) == (s.session_id, turn.turn_id, _REQ)
         assert json.loads(answered.response_json) == {"decision": "accept"}
 
         with pytest.raises(sdk.RequestAlreadyResolvedError):
@@ -381,8 +395,7 @@ async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(cont
         (listed,) = await client.list_requests(s.session_id)
         assert listed.state is sdk.RequestState.RESOLVED
 
-        (resolved_event,) = [e for e in await _events(client, s.session_id)
-                             if e.kind is sdk.EventKind.REQUEST_RESOLVED]
+        (resolved_event,) = [e for e in await _events(client, s.session_id) if e.kind is sdk.EventKind.REQUEST_RESOLVED]
         assert resolved_event.request_id == _REQ
         assert resolved_event.request_state is sdk.RequestState.RESOLVED
         assert json.loads(resolved_event.response_json) == {"decision": "accept"}
@@ -392,20 +405,27 @@ async def test_a_pending_request_is_seen_listed_answered_once_and_delivered(cont
         assert done.state is sdk.TurnState.COMPLETED
 
 
-async def test_user_input_is_answered_and_an_unanswered_request_expires_with_its_turn(
-    control_plane, client
-):
+async def test_user_input_is_answered_and_an_unanswered_request_expires_with_its_turn(control_plane, client):
     asked, unanswered = "req_" + "0" * 25 + "2", "req_" + "0" * 25 + "3"
     async with _running_turn(control_plane, client, "wkr_input", "pick a colour") as (worker, s, turn, offer):
         questions = {"questions": [{"id": "colour", "question": "Which colour?"}]}
-        await worker.write(s.session_id, offer.lease_epoch, [
-            started(1, turn.turn_id, "wkr_input"),
-            _opened(2, turn.turn_id, asked, pb.REQUEST_KIND_USER_INPUT,
-                    method="item/tool/requestUserInput", summary="Which colour?",
-                    params_json=json.dumps(questions)),
-            _opened(3, turn.turn_id, unanswered, pb.REQUEST_KIND_FILE_CHANGE_APPROVAL,
-                    summary="change a.py"),
-        ])
+        await worker.write(
+            s.session_id,
+            offer.lease_epoch,
+            [
+                started(1, turn.turn_id, "wkr_input"),
+                _opened(
+                    2,
+                    turn.turn_id,
+                    asked,
+                    pb.REQUEST_KIND_USER_INPUT,
+                    method="item/tool/requestUserInput",
+                    summary="Which colour?",
+                    params_json=json.dumps(questions),
+                ),
+                _opened(3, turn.turn_id, unanswered, pb.REQUEST_KIND_FILE_CHANGE_APPROVAL, summary="change a.py"),
+            ],
+        )
         assert [r.request_id for r in await client.list_requests(s.session_id)] == [asked, unanswered]
 
         with pytest.raises(sdk.InvalidArgumentError):  # a decision does not answer a question
@@ -434,11 +454,21 @@ async def test_cli_answers_a_request_of_a_real_control_plane(control_plane, clie
     """`requests`, `events` and `respond` end to end (the CLI blocks, so it runs in a thread)."""
     target = f"127.0.0.1:{control_plane.port}"
     async with _running_turn(control_plane, client, "wkr_cli", "clean up") as (worker, s, turn, offer):
-        await worker.write(s.session_id, offer.lease_epoch, [
-            started(1, turn.turn_id, "wkr_cli"),
-            _opened(2, turn.turn_id, _REQ, pb.REQUEST_KIND_COMMAND_APPROVAL, summary="rm -rf build",
-                    available_decisions=["accept", "decline"]),
-        ])
+        await worker.write(
+            s.session_id,
+            offer.lease_epoch,
+            [
+                started(1, turn.turn_id, "wkr_cli"),
+                _opened(
+                    2,
+                    turn.turn_id,
+                    _REQ,
+                    pb.REQUEST_KIND_COMMAND_APPROVAL,
+                    summary="rm -rf build",
+                    available_decisions=["accept", "decline"],
+                ),
+            ],
+        )
 
         def cli(*args: str):
             return CliRunner().invoke(session_cli, ["--control-plane", target, *args])
@@ -448,9 +478,10 @@ async def test_cli_answers_a_request_of_a_real_control_plane(control_plane, clie
         assert listed.stdout.startswith(f"{_REQ}  pending")
         shown = await asyncio.to_thread(cli, "events", s.session_id)
         assert shown.exit_code == 0, shown.output
-        assert (f"? approval needed [{_REQ}] command: rm -rf build — answer with: "
-                f"tether session respond {s.session_id} {_REQ} --decision accept|decline"
-                ) in shown.stdout.splitlines()
+        assert (
+            f"? approval needed [{_REQ}] command: rm -rf build — answer with: "
+            f"tether session respond {s.session_id} {_REQ} --decision accept|decline"
+        ) in shown.stdout.splitlines()
         answered = await asyncio.to_thread(cli, "respond", s.session_id, _REQ, "--decision", "decline")
         assert answered.exit_code == 0, answered.output
         assert answered.stdout.strip() == f"{_REQ} resolved decline"

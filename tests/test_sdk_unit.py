@@ -10,21 +10,21 @@ import asyncio
 import contextlib
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+import click
 import grpc
 import pytest
-import click
 from click.testing import CliRunner
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
-from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
 from tether import sdk
 from tether.sdk import _convert
 from tether.sdk._errors import translate_rpc_error
 from tether.sdk.cli import _Transcript
 from tether.sdk.cli import session as session_cli
+from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -38,17 +38,14 @@ def _rich_status(
 ) -> status_pb2.Status:
     status = status_pb2.Status(code=code.value[0], message=message)
     if reason:
-        info = error_details_pb2.ErrorInfo(
-            reason=reason, domain="tether.dev", metadata=metadata or {}
-        )
+        info = error_details_pb2.ErrorInfo(reason=reason, domain="tether.dev", metadata=metadata or {})
         detail = any_pb2.Any()
         detail.Pack(info)
         status.details.append(detail)
     if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in violations
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
             ]
         )
         detail = any_pb2.Any()
@@ -112,33 +109,28 @@ def test_invalid_argument_carries_field_violations():
 
 
 def test_lease_lost_is_chosen_by_reason():
-    err = translate_rpc_error(
-        _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "epoch 3 is stale", reason="LEASE_LOST")
-    )
+    err = translate_rpc_error(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "epoch 3 is stale", reason="LEASE_LOST"))
     assert type(err) is sdk.LeaseLostError
     assert isinstance(err, sdk.FailedPreconditionError)
 
-    other = translate_rpc_error(
-        _rpc_error(
-            grpc.StatusCode.FAILED_PRECONDITION, "archived", reason="SESSION_ARCHIVED"
-        )
-    )
+    other = translate_rpc_error(_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "archived", reason="SESSION_ARCHIVED"))
     assert type(other) is sdk.FailedPreconditionError
 
 
 @pytest.mark.parametrize(
     ("code", "reason", "cls", "parent"),
     [
-        (grpc.StatusCode.NOT_FOUND, "REQUEST_NOT_FOUND", sdk.RequestNotFoundError,
-         sdk.NotFoundError),
-        (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ALREADY_RESOLVED",
-         sdk.RequestAlreadyResolvedError, sdk.FailedPreconditionError),
+        (grpc.StatusCode.NOT_FOUND, "REQUEST_NOT_FOUND", sdk.RequestNotFoundError, sdk.NotFoundError),
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "REQUEST_ALREADY_RESOLVED",
+            sdk.RequestAlreadyResolvedError,
+            sdk.FailedPreconditionError,
+        ),
     ],
 )
 def test_request_reasons_have_typed_errors(code, reason, cls, parent):
-    err = translate_rpc_error(
-        _rpc_error(code, "no", reason=reason, metadata={"request_id": "req_1"})
-    )
+    err = translate_rpc_error(_rpc_error(code, "no", reason=reason, metadata={"request_id": "req_1"}))
     assert type(err) is cls and isinstance(err, parent)
     assert (err.reason, err.metadata) == (reason, {"request_id": "req_1"})
 
@@ -170,9 +162,7 @@ def test_each_status_code_maps_to_its_class(code, cls):
 
 
 def test_error_without_rich_status_keeps_grpc_details():
-    plain = grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
-    )
+    plain = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
     err = translate_rpc_error(plain)
     assert type(err) is sdk.UnavailableError
     assert str(err) == "down"
@@ -181,9 +171,7 @@ def test_error_without_rich_status_keeps_grpc_details():
 def test_malformed_status_details_do_not_hide_the_error():
     trailing = grpc.aio.Metadata(("grpc-status-details-bin", b"\xff\x00garbage"))
     err = translate_rpc_error(
-        grpc.aio.AioRpcError(
-            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailing, details="oops"
-        )
+        grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailing, details="oops")
     )
     assert type(err) is sdk.InternalError
     assert err.message == "oops"
@@ -250,7 +238,7 @@ def test_session_conversion():
     s = _convert.session_from_proto(msg)
     assert s.state is sdk.SessionState.ACTIVE
     assert s.labels == {"team": "x"} and s.worker_selector == {"pool": "a"}
-    assert s.create_time == datetime(2023, 11, 14, 22, 13, 20, 500_000, tzinfo=timezone.utc)
+    assert s.create_time == datetime(2023, 11, 14, 22, 13, 20, 500_000, tzinfo=UTC)
     assert s.update_time is None
     assert (s.last_seq, s.lease_epoch, s.turn_count) == (7, 2, 3)
     assert s.raw is msg
@@ -269,10 +257,8 @@ def test_turn_conversion_and_dedup_flag():
     turn = _convert.turn_from_proto(msg, deduplicated=True)
     assert turn.state is sdk.TurnState.COMPLETED and turn.is_terminal
     assert turn.deduplicated and turn.exit_code == 3
-    assert turn.end_time is not None and turn.end_time.tzinfo is timezone.utc
-    running = _convert.turn_from_proto(
-        resources_pb2.Turn(turn_id="trn_2", state=resources_pb2.TURN_STATE_RUNNING)
-    )
+    assert turn.end_time is not None and turn.end_time.tzinfo is UTC
+    running = _convert.turn_from_proto(resources_pb2.Turn(turn_id="trn_2", state=resources_pb2.TURN_STATE_RUNNING))
     assert not running.is_terminal and running.end_time is None and not running.deduplicated
 
 
@@ -292,11 +278,7 @@ def test_turn_conversion_and_dedup_flag():
             False,
         ),
         (
-            {
-                "output": resources_pb2.OutputChunk(
-                    stream=resources_pb2.OUTPUT_STREAM_STDERR, text="oops\n"
-                )
-            },
+            {"output": resources_pb2.OutputChunk(stream=resources_pb2.OUTPUT_STREAM_STDERR, text="oops\n")},
             "output",
             {"text": "oops\n", "stream": "stderr"},
             False,
@@ -403,7 +385,7 @@ def test_event_conversion(body, kind, expected, terminal):
     event = _convert.event_from_proto(msg)
     assert event.kind == kind
     assert (event.session_id, event.seq, event.turn_id) == ("ses_1", 5, "trn_1")
-    assert event.create_time.tzinfo is timezone.utc
+    assert event.create_time.tzinfo is UTC
     for name, value in expected.items():
         assert getattr(event, name) == value
     assert event.is_terminal is terminal
@@ -415,39 +397,62 @@ def _item(**fields) -> resources_pb2.Item:
 
 
 def test_item_events_carry_the_item():
-    running = _convert.event_from_proto(_event(6, item_started=resources_pb2.ItemStarted(
-        item=_item(kind=resources_pb2.ITEM_KIND_COMMAND_EXECUTION, command="ls", cwd="/w",
-                   status="inProgress"),
-    )))
+    running = _convert.event_from_proto(
+        _event(
+            6,
+            item_started=resources_pb2.ItemStarted(
+                item=_item(kind=resources_pb2.ITEM_KIND_COMMAND_EXECUTION, command="ls", cwd="/w", status="inProgress"),
+            ),
+        )
+    )
     assert running.kind is sdk.EventKind.ITEM_STARTED and running.item_id == "call_1"
     item = running.item
     assert isinstance(item, sdk.Item) and item.kind is sdk.ItemKind.COMMAND_EXECUTION
     assert (item.command, item.cwd, item.status) == ("ls", "/w", "inProgress")
     assert item.exit_code is None and item.changes == [] and item.raw is running.raw.body.item_started.item
 
-    done = _convert.event_from_proto(_event(7, item_completed=resources_pb2.ItemCompleted(
-        item=_item(kind=resources_pb2.ITEM_KIND_COMMAND_EXECUTION, command="ls", exit_code=0,
-                   status="completed", aggregated_output="a\n", raw_json='{"id": "call_1"}'),
-    )))
+    done = _convert.event_from_proto(
+        _event(
+            7,
+            item_completed=resources_pb2.ItemCompleted(
+                item=_item(
+                    kind=resources_pb2.ITEM_KIND_COMMAND_EXECUTION,
+                    command="ls",
+                    exit_code=0,
+                    status="completed",
+                    aggregated_output="a\n",
+                    raw_json='{"id": "call_1"}',
+                ),
+            ),
+        )
+    )
     assert done.kind is sdk.EventKind.ITEM_COMPLETED and not done.is_terminal
     assert done.item.exit_code == 0  # set to 0, not absent
     assert (done.item.aggregated_output, done.item.raw_json) == ("a\n", '{"id": "call_1"}')
 
-    edit = _convert.item_from_proto(_item(
-        kind=resources_pb2.ITEM_KIND_FILE_CHANGE,
-        changes=[resources_pb2.FileChange(path="a.py", kind="update", diff="-a\n+b\n"),
-                 resources_pb2.FileChange(path="b.py", kind="add")],
-    ))
-    assert edit.changes == [sdk.FileChange("a.py", "update", "-a\n+b\n"),
-                            sdk.FileChange("b.py", "add", "")]
+    edit = _convert.item_from_proto(
+        _item(
+            kind=resources_pb2.ITEM_KIND_FILE_CHANGE,
+            changes=[
+                resources_pb2.FileChange(path="a.py", kind="update", diff="-a\n+b\n"),
+                resources_pb2.FileChange(path="b.py", kind="add"),
+            ],
+        )
+    )
+    assert edit.changes == [sdk.FileChange("a.py", "update", "-a\n+b\n"), sdk.FileChange("b.py", "add", "")]
     assert _convert.item_from_proto(_item(kind=42)).kind is sdk.ItemKind.UNSPECIFIED
 
 
 def test_token_usage_event():
     usage = resources_pb2.TokenUsage(
-        last_input_tokens=1, last_output_tokens=2, total_input_tokens=3,
-        total_cached_input_tokens=4, total_output_tokens=5, total_reasoning_output_tokens=6,
-        total_tokens=7, model_context_window=8,
+        last_input_tokens=1,
+        last_output_tokens=2,
+        total_input_tokens=3,
+        total_cached_input_tokens=4,
+        total_output_tokens=5,
+        total_reasoning_output_tokens=6,
+        total_tokens=7,
+        model_context_window=8,
     )
     event = _convert.event_from_proto(_event(8, token_usage=usage))
     assert event.kind is sdk.EventKind.TOKEN_USAGE
@@ -456,22 +461,32 @@ def test_token_usage_event():
 
 def test_request_opened_event_carries_the_pending_request():
     request = resources_pb2.PendingRequest(
-        request_id="req_1", session_id="ses_1", turn_id="trn_1",
+        request_id="req_1",
+        session_id="ses_1",
+        turn_id="trn_1",
         kind=resources_pb2.REQUEST_KIND_FILE_CHANGE_APPROVAL,
-        method="item/fileChange/requestApproval", params_json="{}", summary="change a.py",
-        item_id="fc_1", state=resources_pb2.REQUEST_STATE_PENDING, create_time=_ts(100),
+        method="item/fileChange/requestApproval",
+        params_json="{}",
+        summary="change a.py",
+        item_id="fc_1",
+        state=resources_pb2.REQUEST_STATE_PENDING,
+        create_time=_ts(100),
         available_decisions=["accept", "decline"],
     )
-    event = _convert.event_from_proto(_event(9, request_opened=resources_pb2.RequestOpened(
-        request=request)))
+    event = _convert.event_from_proto(_event(9, request_opened=resources_pb2.RequestOpened(request=request)))
     assert event.kind is sdk.EventKind.REQUEST_OPENED and event.request_id == "req_1"
     r = event.request
     assert isinstance(r, sdk.PendingRequest) and r.is_pending
     assert (r.kind, r.state) == (sdk.RequestKind.FILE_CHANGE_APPROVAL, sdk.RequestState.PENDING)
     assert (r.session_id, r.turn_id, r.method, r.summary, r.item_id) == (
-        "ses_1", "trn_1", "item/fileChange/requestApproval", "change a.py", "fc_1")
+        "ses_1",
+        "trn_1",
+        "item/fileChange/requestApproval",
+        "change a.py",
+        "fc_1",
+    )
     assert r.available_decisions == ["accept", "decline"]
-    assert r.create_time.tzinfo is timezone.utc and r.resolve_time is None
+    assert r.create_time.tzinfo is UTC and r.resolve_time is None
     assert (r.response_json, r.expire_reason) == ("", "")
 
     odd = _convert.pending_request_from_proto(resources_pb2.PendingRequest(kind=7, state=9))
@@ -479,10 +494,17 @@ def test_request_opened_event_carries_the_pending_request():
 
 
 def test_history_item_event():
-    event = _convert.event_from_proto(_event(10, history_item=resources_pb2.HistoryItem(
-        role=resources_pb2.HISTORY_ITEM_ROLE_TOOL_CALL, text="ls", turn_id="trn_1",
-        raw_json="{}",
-    )))
+    event = _convert.event_from_proto(
+        _event(
+            10,
+            history_item=resources_pb2.HistoryItem(
+                role=resources_pb2.HISTORY_ITEM_ROLE_TOOL_CALL,
+                text="ls",
+                turn_id="trn_1",
+                raw_json="{}",
+            ),
+        )
+    )
     assert event.kind is sdk.EventKind.HISTORY_ITEM
     assert event.history_item == sdk.HistoryItem(sdk.HistoryItemRole.TOOL_CALL, "ls", "trn_1", "{}")
 
@@ -493,8 +515,7 @@ def test_history_item_event():
         ('{"decision": "cancel"}', None, None, {"decision": "cancel"}),
         (None, "decline", None, {"decision": "decline"}),
         (None, None, {"q1": ["Yes"]}, {"answers": {"q1": {"answers": ["Yes"]}}}),
-        (None, None, {"q1": ("a", "b"), "q2": []},
-         {"answers": {"q1": {"answers": ["a", "b"]}, "q2": {"answers": []}}}),
+        (None, None, {"q1": ("a", "b"), "q2": []}, {"answers": {"q1": {"answers": ["a", "b"]}, "q2": {"answers": []}}}),
     ],
 )
 def test_answer_json(response_json, decision, answers, sent):
@@ -529,9 +550,7 @@ def test_snapshot_conversion():
         seq=9,
         runtime="shell",
         history=[
-            resources_pb2.HistoryItem(
-                role=resources_pb2.HISTORY_ITEM_ROLE_INPUT, text="ls", turn_id="trn_1"
-            ),
+            resources_pb2.HistoryItem(role=resources_pb2.HISTORY_ITEM_ROLE_INPUT, text="ls", turn_id="trn_1"),
             resources_pb2.HistoryItem(role=resources_pb2.HISTORY_ITEM_ROLE_OUTPUT, text="a\n"),
         ],
         create_time=_ts(10),
@@ -557,9 +576,7 @@ class FakeSessionService(session_service_pb2_grpc.SessionServiceServicer):
             _event(2, turn_started=resources_pb2.TurnStarted(worker_id="w1")),
             _event(
                 3,
-                output=resources_pb2.OutputChunk(
-                    stream=resources_pb2.OUTPUT_STREAM_STDOUT, text="hi\n"
-                ),
+                output=resources_pb2.OutputChunk(stream=resources_pb2.OUTPUT_STREAM_STDOUT, text="hi\n"),
             ),
             _event(4, turn_completed=resources_pb2.TurnCompleted(exit_code=3)),
         ]
@@ -584,18 +601,14 @@ class FakeSessionService(session_service_pb2_grpc.SessionServiceServicer):
             reason="SESSION_NOT_FOUND",
             metadata={"session_id": session_id},
         )
-        context.set_trailing_metadata(
-            (("grpc-status-details-bin", status.SerializeToString()),)
-        )
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
         await context.abort(grpc.StatusCode.NOT_FOUND, status.message)
 
     async def GetSession(self, request, context):
         if request.session_id != "ses_1":
             await self._not_found(context, request.session_id)
         return session_service_pb2.GetSessionResponse(
-            session=resources_pb2.Session(
-                session_id="ses_1", runtime="shell", state=resources_pb2.SESSION_STATE_ACTIVE
-            )
+            session=resources_pb2.Session(session_id="ses_1", runtime="shell", state=resources_pb2.SESSION_STATE_ACTIVE)
         )
 
     async def ListSessions(self, request, context):
@@ -778,9 +791,7 @@ def test_sync_client_streams_and_translates(threaded_fake):
 def test_cli_send_wait_prints_output_and_exits_with_code(threaded_fake):
     target, release = threaded_fake
     release()
-    result = CliRunner().invoke(
-        session_cli, ["--control-plane", target, "send", "ses_1", "echo hi", "--wait"]
-    )
+    result = CliRunner().invoke(session_cli, ["--control-plane", target, "send", "ses_1", "echo hi", "--wait"])
     assert result.exit_code == 3, result.output
     assert "hi\n" in result.stdout
 
@@ -802,13 +813,13 @@ def test_cli_events_and_errors(threaded_fake):
 
 
 def _started(item_id: str, kind: int, **fields) -> dict:
-    return {"item_started": resources_pb2.ItemStarted(item=resources_pb2.Item(
-        item_id=item_id, kind=kind, **fields))}
+    return {"item_started": resources_pb2.ItemStarted(item=resources_pb2.Item(item_id=item_id, kind=kind, **fields))}
 
 
 def _completed(item_id: str, kind: int, **fields) -> dict:
-    return {"item_completed": resources_pb2.ItemCompleted(item=resources_pb2.Item(
-        item_id=item_id, kind=kind, **fields))}
+    return {
+        "item_completed": resources_pb2.ItemCompleted(item=resources_pb2.Item(item_id=item_id, kind=kind, **fields))
+    }
 
 
 def _delta(item_id: str, kind: int, delta: str) -> dict:
@@ -816,8 +827,11 @@ def _delta(item_id: str, kind: int, delta: str) -> dict:
 
 
 def _opened(request_id: str, kind: int, **fields) -> dict:
-    return {"request_opened": resources_pb2.RequestOpened(request=resources_pb2.PendingRequest(
-        request_id=request_id, session_id="ses_1", kind=kind, **fields))}
+    return {
+        "request_opened": resources_pb2.RequestOpened(
+            request=resources_pb2.PendingRequest(request_id=request_id, session_id="ses_1", kind=kind, **fields)
+        )
+    }
 
 
 _AGENT = resources_pb2.ITEM_KIND_AGENT_MESSAGE
@@ -840,59 +854,74 @@ def _render(bodies: list[dict], *, lifecycle: bool = False) -> tuple[str, str]:
 
 
 def test_agent_message_deltas_print_inline_and_end_their_line():
-    out, _ = _render([
-        _started("m1", _AGENT),
-        _delta("m1", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "Let me "),
-        _delta("m1", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "look."),
-        _completed("m1", _AGENT, text="Let me look."),
-        _completed("m2", _AGENT, text="Done."),  # no deltas: the text prints whole
-        _started("m3", _AGENT),
-        _delta("m3", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "Unfinished"),
-    ])
+    out, _ = _render(
+        [
+            _started("m1", _AGENT),
+            _delta("m1", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "Let me "),
+            _delta("m1", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "look."),
+            _completed("m1", _AGENT, text="Let me look."),
+            _completed("m2", _AGENT, text="Done."),  # no deltas: the text prints whole
+            _started("m3", _AGENT),
+            _delta("m3", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "Unfinished"),
+        ]
+    )
     assert out == "Let me look.\nDone.\nUnfinished\n"
 
 
 def test_a_command_prints_its_line_output_and_exit_code():
-    out, _ = _render([
-        _started("c1", _COMMAND, command="ls -la", cwd="/w", status="inProgress"),
-        _delta("c1", resources_pb2.DELTA_KIND_COMMAND_OUTPUT, "a.txt\nb"),
-        _delta("c1", resources_pb2.DELTA_KIND_COMMAND_OUTPUT, ".txt"),
-        _completed("c1", _COMMAND, command="ls -la", exit_code=2, aggregated_output="a.txt\nb.txt"),
-        # Completed without a start or deltas: the line and the whole output still print.
-        _completed("c2", _COMMAND, command="pwd", exit_code=0, aggregated_output="/w\n"),
-        _started("c3", _COMMAND, command="rm -rf /"),
-        _completed("c3", _COMMAND, command="rm -rf /", status="declined"),
-    ])
-    assert out == (
-        "$ ls -la\na.txt\nb.txt\n[exit 2]\n"
-        "$ pwd\n/w\n[exit 0]\n"
-        "$ rm -rf /\n[declined]\n"
+    out, _ = _render(
+        [
+            _started("c1", _COMMAND, command="ls -la", cwd="/w", status="inProgress"),
+            _delta("c1", resources_pb2.DELTA_KIND_COMMAND_OUTPUT, "a.txt\nb"),
+            _delta("c1", resources_pb2.DELTA_KIND_COMMAND_OUTPUT, ".txt"),
+            _completed("c1", _COMMAND, command="ls -la", exit_code=2, aggregated_output="a.txt\nb.txt"),
+            # Completed without a start or deltas: the line and the whole output still print.
+            _completed("c2", _COMMAND, command="pwd", exit_code=0, aggregated_output="/w\n"),
+            _started("c3", _COMMAND, command="rm -rf /"),
+            _completed("c3", _COMMAND, command="rm -rf /", status="declined"),
+        ]
     )
+    assert out == ("$ ls -la\na.txt\nb.txt\n[exit 2]\n$ pwd\n/w\n[exit 0]\n$ rm -rf /\n[declined]\n")
 
 
 def test_file_changes_print_paths_and_diffs_once():
     change = resources_pb2.FileChange(path="src/a.py", kind="update", diff="@@ -1 +1 @@\n-a\n+b")
-    out, _ = _render([
-        _started("f1", _FILES, changes=[change], status="inProgress"),
-        _delta("f1", resources_pb2.DELTA_KIND_FILE_CHANGE, "Success. Updated files"),
-        _completed("f1", _FILES, changes=[change], status="completed"),
-        _completed("f2", _FILES, changes=[resources_pb2.FileChange(path="new.txt", kind="add")],
-                   status="failed"),
-    ])
+    out, _ = _render(
+        [
+            _started("f1", _FILES, changes=[change], status="inProgress"),
+            _delta("f1", resources_pb2.DELTA_KIND_FILE_CHANGE, "Success. Updated files"),
+            _completed("f1", _FILES, changes=[change], status="completed"),
+            _completed("f2", _FILES, changes=[resources_pb2.FileChange(path="new.txt", kind="add")], status="failed"),
+        ]
+    )
     assert out == "~ src/a.py (update)\n@@ -1 +1 @@\n-a\n+b\n~ new.txt (add)\n[failed]\n"
 
 
 def test_an_approval_request_says_how_to_answer_it():
-    out, _ = _render([
-        _opened("req_A", resources_pb2.REQUEST_KIND_COMMAND_APPROVAL, summary="rm -rf build",
-                available_decisions=["accept", "decline"]),
-        _opened("req_B", resources_pb2.REQUEST_KIND_FILE_CHANGE_APPROVAL, summary="change a.py"),
-        # Decisions that --decision cannot send are left out of the hint.
-        _opened("req_C", resources_pb2.REQUEST_KIND_COMMAND_APPROVAL, summary="touch x",
-                available_decisions=["accept", "acceptWithExecpolicyAmendment", "cancel"]),
-        _opened("req_D", resources_pb2.REQUEST_KIND_COMMAND_APPROVAL, summary="touch y",
-                available_decisions=["acceptWithExecpolicyAmendment"]),
-    ])
+    out, _ = _render(
+        [
+            _opened(
+                "req_A",
+                resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+                summary="rm -rf build",
+                available_decisions=["accept", "decline"],
+            ),
+            _opened("req_B", resources_pb2.REQUEST_KIND_FILE_CHANGE_APPROVAL, summary="change a.py"),
+            # Decisions that --decision cannot send are left out of the hint.
+            _opened(
+                "req_C",
+                resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+                summary="touch x",
+                available_decisions=["accept", "acceptWithExecpolicyAmendment", "cancel"],
+            ),
+            _opened(
+                "req_D",
+                resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+                summary="touch y",
+                available_decisions=["acceptWithExecpolicyAmendment"],
+            ),
+        ]
+    )
     assert out.splitlines() == [
         "? approval needed [req_A] command: rm -rf build — answer with: "
         "tether session respond ses_1 req_A --decision accept|decline",
@@ -906,10 +935,16 @@ def test_an_approval_request_says_how_to_answer_it():
 
 
 def test_a_multi_line_command_is_shown_whole_before_the_answer_hint():
-    out, _ = _render([
-        _opened("req_A", resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
-                summary="cat <<EOF > a\nx\nEOF — writes a", available_decisions=["accept"]),
-    ])
+    out, _ = _render(
+        [
+            _opened(
+                "req_A",
+                resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+                summary="cat <<EOF > a\nx\nEOF — writes a",
+                available_decisions=["accept"],
+            ),
+        ]
+    )
     assert out.splitlines() == [
         "? approval needed [req_A] command:",
         "    cat <<EOF > a",
@@ -920,55 +955,81 @@ def test_a_multi_line_command_is_shown_whole_before_the_answer_hint():
 
 
 def test_a_user_input_request_lists_its_questions():
-    params = {"questions": [
-        {"id": "colour", "header": "Colour", "question": "Which colour?",
-         "options": [{"label": "Red"}, {"label": "Blue"}]},
-        {"id": "name", "question": "Your name?"},
-    ]}
-    out, _ = _render([
-        _opened("req_Q", resources_pb2.REQUEST_KIND_USER_INPUT, summary="Which colour?",
-                params_json=json.dumps(params)),
-        _opened("req_R", resources_pb2.REQUEST_KIND_USER_INPUT, summary="Anything?",
-                params_json="not json"),
-        _opened("req_S", resources_pb2.REQUEST_KIND_UNSPECIFIED, method="x/ask", summary="?"),
-    ])
+    params = {
+        "questions": [
+            {
+                "id": "colour",
+                "header": "Colour",
+                "question": "Which colour?",
+                "options": [{"label": "Red"}, {"label": "Blue"}],
+            },
+            {"id": "name", "question": "Your name?"},
+        ]
+    }
+    out, _ = _render(
+        [
+            _opened(
+                "req_Q", resources_pb2.REQUEST_KIND_USER_INPUT, summary="Which colour?", params_json=json.dumps(params)
+            ),
+            _opened("req_R", resources_pb2.REQUEST_KIND_USER_INPUT, summary="Anything?", params_json="not json"),
+            _opened("req_S", resources_pb2.REQUEST_KIND_UNSPECIFIED, method="x/ask", summary="?"),
+        ]
+    )
     assert out.splitlines() == [
         "? input needed [req_Q]",
         "    colour: Which colour? (options: Red, Blue)",
         "    name: Your name?",
         "  answer with: tether session respond ses_1 req_Q --answer colour=TEXT --answer name=TEXT",
-        "? input needed [req_R] Anything? — answer with: "
-        "tether session respond ses_1 req_R --answer QUESTION_ID=TEXT",
+        "? input needed [req_R] Anything? — answer with: tether session respond ses_1 req_R --answer QUESTION_ID=TEXT",
         "? request [req_S] x/ask: ? — answer with: tether session respond ses_1 req_S --json '{...}'",
     ]
 
 
 def test_resolved_requests_usage_errors_reasoning_and_hidden_kinds():
-    out, _ = _render([
-        {"request_resolved": resources_pb2.RequestResolved(
-            request_id="req_A", state=resources_pb2.REQUEST_STATE_RESOLVED,
-            response_json='{"decision": "accept"}')},
-        {"request_resolved": resources_pb2.RequestResolved(
-            request_id="req_Q", state=resources_pb2.REQUEST_STATE_RESOLVED,
-            response_json='{"answers": {"q": {"answers": ["x"]}}}')},
-        {"request_resolved": resources_pb2.RequestResolved(
-            request_id="req_B", state=resources_pb2.REQUEST_STATE_EXPIRED,
-            expire_reason="its turn ended (failed) before an answer")},
-        {"token_usage": resources_pb2.TokenUsage(
-            last_input_tokens=1200, last_output_tokens=85, total_tokens=12345,
-            model_context_window=272000)},
-        {"token_usage": resources_pb2.TokenUsage(total_tokens=5)},
-        {"agent_error": resources_pb2.AgentError(message="stream disconnected", will_retry=True,
-                                                 code="responseStreamDisconnected")},
-        {"agent_error": resources_pb2.AgentError(message="quota exceeded")},
-        _completed("r1", resources_pb2.ITEM_KIND_REASONING, text="Check the tests first"),
-        _completed("r2", resources_pb2.ITEM_KIND_REASONING, text=""),
-        _delta("r3", resources_pb2.DELTA_KIND_REASONING, "hidden until complete"),
-        _completed("u1", resources_pb2.ITEM_KIND_USER_MESSAGE, text="fix it"),
-        {"history_item": resources_pb2.HistoryItem(role=1, text="fix it")},
-        _started("t1", resources_pb2.ITEM_KIND_TOOL_CALL, text="docs.search({})"),
-        _completed("t1", resources_pb2.ITEM_KIND_TOOL_CALL, text="docs.search({})", status="failed"),
-    ])
+    out, _ = _render(
+        [
+            {
+                "request_resolved": resources_pb2.RequestResolved(
+                    request_id="req_A",
+                    state=resources_pb2.REQUEST_STATE_RESOLVED,
+                    response_json='{"decision": "accept"}',
+                )
+            },
+            {
+                "request_resolved": resources_pb2.RequestResolved(
+                    request_id="req_Q",
+                    state=resources_pb2.REQUEST_STATE_RESOLVED,
+                    response_json='{"answers": {"q": {"answers": ["x"]}}}',
+                )
+            },
+            {
+                "request_resolved": resources_pb2.RequestResolved(
+                    request_id="req_B",
+                    state=resources_pb2.REQUEST_STATE_EXPIRED,
+                    expire_reason="its turn ended (failed) before an answer",
+                )
+            },
+            {
+                "token_usage": resources_pb2.TokenUsage(
+                    last_input_tokens=1200, last_output_tokens=85, total_tokens=12345, model_context_window=272000
+                )
+            },
+            {"token_usage": resources_pb2.TokenUsage(total_tokens=5)},
+            {
+                "agent_error": resources_pb2.AgentError(
+                    message="stream disconnected", will_retry=True, code="responseStreamDisconnected"
+                )
+            },
+            {"agent_error": resources_pb2.AgentError(message="quota exceeded")},
+            _completed("r1", resources_pb2.ITEM_KIND_REASONING, text="Check the tests first"),
+            _completed("r2", resources_pb2.ITEM_KIND_REASONING, text=""),
+            _delta("r3", resources_pb2.DELTA_KIND_REASONING, "hidden until complete"),
+            _completed("u1", resources_pb2.ITEM_KIND_USER_MESSAGE, text="fix it"),
+            {"history_item": resources_pb2.HistoryItem(role=1, text="fix it")},
+            _started("t1", resources_pb2.ITEM_KIND_TOOL_CALL, text="docs.search({})"),
+            _completed("t1", resources_pb2.ITEM_KIND_TOOL_CALL, text="docs.search({})", status="failed"),
+        ]
+    )
     assert out.splitlines() == [
         "= answered [req_A]: accept",
         '= answered [req_Q]: {"answers": {"q": {"answers": ["x"]}}}',
@@ -1005,10 +1066,12 @@ def test_lifecycle_lines_frame_the_transcript_in_events_mode():
     # Following a turn: output chunks inline and byte for byte, the turn's own events silent.
     out, err = _render(bodies)
     assert (out, err) == ("Listing\n", "w\n")
-    out, _ = _render([
-        {"output": resources_pb2.OutputChunk(stream=resources_pb2.OUTPUT_STREAM_STDOUT, text="a")},
-        {"turn_completed": resources_pb2.TurnCompleted(exit_code=0)},
-    ])
+    out, _ = _render(
+        [
+            {"output": resources_pb2.OutputChunk(stream=resources_pb2.OUTPUT_STREAM_STDOUT, text="a")},
+            {"turn_completed": resources_pb2.TurnCompleted(exit_code=0)},
+        ]
+    )
     assert out == "a"
 
 
@@ -1022,12 +1085,24 @@ class FakeAgentSession(FakeSessionService):
             _event(5, **_delta("m1", resources_pb2.DELTA_KIND_AGENT_MESSAGE, "Cleaning up.")),
             _event(6, **_completed("m1", _AGENT, text="Cleaning up.")),
             _event(7, **_started("c1", _COMMAND, command="rm -rf build")),
-            _event(8, **_opened("req_A", resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
-                                summary="rm -rf build", available_decisions=["accept", "decline"],
-                                state=resources_pb2.REQUEST_STATE_PENDING)),
-            _event(9, request_resolved=resources_pb2.RequestResolved(
-                request_id="req_A", state=resources_pb2.REQUEST_STATE_RESOLVED,
-                response_json='{"decision": "accept"}')),
+            _event(
+                8,
+                **_opened(
+                    "req_A",
+                    resources_pb2.REQUEST_KIND_COMMAND_APPROVAL,
+                    summary="rm -rf build",
+                    available_decisions=["accept", "decline"],
+                    state=resources_pb2.REQUEST_STATE_PENDING,
+                ),
+            ),
+            _event(
+                9,
+                request_resolved=resources_pb2.RequestResolved(
+                    request_id="req_A",
+                    state=resources_pb2.REQUEST_STATE_RESOLVED,
+                    response_json='{"decision": "accept"}',
+                ),
+            ),
             _event(10, **_completed("c1", _COMMAND, command="rm -rf build", exit_code=0)),
             _event(11, token_usage=resources_pb2.TokenUsage(last_input_tokens=10, total_tokens=20)),
             _event(12, turn_completed=resources_pb2.TurnCompleted(exit_code=3)),
@@ -1069,8 +1144,8 @@ def test_cli_send_wait_renders_an_agent_turn(threaded_agent_fake):
 
 def test_cli_events_json_keeps_every_field(threaded_agent_fake):
     result = CliRunner().invoke(
-        session_cli, ["--control-plane", threaded_agent_fake, "events", "ses_1", "--json",
-                      "--after", "3"],
+        session_cli,
+        ["--control-plane", threaded_agent_fake, "events", "ses_1", "--json", "--after", "3"],
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
 import os
 import pathlib
 import sqlite3
@@ -18,18 +17,19 @@ import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 import pytest
-from tether.v1 import worker_service_pb2 as wpb
-from tether.v1 import worker_service_pb2_grpc as wpb_grpc
 
-from tether import sdk
 from bench.security import run_probe
+from tether import sdk
 from tether.control_plane import ControlPlane, Settings
 from tether.control_plane.domain.access import Limits, normalize_code, secret_hash
 from tether.execution_worker import Worker, WorkerSettings
 from tether.execution_worker._credentials import load_credentials, pair
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wpb_grpc
 
 from .conftest import FAST, ROOT, ControlPlaneProcess, eventually, worker_args
 
@@ -51,11 +51,13 @@ async def _client(cp: ControlPlane, owner: str) -> sdk.AsyncClient:
 
 async def _turn_ended(client: sdk.AsyncClient, session_id: str, turn_id: str) -> bool:
     return (await client.get_turn(session_id, turn_id)).state in (
-        sdk.TurnState.COMPLETED, sdk.TurnState.FAILED, sdk.TurnState.INTERRUPTED
+        sdk.TurnState.COMPLETED,
+        sdk.TurnState.FAILED,
+        sdk.TurnState.INTERRUPTED,
     )
 
 
-async def _reason(coro) -> tuple[grpc.StatusCode | None, str, str]:  # noqa: ANN001 - an awaitable call
+async def _reason(coro) -> tuple[grpc.StatusCode | None, str, str]:
     try:
         await coro
     except sdk.TetherError as err:
@@ -103,7 +105,9 @@ async def test_offers_only_reach_workers_of_the_sessions_owner(secure_cp: Contro
         alice_creds = await pair(target, (await alice.create_pairing_code()).code, "alice-1")
         alice_worker = _InProcessWorker(target, tmp_path / "alice", alice_creds.worker_id, alice_creds.token)
         await eventually(lambda: _turn_ended(alice, a.session_id, a_turn.turn_id), what="alice's turn on her worker")
-        started = [e async for e in alice.stream_events(a.session_id, stop_at_end=True) if e.kind == sdk.EventKind.TURN_STARTED]
+        started = [
+            e async for e in alice.stream_events(a.session_id, stop_at_end=True) if e.kind == sdk.EventKind.TURN_STARTED
+        ]
         assert [e.worker_id for e in started] == [alice_creds.worker_id]
         assert [w.worker_id for w in await alice.list_workers()] == [alice_creds.worker_id]
         assert [w.owner for w in await bob.list_workers()] == ["bob"]
@@ -138,36 +142,51 @@ async def test_credentials_of_the_wrong_kind_and_backend_keys(secure_cp: Control
             assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
             assert creds.token not in message
         key_as_token = (("authorization", f"Bearer {backend_key}"),)
-        code, _, _ = await _reason(workers.Register(wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=1), metadata=key_as_token, timeout=5))
+        code, _, _ = await _reason(
+            workers.Register(
+                wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=1), metadata=key_as_token, timeout=5
+            )
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        code, _, _ = await _reason(workers.Register(wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=1), timeout=5))
+        code, _, _ = await _reason(
+            workers.Register(wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=1), timeout=5)
+        )
         assert code == grpc.StatusCode.UNAUTHENTICATED
         async with sdk.AsyncClient(target, api_key=backend_key) as no_owner:
             code, reason, message = await _reason(no_owner.list_sessions())
-            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT") and "x-tether-owner" in message
+            assert (code, reason) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT",
+            ) and "x-tether-owner" in message
         async with sdk.AsyncClient(target, api_key=backend_key, owner="alice") as as_alice:
             assert (await as_alice.get_session(session.session_id)).owner == "alice"
         async with sdk.AsyncClient(target, api_key=backend_key, owner="mallory") as as_mallory:
             code, reason, _ = await _reason(as_mallory.get_session(session.session_id))
             assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
             assert (await as_mallory.list_sessions()).sessions == []
-        async with sdk.AsyncClient(target, api_key=(await secure_cp.create_api_key("owner", "bob")), owner="alice") as bob_as_alice:
+        async with sdk.AsyncClient(
+            target, api_key=(await secure_cp.create_api_key("owner", "bob")), owner="alice"
+        ) as bob_as_alice:
             code, _, _ = await _reason(bob_as_alice.get_session(session.session_id))
             assert code == grpc.StatusCode.PERMISSION_DENIED
         async with sdk.AsyncClient(target, api_key=admin_key) as admin:
             # An admin key without an owner sees every owner's workers, and no sessions.
             await workers.Register(
                 wpb.RegisterRequest(worker_id=creds.worker_id, runtimes=["shell"], slots=1),
-                metadata=(("authorization", f"Bearer {creds.token}"),), timeout=5,
+                metadata=(("authorization", f"Bearer {creds.token}"),),
+                timeout=5,
             )
             assert [w.owner for w in await admin.list_workers()] == ["alice"]
             code, _, message = await _reason(admin.list_sessions())
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "x-tether-owner" in message
         # A token is bound to its worker id: it cannot register as another worker.
-        code, _, message = await _reason(workers.Register(
-            wpb.RegisterRequest(worker_id="someone-else", runtimes=["shell"], slots=1),
-            metadata=(("authorization", f"Bearer {creds.token}"),), timeout=5,
-        ))
+        code, _, message = await _reason(
+            workers.Register(
+                wpb.RegisterRequest(worker_id="someone-else", runtimes=["shell"], slots=1),
+                metadata=(("authorization", f"Bearer {creds.token}"),),
+                timeout=5,
+            )
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED and creds.worker_id in message
     finally:
         await channel.close()
@@ -201,15 +220,19 @@ async def test_pairing_codes_work_once_expire_and_race(secure_cp: ControlPlane) 
         assert "PAIRING_CODE_INVALID" in str(replay.value.trailing_metadata())
 
         short = await alice.create_pairing_code(ttl_s=1)
-        await eventually(lambda: datetime.now(timezone.utc) > short.expire_time, timeout=3, what="the code to expire")
+        await eventually(lambda: datetime.now(UTC) > short.expire_time, timeout=3, what="the code to expire")
         with pytest.raises(grpc.aio.AioRpcError) as expired:
             await pair(target, short.code, "late")
         assert expired.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         raced = await alice.create_pairing_code()
-        results = await asyncio.gather(*(pair(target, raced.code, f"racer-{i}") for i in range(8)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(pair(target, raced.code, f"racer-{i}") for i in range(8)), return_exceptions=True
+        )
         winners = [r for r in results if not isinstance(r, BaseException)]
-        losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAUTHENTICATED]
+        losers = [
+            r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAUTHENTICATED
+        ]
         assert len(winners) == 1 and len(losers) == 7
         tokens = await alice.list_worker_tokens()
         assert sorted(t.worker_id for t in tokens) == sorted([first.worker_id, winners[0].worker_id])
@@ -245,17 +268,24 @@ def _consumed_times(cp: ControlPlane, code: str) -> list[tuple[int]]:
     return rows.fetchall()
 
 
-async def test_a_token_revoked_mid_stream_cuts_the_worker_off_and_its_session_moves(tmp_path: pathlib.Path, procs) -> None:  # noqa: ANN001
+async def test_a_token_revoked_mid_stream_cuts_the_worker_off_and_its_session_moves(
+    tmp_path: pathlib.Path, procs
+) -> None:
     cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", dev=False)
     cp.start()
     try:
         key = subprocess.run(
             [sys.executable, "-m", "tether.cli", "keys", "create", "--owner", "alice", "--db", str(cp.db)],
-            capture_output=True, text=True, check=True, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         ).stdout.strip()
         async with sdk.AsyncClient(cp.target, api_key=key) as alice:
             first_code = (await alice.create_pairing_code()).code
-            w1 = procs(worker_args(cp.target, tmp_path / "w1", 2, "--runtime", "script", "--pairing-code", first_code), "w1")
+            w1 = procs(
+                worker_args(cp.target, tmp_path / "w1", 2, "--runtime", "script", "--pairing-code", first_code), "w1"
+            )
             token_file = tmp_path / "w1" / ".tether" / "token.json"
             await eventually(lambda: token_file.exists(), what="the worker to pair")
             assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
@@ -271,14 +301,29 @@ async def test_a_token_revoked_mid_stream_cuts_the_worker_off_and_its_session_mo
             assert revoked.revoked
             assert await asyncio.to_thread(w1.popen.wait, 15) == 3
             assert "TOKEN_REVOKED" in w1.output() and creds.token not in w1.output()
-            await eventually(lambda: _turn_ended(alice, session.session_id, long_turn.turn_id), timeout=15,
-                             what="the revoked worker's turn to end by the lease rules")
+            await eventually(
+                lambda: _turn_ended(alice, session.session_id, long_turn.turn_id),
+                timeout=15,
+                what="the revoked worker's turn to end by the lease rules",
+            )
             assert (await alice.get_turn(session.session_id, long_turn.turn_id)).state == sdk.TurnState.FAILED
             # A new worker takes the session over by rehydration.
-            w2 = procs(worker_args(cp.target, tmp_path / "w2", 2, "--runtime", "script", "--pairing-code",
-                                   (await alice.create_pairing_code()).code), "w2")
+            w2 = procs(
+                worker_args(
+                    cp.target,
+                    tmp_path / "w2",
+                    2,
+                    "--runtime",
+                    "script",
+                    "--pairing-code",
+                    (await alice.create_pairing_code()).code,
+                ),
+                "w2",
+            )
             nxt = await alice.send_input(session.session_id, "recall")
-            await eventually(lambda: _turn_ended(alice, session.session_id, nxt.turn_id), timeout=20, what="the next turn on w2")
+            await eventually(
+                lambda: _turn_ended(alice, session.session_id, nxt.turn_id), timeout=20, what="the next turn on w2"
+            )
             assert (await alice.get_turn(session.session_id, nxt.turn_id)).state == sdk.TurnState.COMPLETED
             w2.stop()
             # The revoked token is refused everywhere, at once.
@@ -288,7 +333,8 @@ async def test_a_token_revoked_mid_stream_cuts_the_worker_off_and_its_session_mo
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await stub.Register(
                         wpb.RegisterRequest(worker_id=creds.worker_id, runtimes=["script"], slots=1),
-                        metadata=(("authorization", f"Bearer {creds.token}"),), timeout=5,
+                        metadata=(("authorization", f"Bearer {creds.token}"),),
+                        timeout=5,
                     )
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             finally:
@@ -306,7 +352,9 @@ async def test_revocation_ends_open_worker_streams_at_once(secure_cp: ControlPla
         channel = grpc.aio.insecure_channel(target)
         try:
             stub = wpb_grpc.WorkerServiceStub(channel)
-            reg = await stub.Register(wpb.RegisterRequest(worker_id=creds.worker_id, runtimes=["script"], slots=1), metadata=md, timeout=5)
+            reg = await stub.Register(
+                wpb.RegisterRequest(worker_id=creds.worker_id, runtimes=["script"], slots=1), metadata=md, timeout=5
+            )
             requests: asyncio.Queue = asyncio.Queue()
 
             async def outgoing():
@@ -314,7 +362,9 @@ async def test_revocation_ends_open_worker_streams_at_once(secure_cp: ControlPla
                     yield item
 
             lease = stub.Lease(outgoing(), metadata=md, timeout=30)
-            requests.put_nowait(wpb.LeaseRequest(open=wpb.LeaseOpen(worker_id=creds.worker_id, registration_id=reg.registration_id)))
+            requests.put_nowait(
+                wpb.LeaseRequest(open=wpb.LeaseOpen(worker_id=creds.worker_id, registration_id=reg.registration_id))
+            )
             assert (await lease.read()).WhichOneof("kind") == "opened"
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -331,7 +381,9 @@ async def test_revocation_ends_open_worker_streams_at_once(secure_cp: ControlPla
 
 
 async def test_limits_are_per_owner_and_named(tmp_path: pathlib.Path) -> None:
-    limits = Limits(max_active_sessions_per_owner=2, max_queued_turns_per_owner=3, max_pending_pairing_codes_per_owner=2)
+    limits = Limits(
+        max_active_sessions_per_owner=2, max_queued_turns_per_owner=3, max_pending_pairing_codes_per_owner=2
+    )
     async with ControlPlane(Settings(port=0, db=str(tmp_path / "x.db"), timings=FAST, limits=limits)) as cp:
         async with await _client(cp, "alice") as alice, await _client(cp, "bob") as bob:
             # No worker: every turn stays queued.
@@ -358,7 +410,9 @@ async def test_limits_are_per_owner_and_named(tmp_path: pathlib.Path) -> None:
             await bob.create_pairing_code()
 
 
-async def test_the_event_rate_limit_slows_a_worker_but_loses_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_event_rate_limit_slows_a_worker_but_loses_nothing(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
     limits = Limits(events_per_second_per_session=40, event_burst_per_session=20)
     async with ControlPlane(Settings(port=0, db=str(tmp_path / "x.db"), timings=FAST, limits=limits)) as cp:
         async with await _client(cp, "alice") as alice:
@@ -369,8 +423,16 @@ async def test_the_event_rate_limit_slows_a_worker_but_loses_nothing(tmp_path: p
                 # Small pauses keep the worker's batches small, so the bucket runs dry mid-turn.
                 lines = [f"say line {i}\nsleep 5" for i in range(60)]
                 turn = await alice.send_input(session.session_id, "\n".join(lines))
-                await eventually(lambda: _turn_ended(alice, session.session_id, turn.turn_id), timeout=30, what="the chatty turn")
-                out = "".join([e.text async for e in alice.stream_events(session.session_id, stop_at_end=True) if e.kind == sdk.EventKind.OUTPUT])
+                await eventually(
+                    lambda: _turn_ended(alice, session.session_id, turn.turn_id), timeout=30, what="the chatty turn"
+                )
+                out = "".join(
+                    [
+                        e.text
+                        async for e in alice.stream_events(session.session_id, stop_at_end=True)
+                        if e.kind == sdk.EventKind.OUTPUT
+                    ]
+                )
                 assert out.splitlines() == [f"line {i}" for i in range(60)]
                 # The worker was refused with the limit named, and resent until all were stored.
                 assert "limit events_per_second_per_session=40 reached" in caplog.text
@@ -422,8 +484,13 @@ def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tethe
         f"Error: the database {db} was made before migrations (its tables are revision 0001), this release needs "
         f"{SCHEMA_HEAD}: run `tether db upgrade --db {db}` (or start with --migrate)"
     )
-    upgraded = subprocess.run([sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", str(db)],
-                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "db", "upgrade", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert upgraded.returncode == 0 and f"from 0001 to {SCHEMA_HEAD}" in upgraded.stdout, upgraded.stderr
     cp = ControlPlaneProcess(tmp_path, db, dev=False)
     cp.start()  # an owner-less database is now one with owners: served with keys, not refused
@@ -432,8 +499,23 @@ def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tethe
 
 def test_dev_mode_is_refused_off_loopback(tmp_path: pathlib.Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tether.control_plane", "--dev", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "x.db")],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "TETHER_DEV": ""},
+        [
+            sys.executable,
+            "-m",
+            "tether.control_plane",
+            "--dev",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "TETHER_DEV": ""},
     )
     assert done.returncode == 2 and "loopback" in done.stderr
 
@@ -442,19 +524,25 @@ def test_worker_pair_command_writes_an_owner_only_token_file(tmp_path: pathlib.P
     cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", dev=False)
     cp.start()
     try:
-        run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)  # noqa: E731
+        run = lambda *args, **kw: subprocess.run(
+            [sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw
+        )  # noqa: E731
         key = run("keys", "create", "--owner", "carol", "--db", str(cp.db)).stdout.strip()
         env = {**os.environ, "TETHER_API_KEY": key, "TETHER_CONTROL_PLANE": cp.target}
         printed = run("pair", env=env)
         assert printed.returncode == 0, printed.stderr
         code = printed.stdout.split()[0]
-        paired = run("worker", "--control-plane", cp.target, "--workdir", str(tmp_path / "w"), "pair", "--code", code, env=env)
+        paired = run(
+            "worker", "--control-plane", cp.target, "--workdir", str(tmp_path / "w"), "pair", "--code", code, env=env
+        )
         assert paired.returncode == 0, paired.stderr
         token_file = tmp_path / "w" / ".tether" / "token.json"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         creds = load_credentials(token_file)
         assert creds.owner == "carol" and creds.token not in paired.stdout + paired.stderr
-        again = run("worker", "--control-plane", cp.target, "--workdir", str(tmp_path / "w2"), "pair", "--code", code, env=env)
+        again = run(
+            "worker", "--control-plane", cp.target, "--workdir", str(tmp_path / "w2"), "pair", "--code", code, env=env
+        )
         assert again.returncode == 1 and "PAIRING_CODE_INVALID" in again.stderr
         listed = run("worker", "tokens", env=env)
         assert creds.token_id in listed.stdout and "valid" in listed.stdout

@@ -59,7 +59,8 @@ def pki(tmp_path: pathlib.Path) -> Pki:
 def tls_cp(tmp_path: pathlib.Path, pki: Pki, db_url: str) -> Iterator[ControlPlaneProcess]:
     """`tether serve --dev` as a process, serving TLS with the server certificate."""
     cp = ControlPlaneProcess(
-        tmp_path, db_url,
+        tmp_path,
+        db_url,
         extra=["--tls-cert", str(pki.server.cert_file), "--tls-key", str(pki.server.key_file)],
     )
     cp.start()
@@ -71,8 +72,13 @@ def tls_cp(tmp_path: pathlib.Path, pki: Pki, db_url: str) -> Iterator[ControlPla
 async def mtls_cp(pki: Pki, db_url: str) -> AsyncIterator[ControlPlane]:
     """An in-process control plane that requires client certificates signed by the client CA."""
     settings = Settings(
-        port=0, db=db_url, migrate=True, timings=FAST, dev_owner="local",
-        tls_cert_file=str(pki.server.cert_file), tls_key_file=str(pki.server.key_file),
+        port=0,
+        db=db_url,
+        migrate=True,
+        timings=FAST,
+        dev_owner="local",
+        tls_cert_file=str(pki.server.cert_file),
+        tls_key_file=str(pki.server.key_file),
         tls_client_ca_file=str(pki.client_ca.cert_file),
     )
     async with ControlPlane(settings) as cp:
@@ -133,9 +139,17 @@ async def test_clients_that_cannot_verify_the_server_are_refused_and_create_noth
 async def test_mtls_admits_only_client_certificates_of_the_client_ca(mtls_cp, procs, tmp_path, pki):
     target = f"127.0.0.1:{mtls_cp.port}"
     worker = start_worker(
-        procs, target, tmp_path / "w1", "w1", 1,
-        "--tls-ca", str(pki.server_ca.cert_file),
-        "--tls-cert", str(pki.worker.cert_file), "--tls-key", str(pki.worker.key_file),
+        procs,
+        target,
+        tmp_path / "w1",
+        "w1",
+        1,
+        "--tls-ca",
+        str(pki.server_ca.cert_file),
+        "--tls-cert",
+        str(pki.worker.cert_file),
+        "--tls-key",
+        str(pki.worker.key_file),
     )
     await _assert_refused(target, **_tls(pki.server_ca))  # no client certificate
     await _assert_refused(target, **_tls(pki.server_ca, pki.mallory))  # signed by another CA
@@ -163,7 +177,11 @@ async def test_mtls_admits_only_client_certificates_of_the_client_ca(mtls_cp, pr
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tether.control_plane", *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        [sys.executable, "-m", "tether.control_plane", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
 
 
@@ -200,8 +218,17 @@ async def test_plaintext_on_a_non_loopback_address_serves_with_a_warning(procs, 
     port_file = tmp_path / "cp.port"
     cp = procs(
         [
-            sys.executable, "-m", "tether.control_plane", "--host", "0.0.0.0", "--port", "0",
-            "--port-file", str(port_file), "--db", str(tmp_path / "x.db"),
+            sys.executable,
+            "-m",
+            "tether.control_plane",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--db",
+            str(tmp_path / "x.db"),
         ],
         "plaintext-cp",
     )
@@ -216,8 +243,12 @@ async def test_sdk_names_the_tls_file_it_cannot_read(pki):
     with pytest.raises(ValueError, match="/nonexistent"):
         sdk.AsyncClient("127.0.0.1:1", tls_ca_file="/nonexistent")
     with pytest.raises(ValueError, match="/nonexistent"):
-        sdk.AsyncClient("127.0.0.1:1", tls_ca_file=str(pki.server_ca.cert_file),
-                        tls_cert_file=str(pki.alice.cert_file), tls_key_file="/nonexistent")
+        sdk.AsyncClient(
+            "127.0.0.1:1",
+            tls_ca_file=str(pki.server_ca.cert_file),
+            tls_cert_file=str(pki.alice.cert_file),
+            tls_key_file="/nonexistent",
+        )
     with pytest.raises(ValueError, match="key"):
         sdk.AsyncClient("127.0.0.1:1", tls_ca_file=str(pki.server_ca.cert_file), tls_cert_file=str(pki.alice.cert_file))
     with pytest.raises(ValueError, match="CA"):

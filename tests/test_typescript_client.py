@@ -50,10 +50,16 @@ class Ran:
         return f"status {self.status}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
 
 
-async def start_client(ts_dist: pathlib.Path, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+async def start_client(
+    ts_dist: pathlib.Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        "node", str(ts_dist / "client.js"), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        "node",
+        str(ts_dist / "client.js"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
 
@@ -75,8 +81,19 @@ async def run_client(ts_dist: pathlib.Path, *args: str, env: dict[str, str] | No
 def start_script_worker(procs, target: str, workdir: pathlib.Path):
     workdir.mkdir(parents=True, exist_ok=True)
     return procs(
-        [sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "script",
-         "--workdir", str(workdir), "--slots", "2"],
+        [
+            sys.executable,
+            "-m",
+            "tether.execution_worker",
+            "--control-plane",
+            target,
+            "--runtime",
+            "script",
+            "--workdir",
+            str(workdir),
+            "--slots",
+            "2",
+        ],
         "worker",
     )
 
@@ -94,8 +111,9 @@ def printed_matches_log(ran: Ran, events: list[sdk.Event]) -> None:
 async def test_client_runs_a_turn_and_answers_the_approval(cp_process, procs, tmp_path, ts_dist):
     start_script_worker(procs, cp_process.target, tmp_path / "w1")
     # The address from the environment, as an app's deployment would give it.
-    ran = await run_client(ts_dist, "--idempotency-key", "order-42", SCRIPT,
-                           env={"TETHER_CONTROL_PLANE": cp_process.target})
+    ran = await run_client(
+        ts_dist, "--idempotency-key", "order-42", SCRIPT, env={"TETHER_CONTROL_PLANE": cp_process.target}
+    )
     assert ran.status == 0, str(ran)
     session_id = ran.line(r"session (ses_\w+) \(runtime script\)")[1]
     turn_id = ran.line(r"turn (trn_\w+) key=order-42")[1]
@@ -118,8 +136,16 @@ async def test_client_runs_a_turn_and_answers_the_approval(cp_process, procs, tm
         events = await log(client, session_id)
     printed_matches_log(ran, events)
     kinds = [str(e.kind) for e in events]
-    assert kinds == ["input_received", "turn_started", "output", "request_opened", "request_resolved",
-                     "output", "output", "turn_completed"]
+    assert kinds == [
+        "input_received",
+        "turn_started",
+        "output",
+        "request_opened",
+        "request_resolved",
+        "output",
+        "output",
+        "turn_completed",
+    ]
     out = "".join(e.text for e in events if e.kind is sdk.EventKind.OUTPUT)
     assert out == "hello from TypeScript\ndecision: accept\ndone\n"
     # What the client printed for each event says what happened.
@@ -159,8 +185,9 @@ async def test_a_retry_with_the_same_key_returns_the_first_turn(cp_process, proc
 
 async def test_resuming_from_the_cursor_neither_loses_nor_repeats_events(cp_process, procs, tmp_path, ts_dist):
     start_script_worker(procs, cp_process.target, tmp_path / "w1")
-    ran = await run_client(ts_dist, "--control-plane", cp_process.target, "--reconnect-after", "3",
-                           "say a\nsay b\nsay c\nsay d\nexit 4")
+    ran = await run_client(
+        ts_dist, "--control-plane", cp_process.target, "--reconnect-after", "3", "say a\nsay b\nsay c\nsay d\nexit 4"
+    )
     assert ran.status == 4, str(ran)  # the turn's exit code
     assert "closed the event stream after seq 3; reopening it with after_seq=3" in ran.stderr
     session_id = ran.line(r"session (ses_\w+) .*")[1]
@@ -174,8 +201,9 @@ async def test_the_client_rides_out_a_control_plane_restart(cp_process, procs, t
     start_script_worker(procs, cp_process.target, tmp_path / "w1")
     async with sdk.AsyncClient(cp_process.target) as client:
         session_id = (await client.create_session("script")).session_id
-    proc = await start_client(ts_dist, "--control-plane", cp_process.target, "--session", session_id,
-                              "say before\nsleep 2500\nsay after")
+    proc = await start_client(
+        ts_dist, "--control-plane", cp_process.target, "--session", session_id, "say before\nsleep 2500\nsay after"
+    )
 
     async def said_before() -> bool:
         async with sdk.AsyncClient(cp_process.target) as c:

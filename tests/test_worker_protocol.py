@@ -23,9 +23,6 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-from tether.v1 import resources_pb2 as rpb
-from tether.v1 import worker_service_pb2 as wpb
-from tether.v1 import worker_service_pb2_grpc as wgrpc
 
 from tether.execution_worker import (
     HistoryItem,
@@ -39,6 +36,9 @@ from tether.execution_worker import (
     WorkerSettings,
 )
 from tether.execution_worker._lease import LeaseTimings
+from tether.v1 import resources_pb2 as rpb
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wgrpc
 
 from .conftest import ROOT, eventually
 
@@ -91,8 +91,10 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
 
     def lease_requests(self, kind: str | None = None, stream: int | None = None) -> list[wpb.LeaseRequest]:
         return [
-            entry[2] for entry in self.log
-            if entry[0] == "lease" and (stream is None or entry[1] == stream)
+            entry[2]
+            for entry in self.log
+            if entry[0] == "lease"
+            and (stream is None or entry[1] == stream)
             and (kind is None or entry[2].WhichOneof("kind") == kind)
         ]
 
@@ -122,13 +124,31 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         assert self._out is not None, "no Lease stream is open"
         self._out.put_nowait(message)
 
-    def offer(self, session_id: str, turn_id: str = "", input: str = "", *, epoch: int = 1,
-              runtime: str = "fake", resume_required: bool = False, restore_only: bool = False) -> None:
-        self.push(wpb.LeaseResponse(offer=wpb.Offer(
-            session_id=session_id, turn_id=turn_id, input=input, runtime=runtime, lease_epoch=epoch,
-            resume_required=resume_required, restore_only=restore_only,
-            last_seq=self.last_seq.get(session_id, 0),
-        )))
+    def offer(
+        self,
+        session_id: str,
+        turn_id: str = "",
+        input: str = "",
+        *,
+        epoch: int = 1,
+        runtime: str = "fake",
+        resume_required: bool = False,
+        restore_only: bool = False,
+    ) -> None:
+        self.push(
+            wpb.LeaseResponse(
+                offer=wpb.Offer(
+                    session_id=session_id,
+                    turn_id=turn_id,
+                    input=input,
+                    runtime=runtime,
+                    lease_epoch=epoch,
+                    resume_required=resume_required,
+                    restore_only=restore_only,
+                    last_seq=self.last_seq.get(session_id, 0),
+                )
+            )
+        )
 
     def drop_stream(self) -> None:
         self.push(_DROP_STREAM)  # type: ignore[arg-type]
@@ -137,10 +157,14 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
 
     async def Register(self, request, context):
         response = wpb.RegisterResponse(
-            worker_id=request.worker_id, registration_id=f"reg_{self.streams + 1}",
-            heartbeat_interval=_duration(HEARTBEAT_S), lease_ttl=_duration(5),
-            offer_timeout=_duration(2), reconnect_backoff_initial=_duration(0.02),
-            reconnect_backoff_max=_duration(0.1), max_events_per_message=100,
+            worker_id=request.worker_id,
+            registration_id=f"reg_{self.streams + 1}",
+            heartbeat_interval=_duration(HEARTBEAT_S),
+            lease_ttl=_duration(5),
+            offer_timeout=_duration(2),
+            reconnect_backoff_initial=_duration(0.02),
+            reconnect_backoff_max=_duration(0.1),
+            max_events_per_message=100,
             worker_dead_grace=_duration(1),
         )
         if self.liveness_s is not None:
@@ -165,8 +189,13 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
                     out.put_nowait(wpb.LeaseResponse(renewed=wpb.LeasesRenewed()))
                 elif kind == "accept" and self.auto_grant:
                     a = request.accept
-                    out.put_nowait(wpb.LeaseResponse(granted=wpb.OfferGranted(
-                        session_id=a.session_id, turn_id=a.turn_id, lease_epoch=a.lease_epoch)))
+                    out.put_nowait(
+                        wpb.LeaseResponse(
+                            granted=wpb.OfferGranted(
+                                session_id=a.session_id, turn_id=a.turn_id, lease_epoch=a.lease_epoch
+                            )
+                        )
+                    )
             self.half_closed += 1
             while not self.end_gate.is_set():  # slow to end, but not silent
                 out.put_nowait(wpb.LeaseResponse(renewed=wpb.LeasesRenewed()))
@@ -307,9 +336,16 @@ async def start_worker(tmp_path: Path):
 
     def start(target: str, **overrides: Any) -> Running:
         settings = dict(
-            workdir=tmp_path / f"w{len(running)}", control_plane=target, runtimes=("fake",), slots=2,
-            worker_id="wkr_test", rpc_timeout_s=2.0, snapshot_timeout_s=2.0, resume_timeout_s=2.0,
-            flush_timeout_s=2.0, drain_grace_s=5.0,
+            workdir=tmp_path / f"w{len(running)}",
+            control_plane=target,
+            runtimes=("fake",),
+            slots=2,
+            worker_id="wkr_test",
+            rpc_timeout_s=2.0,
+            snapshot_timeout_s=2.0,
+            resume_timeout_s=2.0,
+            flush_timeout_s=2.0,
+            drain_grace_s=5.0,
         )
         settings.update(overrides)
         registry = RuntimeRegistry()
@@ -331,7 +367,8 @@ async def _run_turn(cp: FakeControlPlane, session_id: str, turn_id: str, *, epoc
     cp.offer(session_id, turn_id, f"cmd {turn_id}", epoch=epoch, **kw)
     await eventually(
         lambda: any(e.turn_id == turn_id for e in cp.terminal_events(session_id)),
-        timeout=3, what=f"turn {turn_id} to end",
+        timeout=3,
+        what=f"turn {turn_id} to end",
     )
 
 
@@ -388,7 +425,10 @@ async def test_a_cancel_landing_as_a_lease_write_fails_is_not_swallowed(tmp_path
             await write_done
 
     client = LeaseClient(
-        stub=None, settings=WorkerSettings(workdir=tmp_path), worker_id="wkr_test", runtimes=["fake"],
+        stub=None,
+        settings=WorkerSettings(workdir=tmp_path),
+        worker_id="wkr_test",
+        runtimes=["fake"],
         handler=None,  # type: ignore[arg-type]
     )
     client._call = Call()  # type: ignore[assignment]
@@ -446,7 +486,11 @@ async def test_drain_announces_then_snapshots_then_releases_with_a_reason(fake_c
                 names.append("draining")
             elif entry[0] == "snapshot" and entry[1].session_id == session_id:
                 names.append("snapshot")
-            elif entry[0] == "lease" and entry[2].WhichOneof("kind") == "release" and entry[2].release.session_id == session_id:
+            elif (
+                entry[0] == "lease"
+                and entry[2].WhichOneof("kind") == "release"
+                and entry[2].release.session_id == session_id
+            ):
                 names.append("release")
         assert names == ["draining", "snapshot", "release"], (session_id, names)
 
@@ -519,9 +563,23 @@ async def test_drain_skips_a_snapshot_the_after_turn_policy_already_stored(fake_
 async def test_a_second_sigterm_stops_a_draining_worker_at_once(fake_cp, tmp_path):
     cp, target = fake_cp
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether.execution_worker", "--control-plane", target, "--runtime", "shell",
-        "--workdir", str(tmp_path / "w"), "--slots", "1", "--drain-grace-s", "30", "--log-level", "WARNING",
-        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tether.execution_worker",
+        "--control-plane",
+        target,
+        "--runtime",
+        "shell",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--slots",
+        "1",
+        "--drain-grace-s",
+        "30",
+        "--log-level",
+        "WARNING",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await eventually(lambda: cp.streams and cp._out is not None, timeout=10, what="worker process connected")
@@ -551,7 +609,8 @@ async def test_a_snapshot_follows_each_turn_once_its_events_are_acked(fake_cp, s
     assert (header.session_id, header.lease_epoch, header.request_id) == ("ses_a", 1, "")
     assert header.seq == cp.last_seq["ses_a"] == 3  # turn_started, output, turn_completed
     assert [(i.role, i.text) for i in items] == [
-        (rpb.HISTORY_ITEM_ROLE_INPUT, "cmd trn_1"), (rpb.HISTORY_ITEM_ROLE_OUTPUT, "ran cmd trn_1\n"),
+        (rpb.HISTORY_ITEM_ROLE_INPUT, "cmd trn_1"),
+        (rpb.HISTORY_ITEM_ROLE_OUTPUT, "ran cmd trn_1\n"),
     ]
     assert json.loads(header.runtime_metadata_json) == {"runtime": "fake"}
     await _run_turn(cp, "ses_a", "trn_2")
@@ -582,7 +641,9 @@ async def test_a_turn_that_starts_before_the_acks_makes_the_next_turn_end_cover_
     await _connected(cp)
     cp.ack_gate.clear()  # trn_1's events are held unacknowledged
     cp.offer("ses_a", "trn_1", "one")
-    await eventually(lambda: len(w.registry.turns) == 1 and w.worker.running_turn_count == 0, timeout=3, what="trn_1 ran")
+    await eventually(
+        lambda: len(w.registry.turns) == 1 and w.worker.running_turn_count == 0, timeout=3, what="trn_1 ran"
+    )
     w.registry.gate.clear()
     cp.offer("ses_a", "trn_2", "two")
     await eventually(lambda: w.worker.running_turn_count == 1, timeout=3, what="trn_2 running")
@@ -635,20 +696,27 @@ async def test_snapshot_requested_uses_the_same_upload_with_its_request_id(fake_
 
 def _resume_material(session_id: str) -> list[wpb.ResumeResponse]:
     """A snapshot at seq 3 holding one turn, then a second turn's events up to seq 7."""
+
     def event(seq: int, turn_id: str, **body: Any) -> rpb.Event:
         return rpb.Event(session_id=session_id, seq=seq, turn_id=turn_id, body=rpb.EventBody(**body))
 
     return [
-        wpb.ResumeResponse(snapshot_seq=3, runtime_metadata_json="{}", history=[
-            rpb.HistoryItem(role=rpb.HISTORY_ITEM_ROLE_INPUT, text="echo one", turn_id="trn_1"),
-            rpb.HistoryItem(role=rpb.HISTORY_ITEM_ROLE_OUTPUT, text="one\n", turn_id="trn_1"),
-        ]),
-        wpb.ResumeResponse(events=[
-            event(4, "trn_2", input_received=rpb.InputReceived(input="echo two")),
-            event(5, "trn_2", turn_started=rpb.TurnStarted(worker_id="wkr_old")),
-            event(6, "trn_2", output=rpb.OutputChunk(stream=rpb.OUTPUT_STREAM_STDOUT, text="two\n")),
-            event(7, "trn_2", turn_completed=rpb.TurnCompleted()),
-        ]),
+        wpb.ResumeResponse(
+            snapshot_seq=3,
+            runtime_metadata_json="{}",
+            history=[
+                rpb.HistoryItem(role=rpb.HISTORY_ITEM_ROLE_INPUT, text="echo one", turn_id="trn_1"),
+                rpb.HistoryItem(role=rpb.HISTORY_ITEM_ROLE_OUTPUT, text="one\n", turn_id="trn_1"),
+            ],
+        ),
+        wpb.ResumeResponse(
+            events=[
+                event(4, "trn_2", input_received=rpb.InputReceived(input="echo two")),
+                event(5, "trn_2", turn_started=rpb.TurnStarted(worker_id="wkr_old")),
+                event(6, "trn_2", output=rpb.OutputChunk(stream=rpb.OUTPUT_STREAM_STDOUT, text="two\n")),
+                event(7, "trn_2", turn_completed=rpb.TurnCompleted()),
+            ]
+        ),
     ]
 
 
@@ -670,8 +738,10 @@ async def test_restore_only_offer_rehydrates_keeps_the_runtime_warm_and_confirms
     assert old_runtime.closed  # epoch 1's runtime was retired
     restored = w.registry.instances[1]
     assert [(h.role, h.text) for h in restored.started_with] == [
-        (HistoryRole.INPUT, "echo one"), (HistoryRole.OUTPUT, "one\n"),
-        (HistoryRole.INPUT, "echo two"), (HistoryRole.OUTPUT, "two\n"),
+        (HistoryRole.INPUT, "echo one"),
+        (HistoryRole.OUTPUT, "one\n"),
+        (HistoryRole.INPUT, "echo two"),
+        (HistoryRole.OUTPUT, "two\n"),
     ]
     header, items = cp.snapshots()[0]
     assert (header.session_id, header.lease_epoch, header.request_id) == ("ses_a", 2, "")
@@ -690,14 +760,19 @@ async def test_restore_only_offer_rehydrates_keeps_the_runtime_warm_and_confirms
 def order_after(names: list[str], last: str) -> list[str]:
     """The names after the last `last`."""
     index = len(names) - 1 - names[::-1].index(last)
-    return names[index + 1:]
+    return names[index + 1 :]
 
 
 @pytest.mark.parametrize(
     ("failure", "reason_prefix"),
-    [("resume", "rehydration failed: Resume failed: INTERNAL"), ("start", "rehydration failed: could not start the fake runtime")],
+    [
+        ("resume", "rehydration failed: Resume failed: INTERNAL"),
+        ("start", "rehydration failed: could not start the fake runtime"),
+    ],
 )
-async def test_a_restore_that_cannot_rehydrate_releases_the_lease_with_the_reason(fake_cp, start_worker, failure, reason_prefix):
+async def test_a_restore_that_cannot_rehydrate_releases_the_lease_with_the_reason(
+    fake_cp, start_worker, failure, reason_prefix
+):
     cp, target = fake_cp
     w = start_worker(target)
     await _connected(cp)

@@ -29,9 +29,9 @@ import click
 # gRPC's C core logs connection events (GOAWAY and the like) that the kit causes on purpose.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from tether import sdk  # noqa: E402 - after GRPC_VERBOSITY, which gRPC reads when it loads
-from tether.control_plane import ControlPlane, Settings, Timings  # noqa: E402
-from tether.cli._proxy import TcpProxy  # noqa: E402
+from tether import sdk
+from tether.cli._proxy import TcpProxy
+from tether.control_plane import ControlPlane, Settings, Timings
 
 #: The kit's control-plane timings: short, so the whole run takes about a minute. The worker
 #: learns them at Register. The worker-dead grace is longer than the events-resend blip (the
@@ -128,7 +128,9 @@ class Kit:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        settings = Settings(host="127.0.0.1", port=0, db=str(self.root / "conformance.db"), timings=KIT_TIMINGS, dev_owner="local")
+        settings = Settings(
+            host="127.0.0.1", port=0, db=str(self.root / "conformance.db"), timings=KIT_TIMINGS, dev_owner="local"
+        )
         self.cp = ControlPlane(settings)
         await self.cp.start()
         self.proxy = TcpProxy(self.cp.port)
@@ -177,9 +179,22 @@ class Kit:
         assert self.cp is not None
         workdir = self.root / workdir_name
         args = [
-            sys.executable, "-m", "tether.execution_worker", "--control-plane", f"127.0.0.1:{self.cp.port}",
-            "--runtime", "script", "--workdir", str(workdir), "--slots", "2", "--name", workdir_name,
-            "--drain-grace-s", "5", *extra,
+            sys.executable,
+            "-m",
+            "tether.execution_worker",
+            "--control-plane",
+            f"127.0.0.1:{self.cp.port}",
+            "--runtime",
+            "script",
+            "--workdir",
+            str(workdir),
+            "--slots",
+            "2",
+            "--name",
+            workdir_name,
+            "--drain-grace-s",
+            "5",
+            *extra,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         return self._spawn(workdir_name, args, {**env, "PYTHONUNBUFFERED": "1"}, under_test=False)
@@ -189,7 +204,11 @@ class Kit:
         with open(log_path, "wb") as log:
             try:
                 popen = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
                     start_new_session=True,  # so the kit can kill whatever the worker started
                 )
             except OSError as exc:
@@ -206,15 +225,17 @@ class Kit:
             found[:] = [w for w in await self.sdk.list_workers() if w.name == launched.name and w.connected]
             if not found and launched.exited:
                 raise ScenarioFailed(
-                    f"the worker exited with status {launched.popen.returncode} before registering:\n"
-                    + launched.tail()
+                    f"the worker exited with status {launched.popen.returncode} before registering:\n" + launched.tail()
                 )
             return bool(found)
 
         await until(
-            connected, timeout,
-            lambda: f"no connected worker named {launched.name!r} after {timeout:g}s "
-            f"(does it read TETHER_WORKER_NAME?); its log:\n" + launched.tail(),
+            connected,
+            timeout,
+            lambda: (
+                f"no connected worker named {launched.name!r} after {timeout:g}s "
+                f"(does it read TETHER_WORKER_NAME?); its log:\n" + launched.tail()
+            ),
             period=0.1,
         )
         launched.worker_id = found[0].worker_id
@@ -369,6 +390,7 @@ async def snapshot(kit: Kit) -> None:
 async def resume(kit: Kit) -> None:
     sid = kit.resume_session
     expect(sid, "the kit could not prepare a session on its reference worker")
+
     async def released() -> bool:
         return not (await kit.sdk.get_session(sid)).worker_id
 
@@ -378,7 +400,10 @@ async def resume(kit: Kit) -> None:
     turn, events = await kit.run(sid, "recall", timeout=15)
     expect(turn.state is sdk.TurnState.COMPLETED, f"the turn ended {turn.state.name}: {turn.error_message}")
     started = next((e for e in events if e.kind is sdk.EventKind.TURN_STARTED), None)
-    expect(started is not None and started.worker_id == worker_id(kit), "the recall turn did not run on the worker under test")
+    expect(
+        started is not None and started.worker_id == worker_id(kit),
+        "the recall turn did not run on the worker under test",
+    )
     want = "".join(f"recalled: {text}\n" for text in kit.resume_inputs)
     got = "".join(outputs(events))
     expect(got == want, f"recall printed {got!r}, not {want!r}: the rehydrated history is wrong")
@@ -439,16 +464,21 @@ async def drain(kit: Kit) -> None:
     ref = kit.launch_reference("reference-2")
     await kit.registered(ref)
     turn = await kit.sdk.send_input(sid, "say draining\nsleep 1500\nsay done")
-    await kit.wait_event(sid, "the output 'draining'", lambda e: e.turn_id == turn.turn_id and e.kind is sdk.EventKind.OUTPUT)
+    await kit.wait_event(
+        sid, "the output 'draining'", lambda e: e.turn_id == turn.turn_id and e.kind is sdk.EventKind.OUTPUT
+    )
     launched.popen.send_signal(signal.SIGTERM)
 
     async def draining() -> bool:
         status = await kit.worker_status(wid)
         return status is not None and status.draining
 
-    await until(draining, 3, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM")
+    await until(
+        draining, 3, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM"
+    )
     other = await kit.sdk.create_session(runtime="script")
     other_turn = await kit.sdk.send_input(other.session_id, "say elsewhere")
+
     async def exited() -> bool:
         return launched.exited
 
@@ -457,7 +487,10 @@ async def drain(kit: Kit) -> None:
     holder = (await kit.sdk.get_session(sid)).worker_id
     expect(launched.popen.returncode == 0, f"the worker exited with status {launched.popen.returncode}, not 0")
     done = await kit.sdk.get_turn(sid, turn.turn_id)
-    expect(done.state is sdk.TurnState.COMPLETED, f"the running turn ended {done.state.name}, not COMPLETED: drain must let it finish")
+    expect(
+        done.state is sdk.TurnState.COMPLETED,
+        f"the running turn ended {done.state.name}, not COMPLETED: drain must let it finish",
+    )
     events = [e for e in await kit.events(sid) if e.turn_id == turn.turn_id]
     expect(outputs(events) == ["draining\n", "done\n"], f"the drained turn's output is {outputs(events)}")
     expect(holder != wid, "the worker exited still holding its session's lease: it must release it when drained")
@@ -466,9 +499,14 @@ async def drain(kit: Kit) -> None:
     other_started = next(e for e in await kit.events(other.session_id) if e.kind is sdk.EventKind.TURN_STARTED)
     expect(other_started.worker_id != wid, "the worker took a new turn while draining")
     after = await kit.sdk.send_input(sid, "say moved")
-    await kit.wait_event(sid, "the next turn to start", lambda e: e.turn_id == after.turn_id and e.kind is sdk.EventKind.TURN_STARTED)
+    await kit.wait_event(
+        sid, "the next turn to start", lambda e: e.turn_id == after.turn_id and e.kind is sdk.EventKind.TURN_STARTED
+    )
     waited = time.monotonic() - exited_at
-    expect(waited < KIT_TIMINGS.worker_dead_grace_s - 0.5, f"the session waited {waited:.1f}s for another worker: its lease was not released")
+    expect(
+        waited < KIT_TIMINGS.worker_dead_grace_s - 0.5,
+        f"the session waited {waited:.1f}s for another worker: its lease was not released",
+    )
 
 
 def worker_id(kit: Kit) -> str:
@@ -532,13 +570,22 @@ async def _let_stragglers_finish(timeout: float) -> None:
 
 
 @click.command("conformance")
-@click.option("--worker-cmd", required=True, metavar="COMMAND",
-              help="Starts the worker under test; split like a shell command line (not run through "
-                   "a shell). {control_plane} and {workdir} are replaced, and the same values are "
-                   "in TETHER_CONTROL_PLANE and TETHER_WORKDIR.")
-@click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
-              help="Keep the kit's files (worker logs, database) in this directory "
-                   "[default: a temporary one, kept only when a scenario fails].")
+@click.option(
+    "--worker-cmd",
+    required=True,
+    metavar="COMMAND",
+    help="Starts the worker under test; split like a shell command line (not run through "
+    "a shell). {control_plane} and {workdir} are replaced, and the same values are "
+    "in TETHER_CONTROL_PLANE and TETHER_WORKDIR.",
+)
+@click.option(
+    "--keep",
+    "keep_dir",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Keep the kit's files (worker logs, database) in this directory "
+    "[default: a temporary one, kept only when a scenario fails].",
+)
 def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
     """Check that an execution worker follows the WorkerService contract (docs/conformance.md).
 
@@ -549,7 +596,8 @@ def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
     # The control plane's own log (leases dropped on purpose, and so on) goes to a file next
     # to the workers' logs, so the terminal shows only the verdicts.
     logging.basicConfig(
-        filename=root / "control-plane.log", level=logging.INFO,
+        filename=root / "control-plane.log",
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     code = asyncio.run(run_kit(worker_cmd, root, lambda line: click.echo(line)))

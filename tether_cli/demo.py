@@ -29,7 +29,7 @@ def say(text: str = "") -> None:
 def start(args: list[str], log: pathlib.Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", *args],
-        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+        stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -67,7 +67,21 @@ async def run_turn(client: sdk.AsyncClient, session_id: str, command: str, label
 
 async def demo(tmp: pathlib.Path) -> None:
     port_file = tmp / "cp.port"
-    procs = [start(["tether.control_plane", "--port", "0", "--dev", "--db", str(tmp / "tether.db"), "--port-file", str(port_file)], tmp / "control-plane.log")]
+    procs = [
+        start(
+            [
+                "tether.control_plane",
+                "--port",
+                "0",
+                "--dev",
+                "--db",
+                str(tmp / "tether.db"),
+                "--port-file",
+                str(port_file),
+            ],
+            tmp / "control-plane.log",
+        )
+    ]
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if procs[0].poll() is not None or time.monotonic() > deadline:
@@ -78,8 +92,21 @@ async def demo(tmp: pathlib.Path) -> None:
     for name in ("worker-a", "worker-b"):
         procs.append(
             start(
-                ["tether.execution_worker", "--control-plane", target, "--runtime", "shell", "--workdir", str(tmp / name),
-                 "--slots", "1", "--worker-id", name, "--name", name],
+                [
+                    "tether.execution_worker",
+                    "--control-plane",
+                    target,
+                    "--runtime",
+                    "shell",
+                    "--workdir",
+                    str(tmp / name),
+                    "--slots",
+                    "1",
+                    "--worker-id",
+                    name,
+                    "--name",
+                    name,
+                ],
                 tmp / f"{name}.log",
             )
         )
@@ -91,7 +118,9 @@ async def demo(tmp: pathlib.Path) -> None:
 
             say("1. Turns stream their output live, and the session keeps its workspace between turns:")
             await run_turn(client, session.session_id, "echo 'hello from Tether'; uname -s", "s1")
-            await run_turn(client, session.session_id, "echo 'notes' > notes.txt; ls; echo 'to stderr' >&2; exit 3", "s1")
+            await run_turn(
+                client, session.session_id, "echo 'notes' > notes.txt; ls; echo 'to stderr' >&2; exit 3", "s1"
+            )
 
             say("\n2. Two sessions at once: the scheduler gives each to a free worker:")
             other = await client.create_session("shell")
@@ -120,11 +149,15 @@ async def demo(tmp: pathlib.Path) -> None:
             cursor = 3
             replay = [e async for e in client.stream_events(session.session_id, after_seq=cursor, stop_at_end=True)]
             seqs = [e.seq for e in replay]
-            say(f"   from cursor {cursor}: {len(replay)} events, seq {seqs[0]}..{seqs[-1]}, gapless: {seqs == list(range(cursor + 1, cursor + 1 + len(seqs)))}")
+            say(
+                f"   from cursor {cursor}: {len(replay)} events, seq {seqs[0]}..{seqs[-1]}, gapless: {seqs == list(range(cursor + 1, cursor + 1 + len(seqs)))}"
+            )
 
             say("\nSummary:")
             final = await client.get_session(session.session_id)
-            say(f"   {final.session_id}: {final.turn_count} turns, {final.last_seq} events, state {final.state.name.lower()}")
+            say(
+                f"   {final.session_id}: {final.turn_count} turns, {final.last_seq} events, state {final.state.name.lower()}"
+            )
             async for s in client.iter_sessions():
                 say(f"   listed: {s.session_id} runtime={s.runtime} state={s.state.name.lower()}")
     finally:

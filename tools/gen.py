@@ -59,11 +59,7 @@ def generate_ts(base: pathlib.Path) -> pathlib.Path:
 
 
 def tree(root: pathlib.Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
 def main() -> int:
@@ -86,9 +82,7 @@ def main() -> int:
             rel = committed.relative_to(ROOT)
             drift += [f"{rel}/{f}" for f in sorted(want ^ have)]
             drift += [
-                f"{rel}/{f}"
-                for f in sorted(want & have)
-                if not filecmp.cmp(fresh / f, committed / f, shallow=False)
+                f"{rel}/{f}" for f in sorted(want & have) if not filecmp.cmp(fresh / f, committed / f, shallow=False)
             ]
     if drift:
         print("gen/ is out of date with proto/ (run `make gen`):", *drift, sep="\n  ")

@@ -54,13 +54,17 @@ class AdminService:
         self._access = access
         self._limits = limits
 
-    async def ListWorkers(self, request: apb.ListWorkersRequest, context: grpc.aio.ServicerContext) -> apb.ListWorkersResponse:
+    async def ListWorkers(
+        self, request: apb.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ListWorkersResponse:
         async with translate(context, "ListWorkers"):
             caller = await self._auth.app(context, owner_required=False)
             statuses = self._hub.worker_statuses(caller.owner or None)
             return apb.ListWorkersResponse(workers=[_status_pb(st) for st in statuses])
 
-    async def DrainWorker(self, request: apb.DrainWorkerRequest, context: grpc.aio.ServicerContext) -> apb.DrainWorkerResponse:
+    async def DrainWorker(
+        self, request: apb.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> apb.DrainWorkerResponse:
         async with translate(context, "DrainWorker"):
             caller = await self._auth.app(context, owner_required=False)
             worker_id = v.required("worker_id", request.worker_id)

@@ -99,9 +99,7 @@ class Authenticator:
         if not owner:
             if admin and not owner_required:
                 return AppCaller("", admin=True, key_id=key.key_id)
-            raise errors.InvalidArgument(
-                OWNER_HEADER, f"a {key.kind} key must name the owner it acts for on this call"
-            )
+            raise errors.InvalidArgument(OWNER_HEADER, f"a {key.kind} key must name the owner it acts for on this call")
         return AppCaller(owner_name(owner), admin=admin, key_id=key.key_id)
 
     async def worker(self, context: grpc.aio.ServicerContext) -> WorkerCaller:
@@ -116,7 +114,9 @@ class Authenticator:
         token = await self._worker_token(secret)
         if token is None:
             if secret.startswith(API_KEY_PREFIX) and await self._api_key(secret) is not None:
-                raise errors.PermissionDenied("an API key cannot call WorkerService; pair the worker for a worker token")
+                raise errors.PermissionDenied(
+                    "an API key cannot call WorkerService; pair the worker for a worker token"
+                )
             raise errors.Unauthenticated("the worker token is not one this control plane issued; pair the worker again")
         self._check_token(token)
         return WorkerCaller(token.owner, token.worker_id, token.token_id)

@@ -250,7 +250,7 @@ def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
     return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, body.SerializeToString(), exit_code, message, thread)
 
 
-def lease_refs(refs) -> list[tuple[str, int]]:  # noqa: ANN001 - repeated LeaseRef
+def lease_refs(refs) -> list[tuple[str, int]]:
     return [(r.session_id, r.lease_epoch) for r in refs]
 
 

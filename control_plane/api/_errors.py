@@ -8,8 +8,8 @@ field; anything unexpected becomes INTERNAL with a generic message and a logged 
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 from google.protobuf import any_pb2

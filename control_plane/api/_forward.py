@@ -230,7 +230,9 @@ async def _relay_initial_metadata(call: grpc.aio.Call, context: grpc.aio.Service
         await context.send_initial_metadata(headers)
 
 
-async def _relay_responses(call: grpc.aio.UnaryStreamCall | grpc.aio.StreamStreamCall, context: grpc.aio.ServicerContext) -> None:
+async def _relay_responses(
+    call: grpc.aio.UnaryStreamCall | grpc.aio.StreamStreamCall, context: grpc.aio.ServicerContext
+) -> None:
     """Write each upstream message to the caller as it arrives, until the upstream ends."""
     await _relay_initial_metadata(call, context)
     try:

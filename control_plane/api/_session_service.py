@@ -13,8 +13,8 @@ from ..domain import errors
 from ..domain.hub import Hub
 from ..domain.model import RequestState, SessionState
 from . import _validate as v
-from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
 from ._auth import Authenticator
+from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
 from ._errors import translate
 
 _PAGE_DEFAULT = 100
@@ -40,7 +40,9 @@ class SessionService:
         self._hub = hub
         self._auth = auth
 
-    async def CreateSession(self, request: spb.CreateSessionRequest, context: grpc.aio.ServicerContext) -> spb.CreateSessionResponse:
+    async def CreateSession(
+        self, request: spb.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.CreateSessionResponse:
         async with translate(context, "CreateSession"):
             owner = (await self._auth.app(context)).owner
             runtime = v.word("runtime", request.runtime)
@@ -49,13 +51,17 @@ class SessionService:
             view = await self._hub.create_session(owner, runtime, selector, labels)
             return spb.CreateSessionResponse(session=session_pb(view))
 
-    async def GetSession(self, request: spb.GetSessionRequest, context: grpc.aio.ServicerContext) -> spb.GetSessionResponse:
+    async def GetSession(
+        self, request: spb.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.GetSessionResponse:
         async with translate(context, "GetSession"):
             owner = (await self._auth.app(context)).owner
             view = await self._hub.get_session(owner, v.required("session_id", request.session_id))
             return spb.GetSessionResponse(session=session_pb(view))
 
-    async def ListSessions(self, request: spb.ListSessionsRequest, context: grpc.aio.ServicerContext) -> spb.ListSessionsResponse:
+    async def ListSessions(
+        self, request: spb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ListSessionsResponse:
         async with translate(context, "ListSessions"):
             owner = (await self._auth.app(context)).owner
             size = v.in_range("page_size", request.page_size, 0, _PAGE_MAX) or _PAGE_DEFAULT
@@ -68,7 +74,9 @@ class SessionService:
                 next_page_token=_encode_page_token(last, request.state) if last else "",
             )
 
-    async def SendInput(self, request: spb.SendInputRequest, context: grpc.aio.ServicerContext) -> spb.SendInputResponse:
+    async def SendInput(
+        self, request: spb.SendInputRequest, context: grpc.aio.ServicerContext
+    ) -> spb.SendInputResponse:
         async with translate(context, "SendInput"):
             owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
@@ -81,12 +89,13 @@ class SessionService:
         async with translate(context, "GetTurn"):
             owner = (await self._auth.app(context)).owner
             turn = await self._hub.get_turn(
-                owner,
-                v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
+                owner, v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
             )
             return spb.GetTurnResponse(turn=turn_pb(turn))
 
-    async def InterruptTurn(self, request: spb.InterruptTurnRequest, context: grpc.aio.ServicerContext) -> spb.InterruptTurnResponse:
+    async def InterruptTurn(
+        self, request: spb.InterruptTurnRequest, context: grpc.aio.ServicerContext
+    ) -> spb.InterruptTurnResponse:
         async with translate(context, "InterruptTurn"):
             owner = (await self._auth.app(context)).owner
             turn = await self._hub.interrupt_turn(
@@ -106,25 +115,33 @@ class SessionService:
             async for batch in batches:
                 yield events_message(batch)
 
-    async def GetSnapshot(self, request: spb.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.GetSnapshotResponse:
+    async def GetSnapshot(
+        self, request: spb.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> spb.GetSnapshotResponse:
         async with translate(context, "GetSnapshot"):
             owner = (await self._auth.app(context)).owner
             snap = await self._hub.latest_snapshot(owner, v.required("session_id", request.session_id))
             return spb.GetSnapshotResponse(snapshot=snapshot_pb(snap))
 
-    async def CreateSnapshot(self, request: spb.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> spb.CreateSnapshotResponse:
+    async def CreateSnapshot(
+        self, request: spb.CreateSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> spb.CreateSnapshotResponse:
         async with translate(context, "CreateSnapshot"):
             owner = (await self._auth.app(context)).owner
             snap = await self._hub.request_snapshot(owner, v.required("session_id", request.session_id))
             return spb.CreateSnapshotResponse(snapshot=snapshot_pb(snap))
 
-    async def ArchiveSession(self, request: spb.ArchiveSessionRequest, context: grpc.aio.ServicerContext) -> spb.ArchiveSessionResponse:
+    async def ArchiveSession(
+        self, request: spb.ArchiveSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ArchiveSessionResponse:
         async with translate(context, "ArchiveSession"):
             owner = (await self._auth.app(context)).owner
             view = await self._hub.archive_session(owner, v.required("session_id", request.session_id))
             return spb.ArchiveSessionResponse(session=session_pb(view))
 
-    async def DeleteSession(self, request: spb.DeleteSessionRequest, context: grpc.aio.ServicerContext) -> spb.DeleteSessionResponse:
+    async def DeleteSession(
+        self, request: spb.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.DeleteSessionResponse:
         async with translate(context, "DeleteSession"):
             owner = (await self._auth.app(context)).owner
             await self._hub.delete_session(owner, v.required("session_id", request.session_id))
@@ -136,7 +153,9 @@ class SessionService:
             await self._hub.get_session(owner, v.required("session_id", session_id))
             raise errors.NotImplementedYet(f"{name} is part of the v1 contract but not served by this release")
 
-    async def RestoreSession(self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext) -> spb.RestoreSessionResponse:
+    async def RestoreSession(
+        self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.RestoreSessionResponse:
         async with translate(context, "RestoreSession"):
             owner = (await self._auth.app(context)).owner
             view = await self._hub.restore_session(
@@ -147,11 +166,15 @@ class SessionService:
             )
             return spb.RestoreSessionResponse(session=session_pb(view))
 
-    async def ForkSession(self, request: spb.ForkSessionRequest, context: grpc.aio.ServicerContext) -> spb.ForkSessionResponse:
+    async def ForkSession(
+        self, request: spb.ForkSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ForkSessionResponse:
         await self._later(context, "ForkSession", request.session_id)
         return spb.ForkSessionResponse()
 
-    async def RespondToRequest(self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext) -> spb.RespondToRequestResponse:
+    async def RespondToRequest(
+        self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext
+    ) -> spb.RespondToRequestResponse:
         async with translate(context, "RespondToRequest"):
             owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)
@@ -160,7 +183,9 @@ class SessionService:
             resolved = await self._hub.respond_to_request(owner, session_id, request_id, answer, request.response_json)
             return spb.RespondToRequestResponse(request=request_pb(resolved))
 
-    async def ListRequests(self, request: spb.ListRequestsRequest, context: grpc.aio.ServicerContext) -> spb.ListRequestsResponse:
+    async def ListRequests(
+        self, request: spb.ListRequestsRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ListRequestsResponse:
         async with translate(context, "ListRequests"):
             owner = (await self._auth.app(context)).owner
             session_id = v.required("session_id", request.session_id)

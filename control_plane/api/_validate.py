@@ -49,7 +49,7 @@ def labels(field: str, value: Mapping[str, str]) -> dict[str, str]:
     return dict(value)
 
 
-def enum_value(field: str, value: int, enum_type) -> int:  # noqa: ANN001 - protobuf EnumTypeWrapper
+def enum_value(field: str, value: int, enum_type) -> int:
     if value not in enum_type.values():
         names = ", ".join(n for n in enum_type.keys())
         raise InvalidArgument(field, f"unknown value {value}; expected one of {names}")

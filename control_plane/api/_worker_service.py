@@ -21,9 +21,9 @@ from ..store import AccessStore
 from . import _validate as v
 from ._auth import Authenticator, peer_address
 from ._convert import (
+    RESUME_EVENTS_TAG,
     HistoryCodec,
     duration,
-    RESUME_EVENTS_TAG,
     events_message,
     incoming_event,
     lease_refs,
@@ -76,7 +76,8 @@ class WorkerService:
             limit = self._limits.pairing_failures_per_minute
             if not self._pairing_failures.allowed(peer):
                 raise errors.LimitExceeded(
-                    "pairing_failures_per_minute", limit,
+                    "pairing_failures_per_minute",
+                    limit,
                     "too many invalid pairing codes from this address; wait a minute",
                 )
             code = v.required("code", request.code, max_len=32)
@@ -127,7 +128,9 @@ class WorkerService:
                 worker_dead_grace=duration(t.worker_dead_grace_s),
             )
 
-    async def Heartbeat(self, request: wpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wpb.HeartbeatResponse:
+    async def Heartbeat(
+        self, request: wpb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> wpb.HeartbeatResponse:
         async with translate(context, "Heartbeat"):
             caller = await self._auth.worker(context)
             renewed = self._hub.renew(
@@ -176,7 +179,11 @@ class WorkerService:
                 self._hub.detach(worker_id, outbox)
 
     async def _read_lease(
-        self, worker_id: str, registration_id: str, requests: AsyncIterator[wpb.LeaseRequest], outbox: asyncio.Queue[Any]
+        self,
+        worker_id: str,
+        registration_id: str,
+        requests: AsyncIterator[wpb.LeaseRequest],
+        outbox: asyncio.Queue[Any],
     ) -> None:
         accepting: set[asyncio.Task[None]] = set()
 
@@ -220,7 +227,9 @@ class WorkerService:
                 elif kind == "draining":
                     self._hub.worker_draining(worker_id)
                 else:
-                    raise errors.InvalidArgument("kind", f"unexpected {kind or 'empty'} message on an open Lease stream")
+                    raise errors.InvalidArgument(
+                        "kind", f"unexpected {kind or 'empty'} message on an open Lease stream"
+                    )
             outbox.put_nowait(_END)
         except asyncio.CancelledError:
             raise
@@ -231,7 +240,9 @@ class WorkerService:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def StreamEvents(self, request_iterator: AsyncIterator[wpb.StreamEventsRequest], context: grpc.aio.ServicerContext):
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[wpb.StreamEventsRequest], context: grpc.aio.ServicerContext
+    ):
         async with translate(context, "StreamEvents"):
             caller = await self._auth.worker(context)
             requests = aiter(request_iterator)
@@ -307,7 +318,9 @@ class WorkerService:
                         if not e.kind:
                             raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
                         if e.kind == "input_received":
-                            raise errors.InvalidArgument(f"events[{i}].body", "input_received is written by the control plane")
+                            raise errors.InvalidArgument(
+                                f"events[{i}].body", "input_received is written by the control plane"
+                            )
                     fut, acked, last, _ = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
                     pending.put_nowait((fut, acked, last))
                 req = await anext(requests, None)
@@ -322,7 +335,9 @@ class WorkerService:
             caller = await self._auth.worker(context)
             worker_id = self._worker_id(caller, request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            snap, carried, upto = await self._hub.resume_source(worker_id, session_id, request.lease_epoch, caller.owner)
+            snap, carried, upto = await self._hub.resume_source(
+                worker_id, session_id, request.lease_epoch, caller.owner
+            )
             after = 0
             header = wpb.ResumeResponse()
             history: list[pb.HistoryItem] = []
@@ -344,7 +359,9 @@ class WorkerService:
                     self._auth.check_still_valid(caller)
                     yield events_message(page, RESUME_EVENTS_TAG)
 
-    async def Snapshot(self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext) -> wpb.SnapshotResponse:
+    async def Snapshot(
+        self, request_iterator: AsyncIterator[wpb.SnapshotRequest], context: grpc.aio.ServicerContext
+    ) -> wpb.SnapshotResponse:
         async with translate(context, "Snapshot"):
             caller = await self._auth.worker(context)
             requests = aiter(request_iterator)

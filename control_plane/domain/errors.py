@@ -133,7 +133,6 @@ class Timeout(DomainError):
     reason = "DEADLINE_EXCEEDED"
 
 
-
 class SessionBusy(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "SESSION_BUSY"

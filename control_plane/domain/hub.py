@@ -45,7 +45,6 @@ from ..store import (
 )
 from . import errors
 from .access import Limits, TokenBucket
-from .requests import check_answer
 from .model import (
     TERMINAL_KINDS,
     Event,
@@ -61,6 +60,7 @@ from .model import (
     new_id,
     now_us,
 )
+from .requests import check_answer
 
 log = logging.getLogger(__name__)
 
@@ -463,8 +463,7 @@ class Hub:
         archived = None if state is None else state == SessionState.ARCHIVED
         active = None if state in (None, SessionState.ARCHIVED) else state == SessionState.ACTIVE
         rows = await self._reader.list_sessions(
-            owner=owner,
-            limit=page_size + 1, before_id=before_id, archived=archived, active=active
+            owner=owner, limit=page_size + 1, before_id=before_id, archived=archived, active=active
         )
         more = len(rows) > page_size
         views = []
@@ -473,9 +472,7 @@ class Hub:
             if ctx is not None and not ctx.deleted:
                 views.append(self._view(ctx))
                 continue
-            st = SessionState.ARCHIVED if session.archived else (
-                SessionState.ACTIVE if has_open else SessionState.IDLE
-            )
+            st = SessionState.ARCHIVED if session.archived else (SessionState.ACTIVE if has_open else SessionState.IDLE)
             views.append(SessionView(session, st, 0, "", "", 0))
         # Sessions not in memory show last_seq 0 in a list; GetSession gives the full view.
         return views, (views[-1].session.session_id if more and views else None)
@@ -567,12 +564,14 @@ class Hub:
             active += bool(other.active or other.queue)
         if queued >= limits.max_queued_turns_per_owner:
             raise errors.LimitExceeded(
-                "max_queued_turns_per_owner", limits.max_queued_turns_per_owner,
+                "max_queued_turns_per_owner",
+                limits.max_queued_turns_per_owner,
                 f"{queued} turns of this owner are waiting for a worker; wait for some to start",
             )
         if not (ctx.active or ctx.queue) and active >= limits.max_active_sessions_per_owner:
             raise errors.LimitExceeded(
-                "max_active_sessions_per_owner", limits.max_active_sessions_per_owner,
+                "max_active_sessions_per_owner",
+                limits.max_active_sessions_per_owner,
                 f"{active} sessions of this owner have a turn queued or running; wait for one to finish",
             )
 
@@ -696,8 +695,7 @@ class Hub:
         ctx = await self._require(session_id, owner)
         if after_seq > ctx.committed_seq:
             raise errors.CursorOutOfRange(
-                f"cursor {after_seq} is past the end of session {session_id!r}'s log "
-                f"(last seq {ctx.committed_seq})",
+                f"cursor {after_seq} is past the end of session {session_id!r}'s log (last seq {ctx.committed_seq})",
                 last_seq=str(ctx.committed_seq),
             )
         return self._follow(ctx, after_seq, stop_at_end)
@@ -797,9 +795,7 @@ class Hub:
         ctx.offered_to = target.info.worker_id
         target.in_flight.add(turn.turn_id)
         timeout = self.timings.offer_timeout_s
-        ctx.offer_timer = asyncio.get_running_loop().call_later(
-            timeout, self._offer_expired, ctx, turn.turn_id
-        )
+        ctx.offer_timer = asyncio.get_running_loop().call_later(timeout, self._offer_expired, ctx, turn.turn_id)
         target.push(
             OfferMsg(
                 session_id=session_id,
@@ -830,7 +826,9 @@ class Hub:
             return True
         log.info(
             "session %s waited %.1fs for its busy holder %s; moving it",
-            ctx.session.session_id, now - ctx.sticky_since, holder.info.worker_id,
+            ctx.session.session_id,
+            now - ctx.sticky_since,
+            holder.info.worker_id,
         )
         return False
 
@@ -915,8 +913,7 @@ class Hub:
         w = self._workers.get(worker_id)
         if w is None or (registration_id is not None and w.info.registration_id != registration_id):
             raise errors.WorkerNotRegistered(
-                f"worker {worker_id!r} has no current registration {registration_id or ''}; "
-                "call Register again",
+                f"worker {worker_id!r} has no current registration {registration_id or ''}; call Register again",
                 worker_id=worker_id,
             )
         return w
@@ -989,11 +986,15 @@ class Hub:
         for ctx in list(self._ctx.values()):
             restore = ctx.restoring
             if restore is not None and restore.worker_id == w.info.worker_id and not restore.granted:
-                self._fail_restore(ctx, restore.epoch, errors.NoWorker(
-                    f"worker {w.info.worker_id!r} went away before taking session "
-                    f"{ctx.session.session_id!r}; try again",
-                    session_id=ctx.session.session_id,
-                ))
+                self._fail_restore(
+                    ctx,
+                    restore.epoch,
+                    errors.NoWorker(
+                        f"worker {w.info.worker_id!r} went away before taking session "
+                        f"{ctx.session.session_id!r}; try again",
+                        session_id=ctx.session.session_id,
+                    ),
+                )
             if ctx.active is not None and ctx.active.state == TurnState.OFFERED and ctx.offered_to == w.info.worker_id:
                 self._requeue_offer(ctx)
                 self._dispatch(ctx)
@@ -1003,7 +1004,13 @@ class Hub:
         deadline = time.monotonic() + self.timings.lease_ttl_s
         for session_id, epoch in held:
             ctx = self._ctx.get(session_id)
-            if ctx is None or ctx.deleted or ctx.lease is None or ctx.lease.worker_id != w.info.worker_id or ctx.lease.epoch != epoch:
+            if (
+                ctx is None
+                or ctx.deleted
+                or ctx.lease is None
+                or ctx.lease.worker_id != w.info.worker_id
+                or ctx.lease.epoch != epoch
+            ):
                 lost.append((session_id, epoch))
                 continue
             ctx.lease_expires = deadline
@@ -1069,10 +1076,15 @@ class Hub:
         if not turn_id:
             restore = ctx.restoring if ctx is not None else None
             if ctx is not None and restore is not None and restore.worker_id == worker_id and not restore.granted:
-                self._fail_restore(ctx, restore.epoch, errors.NoWorker(
-                    f"worker {worker_id!r} declined session {session_id!r}: {reason or 'no reason'}",
-                    session_id=session_id, worker_id=worker_id,
-                ))
+                self._fail_restore(
+                    ctx,
+                    restore.epoch,
+                    errors.NoWorker(
+                        f"worker {worker_id!r} declined session {session_id!r}: {reason or 'no reason'}",
+                        session_id=session_id,
+                        worker_id=worker_id,
+                    ),
+                )
             return
         if ctx is None or ctx.active is None or ctx.active.turn_id != turn_id or ctx.offered_to != worker_id:
             return
@@ -1109,10 +1121,15 @@ class Hub:
             if revoke:
                 w.push(RevokeMsg(session_id, lease.epoch, why))
         ctx.lease = Lease(session_id, "", lease.epoch, now_us())
-        self._fail_restore(ctx, lease.epoch, errors.RehydrationFailed(
-            f"worker {lease.worker_id!r} gave session {session_id!r} up before confirming it: {why}",
-            session_id=session_id, worker_id=lease.worker_id,
-        ))
+        self._fail_restore(
+            ctx,
+            lease.epoch,
+            errors.RehydrationFailed(
+                f"worker {lease.worker_id!r} gave session {session_id!r} up before confirming it: {why}",
+                session_id=session_id,
+                worker_id=lease.worker_id,
+            ),
+        )
         turn = ctx.active
         if turn is not None and turn.state == TurnState.RUNNING:
             message = f"the turn's worker {lease.worker_id} was lost: {why}"
@@ -1177,7 +1194,8 @@ class Hub:
             )
         if not bucket.spend(len(events)):
             raise errors.LimitExceeded(
-                "events_per_second_per_session", limits.events_per_second_per_session,
+                "events_per_second_per_session",
+                limits.events_per_second_per_session,
                 f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
             )
         expected = ctx.acked_worker_seq + 1
@@ -1263,7 +1281,7 @@ class Hub:
             if not _REQUEST_ID.match(rid):
                 raise errors.InvalidArgument(
                     "events.body.request_opened.request.request_id",
-                    f"{rid!r} is not a request id: \"req_\" and 26 characters of [0-9A-Z]",
+                    f'{rid!r} is not a request id: "req_" and 26 characters of [0-9A-Z]',
                 )
             if rid in ctx.requests or rid in seen:
                 raise errors.InvalidArgument(
@@ -1342,7 +1360,9 @@ class Hub:
         """Drain one of `owner`'s workers (any owner's when `owner` is None: an admin)."""
         w = self._workers.get(worker_id)
         if w is None or (owner is not None and w.info.owner != owner):
-            raise errors.WorkerNotFound(f"no worker {worker_id!r} has registered since this control plane started", worker_id=worker_id)
+            raise errors.WorkerNotFound(
+                f"no worker {worker_id!r} has registered since this control plane started", worker_id=worker_id
+            )
         if w.outbox is None:
             raise errors.WorkerNotConnected(
                 f"worker {worker_id!r} is not connected; a worker drains on SIGTERM too",
@@ -1363,7 +1383,9 @@ class Hub:
 
     # ----------------------------------------------------------------- restore
 
-    async def restore_session(self, owner: str, session_id: str, selector: dict[str, str], worker_id: str) -> SessionView:
+    async def restore_session(
+        self, owner: str, session_id: str, selector: dict[str, str], worker_id: str
+    ) -> SessionView:
         """Move an idle session onto another worker and rehydrate it there, now."""
         ctx = await self._require(session_id, owner)
         if ctx.session.archived:
@@ -1401,10 +1423,14 @@ class Hub:
         timeout = self.timings.offer_timeout_s
         ctx.offer_timer = asyncio.get_running_loop().call_later(
             timeout,
-            lambda: self._fail_restore(ctx, epoch, errors.Timeout(
-                f"worker {restore.worker_id!r} did not accept session {session_id!r} within {timeout:g}s",
-                worker_id=restore.worker_id,
-            )),
+            lambda: self._fail_restore(
+                ctx,
+                epoch,
+                errors.Timeout(
+                    f"worker {restore.worker_id!r} did not accept session {session_id!r} within {timeout:g}s",
+                    worker_id=restore.worker_id,
+                ),
+            ),
         )
         best.push(
             OfferMsg(
@@ -1423,17 +1449,27 @@ class Hub:
             async with asyncio.timeout(timeout + self.timings.snapshot_timeout_s):
                 await asyncio.shield(restore.done)
         except TimeoutError:
-            self._fail_restore(ctx, epoch, errors.Timeout(
-                f"worker {restore.worker_id!r} took session {session_id!r} but did not confirm "
-                f"its rehydration within {self.timings.snapshot_timeout_s:g}s",
-                worker_id=restore.worker_id,
-            ))
+            self._fail_restore(
+                ctx,
+                epoch,
+                errors.Timeout(
+                    f"worker {restore.worker_id!r} took session {session_id!r} but did not confirm "
+                    f"its rehydration within {self.timings.snapshot_timeout_s:g}s",
+                    worker_id=restore.worker_id,
+                ),
+            )
             await restore.done
         return self._view(ctx)
 
     async def _accept_restore(self, w: _WorkerConn, ctx: _SessionCtx | None, session_id: str, epoch: int) -> None:
         restore = ctx.restoring if ctx is not None else None
-        if ctx is None or restore is None or restore.granted or restore.worker_id != w.info.worker_id or restore.epoch != epoch:
+        if (
+            ctx is None
+            or restore is None
+            or restore.granted
+            or restore.worker_id != w.info.worker_id
+            or restore.epoch != epoch
+        ):
             w.in_flight.discard(_restore_slot(epoch))
             w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
             return
@@ -1462,7 +1498,9 @@ class Hub:
         if restore.granted and ctx.lease is not None and ctx.lease.epoch == epoch and ctx.lease.worker_id:
             # Granted but never confirmed: the lease must not stay with a runtime that is not
             # there. Free it; the next turn rehydrates wherever it lands.
-            self._spawn(self._drop_lease(ctx, str(error), revoke=True), f"tether-restore-failed-{ctx.session.session_id}")
+            self._spawn(
+                self._drop_lease(ctx, str(error), revoke=True), f"tether-restore-failed-{ctx.session.session_id}"
+            )
         if not restore.done.done():
             restore.done.set_exception(error)
         self._dispatch(ctx)
@@ -1505,8 +1543,7 @@ class Hub:
                 return await asyncio.shield(fut)
         except TimeoutError:
             raise errors.Timeout(
-                f"worker {w.info.worker_id!r} did not upload a snapshot within "
-                f"{self.timings.snapshot_timeout_s:g}s",
+                f"worker {w.info.worker_id!r} did not upload a snapshot within {self.timings.snapshot_timeout_s:g}s",
                 worker_id=w.info.worker_id,
             ) from None
         finally:

@@ -27,8 +27,8 @@ from ._migrate import (
     upgrade_schema,
 )
 from ._reads import (
-    Reader,
     LoadedSession,
+    Reader,
     lease_to_row,
     request_to_row,
     request_update_row,

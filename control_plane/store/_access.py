@@ -59,8 +59,13 @@ class AccessStore:
         async with self._tx() as conn:
             await conn.execute(
                 insert(_keys).values(
-                    key_id=key.key_id, secret_hash=secret_hash(secret), kind=kind, owner_id=owner,
-                    name=name, create_time_us=key.create_time_us, revoke_time_us=0,
+                    key_id=key.key_id,
+                    secret_hash=secret_hash(secret),
+                    kind=kind,
+                    owner_id=owner,
+                    name=name,
+                    create_time_us=key.create_time_us,
+                    revoke_time_us=0,
                 )
             )
         return key, secret
@@ -78,7 +83,9 @@ class AccessStore:
     async def revoke_api_key(self, key_id: str) -> ApiKey | None:
         async with self._tx() as conn:
             await conn.execute(
-                update(_keys).where(and_(_keys.c.key_id == key_id, _keys.c.revoke_time_us == 0)).values(revoke_time_us=now_us())
+                update(_keys)
+                .where(and_(_keys.c.key_id == key_id, _keys.c.revoke_time_us == 0))
+                .values(revoke_time_us=now_us())
             )
             row = (await conn.execute(select(_keys).where(_keys.c.key_id == key_id))).first()
         return _key(row) if row else None
@@ -93,20 +100,27 @@ class AccessStore:
         async with self._tx() as conn:
             pending = (
                 await conn.execute(
-                    select(func.count()).select_from(_codes).where(
+                    select(func.count())
+                    .select_from(_codes)
+                    .where(
                         and_(_codes.c.owner_id == owner, _codes.c.consumed_time_us == 0, _codes.c.expire_time_us > now)
                     )
                 )
             ).scalar_one()
             if pending >= max_pending:
                 raise errors.LimitExceeded(
-                    "max_pending_pairing_codes_per_owner", max_pending,
+                    "max_pending_pairing_codes_per_owner",
+                    max_pending,
                     f"{pending} pairing codes are waiting to be used; use them or let them expire",
                 )
             await conn.execute(
                 insert(_codes).values(
-                    code_hash=secret_hash(normalize_code(code)), owner_id=owner, create_time_us=now,
-                    expire_time_us=now + ttl_us, consumed_time_us=0, token_id="",
+                    code_hash=secret_hash(normalize_code(code)),
+                    owner_id=owner,
+                    create_time_us=now,
+                    expire_time_us=now + ttl_us,
+                    consumed_time_us=0,
+                    token_id="",
                 )
             )
         return code, now + ttl_us
@@ -125,7 +139,9 @@ class AccessStore:
         async with self._tx() as conn:
             won = await conn.execute(
                 update(_codes)
-                .where(and_(_codes.c.code_hash == code_hash, _codes.c.consumed_time_us == 0, _codes.c.expire_time_us > now))
+                .where(
+                    and_(_codes.c.code_hash == code_hash, _codes.c.consumed_time_us == 0, _codes.c.expire_time_us > now)
+                )
                 .values(consumed_time_us=now, token_id=token_id)
             )
             if won.rowcount != 1:
@@ -134,8 +150,13 @@ class AccessStore:
             token = WorkerToken(token_id, owner, new_id("wrk").lower(), name, now)
             await conn.execute(
                 insert(_tokens).values(
-                    token_id=token_id, secret_hash=secret_hash(secret), owner_id=owner, worker_id=token.worker_id,
-                    name=name, create_time_us=now, revoke_time_us=0,
+                    token_id=token_id,
+                    secret_hash=secret_hash(secret),
+                    owner_id=owner,
+                    worker_id=token.worker_id,
+                    name=name,
+                    create_time_us=now,
+                    revoke_time_us=0,
                 )
             )
         return token, secret
@@ -163,7 +184,9 @@ class AccessStore:
     async def revoke_worker_token(self, owner: str, token_id: str) -> WorkerToken:
         async with self._tx() as conn:
             mine = and_(_tokens.c.token_id == token_id, _tokens.c.owner_id == owner)
-            await conn.execute(update(_tokens).where(and_(mine, _tokens.c.revoke_time_us == 0)).values(revoke_time_us=now_us()))
+            await conn.execute(
+                update(_tokens).where(and_(mine, _tokens.c.revoke_time_us == 0)).values(revoke_time_us=now_us())
+            )
             row = (await conn.execute(select(_tokens).where(mine))).first()
         if row is None:
             raise errors.WorkerTokenNotFound(token_id)  # another owner's token does not exist

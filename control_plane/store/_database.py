@@ -16,10 +16,13 @@ log = logging.getLogger(__name__)
 def database_url(db: str) -> str:
     """Accept a SQLAlchemy URL or a plain file path (which means SQLite). A URL that names no
     driver gets the one Tether ships with: asyncpg for PostgreSQL, aiosqlite for SQLite."""
-    for bare, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
-                         ("sqlite://", "sqlite+aiosqlite://")):
+    for bare, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
         if db.startswith(bare):
-            return driver + db[len(bare):]
+            return driver + db[len(bare) :]
     if "://" in db:
         return db
     path = pathlib.Path(db).expanduser().resolve()
@@ -29,7 +32,7 @@ def database_url(db: str) -> str:
 
 def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
+    def _pragmas(dbapi_conn, _record) -> None:
         cur = dbapi_conn.cursor()
         # WAL lets readers (event replay, lists) run while the writer commits; NORMAL in WAL
         # mode loses nothing on a process crash, only on power loss (FULL covers that).
@@ -51,9 +54,7 @@ def create_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: in
         return engine
     # asyncpg waits 60 s for a host that does not answer; a control plane should say so sooner.
     connect_args = {"timeout": 5} if make_url(url).get_driver_name() == "asyncpg" else {}
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
-    )
+    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, connect_args=connect_args)
 
 
 def create_sqlite_writer_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:

@@ -49,7 +49,7 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _read_leader(conn) -> Leader | None:  # noqa: ANN001 - asyncpg.Connection
+async def _read_leader(conn) -> Leader | None:
     row = await conn.fetchrow("SELECT epoch, replica_id, address FROM leadership WHERE id = 1")
     return Leader(row["epoch"], row["replica_id"], row["address"]) if row else None
 
@@ -117,7 +117,7 @@ class Election:
                 await self._conn.close(timeout=2)  # releases the lock for the next replica
             self._conn = None
 
-    async def _connect(self):  # noqa: ANN202 - asyncpg.Connection
+    async def _connect(self):
         import asyncpg
 
         conn = await asyncpg.connect(self._dsn, timeout=5)
@@ -140,7 +140,7 @@ class Election:
                 backoff = 0.2
             except Deposed:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the database did not answer: retried
+            except Exception as exc:
                 log.warning("election: the database did not answer (%s); retrying in %.1fs", exc, backoff)
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
@@ -159,7 +159,9 @@ class Election:
             "INSERT INTO leadership (id, epoch, replica_id, address, elected_at_us) VALUES (1, 1, $1, $2, $3) "
             "ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, replica_id = EXCLUDED.replica_id, "
             "address = EXCLUDED.address, elected_at_us = EXCLUDED.elected_at_us RETURNING epoch",
-            self.replica_id, self.address, int(time.time() * 1e6),
+            self.replica_id,
+            self.address,
+            int(time.time() * 1e6),
         )
         self.epoch = epoch
         self.leader = Leader(epoch, self.replica_id, self.address)
@@ -175,7 +177,7 @@ class Election:
             try:
                 async with asyncio.timeout(max(2.0, 2 * self._check_s)):
                     await conn.fetchval("SELECT 1")
-            except Exception as exc:  # noqa: BLE001 - any failure loses the lock
+            except Exception as exc:
                 why = f"lost the leader's database connection ({type(exc).__name__}: {exc})"
                 self.epoch = 0
                 self._on_deposed(why)

@@ -121,7 +121,7 @@ def describe_database(db: str | URL) -> str:
     masked."""
     try:
         url = make_url(db)
-    except Exception:  # noqa: BLE001 - not a URL at all: name it without echoing it
+    except Exception:
         return "given by --db (not a valid database URL)"
     if url.get_backend_name() == "sqlite":
         return url.database or ":memory:"
@@ -144,10 +144,8 @@ def _reason(exc: BaseException) -> str:
 async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     try:
         conn = await engine.connect()
-    except Exception as exc:  # noqa: BLE001 - every way of failing to connect means the same
-        raise DatabaseUnreachable(
-            f"cannot open the database {describe_database(engine.url)}: {_reason(exc)}"
-        ) from exc
+    except Exception as exc:
+        raise DatabaseUnreachable(f"cannot open the database {describe_database(engine.url)}: {_reason(exc)}") from exc
     try:
         yield conn
     finally:
@@ -311,7 +309,7 @@ async def _migration_transaction(engine: AsyncEngine, migrate: Callable[..., T],
                 try:
                     await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                     await conn.commit()
-                except Exception:  # noqa: BLE001 - never pool a connection without foreign keys
+                except Exception:
                     await conn.invalidate()
 
 
@@ -356,12 +354,15 @@ async def ensure_schema(engine: AsyncEngine, *, migrate: bool = False, legacy_ow
     done = await upgrade_schema(engine, legacy_owner)
     if done.changed:
         log.info(
-            "database %s upgraded from %s to %s", describe_database(engine.url),
-            done.from_revision or "empty", done.to_revision,
+            "database %s upgraded from %s to %s",
+            describe_database(engine.url),
+            done.from_revision or "empty",
+            done.to_revision,
         )
     if done.from_revision is not None and done.legacy_owner_rows and any(done.legacy_owner_rows.values()):
         log.warning(
             "sessions and workers from before owners (%s) now belong to owner %r",
-            ", ".join(f"{table}: {n}" for table, n in done.legacy_owner_rows.items()), legacy_owner,
+            ", ".join(f"{table}: {n}" for table, n in done.legacy_owner_rows.items()),
+            legacy_owner,
         )
     return done

@@ -217,8 +217,7 @@ _EVENTS_AFTER = text(
 )
 
 _KINDS_BEFORE = text(
-    "SELECT seq, turn_id, kind FROM events "
-    "WHERE session_id = :sid AND seq < :before ORDER BY seq DESC LIMIT :n"
+    "SELECT seq, turn_id, kind FROM events WHERE session_id = :sid AND seq < :before ORDER BY seq DESC LIMIT :n"
 )
 _EVENTS_AT = text(
     "SELECT seq, turn_id, kind, body, create_time_us, lease_epoch FROM events "
@@ -233,9 +232,7 @@ class Reader:
 
     async def load_session(self, session_id: str) -> LoadedSession | None:
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(SessionRow.__table__).where(SessionRow.session_id == session_id))
-            ).first()
+            row = (await conn.execute(select(SessionRow.__table__).where(SessionRow.session_id == session_id))).first()
             if row is None:
                 return None
             last = (
@@ -318,7 +315,12 @@ class Reader:
             .scalar_subquery()
         )
         q = (
-            select(s, open_turn.label("has_open_turn"), turn_count.label("turn_count"), last_event_us.label("last_event_us"))
+            select(
+                s,
+                open_turn.label("has_open_turn"),
+                turn_count.label("turn_count"),
+                last_event_us.label("last_event_us"),
+            )
             .where(s.c.owner_id == owner)
             .order_by(s.c.session_id.desc())
             .limit(limit)
@@ -342,9 +344,7 @@ class Reader:
     async def _one_turn(self, session_id: str, condition: Any) -> Turn | None:
         async with self._engine.connect() as conn:
             row = (
-                await conn.execute(
-                    select(TurnRow.__table__).where(and_(TurnRow.session_id == session_id, condition))
-                )
+                await conn.execute(select(TurnRow.__table__).where(and_(TurnRow.session_id == session_id, condition)))
             ).first()
         return turn_from_row(row) if row else None
 
@@ -426,9 +426,5 @@ class Reader:
 
     async def sessions_with_open_turns(self) -> list[str]:
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(TurnRow.session_id).where(TurnRow.state < int(_ENDED)).distinct()
-                )
-            ).all()
+            rows = (await conn.execute(select(TurnRow.session_id).where(TurnRow.state < int(_ENDED)).distinct())).all()
         return [r.session_id for r in rows]

@@ -135,9 +135,7 @@ class Writer:
             "snapshot_inserts": insert(_snapshots),
             "worker_upserts": worker_up,
             "lease_upserts": lease_up,
-            "session_updates": update(_sessions).where(
-                _sessions.c.session_id == bindparam("b_session_id")
-            ),
+            "session_updates": update(_sessions).where(_sessions.c.session_id == bindparam("b_session_id")),
             "turn_updates": update(_turns).where(_turns.c.turn_id == bindparam("b_turn_id")),
             "request_inserts": insert(_requests),
             "request_updates": update(_requests).where(_requests.c.request_id == bindparam("b_request_id")),
