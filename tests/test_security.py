@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -524,9 +525,12 @@ def test_worker_pair_command_writes_an_owner_only_token_file(tmp_path: pathlib.P
     cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", dev=False)
     cp.start()
     try:
-        run = lambda *args, **kw: subprocess.run(
-            [sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw
-        )  # noqa: E731
+
+        def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw
+            )
+
         key = run("keys", "create", "--owner", "carol", "--db", str(cp.db)).stdout.strip()
         env = {**os.environ, "TETHER_API_KEY": key, "TETHER_CONTROL_PLANE": cp.target}
         printed = run("pair", env=env)
