@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from tether.sdk._channel import make_channel
+from tether.sdk.channel import make_channel
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 

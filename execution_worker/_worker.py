@@ -52,7 +52,7 @@ from tether.execution_worker._runtime import (
     select_runtimes,
 )
 from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
-from tether.sdk._channel import WithMetadata, credential_metadata, make_channel
+from tether.sdk.channel import WithMetadata, credential_metadata, make_channel
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger("tether.execution_worker")

@@ -23,7 +23,7 @@ from tether.v1 import session_service_pb2 as pb
 from tether.v1 import session_service_pb2_grpc as pb_grpc
 
 from . import _convert
-from ._channel import WithMetadata, credential_metadata, make_channel
+from .channel import WithMetadata, credential_metadata, make_channel
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
     Event,

@@ -1,4 +1,4 @@
-"""Channels and credentials shared by the SDK and the execution worker.
+"""Channels and credentials: public, for the SDK and for custom workers (the execution worker uses it).
 
 A channel is plaintext unless a CA file is given: then it is TLS, verifying the server against
 that CA, and with a client certificate and key it is mutual TLS. Credentials ride as call
@@ -76,3 +76,5 @@ class WithMetadata:
         if not self._metadata:
             return method
         return functools.partial(method, metadata=self._metadata)
+
+__all__ = ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel"]
