@@ -26,6 +26,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, func, insert, inspect, select, text
 
+from tests.helpers import legacy_schema
+from tests.helpers.pg import PG_SERVER, fresh_database, require_pg
+from tests.helpers.processes import ROOT, ControlPlaneProcess, Proc
 from tether import sdk
 from tether.control_plane.domain.model import new_id
 from tether.control_plane.store import (
@@ -40,10 +43,6 @@ from tether.control_plane.store import (
 from tether.control_plane.store import _schema as current_schema
 from tether.control_plane.store._schema import Base
 from tether.v1 import resources_pb2 as pb
-
-from . import legacy_schema
-from .conftest import ROOT, ControlPlaneProcess, Proc
-from .pg import PG_SERVER, fresh_database, require_pg
 
 
 def tether(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

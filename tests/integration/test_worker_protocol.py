@@ -24,6 +24,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.helpers.processes import ROOT, eventually
 from tether.execution_worker import (
     HistoryItem,
     HistoryRole,
@@ -39,8 +40,6 @@ from tether.execution_worker._lease import LeaseTimings
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
-
-from .conftest import ROOT, eventually
 
 HEARTBEAT_S = 0.05
 LIVENESS_S = 0.3

@@ -10,11 +10,10 @@ import signal
 
 import pytest
 
+from tests.helpers.codex_mock import MockResponses, codex_bin
+from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker
 from tether import sdk
 from tether.v1 import resources_pb2 as pb
-
-from .codex_mock import MockResponses, codex_bin
-from .conftest import ControlPlaneProcess, eventually, start_worker
 
 pytestmark = pytest.mark.skipif(
     codex_bin() is None, reason="the pinned Codex CLI is not installed (run `make test`, which installs it with npm)"

@@ -16,9 +16,8 @@ import re
 import signal
 import sys
 
+from tests.helpers.processes import ROOT, eventually
 from tether import sdk
-
-from .conftest import ROOT, eventually
 
 SCRIPT = "say hello from TypeScript\napprove deploy to staging\nsay done"
 EVENT_LINE = re.compile(r"^#(\d+) (\w+)(?: (.*))?$")

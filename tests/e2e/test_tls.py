@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.helpers.certs import CertificateAuthority, Issued
+from tests.helpers.processes import FAST, ROOT, ControlPlaneProcess, eventually, start_worker
 from tether import sdk
 from tether.control_plane import ControlPlane, Settings
-
-from .certs import CertificateAuthority, Issued
-from .conftest import FAST, ROOT, ControlPlaneProcess, eventually, start_worker
 
 # A refused handshake must surface as UNAVAILABLE well inside this, never as a deadline.
 REFUSAL_DEADLINE_S = 5.0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import eventually, start_worker
 from tether import sdk
 from tether.execution_worker import (
     HistoryItem,
@@ -20,8 +21,6 @@ from tether.execution_worker import (
     TurnInterrupted,
 )
 from tether.execution_worker._runtime import RequestKind, RequestOpened
-
-from .conftest import eventually, start_worker
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.helpers.certs import CertificateAuthority
+from tests.helpers.processes import eventually, start_worker
 from tether import sdk
 from tether.control_plane import ControlPlane
 from tether.control_plane.api._forward import FORWARDED_BY, FORWARDED_FOR, Forwarder
@@ -35,9 +37,6 @@ from tether.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-
-from .certs import CertificateAuthority
-from .conftest import eventually, start_worker
 
 MAX_MESSAGE_BYTES = 256 * 1024
 CALL_TIMEOUT_S = 10.0

@@ -8,9 +8,8 @@ import re
 import subprocess
 import sys
 
+from tests.helpers.processes import ROOT
 from tether.cli.conformance import SCENARIOS
-
-from .conftest import ROOT
 
 PY_WORKER = f"{sys.executable} -m tether.execution_worker"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker
 from tether import sdk
-
-from .conftest import ControlPlaneProcess, eventually, start_worker
 
 
 async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> list[sdk.Event]:

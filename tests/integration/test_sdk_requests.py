@@ -20,14 +20,13 @@ from click.testing import CliRunner
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.helpers.fake_worker import FakeWorker, completed, started
+from tests.helpers.processes import eventually
 from tether import sdk
 from tether.sdk.cli import session as session_cli
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import session_service_pb2, session_service_pb2_grpc
 from tether.v1 import worker_service_pb2 as wpb
-
-from .conftest import eventually
-from .fake_worker import FakeWorker, completed, started
 
 _REQ = "req_" + "0" * 25 + "1"
 

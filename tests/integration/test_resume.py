@@ -8,11 +8,10 @@ import asyncio
 import grpc
 import pytest
 
+from tests.helpers.fake_worker import FakeWorker, completed, output, started
 from tether import sdk
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
-
-from .fake_worker import FakeWorker, completed, output, started
 
 ITEMS = 10_000
 

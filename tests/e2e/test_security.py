@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from bench.security import run_probe
+from tests.helpers.processes import FAST, ROOT, ControlPlaneProcess, eventually, worker_args
 from tether import sdk
 from tether.control_plane import ControlPlane, Settings
 from tether.control_plane.domain.access import Limits, normalize_code, secret_hash
@@ -31,8 +32,6 @@ from tether.execution_worker import Worker, WorkerSettings
 from tether.execution_worker._credentials import load_credentials, pair
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wpb_grpc
-
-from .conftest import FAST, ROOT, ControlPlaneProcess, eventually, worker_args
 
 
 @pytest.fixture
@@ -470,9 +469,8 @@ def test_secrets_stay_out_of_logs_and_messages(tmp_path: pathlib.Path, caplog: p
 def test_a_database_from_before_owners_is_refused_by_serve_and_upgraded_by_tether_db(tmp_path: pathlib.Path) -> None:
     from sqlalchemy import create_engine as create_sync_engine
 
+    from tests.helpers import legacy_schema
     from tether.control_plane.store import SCHEMA_HEAD
-
-    from . import legacy_schema
 
     db = tmp_path / "old.db"
     engine = create_sync_engine(f"sqlite:///{db}")

@@ -10,10 +10,9 @@ import time
 import grpc
 import pytest
 
+from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker
 from tether import sdk
 from tether.cli._proxy import TcpProxy
-
-from .conftest import ControlPlaneProcess, eventually, start_worker
 
 
 async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> list[sdk.Event]:

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-_ROOT = pathlib.Path(__file__).resolve().parent.parent
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: The pinned Codex CLI's native binary, as `npm ci` installs it (package.json pins the version).
 NATIVE_CODEX = _ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT
+from tests.helpers.processes import ROOT
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 BASELINE = ROOT / "contract" / "tether-v1.binpb"

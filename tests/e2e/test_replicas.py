@@ -13,11 +13,10 @@ import signal
 
 import pytest
 
+from tests.helpers.pg import fresh_database
+from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker
 from tether import sdk
 from tether.control_plane.store._election import current_leader
-
-from .conftest import ControlPlaneProcess, eventually, start_worker
-from .pg import fresh_database
 
 pytestmark = pytest.mark.timeout(180)
 

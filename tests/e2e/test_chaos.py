@@ -10,9 +10,8 @@ import pytest
 
 from bench._harness import client_options, procs
 from bench.chaos import ChaosConfig, run_chaos
+from tests.helpers.processes import eventually
 from tether import sdk
-
-from .conftest import eventually
 
 
 @pytest.mark.timeout(110)

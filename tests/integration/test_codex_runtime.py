@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.codex_mock import MockResponses
+from tests.helpers.codex_mock import MockResponses
 from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
 from tether.execution_worker._runtime import (
     AgentError,
@@ -35,7 +35,7 @@ from tether.execution_worker._runtime import (
     TurnInterrupted,
 )
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 _NATIVE = ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 _LAUNCHER = ROOT / "node_modules/.bin/codex"
 

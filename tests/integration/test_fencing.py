@@ -7,11 +7,10 @@ import asyncio
 import grpc
 import pytest
 
+from tests.helpers.fake_worker import FakeWorker, completed, output, started
+from tests.helpers.processes import eventually
 from tether import sdk
 from tether.sdk._errors import translate_rpc_error
-
-from .conftest import eventually
-from .fake_worker import FakeWorker, completed, output, started
 
 
 async def _expect_error(coro, code: grpc.StatusCode, reason: str) -> sdk.TetherError:
