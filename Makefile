@@ -41,6 +41,10 @@ gen: $(STAMP) $(NPM_STAMP)
 gen-check: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python tools/gen.py --check
 
+## check: the code gate: ruff, ruff format --check, mypy and the import-linter contracts
+check: $(STAMP)
+	$(BIN)/python tools/check.py
+
 ## lint: buf lint on the contract
 lint: $(NPM_STAMP)
 	$(BUF) lint
