@@ -2,7 +2,7 @@
 
     {"metric": NAME, "value": NUMBER, "unit": UNIT}
 
-Run some with `python -m bench dispatch|events|turns|chaos|failover|rehydrate|drain|codex|typescript|fuzz|security|pg ...`.
+Run some with `python -m bench NAME ...` with a NAME from BENCHES below (`python -m bench cp_memory idle_workers`, say`.
 A benchmark whose main returns False (a must-be-0 figure was not 0) makes the exit status 1;
 the others still run.
 """
@@ -12,7 +12,22 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from . import chaos, codex, dispatch, drain, events, failover, fuzz, pg, rehydrate, security, turns, typescript
+from . import (
+    chaos,
+    codex,
+    cp_memory,
+    dispatch,
+    drain,
+    events,
+    failover,
+    fuzz,
+    idle_workers,
+    pg,
+    rehydrate,
+    security,
+    turns,
+    typescript,
+)
 
 BENCHES = {
     "dispatch": dispatch.main,
@@ -27,6 +42,8 @@ BENCHES = {
     "fuzz": fuzz.main,
     "security": security.main,
     "pg": pg.main,
+    "cp_memory": cp_memory.main,
+    "idle_workers": idle_workers.main,
 }
 
 
