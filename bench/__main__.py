@@ -2,7 +2,8 @@
 
     {"metric": NAME, "value": NUMBER, "unit": UNIT}
 
-Run some with `python -m bench NAME ...` with a NAME from BENCHES below (`python -m bench cp_memory idle_workers`, say`.
+Run some with `python -m bench NAME ...`, each NAME a key of BENCHES below (for example
+`python -m bench cp_memory idle_workers`).
 A benchmark whose main returns False (a must-be-0 figure was not 0) makes the exit status 1;
 the others still run.
 """
