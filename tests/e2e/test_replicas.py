@@ -164,7 +164,7 @@ async def test_a_deposed_leader_can_commit_nothing(pg_url):
     from tether.control_plane.store import WriteFailed, Writer, WriteSet, create_engine, ensure_schema, session_to_row
     from tether.control_plane.store._election import Election
 
-    from .pg import _admin, _run
+    from tests.helpers.pg import _admin, _run
 
     engine = create_engine(pg_url)
     await ensure_schema(engine, migrate=True)
