@@ -2,6 +2,6 @@
 
 from ._server import ControlPlane, serve_forever
 from ._settings import Settings
-from .domain.hub import Timings
+from .domain.messages import Timings
 
 __all__ = ["ControlPlane", "Settings", "Timings", "serve_forever"]

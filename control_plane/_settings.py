@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .domain.access import Limits
-from .domain.hub import Timings
+from .domain.messages import Timings
 
 
 @dataclass(frozen=True)

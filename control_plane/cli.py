@@ -14,7 +14,7 @@ import click
 from ._server import StartupError, serve_forever
 from ._settings import Settings
 from .domain.access import Limits
-from .domain.hub import Timings
+from .domain.messages import Timings
 
 _T = TypeVar("_T")
 

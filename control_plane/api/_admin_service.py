@@ -9,8 +9,9 @@ from tether.v1 import admin_service_pb2 as apb
 
 from ..domain.access import Limits, WorkerToken
 from ..domain.errors import InvalidArgument
-from ..domain.hub import Hub, WorkerStatus
-from ..store import AccessStore
+from ..domain.hub import Hub
+from ..domain.messages import WorkerStatus
+from ..domain.ports import CredentialStore
 from . import _validate as v
 from ._auth import Authenticator
 from ._convert import ts
@@ -48,7 +49,7 @@ def token_pb(t: WorkerToken) -> apb.WorkerToken:
 
 
 class AdminService:
-    def __init__(self, hub: Hub, auth: Authenticator, access: AccessStore, limits: Limits) -> None:
+    def __init__(self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits) -> None:
         self._hub = hub
         self._auth = auth
         self._access = access

@@ -26,7 +26,7 @@ from ..domain.access import (
     WorkerToken,
     secret_hash,
 )
-from ..store import AccessStore
+from ..domain.ports import CredentialStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[str, str]:
 
 
 class Authenticator:
-    def __init__(self, store: AccessStore, dev_owner: str = "") -> None:
+    def __init__(self, store: CredentialStore, dev_owner: str = "") -> None:
         self._store = store
         self.dev_owner = dev_owner
         self._keys: dict[str, tuple[ApiKey, float]] = {}  # by secret hash

@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
-from ..domain import hub as h
+from ..domain import messages as m
 from ..domain.model import Event, PendingRequest, RequestKind, RequestState, Session, Snapshot, Turn, now_us
 
 _BODY_TAG = b"\x2a"  # Event.body: field 5, length-delimited
@@ -95,7 +95,7 @@ def event_pb(e: Event) -> pb.Event:
     return pb.Event.FromString(event_wire(e))
 
 
-def session_pb(v: h.SessionView) -> pb.Session:
+def session_pb(v: m.SessionView) -> pb.Session:
     s: Session = v.session
     return pb.Session(
         session_id=s.session_id,
@@ -232,7 +232,7 @@ def _opened_request(body: pb.EventBody, turn_id: str) -> tuple[PendingRequest, b
     return request, body.SerializeToString()
 
 
-def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
+def incoming_event(ev: wpb.WorkerEvent) -> m.IncomingEvent:
     body = ev.body
     kind = body.WhichOneof("kind") or ""
     exit_code, message, thread = 0, "", ""
@@ -246,16 +246,16 @@ def incoming_event(ev: wpb.WorkerEvent) -> h.IncomingEvent:
         thread = body.turn_started.runtime_thread_id
     elif kind == "request_opened":
         request, raw = _opened_request(body, ev.turn_id)
-        return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, raw, request=request)
-    return h.IncomingEvent(ev.worker_seq, ev.turn_id, kind, body.SerializeToString(), exit_code, message, thread)
+        return m.IncomingEvent(ev.worker_seq, ev.turn_id, kind, raw, request=request)
+    return m.IncomingEvent(ev.worker_seq, ev.turn_id, kind, body.SerializeToString(), exit_code, message, thread)
 
 
 def lease_refs(refs) -> list[tuple[str, int]]:
     return [(r.session_id, r.lease_epoch) for r in refs]
 
 
-def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
-    if isinstance(msg, h.OfferMsg):
+def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
+    if isinstance(msg, m.OfferMsg):
         return wpb.LeaseResponse(
             offer=wpb.Offer(
                 session_id=msg.session_id,
@@ -269,7 +269,7 @@ def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
                 restore_only=msg.restore_only,
             )
         )
-    if isinstance(msg, h.GrantMsg):
+    if isinstance(msg, m.GrantMsg):
         return wpb.LeaseResponse(
             granted=wpb.OfferGranted(
                 session_id=msg.session_id,
@@ -278,33 +278,33 @@ def worker_msg_pb(msg: h.WorkerMsg) -> wpb.LeaseResponse:
                 lease_expire_time=ts(msg.lease_expire_us),
             )
         )
-    if isinstance(msg, h.InterruptMsg):
+    if isinstance(msg, m.InterruptMsg):
         return wpb.LeaseResponse(
             interrupt=wpb.InterruptRequested(session_id=msg.session_id, turn_id=msg.turn_id, reason=msg.reason)
         )
-    if isinstance(msg, h.RevokeMsg):
+    if isinstance(msg, m.RevokeMsg):
         return wpb.LeaseResponse(
             revoked=wpb.LeaseRevoked(session_id=msg.session_id, lease_epoch=msg.lease_epoch, reason=msg.reason)
         )
-    if isinstance(msg, h.SnapshotRequestMsg):
+    if isinstance(msg, m.SnapshotRequestMsg):
         return wpb.LeaseResponse(
             snapshot=wpb.SnapshotRequested(
                 session_id=msg.session_id, lease_epoch=msg.lease_epoch, request_id=msg.request_id
             )
         )
-    if isinstance(msg, h.RenewedMsg):
+    if isinstance(msg, m.RenewedMsg):
         return wpb.LeaseResponse(
             renewed=wpb.LeasesRenewed(
                 lease_expire_time=ts(msg.lease_expire_us),
                 lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in msg.lost],
             )
         )
-    if isinstance(msg, h.DrainMsg):
+    if isinstance(msg, m.DrainMsg):
         drain = wpb.DrainRequested()
         if msg.deadline_us:
             drain.deadline.CopyFrom(ts(msg.deadline_us))
         return wpb.LeaseResponse(drain=drain)
-    if isinstance(msg, h.AnswerMsg):
+    if isinstance(msg, m.AnswerMsg):
         return wpb.LeaseResponse(
             answered=wpb.RequestAnswered(
                 session_id=msg.session_id,

@@ -14,10 +14,11 @@ from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
 from ..domain import errors
-from ..domain import hub as h
 from ..domain.access import FailureLimiter, Limits, WorkerCaller
+from ..domain.hub import Hub
+from ..domain.messages import CloseMsg, RevokeMsg
 from ..domain.model import WorkerInfo
-from ..store import AccessStore
+from ..domain.ports import CredentialStore
 from . import _validate as v
 from ._auth import Authenticator, peer_address
 from ._convert import (
@@ -44,7 +45,7 @@ def _durable(item: Any) -> bool:
 
 
 class WorkerService:
-    def __init__(self, hub: h.Hub, auth: Authenticator, access: AccessStore, limits: Limits) -> None:
+    def __init__(self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits) -> None:
         self._hub = hub
         self._auth = auth
         self._access = access
@@ -168,7 +169,7 @@ class WorkerService:
                         return
                     if isinstance(msg, BaseException):
                         raise msg
-                    if isinstance(msg, h.CloseMsg):
+                    if isinstance(msg, CloseMsg):
                         raise errors.Unavailable(msg.reason)
                     yield worker_msg_pb(msg)
             finally:
@@ -191,7 +192,7 @@ class WorkerService:
             try:
                 await self._hub.accept(worker_id, a.session_id, a.turn_id, a.lease_epoch)
             except errors.DomainError as err:
-                outbox.put_nowait(h.RevokeMsg(a.session_id, a.lease_epoch, err.message))
+                outbox.put_nowait(RevokeMsg(a.session_id, a.lease_epoch, err.message))
 
         liveness = self._hub.timings.liveness_timeout_s
         requests = aiter(requests)
@@ -321,8 +322,8 @@ class WorkerService:
                             raise errors.InvalidArgument(
                                 f"events[{i}].body", "input_received is written by the control plane"
                             )
-                    fut, acked, last, _ = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
-                    pending.put_nowait((fut, acked, last))
+                    result = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
+                    pending.put_nowait((result.committed, result.acked_worker_seq, result.last_seq))
                 req = await anext(requests, None)
             pending.put_nowait(_END)
         except asyncio.CancelledError:

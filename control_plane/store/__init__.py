@@ -1,9 +1,12 @@
 """Durable storage: ORM rows, their migrations, the group-commit writer and the read queries.
 
-SQLAlchemy errors stop here: the writer reports `WriteFailed`, which `domain/` maps to an
-UNAVAILABLE answer.
+Implements the domain's storage ports (`domain/ports.py`): `Reader` is the `SessionReader`,
+`Writer` the `GroupCommitWriter` (it maps the domain's `Changes` to rows, `_rows.py`), and
+`AccessStore` the `CredentialStore`. SQLAlchemy errors stop here: the writer reports
+`WriteFailed`, which `domain/` maps to an UNAVAILABLE answer.
 """
 
+from ..domain.ports import LoadedSession, WriteFailed
 from ._access import AccessStore
 from ._database import (
     create_engine,
@@ -26,19 +29,21 @@ from ._migrate import (
     schema_state,
     upgrade_schema,
 )
-from ._reads import (
-    LoadedSession,
-    Reader,
+from ._reads import Reader
+from ._rows import (
+    WriteSet,
     lease_to_row,
     request_to_row,
     request_update_row,
+    rows_of,
     session_to_row,
     session_update_row,
     snapshot_to_row,
     turn_to_row,
     turn_update_row,
+    worker_to_row,
 )
-from ._writer import WriteFailed, Writer, WriteSet
+from ._writer import Writer
 
 __all__ = [
     "AccessStore",
@@ -67,9 +72,11 @@ __all__ = [
     "lease_to_row",
     "request_to_row",
     "request_update_row",
+    "rows_of",
     "session_to_row",
     "session_update_row",
     "snapshot_to_row",
     "turn_to_row",
     "turn_update_row",
+    "worker_to_row",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, text
@@ -14,198 +12,17 @@ from ..domain.model import (
     Event,
     Lease,
     PendingRequest,
-    RequestKind,
     RequestState,
     Session,
     Snapshot,
     Turn,
     TurnState,
 )
+from ..domain.ports import LoadedSession
+from ._rows import request_from_row, session_from_row, snapshot_from_row, turn_from_row
 from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
 
 _ENDED = TurnState.COMPLETED  # states >= this have ended
-
-
-def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Session:
-    return Session(
-        session_id=r.session_id,
-        runtime=r.runtime,
-        worker_selector=json.loads(r.worker_selector_json),
-        labels=json.loads(r.labels_json),
-        create_time_us=r.create_time_us,
-        update_time_us=max(r.update_time_us, last_event_us or 0),
-        archived=bool(r.archived),
-        runtime_thread_id=r.runtime_thread_id,
-        turn_count=turn_count or 0,
-        owner=r.owner_id,
-    )
-
-
-def session_to_row(s: Session) -> dict[str, Any]:
-    return {
-        "session_id": s.session_id,
-        "owner_id": s.owner,
-        "runtime": s.runtime,
-        "worker_selector_json": json.dumps(s.worker_selector, sort_keys=True),
-        "labels_json": json.dumps(s.labels, sort_keys=True),
-        "archived": s.archived,
-        "runtime_thread_id": s.runtime_thread_id,
-        "create_time_us": s.create_time_us,
-        "update_time_us": s.update_time_us,
-    }
-
-
-_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us")
-_TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_time_us")
-
-
-def session_update_row(s: Session) -> dict[str, Any]:
-    row = session_to_row(s)
-    return {"b_session_id": s.session_id, **{k: row[k] for k in _SESSION_MUTABLE}}
-
-
-def request_to_row(r: PendingRequest) -> dict[str, Any]:
-    return {
-        "request_id": r.request_id,
-        "session_id": r.session_id,
-        "turn_id": r.turn_id,
-        "kind": int(r.kind),
-        "method": r.method,
-        "params_json": r.params_json,
-        "summary": r.summary,
-        "item_id": r.item_id,
-        "available_json": json.dumps(r.available_decisions),
-        "state": int(r.state),
-        "response_json": r.response_json,
-        "expire_reason": r.expire_reason,
-        "create_time_us": r.create_time_us,
-        "resolve_time_us": r.resolve_time_us,
-    }
-
-
-def request_update_row(r: PendingRequest) -> dict[str, Any]:
-    return {
-        "b_request_id": r.request_id,
-        "state": int(r.state),
-        "response_json": r.response_json,
-        "expire_reason": r.expire_reason,
-        "resolve_time_us": r.resolve_time_us,
-    }
-
-
-def request_from_row(r: Any) -> PendingRequest:
-    try:
-        kind = RequestKind(r.kind)
-    except ValueError:
-        kind = RequestKind.OTHER
-    return PendingRequest(
-        request_id=r.request_id,
-        session_id=r.session_id,
-        turn_id=r.turn_id,
-        kind=kind,
-        method=r.method,
-        params_json=r.params_json,
-        summary=r.summary,
-        item_id=r.item_id,
-        available_decisions=list(json.loads(r.available_json or "[]")),
-        state=RequestState(r.state),
-        create_time_us=r.create_time_us,
-        response_json=r.response_json,
-        expire_reason=r.expire_reason,
-        resolve_time_us=r.resolve_time_us,
-    )
-
-
-def turn_from_row(r: Any) -> Turn:
-    return Turn(
-        turn_id=r.turn_id,
-        session_id=r.session_id,
-        ordinal=r.ordinal,
-        input=r.input,
-        state=TurnState(r.state),
-        create_time_us=r.create_time_us,
-        idempotency_key=r.idempotency_key or "",
-        worker_id=r.worker_id,
-        lease_epoch=r.lease_epoch,
-        exit_code=r.exit_code,
-        error_message=r.error_message,
-        end_time_us=r.end_time_us,
-    )
-
-
-def turn_to_row(t: Turn) -> dict[str, Any]:
-    return {
-        "turn_id": t.turn_id,
-        "session_id": t.session_id,
-        "ordinal": t.ordinal,
-        "input": t.input,
-        "idempotency_key": t.idempotency_key or None,
-        "state": int(t.state),
-        "worker_id": t.worker_id,
-        "lease_epoch": t.lease_epoch,
-        "exit_code": t.exit_code,
-        "error_message": t.error_message,
-        "create_time_us": t.create_time_us,
-        "end_time_us": t.end_time_us,
-    }
-
-
-def turn_update_row(t: Turn) -> dict[str, Any]:
-    row = turn_to_row(t)
-    # OFFERED is not durable: an offer dies with the process, so it is stored as QUEUED.
-    state = TurnState.QUEUED if t.state == TurnState.OFFERED else t.state
-    return {"b_turn_id": t.turn_id, "state": int(state), **{k: row[k] for k in _TURN_MUTABLE}}
-
-
-def lease_to_row(lease: Lease) -> dict[str, Any]:
-    return {
-        "session_id": lease.session_id,
-        "worker_id": lease.worker_id,
-        "epoch": lease.epoch,
-        "granted_at_us": lease.granted_at_us,
-    }
-
-
-def snapshot_to_row(s: Snapshot) -> dict[str, Any]:
-    return {
-        "snapshot_id": s.snapshot_id,
-        "session_id": s.session_id,
-        "seq": s.seq,
-        "worker_id": s.worker_id,
-        "lease_epoch": s.lease_epoch,
-        "runtime": s.runtime,
-        "runtime_metadata_json": s.runtime_metadata_json,
-        "history": s.history,
-        "history_count": s.history_count,
-        "create_time_us": s.create_time_us,
-    }
-
-
-def _snapshot_from_row(r: Any) -> Snapshot:
-    return Snapshot(
-        snapshot_id=r.snapshot_id,
-        session_id=r.session_id,
-        seq=r.seq,
-        worker_id=r.worker_id,
-        lease_epoch=r.lease_epoch,
-        runtime=r.runtime,
-        runtime_metadata_json=r.runtime_metadata_json,
-        history=r.history,
-        history_count=r.history_count,
-        create_time_us=r.create_time_us,
-    )
-
-
-@dataclass
-class LoadedSession:
-    """Everything needed to rebuild a session's in-memory state."""
-
-    session: Session
-    last_seq: int
-    lease: Lease | None
-    open_turns: list[Turn]
-    last_worker_seq: int  # highest worker_seq stored under the lease's epoch
-    open_requests: list[PendingRequest] = field(default_factory=list)  # of the open turns
 
 
 # The hottest read (replays and Resume): plain SQL, so rows skip Core's per-column result
@@ -227,6 +44,8 @@ _TERMINAL = frozenset(TERMINAL_KINDS)
 
 
 class Reader:
+    """The domain's `SessionReader` port on SQLAlchemy."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
@@ -403,7 +222,7 @@ class Reader:
                     .limit(1)
                 )
             ).first()
-        return _snapshot_from_row(row) if row else None
+        return snapshot_from_row(row) if row else None
 
     async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None:
         async with self._engine.connect() as conn:

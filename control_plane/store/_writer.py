@@ -5,7 +5,7 @@ engine: one thread hop per transaction instead of one per DBAPI call (aiosqlite 
 cursor, each execute and each close), which is most of a small commit's cost. On other
 databases the same statements run through the async engine (`run_sync`).
 
-Handlers put a `WriteSet` on the queue and await it. The writer drains whatever has queued
+Handlers submit `Changes` (mapped to a `WriteSet` of rows at once) and await them. The writer drains whatever has queued
 while the previous commit ran, merges it into one transaction (one executemany per statement,
 in a fixed dependency order), commits once, then runs each set's `on_commit` callbacks in
 queue order. Per-row commits through the async bridge cap out near 1k rows/s on this machine;
@@ -21,13 +21,14 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import Event
+from ..domain.ports import Changes, WriteFailed
+from ._rows import WRITE_SET_FIELDS, WriteSet, rows_of
 from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow, WorkerRow
 
 log = logging.getLogger(__name__)
@@ -41,33 +42,9 @@ _workers = WorkerRow.__table__
 _requests = RequestRow.__table__
 
 
-@dataclass
-class WriteSet:
-    """Rows to write in one unit. Lists hold column dicts; updates carry full mutable state."""
-
-    session_inserts: list[dict[str, Any]] = field(default_factory=list)
-    turn_inserts: list[dict[str, Any]] = field(default_factory=list)
-    event_inserts: list[Event] = field(default_factory=list)  # the hottest table: no dicts
-    snapshot_inserts: list[dict[str, Any]] = field(default_factory=list)
-    snapshot_prunes: list[str] = field(default_factory=list)  # session ids: keep the newest few
-    worker_upserts: list[dict[str, Any]] = field(default_factory=list)
-    lease_upserts: list[dict[str, Any]] = field(default_factory=list)
-    session_updates: list[dict[str, Any]] = field(default_factory=list)
-    turn_updates: list[dict[str, Any]] = field(default_factory=list)
-    request_inserts: list[dict[str, Any]] = field(default_factory=list)
-    request_updates: list[dict[str, Any]] = field(default_factory=list)
-    session_deletes: list[str] = field(default_factory=list)
-    on_commit: list[Callable[[], None]] = field(default_factory=list)
-
-    def merge(self, other: WriteSet) -> None:
-        for name in _FIELDS:
-            getattr(self, name).extend(getattr(other, name))
-
-
-_FIELDS = [f for f in WriteSet.__dataclass_fields__ if f != "on_commit"]
 # Parents before children, inserts before the updates that may touch the same rows; deletes
 # run after all of these (see _apply).
-_WRITE_ORDER = [f for f in _FIELDS if f != "session_deletes"]
+_WRITE_ORDER = [f for f in WRITE_SET_FIELDS if f != "session_deletes"]
 _SQLITE_EVENT_INSERT = (
     "INSERT INTO events (session_id, seq, turn_id, kind, body, lease_epoch, worker_seq, create_time_us) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -78,11 +55,9 @@ _SQLITE_EVENT_INSERT = (
 SNAPSHOTS_KEPT = 3
 
 
-class WriteFailed(Exception):
-    """The transaction holding a write set failed; nothing in it was stored."""
-
-
 class Writer:
+    """The domain's `GroupCommitWriter` port: one task commits every change, in queue order."""
+
     def __init__(self, engine: AsyncEngine, sync_engine: Engine | None = None) -> None:
         """`sync_engine`, when given, runs every transaction on one dedicated thread."""
         self._engine = engine
@@ -156,7 +131,10 @@ class Writer:
             self._sync_engine.dispose()
         log.info("writer stopped after %d transactions holding %d write sets", self.transactions, self.write_sets)
 
-    def submit(self, ws: WriteSet) -> asyncio.Future[None]:
+    def submit(self, changes: Changes | WriteSet) -> asyncio.Future[None]:
+        """Queue domain `changes` (mapped to rows now, as the records are) or rows already
+        mapped; the future resolves once they are durable and their callbacks ran."""
+        ws = rows_of(changes) if isinstance(changes, Changes) else changes
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((ws, fut))
         return fut

@@ -120,7 +120,7 @@ async def relay(control_plane: ControlPlane) -> AsyncIterator[Relay]:
 def _subscribers(cp: ControlPlane, session_id: str) -> int:
     """Live StreamSessionEvents calls on the control plane for the session: each one that is
     caught up waits on the session's wake-up event."""
-    return len(cp.hub._ctx[session_id].changed._waiters or ())
+    return len(cp.hub._sessions.get(session_id).log.changed._waiters or ())
 
 
 def _raw(channel: grpc.aio.Channel, kind: str, method: str):

@@ -1,0 +1,126 @@
+"""Ingest: a worker's batch of events, fenced, deduplicated, numbered and queued to commit.
+
+Owns each record's `events_bucket` (the events-per-second limit of the session). A batch is
+decided in one synchronous step: the lease must be the caller's at its epoch (Leases),
+`worker_seq` must continue the accepted watermark with no gap (a resent prefix is dropped
+as a duplicate), every event must belong to the running turn and nothing may follow its
+terminal event. The events are then numbered (EventLog), opened requests recorded
+(PendingRequests), a terminal event ends the turn (Turns) and expires its unanswered
+requests, and the whole batch goes to the writer as one unit. The events become visible to
+subscribers first among the unit's on_commit callbacks; the next turn is dispatched after.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import errors
+from ._shared import Committer
+from .access import Limits, TokenBucket
+from .messages import IncomingEvent, IngestResult
+from .model import TERMINAL_KINDS, TurnState, now_us
+from .ports import Changes
+
+if TYPE_CHECKING:
+    from ._leases import Leases
+    from ._log import EventLog
+    from ._pending import PendingRequests
+    from ._scheduling import Scheduler
+    from ._sessions import SessionCache
+    from ._turns import Turns
+    from ._workers import Workers
+
+
+class Ingest:
+    def __init__(self, committer: Committer, limits: Limits) -> None:
+        self._committer = committer
+        self._limits = limits
+
+    def connect(
+        self,
+        *,
+        sessions: SessionCache,
+        leases: Leases,
+        log: EventLog,
+        turns: Turns,
+        requests: PendingRequests,
+        workers: Workers,
+        scheduler: Scheduler,
+    ) -> None:
+        self._sessions = sessions
+        self._leases = leases
+        self._log = log
+        self._turns = turns
+        self._requests = requests
+        self._workers = workers
+        self._scheduler = scheduler
+
+    def ingest(
+        self, worker_id: str, session_id: str, epoch: int, events: list[IncomingEvent], owner: str
+    ) -> IngestResult:
+        rec = self._leases.check(worker_id, session_id, epoch, owner)
+        limits = self._limits
+        bucket = rec.events_bucket
+        if bucket is None:
+            bucket = rec.events_bucket = TokenBucket(
+                limits.events_per_second_per_session, limits.event_burst_per_session
+            )
+        if not bucket.spend(len(events)):
+            raise errors.LimitExceeded(
+                "events_per_second_per_session",
+                limits.events_per_second_per_session,
+                f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
+            )
+        expected = self._leases.acked_worker_seq(rec) + 1
+        fresh = [e for e in events if e.worker_seq >= expected]
+        for i, e in enumerate(fresh):
+            if e.worker_seq != expected + i:
+                raise errors.InvalidArgument(
+                    "events.worker_seq",
+                    f"worker_seq must continue at {expected + i} with no gaps; got {e.worker_seq}",
+                )
+        if not fresh:
+            return IngestResult(None, self._leases.acked_worker_seq(rec), self._log.committed_seq(rec), [])
+        active = self._turns.active(rec)
+        running_id = active.turn_id if active is not None and active.state == TurnState.RUNNING else ""
+        for e in fresh:
+            if e.turn_id != running_id:
+                raise errors.InvalidArgument(
+                    "events.turn_id",
+                    f"turn {e.turn_id!r} is not the session's running turn"
+                    + (f" ({running_id})" if running_id else " (no turn is running)"),
+                )
+            if e.kind in TERMINAL_KINDS and e is not fresh[-1]:
+                raise errors.InvalidArgument("events", "no event may follow a turn's terminal event in a batch")
+        opened = [e for e in fresh if e.kind == "request_opened"]
+        if opened:
+            self._requests.check_opened(rec, [e.request for e in opened])
+        # Checked: from here on nothing refuses the batch.
+        now = now_us()
+        stored = self._log.number(rec, fresh, epoch, now)
+        changes = Changes(event_inserts=stored)
+        self._leases.ack(rec, fresh[-1].worker_seq)
+        seq = self._log.last_seq(rec)
+        last = fresh[-1]
+        for e in opened:  # checked above: each carries a request
+            request = e.request
+            assert request is not None
+            self._requests.open(rec, request, e.turn_id, now, changes)
+        for e in fresh:
+            if e.kind == "turn_started":
+                self._sessions.adopt_thread_id(rec, e.runtime_thread_id, now, changes)
+        if last.kind in TERMINAL_KINDS and active is not None:
+            state = TERMINAL_KINDS[last.kind]
+            self._turns.finish(rec, active, state, last.exit_code, last.message, now, changes)
+            self._sessions.touch(rec, now, changes)
+            expired = self._requests.expire(
+                rec, active.turn_id, f"its turn ended ({state.name.lower()}) before an answer", changes
+            )
+            if expired:
+                stored.extend(expired)  # the same list as changes.event_inserts
+                seq = self._log.last_seq(rec)
+            self._workers.free_slot(worker_id, active.turn_id)
+            changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
+            changes.on_commit.append(self._scheduler.dispatch_waiting)
+        changes.on_commit.insert(0, lambda: self._log.published(rec, stored))
+        return IngestResult(self._committer.submit(changes), self._leases.acked_worker_seq(rec), seq, stored)

@@ -1,0 +1,282 @@
+"""Scheduling: which worker gets a session's next turn, and the life of the offer.
+
+Owns each record's `offer` (`OfferBook`: to whom the turn is offered, at which epoch, the
+offer timer, and since when the next turn waits for a busy warm holder) and the set of
+sessions waiting for a worker. Rules:
+
+- Sticky: the next turn goes to the lease holder, which keeps the warm runtime, at the same
+  epoch. It waits for the holder while the holder is busy, up to `sticky_timeout_s`; for a
+  holder that went away, until the worker-dead grace or the lease expiry moves the session.
+- Otherwise it goes to the eligible worker (same owner, runtime, labels, connected, not
+  draining) with the most free slots, at the next epoch, and rehydrates there.
+- An offer not accepted within `offer_timeout_s` is queued again. Accepting grants the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._shared import Committer, log
+from .messages import GrantMsg, OfferMsg, RevokeMsg, Timings
+from .model import Session, now_us
+from .ports import Changes
+
+if TYPE_CHECKING:
+    from ._leases import Leases
+    from ._log import EventLog
+    from ._record import SessionRecord
+    from ._restore import Restores
+    from ._sessions import SessionCache
+    from ._turns import Turns
+    from ._workers import WorkerConn, Workers
+
+
+@dataclass
+class OfferBook:
+    offered_to: str = ""
+    epoch: int = 0
+    timer: asyncio.TimerHandle | None = None
+    sticky_since: float = 0.0  # when the next turn started waiting for a busy holder
+
+
+class Scheduler:
+    def __init__(self, committer: Committer, timings: Timings) -> None:
+        self._committer = committer
+        self._timings = timings
+        self._waiting: dict[str, None] = {}  # sessions with a queued turn and no worker yet
+
+    def connect(
+        self,
+        *,
+        sessions: SessionCache,
+        turns: Turns,
+        leases: Leases,
+        restores: Restores,
+        workers: Workers,
+        log: EventLog,
+    ) -> None:
+        self._sessions = sessions
+        self._turns = turns
+        self._leases = leases
+        self._restores = restores
+        self._workers = workers
+        self._log = log
+
+    # ----------------------------------------------------------------- choosing a worker
+
+    def _eligible(self, w: WorkerConn, session: Session) -> bool:
+        info = w.info
+        return (
+            info.owner == session.owner  # a worker only ever sees its owner's work
+            and w.connected
+            and not w.draining
+            and session.runtime in info.runtimes
+            and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
+        )
+
+    def most_free(
+        self, session: Session, selector: dict[str, str] | None = None, *, only: str = "", exclude: str = ""
+    ) -> WorkerConn | None:
+        """The eligible worker with a free slot and the most of them (also matching `selector`,
+        being `only` when given, and not being `exclude`)."""
+        best: WorkerConn | None = None
+        for w in self._workers.all():
+            wid = w.info.worker_id
+            if (
+                w.free_slots > 0
+                and (best is None or w.free_slots > best.free_slots)
+                and wid != exclude
+                and (not only or wid == only)
+                and self._eligible(w, session)
+                and all(w.info.labels.get(k) == v for k, v in (selector or {}).items())
+            ):
+                best = w
+        return best
+
+    # ----------------------------------------------------------------- dispatch
+
+    def dispatch(self, rec: SessionRecord) -> None:
+        """Offer the session's next queued turn to a worker, if it has one and one is free."""
+        session_id = rec.session_id
+        if rec.deleted or not self._turns.ready(rec):
+            self._waiting.pop(session_id, None)
+            return
+        if self._restores.in_progress(rec):
+            self._waiting[session_id] = None  # the restore's new holder takes the turn
+            return
+        holder_id = self._leases.holder(rec)
+        now = time.monotonic()
+        target: WorkerConn | None = None
+        epoch = self._leases.epoch(rec)
+        resume = True
+        holder = self._workers.get(holder_id) if holder_id else None
+        if holder_id and self._leases.unexpired(rec, now) and self._sticky(rec, holder, now):
+            if holder is None or not holder.connected or holder.free_slots <= 0:
+                # Sticky: the holder keeps the warm runtime; wait for it: for a slot, for it to
+                # reconnect within the worker-dead grace, or until the sticky timeout.
+                self._waiting[session_id] = None
+                return
+            target, resume = holder, False
+        else:
+            best = self.most_free(rec.session)
+            if best is None:
+                self._waiting[session_id] = None
+                return
+            target, epoch = best, epoch + 1
+        self._waiting.pop(session_id, None)
+        offer = rec.offer
+        offer.sticky_since = 0.0
+        turn = self._turns.take_next(rec)
+        offer.epoch = epoch
+        offer.offered_to = target.info.worker_id
+        target.occupy(turn.turn_id)
+        timeout = self._timings.offer_timeout_s
+        offer.timer = asyncio.get_running_loop().call_later(timeout, self._offer_expired, rec, turn.turn_id)
+        target.push(
+            OfferMsg(
+                session_id=session_id,
+                turn_id=turn.turn_id,
+                input=turn.input,
+                runtime=rec.session.runtime,
+                lease_epoch=epoch,
+                resume_required=resume,
+                last_seq=self._log.committed_seq(rec),
+                accept_deadline_us=now_us() + int(timeout * 1e6),
+            )
+        )
+
+    def _sticky(self, rec: SessionRecord, holder: WorkerConn | None, now: float) -> bool:
+        """Whether the next turn should wait for the lease holder rather than move."""
+        if holder is None or not holder.connected:
+            return True  # moved by the worker-dead grace or by lease expiry, not here
+        if holder.draining or not holder.holds(rec.session_id):
+            # Not confirmed by the holder's current stream (for example a worker restarted
+            # while the control plane was down): it has no warm runtime, so the session moves
+            # at the next epoch, possibly back to the same worker, which then rehydrates.
+            return False
+        if holder.free_slots > 0:
+            return True
+        offer = rec.offer
+        if not offer.sticky_since:
+            offer.sticky_since = now
+        if now - offer.sticky_since < self._timings.sticky_timeout_s:
+            return True
+        log.info(
+            "session %s waited %.1fs for its busy holder %s; moving it",
+            rec.session_id,
+            now - offer.sticky_since,
+            holder.info.worker_id,
+        )
+        return False
+
+    def wait(self, rec: SessionRecord) -> None:
+        """The session waits for a worker: the next freed slot or the sweeper's next pass."""
+        self._waiting[rec.session_id] = None
+
+    def dispatch_waiting(self) -> None:
+        for session_id in list(self._waiting):
+            rec = self._sessions.get(session_id)
+            if rec is None:
+                self._waiting.pop(session_id, None)
+                continue
+            self.dispatch(rec)
+
+    # ----------------------------------------------------------------- the offer
+
+    def withdraw_offer(self, rec: SessionRecord) -> None:
+        """Take back an offer no worker accepted; its turn is queued again (not re-queued)."""
+        turn = self._turns.offered(rec)
+        if turn is None:
+            return
+        offer = rec.offer
+        if offer.timer:
+            offer.timer.cancel()
+            offer.timer = None
+        self._workers.free_slot(offer.offered_to, turn.turn_id)
+        offer.offered_to = ""
+        self._turns.withdraw(rec)
+
+    def _requeue_offer(self, rec: SessionRecord) -> None:
+        turn = self._turns.active(rec)
+        self.withdraw_offer(rec)
+        if turn is not None:
+            self._turns.requeue(rec, turn)
+
+    def _offer_expired(self, rec: SessionRecord, turn_id: str) -> None:
+        turn = self._turns.offered(rec)
+        if turn is not None and turn.turn_id == turn_id:
+            log.warning("offer of turn %s to %s was not accepted in time; requeued", turn_id, rec.offer.offered_to)
+            self._requeue_offer(rec)
+            self.dispatch(rec)
+
+    def requeue_offers_of(self, w: WorkerConn) -> None:
+        """`w` takes nothing more: what was offered to it goes to another worker."""
+        worker_id = w.info.worker_id
+        for rec in self._sessions.records():
+            self._restores.worker_gone(rec, worker_id)
+            if self._turns.offered(rec) is not None and rec.offer.offered_to == worker_id:
+                self._requeue_offer(rec)
+                self.dispatch(rec)
+
+    async def accept(self, worker_id: str, session_id: str, turn_id: str, epoch: int) -> None:
+        w = self._workers.require(worker_id)
+        rec = self._sessions.get(session_id)
+        if not turn_id:
+            await self._restores.accept(w, rec, session_id, epoch)
+            return
+        turn = self._turns.offered(rec) if rec is not None else None
+        if (
+            rec is None
+            or turn is None
+            or turn.turn_id != turn_id
+            or rec.offer.offered_to != worker_id
+            or rec.offer.epoch != epoch
+        ):
+            w.free(turn_id)
+            w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
+            self.dispatch_waiting()
+            return
+        offer = rec.offer
+        if offer.timer:
+            offer.timer.cancel()
+            offer.timer = None
+        changes = Changes()
+        now = now_us()
+        self._leases.grant(rec, w, epoch, changes, "moved to another worker")
+        self._turns.start(rec, turn, worker_id, epoch, changes)
+        grant = GrantMsg(session_id, turn_id, epoch, now + int(self._timings.lease_ttl_s * 1e6))
+        changes.on_commit.append(lambda: w.push(grant))
+        await self._committer.commit(changes)
+
+    def reject(self, worker_id: str, session_id: str, turn_id: str, reason: str) -> None:
+        rec = self._sessions.get(session_id)
+        if not turn_id:
+            if rec is not None:
+                self._restores.reject(rec, worker_id, reason)
+            return
+        active = self._turns.active(rec) if rec is not None else None
+        if rec is None or active is None or active.turn_id != turn_id or rec.offer.offered_to != worker_id:
+            return
+        log.info("worker %s rejected turn %s: %s", worker_id, turn_id, reason or "no reason")
+        self._requeue_offer(rec)
+        # Not re-offered at once: the rejecting worker may be the sticky holder and would get
+        # it straight back. It waits for the next freed slot or the sweeper's next pass.
+        self._waiting[session_id] = None
+
+    # ----------------------------------------------------------------- sessions going away
+
+    def forget(self, rec: SessionRecord) -> None:
+        """The session is deleted: it waits for nothing and its offer timer is off."""
+        self._waiting.pop(rec.session_id, None)
+        if rec.offer.timer:
+            rec.offer.timer.cancel()
+
+    def reset(self, dropped: list[SessionRecord]) -> None:
+        """Every record was dropped after a failed write: no timers, nothing waiting."""
+        for rec in dropped:
+            if rec.offer.timer:
+                rec.offer.timer.cancel()
+        self._waiting.clear()

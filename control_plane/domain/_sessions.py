@@ -1,0 +1,224 @@
+"""The session cache and session CRUD.
+
+Owns the records of every session this process has loaded (one `SessionRecord` each, see
+`_record.py`), who owns which, the loads under way, and each record's `session` and `deleted`
+fields: only this part changes a Session (other parts ask it to count a turn, touch the update
+time or adopt a runtime thread id).
+
+Owners: every session belongs to one. Every session call names the caller's owner and finds
+only that owner's sessions: another owner's session does not exist, to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+from . import errors
+from ._record import SessionRecord
+from ._shared import Committer
+from .messages import InterruptMsg, RevokeMsg, SessionView, Timings
+from .model import Session, SessionState, new_id, now_us
+from .ports import Changes, SessionReader
+
+if TYPE_CHECKING:
+    from ._leases import Leases
+    from ._log import EventLog
+    from ._restore import Restores
+    from ._scheduling import Scheduler
+    from ._turns import Turns
+    from ._workers import Workers
+
+
+class SessionCache:
+    def __init__(self, reader: SessionReader, committer: Committer, timings: Timings) -> None:
+        self._reader = reader
+        self._committer = committer
+        self._timings = timings
+        self._records: dict[str, SessionRecord] = {}
+        self._by_owner: dict[str, set[str]] = collections.defaultdict(set)  # owner -> loaded session ids
+        self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
+
+    def connect(
+        self,
+        *,
+        turns: Turns,
+        log: EventLog,
+        leases: Leases,
+        scheduler: Scheduler,
+        restores: Restores,
+        workers: Workers,
+    ) -> None:
+        self._turns = turns
+        self._log = log
+        self._leases = leases
+        self._scheduler = scheduler
+        self._restores = restores
+        self._workers = workers
+
+    # ----------------------------------------------------------------- the cache
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The loaded record, if any (deleted or not)."""
+        return self._records.get(session_id)
+
+    def records(self) -> list[SessionRecord]:
+        """Every loaded record, as a list the caller may iterate while records come and go."""
+        return list(self._records.values())
+
+    def of_owner(self, owner: str) -> list[SessionRecord]:
+        """The loaded records of `owner`'s sessions."""
+        records = (self._records.get(session_id) for session_id in self._by_owner[owner])
+        return [rec for rec in records if rec is not None]
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        rec = self._records.get(session_id)
+        if rec is not None:
+            return rec
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[SessionRecord | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = fut
+        try:
+            loaded = await self._reader.load_session(session_id)
+            rec = None
+            if loaded is not None:
+                # Loading gives every held lease a full TTL: workers get that long to renew.
+                rec = SessionRecord.reloaded(loaded, self._timings.lease_ttl_s)
+                self._keep(rec)
+            fut.set_result(rec)
+            return rec
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved; callers get it re-raised
+            raise
+        finally:
+            del self._loading[session_id]
+
+    async def require(self, session_id: str, owner: str) -> SessionRecord:
+        """The owner's session; another owner's is as absent as one that never existed."""
+        rec = await self.load(session_id)
+        if rec is None or rec.deleted or rec.session.owner != owner:
+            raise errors.SessionNotFound(session_id)
+        return rec
+
+    def _keep(self, rec: SessionRecord) -> None:
+        self._records[rec.session_id] = rec
+        self._by_owner[rec.session.owner].add(rec.session_id)
+
+    def _forget(self, session_id: str) -> None:
+        rec = self._records.pop(session_id, None)
+        if rec is not None:
+            self._by_owner[rec.session.owner].discard(session_id)
+
+    def end_all(self) -> list[SessionRecord]:
+        """Mark every record deleted (the hub stops); returns them."""
+        records = list(self._records.values())
+        for rec in records:
+            rec.deleted = True
+        return records
+
+    def drop_all(self) -> list[SessionRecord]:
+        """Mark every record deleted and forget them all (after a failed write); returns them."""
+        dropped = self.end_all()
+        self._records.clear()
+        self._by_owner.clear()
+        return dropped
+
+    # ----------------------------------------------------------------- changing a Session
+
+    def count_turn(self, rec: SessionRecord, now: int) -> int:
+        """A new turn: returns its ordinal."""
+        session = rec.session
+        session.turn_count += 1
+        session.update_time_us = now
+        return session.turn_count
+
+    def touch(self, rec: SessionRecord, now: int, changes: Changes) -> None:
+        rec.session.update_time_us = now
+        changes.session_updates.append(rec.session)
+
+    def adopt_thread_id(self, rec: SessionRecord, thread_id: str, now: int, changes: Changes) -> None:
+        """The runtime reports its thread id (a rehydrated runtime has a new one)."""
+        session = rec.session
+        if thread_id and thread_id != session.runtime_thread_id:
+            session.runtime_thread_id = thread_id
+            session.update_time_us = now
+            changes.session_updates.append(session)
+
+    # ----------------------------------------------------------------- calls
+
+    def view(self, rec: SessionRecord) -> SessionView:
+        if rec.session.archived:
+            state = SessionState.ARCHIVED
+        else:
+            state = SessionState.ACTIVE if self._turns.busy(rec) else SessionState.IDLE
+        return SessionView(
+            session=rec.session,
+            state=state,
+            last_seq=self._log.committed_seq(rec),
+            active_turn_id=self._turns.current_turn_id(rec),
+            worker_id=self._leases.holder(rec),
+            lease_epoch=self._leases.epoch(rec),
+        )
+
+    async def create(
+        self, owner: str, runtime: str, worker_selector: dict[str, str], labels: dict[str, str]
+    ) -> SessionView:
+        now = now_us()
+        session = Session(new_id("ses"), runtime, dict(worker_selector), dict(labels), now, now, owner=owner)
+        rec = SessionRecord.new(session)
+        await self._committer.commit(Changes(session_inserts=[session]))
+        self._keep(rec)
+        return self.view(rec)
+
+    async def list_sessions(
+        self, owner: str, page_size: int, before_id: str | None, state: SessionState | None
+    ) -> tuple[list[SessionView], str | None]:
+        archived = None if state is None else state == SessionState.ARCHIVED
+        active = None if state in (None, SessionState.ARCHIVED) else state == SessionState.ACTIVE
+        rows = await self._reader.list_sessions(
+            owner=owner, limit=page_size + 1, before_id=before_id, archived=archived, active=active
+        )
+        more = len(rows) > page_size
+        views = []
+        for session, has_open in rows[:page_size]:
+            rec = self._records.get(session.session_id)
+            if rec is not None and not rec.deleted:
+                views.append(self.view(rec))
+                continue
+            st = SessionState.ARCHIVED if session.archived else (SessionState.ACTIVE if has_open else SessionState.IDLE)
+            views.append(SessionView(session, st, 0, "", "", 0))
+        # Sessions not in memory show last_seq 0 in a list; GetSession gives the full view.
+        return views, (views[-1].session.session_id if more and views else None)
+
+    async def archive(self, owner: str, session_id: str) -> SessionView:
+        rec = await self.require(session_id, owner)
+        if not rec.session.archived:
+            rec.session.archived = True
+            rec.session.update_time_us = now_us()
+            await self._committer.commit(Changes(session_updates=[rec.session]))
+        return self.view(rec)
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        rec = await self.require(session_id, owner)
+        rec.deleted = True
+        self._scheduler.forget(rec)
+        self._restores.abandon(rec, errors.SessionNotFound(session_id))
+        holder = self._workers.get(self._leases.holder(rec))
+        if holder is not None:
+            running = self._turns.running(rec)
+            if running is not None:
+                holder.push(InterruptMsg(session_id, running.turn_id, "session deleted"))
+            holder.push(RevokeMsg(session_id, self._leases.epoch(rec), "session deleted"))
+            holder.let_go(session_id)
+        active = self._turns.active(rec)
+        if active is not None:
+            self._workers.free_everywhere(active.turn_id)
+        self._log.wake(rec)
+        try:
+            await self._committer.commit(Changes(session_deletes=[session_id]))
+        finally:
+            self._forget(session_id)

@@ -1,0 +1,285 @@
+"""Turns: input in, the queue, idempotency keys, interrupts, and how a turn ends.
+
+Owns each record's `turns` (`TurnBook`): the open turns, the queue of turns waiting for a
+worker, the active turn (offered or running) and the idempotency keys of the open turns. The
+scheduler moves a turn between queued and offered only through `take_next`, `withdraw` and
+`requeue`; accepting an offer starts it (`start`); a turn ends here, with an event the control
+plane writes (`end`) or with the worker's terminal event (`finish`).
+
+Also owns the per-owner limits on turns, since they count queued and active turns.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import errors
+from ._shared import Committer
+from .access import Limits
+from .messages import InterruptMsg
+from .model import Turn, TurnState, new_id, now_us
+from .ports import BodyCodec, Changes, SessionReader
+
+if TYPE_CHECKING:
+    from ._log import EventLog
+    from ._pending import PendingRequests
+    from ._record import SessionRecord
+    from ._scheduling import Scheduler
+    from ._sessions import SessionCache
+    from ._workers import Workers
+
+
+@dataclass
+class TurnBook:
+    turns: dict[str, Turn] = field(default_factory=dict)  # open turns only
+    queue: collections.deque[str] = field(default_factory=collections.deque)
+    active: Turn | None = None  # offered or running
+    keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> turn id
+
+    @classmethod
+    def reloaded(cls, open_turns: list[Turn]) -> TurnBook:
+        """Open turns as stored: a running turn stays active; any other waits in the queue (an
+        offer is not durable, so an offered turn is queued again)."""
+        book = cls()
+        for turn in open_turns:
+            if turn.state == TurnState.RUNNING:
+                book.active = turn
+            else:
+                turn.state = TurnState.QUEUED
+                book.queue.append(turn.turn_id)
+            book.turns[turn.turn_id] = turn
+            if turn.idempotency_key:
+                book.keys[turn.idempotency_key] = turn.turn_id
+        return book
+
+
+class Turns:
+    def __init__(self, reader: SessionReader, committer: Committer, codec: BodyCodec, limits: Limits) -> None:
+        self._reader = reader
+        self._committer = committer
+        self._codec = codec
+        self._limits = limits
+
+    def connect(
+        self,
+        *,
+        sessions: SessionCache,
+        log: EventLog,
+        scheduler: Scheduler,
+        workers: Workers,
+        requests: PendingRequests,
+    ) -> None:
+        self._sessions = sessions
+        self._log = log
+        self._scheduler = scheduler
+        self._workers = workers
+        self._requests = requests
+
+    # ----------------------------------------------------------------- what others ask
+
+    def busy(self, rec: SessionRecord) -> bool:
+        """Whether a turn is queued, offered or running."""
+        return bool(rec.turns.active or rec.turns.queue)
+
+    def ready(self, rec: SessionRecord) -> bool:
+        """Whether a queued turn waits and none is offered or running: one to dispatch."""
+        return rec.turns.active is None and bool(rec.turns.queue)
+
+    def current_turn_id(self, rec: SessionRecord) -> str:
+        """The active turn, else the next queued one, else ""."""
+        book = rec.turns
+        return book.active.turn_id if book.active else (book.queue[0] if book.queue else "")
+
+    def active(self, rec: SessionRecord) -> Turn | None:
+        return rec.turns.active
+
+    def offered(self, rec: SessionRecord) -> Turn | None:
+        turn = rec.turns.active
+        return turn if turn is not None and turn.state == TurnState.OFFERED else None
+
+    def running(self, rec: SessionRecord) -> Turn | None:
+        turn = rec.turns.active
+        return turn if turn is not None and turn.state == TurnState.RUNNING else None
+
+    # ----------------------------------------------------------------- what the scheduler does
+
+    def take_next(self, rec: SessionRecord) -> Turn:
+        """The next queued turn leaves the queue as the session's offered turn."""
+        book = rec.turns
+        turn = book.turns[book.queue.popleft()]
+        turn.state = TurnState.OFFERED
+        book.active = turn
+        return turn
+
+    def withdraw(self, rec: SessionRecord) -> Turn | None:
+        """An offered turn that no worker took is queued again (not yet back in the queue)."""
+        turn = self.offered(rec)
+        if turn is not None:
+            turn.state = TurnState.QUEUED
+            rec.turns.active = None
+        return turn
+
+    def requeue(self, rec: SessionRecord, turn: Turn) -> None:
+        """`turn` goes back to the front of the queue."""
+        rec.turns.queue.appendleft(turn.turn_id)
+
+    def start(self, rec: SessionRecord, turn: Turn, worker_id: str, epoch: int, changes: Changes) -> None:
+        """The worker accepted the offer: the turn runs there under the lease at `epoch`."""
+        turn.state = TurnState.RUNNING
+        turn.worker_id = worker_id
+        turn.lease_epoch = epoch
+        changes.turn_updates.append(turn)
+
+    # ----------------------------------------------------------------- calls
+
+    async def send_input(self, owner: str, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
+        rec = await self._sessions.require(session_id, owner)
+        if key:
+            existing = await self._turn_for_key(rec, key)
+            if existing is not None:
+                if existing.input != text:
+                    raise errors.IdempotencyKeyReused(
+                        f"idempotency key {key!r} was used for turn {existing.turn_id} with "
+                        "different input; use a new key for new input",
+                        turn_id=existing.turn_id,
+                    )
+                return existing, True
+            if rec.deleted:
+                raise errors.SessionNotFound(session_id)
+        if rec.session.archived:
+            raise errors.SessionArchived(
+                f"session {session_id!r} is archived and accepts no input", session_id=session_id
+            )
+        self._check_owner_limits(rec)
+        now = now_us()
+        turn = Turn(
+            turn_id=new_id("trn"),
+            session_id=session_id,
+            ordinal=self._sessions.count_turn(rec, now),
+            input=text,
+            state=TurnState.QUEUED,
+            create_time_us=now,
+            idempotency_key=key,
+        )
+        book = rec.turns
+        book.turns[turn.turn_id] = turn
+        book.queue.append(turn.turn_id)
+        if key:
+            book.keys[key] = turn.turn_id
+        event = self._log.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
+        changes = Changes(turn_inserts=[turn], event_inserts=[event])
+        changes.on_commit.append(lambda: self._log.published(rec, [event]))
+        changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
+        await self._committer.commit(changes)
+        return turn, False
+
+    def _check_owner_limits(self, rec: SessionRecord) -> None:
+        """Refuse a new turn past the owner's limits; other owners' work is never counted."""
+        limits = self._limits
+        active = queued = 0
+        for other in self._sessions.of_owner(rec.session.owner):
+            if other.deleted:
+                continue
+            queued += len(other.turns.queue)
+            active += self.busy(other)
+        if queued >= limits.max_queued_turns_per_owner:
+            raise errors.LimitExceeded(
+                "max_queued_turns_per_owner",
+                limits.max_queued_turns_per_owner,
+                f"{queued} turns of this owner are waiting for a worker; wait for some to start",
+            )
+        if not self.busy(rec) and active >= limits.max_active_sessions_per_owner:
+            raise errors.LimitExceeded(
+                "max_active_sessions_per_owner",
+                limits.max_active_sessions_per_owner,
+                f"{active} sessions of this owner have a turn queued or running; wait for one to finish",
+            )
+
+    async def _turn_for_key(self, rec: SessionRecord, key: str) -> Turn | None:
+        book = rec.turns
+        turn_id = book.keys.get(key)
+        if turn_id is None:
+            found = await self._reader.find_turn_by_key(rec.session_id, key)
+            # Re-check after the await: a concurrent call may have stored the key meanwhile.
+            turn_id = book.keys.get(key)
+            if turn_id is None:
+                return found
+        return book.turns.get(turn_id) or await self._reader.get_turn(rec.session_id, turn_id)
+
+    async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
+        rec = await self._sessions.require(session_id, owner)
+        turn = rec.turns.turns.get(turn_id) or await self._reader.get_turn(session_id, turn_id)
+        if turn is None:
+            raise errors.TurnNotFound(session_id, turn_id)
+        return turn
+
+    async def interrupt_turn(self, owner: str, session_id: str, turn_id: str, reason: str) -> Turn:
+        rec = await self._sessions.require(session_id, owner)
+        book = rec.turns
+        if not turn_id:
+            turn_id = self.current_turn_id(rec)
+            if not turn_id:
+                raise errors.TurnAlreadyEnded(
+                    f"session {session_id!r} has no queued or running turn", session_id=session_id
+                )
+        turn = book.turns.get(turn_id)
+        if turn is None:
+            stored = await self._reader.get_turn(session_id, turn_id)
+            if stored is None:
+                raise errors.TurnNotFound(session_id, turn_id)
+            raise errors.TurnAlreadyEnded(
+                f"turn {turn_id!r} already ended ({stored.state.name.lower()})", turn_id=turn_id
+            )
+        reason = reason or "interrupted by request"
+        if turn.state == TurnState.RUNNING:
+            holder = self._workers.get(turn.worker_id)
+            if holder is not None:
+                holder.push(InterruptMsg(session_id, turn_id, reason))
+            return turn
+        # Queued, or offered but not yet accepted: it never ran, so end it here.
+        if turn.state == TurnState.OFFERED:
+            self._scheduler.withdraw_offer(rec)
+        if turn_id in book.queue:
+            book.queue.remove(turn_id)
+        await self._committer.commit(self.end(rec, turn, TurnState.INTERRUPTED, reason))
+        return turn
+
+    # ----------------------------------------------------------------- endings
+
+    def end(self, rec: SessionRecord, turn: Turn, state: TurnState, why: str, *, worker_lost: bool = False) -> Changes:
+        """End a turn with an event the control plane writes itself; the caller commits."""
+        turn.state = state
+        turn.end_time_us = now_us()
+        turn.error_message = why
+        self._close(rec, turn)
+        self._workers.free_slot(turn.worker_id, turn.turn_id)
+        interrupted = state == TurnState.INTERRUPTED
+        body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why, worker_lost)
+        event = self._log.own_event(rec, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
+        changes = Changes(event_inserts=[event], turn_updates=[turn])
+        self._sessions.touch(rec, turn.end_time_us, changes)
+        expired = self._requests.expire(rec, turn.turn_id, f"its turn ended: {why}", changes)
+        events = [event, *expired]
+        changes.event_inserts = events
+        changes.on_commit.append(lambda: self._log.published(rec, events))
+        changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
+        return changes
+
+    def finish(
+        self, rec: SessionRecord, turn: Turn, state: TurnState, exit_code: int, message: str, now: int, changes: Changes
+    ) -> None:
+        """End a turn with the terminal event its worker wrote (stored in `changes` already)."""
+        turn.state = state
+        turn.end_time_us = now
+        turn.exit_code = exit_code
+        turn.error_message = message
+        self._close(rec, turn)
+        changes.turn_updates.append(turn)
+
+    def _close(self, rec: SessionRecord, turn: Turn) -> None:
+        book = rec.turns
+        book.turns.pop(turn.turn_id, None)
+        if book.active is turn:
+            book.active = None

@@ -1,0 +1,187 @@
+"""What the hub and its callers exchange: the timings a worker lives by, the messages pushed
+on a worker's Lease stream, and the typed results of the hub's calls.
+
+Plain values only; `api/` turns each into its contract message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .model import Event, PendingRequest, Session, SessionState, Snapshot, WorkerInfo
+
+__all__ = [
+    "AnswerMsg",
+    "CloseMsg",
+    "DrainMsg",
+    "GrantMsg",
+    "IncomingEvent",
+    "IngestResult",
+    "InterruptMsg",
+    "OfferMsg",
+    "RenewedMsg",
+    "ResumeSource",
+    "RevokeMsg",
+    "SessionView",
+    "SnapshotRequestMsg",
+    "Timings",
+    "WorkerMsg",
+    "WorkerStatus",
+]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Every timing a worker lives by; the server is the authority and sends them at Register.
+
+    Three clocks: connection liveness (a Lease stream silent for `liveness_timeout_s` is
+    closed), worker-dead (a worker whose stream closed and that did not open a new one within
+    `worker_dead_grace_s` has its sessions moved), and lease expiry (a lease not renewed for
+    `lease_ttl_s` moves its session, whatever the connection looks like).
+    """
+
+    heartbeat_interval_s: float = 2.0
+    liveness_timeout_s: float = 6.0
+    lease_ttl_s: float = 15.0
+    worker_dead_grace_s: float = 1.0
+    offer_timeout_s: float = 10.0
+    # How long a session waits for its warm holder while that worker is busy (no free slot)
+    # before any eligible worker takes it by rehydration.
+    sticky_timeout_s: float = 5.0
+    reconnect_backoff_initial_s: float = 0.2
+    reconnect_backoff_max_s: float = 5.0
+    snapshot_timeout_s: float = 30.0
+    max_events_per_message: int = 1000
+
+
+# Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.
+@dataclass(frozen=True)
+class OfferMsg:
+    session_id: str
+    turn_id: str
+    input: str
+    runtime: str
+    lease_epoch: int
+    resume_required: bool
+    last_seq: int
+    accept_deadline_us: int
+    restore_only: bool = False
+
+
+@dataclass(frozen=True)
+class GrantMsg:
+    session_id: str
+    turn_id: str
+    lease_epoch: int
+    lease_expire_us: int
+
+
+@dataclass(frozen=True)
+class InterruptMsg:
+    session_id: str
+    turn_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RevokeMsg:
+    session_id: str
+    lease_epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SnapshotRequestMsg:
+    session_id: str
+    lease_epoch: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RenewedMsg:
+    lease_expire_us: int
+    lost: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class DrainMsg:
+    deadline_us: int  # 0: the worker's own grace
+
+
+@dataclass(frozen=True)
+class CloseMsg:
+    """Ends the stream: the registration was replaced."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class AnswerMsg:
+    """An application answered a pending request of a turn the worker runs."""
+
+    session_id: str
+    turn_id: str
+    request_id: str
+    response_json: str
+
+
+WorkerMsg = (
+    OfferMsg | GrantMsg | InterruptMsg | RevokeMsg | SnapshotRequestMsg | RenewedMsg | DrainMsg | AnswerMsg | CloseMsg
+)
+
+
+class IncomingEvent(NamedTuple):
+    """One worker event, decoded just enough to fence, dedup and end turns."""
+
+    worker_seq: int
+    turn_id: str
+    kind: str
+    body: bytes
+    exit_code: int = 0
+    message: str = ""
+    runtime_thread_id: str = ""
+    request: PendingRequest | None = None  # for request_opened
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What `Hub.ingest` decided for one batch of worker events.
+
+    `acked_worker_seq` and `last_seq` hold once `committed` resolves; `committed` is None when
+    every event was a duplicate (nothing to store, the watermarks already hold).
+    """
+
+    committed: asyncio.Future[None] | None
+    acked_worker_seq: int
+    last_seq: int
+    events: list[Event]  # the new events, numbered, in log order
+
+
+class ResumeSource(NamedTuple):
+    """What a resuming worker reads: the latest snapshot, the inputs at or before its watermark
+    of turns it does not cover yet, and the log end to read up to after it."""
+
+    snapshot: Snapshot | None
+    carried: list[Event]
+    upto: int
+
+
+@dataclass(frozen=True)
+class SessionView:
+    session: Session
+    state: SessionState
+    last_seq: int
+    active_turn_id: str
+    worker_id: str
+    lease_epoch: int
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    info: WorkerInfo
+    running_turns: int
+    held_sessions: int
+    connected: bool
+    draining: bool

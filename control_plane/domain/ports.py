@@ -1,0 +1,137 @@
+"""Ports: what the domain needs from storage and from the edge, as Protocols.
+
+`store/` implements the storage ports (`SessionReader`, `GroupCommitWriter`, `CredentialStore`)
+and `api/` the `BodyCodec`; the composition root (`control_plane/_server.py`) wires them. The
+domain hands the writer `Changes`, a unit of domain records, and never sees a row: mapping
+records to rows is the store's business. Tests use in-memory fakes of these ports
+(tests/helpers/fake_store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .access import ApiKey, WorkerToken
+from .model import Event, Lease, PendingRequest, RequestState, Session, Snapshot, Turn, WorkerInfo
+
+__all__ = [
+    "BodyCodec",
+    "Changes",
+    "CredentialStore",
+    "GroupCommitWriter",
+    "LoadedSession",
+    "SessionReader",
+    "WriteFailed",
+]
+
+
+class WriteFailed(Exception):
+    """The transaction holding a set of changes failed; nothing in it was stored."""
+
+
+@dataclass
+class Changes:
+    """What one decision changes durably, as domain records, written in one transaction.
+
+    The writer maps the records to rows when the changes are submitted, so a record changed
+    after submission does not change what this unit stores. Updates carry the record's full
+    mutable state. `on_commit` callbacks run after the commit, in submission order across
+    every unit (the writer commits in queue order).
+    """
+
+    session_inserts: list[Session] = field(default_factory=list)
+    turn_inserts: list[Turn] = field(default_factory=list)
+    event_inserts: list[Event] = field(default_factory=list)
+    snapshot_inserts: list[Snapshot] = field(default_factory=list)
+    snapshot_prunes: list[str] = field(default_factory=list)  # session ids: keep the newest few
+    worker_upserts: list[WorkerInfo] = field(default_factory=list)
+    lease_upserts: list[Lease] = field(default_factory=list)
+    session_updates: list[Session] = field(default_factory=list)
+    turn_updates: list[Turn] = field(default_factory=list)
+    request_inserts: list[PendingRequest] = field(default_factory=list)
+    request_updates: list[PendingRequest] = field(default_factory=list)
+    session_deletes: list[str] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class LoadedSession:
+    """Everything needed to rebuild a session's in-memory state."""
+
+    session: Session
+    last_seq: int
+    lease: Lease | None
+    open_turns: list[Turn]
+    last_worker_seq: int  # highest worker_seq stored under the lease's epoch
+    open_requests: list[PendingRequest] = field(default_factory=list)  # of the open turns
+
+
+class SessionReader(Protocol):
+    """The reads the hub makes; memory is the truth for loaded sessions, so these serve
+    loading, pages of history and records that have left memory."""
+
+    async def load_session(self, session_id: str) -> LoadedSession | None: ...
+
+    async def list_sessions(
+        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
+    ) -> list[tuple[Session, bool]]:
+        """One owner's sessions newest first, each with whether a turn is open."""
+        ...
+
+    async def get_turn(self, session_id: str, turn_id: str) -> Turn | None: ...
+    async def find_turn_by_key(self, session_id: str, key: str) -> Turn | None: ...
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]: ...
+
+    async def inputs_open_at(self, session_id: str, upto: int) -> list[Event]:
+        """The input_received events at or before `upto` of turns that had not ended by then."""
+        ...
+
+    async def latest_snapshot(self, session_id: str) -> Snapshot | None: ...
+    async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None: ...
+    async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]: ...
+    async def sessions_with_open_turns(self) -> list[str]: ...
+
+
+class GroupCommitWriter(Protocol):
+    """Every durable change goes through one writer, which commits in submission order."""
+
+    # Called after a failed transaction, before its waiters hear of it, so the owner of
+    # in-memory state can rebuild it from what is durable.
+    on_failure: Callable[[], None] | None
+
+    def submit(self, changes: Changes) -> asyncio.Future[None]:
+        """Queue `changes`; the future resolves once they are durable (after their on_commit
+        callbacks ran) or fails with WriteFailed."""
+        ...
+
+
+class CredentialStore(Protocol):
+    """The credentials `api/` authenticates callers with and the admin calls manage."""
+
+    async def find_api_key(self, secret: str) -> ApiKey | None: ...
+    async def find_worker_token(self, secret: str) -> WorkerToken | None: ...
+
+    async def worker_id_bound(self, worker_id: str) -> bool:
+        """Whether a token (revoked or not) owns `worker_id`, so no other caller may use it."""
+        ...
+
+    async def pair(self, code: str, name: str) -> tuple[WorkerToken, str] | None:
+        """Consume a pairing code for a new worker token and its secret; None if the code is
+        unknown, expired or used."""
+        ...
+
+    async def create_pairing_code(self, owner: str, ttl_us: int, max_pending: int) -> tuple[str, int]: ...
+    async def list_worker_tokens(self, owner: str) -> list[WorkerToken]: ...
+    async def revoke_worker_token(self, owner: str, token_id: str) -> WorkerToken: ...
+
+
+class BodyCodec(Protocol):
+    """Encodes the event bodies the control plane writes itself (api/ provides it)."""
+
+    def input_received(self, text: str) -> bytes: ...
+    def turn_failed(self, message: str, worker_lost: bool = False) -> bytes: ...
+    def turn_interrupted(self, reason: str) -> bytes: ...
+    def request_resolved(self, request: PendingRequest) -> bytes: ...
