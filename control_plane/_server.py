@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
@@ -168,7 +169,7 @@ class ControlPlane:
         self.settings = settings
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._engine = None
+        self._engine: AsyncEngine | None = None
         self._writer: Writer | None = None
         self.hub: Hub | None = None
         self.access: AccessStore | None = None
@@ -185,10 +186,12 @@ class ControlPlane:
         s = self.settings
         try:
             url = database_url(s.db)
-            self._engine = create_engine(url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size)
+            engine = self._engine = create_engine(
+                url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size
+            )
             # A new empty SQLite file is made here; any other database must be at head already
             # (`tether db upgrade`), unless --migrate asks for the upgrade now.
-            await ensure_schema(self._engine, migrate=s.migrate)
+            await ensure_schema(engine, migrate=s.migrate)
         except DatabaseNotReady as exc:
             await self._dispose_engine()
             upgradable = isinstance(exc, SchemaNotCurrent) and exc.upgradable
@@ -204,14 +207,14 @@ class ControlPlane:
         sync_writer = (
             create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
         )
-        self._writer = Writer(self._engine, sync_writer)
+        self._writer = Writer(engine, sync_writer)
         self._writer.start()
-        self.hub = Hub(Reader(self._engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
+        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
         replicated = not is_sqlite(url)
         if not replicated:
             await self.hub.start()
             self.serving = True
-        access = self.access = AccessStore(self._engine)
+        access = self.access = AccessStore(engine)
         auth = Authenticator(access, s.dev_owner)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -416,6 +419,7 @@ async def serve_forever(settings: Settings, port_file: str | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with ControlPlane(settings) as cp:
+        assert cp.port is not None  # started
         if port_file:
             _write_port_file(port_file, cp.port)
         print(f"tether control plane listening on {settings.host}:{cp.port}", flush=True)

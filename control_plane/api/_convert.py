@@ -2,10 +2,13 @@
 
 An event is encoded once, when it is first sent, and the bytes are shared by every
 subscriber: protobuf lets concatenated encodings merge, so the stored EventBody bytes are
-appended to the header fields without ever being decoded.
+appended to the header fields without ever being decoded. Domain enums carry the contract's
+numbers, so converting one is a cast.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -102,7 +105,7 @@ def session_pb(v: m.SessionView) -> pb.Session:
         runtime=s.runtime,
         worker_selector=s.worker_selector,
         labels=s.labels,
-        state=int(v.state),
+        state=cast(pb.SessionState, int(v.state)),
         create_time=ts(s.create_time_us),
         update_time=ts(s.update_time_us),
         last_seq=v.last_seq,
@@ -120,7 +123,7 @@ def turn_pb(t: Turn) -> pb.Turn:
         turn_id=t.turn_id,
         session_id=t.session_id,
         input=t.input,
-        state=int(t.state),
+        state=cast(pb.TurnState, int(t.state)),
         idempotency_key=t.idempotency_key,
         create_time=ts(t.create_time_us),
         worker_id=t.worker_id,
@@ -173,7 +176,7 @@ class ProtoBodyCodec:
     def request_resolved(self, request: PendingRequest) -> bytes:
         resolved = pb.RequestResolved(
             request_id=request.request_id,
-            state=int(request.state),
+            state=cast(pb.RequestState, int(request.state)),
             response_json=request.response_json,
             expire_reason=request.expire_reason,
         )
@@ -185,12 +188,12 @@ def request_pb(r: PendingRequest) -> pb.PendingRequest:
         request_id=r.request_id,
         session_id=r.session_id,
         turn_id=r.turn_id,
-        kind=int(r.kind),
+        kind=cast(pb.RequestKind, int(r.kind)),
         method=r.method,
         params_json=r.params_json,
         summary=r.summary,
         item_id=r.item_id,
-        state=int(r.state),
+        state=cast(pb.RequestState, int(r.state)),
         response_json=r.response_json,
         expire_reason=r.expire_reason,
         create_time=ts(r.create_time_us),
@@ -224,7 +227,7 @@ def _opened_request(body: pb.EventBody, turn_id: str) -> tuple[PendingRequest, b
         create_time_us=now_us(),
     )
     opened.turn_id = turn_id
-    opened.state = int(RequestState.PENDING)
+    opened.state = cast(pb.RequestState, int(RequestState.PENDING))
     opened.ClearField("response_json")
     opened.ClearField("expire_reason")
     opened.ClearField("resolve_time")

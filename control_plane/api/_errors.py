@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from ..domain import errors
 
@@ -42,7 +43,7 @@ def status_for(err: errors.DomainError) -> tuple[grpc.StatusCode, status_pb2.Sta
     return code, status
 
 
-async def abort(context: grpc.aio.ServicerContext, err: errors.DomainError) -> None:
+async def abort(context: grpc.aio.ServicerContext, err: errors.DomainError) -> NoReturn:
     code, status = status_for(err)
     await context.abort(code, err.message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
 

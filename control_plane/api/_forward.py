@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 
@@ -39,7 +39,8 @@ _HOP_HEADERS = frozenset({"user-agent", "te", "content-type"})
 # The one grpc- trailer the application sets (the google.rpc.Status); core writes the rest.
 _STATUS_DETAILS = "grpc-status-details-bin"
 
-Metadata = Sequence[tuple[str, str | bytes]]
+# What a call carries as metadata: grpc.aio.Metadata or a plain sequence of pairs.
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def tether_methods() -> dict[str, tuple[bool, bool]]:
@@ -165,7 +166,10 @@ class Forwarder(grpc.aio.ServerInterceptor):
         if not client_streaming and not server_streaming:
 
             async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
-                call = (await self._channel(address, context)).unary_unary(method)(request, **call_options(context))
+                relay: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = (
+                    await self._channel(address, context)
+                ).unary_unary(method)
+                call = relay(request, **call_options(context))
                 try:
                     response = await _unary_response(call)
                     await _relay_initial_metadata(call, context)
@@ -179,7 +183,10 @@ class Forwarder(grpc.aio.ServerInterceptor):
         if not client_streaming:
 
             async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
-                call = (await self._channel(address, context)).unary_stream(method)(request, **call_options(context))
+                relay: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = (
+                    await self._channel(address, context)
+                ).unary_stream(method)
+                call = relay(request, **call_options(context))
                 try:
                     await _relay_responses(call, context)
                     await _relay_status(call, context, address)
@@ -191,7 +198,10 @@ class Forwarder(grpc.aio.ServerInterceptor):
         if not server_streaming:
 
             async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
-                call = (await self._channel(address, context)).stream_unary(method)(**call_options(context))
+                relay: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = (
+                    await self._channel(address, context)
+                ).stream_unary(method)
+                call = relay(**call_options(context))
                 pump = asyncio.create_task(_pump(requests, call), name=f"forward requests {method}")
                 try:
                     response = await _unary_response(call)
@@ -205,7 +215,10 @@ class Forwarder(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(stream_unary)
 
         async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-            call = (await self._channel(address, context)).stream_stream(method)(**call_options(context))
+            relay: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = (
+                await self._channel(address, context)
+            ).stream_stream(method)
+            call = relay(**call_options(context))
             pump = asyncio.create_task(_pump(requests, call), name=f"forward requests {method}")
             try:
                 await _relay_responses(call, context)

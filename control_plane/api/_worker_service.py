@@ -219,12 +219,12 @@ class WorkerService:
                 elif kind == "renew":
                     outbox.put_nowait(self._hub.renew(worker_id, registration_id, lease_refs(req.renew.leases)))
                 elif kind == "reject":
-                    r = req.reject
-                    self._hub.reject(worker_id, r.session_id, r.turn_id, r.reason)
+                    rejected = req.reject
+                    self._hub.reject(worker_id, rejected.session_id, rejected.turn_id, rejected.reason)
                 elif kind == "release":
-                    r = req.release
-                    reason = r.reason[:4096]  # only logged and reported; never worth failing the stream
-                    await self._hub.release(worker_id, r.session_id, r.lease_epoch, reason)
+                    released = req.release
+                    reason = released.reason[:4096]  # only logged and reported; never worth failing the stream
+                    await self._hub.release(worker_id, released.session_id, released.lease_epoch, reason)
                 elif kind == "draining":
                     self._hub.worker_draining(worker_id)
                 else:

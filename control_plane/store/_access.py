@@ -23,11 +23,11 @@ from ..domain.access import (
     secret_hash,
 )
 from ..domain.model import new_id, now_us
-from ._schema import ApiKeyRow, PairingCodeRow, WorkerTokenRow
+from ._schema import ApiKeyRow, PairingCodeRow, WorkerTokenRow, table_of
 
-_keys = ApiKeyRow.__table__
-_tokens = WorkerTokenRow.__table__
-_codes = PairingCodeRow.__table__
+_keys = table_of(ApiKeyRow)
+_tokens = table_of(WorkerTokenRow)
+_codes = table_of(PairingCodeRow)
 
 
 def _key(r: Any) -> ApiKey:
@@ -39,6 +39,8 @@ def _token(r: Any) -> WorkerToken:
 
 
 class AccessStore:
+    """The domain's `CredentialStore` port (and the key management `tether keys` uses)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 

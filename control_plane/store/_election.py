@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
@@ -56,7 +57,7 @@ async def _read_leader(conn) -> Leader | None:
 
 async def current_leader(url: str) -> Leader | None:
     """The leader the database names now (None before the first election)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
     try:
@@ -97,7 +98,7 @@ class Election:
         self._wake = asyncio.Event()
         self.decided = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._conn = None  # asyncpg.Connection holding the lock
+        self._conn: Any = None  # asyncpg.Connection holding the lock (asyncpg ships no types)
 
     @property
     def is_leader(self) -> bool:

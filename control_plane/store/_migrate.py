@@ -58,7 +58,16 @@ def _config(connection: Connection | None = None, **attributes: object) -> Confi
 
 
 _SCRIPTS = ScriptDirectory.from_config(_config())
-SCHEMA_HEAD: str = _SCRIPTS.get_current_head()  # the revision this release needs
+
+
+def _head() -> str:
+    head = _SCRIPTS.get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migration in {MIGRATIONS}: the installation is broken")
+    return head
+
+
+SCHEMA_HEAD: str = _head()  # the revision this release needs
 _KNOWN = {script.revision for script in _SCRIPTS.walk_revisions()}
 _TETHER_TABLES = frozenset(Base.metadata.tables)
 
@@ -262,7 +271,7 @@ def _upgrade(conn: Connection, url: URL, legacy_owner: str) -> Upgrade:
         raise not_current(url, state)
     config = _config(conn, legacy_owner=legacy_owner)
     stamped = state.revision is not None and not state.recorded
-    if stamped:
+    if state.revision is not None and stamped:
         command.stamp(config, state.revision)
     if state.revision != SCHEMA_HEAD:
         command.upgrade(config, SCHEMA_HEAD)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -32,6 +33,13 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(row: type[Base]) -> Table:
+    """A row class's Table (the declarative base types `__table__` as any FromClause)."""
+    table = row.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class WorkerRow(Base):

@@ -23,23 +23,23 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import Event
 from ..domain.ports import Changes, WriteFailed
 from ._rows import WRITE_SET_FIELDS, WriteSet, rows_of
-from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow, WorkerRow
+from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow, WorkerRow, table_of
 
 log = logging.getLogger(__name__)
 
-_sessions = SessionRow.__table__
-_turns = TurnRow.__table__
-_events = EventRow.__table__
-_leases = LeaseRow.__table__
-_snapshots = SnapshotRow.__table__
-_workers = WorkerRow.__table__
-_requests = RequestRow.__table__
+_sessions = table_of(SessionRow)
+_turns = table_of(TurnRow)
+_events = table_of(EventRow)
+_leases = table_of(LeaseRow)
+_snapshots = table_of(SnapshotRow)
+_workers = table_of(WorkerRow)
+_requests = table_of(RequestRow)
 
 
 # Parents before children, inserts before the updates that may touch the same rows; deletes
@@ -80,6 +80,7 @@ class Writer:
         self.write_sets = 0
 
     def _build_statements(self, dialect: str) -> dict[str, Any]:
+        upsert: Callable[[Table], Any]
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
