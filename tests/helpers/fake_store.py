@@ -1,0 +1,242 @@
+"""In-memory fakes of the control plane's domain ports, for unit tests of the rules.
+
+`MemoryStore` is both storage ports at once, over dicts: the `SessionReader` the hub loads and
+pages from, and the `GroupCommitWriter` it submits `Changes` to. Like the real writer, it
+copies the records at submission (a record changed afterwards does not change what that unit
+stores), commits units in submission order on a later turn of the event loop, runs their
+on_commit callbacks after the commit, and can be told to fail the next commits
+(`fail_next`), calling `on_failure` first. Like the real reader, it hands out copies, stores
+an offered turn as queued, and reports open turns and their requests for reloading.
+
+`FakeCodec` encodes the bodies the control plane writes itself as readable bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tether.control_plane.domain.model import (
+    TERMINAL_KINDS,
+    Event,
+    Lease,
+    PendingRequest,
+    RequestState,
+    Session,
+    Snapshot,
+    Turn,
+    TurnState,
+    WorkerInfo,
+)
+from tether.control_plane.domain.ports import Changes, LoadedSession, WriteFailed
+
+SNAPSHOTS_KEPT = 3
+
+
+@dataclass
+class _Unit:
+    changes: Changes
+    done: asyncio.Future[None]
+
+
+@dataclass
+class MemoryStore:
+    """What is durable, and the two storage ports over it."""
+
+    sessions: dict[str, Session] = field(default_factory=dict)
+    turns: dict[str, Turn] = field(default_factory=dict)
+    events: dict[str, list[Event]] = field(default_factory=dict)  # by session, in seq order
+    leases: dict[str, Lease] = field(default_factory=dict)
+    snapshots: dict[str, list[Snapshot]] = field(default_factory=dict)  # by session, oldest first
+    requests: dict[str, PendingRequest] = field(default_factory=dict)
+    workers: dict[str, WorkerInfo] = field(default_factory=dict)
+    on_failure: Callable[[], None] | None = None
+    fail_next: int = 0  # how many of the next commits fail
+    commits: int = 0
+
+    # ----------------------------------------------------------------- GroupCommitWriter
+
+    def submit(self, changes: Changes) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        unit = _Unit(_frozen(changes), done)
+        asyncio.get_running_loop().call_soon(self._commit, unit)
+        return done
+
+    def _commit(self, unit: _Unit) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            if self.on_failure is not None:
+                self.on_failure()
+            if not unit.done.done():
+                unit.done.set_exception(WriteFailed("injected failure"))
+            return
+        self.commits += 1
+        self._apply(unit.changes)
+        for callback in unit.changes.on_commit:
+            callback()
+        if not unit.done.done():
+            unit.done.set_result(None)
+
+    def _apply(self, c: Changes) -> None:
+        for s in c.session_inserts:
+            self.sessions[s.session_id] = s
+        for t in c.turn_inserts:
+            self.turns[t.turn_id] = _durable_turn(t)
+        for e in c.event_inserts:
+            log = self.events.setdefault(e.session_id, [])
+            assert not log or log[-1].seq < e.seq, f"seq {e.seq} stored out of order"
+            log.append(e)
+        for snap in c.snapshot_inserts:
+            self.snapshots.setdefault(snap.session_id, []).append(snap)
+        for session_id in c.snapshot_prunes:
+            kept = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
+            self.snapshots[session_id] = kept[-SNAPSHOTS_KEPT:]
+        for w in c.worker_upserts:
+            self.workers[w.worker_id] = w
+        for lease in c.lease_upserts:
+            self.leases[lease.session_id] = lease
+        for s in c.session_updates:
+            stored = self.sessions[s.session_id]
+            stored.archived, stored.runtime_thread_id, stored.update_time_us = (
+                s.archived,
+                s.runtime_thread_id,
+                s.update_time_us,
+            )
+        for t in c.turn_updates:
+            self.turns[t.turn_id] = _durable_turn(t)
+        for r in c.request_inserts:
+            self.requests[r.request_id] = r
+        for r in c.request_updates:
+            self.requests[r.request_id] = r
+        for session_id in c.session_deletes:
+            self.sessions.pop(session_id, None)
+            self.events.pop(session_id, None)
+            self.leases.pop(session_id, None)
+            self.snapshots.pop(session_id, None)
+            self.turns = {k: t for k, t in self.turns.items() if t.session_id != session_id}
+            self.requests = {k: r for k, r in self.requests.items() if r.session_id != session_id}
+
+    # ----------------------------------------------------------------- SessionReader
+
+    async def load_session(self, session_id: str) -> LoadedSession | None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        log = self.events.get(session_id, [])
+        turns = [t for t in self.turns.values() if t.session_id == session_id]
+        open_turns = sorted((t for t in turns if not t.state.ended), key=lambda t: t.ordinal)
+        lease = self.leases.get(session_id)
+        last_worker_seq = max((e.worker_seq for e in log if lease and e.lease_epoch == lease.epoch), default=0)
+        open_ids = {t.turn_id for t in open_turns}
+        requests = sorted(
+            (r for r in self.requests.values() if r.session_id == session_id and r.turn_id in open_ids),
+            key=lambda r: r.create_time_us,
+        )
+        loaded_session = copy.copy(session)
+        loaded_session.turn_count = max((t.ordinal for t in turns), default=0)
+        return LoadedSession(
+            loaded_session,
+            log[-1].seq if log else 0,
+            copy.copy(lease),
+            [copy.copy(t) for t in open_turns],
+            last_worker_seq,
+            [copy.copy(r) for r in requests],
+        )
+
+    async def list_sessions(
+        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
+    ) -> list[tuple[Session, bool]]:
+        found = []
+        for s in sorted(self.sessions.values(), key=lambda s: s.session_id, reverse=True):
+            has_open = any(t.session_id == s.session_id and not t.state.ended for t in self.turns.values())
+            if s.owner != owner or (before_id and s.session_id >= before_id):
+                continue
+            if archived is not None and s.archived != archived:
+                continue
+            if active is not None and has_open != active:
+                continue
+            found.append((copy.copy(s), has_open))
+        return found[:limit]
+
+    async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
+        turn = self.turns.get(turn_id)
+        return copy.copy(turn) if turn is not None and turn.session_id == session_id else None
+
+    async def find_turn_by_key(self, session_id: str, key: str) -> Turn | None:
+        for turn in self.turns.values():
+            if turn.session_id == session_id and turn.idempotency_key == key:
+                return copy.copy(turn)
+        return None
+
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
+        return [e for e in self.events.get(session_id, []) if e.seq > after_seq][:limit]
+
+    async def inputs_open_at(self, session_id: str, upto: int) -> list[Event]:
+        found: list[Event] = []
+        last_ended = None
+        for e in reversed([e for e in self.events.get(session_id, []) if e.seq <= upto]):
+            if e.kind in TERMINAL_KINDS:
+                last_ended = last_ended or e.turn_id
+            elif e.kind == "input_received":
+                if e.turn_id == last_ended:
+                    break
+                found.append(e)
+        return found[::-1]
+
+    async def latest_snapshot(self, session_id: str) -> Snapshot | None:
+        snaps = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
+        return snaps[-1] if snaps else None
+
+    async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None:
+        request = self.requests.get(request_id)
+        return copy.copy(request) if request is not None and request.session_id == session_id else None
+
+    async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]:
+        found = [
+            copy.copy(r)
+            for r in self.requests.values()
+            if r.session_id == session_id and (state is None or r.state == state)
+        ]
+        return sorted(found, key=lambda r: (r.create_time_us, r.request_id))
+
+    async def sessions_with_open_turns(self) -> list[str]:
+        return sorted({t.session_id for t in self.turns.values() if not t.state.ended})
+
+    # ----------------------------------------------------------------- for assertions
+
+    def kinds(self, session_id: str) -> list[str]:
+        """The kinds of the session's stored events, in log order."""
+        return [e.kind for e in self.events.get(session_id, [])]
+
+
+def _frozen(changes: Changes) -> Changes:
+    """`changes` with every record copied as it is now; callbacks stay as they are."""
+    copied = Changes(on_commit=list(changes.on_commit))
+    for name in Changes.__dataclass_fields__:
+        if name != "on_commit":
+            setattr(copied, name, [copy.copy(item) for item in getattr(changes, name)])
+    return copied
+
+
+def _durable_turn(turn: Turn) -> Turn:
+    # An offer dies with the process, so an offered turn is stored as queued.
+    return dataclasses.replace(turn, state=TurnState.QUEUED) if turn.state == TurnState.OFFERED else turn
+
+
+class FakeCodec:
+    """The `BodyCodec` port: readable bytes instead of the contract's EventBody."""
+
+    def input_received(self, text: str) -> bytes:
+        return f"input_received:{text}".encode()
+
+    def turn_failed(self, message: str, worker_lost: bool = False) -> bytes:
+        return f"turn_failed:{message}:{worker_lost}".encode()
+
+    def turn_interrupted(self, reason: str) -> bytes:
+        return f"turn_interrupted:{reason}".encode()
+
+    def request_resolved(self, request: PendingRequest) -> bytes:
+        return f"request_resolved:{request.request_id}:{request.state.name}".encode()
