@@ -41,7 +41,7 @@ class Ingest:
         *,
         sessions: SessionCache,
         leases: Leases,
-        log: EventLog,
+        events: EventLog,
         turns: Turns,
         requests: PendingRequests,
         workers: Workers,
@@ -49,7 +49,7 @@ class Ingest:
     ) -> None:
         self._sessions = sessions
         self._leases = leases
-        self._log = log
+        self._events = events
         self._turns = turns
         self._requests = requests
         self._workers = workers
@@ -80,7 +80,7 @@ class Ingest:
                     f"worker_seq must continue at {expected + i} with no gaps; got {e.worker_seq}",
                 )
         if not fresh:
-            return IngestResult(None, self._leases.acked_worker_seq(rec), self._log.committed_seq(rec), [])
+            return IngestResult(None, self._leases.acked_worker_seq(rec), self._events.committed_seq(rec), [])
         active = self._turns.active(rec)
         running_id = active.turn_id if active is not None and active.state == TurnState.RUNNING else ""
         for e in fresh:
@@ -97,10 +97,10 @@ class Ingest:
             self._requests.check_opened(rec, [e.request for e in opened])
         # Checked: from here on nothing refuses the batch.
         now = now_us()
-        stored = self._log.number(rec, fresh, epoch, now)
+        stored = self._events.number(rec, fresh, epoch, now)
         changes = Changes(event_inserts=stored)
         self._leases.ack(rec, fresh[-1].worker_seq)
-        seq = self._log.last_seq(rec)
+        seq = self._events.last_seq(rec)
         last = fresh[-1]
         for e in opened:  # checked above: each carries a request
             request = e.request
@@ -118,9 +118,9 @@ class Ingest:
             )
             if expired:
                 stored.extend(expired)  # the same list as changes.event_inserts
-                seq = self._log.last_seq(rec)
+                seq = self._events.last_seq(rec)
             self._workers.free_slot(worker_id, active.turn_id)
             changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
             changes.on_commit.append(self._scheduler.dispatch_waiting)
-        changes.on_commit.insert(0, lambda: self._log.published(rec, stored))
+        changes.on_commit.insert(0, lambda: self._events.published(rec, stored))
         return IngestResult(self._committer.submit(changes), self._leases.acked_worker_seq(rec), seq, stored)

@@ -35,9 +35,11 @@ class PendingRequests:
         self._committer = committer
         self._codec = codec
 
-    def connect(self, *, sessions: SessionCache, log: EventLog, turns: Turns, leases: Leases, workers: Workers) -> None:
+    def connect(
+        self, *, sessions: SessionCache, events: EventLog, turns: Turns, leases: Leases, workers: Workers
+    ) -> None:
         self._sessions = sessions
-        self._log = log
+        self._events = events
         self._turns = turns
         self._leases = leases
         self._workers = workers
@@ -86,7 +88,9 @@ class PendingRequests:
             request.expire_reason = why
             request.resolve_time_us = now
             changes.request_updates.append(request)
-            events.append(self._log.own_event(rec, turn_id, "request_resolved", self._codec.request_resolved(request)))
+            events.append(
+                self._events.own_event(rec, turn_id, "request_resolved", self._codec.request_resolved(request))
+            )
         return events
 
     # ----------------------------------------------------------------- answered by the application
@@ -111,9 +115,9 @@ class PendingRequests:
         request.state = RequestState.RESOLVED
         request.response_json = answer_json
         request.resolve_time_us = now_us()
-        event = self._log.own_event(rec, request.turn_id, "request_resolved", self._codec.request_resolved(request))
+        event = self._events.own_event(rec, request.turn_id, "request_resolved", self._codec.request_resolved(request))
         changes = Changes(event_inserts=[event], request_updates=[request])
-        changes.on_commit.append(lambda: self._log.published(rec, [event]))
+        changes.on_commit.append(lambda: self._events.published(rec, [event]))
         changes.on_commit.append(lambda: self._deliver(rec, request))
         await self._committer.commit(changes)
         return request

@@ -33,14 +33,14 @@ class Recovery:
         self,
         *,
         sessions: SessionCache,
-        log: EventLog,
+        events: EventLog,
         turns: Turns,
         scheduler: Scheduler,
         restores: Restores,
         workers: Workers,
     ) -> None:
         self._sessions = sessions
-        self._log = log
+        self._events = events
         self._turns = turns
         self._scheduler = scheduler
         self._restores = restores
@@ -58,7 +58,7 @@ class Recovery:
         log.error("a write failed: rebuilding in-memory state from the database")
         dropped = self._sessions.drop_all()
         for rec in dropped:
-            self._log.wake(rec)
+            self._events.wake(rec)
             self._restores.drop(rec)
         self._scheduler.reset(dropped)
         self._workers.disconnect_all("the control plane is recovering from a failed write; reconnect")

@@ -65,14 +65,14 @@ class Restores:
         leases: Leases,
         workers: Workers,
         scheduler: Scheduler,
-        log: EventLog,
+        events: EventLog,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
         self._leases = leases
         self._workers = workers
         self._scheduler = scheduler
-        self._log = log
+        self._events = events
 
     def in_progress(self, rec: SessionRecord) -> bool:
         return rec.restoring is not None
@@ -134,7 +134,7 @@ class Restores:
                 runtime=rec.session.runtime,
                 lease_epoch=epoch,
                 resume_required=True,
-                last_seq=self._log.committed_seq(rec),
+                last_seq=self._events.committed_seq(rec),
                 accept_deadline_us=now_us() + int(timeout * 1e6),
                 restore_only=True,
             )

@@ -56,14 +56,14 @@ class Scheduler:
         leases: Leases,
         restores: Restores,
         workers: Workers,
-        log: EventLog,
+        events: EventLog,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
         self._leases = leases
         self._restores = restores
         self._workers = workers
-        self._log = log
+        self._events = events
 
     # ----------------------------------------------------------------- choosing a worker
 
@@ -143,7 +143,7 @@ class Scheduler:
                 runtime=rec.session.runtime,
                 lease_epoch=epoch,
                 resume_required=resume,
-                last_seq=self._log.committed_seq(rec),
+                last_seq=self._events.committed_seq(rec),
                 accept_deadline_us=now_us() + int(timeout * 1e6),
             )
         )

@@ -44,14 +44,14 @@ class SessionCache:
         self,
         *,
         turns: Turns,
-        log: EventLog,
+        events: EventLog,
         leases: Leases,
         scheduler: Scheduler,
         restores: Restores,
         workers: Workers,
     ) -> None:
         self._turns = turns
-        self._log = log
+        self._events = events
         self._leases = leases
         self._scheduler = scheduler
         self._restores = restores
@@ -158,7 +158,7 @@ class SessionCache:
         return SessionView(
             session=rec.session,
             state=state,
-            last_seq=self._log.committed_seq(rec),
+            last_seq=self._events.committed_seq(rec),
             active_turn_id=self._turns.current_turn_id(rec),
             worker_id=self._leases.holder(rec),
             lease_epoch=self._leases.epoch(rec),
@@ -217,7 +217,7 @@ class SessionCache:
         active = self._turns.active(rec)
         if active is not None:
             self._workers.free_everywhere(active.turn_id)
-        self._log.wake(rec)
+        self._events.wake(rec)
         try:
             await self._committer.commit(Changes(session_deletes=[session_id]))
         finally:

@@ -35,11 +35,11 @@ class Snapshots:
         self._waiters: dict[str, tuple[str, asyncio.Future[Snapshot]]] = {}  # by request id
 
     def connect(
-        self, *, sessions: SessionCache, leases: Leases, log: EventLog, workers: Workers, restores: Restores
+        self, *, sessions: SessionCache, leases: Leases, events: EventLog, workers: Workers, restores: Restores
     ) -> None:
         self._sessions = sessions
         self._leases = leases
-        self._log = log
+        self._events = events
         self._workers = workers
         self._restores = restores
 
@@ -93,7 +93,7 @@ class Snapshots:
         owner: str,
     ) -> Snapshot:
         rec = await self._leases.load_and_check(worker_id, session_id, epoch, owner)
-        committed = self._log.committed_seq(rec)
+        committed = self._events.committed_seq(rec)
         if seq > committed:
             raise errors.InvalidArgument("seq", f"the snapshot claims seq {seq} but the log ends at {committed}")
         snap = Snapshot(
@@ -124,7 +124,7 @@ class Snapshots:
         """What a resuming worker reads: the latest snapshot, the inputs at or before its
         watermark of turns it does not cover yet, and the log end to read up to after it."""
         rec = await self._leases.load_and_check(worker_id, session_id, epoch, owner)
-        upto = self._log.committed_seq(rec)
+        upto = self._events.committed_seq(rec)
         snap = await self._reader.latest_snapshot(session_id)
         carried = await self._reader.inputs_open_at(session_id, snap.seq) if snap is not None else []
         return ResumeSource(snap, carried, upto)

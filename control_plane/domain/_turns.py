@@ -66,13 +66,13 @@ class Turns:
         self,
         *,
         sessions: SessionCache,
-        log: EventLog,
+        events: EventLog,
         scheduler: Scheduler,
         workers: Workers,
         requests: PendingRequests,
     ) -> None:
         self._sessions = sessions
-        self._log = log
+        self._events = events
         self._scheduler = scheduler
         self._workers = workers
         self._requests = requests
@@ -168,9 +168,9 @@ class Turns:
         book.queue.append(turn.turn_id)
         if key:
             book.keys[key] = turn.turn_id
-        event = self._log.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
+        event = self._events.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
         changes = Changes(turn_inserts=[turn], event_inserts=[event])
-        changes.on_commit.append(lambda: self._log.published(rec, [event]))
+        changes.on_commit.append(lambda: self._events.published(rec, [event]))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         await self._committer.commit(changes)
         return turn, False
@@ -257,13 +257,13 @@ class Turns:
         self._workers.free_slot(turn.worker_id, turn.turn_id)
         interrupted = state == TurnState.INTERRUPTED
         body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why, worker_lost)
-        event = self._log.own_event(rec, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
+        event = self._events.own_event(rec, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
         changes = Changes(event_inserts=[event], turn_updates=[turn])
         self._sessions.touch(rec, turn.end_time_us, changes)
         expired = self._requests.expire(rec, turn.turn_id, f"its turn ended: {why}", changes)
         events = [event, *expired]
         changes.event_inserts = events
-        changes.on_commit.append(lambda: self._log.published(rec, events))
+        changes.on_commit.append(lambda: self._events.published(rec, events))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         return changes
 

@@ -113,7 +113,7 @@ class Hub:
         self._tasks = Tasks()  # owned here, awaited by stop()
         committer = Committer(writer)
         sessions = self._sessions = SessionCache(reader, committer, timings)
-        log = self._log = EventLog(reader)
+        events = self._events = EventLog(reader)
         turns = self._turns = Turns(reader, committer, codec, self.limits)
         scheduler = self._scheduler = Scheduler(committer, timings)
         leases = self._leases = Leases(committer, self._tasks, timings)
@@ -124,26 +124,32 @@ class Hub:
         workers = self._workers = Workers(committer, timings)
         recovery = self._recovery = Recovery(reader, self._tasks)
 
-        sessions.connect(turns=turns, log=log, leases=leases, scheduler=scheduler, restores=restores, workers=workers)
-        log.connect(sessions=sessions)
-        turns.connect(sessions=sessions, log=log, scheduler=scheduler, workers=workers, requests=requests)
-        scheduler.connect(sessions=sessions, turns=turns, leases=leases, restores=restores, workers=workers, log=log)
+        sessions.connect(
+            turns=turns, events=events, leases=leases, scheduler=scheduler, restores=restores, workers=workers
+        )
+        events.connect(sessions=sessions)
+        turns.connect(sessions=sessions, events=events, scheduler=scheduler, workers=workers, requests=requests)
+        scheduler.connect(
+            sessions=sessions, turns=turns, leases=leases, restores=restores, workers=workers, events=events
+        )
         leases.connect(sessions=sessions, workers=workers, turns=turns, restores=restores, scheduler=scheduler)
         ingest.connect(
             sessions=sessions,
             leases=leases,
-            log=log,
+            events=events,
             turns=turns,
             requests=requests,
             workers=workers,
             scheduler=scheduler,
         )
-        requests.connect(sessions=sessions, log=log, turns=turns, leases=leases, workers=workers)
-        snapshots.connect(sessions=sessions, leases=leases, log=log, workers=workers, restores=restores)
-        restores.connect(sessions=sessions, turns=turns, leases=leases, workers=workers, scheduler=scheduler, log=log)
+        requests.connect(sessions=sessions, events=events, turns=turns, leases=leases, workers=workers)
+        snapshots.connect(sessions=sessions, leases=leases, events=events, workers=workers, restores=restores)
+        restores.connect(
+            sessions=sessions, turns=turns, leases=leases, workers=workers, scheduler=scheduler, events=events
+        )
         workers.connect(sessions=sessions, leases=leases, scheduler=scheduler, turns=turns, requests=requests)
         recovery.connect(
-            sessions=sessions, log=log, turns=turns, scheduler=scheduler, restores=restores, workers=workers
+            sessions=sessions, events=events, turns=turns, scheduler=scheduler, restores=restores, workers=workers
         )
         writer.on_failure = recovery.on_write_failure
 
@@ -159,7 +165,7 @@ class Hub:
         await self._tasks.stop()
         self._workers.close_all("control plane shutting down")
         for rec in self._sessions.end_all():
-            self._log.wake(rec)  # ends live subscriptions
+            self._events.wake(rec)  # ends live subscriptions
 
     # ----------------------------------------------------------------- sessions
 
@@ -198,7 +204,7 @@ class Hub:
         self, owner: str, session_id: str, after_seq: int, stop_at_end: bool
     ) -> AsyncIterator[list[Event]]:
         """Committed events after `after_seq`, in order, then live ones as they commit."""
-        return await self._log.subscribe(owner, session_id, after_seq, stop_at_end)
+        return await self._events.subscribe(owner, session_id, after_seq, stop_at_end)
 
     # ----------------------------------------------------------------- workers
 
@@ -311,4 +317,4 @@ class Hub:
 
     def events_between(self, session_id: str, after_seq: int, upto: int) -> AsyncIterator[list[Event]]:
         """Stored events in (after_seq, upto], a page at a time."""
-        return self._log.events_between(session_id, after_seq, upto)
+        return self._events.events_between(session_id, after_seq, upto)
