@@ -7,13 +7,21 @@ Public surface:
 - `Worker`, `WorkerSettings`: run a worker in-process (``await Worker(settings).run()``).
 - `Runtime` and its dataclasses (`HistoryItem`, `Output`, `TurnCompleted`, ...): the interface a
   runtime plugin implements, with the events a runtime may yield (items, deltas, token usage,
-  pending requests, history items); `ShellRuntime`, `ScriptRuntime` and `CodexRuntime` (with `CodexSettings`)
-  are the built-in ones.
+  pending requests, history items). They live in `tether.execution_worker.runtime`, the plugin
+  API, which loads no runtime, no SDK and no gRPC; they are re-exported here.
+- `ShellRuntime`, `ScriptRuntime` and `CodexRuntime` (with `CodexSettings`): the built-in runtimes.
 - `discover_runtimes()`: every runtime this installation offers, by name.
+
+Only the plugin API is imported eagerly: the worker, the runtimes and gRPC load on first use
+of their names, so `import tether.execution_worker.runtime` stays light.
 """
 
-from tether.execution_worker._codex import CodexRuntime, CodexSettings
-from tether.execution_worker._runtime import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tether.execution_worker.runtime import (
     ENTRY_POINT_GROUP,
     AgentError,
     DeltaKind,
@@ -38,13 +46,39 @@ from tether.execution_worker._runtime import (
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
-    discover_runtimes,
     new_request_id,
 )
-from tether.execution_worker._script import ScriptRuntime
-from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
-from tether.execution_worker._shell import ShellRuntime
-from tether.execution_worker._worker import Worker
+
+if TYPE_CHECKING:
+    from tether.execution_worker._codex import CodexRuntime
+    from tether.execution_worker._codex_settings import CodexSettings
+    from tether.execution_worker._discovery import discover_runtimes
+    from tether.execution_worker._script import ScriptRuntime
+    from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
+    from tether.execution_worker._shell import ShellRuntime
+    from tether.execution_worker._worker import Worker
+
+# Name -> the private module that defines it, imported on first access.
+_LAZY = {
+    "CodexRuntime": "_codex",
+    "CodexSettings": "_codex_settings",
+    "discover_runtimes": "_discovery",
+    "ScriptRuntime": "_script",
+    "ShellRuntime": "_shell",
+    "WorkerSettings": "_settings",
+    "resolve_worker_id": "_settings",
+    "Worker": "_worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ENTRY_POINT_GROUP",

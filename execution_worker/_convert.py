@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tether.execution_worker._runtime import (
+from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
     HistoryAppended,

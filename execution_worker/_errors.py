@@ -7,7 +7,7 @@ The server puts an ErrorInfo (domain "tether.dev") with a stable reason in the
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 
 ERROR_DOMAIN = "tether.dev"
 LEASE_LOST = "LEASE_LOST"

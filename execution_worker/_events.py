@@ -3,7 +3,8 @@ StreamEvents stream until the control plane acknowledges them.
 
 Delivery is at-least-once with stable numbers: every event gets the next `worker_seq` of its
 (session, lease epoch) when emitted and keeps it across reconnects, so the server can drop the
-duplicates a resend produces. Throughput comes from batching, not from waiting: the sender
+duplicates a resend produces; an outbox that replaces a closed one of the same lease epoch (a
+session woken from dormant, see `_session`) goes on from the last number it used. Throughput comes from batching, not from waiting: the sender
 writes everything pending (up to the server's per-message limit) whenever its previous write
 completes, so under load batches grow by themselves and when idle an event leaves at once.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import grpc
 
@@ -49,6 +51,7 @@ class EventOutbox:
         new_backoff: Callable[[], Backoff],
         on_lease_lost: Callable[[EventOutbox], None],
         rpc_timeout_s: float = 10.0,
+        start_after: int = 0,
     ) -> None:
         self.worker_id = worker_id
         self.session_id = session_id
@@ -61,10 +64,11 @@ class EventOutbox:
         # Unacknowledged events; _pending[0].worker_seq == _acked + 1.
         self._pending: list[worker_service_pb2.WorkerEvent] = []
         self._sizes: list[int] = []  # serialized size of each pending event
-        self._emitted = 0  # worker_seq of the last emitted event
-        self._acked = 0
+        # worker_seq of the last emitted event; `start_after` were all acknowledged before.
+        self._emitted = start_after
+        self._acked = start_after
         self._last_seq = 0
-        self._next_send = 1
+        self._next_send = start_after + 1
         self._new_events = asyncio.Event()
         self._ack_waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._closed = False
@@ -243,7 +247,7 @@ class EventOutbox:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
-            self._on_ack(response)
+            self._on_ack(cast(worker_service_pb2.StreamEventsResponse, response))
 
     async def _write_events(self, call: grpc.aio.StreamStreamCall) -> None:
         header_sent = False

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -331,7 +331,7 @@ class LeaseClient:
                     _log.warning("control plane closed the lease stream")
                 return
             self._last_heard = loop.time()
-            await self._handler.on_lease_message(message)
+            await self._handler.on_lease_message(cast(worker_service_pb2.LeaseResponse, message))
 
     async def _watch_liveness(self) -> None:
         """Return (which drops the stream) once the server has been silent for the liveness

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tether.execution_worker._runtime import (
+from tether.execution_worker.runtime import (
     HistoryItem,
     HistoryRole,
     Output,
@@ -151,8 +151,9 @@ class ScriptRuntime(Runtime):
     async def _until_stopped(self, answer: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         assert self._stop is not None
         stopped = asyncio.ensure_future(self._stop.wait())
+        waiters: set[asyncio.Future[Any]] = {answer, stopped}
         try:
-            await asyncio.wait({answer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
         if not answer.done():

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.execution_worker._codex import CodexSettings
+from tether.execution_worker._codex_settings import CodexSettings
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
 
@@ -45,6 +45,10 @@ class WorkerSettings:
     #: ... once the session has then been idle this long (a turn that starts meanwhile takes
     #: the snapshot over at its own end).
     snapshot_idle_s: float = 0.05
+    #: How many quiet sessions keep their runtime warm; beyond that, the least recently used
+    #: go dormant (still held; their next turn rehydrates them), which bounds the worker's
+    #: memory whatever the number of sessions it holds.
+    warm_sessions: int = 32
     #: Used until the first RegisterResponse says otherwise.
     reconnect_backoff_initial_s: float = 0.2
     reconnect_backoff_max_s: float = 5.0
@@ -75,6 +79,8 @@ class WorkerSettings:
             raise ValueError("at least one runtime is required")
         if self.snapshot_every_turns < 0:
             raise ValueError(f"snapshot_every_turns must be 0 or more, got {self.snapshot_every_turns}")
+        if self.warm_sessions < 0:
+            raise ValueError(f"warm_sessions must be 0 or more, got {self.warm_sessions}")
         if self.turn_timeout_s < 0:
             raise ValueError(f"turn_timeout_s must be 0 (no limit) or more, got {self.turn_timeout_s}")
         if not isinstance(self.codex, CodexSettings):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import functools
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.execution_worker._child import when_exited
-from tether.execution_worker._runtime import (
+from tether.execution_worker.runtime import (
     HistoryItem,
     HistoryRole,
     Output,
@@ -86,7 +87,7 @@ class _ShellTurn:
     async def attach(self) -> None:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         for pipe, stream in ((self.proc.stdout, OutputStream.STDOUT), (self.proc.stderr, OutputStream.STDERR)):
-            transport, _ = await self.loop.connect_read_pipe(lambda s=stream: _PipeReader(self, s), pipe)
+            transport, _ = await self.loop.connect_read_pipe(functools.partial(_PipeReader, self, stream), pipe)
             self._transports.append(transport)
         when_exited(self.loop, self.proc, self._on_exit)
 

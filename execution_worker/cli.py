@@ -1,8 +1,10 @@
-"""The `tether worker` command: without a subcommand it builds `WorkerSettings` from flags and
-`TETHER_*` environment variables and runs a `Worker` until it drains; the operator
-subcommands `tether worker list`, `drain WORKER_ID`, `tokens` and `revoke TOKEN_ID` (from
-`sdk.cli`) ask the control plane about workers instead, and `tether worker pair --code CODE`
+"""The `worker` command group: without a subcommand it builds `WorkerSettings` from flags and
+`TETHER_*` environment variables and runs a `Worker` until it drains; `worker pair --code CODE`
 exchanges a one-time pairing code for the worker's token.
+
+The operator subcommands of `tether worker` (`list`, `drain WORKER_ID`, `tokens`, `revoke
+TOKEN_ID`) ask the control plane about workers through the SDK; the umbrella `tether` command
+(`tether.cli`) adds them to this group, so the worker never loads the SDK's CLI.
 
 Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one stops at once
 (running commands are killed) with exit status 128 + signal number.
@@ -18,12 +20,12 @@ import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import click
 import grpc
 
-from tether.execution_worker._codex import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
+from tether.execution_worker._codex_settings import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
 from tether.execution_worker._credentials import (
     CredentialsRejected,
     WorkerCredentials,
@@ -32,13 +34,20 @@ from tether.execution_worker._credentials import (
     pair,
     save_credentials,
 )
+from tether.execution_worker._discovery import discover_runtimes
 from tether.execution_worker._errors import describe
-from tether.execution_worker._runtime import discover_runtimes
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from tether.execution_worker._worker import Worker
-from tether.sdk.cli import drain_worker, list_worker_tokens, list_workers, revoke_worker_token
 
 _T = TypeVar("_T")
+
+
+class _TlsFiles(TypedDict):
+    """The TLS files of the --tls-* flags, as `WorkerSettings` and `pair()` name them."""
+
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
 
 
 def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -185,6 +194,15 @@ def _tls_options(f):
     help="Upload a session snapshot after every N finished turns; 0 only on request, restore and drain.",
 )
 @click.option(
+    "--warm-sessions",
+    envvar="TETHER_WARM_SESSIONS",
+    type=click.IntRange(0),
+    default=32,
+    show_default=True,
+    help="Quiet sessions whose runtime stays warm; the least recently used beyond that are rehydrated "
+    "on their next turn.",
+)
+@click.option(
     "--turn-timeout-s",
     envvar="TETHER_TURN_TIMEOUT_S",
     type=click.FloatRange(0),
@@ -273,6 +291,7 @@ def worker(
     name: str,
     drain_grace_s: float,
     snapshot_every_turns: int,
+    warm_sessions: int,
     turn_timeout_s: float,
     codex_bin: str,
     codex_model: str | None,
@@ -299,7 +318,7 @@ def worker(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    tls = {"tls_ca_file": tls_ca, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
+    tls = _TlsFiles(tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key)
     token_file = token_file or default_token_file(workdir)
     credentials = _credentials(token_file, pairing_code, control_plane, name, tls)
     if credentials is not None:
@@ -331,7 +350,8 @@ def worker(
             name=name,
             drain_grace_s=drain_grace_s,
             snapshot_every_turns=snapshot_every_turns,
-            offer_trace=os.environ.get("TETHER_OFFER_TRACE") or None,
+            warm_sessions=warm_sessions,
+            offer_trace=Path(trace) if (trace := os.environ.get("TETHER_OFFER_TRACE")) else None,
             turn_timeout_s=turn_timeout_s,
             codex=codex,
             token=credentials.token if credentials else "",
@@ -343,7 +363,7 @@ def worker(
 
 
 def _credentials(
-    token_file: Path, pairing_code: str | None, control_plane: str, name: str, tls: dict[str, str | None]
+    token_file: Path, pairing_code: str | None, control_plane: str, name: str, tls: _TlsFiles
 ) -> WorkerCredentials | None:
     try:
         stored = load_credentials(token_file)
@@ -360,9 +380,7 @@ def _credentials(
     return _pair_and_save(control_plane, pairing_code, name, token_file, tls)
 
 
-def _pair_and_save(
-    control_plane: str, code: str, name: str, token_file: Path, tls: dict[str, str | None]
-) -> WorkerCredentials:
+def _pair_and_save(control_plane: str, code: str, name: str, token_file: Path, tls: _TlsFiles) -> WorkerCredentials:
     try:
         credentials = asyncio.run(pair(control_plane, code, name, **tls))
     except ValueError as error:  # an unreadable TLS file
@@ -392,11 +410,9 @@ def pair_worker(
     group = ctx.parent.params if ctx.parent is not None else {}
     target = control_plane or group.get("control_plane") or DEFAULT_CONTROL_PLANE
     path = token_file or group.get("token_file") or default_token_file(group.get("workdir") or Path("./tether-worker"))
-    tls = {
-        "tls_ca_file": group.get("tls_ca"),
-        "tls_cert_file": group.get("tls_cert"),
-        "tls_key_file": group.get("tls_key"),
-    }
+    tls = _TlsFiles(
+        tls_ca_file=group.get("tls_ca"), tls_cert_file=group.get("tls_cert"), tls_key_file=group.get("tls_key")
+    )
     credentials = _pair_and_save(target, code, name or group.get("name") or socket.gethostname(), path, tls)
     click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
 
@@ -441,10 +457,6 @@ async def _serve(settings: WorkerSettings) -> int:
     return exit_code
 
 
-worker.add_command(list_workers)
-worker.add_command(drain_worker)
-worker.add_command(list_worker_tokens)
-worker.add_command(revoke_worker_token)
 worker.add_command(pair_worker)
 
 __all__ = ["worker"]

@@ -20,7 +20,7 @@ from tether.execution_worker import (
     TurnFailed,
     TurnInterrupted,
 )
-from tether.execution_worker._runtime import RequestKind, RequestOpened
+from tether.execution_worker.runtime import RequestKind, RequestOpened
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tests.helpers.codex_mock import MockResponses
 from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
-from tether.execution_worker._runtime import (
+from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
     HistoryAppended,

@@ -16,13 +16,16 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tether import sdk
-from tether.execution_worker.cli import worker as worker_cli
+from tether.cli._group import worker_group
 from tether.sdk import _convert
 from tether.sdk._errors import translate_rpc_error
 from tether.sdk.cli import session as session_cli
 from tether.v1 import admin_service_pb2 as apb
 from tether.v1 import admin_service_pb2_grpc as agrpc
 from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
+
+# `tether worker`: the worker's group with the SDK's operator commands, as the umbrella CLI composes it.
+worker_cli = worker_group()
 
 
 def _status_metadata(code: grpc.StatusCode, reason: str, message: str) -> tuple[tuple[str, bytes], ...]:

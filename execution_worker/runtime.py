@@ -1,7 +1,10 @@
-"""The runtime interface: what an agent runtime must do for the worker, and the registry of them.
+"""The runtime plugin API: what an agent runtime must do for the worker, and the events it may
+emit. A plugin author needs nothing but this module.
 
-The runtime layer speaks plain Python dataclasses, never protobuf, so a plugin author needs
-nothing but this module; the worker converts at its edge (`_convert.py`).
+It loads no runtime, no SDK and no gRPC (an import-linter contract keeps it so): the runtime
+layer speaks plain Python dataclasses, never protobuf, and the worker converts at its edge
+(`_convert.py`). Which runtimes an installation offers is `_discovery.py`'s business; a plugin
+registers its `RuntimeFactory` under the `ENTRY_POINT_GROUP` entry point group.
 
 A runtime instance belongs to one session on this worker. The worker calls, in order:
 `start()` once (fresh, or rehydrated from history), then `run_turn()` for each turn (never two
@@ -13,16 +16,12 @@ from __future__ import annotations
 
 import abc
 import enum
-import importlib.metadata
-import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-_log = logging.getLogger(__name__)
 
 #: Entry point group third-party runtimes register their factory under.
 ENTRY_POINT_GROUP = "tether.runtimes"
@@ -237,6 +236,7 @@ RuntimeEvent = (
     | TurnFailed
     | TurnInterrupted
 )
+#: The events that end a turn.
 TERMINAL_EVENTS = (TurnCompleted, TurnFailed, TurnInterrupted)
 
 
@@ -291,47 +291,32 @@ def session_workspace(workdir: Path, session_id: str) -> Path:
     return workdir / "sessions" / session_id
 
 
-def _builtin_runtimes() -> dict[str, RuntimeFactory]:
-    # Imported here so that `_runtime` stays importable by plugins without pulling the shell in.
-    from tether.execution_worker._script import ScriptRuntime
-    from tether.execution_worker._shell import ShellRuntime
-
-    return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime}
-
-
-def codex_runtime(settings: Any = None) -> Runtime:
-    """The built-in Codex runtime (imported on first use); `settings` is a `CodexSettings`."""
-    from tether.execution_worker._codex import CodexRuntime
-
-    return CodexRuntime(settings) if settings is not None else CodexRuntime()
-
-
-def discover_runtimes() -> dict[str, RuntimeFactory]:
-    """Every runtime this installation offers: built-ins plus `tether.runtimes` entry points.
-
-    A plugin that fails to load is logged and skipped rather than taking the worker down.
-    """
-    runtimes = _builtin_runtimes()
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in runtimes:
-            continue  # built-ins win: a plugin must not silently replace "shell"
-        try:
-            runtimes[ep.name] = ep.load()
-        except Exception:
-            _log.exception("runtime plugin %r (%s) failed to load; skipping it", ep.name, ep.value)
-    return runtimes
-
-
-def select_runtimes(names: list[str] | tuple[str, ...]) -> dict[str, RuntimeFactory]:
-    """The factories for `names`; raises `LookupError` naming the available ones."""
-    available = discover_runtimes()
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise LookupError(f"unknown runtime {', '.join(map(repr, unknown))}; available: {', '.join(sorted(available))}")
-    return {n: available[n] for n in names}
-
-
-def check_runtimes(runtimes: Mapping[str, RuntimeFactory]) -> None:
-    """Fail early on an empty runtime table (a worker with nothing to run is a config error)."""
-    if not runtimes:
-        raise ValueError("a worker needs at least one runtime")
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TERMINAL_EVENTS",
+    "AgentError",
+    "DeltaKind",
+    "FileChange",
+    "HistoryAppended",
+    "HistoryItem",
+    "HistoryRole",
+    "Item",
+    "ItemCompleted",
+    "ItemDelta",
+    "ItemKind",
+    "ItemStarted",
+    "Output",
+    "OutputStream",
+    "RawEvent",
+    "RequestKind",
+    "RequestOpened",
+    "Runtime",
+    "RuntimeEvent",
+    "RuntimeFactory",
+    "TokenUsage",
+    "TurnCompleted",
+    "TurnFailed",
+    "TurnInterrupted",
+    "new_request_id",
+    "session_workspace",
+]

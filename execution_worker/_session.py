@@ -1,0 +1,339 @@
+"""The sessions a worker holds a lease on, and what the worker keeps of each.
+
+A held session is either live or dormant:
+
+- live (`Session`): its event outbox, its runtime when warm, the turn or restore running in it,
+  its snapshot uploads and after-turn work. Live sessions are the busy ones plus at most
+  `warm_sessions` quiet ones, kept in least-recently-used order.
+- dormant (`Dormant`): the lease alone (epoch, runtime name, where the event numbering goes
+  on, the watermark of the stored snapshot), a few hundred bytes.
+
+When more than `warm_sessions` live sessions are quiet, the least recently used ones are
+cooled: a final snapshot is uploaded when the stored one does not cover the runtime's history
+(as a drain does), then the runtime and the outbox are closed and the session goes dormant,
+still held. Its next turn rehydrates it from the control plane (Resume), as a turn placed on
+any other worker would. A session that leaves the worker (released, revoked, lost, retired by a
+newer epoch, the worker closing) leaves nothing behind in either table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.execution_worker._context import Link, TaskGroup
+from tether.execution_worker._events import EventOutbox
+from tether.execution_worker.runtime import Runtime
+from tether.v1 import worker_service_pb2
+
+_log = logging.getLogger("tether.execution_worker")
+
+
+class LeaseLost(Exception):
+    """A call of a session's was fenced off: the session is no longer this worker's."""
+
+
+class RehydrationFailed(Exception):
+    """The session's runtime could not be rebuilt from its stored history; str() says why."""
+
+
+@dataclass(slots=True)
+class Dormant:
+    """A held session with nothing live: what waking it needs."""
+
+    lease_epoch: int
+    runtime_name: str
+    #: The last worker_seq its closed outbox used (all of them acknowledged).
+    worker_seq: int
+    #: Watermark of the latest snapshot stored at this epoch; None before the first.
+    snapshot_seq: int | None
+
+
+@dataclass(eq=False)
+class Session:
+    """A live session: its outbox, its runtime when warm, and the work running in it."""
+
+    session_id: str
+    lease_epoch: int
+    runtime_name: str
+    outbox: EventOutbox
+    runtime: Runtime | None = None
+    turn_id: str | None = None
+    turn_task: asyncio.Task[None] | None = None
+    # Rehydration of a restore-only placement (or for a requested snapshot); a turn granted
+    # meanwhile waits for it.
+    restore_task: asyncio.Task[Any] | None = None
+    # An interrupt that arrived while the turn was still rehydrating.
+    pending_interrupt: str | None = None
+    dropped: bool = False
+    # Session seq the runtime's history covered when it was rehydrated (events acknowledged
+    # later move the watermark on; see `watermark`).
+    history_seq: int = 0
+    # Watermark of the latest snapshot stored at this epoch; None before the first.
+    snapshot_seq: int | None = None
+    # Snapshot uploads running in the background.
+    snapshot_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The after-turn work: waiting for the turn's acknowledgements, then the snapshot policy.
+    after_turn_task: asyncio.Task[None] | None = None
+    # Going dormant (see the module docstring).
+    cooling_task: asyncio.Task[None] | None = None
+    # Bumped when a turn is granted: an after-turn snapshot that sees it changed skips.
+    turn_generation: int = 0
+    turns_since_snapshot: int = 0
+
+    def ref(self) -> worker_service_pb2.LeaseRef:
+        return worker_service_pb2.LeaseRef(session_id=self.session_id, lease_epoch=self.lease_epoch)
+
+    @property
+    def watermark(self) -> int:
+        """The session seq the runtime's history covers once every emitted event is acked."""
+        return max(self.history_seq, self.outbox.last_seq)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing runs in it and everything it emitted is acknowledged."""
+        return (
+            not self.dropped
+            and self.turn_task is None
+            and self.restore_task is None
+            and self.after_turn_task is None
+            and not self.snapshot_tasks
+            and self.outbox.all_acked
+        )
+
+
+class SessionTable:
+    """Every session the worker holds, live or dormant, and the bound on the live ones.
+
+    `new_outbox` builds a session's outbox (numbering on after a worker_seq); `before_cooling`
+    runs before a quiet session goes dormant (the final snapshot).
+    """
+
+    def __init__(
+        self,
+        *,
+        warm_sessions: int,
+        tasks: TaskGroup,
+        link: Link,
+        changed: asyncio.Event,
+        new_outbox: Callable[[str, int, int], EventOutbox],
+        before_cooling: Callable[[Session], Awaitable[None]],
+    ) -> None:
+        self.warm_sessions = warm_sessions
+        self._tasks = tasks
+        self._link = link
+        self._changed = changed
+        self._new_outbox = new_outbox
+        self._before_cooling = before_cooling
+        # Least recently used first.
+        self._live: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self._dormant: dict[str, Dormant] = {}
+        self._trim_scheduled = False
+        #: Cleared by a drain: from then on sessions stay as they are until released.
+        self.cooling_allowed = True
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session, if `session_id` is live here."""
+        return self._live.get(session_id)
+
+    def dormant(self, session_id: str) -> Dormant | None:
+        return self._dormant.get(session_id)
+
+    def live(self) -> list[Session]:
+        return list(self._live.values())
+
+    def session_ids(self) -> list[str]:
+        """Every session held here, live or dormant."""
+        return [*self._live, *self._dormant]
+
+    def held_refs(self) -> list[worker_service_pb2.LeaseRef]:
+        refs = [s.ref() for s in self._live.values() if not s.dropped]
+        refs.extend(
+            worker_service_pb2.LeaseRef(session_id=sid, lease_epoch=d.lease_epoch) for sid, d in self._dormant.items()
+        )
+        return refs
+
+    def running_turns(self) -> int:
+        return sum(1 for s in self._live.values() if s.turn_task is not None)
+
+    def busy(self) -> bool:
+        """A turn or a restore runs in some session."""
+        return any(s.turn_task is not None or s.restore_task is not None for s in self._live.values())
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each per-session structure holds (for tests and operators)."""
+        return {
+            "live": len(self._live),
+            "dormant": len(self._dormant),
+            "warm_runtimes": sum(1 for s in self._live.values() if s.runtime is not None),
+            "snapshot_tasks": sum(len(s.snapshot_tasks) for s in self._live.values()),
+        }
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    def open(self, session_id: str, lease_epoch: int, runtime_name: str) -> Session:
+        """The live session at `lease_epoch`: the one live already, woken from dormant (its
+        runtime to be rehydrated), or new. Any other epoch of it is retired first: a new epoch
+        fences the old one, so what was held under it may be stale."""
+        self.retire_other_epochs(session_id, lease_epoch)
+        session = self._live.get(session_id)
+        if session is not None:
+            self._live.move_to_end(session_id)
+            return session
+        dormant = self._dormant.pop(session_id, None)
+        worker_seq = dormant.worker_seq if dormant is not None else 0
+        session = Session(
+            session_id,
+            lease_epoch,
+            dormant.runtime_name if dormant is not None else runtime_name,
+            self._new_outbox(session_id, lease_epoch, worker_seq),
+            snapshot_seq=dormant.snapshot_seq if dormant is not None else None,
+        )
+        self._live[session_id] = session
+        self.trim_soon()
+        return session
+
+    def touch(self, session: Session) -> None:
+        """`session` was just used: it is the last to be cooled."""
+        if self._live.get(session.session_id) is session:
+            self._live.move_to_end(session.session_id)
+
+    def retire_other_epochs(self, session_id: str, lease_epoch: int) -> None:
+        session = self._live.get(session_id)
+        if session is not None and session.lease_epoch != lease_epoch:
+            del self._live[session_id]
+            session.dropped = True
+            self._tasks.spawn(self.dispose(session), f"retire {session_id}@{session.lease_epoch}")
+        dormant = self._dormant.get(session_id)
+        if dormant is not None and dormant.lease_epoch != lease_epoch:
+            del self._dormant[session_id]
+
+    # -- the warm bound ------------------------------------------------------------------------------
+
+    def trim_soon(self) -> None:
+        """Cool what exceeds the warm bound, on the next loop iteration (callable from a task's
+        done callback)."""
+        if not self._trim_scheduled:
+            self._trim_scheduled = True
+            asyncio.get_running_loop().call_soon(self._trim)
+
+    def _trim(self) -> None:
+        self._trim_scheduled = False
+        if not self.cooling_allowed:
+            return
+        quiet = [s for s in self._live.values() if s.quiet and s.cooling_task is None]
+        for session in quiet[: max(0, len(quiet) - self.warm_sessions)]:  # least recently used first
+            session.cooling_task = self._tasks.spawn(self._cool(session), f"cool {session.session_id}")
+
+    async def _cool(self, session: Session) -> None:
+        try:
+            await self._before_cooling(session)
+        finally:
+            session.cooling_task = None
+        if not session.quiet or self._live.get(session.session_id) is not session:
+            return  # a turn came (or the session left) meanwhile: it stays as it is
+        del self._live[session.session_id]
+        session.dropped = True
+        self._dormant[session.session_id] = Dormant(
+            session.lease_epoch, session.runtime_name, session.outbox.emitted_worker_seq, session.snapshot_seq
+        )
+        _log.debug("session %s went dormant", session.session_id)
+        await self.dispose(session)
+
+    # -- leaving -------------------------------------------------------------------------------------
+
+    def drop_later(self, session_id: str, lease_epoch: int, why: str) -> None:
+        """Forget a session whose lease is gone (any epoch when `lease_epoch` is 0). Callable
+        from anywhere, including an outbox's own task: the teardown runs in a task of its own."""
+        dormant = self._dormant.get(session_id)
+        if dormant is not None and (not lease_epoch or dormant.lease_epoch == lease_epoch):
+            _log.warning("dropping dormant session %s (epoch %d): %s", session_id, dormant.lease_epoch, why)
+            del self._dormant[session_id]
+        session = self._live.get(session_id)
+        if session is None or (lease_epoch and session.lease_epoch != lease_epoch):
+            return
+        _log.warning("dropping session %s (epoch %d): %s", session_id, session.lease_epoch, why)
+        del self._live[session_id]
+        session.dropped = True
+        self._changed.set()
+        self._tasks.spawn(self.dispose(session), f"drop {session_id}")
+
+    async def forget(self, session: Session, why: str) -> None:
+        if self._live.get(session.session_id) is session:
+            del self._live[session.session_id]
+        session.dropped = True
+        _log.debug("forgetting session %s: %s", session.session_id, why)
+        await self.dispose(session)
+
+    def forget_dormant(self) -> list[str]:
+        """Forget every dormant session; returns their ids."""
+        ids = list(self._dormant)
+        self._dormant.clear()
+        return ids
+
+    async def release(self, session_id: str, lease_epoch: int, reason: str, session: Session | None = None) -> None:
+        """Give a lease back with `reason` and forget the session (`session`, when live)."""
+        if session is not None:
+            if self._live.get(session_id) is session:
+                del self._live[session_id]
+            session.dropped = True  # out of held_refs before the release is on the wire
+        elif (dormant := self._dormant.get(session_id)) is not None and dormant.lease_epoch == lease_epoch:
+            del self._dormant[session_id]
+        released = await self._link.lease.send(
+            worker_service_pb2.LeaseRequest(
+                release=worker_service_pb2.ReleaseLease(session_id=session_id, lease_epoch=lease_epoch, reason=reason)
+            )
+        )
+        _log.info(
+            "released session %s (epoch %d): %s%s",
+            session_id,
+            lease_epoch,
+            reason,
+            "" if released else " (not connected: the lease expires on the server)",
+        )
+        if session is not None:
+            await self.forget(session, f"released: {reason}")
+
+    async def dispose(self, session: Session) -> None:
+        current = asyncio.current_task()
+        # The turn's runtime kills its process on the way out; uploads of a lease that is
+        # gone would only be refused.
+        tasks = [
+            t
+            for t in (
+                session.turn_task,
+                session.restore_task,
+                session.after_turn_task,
+                session.cooling_task,
+                *session.snapshot_tasks,
+            )
+            if t is not None and t is not current
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if session.runtime is not None:
+            runtime, session.runtime = session.runtime, None
+            await close_quietly(runtime)
+        await session.outbox.close()
+        self._changed.set()
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) for the sessions going dormant now."""
+        cooling = [s.cooling_task for s in self._live.values() if s.cooling_task is not None]
+        if cooling:
+            await asyncio.wait(cooling, timeout=timeout)
+
+
+async def close_quietly(runtime: Runtime) -> None:
+    try:
+        await runtime.close()
+    except Exception:
+        _log.exception("runtime close failed")

@@ -1,0 +1,218 @@
+"""Session snapshots: when the worker uploads one, and the upload itself.
+
+A session's runtime is checkpointed after every `snapshot_every_turns` finished turns (once the
+turn's events are acknowledged, unless the next turn already started), on a SnapshotRequested,
+right after a restore-only placement (the control plane takes the first snapshot at the new
+epoch as the confirmation that the restore worked), and before the session leaves the worker's
+memory: at the end of a drain, and when it goes dormant (`_session`). Each upload captures the
+history synchronously and sends it in a task of its own, so it never holds up the next turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from tether.execution_worker._context import Link, TaskGroup
+from tether.execution_worker._convert import history_to_proto
+from tether.execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._session import Session, SessionTable
+from tether.execution_worker._settings import WorkerSettings
+from tether.execution_worker.runtime import HistoryItem
+from tether.v1 import worker_service_pb2
+
+_log = logging.getLogger("tether.execution_worker")
+
+#: History items per SnapshotRequest chunk.
+SNAPSHOT_CHUNK_ITEMS = 500
+
+
+@dataclass(frozen=True)
+class SnapshotCapture:
+    """What a snapshot upload sends, taken in one synchronous step so it is consistent."""
+
+    session_id: str
+    lease_epoch: int
+    seq: int
+    history: list[HistoryItem]
+    metadata_json: str
+
+
+class Snapshots:
+    """Captures and uploads snapshots of the sessions in `sessions`."""
+
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        worker_id: str,
+        link: Link,
+        tasks: TaskGroup,
+        sessions: SessionTable,
+        drop_later: Callable[[str, int, str], None],
+    ) -> None:
+        self._settings = settings
+        self._worker_id = worker_id
+        self._link = link
+        self._tasks = tasks
+        self._sessions = sessions
+        self._drop_later = drop_later
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def after_turn(self, session: Session) -> None:
+        """A turn of `session`'s ended: once its events are acknowledged, snapshot when the
+        after-turn policy says so (every `snapshot_every_turns` finished turns)."""
+        if session.dropped:
+            return
+        every = self._settings.snapshot_every_turns
+        due = False
+        if session.runtime is not None and every > 0:
+            session.turns_since_snapshot += 1
+            due = session.turns_since_snapshot >= every
+        if session.after_turn_task is not None:
+            session.after_turn_task.cancel()  # it would skip anyway: a newer turn ended
+        session.after_turn_task = self._tasks.spawn(
+            self._after_turn(session, session.turn_generation, due), f"after turn {session.session_id}"
+        )
+
+    async def _after_turn(self, session: Session, generation: int, due: bool) -> None:
+        try:
+            # Waits only for the events emitted so far (the ended turn's); the outbox closing
+            # (lease lost, session dropped) ends the wait with False.
+            if not await session.outbox.wait_acked() or not due:
+                return
+            # Debounced: a session that gets its next turn within the idle time snapshots after
+            # that turn instead, so back-to-back turns do not pay for an upload each. Nothing
+            # is at risk meanwhile: Resume replays the log after the last snapshot.
+            if self._settings.snapshot_idle_s > 0:
+                await asyncio.sleep(self._settings.snapshot_idle_s)
+            if session.dropped or session.runtime is None:
+                return
+            if session.turn_generation != generation or session.turn_task is not None:
+                return  # the next turn started: its end covers this one
+            session.turns_since_snapshot = 0
+            self.spawn_upload(session, self.capture(session), request_id="", why="after turn")
+        finally:
+            if session.after_turn_task is asyncio.current_task():
+                session.after_turn_task = None
+                self._sessions.trim_soon()
+
+    async def requested(self, request: worker_service_pb2.SnapshotRequested) -> None:
+        """Answer a SnapshotRequested once the session is quiet: no turn or restore half-way,
+        and every event the history reflects stored (so the watermark covers them)."""
+        session = self._sessions.get(request.session_id)
+        if session is None or session.lease_epoch != request.lease_epoch:
+            _log.warning(
+                "snapshot of session %s (epoch %d) requested but its lease is not held here",
+                request.session_id,
+                request.lease_epoch,
+            )
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.snapshot_timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or session.dropped:
+                _log.warning("snapshot of session %s abandoned: session never became quiet", request.session_id)
+                return
+            task = session.turn_task or session.restore_task
+            if task is not None:
+                await asyncio.wait({task}, timeout=remaining)
+                continue
+            if not session.outbox.all_acked:
+                await session.outbox.wait_acked(remaining)
+                continue
+            break
+        if session.runtime is None:
+            _log.warning("snapshot of session %s requested but its runtime is not held here", request.session_id)
+            return
+        self._sessions.touch(session)
+        await self.upload(self.capture(session), request_id=request.request_id, timeout_s=deadline - loop.time())
+
+    async def final(self, session: Session) -> None:
+        """Before the session's runtime leaves the worker (drain, going dormant): upload a
+        snapshot unless the stored one already covers the runtime's history."""
+        if session.runtime is None:
+            return
+        if not session.outbox.all_acked:
+            # The watermark would not cover what the history holds; the log has it all anyway.
+            _log.warning("no final snapshot of session %s: its last events were not acknowledged", session.session_id)
+            return
+        if session.snapshot_tasks:
+            await asyncio.wait(set(session.snapshot_tasks), timeout=self._settings.snapshot_timeout_s)
+        if session.dropped or session.runtime is None:
+            return
+        if session.snapshot_seq is not None and session.snapshot_seq >= session.watermark:
+            _log.debug("session %s: the stored snapshot already covers seq %d", session.session_id, session.watermark)
+            return
+        await self.upload(self.capture(session), request_id="")
+
+    # -- uploads ----------------------------------------------------------------------------------
+
+    def capture(self, session: Session) -> SnapshotCapture:
+        """The session's history and watermark, now. Call with the session quiet."""
+        assert session.runtime is not None
+        return SnapshotCapture(
+            session_id=session.session_id,
+            lease_epoch=session.lease_epoch,
+            seq=session.watermark,
+            history=session.runtime.export_history(),
+            metadata_json=json.dumps(session.runtime.runtime_metadata()),
+        )
+
+    def spawn_upload(self, session: Session, capture: SnapshotCapture, *, request_id: str, why: str) -> None:
+        task = self._tasks.spawn(self.upload(capture, request_id=request_id), f"{why} snapshot {session.session_id}")
+        session.snapshot_tasks.add(task)
+
+        def done(task: asyncio.Task[bool]) -> None:
+            session.snapshot_tasks.discard(task)
+            self._sessions.trim_soon()
+
+        task.add_done_callback(done)
+
+    async def upload(self, capture: SnapshotCapture, *, request_id: str, timeout_s: float | None = None) -> bool:
+        """Upload one captured snapshot (every snapshot path ends here). True once stored; a
+        LEASE_LOST answer drops the session."""
+        timeout = self._settings.snapshot_timeout_s if timeout_s is None else max(0.1, timeout_s)
+        try:
+            response = await self._link.stub.Snapshot(self._chunks(capture, request_id), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if is_lease_lost(error):
+                self._drop_later(capture.session_id, capture.lease_epoch, "LEASE_LOST on Snapshot")
+            else:
+                _log.warning("snapshot of session %s failed: %s", capture.session_id, describe(error))
+            return False
+        session = self._sessions.get(capture.session_id)
+        if session is not None and session.lease_epoch == capture.lease_epoch:
+            session.snapshot_seq = max(session.snapshot_seq or 0, capture.seq)
+        _log.info(
+            "snapshot %s of session %s stored (seq %d, %d items)",
+            response.snapshot_id,
+            capture.session_id,
+            capture.seq,
+            len(capture.history),
+        )
+        return True
+
+    def _chunks(self, capture: SnapshotCapture, request_id: str) -> Iterator[worker_service_pb2.SnapshotRequest]:
+        history = capture.history
+        header = worker_service_pb2.SnapshotRequest(
+            worker_id=self._worker_id,
+            session_id=capture.session_id,
+            lease_epoch=capture.lease_epoch,
+            seq=capture.seq,
+            runtime_metadata_json=capture.metadata_json,
+            request_id=request_id,
+        )
+        header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])
+        yield header
+        for start in range(SNAPSHOT_CHUNK_ITEMS, len(history), SNAPSHOT_CHUNK_ITEMS):
+            yield worker_service_pb2.SnapshotRequest(
+                history=[history_to_proto(h) for h in history[start : start + SNAPSHOT_CHUNK_ITEMS]]
+            )
