@@ -808,3 +808,110 @@ async def test_restore_only_offers_follow_the_turn_rejection_rules(fake_cp, star
     cp.push(wpb.LeaseResponse(granted=wpb.OfferGranted(session_id="ses_r", turn_id="", lease_epoch=1)))
     await eventually(lambda: cp.snapshots(), timeout=3, what="restore confirmed")
     assert w.worker.session_ids == ["ses_r"]
+
+
+# -- F: bounded memory ---------------------------------------------------------------------------
+
+
+def _footprint(r: Running) -> dict[str, int]:
+    """How many entries the worker's per-session structures hold, and how many runtimes are open."""
+    sizes = r.worker._sessions.sizes()
+    sizes["reservations"] = r.worker._turns.reserved
+    sizes["open_runtimes"] = sum(1 for runtime in r.registry.instances if not runtime.closed)
+    return sizes
+
+
+def _revoke(cp: FakeControlPlane, session_id: str, epoch: int = 1) -> None:
+    cp.push(wpb.LeaseResponse(revoked=wpb.LeaseRevoked(session_id=session_id, lease_epoch=epoch, reason="test")))
+
+
+async def test_a_worker_keeps_the_sessions_it_holds_and_at_most_warm_sessions_runtimes(fake_cp, start_worker):
+    cp, target = fake_cp
+    warm = 4
+    w = start_worker(target, warm_sessions=warm)
+    await _connected(cp)
+    sessions = [f"ses_{k:02d}" for k in range(30)]
+    for k, session_id in enumerate(sessions):
+        await _run_turn(cp, session_id, f"trn_{k}")
+    # Every session is still held (its lease is renewed), but only `warm` keep a runtime.
+    await eventually(lambda: _footprint(w)["live"] == warm, timeout=5, what="quiet sessions beyond the bound dormant")
+    assert sorted(w.worker.session_ids) == sessions
+    assert sorted((ref.session_id, ref.lease_epoch) for ref in w.worker.held_leases()) == [(s, 1) for s in sessions]
+    assert _footprint(w) == {
+        "live": warm,
+        "dormant": len(sessions) - warm,
+        "warm_runtimes": warm,
+        "snapshot_tasks": 0,
+        "reservations": 0,
+        "open_runtimes": warm,
+    }
+    assert sorted(w.worker.warm_session_ids) == sessions[-warm:]  # the most recently used
+
+    # Released sessions (revoked, here) leave nothing behind, warm or dormant.
+    for session_id in sessions[10:]:
+        _revoke(cp, session_id)
+    await eventually(lambda: len(w.worker.session_ids) == 10, timeout=3, what="revocations")
+    await eventually(lambda: _footprint(w)["open_runtimes"] == 0, timeout=3, what="warm runtimes of revoked closed")
+    assert sorted(w.worker.session_ids) == sessions[:10]
+    assert _footprint(w)["dormant"] == 10 and _footprint(w)["live"] == 0
+
+    for session_id in sessions[:10]:
+        _revoke(cp, session_id)
+    await eventually(lambda: not w.worker.session_ids, timeout=3, what="every session revoked")
+    assert _footprint(w) == dict.fromkeys(_footprint(w), 0)
+    assert not w.worker.held_leases()
+    await eventually(lambda: len(w.worker._tasks) == 1, timeout=3, what="only the lease loop left")
+
+
+async def test_a_dormant_session_is_rehydrated_by_its_next_turn_and_numbers_its_events_on(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target, warm_sessions=1)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    await _run_turn(cp, "ses_b", "trn_2")
+    await eventually(lambda: w.worker.warm_session_ids == ["ses_b"], timeout=3, what="ses_a dormant")
+    first = w.registry.instances[0]
+    assert first.closed and sorted(w.worker.session_ids) == ["ses_a", "ses_b"]
+    resumes = len(cp.resumes())  # each first turn rehydrated its new session
+
+    await _run_turn(cp, "ses_a", "trn_3")
+    [resume] = cp.resumes()[resumes:]
+    assert (resume.session_id, resume.lease_epoch) == ("ses_a", 1)  # still its lease: no new epoch
+    assert w.registry.turns[-1] == (w.registry.instances[2], "trn_3")
+    # The woken session's outbox goes on where the closed one stopped: the server drops
+    # duplicates by worker_seq, so numbering again from 1 would lose these events.
+    assert [e.worker_seq for sid, e in cp.stored if sid == "ses_a"] == [1, 2, 3, 4, 5, 6]
+    await eventually(lambda: w.worker.warm_session_ids == ["ses_a"], timeout=3, what="ses_b dormant")
+
+
+async def test_a_session_goes_dormant_with_a_snapshot_covering_it_and_a_drain_releases_it(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target, warm_sessions=0, snapshot_every_turns=0)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    # No after-turn policy, but the runtime's history must not leave the worker unsnapshotted.
+    await eventually(lambda: not w.worker.warm_session_ids, timeout=3, what="ses_a dormant")
+    [(header, items)] = cp.snapshots()
+    assert (header.session_id, header.seq, len(items)) == ("ses_a", cp.last_seq["ses_a"], 2)
+    assert w.registry.instances[0].closed and w.worker.session_ids == ["ses_a"]
+
+    w.worker.request_drain()
+    await asyncio.wait_for(w.task, 5)
+    [release] = cp.lease_requests("release")
+    assert (release.release.session_id, release.release.reason) == ("ses_a", "worker drained")
+    assert len(cp.snapshots()) == 1  # the dormant session's snapshot already covered it
+
+
+async def test_a_snapshot_requested_of_a_dormant_session_rehydrates_it_first(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target, warm_sessions=0)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    await eventually(lambda: not w.worker.warm_session_ids, timeout=3, what="ses_a dormant")
+    resumes = len(cp.resumes())
+    cp.resume_chunks = _resume_material("ses_a")
+    cp.push(wpb.LeaseResponse(snapshot=wpb.SnapshotRequested(session_id="ses_a", lease_epoch=1, request_id="req_1")))
+    await eventually(lambda: any(h.request_id == "req_1" for h, _ in cp.snapshots()), timeout=3, what="snapshot")
+    [(header, items)] = [(h, i) for h, i in cp.snapshots() if h.request_id == "req_1"]
+    assert [(r.session_id, r.lease_epoch) for r in cp.resumes()[resumes:]] == [("ses_a", 1)]
+    assert (header.seq, len(items)) == (7, 4)
