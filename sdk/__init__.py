@@ -85,6 +85,7 @@ __all__ = [
     "LeaseLostError",
     "NotFoundError",
     "OutOfRangeError",
+    "PairingCode",
     "PendingRequest",
     "PermissionDeniedError",
     "RehydrationFailedError",
@@ -109,5 +110,4 @@ __all__ = [
     "WorkerNotConnectedError",
     "WorkerStatus",
     "WorkerToken",
-    "PairingCode",
 ]

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tether.v1 import admin_service_pb2 as admin_pb
-from tether.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from tether.v1 import session_service_pb2 as pb
-from tether.v1 import session_service_pb2_grpc as pb_grpc
 
 from . import _convert
-from .channel import WithMetadata, credential_metadata, make_channel
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
     Event,
@@ -38,11 +35,16 @@ from ._models import (
     WorkerStatus,
     WorkerToken,
 )
+from ._stubs import admin_stub, health_stub, session_stub
+from .channel import credential_metadata, make_channel
 
 __all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TARGET = "127.0.0.1:7670"
 DEFAULT_TIMEOUT_S = 10.0
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 # Only reads are retried by the channel: a retried SendInput without an idempotency key could
 # store a second turn.
@@ -111,10 +113,11 @@ class AsyncClient:
                 target, options=options, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
             )
         )
-        metadata = credential_metadata(api_key, owner)
-        self._stub = WithMetadata(pb_grpc.SessionServiceStub(self._channel), metadata)
-        self._admin_stub = WithMetadata(admin_pb_grpc.AdminServiceStub(self._channel), metadata)
-        self._health_stub = health_pb2_grpc.HealthStub(self._channel)
+        # Every SessionService and AdminService call carries the credentials; health checks none.
+        self._metadata = credential_metadata(api_key, owner)
+        self._stub = session_stub(self._channel)
+        self._admin_stub = admin_stub(self._channel)
+        self._health_stub = health_stub(self._channel)
         self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
@@ -136,11 +139,19 @@ class AsyncClient:
     def _deadline(self, timeout_s: float | None) -> float:
         return self.timeout_s if timeout_s is None else timeout_s
 
-    async def _unary(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout_s: float | None,
+        *,
+        authenticated: bool = True,
+    ) -> _Response:
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
+        metadata = self._metadata if authenticated else None
         try:
-            return await method(request, timeout=self._deadline(timeout_s))
+            return await method(request, timeout=self._deadline(timeout_s), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise translate_rpc_error(exc) from exc
 
@@ -335,7 +346,7 @@ class AsyncClient:
         after_seq: int = 0,
         stop_at_end: bool = False,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield the session's events with seq > `after_seq`, then live ones as they arrive.
 
         The live stream has no deadline unless `timeout_s` is given; it ends when the caller
@@ -345,7 +356,7 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
         request = pb.StreamSessionEventsRequest(session_id=session_id, after_seq=after_seq, stop_at_end=stop_at_end)
-        call = self._stub.StreamSessionEvents(request, timeout=timeout_s)
+        call = self._stub.StreamSessionEvents(request, timeout=timeout_s, metadata=self._metadata)
         try:
             async for response in call:
                 for event in response.events:
@@ -462,7 +473,7 @@ class AsyncClient:
     async def health(self, service: str = "", *, timeout_s: float | None = None) -> bool:
         """True when the server's gRPC health service reports SERVING for `service`."""
         request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._unary(self._health_stub.Check, request, timeout_s)
+        response = await self._unary(self._health_stub.Check, request, timeout_s, authenticated=False)
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -7,10 +7,11 @@ field names.
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from google.protobuf import timestamp_pb2
 
@@ -53,7 +54,10 @@ __all__ = [
     "token_usage_from_proto",
     "turn_from_proto",
     "worker_status_from_proto",
+    "worker_token_from_proto",
 ]
+
+_Enum = TypeVar("_Enum", bound=enum.IntEnum)
 
 _STREAM_NAMES = {
     resources_pb2.OUTPUT_STREAM_STDOUT: "stdout",
@@ -68,30 +72,33 @@ def timestamp_from_proto(ts: timestamp_pb2.Timestamp) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def _enum(cls, value: int):
+def _enum(cls: type[_Enum], value: int) -> _Enum:
     try:
         return cls(value)
     except ValueError:  # a value added to the contract after this SDK was built
-        return cls.UNSPECIFIED
+        return cls(0)  # UNSPECIFIED, zero in every enum of the contract
 
 
-def session_state_to_proto(state: SessionState | str | int | None) -> int:
+# The SDK's enums carry the contract's numbers, so turning one into its proto enum is a cast.
+
+
+def session_state_to_proto(state: SessionState | str | int | None) -> resources_pb2.SessionState:
     """The proto number for a state given as enum, name ("idle") or number; None means any."""
     if state is None:
         return resources_pb2.SESSION_STATE_UNSPECIFIED
     if isinstance(state, str):
-        return int(SessionState[state.upper()])
-    return int(SessionState(state))
+        return cast(resources_pb2.SessionState, int(SessionState[state.upper()]))
+    return cast(resources_pb2.SessionState, int(SessionState(state)))
 
 
-def request_state_to_proto(state: RequestState | str | int | None) -> int:
+def request_state_to_proto(state: RequestState | str | int | None) -> resources_pb2.RequestState:
     """The proto number for a request state given as enum, name ("pending") or number; None
     (or "all") means any."""
     if state is None or (isinstance(state, str) and state.lower() == "all"):
         return resources_pb2.REQUEST_STATE_UNSPECIFIED
     if isinstance(state, str):
-        return int(RequestState[state.upper()])
-    return int(RequestState(state))
+        return cast(resources_pb2.RequestState, int(RequestState[state.upper()]))
+    return cast(resources_pb2.RequestState, int(RequestState(state)))
 
 
 def answer_json(
@@ -210,7 +217,7 @@ def pending_request_from_proto(msg: resources_pb2.PendingRequest) -> PendingRequ
     )
 
 
-def _item_fields(msg: Any) -> dict[str, Any]:  # ItemStarted or ItemCompleted
+def _item_fields(msg: resources_pb2.ItemStarted | resources_pb2.ItemCompleted) -> dict[str, Any]:
     item = item_from_proto(msg.item)
     return {"item": item, "item_id": item.item_id}
 

@@ -43,7 +43,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+# googleapis-common-protos ships no type information (no py.typed, no stubs in the dev set).
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 __all__ = [
     "AlreadyExistsError",

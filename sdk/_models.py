@@ -20,6 +20,7 @@ __all__ = [
     "HistoryItemRole",
     "Item",
     "ItemKind",
+    "PairingCode",
     "PendingRequest",
     "RequestKind",
     "RequestState",
@@ -31,6 +32,7 @@ __all__ = [
     "Turn",
     "TurnState",
     "WorkerStatus",
+    "WorkerToken",
 ]
 
 

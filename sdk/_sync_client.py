@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._async_client import (
@@ -60,6 +60,7 @@ class Client:
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.owner = owner
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tether-sdk-loop", daemon=True)
         self._thread.start()
@@ -92,14 +93,14 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, grace_s: float | None = None) -> None:
         """Close the channel and stop the loop thread; calling it again does nothing."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         try:
-            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._async.close(grace_s), self._loop).result()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
@@ -253,7 +254,7 @@ class Client:
         after_seq: int = 0,
         stop_at_end: bool = False,
         timeout_s: float | None = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Blocking form of `AsyncClient.stream_events`; `close()` the iterator to cancel."""
         events = self._async.stream_events(
             session_id, after_seq=after_seq, stop_at_end=stop_at_end, timeout_s=timeout_s
@@ -310,5 +311,6 @@ class Client:
         return self._run(self._async.health(service, timeout_s=timeout_s))
 
 
-async def _anext(iterator: Any) -> Any:
-    return await iterator.__anext__()
+async def _anext(iterator: AsyncIterator[_T]) -> _T:
+    # A coroutine, which run_coroutine_threadsafe needs and the awaitable anext() returns is not.
+    return await anext(iterator)

@@ -77,4 +77,5 @@ class WithMetadata:
             return method
         return functools.partial(method, metadata=self._metadata)
 
+
 __all__ = ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel"]
