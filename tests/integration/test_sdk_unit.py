@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tether import sdk
 from tether.sdk import _convert
 from tether.sdk._errors import translate_rpc_error
-from tether.sdk.cli import _Transcript
+from tether.sdk._transcript import Transcript
 from tether.sdk.cli import session as session_cli
 from tether.v1 import resources_pb2, session_service_pb2, session_service_pb2_grpc
 
@@ -843,7 +843,7 @@ def _render(bodies: list[dict], *, lifecycle: bool = False) -> tuple[str, str]:
     """(stdout, stderr) of rendering events with these bodies, styles removed."""
     out: list[str] = []
     err: list[str] = []
-    transcript = _Transcript(
+    transcript = Transcript(
         lifecycle=lifecycle,
         write=lambda text, to_err: (err if to_err else out).append(click.unstyle(text)),
     )

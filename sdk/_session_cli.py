@@ -1,0 +1,365 @@
+"""`tether session`: create sessions, send them input, follow their events, answer their
+pending requests, snapshot, restore, archive and delete them; a thin shell over `sdk.Client`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
+from ._cli_common import (
+    EXIT_INTERRUPTED,
+    LazyClient,
+    ReportingGroup,
+    echo_fields,
+    echo_json,
+    json_option,
+    parse_pairs,
+    pass_lazy,
+    plain,
+)
+from ._models import PendingRequest, RequestState, Session, Snapshot, Turn, TurnState
+from ._transcript import APPROVAL_DECISIONS, Transcript, answer_text
+
+__all__ = ["session"]
+
+
+@click.group(cls=ReportingGroup)
+@click.option(
+    "--control-plane",
+    envvar="TETHER_CONTROL_PLANE",
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="Address of the control plane (env TETHER_CONTROL_PLANE).",
+)
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Deadline of each call, in seconds.",
+)
+@click.pass_context
+def session(ctx: click.Context, control_plane: str, timeout_s: float) -> None:
+    """Create sessions, send them input and follow their events."""
+    ctx.obj = LazyClient(control_plane, timeout_s)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _session_line(s: Session) -> str:
+    created = s.create_time.isoformat(timespec="seconds") if s.create_time else "-"
+    state = s.state.name.lower()
+    return f"{s.session_id}  {state:8}  {s.runtime:8}  turns={s.turn_count}  {created}"
+
+
+def _request_line(r: PendingRequest) -> str:
+    created = r.create_time.isoformat(timespec="seconds") if r.create_time else "-"
+    summary = " ".join(r.summary.split())
+    if len(summary) > 80:
+        summary = summary[:77] + "..."
+    line = f"{r.request_id}  {r.state.name.lower():8}  {r.kind.name.lower():20}  {r.turn_id}  {created}  {summary}"
+    if r.state is RequestState.RESOLVED:
+        line += f"  answer: {answer_text(r.response_json)}"
+    elif r.state is RequestState.EXPIRED:
+        line += f"  expired: {r.expire_reason}"
+    return line
+
+
+@session.command()
+@click.option("--runtime", required=True, help='Runtime of the session, e.g. "shell".')
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Label (repeatable).")
+@click.option(
+    "--selector",
+    "selectors",
+    multiple=True,
+    metavar="K=V",
+    help="Label an eligible worker must carry (repeatable).",
+)
+@json_option
+@pass_lazy
+def create(lazy: LazyClient, runtime: str, labels: tuple[str, ...], selectors: tuple[str, ...], as_json: bool) -> None:
+    """Create a session and print its id."""
+    created = lazy.client.create_session(
+        runtime,
+        labels=parse_pairs(labels, "--label"),
+        worker_selector=parse_pairs(selectors, "--selector"),
+    )
+    if as_json:
+        echo_json(created)
+    else:
+        click.echo(created.session_id)
+
+
+@session.command()
+@click.argument("session_id")
+@json_option
+@pass_lazy
+def get(lazy: LazyClient, session_id: str, as_json: bool) -> None:
+    """Show one session."""
+    found = lazy.client.get_session(session_id)
+    if as_json:
+        echo_json(found)
+    else:
+        echo_fields(found)
+
+
+@session.command("list")
+@click.option("--state", type=click.Choice(["idle", "active", "archived"]), default=None)
+@click.option("--page-size", type=int, default=0, help="Sessions per page (0: server default).")
+@click.option("--page-token", default="", help="Token printed by a previous page.")
+@click.option("--all", "all_pages", is_flag=True, help="Fetch every page.")
+@json_option
+@pass_lazy
+def list_(lazy: LazyClient, state: str | None, page_size: int, page_token: str, all_pages: bool, as_json: bool) -> None:
+    """List sessions, newest first."""
+    next_token = ""
+    if all_pages:
+        sessions = list(lazy.client.iter_sessions(page_size=page_size, state=state))
+    else:
+        page = lazy.client.list_sessions(page_size=page_size, page_token=page_token, state=state)
+        sessions, next_token = page.sessions, page.next_page_token
+    if as_json:
+        echo_json({"sessions": sessions, "next_page_token": next_token})
+        return
+    for s in sessions:
+        click.echo(_session_line(s))
+    if next_token:
+        click.echo(f"more: --page-token {next_token}", err=True)
+
+
+@session.command()
+@click.argument("session_id")
+@click.argument("input_text", metavar="INPUT")
+@click.option("--idempotency-key", default="", help="Makes a retry return the first turn.")
+@click.option("--wait", "--follow", "wait", is_flag=True, help="Print the turn live; exit with the turn's exit code.")
+@json_option
+@pass_lazy
+def send(lazy: LazyClient, session_id: str, input_text: str, idempotency_key: str, wait: bool, as_json: bool) -> None:
+    """Send INPUT to a session as a new turn."""
+    client = lazy.client
+    after_seq = client.get_session(session_id).last_seq if wait else 0
+    turn = client.send_input(session_id, input_text, idempotency_key=idempotency_key)
+    if not wait:
+        if as_json:
+            echo_json(turn)
+        else:
+            click.echo(turn.turn_id)
+        return
+    if turn.deduplicated:
+        after_seq = 0  # the turn's events may predate the cursor taken above
+    if not as_json:
+        click.echo(f"turn {turn.turn_id}" + (" (deduplicated)" if turn.deduplicated else ""), err=True)
+    transcript = Transcript(lifecycle=False)
+    try:
+        for event in client.stream_events(session_id, after_seq=after_seq):
+            if event.turn_id != turn.turn_id:
+                continue
+            if not as_json:
+                transcript.render(event)
+            if event.is_terminal:
+                break
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped following; turn {turn.turn_id} keeps running (tether session interrupt {session_id})", err=True
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    transcript.finish()
+    final = client.get_turn(session_id, turn.turn_id)
+    if as_json:
+        echo_json(final)
+    sys.exit(_turn_exit_status(final))
+
+
+def _turn_exit_status(turn: Turn) -> int:
+    if turn.state is TurnState.COMPLETED:
+        return turn.exit_code
+    if turn.state is TurnState.FAILED:
+        click.echo(f"error: turn failed: {turn.error_message}", err=True)
+        return 1
+    if turn.state is TurnState.INTERRUPTED:
+        click.echo(f"turn interrupted: {turn.error_message}", err=True)
+        return EXIT_INTERRUPTED
+    return 1
+
+
+@session.command()
+@click.argument("session_id")
+@click.option("--after", "after_seq", type=int, default=0, help="Only events with seq > N.")
+@click.option("--follow/--no-follow", default=False, help="Keep printing live events.")
+@json_option
+@pass_lazy
+def events(lazy: LazyClient, session_id: str, after_seq: int, follow: bool, as_json: bool) -> None:
+    """Print a session's events: #seq turn kind text, with agent items as a transcript."""
+    transcript = Transcript(lifecycle=True)
+    try:
+        for event in lazy.client.stream_events(session_id, after_seq=after_seq, stop_at_end=not follow):
+            if as_json:
+                click.echo(json.dumps(plain(event)))
+            else:
+                transcript.render(event)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    transcript.finish()
+
+
+@session.command()
+@click.argument("session_id")
+@click.option("--turn", "turn_id", default="", help="Turn to stop (default: the active turn).")
+@click.option("--reason", default="", help="Recorded in the turn_interrupted event.")
+@json_option
+@pass_lazy
+def interrupt(lazy: LazyClient, session_id: str, turn_id: str, reason: str, as_json: bool) -> None:
+    """Interrupt a queued or running turn."""
+    turn = lazy.client.interrupt_turn(session_id, turn_id, reason=reason)
+    if as_json:
+        echo_json(turn)
+    else:
+        click.echo(f"{turn.turn_id} {turn.state.name.lower()}")
+
+
+@session.command("requests")
+@click.argument("session_id")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "resolved", "expired", "all"]),
+    default="pending",
+    show_default=True,
+    help="Only requests in this state.",
+)
+@json_option
+@pass_lazy
+def requests_(lazy: LazyClient, session_id: str, state: str, as_json: bool) -> None:
+    """List a session's pending requests (approvals, questions), oldest first."""
+    found = lazy.client.list_requests(session_id, state=state)
+    if as_json:
+        echo_json({"requests": found})
+        return
+    for r in found:
+        click.echo(_request_line(r))
+    if not found:
+        click.echo(f"no {'' if state == 'all' else state + ' '}requests", err=True)
+
+
+@session.command()
+@click.argument("session_id")
+@click.argument("request_id")
+@click.option("--decision", type=click.Choice(APPROVAL_DECISIONS), help="Answer an approval.")
+@click.option(
+    "--answer",
+    "answers",
+    multiple=True,
+    metavar="QUESTION_ID=TEXT",
+    help="Answer a question of a user-input request (repeatable).",
+)
+@click.option("--json", "response_json", metavar="JSON", help="The answer as JSON, as the runtime wants it.")
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Print the resolved request as text or JSON.",
+)
+@pass_lazy
+def respond(
+    lazy: LazyClient,
+    session_id: str,
+    request_id: str,
+    decision: str | None,
+    answers: tuple[str, ...],
+    response_json: str | None,
+    output: str,
+) -> None:
+    """Answer a pending request, exactly once: --decision, --answer or --json."""
+    if sum((decision is not None, bool(answers), response_json is not None)) != 1:
+        raise click.UsageError("give exactly one of --decision, --answer or --json")
+    resolved = lazy.client.respond_to_request(
+        session_id,
+        request_id,
+        response_json,
+        decision=decision,
+        answers=_parse_answers(answers) if answers else None,
+    )
+    if output == "json":
+        echo_json(resolved)
+    else:
+        click.echo(f"{resolved.request_id} {resolved.state.name.lower()} {answer_text(resolved.response_json)}")
+
+
+def _parse_answers(pairs: tuple[str, ...]) -> dict[str, list[str]]:
+    """QUESTION_ID=TEXT pairs; a question given twice gets both answers, in order."""
+    result: dict[str, list[str]] = {}
+    for pair in pairs:
+        question_id, sep, text = pair.partition("=")
+        if not sep or not question_id:
+            raise click.BadParameter(f"expected QUESTION_ID=TEXT, got {pair!r}", param_hint="--answer")
+        result.setdefault(question_id, []).append(text)
+    return result
+
+
+@session.command()
+@click.argument("session_id")
+@click.option("--create", is_flag=True, help="Take a new snapshot instead of showing the latest.")
+@json_option
+@pass_lazy
+def snapshot(lazy: LazyClient, session_id: str, create: bool, as_json: bool) -> None:
+    """Show (or --create) a session's snapshot."""
+    client = lazy.client
+    snap = client.create_snapshot(session_id) if create else client.get_snapshot(session_id)
+    if as_json:
+        echo_json(snap)
+        return
+    _echo_snapshot(snap)
+
+
+def _echo_snapshot(snap: Snapshot) -> None:
+    created = snap.create_time.isoformat(timespec="seconds") if snap.create_time else "-"
+    click.echo(f"{snap.snapshot_id} seq={snap.seq} runtime={snap.runtime} worker={snap.worker_id or '-'} {created}")
+    for item in snap.history:
+        text = item.text if len(item.text) <= 120 else item.text[:117] + "..."
+        click.echo(f"  {item.turn_id} {item.role.name.lower()}: {text!r}")
+
+
+@session.command()
+@click.argument("session_id")
+@click.option(
+    "--selector",
+    "selectors",
+    multiple=True,
+    metavar="K=V",
+    help="Label the target worker must carry, on top of the session's selector (repeatable).",
+)
+@click.option("--worker-id", default="", help="Move to this worker (default: any that matches).")
+@json_option
+@pass_lazy
+def restore(lazy: LazyClient, session_id: str, selectors: tuple[str, ...], worker_id: str, as_json: bool) -> None:
+    """Move an idle session onto another worker and rehydrate it there."""
+    restored = lazy.client.restore_session(session_id, parse_pairs(selectors, "--selector"), worker_id or None)
+    if as_json:
+        echo_json(restored)
+    else:
+        click.echo(f"{restored.session_id} worker={restored.worker_id or '-'} epoch={restored.lease_epoch}")
+
+
+@session.command()
+@click.argument("session_id")
+@json_option
+@pass_lazy
+def archive(lazy: LazyClient, session_id: str, as_json: bool) -> None:
+    """Archive a session (read-only from then on)."""
+    archived = lazy.client.archive_session(session_id)
+    if as_json:
+        echo_json(archived)
+    else:
+        click.echo(f"{archived.session_id} {archived.state.name.lower()}")
+
+
+@session.command()
+@click.argument("session_id")
+@pass_lazy
+def delete(lazy: LazyClient, session_id: str) -> None:
+    """Delete a session with its turns, events and snapshots."""
+    lazy.client.delete_session(session_id)
+    click.echo(f"{session_id} deleted")
