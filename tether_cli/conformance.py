@@ -119,7 +119,7 @@ class Kit:
     root: pathlib.Path
     cp: ControlPlane | None = None
     proxy: TcpProxy | None = None
-    client: sdk.AsyncClient | None = None
+    _client: sdk.AsyncClient | None = field(default=None, init=False, repr=False)
     launches: list[Launched] = field(default_factory=list)
     worker: Launched | None = None  # the worker under test, once registered
     resume_session: str = ""  # prepared on the reference worker before the worker under test starts
@@ -133,24 +133,28 @@ class Kit:
         )
         self.cp = ControlPlane(settings)
         await self.cp.start()
-        self.proxy = TcpProxy(self.cp.port)
+        port = self.cp.port
+        if port is None:
+            raise RuntimeError("the kit's control plane started without a port")
+        self.proxy = TcpProxy(port)
         await self.proxy.start()
-        self.client = sdk.AsyncClient(f"127.0.0.1:{self.cp.port}", timeout_s=10)
+        self._client = sdk.AsyncClient(f"127.0.0.1:{port}", timeout_s=10)
 
     async def close(self) -> None:
         for launched in self.launches:
             launched.kill()
-        if self.client is not None:
-            await self.client.close()
+        if self._client is not None:
+            await self._client.close()
         if self.proxy is not None:
             await self.proxy.close()
         if self.cp is not None:
             await self.cp.close()
 
     @property
-    def sdk(self) -> sdk.AsyncClient:
-        assert self.client is not None
-        return self.client
+    def client(self) -> sdk.AsyncClient:
+        """The SDK client of the kit's control plane, once started."""
+        assert self._client is not None
+        return self._client
 
     def launch_under_test(self) -> Launched:
         """Start the worker under test, dialling the proxy, in a fresh work directory."""
@@ -222,7 +226,7 @@ class Kit:
         found: list[sdk.WorkerStatus] = []
 
         async def connected() -> bool:
-            found[:] = [w for w in await self.sdk.list_workers() if w.name == launched.name and w.connected]
+            found[:] = [w for w in await self.client.list_workers() if w.name == launched.name and w.connected]
             if not found and launched.exited:
                 raise ScenarioFailed(
                     f"the worker exited with status {launched.popen.returncode} before registering:\n" + launched.tail()
@@ -242,19 +246,19 @@ class Kit:
         return found[0]
 
     async def worker_status(self, worker_id: str) -> sdk.WorkerStatus | None:
-        return next((w for w in await self.sdk.list_workers() if w.worker_id == worker_id), None)
+        return next((w for w in await self.client.list_workers() if w.worker_id == worker_id), None)
 
     # -- sessions --------------------------------------------------------------------------
 
     async def events(self, session_id: str) -> list[sdk.Event]:
-        return [e async for e in self.sdk.stream_events(session_id, stop_at_end=True)]
+        return [e async for e in self.client.stream_events(session_id, stop_at_end=True)]
 
     async def wait_event(
         self, session_id: str, what: str, predicate: Callable[[sdk.Event], bool], timeout: float = 10.0
     ) -> sdk.Event:
         try:
             async with asyncio.timeout(timeout):
-                async for event in self.sdk.stream_events(session_id):
+                async for event in self.client.stream_events(session_id):
                     if predicate(event):
                         return event
         except TimeoutError:
@@ -263,14 +267,14 @@ class Kit:
 
     async def wait_turn(self, session_id: str, turn_id: str, timeout: float = 10.0) -> sdk.Turn:
         try:
-            return await self.sdk.wait_for_turn(session_id, turn_id, timeout_s=timeout)
+            return await self.client.wait_for_turn(session_id, turn_id, timeout_s=timeout)
         except sdk.DeadlineExceededError:
-            turn = await self.sdk.get_turn(session_id, turn_id)
+            turn = await self.client.get_turn(session_id, turn_id)
             raise ScenarioFailed(f"turn {turn_id} still {turn.state.name} after {timeout:g}s") from None
 
     async def run(self, session_id: str, script: str, timeout: float = 10.0) -> tuple[sdk.Turn, list[sdk.Event]]:
         """Send `script` as a turn, wait for it to end; return it with its events."""
-        turn = await self.sdk.send_input(session_id, script)
+        turn = await self.client.send_input(session_id, script)
         done = await self.wait_turn(session_id, turn.turn_id, timeout)
         return done, [e for e in await self.events(session_id) if e.turn_id == turn.turn_id]
 
@@ -282,7 +286,7 @@ class Kit:
             await self.registered(ref)
         except ScenarioFailed as exc:
             raise RuntimeError(f"the kit's reference worker did not start: {exc}") from None
-        session = await self.sdk.create_session(runtime="script")
+        session = await self.client.create_session(runtime="script")
         for i, script in enumerate(self.resume_inputs):
             turn, _ = await self.run(session.session_id, script)
             if turn.state is not sdk.TurnState.COMPLETED:
@@ -295,7 +299,7 @@ class Kit:
     async def _wait_snapshot(self, session_id: str) -> None:
         async def stored() -> bool:
             try:
-                return len((await self.sdk.get_snapshot(session_id)).history) >= 4
+                return len((await self.client.get_snapshot(session_id)).history) >= 4
             except sdk.NotFoundError:
                 return False
 
@@ -326,7 +330,7 @@ async def register(kit: Kit) -> None:
 
 
 async def offer_accept(kit: Kit) -> None:
-    session = await kit.sdk.create_session(runtime="script")
+    session = await kit.client.create_session(runtime="script")
     turn, events = await kit.run(session.session_id, "say hello")
     expect(turn.state is sdk.TurnState.COMPLETED, f"the turn ended {turn.state.name}: {turn.error_message}")
     kinds = [e.kind.value for e in events]
@@ -343,10 +347,10 @@ async def offer_accept(kit: Kit) -> None:
 
 async def events_resend(kit: Kit) -> None:
     assert kit.proxy is not None
-    session = await kit.sdk.create_session(runtime="script")
+    session = await kit.client.create_session(runtime="script")
     sid = session.session_id
     before = kit.proxy.connections
-    turn = await kit.sdk.send_input(sid, "say one\nsleep 500\nsay two\nsleep 1500\nsay three")
+    turn = await kit.client.send_input(sid, "say one\nsleep 500\nsay two\nsleep 1500\nsay three")
     await kit.wait_event(sid, "the first output", lambda e: e.kind is sdk.EventKind.OUTPUT)
     # "two" is produced while the worker is cut off: it must keep it and send it afterwards.
     await kit.proxy.blackout(BLIP_S)
@@ -360,11 +364,11 @@ async def events_resend(kit: Kit) -> None:
 
 
 async def interrupt(kit: Kit) -> None:
-    session = await kit.sdk.create_session(runtime="script")
+    session = await kit.client.create_session(runtime="script")
     sid = session.session_id
-    turn = await kit.sdk.send_input(sid, "say start\nsleep 30000\nsay never")
+    turn = await kit.client.send_input(sid, "say start\nsleep 30000\nsay never")
     await kit.wait_event(sid, "the output 'start'", lambda e: e.kind is sdk.EventKind.OUTPUT)
-    await kit.sdk.interrupt_turn(sid, turn.turn_id, reason="conformance")
+    await kit.client.interrupt_turn(sid, turn.turn_id, reason="conformance")
     done = await kit.wait_turn(sid, turn.turn_id, timeout=5)
     expect(done.state is sdk.TurnState.INTERRUPTED, f"the turn ended {done.state.name}, not INTERRUPTED")
     events = await kit.events(sid)
@@ -373,14 +377,14 @@ async def interrupt(kit: Kit) -> None:
 
 
 async def snapshot(kit: Kit) -> None:
-    session = await kit.sdk.create_session(runtime="script")
+    session = await kit.client.create_session(runtime="script")
     sid = session.session_id
     last_seq = 0
     for script in ("say first", "say second"):
         turn, events = await kit.run(sid, script)
         expect(turn.state is sdk.TurnState.COMPLETED, f"turn {script!r} ended {turn.state.name}")
         last_seq = events[-1].seq
-    snap = await kit.sdk.create_snapshot(sid, timeout_s=15)
+    snap = await kit.client.create_snapshot(sid, timeout_s=15)
     got = [(item.role.name, item.text) for item in snap.history]
     want = [("INPUT", "say first"), ("OUTPUT", "first\n"), ("INPUT", "say second"), ("OUTPUT", "second\n")]
     expect(got == want, f"the snapshot's history is {got}, not {want}")
@@ -392,7 +396,7 @@ async def resume(kit: Kit) -> None:
     expect(sid, "the kit could not prepare a session on its reference worker")
 
     async def released() -> bool:
-        return not (await kit.sdk.get_session(sid)).worker_id
+        return not (await kit.client.get_session(sid)).worker_id
 
     # The killed reference worker's lease moves after the worker-dead grace.
     wait = KIT_TIMINGS.worker_dead_grace_s + 5
@@ -411,11 +415,11 @@ async def resume(kit: Kit) -> None:
 
 async def lease_loss(kit: Kit) -> None:
     assert kit.cp is not None and kit.worker is not None
-    session = await kit.sdk.create_session(runtime="script")
+    session = await kit.client.create_session(runtime="script")
     sid = session.session_id
-    turn = await kit.sdk.send_input(sid, "say before\nsleep 3000\nsay after")
+    turn = await kit.client.send_input(sid, "say before\nsleep 3000\nsay after")
     await kit.wait_event(sid, "the output 'before'", lambda e: e.kind is sdk.EventKind.OUTPUT)
-    old_epoch = (await kit.sdk.get_session(sid)).lease_epoch
+    old_epoch = (await kit.client.get_session(sid)).lease_epoch
     # Frozen, the worker cannot know its lease is gone: when it wakes, its sleep is over and it
     # writes the rest of the turn at once, as a zombie would. Fencing refuses those writes;
     # the worker must then stop writing for that lease.
@@ -436,9 +440,11 @@ async def lease_loss(kit: Kit) -> None:
     await until(reconnected, 10, "the worker did not reconnect within 10s of waking", period=0.1)
     # It may have tried a few stale writes before it learned; after that they must stop.
     await asyncio.sleep(1.5)
-    fenced = kit.cp.hub.fenced_calls(wid)
+    hub = kit.cp.hub
+    assert hub is not None
+    fenced = hub.fenced_calls(wid)
     await asyncio.sleep(2.0)
-    more = kit.cp.hub.fenced_calls(wid) - fenced
+    more = hub.fenced_calls(wid) - fenced
     expect(more == 0, f"the worker kept writing for its lost lease: {more} more calls refused with LEASE_LOST")
     events = await kit.events(sid)
     check_gapless(events)
@@ -457,13 +463,13 @@ async def drain(kit: Kit) -> None:
     launched = kit.worker
     assert launched is not None
     wid = worker_id(kit)
-    held = await kit.sdk.create_session(runtime="script")
+    held = await kit.client.create_session(runtime="script")
     sid = held.session_id
     warm, _ = await kit.run(sid, "say warm")
     expect(warm.state is sdk.TurnState.COMPLETED, f"the first turn ended {warm.state.name}")
     ref = kit.launch_reference("reference-2")
     await kit.registered(ref)
-    turn = await kit.sdk.send_input(sid, "say draining\nsleep 1500\nsay done")
+    turn = await kit.client.send_input(sid, "say draining\nsleep 1500\nsay done")
     await kit.wait_event(
         sid, "the output 'draining'", lambda e: e.turn_id == turn.turn_id and e.kind is sdk.EventKind.OUTPUT
     )
@@ -476,17 +482,17 @@ async def drain(kit: Kit) -> None:
     await until(
         draining, 3, "the worker did not tell the control plane it is draining (DrainStarted) within 3s of SIGTERM"
     )
-    other = await kit.sdk.create_session(runtime="script")
-    other_turn = await kit.sdk.send_input(other.session_id, "say elsewhere")
+    other = await kit.client.create_session(runtime="script")
+    other_turn = await kit.client.send_input(other.session_id, "say elsewhere")
 
     async def exited() -> bool:
         return launched.exited
 
     await until(exited, DRAIN_EXIT_S, f"the worker did not exit within {DRAIN_EXIT_S:g}s of SIGTERM")
     exited_at = time.monotonic()
-    holder = (await kit.sdk.get_session(sid)).worker_id
+    holder = (await kit.client.get_session(sid)).worker_id
     expect(launched.popen.returncode == 0, f"the worker exited with status {launched.popen.returncode}, not 0")
-    done = await kit.sdk.get_turn(sid, turn.turn_id)
+    done = await kit.client.get_turn(sid, turn.turn_id)
     expect(
         done.state is sdk.TurnState.COMPLETED,
         f"the running turn ended {done.state.name}, not COMPLETED: drain must let it finish",
@@ -498,7 +504,7 @@ async def drain(kit: Kit) -> None:
     expect(moved.state is sdk.TurnState.COMPLETED, f"the turn sent during the drain ended {moved.state.name}")
     other_started = next(e for e in await kit.events(other.session_id) if e.kind is sdk.EventKind.TURN_STARTED)
     expect(other_started.worker_id != wid, "the worker took a new turn while draining")
-    after = await kit.sdk.send_input(sid, "say moved")
+    after = await kit.client.send_input(sid, "say moved")
     await kit.wait_event(
         sid, "the next turn to start", lambda e: e.turn_id == after.turn_id and e.kind is sdk.EventKind.TURN_STARTED
     )
