@@ -11,6 +11,8 @@ from typing import Any
 from . import errors
 from .ports import Changes, GroupCommitWriter, WriteFailed
 
+# One logger for every part of the hub, under the name it had before the parts were split out,
+# so logging configuration that names it keeps working.
 log = logging.getLogger("tether.control_plane.domain.hub")
 
 
