@@ -78,7 +78,13 @@ def main() -> int:
         cwd=TREE,
         env={**env, "MYPY_CACHE_DIR": str(ROOT / ".venv" / "mypy-cache")},
     )
-    ok &= run("import contracts", [str(BIN / "lint-imports"), str(ROOT / "pyproject.toml"), "--no-cache"], back, cwd=ROOT, env=env)
+    ok &= run(
+        "import contracts",
+        [str(BIN / "lint-imports"), str(ROOT / "pyproject.toml"), "--no-cache"],
+        back,
+        cwd=ROOT,
+        env=env,
+    )
     print("code gate: " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -160,11 +160,10 @@ async def _count_connected(client: sdk.AsyncClient) -> bool:
 async def test_a_deposed_leader_can_commit_nothing(pg_url):
     """The fence: once another replica is elected, every write transaction of the old leader
     rolls back, even while the old leader still believes it leads."""
+    from tests.helpers.pg import _admin, _run
     from tether.control_plane.domain.model import Session, new_id, now_us
     from tether.control_plane.store import WriteFailed, Writer, WriteSet, create_engine, ensure_schema, session_to_row
     from tether.control_plane.store._election import Election
-
-    from tests.helpers.pg import _admin, _run
 
     engine = create_engine(pg_url)
     await ensure_schema(engine, migrate=True)
