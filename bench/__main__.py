@@ -28,6 +28,7 @@ from . import (
     security,
     turns,
     typescript,
+    worker_memory,
 )
 
 BENCHES = {
@@ -45,6 +46,7 @@ BENCHES = {
     "pg": pg.main,
     "cp_memory": cp_memory.main,
     "idle_workers": idle_workers.main,
+    "worker_memory": worker_memory.main,
 }
 
 

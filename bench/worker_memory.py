@@ -1,0 +1,101 @@
+"""The execution worker's memory as the sessions it has run pile up.
+
+    worker_rss_mib_fresh                 RSS of a shell worker connected to the control plane,
+                                         before its first session
+    worker_rss_mib_after_10k_sessions    RSS of the same worker after 10,000 sessions were each
+                                         created and ran one turn (`true`) on it, then left idle
+                                         (target: within 32 MiB of the fresh figure)
+
+One control plane on a fresh SQLite file and one shell worker, real processes. DRIVERS
+concurrent drivers each create a session, send `true` and wait for the turn to end. The worker
+keeps holding every session's lease afterwards (the control plane never takes an idle one
+back), so this measures what a held, idle session costs it. RSS is VmRSS from /proc, read
+IDLE_S after the last turn. The run is bounded by LOAD_DEADLINE_S; the line says how many
+sessions ran and how many the worker held. TETHER_BENCH_WORKER_SESSIONS runs another count
+(the figure's name then says it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from ._harness import client_options, emit, procs, retry, wait_connected
+
+SLOTS = 16
+DRIVERS = 32
+IDLE_S = 10.0
+LOAD_DEADLINE_S = 480.0
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def load(target: str, sessions: int, deadline: float) -> int:
+    """Run up to `sessions` sessions of one `true` turn each, DRIVERS at a time, until
+    `deadline` (time.monotonic()); returns how many completed."""
+    from tether import sdk
+
+    started = completed = 0
+    async with sdk.AsyncClient(target, timeout_s=30, options=client_options()) as client:
+
+        async def driver() -> None:
+            nonlocal started, completed
+            while started < sessions and time.monotonic() < deadline:
+                k = started
+                started += 1
+                session = await retry(lambda: client.create_session("shell"), deadline=deadline)
+                turn = await retry(
+                    lambda s=session.session_id, k=k: client.send_input(s, "true", idempotency_key=f"t{k}"),
+                    deadline=deadline,
+                )
+                done = await client.wait_for_turn(
+                    session.session_id, turn.turn_id, timeout_s=max(1.0, deadline - time.monotonic())
+                )
+                if done.state is not sdk.TurnState.COMPLETED:
+                    raise RuntimeError(f"turn {turn.turn_id} ended {done.state.name}: {done.error_message}")
+                completed += 1
+
+        await asyncio.gather(*(driver() for _ in range(DRIVERS)))
+    return completed
+
+
+async def held_sessions(target: str, worker_id: str) -> int:
+    from tether import sdk
+
+    async with sdk.AsyncClient(target, timeout_s=30) as client:
+        workers = await client.list_workers()
+    return next((w.held_sessions for w in workers if w.worker_id == worker_id), -1)
+
+
+async def main() -> None:
+    sessions = int(os.environ.get("TETHER_BENCH_WORKER_SESSIONS", "10000"))
+    suffix = "10k" if sessions == 10_000 else str(sessions)
+    with procs() as ps:
+        cp = ps.start_control_plane()
+        worker = ps.worker(cp.target, "w0", SLOTS)
+        worker_id = ps.worker_id("w0")
+        await wait_connected(cp.target, [worker_id])
+        await asyncio.sleep(2.0)  # past start-up allocations
+        fresh = rss_mib(worker.pid)
+        emit("worker_rss_mib_fresh", fresh, "MiB")
+        t0 = time.monotonic()
+        completed = await load(cp.target, sessions, t0 + LOAD_DEADLINE_S)
+        load_s = time.monotonic() - t0
+        await asyncio.sleep(IDLE_S)
+        after = rss_mib(worker.pid)
+        emit(
+            f"worker_rss_mib_after_{suffix}_sessions",
+            after,
+            "MiB",
+            sessions=completed,
+            held_sessions=await held_sessions(cp.target, worker_id),
+            growth_mib=round(after - fresh, 1),
+            load_s=round(load_s, 1),
+        )
