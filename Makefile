@@ -67,8 +67,9 @@ conformance: $(STAMP) $(NPM_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tether.cli.demo
 
-## test: set up, check the contract and generated code, run the whole test suite
+## test: set up, run the code gate, check the contract and generated code, run the whole test suite
 test: $(STAMP) $(NPM_STAMP)
+	$(BIN)/python tools/check.py
 	$(BUF) lint
 	$(BUF) breaking --against contract/tether-v1.binpb
 	$(BIN)/python tools/gen.py --check

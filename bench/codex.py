@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from tests.codex_mock import MockResponses, codex_bin
+from tests.helpers.codex_mock import MockResponses, codex_bin
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
 
