@@ -20,7 +20,8 @@ import asyncio
 import os
 import time
 
-from ._harness import control_plane_flags, emit, procs, retry
+from ._footprint import idle_cpu_pct, one_turn_sessions, rss_mib
+from ._harness import control_plane_flags, emit, procs
 
 WORKERS = 4
 SLOTS = 8
@@ -29,55 +30,6 @@ DRIVERS = 64
 # one, is set to this; the bench then waits it out (plus the sweep that evicts).
 IDLE_S = 20.0
 IDLE_CPU_WINDOW_S = 10.0
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def idle_cpu_pct(pid: int, window_s: float) -> float:
-    before, t0 = cpu_s(pid), time.monotonic()
-    await asyncio.sleep(window_s)
-    return 100 * (cpu_s(pid) - before) / (time.monotonic() - t0)
-
-
-async def load(target: str, sessions: int, deadline: float) -> None:
-    """`sessions` sessions, each created, run one turn and read back, DRIVERS at a time."""
-    from tether import sdk
-
-    from ._harness import client_options
-
-    next_k = 0
-    async with sdk.AsyncClient(target, timeout_s=30, options=client_options()) as client:
-
-        async def driver() -> None:
-            nonlocal next_k
-            while next_k < sessions:
-                k = next_k
-                next_k += 1
-                session = await retry(lambda: client.create_session("shell"), deadline=deadline)
-                turn = await retry(
-                    lambda s=session.session_id, k=k: client.send_input(s, "true", idempotency_key=f"t{k}"),
-                    deadline=deadline,
-                )
-                done = await client.wait_for_turn(
-                    session.session_id, turn.turn_id, timeout_s=max(1.0, deadline - time.monotonic())
-                )
-                if done.state is not sdk.TurnState.COMPLETED:
-                    raise RuntimeError(f"turn {turn.turn_id} ended {done.state.name}: {done.error_message}")
-                await client.get_session(session.session_id)
-
-        await asyncio.gather(*(driver() for _ in range(DRIVERS)))
 
 
 async def measure(sessions: int, *, deadline_s: float) -> tuple[float, float]:
@@ -90,7 +42,11 @@ async def measure(sessions: int, *, deadline_s: float) -> tuple[float, float]:
         for i in range(WORKERS):
             ps.worker(cp.target, f"w{i}", SLOTS)
         assert cp.proc is not None
-        await load(cp.target, sessions, time.monotonic() + deadline_s)
+        done = await one_turn_sessions(
+            cp.target, sessions, drivers=DRIVERS, deadline=time.monotonic() + deadline_s, read_back=True
+        )
+        if done < sessions:
+            raise RuntimeError(f"only {done} of {sessions} sessions ran their turn within {deadline_s:g}s")
         await asyncio.sleep(IDLE_S * 1.5 + 2)
         rss = rss_mib(cp.proc.pid)
         cpu = await idle_cpu_pct(cp.proc.pid, IDLE_CPU_WINDOW_S)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
 
+from ._footprint import idle_cpu_pct, rss_mib
 from ._harness import connected_workers, emit, procs
-from .cp_memory import idle_cpu_pct, rss_mib
 
 WORKERS = 1000
 PER_CONNECTION = 10
@@ -41,7 +42,7 @@ class IdleWorker:
         interval = reg.heartbeat_interval.ToTimedelta().total_seconds() or 2.0
         outbox: asyncio.Queue[wpb.LeaseRequest | None] = asyncio.Queue()
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[wpb.LeaseRequest]:
             yield wpb.LeaseRequest(open=wpb.LeaseOpen(worker_id=self.worker_id, registration_id=reg.registration_id))
             while (msg := await outbox.get()) is not None:
                 yield msg
@@ -81,10 +82,10 @@ async def main() -> None:
         try:
             deadline = time.monotonic() + 120
             while len(await connected_workers(cp.target)) < WORKERS:
-                if time.monotonic() > deadline or any(t.done() for t in tasks):
-                    for t in tasks:
-                        if t.done() and t.exception() is not None:
-                            raise t.exception()  # type: ignore[misc]
+                failed = next((t.exception() for t in tasks if t.done() and t.exception() is not None), None)
+                if failed is not None:
+                    raise failed
+                if time.monotonic() > deadline:
                     raise RuntimeError("the idle workers did not all connect within 120 s")
                 await asyncio.sleep(0.5)
             await asyncio.sleep(5)  # past the registration burst

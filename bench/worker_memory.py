@@ -21,49 +21,13 @@ import asyncio
 import os
 import time
 
-from ._harness import client_options, emit, procs, retry, wait_connected
+from ._footprint import one_turn_sessions, rss_mib
+from ._harness import emit, procs, wait_connected
 
 SLOTS = 16
 DRIVERS = 32
 IDLE_S = 10.0
 LOAD_DEADLINE_S = 480.0
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-async def load(target: str, sessions: int, deadline: float) -> int:
-    """Run up to `sessions` sessions of one `true` turn each, DRIVERS at a time, until
-    `deadline` (time.monotonic()); returns how many completed."""
-    from tether import sdk
-
-    started = completed = 0
-    async with sdk.AsyncClient(target, timeout_s=30, options=client_options()) as client:
-
-        async def driver() -> None:
-            nonlocal started, completed
-            while started < sessions and time.monotonic() < deadline:
-                k = started
-                started += 1
-                session = await retry(lambda: client.create_session("shell"), deadline=deadline)
-                turn = await retry(
-                    lambda s=session.session_id, k=k: client.send_input(s, "true", idempotency_key=f"t{k}"),
-                    deadline=deadline,
-                )
-                done = await client.wait_for_turn(
-                    session.session_id, turn.turn_id, timeout_s=max(1.0, deadline - time.monotonic())
-                )
-                if done.state is not sdk.TurnState.COMPLETED:
-                    raise RuntimeError(f"turn {turn.turn_id} ended {done.state.name}: {done.error_message}")
-                completed += 1
-
-        await asyncio.gather(*(driver() for _ in range(DRIVERS)))
-    return completed
 
 
 async def held_sessions(target: str, worker_id: str) -> int:
@@ -86,7 +50,7 @@ async def main() -> None:
         fresh = rss_mib(worker.pid)
         emit("worker_rss_mib_fresh", fresh, "MiB")
         t0 = time.monotonic()
-        completed = await load(cp.target, sessions, t0 + LOAD_DEADLINE_S)
+        completed = await one_turn_sessions(cp.target, sessions, drivers=DRIVERS, deadline=t0 + LOAD_DEADLINE_S)
         load_s = time.monotonic() - t0
         await asyncio.sleep(IDLE_S)
         after = rss_mib(worker.pid)
