@@ -55,9 +55,11 @@ def _link(link: pathlib.Path, target: pathlib.Path) -> None:
     link.symlink_to(target)
 
 
-def run(what: str, args: list[str], back: dict[str, str] | None = None, **kw: object) -> bool:
+def run(
+    what: str, args: list[str], cwd: pathlib.Path, back: dict[str, str] | None = None, env: dict[str, str] | None = None
+) -> bool:
     print(f"--- {what}", flush=True)
-    done = subprocess.run(args, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env)
     out = done.stdout + done.stderr
     for prefix, folder in sorted((back or {}).items(), key=lambda kv: -len(kv[0])):
         out = re.sub(rf"(^|\s){re.escape(prefix)}/", rf"\g<1>{folder}/", out, flags=re.M)
@@ -69,20 +71,21 @@ def main() -> int:
     back = lay_out_tree()
     env = {**os.environ, "PYTHONPATH": str(TREE)}
     packages = [f"-p{name}" for name in package_dirs() if name != "tether"]
-    ok = run("ruff check", [str(BIN / "ruff"), "check", "."], cwd=ROOT)
-    ok &= run("ruff format --check", [str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT)
+    ok = run("ruff check", [str(BIN / "ruff"), "check", "."], ROOT)
+    ok &= run("ruff format --check", [str(BIN / "ruff"), "format", "--check", "."], ROOT)
     ok &= run(
         "mypy",
         [str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"), *packages],
+        TREE,
         back,
-        cwd=TREE,
+        # mypy runs in the tree, so its cache is named here rather than relative to its cwd.
         env={**env, "MYPY_CACHE_DIR": str(ROOT / ".venv" / "mypy-cache")},
     )
     ok &= run(
         "import contracts",
         [str(BIN / "lint-imports"), str(ROOT / "pyproject.toml"), "--no-cache"],
+        ROOT,
         back,
-        cwd=ROOT,
         env=env,
     )
     print("code gate: " + ("passed" if ok else "FAILED"))
