@@ -3,10 +3,9 @@ dangle), with a RequestResolved event after the turn's terminal event."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from tests.helpers.processes import eventually
 from tether.control_plane.domain import errors
 from tether.control_plane.domain.messages import AnswerMsg
 from tether.control_plane.domain.model import RequestState
@@ -47,7 +46,11 @@ async def test_requests_expire_when_the_turn_is_lost_with_its_worker() -> None:
     request = await w1.open_request(offer)
 
     w1.disconnect()
-    await asyncio.sleep(0.05)
+    await eventually(
+        lambda: store.requests[request.request_id].state == RequestState.EXPIRED,
+        timeout=5,
+        what="the lost turn's request to expire",
+    )
 
     stored = store.requests[request.request_id]
     assert stored.state == RequestState.EXPIRED

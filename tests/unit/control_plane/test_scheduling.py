@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from tests.helpers.processes import eventually
 from tether.control_plane.domain import errors
 from tether.control_plane.domain.messages import DrainMsg, OfferMsg
 
@@ -129,7 +130,9 @@ async def test_a_holder_gone_past_the_worker_dead_grace_loses_its_sessions() -> 
     await other.connect()
 
     holder.disconnect()
-    await asyncio.sleep(0.05)
+    await eventually(
+        lambda: store.leases[sid].worker_id == "", timeout=5, what="the worker-dead grace to free the lease"
+    )
 
     lease = store.leases[sid]
     assert (lease.worker_id, lease.epoch) == ("", running.lease_epoch)
