@@ -1,0 +1,85 @@
+"""The worker's liveness on its lease stream: the liveness timeout, dropping a deaf server and
+reconnecting, and a cancel that lands as a lease write fails; against the scripted
+control plane in tests/helpers/fake_control_plane.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers.fake_control_plane import HEARTBEAT_S, LIVENESS_S, _connected, _duration, _run_turn
+from tests.helpers.processes import eventually
+from tether.execution_worker import WorkerSettings
+from tether.execution_worker._lease import LeaseTimings
+from tether.v1 import worker_service_pb2 as wpb
+
+# -- A: liveness ---------------------------------------------------------------------------------
+
+
+def test_liveness_timeout_comes_from_register_else_three_heartbeats():
+    fallback = LeaseTimings()
+    with_liveness = wpb.RegisterResponse(heartbeat_interval=_duration(2), liveness_timeout=_duration(7))
+    assert LeaseTimings.from_response(with_liveness, fallback).liveness_timeout_s == 7
+    without = wpb.RegisterResponse(heartbeat_interval=_duration(2))
+    assert LeaseTimings.from_response(without, fallback).liveness_timeout_s == 6
+    # Not what an earlier registration said: 3 heartbeats of this one.
+    earlier = LeaseTimings.from_response(with_liveness, fallback)
+    assert LeaseTimings.from_response(without, earlier).liveness_timeout_s == 6
+
+
+async def test_a_deaf_server_is_dropped_after_the_liveness_timeout_and_leases_are_kept(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    # Answered renewals keep the stream: no reconnect over several liveness timeouts.
+    await asyncio.sleep(3 * LIVENESS_S)
+    assert cp.streams == 1
+    assert len(cp.lease_requests("renew", stream=1)) >= 5
+
+    cp.answer_renewals = False
+    silent_since = time.monotonic()
+    await eventually(lambda: cp.streams >= 2, timeout=3, what="reconnect after silence")
+    elapsed = time.monotonic() - silent_since
+    assert LIVENESS_S - HEARTBEAT_S <= elapsed < LIVENESS_S + 0.6, elapsed
+    # The worker heartbeated into the silence before giving up on it, ...
+    assert any(r.renew.leases for r in cp.lease_requests("renew", stream=1))
+    # ... and still holds the session: the new stream's LeaseOpen lists it.
+    reopen = cp.lease_requests("open", stream=2)[0].open
+    assert [(ref.session_id, ref.lease_epoch) for ref in reopen.leases] == [("ses_a", 1)]
+    assert w.worker.session_ids == ["ses_a"]
+    cp.answer_renewals = True
+    await asyncio.sleep(3 * LIVENESS_S)
+    assert cp.streams == 2
+
+
+async def test_a_cancel_landing_as_a_lease_write_fails_is_not_swallowed(tmp_path):
+    """The stream teardown cancels the heartbeat and then the call, which fails the heartbeat's
+    write in the same loop iteration; the heartbeat must still end, or the Lease loop waits
+    for it forever and never reconnects (asyncio.wait_for on 3.11 swallowed it)."""
+    from tether.execution_worker._lease import LeaseClient
+
+    write_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Call:
+        async def write(self, request: Any) -> None:
+            await write_done
+
+    client = LeaseClient(
+        stub=None,
+        settings=WorkerSettings(workdir=tmp_path),
+        worker_id="wkr_test",
+        runtimes=["fake"],
+        handler=None,  # type: ignore[arg-type]
+    )
+    client._call = Call()  # type: ignore[assignment]
+    sending = asyncio.create_task(client.send(wpb.LeaseRequest(renew=wpb.RenewLeases())))
+    await asyncio.sleep(0.01)
+    write_done.set_exception(asyncio.InvalidStateError("RPC already finished"))
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
