@@ -290,6 +290,14 @@ async def test_restore_session_moves_an_idle_session_onto_a_chosen_worker(tmp_pa
             await eventually(
                 lambda: _state(client, s.session_id, t3.turn_id, sdk.TurnState.RUNNING), timeout=20, what="running"
             )
+
+            # The control plane counts a turn RUNNING once it grants it; the worker ignores an
+            # interrupt that reaches it before the grant, so wait until the worker has started it.
+            async def worker_started() -> bool:
+                events = await _events(client, s.session_id)
+                return any(e.kind is sdk.EventKind.TURN_STARTED and e.turn_id == t3.turn_id for e in events)
+
+            await eventually(worker_started, timeout=20, what="the worker to start the turn")
             with pytest.raises(sdk.TetherError) as err:
                 await client.restore_session(s.session_id, worker_id="wc")
             assert err.value.reason == "SESSION_BUSY" and err.value.code == grpc.StatusCode.FAILED_PRECONDITION
