@@ -84,6 +84,15 @@ def _is_loopback(host: str) -> bool:
     help="How often workers renew on their Lease stream.",
 )
 @click.option(
+    "--idle-heartbeat-interval-s",
+    type=click.FloatRange(0.0),
+    default=20.0,
+    show_default=True,
+    envvar="TETHER_IDLE_HEARTBEAT_INTERVAL_S",
+    help="How often a worker holding no lease and running no turn renews (0: every heartbeat interval); "
+    "HTTP/2 keepalive pings watch its connection meanwhile.",
+)
+@click.option(
     "--liveness-timeout-s",
     type=click.FloatRange(0.1),
     default=None,
@@ -121,6 +130,15 @@ def _is_loopback(host: str) -> bool:
     show_default=True,
     envvar="TETHER_OFFER_TIMEOUT_S",
     help="Requeue an offer not accepted within this.",
+)
+@click.option(
+    "--session-idle-s",
+    type=click.FloatRange(0.1),
+    default=300.0,
+    show_default=True,
+    envvar="TETHER_SESSION_IDLE_S",
+    help="Drop a session from memory this long after its last use, unless it is live "
+    "(a turn open, a lease held, a subscriber following); it reloads from the database on demand.",
 )
 @click.option(
     "--max-message-bytes",
@@ -209,11 +227,13 @@ def serve(
     advertise_address: str,
     sqlite_synchronous: str,
     heartbeat_interval_s: float,
+    idle_heartbeat_interval_s: float,
     liveness_timeout_s: float | None,
     worker_dead_grace_s: float,
     lease_ttl_s: float,
     sticky_timeout_s: float,
     offer_timeout_s: float,
+    session_idle_s: float,
     max_message_bytes: int,
     dev: bool,
     tls_cert: str | None,
@@ -231,6 +251,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if heartbeat_interval_s >= lease_ttl_s:
         raise click.BadParameter("must be shorter than --lease-ttl-s", param_hint="--heartbeat-interval-s")
+    if idle_heartbeat_interval_s and idle_heartbeat_interval_s < heartbeat_interval_s:
+        raise click.BadParameter(
+            "must be 0 or at least --heartbeat-interval-s", param_hint="--idle-heartbeat-interval-s"
+        )
     if liveness_timeout_s is None:
         liveness_timeout_s = 3 * heartbeat_interval_s
     if liveness_timeout_s <= heartbeat_interval_s:
@@ -276,11 +300,13 @@ def serve(
         timings=dataclasses.replace(
             Timings(),
             heartbeat_interval_s=heartbeat_interval_s,
+            idle_heartbeat_interval_s=idle_heartbeat_interval_s,
             liveness_timeout_s=liveness_timeout_s,
             worker_dead_grace_s=worker_dead_grace_s,
             lease_ttl_s=lease_ttl_s,
             sticky_timeout_s=sticky_timeout_s,
             offer_timeout_s=offer_timeout_s,
+            session_idle_s=session_idle_s,
         ),
     )
     try:

@@ -300,6 +300,7 @@ def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
             renewed=wpb.LeasesRenewed(
                 lease_expire_time=ts(msg.lease_expire_us),
                 lost_leases=[wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in msg.lost],
+                resync=msg.resync,
             )
         )
     if isinstance(msg, m.DrainMsg):

@@ -127,6 +127,8 @@ class WorkerService:
                 max_events_per_message=t.max_events_per_message,
                 liveness_timeout=duration(t.liveness_timeout_s),
                 worker_dead_grace=duration(t.worker_dead_grace_s),
+                idle_heartbeat_interval=duration(t.idle_heartbeat_interval_s) if t.idle_heartbeat_interval_s else None,
+                lease_digests=True,
             )
 
     async def Heartbeat(
@@ -194,12 +196,19 @@ class WorkerService:
             except errors.DomainError as err:
                 outbox.put_nowait(RevokeMsg(a.session_id, a.lease_epoch, err.message))
 
-        liveness = self._hub.timings.liveness_timeout_s
+        timings = self._hub.timings
+        idle_liveness = 3 * timings.idle_heartbeat_interval_s
+        said_idle = False  # the last renewal named no lease and no running turn
         requests = aiter(requests)
         try:
             while True:
                 # Connection liveness: a worker renews every heartbeat interval, so a stream
-                # silent this long belongs to a dead or partitioned worker (or a deaf one).
+                # silent this long belongs to a dead or partitioned worker (or a deaf one). An
+                # idle worker renews every idle heartbeat interval; HTTP/2 keepalive pings
+                # watch its connection meanwhile.
+                liveness = timings.liveness_timeout_s
+                if said_idle and idle_liveness > liveness and self._hub.worker_idle(worker_id):
+                    liveness = idle_liveness
                 try:
                     async with asyncio.timeout(liveness):
                         req = await anext(requests, None)
@@ -217,7 +226,16 @@ class WorkerService:
                     accepting.add(task)
                     task.add_done_callback(accepting.discard)
                 elif kind == "renew":
-                    outbox.put_nowait(self._hub.renew(worker_id, registration_id, lease_refs(req.renew.leases)))
+                    renew = req.renew
+                    digest = None
+                    if renew.HasField("held_digest"):
+                        if renew.leases:
+                            raise errors.InvalidArgument(
+                                "renew.held_digest", "send either the leases or their digest, not both"
+                            )
+                        digest = (renew.held_digest.count, renew.held_digest.xor)
+                    said_idle = renew.running_turns == 0 and not renew.leases and not (digest and digest[0])
+                    outbox.put_nowait(self._hub.renew(worker_id, registration_id, lease_refs(renew.leases), digest))
                 elif kind == "reject":
                     rejected = req.reject
                     self._hub.reject(worker_id, rejected.session_id, rejected.turn_id, rejected.reason)

@@ -1,7 +1,9 @@
 """Leases and fencing: who may write for a session, at which epoch, until when.
 
 Owns each record's `lease` (`LeaseBook`: the lease, its monotonic deadline, and the highest
-worker_seq accepted under it), the lease sweeper, and the count of calls fencing refused.
+worker_seq accepted under it), the index of held leases by worker (so the sweeper and a
+worker's attach walk only sessions that are leased, never every loaded one), the lease
+sweeper, and the count of calls fencing refused.
 
 Fencing: every worker write names (session, lease epoch). Only the current holder at the
 current epoch may write; anything else is `LeaseLost`. Moving a session to another worker
@@ -56,6 +58,8 @@ class Leases:
         # Calls refused by fencing, per worker: a worker that keeps writing for a lease it lost
         # is a zombie, and this is how the conformance kit sees one.
         self._fenced_calls: collections.Counter[str] = collections.Counter()
+        # worker id -> the loaded records whose lease it holds (records whose lease has a holder)
+        self._held: dict[str, dict[str, SessionRecord]] = {}
 
     def connect(
         self,
@@ -103,6 +107,38 @@ class Leases:
         """How many of the worker's writes, resumes and snapshots fencing refused (LEASE_LOST)."""
         return self._fenced_calls[worker_id]
 
+    def held_by(self, worker_id: str) -> list[SessionRecord]:
+        """The loaded records whose lease `worker_id` holds."""
+        return list(self._held.get(worker_id, {}).values())
+
+    def leased(self) -> list[SessionRecord]:
+        """Every loaded record whose lease some worker holds."""
+        return [rec for held in self._held.values() for rec in held.values()]
+
+    # ----------------------------------------------------------------- the index of held leases
+
+    def loaded(self, rec: SessionRecord) -> None:
+        """The session cache keeps `rec` (made new or reloaded): index its lease."""
+        self._index(rec, "", self.holder(rec))
+
+    def forgotten(self, rec: SessionRecord) -> None:
+        """The session cache dropped `rec`: it leaves the index."""
+        self._index(rec, self.holder(rec), "")
+
+    def _set(self, rec: SessionRecord, lease: Lease) -> None:
+        self._index(rec, self.holder(rec), lease.worker_id)
+        rec.lease.lease = lease
+
+    def _index(self, rec: SessionRecord, old: str, new: str) -> None:
+        if old and old != new:
+            held = self._held.get(old)
+            if held is not None and held.get(rec.session_id) is rec:
+                del held[rec.session_id]
+                if not held:
+                    del self._held[old]
+        if new:
+            self._held.setdefault(new, {})[rec.session_id] = rec
+
     # ----------------------------------------------------------------- fencing
 
     def check(self, worker_id: str, session_id: str, epoch: int, owner: str) -> SessionRecord:
@@ -136,11 +172,12 @@ class Leases:
             if previous is not None and previous is not w:
                 previous.let_go(session_id)
                 previous.push(RevokeMsg(session_id, lease.epoch if lease else 0, why_moved))
-            book.lease = Lease(session_id, w.info.worker_id, epoch, now_us())
+            granted = Lease(session_id, w.info.worker_id, epoch, now_us())
+            self._set(rec, granted)
             book.acked_worker_seq = 0
-            changes.lease_upserts.append(book.lease)
+            changes.lease_upserts.append(granted)
         book.expires = time.monotonic() + self._timings.lease_ttl_s
-        w.hold(session_id)
+        w.hold(session_id, epoch)
 
     def renew_held(self, w: WorkerConn, held: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Extend the leases `w` says it holds; returns those it no longer has."""
@@ -159,13 +196,29 @@ class Leases:
                 lost.append((session_id, epoch))
                 continue
             rec.lease.expires = deadline
-            w.hold(session_id)
+            w.hold(session_id, epoch)
         return lost
 
-    def renew(self, worker_id: str, registration_id: str, held: list[tuple[str, int]]) -> RenewedMsg:
+    def renew(
+        self,
+        worker_id: str,
+        registration_id: str,
+        held: list[tuple[str, int]],
+        digest: tuple[int, int] | None = None,
+    ) -> RenewedMsg:
+        """Renew the leases `held` lists, or with `digest` (count, xor) every lease the worker's
+        stream holds when the digest names exactly those; else ask for the list (resync)."""
         w = self._workers.require(worker_id, registration_id)
-        lost = self.renew_held(w, held)
-        return RenewedMsg(now_us() + int(self._timings.lease_ttl_s * 1e6), lost)
+        expire_us = now_us() + int(self._timings.lease_ttl_s * 1e6)
+        if digest is None:
+            return RenewedMsg(expire_us, self.renew_held(w, held))
+        if not w.digest_matches(*digest):
+            return RenewedMsg(expire_us, [], resync=True)
+        deadline = time.monotonic() + self._timings.lease_ttl_s
+        for rec in self.held_by(worker_id):
+            if w.holds(rec.session_id):
+                rec.lease.expires = deadline
+        return RenewedMsg(expire_us, [])
 
     # ----------------------------------------------------------------- freeing
 
@@ -201,7 +254,8 @@ class Leases:
             w.let_go(session_id)
             if revoke:
                 w.push(RevokeMsg(session_id, lease.epoch, why))
-        freed = book.lease = Lease(session_id, "", lease.epoch, now_us())
+        freed = Lease(session_id, "", lease.epoch, now_us())
+        self._set(rec, freed)
         self._restores.fail(
             rec,
             lease.epoch,
@@ -233,8 +287,8 @@ class Leases:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            for rec in self._sessions.records():
-                if self.holder(rec) and now >= rec.lease.expires and not rec.deleted:
+            for rec in self.leased():  # only leased sessions: idle ones cost the sweeper nothing
+                if now >= rec.lease.expires and not rec.deleted:
                     try:
                         await self.drop(rec, "the lease was not renewed before its deadline", revoke=True)
                     except errors.DomainError:

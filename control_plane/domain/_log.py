@@ -34,6 +34,7 @@ class LogBook:
     committed_seq: int
     recent: list[Event] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribers: int = 0  # live subscriptions following the log (they keep the session loaded)
 
 
 class EventLog:
@@ -80,6 +81,11 @@ class EventLog:
         changed, book.changed = book.changed, asyncio.Event()
         changed.set()
 
+    def followed(self, rec: SessionRecord) -> bool:
+        """Whether a subscriber follows the log, or a commit of it is under way."""
+        book = rec.log
+        return book.subscribers > 0 or book.last_seq != book.committed_seq
+
     def wake(self, rec: SessionRecord) -> None:
         """Wake every subscriber so it sees the session is gone."""
         rec.log.changed.set()
@@ -98,33 +104,40 @@ class EventLog:
         return self._follow(rec, after_seq, stop_at_end)
 
     async def _follow(self, rec: SessionRecord, cursor: int, stop_at_end: bool) -> AsyncIterator[list[Event]]:
-        while True:
-            if rec.deleted:
-                current = self._sessions.get(rec.session_id)
-                if current is rec or current is None:
-                    raise errors.SessionNotFound(rec.session_id)
-                # The record was dropped after a failed write: continue on a fresh one.
-                rec = await self._sessions.require(rec.session_id, rec.session.owner)
-            book = rec.log
-            if cursor < book.committed_seq:
-                recent = book.recent
-                first = recent[0].seq if recent else None
-                if first is not None and first <= cursor + 1:
-                    start = cursor + 1 - first
-                    batch = recent[start : start + _REPLAY_PAGE]
-                else:
-                    batch = await self._reader.events_after(rec.session_id, cursor, _REPLAY_PAGE)
-                    batch = [e for e in batch if e.seq <= book.committed_seq]
-                if batch:
-                    cursor = batch[-1].seq
-                    yield batch
+        rec.log.subscribers += 1
+        try:
+            while True:
+                if rec.deleted:
+                    current = self._sessions.get(rec.session_id)
+                    if current is rec or current is None:
+                        raise errors.SessionNotFound(rec.session_id)
+                    # The record was dropped after a failed write: continue on a fresh one.
+                    fresh = await self._sessions.require(rec.session_id, rec.session.owner)
+                    rec.log.subscribers -= 1
+                    rec = fresh
+                    rec.log.subscribers += 1
+                book = rec.log
+                if cursor < book.committed_seq:
+                    recent = book.recent
+                    first = recent[0].seq if recent else None
+                    if first is not None and first <= cursor + 1:
+                        start = cursor + 1 - first
+                        batch = recent[start : start + _REPLAY_PAGE]
+                    else:
+                        batch = await self._reader.events_after(rec.session_id, cursor, _REPLAY_PAGE)
+                        batch = [e for e in batch if e.seq <= book.committed_seq]
+                    if batch:
+                        cursor = batch[-1].seq
+                        yield batch
+                        continue
+                if stop_at_end:
+                    return
+                changed = book.changed
+                if cursor < book.committed_seq or rec.deleted:
                     continue
-            if stop_at_end:
-                return
-            changed = book.changed
-            if cursor < book.committed_seq or rec.deleted:
-                continue
-            await changed.wait()
+                await changed.wait()
+        finally:
+            rec.log.subscribers -= 1
 
     async def events_between(self, session_id: str, after_seq: int, upto: int) -> AsyncIterator[list[Event]]:
         """Stored events in (after_seq, upto], a page at a time; the next page is read while

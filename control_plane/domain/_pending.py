@@ -44,6 +44,10 @@ class PendingRequests:
         self._leases = leases
         self._workers = workers
 
+    def any_open(self, rec: SessionRecord) -> bool:
+        """Whether the session has requests in memory (those of its open turns)."""
+        return bool(rec.requests)
+
     # ----------------------------------------------------------------- opened by the worker
 
     def check_opened(self, rec: SessionRecord, opened: list[PendingRequest | None]) -> None:

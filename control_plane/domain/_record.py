@@ -4,6 +4,7 @@
 |-----------------|---------------------------------------|----------------------------------------|
 | `session`       | SessionCache (`_sessions.py`)         | the Session; every part reads it       |
 | `deleted`       | SessionCache (`_sessions.py`)         | gone: ends subscriptions and decisions |
+| `used_at`       | SessionCache (`_sessions.py`)         | when last asked for (eviction)         |
 | `turns`         | Turns (`_turns.py`)                   | open turns, queue, active, idempotency |
 | `offer`         | Scheduler (`_scheduling.py`)          | the offer out, its timer, stickiness   |
 | `lease`         | Leases (`_leases.py`)                 | holder, epoch, expiry, worker watermark|
@@ -44,6 +45,7 @@ class SessionRecord:
     restoring: Restore | None = None
     events_bucket: TokenBucket | None = None  # made on the first ingest
     deleted: bool = False
+    used_at: float = 0.0  # time.monotonic() of the last lookup: idle records are evicted
 
     @classmethod
     def new(cls, session: Session) -> SessionRecord:

@@ -6,7 +6,8 @@ steps: offered (the session is offered restore-only, occupying a slot on the wor
 (the worker accepted: it gets the lease at the next epoch), confirmed (its snapshot at that
 epoch is stored). Any failure on the way fails the call; a restore granted but never
 confirmed frees the lease again, so the session's next turn rehydrates wherever it lands.
-While a restore is under way, the session's turns wait for it.
+While a restore is under way, the session's turns wait for it. The records with a restore
+under way are indexed, so a worker going away checks only those.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Restores:
     def __init__(self, committer: Committer, timings: Timings) -> None:
         self._committer = committer
         self._timings = timings
+        self._restoring: dict[str, SessionRecord] = {}  # session id -> record with a restore under way
 
     def connect(
         self,
@@ -113,6 +115,7 @@ class Restores:
         epoch = self._leases.epoch(rec) + 1
         restore = Restore(best.info.worker_id, epoch, asyncio.get_running_loop().create_future())
         rec.restoring = restore
+        self._restoring[session_id] = rec
         best.occupy(restore.slot)
         timeout = self._timings.offer_timeout_s
         restore.timer = asyncio.get_running_loop().call_later(
@@ -193,18 +196,24 @@ class Restores:
                 ),
             )
 
-    def worker_gone(self, rec: SessionRecord, worker_id: str) -> None:
+    def _clear(self, rec: SessionRecord) -> None:
+        rec.restoring = None
+        if self._restoring.get(rec.session_id) is rec:
+            del self._restoring[rec.session_id]
+
+    def worker_gone(self, worker_id: str) -> None:
         """`worker_id` takes nothing more: a restore offered to it and not yet taken fails."""
-        restore = rec.restoring
-        if restore is not None and restore.worker_id == worker_id and not restore.granted:
-            self.fail(
-                rec,
-                restore.epoch,
-                errors.NoWorker(
-                    f"worker {worker_id!r} went away before taking session {rec.session_id!r}; try again",
-                    session_id=rec.session_id,
-                ),
-            )
+        for rec in list(self._restoring.values()):
+            restore = rec.restoring
+            if restore is not None and restore.worker_id == worker_id and not restore.granted:
+                self.fail(
+                    rec,
+                    restore.epoch,
+                    errors.NoWorker(
+                        f"worker {worker_id!r} went away before taking session {rec.session_id!r}; try again",
+                        session_id=rec.session_id,
+                    ),
+                )
 
     def abandon(self, rec: SessionRecord, error: errors.DomainError) -> None:
         """Fail the session's restore, if one is under way."""
@@ -215,7 +224,7 @@ class Restores:
         restore = rec.restoring
         if restore is None or restore.epoch != epoch:
             return
-        rec.restoring = None
+        self._clear(rec)
         if restore.timer:
             restore.timer.cancel()
             restore.timer = None
@@ -238,7 +247,7 @@ class Restores:
 
     def _finish(self, rec: SessionRecord, restore: Restore) -> None:
         if rec.restoring is restore:
-            rec.restoring = None
+            self._clear(rec)
         if not restore.done.done():
             restore.done.set_result(None)
         log.info("session %s restored onto %s (epoch %d)", rec.session_id, restore.worker_id, restore.epoch)
@@ -248,3 +257,4 @@ class Restores:
         """The record was dropped after a failed write: its restore's offer timer is off."""
         if rec.restoring is not None and rec.restoring.timer is not None:
             rec.restoring.timer.cancel()
+        self._restoring.pop(rec.session_id, None)

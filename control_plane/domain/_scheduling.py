@@ -215,8 +215,8 @@ class Scheduler:
     def requeue_offers_of(self, w: WorkerConn) -> None:
         """`w` takes nothing more: what was offered to it goes to another worker."""
         worker_id = w.info.worker_id
-        for rec in self._sessions.records():
-            self._restores.worker_gone(rec, worker_id)
+        self._restores.worker_gone(worker_id)
+        for rec in self._turns.busy_records():  # an offered turn makes its session busy
             if self._turns.offered(rec) is not None and rec.offer.offered_to == worker_id:
                 self._requeue_offer(rec)
                 self.dispatch(rec)

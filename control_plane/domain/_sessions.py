@@ -1,9 +1,18 @@
 """The session cache and session CRUD.
 
-Owns the records of every session this process has loaded (one `SessionRecord` each, see
-`_record.py`), who owns which, the loads under way, and each record's `session` and `deleted`
-fields: only this part changes a Session (other parts ask it to count a turn, touch the update
-time or adopt a runtime thread id).
+Owns the records of the sessions this process has loaded (one `SessionRecord` each, see
+`_record.py`) in least-recently-used order, the loads under way, the evictor, and each record's
+`session`, `deleted` and `used_at` fields: only this part changes a Session (other parts ask it
+to count a turn, touch the update time or adopt a runtime thread id).
+
+Bounded memory: only live sessions stay loaded. A session is live while a turn of it is open,
+a worker holds its lease, a subscriber follows its log (or a commit of it is under way), a
+restore of it runs, or a request of it is pending; and for `Timings.session_idle_s` after it
+was last asked for. The evictor drops the others, a few times per idle interval, walking only
+the least recently used end of the cache; a dropped session is reloaded from the database when
+next asked for, like after a restart. The other parts keep their own indexes of the live
+sessions they scan (held leases by worker, busy sessions by owner, restores under way), so no
+periodic or per-call scan walks every loaded session.
 
 Owners: every session belongs to one. Every session call names the caller's owner and finds
 only that owner's sessions: another owner's session does not exist, to the caller.
@@ -13,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import TYPE_CHECKING
 
 from . import errors
 from ._record import SessionRecord
-from ._shared import Committer
+from ._shared import Committer, Tasks, log
 from .messages import InterruptMsg, RevokeMsg, SessionView, Timings
 from .model import Session, SessionState, new_id, now_us
 from .ports import Changes, SessionReader
@@ -25,6 +35,7 @@ from .ports import Changes, SessionReader
 if TYPE_CHECKING:
     from ._leases import Leases
     from ._log import EventLog
+    from ._pending import PendingRequests
     from ._restore import Restores
     from ._scheduling import Scheduler
     from ._turns import Turns
@@ -36,8 +47,9 @@ class SessionCache:
         self._reader = reader
         self._committer = committer
         self._timings = timings
-        self._records: dict[str, SessionRecord] = {}
-        self._by_owner: dict[str, set[str]] = collections.defaultdict(set)  # owner -> loaded session ids
+        # Least recently used first: the evictor looks only at the front.
+        self._records: collections.OrderedDict[str, SessionRecord] = collections.OrderedDict()
+        self.evicted = 0  # records dropped by the evictor since start (for tests and operators)
         self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
 
     def connect(
@@ -49,6 +61,7 @@ class SessionCache:
         scheduler: Scheduler,
         restores: Restores,
         workers: Workers,
+        requests: PendingRequests,
     ) -> None:
         self._turns = turns
         self._events = events
@@ -56,25 +69,24 @@ class SessionCache:
         self._scheduler = scheduler
         self._restores = restores
         self._workers = workers
+        self._requests = requests
 
     # ----------------------------------------------------------------- the cache
 
     def get(self, session_id: str) -> SessionRecord | None:
         """The loaded record, if any (deleted or not)."""
-        return self._records.get(session_id)
+        rec = self._records.get(session_id)
+        if rec is not None:
+            self._used(rec)
+        return rec
 
-    def records(self) -> list[SessionRecord]:
-        """Every loaded record, as a list the caller may iterate while records come and go."""
-        return list(self._records.values())
-
-    def of_owner(self, owner: str) -> list[SessionRecord]:
-        """The loaded records of `owner`'s sessions."""
-        records = (self._records.get(session_id) for session_id in self._by_owner[owner])
-        return [rec for rec in records if rec is not None]
+    def __len__(self) -> int:
+        return len(self._records)
 
     async def load(self, session_id: str) -> SessionRecord | None:
         rec = self._records.get(session_id)
         if rec is not None:
+            self._used(rec)
             return rec
         pending = self._loading.get(session_id)
         if pending is not None:
@@ -104,14 +116,21 @@ class SessionCache:
             raise errors.SessionNotFound(session_id)
         return rec
 
+    def _used(self, rec: SessionRecord) -> None:
+        rec.used_at = time.monotonic()
+        self._records.move_to_end(rec.session_id)
+
     def _keep(self, rec: SessionRecord) -> None:
+        rec.used_at = time.monotonic()
         self._records[rec.session_id] = rec
-        self._by_owner[rec.session.owner].add(rec.session_id)
+        self._leases.loaded(rec)
+        self._turns.loaded(rec)
 
     def _forget(self, session_id: str) -> None:
         rec = self._records.pop(session_id, None)
         if rec is not None:
-            self._by_owner[rec.session.owner].discard(session_id)
+            self._leases.forgotten(rec)
+            self._turns.forgotten(rec)
 
     def end_all(self) -> list[SessionRecord]:
         """Mark every record deleted (the hub stops); returns them."""
@@ -123,9 +142,53 @@ class SessionCache:
     def drop_all(self) -> list[SessionRecord]:
         """Mark every record deleted and forget them all (after a failed write); returns them."""
         dropped = self.end_all()
-        self._records.clear()
-        self._by_owner.clear()
+        for rec in dropped:
+            self._forget(rec.session_id)
         return dropped
+
+    # ----------------------------------------------------------------- eviction
+
+    def live(self, rec: SessionRecord) -> bool:
+        """Whether the session must stay loaded whatever its idle time (see the module doc)."""
+        return (
+            self._turns.has_open(rec)
+            or bool(self._leases.holder(rec))
+            or self._events.followed(rec)
+            or self._restores.in_progress(rec)
+            or self._requests.any_open(rec)
+        )
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Drop the records unused for `session_idle_s` that are not live; returns how many.
+        A live one counts as used now, so it is looked at again an idle interval later."""
+        cutoff = (time.monotonic() if now is None else now) - self._timings.session_idle_s
+        stale = []
+        for rec in self._records.values():  # least recently used first
+            if rec.used_at > cutoff:
+                break
+            stale.append(rec)
+        evicted = 0
+        for rec in stale:
+            if rec.deleted or self._records.get(rec.session_id) is not rec:
+                continue
+            if self.live(rec):
+                self._used(rec)
+                continue
+            self._forget(rec.session_id)
+            evicted += 1
+        self.evicted += evicted
+        return evicted
+
+    def start_evictor(self, tasks: Tasks) -> None:
+        tasks.spawn(self._evict_forever(), "tether-session-evictor")
+
+    async def _evict_forever(self) -> None:
+        period = max(0.05, min(30.0, self._timings.session_idle_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            evicted = self.evict_idle()
+            if evicted:
+                log.debug("evicted %d idle sessions; %d stay loaded", evicted, len(self._records))
 
     # ----------------------------------------------------------------- changing a Session
 

@@ -6,7 +6,9 @@ scheduler moves a turn between queued and offered only through `take_next`, `wit
 `requeue`; accepting an offer starts it (`start`); a turn ends here, with an event the control
 plane writes (`end`) or with the worker's terminal event (`finish`).
 
-Also owns the per-owner limits on turns, since they count queued and active turns.
+Also owns the per-owner limits on turns, since they count queued and active turns, and the
+index of busy sessions by owner that those limits (and the offer re-queue) walk: only sessions
+with a turn queued, offered or running, never every loaded one.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Turns:
         self._committer = committer
         self._codec = codec
         self._limits = limits
+        # owner -> the loaded records with a turn queued, offered or running
+        self._busy: dict[str, dict[str, SessionRecord]] = {}
 
     def connect(
         self,
@@ -103,6 +107,39 @@ class Turns:
         turn = rec.turns.active
         return turn if turn is not None and turn.state == TurnState.RUNNING else None
 
+    def has_open(self, rec: SessionRecord) -> bool:
+        """Whether any turn of the session is open (queued, offered or running)."""
+        return bool(rec.turns.turns) or self.busy(rec)
+
+    def busy_records(self, owner: str | None = None) -> list[SessionRecord]:
+        """The loaded records with a turn queued, offered or running (`owner`'s, or everyone's)."""
+        if owner is not None:
+            return list(self._busy.get(owner, {}).values())
+        return [rec for busy in self._busy.values() for rec in busy.values()]
+
+    # ----------------------------------------------------------------- the index of busy sessions
+
+    def loaded(self, rec: SessionRecord) -> None:
+        """The session cache keeps `rec` (made new or reloaded): index it if it is busy."""
+        self._track(rec)
+
+    def forgotten(self, rec: SessionRecord) -> None:
+        """The session cache dropped `rec`: it leaves the index."""
+        self._untrack(rec)
+
+    def _track(self, rec: SessionRecord) -> None:
+        if self.busy(rec) and not rec.deleted:
+            self._busy.setdefault(rec.session.owner, {})[rec.session_id] = rec
+        else:
+            self._untrack(rec)
+
+    def _untrack(self, rec: SessionRecord) -> None:
+        busy = self._busy.get(rec.session.owner)
+        if busy is not None and busy.get(rec.session_id) is rec:
+            del busy[rec.session_id]
+            if not busy:
+                del self._busy[rec.session.owner]
+
     # ----------------------------------------------------------------- what the scheduler does
 
     def take_next(self, rec: SessionRecord) -> Turn:
@@ -119,11 +156,13 @@ class Turns:
         if turn is not None:
             turn.state = TurnState.QUEUED
             rec.turns.active = None
+            self._track(rec)
         return turn
 
     def requeue(self, rec: SessionRecord, turn: Turn) -> None:
         """`turn` goes back to the front of the queue."""
         rec.turns.queue.appendleft(turn.turn_id)
+        self._track(rec)
 
     def start(self, rec: SessionRecord, turn: Turn, worker_id: str, epoch: int, changes: Changes) -> None:
         """The worker accepted the offer: the turn runs there under the lease at `epoch`."""
@@ -168,6 +207,7 @@ class Turns:
         book.queue.append(turn.turn_id)
         if key:
             book.keys[key] = turn.turn_id
+        self._track(rec)
         event = self._events.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
         changes = Changes(turn_inserts=[turn], event_inserts=[event])
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
@@ -179,11 +219,11 @@ class Turns:
         """Refuse a new turn past the owner's limits; other owners' work is never counted."""
         limits = self._limits
         active = queued = 0
-        for other in self._sessions.of_owner(rec.session.owner):
+        for other in self.busy_records(rec.session.owner):  # only busy sessions count
             if other.deleted:
                 continue
             queued += len(other.turns.queue)
-            active += self.busy(other)
+            active += 1
         if queued >= limits.max_queued_turns_per_owner:
             raise errors.LimitExceeded(
                 "max_queued_turns_per_owner",
@@ -243,6 +283,7 @@ class Turns:
             self._scheduler.withdraw_offer(rec)
         if turn_id in book.queue:
             book.queue.remove(turn_id)
+            self._track(rec)
         await self._committer.commit(self.end(rec, turn, TurnState.INTERRUPTED, reason))
         return turn
 
@@ -283,3 +324,4 @@ class Turns:
         book.turns.pop(turn.turn_id, None)
         if book.active is turn:
             book.active = None
+        self._track(rec)

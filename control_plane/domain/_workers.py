@@ -10,6 +10,7 @@ and its worker-dead timer. Other parts use a connection only through its public 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,39 @@ if TYPE_CHECKING:
     from ._turns import Turns
 
 
+def lease_digest_part(session_id: str, epoch: int) -> int:
+    """One lease's share of a LeaseDigest (see worker_service.proto): the first 8 bytes,
+    big-endian, of SHA-256 of "<session_id>/<epoch>"; a set's digest XORs its leases' parts."""
+    return int.from_bytes(hashlib.sha256(f"{session_id}/{epoch}".encode()).digest()[:8], "big")
+
+
+class HeldLeases:
+    """The leases a worker holds as its current stream confirmed them, and their digest,
+    kept as they change so a digest renewal is compared in O(1)."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[str, int] = {}  # session id -> lease epoch
+        self.digest = 0
+
+    def add(self, session_id: str, epoch: int) -> None:
+        old = self.epochs.get(session_id)
+        if old == epoch:
+            return
+        if old is not None:
+            self.digest ^= lease_digest_part(session_id, old)
+        self.epochs[session_id] = epoch
+        self.digest ^= lease_digest_part(session_id, epoch)
+
+    def discard(self, session_id: str) -> None:
+        old = self.epochs.pop(session_id, None)
+        if old is not None:
+            self.digest ^= lease_digest_part(session_id, old)
+
+    def clear(self) -> None:
+        self.epochs.clear()
+        self.digest = 0
+
+
 class WorkerConn:
     """One registered worker as this control plane sees it."""
 
@@ -34,7 +68,7 @@ class WorkerConn:
         self.info = info
         self._outbox: asyncio.Queue[WorkerMsg] | None = None
         self._in_flight: set[str] = set()  # turn ids offered or running, restore slots
-        self._sessions: set[str] = set()  # sessions whose lease it holds
+        self._sessions = HeldLeases()  # sessions whose lease it holds
         self._draining = False
         self._dead_timer: asyncio.TimerHandle | None = None  # worker-dead grace after its stream closed
 
@@ -60,20 +94,29 @@ class WorkerConn:
     def free(self, slot: str) -> None:
         self._in_flight.discard(slot)
 
-    def hold(self, session_id: str) -> None:
-        self._sessions.add(session_id)
+    def hold(self, session_id: str, epoch: int) -> None:
+        self._sessions.add(session_id, epoch)
 
     def let_go(self, session_id: str) -> None:
         self._sessions.discard(session_id)
 
     def holds(self, session_id: str) -> bool:
-        return session_id in self._sessions
+        return session_id in self._sessions.epochs
 
     def held(self) -> list[str]:
-        return list(self._sessions)
+        return list(self._sessions.epochs)
+
+    def digest_matches(self, count: int, digest: int) -> bool:
+        """Whether a worker's LeaseDigest names exactly the leases this connection holds."""
+        return count == len(self._sessions.epochs) and digest == self._sessions.digest
+
+    @property
+    def idle(self) -> bool:
+        """Holding no lease and with nothing offered or running."""
+        return not self._sessions.epochs and not self._in_flight
 
     def status(self) -> WorkerStatus:
-        return WorkerStatus(self.info, len(self._in_flight), len(self._sessions), self.connected, self._draining)
+        return WorkerStatus(self.info, len(self._in_flight), len(self._sessions.epochs), self.connected, self._draining)
 
     # The registry's side (`Workers`): the stream, the timer, the registration.
 
@@ -207,8 +250,8 @@ class Workers:
         # restart, as loaded from the database): rebuild its slot count from the turns it runs,
         # and free the leases it no longer knows about (it restarted and lost those runtimes)
         # so those sessions move at once.
-        for rec in self._sessions.records():
-            if self._leases.holder(rec) != worker_id or rec.deleted:
+        for rec in self._leases.held_by(worker_id):
+            if rec.deleted:
                 continue
             session_id = rec.session_id
             if session_id not in held_ids:

@@ -1,11 +1,12 @@
 """The control plane's rules, behind one facade: `Hub` composes the domain parts.
 
-One `Hub` per process owns the live state of every session it has touched and of every
-connected worker, split among parts that each own one concern (see each module):
+One `Hub` per process owns the live state of the sessions it has loaded (the live ones and
+those used in the last `Timings.session_idle_s`; the others are evicted and reloaded on
+demand) and of every connected worker, split among parts that each own one concern (see each module):
 
 | part               | module            | owns                                                 |
 |--------------------|-------------------|------------------------------------------------------|
-| SessionCache       | `_sessions.py`    | loaded sessions, session CRUD, views                 |
+| SessionCache       | `_sessions.py`    | loaded sessions, eviction, session CRUD, views       |
 | Turns              | `_turns.py`       | turns, queue, idempotency keys, per-owner limits     |
 | Scheduler          | `_scheduling.py`  | dispatch, stickiness, offers and their timers        |
 | Leases             | `_leases.py`      | leases, fencing, renewals, the lease sweeper         |
@@ -125,7 +126,13 @@ class Hub:
         recovery = self._recovery = Recovery(reader, self._tasks)
 
         sessions.connect(
-            turns=turns, events=events, leases=leases, scheduler=scheduler, restores=restores, workers=workers
+            turns=turns,
+            events=events,
+            leases=leases,
+            scheduler=scheduler,
+            restores=restores,
+            workers=workers,
+            requests=requests,
         )
         events.connect(sessions=sessions)
         turns.connect(sessions=sessions, events=events, scheduler=scheduler, workers=workers, requests=requests)
@@ -160,12 +167,23 @@ class Hub:
         # Loading gives every held lease a full TTL: workers get that long to reconnect.
         await self._recovery.reload_open_sessions()
         self._leases.start_sweeper()
+        self._sessions.start_evictor(self._tasks)
 
     async def stop(self) -> None:
         await self._tasks.stop()
         self._workers.close_all("control plane shutting down")
         for rec in self._sessions.end_all():
             self._events.wake(rec)  # ends live subscriptions
+
+    def loaded_sessions(self) -> int:
+        """How many sessions are in memory now (live ones and recently used ones)."""
+        return len(self._sessions)
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Drop the sessions that are not live and were not used for `session_idle_s` before
+        `now` (a `time.monotonic()` reading; default: now). The evictor calls this on its own;
+        returns how many were dropped."""
+        return self._sessions.evict_idle(now)
 
     # ----------------------------------------------------------------- sessions
 
@@ -237,8 +255,20 @@ class Hub:
 
     # ----------------------------------------------------------------- offers and leases
 
-    def renew(self, worker_id: str, registration_id: str, held: list[tuple[str, int]]) -> RenewedMsg:
-        return self._leases.renew(worker_id, registration_id, held)
+    def renew(
+        self,
+        worker_id: str,
+        registration_id: str,
+        held: list[tuple[str, int]],
+        digest: tuple[int, int] | None = None,
+    ) -> RenewedMsg:
+        """Renew the listed leases, or with `digest` (count, xor) all the worker holds."""
+        return self._leases.renew(worker_id, registration_id, held, digest)
+
+    def worker_idle(self, worker_id: str) -> bool:
+        """Whether the worker holds no lease and has nothing offered or running."""
+        w = self._workers.get(worker_id)
+        return w is not None and w.idle
 
     async def accept(self, worker_id: str, session_id: str, turn_id: str, epoch: int) -> None:
         await self._scheduler.accept(worker_id, session_id, turn_id, epoch)

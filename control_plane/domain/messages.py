@@ -43,6 +43,9 @@ class Timings:
     """
 
     heartbeat_interval_s: float = 2.0
+    # How often a worker holding no lease and running no turn renews (0: heartbeat_interval_s);
+    # such a stream may stay silent for 3 x this, and HTTP/2 keepalive checks it meanwhile.
+    idle_heartbeat_interval_s: float = 20.0
     liveness_timeout_s: float = 6.0
     lease_ttl_s: float = 15.0
     worker_dead_grace_s: float = 1.0
@@ -54,6 +57,10 @@ class Timings:
     reconnect_backoff_max_s: float = 5.0
     snapshot_timeout_s: float = 30.0
     max_events_per_message: int = 1000
+    # How long a session that is not live (no open turn, no lease held, no subscriber, no
+    # restore) stays in memory after it was last used; then it is dropped and reloaded from the
+    # database when next asked for.
+    session_idle_s: float = 300.0
 
 
 # Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.
@@ -103,6 +110,7 @@ class SnapshotRequestMsg:
 class RenewedMsg:
     lease_expire_us: int
     lost: list[tuple[str, int]]
+    resync: bool = False  # the renewal's digest did not match: the worker sends its list
 
 
 @dataclass(frozen=True)

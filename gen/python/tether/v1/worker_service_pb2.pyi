@@ -57,7 +57,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace")
+    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,8 @@ class RegisterResponse(_message.Message):
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LIVENESS_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     WORKER_DEAD_GRACE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     registration_id: str
     heartbeat_interval: _duration_pb2.Duration
@@ -78,7 +80,9 @@ class RegisterResponse(_message.Message):
     max_events_per_message: int
     liveness_timeout: _duration_pb2.Duration
     worker_dead_grace: _duration_pb2.Duration
-    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    idle_heartbeat_interval: _duration_pb2.Duration
+    lease_digests: bool
+    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_digests: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "registration_id", "running_turns", "leases")
@@ -159,12 +163,22 @@ class RejectOffer(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RenewLeases(_message.Message):
-    __slots__ = ("leases", "running_turns")
+    __slots__ = ("leases", "running_turns", "held_digest")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TURNS_FIELD_NUMBER: _ClassVar[int]
+    HELD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[LeaseRef]
     running_turns: int
-    def __init__(self, leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., running_turns: _Optional[int] = ...) -> None: ...
+    held_digest: LeaseDigest
+    def __init__(self, leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., running_turns: _Optional[int] = ..., held_digest: _Optional[_Union[LeaseDigest, _Mapping]] = ...) -> None: ...
+
+class LeaseDigest(_message.Message):
+    __slots__ = ("count", "xor")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    XOR_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    xor: int
+    def __init__(self, count: _Optional[int] = ..., xor: _Optional[int] = ...) -> None: ...
 
 class ReleaseLease(_message.Message):
     __slots__ = ("session_id", "lease_epoch", "reason")
@@ -295,12 +309,14 @@ class RequestAnswered(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., request_id: _Optional[str] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class LeasesRenewed(_message.Message):
-    __slots__ = ("lease_expire_time", "lost_leases")
+    __slots__ = ("lease_expire_time", "lost_leases", "resync")
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     LOST_LEASES_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     lease_expire_time: _timestamp_pb2.Timestamp
     lost_leases: _containers.RepeatedCompositeFieldContainer[LeaseRef]
-    def __init__(self, lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
+    resync: bool
+    def __init__(self, lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class WorkerEvent(_message.Message):
     __slots__ = ("worker_seq", "turn_id", "body")

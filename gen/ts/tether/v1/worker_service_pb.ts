@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/worker_service.proto.
  */
 export const file_tether_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSLdAQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItgDChBSZWdpc3RlclJlc3BvbnNlEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1vZmZlcl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjwKGXJlY29ubmVjdF9iYWNrb2ZmX2luaXRpYWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOAoVcmVjb25uZWN0X2JhY2tvZmZfbWF4GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEh4KFm1heF9ldmVudHNfcGVyX21lc3NhZ2UYCCABKAUSMwoQbGl2ZW5lc3NfdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChF3b3JrZXJfZGVhZF9ncmFjZRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ6ChBIZWFydGJlYXRSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSFQoNcnVubmluZ190dXJucxgDIAEoBRIjCgZsZWFzZXMYBCADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYigwEKEUhlYXJ0YmVhdFJlc3BvbnNlEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhINCgVkcmFpbhgDIAEoCCIzCghMZWFzZVJlZhISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEIpICCgxMZWFzZVJlcXVlc3QSJAoEb3BlbhgBIAEoCzIULnRldGhlci52MS5MZWFzZU9wZW5IABIoCgZhY2NlcHQYAiABKAsyFi50ZXRoZXIudjEuQWNjZXB0T2ZmZXJIABIoCgZyZWplY3QYAyABKAsyFi50ZXRoZXIudjEuUmVqZWN0T2ZmZXJIABInCgVyZW5ldxgEIAEoCzIWLnRldGhlci52MS5SZW5ld0xlYXNlc0gAEioKB3JlbGVhc2UYBSABKAsyFy50ZXRoZXIudjEuUmVsZWFzZUxlYXNlSAASKwoIZHJhaW5pbmcYBiABKAsyFy50ZXRoZXIudjEuRHJhaW5TdGFydGVkSABCBgoEa2luZCJcCglMZWFzZU9wZW4SEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIjCgZsZWFzZXMYAyADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYiRwoLQWNjZXB0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEIlcKC1JlamVjdE9mZmVyEhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBIOCgZyZWFzb24YBCABKAkiSQoLUmVuZXdMZWFzZXMSIwoGbGVhc2VzGAEgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEhUKDXJ1bm5pbmdfdHVybnMYAiABKAUiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiLXAQoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJInAKDUxlYXNlc1JlbmV3ZWQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIlYKC1dvcmtlckV2ZW50EhIKCndvcmtlcl9zZXEYASABKAQSDwoHdHVybl9pZBgCIAEoCRIiCgRib2R5GAMgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiYKBmV2ZW50cxgEIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJCChRTdHJlYW1FdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhAKCGxhc3Rfc2VxGAIgASgEIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQikAEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQitgEKD1NuYXBzaG90UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBILCgNzZXEYBCABKAQSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAUgASgJEhIKCnJlcXVlc3RfaWQYBiABKAkSJwoHaGlzdG9yeRgHIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbSI0ChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEgsKA3NlcRgCIAEoBDLyAwoNV29ya2VyU2VydmljZRJDCghSZWdpc3RlchIaLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QaGy50ZXRoZXIudjEuUmVnaXN0ZXJSZXNwb25zZRJGCglIZWFydGJlYXQSGy50ZXRoZXIudjEuSGVhcnRiZWF0UmVxdWVzdBocLnRldGhlci52MS5IZWFydGJlYXRSZXNwb25zZRI+CgVMZWFzZRIXLnRldGhlci52MS5MZWFzZVJlcXVlc3QaGC50ZXRoZXIudjEuTGVhc2VSZXNwb25zZSgBMAESUwoMU3RyZWFtRXZlbnRzEh4udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UoATABEj8KBlJlc3VtZRIYLnRldGhlci52MS5SZXN1bWVSZXF1ZXN0GhkudGV0aGVyLnYxLlJlc3VtZVJlc3BvbnNlMAESRQoIU25hcHNob3QSGi50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0GhsudGV0aGVyLnYxLlNuYXBzaG90UmVzcG9uc2UoARI3CgRQYWlyEhYudGV0aGVyLnYxLlBhaXJSZXF1ZXN0GhcudGV0aGVyLnYxLlBhaXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
+  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSLdAQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqsEChBSZWdpc3RlclJlc3BvbnNlEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCg1vZmZlcl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjwKGXJlY29ubmVjdF9iYWNrb2ZmX2luaXRpYWwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOAoVcmVjb25uZWN0X2JhY2tvZmZfbWF4GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEh4KFm1heF9ldmVudHNfcGVyX21lc3NhZ2UYCCABKAUSMwoQbGl2ZW5lc3NfdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChF3b3JrZXJfZGVhZF9ncmFjZRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI6ChdpZGxlX2hlYXJ0YmVhdF9pbnRlcnZhbBgLIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1sZWFzZV9kaWdlc3RzGAwgASgIInoKEEhlYXJ0YmVhdFJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIVCg1ydW5uaW5nX3R1cm5zGAMgASgFEiMKBmxlYXNlcxgEIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiKDAQoRSGVhcnRiZWF0UmVzcG9uc2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEg0KBWRyYWluGAMgASgIIjMKCExlYXNlUmVmEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQikgIKDExlYXNlUmVxdWVzdBIkCgRvcGVuGAEgASgLMhQudGV0aGVyLnYxLkxlYXNlT3BlbkgAEigKBmFjY2VwdBgCIAEoCzIWLnRldGhlci52MS5BY2NlcHRPZmZlckgAEigKBnJlamVjdBgDIAEoCzIWLnRldGhlci52MS5SZWplY3RPZmZlckgAEicKBXJlbmV3GAQgASgLMhYudGV0aGVyLnYxLlJlbmV3TGVhc2VzSAASKgoHcmVsZWFzZRgFIAEoCzIXLnRldGhlci52MS5SZWxlYXNlTGVhc2VIABIrCghkcmFpbmluZxgGIAEoCzIXLnRldGhlci52MS5EcmFpblN0YXJ0ZWRIAEIGCgRraW5kIlwKCUxlYXNlT3BlbhIRCgl3b3JrZXJfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgJEiMKBmxlYXNlcxgDIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiJHCgtBY2NlcHRPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQiVwoLUmVqZWN0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2CgtSZW5ld0xlYXNlcxIjCgZsZWFzZXMYASADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSFQoNcnVubmluZ190dXJucxgCIAEoBRIrCgtoZWxkX2RpZ2VzdBgDIAEoCzIWLnRldGhlci52MS5MZWFzZURpZ2VzdCIpCgtMZWFzZURpZ2VzdBINCgVjb3VudBgBIAEoDRILCgN4b3IYAiABKAYiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiLXAQoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJIoABCg1MZWFzZXNSZW5ld2VkEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIOCgZyZXN5bmMYAyABKAgiVgoLV29ya2VyRXZlbnQSEgoKd29ya2VyX3NlcRgBIAEoBBIPCgd0dXJuX2lkGAIgASgJEiIKBGJvZHkYAyABKAsyFC50ZXRoZXIudjEuRXZlbnRCb2R5InkKE1N0cmVhbUV2ZW50c1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSJgoGZXZlbnRzGAQgAygLMhYudGV0aGVyLnYxLldvcmtlckV2ZW50IkIKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEhgKEGFja2VkX3dvcmtlcl9zZXEYASABKAQSEAoIbGFzdF9zZXEYAiABKAQiSwoNUmVzdW1lUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBCKQAQoOUmVzdW1lUmVzcG9uc2USFAoMc25hcHNob3Rfc2VxGAEgASgEEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgCIAEoCRInCgdoaXN0b3J5GAMgAygLMhYudGV0aGVyLnYxLkhpc3RvcnlJdGVtEiAKBmV2ZW50cxgEIAMoCzIQLnRldGhlci52MS5FdmVudCK2AQoPU25hcHNob3RSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEgsKA3NlcRgEIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YBSABKAkSEgoKcmVxdWVzdF9pZBgGIAEoCRInCgdoaXN0b3J5GAcgAygLMhYudGV0aGVyLnYxLkhpc3RvcnlJdGVtIjQKEFNuYXBzaG90UmVzcG9uc2USEwoLc25hcHNob3RfaWQYASABKAkSCwoDc2VxGAIgASgEMvIDCg1Xb3JrZXJTZXJ2aWNlEkMKCFJlZ2lzdGVyEhoudGV0aGVyLnYxLlJlZ2lzdGVyUmVxdWVzdBobLnRldGhlci52MS5SZWdpc3RlclJlc3BvbnNlEkYKCUhlYXJ0YmVhdBIbLnRldGhlci52MS5IZWFydGJlYXRSZXF1ZXN0GhwudGV0aGVyLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEj4KBUxlYXNlEhcudGV0aGVyLnYxLkxlYXNlUmVxdWVzdBoYLnRldGhlci52MS5MZWFzZVJlc3BvbnNlKAEwARJTCgxTdHJlYW1FdmVudHMSHi50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVxdWVzdBofLnRldGhlci52MS5TdHJlYW1FdmVudHNSZXNwb25zZSgBMAESPwoGUmVzdW1lEhgudGV0aGVyLnYxLlJlc3VtZVJlcXVlc3QaGS50ZXRoZXIudjEuUmVzdW1lUmVzcG9uc2UwARJFCghTbmFwc2hvdBIaLnRldGhlci52MS5TbmFwc2hvdFJlcXVlc3QaGy50ZXRoZXIudjEuU25hcHNob3RSZXNwb25zZSgBEjcKBFBhaXISFi50ZXRoZXIudjEuUGFpclJlcXVlc3QaFy50ZXRoZXIudjEuUGFpclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
 
 /**
  * PairRequest carries the code an operator or an application handed to the worker.
@@ -229,6 +229,23 @@ export type RegisterResponse = Message<"tether.v1.RegisterResponse"> & {
    * @generated from field: google.protobuf.Duration worker_dead_grace = 10;
    */
   workerDeadGrace?: Duration | undefined;
+
+  /**
+   * How often a worker that holds no lease and runs no turn renews, in place of
+   * heartbeat_interval. While the last renewal on a stream named no lease and no running
+   * turn, the server allows it 3 x this of silence before closing it as dead (HTTP/2
+   * keepalive pings check the connection meanwhile). Unset: always heartbeat_interval.
+   *
+   * @generated from field: google.protobuf.Duration idle_heartbeat_interval = 11;
+   */
+  idleHeartbeatInterval?: Duration | undefined;
+
+  /**
+   * True when the server takes RenewLeases.held_digest in place of the list of leases.
+   *
+   * @generated from field: bool lease_digests = 12;
+   */
+  leaseDigests: boolean;
 };
 
 /**
@@ -543,6 +560,15 @@ export type RenewLeases = Message<"tether.v1.RenewLeases"> & {
    * @generated from field: int32 running_turns = 2;
    */
   runningTurns: number;
+
+  /**
+   * In place of `leases`, when RegisterResponse.lease_digests is true: the digest of every
+   * lease the worker holds. When it matches the leases the server has this worker holding,
+   * all of them are renewed; otherwise nothing is, and the answer asks for the full list.
+   *
+   * @generated from field: tether.v1.LeaseDigest held_digest = 3;
+   */
+  heldDigest?: LeaseDigest | undefined;
 };
 
 /**
@@ -551,6 +577,35 @@ export type RenewLeases = Message<"tether.v1.RenewLeases"> & {
  */
 export const RenewLeasesSchema: GenMessage<RenewLeases> = /*@__PURE__*/
   messageDesc(file_tether_v1_worker_service, 11);
+
+/**
+ * LeaseDigest stands for a set of leases without listing them.
+ *
+ * @generated from message tether.v1.LeaseDigest
+ */
+export type LeaseDigest = Message<"tether.v1.LeaseDigest"> & {
+  /**
+   * How many leases.
+   *
+   * @generated from field: uint32 count = 1;
+   */
+  count: number;
+
+  /**
+   * XOR over the leases of the first 8 bytes, read as a big-endian integer, of the SHA-256
+   * of the UTF-8 text "<session_id>/<lease_epoch>" (the epoch in decimal). 0 for no leases.
+   *
+   * @generated from field: fixed64 xor = 2;
+   */
+  xor: bigint;
+};
+
+/**
+ * Describes the message tether.v1.LeaseDigest.
+ * Use `create(LeaseDigestSchema)` to create a new message.
+ */
+export const LeaseDigestSchema: GenMessage<LeaseDigest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 12);
 
 /**
  * ReleaseLease gives a session back.
@@ -585,7 +640,7 @@ export type ReleaseLease = Message<"tether.v1.ReleaseLease"> & {
  * Use `create(ReleaseLeaseSchema)` to create a new message.
  */
 export const ReleaseLeaseSchema: GenMessage<ReleaseLease> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 12);
+  messageDesc(file_tether_v1_worker_service, 13);
 
 /**
  * DrainStarted tells the server the worker is draining.
@@ -606,7 +661,7 @@ export type DrainStarted = Message<"tether.v1.DrainStarted"> & {
  * Use `create(DrainStartedSchema)` to create a new message.
  */
 export const DrainStartedSchema: GenMessage<DrainStarted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 13);
+  messageDesc(file_tether_v1_worker_service, 14);
 
 /**
  * LeaseResponse is one message from the control plane on a worker's Lease stream.
@@ -699,7 +754,7 @@ export type LeaseResponse = Message<"tether.v1.LeaseResponse"> & {
  * Use `create(LeaseResponseSchema)` to create a new message.
  */
 export const LeaseResponseSchema: GenMessage<LeaseResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 14);
+  messageDesc(file_tether_v1_worker_service, 15);
 
 /**
  * LeaseOpened confirms the stream.
@@ -727,7 +782,7 @@ export type LeaseOpened = Message<"tether.v1.LeaseOpened"> & {
  * Use `create(LeaseOpenedSchema)` to create a new message.
  */
 export const LeaseOpenedSchema: GenMessage<LeaseOpened> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 15);
+  messageDesc(file_tether_v1_worker_service, 16);
 
 /**
  * Offer proposes a turn to the worker.
@@ -806,7 +861,7 @@ export type Offer = Message<"tether.v1.Offer"> & {
  * Use `create(OfferSchema)` to create a new message.
  */
 export const OfferSchema: GenMessage<Offer> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 16);
+  messageDesc(file_tether_v1_worker_service, 17);
 
 /**
  * OfferGranted confirms an accepted offer.
@@ -848,7 +903,7 @@ export type OfferGranted = Message<"tether.v1.OfferGranted"> & {
  * Use `create(OfferGrantedSchema)` to create a new message.
  */
 export const OfferGrantedSchema: GenMessage<OfferGranted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 17);
+  messageDesc(file_tether_v1_worker_service, 18);
 
 /**
  * InterruptRequested asks the worker to stop a turn.
@@ -883,7 +938,7 @@ export type InterruptRequested = Message<"tether.v1.InterruptRequested"> & {
  * Use `create(InterruptRequestedSchema)` to create a new message.
  */
 export const InterruptRequestedSchema: GenMessage<InterruptRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 18);
+  messageDesc(file_tether_v1_worker_service, 19);
 
 /**
  * LeaseRevoked tells the worker it lost a lease.
@@ -918,7 +973,7 @@ export type LeaseRevoked = Message<"tether.v1.LeaseRevoked"> & {
  * Use `create(LeaseRevokedSchema)` to create a new message.
  */
 export const LeaseRevokedSchema: GenMessage<LeaseRevoked> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 19);
+  messageDesc(file_tether_v1_worker_service, 20);
 
 /**
  * SnapshotRequested asks the worker to upload a snapshot.
@@ -953,7 +1008,7 @@ export type SnapshotRequested = Message<"tether.v1.SnapshotRequested"> & {
  * Use `create(SnapshotRequestedSchema)` to create a new message.
  */
 export const SnapshotRequestedSchema: GenMessage<SnapshotRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 20);
+  messageDesc(file_tether_v1_worker_service, 21);
 
 /**
  * DrainRequested asks the worker to drain.
@@ -974,7 +1029,7 @@ export type DrainRequested = Message<"tether.v1.DrainRequested"> & {
  * Use `create(DrainRequestedSchema)` to create a new message.
  */
 export const DrainRequestedSchema: GenMessage<DrainRequested> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 21);
+  messageDesc(file_tether_v1_worker_service, 22);
 
 /**
  * RequestAnswered carries the answer to a pending request. It may arrive again after a
@@ -1017,7 +1072,7 @@ export type RequestAnswered = Message<"tether.v1.RequestAnswered"> & {
  * Use `create(RequestAnsweredSchema)` to create a new message.
  */
 export const RequestAnsweredSchema: GenMessage<RequestAnswered> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 22);
+  messageDesc(file_tether_v1_worker_service, 23);
 
 /**
  * LeasesRenewed answers a renewal.
@@ -1038,6 +1093,14 @@ export type LeasesRenewed = Message<"tether.v1.LeasesRenewed"> & {
    * @generated from field: repeated tether.v1.LeaseRef lost_leases = 2;
    */
   lostLeases: LeaseRef[];
+
+  /**
+   * The renewal's held_digest did not match the leases the server has this worker holding:
+   * nothing was renewed; send the full list of leases now.
+   *
+   * @generated from field: bool resync = 3;
+   */
+  resync: boolean;
 };
 
 /**
@@ -1045,7 +1108,7 @@ export type LeasesRenewed = Message<"tether.v1.LeasesRenewed"> & {
  * Use `create(LeasesRenewedSchema)` to create a new message.
  */
 export const LeasesRenewedSchema: GenMessage<LeasesRenewed> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 23);
+  messageDesc(file_tether_v1_worker_service, 24);
 
 /**
  * WorkerEvent is one event as the worker numbers it.
@@ -1081,7 +1144,7 @@ export type WorkerEvent = Message<"tether.v1.WorkerEvent"> & {
  * Use `create(WorkerEventSchema)` to create a new message.
  */
 export const WorkerEventSchema: GenMessage<WorkerEvent> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 24);
+  messageDesc(file_tether_v1_worker_service, 25);
 
 /**
  * StreamEventsRequest carries a batch of one session's events.
@@ -1123,7 +1186,7 @@ export type StreamEventsRequest = Message<"tether.v1.StreamEventsRequest"> & {
  * Use `create(StreamEventsRequestSchema)` to create a new message.
  */
 export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 25);
+  messageDesc(file_tether_v1_worker_service, 26);
 
 /**
  * StreamEventsResponse acknowledges stored events.
@@ -1151,7 +1214,7 @@ export type StreamEventsResponse = Message<"tether.v1.StreamEventsResponse"> & {
  * Use `create(StreamEventsResponseSchema)` to create a new message.
  */
 export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 26);
+  messageDesc(file_tether_v1_worker_service, 27);
 
 /**
  * ResumeRequest asks for a session's rehydration material.
@@ -1186,7 +1249,7 @@ export type ResumeRequest = Message<"tether.v1.ResumeRequest"> & {
  * Use `create(ResumeRequestSchema)` to create a new message.
  */
 export const ResumeRequestSchema: GenMessage<ResumeRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 27);
+  messageDesc(file_tether_v1_worker_service, 28);
 
 /**
  * ResumeResponse is one chunk of rehydration material. The first chunk carries the snapshot's
@@ -1232,7 +1295,7 @@ export type ResumeResponse = Message<"tether.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 28);
+  messageDesc(file_tether_v1_worker_service, 29);
 
 /**
  * SnapshotRequest is one chunk of a snapshot upload. The first chunk carries the header fields;
@@ -1296,7 +1359,7 @@ export type SnapshotRequest = Message<"tether.v1.SnapshotRequest"> & {
  * Use `create(SnapshotRequestSchema)` to create a new message.
  */
 export const SnapshotRequestSchema: GenMessage<SnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 29);
+  messageDesc(file_tether_v1_worker_service, 30);
 
 /**
  * SnapshotResponse acknowledges a stored snapshot.
@@ -1324,7 +1387,7 @@ export type SnapshotResponse = Message<"tether.v1.SnapshotResponse"> & {
  * Use `create(SnapshotResponseSchema)` to create a new message.
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 30);
+  messageDesc(file_tether_v1_worker_service, 31);
 
 /**
  * WorkerService is the API execution workers call. A worker only ever dials out: it registers,
