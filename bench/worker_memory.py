@@ -8,10 +8,11 @@
 
 One control plane on a fresh SQLite file and one shell worker, real processes. DRIVERS
 concurrent drivers each create a session, send `true` and wait for the turn to end. The worker
-keeps holding every session's lease afterwards (the control plane never takes an idle one
-back), so this measures what a held, idle session costs it. RSS is VmRSS from /proc, read
-IDLE_S after the last turn. The run is bounded by LOAD_DEADLINE_S; the line says how many
-sessions ran and how many the worker held. TETHER_BENCH_WORKER_SESSIONS runs another count
+keeps at most `--warm-sessions` (default 32) quiet sessions and releases the lease of every
+other one it cools (final snapshot, then nothing of it left on the worker), so this measures
+what the sessions a worker has run leave behind in it. RSS is VmRSS from /proc, read IDLE_S
+after the last turn. The run is bounded by LOAD_DEADLINE_S; the line says how many sessions
+ran and how many the worker still held (at most the warm bound). TETHER_BENCH_WORKER_SESSIONS runs another count
 (the figure's name then says it).
 """
 

@@ -3,10 +3,12 @@ StreamEvents stream until the control plane acknowledges them.
 
 Delivery is at-least-once with stable numbers: every event gets the next `worker_seq` of its
 (session, lease epoch) when emitted and keeps it across reconnects, so the server can drop the
-duplicates a resend produces; an outbox that replaces a closed one of the same lease epoch (a
-session woken from dormant, see `_session`) goes on from the last number it used. Throughput comes from batching, not from waiting: the sender
-writes everything pending (up to the server's per-message limit) whenever its previous write
-completes, so under load batches grow by themselves and when idle an event leaves at once.
+duplicates a resend produces. A session gets one outbox per lease epoch it holds; once the
+session leaves the worker (a cooled one is released) a later grant, even at the same epoch,
+is a new lease for which the control plane numbers from 1 again. Throughput comes from
+batching, not from waiting: the sender writes everything pending (up to the server's
+per-message limit) whenever its previous write completes, so under load batches grow by
+themselves and when idle an event leaves at once.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ class EventOutbox:
         new_backoff: Callable[[], Backoff],
         on_lease_lost: Callable[[EventOutbox], None],
         rpc_timeout_s: float = 10.0,
-        start_after: int = 0,
     ) -> None:
         self.worker_id = worker_id
         self.session_id = session_id
@@ -64,11 +65,11 @@ class EventOutbox:
         # Unacknowledged events; _pending[0].worker_seq == _acked + 1.
         self._pending: list[worker_service_pb2.WorkerEvent] = []
         self._sizes: list[int] = []  # serialized size of each pending event
-        # worker_seq of the last emitted event; `start_after` were all acknowledged before.
-        self._emitted = start_after
-        self._acked = start_after
+        # worker_seq of the last emitted event.
+        self._emitted = 0
+        self._acked = 0
         self._last_seq = 0
-        self._next_send = start_after + 1
+        self._next_send = 1
         self._new_events = asyncio.Event()
         self._ack_waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._closed = False
@@ -95,10 +96,6 @@ class EventOutbox:
     @property
     def acked_worker_seq(self) -> int:
         return self._acked
-
-    @property
-    def emitted_worker_seq(self) -> int:
-        return self._emitted
 
     @property
     def last_seq(self) -> int:

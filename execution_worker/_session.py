@@ -1,19 +1,17 @@
 """The sessions a worker holds a lease on, and what the worker keeps of each.
 
-A held session is either live or dormant:
+Every held session is live (`Session`): its event outbox, its runtime when warm, the turn or
+restore running in it, its snapshot uploads and after-turn work. The worker holds the busy
+sessions plus at most `warm_sessions` quiet ones, kept in least-recently-used order.
 
-- live (`Session`): its event outbox, its runtime when warm, the turn or restore running in it,
-  its snapshot uploads and after-turn work. Live sessions are the busy ones plus at most
-  `warm_sessions` quiet ones, kept in least-recently-used order.
-- dormant (`Dormant`): the lease alone (epoch, runtime name, where the event numbering goes
-  on, the watermark of the stored snapshot), a few hundred bytes.
-
-When more than `warm_sessions` live sessions are quiet, the least recently used ones are
-cooled: a final snapshot is uploaded when the stored one does not cover the runtime's history
-(as a drain does), then the runtime and the outbox are closed and the session goes dormant,
-still held. Its next turn rehydrates it from the control plane (Resume), as a turn placed on
-any other worker would. A session that leaves the worker (released, revoked, lost, retired by a
-newer epoch, the worker closing) leaves nothing behind in either table.
+When more than `warm_sessions` sessions are quiet, the least recently used ones are cooled: a
+final snapshot is uploaded when the stored one does not cover the runtime's history (as a
+drain does), then the lease is released (`RELEASE_COOLED`) and the runtime and the outbox are
+closed. A cooled session leaves the worker completely, so neither the worker nor the control
+plane keeps anything live for it: its next turn is placed by the control plane on any eligible
+worker at the next epoch and rehydrates from the stored history (Resume). A session with an
+accepted offer awaiting its grant is not cooled. A session that leaves the worker (cooled,
+released, revoked, lost, retired by a newer epoch, the worker closing) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -32,6 +30,9 @@ from tether.v1 import worker_service_pb2
 
 _log = logging.getLogger("tether.execution_worker")
 
+#: ReleaseLease.reason prefix when a quiet session is cooled (beyond the warm bound).
+RELEASE_COOLED = "cooled"
+
 
 class LeaseLost(Exception):
     """A call of a session's was fenced off: the session is no longer this worker's."""
@@ -39,18 +40,6 @@ class LeaseLost(Exception):
 
 class RehydrationFailed(Exception):
     """The session's runtime could not be rebuilt from its stored history; str() says why."""
-
-
-@dataclass(slots=True)
-class Dormant:
-    """A held session with nothing live: what waking it needs."""
-
-    lease_epoch: int
-    runtime_name: str
-    #: The last worker_seq its closed outbox used (all of them acknowledged).
-    worker_seq: int
-    #: Watermark of the latest snapshot stored at this epoch; None before the first.
-    snapshot_seq: int | None
 
 
 @dataclass(eq=False)
@@ -79,7 +68,7 @@ class Session:
     snapshot_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # The after-turn work: waiting for the turn's acknowledgements, then the snapshot policy.
     after_turn_task: asyncio.Task[None] | None = None
-    # Going dormant (see the module docstring).
+    # Being cooled: its final snapshot, then its release (see the module docstring).
     cooling_task: asyncio.Task[None] | None = None
     # Bumped when a turn is granted: an after-turn snapshot that sees it changed skips.
     turn_generation: int = 0
@@ -107,10 +96,11 @@ class Session:
 
 
 class SessionTable:
-    """Every session the worker holds, live or dormant, and the bound on the live ones.
+    """Every session the worker holds, and the bound on the quiet ones.
 
-    `new_outbox` builds a session's outbox (numbering on after a worker_seq); `before_cooling`
-    runs before a quiet session goes dormant (the final snapshot).
+    `new_outbox` builds a session's outbox; `before_cooling` runs before a quiet session is
+    released (the final snapshot); `awaits_grant(session_id)` says an offer for the session was
+    accepted and its grant has not come yet (such a session is not cooled).
     """
 
     def __init__(
@@ -120,8 +110,9 @@ class SessionTable:
         tasks: TaskGroup,
         link: Link,
         changed: asyncio.Event,
-        new_outbox: Callable[[str, int, int], EventOutbox],
+        new_outbox: Callable[[str, int], EventOutbox],
         before_cooling: Callable[[Session], Awaitable[None]],
+        awaits_grant: Callable[[str], bool],
     ) -> None:
         self.warm_sessions = warm_sessions
         self._tasks = tasks
@@ -129,9 +120,9 @@ class SessionTable:
         self._changed = changed
         self._new_outbox = new_outbox
         self._before_cooling = before_cooling
+        self._awaits_grant = awaits_grant
         # Least recently used first.
         self._live: collections.OrderedDict[str, Session] = collections.OrderedDict()
-        self._dormant: dict[str, Dormant] = {}
         self._trim_scheduled = False
         #: Cleared by a drain: from then on sessions stay as they are until released.
         self.cooling_allowed = True
@@ -142,22 +133,15 @@ class SessionTable:
         """The live session, if `session_id` is live here."""
         return self._live.get(session_id)
 
-    def dormant(self, session_id: str) -> Dormant | None:
-        return self._dormant.get(session_id)
-
     def live(self) -> list[Session]:
         return list(self._live.values())
 
     def session_ids(self) -> list[str]:
-        """Every session held here, live or dormant."""
-        return [*self._live, *self._dormant]
+        """Every session held here."""
+        return list(self._live)
 
     def held_refs(self) -> list[worker_service_pb2.LeaseRef]:
-        refs = [s.ref() for s in self._live.values() if not s.dropped]
-        refs.extend(
-            worker_service_pb2.LeaseRef(session_id=sid, lease_epoch=d.lease_epoch) for sid, d in self._dormant.items()
-        )
-        return refs
+        return [s.ref() for s in self._live.values() if not s.dropped]
 
     def running_turns(self) -> int:
         return sum(1 for s in self._live.values() if s.turn_task is not None)
@@ -170,7 +154,6 @@ class SessionTable:
         """How many entries each per-session structure holds (for tests and operators)."""
         return {
             "live": len(self._live),
-            "dormant": len(self._dormant),
             "warm_runtimes": sum(1 for s in self._live.values() if s.runtime is not None),
             "snapshot_tasks": sum(len(s.snapshot_tasks) for s in self._live.values()),
         }
@@ -178,23 +161,15 @@ class SessionTable:
     # -- opening -------------------------------------------------------------------------------------
 
     def open(self, session_id: str, lease_epoch: int, runtime_name: str) -> Session:
-        """The live session at `lease_epoch`: the one live already, woken from dormant (its
-        runtime to be rehydrated), or new. Any other epoch of it is retired first: a new epoch
+        """The session at `lease_epoch`: the one held already, or a new one with no runtime
+        (its first turn rehydrates it). Any other epoch of it is retired first: a new epoch
         fences the old one, so what was held under it may be stale."""
         self.retire_other_epochs(session_id, lease_epoch)
         session = self._live.get(session_id)
         if session is not None:
             self._live.move_to_end(session_id)
             return session
-        dormant = self._dormant.pop(session_id, None)
-        worker_seq = dormant.worker_seq if dormant is not None else 0
-        session = Session(
-            session_id,
-            lease_epoch,
-            dormant.runtime_name if dormant is not None else runtime_name,
-            self._new_outbox(session_id, lease_epoch, worker_seq),
-            snapshot_seq=dormant.snapshot_seq if dormant is not None else None,
-        )
+        session = Session(session_id, lease_epoch, runtime_name, self._new_outbox(session_id, lease_epoch))
         self._live[session_id] = session
         self.trim_soon()
         return session
@@ -210,9 +185,6 @@ class SessionTable:
             del self._live[session_id]
             session.dropped = True
             self._tasks.spawn(self.dispose(session), f"retire {session_id}@{session.lease_epoch}")
-        dormant = self._dormant.get(session_id)
-        if dormant is not None and dormant.lease_epoch != lease_epoch:
-            del self._dormant[session_id]
 
     # -- the warm bound ------------------------------------------------------------------------------
 
@@ -227,34 +199,38 @@ class SessionTable:
         self._trim_scheduled = False
         if not self.cooling_allowed:
             return
-        quiet = [s for s in self._live.values() if s.quiet and s.cooling_task is None]
+        quiet = [s for s in self._live.values() if self._coolable(s)]
         for session in quiet[: max(0, len(quiet) - self.warm_sessions)]:  # least recently used first
             session.cooling_task = self._tasks.spawn(self._cool(session), f"cool {session.session_id}")
 
+    def _coolable(self, session: Session) -> bool:
+        return session.quiet and session.cooling_task is None and not self._awaits_grant(session.session_id)
+
     async def _cool(self, session: Session) -> None:
+        """The final snapshot, then, if the session is still quiet and still this one, its
+        release: it leaves the worker, and its next turn rehydrates wherever it is placed."""
+        generation = session.turn_generation
         try:
             await self._before_cooling(session)
+            if self._live.get(session.session_id) is not session:
+                return  # it left meanwhile
+            if not session.quiet or self._awaits_grant(session.session_id) or session.turn_generation != generation:
+                # A turn or an offer came meanwhile (the snapshot may not cover it): it stays,
+                # and is looked at again once the cooling is over.
+                self.trim_soon()
+                return
+            reason = f"{RELEASE_COOLED}: beyond the warm bound of {self.warm_sessions} sessions"
+            # Out of the table (and of held_refs) before anything is awaited: an offer that
+            # arrives from now on finds the session not held here, and its turn rehydrates.
+            await self.release(session.session_id, session.lease_epoch, reason, session)
         finally:
             session.cooling_task = None
-        if not session.quiet or self._live.get(session.session_id) is not session:
-            return  # a turn came (or the session left) meanwhile: it stays as it is
-        del self._live[session.session_id]
-        session.dropped = True
-        self._dormant[session.session_id] = Dormant(
-            session.lease_epoch, session.runtime_name, session.outbox.emitted_worker_seq, session.snapshot_seq
-        )
-        _log.debug("session %s went dormant", session.session_id)
-        await self.dispose(session)
 
     # -- leaving -------------------------------------------------------------------------------------
 
     def drop_later(self, session_id: str, lease_epoch: int, why: str) -> None:
         """Forget a session whose lease is gone (any epoch when `lease_epoch` is 0). Callable
         from anywhere, including an outbox's own task: the teardown runs in a task of its own."""
-        dormant = self._dormant.get(session_id)
-        if dormant is not None and (not lease_epoch or dormant.lease_epoch == lease_epoch):
-            _log.warning("dropping dormant session %s (epoch %d): %s", session_id, dormant.lease_epoch, why)
-            del self._dormant[session_id]
         session = self._live.get(session_id)
         if session is None or (lease_epoch and session.lease_epoch != lease_epoch):
             return
@@ -271,20 +247,12 @@ class SessionTable:
         _log.debug("forgetting session %s: %s", session.session_id, why)
         await self.dispose(session)
 
-    def forget_dormant(self) -> list[str]:
-        """Forget every dormant session; returns their ids."""
-        ids = list(self._dormant)
-        self._dormant.clear()
-        return ids
-
     async def release(self, session_id: str, lease_epoch: int, reason: str, session: Session | None = None) -> None:
         """Give a lease back with `reason` and forget the session (`session`, when live)."""
         if session is not None:
             if self._live.get(session_id) is session:
                 del self._live[session_id]
             session.dropped = True  # out of held_refs before the release is on the wire
-        elif (dormant := self._dormant.get(session_id)) is not None and dormant.lease_epoch == lease_epoch:
-            del self._dormant[session_id]
         released = await self._link.lease.send(
             worker_service_pb2.LeaseRequest(
                 release=worker_service_pb2.ReleaseLease(session_id=session_id, lease_epoch=lease_epoch, reason=reason)
@@ -326,7 +294,8 @@ class SessionTable:
         self._changed.set()
 
     async def settle(self, timeout: float) -> None:
-        """Wait (bounded) for the sessions going dormant now."""
+        """Wait (bounded) for the sessions being cooled now (their final snapshot, then their
+        release)."""
         cooling = [s.cooling_task for s in self._live.values() if s.cooling_task is not None]
         if cooling:
             await asyncio.wait(cooling, timeout=timeout)

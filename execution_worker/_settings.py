@@ -46,8 +46,9 @@ class WorkerSettings:
     #: the snapshot over at its own end).
     snapshot_idle_s: float = 0.05
     #: How many quiet sessions keep their runtime warm; beyond that, the least recently used
-    #: go dormant (still held; their next turn rehydrates them), which bounds the worker's
-    #: memory whatever the number of sessions it holds.
+    #: are cooled: final snapshot, then their lease is released (their next turn is placed at
+    #: the next epoch and rehydrates), which bounds what the worker and the control plane keep
+    #: live whatever the number of sessions the worker has run.
     warm_sessions: int = 32
     #: Used until the first RegisterResponse says otherwise.
     reconnect_backoff_initial_s: float = 0.2

@@ -4,7 +4,7 @@ A session's runtime is checkpointed after every `snapshot_every_turns` finished 
 turn's events are acknowledged, unless the next turn already started), on a SnapshotRequested,
 right after a restore-only placement (the control plane takes the first snapshot at the new
 epoch as the confirmation that the restore worked), and before the session leaves the worker's
-memory: at the end of a drain, and when it goes dormant (`_session`). Each upload captures the
+memory: at the end of a drain, and when it is cooled (`_session`). Each upload captures the
 history synchronously and sends it in a task of its own, so it never holds up the next turn.
 """
 
@@ -136,7 +136,7 @@ class Snapshots:
         await self.upload(self.capture(session), request_id=request.request_id, timeout_s=deadline - loop.time())
 
     async def final(self, session: Session) -> None:
-        """Before the session's runtime leaves the worker (drain, going dormant): upload a
+        """Before the session's runtime leaves the worker (drain, cooling): upload a
         snapshot unless the stored one already covers the runtime's history."""
         if session.runtime is None:
             return

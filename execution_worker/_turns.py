@@ -4,8 +4,9 @@ pending requests routed to the turn they are for.
 
 A slot is reserved when an offer is accepted, so a burst of offers cannot oversubscribe the
 worker; the reservation ends with the grant, the offer's expiry, a lost stream or a revocation.
-A granted turn runs on the session's warm runtime, or rehydrates one first (a new session, a
-dormant one, or `resume_required`), failing closed when it cannot.
+A granted turn runs on the session's warm runtime, or rehydrates one first (a session not held
+here before its grant, a runtime not warm, or `resume_required`), failing closed when it
+cannot.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class Turns:
             self._reservations.clear()
             self._changed.set()
 
+    def awaits_grant(self, session_id: str) -> bool:
+        """An offer for the session was accepted and its grant has not come yet."""
+        return any(sid == session_id for sid, _ in self._reservations)
+
     def forget_reservations(self, session_id: str, lease_epoch: int) -> None:
         """An accepted offer revoked before its grant: free the slot it reserved."""
         for key, reservation in list(self._reservations.items()):
@@ -124,7 +129,7 @@ class Turns:
         session = self._sessions.get(offer.session_id)
         # A restore still rehydrating is not busy: a turn granted meanwhile waits for it.
         busy = session is not None and session.turn_task is not None
-        if busy or any(sid == offer.session_id for sid, _ in self._reservations):
+        if busy or self.awaits_grant(offer.session_id):
             return "session busy on this worker"
         self.purge_expired()
         if self.free_slots() <= 0:
@@ -225,6 +230,9 @@ class Turns:
                 # A turn right after a restore-only placement runs on the runtime it rebuilds.
                 await asyncio.wait({session.restore_task})
             runtime = session.runtime
+            # No warm runtime also covers a session this worker did not hold when the offer
+            # came: one it cooled and released just as the control plane, not having seen the
+            # release yet, sent a sticky offer (same epoch, resume_required false).
             if runtime is None or offer.resume_required:
                 try:
                     runtime = await self._rehydrate(session, skip_turn_id=turn_id)

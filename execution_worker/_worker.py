@@ -6,9 +6,9 @@ then a fresh runtime started from the stored history).
 Ownership: every background task is created through the worker's `TaskGroup` (or owned by a
 session's outbox, or by the Lease loop) and is cancelled and awaited by `close()`, which is
 idempotent. Sessions are forgotten on exactly four paths: lease lost (revoked, lost in a
-renewal or open, LEASE_LOST on a write), released (at the end of a drain, or after a failed
-restore), retired by a newer epoch of the same session, or the worker closing. Between those,
-a quiet session may go dormant: still held, its runtime closed (see `_session`).
+renewal or open, LEASE_LOST on a write), released (at the end of a drain, after a failed
+restore, or when a quiet session beyond the warm bound is cooled, see `_session`), retired by
+a newer epoch of the same session, or the worker closing.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class Worker:
             changed=self._work_changed,
             new_outbox=self._new_outbox,
             before_cooling=lambda session: self._snapshots.final(session),
+            awaits_grant=lambda session_id: self._turns.awaits_grant(session_id),
         )
         self._snapshots = Snapshots(
             settings=settings,
@@ -147,12 +148,13 @@ class Worker:
 
     @property
     def session_ids(self) -> list[str]:
-        """Sessions this worker holds a lease on now (warm or dormant)."""
+        """Sessions this worker holds a lease on now."""
         return self._sessions.session_ids()
 
     @property
     def warm_session_ids(self) -> list[str]:
-        """Held sessions whose runtime is live here now (the rest rehydrate on their next turn)."""
+        """Held sessions whose runtime is live here now (the rest rehydrate first: a restore or
+        a turn on its way)."""
         return [s.session_id for s in self._sessions.live() if s.runtime is not None]
 
     @property
@@ -251,7 +253,6 @@ class Worker:
             self._link.lease.stop()
         for session in self._sessions.live():
             await self._sessions.forget(session, "worker closing")
-        self._sessions.forget_dormant()
         await self._tasks.close()
         if self._owns_channel and self._channel is not None:
             await self._channel.close()
@@ -259,7 +260,7 @@ class Worker:
             self._offer_trace.close()
         _log.info("worker %s stopped", self.worker_id)
 
-    def _new_outbox(self, session_id: str, lease_epoch: int, start_after: int) -> EventOutbox:
+    def _new_outbox(self, session_id: str, lease_epoch: int) -> EventOutbox:
         lease = self._link.lease
         outbox = EventOutbox(
             stub=self._link.stub,
@@ -270,7 +271,6 @@ class Worker:
             new_backoff=lease.new_backoff,
             on_lease_lost=lambda o: self._drop_later(o.session_id, o.lease_epoch, "LEASE_LOST on an event write"),
             rpc_timeout_s=self.settings.rpc_timeout_s,
-            start_after=start_after,
         )
         outbox.start()
         return outbox
@@ -327,13 +327,10 @@ class Worker:
             await self._wait_idle(lambda: interrupt_deadline)
         if not await self.wait_events_acked(self.settings.flush_timeout_s):
             _log.warning("drain: some events were not acknowledged in %.1fs", self.settings.flush_timeout_s)
-        # Sessions going dormant now finish that first (their final snapshot is on its way).
+        # Sessions being cooled now finish that first (their final snapshot, then their release).
         await self._sessions.settle(self.settings.snapshot_timeout_s)
         # Each session: its final snapshot, then its release (sessions in parallel).
-        await asyncio.gather(
-            *(self._hand_back(s) for s in self._sessions.live()),
-            *(self._hand_back_dormant(sid) for sid in self._sessions.session_ids() if self._sessions.dormant(sid)),
-        )
+        await asyncio.gather(*(self._hand_back(s) for s in self._sessions.live()))
         await self._link.lease.finish()
         _log.info("drained")
 
@@ -344,12 +341,6 @@ class Worker:
         if session.dropped:
             return  # lost while snapshotting: not ours to release
         await self._sessions.release(session.session_id, session.lease_epoch, RELEASE_DRAINED, session)
-
-    async def _hand_back_dormant(self, session_id: str) -> None:
-        """A dormant session's snapshot was taken when it went dormant: just release it."""
-        dormant = self._sessions.dormant(session_id)
-        if dormant is not None:
-            await self._sessions.release(session_id, dormant.lease_epoch, RELEASE_DRAINED)
 
     # -- LeaseHandler ---------------------------------------------------------------------------
 
@@ -385,7 +376,6 @@ class Worker:
             self._drop_later(revoked.session_id, revoked.lease_epoch, f"revoked: {revoked.reason or 'no reason'}")
         elif kind == "snapshot":
             request = message.snapshot
-            self._wake_for_snapshot(request)
             self._tasks.spawn(self._snapshots.requested(request), f"snapshot {request.session_id}")
         elif kind == "drain":
             grace = None
@@ -404,27 +394,6 @@ class Worker:
             _log.debug("ignoring lease message %r", kind)
 
     # -- rehydration ------------------------------------------------------------------------------
-
-    def _wake_for_snapshot(self, request: worker_service_pb2.SnapshotRequested) -> None:
-        """A snapshot of a dormant session was asked for: rebuild its runtime first, as it
-        would be were the session still warm (the snapshot then waits for it)."""
-        dormant = self._sessions.dormant(request.session_id)
-        if dormant is None or dormant.lease_epoch != request.lease_epoch:
-            return
-        session = self._sessions.open(request.session_id, dormant.lease_epoch, dormant.runtime_name)
-        session.restore_task = self._tasks.spawn(self._warm_up(session), f"wake {request.session_id}")
-
-    async def _warm_up(self, session: Session) -> None:
-        try:
-            await self._rehydrate(session, skip_turn_id="")
-        except LeaseLost:
-            self._drop_later(session.session_id, session.lease_epoch, "LEASE_LOST on Resume")
-        except RehydrationFailed as failure:
-            _log.warning("session %s could not be woken: %s", session.session_id, failure)
-        finally:
-            session.restore_task = None
-            self._work_changed.set()
-            self._sessions.trim_soon()
 
     async def _rehydrate(self, session: Session, *, skip_turn_id: str) -> Runtime | None:
         """Start a runtime from the session's stored history (the snapshot, then the events

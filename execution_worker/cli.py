@@ -199,8 +199,8 @@ def _tls_options(f):
     type=click.IntRange(0),
     default=32,
     show_default=True,
-    help="Quiet sessions whose runtime stays warm; the least recently used beyond that are rehydrated "
-    "on their next turn.",
+    help="Quiet sessions whose runtime stays warm; the least recently used beyond that get a final "
+    "snapshot and their lease is released (their next turn rehydrates on any worker).",
 )
 @click.option(
     "--turn-timeout-s",

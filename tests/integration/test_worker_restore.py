@@ -1,6 +1,7 @@
-"""Restore-only placements (rehydrate, refuse, release with a reason) and the warm bound (dormant
-sessions rehydrated with their event numbering continued); against the scripted
-control plane in tests/helpers/fake_control_plane.py.
+"""Restore-only placements (rehydrate, refuse, release with a reason) and the warm bound (quiet
+sessions beyond it cooled: snapshotted, their lease released, their next turn rehydrated);
+against the scripted control plane in tests/helpers/fake_control_plane.py, and the cooling once
+against a real in-process control plane.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from tests.helpers.fake_control_plane import FakeControlPlane, Running, _connected, _run_turn
 from tests.helpers.processes import eventually
+from tether import sdk
 from tether.execution_worker import HistoryRole
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import worker_service_pb2 as wpb
@@ -152,7 +154,15 @@ def _revoke(cp: FakeControlPlane, session_id: str, epoch: int = 1) -> None:
     cp.push(wpb.LeaseResponse(revoked=wpb.LeaseRevoked(session_id=session_id, lease_epoch=epoch, reason="test")))
 
 
-async def test_a_worker_keeps_the_sessions_it_holds_and_at_most_warm_sessions_runtimes(fake_cp, start_worker):
+def _held(renewal: wpb.LeaseRequest) -> list[str]:
+    return sorted(ref.session_id for ref in renewal.renew.leases)
+
+
+def _releases(cp: FakeControlPlane) -> list[tuple[str, int, str]]:
+    return [(r.release.session_id, r.release.lease_epoch, r.release.reason) for r in cp.lease_requests("release")]
+
+
+async def test_a_worker_keeps_at_most_warm_sessions_and_releases_the_leases_of_the_rest(fake_cp, start_worker):
     cp, target = fake_cp
     warm = 4
     w = start_worker(target, warm_sessions=warm)
@@ -160,85 +170,172 @@ async def test_a_worker_keeps_the_sessions_it_holds_and_at_most_warm_sessions_ru
     sessions = [f"ses_{k:02d}" for k in range(30)]
     for k, session_id in enumerate(sessions):
         await _run_turn(cp, session_id, f"trn_{k}")
-    # Every session is still held (its lease is renewed), but only `warm` keep a runtime.
-    await eventually(lambda: _footprint(w)["live"] == warm, timeout=5, what="quiet sessions beyond the bound dormant")
-    assert sorted(w.worker.session_ids) == sessions
-    assert sorted((ref.session_id, ref.lease_epoch) for ref in w.worker.held_leases()) == [(s, 1) for s in sessions]
+    # Only `warm` sessions stay; the others were cooled: their leases went back to the control
+    # plane, and nothing of them is left on the worker.
+    await eventually(lambda: len(_releases(cp)) == len(sessions) - warm, timeout=5, what="cooled sessions released")
+    reason = f"cooled: beyond the warm bound of {warm} sessions"
+    assert sorted(_releases(cp)) == [(s, 1, reason) for s in sessions[:-warm]]
+    assert sorted(w.worker.session_ids) == sessions[-warm:]  # the most recently used
+    assert sorted(w.worker.warm_session_ids) == sessions[-warm:]
+    assert sorted((ref.session_id, ref.lease_epoch) for ref in w.worker.held_leases()) == [
+        (s, 1) for s in sessions[-warm:]
+    ]
+    await eventually(lambda: _footprint(w)["open_runtimes"] == warm, timeout=3, what="cooled runtimes closed")
     assert _footprint(w) == {
         "live": warm,
-        "dormant": len(sessions) - warm,
         "warm_runtimes": warm,
         "snapshot_tasks": 0,
         "reservations": 0,
         "open_runtimes": warm,
     }
-    assert sorted(w.worker.warm_session_ids) == sessions[-warm:]  # the most recently used
+    # Renewals carry the warm sessions' leases only.
+    renewals = len(cp.lease_requests("renew"))
+    await eventually(lambda: len(cp.lease_requests("renew")) > renewals, timeout=3, what="a renewal")
+    assert _held(cp.lease_requests("renew")[-1]) == sessions[-warm:]
 
-    # Released sessions (revoked, here) leave nothing behind, warm or dormant.
-    for session_id in sessions[10:]:
-        _revoke(cp, session_id)
-    await eventually(lambda: len(w.worker.session_ids) == 10, timeout=3, what="revocations")
-    await eventually(lambda: _footprint(w)["open_runtimes"] == 0, timeout=3, what="warm runtimes of revoked closed")
-    assert sorted(w.worker.session_ids) == sessions[:10]
-    assert _footprint(w)["dormant"] == 10 and _footprint(w)["live"] == 0
-
-    for session_id in sessions[:10]:
+    # Revoked sessions leave nothing behind either.
+    for session_id in sessions[-warm:]:
         _revoke(cp, session_id)
     await eventually(lambda: not w.worker.session_ids, timeout=3, what="every session revoked")
+    await eventually(lambda: _footprint(w)["open_runtimes"] == 0, timeout=3, what="warm runtimes of revoked closed")
     assert _footprint(w) == dict.fromkeys(_footprint(w), 0)
     assert not w.worker.held_leases()
     await eventually(lambda: len(w.worker._tasks) == 1, timeout=3, what="only the lease loop left")
 
 
-async def test_a_dormant_session_is_rehydrated_by_its_next_turn_and_numbers_its_events_on(fake_cp, start_worker):
+async def test_a_cooled_session_is_released_and_its_next_turn_rehydrates_at_the_next_epoch(fake_cp, start_worker):
     cp, target = fake_cp
     w = start_worker(target, warm_sessions=1)
     await _connected(cp)
     await _run_turn(cp, "ses_a", "trn_1")
     await _run_turn(cp, "ses_b", "trn_2")
-    await eventually(lambda: w.worker.warm_session_ids == ["ses_b"], timeout=3, what="ses_a dormant")
+    await eventually(lambda: _releases(cp), timeout=3, what="ses_a released")
+    assert _releases(cp) == [("ses_a", 1, "cooled: beyond the warm bound of 1 sessions")]
     first = w.registry.instances[0]
-    assert first.closed and sorted(w.worker.session_ids) == ["ses_a", "ses_b"]
-    resumes = len(cp.resumes())  # each first turn rehydrated its new session
+    assert first.closed and w.worker.session_ids == ["ses_b"] == w.worker.warm_session_ids
+    renewals = len(cp.lease_requests("renew"))
+    await eventually(lambda: len(cp.lease_requests("renew")) > renewals, timeout=3, what="a renewal")
+    assert _held(cp.lease_requests("renew")[-1]) == ["ses_b"]
 
-    await _run_turn(cp, "ses_a", "trn_3")
+    # The control plane places the next turn at the next epoch, asking for a Resume.
+    resumes = len(cp.resumes())
+    await _run_turn(cp, "ses_a", "trn_3", epoch=2, resume_required=True)
     [resume] = cp.resumes()[resumes:]
-    assert (resume.session_id, resume.lease_epoch) == ("ses_a", 1)  # still its lease: no new epoch
+    assert (resume.session_id, resume.lease_epoch) == ("ses_a", 2)
     assert w.registry.turns[-1] == (w.registry.instances[2], "trn_3")
-    # The woken session's outbox goes on where the closed one stopped: the server drops
-    # duplicates by worker_seq, so numbering again from 1 would lose these events.
-    assert [e.worker_seq for sid, e in cp.stored if sid == "ses_a"] == [1, 2, 3, 4, 5, 6]
-    await eventually(lambda: w.worker.warm_session_ids == ["ses_a"], timeout=3, what="ses_b dormant")
+    # A new lease: its events are numbered from 1 again.
+    events = [e for sid, e in cp.stored if sid == "ses_a"]
+    assert [e.worker_seq for e in events] == [1, 2, 3, 1, 2, 3]
+    await eventually(lambda: w.worker.session_ids == ["ses_a"], timeout=3, what="ses_b cooled in turn")
+    assert _releases(cp)[-1][:2] == ("ses_b", 1)
 
 
-async def test_a_session_goes_dormant_with_a_snapshot_covering_it_and_a_drain_releases_it(fake_cp, start_worker):
+async def test_an_offer_for_a_session_released_meanwhile_rehydrates_whatever_resume_required_says(
+    fake_cp, start_worker
+):
+    """The control plane sent a sticky offer (same epoch, resume_required false) before it saw
+    the worker's release: the worker no longer holds the session, so it rehydrates."""
+    cp, target = fake_cp
+    w = start_worker(target, warm_sessions=0)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    await eventually(lambda: _releases(cp), timeout=3, what="ses_a released")
+    assert not w.worker.session_ids
+    resumes = len(cp.resumes())
+    cp.resume_chunks = _resume_material("ses_a")
+    await _run_turn(cp, "ses_a", "trn_8", epoch=1, resume_required=False)
+    [resume] = cp.resumes()[resumes:]
+    assert (resume.session_id, resume.lease_epoch) == ("ses_a", 1)
+    runtime, turn_id = w.registry.turns[-1]
+    assert turn_id == "trn_8" and runtime is not w.registry.instances[0]
+    assert [h.text for h in runtime.started_with or []] == ["echo one", "one\n", "echo two", "two\n"]
+    [completed] = [e for e in cp.terminal_events("ses_a") if e.turn_id == "trn_8"]
+    assert completed.body.WhichOneof("kind") == "turn_completed"
+
+
+async def test_a_session_with_an_accepted_offer_awaiting_its_grant_is_not_cooled(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target, warm_sessions=0, snapshot_every_turns=0)
+    await _connected(cp)
+    cp.snapshot_gate.clear()  # the cooling's final snapshot waits
+    await _run_turn(cp, "ses_a", "trn_1")
+    await eventually(lambda: cp.snapshots(), timeout=3, what="the final snapshot under way")
+    cp.auto_grant = False
+    cp.offer("ses_a", "trn_2", "cmd trn_2", epoch=1, resume_required=False)
+    await eventually(lambda: len(cp.lease_requests("accept")) == 2, timeout=3, what="trn_2 accepted")
+    cp.snapshot_gate.set()
+    await asyncio.sleep(0.2)
+    # Released now, the grant that follows would fail the turn on the control plane.
+    assert not _releases(cp) and w.worker.session_ids == ["ses_a"]
+    resumes = len(cp.resumes())
+    cp.push(wpb.LeaseResponse(granted=wpb.OfferGranted(session_id="ses_a", turn_id="trn_2", lease_epoch=1)))
+    await eventually(lambda: any(e.turn_id == "trn_2" for e in cp.terminal_events("ses_a")), timeout=3, what="trn_2")
+    assert len(cp.resumes()) == resumes  # ran on the warm runtime
+    assert w.registry.turns[-1] == (w.registry.instances[0], "trn_2")
+    await eventually(lambda: _releases(cp), timeout=3, what="ses_a cooled after its turn")
+    assert _releases(cp) == [("ses_a", 1, "cooled: beyond the warm bound of 0 sessions")]
+
+
+async def test_a_session_is_cooled_with_a_snapshot_covering_it_and_a_drain_has_nothing_left_to_release(
+    fake_cp, start_worker
+):
     cp, target = fake_cp
     w = start_worker(target, warm_sessions=0, snapshot_every_turns=0)
     await _connected(cp)
     await _run_turn(cp, "ses_a", "trn_1")
     # No after-turn policy, but the runtime's history must not leave the worker unsnapshotted.
-    await eventually(lambda: not w.worker.warm_session_ids, timeout=3, what="ses_a dormant")
+    await eventually(lambda: _releases(cp), timeout=3, what="ses_a released")
     [(header, items)] = cp.snapshots()
     assert (header.session_id, header.seq, len(items)) == ("ses_a", cp.last_seq["ses_a"], 2)
-    assert w.registry.instances[0].closed and w.worker.session_ids == ["ses_a"]
+    assert order_after(cp.order(), "snapshot") == ["release"]  # the snapshot first, then the release
+    assert w.registry.instances[0].closed and not w.worker.session_ids
 
     w.worker.request_drain()
     await asyncio.wait_for(w.task, 5)
-    [release] = cp.lease_requests("release")
-    assert (release.release.session_id, release.release.reason) == ("ses_a", "worker drained")
-    assert len(cp.snapshots()) == 1  # the dormant session's snapshot already covered it
+    assert len(_releases(cp)) == 1 and len(cp.snapshots()) == 1
 
 
-async def test_a_snapshot_requested_of_a_dormant_session_rehydrates_it_first(fake_cp, start_worker):
+async def test_a_snapshot_requested_of_a_cooled_session_is_not_answered_here(fake_cp, start_worker):
     cp, target = fake_cp
     w = start_worker(target, warm_sessions=0)
     await _connected(cp)
     await _run_turn(cp, "ses_a", "trn_1")
-    await eventually(lambda: not w.worker.warm_session_ids, timeout=3, what="ses_a dormant")
-    resumes = len(cp.resumes())
-    cp.resume_chunks = _resume_material("ses_a")
+    await eventually(lambda: _releases(cp), timeout=3, what="ses_a released")
+    resumes, snapshots = len(cp.resumes()), len(cp.snapshots())
     cp.push(wpb.LeaseResponse(snapshot=wpb.SnapshotRequested(session_id="ses_a", lease_epoch=1, request_id="req_1")))
-    await eventually(lambda: any(h.request_id == "req_1" for h, _ in cp.snapshots()), timeout=3, what="snapshot")
-    [(header, items)] = [(h, i) for h, i in cp.snapshots() if h.request_id == "req_1"]
-    assert [(r.session_id, r.lease_epoch) for r in cp.resumes()[resumes:]] == [("ses_a", 1)]
-    assert (header.seq, len(items)) == (7, 4)
+    await asyncio.sleep(0.2)
+    assert (len(cp.resumes()), len(cp.snapshots())) == (resumes, snapshots)
+    assert not w.worker.session_ids
+
+
+# -- against a real control plane --------------------------------------------------------------
+
+
+async def test_a_cooled_session_has_no_holder_on_the_control_plane_and_its_next_turn_completes(
+    control_plane, client, start_worker
+):
+    w = start_worker(f"127.0.0.1:{control_plane.port}", warm_sessions=1, worker_id="wkr_cool")
+    await eventually(lambda: w.worker.connected, timeout=5, what="worker connected")
+    a = await client.create_session("fake")
+    b = await client.create_session("fake")
+    for session, text in ((a, "first"), (b, "second")):
+        turn = await client.send_input(session.session_id, text)
+        done = await client.wait_for_turn(session.session_id, turn.turn_id, timeout_s=10)
+        assert done.state == sdk.TurnState.COMPLETED, done
+
+    async def a_released() -> bool:
+        return (await client.get_session(a.session_id)).worker_id == ""
+
+    await eventually(a_released, timeout=5, what="the first session's lease released")
+    assert (await client.get_session(b.session_id)).worker_id == "wkr_cool"
+    assert [ref.session_id for ref in w.worker.held_leases()] == [b.session_id]
+    [status] = [s for s in await client.list_workers() if s.worker_id == "wkr_cool"]
+    assert status.held_sessions == 1
+
+    turn = await client.send_input(a.session_id, "third")
+    done = await client.wait_for_turn(a.session_id, turn.turn_id, timeout_s=10)
+    assert done.state == sdk.TurnState.COMPLETED, done
+    runtime, turn_id = w.registry.turns[-1]
+    assert turn_id == turn.turn_id
+    assert [h.text for h in runtime.started_with or []][:1] == ["first"]  # rehydrated from the log
+    assert (await client.get_session(a.session_id)).lease_epoch == 2
