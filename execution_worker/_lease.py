@@ -3,10 +3,16 @@ forever when it ends.
 
 The loop owns the connection and its timing; what the messages mean is the worker's business,
 handed over through `LeaseHandler`. Heartbeats ride on the stream and every renewal is
-answered, so silence from the server for the liveness timeout (set at Register) means the
+answered, so a renewal left unanswered for the liveness timeout (set at Register) means the
 stream is deaf (alive but receiving nothing, as with a half-dead TCP connection): the loop
 then drops it and reconnects rather than heartbeating into the void. Leases stay held across
 the reconnect; the next LeaseOpen lists them.
+
+Renewals are cheap for the server when it allows it (RegisterResponse.lease_digests): they
+carry the digest of the held leases (`lease_digest`), and the full list only when the server
+answers `resync`. A worker that holds no lease and runs no turn renews only every idle
+heartbeat interval (RegisterResponse.idle_heartbeat_interval); HTTP/2 keepalive pings watch
+the connection meanwhile.
 
 The loop also owns the drain announcement: once the worker starts draining, every stream it
 opens carries one DrainStarted, written before any other message on that stream.
@@ -15,6 +21,8 @@ opens carries one DrainStarted, written before any other message on that stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import math
@@ -53,6 +61,15 @@ FEATURES = (
 LIVENESS_FALLBACK_INTERVALS = 3
 
 
+def lease_digest(leases: Sequence[worker_service_pb2.LeaseRef]) -> worker_service_pb2.LeaseDigest:
+    """The LeaseDigest of `leases` (see worker_service.proto): their count and the XOR of the
+    first 8 bytes, big-endian, of SHA-256 of "<session_id>/<lease_epoch>" for each."""
+    xor = 0
+    for ref in leases:
+        xor ^= int.from_bytes(hashlib.sha256(f"{ref.session_id}/{ref.lease_epoch}".encode()).digest()[:8], "big")
+    return worker_service_pb2.LeaseDigest(count=len(leases), xor=xor)
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("tether")
@@ -75,6 +92,10 @@ class LeaseTimings:
     #: How long the server waits for a closed stream to come back before moving its sessions
     #: (informational: the worker reconnects as fast as its backoff allows anyway).
     worker_dead_grace_s: float = 0.0
+    #: How often to renew while holding no lease and running no turn (0: every heartbeat).
+    idle_heartbeat_interval_s: float = 0.0
+    #: Whether the server takes a digest of the held leases in place of their list.
+    lease_digests: bool = False
 
     @classmethod
     def from_response(cls, response: worker_service_pb2.RegisterResponse, fallback: LeaseTimings) -> LeaseTimings:
@@ -96,6 +117,8 @@ class LeaseTimings:
             # registration said.
             liveness_timeout_s=seconds("liveness_timeout", LIVENESS_FALLBACK_INTERVALS * heartbeat_interval_s),
             worker_dead_grace_s=seconds("worker_dead_grace", 0.0),
+            idle_heartbeat_interval_s=max(heartbeat_interval_s, seconds("idle_heartbeat_interval", 0.0)),
+            lease_digests=response.lease_digests,
         )
 
 
@@ -140,7 +163,11 @@ class LeaseClient:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._write_lock = asyncio.Lock()
         self._stopping = False
-        self._last_heard = 0.0
+        # When the oldest renewal the server has not answered yet (nor said anything since) was
+        # sent; None when it answered them all.
+        self._unanswered_since: float | None = None
+        self._resync = False  # the server asked for the full list of leases
+        self._renew_now = asyncio.Event()  # wakes the heartbeat early (a resync)
         # Wall-clock deadline (seconds since the epoch) announced in DrainStarted; None until
         # the worker drains. `_drain_announced_on` is the stream that carried it.
         self._drain_deadline: float | None = None
@@ -290,7 +317,8 @@ class LeaseClient:
                 self._handler.on_lost_leases(first.opened.lost_leases, "lost while disconnected")
             self._call = call
             self._stream_ended = ended = asyncio.Event()
-            self._last_heard = asyncio.get_running_loop().time()
+            self._unanswered_since = None
+            self._resync = False
             tasks = [
                 asyncio.create_task(self._read(call), name="lease reader"),
                 asyncio.create_task(self._heartbeat(), name="lease heartbeat"),
@@ -321,7 +349,6 @@ class LeaseClient:
             call.cancel()
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
@@ -330,19 +357,28 @@ class LeaseClient:
                 else:
                     _log.warning("control plane closed the lease stream")
                 return
-            self._last_heard = loop.time()
-            await self._handler.on_lease_message(cast(worker_service_pb2.LeaseResponse, message))
+            self._unanswered_since = None
+            response = cast(worker_service_pb2.LeaseResponse, message)
+            if response.WhichOneof("kind") == "renewed" and response.renewed.resync:
+                _log.debug("the control plane asked for the full list of leases")
+                self._resync = True
+                self._renew_now.set()
+            await self._handler.on_lease_message(response)
 
     async def _watch_liveness(self) -> None:
-        """Return (which drops the stream) once the server has been silent for the liveness
-        timeout: every renewal is answered, so silence means nobody is listening."""
+        """Return (which drops the stream) once a renewal has gone unanswered for the liveness
+        timeout: every renewal is answered, so silence then means nobody is listening."""
         loop = asyncio.get_running_loop()
         while True:
             timeout = self.timings.liveness_timeout_s
-            silence = loop.time() - self._last_heard
+            since = self._unanswered_since
+            if since is None:
+                await asyncio.sleep(min(timeout, self.timings.heartbeat_interval_s))
+                continue
+            silence = loop.time() - since
             if silence >= timeout:
                 _log.warning(
-                    "lease stream silent for %.2fs (liveness timeout %.2fs); dropping it as deaf",
+                    "lease stream silent for %.2fs after a renewal (liveness timeout %.2fs); dropping it as deaf",
                     silence,
                     timeout,
                 )
@@ -350,14 +386,29 @@ class LeaseClient:
             await asyncio.sleep(timeout - silence)
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
         while True:
-            await asyncio.sleep(self.timings.heartbeat_interval_s)
+            self._renew_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timings.heartbeat_interval_s):
+                    await self._renew_now.wait()
             self._handler.on_heartbeat()
-            await self.send(
-                worker_service_pb2.LeaseRequest(
-                    renew=worker_service_pb2.RenewLeases(
-                        leases=list(self._handler.held_leases()),
-                        running_turns=self._handler.running_turns(),
-                    )
-                )
-            )
+            held = list(self._handler.held_leases())
+            running = self._handler.running_turns()
+            timings = self.timings
+            # Idle (nothing held, nothing running): renew only every idle heartbeat interval.
+            # The margin keeps a tick that lands a hair early from waiting one more interval.
+            quiet_for = loop.time() - last_sent
+            if not held and not running and quiet_for < timings.idle_heartbeat_interval_s - 0.01 and not self._resync:
+                continue
+            renew = worker_service_pb2.RenewLeases(running_turns=running)
+            if timings.lease_digests and not self._resync:
+                renew.held_digest.CopyFrom(lease_digest(held))
+            else:
+                renew.leases.extend(held)
+            self._resync = False
+            if self._unanswered_since is None:
+                self._unanswered_since = loop.time()
+            await self.send(worker_service_pb2.LeaseRequest(renew=renew))
+            last_sent = loop.time()

@@ -62,6 +62,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
 
     def __init__(self, *, liveness_s: float | None = LIVENESS_S) -> None:
         self.liveness_s = liveness_s
+        self.lease_digests = False  # offered at Register: renewals then carry a digest
+        self.idle_heartbeat_s: float | None = None  # offered at Register when set
+        self.resync_next = False  # answer the next renewal with resync
         self.log: list[tuple[Any, ...]] = []
         self.streams = 0
         self._out: asyncio.Queue[Any] | None = None
@@ -162,6 +165,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         )
         if self.liveness_s is not None:
             response.liveness_timeout.CopyFrom(_duration(self.liveness_s))
+        if self.idle_heartbeat_s is not None:
+            response.idle_heartbeat_interval.CopyFrom(_duration(self.idle_heartbeat_s))
+        response.lease_digests = self.lease_digests
         return response
 
     async def Lease(self, request_iterator, context):
@@ -179,7 +185,8 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
                 self.log.append(("lease", stream_no, request))
                 kind = request.WhichOneof("kind")
                 if kind == "renew" and self.answer_renewals:
-                    out.put_nowait(wpb.LeaseResponse(renewed=wpb.LeasesRenewed()))
+                    resync, self.resync_next = self.resync_next, False
+                    out.put_nowait(wpb.LeaseResponse(renewed=wpb.LeasesRenewed(resync=resync)))
                 elif kind == "accept" and self.auto_grant:
                     a = request.accept
                     out.put_nowait(

@@ -83,3 +83,75 @@ async def test_a_cancel_landing_as_a_lease_write_fails_is_not_swallowed(tmp_path
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
+
+
+# -- B: cheap renewals ---------------------------------------------------------------------------
+
+
+def test_the_worker_digest_matches_the_contract_and_the_control_plane():
+    """Worker and control plane implement LeaseDigest separately; both follow the proto text."""
+    import hashlib
+
+    from tether.control_plane.domain._workers import HeldLeases
+    from tether.execution_worker._lease import lease_digest
+
+    leases = [("ses_a", 1), ("ses_b", 7), ("ses_ü", 12)]
+    expected = 0
+    for sid, epoch in leases:
+        expected ^= int.from_bytes(hashlib.sha256(f"{sid}/{epoch}".encode()).digest()[:8], "big")
+    held = HeldLeases()
+    for sid, epoch in leases:
+        held.add(sid, epoch)
+    digest = lease_digest([wpb.LeaseRef(session_id=s, lease_epoch=e) for s, e in leases])
+    assert (digest.count, digest.xor) == (3, expected) == (len(held.epochs), held.digest)
+    assert lease_digest([]).xor == 0
+
+
+async def test_renewals_carry_a_digest_and_the_full_list_only_on_resync(fake_cp, start_worker):
+    cp, target = fake_cp
+    cp.lease_digests = True
+    start_worker(target)
+    await _connected(cp)
+    await _run_turn(cp, "ses_a", "trn_1")
+    await asyncio.sleep(4 * HEARTBEAT_S)
+    renewals = cp.lease_requests("renew", stream=1)
+    last = renewals[-1].renew
+    assert not last.leases and (last.held_digest.count, last.held_digest.xor) == (
+        1,
+        int.from_bytes(__import__("hashlib").sha256(b"ses_a/1").digest()[:8], "big"),
+    )
+
+    cp.resync_next = True
+    before = len(cp.lease_requests("renew", stream=1))
+    # The full list follows the resync at once, not a heartbeat later; then digests again.
+    await eventually(
+        lambda: any(r.renew.leases for r in cp.lease_requests("renew", stream=1)[before:]),
+        timeout=3,
+        what="a full renewal after resync",
+    )
+    full = next(r.renew for r in cp.lease_requests("renew", stream=1)[before:] if r.renew.leases)
+    assert [(ref.session_id, ref.lease_epoch) for ref in full.leases] == [("ses_a", 1)]
+    assert not full.HasField("held_digest")
+    await asyncio.sleep(3 * HEARTBEAT_S)
+    assert cp.lease_requests("renew", stream=1)[-1].renew.HasField("held_digest")
+
+
+async def test_an_idle_worker_renews_every_idle_interval_and_a_busy_one_every_heartbeat(fake_cp, start_worker):
+    cp, target = fake_cp
+    idle_s = 10 * HEARTBEAT_S
+    cp.idle_heartbeat_s = idle_s
+    cp.liveness_s = 3 * idle_s  # the fake does not close silent streams; the worker must not call it deaf
+    start_worker(target)
+    await _connected(cp)
+    await asyncio.sleep(3 * idle_s)
+    idle_renewals = len(cp.lease_requests("renew", stream=1))
+    assert 2 <= idle_renewals <= 4, idle_renewals  # about one per idle interval, not 30 heartbeats
+    assert cp.streams == 1  # quiet is not deaf: no reconnect
+
+    cp.auto_grant = True
+    cp.offer("ses_a", "trn_1", "cmd trn_1")
+    await eventually(lambda: cp.terminal_events("ses_a"), timeout=3, what="the turn to end")
+    start = len(cp.lease_requests("renew", stream=1))
+    await asyncio.sleep(idle_s)
+    held_renewals = len(cp.lease_requests("renew", stream=1)) - start
+    assert held_renewals >= 6, held_renewals  # holding a lease: every heartbeat
