@@ -254,35 +254,41 @@ SCENARIOS: list[tuple[str, Callable[[Kit], Awaitable[None]]]] = [
 
 
 async def run_kit(worker_cmd: str, root: pathlib.Path, echo: Callable[[str], None]) -> int:
-    """Run every scenario; return 0 when all passed, 1 when any failed, 2 when none could run."""
+    """Run every scenario; return 0 when all passed, 1 when any failed, 2 when registration
+    failed (the worker never registered, or registered without the 'script' runtime or a slot),
+    so no other scenario could run."""
     kit = Kit(worker_cmd, root)
     failed = 0
+    registration: str | None = None  # why the register scenario failed, once it has
     try:
         await kit.start()
         await kit.prepare_resume()
         for name, scenario in SCENARIOS:
             if kit.worker is None and name != "register":
-                echo(f"FAIL {name}: not run, the worker never registered")
+                echo(f"FAIL {name}: not run, registration failed: {registration}")
                 failed += 1
                 continue
             started = time.monotonic()
+            problem: str | None = None
             try:
                 await asyncio.wait_for(scenario(kit), timeout=90)
             except ScenarioFailed as exc:
-                failed += 1
-                echo(f"FAIL {name}: {exc}")
+                problem = str(exc)
             except TimeoutError:
-                failed += 1
-                echo(f"FAIL {name}: did not finish within 90s")
+                problem = "did not finish within 90s"
             except sdk.TetherError as exc:
-                failed += 1
-                echo(f"FAIL {name}: the control plane answered {exc.code.name}: {exc}")
-            else:
+                problem = f"the control plane answered {exc.code.name}: {exc}"
+            if problem is None:
                 echo(f"PASS {name} ({time.monotonic() - started:.1f}s)")
+                continue
+            failed += 1
+            echo(f"FAIL {name}: {problem}")
+            if name == "register":
+                registration = problem.splitlines()[0] if problem else "no reason given"
     finally:
         await kit.close()
         await _let_stragglers_finish(3.0)
-    if not any(launched.worker_id for launched in kit.launches if launched.under_test):
+    if kit.worker is None:
         return 2
     return 1 if failed else 0
 
@@ -316,7 +322,8 @@ async def _let_stragglers_finish(timeout: float) -> None:
 def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
     """Check that an execution worker follows the WorkerService contract (docs/conformance.md).
 
-    Prints PASS or FAIL per scenario; exits 1 when any failed, 2 when the worker never registered.
+    Prints PASS or FAIL per scenario; exits 1 when any failed, 2 when registration failed (the
+    worker never registered, or registered without the 'script' runtime), so nothing else ran.
     """
     root = keep_dir or pathlib.Path(tempfile.mkdtemp(prefix="tether-conformance-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -59,14 +59,19 @@ def test_a_worker_that_does_not_let_turns_finish_fails_drain(tmp_path: pathlib.P
 
 
 def test_a_worker_without_the_script_runtime_fails_registration(tmp_path: pathlib.Path) -> None:
+    # It registered, so the skipped scenarios name what is really wrong, and the kit exits 2
+    # as its help promises when registration fails.
     code, verdicts, out = run_kit(PY_WORKER + " --runtime shell", tmp_path)
-    assert code == 1, out
-    assert verdicts["register"] == "FAIL register: the worker offers ['shell'], not the 'script' runtime", out
-    assert all(verdicts[name].endswith("not run, the worker never registered") for name, _ in SCENARIOS[1:]), out
+    assert code == 2, out
+    why = "the worker offers ['shell'], not the 'script' runtime"
+    assert verdicts["register"] == f"FAIL register: {why}", out
+    assert all(verdicts[name] == f"FAIL {name}: not run, registration failed: {why}" for name, _ in SCENARIOS[1:]), out
+    assert "never registered" not in out, out
 
 
 def test_a_worker_that_cannot_start_is_reported(tmp_path: pathlib.Path) -> None:
     code, verdicts, out = run_kit(str(tmp_path / "no-such-worker"), tmp_path / "kit")
     assert code == 2, out
     assert "FAIL register: could not start" in verdicts["register"], out
+    assert "FAIL offer-accept: not run, registration failed: could not start" in verdicts["offer-accept"], out
     assert "conformance failed; worker logs and the database are in" in out
