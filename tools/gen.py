@@ -1,7 +1,8 @@
 """Generate gen/ from proto/; with --check, fail on drift instead.
 
-gen/python comes from grpcio-tools (messages, stubs, type stubs); gen/ts comes from
-`buf generate` with the local protoc-gen-es plugin that buf.gen.yaml names. One command
+gen/python comes from grpcio-tools (messages, stubs, type stubs) for proto/tether; gen/ts comes
+from `buf generate` with the local protoc-gen-es plugin that buf.gen.yaml names, for all of
+proto/, google/rpc's status and error details included. One command
 produces every generated file, so CI can regenerate into a scratch directory and compare it
 byte for byte with what is committed.
 """
@@ -28,7 +29,9 @@ BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 def generate(out: pathlib.Path) -> None:
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # Only the contract: proto/google/rpc is there for other languages' `buf generate`; Python
+    # takes google.rpc from googleapis-common-protos, and a second copy would shadow it.
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "tether").rglob("*.proto"))
     out.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
