@@ -8,7 +8,9 @@ the SDK's exception tree (see `sdk._errors`).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from tether.v1 import admin_service_pb2 as admin_pb
 from tether.v1 import session_service_pb2 as pb
 
 from . import _convert
+from ._backoff import Backoff as _Backoff
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
     Event,
@@ -42,6 +45,14 @@ __all__ = ["AsyncClient", "DEFAULT_TARGET", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TARGET = "127.0.0.1:7670"
 DEFAULT_TIMEOUT_S = 10.0
+#: `stream_events` reopens a stream the control plane dropped (UNAVAILABLE) after delays that
+#: start at RECONNECT_INITIAL_S and double up to RECONNECT_MAX_S, jittered; it gives up once
+#: the control plane has stayed unreachable for RECONNECT_GIVE_UP_S.
+RECONNECT_INITIAL_S = 0.1
+RECONNECT_MAX_S = 5.0
+RECONNECT_GIVE_UP_S = 300.0
+
+_log = logging.getLogger("tether.sdk")
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -346,25 +357,65 @@ class AsyncClient:
         after_seq: int = 0,
         stop_at_end: bool = False,
         timeout_s: float | None = None,
+        reconnect: bool = True,
     ) -> AsyncGenerator[Event, None]:
         """Yield the session's events with seq > `after_seq`, then live ones as they arrive.
 
         The live stream has no deadline unless `timeout_s` is given; it ends when the caller
         stops iterating (``break``, cancellation, or ``aclose()``), which cancels the call, or
         after the stored events when `stop_at_end` is True.
+
+        When the control plane goes away (a restart, a deploy, a dropped connection: the call
+        fails UNAVAILABLE), the stream reopens by itself after the last event it yielded, with
+        jittered backoff (0.1 s doubling to 5 s), so the caller sees every event once, in
+        order. It gives up, raising `UnavailableError`, once the control plane has stayed
+        unreachable for `RECONNECT_GIVE_UP_S` (or past `timeout_s`). `reconnect=False` raises
+        at the first failure instead.
         """
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
-        request = pb.StreamSessionEventsRequest(session_id=session_id, after_seq=after_seq, stop_at_end=stop_at_end)
-        call = self._stub.StreamSessionEvents(request, timeout=timeout_s, metadata=self._metadata)
-        try:
-            async for response in call:
-                for event in response.events:
-                    yield _convert.event_from_proto(event)
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc) from exc
-        finally:
-            call.cancel()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_seq = after_seq
+        backoff = _Backoff(RECONNECT_INITIAL_S, RECONNECT_MAX_S)
+        # Only a stream that was once open is reopened: a first call that cannot connect (a
+        # wrong address, a TLS mismatch) fails at once, as any other call would.
+        established = False
+        down_since: float | None = None
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            request = pb.StreamSessionEventsRequest(session_id=session_id, after_seq=last_seq, stop_at_end=stop_at_end)
+            call = self._stub.StreamSessionEvents(request, timeout=remaining, metadata=self._metadata)
+            opened_at = time.monotonic()
+            try:
+                await call.wait_for_connection()
+                established = True
+                async for response in call:
+                    down_since = None
+                    backoff.reset()
+                    for event in response.events:
+                        if event.seq <= last_seq:
+                            continue  # a replay overlapping what was yielded: never twice
+                        last_seq = event.seq
+                        yield _convert.event_from_proto(event)
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = translate_rpc_error(exc)
+                if not (reconnect and established and exc.code() == grpc.StatusCode.UNAVAILABLE) or self._closed:
+                    raise error from exc
+                now = time.monotonic()
+                if now - opened_at > RECONNECT_MAX_S:  # the stream was up (if quiet) until now
+                    down_since = None
+                    backoff.reset()
+                down_since = now if down_since is None else down_since
+                delay = backoff.next_delay()
+                if now + delay - down_since > RECONNECT_GIVE_UP_S or (deadline is not None and now + delay >= deadline):
+                    raise error from exc
+                _log.warning(
+                    "event stream of %s lost (%s); reopening after seq %d in %.1fs", session_id, error, last_seq, delay
+                )
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
 
     async def wait_for_turn(
         self,

@@ -49,6 +49,15 @@ def session(ctx: click.Context, control_plane: str, timeout_s: float) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
+_reconnect_option = click.option(
+    "--reconnect/--no-reconnect",
+    default=True,
+    show_default=True,
+    help="When the control plane goes away (a restart), reopen the stream after the last event "
+    "printed, with backoff; --no-reconnect fails at once (UNAVAILABLE).",
+)
+
+
 def _session_line(s: Session) -> str:
     created = s.create_time.isoformat(timespec="seconds") if s.create_time else "-"
     state = s.state.name.lower()
@@ -135,9 +144,12 @@ def list_(lazy: LazyClient, state: str | None, page_size: int, page_token: str, 
 @click.argument("input_text", metavar="INPUT")
 @click.option("--idempotency-key", default="", help="Makes a retry return the first turn.")
 @click.option("--wait", "--follow", "wait", is_flag=True, help="Print the turn live; exit with the turn's exit code.")
+@_reconnect_option
 @json_option
 @pass_lazy
-def send(lazy: LazyClient, session_id: str, input_text: str, idempotency_key: str, wait: bool, as_json: bool) -> None:
+def send(
+    lazy: LazyClient, session_id: str, input_text: str, idempotency_key: str, wait: bool, reconnect: bool, as_json: bool
+) -> None:
     """Send INPUT to a session as a new turn."""
     client = lazy.client
     after_seq = client.get_session(session_id).last_seq if wait else 0
@@ -154,7 +166,7 @@ def send(lazy: LazyClient, session_id: str, input_text: str, idempotency_key: st
         click.echo(f"turn {turn.turn_id}" + (" (deduplicated)" if turn.deduplicated else ""), err=True)
     transcript = Transcript(lifecycle=False)
     try:
-        for event in client.stream_events(session_id, after_seq=after_seq):
+        for event in client.stream_events(session_id, after_seq=after_seq, reconnect=reconnect):
             if event.turn_id != turn.turn_id:
                 continue
             if not as_json:
@@ -187,15 +199,17 @@ def _turn_exit_status(turn: Turn) -> int:
 
 @session.command()
 @click.argument("session_id")
-@click.option("--after", "after_seq", type=int, default=0, help="Only events with seq > N.")
+@click.option("--after", "after_seq", type=click.IntRange(0), default=0, metavar="N", help="Only events with seq > N.")
 @click.option("--follow/--no-follow", default=False, help="Keep printing live events.")
+@_reconnect_option
 @json_option
 @pass_lazy
-def events(lazy: LazyClient, session_id: str, after_seq: int, follow: bool, as_json: bool) -> None:
+def events(lazy: LazyClient, session_id: str, after_seq: int, follow: bool, reconnect: bool, as_json: bool) -> None:
     """Print a session's events: #seq turn kind text, with agent items as a transcript."""
     transcript = Transcript(lifecycle=True)
     try:
-        for event in lazy.client.stream_events(session_id, after_seq=after_seq, stop_at_end=not follow):
+        stream = lazy.client.stream_events(session_id, after_seq=after_seq, stop_at_end=not follow, reconnect=reconnect)
+        for event in stream:
             if as_json:
                 click.echo(json.dumps(plain(event)))
             else:

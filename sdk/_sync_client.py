@@ -254,10 +254,12 @@ class Client:
         after_seq: int = 0,
         stop_at_end: bool = False,
         timeout_s: float | None = None,
+        reconnect: bool = True,
     ) -> Generator[Event, None, None]:
-        """Blocking form of `AsyncClient.stream_events`; `close()` the iterator to cancel."""
+        """Blocking form of `AsyncClient.stream_events` (it reopens a stream the control plane
+        dropped, unless `reconnect=False`); `close()` the iterator to cancel."""
         events = self._async.stream_events(
-            session_id, after_seq=after_seq, stop_at_end=stop_at_end, timeout_s=timeout_s
+            session_id, after_seq=after_seq, stop_at_end=stop_at_end, timeout_s=timeout_s, reconnect=reconnect
         )
         try:
             while True:
