@@ -12,6 +12,7 @@ NPM_STAMP := node_modules/.installed
 # The project's own installs take the exact versions in requirements.lock; pyproject.toml keeps
 # the compatible ranges that a user's `pip install tether[...]` resolves.
 $(STAMP): pyproject.toml requirements.lock
+	@echo "Setting up $(VENV): installing the pinned versions in requirements.lock (first run only, a minute or two)..."
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
@@ -63,7 +64,7 @@ conformance: $(STAMP) $(NPM_STAMP)
 	$(BIN)/tether conformance --worker-cmd "$(BIN)/python -m tether.execution_worker"
 	$(BIN)/tether conformance --worker-cmd "node examples/typescript/dist/examples/typescript/worker.js"
 
-## demo: a control plane on SQLite, two workers, one session streaming live output
+## demo: a control plane on SQLite, two workers, live output, a worker SIGKILLed mid-session, a RestoreSession
 demo: $(STAMP)
 	$(BIN)/python -m tether.cli.demo
 
