@@ -388,3 +388,61 @@ def test_the_checker_catches_what_it_promises(tmp_path: pathlib.Path, monkeypatc
     assert f"{doc}:11: `from tether.sdk import NoSuchClient`: no such name" in text
     assert f"{doc}:12: `sdk.NoSuchError`" in text
     assert len(found) == 7, text
+
+
+# -- the contract's error metadata ----------------------------------------------------------
+
+
+def error_metadata_keys() -> dict[str, set[str]]:
+    """Every `ErrorInfo.metadata` key the control plane sets, with where: the keywords of each
+    `super().__init__` in the domain errors, and of each raise of an error class that keeps
+    DomainError's `(message, **metadata)`."""
+    from tether.control_plane.domain import errors
+
+    classes = {
+        name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, errors.DomainError)
+    }
+    plain = {
+        name
+        for name, cls in classes.items()
+        if not any("__init__" in vars(c) for c in cls.__mro__[: cls.__mro__.index(errors.DomainError)])
+    }
+    keys: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "control_plane").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            is_super = (
+                path.name == "errors.py"
+                and name == "__init__"
+                and isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Call)
+                and getattr(func.value.func, "id", "") == "super"
+            )
+            if not is_super and name not in plain:
+                continue
+            for keyword in node.keywords:
+                if keyword.arg and keyword.arg != "message":
+                    keys.setdefault(keyword.arg, set()).add(f"{shown(path)}:{node.lineno}")
+    return keys
+
+
+def test_the_contract_names_every_error_metadata_key() -> None:
+    """docs/contract.md's "Errors on the wire" table lists exactly the ErrorInfo metadata keys
+    the control plane sets, so a client author knows every key without reading the server."""
+    text = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    assert "\n## Errors on the wire\n" in text, "docs/contract.md has no section ## Errors on the wire"
+    section = text.split("## Errors on the wire", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        key
+        for row in re.findall(r"^\s*\| (`[^|]+`) \|", section, flags=re.MULTILINE)
+        for key in re.findall(r"`([a-z_]+)`", row)
+    }
+    used = error_metadata_keys()
+    assert {"session_id", "lease_epoch", "current_epoch", "field"} <= set(used)  # the scan sees them
+    missing = {key: sorted(where) for key, where in used.items() if key not in documented}
+    assert not missing, f"docs/contract.md's Errors on the wire does not name these ErrorInfo metadata keys: {missing}"
+    stale = documented - set(used)
+    assert not stale, f"docs/contract.md's Errors on the wire names keys the control plane never sets: {sorted(stale)}"
