@@ -29,22 +29,31 @@ def _is_loopback(host: str) -> bool:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="TETHER_HOST", help="Address to bind.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, envvar="TETHER_HOST", show_envvar=True, help="Address to bind."
+)
 @click.option(
     "--port",
     default=7670,
     show_default=True,
     type=click.IntRange(0, 65535),
     envvar="TETHER_PORT",
+    show_envvar=True,
     help="Port (0 picks a free one).",
 )
 @click.option(
-    "--db", default="tether.db", show_default=True, envvar="TETHER_DB", help="SQLite file path or SQLAlchemy URL."
+    "--db",
+    default="tether.db",
+    show_default=True,
+    envvar="TETHER_DB",
+    show_envvar=True,
+    help="SQLite file path or SQLAlchemy URL.",
 )
 @click.option(
     "--migrate",
     is_flag=True,
     envvar="TETHER_MIGRATE",
+    show_envvar=True,
     help="Upgrade the database's tables to this release at start (as `tether db upgrade` does; sessions and workers from before owners go to owner 'local'). Without it only a new SQLite file is set up; any other database must be upgraded first.",
 )
 @click.option(
@@ -53,18 +62,21 @@ def _is_loopback(host: str) -> bool:
     default=5,
     show_default=True,
     envvar="TETHER_DB_POOL_SIZE",
+    show_envvar=True,
     help="Database connections this replica keeps open (plus up to 10 more under load).",
 )
 @click.option(
     "--replica-id",
     default="",
     envvar="TETHER_REPLICA_ID",
+    show_envvar=True,
     help="This replica's unique name among the replicas on one PostgreSQL database.  [default: host name and process id]",
 )
 @click.option(
     "--advertise-address",
     default="",
     envvar="TETHER_ADVERTISE_ADDRESS",
+    show_envvar=True,
     help="host:port the other replicas reach this one at, to relay calls to it while it leads.  [default: --host and the bound port]",
 )
 @click.option(
@@ -73,6 +85,7 @@ def _is_loopback(host: str) -> bool:
     default="NORMAL",
     show_default=True,
     envvar="TETHER_SQLITE_SYNCHRONOUS",
+    show_envvar=True,
     help="FULL also survives power loss.",
 )
 @click.option(
@@ -81,6 +94,7 @@ def _is_loopback(host: str) -> bool:
     default=2.0,
     show_default=True,
     envvar="TETHER_HEARTBEAT_INTERVAL_S",
+    show_envvar=True,
     help="How often workers renew on their Lease stream.",
 )
 @click.option(
@@ -89,6 +103,7 @@ def _is_loopback(host: str) -> bool:
     default=20.0,
     show_default=True,
     envvar="TETHER_IDLE_HEARTBEAT_INTERVAL_S",
+    show_envvar=True,
     help="How often a worker holding no lease and running no turn renews (0: every heartbeat interval); "
     "HTTP/2 keepalive pings watch its connection meanwhile.",
 )
@@ -97,6 +112,7 @@ def _is_loopback(host: str) -> bool:
     type=click.FloatRange(0.1),
     default=None,
     envvar="TETHER_LIVENESS_TIMEOUT_S",
+    show_envvar=True,
     help="Close a Lease stream silent this long.  [default: 3 x heartbeat interval]",
 )
 @click.option(
@@ -105,6 +121,7 @@ def _is_loopback(host: str) -> bool:
     default=1.0,
     show_default=True,
     envvar="TETHER_WORKER_DEAD_GRACE_S",
+    show_envvar=True,
     help="Move a disconnected worker's sessions if it is not back within this.",
 )
 @click.option(
@@ -113,6 +130,7 @@ def _is_loopback(host: str) -> bool:
     default=15.0,
     show_default=True,
     envvar="TETHER_LEASE_TTL_S",
+    show_envvar=True,
     help="Move a session whose lease is not renewed within this.",
 )
 @click.option(
@@ -121,6 +139,7 @@ def _is_loopback(host: str) -> bool:
     default=5.0,
     show_default=True,
     envvar="TETHER_STICKY_TIMEOUT_S",
+    show_envvar=True,
     help="How long a turn waits for its busy warm worker before moving.",
 )
 @click.option(
@@ -129,6 +148,7 @@ def _is_loopback(host: str) -> bool:
     default=10.0,
     show_default=True,
     envvar="TETHER_OFFER_TIMEOUT_S",
+    show_envvar=True,
     help="Requeue an offer not accepted within this.",
 )
 @click.option(
@@ -137,6 +157,7 @@ def _is_loopback(host: str) -> bool:
     default=300.0,
     show_default=True,
     envvar="TETHER_SESSION_IDLE_S",
+    show_envvar=True,
     help="Drop a session from memory this long after its last use, unless it is live "
     "(a turn open, a lease held, a subscriber following); it reloads from the database on demand.",
 )
@@ -146,11 +167,13 @@ def _is_loopback(host: str) -> bool:
     default=4 << 20,
     show_default=True,
     envvar="TETHER_MAX_MESSAGE_BYTES",
+    show_envvar=True,
 )
 @click.option(
     "--dev",
     is_flag=True,
     envvar="TETHER_DEV",
+    show_envvar=True,
     help="Development only: let callers without credentials in, acting as owner 'local' (or the owner they name in x-tether-owner). Refused on a non-loopback address.",
 )
 @click.option(
@@ -158,6 +181,7 @@ def _is_loopback(host: str) -> bool:
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     envvar="TETHER_TLS_CERT",
+    show_envvar=True,
     help="Serve TLS with this certificate (PEM; with --tls-key).",
 )
 @click.option(
@@ -165,6 +189,7 @@ def _is_loopback(host: str) -> bool:
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     envvar="TETHER_TLS_KEY",
+    show_envvar=True,
     help="The certificate's private key (PEM).",
 )
 @click.option(
@@ -172,6 +197,7 @@ def _is_loopback(host: str) -> bool:
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     envvar="TETHER_TLS_CLIENT_CA",
+    show_envvar=True,
     help="Require client certificates signed by this CA (mutual TLS).",
 )
 @click.option(
@@ -180,6 +206,7 @@ def _is_loopback(host: str) -> bool:
     default=Limits.max_active_sessions_per_owner,
     show_default=True,
     envvar="TETHER_MAX_ACTIVE_SESSIONS_PER_OWNER",
+    show_envvar=True,
     help="Sessions of one owner with a turn queued or running at once.",
 )
 @click.option(
@@ -188,6 +215,7 @@ def _is_loopback(host: str) -> bool:
     default=Limits.max_queued_turns_per_owner,
     show_default=True,
     envvar="TETHER_MAX_QUEUED_TURNS_PER_OWNER",
+    show_envvar=True,
     help="Turns of one owner waiting for a worker.",
 )
 @click.option(
@@ -196,6 +224,7 @@ def _is_loopback(host: str) -> bool:
     default=Limits.events_per_second_per_session,
     show_default=True,
     envvar="TETHER_EVENTS_PER_SECOND_PER_SESSION",
+    show_envvar=True,
     help="Sustained event rate one session's worker may write (bursts of 10x allowed).",
 )
 @click.option(
@@ -204,6 +233,7 @@ def _is_loopback(host: str) -> bool:
     default=Limits.max_pending_pairing_codes_per_owner,
     show_default=True,
     envvar="TETHER_MAX_PENDING_PAIRING_CODES_PER_OWNER",
+    show_envvar=True,
 )
 @click.option(
     "--pairing-failures-per-minute",
@@ -211,12 +241,13 @@ def _is_loopback(host: str) -> bool:
     default=Limits.pairing_failures_per_minute,
     show_default=True,
     envvar="TETHER_PAIRING_FAILURES_PER_MINUTE",
+    show_envvar=True,
     help="Invalid pairing codes one address may try per minute.",
 )
 @click.option(
     "--port-file", type=click.Path(dir_okay=False), default=None, help="Write the bound port here once serving."
 )
-@click.option("--log-level", default="INFO", show_default=True, envvar="TETHER_LOG_LEVEL")
+@click.option("--log-level", default="INFO", show_default=True, envvar="TETHER_LOG_LEVEL", show_envvar=True)
 def serve(
     host: str,
     port: int,

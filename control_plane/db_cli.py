@@ -37,6 +37,7 @@ _db_option = click.option(
     default="tether.db",
     show_default=True,
     envvar="TETHER_DB",
+    show_envvar=True,
     help="The control plane's SQLite file path or SQLAlchemy URL.",
 )
 
@@ -69,6 +70,7 @@ def db() -> None:
     default="local",
     show_default=True,
     envvar="TETHER_LEGACY_OWNER",
+    show_envvar=True,
     help="The owner that sessions and workers from before owners (revision 0001) are given. "
     "'local' is the owner `tether serve --dev` acts as.",
 )

@@ -22,6 +22,7 @@ _db_option = click.option(
     default="tether.db",
     show_default=True,
     envvar="TETHER_DB",
+    show_envvar=True,
     help="The control plane's SQLite file path or SQLAlchemy URL.",
 )
 

@@ -256,8 +256,8 @@ class LeaseClient:
                 _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
             except (TimeoutError, ConnectionError, OSError) as error:
                 _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, CredentialsRejected):
+                raise  # a revoked token ends the worker cleanly (the CLI says what to do), no traceback
             except Exception:
                 _log.exception("lease loop failed unexpectedly; reconnecting")
             if self._stopping:

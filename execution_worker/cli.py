@@ -101,6 +101,7 @@ def _tls_options(f):
     f = click.option(
         "--tls-key",
         envvar="TETHER_TLS_CLIENT_KEY",
+        show_envvar=True,
         default=None,
         type=click.Path(exists=True, dir_okay=False),
         help="The client certificate's key (mutual TLS).",
@@ -108,6 +109,7 @@ def _tls_options(f):
     f = click.option(
         "--tls-cert",
         envvar="TETHER_TLS_CLIENT_CERT",
+        show_envvar=True,
         default=None,
         type=click.Path(exists=True, dir_okay=False),
         help="Client certificate for mutual TLS (PEM).",
@@ -115,6 +117,7 @@ def _tls_options(f):
     return click.option(
         "--tls-ca",
         envvar="TETHER_TLS_CA",
+        show_envvar=True,
         default=None,
         type=click.Path(exists=True, dir_okay=False),
         help="Dial with TLS, verifying the control plane against this CA (PEM).",
@@ -125,6 +128,7 @@ def _tls_options(f):
 @click.option(
     "--control-plane",
     envvar="TETHER_CONTROL_PLANE",
+    show_envvar=True,
     default=DEFAULT_CONTROL_PLANE,
     show_default=True,
     help="HOST:PORT of the control plane to dial.",
@@ -133,6 +137,7 @@ def _tls_options(f):
     "--runtime",
     "runtimes",
     envvar="TETHER_RUNTIME",
+    show_envvar=True,
     multiple=True,
     default=("shell",),
     show_default=True,
@@ -142,6 +147,7 @@ def _tls_options(f):
 @click.option(
     "--workdir",
     envvar="TETHER_WORKDIR",
+    show_envvar=True,
     default="./tether-worker",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
@@ -150,6 +156,7 @@ def _tls_options(f):
 @click.option(
     "--slots",
     envvar="TETHER_SLOTS",
+    show_envvar=True,
     type=click.IntRange(1, 1024),
     default=4,
     show_default=True,
@@ -159,6 +166,7 @@ def _tls_options(f):
     "--label",
     "labels",
     envvar="TETHER_LABELS",
+    show_envvar=True,
     multiple=True,
     callback=_parse_labels,
     metavar="KEY=VALUE",
@@ -167,12 +175,14 @@ def _tls_options(f):
 @click.option(
     "--worker-id",
     envvar="TETHER_WORKER_ID",
+    show_envvar=True,
     default=None,
     help="Stable worker id [default: kept in WORKDIR/.tether/worker_id].",
 )
 @click.option(
     "--name",
     envvar="TETHER_WORKER_NAME",
+    show_envvar=True,
     default=socket.gethostname,
     show_default="host name",
     help="Human-readable worker name.",
@@ -180,6 +190,7 @@ def _tls_options(f):
 @click.option(
     "--drain-grace-s",
     envvar="TETHER_DRAIN_GRACE_S",
+    show_envvar=True,
     type=click.FloatRange(0),
     default=30.0,
     show_default=True,
@@ -188,6 +199,7 @@ def _tls_options(f):
 @click.option(
     "--snapshot-every-turns",
     envvar="TETHER_SNAPSHOT_EVERY_TURNS",
+    show_envvar=True,
     type=click.IntRange(0),
     default=1,
     show_default=True,
@@ -196,6 +208,7 @@ def _tls_options(f):
 @click.option(
     "--warm-sessions",
     envvar="TETHER_WARM_SESSIONS",
+    show_envvar=True,
     type=click.IntRange(0),
     default=32,
     show_default=True,
@@ -205,6 +218,7 @@ def _tls_options(f):
 @click.option(
     "--turn-timeout-s",
     envvar="TETHER_TURN_TIMEOUT_S",
+    show_envvar=True,
     type=click.FloatRange(0),
     default=1800.0,
     show_default=True,
@@ -213,6 +227,7 @@ def _tls_options(f):
 @click.option(
     "--codex-bin",
     envvar="TETHER_CODEX_BIN",
+    show_envvar=True,
     default="codex",
     show_default=True,
     help="The codex executable the codex runtime runs (a path or a name on PATH).",
@@ -220,6 +235,7 @@ def _tls_options(f):
 @click.option(
     "--codex-model",
     envvar="TETHER_CODEX_MODEL",
+    show_envvar=True,
     default=None,
     show_default="Codex's own default",
     help="Model of codex sessions.",
@@ -227,6 +243,7 @@ def _tls_options(f):
 @click.option(
     "--codex-sandbox",
     envvar="TETHER_CODEX_SANDBOX",
+    show_envvar=True,
     type=click.Choice(SANDBOX_MODES),
     default="workspace-write",
     show_default=True,
@@ -235,6 +252,7 @@ def _tls_options(f):
 @click.option(
     "--codex-approval-policy",
     envvar="TETHER_CODEX_APPROVAL_POLICY",
+    show_envvar=True,
     type=click.Choice(APPROVAL_POLICIES),
     default="on-request",
     show_default=True,
@@ -243,6 +261,7 @@ def _tls_options(f):
 @click.option(
     "--codex-config",
     envvar="TETHER_CODEX_CONFIG",
+    show_envvar=True,
     multiple=True,
     type=_CodexConfigOverride(),
     callback=_drop_blank,
@@ -251,6 +270,7 @@ def _tls_options(f):
 @click.option(
     "--codex-home-from",
     envvar="TETHER_CODEX_HOME_FROM",
+    show_envvar=True,
     default=None,
     type=click.Path(file_okay=False, path_type=Path),
     show_default="$CODEX_HOME or ~/.codex",
@@ -260,6 +280,7 @@ def _tls_options(f):
 @click.option(
     "--token-file",
     envvar="TETHER_WORKER_TOKEN_FILE",
+    show_envvar=True,
     default=None,
     type=click.Path(dir_okay=False, path_type=Path),
     show_default="WORKDIR/.tether/token.json",
@@ -268,6 +289,7 @@ def _tls_options(f):
 @click.option(
     "--pairing-code",
     envvar="TETHER_PAIRING_CODE",
+    show_envvar=True,
     default=None,
     help="On first start, pair with this one-time code and keep the token in --token-file.",
 )
@@ -275,6 +297,7 @@ def _tls_options(f):
 @click.option(
     "--log-level",
     envvar="TETHER_LOG_LEVEL",
+    show_envvar=True,
     default="INFO",
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -392,7 +415,13 @@ def _pair_and_save(control_plane: str, code: str, name: str, token_file: Path, t
 
 
 @click.command("pair")
-@click.option("--code", envvar="TETHER_PAIRING_CODE", required=True, help="The one-time pairing code (tether pair).")
+@click.option(
+    "--code",
+    envvar="TETHER_PAIRING_CODE",
+    show_envvar=True,
+    required=True,
+    help="The one-time pairing code (tether pair).",
+)
 @click.option("--control-plane", default=None, help="HOST:PORT of the control plane [default: the group's].")
 @click.option(
     "--token-file",

@@ -125,9 +125,10 @@ def revoke_worker_token(ctx: click.Context, token_id: str, control_plane: str | 
 @click.option(
     "--control-plane",
     envvar="TETHER_CONTROL_PLANE",
+    show_envvar=True,
     default=DEFAULT_TARGET,
     show_default=True,
-    help="Address of the control plane (env TETHER_CONTROL_PLANE).",
+    help="Address of the control plane.",
 )
 @click.option(
     "--ttl-s", type=click.FloatRange(1, 86400), default=None, help="How long the code works, in seconds [default: 600]."
@@ -146,4 +147,6 @@ def pair(control_plane: str, ttl_s: float | None, timeout_s: float, as_json: boo
         echo_json(code)
         return
     expires = code.expire_time.isoformat(timespec="seconds") if code.expire_time else "?"
-    click.echo(f"{code.code}  (owner {code.owner}, works once, until {expires})")
+    # Only the code on stdout, so CODE=$(tether pair) works; the note goes to stderr.
+    click.echo(code.code)
+    click.echo(f"# owner {code.owner}; works once, until {expires}: tether worker pair --code CODE", err=True)

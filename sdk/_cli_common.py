@@ -19,6 +19,7 @@ from ._sync_client import Client
 
 __all__ = [
     "EXIT_INTERRUPTED",
+    "ConnectingGroup",
     "Credentials",
     "LazyClient",
     "ReportingCommand",
@@ -55,6 +56,46 @@ class ReportingGroup(click.Group):
             return super().invoke(ctx)
         except TetherError as exc:
             report(ctx, exc)
+
+
+def _override_target(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(LazyClient).target = value  # type: ignore[union-attr]
+
+
+def _override_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        ctx.find_object(LazyClient).timeout_s = value  # type: ignore[union-attr]
+
+
+class ConnectingGroup(ReportingGroup):
+    """A group whose connection options (--control-plane, --timeout-s, read into a
+    `LazyClient`) are accepted after the subcommand as well as before it: each subcommand gets
+    its own copies, which win over the group's. They read no environment variable: the
+    group's do, and the environment must not override a flag given before the subcommand."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(
+            [
+                click.Option(
+                    ["--control-plane"],
+                    default=None,
+                    expose_value=False,
+                    callback=_override_target,
+                    help="Address of the control plane  [default: the one given before the subcommand, "
+                    "else TETHER_CONTROL_PLANE, else the default there]",
+                ),
+                click.Option(
+                    ["--timeout-s"],
+                    type=float,
+                    default=None,
+                    expose_value=False,
+                    callback=_override_timeout,
+                    help="Deadline of each call, in seconds  [default: the one given before the subcommand]",
+                ),
+            ]
+        )
+        super().add_command(cmd, name)
 
 
 class ReportingCommand(click.Command):
@@ -99,17 +140,19 @@ def make_client(target: str, timeout_s: float) -> Client:
 
 
 class LazyClient:
-    """Creates the client on first use so `--help` never opens a channel."""
+    """Creates the client on first use so `--help` never opens a channel. Until then the
+    target and deadline may still change: a subcommand's own --control-plane or --timeout-s
+    overrides the group's."""
 
     def __init__(self, target: str, timeout_s: float) -> None:
-        self._target = target
-        self._timeout_s = timeout_s
+        self.target = target
+        self.timeout_s = timeout_s
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = make_client(self._target, self._timeout_s)
+            self._client = make_client(self.target, self.timeout_s)
         return self._client
 
     def close(self) -> None:

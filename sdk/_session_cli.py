@@ -12,8 +12,8 @@ import click
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 from ._cli_common import (
     EXIT_INTERRUPTED,
+    ConnectingGroup,
     LazyClient,
-    ReportingGroup,
     echo_fields,
     echo_json,
     json_option,
@@ -27,13 +27,14 @@ from ._transcript import APPROVAL_DECISIONS, Transcript, answer_text
 __all__ = ["session"]
 
 
-@click.group(cls=ReportingGroup)
+@click.group(cls=ConnectingGroup)
 @click.option(
     "--control-plane",
     envvar="TETHER_CONTROL_PLANE",
+    show_envvar=True,
     default=DEFAULT_TARGET,
     show_default=True,
-    help="Address of the control plane (env TETHER_CONTROL_PLANE).",
+    help="Address of the control plane.",
 )
 @click.option(
     "--timeout-s",
