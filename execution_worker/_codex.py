@@ -32,7 +32,13 @@ from tether.execution_worker._codex_events import DROPPED_NOTIFICATIONS, CodexTu
 from tether.execution_worker._codex_process import CodexProcess
 from tether.execution_worker._codex_rollout import Rollout, history_to_raw, is_model_visible, raw_to_history
 from tether.execution_worker._codex_rpc import CodexRpc, Message
-from tether.execution_worker._codex_settings import APPROVAL_POLICIES, HOME_FILES, SANDBOX_MODES, CodexSettings
+from tether.execution_worker._codex_settings import (
+    APPROVAL_POLICIES,
+    HOME_FILES,
+    SANDBOX_MODES,
+    CodexSettings,
+    absolute_path,
+)
 from tether.execution_worker.runtime import (
     HistoryAppended,
     HistoryItem,
@@ -132,7 +138,8 @@ class CodexRuntime(Runtime):
         if self._started or self._closed:
             raise CodexError("the codex runtime was already started")
         self._started = True
-        base = session_workspace(Path(workdir), session_id)
+        # Absolute: app-server runs in the workspace, where a relative CODEX_HOME means another place.
+        base = session_workspace(absolute_path(workdir), session_id)
         self._session_id = session_id
         self._workspace = base / "workspace"
         self._codex_home = base / "codex-home"

@@ -26,7 +26,8 @@ HOME_FILES = ("auth.json", "config.toml")
 class CodexSettings:
     """How the Codex runtime runs `codex app-server` (the worker's `--codex-*` flags)."""
 
-    #: The `codex` executable: a path, or a name looked up on PATH.
+    #: The `codex` executable: a path (made absolute here: app-server runs in the session's
+    #: workspace), or a name looked up on PATH.
     bin: str = "codex"
     #: None: Codex's own default model.
     model: str | None = None
@@ -43,9 +44,11 @@ class CodexSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", tuple(self.config))
         if self.home_from is not None:
-            object.__setattr__(self, "home_from", Path(self.home_from))
+            object.__setattr__(self, "home_from", absolute_path(self.home_from))
         if not self.bin:
             raise ValueError("the codex binary must not be empty")
+        if os.sep in self.bin or (os.altsep and os.altsep in self.bin):
+            object.__setattr__(self, "bin", str(absolute_path(self.bin)))
         if self.sandbox not in SANDBOX_MODES:
             raise ValueError(f"codex sandbox must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
         if self.approval_policy not in APPROVAL_POLICIES:
@@ -63,7 +66,7 @@ class CodexSettings:
         if self.home_from is not None:
             return self.home_from
         env_home = os.environ.get("CODEX_HOME")
-        return Path(env_home) if env_home else Path.home() / ".codex"
+        return absolute_path(env_home) if env_home else Path.home() / ".codex"
 
     def app_server_args(self) -> list[str]:
         """The command line of a session's `codex app-server`."""
@@ -75,6 +78,12 @@ class CodexSettings:
         for override in overrides:
             args += ["-c", override]
         return args
+
+
+def absolute_path(path: str | os.PathLike[str]) -> Path:
+    """`path` made absolute against the current directory (and `~` expanded), without resolving
+    symbolic links."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def _toml_string(value: str) -> str:

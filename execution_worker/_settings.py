@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.execution_worker._codex_settings import CodexSettings
+from tether.execution_worker._codex_settings import CodexSettings, absolute_path
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
 
@@ -71,7 +71,15 @@ class WorkerSettings:
     tls_key_file: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workdir", Path(self.workdir))
+        # Absolute from here on: runtimes run their children in other directories (Codex's
+        # app-server runs in the session's workspace), where a relative path means another place.
+        object.__setattr__(self, "workdir", absolute_path(self.workdir))
+        if self.offer_trace is not None:
+            object.__setattr__(self, "offer_trace", absolute_path(self.offer_trace))
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            value = getattr(self, name)
+            if value:
+                object.__setattr__(self, name, str(absolute_path(value)))
         object.__setattr__(self, "runtimes", tuple(self.runtimes))
         object.__setattr__(self, "labels", dict(self.labels))
         if not 1 <= self.slots <= 1024:

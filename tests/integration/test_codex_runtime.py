@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from tests.helpers.codex_mock import MockResponses
 from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
+from tether.execution_worker._settings import WorkerSettings
 from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
@@ -549,3 +550,58 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
     assert captured["settings"].turn_timeout_s == 1800.0
     result = CliRunner().invoke(cli.worker, ["--workdir", str(tmp_path), "--codex-config", "nokey"])
     assert result.exit_code == 2 and "KEY=TOML" in result.output
+
+
+@needs_codex
+async def test_relative_paths_work_although_app_server_runs_in_the_workspace(
+    mock_api: MockResponses, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tether worker --workdir ./codex-worker --codex-bin node_modules/.bin/codex`: both paths
+    are relative to where the worker started, not to the session's workspace."""
+    monkeypatch.chdir(tmp_path)
+    assert CODEX is not None
+    settings = WorkerSettings(
+        workdir=pathlib.Path("codex-worker"),
+        runtimes=("codex",),
+        codex=settings_for(mock_api, tmp_path, bin=os.path.relpath(CODEX, tmp_path), home_from="no-user-home"),
+    )
+    assert settings.workdir == tmp_path / "codex-worker"
+    assert settings.codex.bin == CODEX and settings.codex.home_from == tmp_path / "no-user-home"
+    runtime = CodexRuntime(settings.codex)
+    try:
+        await runtime.start("ses_rel", settings.workdir, [])
+        events = await run(runtime, "hello from a relative workdir")
+        assert events[-1] == TurnCompleted(), events[-1]
+        assert runtime.codex_home == tmp_path / "codex-worker" / "sessions" / "ses_rel" / "codex-home"
+    finally:
+        await runtime.close()
+    # Given a relative workdir directly, the runtime makes it absolute itself.
+    direct = CodexRuntime(settings_for(mock_api, tmp_path))
+    try:
+        await direct.start("ses_rel2", pathlib.Path("elsewhere"), [])
+        assert (await run(direct, "and from another"))[-1] == TurnCompleted()
+        assert direct.codex_home == tmp_path / "elsewhere" / "sessions" / "ses_rel2" / "codex-home"
+    finally:
+        await direct.close()
+
+
+def test_worker_settings_make_every_path_absolute(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = WorkerSettings(
+        workdir=pathlib.Path("./w/../w2"),
+        offer_trace=pathlib.Path("trace.txt"),
+        tls_ca_file="ca.pem",
+        tls_cert_file="cert.pem",
+        tls_key_file="key.pem",
+        codex=CodexSettings(bin="./bin/codex", home_from=pathlib.Path("home")),
+    )
+    assert settings.workdir == tmp_path / "w2" and settings.offer_trace == tmp_path / "trace.txt"
+    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
+        str(tmp_path / "ca.pem"),
+        str(tmp_path / "cert.pem"),
+        str(tmp_path / "key.pem"),
+    )
+    assert settings.codex.bin == str(tmp_path / "bin" / "codex") and settings.codex.home_from == tmp_path / "home"
+    assert CodexSettings(bin="codex").bin == "codex"  # a name is looked up on PATH, as given
+    monkeypatch.setenv("CODEX_HOME", "relative-home")
+    assert CodexSettings().resolved_home_from() == tmp_path / "relative-home"
