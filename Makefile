@@ -27,9 +27,11 @@ lock:
 # npm tools, pinned by package-lock.json: buf (the contract linter and TypeScript generator),
 # protoc-gen-es, the Connect runtime and TypeScript for the examples in examples/typescript, and
 # the Codex CLI that the codex runtime's tests drive (its native binary ships inside the
-# package; nothing downloads at install time).
+# package; nothing downloads at install time). `npm ci` installs exactly what the lock file
+# records and never rewrites it, so a fresh clone stays clean; change versions with
+# `npm install`, then commit package.json and package-lock.json together.
 $(NPM_STAMP): package.json package-lock.json
-	npm install --no-audit --no-fund --silent
+	npm ci --no-audit --no-fund --silent
 	touch $(NPM_STAMP)
 
 setup: $(STAMP)

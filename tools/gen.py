@@ -56,7 +56,7 @@ def generate(out: pathlib.Path) -> None:
 def generate_ts(base: pathlib.Path) -> pathlib.Path:
     """Run buf.gen.yaml with its output rooted at `base`; return where gen/ts landed."""
     if not BUF.exists():
-        raise SystemExit("buf is not installed: run `npm install` (make does it for you)")
+        raise SystemExit("buf is not installed: run `npm ci` (make does it for you)")
     subprocess.run([str(BUF), "generate", "--output", str(base)], cwd=ROOT, check=True)
     return base / "gen" / "ts"
 
