@@ -38,6 +38,19 @@ _ROLE_TO_PROTO = {
     HistoryRole.TOOL_OUTPUT: resources_pb2.HISTORY_ITEM_ROLE_TOOL_OUTPUT,
 }
 _ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
+
+#: Put into the rehydrated history right after a turn that died with its worker (`turn_failed`
+#: with `worker_lost`, written by the control plane): without it the model sees that turn's
+#: input with no answer and may simply do it again. The form is the one Codex itself records
+#: for a turn it aborted (a user message in `<turn_aborted>` tags, which Codex treats as context,
+#: not as the user's words).
+LOST_TURN_MARKER = (
+    "<turn_aborted>\n"
+    "The previous turn did not finish: the worker running it was lost. Any tools or commands it "
+    "started may have partially executed, and what they did is not in this history; verify the "
+    "current state before retrying.\n"
+    "</turn_aborted>"
+)
 _STREAM_TO_PROTO = {
     OutputStream.STDOUT: resources_pb2.OUTPUT_STREAM_STDOUT,
     OutputStream.STDERR: resources_pb2.OUTPUT_STREAM_STDERR,
@@ -169,7 +182,8 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
     runtime does) contributes exactly those items. Other turns become history the way the shell
     runtime records it live: a turn's input_received gives an INPUT item, and all its output
     chunks joined give one OUTPUT item right after it (none when the turn printed nothing).
-    The turn about to run (`skip_turn_id`) is left out:
+    A turn lost with its worker that recorded no history of its own is followed by an INPUT item
+    holding `LOST_TURN_MARKER`. The turn about to run (`skip_turn_id`) is left out:
     its input_received is already stored, but the runtime adds it itself when it runs the turn.
     An empty `skip_turn_id` (a restore: no turn is about to run) skips nothing.
     """
@@ -177,6 +191,7 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
     inputs: dict[str, str] = {}
     outputs: dict[str, list[str]] = {}
     recorded: dict[str, list[HistoryItem]] = {}
+    lost: set[str] = set()  # turns that ended with their worker
     order: list[str] = []  # turns in the order their first event appears
     for chunk in chunks:
         history.extend(history_from_proto(item) for item in chunk.history)
@@ -197,8 +212,11 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
                 if turn_id not in inputs and turn_id not in outputs and turn_id not in recorded:
                     order.append(turn_id)
                 recorded.setdefault(turn_id, []).append(history_from_proto(event.body.history_item))
+            elif kind == "turn_failed" and event.body.turn_failed.worker_lost:
+                lost.add(turn_id)
     for turn_id in order:
         if turn_id in recorded:
+            # The runtime recorded the whole turn (its terminal event is what was lost).
             history.extend(recorded[turn_id])
             continue
         if turn_id in inputs:
@@ -206,6 +224,8 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
         text = "".join(outputs.get(turn_id, ()))
         if text:
             history.append(HistoryItem(HistoryRole.OUTPUT, text, turn_id))
+        if turn_id in lost:
+            history.append(HistoryItem(HistoryRole.INPUT, LOST_TURN_MARKER, turn_id))
     return history
 
 

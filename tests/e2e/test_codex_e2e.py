@@ -341,3 +341,37 @@ async def test_restore_session_moves_a_codex_session_to_a_worker_with_an_empty_h
         assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message
         sent = json.dumps(mock.requests_containing("and now?")[0]["input"])
         assert "echo restored-tool-output" in sent and sent.count("restored-tool-output") >= 2
+
+
+async def test_a_turn_lost_with_its_worker_is_marked_for_the_model(cp, procs, tmp_path, mock):
+    a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "remember: the lost-turn colour is teal")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        t2 = await client.send_input(s.session_id, "SLOW lost-turn-work")
+        async for e in client.stream_events(s.session_id, timeout_s=60):
+            if e.turn_id == t2.turn_id and kind(e) == "item_delta":
+                break  # the model is answering on A
+        a.send_signal(signal.SIGKILL)
+        lost = await finished(client, s.session_id, t2.turn_id)
+        assert lost.state == sdk.TurnState.FAILED
+        ended = [e for e in await events_of(client, s.session_id, t2.turn_id) if kind(e) == "turn_failed"]
+        assert ended and ended[-1].raw.body.turn_failed.worker_lost
+        codex_worker(procs, cp, tmp_path / "wb", "wb", mock)
+        t3 = await client.send_input(s.session_id, "did the last one finish?")
+        done = await finished(client, s.session_id, t3.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message
+    # The first model request B sent: the lost turn's input, then Codex's own aborted-turn
+    # marker, then the new input; never the lost input as the last word.
+    sent = mock.requests_containing("did the last one finish?")[0]["input"]
+    users = [
+        "".join(p.get("text", "") for p in i.get("content") or [])
+        for i in sent
+        if i.get("type") == "message" and i.get("role") == "user"
+    ]
+    lost_at = users.index("SLOW lost-turn-work")
+    marker = users[lost_at + 1]
+    assert marker.startswith("<turn_aborted>") and marker.endswith("</turn_aborted>") and "lost" in marker
+    assert users[-1] == "did the last one finish?"
+    assert users[0] == "remember: the lost-turn colour is teal"
