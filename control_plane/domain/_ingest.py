@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import errors
-from ._shared import Committer
+from ._shared import Committer, log
 from .access import Limits, TokenBucket
 from .messages import IncomingEvent, IngestResult
 from .model import TERMINAL_KINDS, TurnState, now_us
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._leases import Leases
     from ._log import EventLog
     from ._pending import PendingRequests
+    from ._record import SessionRecord
     from ._scheduling import Scheduler
     from ._sessions import SessionCache
     from ._turns import Turns
@@ -35,6 +36,7 @@ class Ingest:
     def __init__(self, committer: Committer, limits: Limits) -> None:
         self._committer = committer
         self._limits = limits
+        self.reused_worker_seqs = 0  # batches refused for a reused worker_seq (see _check_duplicate)
 
     def connect(
         self,
@@ -72,6 +74,9 @@ class Ingest:
                 f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
             )
         expected = self._leases.acked_worker_seq(rec) + 1
+        for e in events:
+            if e.worker_seq < expected:
+                self._check_duplicate(rec, worker_id, epoch, e)
         fresh = [e for e in events if e.worker_seq >= expected]
         for i, e in enumerate(fresh):
             if e.worker_seq != expected + i:
@@ -97,11 +102,14 @@ class Ingest:
             self._requests.check_opened(rec, [e.request for e in opened])
         # Checked: from here on nothing refuses the batch.
         now = now_us()
-        stored = self._events.number(rec, fresh, epoch, now)
-        changes = Changes(event_inserts=stored)
-        self._leases.ack(rec, fresh[-1].worker_seq)
-        seq = self._events.last_seq(rec)
         last = fresh[-1]
+        ends = last.kind in TERMINAL_KINDS and active is not None
+        # A terminal event is numbered last, after the control plane's own events for the
+        # requests its turn leaves unanswered: the terminal event is always the turn's last.
+        stored = self._events.number(rec, fresh[:-1] if ends else fresh, epoch, now)
+        changes = Changes(event_inserts=stored)
+        self._leases.ack(rec, last.worker_seq)
+        self._leases.mark_turn(rec, fresh[0].worker_seq, last.turn_id)
         for e in opened:  # checked above: each carries a request
             request = e.request
             assert request is not None
@@ -109,18 +117,53 @@ class Ingest:
         for e in fresh:
             if e.kind == "turn_started":
                 self._sessions.adopt_thread_id(rec, e.runtime_thread_id, now, changes)
-        if last.kind in TERMINAL_KINDS and active is not None:
+        if ends:
+            assert active is not None
             state = TERMINAL_KINDS[last.kind]
             self._turns.finish(rec, active, state, last.exit_code, last.message, now, changes)
             self._sessions.touch(rec, now, changes)
-            expired = self._requests.expire(
-                rec, active.turn_id, f"its turn ended ({state.name.lower()}) before an answer", changes
+            stored.extend(  # the same list as changes.event_inserts
+                self._requests.expire(
+                    rec, active.turn_id, f"its turn ended ({state.name.lower()}) before an answer", changes
+                )
             )
-            if expired:
-                stored.extend(expired)  # the same list as changes.event_inserts
-                seq = self._events.last_seq(rec)
+            stored.extend(self._events.number(rec, [last], epoch, now))
             self._workers.free_slot(worker_id, active.turn_id)
             changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
             changes.on_commit.append(self._scheduler.dispatch_waiting)
         changes.on_commit.insert(0, lambda: self._events.published(rec, stored))
+        seq = self._events.last_seq(rec)
         return IngestResult(self._committer.submit(changes), self._leases.acked_worker_seq(rec), seq, stored)
+
+    def _check_duplicate(self, rec: SessionRecord, worker_id: str, epoch: int, e: IncomingEvent) -> None:
+        """A resent event (its number already accepted under this epoch) must be the event
+        stored under that number: a worker that restarts its numbering, or reuses a number for
+        something else, would otherwise have its events acknowledged and silently dropped."""
+        stored = self._events.recent_by_worker_seq(rec, epoch, e.worker_seq)
+        if stored is not None:
+            same = stored.turn_id == e.turn_id and stored.kind == e.kind and stored.body == e.body
+            what = f"stored as seq {stored.seq}, a {stored.kind!r} event of turn {stored.turn_id!r}"
+        else:
+            turn_id = self._leases.turn_at(rec, e.worker_seq)
+            same = turn_id is None or turn_id == e.turn_id
+            what = f"used by turn {turn_id!r}"
+        if same:
+            return
+        self.reused_worker_seqs += 1
+        log.warning(
+            "worker %s reused worker_seq %d of session %s at lease epoch %d for a %r event of turn %r (%s); "
+            "refusing the batch",
+            worker_id,
+            e.worker_seq,
+            rec.session_id,
+            epoch,
+            e.kind,
+            e.turn_id,
+            what,
+        )
+        raise errors.WorkerSeqReused(
+            "events.worker_seq",
+            f"worker_seq {e.worker_seq} was already used under lease epoch {epoch} ({what}) and this event "
+            f"differs; worker_seq numbers every event of the epoch, across turns: continue at "
+            f"{self._leases.acked_worker_seq(rec) + 1}",
+        )

@@ -14,9 +14,10 @@ running without a live lease: dropping the lease ends it as failed in the same t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -39,6 +40,9 @@ class LeaseBook:
     lease: Lease | None = None
     expires: float = 0.0  # time.monotonic() deadline
     acked_worker_seq: int = 0  # highest worker_seq accepted under the current lease epoch
+    # Under the current epoch, where each turn's events start: (first worker_seq, turn id), in
+    # order. Lets a resent event be checked against the turn it claims (Ingest).
+    turn_marks: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
     def reloaded(cls, lease: Lease | None, last_worker_seq: int, ttl_s: float) -> LeaseBook:
@@ -102,6 +106,23 @@ class Leases:
     def ack(self, rec: SessionRecord, worker_seq: int) -> None:
         """The holder's events up to `worker_seq` are accepted under the current epoch."""
         rec.lease.acked_worker_seq = worker_seq
+
+    def mark_turn(self, rec: SessionRecord, first_worker_seq: int, turn_id: str) -> None:
+        """Events from `first_worker_seq` on (until the next mark) belong to `turn_id`."""
+        marks = rec.lease.turn_marks
+        if not marks or marks[-1][1] != turn_id:
+            marks.append((first_worker_seq, turn_id))
+            if len(marks) > 64:  # a resend never reaches that far back
+                del marks[:32]
+
+    def turn_at(self, rec: SessionRecord, worker_seq: int) -> str | None:
+        """The turn whose event was accepted as `worker_seq` under the current epoch; None when
+        not known here (accepted before this process loaded the session, or long ago)."""
+        marks = rec.lease.turn_marks
+        if not marks or worker_seq < marks[0][0]:
+            return None
+        i = bisect.bisect_right(marks, worker_seq, key=lambda m: m[0]) - 1
+        return marks[i][1]
 
     def fenced_calls(self, worker_id: str) -> int:
         """How many of the worker's writes, resumes and snapshots fencing refused (LEASE_LOST)."""
@@ -175,6 +196,7 @@ class Leases:
             granted = Lease(session_id, w.info.worker_id, epoch, now_us())
             self._set(rec, granted)
             book.acked_worker_seq = 0
+            book.turn_marks.clear()
             changes.lease_upserts.append(granted)
         book.expires = time.monotonic() + self._timings.lease_ttl_s
         w.hold(session_id, epoch)

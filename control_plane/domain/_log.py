@@ -68,6 +68,16 @@ class EventLog:
         rec.log.last_seq = seq
         return stored
 
+    def recent_by_worker_seq(self, rec: SessionRecord, epoch: int, worker_seq: int) -> Event | None:
+        """The committed event the worker wrote as `worker_seq` under `epoch`, if still among
+        the recent events in memory."""
+        for e in reversed(rec.log.recent):
+            if e.lease_epoch == epoch and e.worker_seq == worker_seq:
+                return e
+            if e.lease_epoch and (e.lease_epoch < epoch or (e.lease_epoch == epoch and e.worker_seq < worker_seq)):
+                return None
+        return None
+
     # ----------------------------------------------------------------- fan-out
 
     def published(self, rec: SessionRecord, events: list[Event]) -> None:
@@ -107,6 +117,10 @@ class EventLog:
         rec.log.subscribers += 1
         try:
             while True:
+                if self._sessions.stopping:
+                    raise errors.Unavailable(
+                        "the control plane is shutting down; reconnect and resume the stream from the last seq you saw"
+                    )
                 if rec.deleted:
                     current = self._sessions.get(rec.session_id)
                     if current is rec or current is None:
@@ -133,7 +147,7 @@ class EventLog:
                 if stop_at_end:
                     return
                 changed = book.changed
-                if cursor < book.committed_seq or rec.deleted:
+                if cursor < book.committed_seq or rec.deleted or self._sessions.stopping:
                     continue
                 await changed.wait()
         finally:

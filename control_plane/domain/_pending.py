@@ -78,8 +78,9 @@ class PendingRequests:
 
     def expire(self, rec: SessionRecord, turn_id: str, why: str, changes: Changes) -> list[Event]:
         """The turn ended: its unanswered requests expire (never dangle) and every request of
-        the turn leaves memory. Returns the RequestResolved events to store after the turn's
-        terminal event; the caller adds them to `changes`."""
+        the turn leaves memory. Returns the RequestResolved events, numbered next in the log, so
+        the caller takes this before it numbers the turn's terminal event (which stays the
+        turn's last) and adds them to `changes`."""
         events: list[Event] = []
         now = now_us()
         for request_id, request in list(rec.requests.items()):

@@ -50,6 +50,8 @@ class SessionCache:
         # Least recently used first: the evictor looks only at the front.
         self._records: collections.OrderedDict[str, SessionRecord] = collections.OrderedDict()
         self.evicted = 0  # records dropped by the evictor since start (for tests and operators)
+        # Set when the hub stops: live subscriptions end UNAVAILABLE (a stop is not a deletion).
+        self.stopping = False
         self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
 
     def connect(
@@ -132,17 +134,17 @@ class SessionCache:
             self._leases.forgotten(rec)
             self._turns.forgotten(rec)
 
-    def end_all(self) -> list[SessionRecord]:
-        """Mark every record deleted (the hub stops); returns them."""
-        records = list(self._records.values())
-        for rec in records:
-            rec.deleted = True
-        return records
+    def stop(self) -> list[SessionRecord]:
+        """The hub stops: from now on live subscriptions end as UNAVAILABLE (the sessions still
+        exist; a client reconnects to the next control plane). Returns the loaded records."""
+        self.stopping = True
+        return list(self._records.values())
 
     def drop_all(self) -> list[SessionRecord]:
         """Mark every record deleted and forget them all (after a failed write); returns them."""
-        dropped = self.end_all()
+        dropped = list(self._records.values())
         for rec in dropped:
+            rec.deleted = True
             self._forget(rec.session_id)
         return dropped
 

@@ -261,8 +261,8 @@ class Turns:
         if not turn_id:
             turn_id = self.current_turn_id(rec)
             if not turn_id:
-                raise errors.TurnAlreadyEnded(
-                    f"session {session_id!r} has no queued or running turn", session_id=session_id
+                raise errors.NoActiveTurn(
+                    f"session {session_id!r} has no queued or running turn to interrupt", session_id=session_id
                 )
         turn = book.turns.get(turn_id)
         if turn is None:
@@ -297,12 +297,13 @@ class Turns:
         self._close(rec, turn)
         self._workers.free_slot(turn.worker_id, turn.turn_id)
         interrupted = state == TurnState.INTERRUPTED
+        changes = Changes(turn_updates=[turn])
+        self._sessions.touch(rec, turn.end_time_us, changes)
+        # Unanswered requests expire first: the terminal event is the turn's last.
+        expired = self._requests.expire(rec, turn.turn_id, f"its turn ended: {why}", changes)
         body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why, worker_lost)
         event = self._events.own_event(rec, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
-        changes = Changes(event_inserts=[event], turn_updates=[turn])
-        self._sessions.touch(rec, turn.end_time_us, changes)
-        expired = self._requests.expire(rec, turn.turn_id, f"its turn ended: {why}", changes)
-        events = [event, *expired]
+        events = [*expired, event]
         changes.event_inserts = events
         changes.on_commit.append(lambda: self._events.published(rec, events))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))

@@ -96,6 +96,19 @@ class TurnAlreadyEnded(DomainError):
     reason = "TURN_ALREADY_ENDED"
 
 
+class NoActiveTurn(DomainError):
+    """An interrupt named no turn and the session has none queued or running."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "NO_ACTIVE_TURN"
+
+
+class WorkerSeqReused(InvalidArgument):
+    """A claimed duplicate event differs from the event stored under its number."""
+
+    reason = "WORKER_SEQ_REUSED"
+
+
 class WorkerNotRegistered(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "WORKER_NOT_REGISTERED"

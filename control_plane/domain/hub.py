@@ -172,8 +172,8 @@ class Hub:
     async def stop(self) -> None:
         await self._tasks.stop()
         self._workers.close_all("control plane shutting down")
-        for rec in self._sessions.end_all():
-            self._events.wake(rec)  # ends live subscriptions
+        for rec in self._sessions.stop():
+            self._events.wake(rec)  # ends live subscriptions, UNAVAILABLE
 
     def loaded_sessions(self) -> int:
         """How many sessions are in memory now (live ones and recently used ones)."""
@@ -288,6 +288,10 @@ class Hub:
     async def load_for_worker(self, worker_id: str, session_id: str, epoch: int, owner: str) -> None:
         """Like check_lease, but loads the session first (after a control-plane restart)."""
         await self._leases.load_and_check(worker_id, session_id, epoch, owner)
+
+    def reused_worker_seqs(self) -> int:
+        """How many worker batches were refused for reusing an event number (WORKER_SEQ_REUSED)."""
+        return self._ingest.reused_worker_seqs
 
     def fenced_calls(self, worker_id: str) -> int:
         """How many of the worker's writes, resumes and snapshots fencing refused (LEASE_LOST)."""

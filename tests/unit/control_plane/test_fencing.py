@@ -95,7 +95,7 @@ async def test_ingest_drops_a_resent_prefix_and_refuses_a_gap() -> None:
     await w1.connect()
     sid = await new_session(hub)
     offer = await run_turn(hub, w1, sid)  # turn_started is worker_seq 1
-    resent = hub.ingest("w1", sid, 1, [IncomingEvent(1, offer.turn_id, "turn_started", b"")], OWNER)
+    resent = hub.ingest("w1", sid, 1, [IncomingEvent(1, offer.turn_id, "turn_started", b"turn_started")], OWNER)
     assert isinstance(resent, IngestResult)
     assert (resent.committed, resent.acked_worker_seq, resent.events) == (None, 1, [])
     assert resent.last_seq == store.events[sid][-1].seq

@@ -29,7 +29,7 @@ async def test_an_unanswered_request_expires_when_its_turn_ends() -> None:
     stored = store.requests[request.request_id]
     assert stored.state == RequestState.EXPIRED
     assert stored.expire_reason == "its turn ended (completed) before an answer"
-    assert store.kinds(sid)[-2:] == ["turn_completed", "request_resolved"]
+    assert store.kinds(sid)[-2:] == ["request_resolved", "turn_completed"]  # the terminal event is last
     with pytest.raises(errors.RequestAlreadyResolved) as late:
         await hub.respond_to_request(OWNER, sid, request.request_id, ANSWER, "{}")
     assert "expired" in late.value.message
@@ -55,7 +55,7 @@ async def test_requests_expire_when_the_turn_is_lost_with_its_worker() -> None:
     stored = store.requests[request.request_id]
     assert stored.state == RequestState.EXPIRED
     assert stored.expire_reason.startswith("its turn ended: the turn's worker w1 was lost")
-    assert store.kinds(sid)[-2:] == ["turn_failed", "request_resolved"]
+    assert store.kinds(sid)[-2:] == ["request_resolved", "turn_failed"]  # the terminal event is last
 
 
 async def test_an_answered_request_is_sent_to_the_worker_once_and_does_not_expire() -> None:

@@ -69,6 +69,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_PAIRING_CODE_INVALID: _ClassVar[ErrorReason]
     ERROR_REASON_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
     ERROR_REASON_WORKER_TOKEN_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_WORKER_SEQ_REUSED: _ClassVar[ErrorReason]
+    ERROR_REASON_NO_ACTIVE_TURN: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -146,6 +148,8 @@ ERROR_REASON_TOKEN_REVOKED: ErrorReason
 ERROR_REASON_PAIRING_CODE_INVALID: ErrorReason
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
 ERROR_REASON_WORKER_TOKEN_NOT_FOUND: ErrorReason
+ERROR_REASON_WORKER_SEQ_REUSED: ErrorReason
+ERROR_REASON_NO_ACTIVE_TURN: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind

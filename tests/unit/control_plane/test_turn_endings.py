@@ -1,0 +1,87 @@
+"""The control plane ends what it started, whatever a worker or a restart does: a stop is not a
+deletion, a worker cannot re-use an event number to say something else, and no turn waits
+forever on a worker that does not end it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tether.control_plane.domain import errors
+from tether.control_plane.domain.messages import IncomingEvent
+
+from .harness import OWNER, Worker, new_hub, new_session, run_turn, settle
+
+
+async def test_a_stop_ends_live_subscriptions_unavailable_not_not_found() -> None:
+    hub, _ = new_hub()
+    await hub.start()
+    sid = await new_session(hub)
+    stream = await hub.subscribe(OWNER, sid, 0, False)
+    reading = asyncio.ensure_future(anext(stream))
+    await settle()
+    await hub.stop()
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await asyncio.wait_for(reading, 2)
+    # A stream opened on the stopping hub is refused the same way.
+    late = await hub.subscribe(OWNER, sid, 0, False)
+    with pytest.raises(errors.Unavailable):
+        await anext(late)
+
+
+async def test_a_reused_event_number_with_other_content_is_refused_and_counted() -> None:
+    """A worker that restarts its numbering for its second turn in one lease must hear about it,
+    not have the second turn's events acknowledged and dropped (the turn would never end)."""
+    hub, store = new_hub()
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    first = await run_turn(hub, w1, sid)  # turn_started is worker_seq 1
+    await w1.write(sid, first.lease_epoch, first.turn_id, "agent_message", "turn_completed")  # 2, 3
+
+    await hub.send_input(OWNER, sid, "again", "")
+    second = w1.offer()
+    await w1.accept(second)
+    assert second.lease_epoch == first.lease_epoch
+    before = store.kinds(sid)
+    restarted = [IncomingEvent(1, second.turn_id, "turn_started", b"turn_started")]
+    with pytest.raises(errors.WorkerSeqReused) as refused:
+        hub.ingest("w1", sid, second.lease_epoch, restarted, OWNER)
+    assert refused.value.code == "INVALID_ARGUMENT" and refused.value.reason == "WORKER_SEQ_REUSED"
+    assert "continue at 4" in refused.value.message
+    assert hub.reused_worker_seqs() == 1
+    await settle()
+    assert store.kinds(sid) == before  # nothing stored
+
+    # A true resend (the same event under the same number) is still dropped quietly.
+    resent = hub.ingest(
+        "w1", sid, first.lease_epoch, [IncomingEvent(2, first.turn_id, "agent_message", b"agent_message")], OWNER
+    )
+    assert resent.committed is None and resent.events == []
+    assert hub.reused_worker_seqs() == 1
+
+
+async def test_a_reused_number_is_caught_past_the_events_kept_in_memory() -> None:
+    hub, _ = new_hub()
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    first = await run_turn(hub, w1, sid)
+    await w1.write(sid, first.lease_epoch, first.turn_id, "turn_completed")
+    await hub.send_input(OWNER, sid, "again", "")
+    second = w1.offer()
+    await w1.accept(second)
+    rec = hub._sessions.get(sid)
+    assert rec is not None
+    rec.log.recent.clear()  # as if the first turn's events had long left memory
+    with pytest.raises(errors.WorkerSeqReused, match="used by turn"):
+        hub.ingest("w1", sid, second.lease_epoch, [IncomingEvent(2, second.turn_id, "turn_started", b"x")], OWNER)
+
+
+async def test_interrupting_a_session_with_no_turn_says_so_with_its_own_reason() -> None:
+    hub, _ = new_hub()
+    sid = await new_session(hub)
+    with pytest.raises(errors.NoActiveTurn, match="no queued or running turn") as no_turn:
+        await hub.interrupt_turn(OWNER, sid, "", "stop")
+    assert no_turn.value.reason == "NO_ACTIVE_TURN" and no_turn.value.code == "FAILED_PRECONDITION"
