@@ -1,7 +1,9 @@
-"""The fuzz run's requests: every RPC's method, hypothesis strategies for its request messages
-(valid and corrupt encodings) and for the credentials a call carries.
+"""The fuzz run's requests and how their answers are judged: every RPC's method, hypothesis
+strategies for its request messages (valid and corrupt encodings) and for the credentials a call
+carries, and what makes an answer wrong.
 
-The server, the fixtures, the runner and the report are in bench/fuzz.py.
+The server, the fixtures, the runner and the report are in bench/fuzz.py; the mid-stream
+sequences in bench/_fuzz_streams.py.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor as d
 from google.protobuf import message_factory
 from google.protobuf.message import Message
@@ -19,6 +22,8 @@ from tether.v1 import admin_service_pb2 as apb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import worker_service_pb2 as wpb
 
+UNARY_TIMEOUT_S = 10.0  # a unary call this slow is a hang, reported as such
+_DETAILS_KEY = "grpc-status-details-bin"
 VICTIM = "victim"
 ATTACKER = "attacker"
 # Methods that may end the attacker's own fixtures; run last so the others still reach them.
@@ -312,3 +317,39 @@ def _credentials(native: str, api_key: str, worker_token: str) -> st.SearchStrat
         return st.builds(build, auth[kind], owner)
 
     return kinds.flatmap(metadata)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: grpc.StatusCode
+    details: str = ""
+    rich: bool = False  # a google.rpc.Status with tether's ErrorInfo came with it
+    cut: bool = False  # a server stream this side ended (deadline or enough responses)
+
+
+def outcome_of(err: grpc.RpcError, *, cut_by_deadline: bool = False) -> Outcome:
+    """The answer a failed call got. `cut_by_deadline`: a deadline is this side's cut, not a
+    hang (a live server stream never ends by itself)."""
+    code = err.code()
+    rich = any(k == _DETAILS_KEY for k, _ in err.trailing_metadata() or ())
+    cut = cut_by_deadline and code == grpc.StatusCode.DEADLINE_EXCEEDED
+    return Outcome(code, err.details() or "", rich, cut)
+
+
+def problem(outcome: Outcome) -> str | None:
+    """What is wrong with an answer, or None. Refusals are expected; these are not."""
+    code = outcome.code
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return f"{code.name}: {outcome.details}"
+    if outcome.cut or code == grpc.StatusCode.OK:
+        return None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within the call's deadline ({UNARY_TIMEOUT_S:g}s for a unary call)"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in outcome.details:
+        return None  # gRPC's own message-size limit, before any handler
+    if not outcome.rich:
+        return f"{code.name} without a tether ErrorInfo: {outcome.details}"
+    return None

@@ -6,8 +6,14 @@ shape, ids of real and made-up resources, integers at their extremes, unknown en
 nested messages, maps, repeated fields) and raw bytes that are no valid encoding of it (random,
 truncated, spliced, invalid UTF-8, lengths past the end). Streaming methods get a few messages
 (under the 4 MiB limit, see _STREAM_SIZES) and a half-close; server streams are read for a
-bounded number of responses under a short deadline. Each call carries one of: the API key of owner "attacker", the worker token of that
-owner's paired worker, no credentials, or garbage.
+bounded number of responses under a short deadline. Each call carries one of: the API key of
+owner "attacker", the worker token of that owner's paired worker, no credentials, or garbage.
+
+Then come mid-stream sequences (bench/_fuzz_streams.py): two more paired workers of the attacker
+act as real workers and misbehave only once their streams are open and past their checks:
+malformed messages on an open Lease stream, malformed batches on StreamEvents after events the
+control plane acknowledged for a turn it granted, malformed chunks of a Snapshot upload after a
+valid header. `make bench` sends over 10,000 requests in all.
 
 Owner "victim" owns sessions, turns, events, a worker, a worker token and pairing codes, all
 stored before the run. A run passes when no answer is INTERNAL or UNKNOWN (or a hang, or
@@ -15,7 +21,8 @@ another status without a tether ErrorInfo), no error is logged, the server still
 the victim's rows (and every credential row from before the run) are byte-for-byte the same.
 
 The control plane runs on its own event loop in a thread, so hypothesis drives it through a
-plain blocking gRPC channel. tests/test_fuzz.py runs the same engine with fewer examples.
+plain blocking gRPC channel. tests/integration/test_fuzz.py runs the same engine with fewer
+examples.
 """
 
 from __future__ import annotations
@@ -48,22 +55,26 @@ from tether.v1 import worker_service_pb2_grpc as wgrpc
 from ._fuzz_requests import (
     _STREAM_SIZES,
     ATTACKER,
+    UNARY_TIMEOUT_S,
     VICTIM,
     Call,
     Method,
+    Outcome,
     Requests,
     _credentials,
     all_methods,
+    outcome_of,
+    problem,
 )
+from ._fuzz_streams import EventsPlan, LeasePlan, StreamFuzzer
 from ._harness import emit
 
 T = TypeVar("T")
 
-BENCH_EXAMPLES_PER_METHOD = 100
-UNARY_TIMEOUT_S = 10.0  # a unary call this slow is a hang, reported as such
+BENCH_EXAMPLES_PER_METHOD = 300  # 27 methods: 8,100 requests
+BENCH_MID_STREAM_EXAMPLES = 300  # of each kind: 300 lease and 300 events sequences, 2,400 requests
 STREAM_TIMEOUT_S = 0.5  # server streams are cut here (a live StreamSessionEvents never ends)
 MAX_STREAM_RESPONSES = 20
-_DETAILS_KEY = "grpc-status-details-bin"
 
 # -- the server -------------------------------------------------------------------------------
 
@@ -217,30 +228,6 @@ def _setup(server: LocalControlPlane, channel: grpc.Channel) -> Fixtures:
     return Fixtures(attacker_key, attacker_token, ids, attacker_sessions, registration_id, int(time.time() * 1e6))
 
 
-@dataclass(frozen=True)
-class Outcome:
-    code: grpc.StatusCode
-    details: str = ""
-    rich: bool = False  # a google.rpc.Status with tether's ErrorInfo came with it
-    cut: bool = False  # a server stream this side ended (deadline or enough responses)
-
-
-def problem(method: Method, outcome: Outcome) -> str | None:
-    """What is wrong with an answer, or None. Refusals are expected; these are not."""
-    code = outcome.code
-    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        return f"{code.name}: {outcome.details}"
-    if outcome.cut or code == grpc.StatusCode.OK:
-        return None
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer within {UNARY_TIMEOUT_S}s"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in outcome.details:
-        return None  # gRPC's own message-size limit, before any handler
-    if not outcome.rich:
-        return f"{code.name} without a tether ErrorInfo: {outcome.details}"
-    return None
-
-
 @dataclass
 class Report:
     requests: int = 0
@@ -254,6 +241,7 @@ class Report:
     rows_unchanged: bool = False
     protected_row_count: int = 0
     seconds: float = 0.0
+    mid_stream: Counter[str] = field(default_factory=Counter)  # how deep the sequences got
 
     @property
     def passed(self) -> bool:
@@ -273,6 +261,17 @@ class _ErrorLog(logging.Handler):
             self.records.append(f"{record.name}: {record.getMessage()}{trace}")
 
 
+def _settings(examples: int, derandomize: bool) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=derandomize,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
 class Fuzzer:
     def __init__(self, channel: grpc.Channel, fixtures: Fixtures, report: Report) -> None:
         self._channel = channel
@@ -280,6 +279,10 @@ class Fuzzer:
         self._requests = Requests(fixtures.ids)
         self._stream_requests = Requests(fixtures.ids, _STREAM_SIZES)
         self.report = report
+        self._strict = False
+        # Paired now, while the owner may still issue pairing codes: the plain fuzz of
+        # CreatePairingCode uses up its pending ones.
+        self._streams = StreamFuzzer(channel, fixtures.api_key, self._stream_requests, self._record_step)
 
     def calls(self, method: Method) -> st.SearchStrategy[Call]:
         if method.client_streaming:
@@ -309,33 +312,53 @@ class Fuzzer:
     def fuzz(self, method: Method, examples: int, *, strict: bool, derandomize: bool) -> None:
         """`examples` calls of `method`. Strict: the first problem fails (shrunk by hypothesis)."""
 
-        @settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=derandomize,
-            suppress_health_check=list(HealthCheck),
-            print_blob=True,
-        )
+        @_settings(examples, derandomize)
         @given(call=self.calls(method))
         def one(call: Call) -> None:
-            outcome = self.send(method, call)
-            wrong = problem(method, outcome)
-            if wrong is not None:
-                self.report.findings.append(f"{method.path} ({call.credential}): {wrong}")
+            wrong = self.record(method.name, call.credential, self._invoke(method, call))
             assert not strict or wrong is None, f"{method.path} with {call.credential}: {wrong}"
 
         one()
 
-    def send(self, method: Method, call: Call) -> Outcome:
-        self.report.requests += 1
-        self.report.credentials[call.credential] += 1
-        outcome = self._invoke(method, call)
-        self.report.codes[outcome.code.name] += 1
-        self.report.by_method[method.name][outcome.code.name] += 1
+    def fuzz_mid_stream(self, examples: int, *, strict: bool, derandomize: bool) -> None:
+        """`examples` lease sequences and as many events sequences (bench/_fuzz_streams.py):
+        malformed messages on Lease and StreamEvents streams after valid ones, and on Snapshot
+        uploads after a valid header. Strict: the first wrong answer fails."""
+        streams, self._strict = self._streams, strict
+
+        @_settings(examples, derandomize)
+        @given(plan=streams.lease_plans())
+        def lease(plan: LeasePlan) -> None:
+            streams.lease_sequence(plan)
+
+        @_settings(examples, derandomize)
+        @given(plan=streams.events_plans())
+        def events(plan: EventsPlan) -> None:
+            streams.events_sequence(plan)
+
+        try:
+            lease()
+            events()
+        finally:
+            self.report.mid_stream.update(streams.depth.counts)
+
+    def _record_step(self, name: str, credential: str, outcome: Outcome) -> None:
+        wrong = self.record(name, credential, outcome)
+        assert not self._strict or wrong is None, f"{name} in a mid-stream sequence: {wrong}"
+
+    def record(self, name: str, credential: str, outcome: Outcome) -> str | None:
+        """Count one call's answer; return what is wrong with it, if anything (also a finding)."""
+        report = self.report
+        report.requests += 1
+        report.credentials[credential] += 1
+        report.codes[outcome.code.name] += 1
+        report.by_method[name][outcome.code.name] += 1
         if outcome.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-            self.report.internal_errors += 1
-        return outcome
+            report.internal_errors += 1
+        wrong = problem(outcome)
+        if wrong is not None:
+            report.findings.append(f"{name} ({credential}): {wrong}")
+        return wrong
 
     def _invoke(self, method: Method, call: Call) -> Outcome:
         kind = {
@@ -356,10 +379,7 @@ class Fuzzer:
                         return Outcome(grpc.StatusCode.OK, cut=True)
             return Outcome(grpc.StatusCode.OK)
         except grpc.RpcError as err:
-            code = err.code()
-            rich = any(k == _DETAILS_KEY for k, _ in err.trailing_metadata() or ())
-            cut = method.server_streaming and code == grpc.StatusCode.DEADLINE_EXCEEDED
-            return Outcome(code, err.details() or "", rich, cut)
+            return outcome_of(err, cut_by_deadline=method.server_streaming)
 
 
 def _raw(b: bytes) -> bytes:
@@ -386,8 +406,10 @@ def run_fuzz(
     strict: bool = False,
     derandomize: bool = False,
     methods: list[Method] | None = None,
+    mid_stream_examples: int = 0,
 ) -> Report:
-    """One fresh control plane on `root/fuzz.db`, fuzzed method by method. Strict: raise at
+    """One fresh control plane on `root/fuzz.db`, fuzzed method by method, then with
+    `mid_stream_examples` sequences of each kind that misbehave mid-stream. Strict: raise at
     the first problem (a test); otherwise count everything and report (a benchmark)."""
     report = Report()
     db = root / "fuzz.db"
@@ -402,6 +424,8 @@ def run_fuzz(
             fuzzer = Fuzzer(channel, fixtures, report)
             for method in methods or all_methods():
                 fuzzer.fuzz(method, examples_per_method, strict=strict, derandomize=derandomize)
+            if mid_stream_examples:
+                fuzzer.fuzz_mid_stream(mid_stream_examples, strict=strict, derandomize=derandomize)
         finally:
             logging.getLogger().removeHandler(errors)
             report.logged_errors = errors.records
@@ -413,8 +437,22 @@ def run_fuzz(
 
 async def main() -> bool:
     with tempfile.TemporaryDirectory(prefix="tether-fuzz-") as tmp:
-        report = await asyncio.to_thread(run_fuzz, pathlib.Path(tmp), BENCH_EXAMPLES_PER_METHOD, derandomize=True)
-    emit("fuzz_requests", report.requests, "requests", methods=len(all_methods()), seconds=round(report.seconds, 1))
+        report = await asyncio.to_thread(
+            run_fuzz,
+            pathlib.Path(tmp),
+            BENCH_EXAMPLES_PER_METHOD,
+            derandomize=True,
+            mid_stream_examples=BENCH_MID_STREAM_EXAMPLES,
+        )
+    emit(
+        "fuzz_requests",
+        report.requests,
+        "requests",
+        methods=len(report.by_method),
+        mid_stream_sequences=2 * BENCH_MID_STREAM_EXAMPLES,
+        mid_stream_malformed_messages=sum(v for k, v in report.mid_stream.items() if "_malformed_" in k),
+        seconds=round(report.seconds, 1),
+    )
     emit("fuzz_internal_errors", report.internal_errors, "responses")
     for line in [*report.findings[:20], *report.logged_errors[:20]]:
         print(f"fuzz: {line}", file=sys.stderr)

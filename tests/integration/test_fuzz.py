@@ -1,7 +1,8 @@
-"""Arbitrary and malformed requests to every RPC: never INTERNAL, nothing of another owner changes.
+"""Arbitrary and malformed requests to every RPC, also mid-stream on open worker streams:
+never INTERNAL, nothing of another owner changes.
 
-The engine (request strategies from the descriptors, credentials, the victim's rows) lives in
-bench/fuzz.py, which `make bench` runs with more examples.
+The engine (request strategies from the descriptors, credentials, the victim's rows, the
+mid-stream sequences) lives in bench/fuzz.py, which `make bench` runs with more examples.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
 
 EXAMPLES_PER_METHOD = 40
+MID_STREAM_EXAMPLES = 25  # of each kind
 GARBAGE = b"\xff\xff\xff"  # a field number of 0 with a varint that never ends: no message
 
 
 def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
-    report = run_fuzz(tmp_path, EXAMPLES_PER_METHOD, strict=True)
+    report = run_fuzz(tmp_path, EXAMPLES_PER_METHOD, strict=True, mid_stream_examples=MID_STREAM_EXAMPLES)
 
     assert report.findings == []
     assert report.internal_errors == 0
@@ -30,7 +32,18 @@ def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
     assert report.protected_row_count >= 10, "the victim owns sessions, turns, events, a worker and credentials"
     assert set(report.by_method) == {m.name for m in all_methods()}
     assert set(report.credentials) == {"api_key", "worker_token", "none", "garbage"}
-    assert report.requests >= len(all_methods()) * EXAMPLES_PER_METHOD
+    assert report.requests >= len(all_methods()) * EXAMPLES_PER_METHOD + 8 * MID_STREAM_EXAMPLES
+
+    # The mid-stream sequences got past every stream's first checks before misbehaving: each
+    # lease sequence's Lease stream opened, each events sequence was granted a real turn and had
+    # its events acknowledged, and most then ended their turn cleanly on a second stream.
+    depth = report.mid_stream
+    assert depth["lease_streams_opened"] == 2 * MID_STREAM_EXAMPLES, depth
+    assert depth["lease_malformed_after_open"] >= MID_STREAM_EXAMPLES, depth
+    assert depth["events_leases_granted"] == depth["events_streams_acked"] == MID_STREAM_EXAMPLES, depth
+    assert depth["events_malformed_after_ack"] >= MID_STREAM_EXAMPLES, depth
+    assert depth["snapshot_malformed_after_header"] > 0, depth
+    assert depth["events_turns_completed"] >= MID_STREAM_EXAMPLES // 2, depth
 
 
 def _invalid_request(err: grpc.aio.AioRpcError) -> None:

@@ -1,0 +1,361 @@
+"""Mid-stream fuzzing: malformed messages on worker streams that are open and past their checks.
+
+A plain fuzz call of a streaming RPC sends its messages all at once, so most of them die at the
+stream's header checks. These sequences first act as a well-behaved worker, and only then
+misbehave, on streams the control plane has opened and is reading:
+
+- lease: a paired worker opens its Lease stream, waits for `opened`, sends well-formed
+  messages (renewals by list and by digest, rejections and releases of nothing it holds), then
+  malformed ones: bytes that decode as no LeaseRequest, and arbitrary LeaseRequests; sometimes
+  a valid renewal after them.
+- events: the application sends a turn to a fresh session; a second paired worker takes its
+  offer on its Lease stream, is granted the lease and resumes (Resume); it opens StreamEvents
+  with turn_started and output, waits until the control plane has acknowledged them, then sends
+  malformed batches: undecodable bytes, arbitrary StreamEventsRequests, and plausible ones (the
+  right session, epoch, turn and next worker_seq, give or take one, with an arbitrary event
+  body). It then uploads a snapshot whose header is valid followed by chunks that are not,
+  ends the turn on a second StreamEvents stream, and releases the lease.
+
+Every call's answer goes through the same judgement as the plain fuzz (`problem`).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+from hypothesis import strategies as st
+
+from tether.v1 import admin_service_pb2 as apb
+from tether.v1 import admin_service_pb2_grpc as agrpc
+from tether.v1 import resources_pb2 as rpb
+from tether.v1 import session_service_pb2 as spb
+from tether.v1 import session_service_pb2_grpc as sgrpc
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wgrpc
+
+from ._fuzz_requests import Outcome, Requests, outcome_of
+
+STEP_TIMEOUT_S = 10.0  # a step of a sequence this slow is a hang, reported as such
+_LEASE = "/tether.v1.WorkerService/Lease"
+_EVENTS = "/tether.v1.WorkerService/StreamEvents"
+_SNAPSHOT = "/tether.v1.WorkerService/Snapshot"
+_RESUME = "/tether.v1.WorkerService/Resume"
+
+#: record(method name, credential kind, answer): the runner counts and judges each call.
+Record = Callable[[str, str, Outcome], None]
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
+class _Stream:
+    """A bidirectional call this side writes message by message, reading answers in between."""
+
+    def __init__(self, channel: grpc.Channel, path: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._outgoing: queue.Queue[bytes | None] = queue.Queue()
+        stub = channel.stream_stream(path, request_serializer=_raw, response_deserializer=_raw)
+        self._call = stub(self._requests(), metadata=metadata, timeout=STEP_TIMEOUT_S)
+        self.outcome: Outcome | None = None  # set once the call has ended
+
+    def _requests(self) -> Iterator[bytes]:
+        while (message := self._outgoing.get()) is not None:
+            yield message
+
+    def send(self, message: bytes) -> None:
+        self._outgoing.put(message)
+
+    def read(self) -> bytes | None:
+        """The next answer, or None once the call has ended (its outcome is then set)."""
+        if self.outcome is not None:
+            return None
+        try:
+            return next(self._call)
+        except StopIteration:
+            self.outcome = Outcome(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            self.outcome = outcome_of(err)
+        self._outgoing.put(None)  # let gRPC's sending thread leave the request iterator
+        return None
+
+    def finish(self) -> tuple[list[bytes], Outcome]:
+        """Half-close, then read every remaining answer until the call ends."""
+        self._outgoing.put(None)
+        answers = []
+        while (answer := self.read()) is not None:
+            answers.append(answer)
+        assert self.outcome is not None
+        return answers, self.outcome
+
+
+@dataclass(frozen=True)
+class LeasePlan:
+    prefix: tuple[bytes, ...]  # well-formed LeaseRequests sent once the stream is open
+    tail: tuple[bytes, ...]  # malformed ones after them
+    renew_after: bool
+
+
+@dataclass(frozen=True)
+class EventsPlan:
+    outputs: int  # output events after turn_started, acknowledged before the tail
+    # Each: ("raw", bytes) sent as they are, or ("event", EventBody bytes, worker_seq offset)
+    # sent as one event of the running turn at the next worker_seq plus the offset.
+    tail: tuple[tuple, ...]
+    snapshot_tail: tuple[bytes, ...]  # chunks after a valid snapshot header
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    registration_id: str
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Depth:
+    """How far the sequences got: what a run that never opened a stream would leave at 0."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class StreamFuzzer:
+    """Runs lease and events sequences as one owner's two paired workers."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str, requests: Requests, record: Record) -> None:
+        self._channel = channel
+        self._app_md = (("authorization", f"Bearer {api_key}"),)
+        self._requests = requests
+        self._record = record
+        self.depth = Depth()
+        # Runtimes no other call names: the lease worker is offered nothing, the events worker
+        # only the turns of its own sessions, whose ids never reach the plain fuzz.
+        self._lease_worker = self._pair("fuzz-lease", "fuzz-idle")
+        self._events_worker = self._pair("fuzz-events", "script")
+
+    def _pair(self, name: str, runtime: str) -> _Worker:
+        code = agrpc.AdminServiceStub(self._channel).CreatePairingCode(
+            apb.CreatePairingCodeRequest(), metadata=self._app_md, timeout=STEP_TIMEOUT_S
+        )
+        workers = wgrpc.WorkerServiceStub(self._channel)
+        paired = workers.Pair(wpb.PairRequest(code=code.code, name=name), timeout=STEP_TIMEOUT_S)
+        md = (("authorization", f"Bearer {paired.token}"),)
+        registered = workers.Register(
+            wpb.RegisterRequest(runtimes=[runtime], slots=64, name=name), metadata=md, timeout=STEP_TIMEOUT_S
+        )
+        return _Worker(paired.worker_id, registered.registration_id, md)
+
+    # -- strategies ---------------------------------------------------------------------------
+
+    def lease_plans(self) -> st.SearchStrategy[LeasePlan]:
+        refs = st.lists(
+            st.builds(
+                lambda s, e: wpb.LeaseRef(session_id=s, lease_epoch=e),
+                st.sampled_from(["ses_01AAAAAAAAAAAAAAAAAAAAAAAA", ""]),
+                st.integers(0, 2**64 - 1),
+            ),
+            max_size=3,
+        )
+        well_formed = st.one_of(
+            st.builds(lambda r: wpb.LeaseRequest(renew=wpb.RenewLeases(leases=r)), refs),
+            st.builds(
+                lambda c, x: wpb.LeaseRequest(renew=wpb.RenewLeases(held_digest=wpb.LeaseDigest(count=c, xor=x))),
+                st.integers(0, 2**32 - 1),
+                st.integers(0, 2**64 - 1),
+            ),
+            st.builds(
+                lambda n: wpb.LeaseRequest(renew=wpb.RenewLeases(running_turns=n)), st.integers(-(2**31), 2**31 - 1)
+            ),
+            st.just(
+                wpb.LeaseRequest(reject=wpb.RejectOffer(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA", turn_id="trn_x"))
+            ),
+            st.just(wpb.LeaseRequest(release=wpb.ReleaseLease(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"))),
+        ).map(lambda m: m.SerializeToString())
+        malformed = self._requests.body(wpb.LeaseRequest.DESCRIPTOR)
+        return st.builds(
+            LeasePlan,
+            st.lists(well_formed, max_size=3).map(tuple),
+            st.lists(malformed, min_size=1, max_size=3).map(tuple),
+            st.booleans(),
+        )
+
+    def events_plans(self) -> st.SearchStrategy[EventsPlan]:
+        raw = st.tuples(st.just("raw"), self._requests.body(wpb.StreamEventsRequest.DESCRIPTOR))
+        bodies = self._requests.message(rpb.EventBody.DESCRIPTOR).map(lambda m: m.SerializeToString())
+        plausible = st.tuples(st.just("event"), bodies, st.sampled_from([0, 0, 0, 0, -1, 1]))
+        snapshot_chunks = st.one_of(
+            self._requests.body(wpb.SnapshotRequest.DESCRIPTOR),
+            st.just(b"\xff\xff\xff"),
+        )
+        return st.builds(
+            EventsPlan,
+            st.integers(0, 3),
+            st.lists(st.one_of(raw, plausible, plausible), min_size=1, max_size=3).map(tuple),
+            st.lists(snapshot_chunks, max_size=2).map(tuple),
+        )
+
+    # -- sequences ----------------------------------------------------------------------------
+
+    def lease_sequence(self, plan: LeasePlan) -> None:
+        worker = self._lease_worker
+        lease = self._open_lease(worker)
+        if lease is None:
+            return
+        for message in plan.prefix:
+            lease.send(message)
+        for message in plan.tail:
+            lease.send(message)
+            self.depth.counts["lease_malformed_after_open"] += 1
+        if plan.renew_after:
+            lease.send(wpb.LeaseRequest(renew=wpb.RenewLeases()).SerializeToString())
+        _, outcome = lease.finish()
+        self._record("Lease", "worker_token", outcome)
+
+    def events_sequence(self, plan: EventsPlan) -> None:
+        worker = self._events_worker
+        sessions = sgrpc.SessionServiceStub(self._channel)
+        session_id = sessions.CreateSession(
+            spb.CreateSessionRequest(runtime="script"), metadata=self._app_md, timeout=STEP_TIMEOUT_S
+        ).session.session_id
+        self._record("CreateSession", "api_key", Outcome(grpc.StatusCode.OK))
+        turn_id = sessions.SendInput(
+            spb.SendInputRequest(session_id=session_id, input="say fuzz"), metadata=self._app_md, timeout=STEP_TIMEOUT_S
+        ).turn.turn_id
+        self._record("SendInput", "api_key", Outcome(grpc.StatusCode.OK))
+        lease = self._open_lease(worker)
+        if lease is None:
+            return
+        epoch = self._take_offer(lease, session_id, turn_id)
+        if epoch is None:
+            self._end_lease(lease)
+            return
+        self.depth.counts["events_leases_granted"] += 1
+        self._resume(worker, session_id, epoch)
+        acked, last_seq = self._stream_events(worker, session_id, epoch, turn_id, plan)
+        self._snapshot(worker, session_id, epoch, turn_id, last_seq, plan.snapshot_tail)
+        self._end_turn(worker, session_id, epoch, turn_id, acked)
+        lease.send(
+            wpb.LeaseRequest(
+                release=wpb.ReleaseLease(session_id=session_id, lease_epoch=epoch, reason="fuzz sequence done")
+            ).SerializeToString()
+        )
+        self._end_lease(lease)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _open_lease(self, worker: _Worker) -> _Stream | None:
+        """A Lease stream past its LeaseOpen; None (the call recorded) if it did not open."""
+        lease = _Stream(self._channel, _LEASE, worker.metadata)
+        opening = wpb.LeaseOpen(worker_id=worker.worker_id, registration_id=worker.registration_id)
+        lease.send(wpb.LeaseRequest(open=opening).SerializeToString())
+        first = lease.read()
+        if first is None or wpb.LeaseResponse.FromString(first).WhichOneof("kind") != "opened":
+            _, outcome = lease.finish()
+            self._record("Lease", "worker_token", outcome)
+            return None
+        self.depth.counts["lease_streams_opened"] += 1
+        return lease
+
+    def _end_lease(self, lease: _Stream) -> None:
+        _, outcome = lease.finish()
+        self._record("Lease", "worker_token", outcome)
+
+    def _take_offer(self, lease: _Stream, session_id: str, turn_id: str) -> int | None:
+        """Accept the offer of `turn_id` and wait for its grant; the lease epoch, or None."""
+        epoch = None
+        while (answer := lease.read()) is not None:
+            message = wpb.LeaseResponse.FromString(answer)
+            kind = message.WhichOneof("kind")
+            if kind == "offer" and message.offer.turn_id == turn_id:
+                epoch = message.offer.lease_epoch
+                accept = wpb.AcceptOffer(session_id=session_id, turn_id=turn_id, lease_epoch=epoch)
+                lease.send(wpb.LeaseRequest(accept=accept).SerializeToString())
+            elif kind == "granted" and message.granted.turn_id == turn_id:
+                return epoch
+        return None
+
+    def _resume(self, worker: _Worker, session_id: str, epoch: int) -> None:
+        stub = self._channel.unary_stream(_RESUME, request_serializer=_raw, response_deserializer=_raw)
+        request = wpb.ResumeRequest(worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch)
+        try:
+            for _ in stub(request.SerializeToString(), metadata=worker.metadata, timeout=STEP_TIMEOUT_S):
+                pass
+            self._record("Resume", "worker_token", Outcome(grpc.StatusCode.OK))
+        except grpc.RpcError as err:
+            self._record("Resume", "worker_token", outcome_of(err))
+
+    def _stream_events(
+        self, worker: _Worker, session_id: str, epoch: int, turn_id: str, plan: EventsPlan
+    ) -> tuple[int, int]:
+        """turn_started and outputs, acknowledged; then the plan's tail. Returns the highest
+        acknowledged worker_seq and the session's last seq the control plane reported."""
+        events = [wpb.WorkerEvent(worker_seq=1, turn_id=turn_id, body=rpb.EventBody(turn_started=rpb.TurnStarted()))]
+        for n in range(plan.outputs):
+            chunk = rpb.OutputChunk(stream=rpb.OUTPUT_STREAM_STDOUT, text=f"fuzz output {n}\n")
+            events.append(wpb.WorkerEvent(worker_seq=2 + n, turn_id=turn_id, body=rpb.EventBody(output=chunk)))
+        stream = _Stream(self._channel, _EVENTS, worker.metadata)
+        first = wpb.StreamEventsRequest(worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch)
+        first.events.extend(events)
+        stream.send(first.SerializeToString())
+        acked = last_seq = 0
+        while acked < len(events) and (answer := stream.read()) is not None:
+            response = wpb.StreamEventsResponse.FromString(answer)
+            acked, last_seq = response.acked_worker_seq, response.last_seq
+        if acked == len(events):
+            self.depth.counts["events_streams_acked"] += 1
+            for item in plan.tail:
+                if item[0] == "raw":
+                    stream.send(item[1])
+                else:
+                    _, body, offset = item
+                    event = wpb.WorkerEvent(
+                        worker_seq=max(0, acked + 1 + offset), turn_id=turn_id, body=rpb.EventBody.FromString(body)
+                    )
+                    stream.send(wpb.StreamEventsRequest(events=[event]).SerializeToString())
+                self.depth.counts["events_malformed_after_ack"] += 1
+        answers, outcome = stream.finish()
+        for answer in answers:
+            response = wpb.StreamEventsResponse.FromString(answer)
+            acked, last_seq = max(acked, response.acked_worker_seq), max(last_seq, response.last_seq)
+        self._record("StreamEvents", "worker_token", outcome)
+        return acked, last_seq
+
+    def _snapshot(
+        self, worker: _Worker, session_id: str, epoch: int, turn_id: str, seq: int, tail: tuple[bytes, ...]
+    ) -> None:
+        header = wpb.SnapshotRequest(
+            worker_id=worker.worker_id,
+            session_id=session_id,
+            lease_epoch=epoch,
+            seq=seq,
+            runtime_metadata_json='{"runtime": "script"}',
+            history=[rpb.HistoryItem(role=rpb.HISTORY_ITEM_ROLE_INPUT, text="say fuzz", turn_id=turn_id)],
+        )
+        chunks = [header.SerializeToString(), *tail]
+        self.depth.counts["snapshot_malformed_after_header"] += len(tail)
+        stub = self._channel.stream_unary(_SNAPSHOT, request_serializer=_raw, response_deserializer=_raw)
+        try:
+            stub(iter(chunks), metadata=worker.metadata, timeout=STEP_TIMEOUT_S)
+            self._record("Snapshot", "worker_token", Outcome(grpc.StatusCode.OK))
+        except grpc.RpcError as err:
+            self._record("Snapshot", "worker_token", outcome_of(err))
+
+    def _end_turn(self, worker: _Worker, session_id: str, epoch: int, turn_id: str, acked: int) -> None:
+        """turn_completed on a second stream, as a worker resending after a broken one does."""
+        done = wpb.WorkerEvent(
+            worker_seq=acked + 1, turn_id=turn_id, body=rpb.EventBody(turn_completed=rpb.TurnCompleted())
+        )
+        request = wpb.StreamEventsRequest(
+            worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch, events=[done]
+        )
+        stream = _Stream(self._channel, _EVENTS, worker.metadata)
+        stream.send(request.SerializeToString())
+        answers, outcome = stream.finish()
+        self._record("StreamEvents", "worker_token", outcome)
+        if outcome.code == grpc.StatusCode.OK and any(
+            wpb.StreamEventsResponse.FromString(a).acked_worker_seq == acked + 1 for a in answers
+        ):
+            self.depth.counts["events_turns_completed"] += 1
