@@ -200,10 +200,13 @@ class Scheduler:
         self._turns.withdraw(rec)
 
     def _requeue_offer(self, rec: SessionRecord) -> None:
-        turn = self._turns.active(rec)
+        """The offered turn goes back to the front of the queue; a turn that is not on offer
+        (already accepted and running, or ended) is left alone."""
+        turn = self._turns.offered(rec)
+        if turn is None:
+            return
         self.withdraw_offer(rec)
-        if turn is not None:
-            self._turns.requeue(rec, turn)
+        self._turns.requeue(rec, turn)
 
     def _offer_expired(self, rec: SessionRecord, turn_id: str) -> None:
         turn = self._turns.offered(rec)
@@ -257,8 +260,11 @@ class Scheduler:
             if rec is not None:
                 self._restores.reject(rec, worker_id, reason)
             return
-        active = self._turns.active(rec) if rec is not None else None
-        if rec is None or active is None or active.turn_id != turn_id or rec.offer.offered_to != worker_id:
+        # Only the turn on offer to this worker: a repeat offer rejected after the worker
+        # accepted an earlier one (its turn runs now) or after it was withdrawn changes nothing.
+        offered = self._turns.offered(rec) if rec is not None else None
+        if rec is None or offered is None or offered.turn_id != turn_id or rec.offer.offered_to != worker_id:
+            log.debug("worker %s rejected turn %s, which is not on offer to it; ignored", worker_id, turn_id)
             return
         log.info("worker %s rejected turn %s: %s", worker_id, turn_id, reason or "no reason")
         self._requeue_offer(rec)

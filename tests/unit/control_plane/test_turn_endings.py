@@ -85,3 +85,31 @@ async def test_interrupting_a_session_with_no_turn_says_so_with_its_own_reason()
     with pytest.raises(errors.NoActiveTurn, match="no queued or running turn") as no_turn:
         await hub.interrupt_turn(OWNER, sid, "", "stop")
     assert no_turn.value.reason == "NO_ACTIVE_TURN" and no_turn.value.code == "FAILED_PRECONDITION"
+
+
+async def test_rejecting_a_repeat_offer_of_a_turn_already_accepted_changes_nothing() -> None:
+    """A worker paused past the offer timeout gets the same turn offered again; it accepts the
+    first offer and rejects the repeat. The running turn must not go back on the queue."""
+    hub, store = new_hub(offer_timeout_s=0.05)
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    await hub.send_input(OWNER, sid, "sleep 2", "")
+    first = w1.offer()
+    await asyncio.sleep(0.1)  # the offer expires and the same turn is offered to w1 again
+    repeat = w1.offer()
+    assert (repeat.turn_id, repeat.lease_epoch) == (first.turn_id, first.lease_epoch)
+
+    await w1.accept(first)
+    hub.reject("w1", sid, repeat.turn_id, "already running it")
+    await w1.write(sid, first.lease_epoch, first.turn_id, "turn_started")
+    view = await hub.get_session(OWNER, sid)
+    assert view.active_turn_id == first.turn_id
+
+    await hub.send_input(OWNER, sid, "next", "")
+    await w1.write(sid, first.lease_epoch, first.turn_id, "turn_completed")
+    await settle()
+    nxt = w1.offer()  # the next turn is offered, not the finished one again
+    assert nxt.turn_id != first.turn_id
+    assert (await hub.get_turn(OWNER, sid, first.turn_id)).state.name == "COMPLETED"
+    assert store.kinds(sid).count("turn_completed") == 1
