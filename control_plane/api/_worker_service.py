@@ -198,7 +198,11 @@ class WorkerService:
 
         timings = self._hub.timings
         idle_liveness = 3 * timings.idle_heartbeat_interval_s
-        said_idle = False  # the last renewal named no lease and no running turn
+        # Whether the worker's last word said it is idle: the last renewal named no lease and no
+        # running turn. A new stream starts idle (LeaseOpen's leases were just settled): an idle
+        # worker's first renewal comes one idle interval after it opens. The hub's own view
+        # (worker_idle) must agree before the longer silence is allowed.
+        said_idle = True
         requests = aiter(requests)
         try:
             while True:
