@@ -184,38 +184,17 @@ class ControlPlane:
 
     async def start(self) -> int:
         s = self.settings
+        # Everything that can be checked without the database is checked first, and the port is
+        # bound before the database is opened: a busy port or a bad --db creates no file.
         try:
             url = database_url(s.db)
-            engine = self._engine = create_engine(
-                url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size
-            )
-            # A new empty SQLite file is made here; any other database must be at head already
-            # (`tether db upgrade`), unless --migrate asks for the upgrade now.
-            await ensure_schema(engine, migrate=s.migrate)
-        except DatabaseNotReady as exc:
-            await self._dispose_engine()
-            upgradable = isinstance(exc, SchemaNotCurrent) and exc.upgradable
-            raise StartupError(f"{exc} (or start with --migrate)" if upgradable else str(exc)) from None
-        except Exception as exc:
-            await self._dispose_engine()
-            raise StartupError(f"cannot open the database {describe_database(s.db)}: {exc}") from exc
+        except ValueError as exc:
+            raise StartupError(f"cannot open the database {s.db}: {exc}") from None
         try:
             credentials = self._server_credentials()
         except OSError as exc:
-            await self._dispose_engine()
             raise StartupError(f"cannot use the TLS files (--tls-cert, --tls-key, --tls-client-ca): {exc}") from exc
-        sync_writer = (
-            create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
-        )
-        self._writer = Writer(engine, sync_writer)
-        self._writer.start()
-        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
         replicated = not is_sqlite(url)
-        if not replicated:
-            await self.hub.start()
-            self.serving = True
-        access = self.access = AccessStore(engine)
-        auth = Authenticator(access, s.dev_owner)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -234,6 +213,43 @@ class ControlPlane:
             )
             interceptors = [self._forwarder, _Gate(self)]
         server = grpc.aio.server(options=options, interceptors=interceptors)
+        address = f"{s.host}:{s.port}"
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            await server.stop(None)
+            await self.close()
+            raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
+        try:
+            engine = self._engine = create_engine(
+                url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size
+            )
+            # A new empty SQLite file is made here; any other database must be at head already
+            # (`tether db upgrade`), unless --migrate asks for the upgrade now.
+            await ensure_schema(engine, migrate=s.migrate)
+        except DatabaseNotReady as exc:
+            await server.stop(None)
+            await self.close()
+            upgradable = isinstance(exc, SchemaNotCurrent) and exc.upgradable
+            raise StartupError(f"{exc} (or start with --migrate)" if upgradable else str(exc)) from None
+        except Exception as exc:
+            await server.stop(None)
+            await self.close()
+            raise StartupError(f"cannot open the database {describe_database(url)}: {exc}") from exc
+        sync_writer = (
+            create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
+        )
+        self._writer = Writer(engine, sync_writer)
+        self._writer.start()
+        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
+        if not replicated:
+            await self.hub.start()
+            self.serving = True
+        access = self.access = AccessStore(engine)
+        auth = Authenticator(access, s.dev_owner)
         server.add_generic_rpc_handlers(
             (
                 _handlers("tether.v1.SessionService", SessionService(self.hub, auth)),
@@ -244,15 +260,6 @@ class ControlPlane:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        address = f"{s.host}:{s.port}"
-        try:
-            if credentials is None:
-                self.port = server.add_insecure_port(address)
-            else:
-                self.port = server.add_secure_port(address, credentials)
-        except RuntimeError as exc:
-            await self.close()
-            raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
         await server.start()
         self._server = server
         if replicated:

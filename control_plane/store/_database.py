@@ -13,21 +13,42 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 log = logging.getLogger(__name__)
 
 
+class DatabasePathError(ValueError):
+    """A SQLite file that cannot be where --db puts it; the message names the folder."""
+
+
 def database_url(db: str) -> str:
     """Accept a SQLAlchemy URL or a plain file path (which means SQLite). A URL that names no
-    driver gets the one Tether ships with: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+    driver gets the one Tether ships with: asyncpg for PostgreSQL, aiosqlite for SQLite.
+
+    A SQLite file's folder must exist: a new file is made in it, but never a folder, so a
+    typo in --db is refused (`DatabasePathError`) instead of starting on an empty database."""
     for bare, driver in (
         ("postgresql://", "postgresql+asyncpg://"),
         ("postgres://", "postgresql+asyncpg://"),
         ("sqlite://", "sqlite+aiosqlite://"),
     ):
         if db.startswith(bare):
-            return driver + db[len(bare) :]
-    if "://" in db:
-        return db
-    path = pathlib.Path(db).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite+aiosqlite:///{path}"
+            db = driver + db[len(bare) :]
+            break
+    if "://" not in db:
+        db = f"sqlite+aiosqlite:///{pathlib.Path(db).expanduser().resolve()}"
+    url = make_url(db)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        _check_folder(pathlib.Path(url.database))
+    return db
+
+
+def _check_folder(path: pathlib.Path) -> None:
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise DatabasePathError(f"{folder} is not a folder, so the database file {path.name} cannot be made in it")
+    raise DatabasePathError(
+        f"the folder {folder} does not exist, so the database file {path.name} cannot be made in it; "
+        f"create the folder first (mkdir -p {folder}) or fix --db"
+    )
 
 
 def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:

@@ -128,6 +128,8 @@ class Upgrade:
 def describe_database(db: str | URL) -> str:
     """How to name a database to a person: a SQLite file's path, or the URL with any password
     masked."""
+    if isinstance(db, str) and "://" not in db:
+        return db  # a plain path: a SQLite file
     try:
         url = make_url(db)
     except Exception:
