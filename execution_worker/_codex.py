@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from tether.execution_worker._codex_approvals import Approvals
+from tether.execution_worker._codex_approvals import Approvals, answer_problem
 from tether.execution_worker._codex_errors import CodexError, CodexExited, CodexRpcError
 from tether.execution_worker._codex_events import DROPPED_NOTIFICATIONS, CodexTurn, notification_events
 from tether.execution_worker._codex_process import CodexProcess
@@ -40,6 +40,7 @@ from tether.execution_worker._codex_settings import (
     absolute_path,
 )
 from tether.execution_worker.runtime import (
+    AgentError,
     HistoryAppended,
     HistoryItem,
     RawEvent,
@@ -338,6 +339,8 @@ class CodexRuntime(Runtime):
                     )
                 elif message is _WAKE:
                     continue
+                elif isinstance(message, AgentError):  # an answer refused by respond()
+                    yield message
                 else:
                     for event in self._events_for(turn, message):
                         if isinstance(event, (TurnCompleted, TurnFailed, TurnInterrupted)):
@@ -394,8 +397,21 @@ class CodexRuntime(Runtime):
         yield from notification_events(turn, method, params)
 
     async def respond(self, request_id: str, answer: dict[str, Any]) -> bool:
-        rpc_id = self._approvals.take(request_id)
-        if rpc_id is None or self._rpc is None:
+        entry = self._approvals.take(request_id)
+        if entry is None or self._rpc is None:
+            return False
+        rpc_id, turn, method = entry
+        problem = answer_problem(method, answer)
+        if problem is not None:
+            # Codex would take it as a failed approval without a word: refuse it out loud, in
+            # the worker's log and in the session's, and answer Codex with an error so the turn
+            # goes on (Codex declines the action).
+            text = (
+                f"tether: the answer to request {request_id} ({method}) was not delivered: {problem}; Codex declines it"
+            )
+            _log.warning("session %s: %s; the answer was %s", self._session_id, text, json.dumps(answer)[:500])
+            turn.queue.put_nowait(AgentError(text, will_retry=False, code="answerRefused"))
+            self._rpc.reject({"id": rpc_id, "method": method}, text, code=-32602)  # invalid params
             return False
         try:
             await self._rpc.answer(rpc_id, answer)

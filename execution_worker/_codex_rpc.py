@@ -113,10 +113,11 @@ class CodexRpc:
         """Answer a server request (the awaitable raises CodexExited when app-server is gone)."""
         return self.send({"id": rpc_id, "result": result})
 
-    def reject(self, message: Message, text: str) -> None:
-        """Answer a server request with a JSON-RPC error, so Codex never waits on it."""
+    def reject(self, message: Message, text: str, code: int = -32601) -> None:
+        """Answer a server request with a JSON-RPC error (by default "method not found"), so
+        Codex never waits on it."""
         try:
-            self.write({"id": message["id"], "error": {"code": -32601, "message": text}})
+            self.write({"id": message["id"], "error": {"code": code, "message": text}})
         except CodexExited:
             pass
 

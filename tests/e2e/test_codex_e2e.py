@@ -375,3 +375,32 @@ async def test_a_turn_lost_with_its_worker_is_marked_for_the_model(cp, procs, tm
     assert marker.startswith("<turn_aborted>") and marker.endswith("</turn_aborted>") and "lost" in marker
     assert users[-1] == "did the last one finish?"
     assert users[0] == "remember: the lost-turn colour is teal"
+
+
+async def test_an_approval_takes_exactly_the_decisions_it_lists(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "RUN_ESCALATED: touch amended.txt")
+        req = await opened_request(client, s.session_id, t.turn_id)
+        listed = list(req.available_decisions)
+        # Every name Codex takes, including the two its own list leaves out.
+        assert {"accept", "acceptForSession", "decline", "cancel"} <= set(listed)
+        amendment = {"acceptWithExecpolicyAmendment": {"execpolicy_amendment": ["touch", "amended.txt"]}}
+        assert [json.loads(d) for d in listed if d.startswith("{")] == [amendment]
+        # What Codex would refuse is INVALID_ARGUMENT here, naming what is taken; the request
+        # stays pending.
+        for wrong in ("acceptWithExecpolicyAmendment", {"acceptWithExecpolicyAmendment": {}}):
+            with pytest.raises(sdk.InvalidArgumentError) as refused:
+                await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": wrong}))
+            assert '{"decision": "decline"}' in refused.value.message
+            assert json.dumps({"decision": amendment}) in refused.value.message
+        pending = await client.list_requests(s.session_id)
+        assert [(r.request_id, r.state) for r in pending] == [(req.request_id, sdk.RequestState.PENDING)]
+        resolved = await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": amendment}))
+        assert resolved.state == sdk.RequestState.RESOLVED
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        events = await events_of(client, s.session_id, t.turn_id)
+        assert not [e for e in events if kind(e) == "agent_error"]
+        assert (tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "amended.txt").exists()

@@ -189,9 +189,9 @@ async def test_command_approval_accepted_then_declined(codex: CodexRuntime) -> N
     assert request.kind is RequestKind.COMMAND_APPROVAL
     assert request.method == "item/commandExecution/requestApproval"
     assert "echo ran-with-approval" in request.summary and "the mock wants" in request.summary
-    # Codex's own list, objects by their key ("decline" is accepted too, though not listed).
-    assert request.available_decisions == ("accept", "acceptWithExecpolicyAmendment", "cancel")
-    assert all(isinstance(d, str) for d in request.available_decisions)
+    # Codex's own list (a decision with data as its JSON), then the names Codex takes but leaves out.
+    amendment = {"acceptWithExecpolicyAmendment": {"execpolicy_amendment": ["echo", "ran-with-approval"]}}
+    assert request.available_decisions == ("accept", json.dumps(amendment), "cancel", "acceptForSession", "decline")
     assert json.loads(request.params_json)["itemId"] == request.item_id != ""
     [command] = completed_items(events, ItemKind.COMMAND_EXECUTION)
     assert command.item_id == request.item_id
@@ -605,3 +605,40 @@ def test_worker_settings_make_every_path_absolute(tmp_path: pathlib.Path, monkey
     assert CodexSettings(bin="codex").bin == "codex"  # a name is looked up on PATH, as given
     monkeypatch.setenv("CODEX_HOME", "relative-home")
     assert CodexSettings().resolved_home_from() == tmp_path / "relative-home"
+
+
+@needs_codex
+async def test_an_answer_codex_would_not_read_is_refused_out_loud(codex: CodexRuntime) -> None:
+    """Codex takes an answer it cannot read as a failed approval, silently: the runtime refuses
+    it (respond() is False), says why in the turn's events and the worker's log, and the command
+    does not run."""
+
+    async def turn(text: str, turn_id: str, answer: dict[str, Any]) -> tuple[list, bool]:
+        events, delivered = [], None
+        async with asyncio.timeout(30):
+            async for event in codex.run_turn(turn_id, text):
+                events.append(event)
+                if isinstance(event, RequestOpened):
+                    delivered = await codex.respond(event.request_id, answer)
+        return events, bool(delivered)
+
+    bad = {"decision": {"acceptWithExecpolicyAmendment": {}}}
+    events, delivered = await turn("RUN_ESCALATED: echo refused-answer", "trn_1", bad)
+    assert not delivered and events[-1] == TurnCompleted()
+    [request] = of_type(events, RequestOpened)
+    [refused] = [e for e in of_type(events, AgentError) if e.code == "answerRefused"]
+    assert request.request_id in refused.message and "acceptWithExecpolicyAmendment" in refused.message
+    [command] = completed_items(events, ItemKind.COMMAND_EXECUTION)
+    assert command.status != "completed" and "refused-answer" not in command.aggregated_output
+
+    # The amendment Codex proposed, as listed, is taken: the command runs.
+    listed = {"decision": json.loads(request.available_decisions[1])}
+    events, delivered = await turn("RUN_ESCALATED: echo amended", "trn_2", listed)
+    assert delivered and events[-1] == TurnCompleted()
+    assert any(c.status == "completed" for c in completed_items(events, ItemKind.COMMAND_EXECUTION))
+    # acceptForSession works although Codex does not list it.
+    events, delivered = await turn("RUN_ESCALATED: echo for-session", "trn_3", {"decision": "acceptForSession"})
+    assert delivered and any(
+        c.status == "completed" and "for-session" in c.aggregated_output
+        for c in completed_items(events, ItemKind.COMMAND_EXECUTION)
+    )
