@@ -43,9 +43,11 @@ from tether.execution_worker.runtime import (
     AgentError,
     HistoryAppended,
     HistoryItem,
+    ItemDelta,
     RawEvent,
     Runtime,
     RuntimeEvent,
+    TokenUsage,
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
@@ -347,6 +349,10 @@ class CodexRuntime(Runtime):
                             terminal = event
                         else:
                             yield event
+                            if self._gives_up(turn, event):
+                                await self._send_interrupt(turn)
+            if turn.gave_up is not None and isinstance(terminal, TurnInterrupted):
+                terminal = TurnFailed(turn.gave_up)
             for item in await self._collect_history(turn):
                 yield HistoryAppended(item)
             # Released before the terminal event, so a consumer that stops at it leaves the
@@ -359,6 +365,24 @@ class CodexRuntime(Runtime):
                     # The consumer went away mid-turn: stop Codex's turn too, without waiting.
                     rpc.request_nowait("turn/interrupt", {"threadId": self._thread_id, "turnId": turn.codex_turn_id})
                 self._finish_turn(turn)
+
+    def _gives_up(self, turn: CodexTurn, event: RuntimeEvent) -> bool:
+        """Whether the runtime gives up on `turn` now: Codex announced one reconnect more than
+        `max_reconnects` with no answer from the model in between (it never stops by itself)."""
+        if isinstance(event, (ItemDelta, TokenUsage)):
+            turn.reconnects = 0  # the model answers
+            return False
+        if not isinstance(event, AgentError) or not event.will_retry:
+            return False
+        turn.reconnects += 1
+        if turn.reconnects <= self.settings.max_reconnects or turn.interrupt_reason is not None:
+            return False
+        turn.gave_up = turn.interrupt_reason = (
+            f"the model provider stayed unreachable: gave up after {self.settings.max_reconnects} reconnects "
+            f"(last error: {event.message})"
+        )
+        _log.warning("session %s: turn %s: %s", self._session_id, turn.turn_id, turn.gave_up)
+        return True
 
     def _finish_turn(self, turn: CodexTurn) -> None:
         self._approvals.end_turn(turn)

@@ -60,6 +60,10 @@ class CodexTurn:
     interrupt_deadline: float | None = None
     interrupt_sent: bool = False
     last_error: str = ""
+    # Reconnects Codex announced (`error` with willRetry) since the model last answered, and,
+    # once they pass the bound, why the runtime gave up on the turn.
+    reconnects: int = 0
+    gave_up: str | None = None
     file_paths: dict[str, list[str]] = field(default_factory=dict)  # fileChange item id -> paths
     request_ids: set[str] = field(default_factory=set)  # its pending requests (see _codex_approvals)
     finished: asyncio.Event = field(default_factory=asyncio.Event)

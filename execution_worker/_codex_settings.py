@@ -40,6 +40,9 @@ class CodexSettings:
     home_from: Path | None = None
     #: Deadline of every JSON-RPC request to app-server (initialize, thread/start, ...).
     request_timeout_s: float = 30.0
+    #: A turn whose model provider stays unreachable fails after this many reconnects in a row
+    #: (Codex's "Reconnecting... waiting for network" backs off but never gives up by itself).
+    max_reconnects: int = 5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", tuple(self.config))
@@ -59,6 +62,8 @@ class CodexSettings:
             key, sep, _ = entry.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"codex config override {entry!r} is not of the form KEY=TOML")
+        if self.max_reconnects < 0:
+            raise ValueError(f"max_reconnects must be 0 or more, got {self.max_reconnects}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
 

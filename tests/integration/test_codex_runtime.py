@@ -642,3 +642,40 @@ async def test_an_answer_codex_would_not_read_is_refused_out_loud(codex: CodexRu
         c.status == "completed" and "for-session" in c.aggregated_output
         for c in completed_items(events, ItemKind.COMMAND_EXECUTION)
     )
+
+
+@needs_codex
+async def test_a_model_provider_that_stays_unreachable_fails_the_turn_after_bounded_reconnects(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Codex announces "Reconnecting... waiting for network" with a growing backoff and never
+    stops by itself; the runtime gives up after `max_reconnects` and fails the turn saying why."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = f'{{name="gone", base_url="http://127.0.0.1:{port}/v1", wire_api="responses"}}'
+    settings = CodexSettings(
+        bin=CODEX,
+        model="mock-model",
+        config=('model_provider="gone"', f"model_providers.gone={provider}"),
+        home_from=tmp_path / "no-user-home",
+        max_reconnects=0,
+    )
+    runtime = CodexRuntime(settings)
+    try:
+        await runtime.start("ses_offline", tmp_path, [])
+        async with asyncio.timeout(60):  # without the bound: retrying for the 30-minute turn timeout
+            events = [e async for e in runtime.run_turn("trn_1", "hello?")]
+        retries = [e for e in of_type(events, AgentError) if e.will_retry]
+        assert retries and "Reconnecting" in retries[0].message
+        assert isinstance(events[-1], TurnFailed), events[-1]
+        assert events[-1].error_message.startswith("the model provider stayed unreachable: gave up after 0 reconnects")
+        assert "waiting for network" in events[-1].error_message
+        # app-server itself goes on: only the turn was given up.
+        assert runtime.pid is not None
+    finally:
+        await runtime.close()
+    with pytest.raises(ValueError, match="max_reconnects"):
+        CodexSettings(max_reconnects=-1)
