@@ -115,6 +115,7 @@ def session_pb(v: m.SessionView) -> pb.Session:
         runtime_thread_id=s.runtime_thread_id,
         turn_count=s.turn_count,
         owner=s.owner,
+        waiting_reason=v.waiting_reason,
     )
 
 
@@ -130,9 +131,12 @@ def turn_pb(t: Turn) -> pb.Turn:
         lease_epoch=t.lease_epoch,
         exit_code=t.exit_code,
         error_message=t.error_message,
+        waiting_reason=t.waiting_reason,
     )
     if t.end_time_us:
         msg.end_time.CopyFrom(ts(t.end_time_us))
+    if t.interrupt_time_us:
+        msg.interrupt_request_time.CopyFrom(ts(t.interrupt_time_us))
     return msg
 
 
@@ -172,6 +176,9 @@ class ProtoBodyCodec:
 
     def turn_interrupted(self, reason: str) -> bytes:
         return pb.EventBody(turn_interrupted=pb.TurnInterrupted(reason=reason)).SerializeToString()
+
+    def turn_waiting(self, reason: str) -> bytes:
+        return pb.EventBody(turn_waiting=pb.TurnWaiting(reason=reason)).SerializeToString()
 
     def request_resolved(self, request: PendingRequest) -> bytes:
         resolved = pb.RequestResolved(

@@ -260,11 +260,13 @@ class Leases:
         """`drop` with a revoke, in a background task (from a callback that cannot await)."""
         self._tasks.spawn(self.drop(rec, why, revoke=True), task_name)
 
-    async def drop(self, rec: SessionRecord, why: str, *, revoke: bool) -> None:
+    async def drop(
+        self, rec: SessionRecord, why: str, *, revoke: bool, ending: tuple[TurnState, str] | None = None
+    ) -> None:
         """Free the session's lease (keeping its epoch) so any worker may take it next.
 
-        A turn never stays "running" without a live lease: it ends as failed, with `why`, in
-        the same transaction that frees the lease.
+        A turn never stays "running" without a live lease: it ends in the same transaction that
+        frees the lease, as failed with its worker lost (`why`), or as `ending` says.
         """
         book = rec.lease
         lease = book.lease
@@ -288,7 +290,9 @@ class Leases:
             ),
         )
         turn = self._turns.running(rec)
-        if turn is not None:
+        if turn is not None and ending is not None:
+            changes = self._turns.end(rec, turn, *ending)
+        elif turn is not None:
             message = f"the turn's worker {lease.worker_id} was lost: {why}"
             changes = self._turns.end(rec, turn, TurnState.FAILED, message, worker_lost=True)
         else:

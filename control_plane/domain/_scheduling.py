@@ -10,6 +10,9 @@ sessions waiting for a worker. Rules:
 - Otherwise it goes to the eligible worker (same owner, runtime, labels, connected, not
   draining) with the most free slots, at the next epoch, and rehydrates there.
 - An offer not accepted within `offer_timeout_s` is queued again. Accepting grants the lease.
+- A turn that no connected worker can take (none offers the runtime, has the selector's
+  labels, or is not draining) says why: the turn's `waiting_reason` and a `turn_waiting` event
+  when the reason appears or changes. With `queue_timeout_s` it fails NO_WORKER after that long.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 from ._shared import Committer, log
 from .messages import GrantMsg, OfferMsg, RevokeMsg, Timings
 from .model import Session, now_us
-from .ports import Changes
+from .ports import BodyCodec, Changes
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -43,9 +46,10 @@ class OfferBook:
 
 
 class Scheduler:
-    def __init__(self, committer: Committer, timings: Timings) -> None:
+    def __init__(self, committer: Committer, timings: Timings, codec: BodyCodec) -> None:
         self._committer = committer
         self._timings = timings
+        self._codec = codec
         self._waiting: dict[str, None] = {}  # sessions with a queued turn and no worker yet
 
     def connect(
@@ -124,6 +128,7 @@ class Scheduler:
             best = self.most_free(rec.session)
             if best is None:
                 self._waiting[session_id] = None
+                self._note_waiting(rec, now)
                 return
             target, epoch = best, epoch + 1
         self._waiting.pop(session_id, None)
@@ -147,6 +152,51 @@ class Scheduler:
                 accept_deadline_us=now_us() + int(timeout * 1e6),
             )
         )
+
+    def _why_no_worker(self, session: Session) -> str:
+        """Why no connected worker could ever take the session's turn as things stand ("" when
+        one could, once it has a free slot)."""
+        runtime, selector = session.runtime, session.worker_selector
+        offers = labelled = False
+        for w in self._workers.all():
+            info = w.info
+            if info.owner != session.owner or not w.connected or runtime not in info.runtimes:
+                continue
+            offers = True
+            if not all(info.labels.get(k) == v for k, v in selector.items()):
+                continue
+            labelled = True
+            if not w.draining:
+                return ""
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        if not offers:
+            return f"no connected worker offers runtime {runtime!r}"
+        if not labelled:
+            return f"no connected worker offering runtime {runtime!r} has the labels {labels}"
+        return f"every connected worker that could take it (runtime {runtime!r}) is draining"
+
+    def _note_waiting(self, rec: SessionRecord, now: float) -> None:
+        """The next queued turn found no worker: say why when the reason appears or changes;
+        past the queue timeout, fail it NO_WORKER."""
+        turn = self._turns.next_queued(rec)
+        if turn is None:
+            return
+        why = self._why_no_worker(rec.session)
+        if why != turn.waiting_reason:
+            turn.waiting_reason, turn.waiting_since = why, (now if why else 0.0)
+            if why:
+                log.info("turn %s of session %s waits: %s", turn.turn_id, rec.session_id, why)
+                event = self._events.own_event(rec, turn.turn_id, "turn_waiting", self._codec.turn_waiting(why))
+                changes = Changes(event_inserts=[event])
+                changes.on_commit.append(lambda: self._events.published(rec, [event]))
+                self._committer.submit(changes)
+            return
+        limit = self._timings.queue_timeout_s
+        if why and limit > 0 and now - turn.waiting_since >= limit:
+            self._waiting.pop(rec.session_id, None)
+            message = f"NO_WORKER: {why} (waited {now - turn.waiting_since:.0f}s, past the server's queue timeout)"
+            log.warning("turn %s of session %s failed: %s", turn.turn_id, rec.session_id, message)
+            self._committer.submit(self._turns.fail_queued(rec, turn, message))
 
     def _sticky(self, rec: SessionRecord, holder: WorkerConn | None, now: float) -> bool:
         """Whether the next turn should wait for the lease holder rather than move."""

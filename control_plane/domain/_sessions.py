@@ -227,6 +227,7 @@ class SessionCache:
             active_turn_id=self._turns.current_turn_id(rec),
             worker_id=self._leases.holder(rec),
             lease_epoch=self._leases.epoch(rec),
+            waiting_reason=self._turns.waiting_reason(rec),
         )
 
     async def create(

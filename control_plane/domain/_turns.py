@@ -25,6 +25,7 @@ from .model import Turn, TurnState, new_id, now_us
 from .ports import BodyCodec, Changes, SessionReader
 
 if TYPE_CHECKING:
+    from ._deadlines import TurnDeadlines
     from ._log import EventLog
     from ._pending import PendingRequests
     from ._record import SessionRecord
@@ -74,12 +75,14 @@ class Turns:
         scheduler: Scheduler,
         workers: Workers,
         requests: PendingRequests,
+        deadlines: TurnDeadlines,
     ) -> None:
         self._sessions = sessions
         self._events = events
         self._scheduler = scheduler
         self._workers = workers
         self._requests = requests
+        self._deadlines = deadlines
 
     # ----------------------------------------------------------------- what others ask
 
@@ -95,6 +98,17 @@ class Turns:
         """The active turn, else the next queued one, else ""."""
         book = rec.turns
         return book.active.turn_id if book.active else (book.queue[0] if book.queue else "")
+
+    def waiting_reason(self, rec: SessionRecord) -> str:
+        """Why the session's next queued turn waits for a worker ("" when nothing says)."""
+        book = rec.turns
+        if book.active is None and book.queue:
+            return book.turns[book.queue[0]].waiting_reason
+        return ""
+
+    def next_queued(self, rec: SessionRecord) -> Turn | None:
+        book = rec.turns
+        return book.turns[book.queue[0]] if book.queue else None
 
     def active(self, rec: SessionRecord) -> Turn | None:
         return rec.turns.active
@@ -147,6 +161,7 @@ class Turns:
         book = rec.turns
         turn = book.turns[book.queue.popleft()]
         turn.state = TurnState.OFFERED
+        turn.waiting_reason, turn.waiting_since = "", 0.0
         book.active = turn
         return turn
 
@@ -170,6 +185,7 @@ class Turns:
         turn.worker_id = worker_id
         turn.lease_epoch = epoch
         changes.turn_updates.append(turn)
+        self._deadlines.started(rec, turn)
 
     # ----------------------------------------------------------------- calls
 
@@ -277,6 +293,9 @@ class Turns:
             holder = self._workers.get(turn.worker_id)
             if holder is not None:
                 holder.push(InterruptMsg(session_id, turn_id, reason))
+            # Returned RUNNING with interrupt_time_us set: the worker ends it, or the control
+            # plane does after the interrupt grace.
+            self._deadlines.interrupted(rec, turn, reason)
             return turn
         # Queued, or offered but not yet accepted: it never ran, so end it here.
         if turn.state == TurnState.OFFERED:
@@ -288,6 +307,14 @@ class Turns:
         return turn
 
     # ----------------------------------------------------------------- endings
+
+    def fail_queued(self, rec: SessionRecord, turn: Turn, why: str) -> Changes:
+        """A queued turn fails without running (no worker could take it); the caller commits."""
+        book = rec.turns
+        if turn.turn_id in book.queue:
+            book.queue.remove(turn.turn_id)
+            self._track(rec)
+        return self.end(rec, turn, TurnState.FAILED, why)
 
     def end(self, rec: SessionRecord, turn: Turn, state: TurnState, why: str, *, worker_lost: bool = False) -> Changes:
         """End a turn with an event the control plane writes itself; the caller commits."""
@@ -321,6 +348,7 @@ class Turns:
         changes.turn_updates.append(turn)
 
     def _close(self, rec: SessionRecord, turn: Turn) -> None:
+        self._deadlines.ended(turn)
         book = rec.turns
         book.turns.pop(turn.turn_id, None)
         if book.active is turn:

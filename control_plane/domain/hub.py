@@ -17,6 +17,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | Restores           | `_restore.py`     | RestoreSession: offer, grant, confirmation           |
 | Workers            | `_workers.py`     | registrations, Lease streams, worker-dead, drain     |
 | Recovery           | `_recovery.py`    | reloading at start and after a failed write          |
+| TurnDeadlines      | `_deadlines.py`   | interrupt grace, maximum turn duration               |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -44,6 +45,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ._deadlines import TurnDeadlines
 from ._ingest import Ingest
 from ._leases import Leases
 from ._log import EventLog
@@ -116,7 +118,7 @@ class Hub:
         sessions = self._sessions = SessionCache(reader, committer, timings)
         events = self._events = EventLog(reader)
         turns = self._turns = Turns(reader, committer, codec, self.limits)
-        scheduler = self._scheduler = Scheduler(committer, timings)
+        scheduler = self._scheduler = Scheduler(committer, timings, codec)
         leases = self._leases = Leases(committer, self._tasks, timings)
         ingest = self._ingest = Ingest(committer, self.limits)
         requests = self._requests = PendingRequests(reader, committer, codec)
@@ -124,6 +126,7 @@ class Hub:
         restores = self._restores = Restores(committer, timings)
         workers = self._workers = Workers(committer, timings)
         recovery = self._recovery = Recovery(reader, self._tasks)
+        deadlines = self._deadlines = TurnDeadlines(self._tasks, timings)
 
         sessions.connect(
             turns=turns,
@@ -135,7 +138,15 @@ class Hub:
             requests=requests,
         )
         events.connect(sessions=sessions)
-        turns.connect(sessions=sessions, events=events, scheduler=scheduler, workers=workers, requests=requests)
+        turns.connect(
+            sessions=sessions,
+            events=events,
+            scheduler=scheduler,
+            workers=workers,
+            requests=requests,
+            deadlines=deadlines,
+        )
+        deadlines.connect(turns=turns, leases=leases, workers=workers)
         scheduler.connect(
             sessions=sessions, turns=turns, leases=leases, restores=restores, workers=workers, events=events
         )
@@ -288,6 +299,10 @@ class Hub:
     async def load_for_worker(self, worker_id: str, session_id: str, epoch: int, owner: str) -> None:
         """Like check_lease, but loads the session first (after a control-plane restart)."""
         await self._leases.load_and_check(worker_id, session_id, epoch, owner)
+
+    def forced_turn_ends(self) -> int:
+        """How many turns the control plane ended itself: interrupts not honoured in the grace."""
+        return self._deadlines.forced_ends
 
     def reused_worker_seqs(self) -> int:
         """How many worker batches were refused for reusing an event number (WORKER_SEQ_REUSED)."""

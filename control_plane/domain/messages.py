@@ -61,6 +61,14 @@ class Timings:
     # restore) stays in memory after it was last used; then it is dropped and reloaded from the
     # database when next asked for.
     session_idle_s: float = 300.0
+    # Server-side only (not sent to workers). How long a worker has to end an interrupted turn
+    # before the control plane ends it as interrupted and revokes the worker's lease.
+    interrupt_grace_s: float = 10.0
+    # A turn running this long is interrupted (then the grace applies); 0: no maximum.
+    max_turn_s: float = 0.0
+    # A queued turn that no connected worker can take (none offers its runtime, has its labels
+    # or is not draining) fails NO_WORKER after this long; 0: it waits as long as it takes.
+    queue_timeout_s: float = 0.0
 
 
 # Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.
@@ -184,6 +192,7 @@ class SessionView:
     active_turn_id: str
     worker_id: str
     lease_epoch: int
+    waiting_reason: str = ""
 
 
 @dataclass(frozen=True)

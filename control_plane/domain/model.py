@@ -94,6 +94,13 @@ class Turn:
     exit_code: int = 0
     error_message: str = ""
     end_time_us: int = 0
+    # When an interrupt of the running turn was asked for (0: none). In memory only: after a
+    # control-plane restart a running turn shows none until it is interrupted again.
+    interrupt_time_us: int = 0
+    # Why the queued turn waits when no connected worker can take it ("" otherwise), and since
+    # when (time.monotonic()). In memory only, like the queue it describes.
+    waiting_reason: str = ""
+    waiting_since: float = 0.0
 
 
 @dataclass(slots=True)

@@ -238,5 +238,8 @@ class FakeCodec:
     def turn_interrupted(self, reason: str) -> bytes:
         return f"turn_interrupted:{reason}".encode()
 
+    def turn_waiting(self, reason: str) -> bytes:
+        return f"turn_waiting:{reason}".encode()
+
     def request_resolved(self, request: PendingRequest) -> bytes:
         return f"request_resolved:{request.request_id}:{request.state.name}".encode()

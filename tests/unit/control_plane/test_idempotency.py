@@ -20,7 +20,7 @@ async def test_the_same_key_and_input_return_the_first_turn_and_queue_nothing_mo
     assert (first_dedup, again_dedup) == (False, True)
     assert again.turn_id == first.turn_id
     assert [t.turn_id for t in store.turns.values()] == [first.turn_id]
-    assert store.kinds(sid) == ["input_received"]
+    assert store.kinds(sid) == ["input_received", "turn_waiting"]  # one input; no worker offers shell
     assert (await hub.get_session(OWNER, sid)).session.turn_count == 1
 
 
@@ -33,7 +33,7 @@ async def test_the_same_key_with_other_input_is_refused() -> None:
         await hub.send_input(OWNER, sid, "build something else", "key-1")
 
     assert reused.value.metadata["turn_id"] == first.turn_id
-    assert len(store.turns) == 1 and store.kinds(sid) == ["input_received"]
+    assert len(store.turns) == 1 and store.kinds(sid) == ["input_received", "turn_waiting"]
 
 
 async def test_a_key_is_found_in_the_store_after_a_restart() -> None:

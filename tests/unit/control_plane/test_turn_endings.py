@@ -9,8 +9,9 @@ import asyncio
 import pytest
 
 from tether.control_plane.domain import errors
-from tether.control_plane.domain.messages import IncomingEvent, OfferMsg
+from tether.control_plane.domain.messages import IncomingEvent, InterruptMsg, OfferMsg, RevokeMsg
 
+from ...helpers.processes import eventually
 from .harness import OWNER, Worker, new_hub, new_session, run_turn, settle
 
 
@@ -116,3 +117,115 @@ async def test_rejecting_a_repeat_offer_of_a_turn_already_accepted_changes_nothi
     assert nxt.turn_id != first.turn_id
     assert (await hub.get_turn(OWNER, sid, first.turn_id)).state.name == "COMPLETED"
     assert store.kinds(sid).count("turn_completed") == 1
+
+
+async def test_an_interrupt_the_worker_ignores_ends_the_turn_after_the_grace_and_takes_the_lease() -> None:
+    hub, store = new_hub(interrupt_grace_s=0.1)
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    offer = await run_turn(hub, w1, sid)
+    asked = await hub.interrupt_turn(OWNER, sid, offer.turn_id, "user pressed stop")
+    assert asked.state.name == "RUNNING" and asked.interrupt_time_us > 0
+    assert [m.reason for m in w1.only(InterruptMsg)] == ["user pressed stop"]
+
+    await eventually(lambda: store.kinds(sid)[-1] == "turn_interrupted", timeout=3)
+    turn = await hub.get_turn(OWNER, sid, offer.turn_id)
+    assert turn.state.name == "INTERRUPTED"
+    assert "user pressed stop" in turn.error_message and "0.1s interrupt grace" in turn.error_message
+    assert [m.session_id for m in w1.only(RevokeMsg)] == [sid]
+    assert hub.forced_turn_ends() == 1
+    with pytest.raises(errors.LeaseLost):  # the worker's late writes are refused
+        w1.ingest(sid, offer.lease_epoch, offer.turn_id, "turn_interrupted")
+    # The session takes its next turn at once, at the next epoch.
+    await hub.send_input(OWNER, sid, "next", "")
+    assert w1.offer().lease_epoch == offer.lease_epoch + 1
+
+
+async def test_an_interrupt_honoured_within_the_grace_is_left_to_the_worker() -> None:
+    hub, store = new_hub(interrupt_grace_s=0.2)
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    offer = await run_turn(hub, w1, sid)
+    await hub.interrupt_turn(OWNER, sid, offer.turn_id, "stop")
+    await w1.write(sid, offer.lease_epoch, offer.turn_id, "turn_interrupted")
+    await asyncio.sleep(0.4)
+    assert store.kinds(sid).count("turn_interrupted") == 1
+    assert hub.forced_turn_ends() == 0
+    assert not w1.only(RevokeMsg)
+
+
+async def test_a_turn_past_the_maximum_duration_is_interrupted_then_ended() -> None:
+    hub, store = new_hub(max_turn_s=0.1, interrupt_grace_s=0.1)
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    offer = await run_turn(hub, w1, sid)
+    await eventually(lambda: store.kinds(sid)[-1] == "turn_interrupted", timeout=3)
+    (interrupt,) = w1.only(InterruptMsg)
+    assert "maximum turn duration of 0.1s" in interrupt.reason
+    turn = await hub.get_turn(OWNER, sid, offer.turn_id)
+    assert turn.state.name == "INTERRUPTED" and "maximum turn duration" in turn.error_message
+
+
+async def test_no_maximum_turn_duration_by_default() -> None:
+    hub, store = new_hub(interrupt_grace_s=0.05)
+    assert hub.timings.max_turn_s == 0
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    await run_turn(hub, w1, sid)
+    await asyncio.sleep(0.3)
+    assert store.kinds(sid)[-1] == "turn_started" and not w1.only(InterruptMsg)
+
+
+async def test_a_turn_no_worker_can_take_says_why_as_a_field_and_an_event() -> None:
+    hub, store = new_hub()
+    w1 = Worker(hub, "w1", runtimes=["shell"])
+    await w1.connect()
+    view = await hub.create_session(OWNER, "nosuchruntime", {}, {})
+    sid = view.session.session_id
+    turn, _ = await hub.send_input(OWNER, sid, "hello", "")
+    await settle()
+    why = "no connected worker offers runtime 'nosuchruntime'"
+    assert (await hub.get_turn(OWNER, sid, turn.turn_id)).waiting_reason == why
+    assert (await hub.get_session(OWNER, sid)).waiting_reason == why
+    assert store.kinds(sid) == ["input_received", "turn_waiting"]
+    assert store.events[sid][-1].body == f"turn_waiting:{why}".encode()
+
+    await hub.send_input(OWNER, sid, "and this", "")  # dispatching again: the same reason is not written again
+    await settle()
+    assert store.kinds(sid) == ["input_received", "turn_waiting", "input_received"]
+
+    w2 = Worker(hub, "w2", runtimes=["nosuchruntime"])  # a worker that can take it connects
+    await w2.connect()
+    offer = w2.offer()
+    assert offer.turn_id == turn.turn_id
+    assert (await hub.get_session(OWNER, sid)).waiting_reason == ""
+
+
+async def test_labels_and_draining_are_named_as_the_reason() -> None:
+    hub, _ = new_hub()
+    w1 = Worker(hub, "w1", labels={"gpu": "no"})
+    await w1.connect()
+    view = await hub.create_session(OWNER, "shell", {"gpu": "yes"}, {})
+    turn, _ = await hub.send_input(OWNER, view.session.session_id, "x", "")
+    got = await hub.get_turn(OWNER, view.session.session_id, turn.turn_id)
+    assert got.waiting_reason == "no connected worker offering runtime 'shell' has the labels gpu=yes"
+
+
+async def test_a_queue_timeout_fails_a_turn_no_worker_can_take_no_worker() -> None:
+    hub, store = new_hub(queue_timeout_s=0.1)
+    await hub.start()  # the sweeper re-tries waiting sessions
+    try:
+        view = await hub.create_session(OWNER, "nosuchruntime", {}, {})
+        sid = view.session.session_id
+        turn, _ = await hub.send_input(OWNER, sid, "hello", "")
+        await eventually(lambda: store.kinds(sid)[-1] == "turn_failed", timeout=5)
+        failed = await hub.get_turn(OWNER, sid, turn.turn_id)
+        assert failed.state.name == "FAILED"
+        assert failed.error_message.startswith("NO_WORKER: no connected worker offers runtime 'nosuchruntime'")
+        assert (await hub.get_session(OWNER, sid)).state.name == "IDLE"
+    finally:
+        await hub.stop()

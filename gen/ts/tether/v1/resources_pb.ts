@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/resources.proto.
  */
 export const file_tether_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("Chl0ZXRoZXIvdjEvcmVzb3VyY2VzLnByb3RvEgl0ZXRoZXIudjEinwQKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdydW50aW1lGAIgASgJEj8KD3dvcmtlcl9zZWxlY3RvchgDIAMoCzImLnRldGhlci52MS5TZXNzaW9uLldvcmtlclNlbGVjdG9yRW50cnkSLgoGbGFiZWxzGAQgAygLMh4udGV0aGVyLnYxLlNlc3Npb24uTGFiZWxzRW50cnkSJgoFc3RhdGUYBSABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYCCABKAQSFgoOYWN0aXZlX3R1cm5faWQYCSABKAkSEQoJd29ya2VyX2lkGAogASgJEhMKC2xlYXNlX2Vwb2NoGAsgASgEEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAwgASgJEhIKCnR1cm5fY291bnQYDSABKAQSDQoFb3duZXIYDiABKAkaNQoTV29ya2VyU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqQIKBFR1cm4SDwoHdHVybl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEiMKBXN0YXRlGAQgASgOMhQudGV0aGVyLnYxLlR1cm5TdGF0ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl3b3JrZXJfaWQYCCABKAkSEwoLbGVhc2VfZXBvY2gYCSABKAQSEQoJZXhpdF9jb2RlGAogASgFEhUKDWVycm9yX21lc3NhZ2UYCyABKAkiHgoNSW5wdXRSZWNlaXZlZBINCgVpbnB1dBgBIAEoCSI7CgtUdXJuU3RhcnRlZBIRCgl3b3JrZXJfaWQYASABKAkSGQoRcnVudGltZV90aHJlYWRfaWQYAiABKAkiRAoLT3V0cHV0Q2h1bmsSJwoGc3RyZWFtGAEgASgOMhcudGV0aGVyLnYxLk91dHB1dFN0cmVhbRIMCgR0ZXh0GAIgASgJIiIKDVR1cm5Db21wbGV0ZWQSEQoJZXhpdF9jb2RlGAEgASgFIjgKClR1cm5GYWlsZWQSFQoNZXJyb3JfbWVzc2FnZRgBIAEoCRITCgt3b3JrZXJfbG9zdBgCIAEoCCIhCg9UdXJuSW50ZXJydXB0ZWQSDgoGcmVhc29uGAEgASgJIjYKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGRpZmYYAyABKAki8QEKBEl0ZW0SDwoHaXRlbV9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMudGV0aGVyLnYxLkl0ZW1LaW5kEgwKBHRleHQYAyABKAkSDwoHY29tbWFuZBgEIAEoCRILCgNjd2QYBSABKAkSDgoGc3RhdHVzGAYgASgJEhYKCWV4aXRfY29kZRgHIAEoBUgAiAEBEhkKEWFnZ3JlZ2F0ZWRfb3V0cHV0GAggASgJEiYKB2NoYW5nZXMYCSADKAsyFS50ZXRoZXIudjEuRmlsZUNoYW5nZRIQCghyYXdfanNvbhgKIAEoCUIMCgpfZXhpdF9jb2RlIiwKC0l0ZW1TdGFydGVkEh0KBGl0ZW0YASABKAsyDy50ZXRoZXIudjEuSXRlbSIuCg1JdGVtQ29tcGxldGVkEh0KBGl0ZW0YASABKAsyDy50ZXRoZXIudjEuSXRlbSJPCglJdGVtRGVsdGESDwoHaXRlbV9pZBgBIAEoCRIiCgRraW5kGAIgASgOMhQudGV0aGVyLnYxLkRlbHRhS2luZBINCgVkZWx0YRgDIAEoCSL6AQoKVG9rZW5Vc2FnZRIZChFsYXN0X2lucHV0X3Rva2VucxgBIAEoAxIaChJsYXN0X291dHB1dF90b2tlbnMYAiABKAMSGgoSdG90YWxfaW5wdXRfdG9rZW5zGAMgASgDEiEKGXRvdGFsX2NhY2hlZF9pbnB1dF90b2tlbnMYBCABKAMSGwoTdG90YWxfb3V0cHV0X3Rva2VucxgFIAEoAxIlCh10b3RhbF9yZWFzb25pbmdfb3V0cHV0X3Rva2VucxgGIAEoAxIUCgx0b3RhbF90b2tlbnMYByABKAMSHAoUbW9kZWxfY29udGV4dF93aW5kb3cYCCABKAMiPwoKQWdlbnRFcnJvchIPCgdtZXNzYWdlGAEgASgJEhIKCndpbGxfcmV0cnkYAiABKAgSDAoEY29kZRgDIAEoCSKMAwoOUGVuZGluZ1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg8KB3R1cm5faWQYAyABKAkSJAoEa2luZBgEIAEoDjIWLnRldGhlci52MS5SZXF1ZXN0S2luZBIOCgZtZXRob2QYBSABKAkSEwoLcGFyYW1zX2pzb24YBiABKAkSDwoHc3VtbWFyeRgHIAEoCRIPCgdpdGVtX2lkGAggASgJEiYKBXN0YXRlGAkgASgOMhcudGV0aGVyLnYxLlJlcXVlc3RTdGF0ZRIVCg1yZXNwb25zZV9qc29uGAogASgJEhUKDWV4cGlyZV9yZWFzb24YCyABKAkSLwoLY3JlYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHJlc29sdmVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTYXZhaWxhYmxlX2RlY2lzaW9ucxgOIAMoCSI7Cg1SZXF1ZXN0T3BlbmVkEioKB3JlcXVlc3QYASABKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QiewoPUmVxdWVzdFJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSJgoFc3RhdGUYAiABKA4yFy50ZXRoZXIudjEuUmVxdWVzdFN0YXRlEhUKDXJlc3BvbnNlX2pzb24YAyABKAkSFQoNZXhwaXJlX3JlYXNvbhgEIAEoCSIqCgxSdW50aW1lRXZlbnQSDAoEbmFtZRgBIAEoCRIMCgRqc29uGAIgASgJIu8FCglFdmVudEJvZHkSMgoOaW5wdXRfcmVjZWl2ZWQYASABKAsyGC50ZXRoZXIudjEuSW5wdXRSZWNlaXZlZEgAEi4KDHR1cm5fc3RhcnRlZBgCIAEoCzIWLnRldGhlci52MS5UdXJuU3RhcnRlZEgAEigKBm91dHB1dBgDIAEoCzIWLnRldGhlci52MS5PdXRwdXRDaHVua0gAEjIKDnR1cm5fY29tcGxldGVkGAQgASgLMhgudGV0aGVyLnYxLlR1cm5Db21wbGV0ZWRIABIsCgt0dXJuX2ZhaWxlZBgFIAEoCzIVLnRldGhlci52MS5UdXJuRmFpbGVkSAASNgoQdHVybl9pbnRlcnJ1cHRlZBgGIAEoCzIaLnRldGhlci52MS5UdXJuSW50ZXJydXB0ZWRIABIqCgdydW50aW1lGAcgASgLMhcudGV0aGVyLnYxLlJ1bnRpbWVFdmVudEgAEi4KDGl0ZW1fc3RhcnRlZBgIIAEoCzIWLnRldGhlci52MS5JdGVtU3RhcnRlZEgAEjIKDml0ZW1fY29tcGxldGVkGAkgASgLMhgudGV0aGVyLnYxLkl0ZW1Db21wbGV0ZWRIABIqCgppdGVtX2RlbHRhGAogASgLMhQudGV0aGVyLnYxLkl0ZW1EZWx0YUgAEiwKC3Rva2VuX3VzYWdlGAsgASgLMhUudGV0aGVyLnYxLlRva2VuVXNhZ2VIABIsCgthZ2VudF9lcnJvchgMIAEoCzIVLnRldGhlci52MS5BZ2VudEVycm9ySAASMgoOcmVxdWVzdF9vcGVuZWQYDSABKAsyGC50ZXRoZXIudjEuUmVxdWVzdE9wZW5lZEgAEjYKEHJlcXVlc3RfcmVzb2x2ZWQYDiABKAsyGi50ZXRoZXIudjEuUmVxdWVzdFJlc29sdmVkSAASLgoMaGlzdG9yeV9pdGVtGA8gASgLMhYudGV0aGVyLnYxLkhpc3RvcnlJdGVtSABCBgoEa2luZCKjAQoFRXZlbnQSEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSDwoHdHVybl9pZBgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEYm9keRgFIAEoCzIULnRldGhlci52MS5FdmVudEJvZHkSEwoLbGVhc2VfZXBvY2gYBiABKAQiaAoLSGlzdG9yeUl0ZW0SKAoEcm9sZRgBIAEoDjIaLnRldGhlci52MS5IaXN0b3J5SXRlbVJvbGUSDAoEdGV4dBgCIAEoCRIPCgd0dXJuX2lkGAMgASgJEhAKCHJhd19qc29uGAQgASgJIt0BCghTbmFwc2hvdBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJEgsKA3NlcRgDIAEoBBInCgdoaXN0b3J5GAQgAygLMhYudGV0aGVyLnYxLkhpc3RvcnlJdGVtEg8KB3J1bnRpbWUYBSABKAkSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl3b3JrZXJfaWQYCCABKAkqewoMU2Vzc2lvblN0YXRlEh0KGVNFU1NJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJTRVNTSU9OX1NUQVRFX0lETEUQARIYChRTRVNTSU9OX1NUQVRFX0FDVElWRRACEhoKFlNFU1NJT05fU1RBVEVfQVJDSElWRUQQAyq7AQoJVHVyblN0YXRlEhoKFlRVUk5fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUVVJOX1NUQVRFX1FVRVVFRBABEhYKElRVUk5fU1RBVEVfT0ZGRVJFRBACEhYKElRVUk5fU1RBVEVfUlVOTklORxADEhgKFFRVUk5fU1RBVEVfQ09NUExFVEVEEAQSFQoRVFVSTl9TVEFURV9GQUlMRUQQBRIaChZUVVJOX1NUQVRFX0lOVEVSUlVQVEVEEAYqYQoMT3V0cHV0U3RyZWFtEh0KGU9VVFBVVF9TVFJFQU1fVU5TUEVDSUZJRUQQABIYChRPVVRQVVRfU1RSRUFNX1NURE9VVBABEhgKFE9VVFBVVF9TVFJFQU1fU1RERVJSEAIqswEKD0hpc3RvcnlJdGVtUm9sZRIhCh1ISVNUT1JZX0lURU1fUk9MRV9VTlNQRUNJRklFRBAAEhsKF0hJU1RPUllfSVRFTV9ST0xFX0lOUFVUEAESHAoYSElTVE9SWV9JVEVNX1JPTEVfT1VUUFVUEAISHwobSElTVE9SWV9JVEVNX1JPTEVfVE9PTF9DQUxMEAMSIQodSElTVE9SWV9JVEVNX1JPTEVfVE9PTF9PVVRQVVQQBCrwBwoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIiCh5FUlJPUl9SRUFTT05fU0VTU0lPTl9OT1RfRk9VTkQQAhIfChtFUlJPUl9SRUFTT05fVFVSTl9OT1RfRk9VTkQQAxIbChdFUlJPUl9SRUFTT05fTEVBU0VfTE9TVBAEEiEKHUVSUk9SX1JFQVNPTl9TRVNTSU9OX0FSQ0hJVkVEEAUSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQBhImCiJFUlJPUl9SRUFTT05fV09SS0VSX05PVF9SRUdJU1RFUkVEEAcSIwofRVJST1JfUkVBU09OX1RVUk5fQUxSRUFEWV9FTkRFRBAIEiMKH0VSUk9SX1JFQVNPTl9TTkFQU0hPVF9OT1RfRk9VTkQQCRIaChZFUlJPUl9SRUFTT05fTk9fV09SS0VSEAoSJAogRVJST1JfUkVBU09OX0NVUlNPUl9PVVRfT0ZfUkFOR0UQCxIgChxFUlJPUl9SRUFTT05fTk9UX0lNUExFTUVOVEVEEAwSIwofRVJST1JfUkVBU09OX0lOVkFMSURfUEFHRV9UT0tFThANEiEKHUVSUk9SX1JFQVNPTl9SVU5USU1FX01JU01BVENIEA4SHQoZRVJST1JfUkVBU09OX1NFU1NJT05fQlVTWRAPEiUKIUVSUk9SX1JFQVNPTl9XT1JLRVJfTk9UX0NPTk5FQ1RFRBAQEiMKH0VSUk9SX1JFQVNPTl9SRUhZRFJBVElPTl9GQUlMRUQQERIiCh5FUlJPUl9SRUFTT05fUkVRVUVTVF9OT1RfRk9VTkQQEhIpCiVFUlJPUl9SRUFTT05fUkVRVUVTVF9BTFJFQURZX1JFU09MVkVEEBMSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAUEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAVEh4KGkVSUk9SX1JFQVNPTl9UT0tFTl9SRVZPS0VEEBYSJQohRVJST1JfUkVBU09OX1BBSVJJTkdfQ09ERV9JTlZBTElEEBcSHwobRVJST1JfUkVBU09OX0xJTUlUX0VYQ0VFREVEEBgSJwojRVJST1JfUkVBU09OX1dPUktFUl9UT0tFTl9OT1RfRk9VTkQQGRIiCh5FUlJPUl9SRUFTT05fV09SS0VSX1NFUV9SRVVTRUQQGhIfChtFUlJPUl9SRUFTT05fTk9fQUNUSVZFX1RVUk4QGyqSAQoLUmVxdWVzdEtpbmQSHAoYUkVRVUVTVF9LSU5EX1VOU1BFQ0lGSUVEEAASIQodUkVRVUVTVF9LSU5EX0NPTU1BTkRfQVBQUk9WQUwQARIlCiFSRVFVRVNUX0tJTkRfRklMRV9DSEFOR0VfQVBQUk9WQUwQAhIbChdSRVFVRVNUX0tJTkRfVVNFUl9JTlBVVBADKn8KDFJlcXVlc3RTdGF0ZRIdChlSRVFVRVNUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUkVRVUVTVF9TVEFURV9QRU5ESU5HEAESGgoWUkVRVUVTVF9TVEFURV9SRVNPTFZFRBACEhkKFVJFUVVFU1RfU1RBVEVfRVhQSVJFRBADKswBCghJdGVtS2luZBIZChVJVEVNX0tJTkRfVU5TUEVDSUZJRUQQABIaChZJVEVNX0tJTkRfVVNFUl9NRVNTQUdFEAESGwoXSVRFTV9LSU5EX0FHRU5UX01FU1NBR0UQAhIXChNJVEVNX0tJTkRfUkVBU09OSU5HEAMSHwobSVRFTV9LSU5EX0NPTU1BTkRfRVhFQ1VUSU9OEAQSGQoVSVRFTV9LSU5EX0ZJTEVfQ0hBTkdFEAUSFwoTSVRFTV9LSU5EX1RPT0xfQ0FMTBAGKpoBCglEZWx0YUtpbmQSGgoWREVMVEFfS0lORF9VTlNQRUNJRklFRBAAEhwKGERFTFRBX0tJTkRfQUdFTlRfTUVTU0FHRRABEh0KGURFTFRBX0tJTkRfQ09NTUFORF9PVVRQVVQQAhIYChRERUxUQV9LSU5EX1JFQVNPTklORxADEhoKFkRFTFRBX0tJTkRfRklMRV9DSEFOR0UQBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chl0ZXRoZXIvdjEvcmVzb3VyY2VzLnByb3RvEgl0ZXRoZXIudjEitwQKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdydW50aW1lGAIgASgJEj8KD3dvcmtlcl9zZWxlY3RvchgDIAMoCzImLnRldGhlci52MS5TZXNzaW9uLldvcmtlclNlbGVjdG9yRW50cnkSLgoGbGFiZWxzGAQgAygLMh4udGV0aGVyLnYxLlNlc3Npb24uTGFiZWxzRW50cnkSJgoFc3RhdGUYBSABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYCCABKAQSFgoOYWN0aXZlX3R1cm5faWQYCSABKAkSEQoJd29ya2VyX2lkGAogASgJEhMKC2xlYXNlX2Vwb2NoGAsgASgEEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAwgASgJEhIKCnR1cm5fY291bnQYDSABKAQSDQoFb3duZXIYDiABKAkSFgoOd2FpdGluZ19yZWFzb24YDyABKAkaNQoTV29ya2VyU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi/QIKBFR1cm4SDwoHdHVybl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEiMKBXN0YXRlGAQgASgOMhQudGV0aGVyLnYxLlR1cm5TdGF0ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl3b3JrZXJfaWQYCCABKAkSEwoLbGVhc2VfZXBvY2gYCSABKAQSEQoJZXhpdF9jb2RlGAogASgFEhUKDWVycm9yX21lc3NhZ2UYCyABKAkSOgoWaW50ZXJydXB0X3JlcXVlc3RfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd2FpdGluZ19yZWFzb24YDSABKAkiHgoNSW5wdXRSZWNlaXZlZBINCgVpbnB1dBgBIAEoCSI7CgtUdXJuU3RhcnRlZBIRCgl3b3JrZXJfaWQYASABKAkSGQoRcnVudGltZV90aHJlYWRfaWQYAiABKAkiRAoLT3V0cHV0Q2h1bmsSJwoGc3RyZWFtGAEgASgOMhcudGV0aGVyLnYxLk91dHB1dFN0cmVhbRIMCgR0ZXh0GAIgASgJIiIKDVR1cm5Db21wbGV0ZWQSEQoJZXhpdF9jb2RlGAEgASgFIjgKClR1cm5GYWlsZWQSFQoNZXJyb3JfbWVzc2FnZRgBIAEoCRITCgt3b3JrZXJfbG9zdBgCIAEoCCIdCgtUdXJuV2FpdGluZxIOCgZyZWFzb24YASABKAkiIQoPVHVybkludGVycnVwdGVkEg4KBnJlYXNvbhgBIAEoCSI2CgpGaWxlQ2hhbmdlEgwKBHBhdGgYASABKAkSDAoEa2luZBgCIAEoCRIMCgRkaWZmGAMgASgJIvEBCgRJdGVtEg8KB2l0ZW1faWQYASABKAkSIQoEa2luZBgCIAEoDjITLnRldGhlci52MS5JdGVtS2luZBIMCgR0ZXh0GAMgASgJEg8KB2NvbW1hbmQYBCABKAkSCwoDY3dkGAUgASgJEg4KBnN0YXR1cxgGIAEoCRIWCglleGl0X2NvZGUYByABKAVIAIgBARIZChFhZ2dyZWdhdGVkX291dHB1dBgIIAEoCRImCgdjaGFuZ2VzGAkgAygLMhUudGV0aGVyLnYxLkZpbGVDaGFuZ2USEAoIcmF3X2pzb24YCiABKAlCDAoKX2V4aXRfY29kZSIsCgtJdGVtU3RhcnRlZBIdCgRpdGVtGAEgASgLMg8udGV0aGVyLnYxLkl0ZW0iLgoNSXRlbUNvbXBsZXRlZBIdCgRpdGVtGAEgASgLMg8udGV0aGVyLnYxLkl0ZW0iTwoJSXRlbURlbHRhEg8KB2l0ZW1faWQYASABKAkSIgoEa2luZBgCIAEoDjIULnRldGhlci52MS5EZWx0YUtpbmQSDQoFZGVsdGEYAyABKAki+gEKClRva2VuVXNhZ2USGQoRbGFzdF9pbnB1dF90b2tlbnMYASABKAMSGgoSbGFzdF9vdXRwdXRfdG9rZW5zGAIgASgDEhoKEnRvdGFsX2lucHV0X3Rva2VucxgDIAEoAxIhChl0b3RhbF9jYWNoZWRfaW5wdXRfdG9rZW5zGAQgASgDEhsKE3RvdGFsX291dHB1dF90b2tlbnMYBSABKAMSJQoddG90YWxfcmVhc29uaW5nX291dHB1dF90b2tlbnMYBiABKAMSFAoMdG90YWxfdG9rZW5zGAcgASgDEhwKFG1vZGVsX2NvbnRleHRfd2luZG93GAggASgDIj8KCkFnZW50RXJyb3ISDwoHbWVzc2FnZRgBIAEoCRISCgp3aWxsX3JldHJ5GAIgASgIEgwKBGNvZGUYAyABKAkijAMKDlBlbmRpbmdSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIPCgd0dXJuX2lkGAMgASgJEiQKBGtpbmQYBCABKA4yFi50ZXRoZXIudjEuUmVxdWVzdEtpbmQSDgoGbWV0aG9kGAUgASgJEhMKC3BhcmFtc19qc29uGAYgASgJEg8KB3N1bW1hcnkYByABKAkSDwoHaXRlbV9pZBgIIAEoCRImCgVzdGF0ZRgJIAEoDjIXLnRldGhlci52MS5SZXF1ZXN0U3RhdGUSFQoNcmVzcG9uc2VfanNvbhgKIAEoCRIVCg1leHBpcmVfcmVhc29uGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxyZXNvbHZlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2F2YWlsYWJsZV9kZWNpc2lvbnMYDiADKAkiOwoNUmVxdWVzdE9wZW5lZBIqCgdyZXF1ZXN0GAEgASgLMhkudGV0aGVyLnYxLlBlbmRpbmdSZXF1ZXN0InsKD1JlcXVlc3RSZXNvbHZlZBISCgpyZXF1ZXN0X2lkGAEgASgJEiYKBXN0YXRlGAIgASgOMhcudGV0aGVyLnYxLlJlcXVlc3RTdGF0ZRIVCg1yZXNwb25zZV9qc29uGAMgASgJEhUKDWV4cGlyZV9yZWFzb24YBCABKAkiKgoMUnVudGltZUV2ZW50EgwKBG5hbWUYASABKAkSDAoEanNvbhgCIAEoCSKfBgoJRXZlbnRCb2R5EjIKDmlucHV0X3JlY2VpdmVkGAEgASgLMhgudGV0aGVyLnYxLklucHV0UmVjZWl2ZWRIABIuCgx0dXJuX3N0YXJ0ZWQYAiABKAsyFi50ZXRoZXIudjEuVHVyblN0YXJ0ZWRIABIoCgZvdXRwdXQYAyABKAsyFi50ZXRoZXIudjEuT3V0cHV0Q2h1bmtIABIyCg50dXJuX2NvbXBsZXRlZBgEIAEoCzIYLnRldGhlci52MS5UdXJuQ29tcGxldGVkSAASLAoLdHVybl9mYWlsZWQYBSABKAsyFS50ZXRoZXIudjEuVHVybkZhaWxlZEgAEjYKEHR1cm5faW50ZXJydXB0ZWQYBiABKAsyGi50ZXRoZXIudjEuVHVybkludGVycnVwdGVkSAASKgoHcnVudGltZRgHIAEoCzIXLnRldGhlci52MS5SdW50aW1lRXZlbnRIABIuCgxpdGVtX3N0YXJ0ZWQYCCABKAsyFi50ZXRoZXIudjEuSXRlbVN0YXJ0ZWRIABIyCg5pdGVtX2NvbXBsZXRlZBgJIAEoCzIYLnRldGhlci52MS5JdGVtQ29tcGxldGVkSAASKgoKaXRlbV9kZWx0YRgKIAEoCzIULnRldGhlci52MS5JdGVtRGVsdGFIABIsCgt0b2tlbl91c2FnZRgLIAEoCzIVLnRldGhlci52MS5Ub2tlblVzYWdlSAASLAoLYWdlbnRfZXJyb3IYDCABKAsyFS50ZXRoZXIudjEuQWdlbnRFcnJvckgAEjIKDnJlcXVlc3Rfb3BlbmVkGA0gASgLMhgudGV0aGVyLnYxLlJlcXVlc3RPcGVuZWRIABI2ChByZXF1ZXN0X3Jlc29sdmVkGA4gASgLMhoudGV0aGVyLnYxLlJlcXVlc3RSZXNvbHZlZEgAEi4KDGhpc3RvcnlfaXRlbRgPIAEoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbUgAEi4KDHR1cm5fd2FpdGluZxgQIAEoCzIWLnRldGhlci52MS5UdXJuV2FpdGluZ0gAQgYKBGtpbmQiowEKBUV2ZW50EhIKCnNlc3Npb25faWQYASABKAkSCwoDc2VxGAIgASgEEg8KB3R1cm5faWQYAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKBGJvZHkYBSABKAsyFC50ZXRoZXIudjEuRXZlbnRCb2R5EhMKC2xlYXNlX2Vwb2NoGAYgASgEImgKC0hpc3RvcnlJdGVtEigKBHJvbGUYASABKA4yGi50ZXRoZXIudjEuSGlzdG9yeUl0ZW1Sb2xlEgwKBHRleHQYAiABKAkSDwoHdHVybl9pZBgDIAEoCRIQCghyYXdfanNvbhgEIAEoCSLdAQoIU25hcHNob3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCRILCgNzZXEYAyABKAQSJwoHaGlzdG9yeRgEIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIPCgdydW50aW1lGAUgASgJEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGAggASgJKnsKDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSU0VTU0lPTl9TVEFURV9JRExFEAESGAoUU0VTU0lPTl9TVEFURV9BQ1RJVkUQAhIaChZTRVNTSU9OX1NUQVRFX0FSQ0hJVkVEEAMquwEKCVR1cm5TdGF0ZRIaChZUVVJOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVFVSTl9TVEFURV9RVUVVRUQQARIWChJUVVJOX1NUQVRFX09GRkVSRUQQAhIWChJUVVJOX1NUQVRFX1JVTk5JTkcQAxIYChRUVVJOX1NUQVRFX0NPTVBMRVRFRBAEEhUKEVRVUk5fU1RBVEVfRkFJTEVEEAUSGgoWVFVSTl9TVEFURV9JTlRFUlJVUFRFRBAGKmEKDE91dHB1dFN0cmVhbRIdChlPVVRQVVRfU1RSRUFNX1VOU1BFQ0lGSUVEEAASGAoUT1VUUFVUX1NUUkVBTV9TVERPVVQQARIYChRPVVRQVVRfU1RSRUFNX1NUREVSUhACKrMBCg9IaXN0b3J5SXRlbVJvbGUSIQodSElTVE9SWV9JVEVNX1JPTEVfVU5TUEVDSUZJRUQQABIbChdISVNUT1JZX0lURU1fUk9MRV9JTlBVVBABEhwKGEhJU1RPUllfSVRFTV9ST0xFX09VVFBVVBACEh8KG0hJU1RPUllfSVRFTV9ST0xFX1RPT0xfQ0FMTBADEiEKHUhJU1RPUllfSVRFTV9ST0xFX1RPT0xfT1VUUFVUEAQq8AcKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESIgoeRVJST1JfUkVBU09OX1NFU1NJT05fTk9UX0ZPVU5EEAISHwobRVJST1JfUkVBU09OX1RVUk5fTk9UX0ZPVU5EEAMSGwoXRVJST1JfUkVBU09OX0xFQVNFX0xPU1QQBBIhCh1FUlJPUl9SRUFTT05fU0VTU0lPTl9BUkNISVZFRBAFEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAYSJgoiRVJST1JfUkVBU09OX1dPUktFUl9OT1RfUkVHSVNURVJFRBAHEiMKH0VSUk9SX1JFQVNPTl9UVVJOX0FMUkVBRFlfRU5ERUQQCBIjCh9FUlJPUl9SRUFTT05fU05BUFNIT1RfTk9UX0ZPVU5EEAkSGgoWRVJST1JfUkVBU09OX05PX1dPUktFUhAKEiQKIEVSUk9SX1JFQVNPTl9DVVJTT1JfT1VUX09GX1JBTkdFEAsSIAocRVJST1JfUkVBU09OX05PVF9JTVBMRU1FTlRFRBAMEiMKH0VSUk9SX1JFQVNPTl9JTlZBTElEX1BBR0VfVE9LRU4QDRIhCh1FUlJPUl9SRUFTT05fUlVOVElNRV9NSVNNQVRDSBAOEh0KGUVSUk9SX1JFQVNPTl9TRVNTSU9OX0JVU1kQDxIlCiFFUlJPUl9SRUFTT05fV09SS0VSX05PVF9DT05ORUNURUQQEBIjCh9FUlJPUl9SRUFTT05fUkVIWURSQVRJT05fRkFJTEVEEBESIgoeRVJST1JfUkVBU09OX1JFUVVFU1RfTk9UX0ZPVU5EEBISKQolRVJST1JfUkVBU09OX1JFUVVFU1RfQUxSRUFEWV9SRVNPTFZFRBATEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQFBIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQFRIeChpFUlJPUl9SRUFTT05fVE9LRU5fUkVWT0tFRBAWEiUKIUVSUk9SX1JFQVNPTl9QQUlSSU5HX0NPREVfSU5WQUxJRBAXEh8KG0VSUk9SX1JFQVNPTl9MSU1JVF9FWENFRURFRBAYEicKI0VSUk9SX1JFQVNPTl9XT1JLRVJfVE9LRU5fTk9UX0ZPVU5EEBkSIgoeRVJST1JfUkVBU09OX1dPUktFUl9TRVFfUkVVU0VEEBoSHwobRVJST1JfUkVBU09OX05PX0FDVElWRV9UVVJOEBsqkgEKC1JlcXVlc3RLaW5kEhwKGFJFUVVFU1RfS0lORF9VTlNQRUNJRklFRBAAEiEKHVJFUVVFU1RfS0lORF9DT01NQU5EX0FQUFJPVkFMEAESJQohUkVRVUVTVF9LSU5EX0ZJTEVfQ0hBTkdFX0FQUFJPVkFMEAISGwoXUkVRVUVTVF9LSU5EX1VTRVJfSU5QVVQQAyp/CgxSZXF1ZXN0U3RhdGUSHQoZUkVRVUVTVF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVJFUVVFU1RfU1RBVEVfUEVORElORxABEhoKFlJFUVVFU1RfU1RBVEVfUkVTT0xWRUQQAhIZChVSRVFVRVNUX1NUQVRFX0VYUElSRUQQAyrMAQoISXRlbUtpbmQSGQoVSVRFTV9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWSVRFTV9LSU5EX1VTRVJfTUVTU0FHRRABEhsKF0lURU1fS0lORF9BR0VOVF9NRVNTQUdFEAISFwoTSVRFTV9LSU5EX1JFQVNPTklORxADEh8KG0lURU1fS0lORF9DT01NQU5EX0VYRUNVVElPThAEEhkKFUlURU1fS0lORF9GSUxFX0NIQU5HRRAFEhcKE0lURU1fS0lORF9UT09MX0NBTEwQBiqaAQoJRGVsdGFLaW5kEhoKFkRFTFRBX0tJTkRfVU5TUEVDSUZJRUQQABIcChhERUxUQV9LSU5EX0FHRU5UX01FU1NBR0UQARIdChlERUxUQV9LSU5EX0NPTU1BTkRfT1VUUFVUEAISGAoUREVMVEFfS0lORF9SRUFTT05JTkcQAxIaChZERUxUQV9LSU5EX0ZJTEVfQ0hBTkdFEARiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Session is a durable conversation with an agent runtime. Its id never changes, whichever
@@ -119,6 +119,14 @@ export type Session = Message<"tether.v1.Session"> & {
    * @generated from field: string owner = 14;
    */
   owner: string;
+
+  /**
+   * Why the session's next turn waits, when no connected worker can take it (the turn's
+   * waiting_reason); empty when nothing waits or a worker merely has no free slot yet.
+   *
+   * @generated from field: string waiting_reason = 15;
+   */
+  waitingReason: string;
 };
 
 /**
@@ -210,6 +218,23 @@ export type Turn = Message<"tether.v1.Turn"> & {
    * @generated from field: string error_message = 11;
    */
   errorMessage: string;
+
+  /**
+   * When an interrupt was asked for while the turn ran; unset otherwise. InterruptTurn on a
+   * running turn returns it still RUNNING with this set: the turn ends (turn_interrupted) when
+   * its worker stops it, or when the control plane ends it after the server's interrupt grace.
+   *
+   * @generated from field: google.protobuf.Timestamp interrupt_request_time = 12;
+   */
+  interruptRequestTime?: Timestamp | undefined;
+
+  /**
+   * Why the queued turn waits when no connected worker can take it, for example "no connected
+   * worker offers runtime 'x'"; empty otherwise (also while it merely waits for a free slot).
+   *
+   * @generated from field: string waiting_reason = 13;
+   */
+  waitingReason: string;
 };
 
 /**
@@ -349,6 +374,29 @@ export const TurnFailedSchema: GenMessage<TurnFailed> = /*@__PURE__*/
   messageDesc(file_tether_v1_resources, 6);
 
 /**
+ * TurnWaiting says a queued turn cannot be offered to any connected worker yet, and why. It is
+ * written when the reason first appears or changes; the turn starts when a worker that can take
+ * it connects (or fails NO_WORKER after the server's queue timeout, when one is set).
+ *
+ * @generated from message tether.v1.TurnWaiting
+ */
+export type TurnWaiting = Message<"tether.v1.TurnWaiting"> & {
+  /**
+   * Why, for example "no connected worker offers runtime 'x'".
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tether.v1.TurnWaiting.
+ * Use `create(TurnWaitingSchema)` to create a new message.
+ */
+export const TurnWaitingSchema: GenMessage<TurnWaiting> = /*@__PURE__*/
+  messageDesc(file_tether_v1_resources, 7);
+
+/**
  * TurnInterrupted says the turn was stopped before it finished.
  *
  * @generated from message tether.v1.TurnInterrupted
@@ -367,7 +415,7 @@ export type TurnInterrupted = Message<"tether.v1.TurnInterrupted"> & {
  * Use `create(TurnInterruptedSchema)` to create a new message.
  */
 export const TurnInterruptedSchema: GenMessage<TurnInterrupted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 7);
+  messageDesc(file_tether_v1_resources, 8);
 
 /**
  * FileChange is one file an item changed.
@@ -402,7 +450,7 @@ export type FileChange = Message<"tether.v1.FileChange"> & {
  * Use `create(FileChangeSchema)` to create a new message.
  */
 export const FileChangeSchema: GenMessage<FileChange> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 8);
+  messageDesc(file_tether_v1_resources, 9);
 
 /**
  * Item is one unit of a turn's work as the runtime reports it (a message, a command, a file
@@ -487,7 +535,7 @@ export type Item = Message<"tether.v1.Item"> & {
  * Use `create(ItemSchema)` to create a new message.
  */
 export const ItemSchema: GenMessage<Item> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 9);
+  messageDesc(file_tether_v1_resources, 10);
 
 /**
  * ItemStarted says the runtime began an item.
@@ -508,7 +556,7 @@ export type ItemStarted = Message<"tether.v1.ItemStarted"> & {
  * Use `create(ItemStartedSchema)` to create a new message.
  */
 export const ItemStartedSchema: GenMessage<ItemStarted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 10);
+  messageDesc(file_tether_v1_resources, 11);
 
 /**
  * ItemCompleted says an item finished.
@@ -529,7 +577,7 @@ export type ItemCompleted = Message<"tether.v1.ItemCompleted"> & {
  * Use `create(ItemCompletedSchema)` to create a new message.
  */
 export const ItemCompletedSchema: GenMessage<ItemCompleted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 11);
+  messageDesc(file_tether_v1_resources, 12);
 
 /**
  * ItemDelta is a piece of an item's text or output, streamed while it runs.
@@ -564,7 +612,7 @@ export type ItemDelta = Message<"tether.v1.ItemDelta"> & {
  * Use `create(ItemDeltaSchema)` to create a new message.
  */
 export const ItemDeltaSchema: GenMessage<ItemDelta> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 12);
+  messageDesc(file_tether_v1_resources, 13);
 
 /**
  * TokenUsage reports the model tokens the session used.
@@ -634,7 +682,7 @@ export type TokenUsage = Message<"tether.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 13);
+  messageDesc(file_tether_v1_resources, 14);
 
 /**
  * AgentError is an error the runtime reported (for example the model API failing).
@@ -669,7 +717,7 @@ export type AgentError = Message<"tether.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 14);
+  messageDesc(file_tether_v1_resources, 15);
 
 /**
  * PendingRequest is a question a runtime asked mid-turn (an approval, user input) that an
@@ -782,7 +830,7 @@ export type PendingRequest = Message<"tether.v1.PendingRequest"> & {
  * Use `create(PendingRequestSchema)` to create a new message.
  */
 export const PendingRequestSchema: GenMessage<PendingRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 15);
+  messageDesc(file_tether_v1_resources, 16);
 
 /**
  * RequestOpened says a runtime is waiting for an answer.
@@ -803,7 +851,7 @@ export type RequestOpened = Message<"tether.v1.RequestOpened"> & {
  * Use `create(RequestOpenedSchema)` to create a new message.
  */
 export const RequestOpenedSchema: GenMessage<RequestOpened> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 16);
+  messageDesc(file_tether_v1_resources, 17);
 
 /**
  * RequestResolved says a pending request was answered or expired.
@@ -845,7 +893,7 @@ export type RequestResolved = Message<"tether.v1.RequestResolved"> & {
  * Use `create(RequestResolvedSchema)` to create a new message.
  */
 export const RequestResolvedSchema: GenMessage<RequestResolved> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 17);
+  messageDesc(file_tether_v1_resources, 18);
 
 /**
  * RuntimeEvent carries a runtime-specific event that has no typed form in this contract.
@@ -873,7 +921,7 @@ export type RuntimeEvent = Message<"tether.v1.RuntimeEvent"> & {
  * Use `create(RuntimeEventSchema)` to create a new message.
  */
 export const RuntimeEventSchema: GenMessage<RuntimeEvent> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 18);
+  messageDesc(file_tether_v1_resources, 19);
 
 /**
  * EventBody is the content of one event; exactly one field is set.
@@ -1007,6 +1055,14 @@ export type EventBody = Message<"tether.v1.EventBody"> & {
      */
     value: HistoryItem;
     case: "historyItem";
+  } | {
+    /**
+     * A queued turn waits because no connected worker can take it (written by the control plane).
+     *
+     * @generated from field: tether.v1.TurnWaiting turn_waiting = 16;
+     */
+    value: TurnWaiting;
+    case: "turnWaiting";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1015,7 +1071,7 @@ export type EventBody = Message<"tether.v1.EventBody"> & {
  * Use `create(EventBodySchema)` to create a new message.
  */
 export const EventBodySchema: GenMessage<EventBody> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 19);
+  messageDesc(file_tether_v1_resources, 20);
 
 /**
  * Event is one entry in a session's durable log.
@@ -1073,7 +1129,7 @@ export type Event = Message<"tether.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 20);
+  messageDesc(file_tether_v1_resources, 21);
 
 /**
  * HistoryItem is one item of the model-visible history: what a fresh runtime is fed to continue
@@ -1116,7 +1172,7 @@ export type HistoryItem = Message<"tether.v1.HistoryItem"> & {
  * Use `create(HistoryItemSchema)` to create a new message.
  */
 export const HistoryItemSchema: GenMessage<HistoryItem> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 21);
+  messageDesc(file_tether_v1_resources, 22);
 
 /**
  * Snapshot is a durable checkpoint of a session's model-visible history.
@@ -1186,7 +1242,7 @@ export type Snapshot = Message<"tether.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 22);
+  messageDesc(file_tether_v1_resources, 23);
 
 /**
  * SessionState is where a session stands as a whole.
