@@ -121,11 +121,10 @@ class WorkerConn:
     # The registry's side (`Workers`): the stream, the timer, the registration.
 
     def successor(self, info: WorkerInfo) -> WorkerConn:
-        """A newer registration of the same worker: it shares what this one holds and runs."""
-        conn = WorkerConn(info)
-        conn._sessions = self._sessions
-        conn._in_flight = self._in_flight
-        return conn
+        """A newer registration of the same worker (often a new process): it starts holding
+        and running nothing; its LeaseOpen says which leases it still holds, and `attach`
+        settles the rest before anything is offered to it."""
+        return WorkerConn(info)
 
     def bind(self, outbox: asyncio.Queue[WorkerMsg] | None) -> None:
         self._outbox = outbox
@@ -240,24 +239,22 @@ class Workers:
         self.require(worker_id, registration_id)
         for session_id, _ in held:  # after a control-plane restart they may not be loaded yet
             await self._sessions.load(session_id)
+        held_ids = {sid for sid, _ in held}
+        # Settle first: the leases this control plane has the worker holding (after a
+        # control-plane restart, as loaded from the database) that the worker no longer knows
+        # about (it restarted and lost those runtimes) are freed, and their running turns end,
+        # before the stream is bound, so nothing is offered to it at an old epoch meanwhile.
+        for rec in self._leases.held_by(worker_id):
+            if not rec.deleted and rec.session_id not in held_ids:
+                await self._leases.drop(rec, "the worker restarted and no longer holds the session", revoke=True)
         w = self.require(worker_id, registration_id)
         if w.connected:
             w.push(CloseMsg("replaced by a newer Lease stream"))
         w.bind(outbox)
         w.disarm_dead_timer()  # back within the grace: nothing moves
-        held_ids = {sid for sid, _ in held}
-        # One pass over what this control plane says the worker holds (after a control-plane
-        # restart, as loaded from the database): rebuild its slot count from the turns it runs,
-        # and free the leases it no longer knows about (it restarted and lost those runtimes)
-        # so those sessions move at once.
+        # Rebuild its slot count from the turns it runs.
         for rec in self._leases.held_by(worker_id):
-            if rec.deleted:
-                continue
-            session_id = rec.session_id
-            if session_id not in held_ids:
-                self._leases.drop_soon(
-                    rec, "the worker restarted and no longer holds the session", f"tether-drop-lease-{session_id}"
-                )
+            if rec.deleted or rec.session_id not in held_ids:
                 continue
             running = self._turns.running(rec)
             if running is not None and running.worker_id == worker_id:

@@ -229,3 +229,31 @@ async def test_a_queue_timeout_fails_a_turn_no_worker_can_take_no_worker() -> No
         assert (await hub.get_session(OWNER, sid)).state.name == "IDLE"
     finally:
         await hub.stop()
+
+
+async def test_a_worker_restarted_within_the_grace_runs_the_turn_queued_for_it() -> None:
+    """SIGKILL the holder, send the session a turn, restart the worker (same id, nothing held)
+    before the worker-dead grace ends: the turn must run there at the next epoch, rehydrated,
+    not be offered at the old epoch and then lost with the old lease."""
+    hub, store = new_hub()
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    first = await run_turn(hub, w1, sid)
+    await w1.write(sid, first.lease_epoch, first.turn_id, "turn_completed")
+    w1.disconnect()  # killed: the grace (30 s here) starts
+    turn, _ = await hub.send_input(OWNER, sid, "again", "")
+    await settle()
+
+    restarted = Worker(hub, "w1")  # the new process: same id, holds nothing
+    lost = await restarted.connect()
+    assert lost == []
+    await settle()
+    offer = restarted.offer()
+    assert (offer.turn_id, offer.lease_epoch, offer.resume_required) == (turn.turn_id, first.lease_epoch + 1, True)
+    await restarted.accept(offer)
+    await settle()
+    assert not restarted.only(RevokeMsg)
+    await restarted.write(sid, offer.lease_epoch, offer.turn_id, "turn_started", "turn_completed")
+    assert (await hub.get_turn(OWNER, sid, turn.turn_id)).state.name == "COMPLETED"
+    assert "turn_failed" not in store.kinds(sid)
