@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
+from . import _reflection
 from ._settings import Settings
 from .api._admin_service import AdminService
 from .api._auth import Authenticator
@@ -259,12 +259,12 @@ class ControlPlane:
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection([*list(_SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        _reflection.enable_reflection([*_SERVICES, health.SERVICE_NAME], server)
         await server.start()
         self._server = server
         if replicated:
             await self._campaign(url)
-        for name in ("", *_SERVICES):
+        for name in ("", *_SERVICES, health.SERVICE_NAME, *_reflection.SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "control plane listening on %s:%d (database %s, %s%s)",

@@ -72,9 +72,16 @@ class LeaseLost(DomainError):
     reason = "LEASE_LOST"
 
     def __init__(self, session_id: str, epoch: int, current: int) -> None:
+        if current == 0:
+            what = "no worker holds it now, or the session is gone"
+        elif current == epoch:
+            what = "at that epoch the lease was released, or is held by another worker"
+        elif current > epoch:
+            what = f"it was superseded by epoch {current}"
+        else:
+            what = f"it was never granted (the lease is at epoch {current})"
         super().__init__(
-            f"lease epoch {epoch} of session {session_id!r} is no longer current "
-            f"(current epoch {current}); stop this session",
+            f"lease epoch {epoch} of session {session_id!r} is not this worker's: {what}; stop this session",
             session_id=session_id,
             lease_epoch=str(epoch),
             current_epoch=str(current),
