@@ -262,6 +262,15 @@ class SessionCache:
 
     async def archive(self, owner: str, session_id: str) -> SessionView:
         rec = await self.require(session_id, owner)
+        # An archived session is read-only, so a turn must not keep writing to it: refuse while
+        # one is queued or running (interrupt it first, or wait for it to end).
+        if not rec.session.archived and self._turns.busy(rec):
+            raise errors.SessionBusy(
+                f"session {session_id!r} has a turn queued or running ({self._turns.current_turn_id(rec)}); "
+                "interrupt it or wait for it to end, then archive",
+                session_id=session_id,
+                turn_id=self._turns.current_turn_id(rec),
+            )
         if not rec.session.archived:
             rec.session.archived = True
             rec.session.update_time_us = now_us()

@@ -131,7 +131,7 @@ CASES = [
         "InterruptTurn",
         lambda sid: spb.InterruptTurnRequest(session_id=sid),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "TURN_ALREADY_ENDED",
+        "NO_ACTIVE_TURN",
         None,
     ),
     (

@@ -257,3 +257,17 @@ async def test_a_worker_restarted_within_the_grace_runs_the_turn_queued_for_it()
     await restarted.write(sid, offer.lease_epoch, offer.turn_id, "turn_started", "turn_completed")
     assert (await hub.get_turn(OWNER, sid, turn.turn_id)).state.name == "COMPLETED"
     assert "turn_failed" not in store.kinds(sid)
+
+
+async def test_archiving_a_session_with_a_turn_queued_or_running_is_refused_busy() -> None:
+    hub, store = new_hub()
+    w1 = Worker(hub, "w1")
+    await w1.connect()
+    sid = await new_session(hub)
+    offer = await run_turn(hub, w1, sid)
+    with pytest.raises(errors.SessionBusy, match="interrupt it or wait") as busy:
+        await hub.archive_session(OWNER, sid)
+    assert busy.value.metadata["turn_id"] == offer.turn_id
+    assert not store.sessions[sid].archived
+    await w1.write(sid, offer.lease_epoch, offer.turn_id, "turn_completed")
+    assert (await hub.archive_session(OWNER, sid)).state.name == "ARCHIVED"
