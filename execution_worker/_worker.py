@@ -22,6 +22,7 @@ from typing import cast
 
 import grpc
 
+from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import history_from_resume, resume_watermark
 from tether.execution_worker._credentials import CredentialsRejected
@@ -432,16 +433,32 @@ class Worker:
         return runtime
 
     async def _resume(self, session: Session, skip_turn_id: str) -> tuple[list[HistoryItem], int]:
-        call = self._link.stub.Resume(
-            worker_service_pb2.ResumeRequest(
-                worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch
-            ),
-            timeout=self.settings.resume_timeout_s,
+        """Download the session's history. A control plane that is away (restarting, or a
+        replica handing over) answers UNAVAILABLE: retry, with backoff, while the session is
+        still ours (not dropped: its lease was neither lost nor revoked) and within the Resume
+        deadline; the lease survives the control plane's restart."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.resume_timeout_s
+        backoff = Backoff(self.settings.reconnect_backoff_initial_s, self.settings.reconnect_backoff_max_s)
+        request = worker_service_pb2.ResumeRequest(
+            worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch
         )
-        try:
-            chunks = [chunk async for chunk in call]
-        except grpc.aio.AioRpcError as error:
-            if is_lease_lost(error):
-                raise LeaseLost() from error
-            raise
-        return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks)
+        while True:
+            call = self._link.stub.Resume(request, timeout=max(0.1, deadline - loop.time()))
+            try:
+                chunks = [chunk async for chunk in call]
+            except grpc.aio.AioRpcError as error:
+                if is_lease_lost(error):
+                    raise LeaseLost() from error
+                delay = backoff.next_delay()
+                if error.code() != grpc.StatusCode.UNAVAILABLE or session.dropped or loop.time() + delay >= deadline:
+                    raise
+                _log.info(
+                    "session %s: Resume answered %s; retrying in %.2fs while the lease is ours",
+                    session.session_id,
+                    describe(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks)

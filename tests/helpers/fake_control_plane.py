@@ -79,6 +79,7 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         self.half_closed = 0
         self.snapshot_error: tuple[grpc.StatusCode, str] | None = None
         self.resume_error: tuple[grpc.StatusCode, str] | None = None
+        self.resume_unavailable = 0  # the next this many Resume calls answer UNAVAILABLE
         self.resume_chunks: list[wpb.ResumeResponse] = []
         self.last_seq: dict[str, int] = {}  # session seq, shared by Resume and event acks
         self.stored: list[tuple[str, wpb.WorkerEvent]] = []
@@ -228,6 +229,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
 
     async def Resume(self, request, context):
         self.log.append(("resume", request))
+        if self.resume_unavailable > 0:
+            self.resume_unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is restarting")
         if self.resume_error is not None:
             await context.abort(*self.resume_error)
         for chunk in self.resume_chunks:

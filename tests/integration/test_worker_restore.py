@@ -339,3 +339,18 @@ async def test_a_cooled_session_has_no_holder_on_the_control_plane_and_its_next_
     assert turn_id == turn.turn_id
     assert [h.text for h in runtime.started_with or []][:1] == ["first"]  # rehydrated from the log
     assert (await client.get_session(a.session_id)).lease_epoch == 2
+
+
+async def test_resume_is_retried_while_the_control_plane_is_away(fake_cp, start_worker):
+    """A control plane restarting during a Resume answers UNAVAILABLE: the worker retries while
+    the lease is still its own, and the restore completes instead of failing."""
+    cp, target = fake_cp
+    w = start_worker(target)
+    await _connected(cp)
+    cp.resume_chunks = _resume_material("ses_a")
+    cp.resume_unavailable = 2
+    cp.offer("ses_a", epoch=3, resume_required=True, restore_only=True)
+    await eventually(lambda: cp.snapshots(), timeout=5, what="restore confirmed")
+    assert len(cp.resumes()) == 3
+    assert not cp.lease_requests("release")
+    assert w.worker.session_ids == ["ses_a"]
