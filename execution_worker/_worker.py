@@ -23,6 +23,7 @@ from typing import cast
 import grpc
 
 from tether.execution_worker._backoff import Backoff
+from tether.execution_worker._codex_check import CodexUnavailable, codex_problem
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import history_from_resume, resume_watermark
 from tether.execution_worker._credentials import CredentialsRejected
@@ -82,7 +83,9 @@ class Worker:
         self.settings = settings
         self.worker_id = resolve_worker_id(settings.workdir, settings.worker_id)
         self._runtimes = dict(runtimes) if runtimes is not None else select_runtimes(settings.runtimes)
-        if self._runtimes.get("codex") is codex_runtime:
+        # The built-in codex runtime is offered only once `run()` has checked it can work here.
+        self._check_codex = self._runtimes.get("codex") is codex_runtime
+        if self._check_codex:
             self._runtimes["codex"] = functools.partial(codex_runtime, settings.codex)
         check_runtimes(self._runtimes)
         self._channel = channel
@@ -182,6 +185,18 @@ class Worker:
         # must be noticed by the waiting drain.
         self._work_changed.set()
 
+    async def _offer_codex_only_if_usable(self) -> None:
+        """Drop the codex runtime when it cannot work here (no binary, an unsupported version,
+        no credentials), saying in one line what to do; raises `CodexUnavailable` when nothing
+        is left to offer."""
+        problem = await codex_problem(self.settings.codex, self.settings.workdir / ".tether" / "codex-check")
+        if problem is None:
+            return
+        del self._runtimes["codex"]  # shared with Turns: offers for codex are refused from now on
+        if not self._runtimes:
+            raise CodexUnavailable(f"the codex runtime cannot run here: {problem}")
+        _log.error("not offering the codex runtime: %s", problem)
+
     async def run(self) -> None:
         """Run until drained or closed. Never raises for control-plane trouble: it reconnects;
         only credentials the control plane refuses (`CredentialsRejected`) end it."""
@@ -189,6 +204,9 @@ class Worker:
             raise RuntimeError("Worker.run() is already running")
         self._running = True
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        if self._check_codex:
+            self._check_codex = False
+            await self._offer_codex_only_if_usable()
         if self._channel is None:
             # gRPC's own subchannel backoff (1 s growing to 120 s) would fail our calls fast
             # while it waits, overriding the server's reconnect hints: keep it short and let

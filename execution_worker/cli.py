@@ -25,6 +25,7 @@ from typing import Any, TypedDict, TypeVar
 import click
 import grpc
 
+from tether.execution_worker._codex_check import CodexUnavailable
 from tether.execution_worker._codex_settings import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
 from tether.execution_worker._credentials import (
     CredentialsRejected,
@@ -473,6 +474,9 @@ async def _serve(settings: WorkerSettings) -> int:
         except asyncio.CancelledError:
             if exit_code == 0:
                 raise
+        except CodexUnavailable as error:
+            logging.getLogger("tether.execution_worker").error("%s", error)
+            exit_code = 2
         except CredentialsRejected as error:
             logging.getLogger("tether.execution_worker").error(
                 "the control plane refused this worker's credentials: %s. Pair it again "

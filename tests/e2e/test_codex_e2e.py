@@ -5,8 +5,10 @@ Everything goes through the SDK, as an application would."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
+import sys
 
 import pytest
 
@@ -296,19 +298,14 @@ async def test_a_restore_that_cannot_rehydrate_fails_closed(cp, procs, tmp_path,
         t1 = await client.send_input(s.session_id, "remember: the password is swordfish")
         assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
         a.send_signal(signal.SIGKILL)
-        broken = start_worker(
-            procs,
-            cp.target,
-            tmp_path / "wb",
-            "wb",
-            1,
-            "--worker-id",
-            "wb",
-            "--runtime",
-            "codex",
-            "--codex-bin",
-            str(tmp_path / "no-such-codex"),
+        # A Codex that passes the start check but whose app-server cannot run.
+        broken_bin = tmp_path / "broken-codex"
+        broken_bin.write_text(
+            '#!/bin/sh\nif [ "$1" = --version ]; then echo "codex-cli 0.169.0"; exit 0; fi\n'
+            "echo 'this codex cannot run' >&2\nexit 1\n"
         )
+        broken_bin.chmod(0o755)
+        broken = codex_worker(procs, cp, tmp_path / "wb", "wb", mock, "--codex-bin", str(broken_bin))
         t2 = await client.send_input(s.session_id, "what is the password?")
         done = await finished(client, s.session_id, t2.turn_id)
         assert done.state == sdk.TurnState.FAILED and "rehydrate" in done.error_message
@@ -404,3 +401,68 @@ async def test_an_approval_takes_exactly_the_decisions_it_lists(cp, procs, tmp_p
         events = await events_of(client, s.session_id, t.turn_id)
         assert not [e for e in events if kind(e) == "agent_error"]
         assert (tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "amended.txt").exists()
+
+
+async def test_a_worker_does_not_offer_a_codex_that_cannot_run(cp, procs, tmp_path, mock):
+    # Codex alone, and no codex binary: the worker stops at once, with one line naming the fix.
+    args = [sys.executable, "-m", "tether.execution_worker", "--control-plane", cp.target]
+    alone = procs(
+        [*args, "--workdir", str(tmp_path / "wx"), "--runtime", "codex", "--codex-bin", str(tmp_path / "no-codex")],
+        "wx",
+    )
+    assert alone.popen.wait(timeout=60) == 2
+    lines = [line for line in alone.log_path.read_text().splitlines() if "codex" in line]
+    assert len(lines) == 1 and "--codex-bin node_modules/.bin/codex" in lines[0], lines
+    assert "Traceback" not in alone.log_path.read_text()
+    # With another runtime, it runs without codex: a Codex outside the supported range...
+    old = tmp_path / "old-codex"
+    old.write_text('#!/bin/sh\necho "codex-cli 0.150.0"\n')
+    old.chmod(0o755)
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock, "--codex-bin", str(old))
+    # ... or no credentials for the default model provider (no --codex-config, an empty home).
+    start_worker(
+        procs,
+        cp.target,
+        tmp_path / "wb",
+        "wb",
+        1,
+        "--worker-id",
+        "wb",
+        "--runtime",
+        "codex",
+        "--codex-bin",
+        str(codex_bin()),
+        "--codex-home-from",
+        str(tmp_path / "empty-home"),
+    )
+    async with sdk.AsyncClient(cp.target) as client:
+
+        async def both_registered() -> bool:
+            return {w.worker_id for w in await client.list_workers() if w.connected} >= {"wa", "wb"}
+
+        await eventually(both_registered, timeout=30, what="workers wa and wb registered")
+        assert {w.worker_id: w.runtimes for w in await client.list_workers() if w.worker_id in ("wa", "wb")} == {
+            "wa": ["shell"],
+            "wb": ["shell"],
+        }
+    wa_log = (tmp_path / "wa.log").read_text()
+    assert "not offering the codex runtime: codex 0.150.0" in wa_log and "not a supported version" in wa_log
+    wb_log = (tmp_path / "wb.log").read_text()
+    assert "not offering the codex runtime: no credentials" in wb_log and "`codex login`" in wb_log
+
+
+async def test_the_readme_command_with_relative_paths_runs_codex_turns(cp, procs, tmp_path, mock):
+    """`tether worker --workdir ./codex-worker --codex-bin node_modules/.bin/codex`: the worker
+    processes of these tests run in the repository root, so both paths are relative to it."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if not (root / "node_modules/.bin/codex").exists():
+        pytest.skip("node_modules/.bin/codex is not installed")
+    workdir = pathlib.Path(os.path.relpath(tmp_path / "codex-worker", root))
+    assert not workdir.is_absolute() and pathlib.Path.cwd() == root
+    codex_worker(procs, cp, workdir, "wr", mock, "--codex-bin", "node_modules/.bin/codex")
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t = await client.send_input(s.session_id, "hi from a relative workdir")
+        done = await finished(client, s.session_id, t.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wr", done.error_message
+    assert (tmp_path / "codex-worker" / "sessions" / s.session_id / "codex-home").is_dir()
