@@ -221,11 +221,16 @@ class Turns:
         turn_id = offer.turn_id
         outbox = session.outbox
         terminal: object = None
-        try:
+
+        def started() -> None:
+            # turn_started goes first, once the runtime is up, so it carries the runtime's
+            # thread id also on a session's first turn and the first turn after a move.
             outbox.emit(
                 turn_id,
                 turn_started_body(self._worker_id, session.runtime.runtime_thread_id if session.runtime else ""),
             )
+
+        try:
             if session.restore_task is not None:
                 # A turn right after a restore-only placement runs on the runtime it rebuilds.
                 await asyncio.wait({session.restore_task})
@@ -242,10 +247,12 @@ class Turns:
                 except RehydrationFailed as failure:
                     # Fails closed: never run the turn on an empty history by mistake.
                     terminal = TurnFailed(f"could not rehydrate session {session.session_id}: {failure}")
+                    started()
                     outbox.emit(turn_id, event_body(terminal))
                     return
                 if runtime is None:
                     return
+            started()
             if session.pending_interrupt is not None:
                 terminal = TurnInterrupted(session.pending_interrupt)
                 outbox.emit(turn_id, event_body(terminal))

@@ -268,6 +268,7 @@ class FakeRuntime(Runtime):
             raise RuntimeError(self.registry.fail_start)
         self.started_with = list(history)
         self.history = list(history)
+        self.thread_id = f"thread-{session_id}"  # known once started, as with Codex
 
     async def run_turn(self, turn_id: str, input: str) -> AsyncIterator[Any]:
         self.registry.turns.append((self, turn_id))
@@ -293,6 +294,10 @@ class FakeRuntime(Runtime):
 
     def runtime_metadata(self) -> dict[str, Any]:
         return {"runtime": "fake"}
+
+    @property
+    def runtime_thread_id(self) -> str:
+        return getattr(self, "thread_id", "")
 
     async def close(self) -> None:
         self.closed = True

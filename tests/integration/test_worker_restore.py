@@ -354,3 +354,31 @@ async def test_resume_is_retried_while_the_control_plane_is_away(fake_cp, start_
     assert len(cp.resumes()) == 3
     assert not cp.lease_requests("release")
     assert w.worker.session_ids == ["ses_a"]
+
+
+async def test_turn_started_carries_the_runtime_thread_id_on_a_first_turn(fake_cp, start_worker):
+    """turn_started is written once the runtime is up, so even a session's first turn (and the
+    first after a move, which rehydrates) names the runtime's thread."""
+    cp, target = fake_cp
+    start_worker(target)
+    await _connected(cp)
+    for epoch, turn_id in ((1, "trn_first"), (2, "trn_moved")):
+        cp.offer("ses_new", turn_id, "hello", epoch=epoch, resume_required=True)
+        await eventually(
+            lambda turn_id=turn_id: any(
+                e.turn_id == turn_id and e.body.WhichOneof("kind") == "turn_started"
+                for entry in cp.log
+                if entry[0] == "events"
+                for e in entry[1].events
+            ),
+            timeout=3,
+            what=f"{turn_id} started",
+        )
+        started = [
+            e.body.turn_started
+            for entry in cp.log
+            if entry[0] == "events"
+            for e in entry[1].events
+            if e.turn_id == turn_id and e.body.WhichOneof("kind") == "turn_started"
+        ]
+        assert [s.runtime_thread_id for s in started] == ["thread-ses_new"]
