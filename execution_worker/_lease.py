@@ -37,6 +37,7 @@ from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._credentials import REJECTED_CODES, CredentialsRejected
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import WorkerSettings
+from tether.sdk.channel import tls_hint
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -253,7 +254,9 @@ class LeaseClient:
             except grpc.aio.AioRpcError as error:
                 if error.code() in REJECTED_CODES:
                     raise CredentialsRejected(describe(error)) from None
-                _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
+                _log.warning(
+                    "control plane %s: %s%s", self._settings.control_plane, describe(error), self._tls_hint(error)
+                )
             except (TimeoutError, ConnectionError, OSError) as error:
                 _log.warning("control plane %s: %s", self._settings.control_plane, describe(error))
             except (asyncio.CancelledError, CredentialsRejected):
@@ -269,6 +272,14 @@ class LeaseClient:
             delay = backoff.next_delay()
             _log.info("reconnecting to %s in %.2fs", self._settings.control_plane, delay)
             await asyncio.sleep(delay)
+
+    def _tls_hint(self, error: grpc.aio.AioRpcError) -> str:
+        """What to set when the failure looks like a TLS mistake (a bare "Socket closed")."""
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            return ""
+        s = self._settings
+        hint = tls_hint(error.details() or "", tls=bool(s.tls_ca_file), client_cert=bool(s.tls_cert_file))
+        return f"; {hint}" if hint else ""
 
     async def _connect_once(self) -> bool:
         settings = self._settings

@@ -124,6 +124,10 @@ class AsyncClient:
                 target, options=options, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
             )
         )
+        # How this client dialled, so that a TLS mistake's bare "Socket closed" can say what to set.
+        self._transport: dict[str, Any] = (
+            {"tls": bool(tls_ca_file), "client_cert": bool(tls_cert_file)} if channel is None else {}
+        )
         # Every SessionService and AdminService call carries the credentials; health checks none.
         self._metadata = credential_metadata(api_key, owner)
         self._stub = session_stub(self._channel)
@@ -164,7 +168,7 @@ class AsyncClient:
         try:
             return await method(request, timeout=self._deadline(timeout_s), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc) from exc
+            raise translate_rpc_error(exc, **self._transport) from exc
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -399,7 +403,7 @@ class AsyncClient:
                         yield _convert.event_from_proto(event)
                 return
             except grpc.aio.AioRpcError as exc:
-                error = translate_rpc_error(exc)
+                error = translate_rpc_error(exc, **self._transport)
                 if not (reconnect and established and exc.code() == grpc.StatusCode.UNAVAILABLE) or self._closed:
                     raise error from exc
                 now = time.monotonic()

@@ -47,6 +47,8 @@ import grpc
 # googleapis-common-protos ships no type information (no py.typed, no stubs in the dev set).
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
+from .channel import tls_hint
+
 __all__ = [
     "AlreadyExistsError",
     "DeadlineExceededError",
@@ -233,10 +235,18 @@ def _rich_status(trailing_metadata: Any) -> status_pb2.Status | None:
     return None
 
 
-def translate_rpc_error(error: grpc.aio.AioRpcError) -> TetherError:
-    """Return the typed SDK exception for a failed gRPC call (the caller raises it)."""
+def translate_rpc_error(
+    error: grpc.aio.AioRpcError, *, tls: bool | None = None, client_cert: bool = False
+) -> TetherError:
+    """Return the typed SDK exception for a failed gRPC call (the caller raises it).
+
+    `tls` (with `client_cert`) says how the client dialled, when the SDK made the channel:
+    then a connection failure that looks like a TLS mistake says what to set (`tls_hint`)."""
     code = error.code() or grpc.StatusCode.UNKNOWN
     message = error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and tls is not None:
+        hint = tls_hint(message, tls=tls, client_cert=client_cert)
+        message = f"{message}; {hint}" if hint else message
     reason = ""
     metadata: dict[str, str] = {}
     violations: list[tuple[str, str]] = []

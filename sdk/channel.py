@@ -64,6 +64,41 @@ def credential_metadata(secret: str | None, owner: str | None = None) -> tuple[t
     return tuple(metadata) or None
 
 
+def tls_hint(details: str, *, tls: bool, client_cert: bool) -> str:
+    """What to set when a connection failed the way a TLS mistake makes it fail, else "".
+
+    gRPC reports a plaintext client on a TLS server, and a client without an accepted
+    certificate on a mutual-TLS server, only as "Socket closed" while connecting; `tls` and
+    `client_cert` say how this client dialled, which tells the likely mistake apart."""
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            "the control plane does not serve TLS: dial it in plaintext (unset TETHER_TLS_CA; no tls_ca_file), "
+            "or start it with --tls-cert and --tls-key"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the control plane's certificate is not signed by the CA this client trusts: set TETHER_TLS_CA "
+            "(tls_ca_file; --tls-ca for a worker) to the CA that signed it"
+        )
+    if "Socket closed" not in details or "failed to connect" not in details:
+        return ""
+    if not tls:
+        return (
+            "the control plane closed the connection before gRPC could speak; it probably serves TLS: set "
+            "TETHER_TLS_CA (tls_ca_file; --tls-ca for a worker) to the CA that signed its certificate"
+        )
+    if not client_cert:
+        return (
+            "the control plane closed the TLS handshake; it probably requires a client certificate (mutual "
+            "TLS): set TETHER_TLS_CLIENT_CERT and TETHER_TLS_CLIENT_KEY (tls_cert_file and tls_key_file; "
+            "--tls-cert and --tls-key for a worker)"
+        )
+    return (
+        "the control plane closed the TLS handshake; it probably does not accept this client certificate: "
+        "use one signed by the CA it was started with (--tls-client-ca)"
+    )
+
+
 class WithMetadata:
     """A stub whose every call carries `metadata` (one seam instead of one per call site)."""
 
@@ -78,4 +113,4 @@ class WithMetadata:
         return functools.partial(method, metadata=self._metadata)
 
 
-__all__ = ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel"]
+__all__ = ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel", "tls_hint"]

@@ -66,7 +66,7 @@ PINNED: dict[str, list[str]] = {
         "WorkerStatus",
         "WorkerToken",
     ],
-    "tether.sdk.channel": ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel"],
+    "tether.sdk.channel": ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel", "tls_hint"],
     # tether.cli composes `tether worker` from these, so they stay importable from here.
     "tether.sdk.cli": [
         "drain_worker",
