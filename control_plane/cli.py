@@ -162,6 +162,35 @@ def _is_loopback(host: str) -> bool:
     "(a turn open, a lease held, a subscriber following); it reloads from the database on demand.",
 )
 @click.option(
+    "--interrupt-grace-s",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    envvar="TETHER_INTERRUPT_GRACE_S",
+    show_envvar=True,
+    help="End an interrupted turn whose worker has not stopped it within this (turn_interrupted) and "
+    "take the session's lease back.",
+)
+@click.option(
+    "--max-turn-s",
+    type=click.FloatRange(0.0),
+    default=0.0,
+    show_default=True,
+    envvar="TETHER_MAX_TURN_S",
+    show_envvar=True,
+    help="Interrupt a turn running longer than this (0: no maximum); --interrupt-grace-s then applies.",
+)
+@click.option(
+    "--queue-timeout-s",
+    type=click.FloatRange(0.0),
+    default=0.0,
+    show_default=True,
+    envvar="TETHER_QUEUE_TIMEOUT_S",
+    show_envvar=True,
+    help="Fail a queued turn that no connected worker can take (runtime, labels, draining) after this, "
+    "NO_WORKER (0: it waits as long as it takes).",
+)
+@click.option(
     "--max-message-bytes",
     type=click.IntRange(1024),
     default=4 << 20,
@@ -265,6 +294,9 @@ def serve(
     sticky_timeout_s: float,
     offer_timeout_s: float,
     session_idle_s: float,
+    interrupt_grace_s: float,
+    max_turn_s: float,
+    queue_timeout_s: float,
     max_message_bytes: int,
     dev: bool,
     tls_cert: str | None,
@@ -338,6 +370,9 @@ def serve(
             sticky_timeout_s=sticky_timeout_s,
             offer_timeout_s=offer_timeout_s,
             session_idle_s=session_idle_s,
+            interrupt_grace_s=interrupt_grace_s,
+            max_turn_s=max_turn_s,
+            queue_timeout_s=queue_timeout_s,
         ),
     )
     try:
