@@ -10,7 +10,10 @@ misbehave, on streams the control plane has opened and is reading:
   a valid renewal after them.
 - events: the application sends a turn to a fresh session; a second paired worker takes its
   offer on its Lease stream, is granted the lease and resumes (Resume); it opens StreamEvents
-  with turn_started and output, waits until the control plane has acknowledged them, then sends
+  with turn_started and output (sometimes a request_opened with arbitrary fields, which the
+  application then answers with arbitrary JSON through RespondToRequest and lists with
+  ListRequests while the turn runs), waits until the control plane has acknowledged them, then
+  sends
   malformed batches: undecodable bytes, arbitrary StreamEventsRequests, and plausible ones (the
   right session, epoch, turn and next worker_seq, give or take one, with an arbitrary event
   body). It then uploads a snapshot whose header is valid followed by chunks that are not,
@@ -21,6 +24,8 @@ Every call's answer goes through the same judgement as the plain fuzz (`problem`
 
 from __future__ import annotations
 
+import itertools
+import json
 import queue
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -102,6 +107,11 @@ class LeasePlan:
 @dataclass(frozen=True)
 class EventsPlan:
     outputs: int  # output events after turn_started, acknowledged before the tail
+    # A PendingRequest (its id replaced by a fresh valid one) opened after the outputs, or
+    # None; then each answer is sent through RespondToRequest, and ListRequests with `listed`.
+    request: bytes | None
+    answers: tuple[str, ...]
+    listed: int
     # Each: ("raw", bytes) sent as they are, or ("event", EventBody bytes, worker_seq offset)
     # sent as one event of the running turn at the next worker_seq plus the offset.
     tail: tuple[tuple, ...]
@@ -131,6 +141,7 @@ class StreamFuzzer:
         self._requests = requests
         self._record = record
         self.depth = Depth()
+        self._request_ids = (f"req_{n:026d}" for n in itertools.count(1))
         # Runtimes no other call names: the lease worker is offered nothing, the events worker
         # only the turns of its own sessions, whose ids never reach the plain fuzz.
         self._lease_worker = self._pair("fuzz-lease", "fuzz-idle")
@@ -186,6 +197,10 @@ class StreamFuzzer:
         raw = st.tuples(st.just("raw"), self._requests.body(wpb.StreamEventsRequest.DESCRIPTOR))
         bodies = self._requests.message(rpb.EventBody.DESCRIPTOR).map(lambda m: m.SerializeToString())
         plausible = st.tuples(st.just("event"), bodies, st.sampled_from([0, 0, 0, 0, -1, 1]))
+        request = self._requests.message(rpb.PendingRequest.DESCRIPTOR)
+        known_kinds = st.sampled_from([k.number for k in rpb.RequestKind.DESCRIPTOR.values])
+        requests = st.builds(_with_kind, request, known_kinds).map(lambda m: m.SerializeToString())
+        states = st.one_of(st.sampled_from([v.number for v in rpb.RequestState.DESCRIPTOR.values]), st.integers())
         snapshot_chunks = st.one_of(
             self._requests.body(wpb.SnapshotRequest.DESCRIPTOR),
             st.just(b"\xff\xff\xff"),
@@ -193,6 +208,9 @@ class StreamFuzzer:
         return st.builds(
             EventsPlan,
             st.integers(0, 3),
+            st.one_of(st.none(), requests),
+            st.lists(_answers(), max_size=3).map(tuple),
+            states.map(lambda n: max(-(2**31), min(2**31 - 1, n))),
             st.lists(st.one_of(raw, plausible, plausible), min_size=1, max_size=3).map(tuple),
             st.lists(snapshot_chunks, max_size=2).map(tuple),
         )
@@ -292,10 +310,16 @@ class StreamFuzzer:
     ) -> tuple[int, int]:
         """turn_started and outputs, acknowledged; then the plan's tail. Returns the highest
         acknowledged worker_seq and the session's last seq the control plane reported."""
-        events = [wpb.WorkerEvent(worker_seq=1, turn_id=turn_id, body=rpb.EventBody(turn_started=rpb.TurnStarted()))]
+        bodies = [rpb.EventBody(turn_started=rpb.TurnStarted())]
         for n in range(plan.outputs):
             chunk = rpb.OutputChunk(stream=rpb.OUTPUT_STREAM_STDOUT, text=f"fuzz output {n}\n")
-            events.append(wpb.WorkerEvent(worker_seq=2 + n, turn_id=turn_id, body=rpb.EventBody(output=chunk)))
+            bodies.append(rpb.EventBody(output=chunk))
+        request_id, request = "", rpb.PendingRequest()
+        if plan.request is not None:
+            request = rpb.PendingRequest.FromString(plan.request)
+            request.request_id = request_id = next(self._request_ids)
+            bodies.append(rpb.EventBody(request_opened=rpb.RequestOpened(request=request)))
+        events = [wpb.WorkerEvent(worker_seq=n, turn_id=turn_id, body=b) for n, b in enumerate(bodies, 1)]
         stream = _Stream(self._channel, _EVENTS, worker.metadata)
         first = wpb.StreamEventsRequest(worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch)
         first.events.extend(events)
@@ -306,6 +330,8 @@ class StreamFuzzer:
             acked, last_seq = response.acked_worker_seq, response.last_seq
         if acked == len(events):
             self.depth.counts["events_streams_acked"] += 1
+            if request_id:
+                self._answer(session_id, request, plan)
             for item in plan.tail:
                 if item[0] == "raw":
                     stream.send(item[1])
@@ -322,6 +348,29 @@ class StreamFuzzer:
             acked, last_seq = max(acked, response.acked_worker_seq), max(last_seq, response.last_seq)
         self._record("StreamEvents", "worker_token", outcome)
         return acked, last_seq
+
+    def _answer(self, session_id: str, opened: rpb.PendingRequest, plan: EventsPlan) -> None:
+        """The application answers the worker's pending request, and lists the requests."""
+        sessions = sgrpc.SessionServiceStub(self._channel)
+        self.depth.counts["requests_opened"] += 1
+        for answer in plan.answers:
+            if answer == OFFERED:
+                answer = _offered_answer(opened)
+            request = spb.RespondToRequestRequest(
+                session_id=session_id, request_id=opened.request_id, response_json=answer
+            )
+            try:
+                sessions.RespondToRequest(request, metadata=self._app_md, timeout=STEP_TIMEOUT_S)
+                self.depth.counts["requests_resolved"] += 1
+                self._record("RespondToRequest", "api_key", Outcome(grpc.StatusCode.OK))
+            except grpc.RpcError as err:
+                self._record("RespondToRequest", "api_key", outcome_of(err))
+        listing = spb.ListRequestsRequest(session_id=session_id, state=plan.listed)  # type: ignore[arg-type]
+        try:
+            sessions.ListRequests(listing, metadata=self._app_md, timeout=STEP_TIMEOUT_S)
+            self._record("ListRequests", "api_key", Outcome(grpc.StatusCode.OK))
+        except grpc.RpcError as err:
+            self._record("ListRequests", "api_key", outcome_of(err))
 
     def _snapshot(
         self, worker: _Worker, session_id: str, epoch: int, turn_id: str, seq: int, tail: tuple[bytes, ...]
@@ -359,3 +408,47 @@ class StreamFuzzer:
             wpb.StreamEventsResponse.FromString(a).acked_worker_seq == acked + 1 for a in answers
         ):
             self.depth.counts["events_turns_completed"] += 1
+
+
+def _with_kind(request: rpb.PendingRequest, kind: int) -> rpb.PendingRequest:
+    """Mostly a kind the contract knows, so the answer is checked against it."""
+    out = rpb.PendingRequest()
+    out.CopyFrom(request)
+    if out.kind not in rpb.RequestKind.values():
+        out.kind = kind  # type: ignore[assignment]
+    return out
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_DECISIONS = ["accept", "acceptForSession", "decline", "cancel", "acceptWithExecpolicyAmendment", "", "x" * 60_000]
+# An answer drawn as this is the request's own first offered decision, as the runtime listed it.
+OFFERED = "<the first available decision>"
+
+
+def _answers() -> st.SearchStrategy[str]:
+    """Answers in the shapes the contract names, with arbitrary parts, and anything else."""
+    decision = st.one_of(st.sampled_from(_DECISIONS), _JSON, st.dictionaries(st.sampled_from(_DECISIONS), _JSON))
+    user_input = st.dictionaries(
+        st.text(max_size=12), st.one_of(st.builds(lambda a: {"answers": a}, st.lists(_JSON, max_size=3)), _JSON)
+    )
+    return st.one_of(
+        st.just(OFFERED),
+        st.builds(lambda d: json.dumps({"decision": d}), decision),
+        st.builds(lambda a: json.dumps({"answers": a}), user_input),
+        _JSON.map(json.dumps),
+        st.text(max_size=40),
+    )
+
+
+def _offered_answer(request: rpb.PendingRequest) -> str:
+    """`{"decision": D}` for the request's first available decision, parsed when it is JSON."""
+    entry = request.available_decisions[0] if request.available_decisions else "accept"
+    try:
+        decision = json.loads(entry) if entry.startswith("{") else entry
+    except ValueError:
+        decision = entry
+    return json.dumps({"decision": decision})

@@ -72,7 +72,7 @@ from ._harness import emit
 T = TypeVar("T")
 
 BENCH_EXAMPLES_PER_METHOD = 300  # 27 methods: 8,100 requests
-BENCH_MID_STREAM_EXAMPLES = 300  # of each kind: 300 lease and 300 events sequences, 2,400 requests
+BENCH_MID_STREAM_EXAMPLES = 300  # of each kind: 300 lease and 300 events sequences, about 2,800 requests
 STREAM_TIMEOUT_S = 0.5  # server streams are cut here (a live StreamSessionEvents never ends)
 MAX_STREAM_RESPONSES = 20
 

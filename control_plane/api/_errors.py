@@ -22,18 +22,31 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "tether.dev"
 _DETAILS_KEY = "grpc-status-details-bin"
+# A status travels in trailers, which gRPC clients refuse past 8 KiB: a message quoting a huge
+# input (an answer, a decision a worker listed) arrived as RESOURCE_EXHAUSTED "metadata size
+# exceeds hard limit", with nothing of tether's. Three copies of it travel (grpc-message,
+# percent-encoded, and Status.message and the BadRequest description in the details).
+MAX_MESSAGE_BYTES = 1000
+
+
+def _cut(text: str) -> str:
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        return text
+    kept = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+    return f"{kept}... ({len(text) - len(kept)} more characters cut)"
 
 
 def status_for(err: errors.DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     code = getattr(grpc.StatusCode, err.code)
-    status = status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message)
+    status = status_pb2.Status(code=getattr(code_pb2, err.code), message=_cut(err.message))
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata))
     status.details.append(info)
     if isinstance(err, errors.InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(field=_cut(v.field), description=_cut(v.description))
                 for v in err.violations
             ]
         )
@@ -45,7 +58,7 @@ def status_for(err: errors.DomainError) -> tuple[grpc.StatusCode, status_pb2.Sta
 
 async def abort(context: grpc.aio.ServicerContext, err: errors.DomainError) -> NoReturn:
     code, status = status_for(err)
-    await context.abort(code, err.message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
+    await context.abort(code, status.message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
 
 
 @asynccontextmanager

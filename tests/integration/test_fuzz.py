@@ -7,11 +7,16 @@ mid-stream sequences) lives in bench/fuzz.py, which `make bench` runs with more 
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from bench.fuzz import VICTIM, all_methods, run_fuzz
+from bench._fuzz_requests import Requests
+from bench._fuzz_streams import EventsPlan, StreamFuzzer
+from bench.fuzz import VICTIM, LocalControlPlane, _setup, all_methods, run_fuzz
+from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
@@ -44,6 +49,7 @@ def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
     assert depth["events_malformed_after_ack"] >= MID_STREAM_EXAMPLES, depth
     assert depth["snapshot_malformed_after_header"] > 0, depth
     assert depth["events_turns_completed"] >= MID_STREAM_EXAMPLES // 2, depth
+    assert depth["requests_opened"] > 0, "some turns opened a real pending request to answer"
 
 
 def _invalid_request(err: grpc.aio.AioRpcError) -> None:
@@ -145,3 +151,40 @@ async def test_a_huge_worker_id_gets_a_readable_error(control_plane, channel):
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(info.value.details()) < 200
+
+
+HUGE = 60_000  # characters: under the 64 KiB answer limit, over what a client takes in trailers
+
+
+@pytest.mark.parametrize(
+    ("offered", "answer"),
+    [
+        ([], {"decision": "x" * HUGE}),  # the caller's own huge decision, quoted back
+        (['{"amend": "' + "y" * HUGE + '"}'], {"decision": "nope"}),  # a worker's huge decision, listed
+        (["a" * HUGE], {"decision": "b"}),
+    ],
+    ids=["huge-answer", "huge-json-decision-offered", "huge-decision-name-offered"],
+)
+def test_a_refused_answer_that_quotes_huge_text_still_arrives_as_invalid_argument(tmp_path, offered, answer):
+    """Found by the mid-stream fuzz: RespondToRequest refuses an answer by quoting it and every
+    decision the request takes. Uncut, the status outgrew the client's trailer limit and arrived
+    as RESOURCE_EXHAUSTED "received metadata size exceeds hard limit", with no ErrorInfo."""
+    answers = []
+    with (
+        LocalControlPlane(tmp_path / "fuzz.db") as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        fixtures = _setup(server, channel)
+        streams = StreamFuzzer(
+            channel,
+            fixtures.api_key,
+            Requests(fixtures.ids),
+            lambda name, _, outcome: answers.append(outcome) if name == "RespondToRequest" else None,
+        )
+        opened = rpb.PendingRequest(kind=rpb.REQUEST_KIND_COMMAND_APPROVAL, available_decisions=offered)
+        streams.events_sequence(EventsPlan(0, opened.SerializeToString(), (json.dumps(answer),), 0, (), ()))
+    assert streams.depth.counts["requests_opened"] == 1
+    [outcome] = answers
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.rich, "the google.rpc.Status with tether's ErrorInfo arrived"
+    assert len(outcome.details) < 4_000 and "characters cut" in outcome.details, outcome.details[:300]
