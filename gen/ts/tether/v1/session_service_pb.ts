@@ -330,8 +330,9 @@ export const InterruptTurnRequestSchema: GenMessage<InterruptTurnRequest> = /*@_
  */
 export type InterruptTurnResponse = Message<"tether.v1.InterruptTurnResponse"> & {
   /**
-   * The turn: interrupted at once when it was still queued; otherwise running until the
-   * worker confirms, which the event stream shows.
+   * The turn: interrupted at once when it was still queued; otherwise still RUNNING, with
+   * interrupt_request_time set, until the worker stops it or, past the server's interrupt
+   * grace, the control plane ends it (turn_interrupted either way, on the event stream).
    *
    * @generated from field: tether.v1.Turn turn = 1;
    */
