@@ -451,14 +451,15 @@ async def test_a_worker_does_not_offer_a_codex_that_cannot_run(cp, procs, tmp_pa
     assert "not offering the codex runtime: no credentials" in wb_log and "`codex login`" in wb_log
 
 
-async def test_the_readme_command_with_relative_paths_runs_codex_turns(cp, procs, tmp_path, mock):
+async def test_the_readme_command_with_relative_paths_runs_codex_turns(cp, procs, tmp_path, mock, monkeypatch):
     """`tether worker --workdir ./codex-worker --codex-bin node_modules/.bin/codex`: the worker
     processes of these tests run in the repository root, so both paths are relative to it."""
     root = pathlib.Path(__file__).resolve().parents[2]
     if not (root / "node_modules/.bin/codex").exists():
         pytest.skip("node_modules/.bin/codex is not installed")
     workdir = pathlib.Path(os.path.relpath(tmp_path / "codex-worker", root))
-    assert not workdir.is_absolute() and pathlib.Path.cwd() == root
+    assert not workdir.is_absolute()
+    monkeypatch.chdir(root)  # where the helper creates the workdir, as the worker sees it
     codex_worker(procs, cp, workdir, "wr", mock, "--codex-bin", "node_modules/.bin/codex")
     async with sdk.AsyncClient(cp.target) as client:
         s = await client.create_session("codex")
