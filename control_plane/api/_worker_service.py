@@ -340,9 +340,9 @@ class WorkerService:
                     for i, e in enumerate(incoming):
                         if not e.kind:
                             raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
-                        if e.kind == "input_received":
+                        if e.kind in ("input_received", "request_resolved"):
                             raise errors.InvalidArgument(
-                                f"events[{i}].body", "input_received is written by the control plane"
+                                f"events[{i}].body", f"{e.kind} is written by the control plane"
                             )
                     result = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
                     pending.put_nowait((result.committed, result.acked_worker_seq, result.last_seq))

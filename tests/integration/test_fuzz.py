@@ -18,6 +18,7 @@ from bench._fuzz_streams import EventsPlan, StreamFuzzer
 from bench.fuzz import VICTIM, LocalControlPlane, _setup, all_methods, run_fuzz
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
+from tether.v1 import session_service_pb2_grpc as sgrpc
 from tether.v1 import worker_service_pb2 as wpb
 from tether.v1 import worker_service_pb2_grpc as wgrpc
 
@@ -188,3 +189,45 @@ def test_a_refused_answer_that_quotes_huge_text_still_arrives_as_invalid_argumen
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
     assert outcome.rich, "the google.rpc.Status with tether's ErrorInfo arrived"
     assert len(outcome.details) < 4_000 and "characters cut" in outcome.details, outcome.details[:300]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        rpb.EventBody(input_received=rpb.InputReceived(input="rm -rf /")),
+        rpb.EventBody(
+            request_resolved=rpb.RequestResolved(
+                request_id="req_01AAAAAAAAAAAAAAAAAAAAAAAA",
+                state=rpb.REQUEST_STATE_RESOLVED,
+                response_json='{"decision": "accept"}',
+            )
+        ),
+    ],
+    ids=["input_received", "request_resolved"],
+)
+def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, body):
+    """Found by the mid-stream fuzz: a worker's request_resolved was stored, so a session's log
+    could show an answer (to a request that never existed) that no application gave."""
+    answers = []
+    with (
+        LocalControlPlane(tmp_path / "fuzz.db") as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        fixtures = _setup(server, channel)
+        streams = StreamFuzzer(
+            channel, fixtures.api_key, Requests(fixtures.ids), lambda name, _, outcome: answers.append((name, outcome))
+        )
+        streams.events_sequence(EventsPlan(0, None, (), 0, (("event", body.SerializeToString(), 0),), ()))
+        md = (("authorization", f"Bearer {fixtures.api_key}"),)
+        sessions = sgrpc.SessionServiceStub(channel)
+        [session] = [
+            s for s in sessions.ListSessions(spb.ListSessionsRequest(), metadata=md).sessions if s.runtime == "script"
+        ]
+        log = sessions.StreamSessionEvents(
+            spb.StreamSessionEventsRequest(session_id=session.session_id, stop_at_end=True), metadata=md, timeout=5
+        )
+        kinds = [e.body.WhichOneof("kind") for response in log for e in response.events]
+    refused = [outcome for name, outcome in answers if name == "StreamEvents"][0]
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and "written by the control plane" in refused.details
+    assert kinds.count("input_received") == 1 and "request_resolved" not in kinds, kinds
+    assert kinds[-1] == "turn_completed", "the worker still ends its turn on the next stream"
