@@ -444,7 +444,13 @@ async def test_user_input_is_answered_and_an_unanswered_request_expires_with_its
         assert gone.request_id == unanswered and "turn ended" in gone.expire_reason
         with pytest.raises(sdk.RequestAlreadyResolvedError):
             await client.respond_to_request(s.session_id, unanswered, decision="accept")
-        last = (await _events(client, s.session_id))[-1]
+        resolved, terminal = (await _events(client, s.session_id))[-2:]  # the terminal event stays last
+        assert terminal.kind in (
+            sdk.EventKind.TURN_COMPLETED,
+            sdk.EventKind.TURN_FAILED,
+            sdk.EventKind.TURN_INTERRUPTED,
+        )
+        last = resolved
         assert last.kind is sdk.EventKind.REQUEST_RESOLVED and last.request_id == unanswered
         assert last.request_state is sdk.RequestState.EXPIRED and last.reason == gone.expire_reason
 
