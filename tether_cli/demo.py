@@ -92,7 +92,7 @@ class Progress:
         self._what = what
         self._started = time.monotonic()
         self._frames = itertools.cycle(self._SPINNER)
-        self._live = sys.stdout.isatty()
+        self._live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
         if not self._live:
             say(f"{what} ...")
 

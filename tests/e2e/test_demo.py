@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 
 from tests.helpers.processes import ROOT
 from tether.cli.demo import colour_enabled
@@ -73,6 +76,45 @@ def test_the_demo_survives_a_sigkill_and_restores_onto_a_chosen_worker():
     assert f"started on {killed}" in restored_turn, restored_turn
     assert "stdout: recalled: say my name is Ada" in restored_turn
     assert "stdout: recalled: recall" in restored_turn, "the turn run after the failover is remembered too"
+
+
+def test_the_demo_is_coloured_on_a_terminal():
+    """On a terminal (a pty here) headings, workers and results are coloured, and the setup
+    progress line is redrawn in place."""
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"TERM": "xterm-256color"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli.demo"],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    out, deadline = b"", time.monotonic() + DEMO_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if select.select([primary], [], [], 1)[0]:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: the demo and everything it started closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"the demo did not end within {DEMO_TIMEOUT_S}s:\n{out.decode(errors='replace')}")
+    finally:
+        os.close(primary)
+    assert proc.wait(30) == 0, out.decode(errors="replace")
+    text = out.decode()
+    assert "\x1b[1m6. A session outlives its worker" in text, "bold headings"
+    assert re.search(r"\x1b\[3[56]mworker-[ab]\x1b\[0m", text), "coloured worker names"
+    assert "\x1b[32mturn_completed: exit code 0\x1b[0m" in text, "green for a completed turn"
+    assert "\r\x1b[2K" in text, "the progress line is redrawn in place"
 
 
 class _Stream(io.StringIO):
