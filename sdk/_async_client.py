@@ -420,6 +420,8 @@ class AsyncClient:
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
+            if self._closed:  # closed while waiting to reopen: the outage is the answer
+                raise error
 
     async def wait_for_turn(
         self,
