@@ -9,15 +9,17 @@ misbehave, on streams the control plane has opened and is reading:
   malformed ones: bytes that decode as no LeaseRequest, and arbitrary LeaseRequests; sometimes
   a valid renewal after them.
 - events: the application sends a turn to a fresh session; a second paired worker takes its
-  offer on its Lease stream, is granted the lease and resumes (Resume); it opens StreamEvents
-  with turn_started and output (sometimes a request_opened with arbitrary fields, which the
-  application then answers with arbitrary JSON through RespondToRequest and lists with
-  ListRequests while the turn runs), waits until the control plane has acknowledged them, then
-  sends
-  malformed batches: undecodable bytes, arbitrary StreamEventsRequests, and plausible ones (the
-  right session, epoch, turn and next worker_seq, give or take one, with an arbitrary event
-  body). It then uploads a snapshot whose header is valid followed by chunks that are not,
-  ends the turn on a second StreamEvents stream, and releases the lease.
+  offer on its Lease stream and is granted the lease; sometimes it then sends that stream
+  messages about the very lease it holds (rejecting or accepting the granted offer again,
+  releasing or renewing the lease at its epoch or next to it) or undecodable bytes. It resumes
+  (Resume) and opens StreamEvents with turn_started and output (sometimes a request_opened
+  with arbitrary fields, which the application then answers with arbitrary JSON through
+  RespondToRequest and lists with ListRequests while the turn runs), waits until the control
+  plane has acknowledged them, then sends malformed batches: undecodable bytes, arbitrary
+  StreamEventsRequests, and plausible ones (the right session, epoch, turn and next
+  worker_seq, give or take one, with an arbitrary event body). It then uploads a snapshot whose
+  header is valid followed by chunks that are not, ends the turn on a second StreamEvents
+  stream, and releases the lease.
 
 Every call's answer goes through the same judgement as the plain fuzz (`problem`).
 """
@@ -116,6 +118,10 @@ class EventsPlan:
     # sent as one event of the running turn at the next worker_seq plus the offset.
     tail: tuple[tuple, ...]
     snapshot_tail: tuple[bytes, ...]  # chunks after a valid snapshot header
+    # Sent on the Lease stream once the lease is granted, while the turn runs: ("raw", bytes),
+    # or (what, epoch offset) for a message about the held lease itself: "reject" or "accept"
+    # the granted offer again, "release" or "renew" the lease, at its epoch plus the offset.
+    lease_tail: tuple[tuple, ...] = ()
 
 
 @dataclass
@@ -213,6 +219,15 @@ class StreamFuzzer:
             states.map(lambda n: max(-(2**31), min(2**31 - 1, n))),
             st.lists(st.one_of(raw, plausible, plausible), min_size=1, max_size=3).map(tuple),
             st.lists(snapshot_chunks, max_size=2).map(tuple),
+            st.lists(
+                st.one_of(
+                    st.tuples(st.just("raw"), st.one_of(st.binary(max_size=32), st.just(b"\xff\xff\xff"))),
+                    st.tuples(
+                        st.sampled_from(["reject", "accept", "release", "renew"]), st.sampled_from([0, 0, 1, -1])
+                    ),
+                ),
+                max_size=3,
+            ).map(tuple),
         )
 
     # -- sequences ----------------------------------------------------------------------------
@@ -251,6 +266,9 @@ class StreamFuzzer:
             self._end_lease(lease)
             return
         self.depth.counts["events_leases_granted"] += 1
+        for item in plan.lease_tail:
+            lease.send(_about_the_lease(item, session_id, turn_id, epoch))
+            self.depth.counts["lease_messages_on_a_held_lease"] += 1
         self._resume(worker, session_id, epoch)
         acked, last_seq = self._stream_events(worker, session_id, epoch, turn_id, plan)
         self._snapshot(worker, session_id, epoch, turn_id, last_seq, plan.snapshot_tail)
@@ -452,3 +470,25 @@ def _offered_answer(request: rpb.PendingRequest) -> str:
     except ValueError:
         decision = entry
     return json.dumps({"decision": decision})
+
+
+def _about_the_lease(item: tuple, session_id: str, turn_id: str, epoch: int) -> bytes:
+    what, arg = item
+    if what == "raw":
+        return arg
+    at = max(0, epoch + arg)
+    message = {
+        "reject": lambda: wpb.LeaseRequest(
+            reject=wpb.RejectOffer(session_id=session_id, turn_id=turn_id, lease_epoch=at, reason="fuzz")
+        ),
+        "accept": lambda: wpb.LeaseRequest(
+            accept=wpb.AcceptOffer(session_id=session_id, turn_id=turn_id, lease_epoch=at)
+        ),
+        "release": lambda: wpb.LeaseRequest(
+            release=wpb.ReleaseLease(session_id=session_id, lease_epoch=at, reason="fuzz")
+        ),
+        "renew": lambda: wpb.LeaseRequest(
+            renew=wpb.RenewLeases(leases=[wpb.LeaseRef(session_id=session_id, lease_epoch=at)], running_turns=1)
+        ),
+    }[what]()
+    return message.SerializeToString()

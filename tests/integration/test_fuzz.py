@@ -41,12 +41,15 @@ def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
     assert report.requests >= len(all_methods()) * EXAMPLES_PER_METHOD + 8 * MID_STREAM_EXAMPLES
 
     # The mid-stream sequences got past every stream's first checks before misbehaving: each
-    # lease sequence's Lease stream opened, each events sequence was granted a real turn and had
-    # its events acknowledged, and most then ended their turn cleanly on a second stream.
+    # lease sequence's Lease stream opened, each events sequence was granted a real turn and most
+    # had their events acknowledged and then ended their turn cleanly on a second stream.
     depth = report.mid_stream
     assert depth["lease_streams_opened"] == 2 * MID_STREAM_EXAMPLES, depth
     assert depth["lease_malformed_after_open"] >= MID_STREAM_EXAMPLES, depth
-    assert depth["events_leases_granted"] == depth["events_streams_acked"] == MID_STREAM_EXAMPLES, depth
+    assert depth["events_leases_granted"] == MID_STREAM_EXAMPLES, depth
+    # Not all: a sequence may release its own lease on the Lease stream before its events.
+    assert depth["events_streams_acked"] >= MID_STREAM_EXAMPLES * 3 // 5, depth
+    assert depth["lease_messages_on_a_held_lease"] > 0, depth
     assert depth["events_malformed_after_ack"] >= MID_STREAM_EXAMPLES, depth
     assert depth["snapshot_malformed_after_header"] > 0, depth
     assert depth["events_turns_completed"] >= MID_STREAM_EXAMPLES // 2, depth
