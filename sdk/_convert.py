@@ -141,6 +141,7 @@ def session_from_proto(msg: resources_pb2.Session) -> Session:
         runtime_thread_id=msg.runtime_thread_id,
         turn_count=msg.turn_count,
         owner=msg.owner,
+        waiting_reason=msg.waiting_reason,
         raw=msg,
     )
 
@@ -159,6 +160,10 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
         exit_code=msg.exit_code,
         error_message=msg.error_message,
         deduplicated=deduplicated,
+        waiting_reason=msg.waiting_reason,
+        interrupt_request_time=(
+            timestamp_from_proto(msg.interrupt_request_time) if msg.HasField("interrupt_request_time") else None
+        ),
         raw=msg,
     )
 
@@ -239,6 +244,7 @@ _BODY_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "turn_completed": lambda m: {"exit_code": m.exit_code},
     "turn_failed": lambda m: {"error_message": m.error_message, "worker_lost": m.worker_lost},
     "turn_interrupted": lambda m: {"reason": m.reason},
+    "turn_waiting": lambda m: {"reason": m.reason},
     "runtime": lambda m: {"runtime_event_name": m.name, "runtime_json": m.json},
     "item_started": _item_fields,
     "item_completed": _item_fields,

@@ -141,6 +141,7 @@ class EventKind(str, enum.Enum):
     REQUEST_OPENED = "request_opened"
     REQUEST_RESOLVED = "request_resolved"
     HISTORY_ITEM = "history_item"
+    TURN_WAITING = "turn_waiting"
     UNKNOWN = ""  # a kind this SDK version does not know, or an empty body
 
     def __str__(self) -> str:
@@ -169,6 +170,8 @@ class Session:
     turn_count: int
     #: The owner the session belongs to.
     owner: str = ""
+    #: Why the session's next turn waits when no connected worker can take it ("" otherwise).
+    waiting_reason: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -200,6 +203,11 @@ class Turn:
     exit_code: int
     error_message: str
     deduplicated: bool = False
+    #: Why the queued turn waits when no connected worker can take it ("" otherwise).
+    waiting_reason: str = ""
+    #: When an interrupt of the running turn was asked for; None when none was. The turn ends
+    #: when its worker stops it, or when the control plane does after its interrupt grace.
+    interrupt_request_time: datetime | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -304,6 +312,8 @@ class Event:
       turn because its worker died, was partitioned or lost the lease; such a turn is not
       retried automatically)
     - turn_interrupted: `reason`
+    - turn_waiting: `reason` (why no connected worker can take the queued turn yet; written by
+      the control plane)
     - runtime: `runtime_event_name`, `runtime_json`
     - item_started, item_completed: `item`, and its id in `item_id`
     - item_delta: `item_id`, `delta_kind`, `text` (the piece to append to the item's text or

@@ -44,6 +44,7 @@ def describe_event(event: Event) -> str:
         EventKind.TURN_COMPLETED: f"exit_code={event.exit_code}",
         EventKind.TURN_FAILED: event.error_message + (" (worker lost)" if event.worker_lost else ""),
         EventKind.TURN_INTERRUPTED: event.reason,
+        EventKind.TURN_WAITING: event.reason,
         EventKind.RUNTIME: f"{event.runtime_event_name} {event.runtime_json}",
     }.get(event.kind, "")
     return f"#{event.seq} {event.turn_id} {event.kind.value or 'unknown'} {detail}".rstrip()
@@ -60,7 +61,8 @@ class Transcript:
     Items read like a terminal session: an agent message's deltas print inline as text, a
     command as ``$ <command>`` followed by its output and ``[exit N]``, file changes as paths
     with their diffs; a pending request as a ``?`` line saying how to answer it; token usage,
-    agent errors and answered or expired requests as short lines. history_item events are for
+    agent errors, answered or expired requests and why a queued turn waits (``waiting: ...``)
+    as short lines. history_item events are for
     rehydration and stay hidden.
 
     With `lifecycle` (``tether session events``) the other kinds print as ``#seq turn kind
@@ -217,6 +219,9 @@ class Transcript:
         else:
             self._line(f"= answered [{event.request_id}]: {answer_text(event.response_json)}", dim=True)
 
+    def _turn_waiting(self, event: Event) -> None:
+        self._line(f"waiting: {event.reason}", fg="yellow")
+
     def _hidden(self, event: Event) -> None:
         pass
 
@@ -229,6 +234,7 @@ class Transcript:
         EventKind.REQUEST_OPENED: _request_opened,
         EventKind.REQUEST_RESOLVED: _request_resolved,
         EventKind.HISTORY_ITEM: _hidden,
+        EventKind.TURN_WAITING: _turn_waiting,
     }
 
 
