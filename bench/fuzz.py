@@ -171,7 +171,7 @@ class Fixtures:
     created_until_us: int
 
 
-def _setup(server: LocalControlPlane, channel: grpc.Channel) -> Fixtures:
+def setup_fixtures(server: LocalControlPlane, channel: grpc.Channel) -> Fixtures:
     session, worker, admin = (
         sgrpc.SessionServiceStub(channel),
         wgrpc.WorkerServiceStub(channel),
@@ -416,7 +416,7 @@ def run_fuzz(
     errors = _ErrorLog()
     started = time.monotonic()
     with LocalControlPlane(db) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        fixtures = _setup(server, channel)
+        fixtures = setup_fixtures(server, channel)
         before = protected_rows(db, VICTIM, fixtures.created_until_us)
         report.protected_row_count = sum(len(rows) for rows in before.values())
         logging.getLogger().addHandler(errors)

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from bench._fuzz_requests import Requests
 from bench._fuzz_streams import EventsPlan, StreamFuzzer
-from bench.fuzz import VICTIM, LocalControlPlane, _setup, all_methods, run_fuzz
+from bench.fuzz import VICTIM, LocalControlPlane, all_methods, run_fuzz, setup_fixtures
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
@@ -178,7 +178,7 @@ def test_a_refused_answer_that_quotes_huge_text_still_arrives_as_invalid_argumen
         LocalControlPlane(tmp_path / "fuzz.db") as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
-        fixtures = _setup(server, channel)
+        fixtures = setup_fixtures(server, channel)
         streams = StreamFuzzer(
             channel,
             fixtures.api_key,
@@ -216,7 +216,7 @@ def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, bod
         LocalControlPlane(tmp_path / "fuzz.db") as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
-        fixtures = _setup(server, channel)
+        fixtures = setup_fixtures(server, channel)
         streams = StreamFuzzer(
             channel, fixtures.api_key, Requests(fixtures.ids), lambda name, _, outcome: answers.append((name, outcome))
         )
