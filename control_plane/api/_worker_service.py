@@ -340,7 +340,7 @@ class WorkerService:
                     for i, e in enumerate(incoming):
                         if not e.kind:
                             raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
-                        if e.kind in ("input_received", "request_resolved"):
+                        if e.kind in ("input_received", "request_resolved", "turn_waiting"):
                             raise errors.InvalidArgument(
                                 f"events[{i}].body", f"{e.kind} is written by the control plane"
                             )

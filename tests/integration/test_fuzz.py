@@ -205,12 +205,14 @@ def test_a_refused_answer_that_quotes_huge_text_still_arrives_as_invalid_argumen
                 response_json='{"decision": "accept"}',
             )
         ),
+        rpb.EventBody(turn_waiting=rpb.TurnWaiting(reason="no connected worker offers runtime x")),
     ],
-    ids=["input_received", "request_resolved"],
+    ids=["input_received", "request_resolved", "turn_waiting"],
 )
 def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, body):
-    """Found by the mid-stream fuzz: a worker's request_resolved was stored, so a session's log
-    could show an answer (to a request that never existed) that no application gave."""
+    """Found by the mid-stream fuzz: a worker's request_resolved (and turn_waiting) was stored,
+    so a session's log could show an answer (to a request that never existed) that no
+    application gave, or a running turn said to wait."""
     answers = []
     with (
         LocalControlPlane(tmp_path / "fuzz.db") as server,
@@ -233,4 +235,5 @@ def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, bod
     refused = [outcome for name, outcome in answers if name == "StreamEvents"][0]
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and "written by the control plane" in refused.details
     assert kinds.count("input_received") == 1 and "request_resolved" not in kinds, kinds
+    assert "turn_waiting" not in kinds[kinds.index("turn_started") :], kinds
     assert kinds[-1] == "turn_completed", "the worker still ends its turn on the next stream"
