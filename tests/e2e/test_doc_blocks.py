@@ -43,17 +43,13 @@ from dataclasses import dataclass
 import pytest
 
 from tests.helpers.processes import ROOT, ControlPlaneProcess, Proc, worker_args
-from tests.unit.test_docs import DOCS, Block, blocks, shown
+from tests.unit.test_docs import DOCS, Block, blocks
 from tether import sdk
 
 RUN = {"sh", "bash", "shell", "python"}
 MARK = re.compile(r"^<!-- not-run: (?P<category>[a-z-]+)(?: (?P<arg>\S+))?: (?P<why>\S.*\S) -->$")
 DOC_ADDRESS = "127.0.0.1:7670"
 BLOCK_TIMEOUT_S = 120
-# docs/benchmarks.md belongs to the benchmarks; its one block is marked here rather than in it.
-MARKED_HERE = {
-    ("docs/benchmarks.md", "make bench"): "long-running: every benchmark takes minutes; make bench is its own target",
-}
 
 
 # -- which blocks run ----------------------------------------------------------------------
@@ -76,8 +72,6 @@ def doc_blocks(path: pathlib.Path) -> Iterator[DocBlock]:
             continue
         before = lines[block.line - 2].strip() if block.line >= 2 else ""
         mark = before[len("<!-- not-run: ") : -len(" -->")] if before.startswith("<!-- not-run:") else None
-        first = block.lines[0].split("#")[0].strip() if block.lines else ""
-        mark = mark or MARKED_HERE.get((shown(path), first))
         yield DocBlock(block, mark)
 
 
