@@ -185,7 +185,8 @@ def procs(tmp: pathlib.Path | None = None) -> Iterator[Procs]:
         finally:
             ps.stop_all()
         return
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as d:
+    # A child still flushing a file as it is stopped must not cost a finished run its figures.
+    with tempfile.TemporaryDirectory(prefix="tether-bench-", ignore_cleanup_errors=True) as d:
         ps = Procs(pathlib.Path(d))
         try:
             yield ps

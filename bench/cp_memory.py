@@ -59,7 +59,7 @@ async def main() -> None:
     small_rss, _ = await measure(1000, deadline_s=120)
     emit("cp_rss_mib_1k_sessions", small_rss, "MiB")
     t0 = time.monotonic()
-    large_rss, idle = await measure(large, deadline_s=1200)
+    large_rss, idle = await measure(large, deadline_s=2400)
     emit(f"cp_rss_mib_after_{suffix}_sessions", large_rss, "MiB", load_s=round(time.monotonic() - t0, 1))
     emit(f"cp_rss_growth_mib_1k_to_{suffix}", large_rss - small_rss, "MiB")
     emit(f"cp_idle_cpu_pct_{suffix}_sessions", idle, "%")
