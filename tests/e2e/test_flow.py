@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker
+from tests.helpers.processes import ControlPlaneProcess, eventually, start_worker, workers_connected
 from tether import sdk
 
 
@@ -15,6 +15,7 @@ async def _events(client: sdk.AsyncClient, session_id: str, after: int = 0) -> l
 
 async def test_turn_streams_output_and_exit_code(cp_process, procs, tmp_path):
     start_worker(procs, cp_process.target, tmp_path / "w1", "w1")
+    await workers_connected(cp_process.target)  # else the turn first waits, and says so
     async with sdk.AsyncClient(cp_process.target) as client:
         s = await client.create_session("shell")
         turn = await client.send_input(s.session_id, "echo hello; echo oops >&2; exit 3")

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 
-from tests.helpers.processes import ROOT, eventually
+from tests.helpers.processes import ROOT, eventually, workers_connected
 from tether import sdk
 
 SCRIPT = "say hello from TypeScript\napprove deploy to staging\nsay done"
@@ -159,6 +159,8 @@ async def test_client_runs_a_turn_and_answers_the_approval(cp_process, procs, tm
 
 async def test_a_retry_with_the_same_key_returns_the_first_turn(cp_process, procs, tmp_path, ts_dist):
     start_script_worker(procs, cp_process.target, tmp_path / "w1")
+    # Connected before the first turn, which would otherwise log one turn_waiting the second lacks.
+    await workers_connected(cp_process.target)
     target = ["--control-plane", cp_process.target]
     first = await run_client(ts_dist, *target, "--idempotency-key", "k1", SCRIPT)
     assert first.status == 0, str(first)

@@ -43,6 +43,23 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
+async def workers_connected(target: str, count: int = 1, timeout: float = 30.0) -> None:
+    """Wait until `count` workers hold an open lease stream to the control plane at `target`,
+    so a turn sent next is offered at once rather than first waiting (and saying so with a
+    turn_waiting event) for a worker still starting."""
+    from tether import sdk
+
+    async with sdk.AsyncClient(target) as client:
+
+        async def enough() -> bool:
+            try:
+                return sum(w.connected for w in await client.list_workers()) >= count
+            except sdk.UnavailableError:
+                return False
+
+        await eventually(enough, timeout=timeout, what=f"{count} connected worker(s)")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
