@@ -11,8 +11,9 @@ sessions waiting for a worker. Rules:
   draining) with the most free slots, at the next epoch, and rehydrates there.
 - An offer not accepted within `offer_timeout_s` is queued again. Accepting grants the lease.
 - A turn that no connected worker can take (none offers the runtime, has the selector's
-  labels, or is not draining) says why: the turn's `waiting_reason` and a `turn_waiting` event
-  when the reason appears or changes. With `queue_timeout_s` it fails NO_WORKER after that long.
+  labels, or is not draining) says why: the turn's `waiting_reason` and a `turn_waiting` event,
+  once a reason has held for `waiting_notice_s` (a worker still connecting does not count) and
+  again when it changes. With `queue_timeout_s` it fails NO_WORKER after that long.
 """
 
 from __future__ import annotations
@@ -176,14 +177,16 @@ class Scheduler:
         return f"every connected worker that could take it (runtime {runtime!r}) is draining"
 
     def _note_waiting(self, rec: SessionRecord, now: float) -> None:
-        """The next queued turn found no worker: say why when the reason appears or changes;
-        past the queue timeout, fail it NO_WORKER."""
+        """The next queued turn found no worker: say why once the reason has held for the waiting
+        notice, and when it changes; past the queue timeout, fail it NO_WORKER."""
         turn = self._turns.next_queued(rec)
         if turn is None:
             return
         why = self._why_no_worker(rec.session)
-        if why != turn.waiting_reason:
-            turn.waiting_reason, turn.waiting_since = why, (now if why else 0.0)
+        if why != turn.waiting_cause:
+            turn.waiting_cause, turn.waiting_since = why, (now if why else 0.0)
+        if why != turn.waiting_reason and (not why or now - turn.waiting_since >= self._timings.waiting_notice_s):
+            turn.waiting_reason = why
             if why:
                 log.info("turn %s of session %s waits: %s", turn.turn_id, rec.session_id, why)
                 event = self._events.own_event(rec, turn.turn_id, "turn_waiting", self._codec.turn_waiting(why))

@@ -161,7 +161,7 @@ class Turns:
         book = rec.turns
         turn = book.turns[book.queue.popleft()]
         turn.state = TurnState.OFFERED
-        turn.waiting_reason, turn.waiting_since = "", 0.0
+        turn.waiting_reason, turn.waiting_cause, turn.waiting_since = "", "", 0.0
         book.active = turn
         return turn
 

@@ -69,6 +69,10 @@ class Timings:
     # A queued turn that no connected worker can take (none offers its runtime, has its labels
     # or is not draining) fails NO_WORKER after this long; 0: it waits as long as it takes.
     queue_timeout_s: float = 0.0
+    # Such a turn says why it waits (its waiting_reason and a turn_waiting event) once the reason
+    # has held this long, so a worker still starting or reconnecting after a restart does not
+    # make every turn sent meanwhile announce a wait that ends a moment later.
+    waiting_notice_s: float = 2.0
 
 
 # Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.

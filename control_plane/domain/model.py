@@ -97,9 +97,11 @@ class Turn:
     # When an interrupt of the running turn was asked for (0: none). In memory only: after a
     # control-plane restart a running turn shows none until it is interrupted again.
     interrupt_time_us: int = 0
-    # Why the queued turn waits when no connected worker can take it ("" otherwise), and since
-    # when (time.monotonic()). In memory only, like the queue it describes.
+    # Why the queued turn waits when no connected worker can take it, as said to the session
+    # ("" otherwise); what the scheduler last found and since when (time.monotonic()), which is
+    # said once it has held for the waiting notice. In memory only, like the queue it describes.
     waiting_reason: str = ""
+    waiting_cause: str = ""
     waiting_since: float = 0.0
 
 

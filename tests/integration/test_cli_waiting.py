@@ -16,7 +16,7 @@ from ..helpers.processes import FAST
 
 
 async def test_send_wait_prints_why_the_turn_waits_and_its_no_worker_failure(tmp_path) -> None:
-    timings = dataclasses.replace(FAST, queue_timeout_s=1.0)
+    timings = dataclasses.replace(FAST, queue_timeout_s=1.0, waiting_notice_s=0.2)
     settings = Settings(port=0, db=str(tmp_path / "t.db"), timings=timings, dev_owner="local", migrate=True)
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"

@@ -26,7 +26,7 @@ async def _events(stub: sgrpc.SessionServiceStub, session_id: str) -> list[rpb.E
 
 
 async def test_a_turn_no_worker_can_take_says_why_then_fails_no_worker_after_the_queue_timeout(tmp_path) -> None:
-    timings = dataclasses.replace(FAST, queue_timeout_s=1.0)
+    timings = dataclasses.replace(FAST, queue_timeout_s=1.0, waiting_notice_s=0.2)
     settings = Settings(port=0, db=str(tmp_path / "t.db"), timings=timings, dev_owner="local", migrate=True)
     async with ControlPlane(settings) as cp, grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
         stub = sgrpc.SessionServiceStub(channel)

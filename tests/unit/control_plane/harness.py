@@ -28,6 +28,7 @@ TIMINGS = Timings(
     sticky_timeout_s=30.0,
     worker_dead_grace_s=30.0,
     snapshot_timeout_s=30.0,
+    waiting_notice_s=0.0,  # a waiting turn says why at once; test_turn_endings pins the notice
 )
 
 Msg = TypeVar("Msg", bound=WorkerMsg)

@@ -231,6 +231,35 @@ async def test_a_queue_timeout_fails_a_turn_no_worker_can_take_no_worker() -> No
         await hub.stop()
 
 
+async def test_a_turn_says_it_waits_only_once_the_reason_has_held_for_the_notice() -> None:
+    """A worker still connecting (or reconnecting after a restart) makes no turn announce a
+    wait; a reason that holds past the notice is said, once."""
+    hub, store = new_hub(waiting_notice_s=0.3)
+    await hub.start()  # the sweeper re-tries waiting sessions
+    try:
+        first = (await hub.create_session(OWNER, "shell", {}, {})).session.session_id
+        turn, _ = await hub.send_input(OWNER, first, "x", "")
+        await settle()
+        assert (await hub.get_turn(OWNER, first, turn.turn_id)).waiting_reason == ""
+        w1 = Worker(hub, "w1")
+        await w1.connect()
+        assert w1.offer().turn_id == turn.turn_id
+        assert store.kinds(first) == ["input_received"]
+
+        second = (await hub.create_session(OWNER, "nosuchruntime", {}, {})).session.session_id
+        waiting, _ = await hub.send_input(OWNER, second, "y", "")
+        await settle()
+        assert store.kinds(second) == ["input_received"]
+        assert (await hub.get_session(OWNER, second)).waiting_reason == ""
+        await eventually(lambda: store.kinds(second) == ["input_received", "turn_waiting"], timeout=5)
+        why = "no connected worker offers runtime 'nosuchruntime'"
+        assert (await hub.get_turn(OWNER, second, waiting.turn_id)).waiting_reason == why
+        await asyncio.sleep(1.5)  # later sweeper passes find the same reason: nothing more is said
+        assert store.kinds(second) == ["input_received", "turn_waiting"]
+    finally:
+        await hub.stop()
+
+
 async def test_a_worker_restarted_within_the_grace_runs_the_turn_queued_for_it() -> None:
     """SIGKILL the holder, send the session a turn, restart the worker (same id, nothing held)
     before the worker-dead grace ends: the turn must run there at the next epoch, rehydrated,

@@ -230,7 +230,8 @@ export type Turn = Message<"tether.v1.Turn"> & {
 
   /**
    * Why the queued turn waits when no connected worker can take it, for example "no connected
-   * worker offers runtime 'x'"; empty otherwise (also while it merely waits for a free slot).
+   * worker offers runtime 'x'", once that has held for a moment (2 s); empty otherwise (also
+   * while it merely waits for a free slot, or for a worker that is connecting).
    *
    * @generated from field: string waiting_reason = 13;
    */
@@ -375,7 +376,7 @@ export const TurnFailedSchema: GenMessage<TurnFailed> = /*@__PURE__*/
 
 /**
  * TurnWaiting says a queued turn cannot be offered to any connected worker yet, and why. It is
- * written when the reason first appears or changes; the turn starts when a worker that can take
+ * written once the reason has held for a moment (2 s) and when it changes; the turn starts when a worker that can take
  * it connects (or fails NO_WORKER after the server's queue timeout, when one is set).
  *
  * @generated from message tether.v1.TurnWaiting
