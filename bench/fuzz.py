@@ -119,11 +119,14 @@ class LocalControlPlane:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from tether.control_plane import ControlPlane, Settings
+        from tether.control_plane import ControlPlane, Settings, Timings
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with ControlPlane(Settings(port=0, db=str(self.db), shutdown_grace_s=1.0)) as cp:
+        # Queued turns say why they wait at once, not 2 s later in the middle of the run, so
+        # the victim's stored rows are settled before they are read.
+        timings = Timings(waiting_notice_s=0.0)
+        async with ControlPlane(Settings(port=0, db=str(self.db), shutdown_grace_s=1.0, timings=timings)) as cp:
             self.cp, self.port = cp, cp.port
             self._ready.set()
             await self._stop.wait()
