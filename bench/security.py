@@ -273,6 +273,16 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 "ForkSession", unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=x)), vs
             )
             await probe.compare(
+                "ForkSession(victim turn)",
+                unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=vs, turn_id=x)),
+                vt,
+            )
+            await probe.compare(
+                "ForkSession(own session, victim turn)",
+                unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=own.session_id, turn_id=x)),
+                vt,
+            )
+            await probe.compare(
                 "RespondToRequest",
                 unary(
                     sessions.RespondToRequest,

@@ -270,9 +270,19 @@ class AsyncClient:
         response = await self._unary(self._stub.RestoreSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
-    async def fork_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
-        """Copy the session up to `turn_id` into a new one (may raise UnimplementedError)."""
-        request = pb.ForkSessionRequest(session_id=session_id, turn_id=turn_id)
+    async def fork_session(
+        self, session_id: str, turn_id: str | None = None, *, timeout_s: float | None = None
+    ) -> Session:
+        """Copy the session's turns up to and including `turn_id` (default: its last completed
+        turn), with their events, into a new session; the original is left as it is.
+
+        The fork has a new id, the same runtime, selector and labels, and `forked_from_*` set;
+        its next turn rehydrates the copied history on any eligible worker. Raises
+        FailedPreconditionError (TURN_NOT_ENDED) for a turn queued or running,
+        (NO_COMPLETED_TURN) when no turn is named and none completed, and NotFoundError
+        (TURN_NOT_FOUND) for a turn not in the session.
+        """
+        request = pb.ForkSessionRequest(session_id=session_id, turn_id=turn_id or "")
         response = await self._unary(self._stub.ForkSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 

@@ -142,6 +142,8 @@ def session_from_proto(msg: resources_pb2.Session) -> Session:
         turn_count=msg.turn_count,
         owner=msg.owner,
         waiting_reason=msg.waiting_reason,
+        forked_from_session_id=msg.forked_from_session_id,
+        forked_from_turn_id=msg.forked_from_turn_id,
         raw=msg,
     )
 

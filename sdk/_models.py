@@ -172,6 +172,9 @@ class Session:
     owner: str = ""
     #: Why the session's next turn waits when no connected worker can take it ("" otherwise).
     waiting_reason: str = ""
+    #: The session this one was forked from and the last turn copied ("" for a new session).
+    forked_from_session_id: str = ""
+    forked_from_turn_id: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
 
 

@@ -360,6 +360,20 @@ def restore(lazy: LazyClient, session_id: str, selectors: tuple[str, ...], worke
 
 @session.command()
 @click.argument("session_id")
+@click.option("--turn", "turn_id", default="", help="Last turn to copy (default: the last completed turn).")
+@json_option
+@pass_lazy
+def fork(lazy: LazyClient, session_id: str, turn_id: str, as_json: bool) -> None:
+    """Copy a session up to a turn into a new session; the original stays as it is."""
+    forked = lazy.client.fork_session(session_id, turn_id or None)
+    if as_json:
+        echo_json(forked)
+    else:
+        click.echo(f"{forked.session_id} forked from {forked.forked_from_session_id} at {forked.forked_from_turn_id}")
+
+
+@session.command()
+@click.argument("session_id")
 @json_option
 @pass_lazy
 def archive(lazy: LazyClient, session_id: str, as_json: bool) -> None:

@@ -183,7 +183,8 @@ class Client:
     ) -> Session:
         return self._run(self._async.restore_session(session_id, worker_selector, worker_id, timeout_s=timeout_s))
 
-    def fork_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
+    def fork_session(self, session_id: str, turn_id: str | None = None, *, timeout_s: float | None = None) -> Session:
+        """See `AsyncClient.fork_session`."""
         return self._run(self._async.fork_session(session_id, turn_id, timeout_s=timeout_s))
 
     # -- turns ----------------------------------------------------------------------------

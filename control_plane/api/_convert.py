@@ -116,6 +116,8 @@ def session_pb(v: m.SessionView) -> pb.Session:
         turn_count=s.turn_count,
         owner=s.owner,
         waiting_reason=v.waiting_reason,
+        forked_from_session_id=s.forked_from_session_id,
+        forked_from_turn_id=s.forked_from_turn_id,
     )
 
 
@@ -188,6 +190,26 @@ class ProtoBodyCodec:
             expire_reason=request.expire_reason,
         )
         return pb.EventBody(request_resolved=resolved).SerializeToString()
+
+    def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
+        # Only these kinds name a session, a turn or a request inside the body; the others are
+        # copied byte for byte.
+        if kind == "history_item":
+            msg = pb.EventBody.FromString(body)
+            msg.history_item.turn_id = turn_id
+        elif kind == "request_opened":
+            msg = pb.EventBody.FromString(body)
+            opened = msg.request_opened.request
+            opened.request_id = request_ids.get(opened.request_id, opened.request_id)
+            opened.session_id = session_id
+            opened.turn_id = turn_id
+        elif kind == "request_resolved":
+            msg = pb.EventBody.FromString(body)
+            resolved = msg.request_resolved
+            resolved.request_id = request_ids.get(resolved.request_id, resolved.request_id)
+        else:
+            return body
+        return msg.SerializeToString()
 
 
 def request_pb(r: PendingRequest) -> pb.PendingRequest:

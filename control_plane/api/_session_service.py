@@ -147,12 +147,6 @@ class SessionService:
             await self._hub.delete_session(owner, v.required("session_id", request.session_id))
             return spb.DeleteSessionResponse()
 
-    async def _later(self, context: grpc.aio.ServicerContext, name: str, session_id: str) -> None:
-        async with translate(context, name):
-            owner = (await self._auth.app(context)).owner
-            await self._hub.get_session(owner, v.required("session_id", session_id))
-            raise errors.NotImplementedYet(f"{name} is part of the v1 contract but not served by this release")
-
     async def RestoreSession(
         self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext
     ) -> spb.RestoreSessionResponse:
@@ -169,8 +163,12 @@ class SessionService:
     async def ForkSession(
         self, request: spb.ForkSessionRequest, context: grpc.aio.ServicerContext
     ) -> spb.ForkSessionResponse:
-        await self._later(context, "ForkSession", request.session_id)
-        return spb.ForkSessionResponse()
+        async with translate(context, "ForkSession"):
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.fork_session(
+                owner, v.required("session_id", request.session_id), v.optional("turn_id", request.turn_id)
+            )
+            return spb.ForkSessionResponse(session=session_pb(view))
 
     async def RespondToRequest(
         self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext

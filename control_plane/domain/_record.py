@@ -53,6 +53,11 @@ class SessionRecord:
         return cls(session, TurnBook(), OfferBook(), LeaseBook(), LogBook(0, 0), {})
 
     @classmethod
+    def copied(cls, session: Session, last_seq: int) -> SessionRecord:
+        """A session just made from another one's stored log (a fork): no open turn, no lease."""
+        return cls(session, TurnBook(), OfferBook(), LeaseBook(), LogBook(last_seq, last_seq), {})
+
+    @classmethod
     def reloaded(cls, loaded: LoadedSession, lease_ttl_s: float) -> SessionRecord:
         """A session rebuilt from the database; a held lease gets a full TTL to be renewed."""
         return cls(

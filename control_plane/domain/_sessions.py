@@ -240,6 +240,15 @@ class SessionCache:
         self._keep(rec)
         return self.view(rec)
 
+    async def insert_copy(self, session: Session, last_seq: int, changes: Changes) -> SessionView:
+        """Store a session made from another one's log (its turns and events are in `changes`)
+        in one transaction with them, then keep it loaded."""
+        changes.session_inserts.insert(0, session)
+        await self._committer.commit(changes)
+        rec = SessionRecord.copied(session, last_seq)
+        self._keep(rec)
+        return self.view(rec)
+
     async def list_sessions(
         self, owner: str, page_size: int, before_id: str | None, state: SessionState | None
     ) -> tuple[list[SessionView], str | None]:

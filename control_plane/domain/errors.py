@@ -110,6 +110,20 @@ class NoActiveTurn(DomainError):
     reason = "NO_ACTIVE_TURN"
 
 
+class TurnNotEnded(DomainError):
+    """The call needs a turn that ended, and the named one is queued or running."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "TURN_NOT_ENDED"
+
+
+class NoCompletedTurn(DomainError):
+    """No turn was named and the session has no completed turn to default to."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "NO_COMPLETED_TURN"
+
+
 class WorkerSeqReused(InvalidArgument):
     """A claimed duplicate event differs from the event stored under its number."""
 

@@ -18,6 +18,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | Workers            | `_workers.py`     | registrations, Lease streams, worker-dead, drain     |
 | Recovery           | `_recovery.py`    | reloading at start and after a failed write          |
 | TurnDeadlines      | `_deadlines.py`   | interrupt grace, maximum turn duration               |
+| Forks              | `_forks.py`       | ForkSession: copying a session up to a turn          |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -46,6 +47,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ._deadlines import TurnDeadlines
+from ._forks import Forks
 from ._ingest import Ingest
 from ._leases import Leases
 from ._log import EventLog
@@ -127,6 +129,7 @@ class Hub:
         workers = self._workers = Workers(committer, timings)
         recovery = self._recovery = Recovery(reader, self._tasks)
         deadlines = self._deadlines = TurnDeadlines(self._tasks, timings)
+        forks = self._forks = Forks(reader, committer, codec)
 
         sessions.connect(
             turns=turns,
@@ -138,6 +141,7 @@ class Hub:
             requests=requests,
         )
         events.connect(sessions=sessions)
+        forks.connect(sessions=sessions, turns=turns, events=events)
         turns.connect(
             sessions=sessions,
             events=events,
@@ -216,6 +220,10 @@ class Hub:
 
     async def delete_session(self, owner: str, session_id: str) -> None:
         await self._sessions.delete(owner, session_id)
+
+    async def fork_session(self, owner: str, session_id: str, turn_id: str) -> SessionView:
+        """Copy the session up to and including `turn_id` (default: its last completed turn)."""
+        return await self._forks.fork(owner, session_id, turn_id)
 
     # ----------------------------------------------------------------- turns and events
 

@@ -78,6 +78,9 @@ class Session:
     runtime_thread_id: str = ""
     turn_count: int = 0
     owner: str = ""
+    # ForkSession: the session and the last turn this one was copied from ("" otherwise).
+    forked_from_session_id: str = ""
+    forked_from_turn_id: str = ""
 
 
 @dataclass

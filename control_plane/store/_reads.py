@@ -224,6 +224,27 @@ class Reader:
             ).first()
         return snapshot_from_row(row) if row else None
 
+    async def turns_upto(self, session_id: str, ordinal: int) -> list[Turn]:
+        query = (
+            select(TurnRow.__table__)
+            .where(and_(TurnRow.session_id == session_id, TurnRow.ordinal <= ordinal))
+            .order_by(TurnRow.ordinal)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [turn_from_row(r) for r in rows]
+
+    async def last_completed_turn(self, session_id: str) -> Turn | None:
+        query = (
+            select(TurnRow.__table__)
+            .where(and_(TurnRow.session_id == session_id, TurnRow.state == int(TurnState.COMPLETED)))
+            .order_by(TurnRow.ordinal.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return turn_from_row(row) if row else None
+
     async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None:
         async with self._engine.connect() as conn:
             row = (

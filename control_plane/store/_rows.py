@@ -63,6 +63,8 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         runtime_thread_id=r.runtime_thread_id,
         turn_count=turn_count or 0,
         owner=r.owner_id,
+        forked_from_session_id=r.forked_from_session_id,
+        forked_from_turn_id=r.forked_from_turn_id,
     )
 
 
@@ -77,6 +79,8 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "runtime_thread_id": s.runtime_thread_id,
         "create_time_us": s.create_time_us,
         "update_time_us": s.update_time_us,
+        "forked_from_session_id": s.forked_from_session_id,
+        "forked_from_turn_id": s.forked_from_turn_id,
     }
 
 

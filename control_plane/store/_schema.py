@@ -72,6 +72,9 @@ class SessionRow(Base):
     # Last change to the row itself; a session's update time as shown is the later of this and
     # its last event's time, so new input costs no session write.
     update_time_us: Mapped[int] = mapped_column(BigInteger)
+    # ForkSession: the session and turn this one was copied from ("" for a session created new).
+    forked_from_session_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    forked_from_turn_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class TurnRow(Base):

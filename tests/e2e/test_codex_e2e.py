@@ -9,6 +9,7 @@ import os
 import pathlib
 import signal
 import sys
+import uuid
 
 import pytest
 
@@ -467,3 +468,53 @@ async def test_the_readme_command_with_relative_paths_runs_codex_turns(cp, procs
         done = await finished(client, s.session_id, t.turn_id)
         assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wr", done.error_message
     assert (tmp_path / "codex-worker" / "sessions" / s.session_id / "codex-home").is_dir()
+
+
+def _conversation(request_input: list[dict]) -> list[tuple]:
+    """The model-visible conversation a request carries: messages, tool calls and their outputs
+    (what the model reads; item ids and Codex's own context messages left aside)."""
+    seen = []
+    for item in request_input:
+        kind = item.get("type")
+        if kind == "message" and item.get("role") in ("user", "assistant"):
+            texts = tuple(c.get("text", "") for c in item.get("content", []) if isinstance(c, dict))
+            if any(t.startswith("<") for t in texts):
+                continue  # Codex's environment context and instructions, not the conversation
+            seen.append((item["role"], texts))
+        elif kind == "function_call":
+            seen.append(("call", item.get("call_id"), item.get("arguments")))
+        elif kind == "function_call_output":
+            seen.append(("output", item.get("call_id"), str(item.get("output"))))
+    return seen
+
+
+async def test_a_forks_first_model_request_carries_the_history_up_to_the_fork_turn_and_nothing_after(
+    cp, procs, tmp_path, mock
+):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    ask = f"what do you know about me? ({uuid.uuid4().hex[:8]})"  # the mock outlives one test
+    pet = f"remember: my pet is a heron ({uuid.uuid4().hex[:8]})"
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "remember: my favourite colour is amber")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        t2 = await client.send_input(s.session_id, "RUN: echo fork-tool-output")
+        assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
+        t3 = await client.send_input(s.session_id, pet)
+        assert (await finished(client, s.session_id, t3.turn_id)).state == sdk.TurnState.COMPLETED
+
+        fork = await client.fork_session(s.session_id, t2.turn_id)
+        t4 = await client.send_input(fork.session_id, ask)
+        done = await finished(client, fork.session_id, t4.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+
+        [first_in_fork] = mock.requests_containing(ask)
+        [parent_turn_3] = mock.requests_containing(pet)[:1]
+        fork_seen = _conversation(first_in_fork["input"])
+        parent_seen = _conversation(parent_turn_3["input"])
+        # Everything before the new input is exactly what the parent's model saw before turn 3.
+        assert fork_seen[-1] == ("user", (ask,))
+        assert parent_seen[-1] == ("user", (pet,))
+        assert fork_seen[:-1] == parent_seen[:-1] and len(fork_seen) > 3, fork_seen
+        assert "heron" not in json.dumps(first_in_fork["input"])
+        assert (await client.get_session(s.session_id)).turn_count == 3

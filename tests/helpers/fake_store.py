@@ -190,6 +190,14 @@ class MemoryStore:
         snaps = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
         return snaps[-1] if snaps else None
 
+    async def turns_upto(self, session_id: str, ordinal: int) -> list[Turn]:
+        found = [t for t in self.turns.values() if t.session_id == session_id and t.ordinal <= ordinal]
+        return [copy.copy(t) for t in sorted(found, key=lambda t: t.ordinal)]
+
+    async def last_completed_turn(self, session_id: str) -> Turn | None:
+        done = [t for t in self.turns.values() if t.session_id == session_id and t.state == TurnState.COMPLETED]
+        return copy.copy(max(done, key=lambda t: t.ordinal)) if done else None
+
     async def get_request(self, session_id: str, request_id: str) -> PendingRequest | None:
         request = self.requests.get(request_id)
         return copy.copy(request) if request is not None and request.session_id == session_id else None
@@ -243,3 +251,10 @@ class FakeCodec:
 
     def request_resolved(self, request: PendingRequest) -> bytes:
         return f"request_resolved:{request.request_id}:{request.state.name}".encode()
+
+    def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
+        """Names the copy's turn in place of the source's, so tests can see the rewrite."""
+        if kind == "request_opened" or kind == "request_resolved":
+            for old, new in request_ids.items():
+                body = body.replace(old.encode(), new.encode())
+        return body

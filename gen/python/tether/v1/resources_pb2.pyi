@@ -71,6 +71,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_WORKER_TOKEN_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_WORKER_SEQ_REUSED: _ClassVar[ErrorReason]
     ERROR_REASON_NO_ACTIVE_TURN: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_NOT_ENDED: _ClassVar[ErrorReason]
+    ERROR_REASON_NO_COMPLETED_TURN: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -150,6 +152,8 @@ ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
 ERROR_REASON_WORKER_TOKEN_NOT_FOUND: ErrorReason
 ERROR_REASON_WORKER_SEQ_REUSED: ErrorReason
 ERROR_REASON_NO_ACTIVE_TURN: ErrorReason
+ERROR_REASON_TURN_NOT_ENDED: ErrorReason
+ERROR_REASON_NO_COMPLETED_TURN: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
@@ -172,7 +176,7 @@ DELTA_KIND_REASONING: DeltaKind
 DELTA_KIND_FILE_CHANGE: DeltaKind
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason")
+    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id")
     class WorkerSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +206,8 @@ class Session(_message.Message):
     TURN_COUNT_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_TURN_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     runtime: str
     worker_selector: _containers.ScalarMap[str, str]
@@ -217,7 +223,9 @@ class Session(_message.Message):
     turn_count: int
     owner: str
     waiting_reason: str
-    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
+    forked_from_session_id: str
+    forked_from_turn_id: str
+    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason")

@@ -214,8 +214,12 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForkSession(self, request, context):
-        """ForkSession copies a session up to a turn into a new session, leaving the original as it
-        is. Reserved for a later release: the server answers UNIMPLEMENTED.
+        """ForkSession copies a session's turns up to and including one that ended, with their
+        events, into a new session (new id, same runtime, worker selector and labels, and
+        forked_from_* naming the source), leaving the original as it is. The fork's next turn runs
+        on any eligible worker, which rehydrates the copied history. FAILED_PRECONDITION
+        (TURN_NOT_ENDED) for a turn queued or running, (NO_COMPLETED_TURN) when no turn is named
+        and none completed; NOT_FOUND (TURN_NOT_FOUND) for a turn not in the session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

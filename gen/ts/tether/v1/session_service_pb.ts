@@ -636,7 +636,7 @@ export type ForkSessionRequest = Message<"tether.v1.ForkSessionRequest"> & {
   sessionId: string;
 
   /**
-   * The last turn to keep. Required.
+   * The last turn to keep; it must have ended. Optional: the session's last completed turn.
    *
    * @generated from field: string turn_id = 2;
    */
@@ -914,8 +914,12 @@ export const SessionService: GenService<{
     output: typeof RestoreSessionResponseSchema;
   },
   /**
-   * ForkSession copies a session up to a turn into a new session, leaving the original as it
-   * is. Reserved for a later release: the server answers UNIMPLEMENTED.
+   * ForkSession copies a session's turns up to and including one that ended, with their
+   * events, into a new session (new id, same runtime, worker selector and labels, and
+   * forked_from_* naming the source), leaving the original as it is. The fork's next turn runs
+   * on any eligible worker, which rehydrates the copied history. FAILED_PRECONDITION
+   * (TURN_NOT_ENDED) for a turn queued or running, (NO_COMPLETED_TURN) when no turn is named
+   * and none completed; NOT_FOUND (TURN_NOT_FOUND) for a turn not in the session.
    *
    * @generated from rpc tether.v1.SessionService.ForkSession
    */
