@@ -73,8 +73,8 @@ class SessionRow(Base):
     # its last event's time, so new input costs no session write.
     update_time_us: Mapped[int] = mapped_column(BigInteger)
     # ForkSession: the session and turn this one was copied from ("" for a session created new).
-    forked_from_session_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    forked_from_turn_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    forked_from_session_id: Mapped[str] = mapped_column(String(64), default="")
+    forked_from_turn_id: Mapped[str] = mapped_column(String(64), default="")
 
 
 class TurnRow(Base):

@@ -4,8 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-05
 
-Existing sessions were created new, so both columns start empty for them (a server default,
-which also keeps the upgrade a plain ADD COLUMN on both engines).
+Existing sessions were created new, so both columns are empty for them.
 """
 
 from __future__ import annotations
@@ -22,8 +21,14 @@ _COLUMNS = ("forked_from_session_id", "forked_from_turn_id")
 
 
 def upgrade() -> None:
+    # Added as NULL, filled, then made NOT NULL: the models have no server default to keep.
+    sessions = sa.table("sessions", *(sa.column(name) for name in _COLUMNS))
     for name in _COLUMNS:
-        op.add_column("sessions", sa.Column(name, sa.String(64), nullable=False, server_default=""))
+        op.add_column("sessions", sa.Column(name, sa.String(64), nullable=True))
+    op.get_bind().execute(sessions.update().values(**dict.fromkeys(_COLUMNS, "")))
+    with op.batch_alter_table("sessions") as batch:
+        for name in _COLUMNS:
+            batch.alter_column(name, existing_type=sa.String(64), nullable=False)
 
 
 def downgrade() -> None:
