@@ -270,6 +270,11 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 victim_creds.worker_id,
             )
             await probe.compare(
+                "UnarchiveSession",
+                unary(sessions.UnarchiveSession, lambda x: spb.UnarchiveSessionRequest(session_id=x)),
+                vs,
+            )
+            await probe.compare(
                 "ForkSession", unary(sessions.ForkSession, lambda x: spb.ForkSessionRequest(session_id=x)), vs
             )
             await probe.compare(

@@ -239,6 +239,12 @@ class AsyncClient:
         response = await self._unary(self._stub.ArchiveSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
+    async def unarchive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        """Make an archived session writable again; unarchiving one that is not archived succeeds."""
+        request = pb.UnarchiveSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.UnarchiveSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
     async def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
         """Delete the session with its turns, events, leases and snapshots."""
         request = pb.DeleteSessionRequest(session_id=session_id)

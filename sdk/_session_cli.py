@@ -387,6 +387,19 @@ def archive(lazy: LazyClient, session_id: str, as_json: bool) -> None:
 
 @session.command()
 @click.argument("session_id")
+@json_option
+@pass_lazy
+def unarchive(lazy: LazyClient, session_id: str, as_json: bool) -> None:
+    """Make an archived session writable again."""
+    session = lazy.client.unarchive_session(session_id)
+    if as_json:
+        echo_json(session)
+    else:
+        click.echo(f"{session.session_id} {session.state.name.lower()}")
+
+
+@session.command()
+@click.argument("session_id")
 @pass_lazy
 def delete(lazy: LazyClient, session_id: str) -> None:
     """Delete a session with its turns, events and snapshots."""

@@ -37,6 +37,7 @@ class SessionServiceStub(Protocol):
     GetSnapshot: UnaryUnaryMultiCallable[pb.GetSnapshotRequest, pb.GetSnapshotResponse]
     CreateSnapshot: UnaryUnaryMultiCallable[pb.CreateSnapshotRequest, pb.CreateSnapshotResponse]
     ArchiveSession: UnaryUnaryMultiCallable[pb.ArchiveSessionRequest, pb.ArchiveSessionResponse]
+    UnarchiveSession: UnaryUnaryMultiCallable[pb.UnarchiveSessionRequest, pb.UnarchiveSessionResponse]
     DeleteSession: UnaryUnaryMultiCallable[pb.DeleteSessionRequest, pb.DeleteSessionResponse]
     RestoreSession: UnaryUnaryMultiCallable[pb.RestoreSessionRequest, pb.RestoreSessionResponse]
     ForkSession: UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.ForkSessionResponse]

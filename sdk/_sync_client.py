@@ -170,6 +170,9 @@ class Client:
     def archive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         return self._run(self._async.archive_session(session_id, timeout_s=timeout_s))
 
+    def unarchive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        return self._run(self._async.unarchive_session(session_id, timeout_s=timeout_s))
+
     def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
         return self._run(self._async.delete_session(session_id, timeout_s=timeout_s))
 

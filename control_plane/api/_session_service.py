@@ -139,6 +139,14 @@ class SessionService:
             view = await self._hub.archive_session(owner, v.required("session_id", request.session_id))
             return spb.ArchiveSessionResponse(session=session_pb(view))
 
+    async def UnarchiveSession(
+        self, request: spb.UnarchiveSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.UnarchiveSessionResponse:
+        async with translate(context, "UnarchiveSession"):
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.unarchive_session(owner, v.required("session_id", request.session_id))
+            return spb.UnarchiveSessionResponse(session=session_pb(view))
+
     async def DeleteSession(
         self, request: spb.DeleteSessionRequest, context: grpc.aio.ServicerContext
     ) -> spb.DeleteSessionResponse:

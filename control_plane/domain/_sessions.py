@@ -286,6 +286,14 @@ class SessionCache:
             await self._committer.commit(Changes(session_updates=[rec.session]))
         return self.view(rec)
 
+    async def unarchive(self, owner: str, session_id: str) -> SessionView:
+        rec = await self.require(session_id, owner)
+        if rec.session.archived:
+            rec.session.archived = False
+            rec.session.update_time_us = now_us()
+            await self._committer.commit(Changes(session_updates=[rec.session]))
+        return self.view(rec)
+
     async def delete(self, owner: str, session_id: str) -> None:
         rec = await self.require(session_id, owner)
         rec.deleted = True

@@ -218,6 +218,9 @@ class Hub:
     async def archive_session(self, owner: str, session_id: str) -> SessionView:
         return await self._sessions.archive(owner, session_id)
 
+    async def unarchive_session(self, owner: str, session_id: str) -> SessionView:
+        return await self._sessions.unarchive(owner, session_id)
+
     async def delete_session(self, owner: str, session_id: str) -> None:
         await self._sessions.delete(owner, session_id)
 

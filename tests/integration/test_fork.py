@@ -1,4 +1,4 @@
-"""ForkSession end to end on a real control plane (SQLite and PostgreSQL) with a real worker: the
+"""ForkSession (and the archive commands) end to end on a real control plane (SQLite and PostgreSQL) with a real worker: the
 fork holds the source's turns and events up to the fork turn, its next turn runs on a worker
 that rehydrates exactly that history, and the `tether session fork` command prints the fork.
 """
@@ -104,3 +104,15 @@ def test_the_codec_rebinds_the_ids_that_event_bodies_name():
     assert (request.request_id, request.session_id, request.turn_id) == ("r2", "s2", "trn_new")
     assert rebound("request_resolved", resolved).request_resolved.request_id == "r2"
     assert codec.rebind("output", output, "s2", "trn_new", {}) == output
+
+
+async def test_the_archive_commands_round_trip(control_plane, client):
+    s = await client.create_session("shell")
+    target = f"127.0.0.1:{control_plane.port}"
+    for command, state in (("archive", "archived"), ("unarchive", "idle")):
+        result = await asyncio.to_thread(
+            CliRunner().invoke, session_cli, ["--control-plane", target, command, s.session_id]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.stdout.split() == [s.session_id, state]
+    assert (await client.get_session(s.session_id)).state == sdk.SessionState.IDLE

@@ -151,6 +151,14 @@ CASES = [
         None,
     ),
     (
+        "unarchive without a session",
+        "UnarchiveSession",
+        lambda sid: spb.UnarchiveSessionRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session_id",
+    ),
+    (
         "fork without a session",
         "ForkSession",
         lambda sid: spb.ForkSessionRequest(turn_id="t"),
@@ -237,6 +245,21 @@ async def test_archived_session_refuses_input_and_delete_removes_everything(clie
     with pytest.raises(sdk.NotFoundError):
         async for _ in client.stream_events(s.session_id, stop_at_end=True):
             pass
+
+
+async def test_an_unarchived_session_takes_input_again_and_survives_a_restart_of_its_record(client, control_plane):
+    s = await client.create_session("shell")
+    assert (await client.unarchive_session(s.session_id)).state == sdk.SessionState.IDLE  # not archived: no-op
+    await client.archive_session(s.session_id)
+    back = await client.unarchive_session(s.session_id)
+    assert back.state == sdk.SessionState.IDLE and back.update_time >= s.update_time
+    # Stored, not only in memory: the session reloaded from the database is writable too.
+    assert control_plane.hub is not None and control_plane.hub.evict_idle(now=float("inf")) >= 1
+    turn = await client.send_input(s.session_id, "echo again")
+    assert turn.state in (sdk.TurnState.QUEUED, sdk.TurnState.OFFERED)
+    with pytest.raises(sdk.NotFoundError) as info:
+        await client.unarchive_session("ses_01AAAAAAAAAAAAAAAAAAAAAAAA")
+    assert info.value.reason == "SESSION_NOT_FOUND"
 
 
 async def test_cursor_past_the_end_is_an_explicit_error(client):

@@ -87,6 +87,11 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.ArchiveSessionRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.ArchiveSessionResponse.FromString,
                 _registered_method=True)
+        self.UnarchiveSession = channel.unary_unary(
+                '/tether.v1.SessionService/UnarchiveSession',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.UnarchiveSessionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.UnarchiveSessionResponse.FromString,
+                _registered_method=True)
         self.DeleteSession = channel.unary_unary(
                 '/tether.v1.SessionService/DeleteSession',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.DeleteSessionRequest.SerializeToString,
@@ -188,6 +193,14 @@ class SessionServiceServicer:
 
     def ArchiveSession(self, request, context):
         """ArchiveSession makes a session read-only. Archiving an archived session succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnarchiveSession(self, request, context):
+        """UnarchiveSession makes an archived session writable again: it takes input as before.
+        Unarchiving a session that is not archived succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,6 +308,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ArchiveSession,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.ArchiveSessionRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.ArchiveSessionResponse.SerializeToString,
+            ),
+            'UnarchiveSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnarchiveSession,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.UnarchiveSessionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.UnarchiveSessionResponse.SerializeToString,
             ),
             'DeleteSession': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSession,
@@ -595,6 +613,33 @@ class SessionService:
             '/tether.v1.SessionService/ArchiveSession',
             tether_dot_v1_dot_session__service__pb2.ArchiveSessionRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.ArchiveSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnarchiveSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/UnarchiveSession',
+            tether_dot_v1_dot_session__service__pb2.UnarchiveSessionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.UnarchiveSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/session_service.proto.
  */
 export const file_tether_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uImQKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJgoFc3RhdGUYAyABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIudGV0aGVyLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIk4KEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiSAoRU2VuZElucHV0UmVzcG9uc2USHQoEdHVybhgBIAEoCzIPLnRldGhlci52MS5UdXJuEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI1Cg5HZXRUdXJuUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiMAoPR2V0VHVyblJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybiJLChRJbnRlcnJ1cHRUdXJuUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjYKFUludGVycnVwdFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iWAoaU3RyZWFtU2Vzc2lvbkV2ZW50c1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLc3RvcF9hdF9lbmQYAyABKAgiPwobU3RyZWFtU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlEiAKBmV2ZW50cxgBIAMoCzIQLnRldGhlci52MS5FdmVudCIoChJHZXRTbmFwc2hvdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI8ChNHZXRTbmFwc2hvdFJlc3BvbnNlEiUKCHNuYXBzaG90GAEgASgLMhMudGV0aGVyLnYxLlNuYXBzaG90IisKFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy50ZXRoZXIudjEuU25hcHNob3QiKwoVQXJjaGl2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPQoWQXJjaGl2ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iKgoURGVsZXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIXChVEZWxldGVTZXNzaW9uUmVzcG9uc2UixAEKFVJlc3RvcmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEk0KD3dvcmtlcl9zZWxlY3RvchgCIAMoCzI0LnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlcXVlc3QuV29ya2VyU2VsZWN0b3JFbnRyeRIRCgl3b3JrZXJfaWQYAyABKAkaNQoTV29ya2VyU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIjkKEkZvcmtTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiOgoTRm9ya1Nlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iWAoXUmVzcG9uZFRvUmVxdWVzdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXJlc3BvbnNlX2pzb24YAyABKAkiRgoYUmVzcG9uZFRvUmVxdWVzdFJlc3BvbnNlEioKB3JlcXVlc3QYASABKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QiUQoTTGlzdFJlcXVlc3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEiYKBXN0YXRlGAIgASgOMhcudGV0aGVyLnYxLlJlcXVlc3RTdGF0ZSJDChRMaXN0UmVxdWVzdHNSZXNwb25zZRIrCghyZXF1ZXN0cxgBIAMoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdDLpCQoOU2Vzc2lvblNlcnZpY2USUgoNQ3JlYXRlU2Vzc2lvbhIfLnRldGhlci52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USSQoKR2V0U2Vzc2lvbhIcLnRldGhlci52MS5HZXRTZXNzaW9uUmVxdWVzdBodLnRldGhlci52MS5HZXRTZXNzaW9uUmVzcG9uc2USTwoMTGlzdFNlc3Npb25zEh4udGV0aGVyLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaHy50ZXRoZXIudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USRgoJU2VuZElucHV0EhsudGV0aGVyLnYxLlNlbmRJbnB1dFJlcXVlc3QaHC50ZXRoZXIudjEuU2VuZElucHV0UmVzcG9uc2USQAoHR2V0VHVybhIZLnRldGhlci52MS5HZXRUdXJuUmVxdWVzdBoaLnRldGhlci52MS5HZXRUdXJuUmVzcG9uc2USUgoNSW50ZXJydXB0VHVybhIfLnRldGhlci52MS5JbnRlcnJ1cHRUdXJuUmVxdWVzdBogLnRldGhlci52MS5JbnRlcnJ1cHRUdXJuUmVzcG9uc2USZgoTU3RyZWFtU2Vzc2lvbkV2ZW50cxIlLnRldGhlci52MS5TdHJlYW1TZXNzaW9uRXZlbnRzUmVxdWVzdBomLnRldGhlci52MS5TdHJlYW1TZXNzaW9uRXZlbnRzUmVzcG9uc2UwARJMCgtHZXRTbmFwc2hvdBIdLnRldGhlci52MS5HZXRTbmFwc2hvdFJlcXVlc3QaHi50ZXRoZXIudjEuR2V0U25hcHNob3RSZXNwb25zZRJVCg5DcmVhdGVTbmFwc2hvdBIgLnRldGhlci52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIS50ZXRoZXIudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJVCg5BcmNoaXZlU2Vzc2lvbhIgLnRldGhlci52MS5BcmNoaXZlU2Vzc2lvblJlcXVlc3QaIS50ZXRoZXIudjEuQXJjaGl2ZVNlc3Npb25SZXNwb25zZRJSCg1EZWxldGVTZXNzaW9uEh8udGV0aGVyLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRJVCg5SZXN0b3JlU2Vzc2lvbhIgLnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlcXVlc3QaIS50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXNwb25zZRJMCgtGb3JrU2Vzc2lvbhIdLnRldGhlci52MS5Gb3JrU2Vzc2lvblJlcXVlc3QaHi50ZXRoZXIudjEuRm9ya1Nlc3Npb25SZXNwb25zZRJbChBSZXNwb25kVG9SZXF1ZXN0EiIudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXF1ZXN0GiMudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXNwb25zZRJPCgxMaXN0UmVxdWVzdHMSHi50ZXRoZXIudjEuTGlzdFJlcXVlc3RzUmVxdWVzdBofLnRldGhlci52MS5MaXN0UmVxdWVzdHNSZXNwb25zZWIGcHJvdG8z", [file_tether_v1_resources]);
+  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uImQKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJgoFc3RhdGUYAyABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIudGV0aGVyLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIk4KEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiSAoRU2VuZElucHV0UmVzcG9uc2USHQoEdHVybhgBIAEoCzIPLnRldGhlci52MS5UdXJuEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI1Cg5HZXRUdXJuUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiMAoPR2V0VHVyblJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybiJLChRJbnRlcnJ1cHRUdXJuUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjYKFUludGVycnVwdFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iWAoaU3RyZWFtU2Vzc2lvbkV2ZW50c1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLc3RvcF9hdF9lbmQYAyABKAgiPwobU3RyZWFtU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlEiAKBmV2ZW50cxgBIAMoCzIQLnRldGhlci52MS5FdmVudCIoChJHZXRTbmFwc2hvdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI8ChNHZXRTbmFwc2hvdFJlc3BvbnNlEiUKCHNuYXBzaG90GAEgASgLMhMudGV0aGVyLnYxLlNuYXBzaG90IisKFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy50ZXRoZXIudjEuU25hcHNob3QiKwoVQXJjaGl2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPQoWQXJjaGl2ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iLQoXVW5hcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChhVbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIsQBChVSZXN0b3JlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRJNCg93b3JrZXJfc2VsZWN0b3IYAiADKAsyNC50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSEQoJd29ya2VyX2lkGAMgASgJGjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChZSZXN0b3JlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiI5ChJGb3JrU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjoKE0ZvcmtTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIlgKF1Jlc3BvbmRUb1JlcXVlc3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIVCg1yZXNwb25zZV9qc29uGAMgASgJIkYKGFJlc3BvbmRUb1JlcXVlc3RSZXNwb25zZRIqCgdyZXF1ZXN0GAEgASgLMhkudGV0aGVyLnYxLlBlbmRpbmdSZXF1ZXN0IlEKE0xpc3RSZXF1ZXN0c1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnRldGhlci52MS5SZXF1ZXN0U3RhdGUiQwoUTGlzdFJlcXVlc3RzUmVzcG9uc2USKwoIcmVxdWVzdHMYASADKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QyxgoKDlNlc3Npb25TZXJ2aWNlElIKDUNyZWF0ZVNlc3Npb24SHy50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEkkKCkdldFNlc3Npb24SHC50ZXRoZXIudjEuR2V0U2Vzc2lvblJlcXVlc3QaHS50ZXRoZXIudjEuR2V0U2Vzc2lvblJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLnRldGhlci52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8udGV0aGVyLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLnRldGhlci52MS5TZW5kSW5wdXRSZXF1ZXN0GhwudGV0aGVyLnYxLlNlbmRJbnB1dFJlc3BvbnNlEkAKB0dldFR1cm4SGS50ZXRoZXIudjEuR2V0VHVyblJlcXVlc3QaGi50ZXRoZXIudjEuR2V0VHVyblJlc3BvbnNlElIKDUludGVycnVwdFR1cm4SHy50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlcXVlc3QaIC50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlc3BvbnNlEmYKE1N0cmVhbVNlc3Npb25FdmVudHMSJS50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1JlcXVlc3QaJi50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlMAESTAoLR2V0U25hcHNob3QSHS50ZXRoZXIudjEuR2V0U25hcHNob3RSZXF1ZXN0Gh4udGV0aGVyLnYxLkdldFNuYXBzaG90UmVzcG9uc2USVQoOQ3JlYXRlU25hcHNob3QSIC50ZXRoZXIudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiEudGV0aGVyLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USVQoOQXJjaGl2ZVNlc3Npb24SIC50ZXRoZXIudjEuQXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USWwoQVW5hcmNoaXZlU2Vzc2lvbhIiLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBojLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USUgoNRGVsZXRlU2Vzc2lvbhIfLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USVQoOUmVzdG9yZVNlc3Npb24SIC50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USTAoLRm9ya1Nlc3Npb24SHS50ZXRoZXIudjEuRm9ya1Nlc3Npb25SZXF1ZXN0Gh4udGV0aGVyLnYxLkZvcmtTZXNzaW9uUmVzcG9uc2USWwoQUmVzcG9uZFRvUmVxdWVzdBIiLnRldGhlci52MS5SZXNwb25kVG9SZXF1ZXN0UmVxdWVzdBojLnRldGhlci52MS5SZXNwb25kVG9SZXF1ZXN0UmVzcG9uc2USTwoMTGlzdFJlcXVlc3RzEh4udGV0aGVyLnYxLkxpc3RSZXF1ZXN0c1JlcXVlc3QaHy50ZXRoZXIudjEuTGlzdFJlcXVlc3RzUmVzcG9uc2ViBnByb3RvMw", [file_tether_v1_resources]);
 
 /**
  * CreateSessionRequest describes the session to create.
@@ -529,6 +529,48 @@ export const ArchiveSessionResponseSchema: GenMessage<ArchiveSessionResponse> = 
   messageDesc(file_tether_v1_session_service, 19);
 
 /**
+ * UnarchiveSessionRequest names a session.
+ *
+ * @generated from message tether.v1.UnarchiveSessionRequest
+ */
+export type UnarchiveSessionRequest = Message<"tether.v1.UnarchiveSessionRequest"> & {
+  /**
+   * The session. Required.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message tether.v1.UnarchiveSessionRequest.
+ * Use `create(UnarchiveSessionRequestSchema)` to create a new message.
+ */
+export const UnarchiveSessionRequestSchema: GenMessage<UnarchiveSessionRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 20);
+
+/**
+ * UnarchiveSessionResponse holds the session, writable again.
+ *
+ * @generated from message tether.v1.UnarchiveSessionResponse
+ */
+export type UnarchiveSessionResponse = Message<"tether.v1.UnarchiveSessionResponse"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: tether.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message tether.v1.UnarchiveSessionResponse.
+ * Use `create(UnarchiveSessionResponseSchema)` to create a new message.
+ */
+export const UnarchiveSessionResponseSchema: GenMessage<UnarchiveSessionResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 21);
+
+/**
  * DeleteSessionRequest names a session.
  *
  * @generated from message tether.v1.DeleteSessionRequest
@@ -547,7 +589,7 @@ export type DeleteSessionRequest = Message<"tether.v1.DeleteSessionRequest"> & {
  * Use `create(DeleteSessionRequestSchema)` to create a new message.
  */
 export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 20);
+  messageDesc(file_tether_v1_session_service, 22);
 
 /**
  * DeleteSessionResponse is empty: the session is gone.
@@ -562,7 +604,7 @@ export type DeleteSessionResponse = Message<"tether.v1.DeleteSessionResponse"> &
  * Use `create(DeleteSessionResponseSchema)` to create a new message.
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 21);
+  messageDesc(file_tether_v1_session_service, 23);
 
 /**
  * RestoreSessionRequest names a session and where to move it.
@@ -599,7 +641,7 @@ export type RestoreSessionRequest = Message<"tether.v1.RestoreSessionRequest"> &
  * Use `create(RestoreSessionRequestSchema)` to create a new message.
  */
 export const RestoreSessionRequestSchema: GenMessage<RestoreSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 22);
+  messageDesc(file_tether_v1_session_service, 24);
 
 /**
  * RestoreSessionResponse holds the session after the move.
@@ -620,7 +662,7 @@ export type RestoreSessionResponse = Message<"tether.v1.RestoreSessionResponse">
  * Use `create(RestoreSessionResponseSchema)` to create a new message.
  */
 export const RestoreSessionResponseSchema: GenMessage<RestoreSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 23);
+  messageDesc(file_tether_v1_session_service, 25);
 
 /**
  * ForkSessionRequest names the session and turn to fork from.
@@ -648,7 +690,7 @@ export type ForkSessionRequest = Message<"tether.v1.ForkSessionRequest"> & {
  * Use `create(ForkSessionRequestSchema)` to create a new message.
  */
 export const ForkSessionRequestSchema: GenMessage<ForkSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 24);
+  messageDesc(file_tether_v1_session_service, 26);
 
 /**
  * ForkSessionResponse holds the new session.
@@ -669,7 +711,7 @@ export type ForkSessionResponse = Message<"tether.v1.ForkSessionResponse"> & {
  * Use `create(ForkSessionResponseSchema)` to create a new message.
  */
 export const ForkSessionResponseSchema: GenMessage<ForkSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 25);
+  messageDesc(file_tether_v1_session_service, 27);
 
 /**
  * RespondToRequestRequest answers a pending runtime request.
@@ -704,7 +746,7 @@ export type RespondToRequestRequest = Message<"tether.v1.RespondToRequestRequest
  * Use `create(RespondToRequestRequestSchema)` to create a new message.
  */
 export const RespondToRequestRequestSchema: GenMessage<RespondToRequestRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 26);
+  messageDesc(file_tether_v1_session_service, 28);
 
 /**
  * RespondToRequestResponse confirms the answer was recorded.
@@ -725,7 +767,7 @@ export type RespondToRequestResponse = Message<"tether.v1.RespondToRequestRespon
  * Use `create(RespondToRequestResponseSchema)` to create a new message.
  */
 export const RespondToRequestResponseSchema: GenMessage<RespondToRequestResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 27);
+  messageDesc(file_tether_v1_session_service, 29);
 
 /**
  * ListRequestsRequest names a session.
@@ -753,7 +795,7 @@ export type ListRequestsRequest = Message<"tether.v1.ListRequestsRequest"> & {
  * Use `create(ListRequestsRequestSchema)` to create a new message.
  */
 export const ListRequestsRequestSchema: GenMessage<ListRequestsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 28);
+  messageDesc(file_tether_v1_session_service, 30);
 
 /**
  * ListRequestsResponse holds the requests.
@@ -774,7 +816,7 @@ export type ListRequestsResponse = Message<"tether.v1.ListRequestsResponse"> & {
  * Use `create(ListRequestsResponseSchema)` to create a new message.
  */
 export const ListRequestsResponseSchema: GenMessage<ListRequestsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 29);
+  messageDesc(file_tether_v1_session_service, 31);
 
 /**
  * SessionService is the API applications call to create sessions, give them input and follow
@@ -886,6 +928,17 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof ArchiveSessionRequestSchema;
     output: typeof ArchiveSessionResponseSchema;
+  },
+  /**
+   * UnarchiveSession makes an archived session writable again: it takes input as before.
+   * Unarchiving a session that is not archived succeeds.
+   *
+   * @generated from rpc tether.v1.SessionService.UnarchiveSession
+   */
+  unarchiveSession: {
+    methodKind: "unary";
+    input: typeof UnarchiveSessionRequestSchema;
+    output: typeof UnarchiveSessionResponseSchema;
   },
   /**
    * DeleteSession deletes a session with its turns, events, leases and snapshots.
