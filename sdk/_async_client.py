@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2
@@ -27,6 +27,7 @@ from ._backoff import Backoff as _Backoff
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
     Event,
+    InputPolicy,
     PairingCode,
     PendingRequest,
     RequestState,
@@ -300,10 +301,21 @@ class AsyncClient:
         input: str,
         *,
         idempotency_key: str = "",
+        policy: InputPolicy = InputPolicy.ENQUEUE,
         timeout_s: float | None = None,
     ) -> Turn:
-        """Store a new turn; `Turn.deduplicated` says an earlier call with the key stored it."""
-        request = pb.SendInputRequest(session_id=session_id, input=input, idempotency_key=idempotency_key)
+        """Store a new turn; `Turn.deduplicated` says an earlier call with the key stored it.
+
+        `policy` says what happens when a turn is queued or running already: ENQUEUE runs the
+        new turn after them, REJECT raises SessionBusyError and stores nothing, INTERRUPT
+        interrupts the running turn, ends the queued ones, and runs the new turn next.
+        """
+        request = pb.SendInputRequest(
+            session_id=session_id,
+            input=input,
+            idempotency_key=idempotency_key,
+            policy=cast(pb.InputPolicy, int(InputPolicy(policy))),
+        )
         response = await self._unary(self._stub.SendInput, request, timeout_s)
         return _convert.turn_from_proto(response.turn, deduplicated=response.deduplicated)
 

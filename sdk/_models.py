@@ -45,6 +45,18 @@ class SessionState(enum.IntEnum):
     ARCHIVED = 3
 
 
+class InputPolicy(enum.IntEnum):
+    """What `send_input` does when the session has a turn queued or running; values equal
+    `tether.v1.InputPolicy` numbers."""
+
+    #: Queue the new turn after the others (the default).
+    ENQUEUE = 1
+    #: Refuse it with SessionBusyError (SESSION_BUSY); nothing is stored.
+    REJECT = 2
+    #: Interrupt the running turn and end the queued ones, then run the new turn next.
+    INTERRUPT = 3
+
+
 class TurnState(enum.IntEnum):
     """The lifecycle of one turn; values equal `tether.v1.TurnState` numbers."""
 

@@ -21,7 +21,7 @@ from ._cli_common import (
     pass_lazy,
     plain,
 )
-from ._models import PendingRequest, RequestState, Session, Snapshot, Turn, TurnState
+from ._models import InputPolicy, PendingRequest, RequestState, Session, Snapshot, Turn, TurnState
 from ._transcript import APPROVAL_DECISIONS, Transcript, answer_text
 
 __all__ = ["session"]
@@ -144,17 +144,34 @@ def list_(lazy: LazyClient, state: str | None, page_size: int, page_token: str, 
 @click.argument("session_id")
 @click.argument("input_text", metavar="INPUT")
 @click.option("--idempotency-key", default="", help="Makes a retry return the first turn.")
+@click.option(
+    "--if-busy",
+    "policy",
+    type=click.Choice(["enqueue", "reject", "interrupt"]),
+    default="enqueue",
+    show_default=True,
+    help="When a turn is queued or running: run after it, refuse (exit 1, SESSION_BUSY), or interrupt it and run next.",
+)
 @click.option("--wait", "--follow", "wait", is_flag=True, help="Print the turn live; exit with the turn's exit code.")
 @_reconnect_option
 @json_option
 @pass_lazy
 def send(
-    lazy: LazyClient, session_id: str, input_text: str, idempotency_key: str, wait: bool, reconnect: bool, as_json: bool
+    lazy: LazyClient,
+    session_id: str,
+    input_text: str,
+    idempotency_key: str,
+    policy: str,
+    wait: bool,
+    reconnect: bool,
+    as_json: bool,
 ) -> None:
     """Send INPUT to a session as a new turn."""
     client = lazy.client
     after_seq = client.get_session(session_id).last_seq if wait else 0
-    turn = client.send_input(session_id, input_text, idempotency_key=idempotency_key)
+    turn = client.send_input(
+        session_id, input_text, idempotency_key=idempotency_key, policy=InputPolicy[policy.upper()]
+    )
     if not wait:
         if as_json:
             echo_json(turn)

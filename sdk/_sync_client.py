@@ -21,6 +21,7 @@ from ._async_client import (
 )
 from ._models import (
     Event,
+    InputPolicy,
     PairingCode,
     PendingRequest,
     RequestState,
@@ -198,10 +199,14 @@ class Client:
         input: str,
         *,
         idempotency_key: str = "",
+        policy: InputPolicy = InputPolicy.ENQUEUE,
         timeout_s: float | None = None,
     ) -> Turn:
+        """See `AsyncClient.send_input`."""
         return self._run(
-            self._async.send_input(session_id, input, idempotency_key=idempotency_key, timeout_s=timeout_s)
+            self._async.send_input(
+                session_id, input, idempotency_key=idempotency_key, policy=policy, timeout_s=timeout_s
+            )
         )
 
     def get_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Turn:

@@ -11,7 +11,7 @@ from tether.v1 import session_service_pb2 as spb
 
 from ..domain import errors
 from ..domain.hub import Hub
-from ..domain.model import RequestState, SessionState
+from ..domain.model import InputPolicy, RequestState, SessionState
 from . import _validate as v
 from ._auth import Authenticator
 from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
@@ -82,7 +82,9 @@ class SessionService:
             session_id = v.required("session_id", request.session_id)
             text = v.text("input", request.input)
             key = v.optional("idempotency_key", request.idempotency_key)
-            turn, dedup = await self._hub.send_input(owner, session_id, text, key)
+            v.enum_value("policy", request.policy, spb.InputPolicy)
+            policy = InputPolicy(request.policy) if request.policy else InputPolicy.ENQUEUE
+            turn, dedup = await self._hub.send_input(owner, session_id, text, key, policy)
             return spb.SendInputResponse(turn=turn_pb(turn), deduplicated=dedup)
 
     async def GetTurn(self, request: spb.GetTurnRequest, context: grpc.aio.ServicerContext) -> spb.GetTurnResponse:

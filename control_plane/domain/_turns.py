@@ -21,7 +21,7 @@ from . import errors
 from ._shared import Committer
 from .access import Limits
 from .messages import InterruptMsg
-from .model import Turn, TurnState, new_id, now_us
+from .model import InputPolicy, Turn, TurnState, new_id, now_us
 from .ports import BodyCodec, Changes, SessionReader
 
 if TYPE_CHECKING:
@@ -189,7 +189,9 @@ class Turns:
 
     # ----------------------------------------------------------------- calls
 
-    async def send_input(self, owner: str, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
+    async def send_input(
+        self, owner: str, session_id: str, text: str, key: str, policy: InputPolicy = InputPolicy.ENQUEUE
+    ) -> tuple[Turn, bool]:
         rec = await self._sessions.require(session_id, owner)
         if key:
             existing = await self._turn_for_key(rec, key)
@@ -207,6 +209,20 @@ class Turns:
             raise errors.SessionArchived(
                 f"session {session_id!r} is archived and accepts no input", session_id=session_id
             )
+        # From here to the commit nothing awaits: of two racing calls, the second sees the first's
+        # turn (a REJECT is refused, an INTERRUPT interrupts it).
+        changes = Changes()
+        if self.busy(rec):
+            if policy == InputPolicy.REJECT:
+                busy = self.current_turn_id(rec)
+                raise errors.SessionBusy(
+                    f"session {session_id!r} has a turn queued or running ({busy}) and the input's policy is "
+                    "reject; wait for it to end, interrupt it, or send with policy enqueue or interrupt",
+                    session_id=session_id,
+                    turn_id=busy,
+                )
+            if policy == InputPolicy.INTERRUPT:
+                changes = self._interrupt_all(rec, "interrupted by new input (policy interrupt)")
         self._check_owner_limits(rec)
         now = now_us()
         turn = Turn(
@@ -225,11 +241,42 @@ class Turns:
             book.keys[key] = turn.turn_id
         self._track(rec)
         event = self._events.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
-        changes = Changes(turn_inserts=[turn], event_inserts=[event])
+        changes.turn_inserts.append(turn)
+        changes.event_inserts.append(event)
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         await self._committer.commit(changes)
         return turn, False
+
+    def _ask_to_stop(self, rec: SessionRecord, turn: Turn, reason: str, changes: Changes) -> None:
+        """Send the running turn's worker an interrupt once `changes` commit, and start the grace.
+
+        A turn is RUNNING from the moment its worker accepted, but its grant reaches the worker
+        only once the accept commits; pushed in commit order, the interrupt always follows the
+        grant, so the worker never drops it as one for a turn it does not run.
+        """
+        holder = self._workers.get(turn.worker_id)
+        if holder is not None:
+            message = InterruptMsg(rec.session_id, turn.turn_id, reason)
+            changes.on_commit.append(lambda: holder.push(message))
+        self._deadlines.interrupted(rec, turn, reason)
+
+    def _interrupt_all(self, rec: SessionRecord, reason: str) -> Changes:
+        """End every queued or offered turn now and ask the worker to stop the running one (it
+        ends when the worker stops it, or at the interrupt grace); the caller commits."""
+        book = rec.turns
+        changes = Changes()
+        active = book.active
+        if active is not None and active.state == TurnState.RUNNING:
+            self._ask_to_stop(rec, active, reason, changes)
+        elif active is not None:  # offered, not yet accepted: it never ran
+            self._scheduler.withdraw_offer(rec)
+            changes.absorb(self.end(rec, active, TurnState.INTERRUPTED, reason))
+        for turn_id in list(book.queue):
+            book.queue.remove(turn_id)
+            changes.absorb(self.end(rec, book.turns[turn_id], TurnState.INTERRUPTED, reason))
+        self._track(rec)
+        return changes
 
     def _check_owner_limits(self, rec: SessionRecord) -> None:
         """Refuse a new turn past the owner's limits; other owners' work is never counted."""
@@ -290,12 +337,11 @@ class Turns:
             )
         reason = reason or "interrupted by request"
         if turn.state == TurnState.RUNNING:
-            holder = self._workers.get(turn.worker_id)
-            if holder is not None:
-                holder.push(InterruptMsg(session_id, turn_id, reason))
+            changes = Changes()
+            self._ask_to_stop(rec, turn, reason, changes)
             # Returned RUNNING with interrupt_time_us set: the worker ends it, or the control
             # plane does after the interrupt grace.
-            self._deadlines.interrupted(rec, turn, reason)
+            await self._committer.commit(changes)
             return turn
         # Queued, or offered but not yet accepted: it never ran, so end it here.
         if turn.state == TurnState.OFFERED:

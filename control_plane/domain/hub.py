@@ -79,7 +79,7 @@ from .messages import (
     WorkerMsg,
     WorkerStatus,
 )
-from .model import Event, PendingRequest, RequestState, SessionState, Snapshot, Turn, WorkerInfo
+from .model import Event, InputPolicy, PendingRequest, RequestState, SessionState, Snapshot, Turn, WorkerInfo
 from .ports import BodyCodec, GroupCommitWriter, SessionReader
 
 __all__ = [
@@ -230,9 +230,12 @@ class Hub:
 
     # ----------------------------------------------------------------- turns and events
 
-    async def send_input(self, owner: str, session_id: str, text: str, key: str) -> tuple[Turn, bool]:
-        """Queue a turn; with `key`, the same key and input return the first turn (True)."""
-        return await self._turns.send_input(owner, session_id, text, key)
+    async def send_input(
+        self, owner: str, session_id: str, text: str, key: str, policy: InputPolicy = InputPolicy.ENQUEUE
+    ) -> tuple[Turn, bool]:
+        """Queue a turn; with `key`, the same key and input return the first turn (True).
+        `policy` says what happens when a turn is queued or running already."""
+        return await self._turns.send_input(owner, session_id, text, key, policy)
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
         return await self._turns.get_turn(owner, session_id, turn_id)

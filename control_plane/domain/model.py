@@ -31,6 +31,14 @@ class TurnState(enum.IntEnum):
         return self >= TurnState.COMPLETED
 
 
+class InputPolicy(enum.IntEnum):
+    """What SendInput does when the session has a turn queued or running."""
+
+    ENQUEUE = 1
+    REJECT = 2
+    INTERRUPT = 3
+
+
 # Event kinds (the EventBody oneof names) that end a turn, with the state they end it in.
 TERMINAL_KINDS = {
     "turn_completed": TurnState.COMPLETED,

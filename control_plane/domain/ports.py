@@ -56,6 +56,11 @@ class Changes:
     session_deletes: list[str] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
 
+    def absorb(self, other: Changes) -> None:
+        """Add `other`'s records and callbacks after this unit's own, to commit as one."""
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
+
 
 @dataclass
 class LoadedSession:

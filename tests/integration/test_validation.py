@@ -151,6 +151,14 @@ CASES = [
         None,
     ),
     (
+        "unknown input policy",
+        "SendInput",
+        lambda sid: spb.SendInputRequest(session_id=sid, input="echo x", policy=9),  # type: ignore[arg-type]
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "policy",
+    ),
+    (
         "unarchive without a session",
         "UnarchiveSession",
         lambda sid: spb.UnarchiveSessionRequest(),

@@ -33,6 +33,7 @@ PINNED: dict[str, list[str]] = {
         "FileChange",
         "HistoryItem",
         "HistoryItemRole",
+        "InputPolicy",
         "InternalError",
         "InvalidArgumentError",
         "Item",

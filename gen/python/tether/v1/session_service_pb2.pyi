@@ -1,11 +1,23 @@
 from tether.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class InputPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INPUT_POLICY_UNSPECIFIED: _ClassVar[InputPolicy]
+    INPUT_POLICY_ENQUEUE: _ClassVar[InputPolicy]
+    INPUT_POLICY_REJECT: _ClassVar[InputPolicy]
+    INPUT_POLICY_INTERRUPT: _ClassVar[InputPolicy]
+INPUT_POLICY_UNSPECIFIED: InputPolicy
+INPUT_POLICY_ENQUEUE: InputPolicy
+INPUT_POLICY_REJECT: InputPolicy
+INPUT_POLICY_INTERRUPT: InputPolicy
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("runtime", "worker_selector", "labels")
@@ -68,14 +80,16 @@ class ListSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[_resources_pb2.Session, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SendInputRequest(_message.Message):
-    __slots__ = ("session_id", "input", "idempotency_key")
+    __slots__ = ("session_id", "input", "idempotency_key", "policy")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     input: str
     idempotency_key: str
-    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    policy: InputPolicy
+    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., policy: _Optional[_Union[InputPolicy, str]] = ...) -> None: ...
 
 class SendInputResponse(_message.Message):
     __slots__ = ("turn", "deduplicated")

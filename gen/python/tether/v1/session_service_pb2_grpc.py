@@ -148,7 +148,9 @@ class SessionServiceServicer:
 
     def SendInput(self, request, context):
         """SendInput stores a new turn and queues it for a worker. With an idempotency key, a retry
-        returns the turn the first call stored instead of starting another.
+        returns the turn the first call stored instead of starting another. `policy` says what
+        happens when a turn is already queued or running: queue after it (the default), refuse, or
+        interrupt it and run next.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
