@@ -270,6 +270,16 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 victim_creds.worker_id,
             )
             await probe.compare(
+                "RevertSession(victim turn)",
+                unary(sessions.RevertSession, lambda x: spb.RevertSessionRequest(session_id=vs, turn_id=x)),
+                vt,
+            )
+            await probe.compare(
+                "RevertSession(own session, victim turn)",
+                unary(sessions.RevertSession, lambda x: spb.RevertSessionRequest(session_id=own.session_id, turn_id=x)),
+                vt,
+            )
+            await probe.compare(
                 "UnarchiveSession",
                 unary(sessions.UnarchiveSession, lambda x: spb.UnarchiveSessionRequest(session_id=x)),
                 vs,

@@ -183,8 +183,10 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
     runtime records it live: a turn's input_received gives an INPUT item, and all its output
     chunks joined give one OUTPUT item right after it (none when the turn printed nothing).
     A turn lost with its worker that recorded no history of its own is followed by an INPUT item
-    holding `LOST_TURN_MARKER`. The turn about to run (`skip_turn_id`) is left out:
-    its input_received is already stored, but the runtime adds it itself when it runs the turn.
+    holding `LOST_TURN_MARKER`. A `session_reverted` event drops the turns it lists, wherever
+    their items are (the snapshot or the log before it): they left the model-visible history
+    (RevertSession). The turn about to run (`skip_turn_id`) is left out: its input_received is
+    already stored, but the runtime adds it itself when it runs the turn.
     An empty `skip_turn_id` (a restore: no turn is about to run) skips nothing.
     """
     history: list[HistoryItem] = []
@@ -214,6 +216,8 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
                 recorded.setdefault(turn_id, []).append(history_from_proto(event.body.history_item))
             elif kind == "turn_failed" and event.body.turn_failed.worker_lost:
                 lost.add(turn_id)
+            elif kind == "session_reverted":
+                history, order = _revert(history, order, event.body.session_reverted.reverted_turn_ids)
     for turn_id in order:
         if turn_id in recorded:
             # The runtime recorded the whole turn (its terminal event is what was lost).
@@ -227,6 +231,15 @@ def history_from_resume(chunks: Iterable[worker_service_pb2.ResumeResponse], *, 
         if turn_id in lost:
             history.append(HistoryItem(HistoryRole.INPUT, LOST_TURN_MARKER, turn_id))
     return history
+
+
+def _revert(
+    history: list[HistoryItem], order: list[str], reverted: Iterable[str]
+) -> tuple[list[HistoryItem], list[str]]:
+    """The history without the turns a session_reverted event took back: their items (from the
+    snapshot, or recorded in the log before the event) and their turns in the log."""
+    gone = set(reverted)
+    return [item for item in history if item.turn_id not in gone], [t for t in order if t not in gone]
 
 
 def resume_watermark(chunks: Iterable[worker_service_pb2.ResumeResponse]) -> int:

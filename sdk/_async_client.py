@@ -293,6 +293,16 @@ class AsyncClient:
         response = await self._unary(self._stub.ForkSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
+    async def revert_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
+        """Move the session's head back to the end of `turn_id`, without deleting anything: the
+        later turns stay readable (`Turn.reverted`) but leave the model-visible history, and the
+        next turn rehydrates the reverted history on any worker. Raises SessionBusyError while a
+        turn is queued or running, FailedPreconditionError (TURN_NOT_ENDED, TURN_REVERTED) and
+        NotFoundError (TURN_NOT_FOUND)."""
+        request = pb.RevertSessionRequest(session_id=session_id, turn_id=turn_id)
+        response = await self._unary(self._stub.RevertSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
+
     # -- turns ----------------------------------------------------------------------------
 
     async def send_input(

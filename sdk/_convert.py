@@ -166,6 +166,7 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
         interrupt_request_time=(
             timestamp_from_proto(msg.interrupt_request_time) if msg.HasField("interrupt_request_time") else None
         ),
+        reverted=msg.reverted,
         raw=msg,
     )
 
@@ -247,6 +248,7 @@ _BODY_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "turn_failed": lambda m: {"error_message": m.error_message, "worker_lost": m.worker_lost},
     "turn_interrupted": lambda m: {"reason": m.reason},
     "turn_waiting": lambda m: {"reason": m.reason},
+    "session_reverted": lambda m: {"reverted_turn_ids": tuple(m.reverted_turn_ids)},
     "runtime": lambda m: {"runtime_event_name": m.name, "runtime_json": m.json},
     "item_started": _item_fields,
     "item_completed": _item_fields,

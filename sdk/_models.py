@@ -154,6 +154,7 @@ class EventKind(str, enum.Enum):
     REQUEST_RESOLVED = "request_resolved"
     HISTORY_ITEM = "history_item"
     TURN_WAITING = "turn_waiting"
+    SESSION_REVERTED = "session_reverted"
     UNKNOWN = ""  # a kind this SDK version does not know, or an empty body
 
     def __str__(self) -> str:
@@ -223,6 +224,9 @@ class Turn:
     #: When an interrupt of the running turn was asked for; None when none was. The turn ends
     #: when its worker stops it, or when the control plane does after its interrupt grace.
     interrupt_request_time: datetime | None = None
+    #: True once a revert moved the session's head back before this turn: it stays readable
+    #: but left the model-visible history.
+    reverted: bool = False
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -341,6 +345,8 @@ class Event:
       (the answer, when resolved), `reason` (why it expired, when it did)
     - history_item: `history_item` (model-visible history a restore feeds to a new runtime;
       applications may ignore it)
+    - session_reverted: `reverted_turn_ids` (the turns that left the model-visible history);
+      `turn_id` is the turn that is now the head (written by the control plane)
 
     `lease_epoch` is the lease under which a worker wrote the event, 0 for events the control
     plane wrote itself (input received, a turn it ended).
@@ -374,6 +380,7 @@ class Event:
     request_state: RequestState = RequestState.UNSPECIFIED
     response_json: str = ""
     history_item: HistoryItem | None = None
+    reverted_turn_ids: tuple[str, ...] = ()
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property

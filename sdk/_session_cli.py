@@ -391,6 +391,20 @@ def fork(lazy: LazyClient, session_id: str, turn_id: str, as_json: bool) -> None
 
 @session.command()
 @click.argument("session_id")
+@click.argument("turn_id")
+@json_option
+@pass_lazy
+def revert(lazy: LazyClient, session_id: str, turn_id: str, as_json: bool) -> None:
+    """Move a session's head back to the end of TURN_ID (later turns leave the history)."""
+    session = lazy.client.revert_session(session_id, turn_id)
+    if as_json:
+        echo_json(session)
+    else:
+        click.echo(f"{session.session_id} reverted to {turn_id}")
+
+
+@session.command()
+@click.argument("session_id")
 @json_option
 @pass_lazy
 def archive(lazy: LazyClient, session_id: str, as_json: bool) -> None:

@@ -41,6 +41,7 @@ class SessionServiceStub(Protocol):
     DeleteSession: UnaryUnaryMultiCallable[pb.DeleteSessionRequest, pb.DeleteSessionResponse]
     RestoreSession: UnaryUnaryMultiCallable[pb.RestoreSessionRequest, pb.RestoreSessionResponse]
     ForkSession: UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.ForkSessionResponse]
+    RevertSession: UnaryUnaryMultiCallable[pb.RevertSessionRequest, pb.RevertSessionResponse]
     RespondToRequest: UnaryUnaryMultiCallable[pb.RespondToRequestRequest, pb.RespondToRequestResponse]
     ListRequests: UnaryUnaryMultiCallable[pb.ListRequestsRequest, pb.ListRequestsResponse]
 

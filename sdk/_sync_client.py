@@ -191,6 +191,10 @@ class Client:
         """See `AsyncClient.fork_session`."""
         return self._run(self._async.fork_session(session_id, turn_id, timeout_s=timeout_s))
 
+    def revert_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
+        """See `AsyncClient.revert_session`."""
+        return self._run(self._async.revert_session(session_id, turn_id, timeout_s=timeout_s))
+
     # -- turns ----------------------------------------------------------------------------
 
     def send_input(

@@ -222,6 +222,10 @@ class Transcript:
     def _turn_waiting(self, event: Event) -> None:
         self._line(f"waiting: {event.reason}", fg="yellow")
 
+    def _session_reverted(self, event: Event) -> None:
+        gone = len(event.reverted_turn_ids)
+        self._line(f"reverted to turn {event.turn_id}: {gone} later turn{'s' if gone != 1 else ''} left the history")
+
     def _hidden(self, event: Event) -> None:
         pass
 
@@ -235,6 +239,7 @@ class Transcript:
         EventKind.REQUEST_RESOLVED: _request_resolved,
         EventKind.HISTORY_ITEM: _hidden,
         EventKind.TURN_WAITING: _turn_waiting,
+        EventKind.SESSION_REVERTED: _session_reverted,
     }
 
 

@@ -134,6 +134,7 @@ def turn_pb(t: Turn) -> pb.Turn:
         exit_code=t.exit_code,
         error_message=t.error_message,
         waiting_reason=t.waiting_reason,
+        reverted=t.reverted,
     )
     if t.end_time_us:
         msg.end_time.CopyFrom(ts(t.end_time_us))
@@ -190,6 +191,10 @@ class ProtoBodyCodec:
             expire_reason=request.expire_reason,
         )
         return pb.EventBody(request_resolved=resolved).SerializeToString()
+
+    def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes:
+        reverted = pb.SessionReverted(turn_id=turn_id, reverted_turn_ids=reverted_turn_ids)
+        return pb.EventBody(session_reverted=reverted).SerializeToString()
 
     def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
         # Only these kinds name a session, a turn or a request inside the body; the others are

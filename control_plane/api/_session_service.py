@@ -180,6 +180,16 @@ class SessionService:
             )
             return spb.ForkSessionResponse(session=session_pb(view))
 
+    async def RevertSession(
+        self, request: spb.RevertSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.RevertSessionResponse:
+        async with translate(context, "RevertSession"):
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.revert_session(
+                owner, v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
+            )
+            return spb.RevertSessionResponse(session=session_pb(view))
+
     async def RespondToRequest(
         self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext
     ) -> spb.RespondToRequestResponse:

@@ -6,13 +6,15 @@ writes the copy in one transaction, so the copy exists whole or not at all.
 What a fork holds:
 - the source's runtime, worker selector and labels, and `forked_from_*` naming the source and
   the last turn copied; no lease, no snapshot, and no runtime thread;
-- the turns with an ordinal up to that turn's, each under a new id (turn ids are global), with
+- the turns with an ordinal up to that turn's, less those a revert took back (the fork is the
+  model-visible history), each under a new id (turn ids are global) and numbered from 1, with
   their state, input, timings, worker and result; idempotency keys stay with the source, whose
   callers made them;
 - those turns' events, renumbered from 1 without gaps in their original order, with their
   bodies' ids rebound to the copy (`BodyCodec.rebind`) and without the source's lease epochs
   and worker event numbers, which belong to the source's leases; events of later turns (the
-  input of a turn queued while the fork turn ran sits among them) are left out;
+  input of a turn queued while the fork turn ran sits among them), of reverted turns, and the
+  `session_reverted` events themselves are left out;
 - those turns' pending requests (all answered or expired, since the turns ended), under new ids.
 
 The fork's next turn goes to any eligible worker like any session's first turn on a worker: the
@@ -76,7 +78,15 @@ class Forks:
         # durable, then read the log up to there.
         await self._committer.commit(Changes())
         upto = self._events.committed_seq(rec)
-        kept = await self._reader.turns_upto(session_id, last.ordinal)
+        if last.reverted:
+            raise errors.TurnReverted(
+                f"turn {last.turn_id!r} of session {session_id!r} was reverted; fork at a turn of the "
+                "model-visible history",
+                session_id=session_id,
+                turn_id=last.turn_id,
+            )
+        # Reverted turns left the model-visible history: the fork does not carry them.
+        kept = [t for t in await self._reader.turns_upto(session_id, last.ordinal) if not t.reverted]
         # A queued turn can be interrupted while an earlier one still runs.
         still_open = next((t for t in kept if not t.state.ended), None)
         if still_open is not None:
@@ -100,7 +110,11 @@ class Forks:
             forked_from_turn_id=last.turn_id,
         )
         turn_ids = {t.turn_id: new_id("trn") for t in kept}
-        changes = Changes(turn_inserts=[_copied_turn(t, fork.session_id, turn_ids[t.turn_id]) for t in kept])
+        changes = Changes(
+            turn_inserts=[
+                _copied_turn(t, fork.session_id, turn_ids[t.turn_id], ordinal) for ordinal, t in enumerate(kept, 1)
+            ]
+        )
         request_ids: dict[str, str] = {}
         for request in await self._reader.list_requests(session_id, None):
             new_turn = turn_ids.get(request.turn_id)
@@ -115,7 +129,7 @@ class Forks:
         async for page in self._events.events_between(session_id, 0, upto):
             for e in page:
                 new_turn = turn_ids.get(e.turn_id)
-                if new_turn is None:
+                if new_turn is None or e.kind == "session_reverted":
                     continue
                 seq += 1
                 body = rebind(e.kind, e.body, fork.session_id, new_turn, request_ids)
@@ -123,11 +137,11 @@ class Forks:
         return await self._sessions.insert_copy(fork, seq, changes)
 
 
-def _copied_turn(turn: Turn, session_id: str, turn_id: str) -> Turn:
+def _copied_turn(turn: Turn, session_id: str, turn_id: str, ordinal: int) -> Turn:
     return Turn(
         turn_id=turn_id,
         session_id=session_id,
-        ordinal=turn.ordinal,
+        ordinal=ordinal,
         input=turn.input,
         state=turn.state,
         create_time_us=turn.create_time_us,

@@ -256,6 +256,21 @@ class Leases:
         log.info("worker %s released session %s (epoch %d): %s", worker_id, session_id, epoch, reason or "no reason")
         await self.drop(rec, why, revoke=False)
 
+    def take_back(self, rec: SessionRecord, why: str, changes: Changes) -> None:
+        """Free an idle session's lease now, with a revoke to its holder, the freed lease going
+        into `changes` (the caller commits). The session must have no running turn and no
+        restore under way; its next turn goes to any worker at the next epoch and rehydrates."""
+        lease = rec.lease.lease
+        if lease is None or not lease.worker_id:
+            return
+        w = self._workers.get(lease.worker_id)
+        if w is not None:
+            w.let_go(rec.session_id)
+            w.push(RevokeMsg(rec.session_id, lease.epoch, why))
+        freed = Lease(rec.session_id, "", lease.epoch, now_us())
+        self._set(rec, freed)
+        changes.lease_upserts.append(freed)
+
     def drop_soon(self, rec: SessionRecord, why: str, task_name: str) -> None:
         """`drop` with a revoke, in a background task (from a callback that cannot await)."""
         self._tasks.spawn(self.drop(rec, why, revoke=True), task_name)

@@ -124,6 +124,13 @@ class NoCompletedTurn(DomainError):
     reason = "NO_COMPLETED_TURN"
 
 
+class TurnReverted(DomainError):
+    """The turn was reverted and is no longer part of the model-visible history."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "TURN_REVERTED"
+
+
 class WorkerSeqReused(InvalidArgument):
     """A claimed duplicate event differs from the event stored under its number."""
 

@@ -19,6 +19,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | Recovery           | `_recovery.py`    | reloading at start and after a failed write          |
 | TurnDeadlines      | `_deadlines.py`   | interrupt grace, maximum turn duration               |
 | Forks              | `_forks.py`       | ForkSession: copying a session up to a turn          |
+| Reverts            | `_revert.py`      | RevertSession: moving a session's head back          |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -54,6 +55,7 @@ from ._log import EventLog
 from ._pending import PendingRequests
 from ._recovery import Recovery
 from ._restore import Restores
+from ._revert import Reverts
 from ._scheduling import Scheduler
 from ._sessions import SessionCache
 from ._shared import Committer, Tasks
@@ -130,6 +132,7 @@ class Hub:
         recovery = self._recovery = Recovery(reader, self._tasks)
         deadlines = self._deadlines = TurnDeadlines(self._tasks, timings)
         forks = self._forks = Forks(reader, committer, codec)
+        reverts = self._reverts = Reverts(reader, committer, codec)
 
         sessions.connect(
             turns=turns,
@@ -142,6 +145,7 @@ class Hub:
         )
         events.connect(sessions=sessions)
         forks.connect(sessions=sessions, turns=turns, events=events)
+        reverts.connect(sessions=sessions, turns=turns, events=events, leases=leases, restores=restores)
         turns.connect(
             sessions=sessions,
             events=events,
@@ -227,6 +231,10 @@ class Hub:
     async def fork_session(self, owner: str, session_id: str, turn_id: str) -> SessionView:
         """Copy the session up to and including `turn_id` (default: its last completed turn)."""
         return await self._forks.fork(owner, session_id, turn_id)
+
+    async def revert_session(self, owner: str, session_id: str, turn_id: str) -> SessionView:
+        """Move the session's head back to the end of `turn_id` (see `_revert.py`)."""
+        return await self._reverts.revert(owner, session_id, turn_id)
 
     # ----------------------------------------------------------------- turns and events
 

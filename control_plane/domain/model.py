@@ -114,6 +114,9 @@ class Turn:
     waiting_reason: str = ""
     waiting_cause: str = ""
     waiting_since: float = 0.0
+    # RevertSession moved the session's head back before this turn: it stays readable but left
+    # the model-visible history.
+    reverted: bool = False
 
 
 @dataclass(slots=True)

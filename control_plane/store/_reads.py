@@ -234,6 +234,16 @@ class Reader:
             rows = (await conn.execute(query)).all()
         return [turn_from_row(r) for r in rows]
 
+    async def turns_after(self, session_id: str, ordinal: int) -> list[Turn]:
+        query = (
+            select(TurnRow.__table__)
+            .where(and_(TurnRow.session_id == session_id, TurnRow.ordinal > ordinal))
+            .order_by(TurnRow.ordinal)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [turn_from_row(r) for r in rows]
+
     async def last_completed_turn(self, session_id: str) -> Turn | None:
         query = (
             select(TurnRow.__table__)

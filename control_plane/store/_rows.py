@@ -85,7 +85,7 @@ def session_to_row(s: Session) -> dict[str, Any]:
 
 
 _SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us")
-_TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_time_us")
+_TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_time_us", "reverted")
 
 
 def session_update_row(s: Session) -> dict[str, Any]:
@@ -159,6 +159,7 @@ def turn_from_row(r: Any) -> Turn:
         exit_code=r.exit_code,
         error_message=r.error_message,
         end_time_us=r.end_time_us,
+        reverted=bool(r.reverted),
     )
 
 
@@ -176,6 +177,7 @@ def turn_to_row(t: Turn) -> dict[str, Any]:
         "error_message": t.error_message,
         "create_time_us": t.create_time_us,
         "end_time_us": t.end_time_us,
+        "reverted": t.reverted,
     }
 
 

@@ -98,6 +98,8 @@ class TurnRow(Base):
     error_message: Mapped[str] = mapped_column(Text, default="")
     create_time_us: Mapped[int] = mapped_column(BigInteger)
     end_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    # RevertSession moved the session's head before this turn (it left the model's history).
+    reverted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class EventRow(Base):

@@ -518,3 +518,31 @@ async def test_a_forks_first_model_request_carries_the_history_up_to_the_fork_tu
         assert fork_seen[:-1] == parent_seen[:-1] and len(fork_seen) > 3, fork_seen
         assert "heron" not in json.dumps(first_in_fork["input"])
         assert (await client.get_session(s.session_id)).turn_count == 3
+
+
+async def test_after_a_revert_the_model_no_longer_sees_the_reverted_turns(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    secret = f"remember: the launch code is {uuid.uuid4().hex[:8]}"
+    ask = f"what do you remember? ({uuid.uuid4().hex[:8]})"
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        t1 = await client.send_input(s.session_id, "remember: my favourite colour is amber")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        t2 = await client.send_input(s.session_id, secret)
+        assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
+        t3 = await client.send_input(s.session_id, "RUN: echo reverted-tool-output")
+        assert (await finished(client, s.session_id, t3.turn_id)).state == sdk.TurnState.COMPLETED
+
+        reverted = await client.revert_session(s.session_id, t1.turn_id)
+        assert reverted.worker_id == ""  # the warm runtime is gone with the lease
+        t4 = await client.send_input(s.session_id, ask)
+        done = await finished(client, s.session_id, t4.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+
+        [sent] = mock.requests_containing(ask)
+        seen = _conversation(sent["input"])
+        text = json.dumps(sent["input"])
+        assert seen[-1] == ("user", (ask,))
+        assert "my favourite colour is amber" in text
+        assert secret not in text and "reverted-tool-output" not in text, seen
+        assert (await client.get_turn(s.session_id, t2.turn_id)).reverted

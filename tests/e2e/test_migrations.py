@@ -282,8 +282,12 @@ def test_revision_0001_is_the_schema_released_before_owners_and_each_step_goes_b
 def _without_later_columns(conn: Connection) -> None:
     """The release with owners and no migrations made today's tables, less what came after it:
     the leadership table (not created) and the columns below (dropped once the rows are in)."""
-    for column in ("forked_from_session_id", "forked_from_turn_id"):  # 0004
-        conn.execute(text(f"ALTER TABLE sessions DROP COLUMN {column}"))
+    for table, column in (  # 0004
+        ("sessions", "forked_from_session_id"),
+        ("sessions", "forked_from_turn_id"),
+        ("turns", "reverted"),
+    ):
+        conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
 
 @pytest.mark.parametrize("made_by", ["release before owners", "owners without migrations"])

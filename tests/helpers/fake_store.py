@@ -194,6 +194,10 @@ class MemoryStore:
         found = [t for t in self.turns.values() if t.session_id == session_id and t.ordinal <= ordinal]
         return [copy.copy(t) for t in sorted(found, key=lambda t: t.ordinal)]
 
+    async def turns_after(self, session_id: str, ordinal: int) -> list[Turn]:
+        found = [t for t in self.turns.values() if t.session_id == session_id and t.ordinal > ordinal]
+        return [copy.copy(t) for t in sorted(found, key=lambda t: t.ordinal)]
+
     async def last_completed_turn(self, session_id: str) -> Turn | None:
         done = [t for t in self.turns.values() if t.session_id == session_id and t.state == TurnState.COMPLETED]
         return copy.copy(max(done, key=lambda t: t.ordinal)) if done else None
@@ -251,6 +255,9 @@ class FakeCodec:
 
     def request_resolved(self, request: PendingRequest) -> bytes:
         return f"request_resolved:{request.request_id}:{request.state.name}".encode()
+
+    def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes:
+        return f"session_reverted:{turn_id}:{','.join(reverted_turn_ids)}".encode()
 
     def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
         """Names the copy's turn in place of the source's, so tests can see the rewrite."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from click.testing import CliRunner
 
 from tests.helpers.processes import eventually
@@ -116,3 +117,29 @@ async def test_the_archive_commands_round_trip(control_plane, client):
         assert result.exit_code == 0, result.output
         assert result.stdout.split() == [s.session_id, state]
     assert (await client.get_session(s.session_id)).state == sdk.SessionState.IDLE
+
+
+async def test_after_a_revert_the_next_turn_rehydrates_without_the_reverted_turns(control_plane, client, start_worker):
+    w = start_worker(f"127.0.0.1:{control_plane.port}", worker_id="wkr_fork")
+    await eventually(lambda: w.worker.connected, timeout=5, what="worker connected")
+    s = await client.create_session("fake")
+    first, second, third = await _turns(client, s.session_id, "first", "second", "third")
+    target = f"127.0.0.1:{control_plane.port}"
+
+    result = await asyncio.to_thread(
+        CliRunner().invoke, session_cli, ["--control-plane", target, "revert", s.session_id, first]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [s.session_id, "reverted", "to", first]
+
+    assert [(await client.get_turn(s.session_id, t)).reverted for t in (first, second, third)] == [False, True, True]
+    log = [e async for e in client.stream_events(s.session_id, stop_at_end=True)]
+    assert log[-1].kind == sdk.EventKind.SESSION_REVERTED and log[-1].turn_id == first
+    assert log[-1].reverted_turn_ids == (second, third)
+    (fourth,) = await _turns(client, s.session_id, "fourth")
+    runtime, turn_id = w.registry.turns[-1]
+    assert turn_id == fourth
+    assert [h.text for h in runtime.started_with or []] == ["first", "ran first\n"]
+    with pytest.raises(sdk.FailedPreconditionError) as refused:
+        await client.revert_session(s.session_id, third)
+    assert refused.value.reason == "TURN_REVERTED"

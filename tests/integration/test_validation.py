@@ -159,6 +159,22 @@ CASES = [
         "policy",
     ),
     (
+        "revert without a turn",
+        "RevertSession",
+        lambda sid: spb.RevertSessionRequest(session_id=sid),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "turn_id",
+    ),
+    (
+        "revert to an unknown turn",
+        "RevertSession",
+        lambda sid: spb.RevertSessionRequest(session_id=sid, turn_id="trn_nope"),
+        grpc.StatusCode.NOT_FOUND,
+        "TURN_NOT_FOUND",
+        None,
+    ),
+    (
         "unarchive without a session",
         "UnarchiveSession",
         lambda sid: spb.UnarchiveSessionRequest(),

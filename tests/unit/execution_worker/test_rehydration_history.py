@@ -71,3 +71,39 @@ def test_a_lost_turn_whose_runtime_recorded_its_history_is_not_marked() -> None:
         _event(4, "trn_1", turn_failed=pb.TurnFailed(error_message="lost", worker_lost=True)),
     )
     assert [h.text for h in history_from_resume(chunks, skip_turn_id="")] == ["hi", "hello"]
+
+
+def test_a_revert_drops_the_turns_it_lists_from_the_snapshot_and_from_the_log() -> None:
+    """A snapshot taken after turn 3 holds turns 1-3; the log after it has turn 4, then a revert
+    to turn 1 (turns 2-4 leave the history), then turn 5 about to run."""
+    snapshot = wpb.ResumeResponse(
+        snapshot_seq=12,
+        history=[
+            _codex_item(pb.HISTORY_ITEM_ROLE_INPUT, text, turn)
+            for text, turn in (("one", "trn_1"), ("two", "trn_2"), ("three", "trn_3"))
+        ],
+    )
+    log = wpb.ResumeResponse(
+        events=[
+            _event(13, "trn_4", input_received=pb.InputReceived(input="four")),
+            _event(14, "trn_4", history_item=_codex_item(pb.HISTORY_ITEM_ROLE_INPUT, "four", "trn_4")),
+            _event(15, "trn_4", turn_completed=pb.TurnCompleted()),
+            _event(
+                16,
+                "trn_1",
+                session_reverted=pb.SessionReverted(turn_id="trn_1", reverted_turn_ids=["trn_2", "trn_3", "trn_4"]),
+            ),
+            _event(17, "trn_5", input_received=pb.InputReceived(input="five")),
+        ]
+    )
+    history = history_from_resume([snapshot, log], skip_turn_id="trn_5")
+    assert [(h.text, h.turn_id) for h in history] == [("one", "trn_1")]
+    # Turns after the revert are history again.
+    later = wpb.ResumeResponse(
+        events=[
+            _event(18, "trn_5", output=pb.OutputChunk(text="5\n")),
+            _event(19, "trn_5", turn_completed=pb.TurnCompleted()),
+        ]
+    )
+    history = history_from_resume([snapshot, log, later], skip_turn_id="")
+    assert [(h.text, h.turn_id) for h in history] == [("one", "trn_1"), ("five", "trn_5"), ("5\n", "trn_5")]

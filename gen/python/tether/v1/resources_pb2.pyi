@@ -73,6 +73,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_NO_ACTIVE_TURN: _ClassVar[ErrorReason]
     ERROR_REASON_TURN_NOT_ENDED: _ClassVar[ErrorReason]
     ERROR_REASON_NO_COMPLETED_TURN: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_REVERTED: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -154,6 +155,7 @@ ERROR_REASON_WORKER_SEQ_REUSED: ErrorReason
 ERROR_REASON_NO_ACTIVE_TURN: ErrorReason
 ERROR_REASON_TURN_NOT_ENDED: ErrorReason
 ERROR_REASON_NO_COMPLETED_TURN: ErrorReason
+ERROR_REASON_TURN_REVERTED: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
@@ -228,7 +230,7 @@ class Session(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
-    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason")
+    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +244,7 @@ class Turn(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     session_id: str
     input: str
@@ -255,7 +258,8 @@ class Turn(_message.Message):
     error_message: str
     interrupt_request_time: _timestamp_pb2.Timestamp
     waiting_reason: str
-    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
+    reverted: bool
+    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ..., reverted: _Optional[bool] = ...) -> None: ...
 
 class InputReceived(_message.Message):
     __slots__ = ("input",)
@@ -298,6 +302,14 @@ class TurnWaiting(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class SessionReverted(_message.Message):
+    __slots__ = ("turn_id", "reverted_turn_ids")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_TURN_IDS_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    reverted_turn_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, turn_id: _Optional[str] = ..., reverted_turn_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TurnInterrupted(_message.Message):
     __slots__ = ("reason",)
@@ -450,7 +462,7 @@ class RuntimeEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class EventBody(_message.Message):
-    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime", "item_started", "item_completed", "item_delta", "token_usage", "agent_error", "request_opened", "request_resolved", "history_item", "turn_waiting")
+    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime", "item_started", "item_completed", "item_delta", "token_usage", "agent_error", "request_opened", "request_resolved", "history_item", "turn_waiting", "session_reverted")
     INPUT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     TURN_STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -467,6 +479,7 @@ class EventBody(_message.Message):
     REQUEST_RESOLVED_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_FIELD_NUMBER: _ClassVar[int]
     TURN_WAITING_FIELD_NUMBER: _ClassVar[int]
+    SESSION_REVERTED_FIELD_NUMBER: _ClassVar[int]
     input_received: InputReceived
     turn_started: TurnStarted
     output: OutputChunk
@@ -483,7 +496,8 @@ class EventBody(_message.Message):
     request_resolved: RequestResolved
     history_item: HistoryItem
     turn_waiting: TurnWaiting
-    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ..., item_started: _Optional[_Union[ItemStarted, _Mapping]] = ..., item_completed: _Optional[_Union[ItemCompleted, _Mapping]] = ..., item_delta: _Optional[_Union[ItemDelta, _Mapping]] = ..., token_usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., agent_error: _Optional[_Union[AgentError, _Mapping]] = ..., request_opened: _Optional[_Union[RequestOpened, _Mapping]] = ..., request_resolved: _Optional[_Union[RequestResolved, _Mapping]] = ..., history_item: _Optional[_Union[HistoryItem, _Mapping]] = ..., turn_waiting: _Optional[_Union[TurnWaiting, _Mapping]] = ...) -> None: ...
+    session_reverted: SessionReverted
+    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ..., item_started: _Optional[_Union[ItemStarted, _Mapping]] = ..., item_completed: _Optional[_Union[ItemCompleted, _Mapping]] = ..., item_delta: _Optional[_Union[ItemDelta, _Mapping]] = ..., token_usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., agent_error: _Optional[_Union[AgentError, _Mapping]] = ..., request_opened: _Optional[_Union[RequestOpened, _Mapping]] = ..., request_resolved: _Optional[_Union[RequestResolved, _Mapping]] = ..., history_item: _Optional[_Union[HistoryItem, _Mapping]] = ..., turn_waiting: _Optional[_Union[TurnWaiting, _Mapping]] = ..., session_reverted: _Optional[_Union[SessionReverted, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("session_id", "seq", "turn_id", "create_time", "body", "lease_epoch")

@@ -107,6 +107,11 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.ForkSessionRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.ForkSessionResponse.FromString,
                 _registered_method=True)
+        self.RevertSession = channel.unary_unary(
+                '/tether.v1.SessionService/RevertSession',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.FromString,
+                _registered_method=True)
         self.RespondToRequest = channel.unary_unary(
                 '/tether.v1.SessionService/RespondToRequest',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestRequest.SerializeToString,
@@ -240,6 +245,19 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevertSession(self, request, context):
+        """RevertSession moves a session's head back to the end of a turn that ended, without
+        deleting anything: the log stays append-only and gets a session_reverted event; the later
+        turns stay readable, marked reverted, but leave the model-visible history. A worker holding
+        the session warm loses its lease, so the next turn rehydrates the reverted history wherever
+        it runs. FAILED_PRECONDITION (SESSION_BUSY) while a turn is queued or running or a restore
+        runs, (TURN_NOT_ENDED) for a turn that has not ended, (TURN_REVERTED) for a reverted turn;
+        NOT_FOUND (TURN_NOT_FOUND) for a turn not in the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RespondToRequest(self, request, context):
         """RespondToRequest answers a runtime's pending request (an approval or a question) exactly
         once: the answer is stored, written to the log as a RequestResolved event and sent to the
@@ -330,6 +348,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ForkSession,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.ForkSessionRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'RevertSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevertSession,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.SerializeToString,
             ),
             'RespondToRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.RespondToRequest,
@@ -723,6 +746,33 @@ class SessionService:
             '/tether.v1.SessionService/ForkSession',
             tether_dot_v1_dot_session__service__pb2.ForkSessionRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevertSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/RevertSession',
+            tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/resources.proto.
  */
 export const file_tether_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("Chl0ZXRoZXIvdjEvcmVzb3VyY2VzLnByb3RvEgl0ZXRoZXIudjEi9AQKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdydW50aW1lGAIgASgJEj8KD3dvcmtlcl9zZWxlY3RvchgDIAMoCzImLnRldGhlci52MS5TZXNzaW9uLldvcmtlclNlbGVjdG9yRW50cnkSLgoGbGFiZWxzGAQgAygLMh4udGV0aGVyLnYxLlNlc3Npb24uTGFiZWxzRW50cnkSJgoFc3RhdGUYBSABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYCCABKAQSFgoOYWN0aXZlX3R1cm5faWQYCSABKAkSEQoJd29ya2VyX2lkGAogASgJEhMKC2xlYXNlX2Vwb2NoGAsgASgEEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAwgASgJEhIKCnR1cm5fY291bnQYDSABKAQSDQoFb3duZXIYDiABKAkSFgoOd2FpdGluZ19yZWFzb24YDyABKAkSHgoWZm9ya2VkX2Zyb21fc2Vzc2lvbl9pZBgQIAEoCRIbChNmb3JrZWRfZnJvbV90dXJuX2lkGBEgASgJGjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIv0CCgRUdXJuEg8KB3R1cm5faWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRINCgVpbnB1dBgDIAEoCRIjCgVzdGF0ZRgEIAEoDjIULnRldGhlci52MS5UdXJuU3RhdGUSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGAggASgJEhMKC2xlYXNlX2Vwb2NoGAkgASgEEhEKCWV4aXRfY29kZRgKIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJEjoKFmludGVycnVwdF9yZXF1ZXN0X3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDndhaXRpbmdfcmVhc29uGA0gASgJIh4KDUlucHV0UmVjZWl2ZWQSDQoFaW5wdXQYASABKAkiOwoLVHVyblN0YXJ0ZWQSEQoJd29ya2VyX2lkGAEgASgJEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAIgASgJIkQKC091dHB1dENodW5rEicKBnN0cmVhbRgBIAEoDjIXLnRldGhlci52MS5PdXRwdXRTdHJlYW0SDAoEdGV4dBgCIAEoCSIiCg1UdXJuQ29tcGxldGVkEhEKCWV4aXRfY29kZRgBIAEoBSI4CgpUdXJuRmFpbGVkEhUKDWVycm9yX21lc3NhZ2UYASABKAkSEwoLd29ya2VyX2xvc3QYAiABKAgiHQoLVHVybldhaXRpbmcSDgoGcmVhc29uGAEgASgJIiEKD1R1cm5JbnRlcnJ1cHRlZBIOCgZyZWFzb24YASABKAkiNgoKRmlsZUNoYW5nZRIMCgRwYXRoGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEZGlmZhgDIAEoCSLxAQoESXRlbRIPCgdpdGVtX2lkGAEgASgJEiEKBGtpbmQYAiABKA4yEy50ZXRoZXIudjEuSXRlbUtpbmQSDAoEdGV4dBgDIAEoCRIPCgdjb21tYW5kGAQgASgJEgsKA2N3ZBgFIAEoCRIOCgZzdGF0dXMYBiABKAkSFgoJZXhpdF9jb2RlGAcgASgFSACIAQESGQoRYWdncmVnYXRlZF9vdXRwdXQYCCABKAkSJgoHY2hhbmdlcxgJIAMoCzIVLnRldGhlci52MS5GaWxlQ2hhbmdlEhAKCHJhd19qc29uGAogASgJQgwKCl9leGl0X2NvZGUiLAoLSXRlbVN0YXJ0ZWQSHQoEaXRlbRgBIAEoCzIPLnRldGhlci52MS5JdGVtIi4KDUl0ZW1Db21wbGV0ZWQSHQoEaXRlbRgBIAEoCzIPLnRldGhlci52MS5JdGVtIk8KCUl0ZW1EZWx0YRIPCgdpdGVtX2lkGAEgASgJEiIKBGtpbmQYAiABKA4yFC50ZXRoZXIudjEuRGVsdGFLaW5kEg0KBWRlbHRhGAMgASgJIvoBCgpUb2tlblVzYWdlEhkKEWxhc3RfaW5wdXRfdG9rZW5zGAEgASgDEhoKEmxhc3Rfb3V0cHV0X3Rva2VucxgCIAEoAxIaChJ0b3RhbF9pbnB1dF90b2tlbnMYAyABKAMSIQoZdG90YWxfY2FjaGVkX2lucHV0X3Rva2VucxgEIAEoAxIbChN0b3RhbF9vdXRwdXRfdG9rZW5zGAUgASgDEiUKHXRvdGFsX3JlYXNvbmluZ19vdXRwdXRfdG9rZW5zGAYgASgDEhQKDHRvdGFsX3Rva2VucxgHIAEoAxIcChRtb2RlbF9jb250ZXh0X3dpbmRvdxgIIAEoAyI/CgpBZ2VudEVycm9yEg8KB21lc3NhZ2UYASABKAkSEgoKd2lsbF9yZXRyeRgCIAEoCBIMCgRjb2RlGAMgASgJIowDCg5QZW5kaW5nUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDwoHdHVybl9pZBgDIAEoCRIkCgRraW5kGAQgASgOMhYudGV0aGVyLnYxLlJlcXVlc3RLaW5kEg4KBm1ldGhvZBgFIAEoCRITCgtwYXJhbXNfanNvbhgGIAEoCRIPCgdzdW1tYXJ5GAcgASgJEg8KB2l0ZW1faWQYCCABKAkSJgoFc3RhdGUYCSABKA4yFy50ZXRoZXIudjEuUmVxdWVzdFN0YXRlEhUKDXJlc3BvbnNlX2pzb24YCiABKAkSFQoNZXhwaXJlX3JlYXNvbhgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVzb2x2ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNhdmFpbGFibGVfZGVjaXNpb25zGA4gAygJIjsKDVJlcXVlc3RPcGVuZWQSKgoHcmVxdWVzdBgBIAEoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdCJ7Cg9SZXF1ZXN0UmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnRldGhlci52MS5SZXF1ZXN0U3RhdGUSFQoNcmVzcG9uc2VfanNvbhgDIAEoCRIVCg1leHBpcmVfcmVhc29uGAQgASgJIioKDFJ1bnRpbWVFdmVudBIMCgRuYW1lGAEgASgJEgwKBGpzb24YAiABKAkinwYKCUV2ZW50Qm9keRIyCg5pbnB1dF9yZWNlaXZlZBgBIAEoCzIYLnRldGhlci52MS5JbnB1dFJlY2VpdmVkSAASLgoMdHVybl9zdGFydGVkGAIgASgLMhYudGV0aGVyLnYxLlR1cm5TdGFydGVkSAASKAoGb3V0cHV0GAMgASgLMhYudGV0aGVyLnYxLk91dHB1dENodW5rSAASMgoOdHVybl9jb21wbGV0ZWQYBCABKAsyGC50ZXRoZXIudjEuVHVybkNvbXBsZXRlZEgAEiwKC3R1cm5fZmFpbGVkGAUgASgLMhUudGV0aGVyLnYxLlR1cm5GYWlsZWRIABI2ChB0dXJuX2ludGVycnVwdGVkGAYgASgLMhoudGV0aGVyLnYxLlR1cm5JbnRlcnJ1cHRlZEgAEioKB3J1bnRpbWUYByABKAsyFy50ZXRoZXIudjEuUnVudGltZUV2ZW50SAASLgoMaXRlbV9zdGFydGVkGAggASgLMhYudGV0aGVyLnYxLkl0ZW1TdGFydGVkSAASMgoOaXRlbV9jb21wbGV0ZWQYCSABKAsyGC50ZXRoZXIudjEuSXRlbUNvbXBsZXRlZEgAEioKCml0ZW1fZGVsdGEYCiABKAsyFC50ZXRoZXIudjEuSXRlbURlbHRhSAASLAoLdG9rZW5fdXNhZ2UYCyABKAsyFS50ZXRoZXIudjEuVG9rZW5Vc2FnZUgAEiwKC2FnZW50X2Vycm9yGAwgASgLMhUudGV0aGVyLnYxLkFnZW50RXJyb3JIABIyCg5yZXF1ZXN0X29wZW5lZBgNIAEoCzIYLnRldGhlci52MS5SZXF1ZXN0T3BlbmVkSAASNgoQcmVxdWVzdF9yZXNvbHZlZBgOIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0UmVzb2x2ZWRIABIuCgxoaXN0b3J5X2l0ZW0YDyABKAsyFi50ZXRoZXIudjEuSGlzdG9yeUl0ZW1IABIuCgx0dXJuX3dhaXRpbmcYECABKAsyFi50ZXRoZXIudjEuVHVybldhaXRpbmdIAEIGCgRraW5kIqMBCgVFdmVudBISCgpzZXNzaW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIPCgd0dXJuX2lkGAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgRib2R5GAUgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keRITCgtsZWFzZV9lcG9jaBgGIAEoBCJoCgtIaXN0b3J5SXRlbRIoCgRyb2xlGAEgASgOMhoudGV0aGVyLnYxLkhpc3RvcnlJdGVtUm9sZRIMCgR0ZXh0GAIgASgJEg8KB3R1cm5faWQYAyABKAkSEAoIcmF3X2pzb24YBCABKAki3QEKCFNuYXBzaG90EhIKCnNlc3Npb25faWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkSCwoDc2VxGAMgASgEEicKB2hpc3RvcnkYBCADKAsyFi50ZXRoZXIudjEuSGlzdG9yeUl0ZW0SDwoHcnVudGltZRgFIAEoCRIdChVydW50aW1lX21ldGFkYXRhX2pzb24YBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXdvcmtlcl9pZBgIIAEoCSp7CgxTZXNzaW9uU3RhdGUSHQoZU0VTU0lPTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElNFU1NJT05fU1RBVEVfSURMRRABEhgKFFNFU1NJT05fU1RBVEVfQUNUSVZFEAISGgoWU0VTU0lPTl9TVEFURV9BUkNISVZFRBADKrsBCglUdXJuU3RhdGUSGgoWVFVSTl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVRVUk5fU1RBVEVfUVVFVUVEEAESFgoSVFVSTl9TVEFURV9PRkZFUkVEEAISFgoSVFVSTl9TVEFURV9SVU5OSU5HEAMSGAoUVFVSTl9TVEFURV9DT01QTEVURUQQBBIVChFUVVJOX1NUQVRFX0ZBSUxFRBAFEhoKFlRVUk5fU1RBVEVfSU5URVJSVVBURUQQBiphCgxPdXRwdXRTdHJlYW0SHQoZT1VUUFVUX1NUUkVBTV9VTlNQRUNJRklFRBAAEhgKFE9VVFBVVF9TVFJFQU1fU1RET1VUEAESGAoUT1VUUFVUX1NUUkVBTV9TVERFUlIQAiqzAQoPSGlzdG9yeUl0ZW1Sb2xlEiEKHUhJU1RPUllfSVRFTV9ST0xFX1VOU1BFQ0lGSUVEEAASGwoXSElTVE9SWV9JVEVNX1JPTEVfSU5QVVQQARIcChhISVNUT1JZX0lURU1fUk9MRV9PVVRQVVQQAhIfChtISVNUT1JZX0lURU1fUk9MRV9UT09MX0NBTEwQAxIhCh1ISVNUT1JZX0lURU1fUk9MRV9UT09MX09VVFBVVBAEKrUICgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEiIKHkVSUk9SX1JFQVNPTl9TRVNTSU9OX05PVF9GT1VORBACEh8KG0VSUk9SX1JFQVNPTl9UVVJOX05PVF9GT1VORBADEhsKF0VSUk9SX1JFQVNPTl9MRUFTRV9MT1NUEAQSIQodRVJST1JfUkVBU09OX1NFU1NJT05fQVJDSElWRUQQBRInCiNFUlJPUl9SRUFTT05fSURFTVBPVEVOQ1lfS0VZX1JFVVNFRBAGEiYKIkVSUk9SX1JFQVNPTl9XT1JLRVJfTk9UX1JFR0lTVEVSRUQQBxIjCh9FUlJPUl9SRUFTT05fVFVSTl9BTFJFQURZX0VOREVEEAgSIwofRVJST1JfUkVBU09OX1NOQVBTSE9UX05PVF9GT1VORBAJEhoKFkVSUk9SX1JFQVNPTl9OT19XT1JLRVIQChIkCiBFUlJPUl9SRUFTT05fQ1VSU09SX09VVF9PRl9SQU5HRRALEiAKHEVSUk9SX1JFQVNPTl9OT1RfSU1QTEVNRU5URUQQDBIjCh9FUlJPUl9SRUFTT05fSU5WQUxJRF9QQUdFX1RPS0VOEA0SIQodRVJST1JfUkVBU09OX1JVTlRJTUVfTUlTTUFUQ0gQDhIdChlFUlJPUl9SRUFTT05fU0VTU0lPTl9CVVNZEA8SJQohRVJST1JfUkVBU09OX1dPUktFUl9OT1RfQ09OTkVDVEVEEBASIwofRVJST1JfUkVBU09OX1JFSFlEUkFUSU9OX0ZBSUxFRBAREiIKHkVSUk9SX1JFQVNPTl9SRVFVRVNUX05PVF9GT1VORBASEikKJUVSUk9SX1JFQVNPTl9SRVFVRVNUX0FMUkVBRFlfUkVTT0xWRUQQExIgChxFUlJPUl9SRUFTT05fVU5BVVRIRU5USUNBVEVEEBQSIgoeRVJST1JfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEBUSHgoaRVJST1JfUkVBU09OX1RPS0VOX1JFVk9LRUQQFhIlCiFFUlJPUl9SRUFTT05fUEFJUklOR19DT0RFX0lOVkFMSUQQFxIfChtFUlJPUl9SRUFTT05fTElNSVRfRVhDRUVERUQQGBInCiNFUlJPUl9SRUFTT05fV09SS0VSX1RPS0VOX05PVF9GT1VORBAZEiIKHkVSUk9SX1JFQVNPTl9XT1JLRVJfU0VRX1JFVVNFRBAaEh8KG0VSUk9SX1JFQVNPTl9OT19BQ1RJVkVfVFVSThAbEh8KG0VSUk9SX1JFQVNPTl9UVVJOX05PVF9FTkRFRBAcEiIKHkVSUk9SX1JFQVNPTl9OT19DT01QTEVURURfVFVSThAdKpIBCgtSZXF1ZXN0S2luZBIcChhSRVFVRVNUX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1SRVFVRVNUX0tJTkRfQ09NTUFORF9BUFBST1ZBTBABEiUKIVJFUVVFU1RfS0lORF9GSUxFX0NIQU5HRV9BUFBST1ZBTBACEhsKF1JFUVVFU1RfS0lORF9VU0VSX0lOUFVUEAMqfwoMUmVxdWVzdFN0YXRlEh0KGVJFUVVFU1RfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVSRVFVRVNUX1NUQVRFX1BFTkRJTkcQARIaChZSRVFVRVNUX1NUQVRFX1JFU09MVkVEEAISGQoVUkVRVUVTVF9TVEFURV9FWFBJUkVEEAMqzAEKCEl0ZW1LaW5kEhkKFUlURU1fS0lORF9VTlNQRUNJRklFRBAAEhoKFklURU1fS0lORF9VU0VSX01FU1NBR0UQARIbChdJVEVNX0tJTkRfQUdFTlRfTUVTU0FHRRACEhcKE0lURU1fS0lORF9SRUFTT05JTkcQAxIfChtJVEVNX0tJTkRfQ09NTUFORF9FWEVDVVRJT04QBBIZChVJVEVNX0tJTkRfRklMRV9DSEFOR0UQBRIXChNJVEVNX0tJTkRfVE9PTF9DQUxMEAYqmgEKCURlbHRhS2luZBIaChZERUxUQV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYREVMVEFfS0lORF9BR0VOVF9NRVNTQUdFEAESHQoZREVMVEFfS0lORF9DT01NQU5EX09VVFBVVBACEhgKFERFTFRBX0tJTkRfUkVBU09OSU5HEAMSGgoWREVMVEFfS0lORF9GSUxFX0NIQU5HRRAEYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Chl0ZXRoZXIvdjEvcmVzb3VyY2VzLnByb3RvEgl0ZXRoZXIudjEi9AQKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdydW50aW1lGAIgASgJEj8KD3dvcmtlcl9zZWxlY3RvchgDIAMoCzImLnRldGhlci52MS5TZXNzaW9uLldvcmtlclNlbGVjdG9yRW50cnkSLgoGbGFiZWxzGAQgAygLMh4udGV0aGVyLnYxLlNlc3Npb24uTGFiZWxzRW50cnkSJgoFc3RhdGUYBSABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYCCABKAQSFgoOYWN0aXZlX3R1cm5faWQYCSABKAkSEQoJd29ya2VyX2lkGAogASgJEhMKC2xlYXNlX2Vwb2NoGAsgASgEEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAwgASgJEhIKCnR1cm5fY291bnQYDSABKAQSDQoFb3duZXIYDiABKAkSFgoOd2FpdGluZ19yZWFzb24YDyABKAkSHgoWZm9ya2VkX2Zyb21fc2Vzc2lvbl9pZBgQIAEoCRIbChNmb3JrZWRfZnJvbV90dXJuX2lkGBEgASgJGjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIo8DCgRUdXJuEg8KB3R1cm5faWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRINCgVpbnB1dBgDIAEoCRIjCgVzdGF0ZRgEIAEoDjIULnRldGhlci52MS5UdXJuU3RhdGUSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGAggASgJEhMKC2xlYXNlX2Vwb2NoGAkgASgEEhEKCWV4aXRfY29kZRgKIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJEjoKFmludGVycnVwdF9yZXF1ZXN0X3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDndhaXRpbmdfcmVhc29uGA0gASgJEhAKCHJldmVydGVkGA4gASgIIh4KDUlucHV0UmVjZWl2ZWQSDQoFaW5wdXQYASABKAkiOwoLVHVyblN0YXJ0ZWQSEQoJd29ya2VyX2lkGAEgASgJEhkKEXJ1bnRpbWVfdGhyZWFkX2lkGAIgASgJIkQKC091dHB1dENodW5rEicKBnN0cmVhbRgBIAEoDjIXLnRldGhlci52MS5PdXRwdXRTdHJlYW0SDAoEdGV4dBgCIAEoCSIiCg1UdXJuQ29tcGxldGVkEhEKCWV4aXRfY29kZRgBIAEoBSI4CgpUdXJuRmFpbGVkEhUKDWVycm9yX21lc3NhZ2UYASABKAkSEwoLd29ya2VyX2xvc3QYAiABKAgiHQoLVHVybldhaXRpbmcSDgoGcmVhc29uGAEgASgJIj0KD1Nlc3Npb25SZXZlcnRlZBIPCgd0dXJuX2lkGAEgASgJEhkKEXJldmVydGVkX3R1cm5faWRzGAIgAygJIiEKD1R1cm5JbnRlcnJ1cHRlZBIOCgZyZWFzb24YASABKAkiNgoKRmlsZUNoYW5nZRIMCgRwYXRoGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEZGlmZhgDIAEoCSLxAQoESXRlbRIPCgdpdGVtX2lkGAEgASgJEiEKBGtpbmQYAiABKA4yEy50ZXRoZXIudjEuSXRlbUtpbmQSDAoEdGV4dBgDIAEoCRIPCgdjb21tYW5kGAQgASgJEgsKA2N3ZBgFIAEoCRIOCgZzdGF0dXMYBiABKAkSFgoJZXhpdF9jb2RlGAcgASgFSACIAQESGQoRYWdncmVnYXRlZF9vdXRwdXQYCCABKAkSJgoHY2hhbmdlcxgJIAMoCzIVLnRldGhlci52MS5GaWxlQ2hhbmdlEhAKCHJhd19qc29uGAogASgJQgwKCl9leGl0X2NvZGUiLAoLSXRlbVN0YXJ0ZWQSHQoEaXRlbRgBIAEoCzIPLnRldGhlci52MS5JdGVtIi4KDUl0ZW1Db21wbGV0ZWQSHQoEaXRlbRgBIAEoCzIPLnRldGhlci52MS5JdGVtIk8KCUl0ZW1EZWx0YRIPCgdpdGVtX2lkGAEgASgJEiIKBGtpbmQYAiABKA4yFC50ZXRoZXIudjEuRGVsdGFLaW5kEg0KBWRlbHRhGAMgASgJIvoBCgpUb2tlblVzYWdlEhkKEWxhc3RfaW5wdXRfdG9rZW5zGAEgASgDEhoKEmxhc3Rfb3V0cHV0X3Rva2VucxgCIAEoAxIaChJ0b3RhbF9pbnB1dF90b2tlbnMYAyABKAMSIQoZdG90YWxfY2FjaGVkX2lucHV0X3Rva2VucxgEIAEoAxIbChN0b3RhbF9vdXRwdXRfdG9rZW5zGAUgASgDEiUKHXRvdGFsX3JlYXNvbmluZ19vdXRwdXRfdG9rZW5zGAYgASgDEhQKDHRvdGFsX3Rva2VucxgHIAEoAxIcChRtb2RlbF9jb250ZXh0X3dpbmRvdxgIIAEoAyI/CgpBZ2VudEVycm9yEg8KB21lc3NhZ2UYASABKAkSEgoKd2lsbF9yZXRyeRgCIAEoCBIMCgRjb2RlGAMgASgJIowDCg5QZW5kaW5nUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDwoHdHVybl9pZBgDIAEoCRIkCgRraW5kGAQgASgOMhYudGV0aGVyLnYxLlJlcXVlc3RLaW5kEg4KBm1ldGhvZBgFIAEoCRITCgtwYXJhbXNfanNvbhgGIAEoCRIPCgdzdW1tYXJ5GAcgASgJEg8KB2l0ZW1faWQYCCABKAkSJgoFc3RhdGUYCSABKA4yFy50ZXRoZXIudjEuUmVxdWVzdFN0YXRlEhUKDXJlc3BvbnNlX2pzb24YCiABKAkSFQoNZXhwaXJlX3JlYXNvbhgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVzb2x2ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNhdmFpbGFibGVfZGVjaXNpb25zGA4gAygJIjsKDVJlcXVlc3RPcGVuZWQSKgoHcmVxdWVzdBgBIAEoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdCJ7Cg9SZXF1ZXN0UmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnRldGhlci52MS5SZXF1ZXN0U3RhdGUSFQoNcmVzcG9uc2VfanNvbhgDIAEoCRIVCg1leHBpcmVfcmVhc29uGAQgASgJIioKDFJ1bnRpbWVFdmVudBIMCgRuYW1lGAEgASgJEgwKBGpzb24YAiABKAki1wYKCUV2ZW50Qm9keRIyCg5pbnB1dF9yZWNlaXZlZBgBIAEoCzIYLnRldGhlci52MS5JbnB1dFJlY2VpdmVkSAASLgoMdHVybl9zdGFydGVkGAIgASgLMhYudGV0aGVyLnYxLlR1cm5TdGFydGVkSAASKAoGb3V0cHV0GAMgASgLMhYudGV0aGVyLnYxLk91dHB1dENodW5rSAASMgoOdHVybl9jb21wbGV0ZWQYBCABKAsyGC50ZXRoZXIudjEuVHVybkNvbXBsZXRlZEgAEiwKC3R1cm5fZmFpbGVkGAUgASgLMhUudGV0aGVyLnYxLlR1cm5GYWlsZWRIABI2ChB0dXJuX2ludGVycnVwdGVkGAYgASgLMhoudGV0aGVyLnYxLlR1cm5JbnRlcnJ1cHRlZEgAEioKB3J1bnRpbWUYByABKAsyFy50ZXRoZXIudjEuUnVudGltZUV2ZW50SAASLgoMaXRlbV9zdGFydGVkGAggASgLMhYudGV0aGVyLnYxLkl0ZW1TdGFydGVkSAASMgoOaXRlbV9jb21wbGV0ZWQYCSABKAsyGC50ZXRoZXIudjEuSXRlbUNvbXBsZXRlZEgAEioKCml0ZW1fZGVsdGEYCiABKAsyFC50ZXRoZXIudjEuSXRlbURlbHRhSAASLAoLdG9rZW5fdXNhZ2UYCyABKAsyFS50ZXRoZXIudjEuVG9rZW5Vc2FnZUgAEiwKC2FnZW50X2Vycm9yGAwgASgLMhUudGV0aGVyLnYxLkFnZW50RXJyb3JIABIyCg5yZXF1ZXN0X29wZW5lZBgNIAEoCzIYLnRldGhlci52MS5SZXF1ZXN0T3BlbmVkSAASNgoQcmVxdWVzdF9yZXNvbHZlZBgOIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0UmVzb2x2ZWRIABIuCgxoaXN0b3J5X2l0ZW0YDyABKAsyFi50ZXRoZXIudjEuSGlzdG9yeUl0ZW1IABIuCgx0dXJuX3dhaXRpbmcYECABKAsyFi50ZXRoZXIudjEuVHVybldhaXRpbmdIABI2ChBzZXNzaW9uX3JldmVydGVkGBEgASgLMhoudGV0aGVyLnYxLlNlc3Npb25SZXZlcnRlZEgAQgYKBGtpbmQiowEKBUV2ZW50EhIKCnNlc3Npb25faWQYASABKAkSCwoDc2VxGAIgASgEEg8KB3R1cm5faWQYAyABKAkSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKBGJvZHkYBSABKAsyFC50ZXRoZXIudjEuRXZlbnRCb2R5EhMKC2xlYXNlX2Vwb2NoGAYgASgEImgKC0hpc3RvcnlJdGVtEigKBHJvbGUYASABKA4yGi50ZXRoZXIudjEuSGlzdG9yeUl0ZW1Sb2xlEgwKBHRleHQYAiABKAkSDwoHdHVybl9pZBgDIAEoCRIQCghyYXdfanNvbhgEIAEoCSLdAQoIU25hcHNob3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCRILCgNzZXEYAyABKAQSJwoHaGlzdG9yeRgEIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIPCgdydW50aW1lGAUgASgJEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGAggASgJKnsKDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSU0VTU0lPTl9TVEFURV9JRExFEAESGAoUU0VTU0lPTl9TVEFURV9BQ1RJVkUQAhIaChZTRVNTSU9OX1NUQVRFX0FSQ0hJVkVEEAMquwEKCVR1cm5TdGF0ZRIaChZUVVJOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVFVSTl9TVEFURV9RVUVVRUQQARIWChJUVVJOX1NUQVRFX09GRkVSRUQQAhIWChJUVVJOX1NUQVRFX1JVTk5JTkcQAxIYChRUVVJOX1NUQVRFX0NPTVBMRVRFRBAEEhUKEVRVUk5fU1RBVEVfRkFJTEVEEAUSGgoWVFVSTl9TVEFURV9JTlRFUlJVUFRFRBAGKmEKDE91dHB1dFN0cmVhbRIdChlPVVRQVVRfU1RSRUFNX1VOU1BFQ0lGSUVEEAASGAoUT1VUUFVUX1NUUkVBTV9TVERPVVQQARIYChRPVVRQVVRfU1RSRUFNX1NUREVSUhACKrMBCg9IaXN0b3J5SXRlbVJvbGUSIQodSElTVE9SWV9JVEVNX1JPTEVfVU5TUEVDSUZJRUQQABIbChdISVNUT1JZX0lURU1fUk9MRV9JTlBVVBABEhwKGEhJU1RPUllfSVRFTV9ST0xFX09VVFBVVBACEh8KG0hJU1RPUllfSVRFTV9ST0xFX1RPT0xfQ0FMTBADEiEKHUhJU1RPUllfSVRFTV9ST0xFX1RPT0xfT1VUUFVUEAQq1QgKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESIgoeRVJST1JfUkVBU09OX1NFU1NJT05fTk9UX0ZPVU5EEAISHwobRVJST1JfUkVBU09OX1RVUk5fTk9UX0ZPVU5EEAMSGwoXRVJST1JfUkVBU09OX0xFQVNFX0xPU1QQBBIhCh1FUlJPUl9SRUFTT05fU0VTU0lPTl9BUkNISVZFRBAFEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAYSJgoiRVJST1JfUkVBU09OX1dPUktFUl9OT1RfUkVHSVNURVJFRBAHEiMKH0VSUk9SX1JFQVNPTl9UVVJOX0FMUkVBRFlfRU5ERUQQCBIjCh9FUlJPUl9SRUFTT05fU05BUFNIT1RfTk9UX0ZPVU5EEAkSGgoWRVJST1JfUkVBU09OX05PX1dPUktFUhAKEiQKIEVSUk9SX1JFQVNPTl9DVVJTT1JfT1VUX09GX1JBTkdFEAsSIAocRVJST1JfUkVBU09OX05PVF9JTVBMRU1FTlRFRBAMEiMKH0VSUk9SX1JFQVNPTl9JTlZBTElEX1BBR0VfVE9LRU4QDRIhCh1FUlJPUl9SRUFTT05fUlVOVElNRV9NSVNNQVRDSBAOEh0KGUVSUk9SX1JFQVNPTl9TRVNTSU9OX0JVU1kQDxIlCiFFUlJPUl9SRUFTT05fV09SS0VSX05PVF9DT05ORUNURUQQEBIjCh9FUlJPUl9SRUFTT05fUkVIWURSQVRJT05fRkFJTEVEEBESIgoeRVJST1JfUkVBU09OX1JFUVVFU1RfTk9UX0ZPVU5EEBISKQolRVJST1JfUkVBU09OX1JFUVVFU1RfQUxSRUFEWV9SRVNPTFZFRBATEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQFBIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQFRIeChpFUlJPUl9SRUFTT05fVE9LRU5fUkVWT0tFRBAWEiUKIUVSUk9SX1JFQVNPTl9QQUlSSU5HX0NPREVfSU5WQUxJRBAXEh8KG0VSUk9SX1JFQVNPTl9MSU1JVF9FWENFRURFRBAYEicKI0VSUk9SX1JFQVNPTl9XT1JLRVJfVE9LRU5fTk9UX0ZPVU5EEBkSIgoeRVJST1JfUkVBU09OX1dPUktFUl9TRVFfUkVVU0VEEBoSHwobRVJST1JfUkVBU09OX05PX0FDVElWRV9UVVJOEBsSHwobRVJST1JfUkVBU09OX1RVUk5fTk9UX0VOREVEEBwSIgoeRVJST1JfUkVBU09OX05PX0NPTVBMRVRFRF9UVVJOEB0SHgoaRVJST1JfUkVBU09OX1RVUk5fUkVWRVJURUQQHiqSAQoLUmVxdWVzdEtpbmQSHAoYUkVRVUVTVF9LSU5EX1VOU1BFQ0lGSUVEEAASIQodUkVRVUVTVF9LSU5EX0NPTU1BTkRfQVBQUk9WQUwQARIlCiFSRVFVRVNUX0tJTkRfRklMRV9DSEFOR0VfQVBQUk9WQUwQAhIbChdSRVFVRVNUX0tJTkRfVVNFUl9JTlBVVBADKn8KDFJlcXVlc3RTdGF0ZRIdChlSRVFVRVNUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUkVRVUVTVF9TVEFURV9QRU5ESU5HEAESGgoWUkVRVUVTVF9TVEFURV9SRVNPTFZFRBACEhkKFVJFUVVFU1RfU1RBVEVfRVhQSVJFRBADKswBCghJdGVtS2luZBIZChVJVEVNX0tJTkRfVU5TUEVDSUZJRUQQABIaChZJVEVNX0tJTkRfVVNFUl9NRVNTQUdFEAESGwoXSVRFTV9LSU5EX0FHRU5UX01FU1NBR0UQAhIXChNJVEVNX0tJTkRfUkVBU09OSU5HEAMSHwobSVRFTV9LSU5EX0NPTU1BTkRfRVhFQ1VUSU9OEAQSGQoVSVRFTV9LSU5EX0ZJTEVfQ0hBTkdFEAUSFwoTSVRFTV9LSU5EX1RPT0xfQ0FMTBAGKpoBCglEZWx0YUtpbmQSGgoWREVMVEFfS0lORF9VTlNQRUNJRklFRBAAEhwKGERFTFRBX0tJTkRfQUdFTlRfTUVTU0FHRRABEh0KGURFTFRBX0tJTkRfQ09NTUFORF9PVVRQVVQQAhIYChRERUxUQV9LSU5EX1JFQVNPTklORxADEhoKFkRFTFRBX0tJTkRfRklMRV9DSEFOR0UQBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Session is a durable conversation with an agent runtime. Its id never changes, whichever
@@ -250,6 +250,14 @@ export type Turn = Message<"tether.v1.Turn"> & {
    * @generated from field: string waiting_reason = 13;
    */
   waitingReason: string;
+
+  /**
+   * True once RevertSession moved the session's head back before this turn: the turn stays
+   * readable but is no longer part of the model-visible history.
+   *
+   * @generated from field: bool reverted = 14;
+   */
+  reverted: boolean;
 };
 
 /**
@@ -412,6 +420,34 @@ export const TurnWaitingSchema: GenMessage<TurnWaiting> = /*@__PURE__*/
   messageDesc(file_tether_v1_resources, 7);
 
 /**
+ * SessionReverted says the session's head moved back to the end of a turn.
+ *
+ * @generated from message tether.v1.SessionReverted
+ */
+export type SessionReverted = Message<"tether.v1.SessionReverted"> & {
+  /**
+   * The turn that is now the last of the model-visible history.
+   *
+   * @generated from field: string turn_id = 1;
+   */
+  turnId: string;
+
+  /**
+   * The turns that left the model-visible history, oldest first.
+   *
+   * @generated from field: repeated string reverted_turn_ids = 2;
+   */
+  revertedTurnIds: string[];
+};
+
+/**
+ * Describes the message tether.v1.SessionReverted.
+ * Use `create(SessionRevertedSchema)` to create a new message.
+ */
+export const SessionRevertedSchema: GenMessage<SessionReverted> = /*@__PURE__*/
+  messageDesc(file_tether_v1_resources, 8);
+
+/**
  * TurnInterrupted says the turn was stopped before it finished.
  *
  * @generated from message tether.v1.TurnInterrupted
@@ -430,7 +466,7 @@ export type TurnInterrupted = Message<"tether.v1.TurnInterrupted"> & {
  * Use `create(TurnInterruptedSchema)` to create a new message.
  */
 export const TurnInterruptedSchema: GenMessage<TurnInterrupted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 8);
+  messageDesc(file_tether_v1_resources, 9);
 
 /**
  * FileChange is one file an item changed.
@@ -465,7 +501,7 @@ export type FileChange = Message<"tether.v1.FileChange"> & {
  * Use `create(FileChangeSchema)` to create a new message.
  */
 export const FileChangeSchema: GenMessage<FileChange> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 9);
+  messageDesc(file_tether_v1_resources, 10);
 
 /**
  * Item is one unit of a turn's work as the runtime reports it (a message, a command, a file
@@ -550,7 +586,7 @@ export type Item = Message<"tether.v1.Item"> & {
  * Use `create(ItemSchema)` to create a new message.
  */
 export const ItemSchema: GenMessage<Item> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 10);
+  messageDesc(file_tether_v1_resources, 11);
 
 /**
  * ItemStarted says the runtime began an item.
@@ -571,7 +607,7 @@ export type ItemStarted = Message<"tether.v1.ItemStarted"> & {
  * Use `create(ItemStartedSchema)` to create a new message.
  */
 export const ItemStartedSchema: GenMessage<ItemStarted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 11);
+  messageDesc(file_tether_v1_resources, 12);
 
 /**
  * ItemCompleted says an item finished.
@@ -592,7 +628,7 @@ export type ItemCompleted = Message<"tether.v1.ItemCompleted"> & {
  * Use `create(ItemCompletedSchema)` to create a new message.
  */
 export const ItemCompletedSchema: GenMessage<ItemCompleted> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 12);
+  messageDesc(file_tether_v1_resources, 13);
 
 /**
  * ItemDelta is a piece of an item's text or output, streamed while it runs.
@@ -627,7 +663,7 @@ export type ItemDelta = Message<"tether.v1.ItemDelta"> & {
  * Use `create(ItemDeltaSchema)` to create a new message.
  */
 export const ItemDeltaSchema: GenMessage<ItemDelta> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 13);
+  messageDesc(file_tether_v1_resources, 14);
 
 /**
  * TokenUsage reports the model tokens the session used.
@@ -697,7 +733,7 @@ export type TokenUsage = Message<"tether.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 14);
+  messageDesc(file_tether_v1_resources, 15);
 
 /**
  * AgentError is an error the runtime reported (for example the model API failing).
@@ -732,7 +768,7 @@ export type AgentError = Message<"tether.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 15);
+  messageDesc(file_tether_v1_resources, 16);
 
 /**
  * PendingRequest is a question a runtime asked mid-turn (an approval, user input) that an
@@ -845,7 +881,7 @@ export type PendingRequest = Message<"tether.v1.PendingRequest"> & {
  * Use `create(PendingRequestSchema)` to create a new message.
  */
 export const PendingRequestSchema: GenMessage<PendingRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 16);
+  messageDesc(file_tether_v1_resources, 17);
 
 /**
  * RequestOpened says a runtime is waiting for an answer.
@@ -866,7 +902,7 @@ export type RequestOpened = Message<"tether.v1.RequestOpened"> & {
  * Use `create(RequestOpenedSchema)` to create a new message.
  */
 export const RequestOpenedSchema: GenMessage<RequestOpened> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 17);
+  messageDesc(file_tether_v1_resources, 18);
 
 /**
  * RequestResolved says a pending request was answered or expired.
@@ -908,7 +944,7 @@ export type RequestResolved = Message<"tether.v1.RequestResolved"> & {
  * Use `create(RequestResolvedSchema)` to create a new message.
  */
 export const RequestResolvedSchema: GenMessage<RequestResolved> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 18);
+  messageDesc(file_tether_v1_resources, 19);
 
 /**
  * RuntimeEvent carries a runtime-specific event that has no typed form in this contract.
@@ -936,7 +972,7 @@ export type RuntimeEvent = Message<"tether.v1.RuntimeEvent"> & {
  * Use `create(RuntimeEventSchema)` to create a new message.
  */
 export const RuntimeEventSchema: GenMessage<RuntimeEvent> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 19);
+  messageDesc(file_tether_v1_resources, 20);
 
 /**
  * EventBody is the content of one event; exactly one field is set.
@@ -1078,6 +1114,16 @@ export type EventBody = Message<"tether.v1.EventBody"> & {
      */
     value: TurnWaiting;
     case: "turnWaiting";
+  } | {
+    /**
+     * RevertSession moved the session's head back to the end of a turn (written by the control
+     * plane). The turns after it stay in the log but leave the model-visible history: a worker
+     * rebuilding the history drops them.
+     *
+     * @generated from field: tether.v1.SessionReverted session_reverted = 17;
+     */
+    value: SessionReverted;
+    case: "sessionReverted";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1086,7 +1132,7 @@ export type EventBody = Message<"tether.v1.EventBody"> & {
  * Use `create(EventBodySchema)` to create a new message.
  */
 export const EventBodySchema: GenMessage<EventBody> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 20);
+  messageDesc(file_tether_v1_resources, 21);
 
 /**
  * Event is one entry in a session's durable log.
@@ -1144,7 +1190,7 @@ export type Event = Message<"tether.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 21);
+  messageDesc(file_tether_v1_resources, 22);
 
 /**
  * HistoryItem is one item of the model-visible history: what a fresh runtime is fed to continue
@@ -1187,7 +1233,7 @@ export type HistoryItem = Message<"tether.v1.HistoryItem"> & {
  * Use `create(HistoryItemSchema)` to create a new message.
  */
 export const HistoryItemSchema: GenMessage<HistoryItem> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 22);
+  messageDesc(file_tether_v1_resources, 23);
 
 /**
  * Snapshot is a durable checkpoint of a session's model-visible history.
@@ -1257,7 +1303,7 @@ export type Snapshot = Message<"tether.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_tether_v1_resources, 23);
+  messageDesc(file_tether_v1_resources, 24);
 
 /**
  * SessionState is where a session stands as a whole.
@@ -1664,6 +1710,14 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_NO_COMPLETED_TURN = 29;
    */
   NO_COMPLETED_TURN = 29,
+
+  /**
+   * The turn was reverted (RevertSession) and is no longer in the model-visible history
+   * (FAILED_PRECONDITION).
+   *
+   * @generated from enum value: ERROR_REASON_TURN_REVERTED = 30;
+   */
+  TURN_REVERTED = 30,
 }
 
 /**
