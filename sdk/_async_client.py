@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2
 
 from tether.v1 import admin_service_pb2 as admin_pb
+from tether.v1 import resources_pb2
 from tether.v1 import session_service_pb2 as pb
 
 from . import _convert
@@ -36,6 +37,7 @@ from ._models import (
     SessionState,
     Snapshot,
     Turn,
+    TurnPage,
     WorkerStatus,
     WorkerToken,
 )
@@ -201,14 +203,29 @@ class AsyncClient:
         page_size: int = 0,
         page_token: str = "",
         state: SessionState | str | None = None,
+        archived: bool | None = None,
+        runtime: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
         timeout_s: float | None = None,
     ) -> SessionPage:
-        """One page of sessions, newest first; `state` may be a `SessionState` or its name."""
+        """One page of sessions that match every filter given: `state` (a `SessionState` or its
+        name), `archived`, `runtime`, and `labels` (all of them, with equal values).
+
+        `order_by` is "create_time desc" (the default: newest first), "create_time",
+        "last_activity_time desc" or "last_activity_time". A page token continues only the
+        query it came from: InvalidArgumentError (INVALID_PAGE_TOKEN) otherwise.
+        """
         request = pb.ListSessionsRequest(
             page_size=page_size,
             page_token=page_token,
             state=_convert.session_state_to_proto(state),
+            runtime=runtime,
+            labels=dict(labels or {}),
+            order_by=order_by,
         )
+        if archived is not None:
+            request.archived = archived
         response = await self._unary(self._stub.ListSessions, request, timeout_s)
         return SessionPage(
             sessions=[_convert.session_from_proto(s) for s in response.sessions],
@@ -220,19 +237,51 @@ class AsyncClient:
         *,
         page_size: int = 0,
         state: SessionState | str | None = None,
+        archived: bool | None = None,
+        runtime: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
         timeout_s: float | None = None,
     ) -> AsyncIterator[Session]:
-        """Every session, newest first, fetching pages as needed (each page has a deadline)."""
+        """Every session that matches (see `list_sessions`), fetching pages as needed (each
+        page has a deadline)."""
         page_token = ""
         while True:
             page = await self.list_sessions(
-                page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s
+                page_size=page_size,
+                page_token=page_token,
+                state=state,
+                archived=archived,
+                runtime=runtime,
+                labels=labels,
+                order_by=order_by,
+                timeout_s=timeout_s,
             )
             for session in page.sessions:
                 yield session
             if not page.next_page_token:
                 return
             page_token = page.next_page_token
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        title: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        """Change the title (one line, at most 256 characters; "" clears it) and/or replace the
+        labels; a field left None stays as it is."""
+        fields = [name for name, value in (("title", title), ("labels", labels)) if value is not None]
+        if not fields:
+            raise ValueError("update_session: pass title, labels or both")
+        request = pb.UpdateSessionRequest(
+            session=resources_pb2.Session(session_id=session_id, title=title or "", labels=dict(labels or {}))
+        )
+        request.update_mask.paths.extend(fields)
+        response = await self._unary(self._stub.UpdateSession, request, timeout_s)
+        return _convert.session_from_proto(response.session)
 
     async def archive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         """Make the session read-only; archiving an archived session succeeds."""
@@ -333,6 +382,41 @@ class AsyncClient:
         request = pb.GetTurnRequest(session_id=session_id, turn_id=turn_id)
         response = await self._unary(self._stub.GetTurn, request, timeout_s)
         return _convert.turn_from_proto(response.turn)
+
+    async def list_turns(
+        self,
+        session_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        order_by: str = "",
+        timeout_s: float | None = None,
+    ) -> TurnPage:
+        """One page of the session's turns, each with its input, state, timings, worker, usage,
+        final message or exit code, and the seq range of its events. `order_by` is
+        "create_time" (the default: conversation order) or "create_time desc"."""
+        request = pb.ListTurnsRequest(
+            session_id=session_id, page_size=page_size, page_token=page_token, order_by=order_by
+        )
+        response = await self._unary(self._stub.ListTurns, request, timeout_s)
+        return TurnPage(
+            turns=[_convert.turn_from_proto(t) for t in response.turns], next_page_token=response.next_page_token
+        )
+
+    async def iter_turns(
+        self, session_id: str, *, page_size: int = 0, order_by: str = "", timeout_s: float | None = None
+    ) -> AsyncIterator[Turn]:
+        """Every turn of the session (see `list_turns`), fetching pages as needed."""
+        page_token = ""
+        while True:
+            page = await self.list_turns(
+                session_id, page_size=page_size, page_token=page_token, order_by=order_by, timeout_s=timeout_s
+            )
+            for turn in page.turns:
+                yield turn
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
 
     async def interrupt_turn(
         self,

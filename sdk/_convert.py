@@ -144,6 +144,8 @@ def session_from_proto(msg: resources_pb2.Session) -> Session:
         waiting_reason=msg.waiting_reason,
         forked_from_session_id=msg.forked_from_session_id,
         forked_from_turn_id=msg.forked_from_turn_id,
+        title=msg.title,
+        last_activity_time=timestamp_from_proto(msg.last_activity_time) if msg.HasField("last_activity_time") else None,
         raw=msg,
     )
 
@@ -167,6 +169,11 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
             timestamp_from_proto(msg.interrupt_request_time) if msg.HasField("interrupt_request_time") else None
         ),
         reverted=msg.reverted,
+        start_time=timestamp_from_proto(msg.start_time) if msg.HasField("start_time") else None,
+        first_seq=msg.first_seq,
+        last_seq=msg.last_seq,
+        usage=token_usage_from_proto(msg.usage) if msg.HasField("usage") else None,
+        final_message=msg.final_message,
         raw=msg,
     )
 

@@ -188,6 +188,10 @@ class Session:
     #: The session this one was forked from and the last turn copied ("" for a new session).
     forked_from_session_id: str = ""
     forked_from_turn_id: str = ""
+    #: A name for people: set with `update_session`, else the first input's first line.
+    title: str = ""
+    #: When the session's log last grew (its creation while the log is empty).
+    last_activity_time: datetime | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -227,12 +231,31 @@ class Turn:
     #: True once a revert moved the session's head back before this turn: it stays readable
     #: but left the model-visible history.
     reverted: bool = False
+    #: When a worker started the turn; None while it has not.
+    start_time: datetime | None = None
+    #: The seqs of the turn's first event and of its terminal one (0 while the turn is open):
+    #: `stream_events(session_id, after_seq=first_seq - 1)` reads the turn's events.
+    first_seq: int = 0
+    last_seq: int = 0
+    #: The last token usage the runtime reported during the turn; None when it reported none.
+    usage: TokenUsage | None = None
+    #: The text of the turn's last agent message ("" when it had none; a shell turn has its
+    #: exit_code instead).
+    final_message: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_terminal(self) -> bool:
         """True once the turn has completed, failed or been interrupted."""
         return self.state.is_terminal
+
+
+@dataclass(frozen=True)
+class TurnPage:
+    """One page of `list_turns`; `next_page_token` is empty on the last page."""
+
+    turns: list[Turn]
+    next_page_token: str
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,32 @@ _reconnect_option = click.option(
 
 
 def _session_line(s: Session) -> str:
-    created = s.create_time.isoformat(timespec="seconds") if s.create_time else "-"
+    active = s.last_activity_time or s.create_time
+    when = active.isoformat(timespec="seconds") if active else "-"
     state = s.state.name.lower()
-    return f"{s.session_id}  {state:8}  {s.runtime:8}  turns={s.turn_count}  {created}"
+    line = f"{s.session_id}  {state:8}  {s.runtime:8}  turns={s.turn_count}  {when}"
+    return f"{line}  {s.title}" if s.title else line
+
+
+def _turn_line(t: Turn) -> str:
+    started = t.create_time.isoformat(timespec="seconds") if t.create_time else "-"
+    if t.end_time and t.create_time:
+        took = f"{(t.end_time - t.create_time).total_seconds():.1f}s"
+    else:
+        took = "-"
+    result = t.final_message or t.error_message or (f"exit {t.exit_code}" if t.state is TurnState.COMPLETED else "")
+    result = " ".join(result.split())
+    if len(result) > 60:
+        result = result[:57] + "..."
+    seqs = f"{t.first_seq}-{t.last_seq or ''}"
+    tokens = f"  tokens={t.usage.total_tokens}" if t.usage else ""
+    reverted = "  (reverted)" if t.reverted else ""
+    text = " ".join(t.input.split())
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return (
+        f"{t.turn_id}  {t.state.name.lower():11}  {started}  {took:>7}  seq={seqs}{tokens}{reverted}  "
+        f"{text!r} -> {result}"
+    )
 
 
 def _request_line(r: PendingRequest) -> str:
@@ -116,26 +139,120 @@ def get(lazy: LazyClient, session_id: str, as_json: bool) -> None:
         echo_fields(found)
 
 
+_SESSION_ORDERS = {
+    "created": "create_time desc",
+    "created-asc": "create_time",
+    "activity": "last_activity_time desc",
+    "activity-asc": "last_activity_time",
+}
+
+
 @session.command("list")
 @click.option("--state", type=click.Choice(["idle", "active", "archived"]), default=None)
+@click.option("--archived/--not-archived", "archived", default=None, help="Only archived, or only other, sessions.")
+@click.option("--runtime", default="", help="Only sessions of this runtime.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Only sessions with this label (repeatable).")
+@click.option(
+    "--order",
+    type=click.Choice(list(_SESSION_ORDERS)),
+    default="created",
+    show_default=True,
+    help="Newest or oldest first, by creation or by last activity.",
+)
 @click.option("--page-size", type=int, default=0, help="Sessions per page (0: server default).")
 @click.option("--page-token", default="", help="Token printed by a previous page.")
 @click.option("--all", "all_pages", is_flag=True, help="Fetch every page.")
 @json_option
 @pass_lazy
-def list_(lazy: LazyClient, state: str | None, page_size: int, page_token: str, all_pages: bool, as_json: bool) -> None:
-    """List sessions, newest first."""
+def list_(
+    lazy: LazyClient,
+    state: str | None,
+    archived: bool | None,
+    runtime: str,
+    labels: tuple[str, ...],
+    order: str,
+    page_size: int,
+    page_token: str,
+    all_pages: bool,
+    as_json: bool,
+) -> None:
+    """List sessions (id, state, runtime, turns, last activity, title), newest first."""
+    query = {
+        "state": state,
+        "archived": archived,
+        "runtime": runtime,
+        "labels": parse_pairs(labels, "--label"),
+        "order_by": _SESSION_ORDERS[order],
+        "page_size": page_size,
+    }
     next_token = ""
     if all_pages:
-        sessions = list(lazy.client.iter_sessions(page_size=page_size, state=state))
+        sessions = list(lazy.client.iter_sessions(**query))
     else:
-        page = lazy.client.list_sessions(page_size=page_size, page_token=page_token, state=state)
+        page = lazy.client.list_sessions(page_token=page_token, **query)
         sessions, next_token = page.sessions, page.next_page_token
     if as_json:
         echo_json({"sessions": sessions, "next_page_token": next_token})
         return
     for s in sessions:
         click.echo(_session_line(s))
+    if next_token:
+        click.echo(f"more: --page-token {next_token}", err=True)
+
+
+@session.command()
+@click.argument("session_id")
+@click.option("--title", default=None, help='A new title (one line; "" clears it).')
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Replace the labels with these (repeatable).")
+@click.option("--clear-labels", is_flag=True, help="Remove every label.")
+@json_option
+@pass_lazy
+def update(
+    lazy: LazyClient, session_id: str, title: str | None, labels: tuple[str, ...], clear_labels: bool, as_json: bool
+) -> None:
+    """Change a session's title or labels."""
+    if labels and clear_labels:
+        raise click.UsageError("--label and --clear-labels contradict each other; pass one")
+    new_labels = {} if clear_labels else (parse_pairs(labels, "--label") if labels else None)
+    if title is None and new_labels is None:
+        raise click.UsageError("nothing to change: pass --title, --label or --clear-labels")
+    changed = lazy.client.update_session(session_id, title=title, labels=new_labels)
+    if as_json:
+        echo_json(changed)
+    else:
+        click.echo(_session_line(changed))
+
+
+@session.command()
+@click.argument("session_id")
+@click.option("--newest-first", is_flag=True, help="Newest turn first (default: conversation order).")
+@click.option("--page-size", type=int, default=0, help="Turns per page (0: server default).")
+@click.option("--page-token", default="", help="Token printed by a previous page.")
+@click.option("--all", "all_pages", is_flag=True, help="Fetch every page.")
+@json_option
+@pass_lazy
+def turns(
+    lazy: LazyClient,
+    session_id: str,
+    newest_first: bool,
+    page_size: int,
+    page_token: str,
+    all_pages: bool,
+    as_json: bool,
+) -> None:
+    """List a session's turns: state, start, duration, event seqs, tokens, input and result."""
+    order_by = "create_time desc" if newest_first else "create_time"
+    next_token = ""
+    if all_pages:
+        found = list(lazy.client.iter_turns(session_id, page_size=page_size, order_by=order_by))
+    else:
+        page = lazy.client.list_turns(session_id, page_size=page_size, page_token=page_token, order_by=order_by)
+        found, next_token = page.turns, page.next_page_token
+    if as_json:
+        echo_json({"turns": found, "next_page_token": next_token})
+        return
+    for t in found:
+        click.echo(_turn_line(t))
     if next_token:
         click.echo(f"more: --page-token {next_token}", err=True)
 

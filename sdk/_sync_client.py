@@ -30,6 +30,7 @@ from ._models import (
     SessionState,
     Snapshot,
     Turn,
+    TurnPage,
     WorkerStatus,
     WorkerToken,
 )
@@ -147,10 +148,24 @@ class Client:
         page_size: int = 0,
         page_token: str = "",
         state: SessionState | str | None = None,
+        archived: bool | None = None,
+        runtime: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
         timeout_s: float | None = None,
     ) -> SessionPage:
+        """See `AsyncClient.list_sessions`."""
         return self._run(
-            self._async.list_sessions(page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s)
+            self._async.list_sessions(
+                page_size=page_size,
+                page_token=page_token,
+                state=state,
+                archived=archived,
+                runtime=runtime,
+                labels=labels,
+                order_by=order_by,
+                timeout_s=timeout_s,
+            )
         )
 
     def iter_sessions(
@@ -158,15 +173,40 @@ class Client:
         *,
         page_size: int = 0,
         state: SessionState | str | None = None,
+        archived: bool | None = None,
+        runtime: str = "",
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
         timeout_s: float | None = None,
     ) -> Iterator[Session]:
+        """See `AsyncClient.iter_sessions`."""
         page_token = ""
         while True:
-            page = self.list_sessions(page_size=page_size, page_token=page_token, state=state, timeout_s=timeout_s)
+            page = self.list_sessions(
+                page_size=page_size,
+                page_token=page_token,
+                state=state,
+                archived=archived,
+                runtime=runtime,
+                labels=labels,
+                order_by=order_by,
+                timeout_s=timeout_s,
+            )
             yield from page.sessions
             if not page.next_page_token:
                 return
             page_token = page.next_page_token
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        title: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Session:
+        """See `AsyncClient.update_session`."""
+        return self._run(self._async.update_session(session_id, title=title, labels=labels, timeout_s=timeout_s))
 
     def archive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         return self._run(self._async.archive_session(session_id, timeout_s=timeout_s))
@@ -212,6 +252,36 @@ class Client:
                 session_id, input, idempotency_key=idempotency_key, policy=policy, timeout_s=timeout_s
             )
         )
+
+    def list_turns(
+        self,
+        session_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        order_by: str = "",
+        timeout_s: float | None = None,
+    ) -> TurnPage:
+        """See `AsyncClient.list_turns`."""
+        return self._run(
+            self._async.list_turns(
+                session_id, page_size=page_size, page_token=page_token, order_by=order_by, timeout_s=timeout_s
+            )
+        )
+
+    def iter_turns(
+        self, session_id: str, *, page_size: int = 0, order_by: str = "", timeout_s: float | None = None
+    ) -> Iterator[Turn]:
+        """See `AsyncClient.iter_turns`."""
+        page_token = ""
+        while True:
+            page = self.list_turns(
+                session_id, page_size=page_size, page_token=page_token, order_by=order_by, timeout_s=timeout_s
+            )
+            yield from page.turns
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
 
     def get_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Turn:
         return self._run(self._async.get_turn(session_id, turn_id, timeout_s=timeout_s))

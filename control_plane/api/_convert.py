@@ -118,6 +118,8 @@ def session_pb(v: m.SessionView) -> pb.Session:
         waiting_reason=v.waiting_reason,
         forked_from_session_id=s.forked_from_session_id,
         forked_from_turn_id=s.forked_from_turn_id,
+        title=s.title,
+        last_activity_time=ts(v.last_activity_us or s.create_time_us),
     )
 
 
@@ -135,7 +137,14 @@ def turn_pb(t: Turn) -> pb.Turn:
         error_message=t.error_message,
         waiting_reason=t.waiting_reason,
         reverted=t.reverted,
+        first_seq=t.first_seq,
+        last_seq=t.last_seq,
+        final_message=t.final_message,
     )
+    if t.start_time_us:
+        msg.start_time.CopyFrom(ts(t.start_time_us))
+    if t.usage:
+        msg.usage.CopyFrom(pb.EventBody.FromString(t.usage).token_usage)
     if t.end_time_us:
         msg.end_time.CopyFrom(ts(t.end_time_us))
     if t.interrupt_time_us:
@@ -195,6 +204,10 @@ class ProtoBodyCodec:
     def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes:
         reverted = pb.SessionReverted(turn_id=turn_id, reverted_turn_ids=reverted_turn_ids)
         return pb.EventBody(session_reverted=reverted).SerializeToString()
+
+    def agent_message_text(self, body: bytes) -> str | None:
+        item = pb.EventBody.FromString(body).item_completed.item
+        return item.text if item.kind == pb.ITEM_KIND_AGENT_MESSAGE else None
 
     def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
         # Only these kinds name a session, a turn or a request inside the body; the others are

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+from typing import Any
 
 import grpc
 
@@ -12,6 +12,8 @@ from tether.v1 import session_service_pb2 as spb
 from ..domain import errors
 from ..domain.hub import Hub
 from ..domain.model import InputPolicy, RequestState, SessionState
+from ..domain.ports import SessionQuery
+from . import _pages
 from . import _validate as v
 from ._auth import Authenticator
 from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
@@ -21,18 +23,50 @@ _PAGE_DEFAULT = 100
 _PAGE_MAX = 1000
 
 
-def _encode_page_token(last_id: str, state: int) -> str:
-    return base64.urlsafe_b64encode(f"v1|{state}|{last_id}".encode()).decode()
+# ListSessions' order_by values: (sort by activity, descending).
+_SESSION_ORDERS = {
+    "": (False, True),
+    "create_time desc": (False, True),
+    "create_time": (False, False),
+    "last_activity_time desc": (True, True),
+    "last_activity_time": (True, False),
+}
+_TURN_ORDERS = {"": False, "create_time": False, "create_time desc": True}  # descending
+_UPDATABLE = ("title", "labels")
 
 
-def _decode_page_token(token: str, state: int) -> str:
-    try:
-        version, token_state, last_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 2)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.InvalidPageToken("page_token is malformed; pass next_page_token unchanged") from None
-    if version != "v1" or int(token_state) != state or not last_id:
-        raise errors.InvalidPageToken("page_token belongs to a different query; start again without it")
-    return last_id
+def _order(field: str, value: str, allowed: dict[str, Any]) -> Any:
+    normalized = " ".join(value.split()).lower().replace(" asc", "")
+    if normalized not in allowed:
+        names = ", ".join(repr(k) for k in allowed if k)
+        raise errors.InvalidArgument(field, f"unknown order {value!r}; expected one of {names}")
+    return allowed[normalized]
+
+
+def _update_mask(request: spb.UpdateSessionRequest) -> tuple[str, ...]:
+    """The fields UpdateSession changes (AIP-134): the mask's paths, "*" for all, or without a
+    mask the ones set in the request."""
+    if not request.HasField("update_mask"):
+        given = tuple(f for f in _UPDATABLE if getattr(request.session, f))
+        if not given:
+            raise errors.InvalidArgument(
+                "update_mask", "names no field and the request sets none; set session.title or session.labels"
+            )
+        return given
+    paths = list(request.update_mask.paths)
+    if not paths:
+        raise errors.InvalidArgument(
+            "update_mask.paths", f"is empty; name the fields to change: {', '.join(_UPDATABLE)}"
+        )
+    if paths == ["*"]:
+        return _UPDATABLE
+    for i, path in enumerate(paths):
+        if path not in _UPDATABLE:
+            raise errors.InvalidArgument(
+                f"update_mask.paths[{i}]",
+                f"{path!r} cannot be changed; UpdateSession changes {', '.join(_UPDATABLE)} (or '*')",
+            )
+    return tuple(dict.fromkeys(paths))
 
 
 class SessionService:
@@ -67,12 +101,54 @@ class SessionService:
             size = v.in_range("page_size", request.page_size, 0, _PAGE_MAX) or _PAGE_DEFAULT
             v.enum_value("state", request.state, pb.SessionState)
             state = SessionState(request.state) if request.state else None
-            before = _decode_page_token(request.page_token, request.state) if request.page_token else None
-            views, last = await self._hub.list_sessions(owner, size, before, state)
+            archived = request.archived if request.HasField("archived") else None
+            runtime = v.word("runtime", request.runtime) if request.runtime else ""
+            labels = v.labels("labels", request.labels)
+            by_activity, descending = _order("order_by", request.order_by, _SESSION_ORDERS)
+            # What a page token is bound to: every parameter but the page size.
+            params = {
+                "owner": owner,
+                "state": request.state,
+                "archived": archived,
+                "runtime": runtime,
+                "labels": labels,
+                "by_activity": by_activity,
+                "descending": descending,
+            }
+            after_id, after_us = "", 0
+            if request.page_token:
+                after_id, after_us = _pages.decode(request.page_token, params, (str, int))
+            query = SessionQuery(
+                owner=owner,
+                limit=size,
+                archived=archived,
+                runtime=runtime,
+                labels=tuple(sorted(labels.items())),
+                by_activity=by_activity,
+                descending=descending,
+                after_id=after_id,
+                after_activity_us=after_us,
+            )
+            views, last = await self._hub.list_sessions(query, state)
             return spb.ListSessionsResponse(
                 sessions=[session_pb(x) for x in views],
-                next_page_token=_encode_page_token(last, request.state) if last else "",
+                next_page_token=_pages.encode(params, list(last)) if last else "",
             )
+
+    async def UpdateSession(
+        self, request: spb.UpdateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.UpdateSessionResponse:
+        async with translate(context, "UpdateSession"):
+            owner = (await self._auth.app(context)).owner
+            session_id = v.required("session.session_id", request.session.session_id)
+            fields = _update_mask(request)
+            title = labels = None
+            if "title" in fields:
+                title = v.title("session.title", request.session.title)
+            if "labels" in fields:
+                labels = v.labels("session.labels", request.session.labels)
+            view = await self._hub.update_session(owner, session_id, title, labels)
+            return spb.UpdateSessionResponse(session=session_pb(view))
 
     async def SendInput(
         self, request: spb.SendInputRequest, context: grpc.aio.ServicerContext
@@ -94,6 +170,22 @@ class SessionService:
                 owner, v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
             )
             return spb.GetTurnResponse(turn=turn_pb(turn))
+
+    async def ListTurns(
+        self, request: spb.ListTurnsRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ListTurnsResponse:
+        async with translate(context, "ListTurns"):
+            owner = (await self._auth.app(context)).owner
+            session_id = v.required("session_id", request.session_id)
+            size = v.in_range("page_size", request.page_size, 0, _PAGE_MAX) or _PAGE_DEFAULT
+            descending = _order("order_by", request.order_by, _TURN_ORDERS)
+            params = {"owner": owner, "session_id": session_id, "descending": descending}
+            after = _pages.decode(request.page_token, params, (int,))[0] if request.page_token else 0
+            turns, last = await self._hub.list_turns(owner, session_id, size, after, descending)
+            return spb.ListTurnsResponse(
+                turns=[turn_pb(t) for t in turns],
+                next_page_token=_pages.encode(params, [last]) if last is not None else "",
+            )
 
     async def InterruptTurn(
         self, request: spb.InterruptTurnRequest, context: grpc.aio.ServicerContext

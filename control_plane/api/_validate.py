@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..domain.errors import InvalidArgument
+from ..domain.model import TITLE_MAX
 
 MAX_ID = 128
 MAX_INPUT_BYTES = 1 << 20
@@ -47,6 +48,14 @@ def labels(field: str, value: Mapping[str, str]) -> dict[str, str]:
         if len(v) > MAX_LABEL_VALUE:
             raise InvalidArgument(name, f"value must be at most {MAX_LABEL_VALUE} characters")
     return dict(value)
+
+
+def title(field: str, value: str) -> str:
+    """A session title: at most TITLE_MAX characters on one line ("" clears it)."""
+    optional(field, value, max_len=TITLE_MAX)
+    if any(not c.isprintable() for c in value):
+        raise InvalidArgument(field, "must be one line of printable characters (no newlines or control characters)")
+    return value
 
 
 def enum_value(field: str, value: int, enum_type) -> int:

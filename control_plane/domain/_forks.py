@@ -8,7 +8,8 @@ What a fork holds:
   the last turn copied; no lease, no snapshot, and no runtime thread;
 - the turns with an ordinal up to that turn's, less those a revert took back (the fork is the
   model-visible history), each under a new id (turn ids are global) and numbered from 1, with
-  their state, input, timings, worker and result; idempotency keys stay with the source, whose
+  their state, input, timings, worker, result and turn-list summary (the seq range renumbered
+  with the log); idempotency keys stay with the source, whose
   callers made them;
 - those turns' events, renumbered from 1 without gaps in their original order, with their
   bodies' ids rebound to the copy (`BodyCodec.rebind`) and without the source's lease epochs
@@ -108,13 +109,14 @@ class Forks:
             owner=owner,
             forked_from_session_id=session_id,
             forked_from_turn_id=last.turn_id,
+            title=rec.session.title,
         )
         turn_ids = {t.turn_id: new_id("trn") for t in kept}
-        changes = Changes(
-            turn_inserts=[
-                _copied_turn(t, fork.session_id, turn_ids[t.turn_id], ordinal) for ordinal, t in enumerate(kept, 1)
-            ]
-        )
+        copies = {
+            t.turn_id: _copied_turn(t, fork.session_id, turn_ids[t.turn_id], ordinal)
+            for ordinal, t in enumerate(kept, 1)
+        }
+        changes = Changes(turn_inserts=list(copies.values()))
         request_ids: dict[str, str] = {}
         for request in await self._reader.list_requests(session_id, None):
             new_turn = turn_ids.get(request.turn_id)
@@ -132,6 +134,9 @@ class Forks:
                 if new_turn is None or e.kind == "session_reverted":
                     continue
                 seq += 1
+                copy = copies[e.turn_id]
+                copy.first_seq = copy.first_seq or seq
+                copy.last_seq = seq  # the turn ended: its last event is its terminal one
                 body = rebind(e.kind, e.body, fork.session_id, new_turn, request_ids)
                 changes.event_inserts.append(Event(fork.session_id, seq, new_turn, e.kind, body, e.create_time_us))
         return await self._sessions.insert_copy(fork, seq, changes)
@@ -149,4 +154,7 @@ def _copied_turn(turn: Turn, session_id: str, turn_id: str, ordinal: int) -> Tur
         exit_code=turn.exit_code,
         error_message=turn.error_message,
         end_time_us=turn.end_time_us,
+        start_time_us=turn.start_time_us,
+        usage=turn.usage,
+        final_message=turn.final_message,
     )

@@ -6,8 +6,10 @@ decided in one synchronous step: the lease must be the caller's at its epoch (Le
 as a duplicate), every event must belong to the running turn and nothing may follow its
 terminal event. The events are then numbered (EventLog), opened requests recorded
 (PendingRequests), a terminal event ends the turn (Turns) and expires its unanswered
-requests, and the whole batch goes to the writer as one unit. The events become visible to
-subscribers first among the unit's on_commit callbacks; the next turn is dispatched after.
+requests, and the whole batch goes to the writer as one unit. The running turn's summary for
+the turn list (its last token usage and agent message, its terminal seq) is updated from the
+batch and stored with it. The events become visible to subscribers first among the unit's
+on_commit callbacks; the next turn is dispatched after.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ._shared import Committer, log
 from .access import Limits, TokenBucket
 from .messages import IncomingEvent, IngestResult
 from .model import TERMINAL_KINDS, TurnState, now_us
-from .ports import Changes
+from .ports import BodyCodec, Changes
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -33,9 +35,10 @@ if TYPE_CHECKING:
 
 
 class Ingest:
-    def __init__(self, committer: Committer, limits: Limits) -> None:
+    def __init__(self, committer: Committer, limits: Limits, codec: BodyCodec) -> None:
         self._committer = committer
         self._limits = limits
+        self._codec = codec
         self.reused_worker_seqs = 0  # batches refused for a reused worker_seq (see _check_duplicate)
 
     def connect(
@@ -114,9 +117,21 @@ class Ingest:
             request = e.request
             assert request is not None
             self._requests.open(rec, request, e.turn_id, now, changes)
+        summarized = False
         for e in fresh:
             if e.kind == "turn_started":
                 self._sessions.adopt_thread_id(rec, e.runtime_thread_id, now, changes)
+            elif e.kind == "token_usage" and active is not None:
+                active.usage = e.body
+                summarized = True
+            elif e.kind == "item_completed" and active is not None:
+                text = self._codec.agent_message_text(e.body)
+                if text is not None:
+                    active.final_message = text
+                    summarized = True
+        if summarized and not ends:
+            assert active is not None
+            changes.turn_updates.append(active)  # the turn list's summary stays durable
         if ends:
             assert active is not None
             state = TERMINAL_KINDS[last.kind]
@@ -128,6 +143,7 @@ class Ingest:
                 )
             )
             stored.extend(self._events.number(rec, [last], epoch, now))
+            active.last_seq = stored[-1].seq
             self._workers.free_slot(worker_id, active.turn_id)
             changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
             changes.on_commit.append(self._scheduler.dispatch_waiting)

@@ -35,6 +35,7 @@ class LogBook:
     recent: list[Event] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     subscribers: int = 0  # live subscriptions following the log (they keep the session loaded)
+    last_event_us: int = 0  # when the last committed event was stored (0: none yet)
 
 
 class EventLog:
@@ -51,6 +52,9 @@ class EventLog:
 
     def last_seq(self, rec: SessionRecord) -> int:
         return rec.log.last_seq
+
+    def last_event_us(self, rec: SessionRecord) -> int:
+        return rec.log.last_event_us
 
     def own_event(self, rec: SessionRecord, turn_id: str, kind: str, body: bytes) -> Event:
         """The next event of the log, written by the control plane itself."""
@@ -88,6 +92,7 @@ class EventLog:
         if len(recent) > 2 * _RECENT_EVENTS:
             del recent[: len(recent) - _RECENT_EVENTS]
         book.committed_seq = events[-1].seq
+        book.last_event_us = events[-1].create_time_us
         changed, book.changed = book.changed, asyncio.Event()
         changed.set()
 

@@ -65,7 +65,7 @@ class SessionRecord:
             TurnBook.reloaded(loaded.open_turns),
             OfferBook(),
             LeaseBook.reloaded(loaded.lease, loaded.last_worker_seq, lease_ttl_s),
-            LogBook(loaded.last_seq, loaded.last_seq),
+            LogBook(loaded.last_seq, loaded.last_seq, last_event_us=loaded.last_event_us),
             {request.request_id: request for request in loaded.open_requests},
         )
 

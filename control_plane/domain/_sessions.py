@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,8 @@ from . import errors
 from ._record import SessionRecord
 from ._shared import Committer, Tasks, log
 from .messages import InterruptMsg, RevokeMsg, SessionView, Timings
-from .model import Session, SessionState, new_id, now_us
-from .ports import Changes, SessionReader
+from .model import Session, SessionState, default_title, new_id, now_us
+from .ports import Changes, SessionQuery, SessionReader
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -194,11 +195,15 @@ class SessionCache:
 
     # ----------------------------------------------------------------- changing a Session
 
-    def count_turn(self, rec: SessionRecord, now: int) -> int:
-        """A new turn: returns its ordinal."""
+    def count_turn(self, rec: SessionRecord, text: str, now: int, changes: Changes) -> int:
+        """A new turn with input `text`: returns its ordinal. The first input names a session
+        that has no title yet."""
         session = rec.session
         session.turn_count += 1
         session.update_time_us = now
+        if session.turn_count == 1 and not session.title:
+            session.title = default_title(text)
+            changes.session_updates.append(session)
         return session.turn_count
 
     def touch(self, rec: SessionRecord, now: int, changes: Changes) -> None:
@@ -228,6 +233,7 @@ class SessionCache:
             worker_id=self._leases.holder(rec),
             lease_epoch=self._leases.epoch(rec),
             waiting_reason=self._turns.waiting_reason(rec),
+            last_activity_us=max(rec.session.create_time_us, self._events.last_event_us(rec)),
         )
 
     async def create(
@@ -250,24 +256,49 @@ class SessionCache:
         return self.view(rec)
 
     async def list_sessions(
-        self, owner: str, page_size: int, before_id: str | None, state: SessionState | None
-    ) -> tuple[list[SessionView], str | None]:
-        archived = None if state is None else state == SessionState.ARCHIVED
-        active = None if state in (None, SessionState.ARCHIVED) else state == SessionState.ACTIVE
-        rows = await self._reader.list_sessions(
-            owner=owner, limit=page_size + 1, before_id=before_id, archived=archived, active=active
-        )
+        self, query: SessionQuery, state: SessionState | None
+    ) -> tuple[list[SessionView], tuple[str, int] | None]:
+        """One page of `query.owner`'s sessions in `state` (None: any) and, when more follow,
+        where the next page starts after: the last one's id and the activity it sorted by."""
+        if state == SessionState.ARCHIVED:
+            if query.archived is False:
+                return [], None
+            query = dataclasses.replace(query, archived=True)
+        elif state is not None:
+            if query.archived:
+                return [], None
+            query = dataclasses.replace(query, archived=False, active=state == SessionState.ACTIVE)
+        page_size = query.limit
+        rows = await self._reader.list_sessions(dataclasses.replace(query, limit=page_size + 1))
         more = len(rows) > page_size
         views = []
-        for session, has_open in rows[:page_size]:
+        for session, has_open, activity_us in rows[:page_size]:
             rec = self._records.get(session.session_id)
             if rec is not None and not rec.deleted:
-                views.append(self.view(rec))
+                view = self.view(rec)
+                views.append(dataclasses.replace(view, last_activity_us=max(view.last_activity_us, activity_us)))
                 continue
             st = SessionState.ARCHIVED if session.archived else (SessionState.ACTIVE if has_open else SessionState.IDLE)
-            views.append(SessionView(session, st, 0, "", "", 0))
+            views.append(SessionView(session, st, 0, "", "", 0, last_activity_us=activity_us))
         # Sessions not in memory show last_seq 0 in a list; GetSession gives the full view.
-        return views, (views[-1].session.session_id if more and views else None)
+        if not (more and views):
+            return views, None
+        last = rows[len(views) - 1]
+        return views, (last.session.session_id, last.last_activity_us)
+
+    async def update(
+        self, owner: str, session_id: str, title: str | None, labels: dict[str, str] | None
+    ) -> SessionView:
+        """UpdateSession: the title or the labels (replaced whole), archived or not."""
+        rec = await self.require(session_id, owner)
+        session = rec.session
+        if title is not None:
+            session.title = title
+        if labels is not None:
+            session.labels = dict(labels)
+        session.update_time_us = now_us()
+        await self._committer.commit(Changes(session_updates=[session]))
+        return self.view(rec)
 
     async def archive(self, owner: str, session_id: str) -> SessionView:
         rec = await self.require(session_id, owner)

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from ._workers import Workers
 
 
+# About how much text one ListTurns page carries (inputs may be 1 MiB each).
+_PAGE_BYTES = 2 * 1024 * 1024
+
+
 @dataclass
 class TurnBook:
     turns: dict[str, Turn] = field(default_factory=dict)  # open turns only
@@ -184,6 +188,7 @@ class Turns:
         turn.state = TurnState.RUNNING
         turn.worker_id = worker_id
         turn.lease_epoch = epoch
+        turn.start_time_us = now_us()
         changes.turn_updates.append(turn)
         self._deadlines.started(rec, turn)
 
@@ -228,7 +233,7 @@ class Turns:
         turn = Turn(
             turn_id=new_id("trn"),
             session_id=session_id,
-            ordinal=self._sessions.count_turn(rec, now),
+            ordinal=self._sessions.count_turn(rec, text, now, changes),
             input=text,
             state=TurnState.QUEUED,
             create_time_us=now,
@@ -241,6 +246,7 @@ class Turns:
             book.keys[key] = turn.turn_id
         self._track(rec)
         event = self._events.own_event(rec, turn.turn_id, "input_received", self._codec.input_received(text))
+        turn.first_seq = event.seq
         changes.turn_inserts.append(turn)
         changes.event_inserts.append(event)
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
@@ -318,6 +324,28 @@ class Turns:
             raise errors.TurnNotFound(session_id, turn_id)
         return turn
 
+    async def list_turns(
+        self, owner: str, session_id: str, page_size: int, after_ordinal: int, descending: bool
+    ) -> tuple[list[Turn], int | None]:
+        """One page of the session's turns by ordinal and, when more follow, the ordinal the
+        next page starts after. A page also ends once it holds `_PAGE_BYTES` of inputs and
+        messages (never before its first turn), so a page of long inputs fits one response."""
+        rec = await self._sessions.require(session_id, owner)
+        stored = await self._reader.list_turns(session_id, page_size + 1, after_ordinal, descending)
+        more = len(stored) > page_size
+        page: list[Turn] = []
+        budget = _PAGE_BYTES
+        for turn in stored[:page_size]:
+            # Memory is the truth for an open turn (an offer, an interrupt asked for, a wait).
+            turn = rec.turns.turns.get(turn.turn_id) or turn
+            cost = len(turn.input) + len(turn.final_message) + len(turn.error_message) + len(turn.usage)
+            if page and cost > budget:
+                more = True
+                break
+            page.append(turn)
+            budget -= cost
+        return page, (page[-1].ordinal if more and page else None)
+
     async def interrupt_turn(self, owner: str, session_id: str, turn_id: str, reason: str) -> Turn:
         rec = await self._sessions.require(session_id, owner)
         book = rec.turns
@@ -376,6 +404,7 @@ class Turns:
         expired = self._requests.expire(rec, turn.turn_id, f"its turn ended: {why}", changes)
         body = self._codec.turn_interrupted(why) if interrupted else self._codec.turn_failed(why, worker_lost)
         event = self._events.own_event(rec, turn.turn_id, "turn_interrupted" if interrupted else "turn_failed", body)
+        turn.last_seq = event.seq
         events = [*expired, event]
         changes.event_inserts = events
         changes.on_commit.append(lambda: self._events.published(rec, events))

@@ -37,9 +37,13 @@ class InvalidArgument(DomainError):
         self.violations = [FieldViolation(field_name, description)]
 
 
-class InvalidPageToken(DomainError):
-    code = "INVALID_ARGUMENT"
+class InvalidPageToken(InvalidArgument):
+    """A page token that is malformed or continues another query (the field is page_token)."""
+
     reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self, description: str) -> None:
+        super().__init__("page_token", description)
 
 
 class SessionNotFound(DomainError):

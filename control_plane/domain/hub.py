@@ -82,7 +82,7 @@ from .messages import (
     WorkerStatus,
 )
 from .model import Event, InputPolicy, PendingRequest, RequestState, SessionState, Snapshot, Turn, WorkerInfo
-from .ports import BodyCodec, GroupCommitWriter, SessionReader
+from .ports import BodyCodec, GroupCommitWriter, SessionQuery, SessionReader
 
 __all__ = [
     "AnswerMsg",
@@ -124,7 +124,7 @@ class Hub:
         turns = self._turns = Turns(reader, committer, codec, self.limits)
         scheduler = self._scheduler = Scheduler(committer, timings, codec)
         leases = self._leases = Leases(committer, self._tasks, timings)
-        ingest = self._ingest = Ingest(committer, self.limits)
+        ingest = self._ingest = Ingest(committer, self.limits, codec)
         requests = self._requests = PendingRequests(reader, committer, codec)
         snapshots = self._snapshots = Snapshots(reader, committer, timings)
         restores = self._restores = Restores(committer, timings)
@@ -215,9 +215,16 @@ class Hub:
         return self._sessions.view(await self._sessions.require(session_id, owner))
 
     async def list_sessions(
-        self, owner: str, page_size: int, before_id: str | None, state: SessionState | None
-    ) -> tuple[list[SessionView], str | None]:
-        return await self._sessions.list_sessions(owner, page_size, before_id, state)
+        self, query: SessionQuery, state: SessionState | None
+    ) -> tuple[list[SessionView], tuple[str, int] | None]:
+        """One page of sessions and, when more follow, the (id, activity) the next starts after."""
+        return await self._sessions.list_sessions(query, state)
+
+    async def update_session(
+        self, owner: str, session_id: str, title: str | None, labels: dict[str, str] | None
+    ) -> SessionView:
+        """Change the title or the labels (None: leave as is)."""
+        return await self._sessions.update(owner, session_id, title, labels)
 
     async def archive_session(self, owner: str, session_id: str) -> SessionView:
         return await self._sessions.archive(owner, session_id)
@@ -247,6 +254,12 @@ class Hub:
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
         return await self._turns.get_turn(owner, session_id, turn_id)
+
+    async def list_turns(
+        self, owner: str, session_id: str, page_size: int, after_ordinal: int, descending: bool
+    ) -> tuple[list[Turn], int | None]:
+        """One page of the session's turns and, when more follow, the ordinal the next starts after."""
+        return await self._turns.list_turns(owner, session_id, page_size, after_ordinal, descending)
 
     async def interrupt_turn(self, owner: str, session_id: str, turn_id: str, reason: str) -> Turn:
         return await self._turns.interrupt_turn(owner, session_id, turn_id, reason)

@@ -197,6 +197,7 @@ class SessionView:
     worker_id: str
     lease_epoch: int
     waiting_reason: str = ""
+    last_activity_us: int = 0  # when the log last grew (0: never; the creation counts)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ class Session:
     # ForkSession: the session and the last turn this one was copied from ("" otherwise).
     forked_from_session_id: str = ""
     forked_from_turn_id: str = ""
+    # A name for people: set by UpdateSession, else the first input's first line (see
+    # `default_title`); "" before any input.
+    title: str = ""
 
 
 @dataclass
@@ -117,6 +120,28 @@ class Turn:
     # RevertSession moved the session's head back before this turn: it stays readable but left
     # the model-visible history.
     reverted: bool = False
+    # For a turn list (ListTurns): when a worker started it (0: not yet), the seqs of its first
+    # event (input_received) and of its terminal event (0 while open), the body of the last
+    # token_usage event it had (b"": none) and the text of its last agent message.
+    start_time_us: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    usage: bytes = b""
+    final_message: str = ""
+
+
+TITLE_MAX = 256  # characters of a title set with UpdateSession
+_DEFAULT_TITLE_MAX = 100  # characters of one taken from the first input
+
+
+def default_title(text: str) -> str:
+    """A session's title until one is set: the first non-blank line of its first input,
+    whitespace-collapsed and cut to 100 characters (with an ellipsis when cut)."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join(line.split())
+    if len(line) > _DEFAULT_TITLE_MAX:
+        line = line[: _DEFAULT_TITLE_MAX - 1].rstrip() + "\u2026"
+    return line
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .access import ApiKey, WorkerToken
 from .model import Event, Lease, PendingRequest, RequestState, Session, Snapshot, Turn, WorkerInfo
@@ -22,7 +22,9 @@ __all__ = [
     "Changes",
     "CredentialStore",
     "GroupCommitWriter",
+    "ListedSession",
     "LoadedSession",
+    "SessionQuery",
     "SessionReader",
     "WriteFailed",
 ]
@@ -72,6 +74,34 @@ class LoadedSession:
     open_turns: list[Turn]
     last_worker_seq: int  # highest worker_seq stored under the lease's epoch
     open_requests: list[PendingRequest] = field(default_factory=list)  # of the open turns
+    last_event_us: int = 0  # when the last event was stored (0: the log is empty)
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """One page of one owner's sessions (ListSessions), as the reader runs it.
+
+    Sessions sort by id (ids sort by creation time) or by last activity (the time of the last
+    event, else creation), ties broken by id; a page continues after the previous page's last
+    session, named by `after_id` (and `after_activity_us` when sorted by activity).
+    """
+
+    owner: str
+    limit: int
+    archived: bool | None = None
+    active: bool | None = None  # with a turn open (True) or without (False)
+    runtime: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # all of them, with equal values
+    by_activity: bool = False
+    descending: bool = True
+    after_id: str = ""
+    after_activity_us: int = 0
+
+
+class ListedSession(NamedTuple):
+    session: Session
+    has_open_turn: bool
+    last_activity_us: int
 
 
 class SessionReader(Protocol):
@@ -80,10 +110,13 @@ class SessionReader(Protocol):
 
     async def load_session(self, session_id: str) -> LoadedSession | None: ...
 
-    async def list_sessions(
-        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
-    ) -> list[tuple[Session, bool]]:
-        """One owner's sessions newest first, each with whether a turn is open."""
+    async def list_sessions(self, query: SessionQuery) -> list[ListedSession]:
+        """Up to `query.limit` sessions that match, in the query's order."""
+        ...
+
+    async def list_turns(self, session_id: str, limit: int, after_ordinal: int, descending: bool) -> list[Turn]:
+        """Up to `limit` of the session's turns by ordinal, after `after_ordinal` (0: from the
+        start) in the given direction."""
         ...
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn | None: ...
@@ -154,6 +187,10 @@ class BodyCodec(Protocol):
     def request_resolved(self, request: PendingRequest) -> bytes: ...
 
     def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes: ...
+
+    def agent_message_text(self, body: bytes) -> str | None:
+        """The text of an item_completed event's item when it is an agent message, else None."""
+        ...
 
     def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
         """The body of an event copied into another session (ForkSession): the ids it names

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, select, text
+from sqlalchemy import and_, bindparam, case, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import (
@@ -13,12 +14,11 @@ from ..domain.model import (
     Lease,
     PendingRequest,
     RequestState,
-    Session,
     Snapshot,
     Turn,
     TurnState,
 )
-from ..domain.ports import LoadedSession
+from ..domain.ports import ListedSession, LoadedSession, SessionQuery
 from ._rows import request_from_row, session_from_row, snapshot_from_row, turn_from_row
 from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
 
@@ -41,6 +41,10 @@ _EVENTS_AT = text(
     "WHERE session_id = :sid AND seq IN :seqs ORDER BY seq"
 ).bindparams(bindparam("seqs", expanding=True))
 _TERMINAL = frozenset(TERMINAL_KINDS)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class Reader:
@@ -108,13 +112,16 @@ class Reader:
             [turn_from_row(t) for t in turns],
             last_worker_seq,
             [request_from_row(r) for r in requests],
+            last_event_us,
         )
 
-    async def list_sessions(
-        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
-    ) -> list[tuple[Session, bool]]:
-        """One owner's sessions newest first (ids sort by creation time), each with whether a
-        turn is open."""
+    async def list_sessions(self, query: SessionQuery) -> list[ListedSession]:
+        """One owner's sessions that match `query`, in its order (see SessionQuery).
+
+        Label filters are checked exactly here, after a LIKE on the stored JSON (sorted keys)
+        narrows the rows in SQL; a page short of matches after that reads on, so a page is
+        never short while more sessions match.
+        """
         s = SessionRow.__table__
         open_turn = (
             select(TurnRow.turn_id)
@@ -133,26 +140,54 @@ class Reader:
             .limit(1)
             .scalar_subquery()
         )
-        q = (
-            select(
-                s,
-                open_turn.label("has_open_turn"),
-                turn_count.label("turn_count"),
-                last_event_us.label("last_event_us"),
-            )
-            .where(s.c.owner_id == owner)
-            .order_by(s.c.session_id.desc())
-            .limit(limit)
+        # The later of the last event and the creation (a fork's copied events are older).
+        activity = case(
+            (func.coalesce(last_event_us, 0) > s.c.create_time_us, func.coalesce(last_event_us, 0)),
+            else_=s.c.create_time_us,
         )
-        if before_id:
-            q = q.where(s.c.session_id < before_id)
-        if archived is not None:
-            q = q.where(s.c.archived == archived)
-        if active is not None:
-            q = q.where(open_turn if active else ~open_turn)
+        q = select(
+            s,
+            open_turn.label("has_open_turn"),
+            turn_count.label("turn_count"),
+            last_event_us.label("last_event_us"),
+            activity.label("activity_us"),
+        ).where(s.c.owner_id == query.owner)
+        if query.archived is not None:
+            q = q.where(s.c.archived == query.archived)
+        if query.active is not None:
+            q = q.where(open_turn if query.active else ~open_turn)
+        if query.runtime:
+            q = q.where(s.c.runtime == query.runtime)
+        for key, value in query.labels:
+            pair = json.dumps({key: value})[1:-1]  # '"k": "v"', as json.dumps(sort_keys=True) stores it
+            q = q.where(s.c.labels_json.like(f"%{_escape_like(pair)}%", escape="\\"))
+        desc = query.descending
+        if query.by_activity:
+            q = q.order_by(activity.desc() if desc else activity, s.c.session_id.desc() if desc else s.c.session_id)
+        else:
+            q = q.order_by(s.c.session_id.desc() if desc else s.c.session_id)
+        wanted = dict(query.labels)
+        after_id, after_us = query.after_id, query.after_activity_us
+        found: list[ListedSession] = []
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        return [(session_from_row(r, r.turn_count, r.last_event_us), bool(r.has_open_turn)) for r in rows]
+            while len(found) < query.limit:
+                page = q
+                if after_id:
+                    id_after = s.c.session_id < after_id if desc else s.c.session_id > after_id
+                    if query.by_activity:
+                        beyond = activity < after_us if desc else activity > after_us
+                        page = page.where(or_(beyond, and_(activity == after_us, id_after)))
+                    else:
+                        page = page.where(id_after)
+                rows = (await conn.execute(page.limit(query.limit))).all()
+                for r in rows:
+                    session = session_from_row(r, r.turn_count, r.last_event_us)
+                    if all(session.labels.get(k) == v for k, v in wanted.items()):
+                        found.append(ListedSession(session, bool(r.has_open_turn), r.activity_us))
+                if len(rows) < query.limit or not wanted:
+                    break
+                after_id, after_us = rows[-1].session_id, rows[-1].activity_us
+        return found[: query.limit]
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
         return await self._one_turn(session_id, TurnRow.turn_id == turn_id)
@@ -223,6 +258,16 @@ class Reader:
                 )
             ).first()
         return snapshot_from_row(row) if row else None
+
+    async def list_turns(self, session_id: str, limit: int, after_ordinal: int, descending: bool) -> list[Turn]:
+        t = TurnRow.__table__
+        query = select(t).where(t.c.session_id == session_id)
+        if after_ordinal:
+            query = query.where(t.c.ordinal < after_ordinal if descending else t.c.ordinal > after_ordinal)
+        query = query.order_by(t.c.ordinal.desc() if descending else t.c.ordinal).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [turn_from_row(r) for r in rows]
 
     async def turns_upto(self, session_id: str, ordinal: int) -> list[Turn]:
         query = (

@@ -52,6 +52,8 @@ WRITE_SET_FIELDS = [f for f in WriteSet.__dataclass_fields__ if f != "on_commit"
 
 
 def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Session:
+    """A session row; `last_event_us` is its last event's time (0: none), which counts as an
+    update."""
     return Session(
         session_id=r.session_id,
         runtime=r.runtime,
@@ -65,6 +67,7 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         owner=r.owner_id,
         forked_from_session_id=r.forked_from_session_id,
         forked_from_turn_id=r.forked_from_turn_id,
+        title=r.title,
     )
 
 
@@ -81,11 +84,23 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "update_time_us": s.update_time_us,
         "forked_from_session_id": s.forked_from_session_id,
         "forked_from_turn_id": s.forked_from_turn_id,
+        "title": s.title,
     }
 
 
-_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us")
-_TURN_MUTABLE = ("worker_id", "lease_epoch", "exit_code", "error_message", "end_time_us", "reverted")
+_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us", "title", "labels_json")
+_TURN_MUTABLE = (
+    "worker_id",
+    "lease_epoch",
+    "exit_code",
+    "error_message",
+    "end_time_us",
+    "reverted",
+    "start_time_us",
+    "last_seq",
+    "usage",
+    "final_message",
+)
 
 
 def session_update_row(s: Session) -> dict[str, Any]:
@@ -160,6 +175,11 @@ def turn_from_row(r: Any) -> Turn:
         error_message=r.error_message,
         end_time_us=r.end_time_us,
         reverted=bool(r.reverted),
+        start_time_us=r.start_time_us,
+        first_seq=r.first_seq,
+        last_seq=r.last_seq,
+        usage=bytes(r.usage or b""),
+        final_message=r.final_message,
     )
 
 
@@ -178,6 +198,11 @@ def turn_to_row(t: Turn) -> dict[str, Any]:
         "create_time_us": t.create_time_us,
         "end_time_us": t.end_time_us,
         "reverted": t.reverted,
+        "start_time_us": t.start_time_us,
+        "first_seq": t.first_seq,
+        "last_seq": t.last_seq,
+        "usage": t.usage,
+        "final_message": t.final_message,
     }
 
 

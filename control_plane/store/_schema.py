@@ -75,6 +75,8 @@ class SessionRow(Base):
     # ForkSession: the session and turn this one was copied from ("" for a session created new).
     forked_from_session_id: Mapped[str] = mapped_column(String(64), default="")
     forked_from_turn_id: Mapped[str] = mapped_column(String(64), default="")
+    # UpdateSession's, or the first input's first line (set with the first turn).
+    title: Mapped[str] = mapped_column(String(256), default="")
 
 
 class TurnRow(Base):
@@ -100,6 +102,13 @@ class TurnRow(Base):
     end_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
     # RevertSession moved the session's head before this turn (it left the model's history).
     reverted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The turn list's summary (ListTurns): when a worker started it, the seqs of its first and
+    # terminal events, the body of its last token_usage event and its last agent message.
+    start_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    usage: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    final_message: Mapped[str] = mapped_column(Text, default="")
 
 
 class EventRow(Base):

@@ -31,7 +31,7 @@ from tether.control_plane.domain.model import (
     TurnState,
     WorkerInfo,
 )
-from tether.control_plane.domain.ports import Changes, LoadedSession, WriteFailed
+from tether.control_plane.domain.ports import Changes, ListedSession, LoadedSession, SessionQuery, WriteFailed
 
 SNAPSHOTS_KEPT = 3
 
@@ -144,22 +144,43 @@ class MemoryStore:
             [copy.copy(t) for t in open_turns],
             last_worker_seq,
             [copy.copy(r) for r in requests],
+            log[-1].create_time_us if log else 0,
         )
 
-    async def list_sessions(
-        self, *, owner: str, limit: int, before_id: str | None, archived: bool | None, active: bool | None
-    ) -> list[tuple[Session, bool]]:
-        found = []
-        for s in sorted(self.sessions.values(), key=lambda s: s.session_id, reverse=True):
+    async def list_sessions(self, query: SessionQuery) -> list[ListedSession]:
+        rows = []
+        for s in self.sessions.values():
+            if s.owner != query.owner:
+                continue
             has_open = any(t.session_id == s.session_id and not t.state.ended for t in self.turns.values())
-            if s.owner != owner or (before_id and s.session_id >= before_id):
+            log = self.events.get(s.session_id, [])
+            activity = max(s.create_time_us, log[-1].create_time_us if log else 0)
+            if query.archived is not None and s.archived != query.archived:
                 continue
-            if archived is not None and s.archived != archived:
+            if query.active is not None and has_open != query.active:
                 continue
-            if active is not None and has_open != active:
+            if query.runtime and s.runtime != query.runtime:
                 continue
-            found.append((copy.copy(s), has_open))
-        return found[:limit]
+            if any(s.labels.get(k) != v for k, v in query.labels):
+                continue
+            rows.append(ListedSession(copy.copy(s), has_open, activity))
+
+        def key(row: ListedSession) -> tuple[int, str]:
+            return (row.last_activity_us if query.by_activity else 0, row.session.session_id)
+
+        rows.sort(key=key, reverse=query.descending)
+        if query.after_id:
+            after = (query.after_activity_us if query.by_activity else 0, query.after_id)
+            rows = [r for r in rows if (key(r) < after if query.descending else key(r) > after)]
+        return rows[: query.limit]
+
+    async def list_turns(self, session_id: str, limit: int, after_ordinal: int, descending: bool) -> list[Turn]:
+        found = sorted(
+            (t for t in self.turns.values() if t.session_id == session_id), key=lambda t: t.ordinal, reverse=descending
+        )
+        if after_ordinal:
+            found = [t for t in found if (t.ordinal < after_ordinal if descending else t.ordinal > after_ordinal)]
+        return [copy.copy(t) for t in found[:limit]]
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn | None:
         turn = self.turns.get(turn_id)
@@ -258,6 +279,11 @@ class FakeCodec:
 
     def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes:
         return f"session_reverted:{turn_id}:{','.join(reverted_turn_ids)}".encode()
+
+    def agent_message_text(self, body: bytes) -> str | None:
+        """Bodies made by `agent_message` (and nothing else) are agent messages."""
+        prefix = b"agent_message:"
+        return body[len(prefix) :].decode() if body.startswith(prefix) else None
 
     def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
         """Names the copy's turn in place of the source's, so tests can see the rewrite."""

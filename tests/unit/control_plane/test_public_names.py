@@ -37,7 +37,9 @@ def test_the_ports_are_the_storage_and_codec_protocols() -> None:
         "Changes",
         "CredentialStore",
         "GroupCommitWriter",
+        "ListedSession",
         "LoadedSession",
+        "SessionQuery",
         "SessionReader",
         "WriteFailed",
     ]

@@ -178,7 +178,7 @@ DELTA_KIND_REASONING: DeltaKind
 DELTA_KIND_FILE_CHANGE: DeltaKind
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id")
+    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id", "title", "last_activity_time")
     class WorkerSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,8 @@ class Session(_message.Message):
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     FORKED_FROM_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORKED_FROM_TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_TIME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     runtime: str
     worker_selector: _containers.ScalarMap[str, str]
@@ -227,10 +229,12 @@ class Session(_message.Message):
     waiting_reason: str
     forked_from_session_id: str
     forked_from_turn_id: str
-    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ...) -> None: ...
+    title: str
+    last_activity_time: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ..., title: _Optional[str] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Turn(_message.Message):
-    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted")
+    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted", "start_time", "first_seq", "last_seq", "usage", "final_message")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +249,11 @@ class Turn(_message.Message):
     INTERRUPT_REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     REVERTED_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     session_id: str
     input: str
@@ -259,7 +268,12 @@ class Turn(_message.Message):
     interrupt_request_time: _timestamp_pb2.Timestamp
     waiting_reason: str
     reverted: bool
-    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ..., reverted: _Optional[bool] = ...) -> None: ...
+    start_time: _timestamp_pb2.Timestamp
+    first_seq: int
+    last_seq: int
+    usage: TokenUsage
+    final_message: str
+    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ..., reverted: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., final_message: _Optional[str] = ...) -> None: ...
 
 class InputReceived(_message.Message):
     __slots__ = ("input",)

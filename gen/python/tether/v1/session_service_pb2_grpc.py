@@ -52,6 +52,11 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateSession = channel.unary_unary(
+                '/tether.v1.SessionService/UpdateSession',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
+                _registered_method=True)
         self.SendInput = channel.unary_unary(
                 '/tether.v1.SessionService/SendInput',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.SendInputRequest.SerializeToString,
@@ -61,6 +66,11 @@ class SessionServiceStub:
                 '/tether.v1.SessionService/GetTurn',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.GetTurnRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.GetTurnResponse.FromString,
+                _registered_method=True)
+        self.ListTurns = channel.unary_unary(
+                '/tether.v1.SessionService/ListTurns',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.ListTurnsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.ListTurnsResponse.FromString,
                 _registered_method=True)
         self.InterruptTurn = channel.unary_unary(
                 '/tether.v1.SessionService/InterruptTurn',
@@ -151,6 +161,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSession(self, request, context):
+        """UpdateSession changes a session's title or labels (AIP-134: the fields named in
+        update_mask; without one, the ones set in the request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendInput(self, request, context):
         """SendInput stores a new turn and queues it for a worker. With an idempotency key, a retry
         returns the turn the first call stored instead of starting another. `policy` says what
@@ -163,6 +181,14 @@ class SessionServiceServicer:
 
     def GetTurn(self, request, context):
         """GetTurn returns one turn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTurns(self, request, context):
+        """ListTurns returns one page of a session's turns, each with its input, state, timings,
+        worker, usage, final message or exit code, and the seq range of its events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +320,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.ListSessionsRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.ListSessionsResponse.SerializeToString,
             ),
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.UpdateSessionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.UpdateSessionResponse.SerializeToString,
+            ),
             'SendInput': grpc.unary_unary_rpc_method_handler(
                     servicer.SendInput,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.SendInputRequest.FromString,
@@ -303,6 +334,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetTurn,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.GetTurnRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.GetTurnResponse.SerializeToString,
+            ),
+            'ListTurns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTurns,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.ListTurnsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.ListTurnsResponse.SerializeToString,
             ),
             'InterruptTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.InterruptTurn,
@@ -460,6 +496,33 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/UpdateSession',
+            tether_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SendInput(request,
             target,
             options=(),
@@ -503,6 +566,33 @@ class SessionService:
             '/tether.v1.SessionService/GetTurn',
             tether_dot_v1_dot_session__service__pb2.GetTurnRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.GetTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTurns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/ListTurns',
+            tether_dot_v1_dot_session__service__pb2.ListTurnsRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.ListTurnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Event, PendingRequest, RequestState, Session, SessionState, Snapshot, Turn } from "./resources_pb.js";
 import { file_tether_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/session_service.proto.
  */
 export const file_tether_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uImQKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJgoFc3RhdGUYAyABKA4yFy50ZXRoZXIudjEuU2Vzc2lvblN0YXRlIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIudGV0aGVyLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInYKEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoGcG9saWN5GAQgASgOMhYudGV0aGVyLnYxLklucHV0UG9saWN5IkgKEVNlbmRJbnB1dFJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiNQoOR2V0VHVyblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjAKD0dldFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iSwoUSW50ZXJydXB0VHVyblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSI2ChVJbnRlcnJ1cHRUdXJuUmVzcG9uc2USHQoEdHVybhgBIAEoCzIPLnRldGhlci52MS5UdXJuIlgKGlN0cmVhbVNlc3Npb25FdmVudHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEhMKC3N0b3BfYXRfZW5kGAMgASgIIj8KG1N0cmVhbVNlc3Npb25FdmVudHNSZXNwb25zZRIgCgZldmVudHMYASADKAsyEC50ZXRoZXIudjEuRXZlbnQiKAoSR2V0U25hcHNob3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPAoTR2V0U25hcHNob3RSZXNwb25zZRIlCghzbmFwc2hvdBgBIAEoCzITLnRldGhlci52MS5TbmFwc2hvdCIrChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI/ChZDcmVhdGVTbmFwc2hvdFJlc3BvbnNlEiUKCHNuYXBzaG90GAEgASgLMhMudGV0aGVyLnYxLlNuYXBzaG90IisKFUFyY2hpdmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj0KFkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIi0KF1VuYXJjaGl2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPwoYVW5hcmNoaXZlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiIqChREZWxldGVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIhcKFURlbGV0ZVNlc3Npb25SZXNwb25zZSLEAQoVUmVzdG9yZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSTQoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjQudGV0aGVyLnYxLlJlc3RvcmVTZXNzaW9uUmVxdWVzdC5Xb3JrZXJTZWxlY3RvckVudHJ5EhEKCXdvcmtlcl9pZBgDIAEoCRo1ChNXb3JrZXJTZWxlY3RvckVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPQoWUmVzdG9yZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iOQoSRm9ya1Nlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCSI6ChNGb3JrU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiI7ChRSZXZlcnRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiPAoVUmV2ZXJ0U2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiJYChdSZXNwb25kVG9SZXF1ZXN0UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSFQoNcmVzcG9uc2VfanNvbhgDIAEoCSJGChhSZXNwb25kVG9SZXF1ZXN0UmVzcG9uc2USKgoHcmVxdWVzdBgBIAEoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdCJRChNMaXN0UmVxdWVzdHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSJgoFc3RhdGUYAiABKA4yFy50ZXRoZXIudjEuUmVxdWVzdFN0YXRlIkMKFExpc3RSZXF1ZXN0c1Jlc3BvbnNlEisKCHJlcXVlc3RzGAEgAygLMhkudGV0aGVyLnYxLlBlbmRpbmdSZXF1ZXN0KnoKC0lucHV0UG9saWN5EhwKGElOUFVUX1BPTElDWV9VTlNQRUNJRklFRBAAEhgKFElOUFVUX1BPTElDWV9FTlFVRVVFEAESFwoTSU5QVVRfUE9MSUNZX1JFSkVDVBACEhoKFklOUFVUX1BPTElDWV9JTlRFUlJVUFQQAzKaCwoOU2Vzc2lvblNlcnZpY2USUgoNQ3JlYXRlU2Vzc2lvbhIfLnRldGhlci52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USSQoKR2V0U2Vzc2lvbhIcLnRldGhlci52MS5HZXRTZXNzaW9uUmVxdWVzdBodLnRldGhlci52MS5HZXRTZXNzaW9uUmVzcG9uc2USTwoMTGlzdFNlc3Npb25zEh4udGV0aGVyLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaHy50ZXRoZXIudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USRgoJU2VuZElucHV0EhsudGV0aGVyLnYxLlNlbmRJbnB1dFJlcXVlc3QaHC50ZXRoZXIudjEuU2VuZElucHV0UmVzcG9uc2USQAoHR2V0VHVybhIZLnRldGhlci52MS5HZXRUdXJuUmVxdWVzdBoaLnRldGhlci52MS5HZXRUdXJuUmVzcG9uc2USUgoNSW50ZXJydXB0VHVybhIfLnRldGhlci52MS5JbnRlcnJ1cHRUdXJuUmVxdWVzdBogLnRldGhlci52MS5JbnRlcnJ1cHRUdXJuUmVzcG9uc2USZgoTU3RyZWFtU2Vzc2lvbkV2ZW50cxIlLnRldGhlci52MS5TdHJlYW1TZXNzaW9uRXZlbnRzUmVxdWVzdBomLnRldGhlci52MS5TdHJlYW1TZXNzaW9uRXZlbnRzUmVzcG9uc2UwARJMCgtHZXRTbmFwc2hvdBIdLnRldGhlci52MS5HZXRTbmFwc2hvdFJlcXVlc3QaHi50ZXRoZXIudjEuR2V0U25hcHNob3RSZXNwb25zZRJVCg5DcmVhdGVTbmFwc2hvdBIgLnRldGhlci52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIS50ZXRoZXIudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJVCg5BcmNoaXZlU2Vzc2lvbhIgLnRldGhlci52MS5BcmNoaXZlU2Vzc2lvblJlcXVlc3QaIS50ZXRoZXIudjEuQXJjaGl2ZVNlc3Npb25SZXNwb25zZRJbChBVbmFyY2hpdmVTZXNzaW9uEiIudGV0aGVyLnYxLlVuYXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiMudGV0aGVyLnYxLlVuYXJjaGl2ZVNlc3Npb25SZXNwb25zZRJSCg1EZWxldGVTZXNzaW9uEh8udGV0aGVyLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRJVCg5SZXN0b3JlU2Vzc2lvbhIgLnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlcXVlc3QaIS50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXNwb25zZRJMCgtGb3JrU2Vzc2lvbhIdLnRldGhlci52MS5Gb3JrU2Vzc2lvblJlcXVlc3QaHi50ZXRoZXIudjEuRm9ya1Nlc3Npb25SZXNwb25zZRJSCg1SZXZlcnRTZXNzaW9uEh8udGV0aGVyLnYxLlJldmVydFNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLlJldmVydFNlc3Npb25SZXNwb25zZRJbChBSZXNwb25kVG9SZXF1ZXN0EiIudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXF1ZXN0GiMudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXNwb25zZRJPCgxMaXN0UmVxdWVzdHMSHi50ZXRoZXIudjEuTGlzdFJlcXVlc3RzUmVxdWVzdBofLnRldGhlci52MS5MaXN0UmVxdWVzdHNSZXNwb25zZWIGcHJvdG8z", [file_tether_v1_resources]);
+  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIpYCChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiYKBXN0YXRlGAMgASgOMhcudGV0aGVyLnYxLlNlc3Npb25TdGF0ZRIVCghhcmNoaXZlZBgEIAEoCEgAiAEBEg8KB3J1bnRpbWUYBSABKAkSOgoGbGFiZWxzGAYgAygLMioudGV0aGVyLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QuTGFiZWxzRW50cnkSEAoIb3JkZXJfYnkYByABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfYXJjaGl2ZWQiVQoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi50ZXRoZXIudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkibAoUVXBkYXRlU2Vzc2lvblJlcXVlc3QSIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI8ChVVcGRhdGVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uInYKEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoGcG9saWN5GAQgASgOMhYudGV0aGVyLnYxLklucHV0UG9saWN5IkgKEVNlbmRJbnB1dFJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiNQoOR2V0VHVyblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjAKD0dldFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iXwoQTGlzdFR1cm5zUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIkwKEUxpc3RUdXJuc1Jlc3BvbnNlEh4KBXR1cm5zGAEgAygLMg8udGV0aGVyLnYxLlR1cm4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKFEludGVycnVwdFR1cm5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiNgoVSW50ZXJydXB0VHVyblJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybiJYChpTdHJlYW1TZXNzaW9uRXZlbnRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBITCgtzdG9wX2F0X2VuZBgDIAEoCCI/ChtTdHJlYW1TZXNzaW9uRXZlbnRzUmVzcG9uc2USIAoGZXZlbnRzGAEgAygLMhAudGV0aGVyLnYxLkV2ZW50IigKEkdldFNuYXBzaG90UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjwKE0dldFNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy50ZXRoZXIudjEuU25hcHNob3QiKwoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIlCghzbmFwc2hvdBgBIAEoCzITLnRldGhlci52MS5TbmFwc2hvdCIrChVBcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChZBcmNoaXZlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiItChdVbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KGFVuYXJjaGl2ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iKgoURGVsZXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIXChVEZWxldGVTZXNzaW9uUmVzcG9uc2UixAEKFVJlc3RvcmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEk0KD3dvcmtlcl9zZWxlY3RvchgCIAMoCzI0LnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlcXVlc3QuV29ya2VyU2VsZWN0b3JFbnRyeRIRCgl3b3JrZXJfaWQYAyABKAkaNQoTV29ya2VyU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIjkKEkZvcmtTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiOgoTRm9ya1Nlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iOwoUUmV2ZXJ0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjwKFVJldmVydFNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iWAoXUmVzcG9uZFRvUmVxdWVzdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXJlc3BvbnNlX2pzb24YAyABKAkiRgoYUmVzcG9uZFRvUmVxdWVzdFJlc3BvbnNlEioKB3JlcXVlc3QYASABKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QiUQoTTGlzdFJlcXVlc3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEiYKBXN0YXRlGAIgASgOMhcudGV0aGVyLnYxLlJlcXVlc3RTdGF0ZSJDChRMaXN0UmVxdWVzdHNSZXNwb25zZRIrCghyZXF1ZXN0cxgBIAMoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdCp6CgtJbnB1dFBvbGljeRIcChhJTlBVVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRJTlBVVF9QT0xJQ1lfRU5RVUVVRRABEhcKE0lOUFVUX1BPTElDWV9SRUpFQ1QQAhIaChZJTlBVVF9QT0xJQ1lfSU5URVJSVVBUEAMytgwKDlNlc3Npb25TZXJ2aWNlElIKDUNyZWF0ZVNlc3Npb24SHy50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEkkKCkdldFNlc3Npb24SHC50ZXRoZXIudjEuR2V0U2Vzc2lvblJlcXVlc3QaHS50ZXRoZXIudjEuR2V0U2Vzc2lvblJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLnRldGhlci52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8udGV0aGVyLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElIKDVVwZGF0ZVNlc3Npb24SHy50ZXRoZXIudjEuVXBkYXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuVXBkYXRlU2Vzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLnRldGhlci52MS5TZW5kSW5wdXRSZXF1ZXN0GhwudGV0aGVyLnYxLlNlbmRJbnB1dFJlc3BvbnNlEkAKB0dldFR1cm4SGS50ZXRoZXIudjEuR2V0VHVyblJlcXVlc3QaGi50ZXRoZXIudjEuR2V0VHVyblJlc3BvbnNlEkYKCUxpc3RUdXJucxIbLnRldGhlci52MS5MaXN0VHVybnNSZXF1ZXN0GhwudGV0aGVyLnYxLkxpc3RUdXJuc1Jlc3BvbnNlElIKDUludGVycnVwdFR1cm4SHy50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlcXVlc3QaIC50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlc3BvbnNlEmYKE1N0cmVhbVNlc3Npb25FdmVudHMSJS50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1JlcXVlc3QaJi50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlMAESTAoLR2V0U25hcHNob3QSHS50ZXRoZXIudjEuR2V0U25hcHNob3RSZXF1ZXN0Gh4udGV0aGVyLnYxLkdldFNuYXBzaG90UmVzcG9uc2USVQoOQ3JlYXRlU25hcHNob3QSIC50ZXRoZXIudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiEudGV0aGVyLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USVQoOQXJjaGl2ZVNlc3Npb24SIC50ZXRoZXIudjEuQXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USWwoQVW5hcmNoaXZlU2Vzc2lvbhIiLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBojLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USUgoNRGVsZXRlU2Vzc2lvbhIfLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USVQoOUmVzdG9yZVNlc3Npb24SIC50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USTAoLRm9ya1Nlc3Npb24SHS50ZXRoZXIudjEuRm9ya1Nlc3Npb25SZXF1ZXN0Gh4udGV0aGVyLnYxLkZvcmtTZXNzaW9uUmVzcG9uc2USUgoNUmV2ZXJ0U2Vzc2lvbhIfLnRldGhlci52MS5SZXZlcnRTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5SZXZlcnRTZXNzaW9uUmVzcG9uc2USWwoQUmVzcG9uZFRvUmVxdWVzdBIiLnRldGhlci52MS5SZXNwb25kVG9SZXF1ZXN0UmVxdWVzdBojLnRldGhlci52MS5SZXNwb25kVG9SZXF1ZXN0UmVzcG9uc2USTwoMTGlzdFJlcXVlc3RzEh4udGV0aGVyLnYxLkxpc3RSZXF1ZXN0c1JlcXVlc3QaHy50ZXRoZXIudjEuTGlzdFJlcXVlc3RzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_field_mask, file_tether_v1_resources]);
 
 /**
  * CreateSessionRequest describes the session to create.
@@ -138,6 +140,35 @@ export type ListSessionsRequest = Message<"tether.v1.ListSessionsRequest"> & {
    * @generated from field: tether.v1.SessionState state = 3;
    */
   state: SessionState;
+
+  /**
+   * Only archived (true) or not archived (false) sessions; unset means both.
+   *
+   * @generated from field: optional bool archived = 4;
+   */
+  archived?: boolean | undefined;
+
+  /**
+   * Only sessions of this runtime; empty means any.
+   *
+   * @generated from field: string runtime = 5;
+   */
+  runtime: string;
+
+  /**
+   * Only sessions carrying all of these labels, with equal values.
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * "create_time desc" (the default), "create_time", "last_activity_time desc" or
+   * "last_activity_time". Ties are broken by session id.
+   *
+   * @generated from field: string order_by = 7;
+   */
+  orderBy: string;
 };
 
 /**
@@ -154,7 +185,7 @@ export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__P
  */
 export type ListSessionsResponse = Message<"tether.v1.ListSessionsResponse"> & {
   /**
-   * The sessions, newest first.
+   * The sessions, in the requested order.
    *
    * @generated from field: repeated tether.v1.Session sessions = 1;
    */
@@ -174,6 +205,56 @@ export type ListSessionsResponse = Message<"tether.v1.ListSessionsResponse"> & {
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
   messageDesc(file_tether_v1_session_service, 5);
+
+/**
+ * UpdateSessionRequest names a session and the fields to change.
+ *
+ * @generated from message tether.v1.UpdateSessionRequest
+ */
+export type UpdateSessionRequest = Message<"tether.v1.UpdateSessionRequest"> & {
+  /**
+   * The session with its new values; session.session_id names it. Required.
+   *
+   * @generated from field: tether.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * The fields to change: "title", "labels" (replaced whole), or "*" for both. Unset means
+   * the ones set in session (a non-empty title, a non-empty labels map).
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message tether.v1.UpdateSessionRequest.
+ * Use `create(UpdateSessionRequestSchema)` to create a new message.
+ */
+export const UpdateSessionRequestSchema: GenMessage<UpdateSessionRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 6);
+
+/**
+ * UpdateSessionResponse holds the session as changed.
+ *
+ * @generated from message tether.v1.UpdateSessionResponse
+ */
+export type UpdateSessionResponse = Message<"tether.v1.UpdateSessionResponse"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: tether.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message tether.v1.UpdateSessionResponse.
+ * Use `create(UpdateSessionResponseSchema)` to create a new message.
+ */
+export const UpdateSessionResponseSchema: GenMessage<UpdateSessionResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 7);
 
 /**
  * SendInputRequest gives a session a new turn.
@@ -217,7 +298,7 @@ export type SendInputRequest = Message<"tether.v1.SendInputRequest"> & {
  * Use `create(SendInputRequestSchema)` to create a new message.
  */
 export const SendInputRequestSchema: GenMessage<SendInputRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 6);
+  messageDesc(file_tether_v1_session_service, 8);
 
 /**
  * SendInputResponse holds the stored turn.
@@ -245,7 +326,7 @@ export type SendInputResponse = Message<"tether.v1.SendInputResponse"> & {
  * Use `create(SendInputResponseSchema)` to create a new message.
  */
 export const SendInputResponseSchema: GenMessage<SendInputResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 7);
+  messageDesc(file_tether_v1_session_service, 9);
 
 /**
  * GetTurnRequest names a turn.
@@ -273,7 +354,7 @@ export type GetTurnRequest = Message<"tether.v1.GetTurnRequest"> & {
  * Use `create(GetTurnRequestSchema)` to create a new message.
  */
 export const GetTurnRequestSchema: GenMessage<GetTurnRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 8);
+  messageDesc(file_tether_v1_session_service, 10);
 
 /**
  * GetTurnResponse holds the turn.
@@ -294,7 +375,78 @@ export type GetTurnResponse = Message<"tether.v1.GetTurnResponse"> & {
  * Use `create(GetTurnResponseSchema)` to create a new message.
  */
 export const GetTurnResponseSchema: GenMessage<GetTurnResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 9);
+  messageDesc(file_tether_v1_session_service, 11);
+
+/**
+ * ListTurnsRequest asks for one page of a session's turns.
+ *
+ * @generated from message tether.v1.ListTurnsRequest
+ */
+export type ListTurnsRequest = Message<"tether.v1.ListTurnsRequest"> & {
+  /**
+   * The session. Required.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Page size, 1 to 1000; 0 means 100. A page also ends early once it holds about 2 MiB of
+   * inputs and messages (never before its first turn).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * "create_time" (the default: conversation order) or "create_time desc" (newest first).
+   *
+   * @generated from field: string order_by = 4;
+   */
+  orderBy: string;
+};
+
+/**
+ * Describes the message tether.v1.ListTurnsRequest.
+ * Use `create(ListTurnsRequestSchema)` to create a new message.
+ */
+export const ListTurnsRequestSchema: GenMessage<ListTurnsRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 12);
+
+/**
+ * ListTurnsResponse is one page of turns.
+ *
+ * @generated from message tether.v1.ListTurnsResponse
+ */
+export type ListTurnsResponse = Message<"tether.v1.ListTurnsResponse"> & {
+  /**
+   * The turns, in the requested order.
+   *
+   * @generated from field: repeated tether.v1.Turn turns = 1;
+   */
+  turns: Turn[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message tether.v1.ListTurnsResponse.
+ * Use `create(ListTurnsResponseSchema)` to create a new message.
+ */
+export const ListTurnsResponseSchema: GenMessage<ListTurnsResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 13);
 
 /**
  * InterruptTurnRequest names the turn to stop.
@@ -329,7 +481,7 @@ export type InterruptTurnRequest = Message<"tether.v1.InterruptTurnRequest"> & {
  * Use `create(InterruptTurnRequestSchema)` to create a new message.
  */
 export const InterruptTurnRequestSchema: GenMessage<InterruptTurnRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 10);
+  messageDesc(file_tether_v1_session_service, 14);
 
 /**
  * InterruptTurnResponse holds the turn as it stands after the request.
@@ -352,7 +504,7 @@ export type InterruptTurnResponse = Message<"tether.v1.InterruptTurnResponse"> &
  * Use `create(InterruptTurnResponseSchema)` to create a new message.
  */
 export const InterruptTurnResponseSchema: GenMessage<InterruptTurnResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 11);
+  messageDesc(file_tether_v1_session_service, 15);
 
 /**
  * StreamSessionEventsRequest says where to start.
@@ -387,7 +539,7 @@ export type StreamSessionEventsRequest = Message<"tether.v1.StreamSessionEventsR
  * Use `create(StreamSessionEventsRequestSchema)` to create a new message.
  */
 export const StreamSessionEventsRequestSchema: GenMessage<StreamSessionEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 12);
+  messageDesc(file_tether_v1_session_service, 16);
 
 /**
  * StreamSessionEventsResponse carries events in log order.
@@ -408,7 +560,7 @@ export type StreamSessionEventsResponse = Message<"tether.v1.StreamSessionEvents
  * Use `create(StreamSessionEventsResponseSchema)` to create a new message.
  */
 export const StreamSessionEventsResponseSchema: GenMessage<StreamSessionEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 13);
+  messageDesc(file_tether_v1_session_service, 17);
 
 /**
  * GetSnapshotRequest names a session.
@@ -429,7 +581,7 @@ export type GetSnapshotRequest = Message<"tether.v1.GetSnapshotRequest"> & {
  * Use `create(GetSnapshotRequestSchema)` to create a new message.
  */
 export const GetSnapshotRequestSchema: GenMessage<GetSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 14);
+  messageDesc(file_tether_v1_session_service, 18);
 
 /**
  * GetSnapshotResponse holds the latest snapshot.
@@ -450,7 +602,7 @@ export type GetSnapshotResponse = Message<"tether.v1.GetSnapshotResponse"> & {
  * Use `create(GetSnapshotResponseSchema)` to create a new message.
  */
 export const GetSnapshotResponseSchema: GenMessage<GetSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 15);
+  messageDesc(file_tether_v1_session_service, 19);
 
 /**
  * CreateSnapshotRequest names a session.
@@ -471,7 +623,7 @@ export type CreateSnapshotRequest = Message<"tether.v1.CreateSnapshotRequest"> &
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 16);
+  messageDesc(file_tether_v1_session_service, 20);
 
 /**
  * CreateSnapshotResponse holds the new snapshot.
@@ -492,7 +644,7 @@ export type CreateSnapshotResponse = Message<"tether.v1.CreateSnapshotResponse">
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 17);
+  messageDesc(file_tether_v1_session_service, 21);
 
 /**
  * ArchiveSessionRequest names a session.
@@ -513,7 +665,7 @@ export type ArchiveSessionRequest = Message<"tether.v1.ArchiveSessionRequest"> &
  * Use `create(ArchiveSessionRequestSchema)` to create a new message.
  */
 export const ArchiveSessionRequestSchema: GenMessage<ArchiveSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 18);
+  messageDesc(file_tether_v1_session_service, 22);
 
 /**
  * ArchiveSessionResponse holds the archived session.
@@ -534,7 +686,7 @@ export type ArchiveSessionResponse = Message<"tether.v1.ArchiveSessionResponse">
  * Use `create(ArchiveSessionResponseSchema)` to create a new message.
  */
 export const ArchiveSessionResponseSchema: GenMessage<ArchiveSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 19);
+  messageDesc(file_tether_v1_session_service, 23);
 
 /**
  * UnarchiveSessionRequest names a session.
@@ -555,7 +707,7 @@ export type UnarchiveSessionRequest = Message<"tether.v1.UnarchiveSessionRequest
  * Use `create(UnarchiveSessionRequestSchema)` to create a new message.
  */
 export const UnarchiveSessionRequestSchema: GenMessage<UnarchiveSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 20);
+  messageDesc(file_tether_v1_session_service, 24);
 
 /**
  * UnarchiveSessionResponse holds the session, writable again.
@@ -576,7 +728,7 @@ export type UnarchiveSessionResponse = Message<"tether.v1.UnarchiveSessionRespon
  * Use `create(UnarchiveSessionResponseSchema)` to create a new message.
  */
 export const UnarchiveSessionResponseSchema: GenMessage<UnarchiveSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 21);
+  messageDesc(file_tether_v1_session_service, 25);
 
 /**
  * DeleteSessionRequest names a session.
@@ -597,7 +749,7 @@ export type DeleteSessionRequest = Message<"tether.v1.DeleteSessionRequest"> & {
  * Use `create(DeleteSessionRequestSchema)` to create a new message.
  */
 export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 22);
+  messageDesc(file_tether_v1_session_service, 26);
 
 /**
  * DeleteSessionResponse is empty: the session is gone.
@@ -612,7 +764,7 @@ export type DeleteSessionResponse = Message<"tether.v1.DeleteSessionResponse"> &
  * Use `create(DeleteSessionResponseSchema)` to create a new message.
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 23);
+  messageDesc(file_tether_v1_session_service, 27);
 
 /**
  * RestoreSessionRequest names a session and where to move it.
@@ -649,7 +801,7 @@ export type RestoreSessionRequest = Message<"tether.v1.RestoreSessionRequest"> &
  * Use `create(RestoreSessionRequestSchema)` to create a new message.
  */
 export const RestoreSessionRequestSchema: GenMessage<RestoreSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 24);
+  messageDesc(file_tether_v1_session_service, 28);
 
 /**
  * RestoreSessionResponse holds the session after the move.
@@ -670,7 +822,7 @@ export type RestoreSessionResponse = Message<"tether.v1.RestoreSessionResponse">
  * Use `create(RestoreSessionResponseSchema)` to create a new message.
  */
 export const RestoreSessionResponseSchema: GenMessage<RestoreSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 25);
+  messageDesc(file_tether_v1_session_service, 29);
 
 /**
  * ForkSessionRequest names the session and turn to fork from.
@@ -698,7 +850,7 @@ export type ForkSessionRequest = Message<"tether.v1.ForkSessionRequest"> & {
  * Use `create(ForkSessionRequestSchema)` to create a new message.
  */
 export const ForkSessionRequestSchema: GenMessage<ForkSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 26);
+  messageDesc(file_tether_v1_session_service, 30);
 
 /**
  * ForkSessionResponse holds the new session.
@@ -719,7 +871,7 @@ export type ForkSessionResponse = Message<"tether.v1.ForkSessionResponse"> & {
  * Use `create(ForkSessionResponseSchema)` to create a new message.
  */
 export const ForkSessionResponseSchema: GenMessage<ForkSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 27);
+  messageDesc(file_tether_v1_session_service, 31);
 
 /**
  * RevertSessionRequest names the session and the turn to move its head back to.
@@ -747,7 +899,7 @@ export type RevertSessionRequest = Message<"tether.v1.RevertSessionRequest"> & {
  * Use `create(RevertSessionRequestSchema)` to create a new message.
  */
 export const RevertSessionRequestSchema: GenMessage<RevertSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 28);
+  messageDesc(file_tether_v1_session_service, 32);
 
 /**
  * RevertSessionResponse holds the session after the revert.
@@ -768,7 +920,7 @@ export type RevertSessionResponse = Message<"tether.v1.RevertSessionResponse"> &
  * Use `create(RevertSessionResponseSchema)` to create a new message.
  */
 export const RevertSessionResponseSchema: GenMessage<RevertSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 29);
+  messageDesc(file_tether_v1_session_service, 33);
 
 /**
  * RespondToRequestRequest answers a pending runtime request.
@@ -803,7 +955,7 @@ export type RespondToRequestRequest = Message<"tether.v1.RespondToRequestRequest
  * Use `create(RespondToRequestRequestSchema)` to create a new message.
  */
 export const RespondToRequestRequestSchema: GenMessage<RespondToRequestRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 30);
+  messageDesc(file_tether_v1_session_service, 34);
 
 /**
  * RespondToRequestResponse confirms the answer was recorded.
@@ -824,7 +976,7 @@ export type RespondToRequestResponse = Message<"tether.v1.RespondToRequestRespon
  * Use `create(RespondToRequestResponseSchema)` to create a new message.
  */
 export const RespondToRequestResponseSchema: GenMessage<RespondToRequestResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 31);
+  messageDesc(file_tether_v1_session_service, 35);
 
 /**
  * ListRequestsRequest names a session.
@@ -852,7 +1004,7 @@ export type ListRequestsRequest = Message<"tether.v1.ListRequestsRequest"> & {
  * Use `create(ListRequestsRequestSchema)` to create a new message.
  */
 export const ListRequestsRequestSchema: GenMessage<ListRequestsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 32);
+  messageDesc(file_tether_v1_session_service, 36);
 
 /**
  * ListRequestsResponse holds the requests.
@@ -873,7 +1025,7 @@ export type ListRequestsResponse = Message<"tether.v1.ListRequestsResponse"> & {
  * Use `create(ListRequestsResponseSchema)` to create a new message.
  */
 export const ListRequestsResponseSchema: GenMessage<ListRequestsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 33);
+  messageDesc(file_tether_v1_session_service, 37);
 
 /**
  * InputPolicy says what SendInput does when the session has a turn queued or running.
@@ -956,6 +1108,17 @@ export const SessionService: GenService<{
     output: typeof ListSessionsResponseSchema;
   },
   /**
+   * UpdateSession changes a session's title or labels (AIP-134: the fields named in
+   * update_mask; without one, the ones set in the request).
+   *
+   * @generated from rpc tether.v1.SessionService.UpdateSession
+   */
+  updateSession: {
+    methodKind: "unary";
+    input: typeof UpdateSessionRequestSchema;
+    output: typeof UpdateSessionResponseSchema;
+  },
+  /**
    * SendInput stores a new turn and queues it for a worker. With an idempotency key, a retry
    * returns the turn the first call stored instead of starting another. `policy` says what
    * happens when a turn is already queued or running: queue after it (the default), refuse, or
@@ -977,6 +1140,17 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof GetTurnRequestSchema;
     output: typeof GetTurnResponseSchema;
+  },
+  /**
+   * ListTurns returns one page of a session's turns, each with its input, state, timings,
+   * worker, usage, final message or exit code, and the seq range of its events.
+   *
+   * @generated from rpc tether.v1.SessionService.ListTurns
+   */
+  listTurns: {
+    methodKind: "unary";
+    input: typeof ListTurnsRequestSchema;
+    output: typeof ListTurnsResponseSchema;
   },
   /**
    * InterruptTurn stops a queued or running turn. Closing an event stream never does.
