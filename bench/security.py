@@ -38,6 +38,7 @@ from tether.execution_worker import Worker, WorkerSettings
 from tether.execution_worker._credentials import pair
 from tether.v1 import admin_service_pb2 as apb
 from tether.v1 import admin_service_pb2_grpc as apb_grpc
+from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as spb_grpc
 from tether.v1 import worker_service_pb2 as wpb
@@ -183,7 +184,7 @@ async def run_probe(root: pathlib.Path) -> Probe:
         probe = Probe()
         try:
             # The victim's resources.
-            done = await victim.create_session("script")
+            done = await victim.create_session("script", labels={"team": "victim"})
             first = await victim.send_input(done.session_id, "say secret-victim-output")
             await until(lambda: _ended(victim, done.session_id, first.turn_id), 20, "the victim's first turn")
             snapshot = await victim.create_snapshot(done.session_id)
@@ -197,6 +198,15 @@ async def run_probe(root: pathlib.Path) -> Probe:
             await until(opened, 20, "the victim's approval request")
             queued_session = await victim.create_session("script", worker_selector={"pool": "shared"})
             queued = await victim.send_input(queued_session.session_id, "say never-offered-to-the-attacker")
+
+            async def says_why() -> bool:
+                events = victim.stream_events(queued_session.session_id, stop_at_end=True)
+                return any([e.kind == sdk.EventKind.TURN_WAITING async for e in events])
+
+            # The queued turn says why it waits with a turn_waiting event, committed a moment
+            # after the input: the rows are read once it is stored, so only what the probe
+            # causes can change them.
+            await until(says_why, 20, "the victim's queued turn to say why it waits")
             victim_sessions = [done.session_id, queued_session.session_id]
             before = _rows(db, victim_sessions)
 
@@ -280,6 +290,17 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 vt,
             )
             await probe.compare(
+                "ListTurns", unary(sessions.ListTurns, lambda x: spb.ListTurnsRequest(session_id=x)), vs
+            )
+            await probe.compare(
+                "UpdateSession",
+                unary(
+                    sessions.UpdateSession,
+                    lambda x: spb.UpdateSessionRequest(session=rpb.Session(session_id=x, title="pwned")),
+                ),
+                vs,
+            )
+            await probe.compare(
                 "UnarchiveSession",
                 unary(sessions.UnarchiveSession, lambda x: spb.UnarchiveSessionRequest(session_id=x)),
                 vs,
@@ -324,6 +345,15 @@ async def run_probe(root: pathlib.Path) -> Probe:
             await probe.absent(
                 "ListSessions",
                 lambda: sessions.ListSessions(spb.ListSessionsRequest(), metadata=app_md, timeout=5),
+                victim_ids,
+            )
+            await probe.absent(
+                "ListSessions(the victim's labels, by activity)",
+                lambda: sessions.ListSessions(
+                    spb.ListSessionsRequest(labels={"team": "victim"}, order_by="last_activity_time desc"),
+                    metadata=app_md,
+                    timeout=5,
+                ),
                 victim_ids,
             )
             await probe.absent(

@@ -177,19 +177,30 @@ def list_(
     as_json: bool,
 ) -> None:
     """List sessions (id, state, runtime, turns, last activity, title), newest first."""
-    query = {
-        "state": state,
-        "archived": archived,
-        "runtime": runtime,
-        "labels": parse_pairs(labels, "--label"),
-        "order_by": _SESSION_ORDERS[order],
-        "page_size": page_size,
-    }
+    label_filter = parse_pairs(labels, "--label")
+    order_by = _SESSION_ORDERS[order]
     next_token = ""
     if all_pages:
-        sessions = list(lazy.client.iter_sessions(**query))
+        sessions = list(
+            lazy.client.iter_sessions(
+                page_size=page_size,
+                state=state,
+                archived=archived,
+                runtime=runtime,
+                labels=label_filter,
+                order_by=order_by,
+            )
+        )
     else:
-        page = lazy.client.list_sessions(page_token=page_token, **query)
+        page = lazy.client.list_sessions(
+            page_size=page_size,
+            page_token=page_token,
+            state=state,
+            archived=archived,
+            runtime=runtime,
+            labels=label_filter,
+            order_by=order_by,
+        )
         sessions, next_token = page.sessions, page.next_page_token
     if as_json:
         echo_json({"sessions": sessions, "next_page_token": next_token})

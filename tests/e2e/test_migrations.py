@@ -117,6 +117,11 @@ BODIES = [
     ("input_received", pb.EventBody(input_received=pb.InputReceived(input="echo hi"))),
     ("turn_started", pb.EventBody(turn_started=pb.TurnStarted(worker_id=WORKER))),
     ("output", pb.EventBody(output=pb.OutputChunk(stream=pb.OUTPUT_STREAM_STDOUT, text="hi\n"))),
+    (
+        "item_completed",
+        pb.EventBody(item_completed=pb.ItemCompleted(item=pb.Item(kind=pb.ITEM_KIND_AGENT_MESSAGE, text="said hi"))),
+    ),
+    ("token_usage", pb.EventBody(token_usage=pb.TokenUsage(total_tokens=42))),
     ("turn_completed", pb.EventBody(turn_completed=pb.TurnCompleted(exit_code=0))),
 ]
 
@@ -286,6 +291,12 @@ def _without_later_columns(conn: Connection) -> None:
         ("sessions", "forked_from_session_id"),
         ("sessions", "forked_from_turn_id"),
         ("turns", "reverted"),
+        ("sessions", "title"),
+        ("turns", "start_time_us"),
+        ("turns", "first_seq"),
+        ("turns", "last_seq"),
+        ("turns", "usage"),
+        ("turns", "final_message"),
     ):
         conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
@@ -328,8 +339,14 @@ def test_a_database_made_before_migrations_is_upgraded_with_its_rows_and_served(
             assert session.last_seq == len(BODIES)
             events = list(client.stream_events(SESSION, stop_at_end=True, timeout_s=10))
             assert [e.kind for e in events] == [kind for kind, _ in BODIES]
-            assert events[2].text == "hi\n" and events[3].exit_code == 0
+            assert events[2].text == "hi\n" and events[-1].exit_code == 0
             assert client.get_turn(SESSION, TURN).state == sdk.TurnState.COMPLETED
+            # 0004 read the turn list's summary and the title back from the log.
+            assert session.title == "echo hi"
+            [turn] = client.list_turns(SESSION).turns
+            assert (turn.first_seq, turn.last_seq, turn.final_message) == (1, len(BODIES), "said hi")
+            assert turn.usage is not None and turn.usage.total_tokens == 42
+            assert turn.start_time is not None and turn.start_time == events[1].create_time
             assert {s.session_id for s in client.list_sessions().sessions} == {SESSION, ARCHIVED}
         with sdk.Client(target, owner="someone-else") as stranger, pytest.raises(sdk.NotFoundError):
             stranger.get_session(SESSION)

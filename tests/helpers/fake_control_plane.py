@@ -23,9 +23,13 @@ from tests.helpers.processes import eventually
 from tether.execution_worker import (
     HistoryItem,
     HistoryRole,
+    Item,
+    ItemCompleted,
+    ItemKind,
     Output,
     OutputStream,
     Runtime,
+    TokenUsage,
     TurnCompleted,
     TurnInterrupted,
     Worker,
@@ -254,7 +258,8 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
 
 class FakeRuntime(Runtime):
     """Runs a turn as: one output chunk, then (once `gate` is set) TurnCompleted. Records what
-    it was started with; `fail_start` makes start() raise."""
+    it was started with; `fail_start` makes start() raise. An input "reply: TEXT" also makes
+    an agent message TEXT and a token usage of len(TEXT) tokens, as a model would."""
 
     def __init__(self, registry: RuntimeRegistry) -> None:
         self.registry = registry
@@ -273,6 +278,10 @@ class FakeRuntime(Runtime):
     async def run_turn(self, turn_id: str, input: str) -> AsyncIterator[Any]:
         self.registry.turns.append((self, turn_id))
         self.history.append(HistoryItem(HistoryRole.INPUT, input, turn_id))
+        if input.startswith("reply: "):
+            text = input.removeprefix("reply: ")
+            yield ItemCompleted(Item(f"msg-{turn_id}", ItemKind.AGENT_MESSAGE, text=text, status="completed"))
+            yield TokenUsage(last_input_tokens=1, total_tokens=len(text))
         yield Output(OutputStream.STDOUT, f"ran {input}\n")
         gate = asyncio.ensure_future(self.registry.gate.wait())
         interrupted = asyncio.ensure_future(self._interrupted.wait())

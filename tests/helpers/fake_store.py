@@ -100,11 +100,13 @@ class MemoryStore:
             self.leases[lease.session_id] = lease
         for s in c.session_updates:
             stored = self.sessions[s.session_id]
+            # The session's mutable fields, as the real store's update row has them.
             stored.archived, stored.runtime_thread_id, stored.update_time_us = (
                 s.archived,
                 s.runtime_thread_id,
                 s.update_time_us,
             )
+            stored.title, stored.labels = s.title, dict(s.labels)
         for t in c.turn_updates:
             self.turns[t.turn_id] = _durable_turn(t)
         for r in c.request_inserts:

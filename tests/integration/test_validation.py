@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tether import sdk
+from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
 from tether.v1 import worker_service_pb2 as wpb
@@ -41,7 +43,7 @@ async def _state(client: sdk.AsyncClient) -> list[tuple]:
     out = []
     async for s in client.iter_sessions():
         events = [(e.seq, e.kind) async for e in client.stream_events(s.session_id, stop_at_end=True)]
-        out.append((s.session_id, s.turn_count, s.state, tuple(events)))
+        out.append((s.session_id, s.turn_count, s.state, s.title, tuple(sorted(s.labels.items())), tuple(events)))
     return out
 
 
@@ -100,7 +102,145 @@ CASES = [
         lambda sid: spb.ListSessionsRequest(page_token="not-a-token"),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_PAGE_TOKEN",
+        "page_token",
+    ),
+    (
+        "unknown session order",
+        "ListSessions",
+        lambda sid: spb.ListSessionsRequest(order_by="size desc"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "order_by",
+    ),
+    (
+        "bad runtime filter",
+        "ListSessions",
+        lambda sid: spb.ListSessionsRequest(runtime="she ll"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "runtime",
+    ),
+    (
+        "bad label filter",
+        "ListSessions",
+        lambda sid: spb.ListSessionsRequest(labels={"bad key": "x"}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "labels['bad key']",
+    ),
+    (
+        "turns of no session",
+        "ListTurns",
+        lambda sid: spb.ListTurnsRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session_id",
+    ),
+    (
+        "turns of an unknown session",
+        "ListTurns",
+        lambda sid: spb.ListTurnsRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
         None,
+    ),
+    (
+        "unknown turn order",
+        "ListTurns",
+        lambda sid: spb.ListTurnsRequest(session_id=sid, order_by="input"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "order_by",
+    ),
+    (
+        "turn page size out of range",
+        "ListTurns",
+        lambda sid: spb.ListTurnsRequest(session_id=sid, page_size=-1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "page_size",
+    ),
+    (
+        "forged turn page token",
+        "ListTurns",
+        lambda sid: spb.ListTurnsRequest(session_id=sid, page_token="eyJ2IjoyfQ=="),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        "page_token",
+    ),
+    (
+        "update without a session id",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(session=rpb.Session(title="t")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session.session_id",
+    ),
+    (
+        "update of an unknown session",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(
+            session=rpb.Session(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA", title="t")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        None,
+    ),
+    (
+        "update that names nothing",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(session=rpb.Session(session_id=sid)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "update_mask",
+    ),
+    (
+        "update with an empty mask",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(
+            session=rpb.Session(session_id=sid, title="t"), update_mask=field_mask_pb2.FieldMask()
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "update_mask.paths",
+    ),
+    (
+        "update of a field that cannot change",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(
+            session=rpb.Session(session_id=sid, title="t", runtime="codex"),
+            update_mask=field_mask_pb2.FieldMask(paths=["title", "runtime"]),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "update_mask.paths[1]",
+    ),
+    (
+        "a title of two lines",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(session=rpb.Session(session_id=sid, title="one\ntwo")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session.title",
+    ),
+    (
+        "an overlong title",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(session=rpb.Session(session_id=sid, title="t" * 257)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session.title",
+    ),
+    (
+        "a bad label in an update",
+        "UpdateSession",
+        lambda sid: spb.UpdateSessionRequest(
+            session=rpb.Session(session_id=sid, labels={"ok": "1", "no way": "2"}),
+            update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session.labels['no way']",
     ),
     (
         "bad runtime name",
@@ -220,10 +360,11 @@ CASES = [
 @pytest.mark.parametrize("name,method,build,code,reason,field", CASES, ids=[c[0] for c in CASES])
 async def test_bad_session_requests(client, stubs, name, method, build, code, reason, field):
     session_stub, _ = stubs
-    s = await client.create_session("shell")
+    s = await client.create_session("shell", labels={"team": "a"})
     await client.send_input(s.session_id, "echo kept")
     await client.interrupt_turn(s.session_id)  # no worker: ends the queued turn, leaving an idle session
     before = await _state(client)
+    assert before[0][3:5] == ("echo kept", (("team", "a"),))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await getattr(session_stub, method)(build(s.session_id), timeout=5)
     assert info.value.code() == code

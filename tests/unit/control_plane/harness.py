@@ -92,16 +92,18 @@ class Worker:
     async def accept(self, offer: OfferMsg) -> None:
         await self.hub.accept(self.worker_id, offer.session_id, offer.turn_id, offer.lease_epoch)
 
-    def ingest(self, session_id: str, epoch: int, turn_id: str, *kinds: str) -> IngestResult:
-        """Write one event per kind for `turn_id`, numbered on from the last under `epoch`."""
+    def ingest(self, session_id: str, epoch: int, turn_id: str, *kinds: str | tuple[str, bytes]) -> IngestResult:
+        """Write one event per kind for `turn_id`, numbered on from the last under `epoch`; a
+        kind's body is its name, unless it comes as a (kind, body) pair."""
         events = []
-        for kind in kinds:
+        for entry in kinds:
+            kind, body = entry if isinstance(entry, tuple) else (entry, entry.encode())
             seq = self._worker_seq.get((session_id, epoch), 0) + 1
             self._worker_seq[session_id, epoch] = seq
-            events.append(IncomingEvent(seq, turn_id, kind, kind.encode()))
+            events.append(IncomingEvent(seq, turn_id, kind, body))
         return self.hub.ingest(self.worker_id, session_id, epoch, events, self.owner)
 
-    async def write(self, session_id: str, epoch: int, turn_id: str, *kinds: str) -> IngestResult:
+    async def write(self, session_id: str, epoch: int, turn_id: str, *kinds: str | tuple[str, bytes]) -> IngestResult:
         """`ingest` and wait until the events are durable."""
         result = self.ingest(session_id, epoch, turn_id, *kinds)
         if result.committed is not None:

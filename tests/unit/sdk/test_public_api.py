@@ -59,6 +59,7 @@ PINNED: dict[str, list[str]] = {
         "TetherError",
         "TokenUsage",
         "Turn",
+        "TurnPage",
         "TurnState",
         "UnauthenticatedError",
         "UnavailableError",

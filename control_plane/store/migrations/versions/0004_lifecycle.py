@@ -77,21 +77,28 @@ def _backfill(conn: sa.Connection) -> None:
     for turn_id, first, last in spans:
         summary[turn_id] = {"first_seq": first, "last_seq": last if turn_id in ended else 0}
     wanted = ("turn_started", "token_usage", "item_completed")
-    rows = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(
-        sa.select(events.c.turn_id, events.c.kind, events.c.body, events.c.create_time_us)
-        .where(events.c.kind.in_(wanted))
-        .order_by(events.c.session_id, events.c.seq)
-    )
-    for turn_id, kind, body, at in rows:
-        found = summary.setdefault(turn_id, {})
-        if kind == "turn_started":
-            found.setdefault("start_time_us", at)
-        elif kind == "token_usage":
-            found["usage"] = bytes(body)
-        else:
-            item = pb.EventBody.FromString(body).item_completed.item
-            if item.kind == pb.ITEM_KIND_AGENT_MESSAGE:
-                found["final_message"] = item.text
+    after: tuple[str, int] = ("", 0)
+    while True:  # in pages by (session, seq): the bodies never sit in memory all at once
+        page = conn.execute(
+            sa.select(events.c.session_id, events.c.seq, events.c.turn_id, events.c.kind, events.c.body, events.c.create_time_us)
+            .where(events.c.kind.in_(wanted))
+            .where(sa.tuple_(events.c.session_id, events.c.seq) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+            .order_by(events.c.session_id, events.c.seq)
+            .limit(_BATCH)
+        ).all()
+        for _, _, turn_id, kind, body, at in page:
+            found = summary.setdefault(turn_id, {})
+            if kind == "turn_started":
+                found.setdefault("start_time_us", at)
+            elif kind == "token_usage":
+                found["usage"] = bytes(body)
+            else:
+                item = pb.EventBody.FromString(body).item_completed.item
+                if item.kind == pb.ITEM_KIND_AGENT_MESSAGE:
+                    found["final_message"] = item.text
+        if len(page) < _BATCH:
+            break
+        after = (page[-1].session_id, page[-1].seq)
     update = (
         turns.update()
         .where(turns.c.turn_id == sa.bindparam("b_turn_id"))
