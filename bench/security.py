@@ -300,6 +300,21 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 ),
                 vs,
             )
+
+            async def export(value: str) -> Any:
+                call = sessions.ExportSession(spb.ExportSessionRequest(session_id=value), metadata=app_md, timeout=5)
+                return [r async for r in call]
+
+            await probe.compare("ExportSession", export, vs)
+
+            async def import_keeping(value: str) -> Any:
+                session = json.dumps({"session": {"session_id": value, "runtime": "script"}})
+                end = json.dumps({"end": {"turns": 0, "events": 0, "requests": 0, "snapshots": 0}})
+                bundle = f'{{"tether_bundle": 1}}\n{session}\n{end}\n'.encode()
+                request = spb.ImportSessionRequest(chunk=bundle, keep_session_id=True)
+                return await sessions.ImportSession(iter([request]), metadata=app_md, timeout=5)
+
+            await probe.compare("ImportSession(keep the victim's id)", import_keeping, vs)
             await probe.compare(
                 "UnarchiveSession",
                 unary(sessions.UnarchiveSession, lambda x: spb.UnarchiveSessionRequest(session_id=x)),

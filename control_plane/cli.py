@@ -248,6 +248,15 @@ def _is_loopback(host: str) -> bool:
     help="Turns of one owner waiting for a worker.",
 )
 @click.option(
+    "--max-import-mib",
+    type=click.IntRange(1),
+    default=Limits.max_import_mib,
+    show_default=True,
+    envvar="TETHER_MAX_IMPORT_MIB",
+    show_envvar=True,
+    help="Largest session bundle ImportSession reads, in MiB (it is held in memory while checked).",
+)
+@click.option(
     "--events-per-second-per-session",
     type=click.FloatRange(1),
     default=Limits.events_per_second_per_session,
@@ -298,6 +307,7 @@ def serve(
     max_turn_s: float,
     queue_timeout_s: float,
     max_message_bytes: int,
+    max_import_mib: int,
     dev: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -359,6 +369,7 @@ def serve(
             event_burst_per_session=int(events_per_second_per_session * 10),
             max_pending_pairing_codes_per_owner=max_pending_pairing_codes_per_owner,
             pairing_failures_per_minute=pairing_failures_per_minute,
+            max_import_mib=max_import_mib,
         ),
         timings=dataclasses.replace(
             Timings(),

@@ -5,7 +5,9 @@ pending requests, snapshot, restore, archive and delete them; a thin shell over 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import BinaryIO
 
 import click
 
@@ -529,6 +531,53 @@ def revert(lazy: LazyClient, session_id: str, turn_id: str, as_json: bool) -> No
         echo_json(session)
     else:
         click.echo(f"{session.session_id} reverted to {turn_id}")
+
+
+@session.command()
+@click.argument("session_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    help="Write here (default: stdout).",
+)
+@pass_lazy
+def export(lazy: LazyClient, session_id: str, output: str) -> None:
+    """Write a session (no turn queued or running) as a bundle: its turns, events, requests and
+    snapshots, JSON Lines (docs/bundles.md)."""
+    chunks = lazy.client.export_session(session_id)
+    if output == "-":
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        return
+    # Written beside the target and renamed once whole: a failed export leaves no partial file.
+    partial = f"{output}.partial"
+    with open(partial, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    os.replace(partial, output)
+
+
+@session.command("import")
+@click.argument("bundle", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--keep-id", is_flag=True, help="Keep the bundle's session, turn and request ids (default: new ones).")
+@json_option
+@pass_lazy
+def import_(lazy: LazyClient, bundle: str, keep_id: bool, as_json: bool) -> None:
+    """Create a session from a bundle file (- for stdin) and print its id."""
+    try:
+        source: BinaryIO = sys.stdin.buffer if bundle == "-" else open(bundle, "rb")
+    except OSError as exc:
+        raise click.FileError(bundle, exc.strerror) from None
+    with source:
+        imported = lazy.client.import_session(iter(lambda: source.read(1 << 20), b""), keep_session_id=keep_id)
+    if as_json:
+        echo_json(imported)
+    else:
+        click.echo(imported.session_id)
 
 
 @session.command()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 import grpc
-from grpc.aio import UnaryStreamMultiCallable, UnaryUnaryMultiCallable
+from grpc.aio import StreamUnaryMultiCallable, UnaryStreamMultiCallable, UnaryUnaryMultiCallable
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tether.v1 import admin_service_pb2 as admin_pb
@@ -44,6 +44,8 @@ class SessionServiceStub(Protocol):
     RestoreSession: UnaryUnaryMultiCallable[pb.RestoreSessionRequest, pb.RestoreSessionResponse]
     ForkSession: UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.ForkSessionResponse]
     RevertSession: UnaryUnaryMultiCallable[pb.RevertSessionRequest, pb.RevertSessionResponse]
+    ExportSession: UnaryStreamMultiCallable[pb.ExportSessionRequest, pb.ExportSessionResponse]
+    ImportSession: StreamUnaryMultiCallable[pb.ImportSessionRequest, pb.ImportSessionResponse]
     RespondToRequest: UnaryUnaryMultiCallable[pb.RespondToRequestRequest, pb.RespondToRequestResponse]
     ListRequests: UnaryUnaryMultiCallable[pb.ListRequestsRequest, pb.ListRequestsResponse]
 

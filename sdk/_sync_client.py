@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._async_client import (
@@ -234,6 +234,30 @@ class Client:
     def revert_session(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> Session:
         """See `AsyncClient.revert_session`."""
         return self._run(self._async.revert_session(session_id, turn_id, timeout_s=timeout_s))
+
+    def export_session(self, session_id: str, *, timeout_s: float | None = None) -> Generator[bytes, None, None]:
+        """See `AsyncClient.export_session`; `close()` the iterator to cancel."""
+        chunks = self._async.export_session(session_id, timeout_s=timeout_s)
+        try:
+            while True:
+                try:
+                    chunk = self._run(_anext(chunks))
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            if not self._closed:
+                self._run(chunks.aclose())
+
+    def import_session(
+        self,
+        bundle: bytes | Iterable[bytes] | AsyncIterable[bytes],
+        *,
+        keep_session_id: bool = False,
+        timeout_s: float | None = None,
+    ) -> Session:
+        """See `AsyncClient.import_session`."""
+        return self._run(self._async.import_session(bundle, keep_session_id=keep_session_id, timeout_s=timeout_s))
 
     # -- turns ----------------------------------------------------------------------------
 

@@ -205,11 +205,25 @@ class ProtoBodyCodec:
         reverted = pb.SessionReverted(turn_id=turn_id, reverted_turn_ids=reverted_turn_ids)
         return pb.EventBody(session_reverted=reverted).SerializeToString()
 
+    def rebind_history(self, history: bytes, turn_ids: dict[str, str]) -> bytes:
+        snapshot = pb.Snapshot.FromString(history)
+        for item in snapshot.history:
+            item.turn_id = turn_ids.get(item.turn_id, item.turn_id)
+        return snapshot.SerializeToString()
+
     def agent_message_text(self, body: bytes) -> str | None:
         item = pb.EventBody.FromString(body).item_completed.item
         return item.text if item.kind == pb.ITEM_KIND_AGENT_MESSAGE else None
 
-    def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
+    def rebind(
+        self,
+        kind: str,
+        body: bytes,
+        session_id: str,
+        turn_id: str,
+        request_ids: dict[str, str],
+        turn_ids: dict[str, str] | None = None,
+    ) -> bytes:
         # Only these kinds name a session, a turn or a request inside the body; the others are
         # copied byte for byte.
         if kind == "history_item":
@@ -225,6 +239,11 @@ class ProtoBodyCodec:
             msg = pb.EventBody.FromString(body)
             resolved = msg.request_resolved
             resolved.request_id = request_ids.get(resolved.request_id, resolved.request_id)
+        elif kind == "session_reverted" and turn_ids:
+            msg = pb.EventBody.FromString(body)
+            reverted = msg.session_reverted
+            reverted.turn_id = turn_ids.get(reverted.turn_id, reverted.turn_id)
+            reverted.reverted_turn_ids[:] = [turn_ids.get(t, t) for t in reverted.reverted_turn_ids]
         else:
             return body
         return msg.SerializeToString()

@@ -13,7 +13,7 @@ from ..domain import errors
 from ..domain.hub import Hub
 from ..domain.model import InputPolicy, RequestState, SessionState
 from ..domain.ports import SessionQuery
-from . import _pages
+from . import _bundles, _pages
 from . import _validate as v
 from ._auth import Authenticator
 from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
@@ -281,6 +281,33 @@ class SessionService:
                 owner, v.required("session_id", request.session_id), v.required("turn_id", request.turn_id)
             )
             return spb.RevertSessionResponse(session=session_pb(view))
+
+    async def ExportSession(self, request: spb.ExportSessionRequest, context: grpc.aio.ServicerContext):
+        async with translate(context, "ExportSession"):
+            owner = (await self._auth.app(context)).owner
+            bundle = await self._hub.export_session(owner, v.required("session_id", request.session_id))
+            async for chunk in _bundles.encode(bundle):
+                yield spb.ExportSessionResponse(chunk=chunk)
+
+    async def ImportSession(self, requests, context: grpc.aio.ServicerContext) -> spb.ImportSessionResponse:
+        async with translate(context, "ImportSession"):
+            caller = await self._auth.app(context)
+            owner = caller.owner
+            max_mib = self._hub.limits.max_import_mib
+            reader = _bundles.BundleReader(max_mib << 20, max_mib)
+            keep_ids: bool | None = None
+            async for message in requests:
+                if keep_ids is None:
+                    keep_ids = message.keep_session_id
+                    if keep_ids and not caller.admin:
+                        # Whether an id is taken would tell of another owner's session.
+                        raise errors.PermissionDenied(
+                            "keep_session_id needs an admin key (moving sessions between control planes is an "
+                            "operator's job); import without it to get new ids"
+                        )
+                reader.feed(message.chunk)
+            view = await self._hub.import_session(owner, reader.finish(), bool(keep_ids))
+            return spb.ImportSessionResponse(session=session_pb(view))
 
     async def RespondToRequest(
         self, request: spb.RespondToRequestRequest, context: grpc.aio.ServicerContext

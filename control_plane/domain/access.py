@@ -63,6 +63,8 @@ class Limits:
     # Failed pairing codes one client address may present per minute (and ten times that
     # from all addresses together, so a distributed guesser is bounded too).
     pairing_failures_per_minute: int = 10
+    # Bytes of one ImportSession bundle (it is read whole before anything is stored).
+    max_import_mib: int = 256
 
 
 def secret_hash(secret: str) -> str:

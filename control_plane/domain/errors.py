@@ -258,3 +258,35 @@ class WorkerTokenNotFound(DomainError):
 
     def __init__(self, token_id: str) -> None:
         super().__init__(f"worker token {token_id!r} does not exist", token_id=token_id)
+
+
+class InvalidBundle(InvalidArgument):
+    """An ImportSession bundle that is malformed, truncated or inconsistent (the field is the
+    stream's `chunk`; the description names the line)."""
+
+    reason = "INVALID_BUNDLE"
+
+    def __init__(self, line: int, description: str) -> None:
+        super().__init__("chunk", f"line {line}: {description}" if line else description)
+
+
+class UnsupportedBundleVersion(InvalidArgument):
+    reason = "UNSUPPORTED_BUNDLE_VERSION"
+
+    def __init__(self, version: object, supported: int) -> None:
+        super().__init__(
+            "chunk",
+            f"line 1: bundle format version {version!r} is not one this control plane reads (it reads "
+            f"version {supported}); import it with the Tether release that exported it, or a newer one",
+        )
+
+
+class SessionExists(DomainError):
+    code = "ALREADY_EXISTS"
+    reason = "SESSION_EXISTS"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id!r} already exists; import without keep_session_id to get a new id",
+            session_id=session_id,
+        )

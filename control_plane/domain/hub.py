@@ -20,6 +20,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | TurnDeadlines      | `_deadlines.py`   | interrupt grace, maximum turn duration               |
 | Forks              | `_forks.py`       | ForkSession: copying a session up to a turn          |
 | Reverts            | `_revert.py`      | RevertSession: moving a session's head back          |
+| Bundles            | `_bundles.py`     | ExportSession / ImportSession: a session at rest     |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -47,6 +48,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ._bundles import Bundles, SessionBundle
 from ._deadlines import TurnDeadlines
 from ._forks import Forks
 from ._ingest import Ingest
@@ -86,6 +88,7 @@ from .ports import BodyCodec, GroupCommitWriter, SessionQuery, SessionReader
 
 __all__ = [
     "AnswerMsg",
+    "SessionBundle",
     "BodyCodec",
     "CloseMsg",
     "DrainMsg",
@@ -133,6 +136,7 @@ class Hub:
         deadlines = self._deadlines = TurnDeadlines(self._tasks, timings)
         forks = self._forks = Forks(reader, committer, codec)
         reverts = self._reverts = Reverts(reader, committer, codec)
+        bundles = self._bundles = Bundles(reader, committer, codec)
 
         sessions.connect(
             turns=turns,
@@ -145,6 +149,7 @@ class Hub:
         )
         events.connect(sessions=sessions)
         forks.connect(sessions=sessions, turns=turns, events=events)
+        bundles.connect(sessions=sessions, turns=turns, events=events)
         reverts.connect(sessions=sessions, turns=turns, events=events, leases=leases, restores=restores)
         turns.connect(
             sessions=sessions,
@@ -242,6 +247,14 @@ class Hub:
     async def revert_session(self, owner: str, session_id: str, turn_id: str) -> SessionView:
         """Move the session's head back to the end of `turn_id` (see `_revert.py`)."""
         return await self._reverts.revert(owner, session_id, turn_id)
+
+    async def export_session(self, owner: str, session_id: str) -> SessionBundle:
+        """The stored records of a session at rest, its events a page at a time (`_bundles.py`)."""
+        return await self._bundles.export(owner, session_id)
+
+    async def import_session(self, owner: str, bundle: SessionBundle, keep_ids: bool) -> SessionView:
+        """Store a parsed bundle as a new session of `owner` (`_bundles.py`)."""
+        return await self._bundles.import_session(owner, bundle, keep_ids)
 
     # ----------------------------------------------------------------- turns and events
 

@@ -129,6 +129,14 @@ class SessionReader(Protocol):
 
     async def latest_snapshot(self, session_id: str) -> Snapshot | None: ...
 
+    async def list_snapshots(self, session_id: str) -> list[Snapshot]:
+        """The session's kept snapshots, oldest first."""
+        ...
+
+    async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
+        """Which of these ids a stored session or turn has already."""
+        ...
+
     async def turns_upto(self, session_id: str, ordinal: int) -> list[Turn]:
         """The session's turns with an ordinal at or below `ordinal`, in order."""
         ...
@@ -188,11 +196,24 @@ class BodyCodec(Protocol):
 
     def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes: ...
 
+    def rebind_history(self, history: bytes, turn_ids: dict[str, str]) -> bytes:
+        """A snapshot's stored history with the turn ids it names replaced per `turn_ids`."""
+        ...
+
     def agent_message_text(self, body: bytes) -> str | None:
         """The text of an item_completed event's item when it is an agent message, else None."""
         ...
 
-    def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
-        """The body of an event copied into another session (ForkSession): the ids it names
-        (its session, its turn, the pending requests in `request_ids`) replaced by the copy's."""
+    def rebind(
+        self,
+        kind: str,
+        body: bytes,
+        session_id: str,
+        turn_id: str,
+        request_ids: dict[str, str],
+        turn_ids: dict[str, str] | None = None,
+    ) -> bytes:
+        """The body of an event copied into another session (ForkSession, ImportSession): the
+        ids it names (its session, its turn, the pending requests in `request_ids`, other turns
+        per `turn_ids`) replaced by the copy's."""
         ...

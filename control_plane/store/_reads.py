@@ -259,6 +259,29 @@ class Reader:
             ).first()
         return snapshot_from_row(row) if row else None
 
+    async def list_snapshots(self, session_id: str) -> list[Snapshot]:
+        query = (
+            select(SnapshotRow.__table__)
+            .where(SnapshotRow.session_id == session_id)
+            .order_by(SnapshotRow.seq, SnapshotRow.create_time_us)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [snapshot_from_row(r) for r in rows]
+
+    async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
+        async with self._engine.connect() as conn:
+            taken = [
+                r.session_id
+                for r in await conn.execute(select(SessionRow.session_id).where(SessionRow.session_id == session_id))
+            ]
+            for i in range(0, len(turn_ids), 500):
+                chunk = turn_ids[i : i + 500]
+                taken += [
+                    r.turn_id for r in await conn.execute(select(TurnRow.turn_id).where(TurnRow.turn_id.in_(chunk)))
+                ]
+        return taken
+
     async def list_turns(self, session_id: str, limit: int, after_ordinal: int, descending: bool) -> list[Turn]:
         t = TurnRow.__table__
         query = select(t).where(t.c.session_id == session_id)

@@ -213,6 +213,12 @@ class MemoryStore:
         snaps = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
         return snaps[-1] if snaps else None
 
+    async def list_snapshots(self, session_id: str) -> list[Snapshot]:
+        return sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
+
+    async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
+        return [session_id] * (session_id in self.sessions) + [t for t in turn_ids if t in self.turns]
+
     async def turns_upto(self, session_id: str, ordinal: int) -> list[Turn]:
         found = [t for t in self.turns.values() if t.session_id == session_id and t.ordinal <= ordinal]
         return [copy.copy(t) for t in sorted(found, key=lambda t: t.ordinal)]
@@ -282,14 +288,31 @@ class FakeCodec:
     def session_reverted(self, turn_id: str, reverted_turn_ids: list[str]) -> bytes:
         return f"session_reverted:{turn_id}:{','.join(reverted_turn_ids)}".encode()
 
+    def rebind_history(self, history: bytes, turn_ids: dict[str, str]) -> bytes:
+        """Readable history bytes: each turn id named in them replaced."""
+        for old, new in turn_ids.items():
+            history = history.replace(old.encode(), new.encode())
+        return history
+
     def agent_message_text(self, body: bytes) -> str | None:
         """Bodies made by `agent_message` (and nothing else) are agent messages."""
         prefix = b"agent_message:"
         return body[len(prefix) :].decode() if body.startswith(prefix) else None
 
-    def rebind(self, kind: str, body: bytes, session_id: str, turn_id: str, request_ids: dict[str, str]) -> bytes:
+    def rebind(
+        self,
+        kind: str,
+        body: bytes,
+        session_id: str,
+        turn_id: str,
+        request_ids: dict[str, str],
+        turn_ids: dict[str, str] | None = None,
+    ) -> bytes:
         """Names the copy's turn in place of the source's, so tests can see the rewrite."""
         if kind == "request_opened" or kind == "request_resolved":
             for old, new in request_ids.items():
+                body = body.replace(old.encode(), new.encode())
+        if kind == "session_reverted":
+            for old, new in (turn_ids or {}).items():
                 body = body.replace(old.encode(), new.encode())
         return body

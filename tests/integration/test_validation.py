@@ -169,6 +169,22 @@ CASES = [
         "page_token",
     ),
     (
+        "export without a session id",
+        "ExportSession",
+        lambda sid: spb.ExportSessionRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session_id",
+    ),
+    (
+        "export of an unknown session",
+        "ExportSession",
+        lambda sid: spb.ExportSessionRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        None,
+    ),
+    (
         "update without a session id",
         "UpdateSession",
         lambda sid: spb.UpdateSessionRequest(session=rpb.Session(title="t")),
@@ -366,7 +382,11 @@ async def test_bad_session_requests(client, stubs, name, method, build, code, re
     before = await _state(client)
     assert before[0][3:5] == ("echo kept", (("team", "a"),))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await getattr(session_stub, method)(build(s.session_id), timeout=5)
+        call = getattr(session_stub, method)(build(s.session_id), timeout=5)
+        if method == "ExportSession":  # server-streamed: the error comes with the first read
+            [r async for r in call]
+        else:
+            await call
     assert info.value.code() == code
     got_reason, fields = _details(info.value)
     assert got_reason == reason

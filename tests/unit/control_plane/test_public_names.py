@@ -21,6 +21,7 @@ def test_the_hub_module_exports_the_facade_and_what_its_methods_take_and_return(
             "RenewedMsg",
             "ResumeSource",
             "RevokeMsg",
+            "SessionBundle",
             "SessionView",
             "SnapshotRequestMsg",
             "Timings",

@@ -74,6 +74,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_TURN_NOT_ENDED: _ClassVar[ErrorReason]
     ERROR_REASON_NO_COMPLETED_TURN: _ClassVar[ErrorReason]
     ERROR_REASON_TURN_REVERTED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_BUNDLE: _ClassVar[ErrorReason]
+    ERROR_REASON_UNSUPPORTED_BUNDLE_VERSION: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_EXISTS: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -156,6 +159,9 @@ ERROR_REASON_NO_ACTIVE_TURN: ErrorReason
 ERROR_REASON_TURN_NOT_ENDED: ErrorReason
 ERROR_REASON_NO_COMPLETED_TURN: ErrorReason
 ERROR_REASON_TURN_REVERTED: ErrorReason
+ERROR_REASON_INVALID_BUNDLE: ErrorReason
+ERROR_REASON_UNSUPPORTED_BUNDLE_VERSION: ErrorReason
+ERROR_REASON_SESSION_EXISTS: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind

@@ -304,6 +304,32 @@ class RevertSessionResponse(_message.Message):
     session: _resources_pb2.Session
     def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
 
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportSessionResponse(_message.Message):
+    __slots__ = ("chunk",)
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+
+class ImportSessionRequest(_message.Message):
+    __slots__ = ("chunk", "keep_session_id")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    keep_session_id: bool
+    def __init__(self, chunk: _Optional[bytes] = ..., keep_session_id: _Optional[bool] = ...) -> None: ...
+
+class ImportSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: _resources_pb2.Session
+    def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
+
 class RespondToRequestRequest(_message.Message):
     __slots__ = ("session_id", "request_id", "response_json")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -122,6 +122,16 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.FromString,
                 _registered_method=True)
+        self.ExportSession = channel.unary_stream(
+                '/tether.v1.SessionService/ExportSession',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.stream_unary(
+                '/tether.v1.SessionService/ImportSession',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
         self.RespondToRequest = channel.unary_unary(
                 '/tether.v1.SessionService/RespondToRequest',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.RespondToRequestRequest.SerializeToString,
@@ -284,6 +294,22 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSession(self, request, context):
+        """ExportSession streams a session with no turn queued or running as a bundle (JSON Lines,
+        versioned; see docs/bundles.md): its turns, events, requests and snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request_iterator, context):
+        """ImportSession creates a session from a bundle sent in chunks, under the caller's owner and
+        with new ids unless asked otherwise. Nothing is stored unless the whole bundle is valid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RespondToRequest(self, request, context):
         """RespondToRequest answers a runtime's pending request (an approval or a question) exactly
         once: the answer is stored, written to the log as a RequestResolved event and sent to the
@@ -389,6 +415,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.RevertSession,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.ExportSessionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.ImportSessionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.ImportSessionResponse.SerializeToString,
             ),
             'RespondToRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.RespondToRequest,
@@ -863,6 +899,60 @@ class SessionService:
             '/tether.v1.SessionService/RevertSession',
             tether_dot_v1_dot_session__service__pb2.RevertSessionRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.RevertSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tether.v1.SessionService/ExportSession',
+            tether_dot_v1_dot_session__service__pb2.ExportSessionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tether.v1.SessionService/ImportSession',
+            tether_dot_v1_dot_session__service__pb2.ImportSessionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
