@@ -14,6 +14,7 @@ import asyncio
 import sys
 
 from . import (
+    bundle,
     chaos,
     codex,
     cp_memory,
@@ -39,6 +40,7 @@ BENCHES = {
     "failover": failover.main,
     "rehydrate": rehydrate.main,
     "fork": fork.main,
+    "bundle": bundle.main,
     "drain": drain.main,
     "chaos": chaos.main,
     "codex": codex.main,
