@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 from typing import BinaryIO
 
 import click
 
+from . import codex_import
 from ._async_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 from ._cli_common import (
     EXIT_INTERRUPTED,
@@ -574,6 +576,42 @@ def import_(lazy: LazyClient, bundle: str, keep_id: bool, as_json: bool) -> None
         raise click.FileError(bundle, exc.strerror) from None
     with source:
         imported = lazy.client.import_session(iter(lambda: source.read(1 << 20), b""), keep_session_id=keep_id)
+    if as_json:
+        echo_json(imported)
+    else:
+        click.echo(imported.session_id)
+
+
+@session.command("import-codex")
+@click.argument("rollout", required=False, type=click.Path(dir_okay=False))
+@click.option("--thread-id", default="", help="Find the thread's rollout under the Codex home instead.")
+@click.option(
+    "--codex-home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where Codex keeps its threads (default: $CODEX_HOME, else ~/.codex).",
+)
+@json_option
+@pass_lazy
+def import_codex(lazy: LazyClient, rollout: str | None, thread_id: str, codex_home: str | None, as_json: bool) -> None:
+    """Import a thread that ran with the plain Codex CLI (its rollout file, or its id) as a
+    session whose next turn runs on any Codex worker; print the session's id."""
+    if bool(rollout) == bool(thread_id):
+        raise click.UsageError("name the thread: a ROLLOUT file or --thread-id (one of them)")
+    try:
+        path = (
+            pathlib.Path(rollout)
+            if rollout
+            else codex_import.find_rollout(
+                pathlib.Path(codex_home) if codex_home else codex_import.default_codex_home(), thread_id
+            )
+        )
+        bundle = codex_import.bundle_from_rollout(path)
+    except codex_import.RolloutError as exc:
+        raise click.ClickException(f"{rollout or thread_id}: {exc}") from None
+    except OSError as exc:
+        raise click.FileError(str(rollout), exc.strerror) from None
+    imported = lazy.client.import_session(bundle)
     if as_json:
         echo_json(imported)
     else:

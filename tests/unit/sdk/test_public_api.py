@@ -68,6 +68,14 @@ PINNED: dict[str, list[str]] = {
         "WorkerStatus",
         "WorkerToken",
     ],
+    "tether.sdk.codex_import": [
+        "BUNDLE_VERSION",
+        "RolloutError",
+        "SUPPORTED_CLI_VERSIONS",
+        "bundle_from_rollout",
+        "default_codex_home",
+        "find_rollout",
+    ],
     "tether.sdk.channel": ["OWNER_HEADER", "WithMetadata", "credential_metadata", "make_channel", "tls_hint"],
     # tether.cli composes `tether worker` from these, so they stay importable from here.
     "tether.sdk.cli": [
