@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tether import sdk
@@ -139,6 +140,10 @@ class Probe:
         shown = [s for s in secrets if s in text]
         if shown:
             self.leaks.append(f"{name}: shows the victim's {shown}")
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [r async for r in call]
 
 
 def _rows(db: pathlib.Path, session_ids: list[str]) -> dict[str, list[tuple]]:
@@ -306,6 +311,19 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 return [r async for r in call]
 
             await probe.compare("ExportSession", export, vs)
+            await probe.compare(
+                "DeleteSession(scheduled)",
+                unary(
+                    sessions.DeleteSession,
+                    lambda x: spb.DeleteSessionRequest(session_id=x, delete_after=duration_pb2.Duration(seconds=60)),
+                ),
+                vs,
+            )
+            await probe.compare(
+                "CancelSessionDeletion",
+                unary(sessions.CancelSessionDeletion, lambda x: spb.CancelSessionDeletionRequest(session_id=x)),
+                vs,
+            )
 
             async def import_keeping(value: str) -> Any:
                 session = json.dumps({"session": {"session_id": value, "runtime": "script"}})
@@ -380,6 +398,13 @@ async def run_probe(root: pathlib.Path) -> Probe:
                 "ListWorkerTokens",
                 lambda: admin.ListWorkerTokens(apb.ListWorkerTokensRequest(), metadata=app_md, timeout=5),
                 victim_ids,
+            )
+            await probe.compare(
+                "PurgeOwnerData(the victim)",
+                lambda value: _drain(
+                    admin.PurgeOwnerData(apb.PurgeOwnerDataRequest(owner=value), metadata=app_md, timeout=5)
+                ),
+                "victim",
             )
             await probe.compare(
                 "DrainWorker",

@@ -31,6 +31,7 @@ from ._models import (
     InputPolicy,
     PairingCode,
     PendingRequest,
+    PurgeProgress,
     RequestState,
     Session,
     SessionPage,
@@ -295,10 +296,23 @@ class AsyncClient:
         response = await self._unary(self._stub.UnarchiveSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
-    async def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
-        """Delete the session with its turns, events, leases and snapshots."""
+    async def delete_session(
+        self, session_id: str, *, delete_after_s: float | None = None, timeout_s: float | None = None
+    ) -> Session | None:
+        """Delete the session with its turns, events, requests and snapshots: now (returns
+        None), or `delete_after_s` seconds from now (1 s to 3650 days), durably, returning the
+        session with `delete_time` set. `cancel_session_deletion` stops a scheduled one."""
         request = pb.DeleteSessionRequest(session_id=session_id)
-        await self._unary(self._stub.DeleteSession, request, timeout_s)
+        if delete_after_s is not None:
+            request.delete_after.FromNanoseconds(int(delete_after_s * 1e9))
+        response = await self._unary(self._stub.DeleteSession, request, timeout_s)
+        return _convert.session_from_proto(response.session) if response.HasField("session") else None
+
+    async def cancel_session_deletion(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        """Stop the session's scheduled deletion (a session with none is returned as it is)."""
+        request = pb.CancelSessionDeletionRequest(session_id=session_id)
+        response = await self._unary(self._stub.CancelSessionDeletion, request, timeout_s)
+        return _convert.session_from_proto(response.session)
 
     async def restore_session(
         self,
@@ -693,6 +707,27 @@ class AsyncClient:
         request = admin_pb.RevokeWorkerTokenRequest(token_id=token_id)
         response = await self._unary(self._admin_stub.RevokeWorkerToken, request, timeout_s)
         return _convert.worker_token_from_proto(response.token)
+
+    async def purge_owner_data(
+        self, owner: str = "", *, timeout_s: float | None = None
+    ) -> AsyncGenerator[PurgeProgress, None]:
+        """Delete everything of one owner (sessions with all they hold, worker tokens, workers,
+        pairing codes; not API keys), yielding progress after each batch; the last has `done`.
+        An owner key purges its own owner (leave `owner` empty); an admin key names one. Running
+        it again finishes a purge that was cut short."""
+        if self._closed:
+            raise RuntimeError("AsyncClient is closed")
+        request = admin_pb.PurgeOwnerDataRequest(owner=owner)
+        call = self._admin_stub.PurgeOwnerData(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+        try:
+            async for p in call:
+                yield PurgeProgress(
+                    p.sessions_deleted, p.worker_tokens_deleted, p.workers_deleted, p.pairing_codes_deleted, p.done
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, **self._transport) from exc
+        finally:
+            call.cancel()
 
     # -- health ---------------------------------------------------------------------------
 

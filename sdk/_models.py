@@ -192,6 +192,8 @@ class Session:
     title: str = ""
     #: When the session's log last grew (its creation while the log is empty).
     last_activity_time: datetime | None = None
+    #: When a scheduled deletion deletes the session; None when none is scheduled.
+    delete_time: datetime | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
 
@@ -488,3 +490,14 @@ class WorkerToken:
     @property
     def revoked(self) -> bool:
         return self.revoke_time is not None
+
+
+@dataclass(frozen=True)
+class PurgeProgress:
+    """How far `purge_owner_data` has got; the last one has `done` set."""
+
+    sessions_deleted: int
+    worker_tokens_deleted: int
+    workers_deleted: int
+    pairing_codes_deleted: int
+    done: bool

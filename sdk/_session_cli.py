@@ -644,10 +644,71 @@ def unarchive(lazy: LazyClient, session_id: str, as_json: bool) -> None:
         click.echo(f"{session.session_id} {session.state.name.lower()}")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """'90', '90s', '15m', '12h' or '7d' in seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    try:
+        return float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a duration such as 90s, 15m, 12h or 7d, got {text!r}", param_hint="--after"
+        ) from None
+
+
 @session.command()
 @click.argument("session_id")
+@click.option("--after", default=None, metavar="DURATION", help="Delete later instead of now: 90s, 15m, 12h, 7d.")
+@json_option
 @pass_lazy
-def delete(lazy: LazyClient, session_id: str) -> None:
-    """Delete a session with its turns, events and snapshots."""
-    lazy.client.delete_session(session_id)
-    click.echo(f"{session_id} deleted")
+def delete(lazy: LazyClient, session_id: str, after: str | None, as_json: bool) -> None:
+    """Delete a session with its turns, events and snapshots, now or later (--after)."""
+    scheduled = lazy.client.delete_session(session_id, delete_after_s=None if after is None else _duration_s(after))
+    if as_json:
+        echo_json(scheduled)
+    elif scheduled is not None and scheduled.delete_time is not None:
+        click.echo(f"{session_id} will be deleted at {scheduled.delete_time.isoformat(timespec='seconds')}")
+    else:
+        click.echo(f"{session_id} deleted")
+
+
+@session.command("cancel-deletion")
+@click.argument("session_id")
+@json_option
+@pass_lazy
+def cancel_deletion(lazy: LazyClient, session_id: str, as_json: bool) -> None:
+    """Stop a session's scheduled deletion."""
+    kept = lazy.client.cancel_session_deletion(session_id)
+    if as_json:
+        echo_json(kept)
+    else:
+        click.echo(f"{session_id} kept")
+
+
+@session.command("purge-owner")
+@click.argument("owner", required=False, default="")
+@click.option(
+    "--yes", is_flag=True, help="Confirm: this deletes every session, worker token and pairing code of the owner."
+)
+@json_option
+@pass_lazy
+def purge_owner(lazy: LazyClient, owner: str, yes: bool, as_json: bool) -> None:
+    """Delete everything of one owner (an owner key: its own, OWNER left out; an admin key:
+    OWNER), printing progress; run it again to finish one cut short."""
+    if not yes:
+        raise click.UsageError("purging cannot be undone: pass --yes")
+    last = None
+    for last in lazy.client.purge_owner_data(owner):
+        if not last.done and not as_json:
+            click.echo(f"{last.sessions_deleted} sessions deleted", err=True)
+    if last is None:
+        raise click.ClickException("the control plane ended the purge without saying it was done; run it again")
+    if as_json:
+        echo_json(last)
+    else:
+        click.echo(
+            f"purged: {last.sessions_deleted} sessions, {last.worker_tokens_deleted} worker tokens, "
+            f"{last.workers_deleted} workers, {last.pairing_codes_deleted} pairing codes"
+        )

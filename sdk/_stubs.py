@@ -46,6 +46,7 @@ class SessionServiceStub(Protocol):
     RevertSession: UnaryUnaryMultiCallable[pb.RevertSessionRequest, pb.RevertSessionResponse]
     ExportSession: UnaryStreamMultiCallable[pb.ExportSessionRequest, pb.ExportSessionResponse]
     ImportSession: StreamUnaryMultiCallable[pb.ImportSessionRequest, pb.ImportSessionResponse]
+    CancelSessionDeletion: UnaryUnaryMultiCallable[pb.CancelSessionDeletionRequest, pb.CancelSessionDeletionResponse]
     RespondToRequest: UnaryUnaryMultiCallable[pb.RespondToRequestRequest, pb.RespondToRequestResponse]
     ListRequests: UnaryUnaryMultiCallable[pb.ListRequestsRequest, pb.ListRequestsResponse]
 
@@ -58,6 +59,7 @@ class AdminServiceStub(Protocol):
     CreatePairingCode: UnaryUnaryMultiCallable[admin_pb.CreatePairingCodeRequest, admin_pb.CreatePairingCodeResponse]
     ListWorkerTokens: UnaryUnaryMultiCallable[admin_pb.ListWorkerTokensRequest, admin_pb.ListWorkerTokensResponse]
     RevokeWorkerToken: UnaryUnaryMultiCallable[admin_pb.RevokeWorkerTokenRequest, admin_pb.RevokeWorkerTokenResponse]
+    PurgeOwnerData: UnaryStreamMultiCallable[admin_pb.PurgeOwnerDataRequest, admin_pb.PurgeOwnerDataResponse]
 
 
 class HealthStub(Protocol):

@@ -24,6 +24,7 @@ from ._models import (
     InputPolicy,
     PairingCode,
     PendingRequest,
+    PurgeProgress,
     RequestState,
     Session,
     SessionPage,
@@ -214,8 +215,15 @@ class Client:
     def unarchive_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         return self._run(self._async.unarchive_session(session_id, timeout_s=timeout_s))
 
-    def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
-        return self._run(self._async.delete_session(session_id, timeout_s=timeout_s))
+    def delete_session(
+        self, session_id: str, *, delete_after_s: float | None = None, timeout_s: float | None = None
+    ) -> Session | None:
+        """See `AsyncClient.delete_session`."""
+        return self._run(self._async.delete_session(session_id, delete_after_s=delete_after_s, timeout_s=timeout_s))
+
+    def cancel_session_deletion(self, session_id: str, *, timeout_s: float | None = None) -> Session:
+        """See `AsyncClient.cancel_session_deletion`."""
+        return self._run(self._async.cancel_session_deletion(session_id, timeout_s=timeout_s))
 
     def restore_session(
         self,
@@ -407,6 +415,22 @@ class Client:
 
     def revoke_worker_token(self, token_id: str, *, timeout_s: float | None = None) -> WorkerToken:
         return self._run(self._async.revoke_worker_token(token_id, timeout_s=timeout_s))
+
+    def purge_owner_data(
+        self, owner: str = "", *, timeout_s: float | None = None
+    ) -> Generator[PurgeProgress, None, None]:
+        """See `AsyncClient.purge_owner_data`; `close()` the iterator to stop waiting for it."""
+        steps = self._async.purge_owner_data(owner, timeout_s=timeout_s)
+        try:
+            while True:
+                try:
+                    step = self._run(_anext(steps))
+                except StopAsyncIteration:
+                    return
+                yield step
+        finally:
+            if not self._closed:
+                self._run(steps.aclose())
 
     # -- snapshots and health -------------------------------------------------------------
 

@@ -8,12 +8,12 @@ import grpc
 from tether.v1 import admin_service_pb2 as apb
 
 from ..domain.access import Limits, WorkerToken
-from ..domain.errors import InvalidArgument
+from ..domain.errors import InvalidArgument, PermissionDenied
 from ..domain.hub import Hub
 from ..domain.messages import WorkerStatus
 from ..domain.ports import CredentialStore
 from . import _validate as v
-from ._auth import Authenticator
+from ._auth import Authenticator, owner_name
 from ._convert import ts
 from ._errors import translate
 
@@ -108,3 +108,35 @@ class AdminService:
             token = await self._access.revoke_worker_token(caller.owner, v.required("token_id", request.token_id))
             self._auth.revoked(token)
             return apb.RevokeWorkerTokenResponse(token=token_pb(token))
+
+    async def PurgeOwnerData(self, request: apb.PurgeOwnerDataRequest, context: grpc.aio.ServicerContext):
+        async with translate(context, "PurgeOwnerData"):
+            caller = await self._auth.app(context, owner_required=False)
+            named = owner_name(request.owner, "owner") if request.owner else ""
+            if caller.bound:
+                if named and named != caller.owner:
+                    raise PermissionDenied(
+                        "an owner key may purge only its own owner's data; leave owner empty, or use an admin key"
+                    )
+                owner = caller.owner
+            elif caller.admin:
+                owner = named or caller.owner  # an admin key may name the owner in the header too
+                if not owner:
+                    raise InvalidArgument("owner", "is required with an admin key: name the owner to purge")
+            else:
+                raise PermissionDenied("PurgeOwnerData needs an admin key or the owner's own key, not a backend key")
+            progress = apb.PurgeOwnerDataResponse()
+            async for deleted in self._hub.purge_sessions(owner):
+                progress.sessions_deleted = deleted
+                yield progress
+            for token in await self._access.list_worker_tokens(owner):
+                if not token.revoke_time_us:
+                    self._auth.revoked(await self._access.revoke_worker_token(owner, token.token_id))
+            tokens, workers, codes = await self._access.purge_owner(owner)
+            progress.worker_tokens_deleted, progress.workers_deleted, progress.pairing_codes_deleted = (
+                tokens,
+                workers,
+                codes,
+            )
+            progress.done = True
+            yield progress

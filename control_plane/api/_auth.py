@@ -94,7 +94,7 @@ class Authenticator:
                     f"API key {key.key_id} is bound to one owner and cannot act for another; drop {OWNER_HEADER}",
                     key_id=key.key_id,
                 )
-            return AppCaller(key.owner, key_id=key.key_id)
+            return AppCaller(key.owner, key_id=key.key_id, bound=True)
         admin = key.kind == "admin"
         if not owner:
             if admin and not owner_required:

@@ -120,6 +120,7 @@ def session_pb(v: m.SessionView) -> pb.Session:
         forked_from_turn_id=s.forked_from_turn_id,
         title=s.title,
         last_activity_time=ts(v.last_activity_us or s.create_time_us),
+        delete_time=ts(s.delete_time_us) if s.delete_time_us else None,
     )
 
 

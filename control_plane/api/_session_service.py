@@ -246,8 +246,21 @@ class SessionService:
     ) -> spb.DeleteSessionResponse:
         async with translate(context, "DeleteSession"):
             owner = (await self._auth.app(context)).owner
-            await self._hub.delete_session(owner, v.required("session_id", request.session_id))
+            session_id = v.required("session_id", request.session_id)
+            if request.HasField("delete_after"):
+                after_s = request.delete_after.ToNanoseconds() / 1e9
+                view = await self._hub.schedule_deletion(owner, session_id, after_s)
+                return spb.DeleteSessionResponse(session=session_pb(view))
+            await self._hub.delete_session(owner, session_id)
             return spb.DeleteSessionResponse()
+
+    async def CancelSessionDeletion(
+        self, request: spb.CancelSessionDeletionRequest, context: grpc.aio.ServicerContext
+    ) -> spb.CancelSessionDeletionResponse:
+        async with translate(context, "CancelSessionDeletion"):
+            owner = (await self._auth.app(context)).owner
+            view = await self._hub.cancel_deletion(owner, v.required("session_id", request.session_id))
+            return spb.CancelSessionDeletionResponse(session=session_pb(view))
 
     async def RestoreSession(
         self, request: spb.RestoreSessionRequest, context: grpc.aio.ServicerContext

@@ -54,6 +54,8 @@ class SessionCache:
         # Set when the hub stops: live subscriptions end UNAVAILABLE (a stop is not a deletion).
         self.stopping = False
         self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
+        # Sessions a bulk delete is removing: they do not load meanwhile.
+        self._doomed: set[str] = set()
 
     def connect(
         self,
@@ -87,6 +89,8 @@ class SessionCache:
         return len(self._records)
 
     async def load(self, session_id: str) -> SessionRecord | None:
+        if session_id in self._doomed:
+            return None
         rec = self._records.get(session_id)
         if rec is not None:
             self._used(rec)
@@ -99,7 +103,7 @@ class SessionCache:
         try:
             loaded = await self._reader.load_session(session_id)
             rec = None
-            if loaded is not None:
+            if loaded is not None and session_id not in self._doomed:
                 # Loading gives every held lease a full TTL: workers get that long to renew.
                 rec = SessionRecord.reloaded(loaded, self._timings.lease_ttl_s)
                 self._keep(rec)
@@ -327,6 +331,35 @@ class SessionCache:
 
     async def delete(self, owner: str, session_id: str) -> None:
         rec = await self.require(session_id, owner)
+        self._let_go(rec)
+        try:
+            await self._committer.commit(Changes(session_deletes=[session_id]))
+        finally:
+            self._forget(session_id)
+
+    async def delete_many(self, session_ids: list[str]) -> None:
+        """Delete these sessions in one transaction (PurgeOwnerData's batches): the loaded ones
+        let go as `delete` does, the others kept from loading until they are gone."""
+        doomed = [sid for sid in session_ids if sid not in self._doomed]
+        self._doomed.update(doomed)
+        try:
+            for sid in doomed:
+                rec = self._records.get(sid)
+                if rec is not None and not rec.deleted:
+                    self._let_go(rec)
+            # A load already reading one of them keeps nothing now; let it finish first, so no
+            # load can read rows from before the delete once it is committed.
+            loading = [asyncio.shield(self._loading[sid]) for sid in doomed if sid in self._loading]
+            await asyncio.gather(*loading, return_exceptions=True)
+            await self._committer.commit(Changes(session_deletes=doomed))
+        finally:
+            for sid in doomed:
+                self._forget(sid)
+                self._doomed.discard(sid)
+
+    def _let_go(self, rec: SessionRecord) -> None:
+        """A session being deleted: nothing of it runs, waits or is held any more."""
+        session_id = rec.session_id
         rec.deleted = True
         self._scheduler.forget(rec)
         self._restores.abandon(rec, errors.SessionNotFound(session_id))
@@ -341,7 +374,12 @@ class SessionCache:
         if active is not None:
             self._workers.free_everywhere(active.turn_id)
         self._events.wake(rec)
-        try:
-            await self._committer.commit(Changes(session_deletes=[session_id]))
-        finally:
-            self._forget(session_id)
+
+    async def set_delete_time(self, owner: str, session_id: str, delete_time_us: int) -> SessionView:
+        """Schedule the session's deletion at `delete_time_us` (0: cancel it), durably."""
+        rec = await self.require(session_id, owner)
+        if rec.session.delete_time_us != delete_time_us:
+            rec.session.delete_time_us = delete_time_us
+            rec.session.update_time_us = now_us()
+            await self._committer.commit(Changes(session_updates=[rec.session]))
+        return self.view(rec)

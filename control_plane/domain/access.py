@@ -35,6 +35,7 @@ class AppCaller:
     owner: str
     admin: bool = False  # an admin key also sees every owner's workers (AdminService)
     key_id: str = ""  # "" for an anonymous caller of a --dev control plane
+    bound: bool = False  # an owner key: it acts for its own owner only
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | Forks              | `_forks.py`       | ForkSession: copying a session up to a turn          |
 | Reverts            | `_revert.py`      | RevertSession: moving a session's head back          |
 | Bundles            | `_bundles.py`     | ExportSession / ImportSession: a session at rest     |
+| Deletions          | `_deletions.py`   | scheduled deletions (the sweeper), purging an owner  |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -50,6 +51,7 @@ from typing import Any
 
 from ._bundles import Bundles, SessionBundle
 from ._deadlines import TurnDeadlines
+from ._deletions import Deletions
 from ._forks import Forks
 from ._ingest import Ingest
 from ._leases import Leases
@@ -137,6 +139,7 @@ class Hub:
         forks = self._forks = Forks(reader, committer, codec)
         reverts = self._reverts = Reverts(reader, committer, codec)
         bundles = self._bundles = Bundles(reader, committer, codec)
+        deletions = self._deletions = Deletions(reader, self._tasks, timings)
 
         sessions.connect(
             turns=turns,
@@ -150,6 +153,7 @@ class Hub:
         events.connect(sessions=sessions)
         forks.connect(sessions=sessions, turns=turns, events=events)
         bundles.connect(sessions=sessions, turns=turns, events=events)
+        deletions.connect(sessions=sessions)
         reverts.connect(sessions=sessions, turns=turns, events=events, leases=leases, restores=restores)
         turns.connect(
             sessions=sessions,
@@ -192,6 +196,7 @@ class Hub:
         await self._recovery.reload_open_sessions()
         self._leases.start_sweeper()
         self._sessions.start_evictor(self._tasks)
+        self._deletions.start_sweeper()
 
     async def stop(self) -> None:
         await self._tasks.stop()
@@ -239,6 +244,22 @@ class Hub:
 
     async def delete_session(self, owner: str, session_id: str) -> None:
         await self._sessions.delete(owner, session_id)
+
+    async def schedule_deletion(self, owner: str, session_id: str, after_s: float) -> SessionView:
+        """Delete the session `after_s` from now, durably (`_deletions.py`)."""
+        return await self._deletions.schedule(owner, session_id, after_s)
+
+    async def cancel_deletion(self, owner: str, session_id: str) -> SessionView:
+        return await self._deletions.cancel(owner, session_id)
+
+    async def sweep_deletions(self) -> int:
+        """Delete the sessions whose scheduled deletion is due now (the sweeper does this on
+        its own every `deletion_sweep_s`); returns how many."""
+        return await self._deletions.sweep()
+
+    def purge_sessions(self, owner: str) -> AsyncIterator[int]:
+        """Delete every session of `owner` in batches; yields the count deleted after each."""
+        return self._deletions.purge_sessions(owner)
 
     async def fork_session(self, owner: str, session_id: str, turn_id: str) -> SessionView:
         """Copy the session up to and including `turn_id` (default: its last completed turn)."""

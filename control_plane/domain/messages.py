@@ -73,6 +73,8 @@ class Timings:
     # has held this long, so a worker still starting or reconnecting after a restart does not
     # make every turn sent meanwhile announce a wait that ends a moment later.
     waiting_notice_s: float = 2.0
+    # Server-side only. How often the control plane looks for scheduled deletions that are due.
+    deletion_sweep_s: float = 1.0
 
 
 # Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.

@@ -92,6 +92,8 @@ class Session:
     # A name for people: set by UpdateSession, else the first input's first line (see
     # `default_title`); "" before any input.
     title: str = ""
+    # When a scheduled deletion deletes the session (0: none scheduled).
+    delete_time_us: int = 0
 
 
 @dataclass

@@ -133,6 +133,14 @@ class SessionReader(Protocol):
         """The session's kept snapshots, oldest first."""
         ...
 
+    async def sessions_due_for_deletion(self, now_us: int, limit: int) -> list[tuple[str, str]]:
+        """(session id, owner) of up to `limit` sessions whose scheduled deletion is due."""
+        ...
+
+    async def session_ids_of(self, owner: str, limit: int) -> list[str]:
+        """Up to `limit` ids of `owner`'s sessions."""
+        ...
+
     async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
         """Which of these ids a stored session or turn has already."""
         ...
@@ -183,6 +191,11 @@ class CredentialStore(Protocol):
     async def create_pairing_code(self, owner: str, ttl_us: int, max_pending: int) -> tuple[str, int]: ...
     async def list_worker_tokens(self, owner: str) -> list[WorkerToken]: ...
     async def revoke_worker_token(self, owner: str, token_id: str) -> WorkerToken: ...
+
+    async def purge_owner(self, owner: str) -> tuple[int, int, int]:
+        """Delete the owner's worker tokens, worker registrations and pairing codes; returns
+        how many of each."""
+        ...
 
 
 class BodyCodec(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from ..domain.access import (
     secret_hash,
 )
 from ..domain.model import new_id, now_us
-from ._schema import ApiKeyRow, PairingCodeRow, WorkerTokenRow, table_of
+from ._schema import ApiKeyRow, PairingCodeRow, WorkerRow, WorkerTokenRow, table_of
 
 _keys = table_of(ApiKeyRow)
 _tokens = table_of(WorkerTokenRow)
@@ -193,3 +193,16 @@ class AccessStore:
         if row is None:
             raise errors.WorkerTokenNotFound(token_id)  # another owner's token does not exist
         return _token(row)
+
+    # -- purging an owner ---------------------------------------------------------------------
+
+    async def purge_owner(self, owner: str) -> tuple[int, int, int]:
+        """Delete the owner's worker tokens (revoke them first: `revoke_worker_token`), worker
+        registrations and pairing codes in one transaction; returns how many of each."""
+        workers = table_of(WorkerRow)
+        codes = table_of(PairingCodeRow)
+        async with self._tx() as conn:
+            tokens = (await conn.execute(delete(_tokens).where(_tokens.c.owner_id == owner))).rowcount
+            registered = (await conn.execute(delete(workers).where(workers.c.owner_id == owner))).rowcount
+            pairing = (await conn.execute(delete(codes).where(codes.c.owner_id == owner))).rowcount
+        return tokens or 0, registered or 0, pairing or 0

@@ -269,6 +269,23 @@ class Reader:
             rows = (await conn.execute(query)).all()
         return [snapshot_from_row(r) for r in rows]
 
+    async def sessions_due_for_deletion(self, now_us: int, limit: int) -> list[tuple[str, str]]:
+        s = SessionRow.__table__
+        query = (
+            select(s.c.session_id, s.c.owner_id)
+            .where(and_(s.c.delete_time_us > 0, s.c.delete_time_us <= now_us))
+            .order_by(s.c.delete_time_us)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [(r.session_id, r.owner_id) for r in await conn.execute(query)]
+
+    async def session_ids_of(self, owner: str, limit: int) -> list[str]:
+        s = SessionRow.__table__
+        query = select(s.c.session_id).where(s.c.owner_id == owner).order_by(s.c.session_id).limit(limit)
+        async with self._engine.connect() as conn:
+            return [r.session_id for r in await conn.execute(query)]
+
     async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
         async with self._engine.connect() as conn:
             taken = [

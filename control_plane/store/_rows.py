@@ -68,6 +68,7 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         forked_from_session_id=r.forked_from_session_id,
         forked_from_turn_id=r.forked_from_turn_id,
         title=r.title,
+        delete_time_us=r.delete_time_us,
     )
 
 
@@ -85,10 +86,11 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "forked_from_session_id": s.forked_from_session_id,
         "forked_from_turn_id": s.forked_from_turn_id,
         "title": s.title,
+        "delete_time_us": s.delete_time_us,
     }
 
 
-_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us", "title", "labels_json")
+_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us", "title", "labels_json", "delete_time_us")
 _TURN_MUTABLE = (
     "worker_id",
     "lease_epoch",

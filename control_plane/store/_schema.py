@@ -59,7 +59,10 @@ class WorkerRow(Base):
 class SessionRow(Base):
     __tablename__ = "sessions"
     # Every list is one owner's: (owner, id) serves ListSessions from the index alone.
-    __table_args__ = (Index("ix_sessions_owner_session", "owner_id", "session_id"),)
+    __table_args__ = (
+        Index("ix_sessions_owner_session", "owner_id", "session_id"),
+        Index("ix_sessions_delete_time", "delete_time_us"),
+    )
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(256))
@@ -77,6 +80,8 @@ class SessionRow(Base):
     forked_from_turn_id: Mapped[str] = mapped_column(String(64), default="")
     # UpdateSession's, or the first input's first line (set with the first turn).
     title: Mapped[str] = mapped_column(String(256), default="")
+    # When a scheduled deletion (DeleteSession's delete_after) deletes the session; 0: none.
+    delete_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TurnRow(Base):

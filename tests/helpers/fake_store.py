@@ -106,7 +106,7 @@ class MemoryStore:
                 s.runtime_thread_id,
                 s.update_time_us,
             )
-            stored.title, stored.labels = s.title, dict(s.labels)
+            stored.title, stored.labels, stored.delete_time_us = s.title, dict(s.labels), s.delete_time_us
         for t in c.turn_updates:
             self.turns[t.turn_id] = _durable_turn(t)
         for r in c.request_inserts:
@@ -215,6 +215,15 @@ class MemoryStore:
 
     async def list_snapshots(self, session_id: str) -> list[Snapshot]:
         return sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
+
+    async def sessions_due_for_deletion(self, now_us: int, limit: int) -> list[tuple[str, str]]:
+        due = sorted(
+            (s.delete_time_us, s.session_id, s.owner) for s in self.sessions.values() if 0 < s.delete_time_us <= now_us
+        )
+        return [(sid, owner) for _, sid, owner in due[:limit]]
+
+    async def session_ids_of(self, owner: str, limit: int) -> list[str]:
+        return sorted(s.session_id for s in self.sessions.values() if s.owner == owner)[:limit]
 
     async def ids_taken(self, session_id: str, turn_ids: list[str]) -> list[str]:
         return [session_id] * (session_id in self.sessions) + [t for t in turn_ids if t in self.turns]

@@ -24,6 +24,7 @@ FAST = Timings(
     offer_timeout_s=2.0,
     reconnect_backoff_initial_s=0.05,
     reconnect_backoff_max_s=0.5,
+    deletion_sweep_s=0.2,
 )
 
 

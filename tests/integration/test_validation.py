@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tether import sdk
@@ -180,6 +180,38 @@ CASES = [
         "export of an unknown session",
         "ExportSession",
         lambda sid: spb.ExportSessionRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        None,
+    ),
+    (
+        "a deletion in the past",
+        "DeleteSession",
+        lambda sid: spb.DeleteSessionRequest(session_id=sid, delete_after=duration_pb2.Duration(seconds=-5)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "delete_after",
+    ),
+    (
+        "a deletion too far ahead",
+        "DeleteSession",
+        lambda sid: spb.DeleteSessionRequest(session_id=sid, delete_after=duration_pb2.Duration(seconds=4000 * 86400)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "delete_after",
+    ),
+    (
+        "cancel the deletion of no session",
+        "CancelSessionDeletion",
+        lambda sid: spb.CancelSessionDeletionRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "session_id",
+    ),
+    (
+        "cancel the deletion of an unknown session",
+        "CancelSessionDeletion",
+        lambda sid: spb.CancelSessionDeletionRequest(session_id="ses_01AAAAAAAAAAAAAAAAAAAAAAAA"),
         grpc.StatusCode.NOT_FOUND,
         "SESSION_NOT_FOUND",
         None,

@@ -44,6 +44,7 @@ PINNED: dict[str, list[str]] = {
         "PairingCode",
         "PendingRequest",
         "PermissionDeniedError",
+        "PurgeProgress",
         "RehydrationFailedError",
         "RequestAlreadyResolvedError",
         "RequestCancelledError",

@@ -8,6 +8,7 @@ Create Date: 2026-12-05
   the sessions that exist, which were created new;
 - `turns.reverted` (RevertSession): false for the turns that exist;
 - `sessions.title`: the first input's first line, as a new session gets it with its first turn;
+- `sessions.delete_time_us` (a scheduled deletion; 0: none) and its index, for the sweeper;
 - the turn list's summary (ListTurns) `turns.start_time_us`, `first_seq`, `last_seq`, `usage`
   and `final_message`: read back from each turn's events (its first and terminal event, its
   turn_started, its last token_usage and its last agent message), one pass over the events.
@@ -29,6 +30,7 @@ _COLUMNS = (
     ("sessions", "forked_from_turn_id", sa.String(64), ""),
     ("turns", "reverted", sa.Boolean(), False),
     ("sessions", "title", sa.String(256), ""),
+    ("sessions", "delete_time_us", sa.BigInteger(), 0),
     ("turns", "start_time_us", sa.BigInteger(), 0),
     ("turns", "first_seq", sa.BigInteger(), 0),
     ("turns", "last_seq", sa.BigInteger(), 0),
@@ -48,6 +50,7 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             for _, name, kind, _ in (c for c in _COLUMNS if c[0] == table):
                 batch.alter_column(name, existing_type=kind, nullable=False)
+    op.create_index("ix_sessions_delete_time", "sessions", ["delete_time_us"])
     _backfill(op.get_bind())
 
 
@@ -116,6 +119,7 @@ def _backfill(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sessions_delete_time", "sessions")
     for table in dict.fromkeys(t for t, *_ in reversed(_COLUMNS)):
         with op.batch_alter_table(table) as batch:
             for _, name, _, _ in (c for c in reversed(_COLUMNS) if c[0] == table):

@@ -122,3 +122,23 @@ class RevokeWorkerTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: WorkerToken
     def __init__(self, token: _Optional[_Union[WorkerToken, _Mapping]] = ...) -> None: ...
+
+class PurgeOwnerDataRequest(_message.Message):
+    __slots__ = ("owner",)
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    def __init__(self, owner: _Optional[str] = ...) -> None: ...
+
+class PurgeOwnerDataResponse(_message.Message):
+    __slots__ = ("sessions_deleted", "worker_tokens_deleted", "workers_deleted", "pairing_codes_deleted", "done")
+    SESSIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_TOKENS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PAIRING_CODES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    sessions_deleted: int
+    worker_tokens_deleted: int
+    workers_deleted: int
+    pairing_codes_deleted: int
+    done: bool
+    def __init__(self, sessions_deleted: _Optional[int] = ..., worker_tokens_deleted: _Optional[int] = ..., workers_deleted: _Optional[int] = ..., pairing_codes_deleted: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -62,6 +62,11 @@ class AdminServiceStub:
                 request_serializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.FromString,
                 _registered_method=True)
+        self.PurgeOwnerData = channel.unary_stream(
+                '/tether.v1.AdminService/PurgeOwnerData',
+                request_serializer=tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -108,6 +113,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeOwnerData(self, request, context):
+        """PurgeOwnerData deletes everything of one owner: sessions (with their turns, events,
+        snapshots and requests) in bounded batches, then worker tokens (revoked first, so their
+        workers are cut off), workers and pairing codes. It streams its progress after each batch.
+        An admin key names the owner; an owner's own key may purge only that owner. Running it
+        again finishes a purge that was cut short. API keys are left (revoke them with
+        `tether keys revoke`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +152,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeWorkerToken,
                     request_deserializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.FromString,
                     response_serializer=tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.SerializeToString,
+            ),
+            'PurgeOwnerData': grpc.unary_stream_rpc_method_handler(
+                    servicer.PurgeOwnerData,
+                    request_deserializer=tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +297,33 @@ class AdminService:
             '/tether.v1.AdminService/RevokeWorkerToken',
             tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenRequest.SerializeToString,
             tether_dot_v1_dot_admin__service__pb2.RevokeWorkerTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeOwnerData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tether.v1.AdminService/PurgeOwnerData',
+            tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataRequest.SerializeToString,
+            tether_dot_v1_dot_admin__service__pb2.PurgeOwnerDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -184,7 +184,7 @@ DELTA_KIND_REASONING: DeltaKind
 DELTA_KIND_FILE_CHANGE: DeltaKind
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id", "title", "last_activity_time")
+    __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id", "title", "last_activity_time", "delete_time")
     class WorkerSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,7 @@ class Session(_message.Message):
     FORKED_FROM_TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTIVITY_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     runtime: str
     worker_selector: _containers.ScalarMap[str, str]
@@ -237,7 +238,8 @@ class Session(_message.Message):
     forked_from_turn_id: str
     title: str
     last_activity_time: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ..., title: _Optional[str] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    delete_time: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ..., title: _Optional[str] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted", "start_time", "first_seq", "last_seq", "usage", "final_message")

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from tether.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
@@ -244,14 +247,30 @@ class UnarchiveSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
 
 class DeleteSessionRequest(_message.Message):
+    __slots__ = ("session_id", "delete_after")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    delete_after: _duration_pb2.Duration
+    def __init__(self, session_id: _Optional[str] = ..., delete_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DeleteSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: _resources_pb2.Session
+    def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
+
+class CancelSessionDeletionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
-class DeleteSessionResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+class CancelSessionDeletionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: _resources_pb2.Session
+    def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
 
 class RestoreSessionRequest(_message.Message):
     __slots__ = ("session_id", "worker_selector", "worker_id")

@@ -107,6 +107,11 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.DeleteSessionResponse.FromString,
                 _registered_method=True)
+        self.CancelSessionDeletion = channel.unary_unary(
+                '/tether.v1.SessionService/CancelSessionDeletion',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionResponse.FromString,
+                _registered_method=True)
         self.RestoreSession = channel.unary_unary(
                 '/tether.v1.SessionService/RestoreSession',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.RestoreSessionRequest.SerializeToString,
@@ -256,6 +261,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelSessionDeletion(self, request, context):
+        """CancelSessionDeletion stops a scheduled deletion (a session with none scheduled is
+        returned as it is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RestoreSession(self, request, context):
         """RestoreSession moves an idle session onto another eligible worker (any, or one matching
         worker_selector) and rehydrates its runtime there from the latest snapshot and the
@@ -400,6 +413,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.DeleteSession,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.DeleteSessionRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'CancelSessionDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSessionDeletion,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionResponse.SerializeToString,
             ),
             'RestoreSession': grpc.unary_unary_rpc_method_handler(
                     servicer.RestoreSession,
@@ -818,6 +836,33 @@ class SessionService:
             '/tether.v1.SessionService/DeleteSession',
             tether_dot_v1_dot_session__service__pb2.DeleteSessionRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSessionDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/CancelSessionDeletion',
+            tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.CancelSessionDeletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/admin_service.proto.
  */
 export const file_tether_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10ZXRoZXIvdjEvYWRtaW5fc2VydmljZS5wcm90bxIJdGV0aGVyLnYxItoCCgxXb3JrZXJTdGF0dXMSEQoJd29ya2VyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcnVudGltZXMYAyADKAkSMwoGbGFiZWxzGAQgAygLMiMudGV0aGVyLnYxLldvcmtlclN0YXR1cy5MYWJlbHNFbnRyeRINCgVzbG90cxgFIAEoBRIVCg1ydW5uaW5nX3R1cm5zGAYgASgFEhUKDWhlbGRfc2Vzc2lvbnMYByABKAUSEQoJY29ubmVjdGVkGAggASgIEhAKCGRyYWluaW5nGAkgASgIEjEKDXJlZ2lzdGVyX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCyABKAkSDQoFb3duZXIYDCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJRChJEcmFpbldvcmtlclJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj4KE0RyYWluV29ya2VyUmVzcG9uc2USJwoGd29ya2VyGAEgASgLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJCChhDcmVhdGVQYWlyaW5nQ29kZVJlcXVlc3QSJgoDdHRsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImkKGUNyZWF0ZVBhaXJpbmdDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFb3duZXIYAyABKAkisQEKC1dvcmtlclRva2VuEhAKCHRva2VuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEg0KBW93bmVyGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGQoXTGlzdFdvcmtlclRva2Vuc1JlcXVlc3QiQgoYTGlzdFdvcmtlclRva2Vuc1Jlc3BvbnNlEiYKBnRva2VucxgBIAMoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbiIsChhSZXZva2VXb3JrZXJUb2tlblJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkiQgoZUmV2b2tlV29ya2VyVG9rZW5SZXNwb25zZRIlCgV0b2tlbhgBIAEoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbjLHAwoMQWRtaW5TZXJ2aWNlEkwKC0xpc3RXb3JrZXJzEh0udGV0aGVyLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBoeLnRldGhlci52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkwKC0RyYWluV29ya2VyEh0udGV0aGVyLnYxLkRyYWluV29ya2VyUmVxdWVzdBoeLnRldGhlci52MS5EcmFpbldvcmtlclJlc3BvbnNlEl4KEUNyZWF0ZVBhaXJpbmdDb2RlEiMudGV0aGVyLnYxLkNyZWF0ZVBhaXJpbmdDb2RlUmVxdWVzdBokLnRldGhlci52MS5DcmVhdGVQYWlyaW5nQ29kZVJlc3BvbnNlElsKEExpc3RXb3JrZXJUb2tlbnMSIi50ZXRoZXIudjEuTGlzdFdvcmtlclRva2Vuc1JlcXVlc3QaIy50ZXRoZXIudjEuTGlzdFdvcmtlclRva2Vuc1Jlc3BvbnNlEl4KEVJldm9rZVdvcmtlclRva2VuEiMudGV0aGVyLnYxLlJldm9rZVdvcmtlclRva2VuUmVxdWVzdBokLnRldGhlci52MS5SZXZva2VXb3JrZXJUb2tlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10ZXRoZXIvdjEvYWRtaW5fc2VydmljZS5wcm90bxIJdGV0aGVyLnYxItoCCgxXb3JrZXJTdGF0dXMSEQoJd29ya2VyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcnVudGltZXMYAyADKAkSMwoGbGFiZWxzGAQgAygLMiMudGV0aGVyLnYxLldvcmtlclN0YXR1cy5MYWJlbHNFbnRyeRINCgVzbG90cxgFIAEoBRIVCg1ydW5uaW5nX3R1cm5zGAYgASgFEhUKDWhlbGRfc2Vzc2lvbnMYByABKAUSEQoJY29ubmVjdGVkGAggASgIEhAKCGRyYWluaW5nGAkgASgIEjEKDXJlZ2lzdGVyX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCyABKAkSDQoFb3duZXIYDCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJRChJEcmFpbldvcmtlclJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj4KE0RyYWluV29ya2VyUmVzcG9uc2USJwoGd29ya2VyGAEgASgLMhcudGV0aGVyLnYxLldvcmtlclN0YXR1cyJCChhDcmVhdGVQYWlyaW5nQ29kZVJlcXVlc3QSJgoDdHRsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImkKGUNyZWF0ZVBhaXJpbmdDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFb3duZXIYAyABKAkisQEKC1dvcmtlclRva2VuEhAKCHRva2VuX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEg0KBW93bmVyGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGQoXTGlzdFdvcmtlclRva2Vuc1JlcXVlc3QiQgoYTGlzdFdvcmtlclRva2Vuc1Jlc3BvbnNlEiYKBnRva2VucxgBIAMoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbiIsChhSZXZva2VXb3JrZXJUb2tlblJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkiQgoZUmV2b2tlV29ya2VyVG9rZW5SZXNwb25zZRIlCgV0b2tlbhgBIAEoCzIWLnRldGhlci52MS5Xb3JrZXJUb2tlbiImChVQdXJnZU93bmVyRGF0YVJlcXVlc3QSDQoFb3duZXIYASABKAkilwEKFlB1cmdlT3duZXJEYXRhUmVzcG9uc2USGAoQc2Vzc2lvbnNfZGVsZXRlZBgBIAEoBBIdChV3b3JrZXJfdG9rZW5zX2RlbGV0ZWQYAiABKAQSFwoPd29ya2Vyc19kZWxldGVkGAMgASgEEh0KFXBhaXJpbmdfY29kZXNfZGVsZXRlZBgEIAEoBBIMCgRkb25lGAUgASgIMqAECgxBZG1pblNlcnZpY2USTAoLTGlzdFdvcmtlcnMSHS50ZXRoZXIudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Gh4udGV0aGVyLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USTAoLRHJhaW5Xb3JrZXISHS50ZXRoZXIudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0Gh4udGV0aGVyLnYxLkRyYWluV29ya2VyUmVzcG9uc2USXgoRQ3JlYXRlUGFpcmluZ0NvZGUSIy50ZXRoZXIudjEuQ3JlYXRlUGFpcmluZ0NvZGVSZXF1ZXN0GiQudGV0aGVyLnYxLkNyZWF0ZVBhaXJpbmdDb2RlUmVzcG9uc2USWwoQTGlzdFdvcmtlclRva2VucxIiLnRldGhlci52MS5MaXN0V29ya2VyVG9rZW5zUmVxdWVzdBojLnRldGhlci52MS5MaXN0V29ya2VyVG9rZW5zUmVzcG9uc2USXgoRUmV2b2tlV29ya2VyVG9rZW4SIy50ZXRoZXIudjEuUmV2b2tlV29ya2VyVG9rZW5SZXF1ZXN0GiQudGV0aGVyLnYxLlJldm9rZVdvcmtlclRva2VuUmVzcG9uc2USVwoOUHVyZ2VPd25lckRhdGESIC50ZXRoZXIudjEuUHVyZ2VPd25lckRhdGFSZXF1ZXN0GiEudGV0aGVyLnYxLlB1cmdlT3duZXJEYXRhUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * WorkerStatus is what the control plane knows about one worker.
@@ -388,6 +388,76 @@ export const RevokeWorkerTokenResponseSchema: GenMessage<RevokeWorkerTokenRespon
   messageDesc(file_tether_v1_admin_service, 11);
 
 /**
+ * PurgeOwnerDataRequest names the owner whose data to delete.
+ *
+ * @generated from message tether.v1.PurgeOwnerDataRequest
+ */
+export type PurgeOwnerDataRequest = Message<"tether.v1.PurgeOwnerDataRequest"> & {
+  /**
+   * The owner. Required with an admin key; with an owner's own key empty or that owner.
+   *
+   * @generated from field: string owner = 1;
+   */
+  owner: string;
+};
+
+/**
+ * Describes the message tether.v1.PurgeOwnerDataRequest.
+ * Use `create(PurgeOwnerDataRequestSchema)` to create a new message.
+ */
+export const PurgeOwnerDataRequestSchema: GenMessage<PurgeOwnerDataRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 12);
+
+/**
+ * PurgeOwnerDataResponse is the purge's progress so far; the last one has done set.
+ *
+ * @generated from message tether.v1.PurgeOwnerDataResponse
+ */
+export type PurgeOwnerDataResponse = Message<"tether.v1.PurgeOwnerDataResponse"> & {
+  /**
+   * Sessions deleted so far, with their turns, events, snapshots and requests.
+   *
+   * @generated from field: uint64 sessions_deleted = 1;
+   */
+  sessionsDeleted: bigint;
+
+  /**
+   * Worker tokens deleted (each revoked first).
+   *
+   * @generated from field: uint64 worker_tokens_deleted = 2;
+   */
+  workerTokensDeleted: bigint;
+
+  /**
+   * Worker registrations deleted.
+   *
+   * @generated from field: uint64 workers_deleted = 3;
+   */
+  workersDeleted: bigint;
+
+  /**
+   * Pairing codes deleted, used or not.
+   *
+   * @generated from field: uint64 pairing_codes_deleted = 4;
+   */
+  pairingCodesDeleted: bigint;
+
+  /**
+   * True on the last message: nothing of the owner's is left but its API keys.
+   *
+   * @generated from field: bool done = 5;
+   */
+  done: boolean;
+};
+
+/**
+ * Describes the message tether.v1.PurgeOwnerDataResponse.
+ * Use `create(PurgeOwnerDataResponseSchema)` to create a new message.
+ */
+export const PurgeOwnerDataResponseSchema: GenMessage<PurgeOwnerDataResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_admin_service, 13);
+
+/**
  * AdminService is for operators and application backends: workers, pairing codes and worker
  * tokens. An owner's API key sees and changes only that owner's workers and tokens; an admin key
  * sees every owner's workers.
@@ -447,6 +517,21 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeWorkerTokenRequestSchema;
     output: typeof RevokeWorkerTokenResponseSchema;
+  },
+  /**
+   * PurgeOwnerData deletes everything of one owner: sessions (with their turns, events,
+   * snapshots and requests) in bounded batches, then worker tokens (revoked first, so their
+   * workers are cut off), workers and pairing codes. It streams its progress after each batch.
+   * An admin key names the owner; an owner's own key may purge only that owner. Running it
+   * again finishes a purge that was cut short. API keys are left (revoke them with
+   * `tether keys revoke`).
+   *
+   * @generated from rpc tether.v1.AdminService.PurgeOwnerData
+   */
+  purgeOwnerData: {
+    methodKind: "server_streaming";
+    input: typeof PurgeOwnerDataRequestSchema;
+    output: typeof PurgeOwnerDataResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_admin_service, 0);

@@ -4,8 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Event, PendingRequest, RequestState, Session, SessionState, Snapshot, Turn } from "./resources_pb.js";
 import { file_tether_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/session_service.proto.
  */
 export const file_tether_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIpYCChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiYKBXN0YXRlGAMgASgOMhcudGV0aGVyLnYxLlNlc3Npb25TdGF0ZRIVCghhcmNoaXZlZBgEIAEoCEgAiAEBEg8KB3J1bnRpbWUYBSABKAkSOgoGbGFiZWxzGAYgAygLMioudGV0aGVyLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QuTGFiZWxzRW50cnkSEAoIb3JkZXJfYnkYByABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfYXJjaGl2ZWQiVQoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi50ZXRoZXIudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkibAoUVXBkYXRlU2Vzc2lvblJlcXVlc3QSIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI8ChVVcGRhdGVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uInYKEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoGcG9saWN5GAQgASgOMhYudGV0aGVyLnYxLklucHV0UG9saWN5IkgKEVNlbmRJbnB1dFJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiNQoOR2V0VHVyblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjAKD0dldFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iXwoQTGlzdFR1cm5zUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIkwKEUxpc3RUdXJuc1Jlc3BvbnNlEh4KBXR1cm5zGAEgAygLMg8udGV0aGVyLnYxLlR1cm4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKFEludGVycnVwdFR1cm5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiNgoVSW50ZXJydXB0VHVyblJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybiJYChpTdHJlYW1TZXNzaW9uRXZlbnRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBITCgtzdG9wX2F0X2VuZBgDIAEoCCI/ChtTdHJlYW1TZXNzaW9uRXZlbnRzUmVzcG9uc2USIAoGZXZlbnRzGAEgAygLMhAudGV0aGVyLnYxLkV2ZW50IigKEkdldFNuYXBzaG90UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjwKE0dldFNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy50ZXRoZXIudjEuU25hcHNob3QiKwoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIlCghzbmFwc2hvdBgBIAEoCzITLnRldGhlci52MS5TbmFwc2hvdCIrChVBcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChZBcmNoaXZlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiItChdVbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KGFVuYXJjaGl2ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iKgoURGVsZXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIXChVEZWxldGVTZXNzaW9uUmVzcG9uc2UixAEKFVJlc3RvcmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEk0KD3dvcmtlcl9zZWxlY3RvchgCIAMoCzI0LnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlcXVlc3QuV29ya2VyU2VsZWN0b3JFbnRyeRIRCgl3b3JrZXJfaWQYAyABKAkaNQoTV29ya2VyU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj0KFlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIjkKEkZvcmtTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkiOgoTRm9ya1Nlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iOwoUUmV2ZXJ0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjwKFVJldmVydFNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iKgoURXhwb3J0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSImChVFeHBvcnRTZXNzaW9uUmVzcG9uc2USDQoFY2h1bmsYASABKAwiPgoUSW1wb3J0U2Vzc2lvblJlcXVlc3QSDQoFY2h1bmsYASABKAwSFwoPa2VlcF9zZXNzaW9uX2lkGAIgASgIIjwKFUltcG9ydFNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iWAoXUmVzcG9uZFRvUmVxdWVzdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhUKDXJlc3BvbnNlX2pzb24YAyABKAkiRgoYUmVzcG9uZFRvUmVxdWVzdFJlc3BvbnNlEioKB3JlcXVlc3QYASABKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QiUQoTTGlzdFJlcXVlc3RzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEiYKBXN0YXRlGAIgASgOMhcudGV0aGVyLnYxLlJlcXVlc3RTdGF0ZSJDChRMaXN0UmVxdWVzdHNSZXNwb25zZRIrCghyZXF1ZXN0cxgBIAMoCzIZLnRldGhlci52MS5QZW5kaW5nUmVxdWVzdCp6CgtJbnB1dFBvbGljeRIcChhJTlBVVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRJTlBVVF9QT0xJQ1lfRU5RVUVVRRABEhcKE0lOUFVUX1BPTElDWV9SRUpFQ1QQAhIaChZJTlBVVF9QT0xJQ1lfSU5URVJSVVBUEAMy4g0KDlNlc3Npb25TZXJ2aWNlElIKDUNyZWF0ZVNlc3Npb24SHy50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEkkKCkdldFNlc3Npb24SHC50ZXRoZXIudjEuR2V0U2Vzc2lvblJlcXVlc3QaHS50ZXRoZXIudjEuR2V0U2Vzc2lvblJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLnRldGhlci52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8udGV0aGVyLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElIKDVVwZGF0ZVNlc3Npb24SHy50ZXRoZXIudjEuVXBkYXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuVXBkYXRlU2Vzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLnRldGhlci52MS5TZW5kSW5wdXRSZXF1ZXN0GhwudGV0aGVyLnYxLlNlbmRJbnB1dFJlc3BvbnNlEkAKB0dldFR1cm4SGS50ZXRoZXIudjEuR2V0VHVyblJlcXVlc3QaGi50ZXRoZXIudjEuR2V0VHVyblJlc3BvbnNlEkYKCUxpc3RUdXJucxIbLnRldGhlci52MS5MaXN0VHVybnNSZXF1ZXN0GhwudGV0aGVyLnYxLkxpc3RUdXJuc1Jlc3BvbnNlElIKDUludGVycnVwdFR1cm4SHy50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlcXVlc3QaIC50ZXRoZXIudjEuSW50ZXJydXB0VHVyblJlc3BvbnNlEmYKE1N0cmVhbVNlc3Npb25FdmVudHMSJS50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1JlcXVlc3QaJi50ZXRoZXIudjEuU3RyZWFtU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlMAESTAoLR2V0U25hcHNob3QSHS50ZXRoZXIudjEuR2V0U25hcHNob3RSZXF1ZXN0Gh4udGV0aGVyLnYxLkdldFNuYXBzaG90UmVzcG9uc2USVQoOQ3JlYXRlU25hcHNob3QSIC50ZXRoZXIudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiEudGV0aGVyLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USVQoOQXJjaGl2ZVNlc3Npb24SIC50ZXRoZXIudjEuQXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USWwoQVW5hcmNoaXZlU2Vzc2lvbhIiLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBojLnRldGhlci52MS5VbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USUgoNRGVsZXRlU2Vzc2lvbhIfLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USVQoOUmVzdG9yZVNlc3Npb24SIC50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXF1ZXN0GiEudGV0aGVyLnYxLlJlc3RvcmVTZXNzaW9uUmVzcG9uc2USTAoLRm9ya1Nlc3Npb24SHS50ZXRoZXIudjEuRm9ya1Nlc3Npb25SZXF1ZXN0Gh4udGV0aGVyLnYxLkZvcmtTZXNzaW9uUmVzcG9uc2USUgoNUmV2ZXJ0U2Vzc2lvbhIfLnRldGhlci52MS5SZXZlcnRTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5SZXZlcnRTZXNzaW9uUmVzcG9uc2USVAoNRXhwb3J0U2Vzc2lvbhIfLnRldGhlci52MS5FeHBvcnRTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5FeHBvcnRTZXNzaW9uUmVzcG9uc2UwARJUCg1JbXBvcnRTZXNzaW9uEh8udGV0aGVyLnYxLkltcG9ydFNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLkltcG9ydFNlc3Npb25SZXNwb25zZSgBElsKEFJlc3BvbmRUb1JlcXVlc3QSIi50ZXRoZXIudjEuUmVzcG9uZFRvUmVxdWVzdFJlcXVlc3QaIy50ZXRoZXIudjEuUmVzcG9uZFRvUmVxdWVzdFJlc3BvbnNlEk8KDExpc3RSZXF1ZXN0cxIeLnRldGhlci52MS5MaXN0UmVxdWVzdHNSZXF1ZXN0Gh8udGV0aGVyLnYxLkxpc3RSZXF1ZXN0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_tether_v1_resources]);
+  fileDesc("Ch90ZXRoZXIvdjEvc2Vzc2lvbl9zZXJ2aWNlLnByb3RvEgl0ZXRoZXIudjEimAIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg8KB3J1bnRpbWUYASABKAkSTAoPd29ya2VyX3NlbGVjdG9yGAIgAygLMjMudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSOwoGbGFiZWxzGAMgAygLMisudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5GjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIpYCChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiYKBXN0YXRlGAMgASgOMhcudGV0aGVyLnYxLlNlc3Npb25TdGF0ZRIVCghhcmNoaXZlZBgEIAEoCEgAiAEBEg8KB3J1bnRpbWUYBSABKAkSOgoGbGFiZWxzGAYgAygLMioudGV0aGVyLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QuTGFiZWxzRW50cnkSEAoIb3JkZXJfYnkYByABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfYXJjaGl2ZWQiVQoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi50ZXRoZXIudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkibAoUVXBkYXRlU2Vzc2lvblJlcXVlc3QSIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI8ChVVcGRhdGVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uInYKEFNlbmRJbnB1dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbnB1dBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJgoGcG9saWN5GAQgASgOMhYudGV0aGVyLnYxLklucHV0UG9saWN5IkgKEVNlbmRJbnB1dFJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiNQoOR2V0VHVyblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjAKD0dldFR1cm5SZXNwb25zZRIdCgR0dXJuGAEgASgLMg8udGV0aGVyLnYxLlR1cm4iXwoQTGlzdFR1cm5zUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIkwKEUxpc3RUdXJuc1Jlc3BvbnNlEh4KBXR1cm5zGAEgAygLMg8udGV0aGVyLnYxLlR1cm4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIksKFEludGVycnVwdFR1cm5SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiNgoVSW50ZXJydXB0VHVyblJlc3BvbnNlEh0KBHR1cm4YASABKAsyDy50ZXRoZXIudjEuVHVybiJYChpTdHJlYW1TZXNzaW9uRXZlbnRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBITCgtzdG9wX2F0X2VuZBgDIAEoCCI/ChtTdHJlYW1TZXNzaW9uRXZlbnRzUmVzcG9uc2USIAoGZXZlbnRzGAEgAygLMhAudGV0aGVyLnYxLkV2ZW50IigKEkdldFNuYXBzaG90UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjwKE0dldFNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy50ZXRoZXIudjEuU25hcHNob3QiKwoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIlCghzbmFwc2hvdBgBIAEoCzITLnRldGhlci52MS5TbmFwc2hvdCIrChVBcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChZBcmNoaXZlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiItChdVbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KGFVuYXJjaGl2ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIudGV0aGVyLnYxLlNlc3Npb24iWwoURGVsZXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIvCgxkZWxldGVfYWZ0ZXIYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPAoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiIyChxDYW5jZWxTZXNzaW9uRGVsZXRpb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiRAodQ2FuY2VsU2Vzc2lvbkRlbGV0aW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIsQBChVSZXN0b3JlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRJNCg93b3JrZXJfc2VsZWN0b3IYAiADKAsyNC50ZXRoZXIudjEuUmVzdG9yZVNlc3Npb25SZXF1ZXN0LldvcmtlclNlbGVjdG9yRW50cnkSEQoJd29ya2VyX2lkGAMgASgJGjUKE1dvcmtlclNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI9ChZSZXN0b3JlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi50ZXRoZXIudjEuU2Vzc2lvbiI5ChJGb3JrU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJIjoKE0ZvcmtTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIjsKFFJldmVydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCSI8ChVSZXZlcnRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIioKFEV4cG9ydFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiJgoVRXhwb3J0U2Vzc2lvblJlc3BvbnNlEg0KBWNodW5rGAEgASgMIj4KFEltcG9ydFNlc3Npb25SZXF1ZXN0Eg0KBWNodW5rGAEgASgMEhcKD2tlZXBfc2Vzc2lvbl9pZBgCIAEoCCI8ChVJbXBvcnRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnRldGhlci52MS5TZXNzaW9uIlgKF1Jlc3BvbmRUb1JlcXVlc3RSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRIVCg1yZXNwb25zZV9qc29uGAMgASgJIkYKGFJlc3BvbmRUb1JlcXVlc3RSZXNwb25zZRIqCgdyZXF1ZXN0GAEgASgLMhkudGV0aGVyLnYxLlBlbmRpbmdSZXF1ZXN0IlEKE0xpc3RSZXF1ZXN0c1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnRldGhlci52MS5SZXF1ZXN0U3RhdGUiQwoUTGlzdFJlcXVlc3RzUmVzcG9uc2USKwoIcmVxdWVzdHMYASADKAsyGS50ZXRoZXIudjEuUGVuZGluZ1JlcXVlc3QqegoLSW5wdXRQb2xpY3kSHAoYSU5QVVRfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGAoUSU5QVVRfUE9MSUNZX0VOUVVFVUUQARIXChNJTlBVVF9QT0xJQ1lfUkVKRUNUEAISGgoWSU5QVVRfUE9MSUNZX0lOVEVSUlVQVBADMs4OCg5TZXNzaW9uU2VydmljZRJSCg1DcmVhdGVTZXNzaW9uEh8udGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJJCgpHZXRTZXNzaW9uEhwudGV0aGVyLnYxLkdldFNlc3Npb25SZXF1ZXN0Gh0udGV0aGVyLnYxLkdldFNlc3Npb25SZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi50ZXRoZXIudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLnRldGhlci52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJSCg1VcGRhdGVTZXNzaW9uEh8udGV0aGVyLnYxLlVwZGF0ZVNlc3Npb25SZXF1ZXN0GiAudGV0aGVyLnYxLlVwZGF0ZVNlc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy50ZXRoZXIudjEuU2VuZElucHV0UmVxdWVzdBocLnRldGhlci52MS5TZW5kSW5wdXRSZXNwb25zZRJACgdHZXRUdXJuEhkudGV0aGVyLnYxLkdldFR1cm5SZXF1ZXN0GhoudGV0aGVyLnYxLkdldFR1cm5SZXNwb25zZRJGCglMaXN0VHVybnMSGy50ZXRoZXIudjEuTGlzdFR1cm5zUmVxdWVzdBocLnRldGhlci52MS5MaXN0VHVybnNSZXNwb25zZRJSCg1JbnRlcnJ1cHRUdXJuEh8udGV0aGVyLnYxLkludGVycnVwdFR1cm5SZXF1ZXN0GiAudGV0aGVyLnYxLkludGVycnVwdFR1cm5SZXNwb25zZRJmChNTdHJlYW1TZXNzaW9uRXZlbnRzEiUudGV0aGVyLnYxLlN0cmVhbVNlc3Npb25FdmVudHNSZXF1ZXN0GiYudGV0aGVyLnYxLlN0cmVhbVNlc3Npb25FdmVudHNSZXNwb25zZTABEkwKC0dldFNuYXBzaG90Eh0udGV0aGVyLnYxLkdldFNuYXBzaG90UmVxdWVzdBoeLnRldGhlci52MS5HZXRTbmFwc2hvdFJlc3BvbnNlElUKDkNyZWF0ZVNuYXBzaG90EiAudGV0aGVyLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBohLnRldGhlci52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlElUKDkFyY2hpdmVTZXNzaW9uEiAudGV0aGVyLnYxLkFyY2hpdmVTZXNzaW9uUmVxdWVzdBohLnRldGhlci52MS5BcmNoaXZlU2Vzc2lvblJlc3BvbnNlElsKEFVuYXJjaGl2ZVNlc3Npb24SIi50ZXRoZXIudjEuVW5hcmNoaXZlU2Vzc2lvblJlcXVlc3QaIy50ZXRoZXIudjEuVW5hcmNoaXZlU2Vzc2lvblJlc3BvbnNlElIKDURlbGV0ZVNlc3Npb24SHy50ZXRoZXIudjEuRGVsZXRlU2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlEmoKFUNhbmNlbFNlc3Npb25EZWxldGlvbhInLnRldGhlci52MS5DYW5jZWxTZXNzaW9uRGVsZXRpb25SZXF1ZXN0GigudGV0aGVyLnYxLkNhbmNlbFNlc3Npb25EZWxldGlvblJlc3BvbnNlElUKDlJlc3RvcmVTZXNzaW9uEiAudGV0aGVyLnYxLlJlc3RvcmVTZXNzaW9uUmVxdWVzdBohLnRldGhlci52MS5SZXN0b3JlU2Vzc2lvblJlc3BvbnNlEkwKC0ZvcmtTZXNzaW9uEh0udGV0aGVyLnYxLkZvcmtTZXNzaW9uUmVxdWVzdBoeLnRldGhlci52MS5Gb3JrU2Vzc2lvblJlc3BvbnNlElIKDVJldmVydFNlc3Npb24SHy50ZXRoZXIudjEuUmV2ZXJ0U2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuUmV2ZXJ0U2Vzc2lvblJlc3BvbnNlElQKDUV4cG9ydFNlc3Npb24SHy50ZXRoZXIudjEuRXhwb3J0U2Vzc2lvblJlcXVlc3QaIC50ZXRoZXIudjEuRXhwb3J0U2Vzc2lvblJlc3BvbnNlMAESVAoNSW1wb3J0U2Vzc2lvbhIfLnRldGhlci52MS5JbXBvcnRTZXNzaW9uUmVxdWVzdBogLnRldGhlci52MS5JbXBvcnRTZXNzaW9uUmVzcG9uc2UoARJbChBSZXNwb25kVG9SZXF1ZXN0EiIudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXF1ZXN0GiMudGV0aGVyLnYxLlJlc3BvbmRUb1JlcXVlc3RSZXNwb25zZRJPCgxMaXN0UmVxdWVzdHMSHi50ZXRoZXIudjEuTGlzdFJlcXVlc3RzUmVxdWVzdBofLnRldGhlci52MS5MaXN0UmVxdWVzdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_tether_v1_resources]);
 
 /**
  * CreateSessionRequest describes the session to create.
@@ -742,6 +742,16 @@ export type DeleteSessionRequest = Message<"tether.v1.DeleteSessionRequest"> & {
    * @generated from field: string session_id = 1;
    */
   sessionId: string;
+
+  /**
+   * Delete it this long from now instead of at once: at least 1 s, at most 3650 days. The
+   * deletion is stored, so it happens even across control-plane restarts; the session shows
+   * it as delete_time, CancelSessionDeletion stops it, and a later DeleteSession replaces it.
+   * Unset: delete now.
+   *
+   * @generated from field: google.protobuf.Duration delete_after = 2;
+   */
+  deleteAfter?: Duration | undefined;
 };
 
 /**
@@ -752,11 +762,18 @@ export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@_
   messageDesc(file_tether_v1_session_service, 26);
 
 /**
- * DeleteSessionResponse is empty: the session is gone.
+ * DeleteSessionResponse says what happened.
  *
  * @generated from message tether.v1.DeleteSessionResponse
  */
 export type DeleteSessionResponse = Message<"tether.v1.DeleteSessionResponse"> & {
+  /**
+   * For a scheduled deletion, the session with delete_time set; unset when the session was
+   * deleted now.
+   *
+   * @generated from field: tether.v1.Session session = 1;
+   */
+  session?: Session | undefined;
 };
 
 /**
@@ -765,6 +782,48 @@ export type DeleteSessionResponse = Message<"tether.v1.DeleteSessionResponse"> &
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
   messageDesc(file_tether_v1_session_service, 27);
+
+/**
+ * CancelSessionDeletionRequest names a session whose deletion is scheduled.
+ *
+ * @generated from message tether.v1.CancelSessionDeletionRequest
+ */
+export type CancelSessionDeletionRequest = Message<"tether.v1.CancelSessionDeletionRequest"> & {
+  /**
+   * The session. Required.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message tether.v1.CancelSessionDeletionRequest.
+ * Use `create(CancelSessionDeletionRequestSchema)` to create a new message.
+ */
+export const CancelSessionDeletionRequestSchema: GenMessage<CancelSessionDeletionRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 28);
+
+/**
+ * CancelSessionDeletionResponse holds the session, no longer scheduled for deletion.
+ *
+ * @generated from message tether.v1.CancelSessionDeletionResponse
+ */
+export type CancelSessionDeletionResponse = Message<"tether.v1.CancelSessionDeletionResponse"> & {
+  /**
+   * The session (delete_time unset).
+   *
+   * @generated from field: tether.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message tether.v1.CancelSessionDeletionResponse.
+ * Use `create(CancelSessionDeletionResponseSchema)` to create a new message.
+ */
+export const CancelSessionDeletionResponseSchema: GenMessage<CancelSessionDeletionResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_session_service, 29);
 
 /**
  * RestoreSessionRequest names a session and where to move it.
@@ -801,7 +860,7 @@ export type RestoreSessionRequest = Message<"tether.v1.RestoreSessionRequest"> &
  * Use `create(RestoreSessionRequestSchema)` to create a new message.
  */
 export const RestoreSessionRequestSchema: GenMessage<RestoreSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 28);
+  messageDesc(file_tether_v1_session_service, 30);
 
 /**
  * RestoreSessionResponse holds the session after the move.
@@ -822,7 +881,7 @@ export type RestoreSessionResponse = Message<"tether.v1.RestoreSessionResponse">
  * Use `create(RestoreSessionResponseSchema)` to create a new message.
  */
 export const RestoreSessionResponseSchema: GenMessage<RestoreSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 29);
+  messageDesc(file_tether_v1_session_service, 31);
 
 /**
  * ForkSessionRequest names the session and turn to fork from.
@@ -850,7 +909,7 @@ export type ForkSessionRequest = Message<"tether.v1.ForkSessionRequest"> & {
  * Use `create(ForkSessionRequestSchema)` to create a new message.
  */
 export const ForkSessionRequestSchema: GenMessage<ForkSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 30);
+  messageDesc(file_tether_v1_session_service, 32);
 
 /**
  * ForkSessionResponse holds the new session.
@@ -871,7 +930,7 @@ export type ForkSessionResponse = Message<"tether.v1.ForkSessionResponse"> & {
  * Use `create(ForkSessionResponseSchema)` to create a new message.
  */
 export const ForkSessionResponseSchema: GenMessage<ForkSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 31);
+  messageDesc(file_tether_v1_session_service, 33);
 
 /**
  * RevertSessionRequest names the session and the turn to move its head back to.
@@ -899,7 +958,7 @@ export type RevertSessionRequest = Message<"tether.v1.RevertSessionRequest"> & {
  * Use `create(RevertSessionRequestSchema)` to create a new message.
  */
 export const RevertSessionRequestSchema: GenMessage<RevertSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 32);
+  messageDesc(file_tether_v1_session_service, 34);
 
 /**
  * RevertSessionResponse holds the session after the revert.
@@ -920,7 +979,7 @@ export type RevertSessionResponse = Message<"tether.v1.RevertSessionResponse"> &
  * Use `create(RevertSessionResponseSchema)` to create a new message.
  */
 export const RevertSessionResponseSchema: GenMessage<RevertSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 33);
+  messageDesc(file_tether_v1_session_service, 35);
 
 /**
  * ExportSessionRequest names the session to export.
@@ -941,7 +1000,7 @@ export type ExportSessionRequest = Message<"tether.v1.ExportSessionRequest"> & {
  * Use `create(ExportSessionRequestSchema)` to create a new message.
  */
 export const ExportSessionRequestSchema: GenMessage<ExportSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 34);
+  messageDesc(file_tether_v1_session_service, 36);
 
 /**
  * ExportSessionResponse is the next piece of the bundle.
@@ -962,7 +1021,7 @@ export type ExportSessionResponse = Message<"tether.v1.ExportSessionResponse"> &
  * Use `create(ExportSessionResponseSchema)` to create a new message.
  */
 export const ExportSessionResponseSchema: GenMessage<ExportSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 35);
+  messageDesc(file_tether_v1_session_service, 37);
 
 /**
  * ImportSessionRequest is the next piece of a bundle to import.
@@ -992,7 +1051,7 @@ export type ImportSessionRequest = Message<"tether.v1.ImportSessionRequest"> & {
  * Use `create(ImportSessionRequestSchema)` to create a new message.
  */
 export const ImportSessionRequestSchema: GenMessage<ImportSessionRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 36);
+  messageDesc(file_tether_v1_session_service, 38);
 
 /**
  * ImportSessionResponse holds the imported session.
@@ -1013,7 +1072,7 @@ export type ImportSessionResponse = Message<"tether.v1.ImportSessionResponse"> &
  * Use `create(ImportSessionResponseSchema)` to create a new message.
  */
 export const ImportSessionResponseSchema: GenMessage<ImportSessionResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 37);
+  messageDesc(file_tether_v1_session_service, 39);
 
 /**
  * RespondToRequestRequest answers a pending runtime request.
@@ -1048,7 +1107,7 @@ export type RespondToRequestRequest = Message<"tether.v1.RespondToRequestRequest
  * Use `create(RespondToRequestRequestSchema)` to create a new message.
  */
 export const RespondToRequestRequestSchema: GenMessage<RespondToRequestRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 38);
+  messageDesc(file_tether_v1_session_service, 40);
 
 /**
  * RespondToRequestResponse confirms the answer was recorded.
@@ -1069,7 +1128,7 @@ export type RespondToRequestResponse = Message<"tether.v1.RespondToRequestRespon
  * Use `create(RespondToRequestResponseSchema)` to create a new message.
  */
 export const RespondToRequestResponseSchema: GenMessage<RespondToRequestResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 39);
+  messageDesc(file_tether_v1_session_service, 41);
 
 /**
  * ListRequestsRequest names a session.
@@ -1097,7 +1156,7 @@ export type ListRequestsRequest = Message<"tether.v1.ListRequestsRequest"> & {
  * Use `create(ListRequestsRequestSchema)` to create a new message.
  */
 export const ListRequestsRequestSchema: GenMessage<ListRequestsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 40);
+  messageDesc(file_tether_v1_session_service, 42);
 
 /**
  * ListRequestsResponse holds the requests.
@@ -1118,7 +1177,7 @@ export type ListRequestsResponse = Message<"tether.v1.ListRequestsResponse"> & {
  * Use `create(ListRequestsResponseSchema)` to create a new message.
  */
 export const ListRequestsResponseSchema: GenMessage<ListRequestsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_session_service, 41);
+  messageDesc(file_tether_v1_session_service, 43);
 
 /**
  * InputPolicy says what SendInput does when the session has a turn queued or running.
@@ -1317,6 +1376,17 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof DeleteSessionRequestSchema;
     output: typeof DeleteSessionResponseSchema;
+  },
+  /**
+   * CancelSessionDeletion stops a scheduled deletion (a session with none scheduled is
+   * returned as it is).
+   *
+   * @generated from rpc tether.v1.SessionService.CancelSessionDeletion
+   */
+  cancelSessionDeletion: {
+    methodKind: "unary";
+    input: typeof CancelSessionDeletionRequestSchema;
+    output: typeof CancelSessionDeletionResponseSchema;
   },
   /**
    * RestoreSession moves an idle session onto another eligible worker (any, or one matching
