@@ -46,6 +46,8 @@ from tether.execution_worker.runtime import (
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
+    honouring_output_schema,
+    honours_output_schema,
     new_request_id,
 )
 
@@ -96,6 +98,8 @@ __all__ = [
     "ItemDelta",
     "ItemKind",
     "ItemStarted",
+    "honouring_output_schema",
+    "honours_output_schema",
     "new_request_id",
     "Output",
     "OutputStream",

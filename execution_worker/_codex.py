@@ -295,7 +295,9 @@ class CodexRuntime(Runtime):
 
     # -- turns ------------------------------------------------------------------------------------
 
-    async def run_turn(self, turn_id: str, input: str) -> AsyncIterator[RuntimeEvent]:
+    async def run_turn(
+        self, turn_id: str, input: str, output_schema: dict[str, Any] | None = None
+    ) -> AsyncIterator[RuntimeEvent]:
         rpc = self._rpc
         if not self._thread_id or self._closed or rpc is None:
             yield TurnFailed("codex runtime is not started")
@@ -311,10 +313,13 @@ class CodexRuntime(Runtime):
         terminal: RuntimeEvent | None = None
         try:
             try:
-                result = await rpc.request(
-                    "turn/start",
-                    {"threadId": self._thread_id, "input": [{"type": "text", "text": input, "text_elements": []}]},
-                )
+                params: dict[str, Any] = {
+                    "threadId": self._thread_id,
+                    "input": [{"type": "text", "text": input, "text_elements": []}],
+                }
+                if output_schema is not None:
+                    params["outputSchema"] = output_schema  # Codex asks the model for a final message in it
+                result = await rpc.request("turn/start", params)
                 turn.codex_turn_id = str(((result or {}).get("turn") or {})["id"])
             except (CodexError, KeyError, TypeError) as error:
                 self._finish_turn(turn)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tether.execution_worker._script import ScriptRuntime
 from tether.execution_worker._shell import ShellRuntime
-from tether.execution_worker.runtime import ENTRY_POINT_GROUP, Runtime, RuntimeFactory
+from tether.execution_worker.runtime import ENTRY_POINT_GROUP, Runtime, RuntimeFactory, honouring_output_schema
 
 if TYPE_CHECKING:
     from tether.execution_worker._codex_settings import CodexSettings
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
+@honouring_output_schema  # Codex takes it as turn/start's outputSchema
 def codex_runtime(settings: CodexSettings | None = None) -> Runtime:
     """The built-in Codex runtime (imported on first use: a shell-only worker never loads it)."""
     from tether.execution_worker._codex import CodexRuntime

@@ -150,11 +150,13 @@ class LeaseClient:
         worker_id: str,
         runtimes: Sequence[str],
         handler: LeaseHandler,
+        output_schema_runtimes: Sequence[str] = (),
     ) -> None:
         self._stub = stub
         self._settings = settings
         self._worker_id = worker_id
         self._runtimes = list(runtimes)
+        self._output_schema_runtimes = list(output_schema_runtimes)
         self._handler = handler
         self.timings = LeaseTimings(
             reconnect_backoff_initial_s=settings.reconnect_backoff_initial_s,
@@ -288,6 +290,7 @@ class LeaseClient:
                 worker_id=self._worker_id,
                 name=settings.name,
                 runtimes=self._runtimes,
+                output_schema_runtimes=self._output_schema_runtimes,
                 slots=settings.slots,
                 labels=dict(settings.labels),
                 version=_version(),

@@ -31,6 +31,7 @@ from tether.execution_worker.runtime import (
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
+    honours_output_schema,
 )
 from tether.v1 import worker_service_pb2
 
@@ -268,8 +269,16 @@ class Turns:
                 if limit > 0
                 else None
             )
+            if offer.output_schema:
+                if not honours_output_schema(self._runtimes[offer.runtime]):
+                    terminal = TurnFailed(f"runtime {offer.runtime!r} on this worker cannot honour an output schema")
+                    outbox.emit(turn_id, event_body(terminal))
+                    return
+                turn_events = runtime.run_turn(turn_id, offer.input, output_schema=json.loads(offer.output_schema))  # type: ignore[call-arg]
+            else:
+                turn_events = runtime.run_turn(turn_id, offer.input)
             try:
-                async for event in runtime.run_turn(turn_id, offer.input):
+                async for event in turn_events:
                     if isinstance(event, TERMINAL_EVENTS):
                         if terminal is not None:
                             continue  # exactly one terminal event per turn, whatever the runtime does

@@ -41,7 +41,7 @@ from tether.execution_worker._session import (
 from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
 from tether.execution_worker._snapshots import Snapshots
 from tether.execution_worker._turns import Turns
-from tether.execution_worker.runtime import HistoryItem, Runtime, RuntimeFactory
+from tether.execution_worker.runtime import HistoryItem, Runtime, RuntimeFactory, honours_output_schema
 from tether.sdk.channel import WithMetadata, credential_metadata, make_channel
 from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
@@ -231,7 +231,12 @@ class Worker:
             ),
         )
         lease = LeaseClient(
-            stub=stub, settings=self.settings, worker_id=self.worker_id, runtimes=list(self._runtimes), handler=self
+            stub=stub,
+            settings=self.settings,
+            worker_id=self.worker_id,
+            runtimes=list(self._runtimes),
+            handler=self,
+            output_schema_runtimes=[name for name, f in self._runtimes.items() if honours_output_schema(f)],
         )
         self._link.open(stub, lease)
         if self._draining:  # drain requested before run(): the first stream announces it

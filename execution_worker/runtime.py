@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import os
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Entry point group third-party runtimes register their factory under.
 ENTRY_POINT_GROUP = "tether.runtimes"
@@ -250,7 +253,12 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def run_turn(self, turn_id: str, input: str) -> AsyncIterator[RuntimeEvent]:
-        """Run one turn: yield `Output` chunks as they come, then exactly one terminal event."""
+        """Run one turn: yield `Output` chunks as they come, then exactly one terminal event.
+
+        A runtime whose factory honours output schemas (`honours_output_schema`) is also called
+        with `output_schema=` (the JSON Schema, a dict) for a turn that has one: its last agent
+        message (`ItemCompleted` of an `AGENT_MESSAGE` item) must then be JSON in that shape,
+        which the control plane validates."""
 
     @abc.abstractmethod
     async def interrupt(self, reason: str) -> None:
@@ -282,6 +290,23 @@ class Runtime(abc.ABC):
 
 #: Builds a fresh, not yet started runtime instance.
 RuntimeFactory = Callable[[], Runtime]
+
+
+def honours_output_schema(factory: RuntimeFactory) -> bool:
+    """Whether the runtimes `factory` makes honour a turn's output schema: the factory (a
+    function, a `functools.partial` of one, or a Runtime class) has `honours_output_schema`
+    set true (see `honouring_output_schema`). The worker tells the control plane at Register,
+    which then offers turns with a schema only to such runtimes."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return bool(getattr(factory, "honours_output_schema", False))
+
+
+def honouring_output_schema(factory: _F) -> _F:
+    """Mark a runtime factory (a function or a Runtime class) as making runtimes that honour
+    output schemas: their `run_turn` takes `output_schema=`."""
+    setattr(factory, "honours_output_schema", True)  # noqa: B010 (a plain function has no such attribute)
+    return factory
 
 
 def session_workspace(workdir: Path, session_id: str) -> Path:
@@ -317,6 +342,8 @@ __all__ = [
     "TurnCompleted",
     "TurnFailed",
     "TurnInterrupted",
+    "honouring_output_schema",
+    "honours_output_schema",
     "new_request_id",
     "session_workspace",
 ]

@@ -422,6 +422,7 @@ class AsyncClient:
         *,
         idempotency_key: str = "",
         policy: InputPolicy = InputPolicy.ENQUEUE,
+        output_schema: Mapping[str, Any] | str | None = None,
         timeout_s: float | None = None,
     ) -> Turn:
         """Store a new turn; `Turn.deduplicated` says an earlier call with the key stored it.
@@ -429,12 +430,20 @@ class AsyncClient:
         `policy` says what happens when a turn is queued or running already: ENQUEUE runs the
         new turn after them, REJECT raises SessionBusyError and stores nothing, INTERRUPT
         interrupts the running turn, ends the queued ones, and runs the new turn next.
+
+        `output_schema` (a JSON Schema, as a dict or JSON text) asks for a typed result: the
+        turn completes only when its final message is JSON matching it (`Turn.result`), and
+        fails with the validation errors otherwise. FailedPreconditionError
+        (OUTPUT_SCHEMA_UNSUPPORTED) when no connected worker's runtime can honour one.
         """
         request = pb.SendInputRequest(
             session_id=session_id,
             input=input,
             idempotency_key=idempotency_key,
             policy=cast(pb.InputPolicy, int(InputPolicy(policy))),
+            output_schema=output_schema
+            if isinstance(output_schema, str)
+            else (json.dumps(output_schema) if output_schema is not None else ""),
         )
         response = await self._unary(self._stub.SendInput, request, timeout_s)
         return _convert.turn_from_proto(response.turn, deduplicated=response.deduplicated)

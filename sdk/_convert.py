@@ -175,6 +175,8 @@ def turn_from_proto(msg: resources_pb2.Turn, *, deduplicated: bool = False) -> T
         last_seq=msg.last_seq,
         usage=token_usage_from_proto(msg.usage) if msg.HasField("usage") else None,
         final_message=msg.final_message,
+        output_schema=msg.output_schema,
+        result_json=msg.result_json,
         raw=msg,
     )
 

@@ -7,6 +7,7 @@ callers that need a field this module does not lift.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -244,7 +245,17 @@ class Turn:
     #: The text of the turn's last agent message ("" when it had none; a shell turn has its
     #: exit_code instead).
     final_message: str = ""
+    #: The JSON Schema the turn's result must match (send_input's output_schema); "" if none.
+    output_schema: str = ""
+    #: The validated result of a completed turn that had an output schema, as JSON; "" otherwise.
+    result_json: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def result(self) -> Any:
+        """The turn's typed result (`result_json` parsed: a dict, a list, a number...), None
+        when it has none."""
+        return json.loads(self.result_json) if self.result_json else None
 
     @property
     def is_terminal(self) -> bool:

@@ -284,6 +284,12 @@ def turns(
     show_default=True,
     help="When a turn is queued or running: run after it, refuse (exit 1, SESSION_BUSY), or interrupt it and run next.",
 )
+@click.option(
+    "--output-schema",
+    default=None,
+    metavar="JSON|@FILE",
+    help="A JSON Schema the turn's result must match (its result is printed with --wait).",
+)
 @click.option("--wait", "--follow", "wait", is_flag=True, help="Print the turn live; exit with the turn's exit code.")
 @_reconnect_option
 @json_option
@@ -294,15 +300,29 @@ def send(
     input_text: str,
     idempotency_key: str,
     policy: str,
+    output_schema: str | None,
     wait: bool,
     reconnect: bool,
     as_json: bool,
 ) -> None:
     """Send INPUT to a session as a new turn."""
     client = lazy.client
+    schema = None
+    if output_schema is not None:
+        if output_schema.startswith("@"):
+            try:
+                schema = pathlib.Path(output_schema[1:]).read_text()
+            except OSError as exc:
+                raise click.FileError(output_schema[1:], exc.strerror) from None
+        else:
+            schema = output_schema
     after_seq = client.get_session(session_id).last_seq if wait else 0
     turn = client.send_input(
-        session_id, input_text, idempotency_key=idempotency_key, policy=InputPolicy[policy.upper()]
+        session_id,
+        input_text,
+        idempotency_key=idempotency_key,
+        policy=InputPolicy[policy.upper()],
+        output_schema=schema,
     )
     if not wait:
         if as_json:
@@ -332,6 +352,8 @@ def send(
     final = client.get_turn(session_id, turn.turn_id)
     if as_json:
         echo_json(final)
+    elif final.result_json:
+        click.echo(f"result: {final.result_json}")
     sys.exit(_turn_exit_status(final))
 
 

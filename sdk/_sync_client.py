@@ -276,12 +276,18 @@ class Client:
         *,
         idempotency_key: str = "",
         policy: InputPolicy = InputPolicy.ENQUEUE,
+        output_schema: Mapping[str, Any] | str | None = None,
         timeout_s: float | None = None,
     ) -> Turn:
         """See `AsyncClient.send_input`."""
         return self._run(
             self._async.send_input(
-                session_id, input, idempotency_key=idempotency_key, policy=policy, timeout_s=timeout_s
+                session_id,
+                input,
+                idempotency_key=idempotency_key,
+                policy=policy,
+                output_schema=output_schema,
+                timeout_s=timeout_s,
             )
         )
 

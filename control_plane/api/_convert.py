@@ -141,6 +141,8 @@ def turn_pb(t: Turn) -> pb.Turn:
         first_seq=t.first_seq,
         last_seq=t.last_seq,
         final_message=t.final_message,
+        output_schema=t.output_schema,
+        result_json=t.result_json,
     )
     if t.start_time_us:
         msg.start_time.CopyFrom(ts(t.start_time_us))
@@ -337,6 +339,7 @@ def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
                 last_seq=msg.last_seq,
                 accept_deadline=ts(msg.accept_deadline_us),
                 restore_only=msg.restore_only,
+                output_schema=msg.output_schema,
             )
         )
     if isinstance(msg, m.GrantMsg):

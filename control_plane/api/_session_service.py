@@ -160,7 +160,8 @@ class SessionService:
             key = v.optional("idempotency_key", request.idempotency_key)
             v.enum_value("policy", request.policy, spb.InputPolicy)
             policy = InputPolicy(request.policy) if request.policy else InputPolicy.ENQUEUE
-            turn, dedup = await self._hub.send_input(owner, session_id, text, key, policy)
+            schema = v.output_schema("output_schema", request.output_schema)
+            turn, dedup = await self._hub.send_input(owner, session_id, text, key, policy, schema)
             return spb.SendInputResponse(turn=turn_pb(turn), deduplicated=dedup)
 
     async def GetTurn(self, request: spb.GetTurnRequest, context: grpc.aio.ServicerContext) -> spb.GetTurnResponse:

@@ -6,6 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from jsonschema import validators
+from jsonschema.exceptions import SchemaError
+
 from ..domain.errors import InvalidArgument
 from ..domain.model import TITLE_MAX
 
@@ -55,6 +58,20 @@ def title(field: str, value: str) -> str:
     optional(field, value, max_len=TITLE_MAX)
     if any(not c.isprintable() for c in value):
         raise InvalidArgument(field, "must be one line of printable characters (no newlines or control characters)")
+    return value
+
+
+def output_schema(field: str, value: str, *, max_bytes: int = 64 * 1024) -> str:
+    """An optional JSON Schema: a JSON object that is a valid schema of its own `$schema`
+    dialect (Draft 2020-12 when it names none), checked with the `jsonschema` library."""
+    if not value:
+        return ""
+    schema = json_object(field, value, max_bytes=max_bytes)
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        where = exc.json_path if exc.path else "$"
+        raise InvalidArgument(field, f"is not a valid JSON Schema: at {where}: {exc.message}") from None
     return value
 
 

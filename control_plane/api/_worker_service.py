@@ -104,6 +104,11 @@ class WorkerService:
                 raise errors.InvalidArgument("runtimes", "name at least one runtime the worker runs")
             runtimes = [v.word(f"runtimes[{i}]", r) for i, r in enumerate(request.runtimes)]
             slots = v.in_range("slots", request.slots, 1, 1024)
+            for i, name in enumerate(request.output_schema_runtimes):
+                if name not in runtimes:
+                    raise errors.InvalidArgument(
+                        f"output_schema_runtimes[{i}]", f"{name!r} is not one of the worker's runtimes {runtimes}"
+                    )
             info = WorkerInfo(
                 worker_id=worker_id,
                 name=v.optional("name", request.name, max_len=256),
@@ -113,6 +118,7 @@ class WorkerService:
                 slots=slots,
                 version=v.optional("version", request.version, max_len=64),
                 owner=caller.owner,
+                output_schema_runtimes=list(request.output_schema_runtimes),
             )
             registration_id = await self._hub.register(info)
             t = self._hub.timings

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import errors
+from ._results import check_result
 from ._shared import Committer, log
 from .access import Limits, TokenBucket
 from .messages import IncomingEvent, IngestResult
@@ -135,14 +136,26 @@ class Ingest:
         if ends:
             assert active is not None
             state = TERMINAL_KINDS[last.kind]
-            self._turns.finish(rec, active, state, last.exit_code, last.message, now, changes)
+            message = last.message
+            refused = ""  # why the turn's result does not match its output schema
+            if state == TurnState.COMPLETED and active.output_schema:
+                active.result_json, refused = check_result(active.output_schema, active.final_message)
+                if refused:
+                    state, message = TurnState.FAILED, refused
+            self._turns.finish(rec, active, state, last.exit_code, message, now, changes)
             self._sessions.touch(rec, now, changes)
             stored.extend(  # the same list as changes.event_inserts
                 self._requests.expire(
                     rec, active.turn_id, f"its turn ended ({state.name.lower()}) before an answer", changes
                 )
             )
-            stored.extend(self._events.number(rec, [last], epoch, now))
+            if refused:
+                # The worker's turn_completed is acknowledged but not stored: the control plane
+                # ends the turn itself, saying why the result was refused.
+                body = self._codec.turn_failed(refused)
+                stored.append(self._events.own_event(rec, active.turn_id, "turn_failed", body))
+            else:
+                stored.extend(self._events.number(rec, [last], epoch, now))
             active.last_seq = stored[-1].seq
             self._workers.free_slot(worker_id, active.turn_id)
             changes.on_commit.append(lambda: self._scheduler.dispatch(rec))

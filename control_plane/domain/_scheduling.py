@@ -72,21 +72,29 @@ class Scheduler:
 
     # ----------------------------------------------------------------- choosing a worker
 
-    def _eligible(self, w: WorkerConn, session: Session) -> bool:
+    def _eligible(self, w: WorkerConn, session: Session, schema: bool = False) -> bool:
         info = w.info
         return (
             info.owner == session.owner  # a worker only ever sees its owner's work
             and w.connected
             and not w.draining
             and session.runtime in info.runtimes
+            and (not schema or session.runtime in info.output_schema_runtimes)
             and all(info.labels.get(k) == v for k, v in session.worker_selector.items())
         )
 
     def most_free(
-        self, session: Session, selector: dict[str, str] | None = None, *, only: str = "", exclude: str = ""
+        self,
+        session: Session,
+        selector: dict[str, str] | None = None,
+        *,
+        only: str = "",
+        exclude: str = "",
+        schema: bool = False,
     ) -> WorkerConn | None:
         """The eligible worker with a free slot and the most of them (also matching `selector`,
-        being `only` when given, and not being `exclude`)."""
+        being `only` when given, not being `exclude`, and honouring output schemas when
+        `schema`)."""
         best: WorkerConn | None = None
         for w in self._workers.all():
             wid = w.info.worker_id
@@ -95,7 +103,7 @@ class Scheduler:
                 and (best is None or w.free_slots > best.free_slots)
                 and wid != exclude
                 and (not only or wid == only)
-                and self._eligible(w, session)
+                and self._eligible(w, session, schema)
                 and all(w.info.labels.get(k) == v for k, v in (selector or {}).items())
             ):
                 best = w
@@ -118,7 +126,11 @@ class Scheduler:
         epoch = self._leases.epoch(rec)
         resume = True
         holder = self._workers.get(holder_id) if holder_id else None
-        if holder_id and self._leases.unexpired(rec, now) and self._sticky(rec, holder, now):
+        queued = self._turns.next_queued(rec)
+        schema = queued is not None and bool(queued.output_schema)
+        # A holder whose runtime cannot honour the turn's output schema is not waited for.
+        can_stay = not schema or (holder is not None and rec.session.runtime in holder.info.output_schema_runtimes)
+        if holder_id and can_stay and self._leases.unexpired(rec, now) and self._sticky(rec, holder, now):
             if holder is None or not holder.connected or holder.free_slots <= 0:
                 # Sticky: the holder keeps the warm runtime; wait for it: for a slot, for it to
                 # reconnect within the worker-dead grace, or until the sticky timeout.
@@ -126,7 +138,7 @@ class Scheduler:
                 return
             target, resume = holder, False
         else:
-            best = self.most_free(rec.session)
+            best = self.most_free(rec.session, schema=schema)
             if best is None:
                 self._waiting[session_id] = None
                 self._note_waiting(rec, now)
@@ -151,14 +163,15 @@ class Scheduler:
                 resume_required=resume,
                 last_seq=self._events.committed_seq(rec),
                 accept_deadline_us=now_us() + int(timeout * 1e6),
+                output_schema=turn.output_schema,
             )
         )
 
-    def _why_no_worker(self, session: Session) -> str:
+    def _why_no_worker(self, session: Session, schema: bool = False) -> str:
         """Why no connected worker could ever take the session's turn as things stand ("" when
         one could, once it has a free slot)."""
         runtime, selector = session.runtime, session.worker_selector
-        offers = labelled = False
+        offers = labelled = honours = False
         for w in self._workers.all():
             info = w.info
             if info.owner != session.owner or not w.connected or runtime not in info.runtimes:
@@ -167,6 +180,9 @@ class Scheduler:
             if not all(info.labels.get(k) == v for k, v in selector.items()):
                 continue
             labelled = True
+            if schema and runtime not in info.output_schema_runtimes:
+                continue
+            honours = True
             if not w.draining:
                 return ""
         labels = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
@@ -174,6 +190,8 @@ class Scheduler:
             return f"no connected worker offers runtime {runtime!r}"
         if not labelled:
             return f"no connected worker offering runtime {runtime!r} has the labels {labels}"
+        if not honours:
+            return f"no connected worker's runtime {runtime!r} honours the turn's output schema"
         return f"every connected worker that could take it (runtime {runtime!r}) is draining"
 
     def _note_waiting(self, rec: SessionRecord, now: float) -> None:
@@ -182,7 +200,7 @@ class Scheduler:
         turn = self._turns.next_queued(rec)
         if turn is None:
             return
-        why = self._why_no_worker(rec.session)
+        why = self._why_no_worker(rec.session, bool(turn.output_schema))
         if why != turn.waiting_cause:
             turn.waiting_cause, turn.waiting_since = why, (now if why else 0.0)
         if why != turn.waiting_reason and (not why or now - turn.waiting_since >= self._timings.waiting_notice_s):

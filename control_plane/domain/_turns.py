@@ -195,7 +195,13 @@ class Turns:
     # ----------------------------------------------------------------- calls
 
     async def send_input(
-        self, owner: str, session_id: str, text: str, key: str, policy: InputPolicy = InputPolicy.ENQUEUE
+        self,
+        owner: str,
+        session_id: str,
+        text: str,
+        key: str,
+        policy: InputPolicy = InputPolicy.ENQUEUE,
+        output_schema: str = "",
     ) -> tuple[Turn, bool]:
         rec = await self._sessions.require(session_id, owner)
         if key:
@@ -213,6 +219,13 @@ class Turns:
         if rec.session.archived:
             raise errors.SessionArchived(
                 f"session {session_id!r} is archived and accepts no input", session_id=session_id
+            )
+        runtime = rec.session.runtime
+        if output_schema and self._workers.honours_output_schema(owner, runtime) is False:
+            raise errors.OutputSchemaUnsupported(
+                f"runtime {runtime!r} on the connected workers cannot honour an output schema; send the input "
+                "without one, or connect a worker whose runtime can (codex can)",
+                runtime=runtime,
             )
         # From here to the commit nothing awaits: of two racing calls, the second sees the first's
         # turn (a REJECT is refused, an INTERRUPT interrupts it).
@@ -238,6 +251,7 @@ class Turns:
             state=TurnState.QUEUED,
             create_time_us=now,
             idempotency_key=key,
+            output_schema=output_schema,
         )
         book = rec.turns
         book.turns[turn.turn_id] = turn

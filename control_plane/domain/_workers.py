@@ -183,6 +183,18 @@ class Workers:
     def all(self) -> list[WorkerConn]:
         return list(self._workers.values())
 
+    def honours_output_schema(self, owner: str, runtime: str) -> bool | None:
+        """Whether `owner`'s connected workers offering `runtime` can honour an output schema:
+        True when one can, False when none can, None when none offers the runtime."""
+        offered = False
+        for w in self._workers.values():
+            info = w.info
+            if info.owner == owner and w.connected and runtime in info.runtimes:
+                if runtime in info.output_schema_runtimes:
+                    return True
+                offered = True
+        return False if offered else None
+
     def require(self, worker_id: str, registration_id: str | None = None) -> WorkerConn:
         w = self._workers.get(worker_id)
         if w is None or (registration_id is not None and w.info.registration_id != registration_id):

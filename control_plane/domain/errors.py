@@ -290,3 +290,8 @@ class SessionExists(DomainError):
             f"session {session_id!r} already exists; import without keep_session_id to get a new id",
             session_id=session_id,
         )
+
+
+class OutputSchemaUnsupported(DomainError):
+    code = "FAILED_PRECONDITION"
+    reason = "OUTPUT_SCHEMA_UNSUPPORTED"

@@ -280,11 +280,18 @@ class Hub:
     # ----------------------------------------------------------------- turns and events
 
     async def send_input(
-        self, owner: str, session_id: str, text: str, key: str, policy: InputPolicy = InputPolicy.ENQUEUE
+        self,
+        owner: str,
+        session_id: str,
+        text: str,
+        key: str,
+        policy: InputPolicy = InputPolicy.ENQUEUE,
+        output_schema: str = "",
     ) -> tuple[Turn, bool]:
         """Queue a turn; with `key`, the same key and input return the first turn (True).
-        `policy` says what happens when a turn is queued or running already."""
-        return await self._turns.send_input(owner, session_id, text, key, policy)
+        `policy` says what happens when a turn is queued or running already; `output_schema`
+        (checked JSON Schema text) is what the turn's result must match."""
+        return await self._turns.send_input(owner, session_id, text, key, policy, output_schema)
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
         return await self._turns.get_turn(owner, session_id, turn_id)

@@ -89,6 +89,7 @@ class OfferMsg:
     last_seq: int
     accept_deadline_us: int
     restore_only: bool = False
+    output_schema: str = ""
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ class Turn:
     last_seq: int = 0
     usage: bytes = b""
     final_message: str = ""
+    # SendInput's output schema (JSON, "" for none) and, once a turn with one completed, its
+    # result: the final message, validated, as compact JSON.
+    output_schema: str = ""
+    result_json: str = ""
 
 
 TITLE_MAX = 256  # characters of a title set with UpdateSession
@@ -226,3 +230,5 @@ class WorkerInfo:
     version: str
     registered_at_us: int = field(default_factory=now_us)
     owner: str = ""
+    # Those of `runtimes` that honour a turn's output schema (not stored: sent at each Register).
+    output_schema_runtimes: list[str] = field(default_factory=list)

@@ -102,6 +102,7 @@ _TURN_MUTABLE = (
     "last_seq",
     "usage",
     "final_message",
+    "result_json",
 )
 
 
@@ -182,6 +183,8 @@ def turn_from_row(r: Any) -> Turn:
         last_seq=r.last_seq,
         usage=bytes(r.usage or b""),
         final_message=r.final_message,
+        output_schema=r.output_schema,
+        result_json=r.result_json,
     )
 
 
@@ -205,6 +208,8 @@ def turn_to_row(t: Turn) -> dict[str, Any]:
         "last_seq": t.last_seq,
         "usage": t.usage,
         "final_message": t.final_message,
+        "output_schema": t.output_schema,
+        "result_json": t.result_json,
     }
 
 

@@ -114,6 +114,9 @@ class TurnRow(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     usage: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     final_message: Mapped[str] = mapped_column(Text, default="")
+    # SendInput's output schema ("" for none) and the validated result of a turn that had one.
+    output_schema: Mapped[str] = mapped_column(Text, default="")
+    result_json: Mapped[str] = mapped_column(Text, default="")
 
 
 class EventRow(Base):

@@ -546,3 +546,33 @@ async def test_after_a_revert_the_model_no_longer_sees_the_reverted_turns(cp, pr
         assert "my favourite colour is amber" in text
         assert secret not in text and "reverted-tool-output" not in text, seen
         assert (await client.get_turn(s.session_id, t2.turn_id)).reverted
+
+
+async def test_a_typed_result_is_asked_of_the_model_and_checked_before_the_turn_completes(cp, procs, tmp_path, mock):
+    codex_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    tag = uuid.uuid4().hex[:8]
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}, "tag": {"type": "string"}},
+        "required": ["answer", "tag"],
+        "additionalProperties": False,
+    }
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("codex")
+        good = await client.send_input(s.session_id, f'JSON: {{"answer": 42, "tag": "{tag}"}}', output_schema=schema)
+        done = await finished(client, s.session_id, good.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED, done.error_message
+        assert done.result == {"answer": 42, "tag": tag} and json.loads(done.output_schema) == schema
+        # Codex asked the model for that shape.
+        [sent] = mock.requests_containing(tag)
+        asked = sent["text"]["format"]
+        assert asked["type"] == "json_schema" and asked["schema"]["properties"] == schema["properties"]
+
+        bad = await client.send_input(s.session_id, f'JSON: {{"answer": "many", "tag": "{tag}"}}', output_schema=schema)
+        failed = await finished(client, s.session_id, bad.turn_id)
+        assert failed.state == sdk.TurnState.FAILED and failed.result is None
+        assert "at $.answer: 'many' is not of type 'integer'" in failed.error_message
+        last = (await events_of(client, s.session_id, bad.turn_id))[-1]
+        assert kind(last) == "turn_failed" and last.raw.lease_epoch == 0  # the control plane ended it
+        plain = await client.send_input(s.session_id, "and now without a schema")
+        assert (await finished(client, s.session_id, plain.turn_id)).state == sdk.TurnState.COMPLETED

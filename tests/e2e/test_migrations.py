@@ -299,6 +299,8 @@ def _without_later_columns(conn: Connection) -> None:
         ("turns", "last_seq"),
         ("turns", "usage"),
         ("turns", "final_message"),
+        ("turns", "output_schema"),
+        ("turns", "result_json"),
     ):
         conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 

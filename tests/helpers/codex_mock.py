@@ -12,6 +12,8 @@ model was sent:
 - `SLOW`                  a reply streamed at one delta per `slow_delay_s`
 - `LOOP`                  tool calls forever (Codex has no cap of its own)
 - `FAIL500`               HTTP 500
+- `JSON: <text>`          the reply is `<text>` exactly (a structured result, when the request
+                          asks for one with `text.format` of type `json_schema`)
 - anything else           "Hello from mock. You said: <text>", streamed as a few deltas
 
 Only loopback: the server binds 127.0.0.1 and an ephemeral port.
@@ -40,7 +42,7 @@ def codex_bin() -> pathlib.Path | None:
     return pathlib.Path(found) if found else None
 
 
-SCRIPT_WORDS = ("RUN_ESCALATED:", "RUN:", "PATCH:", "SLOW", "LOOP", "FAIL500")
+SCRIPT_WORDS = ("RUN_ESCALATED:", "RUN:", "PATCH:", "SLOW", "LOOP", "FAIL500", "JSON:")
 
 
 def _user_text(item: dict[str, Any]) -> str:
@@ -188,6 +190,8 @@ class MockResponses:
             if tool_output is not None:
                 out = str(tool_output.get("output", ""))
                 reply = f"Done. The tool said: {out[-200:]}"
+            elif text.startswith("JSON:"):
+                reply = text.removeprefix("JSON:").strip()
             else:
                 reply = f"Hello from mock. You said: {text}"
             slow = text.startswith("SLOW")

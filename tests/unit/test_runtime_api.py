@@ -40,6 +40,8 @@ def test_the_plugin_api_exports_the_interface_and_the_events():
             "TurnCompleted",
             "TurnFailed",
             "TurnInterrupted",
+            "honouring_output_schema",
+            "honours_output_schema",
             "new_request_id",
             "session_workspace",
         ]

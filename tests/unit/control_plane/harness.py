@@ -49,8 +49,10 @@ class Worker:
         slots: int = 1,
         runtimes: Sequence[str] = ("shell",),
         labels: dict[str, str] | None = None,
+        schema_runtimes: Sequence[str] = (),
     ) -> None:
         self.hub = hub
+        self.schema_runtimes = list(schema_runtimes)
         self.worker_id = worker_id
         self.owner = owner
         self.slots = slots
@@ -64,6 +66,7 @@ class Worker:
         """Register and open a Lease stream claiming `held`; returns the leases it lost."""
         info = WorkerInfo(self.worker_id, self.worker_id, "", self.runtimes, self.labels, self.slots, "test")
         info.owner = self.owner
+        info.output_schema_runtimes = list(self.schema_runtimes)
         self.registration_id = await self.hub.register(info)
         self.outbox = asyncio.Queue()
         return await self.hub.attach(self.worker_id, self.registration_id, list(held), self.outbox)

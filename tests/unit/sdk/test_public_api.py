@@ -156,6 +156,8 @@ PINNED: dict[str, list[str]] = {
         "Worker",
         "WorkerSettings",
         "discover_runtimes",
+        "honouring_output_schema",
+        "honours_output_schema",
         "new_request_id",
         "resolve_worker_id",
     ],

@@ -9,6 +9,7 @@ Create Date: 2026-12-05
 - `turns.reverted` (RevertSession): false for the turns that exist;
 - `sessions.title`: the first input's first line, as a new session gets it with its first turn;
 - `sessions.delete_time_us` (a scheduled deletion; 0: none) and its index, for the sweeper;
+- `turns.output_schema`, `turns.result_json` (typed results): empty for the turns that exist;
 - the turn list's summary (ListTurns) `turns.start_time_us`, `first_seq`, `last_seq`, `usage`
   and `final_message`: read back from each turn's events (its first and terminal event, its
   turn_started, its last token_usage and its last agent message), one pass over the events.
@@ -36,6 +37,8 @@ _COLUMNS = (
     ("turns", "last_seq", sa.BigInteger(), 0),
     ("turns", "usage", sa.LargeBinary(), b""),
     ("turns", "final_message", sa.Text(), ""),
+    ("turns", "output_schema", sa.Text(), ""),
+    ("turns", "result_json", sa.Text(), ""),
 )
 _ENDED = 4  # TurnState.COMPLETED: states from here on have ended
 _BATCH = 1000

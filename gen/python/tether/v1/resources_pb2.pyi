@@ -77,6 +77,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_INVALID_BUNDLE: _ClassVar[ErrorReason]
     ERROR_REASON_UNSUPPORTED_BUNDLE_VERSION: _ClassVar[ErrorReason]
     ERROR_REASON_SESSION_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_OUTPUT_SCHEMA_UNSUPPORTED: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -162,6 +163,7 @@ ERROR_REASON_TURN_REVERTED: ErrorReason
 ERROR_REASON_INVALID_BUNDLE: ErrorReason
 ERROR_REASON_UNSUPPORTED_BUNDLE_VERSION: ErrorReason
 ERROR_REASON_SESSION_EXISTS: ErrorReason
+ERROR_REASON_OUTPUT_SCHEMA_UNSUPPORTED: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
@@ -242,7 +244,7 @@ class Session(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., runtime: _Optional[str] = ..., worker_selector: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., active_turn_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., runtime_thread_id: _Optional[str] = ..., turn_count: _Optional[int] = ..., owner: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., forked_from_session_id: _Optional[str] = ..., forked_from_turn_id: _Optional[str] = ..., title: _Optional[str] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Turn(_message.Message):
-    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted", "start_time", "first_seq", "last_seq", "usage", "final_message")
+    __slots__ = ("turn_id", "session_id", "input", "state", "idempotency_key", "create_time", "end_time", "worker_id", "lease_epoch", "exit_code", "error_message", "interrupt_request_time", "waiting_reason", "reverted", "start_time", "first_seq", "last_seq", "usage", "final_message", "output_schema", "result_json")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +264,8 @@ class Turn(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     session_id: str
     input: str
@@ -281,7 +285,9 @@ class Turn(_message.Message):
     last_seq: int
     usage: TokenUsage
     final_message: str
-    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ..., reverted: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., final_message: _Optional[str] = ...) -> None: ...
+    output_schema: str
+    result_json: str
+    def __init__(self, turn_id: _Optional[str] = ..., session_id: _Optional[str] = ..., input: _Optional[str] = ..., state: _Optional[_Union[TurnState, str]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., interrupt_request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_reason: _Optional[str] = ..., reverted: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., final_message: _Optional[str] = ..., output_schema: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
 
 class InputReceived(_message.Message):
     __slots__ = ("input",)

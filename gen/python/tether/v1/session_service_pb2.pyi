@@ -113,16 +113,18 @@ class UpdateSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ...) -> None: ...
 
 class SendInputRequest(_message.Message):
-    __slots__ = ("session_id", "input", "idempotency_key", "policy")
+    __slots__ = ("session_id", "input", "idempotency_key", "policy", "output_schema")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     input: str
     idempotency_key: str
     policy: InputPolicy
-    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., policy: _Optional[_Union[InputPolicy, str]] = ...) -> None: ...
+    output_schema: str
+    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., policy: _Optional[_Union[InputPolicy, str]] = ..., output_schema: _Optional[str] = ...) -> None: ...
 
 class SendInputResponse(_message.Message):
     __slots__ = ("turn", "deduplicated")

@@ -32,7 +32,7 @@ class PairResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "name", "runtimes", "slots", "labels", "version", "features")
+    __slots__ = ("worker_id", "name", "runtimes", "slots", "labels", "version", "features", "output_schema_runtimes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class RegisterRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     runtimes: _containers.RepeatedScalarFieldContainer[str]
@@ -54,7 +55,8 @@ class RegisterRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     version: str
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    output_schema_runtimes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., output_schema_runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests")
@@ -227,7 +229,7 @@ class LeaseOpened(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only")
+    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only", "output_schema")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +239,7 @@ class Offer(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     input: str
@@ -246,7 +249,8 @@ class Offer(_message.Message):
     last_seq: int
     accept_deadline: _timestamp_pb2.Timestamp
     restore_only: bool
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ...) -> None: ...
+    output_schema: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ..., output_schema: _Optional[str] = ...) -> None: ...
 
 class OfferGranted(_message.Message):
     __slots__ = ("session_id", "turn_id", "lease_epoch", "lease_expire_time")
