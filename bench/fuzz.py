@@ -18,7 +18,8 @@ valid header. `make bench` sends over 10,000 requests in all.
 Owner "victim" owns sessions, turns, events, a worker, a worker token and pairing codes, all
 stored before the run. A run passes when no answer is INTERNAL or UNKNOWN (or a hang, or
 another status without a tether ErrorInfo), no error is logged, the server still serves, and
-the victim's rows (and every credential row from before the run) are byte-for-byte the same.
+the victim's rows (and every credential row from before the run but the attacker's own, which
+it may revoke or purge) are byte-for-byte the same.
 
 The control plane runs on its own event loop in a thread, so hypothesis drives it through a
 plain blocking gRPC channel. tests/integration/test_fuzz.py runs the same engine with fewer
@@ -140,7 +141,8 @@ _ACCESS_TABLES = ("api_keys", "worker_tokens", "pairing_codes")
 
 def protected_rows(db: pathlib.Path, owner: str, created_until_us: int) -> dict[str, list[tuple]]:
     """Every row of `owner` (its sessions and all that hangs off them, its workers) and every
-    credential row created until `created_until_us`, read straight from the SQLite file."""
+    credential row created until `created_until_us` but the attacker's (its own it may revoke,
+    or purge with PurgeOwnerData), read straight from the SQLite file."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = {
@@ -154,7 +156,8 @@ def protected_rows(db: pathlib.Path, owner: str, created_until_us: int) -> dict[
         rows["workers"] = conn.execute("SELECT * FROM workers WHERE owner_id = ? ORDER BY rowid", (owner,)).fetchall()
         for table in _ACCESS_TABLES:
             rows[table] = conn.execute(
-                f"SELECT * FROM {table} WHERE create_time_us <= ? ORDER BY rowid", (created_until_us,)
+                f"SELECT * FROM {table} WHERE create_time_us <= ? AND owner_id != ? ORDER BY rowid",
+                (created_until_us, ATTACKER),
             ).fetchall()
         return rows
     finally:
