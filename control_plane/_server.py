@@ -244,7 +244,7 @@ class ControlPlane:
         )
         self._writer = Writer(engine, sync_writer)
         self._writer.start()
-        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits)
+        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits, s.retention)
         if not replicated:
             await self.hub.start()
             self.serving = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .domain.access import Limits
-from .domain.messages import Timings
+from .domain.messages import Retention, Timings
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Settings:
     shutdown_grace_s: float = 5.0
     timings: Timings = field(default_factory=Timings)
     limits: Limits = field(default_factory=Limits)
+    retention: Retention = field(default_factory=Retention)
     dev_owner: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""

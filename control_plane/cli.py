@@ -14,9 +14,45 @@ import click
 from ._server import StartupError, serve_forever
 from ._settings import Settings
 from .domain.access import Limits
-from .domain.messages import Timings
+from .domain.messages import Retention, RetentionPolicy, Timings
 
 _T = TypeVar("_T")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration_s(text: str, option: str) -> float:
+    """'0', '90s', '15m', '12h' or '30d' (a bare number is seconds) in seconds."""
+    value = text.strip().lower()
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in _UNITS else (value, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a duration such as 30d, 12h, 15m or 90s, got {text!r}", param_hint=option
+        ) from None
+    if seconds < 0:
+        raise click.BadParameter(f"must not be negative, got {text!r}", param_hint=option)
+    return seconds
+
+
+def _owner_retention(text: str) -> tuple[str, RetentionPolicy]:
+    """'OWNER:archive=30d,delete=90d' as (owner, policy)."""
+    owner, sep, spec = text.rpartition(":")
+    if not sep or not owner:
+        raise click.BadParameter(
+            f"expected OWNER:archive=DURATION,delete=DURATION, got {text!r}", param_hint="--owner-retention"
+        )
+    times = {"archive": 0.0, "delete": 0.0}
+    for part in filter(None, spec.split(",")):
+        name, eq, value = part.partition("=")
+        if not eq or name.strip() not in times:
+            raise click.BadParameter(
+                f"expected archive=DURATION or delete=DURATION, got {part!r}", param_hint="--owner-retention"
+            )
+        times[name.strip()] = _duration_s(value, "--owner-retention")
+    return owner, RetentionPolicy(times["archive"], times["delete"])
 
 
 def _is_loopback(host: str) -> bool:
@@ -160,6 +196,40 @@ def _is_loopback(host: str) -> bool:
     show_envvar=True,
     help="Drop a session from memory this long after its last use, unless it is live "
     "(a turn open, a lease held, a subscriber following); it reloads from the database on demand.",
+)
+@click.option(
+    "--archive-idle-after",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    envvar="TETHER_ARCHIVE_IDLE_AFTER",
+    show_envvar=True,
+    help="Archive a session idle this long (no turn open, no event): 30d, 12h, 90s; 0: never.",
+)
+@click.option(
+    "--delete-idle-after",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    envvar="TETHER_DELETE_IDLE_AFTER",
+    show_envvar=True,
+    help="Delete a session idle this long, archived or not: 90d, 12h, 90s; 0: never.",
+)
+@click.option(
+    "--owner-retention",
+    "owner_retention",
+    multiple=True,
+    metavar="OWNER:archive=DURATION,delete=DURATION",
+    help="One owner's idle times instead of the two above (repeatable; a time left out is 0: never).",
+)
+@click.option(
+    "--retention-sweep-s",
+    type=click.FloatRange(0.05),
+    default=60.0,
+    show_default=True,
+    envvar="TETHER_RETENTION_SWEEP_S",
+    show_envvar=True,
+    help="How often idle sessions are looked for (only when an idle time is set).",
 )
 @click.option(
     "--interrupt-grace-s",
@@ -308,6 +378,10 @@ def serve(
     queue_timeout_s: float,
     max_message_bytes: int,
     max_import_mib: int,
+    archive_idle_after: str,
+    delete_idle_after: str,
+    owner_retention: tuple[str, ...],
+    retention_sweep_s: float,
     dev: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -370,6 +444,14 @@ def serve(
             max_pending_pairing_codes_per_owner=max_pending_pairing_codes_per_owner,
             pairing_failures_per_minute=pairing_failures_per_minute,
             max_import_mib=max_import_mib,
+        ),
+        retention=Retention(
+            default=RetentionPolicy(
+                _duration_s(archive_idle_after, "--archive-idle-after"),
+                _duration_s(delete_idle_after, "--delete-idle-after"),
+            ),
+            by_owner=tuple(_owner_retention(o) for o in owner_retention),
+            sweep_s=retention_sweep_s,
         ),
         timings=dataclasses.replace(
             Timings(),

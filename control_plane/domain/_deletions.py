@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 MIN_DELETE_AFTER_S = 1.0
 MAX_DELETE_AFTER_S = 3650 * 86400.0
 _SWEEP_BATCH = 100
-PURGE_BATCH = 100
+# Small, so no other owner's commit waits long behind one batch (each is one transaction of the
+# one writer; bench/purge.py measures the effect on another owner's dispatch latency).
+PURGE_BATCH = 25
 # The pause after each purge batch, as a multiple of the time the batch took: the purge gets at
 # most about half the writer's time while other work waits.
 _PURGE_YIELD = 1.0

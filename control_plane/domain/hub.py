@@ -22,6 +22,7 @@ demand) and of every connected worker, split among parts that each own one conce
 | Reverts            | `_revert.py`      | RevertSession: moving a session's head back          |
 | Bundles            | `_bundles.py`     | ExportSession / ImportSession: a session at rest     |
 | Deletions          | `_deletions.py`   | scheduled deletions (the sweeper), purging an owner  |
+| Retentions         | `_retention.py`   | idle sessions archived, then deleted (the sweep)     |
 
 Per-session state is one `SessionRecord` (`_record.py`) made of a sub-record per part.
 
@@ -59,6 +60,7 @@ from ._log import EventLog
 from ._pending import PendingRequests
 from ._recovery import Recovery
 from ._restore import Restores
+from ._retention import Retentions
 from ._revert import Reverts
 from ._scheduling import Scheduler
 from ._sessions import SessionCache
@@ -78,6 +80,8 @@ from .messages import (
     OfferMsg,
     RenewedMsg,
     ResumeSource,
+    Retention,
+    RetentionPolicy,
     RevokeMsg,
     SessionView,
     SnapshotRequestMsg,
@@ -90,6 +94,8 @@ from .ports import BodyCodec, GroupCommitWriter, SessionQuery, SessionReader
 
 __all__ = [
     "AnswerMsg",
+    "Retention",
+    "RetentionPolicy",
     "SessionBundle",
     "BodyCodec",
     "CloseMsg",
@@ -119,6 +125,7 @@ class Hub:
         codec: BodyCodec,
         timings: Timings,
         limits: Limits | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.timings = timings
         self.limits = limits or Limits()
@@ -140,6 +147,7 @@ class Hub:
         reverts = self._reverts = Reverts(reader, committer, codec)
         bundles = self._bundles = Bundles(reader, committer, codec)
         deletions = self._deletions = Deletions(reader, self._tasks, timings)
+        retentions = self._retentions = Retentions(reader, self._tasks, retention or Retention())
 
         sessions.connect(
             turns=turns,
@@ -154,6 +162,7 @@ class Hub:
         forks.connect(sessions=sessions, turns=turns, events=events)
         bundles.connect(sessions=sessions, turns=turns, events=events)
         deletions.connect(sessions=sessions)
+        retentions.connect(sessions=sessions, turns=turns)
         reverts.connect(sessions=sessions, turns=turns, events=events, leases=leases, restores=restores)
         turns.connect(
             sessions=sessions,
@@ -197,6 +206,7 @@ class Hub:
         self._leases.start_sweeper()
         self._sessions.start_evictor(self._tasks)
         self._deletions.start_sweeper()
+        self._retentions.start()
 
     async def stop(self) -> None:
         await self._tasks.stop()
@@ -256,6 +266,12 @@ class Hub:
         """Delete the sessions whose scheduled deletion is due now (the sweeper does this on
         its own every `deletion_sweep_s`); returns how many."""
         return await self._deletions.sweep()
+
+    async def sweep_retention(self) -> tuple[int, int]:
+        """Archive and delete the sessions idle past the retention policy now (the retention
+        sweep does this on its own every `Retention.sweep_s` when a policy is set); returns how
+        many were archived and deleted."""
+        return await self._retentions.sweep()
 
     def purge_sessions(self, owner: str) -> AsyncIterator[int]:
         """Delete every session of `owner` in batches; yields the count deleted after each."""

@@ -23,6 +23,8 @@ __all__ = [
     "OfferMsg",
     "RenewedMsg",
     "ResumeSource",
+    "Retention",
+    "RetentionPolicy",
     "RevokeMsg",
     "SessionView",
     "SnapshotRequestMsg",
@@ -75,6 +77,33 @@ class Timings:
     waiting_notice_s: float = 2.0
     # Server-side only. How often the control plane looks for scheduled deletions that are due.
     deletion_sweep_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long an idle session (no turn open, no event) is kept as it is: archived after
+    `archive_idle_s`, deleted after `delete_idle_s`; 0 turns either off."""
+
+    archive_idle_s: float = 0.0
+    delete_idle_s: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.archive_idle_s or self.delete_idle_s)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The server's retention: a default policy, per-owner overrides, and how often the
+    retention sweep runs."""
+
+    default: RetentionPolicy = RetentionPolicy()
+    by_owner: tuple[tuple[str, RetentionPolicy], ...] = ()
+    sweep_s: float = 60.0
+
+    @property
+    def active(self) -> bool:
+        return self.default.active or any(p.active for _, p in self.by_owner)
 
 
 # Messages the hub pushes on a worker's Lease stream; api/ turns them into LeaseResponse.

@@ -137,6 +137,14 @@ class SessionReader(Protocol):
         """(session id, owner) of up to `limit` sessions whose scheduled deletion is due."""
         ...
 
+    async def idle_sessions(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], include_archived: bool, limit: int
+    ) -> list[tuple[str, str]]:
+        """(session id, owner) of up to `limit` sessions, longest idle first, with no turn open
+        and no event since `cutoff_us` (nor created since): `owner`'s (None: any but `exclude_owners`),
+        archived ones only when `include_archived`."""
+        ...
+
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:
         """Up to `limit` ids of `owner`'s sessions."""
         ...

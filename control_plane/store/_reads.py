@@ -280,6 +280,36 @@ class Reader:
         async with self._engine.connect() as conn:
             return [(r.session_id, r.owner_id) for r in await conn.execute(query)]
 
+    async def idle_sessions(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], include_archived: bool, limit: int
+    ) -> list[tuple[str, str]]:
+        s = SessionRow.__table__
+        open_turn = (
+            select(TurnRow.turn_id)
+            .where(and_(TurnRow.session_id == s.c.session_id, TurnRow.state < int(_ENDED)))
+            .exists()
+        )
+        last_event = func.coalesce(
+            select(EventRow.create_time_us)
+            .where(EventRow.session_id == s.c.session_id)
+            .order_by(EventRow.seq.desc())
+            .limit(1)
+            .scalar_subquery(),
+            0,
+        )
+        # Activity is the log's (or the creation): archiving or renaming a session is not using it.
+        activity = case((last_event > s.c.create_time_us, last_event), else_=s.c.create_time_us)
+        query = select(s.c.session_id, s.c.owner_id).where(and_(~open_turn, activity < cutoff_us))
+        if owner is not None:
+            query = query.where(s.c.owner_id == owner)
+        elif exclude_owners:
+            query = query.where(s.c.owner_id.not_in(exclude_owners))
+        if not include_archived:
+            query = query.where(s.c.archived.is_(False))
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(activity).limit(limit))
+            return [(r.session_id, r.owner_id) for r in rows]
+
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:
         s = SessionRow.__table__
         query = select(s.c.session_id).where(s.c.owner_id == owner).order_by(s.c.session_id).limit(limit)

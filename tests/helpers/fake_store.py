@@ -222,6 +222,21 @@ class MemoryStore:
         )
         return [(sid, owner) for _, sid, owner in due[:limit]]
 
+    async def idle_sessions(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], include_archived: bool, limit: int
+    ) -> list[tuple[str, str]]:
+        found = []
+        for s in self.sessions.values():
+            log = self.events.get(s.session_id, [])
+            activity = max(s.create_time_us, log[-1].create_time_us if log else 0)
+            open_turn = any(t.session_id == s.session_id and not t.state.ended for t in self.turns.values())
+            if open_turn or activity >= cutoff_us or (s.archived and not include_archived):
+                continue
+            if (owner is not None and s.owner != owner) or (owner is None and s.owner in exclude_owners):
+                continue
+            found.append((activity, s.session_id, s.owner))
+        return [(sid, who) for _, sid, who in sorted(found)[:limit]]
+
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:
         return sorted(s.session_id for s in self.sessions.values() if s.owner == owner)[:limit]
 

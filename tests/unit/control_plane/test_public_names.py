@@ -20,6 +20,8 @@ def test_the_hub_module_exports_the_facade_and_what_its_methods_take_and_return(
             "OfferMsg",
             "RenewedMsg",
             "ResumeSource",
+            "Retention",
+            "RetentionPolicy",
             "RevokeMsg",
             "SessionBundle",
             "SessionView",
