@@ -40,7 +40,9 @@ async def test_idle_sessions_are_archived_then_deleted_and_used_ones_are_not() -
 
 
 async def test_an_owners_override_replaces_the_default_for_that_owner_only() -> None:
-    retention = Retention(RetentionPolicy(archive_idle_s=0.2), by_owner=((OTHER_OWNER, RetentionPolicy(delete_idle_s=0.2)),))
+    retention = Retention(
+        RetentionPolicy(archive_idle_s=0.2), by_owner=((OTHER_OWNER, RetentionPolicy(delete_idle_s=0.2)),)
+    )
     hub, store = _hub(retention)
     mine = await new_session(hub)
     theirs = await new_session(hub, OTHER_OWNER)
