@@ -2,7 +2,8 @@
 list`, `drain`, `tokens` and `revoke` (composed into the `tether worker` group by `tether.cli`).
 
 They are a thin shell over the blocking `sdk.Client`; this module is what other code imports.
-Behind it: `_session_cli` (the session commands), `_admin_cli` (the AdminService commands),
+Behind it: `_session_cli` (the session commands) and `_lifecycle_cli` (fork, revert, export and
+import, archive, delete, purge), `_admin_cli` (the AdminService commands),
 `_transcript` (events rendered for a person) and `_cli_common` (error reporting, credentials
 from the environment, `--json` output).
 """
