@@ -42,17 +42,18 @@ def _owner_retention(text: str) -> tuple[str, RetentionPolicy]:
     owner, sep, spec = text.rpartition(":")
     if not sep or not owner:
         raise click.BadParameter(
-            f"expected OWNER:archive=DURATION,delete=DURATION, got {text!r}", param_hint="--owner-retention"
+            f"expected OWNER:archive=DURATION,delete=DURATION,compact=DURATION, got {text!r}",
+            param_hint="--owner-retention",
         )
-    times = {"archive": 0.0, "delete": 0.0}
+    times = {"archive": 0.0, "delete": 0.0, "compact": 0.0}
     for part in filter(None, spec.split(",")):
         name, eq, value = part.partition("=")
         if not eq or name.strip() not in times:
             raise click.BadParameter(
-                f"expected archive=DURATION or delete=DURATION, got {part!r}", param_hint="--owner-retention"
+                f"expected archive=, delete= or compact=DURATION, got {part!r}", param_hint="--owner-retention"
             )
         times[name.strip()] = _duration_s(value, "--owner-retention")
-    return owner, RetentionPolicy(times["archive"], times["delete"])
+    return owner, RetentionPolicy(times["archive"], times["delete"], times["compact"])
 
 
 def _is_loopback(host: str) -> bool:
@@ -216,11 +217,20 @@ def _is_loopback(host: str) -> bool:
     help="Delete a session idle this long, archived or not: 90d, 12h, 90s; 0: never.",
 )
 @click.option(
+    "--compact-events-after",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    envvar="TETHER_COMPACT_EVENTS_AFTER",
+    show_envvar=True,
+    help="Drop events older than this once the session's newest snapshot covers them: 30d, 12h; 0: keep all.",
+)
+@click.option(
     "--owner-retention",
     "owner_retention",
     multiple=True,
-    metavar="OWNER:archive=DURATION,delete=DURATION",
-    help="One owner's idle times instead of the two above (repeatable; a time left out is 0: never).",
+    metavar="OWNER:archive=DURATION,delete=DURATION,compact=DURATION",
+    help="One owner's times instead of the three above (repeatable; a time left out is 0: never).",
 )
 @click.option(
     "--retention-sweep-s",
@@ -380,6 +390,7 @@ def serve(
     max_import_mib: int,
     archive_idle_after: str,
     delete_idle_after: str,
+    compact_events_after: str,
     owner_retention: tuple[str, ...],
     retention_sweep_s: float,
     dev: bool,
@@ -449,6 +460,7 @@ def serve(
             default=RetentionPolicy(
                 _duration_s(archive_idle_after, "--archive-idle-after"),
                 _duration_s(delete_idle_after, "--delete-idle-after"),
+                _duration_s(compact_events_after, "--compact-events-after"),
             ),
             by_owner=tuple(_owner_retention(o) for o in owner_retention),
             sweep_s=retention_sweep_s,

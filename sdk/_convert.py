@@ -147,6 +147,7 @@ def session_from_proto(msg: resources_pb2.Session) -> Session:
         title=msg.title,
         last_activity_time=timestamp_from_proto(msg.last_activity_time) if msg.HasField("last_activity_time") else None,
         delete_time=timestamp_from_proto(msg.delete_time) if msg.HasField("delete_time") else None,
+        compacted_seq=msg.compacted_seq,
         raw=msg,
     )
 

@@ -195,6 +195,9 @@ class Session:
     last_activity_time: datetime | None = None
     #: When a scheduled deletion deletes the session; None when none is scheduled.
     delete_time: datetime | None = None
+    #: Retention compacted away the events up to this seq (their history is in the session's
+    #: snapshot); reading from below it raises OutOfRangeError (CURSOR_EXPIRED). 0: all kept.
+    compacted_seq: int = 0
     raw: Any = field(default=None, repr=False, compare=False)
 
 

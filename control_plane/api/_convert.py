@@ -121,6 +121,7 @@ def session_pb(v: m.SessionView) -> pb.Session:
         title=s.title,
         last_activity_time=ts(v.last_activity_us or s.create_time_us),
         delete_time=ts(s.delete_time_us) if s.delete_time_us else None,
+        compacted_seq=s.compacted_seq,
     )
 
 

@@ -111,6 +111,8 @@ class EventLog:
         """Committed events after `after_seq`, in order, then live ones as they commit."""
         rec = await self._sessions.require(session_id, owner)
         committed = rec.log.committed_seq
+        if after_seq < rec.session.compacted_seq:
+            raise errors.CursorExpired(session_id, after_seq, rec.session.compacted_seq)
         if after_seq > committed:
             raise errors.CursorOutOfRange(
                 f"cursor {after_seq} is past the end of session {session_id!r}'s log (last seq {committed})",
@@ -145,6 +147,9 @@ class EventLog:
                     else:
                         batch = await self._reader.events_after(rec.session_id, cursor, _REPLAY_PAGE)
                         batch = [e for e in batch if e.seq <= book.committed_seq]
+                        if batch and batch[0].seq != cursor + 1:
+                            # Retention compacted the events the cursor was about to read.
+                            raise errors.CursorExpired(rec.session_id, cursor, batch[0].seq - 1)
                     if batch:
                         cursor = batch[-1].seq
                         yield batch

@@ -1,4 +1,5 @@
-"""Retention: idle sessions archived, then deleted, after the server's (or their owner's) time.
+"""Retention: idle sessions archived, then deleted, after the server's (or their owner's) time,
+and old events compacted away once a snapshot covers them.
 
 Owns the retention sweep. A session is idle when no turn of it is open and its log has not grown since a
 cutoff (`RetentionPolicy`): its last activity, as ListSessions shows it; archiving or renaming
@@ -34,6 +35,7 @@ class Retentions:
         self.retention = retention
         self.archived = 0  # sessions archived and deleted by retention since start
         self.deleted = 0
+        self.compacted = 0  # sessions whose log was compacted
 
     def connect(self, *, sessions: SessionCache, turns: Turns) -> None:
         self._sessions = sessions
@@ -62,11 +64,32 @@ class Retentions:
         """Archive and delete the sessions idle past their policy; returns how many of each."""
         archived = deleted = 0
         for owner, others, policy in self._groups():
+            if policy.compact_events_after_s:
+                self.compacted += await self._compact(owner, others, policy.compact_events_after_s)
             if policy.delete_idle_s:
                 deleted += await self._apply(owner, others, policy.delete_idle_s, delete=True)
             if policy.archive_idle_s:
                 archived += await self._apply(owner, others, policy.archive_idle_s, delete=False)
         return archived, deleted
+
+    async def _compact(self, owner: str | None, others: tuple[str, ...], after_s: float) -> int:
+        """Drop events older than `after_s` that the session's newest snapshot covers, up to the
+        first event of any turn that was still open at the snapshot (a resuming worker reads
+        that turn's input from the log); one batch of sessions per sweep."""
+        cutoff = now_us() - int(after_s * 1e6)
+        done = 0
+        for session_id, _ in await self._reader.compaction_candidates(
+            cutoff, owner=owner, exclude_owners=others, limit=_BATCH
+        ):
+            watermark, open_first, aged = await self._reader.compaction_facts(session_id, cutoff)
+            upto = min(watermark, aged, open_first - 1 if open_first else watermark)
+            rec = await self._sessions.load(session_id)
+            if rec is None or rec.deleted or upto <= rec.session.compacted_seq:
+                continue
+            await self._sessions.compacted(rec, upto)
+            done += 1
+            log.info("compacted session %s: events up to seq %d dropped (its snapshot covers them)", session_id, upto)
+        return done
 
     async def _apply(self, owner: str | None, others: tuple[str, ...], idle_s: float, *, delete: bool) -> int:
         done = 0

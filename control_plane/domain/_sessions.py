@@ -375,6 +375,11 @@ class SessionCache:
             self._workers.free_everywhere(active.turn_id)
         self._events.wake(rec)
 
+    async def compacted(self, rec: SessionRecord, upto: int) -> None:
+        """Retention drops the session's events up to `upto` (covered by its snapshot)."""
+        rec.session.compacted_seq = upto
+        await self._committer.commit(Changes(event_compactions=[(rec.session_id, upto)], session_updates=[rec.session]))
+
     async def set_delete_time(self, owner: str, session_id: str, delete_time_us: int) -> SessionView:
         """Schedule the session's deletion at `delete_time_us` (0: cancel it), durably."""
         rec = await self.require(session_id, owner)

@@ -161,6 +161,22 @@ class CursorOutOfRange(DomainError):
     reason = "CURSOR_OUT_OF_RANGE"
 
 
+class CursorExpired(DomainError):
+    """The cursor names events retention compacted away; `oldest_seq` is the first still served."""
+
+    code = "OUT_OF_RANGE"
+    reason = "CURSOR_EXPIRED"
+
+    def __init__(self, session_id: str, after_seq: int, compacted_seq: int) -> None:
+        super().__init__(
+            f"cursor {after_seq} of session {session_id!r} names events that were compacted away by retention; "
+            f"the log is served from seq {compacted_seq + 1} (read the session's history from its snapshot, "
+            f"or follow from after_seq {compacted_seq})",
+            session_id=session_id,
+            oldest_seq=str(compacted_seq + 1),
+        )
+
+
 class NotImplementedYet(DomainError):
     code = "UNIMPLEMENTED"
     reason = "NOT_IMPLEMENTED"

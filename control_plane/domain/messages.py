@@ -82,14 +82,17 @@ class Timings:
 @dataclass(frozen=True)
 class RetentionPolicy:
     """How long an idle session (no turn open, no event) is kept as it is: archived after
-    `archive_idle_s`, deleted after `delete_idle_s`; 0 turns either off."""
+    `archive_idle_s`, deleted after `delete_idle_s`; and how long events are kept once the
+    session's newest snapshot covers them (`compact_events_after_s`). 0 turns each off."""
 
     archive_idle_s: float = 0.0
     delete_idle_s: float = 0.0
+    # Events older than this and covered by the session's newest snapshot are dropped (0: kept).
+    compact_events_after_s: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.archive_idle_s or self.delete_idle_s)
+        return bool(self.archive_idle_s or self.delete_idle_s or self.compact_events_after_s)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ class Session:
     title: str = ""
     # When a scheduled deletion deletes the session (0: none scheduled).
     delete_time_us: int = 0
+    # Events with a seq at or below this were compacted away by retention (0: none).
+    compacted_seq: int = 0
 
 
 @dataclass

@@ -56,6 +56,8 @@ class Changes:
     request_inserts: list[PendingRequest] = field(default_factory=list)
     request_updates: list[PendingRequest] = field(default_factory=list)
     session_deletes: list[str] = field(default_factory=list)
+    # (session id, seq): delete the session's events up to and including seq (retention).
+    event_compactions: list[tuple[str, int]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def absorb(self, other: Changes) -> None:
@@ -143,6 +145,18 @@ class SessionReader(Protocol):
         """(session id, owner) of up to `limit` sessions, longest idle first, with no turn open
         and no event since `cutoff_us` (nor created since): `owner`'s (None: any but `exclude_owners`),
         archived ones only when `include_archived`."""
+        ...
+
+    async def compaction_candidates(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], limit: int
+    ) -> list[tuple[str, str]]:
+        """(session id, owner) of up to `limit` sessions whose oldest kept event is older than
+        `cutoff_us` and covered by a snapshot (owner filters as for `idle_sessions`)."""
+        ...
+
+    async def compaction_facts(self, session_id: str, cutoff_us: int) -> tuple[int, int, int]:
+        """(the newest snapshot's seq W, the first seq of the earliest turn still open at W, or
+        0 when none is, and the last seq at or below W stored before `cutoff_us`)."""
         ...
 
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:

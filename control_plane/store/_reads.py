@@ -310,6 +310,45 @@ class Reader:
             rows = await conn.execute(query.order_by(activity).limit(limit))
             return [(r.session_id, r.owner_id) for r in rows]
 
+    async def compaction_candidates(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], limit: int
+    ) -> list[tuple[str, str]]:
+        s, p, e = SessionRow.__table__, SnapshotRow.__table__, EventRow.__table__
+        covered = select(p.c.snapshot_id).where(and_(p.c.session_id == s.c.session_id, p.c.seq > s.c.compacted_seq))
+        # The log is gapless: its oldest kept event is at compacted_seq + 1 (a primary-key read).
+        old = select(e.c.seq).where(
+            and_(e.c.session_id == s.c.session_id, e.c.seq == s.c.compacted_seq + 1, e.c.create_time_us < cutoff_us)
+        )
+        query = select(s.c.session_id, s.c.owner_id).where(and_(covered.exists(), old.exists()))
+        if owner is not None:
+            query = query.where(s.c.owner_id == owner)
+        elif exclude_owners:
+            query = query.where(s.c.owner_id.not_in(exclude_owners))
+        async with self._engine.connect() as conn:
+            return [(r.session_id, r.owner_id) for r in await conn.execute(query.limit(limit))]
+
+    async def compaction_facts(self, session_id: str, cutoff_us: int) -> tuple[int, int, int]:
+        p, t, e = SnapshotRow.__table__, TurnRow.__table__, EventRow.__table__
+        async with self._engine.connect() as conn:
+            watermark = (
+                await conn.execute(select(func.coalesce(func.max(p.c.seq), 0)).where(p.c.session_id == session_id))
+            ).scalar_one()
+            open_at = and_(
+                t.c.session_id == session_id,
+                or_(t.c.state < int(_ENDED), t.c.last_seq > watermark, t.c.last_seq == 0),
+            )
+            first = (await conn.execute(select(func.min(t.c.first_seq)).where(open_at))).scalar_one()
+            if first == 0:  # a turn whose first event is not known: keep everything
+                first = 1
+            aged = (
+                await conn.execute(
+                    select(func.coalesce(func.max(e.c.seq), 0)).where(
+                        and_(e.c.session_id == session_id, e.c.seq <= watermark, e.c.create_time_us < cutoff_us)
+                    )
+                )
+            ).scalar_one()
+        return watermark, first or 0, aged
+
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:
         s = SessionRow.__table__
         query = select(s.c.session_id).where(s.c.owner_id == owner).order_by(s.c.session_id).limit(limit)

@@ -41,6 +41,7 @@ class WriteSet:
     request_inserts: list[dict[str, Any]] = field(default_factory=list)
     request_updates: list[dict[str, Any]] = field(default_factory=list)
     session_deletes: list[str] = field(default_factory=list)
+    event_compactions: list[tuple[str, int]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def merge(self, other: WriteSet) -> None:
@@ -69,6 +70,7 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         forked_from_turn_id=r.forked_from_turn_id,
         title=r.title,
         delete_time_us=r.delete_time_us,
+        compacted_seq=r.compacted_seq,
     )
 
 
@@ -87,10 +89,19 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "forked_from_turn_id": s.forked_from_turn_id,
         "title": s.title,
         "delete_time_us": s.delete_time_us,
+        "compacted_seq": s.compacted_seq,
     }
 
 
-_SESSION_MUTABLE = ("archived", "runtime_thread_id", "update_time_us", "title", "labels_json", "delete_time_us")
+_SESSION_MUTABLE = (
+    "archived",
+    "runtime_thread_id",
+    "update_time_us",
+    "title",
+    "labels_json",
+    "delete_time_us",
+    "compacted_seq",
+)
 _TURN_MUTABLE = (
     "worker_id",
     "lease_epoch",
@@ -288,5 +299,6 @@ def rows_of(changes: Changes) -> WriteSet:
         request_inserts=[request_to_row(r) for r in changes.request_inserts],
         request_updates=[request_update_row(r) for r in changes.request_updates],
         session_deletes=changes.session_deletes,
+        event_compactions=changes.event_compactions,
         on_commit=changes.on_commit,
     )

@@ -82,6 +82,8 @@ class SessionRow(Base):
     title: Mapped[str] = mapped_column(String(256), default="")
     # When a scheduled deletion (DeleteSession's delete_after) deletes the session; 0: none.
     delete_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Retention compacted away the events with a seq at or below this (0: none).
+    compacted_seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TurnRow(Base):

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import Event
@@ -44,7 +44,7 @@ _requests = table_of(RequestRow)
 
 # Parents before children, inserts before the updates that may touch the same rows; deletes
 # run after all of these (see _apply).
-_WRITE_ORDER = [f for f in WRITE_SET_FIELDS if f != "session_deletes"]
+_WRITE_ORDER = [f for f in WRITE_SET_FIELDS if f not in ("session_deletes", "event_compactions")]
 _SQLITE_EVENT_INSERT = (
     "INSERT INTO events (session_id, seq, turn_id, kind, body, lease_epoch, worker_seq, create_time_us) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -174,6 +174,8 @@ class Writer:
                     conn.execute(self._statements[name], {"sid": session_id})
             else:
                 conn.execute(self._statements[name], rows)
+        for session_id, upto in merged.event_compactions:
+            conn.execute(delete(_events).where(and_(_events.c.session_id == session_id, _events.c.seq <= upto)))
         if merged.session_deletes:
             ids = merged.session_deletes
             for table in (_events, _snapshots, _leases, _requests, _turns, _sessions):

@@ -294,6 +294,7 @@ def _without_later_columns(conn: Connection) -> None:
         ("turns", "reverted"),
         ("sessions", "title"),
         ("sessions", "delete_time_us"),
+        ("sessions", "compacted_seq"),
         ("turns", "start_time_us"),
         ("turns", "first_seq"),
         ("turns", "last_seq"),

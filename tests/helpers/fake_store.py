@@ -107,12 +107,15 @@ class MemoryStore:
                 s.update_time_us,
             )
             stored.title, stored.labels, stored.delete_time_us = s.title, dict(s.labels), s.delete_time_us
+            stored.compacted_seq = s.compacted_seq
         for t in c.turn_updates:
             self.turns[t.turn_id] = _durable_turn(t)
         for r in c.request_inserts:
             self.requests[r.request_id] = r
         for r in c.request_updates:
             self.requests[r.request_id] = r
+        for session_id, upto in c.event_compactions:
+            self.events[session_id] = [e for e in self.events.get(session_id, []) if e.seq > upto]
         for session_id in c.session_deletes:
             self.sessions.pop(session_id, None)
             self.events.pop(session_id, None)
@@ -236,6 +239,33 @@ class MemoryStore:
                 continue
             found.append((activity, s.session_id, s.owner))
         return [(sid, who) for _, sid, who in sorted(found)[:limit]]
+
+    async def compaction_candidates(
+        self, cutoff_us: int, *, owner: str | None, exclude_owners: tuple[str, ...], limit: int
+    ) -> list[tuple[str, str]]:
+        found = []
+        for s in sorted(self.sessions.values(), key=lambda s: s.session_id):
+            if (owner is not None and s.owner != owner) or (owner is None and s.owner in exclude_owners):
+                continue
+            log = self.events.get(s.session_id, [])
+            covered = any(p.seq > s.compacted_seq for p in self.snapshots.get(s.session_id, []))
+            if covered and log and log[0].seq == s.compacted_seq + 1 and log[0].create_time_us < cutoff_us:
+                found.append((s.session_id, s.owner))
+        return found[:limit]
+
+    async def compaction_facts(self, session_id: str, cutoff_us: int) -> tuple[int, int, int]:
+        watermark = max((p.seq for p in self.snapshots.get(session_id, [])), default=0)
+        open_at = [
+            t
+            for t in self.turns.values()
+            if t.session_id == session_id and (not t.state.ended or t.last_seq > watermark or t.last_seq == 0)
+        ]
+        first = min((t.first_seq for t in open_at), default=0)
+        if open_at and first == 0:
+            first = 1
+        log = self.events.get(session_id, [])
+        aged = max((e.seq for e in log if e.seq <= watermark and e.create_time_us < cutoff_us), default=0)
+        return watermark, first, aged
 
     async def session_ids_of(self, owner: str, limit: int) -> list[str]:
         return sorted(s.session_id for s in self.sessions.values() if s.owner == owner)[:limit]

@@ -46,7 +46,7 @@ async def test_the_sweep_archives_then_deletes_an_idle_session_and_spares_one_in
         (["--archive-idle-after", "soon"], "--archive-idle-after"),
         (["--delete-idle-after", "-1d"], "must not be negative"),
         (["--owner-retention", "acme"], "OWNER:archive=DURATION"),
-        (["--owner-retention", "acme:keep=3d"], "archive=DURATION or delete=DURATION"),
+        (["--owner-retention", "acme:keep=3d"], "archive=, delete= or compact=DURATION"),
     ],
 )
 def test_serve_refuses_a_retention_setting_it_cannot_read(args, says, tmp_path):

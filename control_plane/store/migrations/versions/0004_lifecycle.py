@@ -10,6 +10,7 @@ Create Date: 2026-12-05
 - `sessions.title`: the first input's first line, as a new session gets it with its first turn;
 - `sessions.delete_time_us` (a scheduled deletion; 0: none) and its index, for the sweeper;
 - `turns.output_schema`, `turns.result_json` (typed results): empty for the turns that exist;
+- `sessions.compacted_seq` (event compaction by retention): 0, nothing compacted yet;
 - the turn list's summary (ListTurns) `turns.start_time_us`, `first_seq`, `last_seq`, `usage`
   and `final_message`: read back from each turn's events (its first and terminal event, its
   turn_started, its last token_usage and its last agent message), one pass over the events.
@@ -32,6 +33,7 @@ _COLUMNS = (
     ("turns", "reverted", sa.Boolean(), False),
     ("sessions", "title", sa.String(256), ""),
     ("sessions", "delete_time_us", sa.BigInteger(), 0),
+    ("sessions", "compacted_seq", sa.BigInteger(), 0),
     ("turns", "start_time_us", sa.BigInteger(), 0),
     ("turns", "first_seq", sa.BigInteger(), 0),
     ("turns", "last_seq", sa.BigInteger(), 0),
