@@ -647,7 +647,10 @@ class AsyncClient:
         turn = await self.get_turn(session_id, turn_id, timeout_s=unary_timeout())
         if turn.is_terminal:
             return turn
-        events = self.stream_events(session_id, after_seq=after_seq, timeout_s=remaining())
+        # The turn's own events start at its first_seq: nothing before it needs reading (and a
+        # log compacted by retention no longer serves what is older).
+        start = max(after_seq, turn.first_seq - 1) if turn.first_seq else after_seq
+        events = self.stream_events(session_id, after_seq=start, timeout_s=remaining())
         try:
             async for event in events:
                 if event.turn_id == turn_id and event.is_terminal:

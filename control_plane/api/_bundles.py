@@ -74,6 +74,7 @@ async def encode(bundle: SessionBundle) -> AsyncIterator[bytes]:
         title=s.title,
         forked_from_session_id=s.forked_from_session_id,
         forked_from_turn_id=s.forked_from_turn_id,
+        compacted_seq=s.compacted_seq,
     )
     if s.archived:
         session.state = pb.SESSION_STATE_ARCHIVED
@@ -156,6 +157,11 @@ class BundleReader:
                 self._line_no, "the bundle ends without its 'end' line: it is truncated; export it again"
             )
         assert self._session is not None
+        compacted = self._session.compacted_seq
+        if compacted and not any(s.seq >= compacted for s in self._snapshots):
+            raise errors.InvalidBundle(
+                2, f"the session's events up to seq {compacted} were compacted, but no snapshot covers them"
+            )
         return SessionBundle(self._session, self._turns, self._requests, self._snapshots, self._events)
 
     # ----------------------------------------------------------------- lines
@@ -232,6 +238,7 @@ class BundleReader:
             title=title,
             forked_from_session_id=msg.forked_from_session_id[: v.MAX_ID],
             forked_from_turn_id=msg.forked_from_turn_id[: v.MAX_ID],
+            compacted_seq=msg.compacted_seq,
         )
 
     def _on_turn(self, n: int, body: Any) -> None:
@@ -276,9 +283,13 @@ class BundleReader:
 
     def _on_event(self, n: int, body: Any) -> None:
         msg = cast(pb.Event, self._parse(n, body, pb.Event(), "event"))
-        expected = len(self._events) + 1
+        assert self._session is not None
+        expected = (self._events[-1].seq if self._events else self._session.compacted_seq) + 1
         if msg.seq != expected:
-            raise errors.InvalidBundle(n, f"event seq {msg.seq} where {expected} comes next (seqs run from 1, no gap)")
+            raise errors.InvalidBundle(
+                n,
+                f"event seq {msg.seq} where {expected} comes next (seqs run on from the session's compacted_seq + 1, no gap)",
+            )
         if msg.turn_id not in self._turn_ids:
             raise errors.InvalidBundle(n, f"event {msg.seq} names turn {msg.turn_id!r}, which the bundle does not hold")
         kind = msg.body.WhichOneof("kind")
@@ -327,10 +338,10 @@ class BundleReader:
 
     def _on_snapshot(self, n: int, body: Any) -> None:
         msg = cast(pb.Snapshot, self._parse(n, body, pb.Snapshot(), "snapshot"))
-        if msg.seq > len(self._events):
-            raise errors.InvalidBundle(
-                n, f"snapshot at seq {msg.seq} is past the bundle's last event ({len(self._events)})"
-            )
+        assert self._session is not None
+        last = self._events[-1].seq if self._events else self._session.compacted_seq
+        if msg.seq > last:
+            raise errors.InvalidBundle(n, f"snapshot at seq {msg.seq} is past the bundle's last event ({last})")
         self._snapshots.append(
             Snapshot(
                 snapshot_id="",

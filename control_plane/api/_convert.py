@@ -215,6 +215,15 @@ class ProtoBodyCodec:
             item.turn_id = turn_ids.get(item.turn_id, item.turn_id)
         return snapshot.SerializeToString()
 
+    def history_of_turns(self, history: bytes, turn_ids: dict[str, str]) -> tuple[bytes, int]:
+        kept = [
+            item for item in pb.Snapshot.FromString(history).history if not item.turn_id or item.turn_id in turn_ids
+        ]
+        for item in kept:
+            if item.turn_id:
+                item.turn_id = turn_ids[item.turn_id]
+        return pb.Snapshot(history=kept).SerializeToString(), len(kept)
+
     def agent_message_text(self, body: bytes) -> str | None:
         item = pb.EventBody.FromString(body).item_completed.item
         return item.text if item.kind == pb.ITEM_KIND_AGENT_MESSAGE else None

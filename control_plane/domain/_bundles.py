@@ -147,5 +147,5 @@ class Bundles:
                 for s in bundle.snapshots
             ],
         )
-        last_seq = bundle.events[-1].seq if bundle.events else 0
+        last_seq = bundle.events[-1].seq if bundle.events else source.compacted_seq
         return await self._sessions.insert_copy(session, last_seq, changes)

@@ -126,19 +126,38 @@ class Forks:
             changes.request_inserts.append(
                 dataclasses.replace(request, request_id=copied_id, session_id=fork.session_id, turn_id=new_turn)
             )
+        # A log compacted by retention starts after its snapshot's watermark: the snapshot, cut to
+        # the copied turns, carries the history of the events that are gone.
+        snapshot = await self._reader.latest_snapshot(session_id) if rec.session.compacted_seq else None
+        snapshot_at = 0  # the fork's seq of its last copied event the snapshot covers
         seq = 0
         rebind = self._codec.rebind
-        async for page in self._events.events_between(session_id, 0, upto):
+        async for page in self._events.events_between(session_id, rec.session.compacted_seq, upto):
             for e in page:
                 new_turn = turn_ids.get(e.turn_id)
                 if new_turn is None or e.kind == "session_reverted":
                     continue
                 seq += 1
+                if snapshot is not None and e.seq <= snapshot.seq:
+                    snapshot_at = seq
                 copy = copies[e.turn_id]
                 copy.first_seq = copy.first_seq or seq
                 copy.last_seq = seq  # the turn ended: its last event is its terminal one
                 body = rebind(e.kind, e.body, fork.session_id, new_turn, request_ids)
                 changes.event_inserts.append(Event(fork.session_id, seq, new_turn, e.kind, body, e.create_time_us))
+        if snapshot is not None:
+            history, count = self._codec.history_of_turns(snapshot.history, turn_ids)
+            changes.snapshot_inserts.append(
+                dataclasses.replace(
+                    snapshot,
+                    snapshot_id=new_id("snp"),
+                    session_id=fork.session_id,
+                    seq=snapshot_at,
+                    lease_epoch=0,
+                    history=history,
+                    history_count=count,
+                )
+            )
         return await self._sessions.insert_copy(fork, seq, changes)
 
 

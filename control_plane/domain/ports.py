@@ -235,6 +235,11 @@ class BodyCodec(Protocol):
         """A snapshot's stored history with the turn ids it names replaced per `turn_ids`."""
         ...
 
+    def history_of_turns(self, history: bytes, turn_ids: dict[str, str]) -> tuple[bytes, int]:
+        """A snapshot's stored history cut to the items of the turns in `turn_ids` (and items of
+        no turn), their ids replaced per `turn_ids`, with the count of items kept."""
+        ...
+
     def agent_message_text(self, body: bytes) -> str | None:
         """The text of an item_completed event's item when it is an agent message, else None."""
         ...

@@ -348,6 +348,15 @@ class FakeCodec:
             history = history.replace(old.encode(), new.encode())
         return history
 
+    def history_of_turns(self, history: bytes, turn_ids: dict[str, str]) -> tuple[bytes, int]:
+        """Readable history: one line per item, "turn_id:text"; items of other turns dropped."""
+        kept = []
+        for line in history.decode().splitlines():
+            turn_id, _, text = line.partition(":")
+            if not turn_id or turn_id in turn_ids:
+                kept.append(f"{turn_ids.get(turn_id, turn_id)}:{text}")
+        return "\n".join(kept).encode(), len(kept)
+
     def agent_message_text(self, body: bytes) -> str | None:
         """Bodies made by `agent_message` (and nothing else) are agent messages."""
         prefix = b"agent_message:"

@@ -1,0 +1,73 @@
+"""Event compaction by retention on a real control plane (SQLite and PostgreSQL) with a real
+worker: events a snapshot covers are dropped once old enough, a cursor below what is kept gets
+OUT_OF_RANGE / CURSOR_EXPIRED naming the oldest seq still served, and the session's history is
+whole wherever it goes next: a new worker, a fork, a bundle imported again."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.processes import FAST, eventually
+from tether import sdk
+from tether.control_plane import ControlPlane, Settings
+from tether.control_plane.domain.messages import Retention, RetentionPolicy
+
+EXPECTED = ["one", "ran one\n", "two", "ran two\n", "three", "ran three\n"]
+
+
+async def _run(client: sdk.AsyncClient, session_id: str, text: str) -> str:
+    turn = await client.send_input(session_id, text)
+    done = await client.wait_for_turn(session_id, turn.turn_id, timeout_s=10)
+    assert done.state == sdk.TurnState.COMPLETED, done
+    return turn.turn_id
+
+
+async def test_a_compacted_log_expires_old_cursors_and_keeps_the_history_whole(db_url, start_worker):
+    retention = Retention(RetentionPolicy(compact_events_after_s=0.3), sweep_s=0.2)
+    settings = Settings(port=0, db=db_url, timings=FAST, dev_owner="local", migrate=True, retention=retention)
+    async with ControlPlane(settings) as cp, sdk.AsyncClient(f"127.0.0.1:{cp.port}") as client:
+        target = f"127.0.0.1:{cp.port}"
+        first = start_worker(target, worker_id="wkr_a")
+        await eventually(lambda: first.worker.connected, timeout=5, what="worker a connected")
+        session = await client.create_session("fake")
+        for text in ("one", "two", "three"):
+            await _run(client, session.session_id, text)
+        snapshot = await client.create_snapshot(session.session_id)
+        end = (await client.get_session(session.session_id)).last_seq
+        assert snapshot.seq == end
+
+        async def compacted() -> bool:
+            return (await client.get_session(session.session_id)).compacted_seq > 0
+
+        await eventually(compacted, timeout=10, what="the log compacted")
+        kept_from = (await client.get_session(session.session_id)).compacted_seq
+        assert kept_from == end  # every event is old and covered by the snapshot
+
+        with pytest.raises(sdk.OutOfRangeError) as expired:
+            [e async for e in client.stream_events(session.session_id, after_seq=0, stop_at_end=True)]
+        assert expired.value.reason == "CURSOR_EXPIRED" and f"served from seq {kept_from + 1}" in str(expired.value)
+        assert [e async for e in client.stream_events(session.session_id, after_seq=kept_from, stop_at_end=True)] == []
+        turns = [t async for t in client.iter_turns(session.session_id)]
+        assert [t.input for t in turns] == ["one", "two", "three"]  # the turn list outlives the events
+
+        # A worker that never held the session rehydrates it from the snapshot alone.
+        await first.worker.close()
+        second = start_worker(target, worker_id="wkr_b")
+        await eventually(lambda: second.worker.connected, timeout=5, what="worker b connected")
+        await _run(client, session.session_id, "four")
+        runtime, _ = second.registry.turns[-1]
+        assert [h.text for h in runtime.started_with or []] == EXPECTED
+
+        # A fork of a compacted session carries the snapshot, cut to the turns it copies.
+        fork = await client.fork_session(session.session_id, turns[1].turn_id)
+        await _run(client, fork.session_id, "five")
+        runtime, _ = second.registry.turns[-1]
+        assert [h.text for h in runtime.started_with or []] == EXPECTED[:4]
+
+        # So does a bundle: exported, imported, its next turn sees the whole history.
+        bundle = b"".join([c async for c in client.export_session(session.session_id)])
+        imported = await client.import_session(bundle)
+        assert imported.compacted_seq == (await client.get_session(session.session_id)).compacted_seq
+        await _run(client, imported.session_id, "six")
+        runtime, _ = second.registry.turns[-1]
+        assert [h.text for h in runtime.started_with or []] == [*EXPECTED, "four", "ran four\n"]
