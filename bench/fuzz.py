@@ -76,6 +76,8 @@ BENCH_EXAMPLES_PER_METHOD = 300  # 27 methods: 8,100 requests
 BENCH_MID_STREAM_EXAMPLES = 300  # of each kind: 300 lease and 300 events sequences, about 2,800 requests
 STREAM_TIMEOUT_S = 0.5  # server streams are cut here (a live StreamSessionEvents never ends)
 MAX_STREAM_RESPONSES = 20
+# Methods that may delete the attacker's own fixtures; fuzzed after everything else.
+_SELF_DESTRUCTIVE = frozenset({"PurgeOwnerData"})
 
 # -- the server -------------------------------------------------------------------------------
 
@@ -428,10 +430,16 @@ def run_fuzz(
         logging.getLogger().addHandler(errors)
         try:
             fuzzer = Fuzzer(channel, fixtures, report)
-            for method in methods or all_methods():
+            chosen = methods or all_methods()
+            # PurgeOwnerData with the attacker's own key deletes the attacker's worker token and
+            # sessions, which the mid-stream sequences use: it goes last.
+            last = [m for m in chosen if m.name in _SELF_DESTRUCTIVE]
+            for method in [m for m in chosen if m.name not in _SELF_DESTRUCTIVE]:
                 fuzzer.fuzz(method, examples_per_method, strict=strict, derandomize=derandomize)
             if mid_stream_examples:
                 fuzzer.fuzz_mid_stream(mid_stream_examples, strict=strict, derandomize=derandomize)
+            for method in last:
+                fuzzer.fuzz(method, examples_per_method, strict=strict, derandomize=derandomize)
         finally:
             logging.getLogger().removeHandler(errors)
             report.logged_errors = errors.records
