@@ -86,6 +86,9 @@ async def test_a_fork_of_a_running_turn_is_refused_and_stores_nothing(control_pl
         assert refused.reason == "TURN_NOT_ENDED" and turn.turn_id in str(refused)
     assert [s.session_id async for s in client.iter_sessions()] == [source.session_id]
     w.registry.gate.set()
+    # Let the turn end before the fixtures stop the worker and the control plane.
+    done = await client.wait_for_turn(source.session_id, turn.turn_id, timeout_s=10)
+    assert done.state == sdk.TurnState.COMPLETED
 
 
 def test_the_codec_rebinds_the_ids_that_event_bodies_name():
