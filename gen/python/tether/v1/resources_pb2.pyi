@@ -79,6 +79,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_SESSION_EXISTS: _ClassVar[ErrorReason]
     ERROR_REASON_OUTPUT_SCHEMA_UNSUPPORTED: _ClassVar[ErrorReason]
     ERROR_REASON_CURSOR_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_WORKSPACE: _ClassVar[ErrorReason]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -111,6 +113,13 @@ class DeltaKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELTA_KIND_COMMAND_OUTPUT: _ClassVar[DeltaKind]
     DELTA_KIND_REASONING: _ClassVar[DeltaKind]
     DELTA_KIND_FILE_CHANGE: _ClassVar[DeltaKind]
+
+class WorkspaceEntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKSPACE_ENTRY_KIND_UNSPECIFIED: _ClassVar[WorkspaceEntryKind]
+    WORKSPACE_ENTRY_KIND_FILE: _ClassVar[WorkspaceEntryKind]
+    WORKSPACE_ENTRY_KIND_DIRECTORY: _ClassVar[WorkspaceEntryKind]
+    WORKSPACE_ENTRY_KIND_SYMLINK: _ClassVar[WorkspaceEntryKind]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_IDLE: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -166,6 +175,8 @@ ERROR_REASON_UNSUPPORTED_BUNDLE_VERSION: ErrorReason
 ERROR_REASON_SESSION_EXISTS: ErrorReason
 ERROR_REASON_OUTPUT_SCHEMA_UNSUPPORTED: ErrorReason
 ERROR_REASON_CURSOR_EXPIRED: ErrorReason
+ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: ErrorReason
+ERROR_REASON_INVALID_WORKSPACE: ErrorReason
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind
@@ -186,6 +197,10 @@ DELTA_KIND_AGENT_MESSAGE: DeltaKind
 DELTA_KIND_COMMAND_OUTPUT: DeltaKind
 DELTA_KIND_REASONING: DeltaKind
 DELTA_KIND_FILE_CHANGE: DeltaKind
+WORKSPACE_ENTRY_KIND_UNSPECIFIED: WorkspaceEntryKind
+WORKSPACE_ENTRY_KIND_FILE: WorkspaceEntryKind
+WORKSPACE_ENTRY_KIND_DIRECTORY: WorkspaceEntryKind
+WORKSPACE_ENTRY_KIND_SYMLINK: WorkspaceEntryKind
 
 class Session(_message.Message):
     __slots__ = ("session_id", "runtime", "worker_selector", "labels", "state", "create_time", "update_time", "last_seq", "active_turn_id", "worker_id", "lease_epoch", "runtime_thread_id", "turn_count", "owner", "waiting_reason", "forked_from_session_id", "forked_from_turn_id", "title", "last_activity_time", "delete_time", "compacted_seq")
@@ -494,7 +509,7 @@ class RuntimeEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class EventBody(_message.Message):
-    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime", "item_started", "item_completed", "item_delta", "token_usage", "agent_error", "request_opened", "request_resolved", "history_item", "turn_waiting", "session_reverted")
+    __slots__ = ("input_received", "turn_started", "output", "turn_completed", "turn_failed", "turn_interrupted", "runtime", "item_started", "item_completed", "item_delta", "token_usage", "agent_error", "request_opened", "request_resolved", "history_item", "turn_waiting", "session_reverted", "workspace_restored")
     INPUT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     TURN_STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -512,6 +527,7 @@ class EventBody(_message.Message):
     HISTORY_ITEM_FIELD_NUMBER: _ClassVar[int]
     TURN_WAITING_FIELD_NUMBER: _ClassVar[int]
     SESSION_REVERTED_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_RESTORED_FIELD_NUMBER: _ClassVar[int]
     input_received: InputReceived
     turn_started: TurnStarted
     output: OutputChunk
@@ -529,7 +545,56 @@ class EventBody(_message.Message):
     history_item: HistoryItem
     turn_waiting: TurnWaiting
     session_reverted: SessionReverted
-    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ..., item_started: _Optional[_Union[ItemStarted, _Mapping]] = ..., item_completed: _Optional[_Union[ItemCompleted, _Mapping]] = ..., item_delta: _Optional[_Union[ItemDelta, _Mapping]] = ..., token_usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., agent_error: _Optional[_Union[AgentError, _Mapping]] = ..., request_opened: _Optional[_Union[RequestOpened, _Mapping]] = ..., request_resolved: _Optional[_Union[RequestResolved, _Mapping]] = ..., history_item: _Optional[_Union[HistoryItem, _Mapping]] = ..., turn_waiting: _Optional[_Union[TurnWaiting, _Mapping]] = ..., session_reverted: _Optional[_Union[SessionReverted, _Mapping]] = ...) -> None: ...
+    workspace_restored: WorkspaceRestored
+    def __init__(self, input_received: _Optional[_Union[InputReceived, _Mapping]] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., output: _Optional[_Union[OutputChunk, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., turn_failed: _Optional[_Union[TurnFailed, _Mapping]] = ..., turn_interrupted: _Optional[_Union[TurnInterrupted, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeEvent, _Mapping]] = ..., item_started: _Optional[_Union[ItemStarted, _Mapping]] = ..., item_completed: _Optional[_Union[ItemCompleted, _Mapping]] = ..., item_delta: _Optional[_Union[ItemDelta, _Mapping]] = ..., token_usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., agent_error: _Optional[_Union[AgentError, _Mapping]] = ..., request_opened: _Optional[_Union[RequestOpened, _Mapping]] = ..., request_resolved: _Optional[_Union[RequestResolved, _Mapping]] = ..., history_item: _Optional[_Union[HistoryItem, _Mapping]] = ..., turn_waiting: _Optional[_Union[TurnWaiting, _Mapping]] = ..., session_reverted: _Optional[_Union[SessionReverted, _Mapping]] = ..., workspace_restored: _Optional[_Union[WorkspaceRestored, _Mapping]] = ...) -> None: ...
+
+class WorkspaceRestored(_message.Message):
+    __slots__ = ("worker_id", "file_count", "total_bytes", "files_written", "bytes_downloaded", "files_removed")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWNLOADED_FIELD_NUMBER: _ClassVar[int]
+    FILES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    file_count: int
+    total_bytes: int
+    files_written: int
+    bytes_downloaded: int
+    files_removed: int
+    def __init__(self, worker_id: _Optional[str] = ..., file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., files_written: _Optional[int] = ..., bytes_downloaded: _Optional[int] = ..., files_removed: _Optional[int] = ...) -> None: ...
+
+class WorkspaceEntry(_message.Message):
+    __slots__ = ("path", "kind", "mode", "size", "digest", "link_target")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LINK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: WorkspaceEntryKind
+    mode: int
+    size: int
+    digest: str
+    link_target: str
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[_Union[WorkspaceEntryKind, str]] = ..., mode: _Optional[int] = ..., size: _Optional[int] = ..., digest: _Optional[str] = ..., link_target: _Optional[str] = ...) -> None: ...
+
+class WorkspaceManifestChunk(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[WorkspaceEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[WorkspaceEntry, _Mapping]]] = ...) -> None: ...
+
+class WorkspaceManifest(_message.Message):
+    __slots__ = ("chunk_digests", "file_count", "total_bytes")
+    CHUNK_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    chunk_digests: _containers.RepeatedScalarFieldContainer[str]
+    file_count: int
+    total_bytes: int
+    def __init__(self, chunk_digests: _Optional[_Iterable[str]] = ..., file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("session_id", "seq", "turn_id", "create_time", "body", "lease_epoch")

@@ -363,19 +363,21 @@ class ResumeRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
-    __slots__ = ("snapshot_seq", "runtime_metadata_json", "history", "events")
+    __slots__ = ("snapshot_seq", "runtime_metadata_json", "history", "events", "workspace")
     SNAPSHOT_SEQ_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     snapshot_seq: int
     runtime_metadata_json: str
     history: _containers.RepeatedCompositeFieldContainer[_resources_pb2.HistoryItem]
     events: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Event]
-    def __init__(self, snapshot_seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_resources_pb2.Event, _Mapping]]] = ...) -> None: ...
+    workspace: _resources_pb2.WorkspaceManifest
+    def __init__(self, snapshot_seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_resources_pb2.Event, _Mapping]]] = ..., workspace: _Optional[_Union[_resources_pb2.WorkspaceManifest, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("worker_id", "session_id", "lease_epoch", "seq", "runtime_metadata_json", "request_id", "history")
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "seq", "runtime_metadata_json", "request_id", "history", "workspace")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -383,6 +385,7 @@ class SnapshotRequest(_message.Message):
     RUNTIME_METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     session_id: str
     lease_epoch: int
@@ -390,7 +393,8 @@ class SnapshotRequest(_message.Message):
     runtime_metadata_json: str
     request_id: str
     history: _containers.RepeatedCompositeFieldContainer[_resources_pb2.HistoryItem]
-    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., request_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ...) -> None: ...
+    workspace: _resources_pb2.WorkspaceManifest
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., request_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., workspace: _Optional[_Union[_resources_pb2.WorkspaceManifest, _Mapping]] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("snapshot_id", "seq")
@@ -399,3 +403,71 @@ class SnapshotResponse(_message.Message):
     snapshot_id: str
     seq: int
     def __init__(self, snapshot_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class FindMissingBlobsRequest(_message.Message):
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "digests")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    session_id: str
+    lease_epoch: int
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FindMissingBlobsResponse(_message.Message):
+    __slots__ = ("missing_digests",)
+    MISSING_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    missing_digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, missing_digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("digest", "size", "offset", "data")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    offset: int
+    data: bytes
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutBlobsRequest(_message.Message):
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "chunk")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    session_id: str
+    lease_epoch: int
+    chunk: BlobChunk
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
+
+class PutBlobsResponse(_message.Message):
+    __slots__ = ("blob_count", "bytes_received")
+    BLOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    blob_count: int
+    bytes_received: int
+    def __init__(self, blob_count: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class GetBlobsRequest(_message.Message):
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "digests")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    session_id: str
+    lease_epoch: int
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetBlobsResponse(_message.Message):
+    __slots__ = ("chunk",)
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    chunk: BlobChunk
+    def __init__(self, chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,21 @@ class WorkerServiceStub:
                 request_serializer=tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.FindMissingBlobs = channel.unary_unary(
+                '/tether.v1.WorkerService/FindMissingBlobs',
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsResponse.FromString,
+                _registered_method=True)
+        self.PutBlobs = channel.stream_unary(
+                '/tether.v1.WorkerService/PutBlobs',
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.PutBlobsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.PutBlobsResponse.FromString,
+                _registered_method=True)
+        self.GetBlobs = channel.unary_stream(
+                '/tether.v1.WorkerService/GetBlobs',
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.GetBlobsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.GetBlobsResponse.FromString,
+                _registered_method=True)
         self.Pair = channel.unary_unary(
                 '/tether.v1.WorkerService/Pair',
                 request_serializer=tether_dot_v1_dot_worker__service__pb2.PairRequest.SerializeToString,
@@ -130,6 +145,30 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindMissingBlobs(self, request, context):
+        """FindMissingBlobs names the blobs (workspace file contents and manifest chunks) of the
+        given digests that the control plane does not hold for the session's owner, so a
+        checkpoint uploads only those.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutBlobs(self, request_iterator, context):
+        """PutBlobs uploads blobs for a leased session's checkpoint, each in chunks; the control
+        plane checks each blob's SHA-256 before it stores it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBlobs(self, request, context):
+        """GetBlobs downloads blobs a leased session's latest checkpoint names, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Pair(self, request, context):
         """Pair exchanges a one-time pairing code (from AdminService.CreatePairingCode) for a worker
         token. It is the one call that needs no credentials. A code works once: of two workers
@@ -172,6 +211,21 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.FromString,
                     response_serializer=tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'FindMissingBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindMissingBlobs,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsResponse.SerializeToString,
+            ),
+            'PutBlobs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlobs,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.PutBlobsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.PutBlobsResponse.SerializeToString,
+            ),
+            'GetBlobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBlobs,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.GetBlobsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.GetBlobsResponse.SerializeToString,
             ),
             'Pair': grpc.unary_unary_rpc_method_handler(
                     servicer.Pair,
@@ -346,6 +400,87 @@ class WorkerService:
             '/tether.v1.WorkerService/Snapshot',
             tether_dot_v1_dot_worker__service__pb2.SnapshotRequest.SerializeToString,
             tether_dot_v1_dot_worker__service__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindMissingBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.WorkerService/FindMissingBlobs',
+            tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.FindMissingBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlobs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tether.v1.WorkerService/PutBlobs',
+            tether_dot_v1_dot_worker__service__pb2.PutBlobsRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.PutBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tether.v1.WorkerService/GetBlobs',
+            tether_dot_v1_dot_worker__service__pb2.GetBlobsRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.GetBlobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

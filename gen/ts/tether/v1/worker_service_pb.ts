@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Event, EventBody, HistoryItem } from "./resources_pb.js";
+import type { Event, EventBody, HistoryItem, WorkspaceManifest } from "./resources_pb.js";
 import { file_tether_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/worker_service.proto.
  */
 export const file_tether_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSL9AQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRIeChZvdXRwdXRfc2NoZW1hX3J1bnRpbWVzGAggAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqwQKEFJlZ2lzdGVyUmVzcG9uc2USEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDW9mZmVyX3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPAoZcmVjb25uZWN0X2JhY2tvZmZfaW5pdGlhbBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI4ChVyZWNvbm5lY3RfYmFja29mZl9tYXgYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHgoWbWF4X2V2ZW50c19wZXJfbWVzc2FnZRgIIAEoBRIzChBsaXZlbmVzc190aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXdvcmtlcl9kZWFkX2dyYWNlGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjoKF2lkbGVfaGVhcnRiZWF0X2ludGVydmFsGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWxlYXNlX2RpZ2VzdHMYDCABKAgiegoQSGVhcnRiZWF0UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgJEhUKDXJ1bm5pbmdfdHVybnMYAyABKAUSIwoGbGVhc2VzGAQgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIoMBChFIZWFydGJlYXRSZXNwb25zZRI1ChFsZWFzZV9leHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoLbG9zdF9sZWFzZXMYAiADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSDQoFZHJhaW4YAyABKAgiMwoITGVhc2VSZWYSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBCKSAgoMTGVhc2VSZXF1ZXN0EiQKBG9wZW4YASABKAsyFC50ZXRoZXIudjEuTGVhc2VPcGVuSAASKAoGYWNjZXB0GAIgASgLMhYudGV0aGVyLnYxLkFjY2VwdE9mZmVySAASKAoGcmVqZWN0GAMgASgLMhYudGV0aGVyLnYxLlJlamVjdE9mZmVySAASJwoFcmVuZXcYBCABKAsyFi50ZXRoZXIudjEuUmVuZXdMZWFzZXNIABIqCgdyZWxlYXNlGAUgASgLMhcudGV0aGVyLnYxLlJlbGVhc2VMZWFzZUgAEisKCGRyYWluaW5nGAYgASgLMhcudGV0aGVyLnYxLkRyYWluU3RhcnRlZEgAQgYKBGtpbmQiXAoJTGVhc2VPcGVuEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSIwoGbGVhc2VzGAMgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIkcKC0FjY2VwdE9mZmVyEhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBCJXCgtSZWplY3RPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSDgoGcmVhc29uGAQgASgJInYKC1JlbmV3TGVhc2VzEiMKBmxlYXNlcxgBIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIVCg1ydW5uaW5nX3R1cm5zGAIgASgFEisKC2hlbGRfZGlnZXN0GAMgASgLMhYudGV0aGVyLnYxLkxlYXNlRGlnZXN0IikKC0xlYXNlRGlnZXN0Eg0KBWNvdW50GAEgASgNEgsKA3hvchgCIAEoBiJHCgxSZWxlYXNlTGVhc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBIOCgZyZWFzb24YAyABKAkiPAoMRHJhaW5TdGFydGVkEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKrAwoNTGVhc2VSZXNwb25zZRIoCgZvcGVuZWQYASABKAsyFi50ZXRoZXIudjEuTGVhc2VPcGVuZWRIABIhCgVvZmZlchgCIAEoCzIQLnRldGhlci52MS5PZmZlckgAEioKB2dyYW50ZWQYAyABKAsyFy50ZXRoZXIudjEuT2ZmZXJHcmFudGVkSAASMgoJaW50ZXJydXB0GAQgASgLMh0udGV0aGVyLnYxLkludGVycnVwdFJlcXVlc3RlZEgAEioKB3Jldm9rZWQYBSABKAsyFy50ZXRoZXIudjEuTGVhc2VSZXZva2VkSAASMAoIc25hcHNob3QYBiABKAsyHC50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0ZWRIABIqCgVkcmFpbhgHIAEoCzIZLnRldGhlci52MS5EcmFpblJlcXVlc3RlZEgAEisKB3JlbmV3ZWQYCCABKAsyGC50ZXRoZXIudjEuTGVhc2VzUmVuZXdlZEgAEi4KCGFuc3dlcmVkGAkgASgLMhoudGV0aGVyLnYxLlJlcXVlc3RBbnN3ZXJlZEgAQgYKBGtpbmQiSgoLTGVhc2VPcGVuZWQSEQoJd29ya2VyX2lkGAEgASgJEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIu4BCgVPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDQoFaW5wdXQYAyABKAkSDwoHcnVudGltZRgEIAEoCRITCgtsZWFzZV9lcG9jaBgFIAEoBBIXCg9yZXN1bWVfcmVxdWlyZWQYBiABKAgSEAoIbGFzdF9zZXEYByABKAQSMwoPYWNjZXB0X2RlYWRsaW5lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyZXN0b3JlX29ubHkYCSABKAgSFQoNb3V0cHV0X3NjaGVtYRgKIAEoCSJ/CgxPZmZlckdyYW50ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEjUKEWxlYXNlX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChJJbnRlcnJ1cHRSZXF1ZXN0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJHCgxMZWFzZVJldm9rZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBIOCgZyZWFzb24YAyABKAkiUAoRU25hcHNob3RSZXF1ZXN0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBISCgpyZXF1ZXN0X2lkGAMgASgJIj4KDkRyYWluUmVxdWVzdGVkEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhCg9SZXF1ZXN0QW5zd2VyZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSFQoNcmVzcG9uc2VfanNvbhgEIAEoCSKAAQoNTGVhc2VzUmVuZXdlZBI1ChFsZWFzZV9leHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoLbG9zdF9sZWFzZXMYAiADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSDgoGcmVzeW5jGAMgASgIIlYKC1dvcmtlckV2ZW50EhIKCndvcmtlcl9zZXEYASABKAQSDwoHdHVybl9pZBgCIAEoCRIiCgRib2R5GAMgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiYKBmV2ZW50cxgEIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJCChRTdHJlYW1FdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhAKCGxhc3Rfc2VxGAIgASgEIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQikAEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQitgEKD1NuYXBzaG90UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBILCgNzZXEYBCABKAQSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAUgASgJEhIKCnJlcXVlc3RfaWQYBiABKAkSJwoHaGlzdG9yeRgHIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbSI0ChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEgsKA3NlcRgCIAEoBDLyAwoNV29ya2VyU2VydmljZRJDCghSZWdpc3RlchIaLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QaGy50ZXRoZXIudjEuUmVnaXN0ZXJSZXNwb25zZRJGCglIZWFydGJlYXQSGy50ZXRoZXIudjEuSGVhcnRiZWF0UmVxdWVzdBocLnRldGhlci52MS5IZWFydGJlYXRSZXNwb25zZRI+CgVMZWFzZRIXLnRldGhlci52MS5MZWFzZVJlcXVlc3QaGC50ZXRoZXIudjEuTGVhc2VSZXNwb25zZSgBMAESUwoMU3RyZWFtRXZlbnRzEh4udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UoATABEj8KBlJlc3VtZRIYLnRldGhlci52MS5SZXN1bWVSZXF1ZXN0GhkudGV0aGVyLnYxLlJlc3VtZVJlc3BvbnNlMAESRQoIU25hcHNob3QSGi50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0GhsudGV0aGVyLnYxLlNuYXBzaG90UmVzcG9uc2UoARI3CgRQYWlyEhYudGV0aGVyLnYxLlBhaXJSZXF1ZXN0GhcudGV0aGVyLnYxLlBhaXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
+  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSL9AQoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRIeChZvdXRwdXRfc2NoZW1hX3J1bnRpbWVzGAggAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqwQKEFJlZ2lzdGVyUmVzcG9uc2USEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDW9mZmVyX3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPAoZcmVjb25uZWN0X2JhY2tvZmZfaW5pdGlhbBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI4ChVyZWNvbm5lY3RfYmFja29mZl9tYXgYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHgoWbWF4X2V2ZW50c19wZXJfbWVzc2FnZRgIIAEoBRIzChBsaXZlbmVzc190aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXdvcmtlcl9kZWFkX2dyYWNlGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjoKF2lkbGVfaGVhcnRiZWF0X2ludGVydmFsGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWxlYXNlX2RpZ2VzdHMYDCABKAgiegoQSGVhcnRiZWF0UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgJEhUKDXJ1bm5pbmdfdHVybnMYAyABKAUSIwoGbGVhc2VzGAQgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIoMBChFIZWFydGJlYXRSZXNwb25zZRI1ChFsZWFzZV9leHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoLbG9zdF9sZWFzZXMYAiADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSDQoFZHJhaW4YAyABKAgiMwoITGVhc2VSZWYSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBCKSAgoMTGVhc2VSZXF1ZXN0EiQKBG9wZW4YASABKAsyFC50ZXRoZXIudjEuTGVhc2VPcGVuSAASKAoGYWNjZXB0GAIgASgLMhYudGV0aGVyLnYxLkFjY2VwdE9mZmVySAASKAoGcmVqZWN0GAMgASgLMhYudGV0aGVyLnYxLlJlamVjdE9mZmVySAASJwoFcmVuZXcYBCABKAsyFi50ZXRoZXIudjEuUmVuZXdMZWFzZXNIABIqCgdyZWxlYXNlGAUgASgLMhcudGV0aGVyLnYxLlJlbGVhc2VMZWFzZUgAEisKCGRyYWluaW5nGAYgASgLMhcudGV0aGVyLnYxLkRyYWluU3RhcnRlZEgAQgYKBGtpbmQiXAoJTGVhc2VPcGVuEhEKCXdvcmtlcl9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKAkSIwoGbGVhc2VzGAMgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIkcKC0FjY2VwdE9mZmVyEhIKCnNlc3Npb25faWQYASABKAkSDwoHdHVybl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBCJXCgtSZWplY3RPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSDgoGcmVhc29uGAQgASgJInYKC1JlbmV3TGVhc2VzEiMKBmxlYXNlcxgBIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIVCg1ydW5uaW5nX3R1cm5zGAIgASgFEisKC2hlbGRfZGlnZXN0GAMgASgLMhYudGV0aGVyLnYxLkxlYXNlRGlnZXN0IikKC0xlYXNlRGlnZXN0Eg0KBWNvdW50GAEgASgNEgsKA3hvchgCIAEoBiJHCgxSZWxlYXNlTGVhc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBIOCgZyZWFzb24YAyABKAkiPAoMRHJhaW5TdGFydGVkEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKrAwoNTGVhc2VSZXNwb25zZRIoCgZvcGVuZWQYASABKAsyFi50ZXRoZXIudjEuTGVhc2VPcGVuZWRIABIhCgVvZmZlchgCIAEoCzIQLnRldGhlci52MS5PZmZlckgAEioKB2dyYW50ZWQYAyABKAsyFy50ZXRoZXIudjEuT2ZmZXJHcmFudGVkSAASMgoJaW50ZXJydXB0GAQgASgLMh0udGV0aGVyLnYxLkludGVycnVwdFJlcXVlc3RlZEgAEioKB3Jldm9rZWQYBSABKAsyFy50ZXRoZXIudjEuTGVhc2VSZXZva2VkSAASMAoIc25hcHNob3QYBiABKAsyHC50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0ZWRIABIqCgVkcmFpbhgHIAEoCzIZLnRldGhlci52MS5EcmFpblJlcXVlc3RlZEgAEisKB3JlbmV3ZWQYCCABKAsyGC50ZXRoZXIudjEuTGVhc2VzUmVuZXdlZEgAEi4KCGFuc3dlcmVkGAkgASgLMhoudGV0aGVyLnYxLlJlcXVlc3RBbnN3ZXJlZEgAQgYKBGtpbmQiSgoLTGVhc2VPcGVuZWQSEQoJd29ya2VyX2lkGAEgASgJEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmIu4BCgVPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDQoFaW5wdXQYAyABKAkSDwoHcnVudGltZRgEIAEoCRITCgtsZWFzZV9lcG9jaBgFIAEoBBIXCg9yZXN1bWVfcmVxdWlyZWQYBiABKAgSEAoIbGFzdF9zZXEYByABKAQSMwoPYWNjZXB0X2RlYWRsaW5lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyZXN0b3JlX29ubHkYCSABKAgSFQoNb3V0cHV0X3NjaGVtYRgKIAEoCSJ/CgxPZmZlckdyYW50ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEjUKEWxlYXNlX2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChJJbnRlcnJ1cHRSZXF1ZXN0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJHCgxMZWFzZVJldm9rZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBIOCgZyZWFzb24YAyABKAkiUAoRU25hcHNob3RSZXF1ZXN0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtsZWFzZV9lcG9jaBgCIAEoBBISCgpyZXF1ZXN0X2lkGAMgASgJIj4KDkRyYWluUmVxdWVzdGVkEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhCg9SZXF1ZXN0QW5zd2VyZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSFQoNcmVzcG9uc2VfanNvbhgEIAEoCSKAAQoNTGVhc2VzUmVuZXdlZBI1ChFsZWFzZV9leHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoLbG9zdF9sZWFzZXMYAiADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSDgoGcmVzeW5jGAMgASgIIlYKC1dvcmtlckV2ZW50EhIKCndvcmtlcl9zZXEYASABKAQSDwoHdHVybl9pZBgCIAEoCRIiCgRib2R5GAMgASgLMhQudGV0aGVyLnYxLkV2ZW50Qm9keSJ5ChNTdHJlYW1FdmVudHNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiYKBmV2ZW50cxgEIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJCChRTdHJlYW1FdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhAKCGxhc3Rfc2VxGAIgASgEIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQiwQEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQSLwoJd29ya3NwYWNlGAUgASgLMhwudGV0aGVyLnYxLldvcmtzcGFjZU1hbmlmZXN0IucBCg9TbmFwc2hvdFJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSCwoDc2VxGAQgASgEEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgFIAEoCRISCgpyZXF1ZXN0X2lkGAYgASgJEicKB2hpc3RvcnkYByADKAsyFi50ZXRoZXIudjEuSGlzdG9yeUl0ZW0SLwoJd29ya3NwYWNlGAggASgLMhwudGV0aGVyLnYxLldvcmtzcGFjZU1hbmlmZXN0IjQKEFNuYXBzaG90UmVzcG9uc2USEwoLc25hcHNob3RfaWQYASABKAkSCwoDc2VxGAIgASgEImYKF0ZpbmRNaXNzaW5nQmxvYnNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg8KB2RpZ2VzdHMYBCADKAkiMwoYRmluZE1pc3NpbmdCbG9ic1Jlc3BvbnNlEhcKD21pc3NpbmdfZGlnZXN0cxgBIAMoCSJHCglCbG9iQ2h1bmsSDgoGZGlnZXN0GAEgASgJEgwKBHNpemUYAiABKAQSDgoGb2Zmc2V0GAMgASgEEgwKBGRhdGEYBCABKAwicgoPUHV0QmxvYnNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEiMKBWNodW5rGAQgASgLMhQudGV0aGVyLnYxLkJsb2JDaHVuayI+ChBQdXRCbG9ic1Jlc3BvbnNlEhIKCmJsb2JfY291bnQYASABKA0SFgoOYnl0ZXNfcmVjZWl2ZWQYAiABKAQiXgoPR2V0QmxvYnNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg8KB2RpZ2VzdHMYBCADKAkiNwoQR2V0QmxvYnNSZXNwb25zZRIjCgVjaHVuaxgBIAEoCzIULnRldGhlci52MS5CbG9iQ2h1bmsy3QUKDVdvcmtlclNlcnZpY2USQwoIUmVnaXN0ZXISGi50ZXRoZXIudjEuUmVnaXN0ZXJSZXF1ZXN0GhsudGV0aGVyLnYxLlJlZ2lzdGVyUmVzcG9uc2USRgoJSGVhcnRiZWF0EhsudGV0aGVyLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHC50ZXRoZXIudjEuSGVhcnRiZWF0UmVzcG9uc2USPgoFTGVhc2USFy50ZXRoZXIudjEuTGVhc2VSZXF1ZXN0GhgudGV0aGVyLnYxLkxlYXNlUmVzcG9uc2UoATABElMKDFN0cmVhbUV2ZW50cxIeLnRldGhlci52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Gh8udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlKAEwARI/CgZSZXN1bWUSGC50ZXRoZXIudjEuUmVzdW1lUmVxdWVzdBoZLnRldGhlci52MS5SZXN1bWVSZXNwb25zZTABEkUKCFNuYXBzaG90EhoudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdBobLnRldGhlci52MS5TbmFwc2hvdFJlc3BvbnNlKAESWwoQRmluZE1pc3NpbmdCbG9icxIiLnRldGhlci52MS5GaW5kTWlzc2luZ0Jsb2JzUmVxdWVzdBojLnRldGhlci52MS5GaW5kTWlzc2luZ0Jsb2JzUmVzcG9uc2USRQoIUHV0QmxvYnMSGi50ZXRoZXIudjEuUHV0QmxvYnNSZXF1ZXN0GhsudGV0aGVyLnYxLlB1dEJsb2JzUmVzcG9uc2UoARJFCghHZXRCbG9icxIaLnRldGhlci52MS5HZXRCbG9ic1JlcXVlc3QaGy50ZXRoZXIudjEuR2V0QmxvYnNSZXNwb25zZTABEjcKBFBhaXISFi50ZXRoZXIudjEuUGFpclJlcXVlc3QaFy50ZXRoZXIudjEuUGFpclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
 
 /**
  * PairRequest carries the code an operator or an application handed to the worker.
@@ -1304,6 +1304,14 @@ export type ResumeResponse = Message<"tether.v1.ResumeResponse"> & {
    * @generated from field: repeated tether.v1.Event events = 4;
    */
   events: Event[];
+
+  /**
+   * The session's latest workspace checkpoint (in the first chunk); unset when it has none.
+   * The worker makes the workspace match it before the runtime starts.
+   *
+   * @generated from field: tether.v1.WorkspaceManifest workspace = 5;
+   */
+  workspace?: WorkspaceManifest | undefined;
 };
 
 /**
@@ -1368,6 +1376,15 @@ export type SnapshotRequest = Message<"tether.v1.SnapshotRequest"> & {
    * @generated from field: repeated tether.v1.HistoryItem history = 7;
    */
   history: HistoryItem[];
+
+  /**
+   * The session's workspace checkpoint, in the first chunk; unset when the runtime's workspace
+   * does not move with the session (the session keeps its previous checkpoint). Every blob it
+   * names must be stored (PutBlobs) before the snapshot is.
+   *
+   * @generated from field: tether.v1.WorkspaceManifest workspace = 8;
+   */
+  workspace?: WorkspaceManifest | undefined;
 };
 
 /**
@@ -1404,6 +1421,245 @@ export type SnapshotResponse = Message<"tether.v1.SnapshotResponse"> & {
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
   messageDesc(file_tether_v1_worker_service, 31);
+
+/**
+ * FindMissingBlobsRequest asks which blobs the control plane lacks.
+ *
+ * @generated from message tether.v1.FindMissingBlobsRequest
+ */
+export type FindMissingBlobsRequest = Message<"tether.v1.FindMissingBlobsRequest"> & {
+  /**
+   * The worker. Required.
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * The leased session. Required.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch. Required.
+   *
+   * @generated from field: uint64 lease_epoch = 3;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * Lowercase hex SHA-256 digests, at most 10,000.
+   *
+   * @generated from field: repeated string digests = 4;
+   */
+  digests: string[];
+};
+
+/**
+ * Describes the message tether.v1.FindMissingBlobsRequest.
+ * Use `create(FindMissingBlobsRequestSchema)` to create a new message.
+ */
+export const FindMissingBlobsRequestSchema: GenMessage<FindMissingBlobsRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 32);
+
+/**
+ * FindMissingBlobsResponse names the blobs to upload.
+ *
+ * @generated from message tether.v1.FindMissingBlobsResponse
+ */
+export type FindMissingBlobsResponse = Message<"tether.v1.FindMissingBlobsResponse"> & {
+  /**
+   * The requested digests the control plane does not hold, in request order.
+   *
+   * @generated from field: repeated string missing_digests = 1;
+   */
+  missingDigests: string[];
+};
+
+/**
+ * Describes the message tether.v1.FindMissingBlobsResponse.
+ * Use `create(FindMissingBlobsResponseSchema)` to create a new message.
+ */
+export const FindMissingBlobsResponseSchema: GenMessage<FindMissingBlobsResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 33);
+
+/**
+ * BlobChunk is a piece of one blob. A blob's chunks come in order; the first has offset 0 and
+ * the blob ends with the chunk that reaches its size.
+ *
+ * @generated from message tether.v1.BlobChunk
+ */
+export type BlobChunk = Message<"tether.v1.BlobChunk"> & {
+  /**
+   * The blob's lowercase hex SHA-256.
+   *
+   * @generated from field: string digest = 1;
+   */
+  digest: string;
+
+  /**
+   * The blob's whole size in bytes.
+   *
+   * @generated from field: uint64 size = 2;
+   */
+  size: bigint;
+
+  /**
+   * Where this chunk's data starts in the blob.
+   *
+   * @generated from field: uint64 offset = 3;
+   */
+  offset: bigint;
+
+  /**
+   * The chunk's bytes (at most 1 MiB).
+   *
+   * @generated from field: bytes data = 4;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message tether.v1.BlobChunk.
+ * Use `create(BlobChunkSchema)` to create a new message.
+ */
+export const BlobChunkSchema: GenMessage<BlobChunk> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 34);
+
+/**
+ * PutBlobsRequest is one message of a blob upload.
+ *
+ * @generated from message tether.v1.PutBlobsRequest
+ */
+export type PutBlobsRequest = Message<"tether.v1.PutBlobsRequest"> & {
+  /**
+   * The worker. Required in the first message.
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * The leased session. Required in the first message.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch. Required in the first message.
+   *
+   * @generated from field: uint64 lease_epoch = 3;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * A piece of a blob.
+   *
+   * @generated from field: tether.v1.BlobChunk chunk = 4;
+   */
+  chunk?: BlobChunk | undefined;
+};
+
+/**
+ * Describes the message tether.v1.PutBlobsRequest.
+ * Use `create(PutBlobsRequestSchema)` to create a new message.
+ */
+export const PutBlobsRequestSchema: GenMessage<PutBlobsRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 35);
+
+/**
+ * PutBlobsResponse acknowledges stored blobs.
+ *
+ * @generated from message tether.v1.PutBlobsResponse
+ */
+export type PutBlobsResponse = Message<"tether.v1.PutBlobsResponse"> & {
+  /**
+   * How many blobs were stored (those already held count too).
+   *
+   * @generated from field: uint32 blob_count = 1;
+   */
+  blobCount: number;
+
+  /**
+   * Bytes received.
+   *
+   * @generated from field: uint64 bytes_received = 2;
+   */
+  bytesReceived: bigint;
+};
+
+/**
+ * Describes the message tether.v1.PutBlobsResponse.
+ * Use `create(PutBlobsResponseSchema)` to create a new message.
+ */
+export const PutBlobsResponseSchema: GenMessage<PutBlobsResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 36);
+
+/**
+ * GetBlobsRequest asks for blobs of a leased session's latest checkpoint.
+ *
+ * @generated from message tether.v1.GetBlobsRequest
+ */
+export type GetBlobsRequest = Message<"tether.v1.GetBlobsRequest"> & {
+  /**
+   * The worker. Required.
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * The leased session. Required.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch. Required.
+   *
+   * @generated from field: uint64 lease_epoch = 3;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * Digests of the checkpoint's blobs (file contents or manifest chunks), at most 10,000.
+   *
+   * @generated from field: repeated string digests = 4;
+   */
+  digests: string[];
+};
+
+/**
+ * Describes the message tether.v1.GetBlobsRequest.
+ * Use `create(GetBlobsRequestSchema)` to create a new message.
+ */
+export const GetBlobsRequestSchema: GenMessage<GetBlobsRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 37);
+
+/**
+ * GetBlobsResponse is one message of a blob download.
+ *
+ * @generated from message tether.v1.GetBlobsResponse
+ */
+export type GetBlobsResponse = Message<"tether.v1.GetBlobsResponse"> & {
+  /**
+   * A piece of a blob; blobs come in request order, each one's chunks in order.
+   *
+   * @generated from field: tether.v1.BlobChunk chunk = 1;
+   */
+  chunk?: BlobChunk | undefined;
+};
+
+/**
+ * Describes the message tether.v1.GetBlobsResponse.
+ * Use `create(GetBlobsResponseSchema)` to create a new message.
+ */
+export const GetBlobsResponseSchema: GenMessage<GetBlobsResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 38);
 
 /**
  * WorkerService is the API execution workers call. A worker only ever dials out: it registers,
@@ -1478,6 +1734,39 @@ export const WorkerService: GenService<{
     methodKind: "client_streaming";
     input: typeof SnapshotRequestSchema;
     output: typeof SnapshotResponseSchema;
+  },
+  /**
+   * FindMissingBlobs names the blobs (workspace file contents and manifest chunks) of the
+   * given digests that the control plane does not hold for the session's owner, so a
+   * checkpoint uploads only those.
+   *
+   * @generated from rpc tether.v1.WorkerService.FindMissingBlobs
+   */
+  findMissingBlobs: {
+    methodKind: "unary";
+    input: typeof FindMissingBlobsRequestSchema;
+    output: typeof FindMissingBlobsResponseSchema;
+  },
+  /**
+   * PutBlobs uploads blobs for a leased session's checkpoint, each in chunks; the control
+   * plane checks each blob's SHA-256 before it stores it.
+   *
+   * @generated from rpc tether.v1.WorkerService.PutBlobs
+   */
+  putBlobs: {
+    methodKind: "client_streaming";
+    input: typeof PutBlobsRequestSchema;
+    output: typeof PutBlobsResponseSchema;
+  },
+  /**
+   * GetBlobs downloads blobs a leased session's latest checkpoint names, in chunks.
+   *
+   * @generated from rpc tether.v1.WorkerService.GetBlobs
+   */
+  getBlobs: {
+    methodKind: "server_streaming";
+    input: typeof GetBlobsRequestSchema;
+    output: typeof GetBlobsResponseSchema;
   },
   /**
    * Pair exchanges a one-time pairing code (from AdminService.CreatePairingCode) for a worker
