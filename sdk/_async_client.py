@@ -1,9 +1,11 @@
 """`AsyncClient`: the asyncio client of `tether.v1.SessionService` and, for operators,
 `tether.v1.AdminService` (served by the control plane on the same port).
 
-It owns one long-lived `grpc.aio` channel, puts a deadline on every unary call, and is the only
-place where stub calls happen: `_unary` and `stream_events` translate every `AioRpcError` into
-the SDK's exception tree (see `sdk._errors`).
+It owns one long-lived `grpc.aio` channel and puts a deadline on every unary call. Stub calls
+happen only here and in the call groups it inherits (`_async_admin`: the AdminService calls;
+`_async_bundles`: export and import; `_async_requests`: pending requests): `_unary` (in
+`_async_boundary`) and each streaming call translate every `AioRpcError` into the SDK's
+exception tree (see `sdk._errors`).
 """
 
 from __future__ import annotations
@@ -12,35 +14,30 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, cast
 
 import grpc
-from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2
 
-from tether.v1 import admin_service_pb2 as admin_pb
 from tether.v1 import resources_pb2
 from tether.v1 import session_service_pb2 as pb
 
 from . import _convert
+from ._async_admin import AdminCalls
+from ._async_bundles import BundleCalls
+from ._async_requests import RequestCalls
 from ._backoff import Backoff as _Backoff
 from ._errors import DeadlineExceededError, translate_rpc_error
 from ._models import (
     Event,
     InputPolicy,
-    PairingCode,
-    PendingRequest,
-    PurgeProgress,
-    RequestState,
     Session,
     SessionPage,
     SessionState,
     Snapshot,
     Turn,
     TurnPage,
-    WorkerStatus,
-    WorkerToken,
 )
 from ._stubs import admin_stub, health_stub, session_stub
 from .channel import credential_metadata, make_channel
@@ -57,9 +54,6 @@ RECONNECT_MAX_S = 5.0
 RECONNECT_GIVE_UP_S = 300.0
 
 _log = logging.getLogger("tether.sdk")
-
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
 
 # Only reads are retried by the channel: a retried SendInput without an idempotency key could
 # store a second turn.
@@ -91,7 +85,7 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-class AsyncClient:
+class AsyncClient(AdminCalls, BundleCalls, RequestCalls):
     """Asyncio client of the Tether control plane.
 
     Use it as ``async with AsyncClient("host:7670") as client: ...`` or call `close()`, which is
@@ -152,27 +146,6 @@ class AsyncClient:
         self._closed = True
         if self._owns_channel:
             await self._channel.close(grace_s)
-
-    # -- the boundary ---------------------------------------------------------------------
-
-    def _deadline(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else timeout_s
-
-    async def _unary(
-        self,
-        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
-        request: _Request,
-        timeout_s: float | None,
-        *,
-        authenticated: bool = True,
-    ) -> _Response:
-        if self._closed:
-            raise RuntimeError("AsyncClient is closed")
-        metadata = self._metadata if authenticated else None
-        try:
-            return await method(request, timeout=self._deadline(timeout_s), metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc, **self._transport) from exc
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -366,53 +339,6 @@ class AsyncClient:
         response = await self._unary(self._stub.RevertSession, request, timeout_s)
         return _convert.session_from_proto(response.session)
 
-    async def export_session(self, session_id: str, *, timeout_s: float | None = None) -> AsyncGenerator[bytes, None]:
-        """The session's bundle (docs/bundles.md), chunk by chunk: write the chunks out in order
-        and they are the whole bundle. The session must have no turn queued or running
-        (SessionBusyError otherwise)."""
-        if self._closed:
-            raise RuntimeError("AsyncClient is closed")
-        request = pb.ExportSessionRequest(session_id=session_id)
-        call = self._stub.ExportSession(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
-        try:
-            async for response in call:
-                yield response.chunk
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc, **self._transport) from exc
-        finally:
-            call.cancel()
-
-    async def import_session(
-        self,
-        bundle: bytes | Iterable[bytes] | AsyncIterable[bytes],
-        *,
-        keep_session_id: bool = False,
-        timeout_s: float | None = None,
-    ) -> Session:
-        """Create a session from a bundle (bytes, or chunks of it: a file opened "rb" works),
-        under this client's owner and with new ids unless `keep_session_id`. Raises
-        InvalidArgumentError (INVALID_BUNDLE, UNSUPPORTED_BUNDLE_VERSION) naming the bad line,
-        ResourceExhaustedError past the server's size limit, and AlreadyExistsError
-        (SESSION_EXISTS); nothing is stored then."""
-        if self._closed:
-            raise RuntimeError("AsyncClient is closed")
-
-        async def requests() -> AsyncIterator[pb.ImportSessionRequest]:
-            first = True
-            async for piece in _pieces(bundle):
-                yield pb.ImportSessionRequest(chunk=piece, keep_session_id=keep_session_id and first)
-                first = False
-            if first:  # an empty bundle: the server says what is wrong with it
-                yield pb.ImportSessionRequest(keep_session_id=keep_session_id)
-
-        try:
-            response = await self._stub.ImportSession(
-                requests(), timeout=self._deadline(timeout_s), metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc, **self._transport) from exc
-        return _convert.session_from_proto(response.session)
-
     # -- turns ----------------------------------------------------------------------------
 
     async def send_input(
@@ -500,49 +426,6 @@ class AsyncClient:
         request = pb.InterruptTurnRequest(session_id=session_id, turn_id=turn_id, reason=reason)
         response = await self._unary(self._stub.InterruptTurn, request, timeout_s)
         return _convert.turn_from_proto(response.turn)
-
-    # -- pending requests -----------------------------------------------------------------
-
-    async def respond_to_request(
-        self,
-        session_id: str,
-        request_id: str,
-        response_json: str | None = None,
-        *,
-        decision: str | None = None,
-        answers: Mapping[str, Sequence[str]] | None = None,
-        timeout_s: float | None = None,
-    ) -> PendingRequest:
-        """Answer a runtime's pending request, exactly once; returns it resolved.
-
-        Give the answer in exactly one form (else ValueError): `decision` for an approval
-        ("accept", "acceptForSession", "decline", "cancel"; sent as ``{"decision": ...}``),
-        `answers` for user input (question id -> answers; sent as
-        ``{"answers": {id: {"answers": [...]}}}``), or `response_json` as the runtime wants it.
-        Raises `RequestNotFoundError` for an unknown request, `RequestAlreadyResolvedError` for
-        one already answered or expired, `InvalidArgumentError` for an answer that does not fit
-        the request's kind.
-        """
-        request = pb.RespondToRequestRequest(
-            session_id=session_id,
-            request_id=request_id,
-            response_json=_convert.answer_json(response_json, decision, answers),
-        )
-        response = await self._unary(self._stub.RespondToRequest, request, timeout_s)
-        return _convert.pending_request_from_proto(response.request)
-
-    async def list_requests(
-        self,
-        session_id: str,
-        *,
-        state: RequestState | str | None = None,
-        timeout_s: float | None = None,
-    ) -> list[PendingRequest]:
-        """The session's pending requests, oldest first; `state` (a `RequestState` or its name,
-        "pending") keeps only those in that state, None (or "all") keeps every one."""
-        request = pb.ListRequestsRequest(session_id=session_id, state=_convert.request_state_to_proto(state))
-        response = await self._unary(self._stub.ListRequests, request, timeout_s)
-        return [_convert.pending_request_from_proto(r) for r in response.requests]
 
     # -- events ---------------------------------------------------------------------------
 
@@ -673,74 +556,6 @@ class AsyncClient:
         response = await self._unary(self._stub.CreateSnapshot, request, timeout_s)
         return _convert.snapshot_from_proto(response.snapshot)
 
-    # -- workers (AdminService) -----------------------------------------------------------
-
-    async def list_workers(self, *, timeout_s: float | None = None) -> list[WorkerStatus]:
-        """Every worker the control plane knows, connected ones first."""
-        response = await self._unary(self._admin_stub.ListWorkers, admin_pb.ListWorkersRequest(), timeout_s)
-        return [_convert.worker_status_from_proto(w) for w in response.workers]
-
-    async def drain_worker(
-        self,
-        worker_id: str,
-        grace_s: float | None = None,
-        *,
-        timeout_s: float | None = None,
-    ) -> WorkerStatus:
-        """Ask a connected worker to drain: no new offers, running turns get `grace_s`
-        (None: the worker's own setting) to finish, then final snapshots and releases.
-        Returns the worker as it is after the request; `WorkerNotConnectedError` when it has
-        no open Lease stream."""
-        request = admin_pb.DrainWorkerRequest(worker_id=worker_id)
-        if grace_s is not None:
-            if grace_s < 0:
-                raise ValueError(f"grace_s must be 0 or more, got {grace_s}")
-            request.grace.CopyFrom(_duration(grace_s))
-        response = await self._unary(self._admin_stub.DrainWorker, request, timeout_s)
-        return _convert.worker_status_from_proto(response.worker)
-
-    async def create_pairing_code(self, ttl_s: float | None = None, *, timeout_s: float | None = None) -> PairingCode:
-        """A one-time code (default life 10 minutes) that a worker exchanges for a worker
-        token of this client's owner: `tether worker pair --code CODE`."""
-        request = admin_pb.CreatePairingCodeRequest()
-        if ttl_s is not None:
-            request.ttl.CopyFrom(_duration(ttl_s))
-        response = await self._unary(self._admin_stub.CreatePairingCode, request, timeout_s)
-        return PairingCode(response.code, _convert.timestamp_from_proto(response.expire_time), response.owner)
-
-    async def list_worker_tokens(self, *, timeout_s: float | None = None) -> list[WorkerToken]:
-        """The owner's worker tokens, newest first, revoked ones included."""
-        response = await self._unary(self._admin_stub.ListWorkerTokens, admin_pb.ListWorkerTokensRequest(), timeout_s)
-        return [_convert.worker_token_from_proto(t) for t in response.tokens]
-
-    async def revoke_worker_token(self, token_id: str, *, timeout_s: float | None = None) -> WorkerToken:
-        """Revoke a worker token: the worker's streams end at once (UNAUTHENTICATED) and its
-        sessions move to other workers by the usual lease rules."""
-        request = admin_pb.RevokeWorkerTokenRequest(token_id=token_id)
-        response = await self._unary(self._admin_stub.RevokeWorkerToken, request, timeout_s)
-        return _convert.worker_token_from_proto(response.token)
-
-    async def purge_owner_data(
-        self, owner: str = "", *, timeout_s: float | None = None
-    ) -> AsyncGenerator[PurgeProgress, None]:
-        """Delete everything of one owner (sessions with all they hold, worker tokens, workers,
-        pairing codes; not API keys), yielding progress after each batch; the last has `done`.
-        An owner key purges its own owner (leave `owner` empty); an admin key names one. Running
-        it again finishes a purge that was cut short."""
-        if self._closed:
-            raise RuntimeError("AsyncClient is closed")
-        request = admin_pb.PurgeOwnerDataRequest(owner=owner)
-        call = self._admin_stub.PurgeOwnerData(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
-        try:
-            async for p in call:
-                yield PurgeProgress(
-                    p.sessions_deleted, p.worker_tokens_deleted, p.workers_deleted, p.pairing_codes_deleted, p.done
-                )
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc, **self._transport) from exc
-        finally:
-            call.cancel()
-
     # -- health ---------------------------------------------------------------------------
 
     async def health(self, service: str = "", *, timeout_s: float | None = None) -> bool:
@@ -756,35 +571,3 @@ def _min(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
-
-
-_IMPORT_PIECE = 128 * 1024  # bytes per ImportSession message: well under any message limit
-
-
-async def _pieces(bundle: bytes | Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The bundle re-cut into pieces of at most `_IMPORT_PIECE` bytes."""
-    if isinstance(bundle, bytes | bytearray | memoryview):
-        data = bytes(bundle)
-        for i in range(0, len(data), _IMPORT_PIECE):
-            yield data[i : i + _IMPORT_PIECE]
-        return
-    pending = bytearray()
-    if isinstance(bundle, AsyncIterable):
-        async for chunk in bundle:
-            pending += chunk
-            while len(pending) >= _IMPORT_PIECE:
-                yield bytes(pending[:_IMPORT_PIECE])
-                del pending[:_IMPORT_PIECE]
-    else:
-        for chunk in bundle:
-            pending += chunk
-            while len(pending) >= _IMPORT_PIECE:
-                yield bytes(pending[:_IMPORT_PIECE])
-                del pending[:_IMPORT_PIECE]
-    if pending:
-        yield bytes(pending)
