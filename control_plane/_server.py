@@ -30,13 +30,16 @@ from .api._errors import abort
 from .api._forward import Forwarder, tether_methods
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
+from .api._workspaces import ProtoChunkCodec
 from .domain import errors
+from .domain._workspaces import Workspaces
 from .domain.hub import Hub
 from .store import (
     AccessStore,
     DatabaseNotReady,
     Reader,
     SchemaNotCurrent,
+    SqlBlobStore,
     Writer,
     create_engine,
     create_sqlite_writer_engine,
@@ -173,6 +176,7 @@ class ControlPlane:
         self._writer: Writer | None = None
         self.hub: Hub | None = None
         self.access: AccessStore | None = None
+        self.workspaces: Workspaces | None = None
         self._health: health.aio.HealthServicer | None = None
         self._closed = False
         # Replicas (PostgreSQL only): the election, the relay to the leader, and whether this
@@ -250,11 +254,15 @@ class ControlPlane:
             self.serving = True
         access = self.access = AccessStore(engine)
         auth = Authenticator(access, s.dev_owner)
+        hub = self.hub
+        workspaces = self.workspaces = Workspaces(
+            Reader(engine), SqlBlobStore(engine), ProtoChunkCodec(), s.limits, hub.load_for_worker
+        )
         server.add_generic_rpc_handlers(
             (
                 _handlers("tether.v1.SessionService", SessionService(self.hub, auth)),
-                _handlers("tether.v1.WorkerService", WorkerService(self.hub, auth, access, s.limits)),
-                _handlers("tether.v1.AdminService", AdminService(self.hub, auth, access, s.limits)),
+                _handlers("tether.v1.WorkerService", WorkerService(self.hub, auth, access, s.limits, workspaces)),
+                _handlers("tether.v1.AdminService", AdminService(self.hub, auth, access, s.limits, workspaces)),
             )
         )
         self._health = health.aio.HealthServicer()

@@ -7,6 +7,7 @@ import grpc
 
 from tether.v1 import admin_service_pb2 as apb
 
+from ..domain._workspaces import Workspaces
 from ..domain.access import Limits, WorkerToken
 from ..domain.errors import InvalidArgument, PermissionDenied
 from ..domain.hub import Hub
@@ -49,8 +50,11 @@ def token_pb(t: WorkerToken) -> apb.WorkerToken:
 
 
 class AdminService:
-    def __init__(self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits) -> None:
+    def __init__(
+        self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits, workspaces: Workspaces
+    ) -> None:
         self._hub = hub
+        self._workspaces = workspaces
         self._auth = auth
         self._access = access
         self._limits = limits
@@ -132,6 +136,9 @@ class AdminService:
             for token in await self._access.list_worker_tokens(owner):
                 if not token.revoke_time_us:
                     self._auth.revoked(await self._access.revoke_worker_token(owner, token.token_id))
+            # The sessions are gone, so no checkpoint names the owner's workspace blobs now.
+            await self._workspaces.blobs.delete_owner(owner)
+            self._workspaces.forget_owner(owner)
             tokens, workers, codes = await self._access.purge_owner(owner)
             progress.worker_tokens_deleted, progress.workers_deleted, progress.pairing_codes_deleted = (
                 tokens,

@@ -14,6 +14,7 @@ from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
 from ..domain import errors
+from ..domain._workspaces import Workspaces
 from ..domain.access import FailureLimiter, Limits, WorkerCaller
 from ..domain.hub import Hub
 from ..domain.messages import CloseMsg, RevokeMsg
@@ -32,6 +33,7 @@ from ._convert import (
     worker_msg_pb,
 )
 from ._errors import translate
+from ._workspaces import WorkspaceCalls
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,12 @@ def _durable(item: Any) -> bool:
     return isinstance(item, tuple) and (item[0] is None or item[0].done())
 
 
-class WorkerService:
-    def __init__(self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits) -> None:
+class WorkerService(WorkspaceCalls):
+    def __init__(
+        self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits, workspaces: Workspaces
+    ) -> None:
         self._hub = hub
+        self._workspaces = workspaces
         self._auth = auth
         self._access = access
         self._limits = limits
@@ -364,11 +369,15 @@ class WorkerService:
             caller = await self._auth.worker(context)
             worker_id = self._worker_id(caller, request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            snap, carried, upto = await self._hub.resume_source(
+            snap, carried, upto, checkpoint = await self._hub.resume_source(
                 worker_id, session_id, request.lease_epoch, caller.owner
             )
             after = 0
             header = wpb.ResumeResponse()
+            if checkpoint is not None:
+                header.workspace.chunk_digests.extend(checkpoint.chunk_digests)
+                header.workspace.file_count = checkpoint.file_count
+                header.workspace.total_bytes = checkpoint.total_bytes
             history: list[pb.HistoryItem] = []
             if snap is not None:
                 after = snap.seq
@@ -408,6 +417,17 @@ class WorkerService:
                     raise errors.InvalidArgument("history", f"at most {_MAX_SNAPSHOT_ITEMS} items per snapshot")
             for i, item in enumerate(items):
                 v.enum_value(f"history[{i}].role", item.role, pb.HistoryItemRole)
+            checkpoint = None
+            if first.HasField("workspace"):
+                workspace = first.workspace
+                checkpoint = await self._workspaces.prepare(
+                    caller.owner,
+                    session_id,
+                    first.seq,
+                    list(workspace.chunk_digests),
+                    workspace.file_count,
+                    workspace.total_bytes,
+                )
             self._auth.check_still_valid(caller)
             snap = await self._hub.store_snapshot(
                 worker_id,
@@ -419,5 +439,6 @@ class WorkerService:
                 len(items),
                 first.request_id,
                 caller.owner,
+                checkpoint,
             )
             return wpb.SnapshotResponse(snapshot_id=snap.snapshot_id, seq=snap.seq)

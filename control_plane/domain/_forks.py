@@ -158,6 +158,19 @@ class Forks:
                     history_count=count,
                 )
             )
+        # The fork's files: each copied turn's workspace checkpoint (the newest per turn), at the
+        # copy's seq of that turn's end; blobs are the owner's, so nothing is copied but rows.
+        checkpoints = {c.turn_id: c for c in await self._reader.list_checkpoints(session_id) if c.turn_id in copies}
+        for old_turn, checkpoint in checkpoints.items():
+            changes.checkpoint_inserts.append(
+                dataclasses.replace(
+                    checkpoint,
+                    session_id=fork.session_id,
+                    seq=copies[old_turn].last_seq,
+                    turn_id=turn_ids[old_turn],
+                    create_time_us=now,
+                )
+            )
         return await self._sessions.insert_copy(fork, seq, changes)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from . import errors
 from ._shared import Committer
 from .messages import ResumeSource, SnapshotRequestMsg, Timings
-from .model import Snapshot, new_id, now_us
+from .model import Checkpoint, Snapshot, new_id, now_us
 from .ports import Changes, SessionReader
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class Snapshots:
         history_count: int,
         request_id: str,
         owner: str,
+        checkpoint: Checkpoint | None = None,
     ) -> Snapshot:
         rec = await self._leases.load_and_check(worker_id, session_id, epoch, owner)
         committed = self._events.committed_seq(rec)
@@ -109,6 +110,8 @@ class Snapshots:
             create_time_us=now_us(),
         )
         changes = Changes(snapshot_inserts=[snap], snapshot_prunes=[session_id])
+        if checkpoint is not None:
+            changes.checkpoint_inserts.append(checkpoint)
         # A rehydrated runtime has a new thread id; the session id never changes.
         self._sessions.adopt_thread_id(rec, _runtime_thread_id(metadata_json), snap.create_time_us, changes)
         sid, waiter = self._waiters.get(request_id, ("", None)) if request_id else ("", None)
@@ -127,7 +130,8 @@ class Snapshots:
         upto = self._events.committed_seq(rec)
         snap = await self._reader.latest_snapshot(session_id)
         carried = await self._reader.inputs_open_at(session_id, snap.seq) if snap is not None else []
-        return ResumeSource(snap, carried, upto)
+        checkpoint = await self._reader.current_checkpoint(session_id)
+        return ResumeSource(snap, carried, upto, checkpoint)
 
 
 def _resolver(waiter: asyncio.Future[Snapshot], snap: Snapshot) -> Callable[[], None]:

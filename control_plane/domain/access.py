@@ -66,6 +66,11 @@ class Limits:
     pairing_failures_per_minute: int = 10
     # Bytes of one ImportSession bundle (it is read whole before anything is stored).
     max_import_mib: int = 256
+    # A session's workspace checkpoint: bytes of file content and files (with symlinks).
+    max_workspace_bytes: int = 1 << 30
+    max_workspace_files: int = 100_000
+    # Bytes of workspace blobs (file contents and manifest chunks) one owner stores in all.
+    max_blob_bytes_per_owner: int = 10 << 30
 
 
 def secret_hash(secret: str) -> str:

@@ -311,3 +311,16 @@ class SessionExists(DomainError):
 class OutputSchemaUnsupported(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "OUTPUT_SCHEMA_UNSUPPORTED"
+
+
+class WorkspaceLimitExceeded(LimitExceeded):
+    """A workspace checkpoint or blob upload over one of the owner's workspace limits; the
+    session keeps its previous checkpoint."""
+
+    reason = "WORKSPACE_LIMIT_EXCEEDED"
+
+
+class InvalidWorkspace(InvalidArgument):
+    """A workspace manifest or blob that is malformed or names what is not there."""
+
+    reason = "INVALID_WORKSPACE"

@@ -89,7 +89,17 @@ from .messages import (
     WorkerMsg,
     WorkerStatus,
 )
-from .model import Event, InputPolicy, PendingRequest, RequestState, SessionState, Snapshot, Turn, WorkerInfo
+from .model import (
+    Checkpoint,
+    Event,
+    InputPolicy,
+    PendingRequest,
+    RequestState,
+    SessionState,
+    Snapshot,
+    Turn,
+    WorkerInfo,
+)
 from .ports import BodyCodec, GroupCommitWriter, SessionQuery, SessionReader
 
 __all__ = [
@@ -447,9 +457,11 @@ class Hub:
         history_count: int,
         request_id: str,
         owner: str,
+        checkpoint: Checkpoint | None = None,
     ) -> Snapshot:
+        """Store a snapshot (and the workspace checkpoint it carries, checked by Workspaces)."""
         return await self._snapshots.store(
-            worker_id, session_id, epoch, seq, metadata_json, history, history_count, request_id, owner
+            worker_id, session_id, epoch, seq, metadata_json, history, history_count, request_id, owner, checkpoint
         )
 
     async def resume_source(self, worker_id: str, session_id: str, epoch: int, owner: str) -> ResumeSource:

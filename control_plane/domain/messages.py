@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .model import Event, PendingRequest, Session, SessionState, Snapshot, WorkerInfo
+from .model import Checkpoint, Event, PendingRequest, Session, SessionState, Snapshot, WorkerInfo
 
 __all__ = [
     "AnswerMsg",
@@ -221,6 +221,7 @@ class ResumeSource(NamedTuple):
     snapshot: Snapshot | None
     carried: list[Event]
     upto: int
+    checkpoint: Checkpoint | None = None  # the workspace to restore before the runtime starts
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,21 @@ class Snapshot:
     create_time_us: int
 
 
+@dataclass
+class Checkpoint:
+    """A session's workspace at a snapshot: the manifest (its chunks, as blob digests) of the
+    files its runtime works on. Kept per turn, unlike snapshots, so a fork or a revert to any
+    turn finds the files that turn ended with."""
+
+    session_id: str
+    seq: int  # the snapshot's watermark
+    turn_id: str  # the last turn that ended at or before seq ("" when none had)
+    chunk_digests: tuple[str, ...]
+    file_count: int
+    total_bytes: int
+    create_time_us: int
+
+
 class RequestState(enum.IntEnum):
     PENDING = 1
     RESOLVED = 2

@@ -10,12 +10,12 @@ records to rows is the store's business. Tests use in-memory fakes of these port
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from .access import ApiKey, WorkerToken
-from .model import Event, Lease, PendingRequest, RequestState, Session, Snapshot, Turn, WorkerInfo
+from .model import Checkpoint, Event, Lease, PendingRequest, RequestState, Session, Snapshot, Turn, WorkerInfo
 
 __all__ = [
     "BodyCodec",
@@ -49,6 +49,7 @@ class Changes:
     event_inserts: list[Event] = field(default_factory=list)
     snapshot_inserts: list[Snapshot] = field(default_factory=list)
     snapshot_prunes: list[str] = field(default_factory=list)  # session ids: keep the newest few
+    checkpoint_inserts: list[Checkpoint] = field(default_factory=list)
     worker_upserts: list[WorkerInfo] = field(default_factory=list)
     lease_upserts: list[Lease] = field(default_factory=list)
     session_updates: list[Session] = field(default_factory=list)
@@ -181,6 +182,18 @@ class SessionReader(Protocol):
     async def list_requests(self, session_id: str, state: RequestState | None) -> list[PendingRequest]: ...
     async def sessions_with_open_turns(self) -> list[str]: ...
 
+    async def current_checkpoint(self, session_id: str) -> Checkpoint | None:
+        """The session's newest workspace checkpoint whose turn was not reverted."""
+        ...
+
+    async def list_checkpoints(self, session_id: str) -> list[Checkpoint]:
+        """The session's workspace checkpoints, by seq."""
+        ...
+
+    async def turn_ended_upto(self, session_id: str, seq: int) -> str:
+        """The id of the session's last turn whose terminal event is at or before `seq` ("")."""
+        ...
+
 
 class GroupCommitWriter(Protocol):
     """Every durable change goes through one writer, which commits in submission order."""
@@ -257,3 +270,51 @@ class BodyCodec(Protocol):
         ids it names (its session, its turn, the pending requests in `request_ids`, other turns
         per `turn_ids`) replaced by the copy's."""
         ...
+
+
+class BlobStore(Protocol):
+    """Where workspace blobs (file contents, manifest chunks) live: content-addressed by their
+    SHA-256 (lowercase hex), scoped by owner, streamed in and out in chunks so no blob is ever
+    whole in memory. The embedded default keeps them in the database (store/_blobs.py); an
+    object store can take over behind the same five calls (docs/workspaces.md)."""
+
+    async def missing(self, owner: str, digests: list[str]) -> list[str]:
+        """The digests of `digests` the owner has no stored blob for, in order."""
+        ...
+
+    async def put(self, owner: str, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
+        """Store a blob from its chunks; it becomes visible (to `missing`, `read`) only once all
+        of it is durable and its SHA-256 is `digest`, else `BlobMismatch` is raised and nothing
+        of it is kept. Storing a blob the owner already has is a no-op (the chunks are read)."""
+        ...
+
+    def read(self, owner: str, digest: str) -> AsyncIterator[bytes]:
+        """A stored blob's chunks, in order (`KeyError` when the owner has no such blob)."""
+        ...
+
+    async def usage(self, owner: str) -> int:
+        """Bytes of blobs the owner stores."""
+        ...
+
+    async def delete_owner(self, owner: str) -> int:
+        """Delete every blob of the owner; returns how many there were."""
+        ...
+
+
+class ChunkInfo(NamedTuple):
+    """What a workspace manifest chunk holds, as the control plane checks it."""
+
+    file_count: int  # files and symlinks
+    total_bytes: int
+    file_digests: tuple[str, ...]
+
+
+class ChunkCodec(Protocol):
+    def parse_chunk(self, data: bytes) -> ChunkInfo:
+        """A stored manifest chunk's entries, checked (paths inside the workspace, no device
+        files or setuid bits); `ValueError` saying what is wrong otherwise."""
+        ...
+
+
+class BlobMismatch(Exception):
+    """A blob's content is not what its digest or size says."""

@@ -2,12 +2,13 @@
 
 Implements the domain's storage ports (`domain/ports.py`): `Reader` is the `SessionReader`,
 `Writer` the `GroupCommitWriter` (it maps the domain's `Changes` to rows, `_rows.py`), and
-`AccessStore` the `CredentialStore`. SQLAlchemy errors stop here: the writer reports
+`AccessStore` the `CredentialStore`, `SqlBlobStore` the `BlobStore` (workspace blobs). SQLAlchemy errors stop here: the writer reports
 `WriteFailed`, which `domain/` maps to an UNAVAILABLE answer.
 """
 
 from ..domain.ports import LoadedSession, WriteFailed
 from ._access import AccessStore
+from ._blobs import SqlBlobStore
 from ._database import (
     create_engine,
     create_sqlite_writer_engine,
@@ -47,6 +48,7 @@ from ._writer import Writer
 
 __all__ = [
     "AccessStore",
+    "SqlBlobStore",
     "DatabaseNotReady",
     "DatabaseUnreachable",
     "SCHEMA_HEAD",

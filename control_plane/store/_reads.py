@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..domain.model import (
     TERMINAL_KINDS,
+    Checkpoint,
     Event,
     Lease,
     PendingRequest,
@@ -19,8 +20,8 @@ from ..domain.model import (
     TurnState,
 )
 from ..domain.ports import ListedSession, LoadedSession, SessionQuery
-from ._rows import request_from_row, session_from_row, snapshot_from_row, turn_from_row
-from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
+from ._rows import checkpoint_from_row, request_from_row, session_from_row, snapshot_from_row, turn_from_row
+from ._schema import CheckpointRow, EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
 
 _ENDED = TurnState.COMPLETED  # states >= this have ended
 
@@ -268,6 +269,38 @@ class Reader:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [snapshot_from_row(r) for r in rows]
+
+    async def current_checkpoint(self, session_id: str) -> Checkpoint | None:
+        c = CheckpointRow.__table__
+        t = TurnRow.__table__
+        query = (
+            select(c)
+            .select_from(c.outerjoin(t, and_(t.c.turn_id == c.c.turn_id, t.c.session_id == c.c.session_id)))
+            .where(and_(c.c.session_id == session_id, or_(t.c.reverted.is_(None), t.c.reverted.is_(False))))
+            .order_by(c.c.seq.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return checkpoint_from_row(row) if row else None
+
+    async def list_checkpoints(self, session_id: str) -> list[Checkpoint]:
+        c = CheckpointRow.__table__
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(c).where(c.c.session_id == session_id).order_by(c.c.seq))).all()
+        return [checkpoint_from_row(r) for r in rows]
+
+    async def turn_ended_upto(self, session_id: str, seq: int) -> str:
+        t = TurnRow.__table__
+        query = (
+            select(t.c.turn_id)
+            .where(and_(t.c.session_id == session_id, t.c.state >= int(_ENDED), t.c.last_seq > 0, t.c.last_seq <= seq))
+            .order_by(t.c.last_seq.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return row.turn_id if row else ""
 
     async def sessions_due_for_deletion(self, now_us: int, limit: int) -> list[tuple[str, str]]:
         s = SessionRow.__table__

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..domain.model import (
+    Checkpoint,
     Event,
     Lease,
     PendingRequest,
@@ -34,6 +35,7 @@ class WriteSet:
     event_inserts: list[Event] = field(default_factory=list)  # the hottest table: no dicts
     snapshot_inserts: list[dict[str, Any]] = field(default_factory=list)
     snapshot_prunes: list[str] = field(default_factory=list)  # session ids: keep the newest few
+    checkpoint_inserts: list[dict[str, Any]] = field(default_factory=list)
     worker_upserts: list[dict[str, Any]] = field(default_factory=list)
     lease_upserts: list[dict[str, Any]] = field(default_factory=list)
     session_updates: list[dict[str, Any]] = field(default_factory=list)
@@ -284,6 +286,30 @@ def worker_to_row(info: WorkerInfo) -> dict[str, Any]:
     }
 
 
+def checkpoint_to_row(c: Checkpoint) -> dict[str, Any]:
+    return {
+        "session_id": c.session_id,
+        "seq": c.seq,
+        "turn_id": c.turn_id,
+        "chunk_digests": ",".join(c.chunk_digests),
+        "file_count": c.file_count,
+        "total_bytes": c.total_bytes,
+        "create_time_us": c.create_time_us,
+    }
+
+
+def checkpoint_from_row(r: Any) -> Checkpoint:
+    return Checkpoint(
+        session_id=r.session_id,
+        seq=r.seq,
+        turn_id=r.turn_id,
+        chunk_digests=tuple(d for d in r.chunk_digests.split(",") if d),
+        file_count=r.file_count,
+        total_bytes=r.total_bytes,
+        create_time_us=r.create_time_us,
+    )
+
+
 def rows_of(changes: Changes) -> WriteSet:
     """The rows `changes` store, as they are now (later changes to the records do not count)."""
     return WriteSet(
@@ -292,6 +318,7 @@ def rows_of(changes: Changes) -> WriteSet:
         event_inserts=changes.event_inserts,  # events go to the driver as they are
         snapshot_inserts=[snapshot_to_row(s) for s in changes.snapshot_inserts],
         snapshot_prunes=changes.snapshot_prunes,
+        checkpoint_inserts=[checkpoint_to_row(c) for c in changes.checkpoint_inserts],
         worker_upserts=[worker_to_row(w) for w in changes.worker_upserts],
         lease_upserts=[lease_to_row(lease) for lease in changes.lease_upserts],
         session_updates=[session_update_row(s) for s in changes.session_updates],

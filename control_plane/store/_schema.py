@@ -166,6 +166,45 @@ class SnapshotRow(Base):
     create_time_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class CheckpointRow(Base):
+    """A session's workspace checkpoint: the digests of its manifest chunks (comma-separated)."""
+
+    __tablename__ = "workspace_checkpoints"
+
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    turn_id: Mapped[str] = mapped_column(String(64), default="")
+    chunk_digests: Mapped[str] = mapped_column(Text)
+    file_count: Mapped[int] = mapped_column(BigInteger)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class BlobRow(Base):
+    """A stored workspace blob of an owner; its content is in blob_chunks."""
+
+    __tablename__ = "blobs"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class BlobChunkRow(Base):
+    """One piece (at most 1 MiB) of a blob, by index. Pieces of a blob still being uploaded
+    have no blobs row yet."""
+
+    __tablename__ = "blob_chunks"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class RequestRow(Base):
     """A runtime's pending request (an approval, a question) and, once given, its answer."""
 

@@ -29,7 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..domain.model import Event
 from ..domain.ports import Changes, WriteFailed
 from ._rows import WRITE_SET_FIELDS, WriteSet, rows_of
-from ._schema import EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow, WorkerRow, table_of
+from ._schema import (
+    CheckpointRow,
+    EventRow,
+    LeaseRow,
+    RequestRow,
+    SessionRow,
+    SnapshotRow,
+    TurnRow,
+    WorkerRow,
+    table_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ _leases = table_of(LeaseRow)
 _snapshots = table_of(SnapshotRow)
 _workers = table_of(WorkerRow)
 _requests = table_of(RequestRow)
+_checkpoints = table_of(CheckpointRow)
 
 
 # Parents before children, inserts before the updates that may touch the same rows; deletes
@@ -95,6 +106,13 @@ class Writer:
             index_elements=[_workers.c.worker_id],
             set_={c.name: worker_up.excluded[c.name] for c in _workers.c if c.name != "worker_id"},
         )
+        checkpoint_up = upsert(_checkpoints)
+        checkpoint_up = checkpoint_up.on_conflict_do_update(
+            index_elements=[_checkpoints.c.session_id, _checkpoints.c.seq],
+            set_={
+                c.name: checkpoint_up.excluded[c.name] for c in _checkpoints.c if c.name not in ("session_id", "seq")
+            },
+        )
         newest = (
             select(_snapshots.c.snapshot_id)
             .where(_snapshots.c.session_id == bindparam("sid"))
@@ -109,6 +127,7 @@ class Writer:
             "turn_inserts": insert(_turns),
             "event_inserts": insert(_events),
             "snapshot_inserts": insert(_snapshots),
+            "checkpoint_inserts": checkpoint_up,  # a second snapshot at one seq replaces it
             "worker_upserts": worker_up,
             "lease_upserts": lease_up,
             "session_updates": update(_sessions).where(_sessions.c.session_id == bindparam("b_session_id")),
@@ -178,7 +197,7 @@ class Writer:
             conn.execute(delete(_events).where(and_(_events.c.session_id == session_id, _events.c.seq <= upto)))
         if merged.session_deletes:
             ids = merged.session_deletes
-            for table in (_events, _snapshots, _leases, _requests, _turns, _sessions):
+            for table in (_events, _snapshots, _checkpoints, _leases, _requests, _turns, _sessions):
                 conn.execute(delete(table).where(table.c.session_id.in_(ids)))
 
     def _insert_events(self, conn: Connection, events: list[Event]) -> None:

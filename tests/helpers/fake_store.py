@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from tether.control_plane.domain.model import (
     TERMINAL_KINDS,
+    Checkpoint,
     Event,
     Lease,
     PendingRequest,
@@ -51,6 +52,7 @@ class MemoryStore:
     events: dict[str, list[Event]] = field(default_factory=dict)  # by session, in seq order
     leases: dict[str, Lease] = field(default_factory=dict)
     snapshots: dict[str, list[Snapshot]] = field(default_factory=dict)  # by session, oldest first
+    checkpoints: dict[tuple[str, int], Checkpoint] = field(default_factory=dict)  # by (session, seq)
     requests: dict[str, PendingRequest] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
     on_failure: Callable[[], None] | None = None
@@ -94,6 +96,8 @@ class MemoryStore:
         for session_id in c.snapshot_prunes:
             kept = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
             self.snapshots[session_id] = kept[-SNAPSHOTS_KEPT:]
+        for checkpoint in c.checkpoint_inserts:
+            self.checkpoints[(checkpoint.session_id, checkpoint.seq)] = checkpoint
         for w in c.worker_upserts:
             self.workers[w.worker_id] = w
         for lease in c.lease_upserts:
@@ -121,6 +125,7 @@ class MemoryStore:
             self.events.pop(session_id, None)
             self.leases.pop(session_id, None)
             self.snapshots.pop(session_id, None)
+            self.checkpoints = {k: c for k, c in self.checkpoints.items() if k[0] != session_id}
             self.turns = {k: t for k, t in self.turns.items() if t.session_id != session_id}
             self.requests = {k: r for k, r in self.requests.items() if r.session_id != session_id}
 
@@ -299,6 +304,23 @@ class MemoryStore:
 
     async def sessions_with_open_turns(self) -> list[str]:
         return sorted({t.session_id for t in self.turns.values() if not t.state.ended})
+
+    async def current_checkpoint(self, session_id: str) -> Checkpoint | None:
+        kept = [
+            c
+            for c in await self.list_checkpoints(session_id)
+            if c.turn_id not in self.turns or not self.turns[c.turn_id].reverted
+        ]
+        return kept[-1] if kept else None
+
+    async def list_checkpoints(self, session_id: str) -> list[Checkpoint]:
+        return sorted((c for (sid, _), c in self.checkpoints.items() if sid == session_id), key=lambda c: c.seq)
+
+    async def turn_ended_upto(self, session_id: str, seq: int) -> str:
+        ended = [
+            t for t in self.turns.values() if t.session_id == session_id and t.state.ended and 0 < t.last_seq <= seq
+        ]
+        return max(ended, key=lambda t: t.last_seq).turn_id if ended else ""
 
     # ----------------------------------------------------------------- for assertions
 

@@ -1,0 +1,190 @@
+"""WorkerService's workspace calls (FindMissingBlobs, PutBlobs, GetBlobs) and the manifest
+chunk codec the domain's Workspaces reads chunks through.
+
+The calls are a thin adapter over `domain/_workspaces.py`; WorkerService inherits them, so the
+worker API stays one service while this concern keeps its own module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tether.v1 import resources_pb2 as pb
+from tether.v1 import worker_service_pb2 as wpb
+
+from ..domain import errors
+from ..domain.access import WorkerCaller
+from ..domain.ports import ChunkInfo
+from . import _validate as v
+from ._errors import translate
+
+if TYPE_CHECKING:
+    from ..domain._workspaces import Workspaces
+    from ._auth import Authenticator
+
+#: Largest piece of a blob in one message.
+MAX_PIECE_BYTES = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_FILE, _DIR, _LINK = pb.WORKSPACE_ENTRY_KIND_FILE, pb.WORKSPACE_ENTRY_KIND_DIRECTORY, pb.WORKSPACE_ENTRY_KIND_SYMLINK
+
+
+class ProtoChunkCodec:
+    """The domain's `ChunkCodec`: a stored `WorkspaceManifestChunk`, checked entry by entry."""
+
+    def parse_chunk(self, data: bytes) -> ChunkInfo:
+        try:
+            chunk = pb.WorkspaceManifestChunk.FromString(data)
+        except DecodeError:
+            raise ValueError("is not a WorkspaceManifestChunk") from None
+        files = size = 0
+        digests: list[str] = []
+        previous = b""
+        for i, entry in enumerate(chunk.entries):
+            where = f"entry {i} ({entry.path[:200]!r})"
+            problem = path_problem(entry.path)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            key = entry.path.encode()
+            if key <= previous:
+                raise ValueError(f"{where}: entries must be sorted by path, each path once")
+            previous = key
+            if entry.mode & ~0o777:
+                raise ValueError(f"{where}: mode {entry.mode:o} has bits beyond 0o777 (setuid, setgid, sticky, type)")
+            if entry.kind == _FILE:
+                if not _HEX64.match(entry.digest):
+                    raise ValueError(f"{where}: a file needs a lowercase hex SHA-256 digest")
+                files += 1
+                size += entry.size
+                digests.append(entry.digest)
+            elif entry.kind == _LINK:
+                if not entry.link_target or "\0" in entry.link_target:
+                    raise ValueError(f"{where}: a symlink needs a target")
+                files += 1
+            elif entry.kind != _DIR:
+                raise ValueError(f"{where}: kind must be FILE, DIRECTORY or SYMLINK")
+        return ChunkInfo(files, size, tuple(digests))
+
+
+def path_problem(path: str) -> str:
+    """Why `path` cannot name a place inside a workspace ("" when it can)."""
+    if not path:
+        return "the path is empty"
+    if "\0" in path or "\\" in path:
+        return "the path holds a NUL or a backslash"
+    if path.startswith("/"):
+        return "the path is absolute"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "the path has an empty, '.' or '..' component"
+    if len(path.encode()) > 4096:
+        return "the path is longer than 4096 bytes"
+    return ""
+
+
+class WorkspaceCalls:
+    """The workspace RPCs of WorkerService (which provides `_auth`, `_workspaces` and
+    `_worker_id`)."""
+
+    _auth: Authenticator
+    _workspaces: Workspaces
+    _worker_id: Callable[[WorkerCaller, str], str]
+
+    async def FindMissingBlobs(
+        self, request: wpb.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> wpb.FindMissingBlobsResponse:
+        async with translate(context, "FindMissingBlobs"):
+            caller = await self._auth.worker(context)
+            worker_id = self._worker_id(caller, request.worker_id)
+            session_id = v.required("session_id", request.session_id)
+            missing = await self._workspaces.find_missing(
+                worker_id, session_id, request.lease_epoch, caller.owner, list(request.digests)
+            )
+            return wpb.FindMissingBlobsResponse(missing_digests=missing)
+
+    async def PutBlobs(
+        self, request_iterator: AsyncIterator[wpb.PutBlobsRequest], context: grpc.aio.ServicerContext
+    ) -> wpb.PutBlobsResponse:
+        async with translate(context, "PutBlobs"):
+            caller = await self._auth.worker(context)
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            if first is None:
+                return wpb.PutBlobsResponse()
+            worker_id = self._worker_id(caller, first.worker_id)
+            session_id = v.required("session_id", first.session_id)
+            count, received = await self._workspaces.put(
+                worker_id, session_id, first.lease_epoch, caller.owner, _blobs_of(first, requests)
+            )
+            self._auth.check_still_valid(caller)
+            return wpb.PutBlobsResponse(blob_count=count, bytes_received=received)
+
+    async def GetBlobs(
+        self, request: wpb.GetBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[wpb.GetBlobsResponse]:
+        async with translate(context, "GetBlobs"):
+            caller = await self._auth.worker(context)
+            worker_id = self._worker_id(caller, request.worker_id)
+            session_id = v.required("session_id", request.session_id)
+            offset = 0
+            current = ""
+            async for digest, piece in self._workspaces.read(
+                worker_id, session_id, request.lease_epoch, caller.owner, list(request.digests)
+            ):
+                if digest != current:
+                    current, offset = digest, 0
+                yield wpb.GetBlobsResponse(chunk=wpb.BlobChunk(digest=digest, offset=offset, data=piece))
+                offset += len(piece)
+
+
+async def _blobs_of(
+    first: wpb.PutBlobsRequest, rest: AsyncIterator[wpb.PutBlobsRequest]
+) -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
+    """The upload's blobs, each as (digest, size, its pieces), read from the stream as the store
+    consumes them: no blob is ever whole in memory."""
+    reader = _PieceReader(rest)
+    head: wpb.PutBlobsRequest | None = first
+    while head is not None:
+        chunk = head.chunk
+        if chunk.offset != 0:
+            raise errors.InvalidArgument("chunk.offset", f"blob {chunk.digest[:64]} must start at offset 0")
+        yield chunk.digest, chunk.size, reader.pieces(chunk)
+        head = reader.next_head
+
+
+class _PieceReader:
+    """Reads one blob's pieces off the upload stream, then the message that starts the next."""
+
+    def __init__(self, rest: AsyncIterator[wpb.PutBlobsRequest]) -> None:
+        self._rest = rest
+        self.next_head: wpb.PutBlobsRequest | None = None
+
+    async def pieces(self, head: wpb.BlobChunk) -> AsyncIterator[bytes]:
+        digest, size = head.digest, head.size
+        self.next_head = None
+        _check_piece(head)
+        yield head.data
+        offset = len(head.data)
+        while offset < size:
+            message = await anext(self._rest, None)
+            if message is None:
+                raise errors.InvalidArgument(
+                    "chunk", f"the upload ended {size - offset} bytes before the end of blob {digest}"
+                )
+            piece = message.chunk
+            if piece.digest != digest or piece.offset != offset:
+                raise errors.InvalidArgument(
+                    "chunk.offset", f"blob {digest} continues at offset {offset}, not at {piece.offset}"
+                )
+            _check_piece(piece)
+            yield piece.data
+            offset += len(piece.data)
+        self.next_head = await anext(self._rest, None)
+
+
+def _check_piece(piece: wpb.BlobChunk) -> None:
+    if len(piece.data) > MAX_PIECE_BYTES:
+        raise errors.InvalidArgument("chunk.data", f"pieces of a blob are at most {MAX_PIECE_BYTES} bytes")
