@@ -1,5 +1,7 @@
 """The Codex runtime on its own, against the real `codex app-server` and a mock Responses API on
-127.0.0.1: streaming, commands, approvals, interrupts, failures, history and rehydration."""
+127.0.0.1: streaming, commands, approvals, interrupts, failures, history and rehydration.
+Its settings, paths and home are in test_codex_setup.py; what only a stand-in app-server can be
+made to do, in test_codex_fake_app_server.py."""
 
 from __future__ import annotations
 
@@ -8,23 +10,30 @@ import json
 import os
 import pathlib
 import signal
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from tests.helpers.codex_mock import MockResponses
+from tests.helpers.codex_runtime import (
+    CODEX,
+    TERMINAL,
+    accept,
+    completed_items,
+    decline,
+    history_of,
+    needs_codex,
+    of_type,
+    run,
+    settings_for,
+)
 from tether.execution_worker._codex import CodexError, CodexRuntime, CodexSettings
-from tether.execution_worker._settings import WorkerSettings
 from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
     HistoryAppended,
     HistoryItem,
     HistoryRole,
-    ItemCompleted,
     ItemDelta,
     ItemKind,
     ItemStarted,
@@ -35,89 +44,6 @@ from tether.execution_worker.runtime import (
     TurnFailed,
     TurnInterrupted,
 )
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-_NATIVE = ROOT / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
-_LAUNCHER = ROOT / "node_modules/.bin/codex"
-
-
-def codex_bin() -> str | None:
-    """The Codex CLI pinned in package.json: the native binary (faster to start) or its launcher."""
-    for path in (_NATIVE, _LAUNCHER):
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return None
-
-
-CODEX = codex_bin()
-needs_codex = pytest.mark.skipif(
-    CODEX is None, reason="the Codex CLI is not installed (run `npm install`; `make test` does)"
-)
-TERMINAL = (TurnCompleted, TurnFailed, TurnInterrupted)
-
-
-@pytest.fixture(scope="module")
-def mock_api():
-    with MockResponses(slow_delay_s=0.3) as mock:
-        yield mock
-
-
-def settings_for(mock: MockResponses, tmp_path: pathlib.Path, **overrides: Any) -> CodexSettings:
-    values: dict[str, Any] = {
-        "bin": CODEX,
-        "model": "mock-model",
-        "config": mock.codex_config(),
-        # Never the real user's ~/.codex: tests must not depend on (or leak) a login.
-        "home_from": tmp_path / "no-user-home",
-        "request_timeout_s": 20.0,
-    }
-    values.update(overrides)
-    return CodexSettings(**values)
-
-
-@pytest.fixture
-async def codex(mock_api: MockResponses, tmp_path: pathlib.Path):
-    runtime = CodexRuntime(settings_for(mock_api, tmp_path))
-    await runtime.start("ses_test", tmp_path, [])
-    yield runtime
-    await runtime.close()
-
-
-Answer = Callable[[RequestOpened], dict[str, Any]]
-
-
-async def run(runtime: CodexRuntime, text: str, turn_id: str = "trn_1", answer: Answer | None = None) -> list:
-    """Every event of one turn; requests are answered with `answer(request)` as they open."""
-    events = []
-    async with asyncio.timeout(30):
-        async for event in runtime.run_turn(turn_id, text):
-            events.append(event)
-            if isinstance(event, RequestOpened):
-                assert answer is not None, f"unexpected request {event}"
-                assert await runtime.respond(event.request_id, answer(event))
-                assert not await runtime.respond(event.request_id, answer(event))  # only once
-    assert sum(isinstance(e, TERMINAL) for e in events) == 1 and isinstance(events[-1], TERMINAL)
-    return events
-
-
-def of_type(events: list, cls: type) -> list:
-    return [e for e in events if isinstance(e, cls)]
-
-
-def completed_items(events: list, kind: ItemKind) -> list:
-    return [e.item for e in of_type(events, ItemCompleted) if e.item.kind is kind]
-
-
-def history_of(events: list) -> list[HistoryItem]:
-    return [e.item for e in of_type(events, HistoryAppended)]
-
-
-def accept(request: RequestOpened) -> dict[str, Any]:
-    return {"decision": "accept"}
-
-
-def decline(request: RequestOpened) -> dict[str, Any]:
-    return {"decision": "decline"}
 
 
 @needs_codex
@@ -358,27 +284,6 @@ async def test_rehydration_fails_closed(mock_api: MockResponses, tmp_path: pathl
 
 
 @needs_codex
-async def test_a_users_login_is_copied_into_the_session_home(mock_api: MockResponses, tmp_path: pathlib.Path) -> None:
-    user_home = tmp_path / "user-codex-home"
-    user_home.mkdir()
-    (user_home / "config.toml").write_text("# the user's config\n")
-    (user_home / "auth.json").write_text('{"OPENAI_API_KEY": "sk-not-used"}')
-    (user_home / "auth.json").chmod(0o600)
-    (user_home / "history.jsonl").write_text("")  # not copied: only the login and the config
-    runtime = CodexRuntime(settings_for(mock_api, tmp_path, home_from=user_home))
-    try:
-        await runtime.start("ses_home", tmp_path, [])
-        home = runtime.codex_home
-        assert home is not None
-        assert (home / "config.toml").read_text() == "# the user's config\n"
-        assert (home / "auth.json").stat().st_mode & 0o777 == 0o600
-        assert not (home / "history.jsonl").exists()
-        assert (await run(runtime, "hello"))[-1] == TurnCompleted()
-    finally:
-        await runtime.close()
-
-
-@needs_codex
 async def test_a_consumer_may_stop_at_the_terminal_event_or_walk_away(codex: CodexRuntime) -> None:
     turn = codex.run_turn("trn_1", "hello")
     async with asyncio.timeout(20):
@@ -395,216 +300,6 @@ async def test_a_consumer_may_stop_at_the_terminal_event_or_walk_away(codex: Cod
         events = await run(codex, "after walking away", "trn_4")
     assert events[-1] == TurnCompleted()
     assert [h.turn_id for h in codex.export_history()].count("trn_4") == 2
-
-
-# A stand-in for `codex app-server`, for what the real one cannot be made to do on cue.
-FAKE_APP_SERVER = """\
-import json, sys
-
-def send(message):
-    sys.stdout.write(json.dumps(message) + "\\n")
-    sys.stdout.flush()
-
-for line in sys.stdin:
-    message = json.loads(line)
-    with open(LOG, "a") as log:
-        log.write(line)
-    method, rid = message.get("method"), message.get("id")
-    if MODE == "silent":
-        continue
-    if method == "initialize":
-        send({"id": rid, "result": {"userAgent": "tether/9.9.9 (fake)"}})
-    elif method in ("thread/start", "thread/resume"):
-        thread = {} if MODE == "no-thread-id" else {"id": "thr_fake", "path": None}
-        send({"id": rid, "result": {"thread": thread, "model": "fake-model"}})
-    elif method == "turn/start":
-        send({"id": rid, "result": {"turn": {"id": "turn_fake", "status": "inProgress"}}})
-        send({"id": 0, "method": "item/tool/call",
-              "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"}})
-    elif method is None and rid == 0:
-        send({"method": "turn/completed",
-              "params": {"threadId": "thr_fake", "turn": {"id": "turn_fake", "status": "completed"}}})
-"""
-
-
-def fake_codex(tmp_path: pathlib.Path, mode: str, **overrides: Any) -> tuple[CodexSettings, pathlib.Path]:
-    """Settings running the fake app-server in `mode`, and the file it logs what it got to."""
-    script = tmp_path / "fake-codex"
-    log = tmp_path / f"fake-codex-{mode}.log"
-    script.write_text(f"#!{sys.executable}\nMODE, LOG = {mode!r}, {str(log)!r}\n{FAKE_APP_SERVER}")
-    script.chmod(0o755)
-    values: dict[str, Any] = {"bin": str(script), "home_from": tmp_path / "no-user-home", **overrides}
-    return CodexSettings(**values), log
-
-
-async def test_unsupported_server_requests_get_an_error_answer(tmp_path: pathlib.Path) -> None:
-    settings, log = fake_codex(tmp_path, "tool-call")
-    runtime = CodexRuntime(settings)
-    try:
-        await runtime.start("ses_fake", tmp_path, [])
-        assert runtime.runtime_metadata()["codex_version"] == "9.9.9"
-        events = await run(runtime, "call a tool")
-    finally:
-        await runtime.close()
-    [raw] = [e for e in events if getattr(e, "name", "") == "item/tool/call"]
-    assert json.loads(raw.json) == {
-        "unsupported_server_request": True,
-        "params": {"threadId": "thr_fake", "turnId": "turn_fake", "tool": "lookup"},
-    }
-    assert events[-1] == TurnCompleted()
-    received = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {"id": 0, "error": {"code": -32601, "message": "tether does not support item/tool/call"}} in received
-    assert received[0]["params"]["capabilities"] == {"experimentalApi": True}
-    assert received[1] == {"method": "initialized"}
-
-
-async def test_a_resume_without_a_thread_id_fails_closed(tmp_path: pathlib.Path) -> None:
-    settings, log = fake_codex(tmp_path, "no-thread-id")
-    runtime = CodexRuntime(settings)
-    with pytest.raises(CodexError, match="thread/resume returned no thread id"):
-        await runtime.start("ses_fake", tmp_path, [HistoryItem(HistoryRole.INPUT, "earlier", "trn_0")])
-    assert runtime.pid is None and runtime.runtime_thread_id == ""
-    resume = [json.loads(line) for line in log.read_text().splitlines()][-1]
-    assert resume["method"] == "thread/resume"
-    assert resume["params"]["history"] == [
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "earlier"}]}
-    ]
-    await runtime.close()
-
-
-async def test_every_request_has_a_deadline(tmp_path: pathlib.Path) -> None:
-    settings, _ = fake_codex(tmp_path, "silent", request_timeout_s=0.5)
-    runtime = CodexRuntime(settings)
-    with pytest.raises(CodexError, match="initialize got no answer within 0.5s"):
-        await asyncio.wait_for(runtime.start("ses_fake", tmp_path, []), timeout=10)
-    assert runtime.pid is None
-
-
-def test_settings_defaults_and_validation() -> None:
-    runtime = CodexRuntime()  # a plugin-style factory call takes no arguments
-    assert runtime.settings == CodexSettings()
-    assert runtime.settings.sandbox == "workspace-write" and runtime.settings.approval_policy == "on-request"
-    assert runtime.runtime_thread_id == "" and runtime.export_history() == []
-    with pytest.raises(ValueError, match="sandbox"):
-        CodexSettings(sandbox="everything")
-    with pytest.raises(ValueError, match="approval policy"):
-        CodexSettings(approval_policy="sometimes")
-    with pytest.raises(ValueError, match="KEY=TOML"):
-        CodexSettings(config=("no-equals-sign",))
-
-
-def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    import logging
-
-    import uvloop
-
-    from tether.execution_worker import cli
-
-    captured: dict[str, Any] = {}
-
-    def fake_serve(settings: Any) -> Any:
-        captured["settings"] = settings
-        return asyncio.sleep(0, result=0)
-
-    def fake_run(coroutine: Any) -> int:
-        coroutine.close()
-        return 0
-
-    # Only the settings the flags build are under test: no worker runs, logging stays as it is.
-    monkeypatch.setattr(cli, "_serve", fake_serve)
-    monkeypatch.setattr(uvloop, "run", fake_run)
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
-    env = {
-        # One override per line: TOML values may hold spaces.
-        "TETHER_CODEX_CONFIG": 'model_provider="mock"\nmodel_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}\n',
-        "TETHER_TURN_TIMEOUT_S": "60",
-    }
-    args = [
-        "--workdir",
-        str(tmp_path),
-        "--codex-bin",
-        "/opt/codex",
-        "--codex-model",
-        "gpt-5.5",
-        "--codex-sandbox",
-        "read-only",
-        "--codex-approval-policy",
-        "never",
-        "--codex-home-from",
-        str(tmp_path),
-    ]
-    result = CliRunner().invoke(cli.worker, args, env=env)
-    assert result.exit_code == 0, result.output
-    settings = captured["settings"]
-    assert settings.turn_timeout_s == 60.0
-    assert settings.codex == CodexSettings(
-        bin="/opt/codex",
-        model="gpt-5.5",
-        sandbox="read-only",
-        approval_policy="never",
-        config=('model_provider="mock"', 'model_providers.mock={name="mock", base_url="http://127.0.0.1:1/v1"}'),
-        home_from=tmp_path,
-    )
-    result = CliRunner().invoke(cli.worker, ["--workdir", str(tmp_path)])
-    assert result.exit_code == 0 and captured["settings"].codex == CodexSettings()
-    assert captured["settings"].turn_timeout_s == 1800.0
-    result = CliRunner().invoke(cli.worker, ["--workdir", str(tmp_path), "--codex-config", "nokey"])
-    assert result.exit_code == 2 and "KEY=TOML" in result.output
-
-
-@needs_codex
-async def test_relative_paths_work_although_app_server_runs_in_the_workspace(
-    mock_api: MockResponses, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`tether worker --workdir ./codex-worker --codex-bin node_modules/.bin/codex`: both paths
-    are relative to where the worker started, not to the session's workspace."""
-    monkeypatch.chdir(tmp_path)
-    assert CODEX is not None
-    settings = WorkerSettings(
-        workdir=pathlib.Path("codex-worker"),
-        runtimes=("codex",),
-        codex=settings_for(mock_api, tmp_path, bin=os.path.relpath(CODEX, tmp_path), home_from="no-user-home"),
-    )
-    assert settings.workdir == tmp_path / "codex-worker"
-    assert settings.codex.bin == CODEX and settings.codex.home_from == tmp_path / "no-user-home"
-    runtime = CodexRuntime(settings.codex)
-    try:
-        await runtime.start("ses_rel", settings.workdir, [])
-        events = await run(runtime, "hello from a relative workdir")
-        assert events[-1] == TurnCompleted(), events[-1]
-        assert runtime.codex_home == tmp_path / "codex-worker" / "sessions" / "ses_rel" / "codex-home"
-    finally:
-        await runtime.close()
-    # Given a relative workdir directly, the runtime makes it absolute itself.
-    direct = CodexRuntime(settings_for(mock_api, tmp_path))
-    try:
-        await direct.start("ses_rel2", pathlib.Path("elsewhere"), [])
-        assert (await run(direct, "and from another"))[-1] == TurnCompleted()
-        assert direct.codex_home == tmp_path / "elsewhere" / "sessions" / "ses_rel2" / "codex-home"
-    finally:
-        await direct.close()
-
-
-def test_worker_settings_make_every_path_absolute(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    settings = WorkerSettings(
-        workdir=pathlib.Path("./w/../w2"),
-        offer_trace=pathlib.Path("trace.txt"),
-        tls_ca_file="ca.pem",
-        tls_cert_file="cert.pem",
-        tls_key_file="key.pem",
-        codex=CodexSettings(bin="./bin/codex", home_from=pathlib.Path("home")),
-    )
-    assert settings.workdir == tmp_path / "w2" and settings.offer_trace == tmp_path / "trace.txt"
-    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
-        str(tmp_path / "ca.pem"),
-        str(tmp_path / "cert.pem"),
-        str(tmp_path / "key.pem"),
-    )
-    assert settings.codex.bin == str(tmp_path / "bin" / "codex") and settings.codex.home_from == tmp_path / "home"
-    assert CodexSettings(bin="codex").bin == "codex"  # a name is looked up on PATH, as given
-    monkeypatch.setenv("CODEX_HOME", "relative-home")
-    assert CodexSettings().resolved_home_from() == tmp_path / "relative-home"
 
 
 @needs_codex
