@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import click
 
@@ -26,6 +28,8 @@ from ._models import InputPolicy, PendingRequest, RequestState, Session, Snapsho
 from ._transcript import APPROVAL_DECISIONS, Transcript, answer_text
 
 __all__ = ["session"]
+
+_Item = TypeVar("_Item")
 
 
 @click.group(cls=ConnectingGroup)
@@ -87,6 +91,27 @@ def _turn_line(t: Turn) -> str:
         f"{t.turn_id}  {t.state.name.lower():11}  {started}  {took:>7}  seq={seqs}{tokens}{reverted}  "
         f"{text!r} -> {result}"
     )
+
+
+def _echo_listing(
+    key: str,
+    line: Callable[[_Item], str],
+    *,
+    all_pages: bool,
+    every: Callable[[], Iterable[_Item]],
+    page: Callable[[], tuple[list[_Item], str]],
+    as_json: bool,
+) -> None:
+    """A list command's output: every item (--all) or one page of them, as JSON under `key`, or
+    one `line` each with the next page's token on stderr."""
+    items, next_token = (list(every()), "") if all_pages else page()
+    if as_json:
+        echo_json({key: items, "next_page_token": next_token})
+        return
+    for item in items:
+        click.echo(line(item))
+    if next_token:
+        click.echo(f"more: --page-token {next_token}", err=True)
 
 
 def _request_line(r: PendingRequest) -> str:
@@ -180,19 +205,8 @@ def list_(
     """List sessions (id, state, runtime, turns, last activity, title), newest first."""
     label_filter = parse_pairs(labels, "--label")
     order_by = _SESSION_ORDERS[order]
-    next_token = ""
-    if all_pages:
-        sessions = list(
-            lazy.client.iter_sessions(
-                page_size=page_size,
-                state=state,
-                archived=archived,
-                runtime=runtime,
-                labels=label_filter,
-                order_by=order_by,
-            )
-        )
-    else:
+
+    def one_page() -> tuple[list[Session], str]:
         page = lazy.client.list_sessions(
             page_size=page_size,
             page_token=page_token,
@@ -202,14 +216,23 @@ def list_(
             labels=label_filter,
             order_by=order_by,
         )
-        sessions, next_token = page.sessions, page.next_page_token
-    if as_json:
-        echo_json({"sessions": sessions, "next_page_token": next_token})
-        return
-    for s in sessions:
-        click.echo(_session_line(s))
-    if next_token:
-        click.echo(f"more: --page-token {next_token}", err=True)
+        return page.sessions, page.next_page_token
+
+    _echo_listing(
+        "sessions",
+        _session_line,
+        all_pages=all_pages,
+        every=lambda: lazy.client.iter_sessions(
+            page_size=page_size,
+            state=state,
+            archived=archived,
+            runtime=runtime,
+            labels=label_filter,
+            order_by=order_by,
+        ),
+        page=one_page,
+        as_json=as_json,
+    )
 
 
 @session.command()
@@ -254,19 +277,19 @@ def turns(
 ) -> None:
     """List a session's turns: state, start, duration, event seqs, tokens, input and result."""
     order_by = "create_time desc" if newest_first else "create_time"
-    next_token = ""
-    if all_pages:
-        found = list(lazy.client.iter_turns(session_id, page_size=page_size, order_by=order_by))
-    else:
+
+    def one_page() -> tuple[list[Turn], str]:
         page = lazy.client.list_turns(session_id, page_size=page_size, page_token=page_token, order_by=order_by)
-        found, next_token = page.turns, page.next_page_token
-    if as_json:
-        echo_json({"turns": found, "next_page_token": next_token})
-        return
-    for t in found:
-        click.echo(_turn_line(t))
-    if next_token:
-        click.echo(f"more: --page-token {next_token}", err=True)
+        return page.turns, page.next_page_token
+
+    _echo_listing(
+        "turns",
+        _turn_line,
+        all_pages=all_pages,
+        every=lambda: lazy.client.iter_turns(session_id, page_size=page_size, order_by=order_by),
+        page=one_page,
+        as_json=as_json,
+    )
 
 
 @session.command()
