@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +17,7 @@ from .domain.access import Limits
 from .domain.messages import Retention, RetentionPolicy, Timings
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -35,6 +36,13 @@ def _duration_s(text: str, option: str) -> float:
     if seconds < 0:
         raise click.BadParameter(f"must not be negative, got {text!r}", param_hint=option)
     return seconds
+
+
+def _retention_option(flag: str, envvar: str, help: str) -> Callable[[_F], _F]:
+    """A retention time option: a DURATION (see `_duration_s`), default 0: never."""
+    return click.option(
+        flag, default="0", show_default=True, metavar="DURATION", envvar=envvar, show_envvar=True, help=help
+    )
 
 
 def _owner_retention(text: str) -> tuple[str, RetentionPolicy]:
@@ -198,32 +206,20 @@ def _is_loopback(host: str) -> bool:
     help="Drop a session from memory this long after its last use, unless it is live "
     "(a turn open, a lease held, a subscriber following); it reloads from the database on demand.",
 )
-@click.option(
+@_retention_option(
     "--archive-idle-after",
-    default="0",
-    show_default=True,
-    metavar="DURATION",
-    envvar="TETHER_ARCHIVE_IDLE_AFTER",
-    show_envvar=True,
-    help="Archive a session idle this long (no turn open, no event): 30d, 12h, 90s; 0: never.",
+    "TETHER_ARCHIVE_IDLE_AFTER",
+    "Archive a session idle this long (no turn open, no event): 30d, 12h, 90s; 0: never.",
 )
-@click.option(
+@_retention_option(
     "--delete-idle-after",
-    default="0",
-    show_default=True,
-    metavar="DURATION",
-    envvar="TETHER_DELETE_IDLE_AFTER",
-    show_envvar=True,
-    help="Delete a session idle this long, archived or not: 90d, 12h, 90s; 0: never.",
+    "TETHER_DELETE_IDLE_AFTER",
+    "Delete a session idle this long, archived or not: 90d, 12h, 90s; 0: never.",
 )
-@click.option(
+@_retention_option(
     "--compact-events-after",
-    default="0",
-    show_default=True,
-    metavar="DURATION",
-    envvar="TETHER_COMPACT_EVENTS_AFTER",
-    show_envvar=True,
-    help="Drop events older than this once the session's newest snapshot covers them: 30d, 12h; 0: keep all.",
+    "TETHER_COMPACT_EVENTS_AFTER",
+    "Drop events older than this once the session's newest snapshot covers them: 30d, 12h; 0: keep all.",
 )
 @click.option(
     "--owner-retention",
