@@ -2,16 +2,21 @@
 
 `new_hub` builds a hub on a `MemoryStore` with short timings. A `Worker` is a worker as the hub
 sees one: a registration, and a Lease stream whose outbox the test reads directly; it writes
-events with its own worker_seq per lease epoch, as a real worker does.
+events with its own worker_seq per lease epoch, as a real worker does. `stop_wall_clock` holds
+the time the hub stamps still, for tests of idle times and schedules to move by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import pytest
+
+from tether.control_plane.domain import model
 from tether.control_plane.domain.hub import Hub
 from tether.control_plane.domain.messages import IncomingEvent, IngestResult, OfferMsg, Timings, WorkerMsg
 from tether.control_plane.domain.model import PendingRequest, RequestKind, RequestState, WorkerInfo, new_id
@@ -32,6 +37,30 @@ TIMINGS = Timings(
 )
 
 Msg = TypeVar("Msg", bound=WorkerMsg)
+
+
+class WallClock:
+    """The domain's wall clock (`model.now_us`: every time the hub stamps and compares), stopped;
+    `advance` moves it. Ids keep the real time (`model.new_id` reads `time.time()`)."""
+
+    def __init__(self) -> None:
+        self._ns = time.time_ns()
+
+    def time_ns(self) -> int:
+        return self._ns
+
+    def advance(self, seconds: float) -> None:
+        self._ns += int(seconds * 1e9)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the time module, as it is
+        return getattr(time, name)
+
+
+def stop_wall_clock(monkeypatch: pytest.MonkeyPatch) -> WallClock:
+    """Stop the domain's wall clock for this test: it moves only by `WallClock.advance`."""
+    clock = WallClock()
+    monkeypatch.setattr(model, "time", clock)
+    return clock
 
 
 def new_hub(store: MemoryStore | None = None, **timings: float) -> tuple[Hub, MemoryStore]:

@@ -4,7 +4,6 @@ from the log); a cursor below the kept log is CURSOR_EXPIRED, one at its edge re
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
@@ -13,7 +12,7 @@ from tether.control_plane.domain import errors
 from tether.control_plane.domain.hub import Hub, Retention, RetentionPolicy
 
 from ...helpers.fake_store import FakeCodec, MemoryStore
-from .harness import OWNER, TIMINGS, Worker, finish_turn, new_session, run_turn
+from .harness import OWNER, TIMINGS, Worker, finish_turn, new_session, run_turn, stop_wall_clock
 
 
 def _hub() -> tuple[Hub, MemoryStore]:
@@ -22,7 +21,10 @@ def _hub() -> tuple[Hub, MemoryStore]:
     return Hub(store, store, FakeCodec(), dataclasses.replace(TIMINGS), retention=retention), store
 
 
-async def test_compaction_stops_at_a_turn_open_at_the_snapshot_and_old_cursors_expire() -> None:
+async def test_compaction_stops_at_a_turn_open_at_the_snapshot_and_old_cursors_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = stop_wall_clock(monkeypatch)
     hub, store = _hub()
     w = Worker(hub, "w")
     await w.connect()
@@ -33,7 +35,7 @@ async def test_compaction_stops_at_a_turn_open_at_the_snapshot_and_old_cursors_e
     watermark = store.events[sid][-1].seq
     await hub.store_snapshot(w.worker_id, sid, running.lease_epoch, watermark, "{}", b"", 0, "", OWNER)
     three_first = store.turns[running.turn_id].first_seq
-    await asyncio.sleep(0.1)
+    clock.advance(0.1)
 
     assert await hub.sweep_retention() == (0, 0)
     assert store.sessions[sid].compacted_seq == three_first - 1 < watermark
@@ -49,17 +51,18 @@ async def test_compaction_stops_at_a_turn_open_at_the_snapshot_and_old_cursors_e
     await finish_turn(w, running)
     end = store.events[sid][-1].seq
     await hub.store_snapshot(w.worker_id, sid, running.lease_epoch, end, "{}", b"", 0, "", OWNER)
-    await asyncio.sleep(0.1)
+    clock.advance(0.1)
     await hub.sweep_retention()
     assert store.sessions[sid].compacted_seq == end and store.events[sid] == []
 
 
-async def test_nothing_is_compacted_without_a_snapshot() -> None:
+async def test_nothing_is_compacted_without_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = stop_wall_clock(monkeypatch)
     hub, store = _hub()
     w = Worker(hub, "w")
     await w.connect()
     sid = await new_session(hub)
     await finish_turn(w, await run_turn(hub, w, sid, "one"))
-    await asyncio.sleep(0.1)
+    clock.advance(0.1)
     await hub.sweep_retention()
     assert store.sessions[sid].compacted_seq == 0 and store.events[sid][0].seq == 1

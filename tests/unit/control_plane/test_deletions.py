@@ -12,7 +12,7 @@ from tether.control_plane.domain import errors
 from tether.control_plane.domain._deletions import PURGE_BATCH
 from tether.control_plane.domain.messages import InterruptMsg, RevokeMsg
 
-from .harness import OTHER_OWNER, OWNER, Worker, new_hub, new_session, run_turn
+from .harness import OTHER_OWNER, OWNER, Worker, new_hub, new_session, run_turn, stop_wall_clock
 
 
 async def test_a_scheduled_deletion_is_stored_shown_and_cancelled() -> None:
@@ -46,7 +46,10 @@ async def test_another_owner_cannot_schedule_or_cancel() -> None:
     assert store.sessions[sid].delete_time_us > 0
 
 
-async def test_the_sweep_deletes_what_is_due_even_after_a_restart_and_spares_the_rest() -> None:
+async def test_the_sweep_deletes_what_is_due_even_after_a_restart_and_spares_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = stop_wall_clock(monkeypatch)
     hub, store = new_hub()
     w = Worker(hub, "w")
     await w.connect()
@@ -58,7 +61,7 @@ async def test_the_sweep_deletes_what_is_due_even_after_a_restart_and_spares_the
     await hub.cancel_deletion(OWNER, cancelled)
     w.inbox()
 
-    await asyncio.sleep(1.05)
+    clock.advance(1.05)
     restarted, _ = new_hub(store)  # the schedule is in the store, not only in memory
     assert await restarted.sweep_deletions() == 2
     assert due not in store.sessions and running not in store.sessions
@@ -66,14 +69,15 @@ async def test_the_sweep_deletes_what_is_due_even_after_a_restart_and_spares_the
     assert await restarted.sweep_deletions() == 0
 
 
-async def test_a_swept_session_with_a_running_turn_tells_its_worker() -> None:
+async def test_a_swept_session_with_a_running_turn_tells_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = stop_wall_clock(monkeypatch)
     hub2, _ = new_hub()
     w2 = Worker(hub2, "w2")
     await w2.connect()
     sid = await new_session(hub2)
     offer = await run_turn(hub2, w2, sid)
     await hub2.schedule_deletion(OWNER, sid, 1)
-    await asyncio.sleep(1.05)
+    clock.advance(1.05)
     assert await hub2.sweep_deletions() == 1
     told = w2.inbox()
     assert any(isinstance(m, InterruptMsg) and m.turn_id == offer.turn_id for m in told)
