@@ -46,7 +46,10 @@ async def test_a_scheduled_deletion_survives_a_restart_and_a_cancelled_one_does_
     async with ControlPlane(settings) as cp, sdk.AsyncClient(f"127.0.0.1:{cp.port}") as client:
         assert await _exists(client, doomed.session_id)
         await eventually(lambda: _gone(client, doomed.session_id), timeout=10, what="the scheduled deletion")
-        await asyncio.sleep(0.5)
+        # The sweep adds up what it deleted once its pass ends, a moment after callers see it.
+        await eventually(
+            lambda: cp.hub is not None and cp.hub._deletions.swept >= 1, timeout=5, what="the sweep's count"
+        )
         assert await _exists(client, spared.session_id)
         assert (await client.get_session(spared.session_id)).delete_time is None
         assert cp.hub is not None and cp.hub._deletions.swept == 1
