@@ -324,6 +324,33 @@ def _is_loopback(host: str) -> bool:
     help="Turns of one owner waiting for a worker.",
 )
 @click.option(
+    "--max-workspace-mib",
+    type=click.IntRange(1),
+    default=Limits.max_workspace_bytes >> 20,
+    show_default=True,
+    envvar="TETHER_MAX_WORKSPACE_MIB",
+    show_envvar=True,
+    help="Largest workspace checkpoint of a session, in MiB of file content.",
+)
+@click.option(
+    "--max-workspace-files",
+    type=click.IntRange(1),
+    default=Limits.max_workspace_files,
+    show_default=True,
+    envvar="TETHER_MAX_WORKSPACE_FILES",
+    show_envvar=True,
+    help="Most files (and symlinks) in a workspace checkpoint of a session.",
+)
+@click.option(
+    "--max-blob-storage-mib",
+    type=click.IntRange(1),
+    default=Limits.max_blob_bytes_per_owner >> 20,
+    show_default=True,
+    envvar="TETHER_MAX_BLOB_STORAGE_MIB",
+    show_envvar=True,
+    help="Workspace blobs (file contents, manifest chunks) one owner may store in all, in MiB.",
+)
+@click.option(
     "--max-import-mib",
     type=click.IntRange(1),
     default=Limits.max_import_mib,
@@ -384,6 +411,9 @@ def serve(
     queue_timeout_s: float,
     max_message_bytes: int,
     max_import_mib: int,
+    max_workspace_mib: int,
+    max_workspace_files: int,
+    max_blob_storage_mib: int,
     archive_idle_after: str,
     delete_idle_after: str,
     compact_events_after: str,
@@ -451,6 +481,9 @@ def serve(
             max_pending_pairing_codes_per_owner=max_pending_pairing_codes_per_owner,
             pairing_failures_per_minute=pairing_failures_per_minute,
             max_import_mib=max_import_mib,
+            max_workspace_bytes=max_workspace_mib << 20,
+            max_workspace_files=max_workspace_files,
+            max_blob_bytes_per_owner=max_blob_storage_mib << 20,
         ),
         retention=Retention(
             default=RetentionPolicy(

@@ -137,6 +137,11 @@ class CodexRuntime(Runtime):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    def workspace_dir(self, session_id: str, workdir: Path) -> Path | None:
+        # The session's files; its CODEX_HOME (`codex-home`, beside it) is Codex's own state,
+        # rebuilt from the history on another worker.
+        return session_workspace(absolute_path(workdir), session_id) / "workspace"
+
     async def start(self, session_id: str, workdir: Path, history: list[HistoryItem]) -> None:
         if self._started or self._closed:
             raise CodexError("the codex runtime was already started")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tether.execution_worker._workspace_restore import RestoreStats
 from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
@@ -172,6 +173,19 @@ def event_body(event: RuntimeEvent) -> resources_pb2.EventBody:
 def turn_started_body(worker_id: str, runtime_thread_id: str = "") -> resources_pb2.EventBody:
     return resources_pb2.EventBody(
         turn_started=resources_pb2.TurnStarted(worker_id=worker_id, runtime_thread_id=runtime_thread_id)
+    )
+
+
+def workspace_restored_body(worker_id: str, stats: RestoreStats) -> resources_pb2.EventBody:
+    return resources_pb2.EventBody(
+        workspace_restored=resources_pb2.WorkspaceRestored(
+            worker_id=worker_id,
+            file_count=stats.file_count,
+            total_bytes=stats.total_bytes,
+            files_written=stats.files_written,
+            bytes_downloaded=stats.bytes_downloaded,
+            files_removed=stats.files_removed,
+        )
     )
 
 

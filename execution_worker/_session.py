@@ -21,12 +21,15 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._events import EventOutbox
 from tether.execution_worker.runtime import Runtime
 from tether.v1 import worker_service_pb2
+
+if TYPE_CHECKING:
+    from tether.execution_worker._checkpoints import SessionWorkspace
 
 _log = logging.getLogger("tether.execution_worker")
 
@@ -73,6 +76,8 @@ class Session:
     # Bumped when a turn is granted: an after-turn snapshot that sees it changed skips.
     turn_generation: int = 0
     turns_since_snapshot: int = 0
+    # Its workspace, once a runtime that moves its files is started (see `_checkpoints`).
+    workspace: SessionWorkspace | None = None
 
     def ref(self) -> worker_service_pb2.LeaseRef:
         return worker_service_pb2.LeaseRef(session_id=self.session_id, lease_epoch=self.lease_epoch)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.execution_worker._codex_settings import CodexSettings, absolute_path
+from tether.execution_worker._workspace import DEFAULT_IGNORES
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7670"
 
@@ -45,6 +46,9 @@ class WorkerSettings:
     #: ... once the session has then been idle this long (a turn that starts meanwhile takes
     #: the snapshot over at its own end).
     snapshot_idle_s: float = 0.05
+    #: Gitignore patterns left out of every workspace checkpoint (besides each workspace's own
+    #: `.tetherignore`); what they match stays on the worker that wrote it.
+    workspace_ignores: tuple[str, ...] = DEFAULT_IGNORES
     #: How many quiet sessions keep their runtime warm; beyond that, the least recently used
     #: are cooled: final snapshot, then their lease is released (their next turn is placed at
     #: the next epoch and rehydrates), which bounds what the worker and the control plane keep

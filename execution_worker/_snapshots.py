@@ -18,11 +18,19 @@ from dataclasses import dataclass
 
 import grpc
 
+from tether.execution_worker._checkpoints import (
+    WORKSPACE_LIMIT_EXCEEDED,
+    Checkpoints,
+    SessionWorkspace,
+    WorkspaceError,
+    WorkspaceLimit,
+)
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import history_to_proto
-from tether.execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._errors import describe, error_reason, is_lease_lost
 from tether.execution_worker._session import Session, SessionTable
 from tether.execution_worker._settings import WorkerSettings
+from tether.execution_worker._workspace import Checkpoint
 from tether.execution_worker.runtime import HistoryItem
 from tether.v1 import worker_service_pb2
 
@@ -32,15 +40,31 @@ _log = logging.getLogger("tether.execution_worker")
 SNAPSHOT_CHUNK_ITEMS = 500
 
 
+class WorkspaceHold:
+    """A session's workspace gate, held from a capture until its scan is done (idempotent)."""
+
+    def __init__(self, workspace: SessionWorkspace) -> None:
+        self.workspace: SessionWorkspace | None = workspace
+        workspace.gate.hold()
+
+    def release(self) -> None:
+        if self.workspace is not None:
+            self.workspace.gate.release()
+            self.workspace = None
+
+
 @dataclass(frozen=True)
 class SnapshotCapture:
-    """What a snapshot upload sends, taken in one synchronous step so it is consistent."""
+    """What a snapshot upload sends, taken in one synchronous step so it is consistent: the
+    history now, and the workspace held still (no turn starts) until it is scanned."""
 
     session_id: str
     lease_epoch: int
     seq: int
     history: list[HistoryItem]
     metadata_json: str
+    workspace: SessionWorkspace | None = None
+    hold: WorkspaceHold | None = None
 
 
 class Snapshots:
@@ -55,7 +79,9 @@ class Snapshots:
         tasks: TaskGroup,
         sessions: SessionTable,
         drop_later: Callable[[str, int, str], None],
+        checkpoints: Checkpoints,
     ) -> None:
+        self._checkpoints = checkpoints
         self._settings = settings
         self._worker_id = worker_id
         self._link = link
@@ -158,12 +184,15 @@ class Snapshots:
     def capture(self, session: Session) -> SnapshotCapture:
         """The session's history and watermark, now. Call with the session quiet."""
         assert session.runtime is not None
+        workspace = session.workspace
         return SnapshotCapture(
             session_id=session.session_id,
             lease_epoch=session.lease_epoch,
             seq=session.watermark,
             history=session.runtime.export_history(),
             metadata_json=json.dumps(session.runtime.runtime_metadata()),
+            workspace=workspace,
+            hold=WorkspaceHold(workspace) if workspace is not None else None,
         )
 
     def spawn_upload(self, session: Session, capture: SnapshotCapture, *, request_id: str, why: str) -> None:
@@ -171,6 +200,8 @@ class Snapshots:
         session.snapshot_tasks.add(task)
 
         def done(task: asyncio.Task[bool]) -> None:
+            if capture.hold is not None:
+                capture.hold.release()  # a task cancelled before it ran never scanned
             session.snapshot_tasks.discard(task)
             self._sessions.trim_soon()
 
@@ -180,8 +211,15 @@ class Snapshots:
         """Upload one captured snapshot (every snapshot path ends here). True once stored; a
         LEASE_LOST answer drops the session."""
         timeout = self._settings.snapshot_timeout_s if timeout_s is None else max(0.1, timeout_s)
+        checkpoint = await self._scan(capture)
+        workspace = capture.workspace
         try:
-            response = await self._link.stub.Snapshot(self._chunks(capture, request_id), timeout=timeout)
+            if checkpoint is not None and workspace is not None:
+                async with workspace.upload_lock:
+                    checkpoint = await self._put_blobs(capture, workspace, checkpoint, timeout)
+                    response = await self._send(capture, request_id, checkpoint, timeout)
+            else:
+                response = await self._send(capture, request_id, None, timeout)
         except grpc.aio.AioRpcError as error:
             if is_lease_lost(error):
                 self._drop_later(capture.session_id, capture.lease_epoch, "LEASE_LOST on Snapshot")
@@ -200,7 +238,62 @@ class Snapshots:
         )
         return True
 
-    def _chunks(self, capture: SnapshotCapture, request_id: str) -> Iterator[worker_service_pb2.SnapshotRequest]:
+    async def _scan(self, capture: SnapshotCapture) -> Checkpoint | None:
+        """The workspace checkpoint that goes with the captured history (None: no workspace, or
+        the scan failed and the session keeps its previous checkpoint)."""
+        if capture.workspace is None:
+            return None
+        try:
+            return await self._checkpoints.scan(capture.workspace)
+        except (WorkspaceError, OSError) as error:
+            _log.warning(
+                "session %s: workspace not checkpointed (%s); it keeps its previous checkpoint",
+                capture.session_id,
+                error,
+            )
+            return None
+        finally:
+            if capture.hold is not None:
+                capture.hold.release()
+
+    async def _put_blobs(
+        self, capture: SnapshotCapture, workspace: SessionWorkspace, checkpoint: Checkpoint, timeout: float
+    ) -> Checkpoint | None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._checkpoints.upload(workspace, checkpoint, capture.lease_epoch)
+        except (WorkspaceLimit, WorkspaceError) as problem:
+            _log.warning(
+                "session %s: workspace not checkpointed: %s; it keeps its previous checkpoint",
+                capture.session_id,
+                problem,
+            )
+            return None
+        return checkpoint
+
+    async def _send(
+        self, capture: SnapshotCapture, request_id: str, checkpoint: Checkpoint | None, timeout: float
+    ) -> worker_service_pb2.SnapshotResponse:
+        """The Snapshot call; a manifest refused for a workspace limit is dropped and the
+        snapshot sent without it (the session keeps its previous checkpoint)."""
+        try:
+            response = await self._link.stub.Snapshot(self._chunks(capture, request_id, checkpoint), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if checkpoint is None or error_reason(error) not in (WORKSPACE_LIMIT_EXCEEDED, "INVALID_WORKSPACE"):
+                raise
+            _log.warning(
+                "session %s: workspace checkpoint refused (%s); it keeps its previous checkpoint",
+                capture.session_id,
+                describe(error),
+            )
+            return await self._link.stub.Snapshot(self._chunks(capture, request_id, None), timeout=timeout)
+        if checkpoint is not None and capture.workspace is not None:
+            self._checkpoints.stored(capture.workspace, checkpoint)
+        return response
+
+    def _chunks(
+        self, capture: SnapshotCapture, request_id: str, checkpoint: Checkpoint | None
+    ) -> Iterator[worker_service_pb2.SnapshotRequest]:
         history = capture.history
         header = worker_service_pb2.SnapshotRequest(
             worker_id=self._worker_id,
@@ -210,6 +303,8 @@ class Snapshots:
             runtime_metadata_json=capture.metadata_json,
             request_id=request_id,
         )
+        if checkpoint is not None:
+            header.workspace.CopyFrom(checkpoint.manifest)
         header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])
         yield header
         for start in range(SNAPSHOT_CHUNK_ITEMS, len(history), SNAPSHOT_CHUNK_ITEMS):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.execution_worker._context import Link, TaskGroup
-from tether.execution_worker._convert import event_body, turn_started_body
+from tether.execution_worker._convert import event_body, turn_started_body, workspace_restored_body
 from tether.execution_worker._errors import describe
 from tether.execution_worker._session import LeaseLost, RehydrationFailed, Session, SessionTable
 from tether.execution_worker._settings import WorkerSettings
@@ -254,6 +254,13 @@ class Turns:
                 if runtime is None:
                     return
             started()
+            workspace = session.workspace
+            if workspace is not None:
+                if workspace.restored is not None:
+                    outbox.emit(turn_id, workspace_restored_body(self._worker_id, workspace.restored))
+                    workspace.restored = None
+                # A checkpoint being scanned holds the workspace still: the turn waits for it.
+                await workspace.gate.wait_free()
             if session.pending_interrupt is not None:
                 terminal = TurnInterrupted(session.pending_interrupt)
                 outbox.emit(turn_id, event_body(terminal))

@@ -23,6 +23,7 @@ from typing import cast
 import grpc
 
 from tether.execution_worker._backoff import Backoff
+from tether.execution_worker._checkpoints import Checkpoints, WorkspaceError, restore_failure
 from tether.execution_worker._codex_check import CodexUnavailable, codex_problem
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import history_from_resume, resume_watermark
@@ -43,7 +44,7 @@ from tether.execution_worker._snapshots import Snapshots
 from tether.execution_worker._turns import Turns
 from tether.execution_worker.runtime import HistoryItem, Runtime, RuntimeFactory, honours_output_schema
 from tether.sdk.channel import WithMetadata, credential_metadata, make_channel
-from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
+from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger("tether.execution_worker")
 
@@ -104,6 +105,12 @@ class Worker:
             before_cooling=lambda session: self._snapshots.final(session),
             awaits_grant=lambda session_id: self._turns.awaits_grant(session_id),
         )
+        self._checkpoints = Checkpoints(
+            worker_id=self.worker_id,
+            link=self._link,
+            state_dir=settings.workdir / ".tether",
+            ignores=settings.workspace_ignores,
+        )
         self._snapshots = Snapshots(
             settings=settings,
             worker_id=self.worker_id,
@@ -111,6 +118,7 @@ class Worker:
             tasks=self._tasks,
             sessions=self._sessions,
             drop_later=self._drop_later,
+            checkpoints=self._checkpoints,
         )
         self._turns = Turns(
             settings=settings,
@@ -428,13 +436,18 @@ class Worker:
             old, session.runtime = session.runtime, None
             await close_quietly(old)
         try:
-            history, watermark = await self._resume(session, skip_turn_id)
+            history, watermark, manifest = await self._resume(session, skip_turn_id)
         except LeaseLost:
             raise
         except Exception as error:
             _log.warning("session %s: Resume failed: %s", session.session_id, describe(error))
             raise RehydrationFailed(f"Resume failed: {describe(error)}") from error
         runtime = self._runtimes[session.runtime_name]()
+        try:
+            await self._restore_workspace(session, runtime, manifest)
+        except BaseException:
+            await close_quietly(runtime)
+            raise
         try:
             await runtime.start(session.session_id, self.settings.workdir, history)
         except Exception as error:
@@ -455,7 +468,37 @@ class Worker:
         )
         return runtime
 
-    async def _resume(self, session: Session, skip_turn_id: str) -> tuple[list[HistoryItem], int]:
+    async def _restore_workspace(
+        self, session: Session, runtime: Runtime, manifest: resources_pb2.WorkspaceManifest | None
+    ) -> None:
+        """Before the runtime starts: make its workspace match the session's latest checkpoint
+        (failing closed with `RehydrationFailed`), and open the workspace for checkpoints."""
+        root = runtime.workspace_dir(session.session_id, self.settings.workdir)
+        if root is None:
+            if manifest is not None:
+                _log.info(
+                    "session %s: the %s runtime keeps its files on the worker; its checkpoint is not restored",
+                    session.session_id,
+                    session.runtime_name,
+                )
+            return
+        workspace = self._checkpoints.open(session.session_id, root)
+        if manifest is not None:
+            try:
+                workspace.restored = await self._checkpoints.restore(workspace, manifest, session.lease_epoch)
+            except grpc.aio.AioRpcError as error:
+                if is_lease_lost(error):
+                    raise LeaseLost() from error
+                _log.warning("session %s: %s", session.session_id, restore_failure(error))
+                raise RehydrationFailed(restore_failure(error)) from error
+            except (WorkspaceError, OSError, ValueError) as error:
+                _log.warning("session %s: %s", session.session_id, restore_failure(error))
+                raise RehydrationFailed(restore_failure(error)) from error
+        session.workspace = workspace
+
+    async def _resume(
+        self, session: Session, skip_turn_id: str
+    ) -> tuple[list[HistoryItem], int, resources_pb2.WorkspaceManifest | None]:
         """Download the session's history. A control plane that is away (restarting, or a
         replica handing over) answers UNAVAILABLE: retry, with backoff, while the session is
         still ours (not dropped: its lease was neither lost nor revoked) and within the Resume
@@ -484,4 +527,5 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
                 continue
-            return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks)
+            manifest = chunks[0].workspace if chunks and chunks[0].HasField("workspace") else None
+            return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks), manifest

@@ -39,6 +39,7 @@ from tether.execution_worker._discovery import discover_runtimes
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from tether.execution_worker._worker import Worker
+from tether.execution_worker._workspace import DEFAULT_IGNORES
 
 _T = TypeVar("_T")
 
@@ -198,6 +199,16 @@ def _tls_options(f):
     help="Seconds running turns get to finish when draining.",
 )
 @click.option(
+    "--workspace-ignore",
+    "workspace_ignores",
+    envvar="TETHER_WORKSPACE_IGNORE",
+    show_envvar=True,
+    multiple=True,
+    metavar="PATTERN",
+    help="A gitignore pattern left out of every session's workspace checkpoints (repeatable; replaces "
+    f"the defaults {' '.join(DEFAULT_IGNORES)}; '-' alone: none). Each workspace adds its own .tetherignore.",
+)
+@click.option(
     "--snapshot-every-turns",
     envvar="TETHER_SNAPSHOT_EVERY_TURNS",
     show_envvar=True,
@@ -315,6 +326,7 @@ def worker(
     name: str,
     drain_grace_s: float,
     snapshot_every_turns: int,
+    workspace_ignores: tuple[str, ...],
     warm_sessions: int,
     turn_timeout_s: float,
     codex_bin: str,
@@ -374,6 +386,7 @@ def worker(
             name=name,
             drain_grace_s=drain_grace_s,
             snapshot_every_turns=snapshot_every_turns,
+            workspace_ignores=_ignores(workspace_ignores),
             warm_sessions=warm_sessions,
             offer_trace=Path(trace) if (trace := os.environ.get("TETHER_OFFER_TRACE")) else None,
             turn_timeout_s=turn_timeout_s,
@@ -502,3 +515,10 @@ def _run(main: Coroutine[Any, Any, _T]) -> _T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _ignores(given: tuple[str, ...]) -> tuple[str, ...]:
+    """--workspace-ignore: the defaults when not given, none for '-'."""
+    if not given:
+        return DEFAULT_IGNORES
+    return tuple(p for p in given if p != "-")

@@ -278,6 +278,17 @@ class Runtime(abc.ABC):
         """Runtime-specific state a snapshot keeps next to the history (JSON-serialisable)."""
         return {}
 
+    def workspace_dir(self, session_id: str, workdir: Path) -> Path | None:
+        """The directory whose files move with the session, or None to opt out (its files then
+        stay on the worker that wrote them). Called before `start()`.
+
+        The worker checkpoints this directory with each snapshot, only while the workspace is
+        quiescent: between turns (after a turn's terminal event, before the next `run_turn`),
+        never while a command runs. On a worker that takes the session at a new epoch it makes
+        the directory match the latest checkpoint before `start()`. The default is the session's
+        `session_workspace`; a runtime working elsewhere says where."""
+        return session_workspace(workdir, session_id)
+
     @property
     def runtime_thread_id(self) -> str:
         """The runtime's own id for the session (for example a Codex thread id), if any."""

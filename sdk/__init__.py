@@ -64,6 +64,7 @@ from ._models import (
     TurnState,
     WorkerStatus,
     WorkerToken,
+    WorkspaceRestored,
 )
 from ._sync_client import Client
 
@@ -108,6 +109,7 @@ __all__ = [
     "Snapshot",
     "TetherError",
     "TokenUsage",
+    "WorkspaceRestored",
     "Turn",
     "TurnState",
     "UnauthenticatedError",

@@ -37,6 +37,7 @@ from ._models import (
     TurnState,
     WorkerStatus,
     WorkerToken,
+    WorkspaceRestored,
 )
 
 __all__ = [
@@ -260,6 +261,12 @@ _BODY_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "turn_interrupted": lambda m: {"reason": m.reason},
     "turn_waiting": lambda m: {"reason": m.reason},
     "session_reverted": lambda m: {"reverted_turn_ids": tuple(m.reverted_turn_ids)},
+    "workspace_restored": lambda m: {
+        "worker_id": m.worker_id,
+        "workspace_restored": WorkspaceRestored(
+            m.file_count, m.total_bytes, m.files_written, m.bytes_downloaded, m.files_removed, raw=m
+        ),
+    },
     "runtime": lambda m: {"runtime_event_name": m.name, "runtime_json": m.json},
     "item_started": _item_fields,
     "item_completed": _item_fields,

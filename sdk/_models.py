@@ -30,6 +30,7 @@ __all__ = [
     "SessionState",
     "Snapshot",
     "TokenUsage",
+    "WorkspaceRestored",
     "Turn",
     "TurnState",
     "WorkerStatus",
@@ -156,6 +157,7 @@ class EventKind(str, enum.Enum):
     HISTORY_ITEM = "history_item"
     TURN_WAITING = "turn_waiting"
     SESSION_REVERTED = "session_reverted"
+    WORKSPACE_RESTORED = "workspace_restored"
     UNKNOWN = ""  # a kind this SDK version does not know, or an empty body
 
     def __str__(self) -> str:
@@ -308,6 +310,21 @@ class Item:
 
 
 @dataclass(frozen=True)
+class WorkspaceRestored:
+    """A worker brought a session's workspace to its latest checkpoint (a move)."""
+
+    #: Files and symlinks in the checkpoint, and the bytes of file content.
+    file_count: int
+    total_bytes: int
+    #: Files it wrote (the rest it already held with the same content), the bytes it
+    #: downloaded, and the paths it removed because the checkpoint does not have them.
+    files_written: int
+    bytes_downloaded: int
+    files_removed: int
+    raw: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class TokenUsage:
     """Model tokens: the last model request's (`last_*`) and the runtime thread's totals."""
 
@@ -386,6 +403,8 @@ class Event:
       applications may ignore it)
     - session_reverted: `reverted_turn_ids` (the turns that left the model-visible history);
       `turn_id` is the turn that is now the head (written by the control plane)
+    - workspace_restored: `workspace_restored` (a worker that took the session made its files
+      match the latest checkpoint before the turn ran), and the worker in `worker_id`
 
     `lease_epoch` is the lease under which a worker wrote the event, 0 for events the control
     plane wrote itself (input received, a turn it ended).
@@ -420,6 +439,7 @@ class Event:
     response_json: str = ""
     history_item: HistoryItem | None = None
     reverted_turn_ids: tuple[str, ...] = ()
+    workspace_restored: WorkspaceRestored | None = None
     raw: Any = field(default=None, repr=False, compare=False)
 
     @property

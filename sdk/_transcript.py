@@ -226,6 +226,15 @@ class Transcript:
         gone = len(event.reverted_turn_ids)
         self._line(f"reverted to turn {event.turn_id}: {gone} later turn{'s' if gone != 1 else ''} left the history")
 
+    def _workspace_restored(self, event: Event) -> None:
+        w = event.workspace_restored
+        if w is not None:
+            self._line(
+                f"workspace restored on {event.worker_id}: {w.file_count} files, {w.total_bytes} bytes "
+                f"({w.files_written} written, {w.bytes_downloaded} bytes downloaded, {w.files_removed} removed)",
+                dim=True,
+            )
+
     def _hidden(self, event: Event) -> None:
         pass
 
@@ -240,6 +249,7 @@ class Transcript:
         EventKind.HISTORY_ITEM: _hidden,
         EventKind.TURN_WAITING: _turn_waiting,
         EventKind.SESSION_REVERTED: _session_reverted,
+        EventKind.WORKSPACE_RESTORED: _workspace_restored,
     }
 
 

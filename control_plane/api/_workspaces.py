@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from ..domain._workspaces import Workspaces
     from ._auth import Authenticator
 
-#: Largest piece of a blob in one message.
+#: Largest piece of a blob in one message (a worker sends 128 KiB; any message-size setting
+#: of the control plane of 256 KiB or more lets a largest piece through).
 MAX_PIECE_BYTES = 1 << 20
+#: Pieces GetBlobs sends: small enough for any sensible receive limit of a worker.
+SEND_PIECE_BYTES = 128 << 10
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FILE, _DIR, _LINK = pb.WORKSPACE_ENTRY_KIND_FILE, pb.WORKSPACE_ENTRY_KIND_DIRECTORY, pb.WORKSPACE_ENTRY_KIND_SYMLINK
 
@@ -136,8 +139,10 @@ class WorkspaceCalls:
             ):
                 if digest != current:
                     current, offset = digest, 0
-                yield wpb.GetBlobsResponse(chunk=wpb.BlobChunk(digest=digest, offset=offset, data=piece))
-                offset += len(piece)
+                for start in range(0, max(len(piece), 1), SEND_PIECE_BYTES):
+                    data = piece[start : start + SEND_PIECE_BYTES]
+                    yield wpb.GetBlobsResponse(chunk=wpb.BlobChunk(digest=digest, offset=offset, data=data))
+                    offset += len(data)
 
 
 async def _blobs_of(

@@ -1,14 +1,26 @@
-"""Workspaces do not move with sessions yet, and the README says so plainly: after a move the
-new worker's workspace is empty while the history says the files exist, and moving back
-brings back the earlier worker's stale files. This test pins both the behaviour and the
-README's words; when workspaces move, it fails and the README's section goes with it."""
+"""Workspaces move with their sessions: with two real workers, a session's files (a
+subdirectory, an executable bit, a symlink, an empty directory; not what .tetherignore lists)
+follow it to another worker by RestoreSession, edits made there come back with it, files it
+deleted there are gone from the earlier worker's copy, and a worker SIGKILLed after a checkpoint
+loses nothing: the next turn, on the other worker, finds every file. Each move is a
+`workspace_restored` event in the log."""
 
 from __future__ import annotations
 
 import pathlib
+import signal
 
-from tests.helpers.processes import ROOT, eventually, start_worker
+from tests.helpers.processes import eventually, start_worker
 from tether import sdk
+
+FIRST = (
+    "mkdir -p d/empty && echo first > d/notes.txt && chmod 755 d/notes.txt && ln -s d/notes.txt link"
+    " && echo doomed > gone.txt && printf 'scratch/\\n' > .tetherignore && mkdir scratch && echo s > scratch/s"
+)
+SECOND = (
+    "cat d/notes.txt; test -x d/notes.txt && echo exec; readlink link; test -d d/empty && echo empty-dir;"
+    " ls scratch 2>/dev/null || echo no-scratch; echo second > d/notes.txt; echo new > two.txt; rm gone.txt"
+)
 
 
 async def _run(client: sdk.AsyncClient, session_id: str, command: str) -> tuple[sdk.Turn, str]:
@@ -16,29 +28,30 @@ async def _run(client: sdk.AsyncClient, session_id: str, command: str) -> tuple[
     done = await client.wait_for_turn(session_id, turn.turn_id, timeout_s=30)
     events = [e async for e in client.stream_events(session_id, after_seq=0, stop_at_end=True)]
     text = "".join(e.text for e in events if e.turn_id == turn.turn_id and e.kind == "output")
+    assert done.state == sdk.TurnState.COMPLETED, (done, text)
     return done, text
 
 
 async def _move(client: sdk.AsyncClient, session_id: str, worker_id: str) -> None:
+    await client.create_snapshot(session_id, timeout_s=30)  # the checkpoint of the files as they are
     moved = await client.restore_session(session_id, worker_id=worker_id, timeout_s=30)
     assert moved.worker_id == worker_id
 
 
-def test_the_readme_says_workspaces_do_not_move() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "## Not yet: workspaces do not move with sessions" in readme
-    section = readme.split("## Not yet: workspaces do not move with sessions", 1)[1].split("\n## ", 1)[0]
-    flat = " ".join(section.split())
-    assert "After a move, the new worker's workspace is empty" in flat
-    assert "while the model's history says the files exist" in flat
-    assert "Moving back to an earlier worker brings back that worker's stale files" in flat
+async def _restored(client: sdk.AsyncClient, session_id: str) -> list[sdk.Event]:
+    return [
+        e
+        async for e in client.stream_events(session_id, after_seq=0, stop_at_end=True)
+        if e.kind == "workspace_restored"
+    ]
 
 
-async def test_a_moved_session_finds_an_empty_workspace_and_stale_files_on_return(
+async def test_files_follow_the_session_between_workers_and_survive_a_sigkill(
     cp_process, procs, tmp_path: pathlib.Path
 ) -> None:
-    start_worker(procs, cp_process.target, tmp_path / "a", "a", 1, "--name", "a")
-    start_worker(procs, cp_process.target, tmp_path / "b", "b", 1, "--name", "b")
+    workers = {
+        name: start_worker(procs, cp_process.target, tmp_path / name, name, 1, "--name", name) for name in ("a", "b")
+    }
     async with sdk.AsyncClient(cp_process.target) as client:
         ids: dict[str, str] = {}
 
@@ -47,21 +60,31 @@ async def test_a_moved_session_finds_an_empty_workspace_and_stale_files_on_retur
             return {"a", "b"} <= set(ids)
 
         await eventually(both_connected, 20, "both workers connected")
+        names = {worker_id: name for name, worker_id in ids.items()}
         session = await client.create_session("shell")
         sid = session.session_id
-        first, _ = await _run(client, sid, "echo first > notes.txt")
+        first, _ = await _run(client, sid, FIRST)
         here = first.worker_id
         there = ids["b"] if here == ids["a"] else ids["a"]
 
         await _move(client, sid, there)
-        done, text = await _run(client, sid, "cat notes.txt || echo missing; echo second > notes.txt")
+        done, text = await _run(client, sid, SECOND)
         assert done.worker_id == there
-        assert text.strip().endswith("missing"), text  # the history has the write; the file is gone
-        # What the new worker's runtime was rehydrated from: the log, with the write in it.
-        log = [e async for e in client.stream_events(sid, after_seq=0, stop_at_end=True)]
-        assert [e.input for e in log if e.kind == "input_received"][0] == "echo first > notes.txt"
+        assert text.split("\n") == ["first", "exec", "d/notes.txt", "empty-dir", "no-scratch", ""], text
+        [restored] = await _restored(client, sid)
+        assert restored.turn_id == done.turn_id
+        # notes.txt, link, gone.txt and .tetherignore; scratch/ stayed behind.
+        assert (restored.workspace_restored.file_count, restored.workspace_restored.files_written) == (4, 4)
 
-        await _move(client, sid, here)
-        done, text = await _run(client, sid, "cat notes.txt")
+        await _move(client, sid, here)  # back to the worker that holds turn 1's copy
+        done, text = await _run(client, sid, "cat d/notes.txt two.txt; ls gone.txt 2>/dev/null || echo gone")
         assert done.worker_id == here
-        assert text == "first\n", text  # the earlier worker's copy, without "second"
+        assert text == "second\nnew\ngone\n", text  # its stale copy was brought up to date
+        assert (tmp_path / names[here] / "sessions" / sid / "scratch" / "s").exists()  # ignored: left alone
+
+        await client.create_snapshot(sid, timeout_s=30)
+        workers[names[here]].send_signal(signal.SIGKILL)
+        done, text = await _run(client, sid, "cat d/notes.txt two.txt; readlink link")
+        assert done.worker_id == there
+        assert text == "second\nnew\nd/notes.txt\n", text
+        assert len(await _restored(client, sid)) == 3
