@@ -67,35 +67,43 @@ class Workspaces:
         """Store each (digest, size, chunks) of `blobs`; returns how many blobs and bytes."""
         await self._check_lease(worker_id, session_id, epoch, owner)
         used = await self._blobs.usage(owner)
-        count = received = 0
-        async for digest, size, chunks in blobs:
-            _check_digests("chunk.digest", [digest])
-            if size > self._limits.max_workspace_bytes:
-                raise errors.WorkspaceLimitExceeded(
-                    "max_workspace_bytes",
-                    self._limits.max_workspace_bytes,
-                    f"blob {digest} is {size} bytes, more than a whole workspace checkpoint may hold",
-                )
-            if used + size > self._limits.max_blob_bytes_per_owner:
-                raise errors.WorkspaceLimitExceeded(
-                    "max_blob_bytes_per_owner",
-                    self._limits.max_blob_bytes_per_owner,
-                    f"owner {owner!r} stores {used} bytes of workspace blobs and blob {digest} adds {size}; "
-                    "delete sessions (or add ignore patterns to .tetherignore) to make room",
-                )
-            try:
-                await self._blobs.put(owner, digest, size, chunks)
-            except BlobMismatch as mismatch:
-                raise errors.InvalidWorkspace("chunk.data", str(mismatch)) from None
-            used += size
-            count += 1
-            received += size
-        return count, received
+        tally = [0, 0]
+
+        async def checked() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
+            nonlocal used
+            async for digest, size, chunks in blobs:
+                _check_digests("chunk.digest", [digest])
+                self._check_blob_size(owner, digest, size, used)
+                used += size
+                tally[0] += 1
+                tally[1] += size
+                yield digest, size, chunks
+
+        try:
+            await self._blobs.put(owner, checked())
+        except BlobMismatch as mismatch:
+            raise errors.InvalidWorkspace("chunk.data", str(mismatch)) from None
+        return tally[0], tally[1]
+
+    def _check_blob_size(self, owner: str, digest: str, size: int, used: int) -> None:
+        if size > self._limits.max_workspace_bytes:
+            raise errors.WorkspaceLimitExceeded(
+                "max_workspace_bytes",
+                self._limits.max_workspace_bytes,
+                f"blob {digest} is {size} bytes, more than a whole workspace checkpoint may hold",
+            )
+        if used + size > self._limits.max_blob_bytes_per_owner:
+            raise errors.WorkspaceLimitExceeded(
+                "max_blob_bytes_per_owner",
+                self._limits.max_blob_bytes_per_owner,
+                f"owner {owner!r} stores {used} bytes of workspace blobs and blob {digest} adds {size}; "
+                "delete sessions (or add ignore patterns to .tetherignore) to make room",
+            )
 
     async def read(
         self, worker_id: str, session_id: str, epoch: int, owner: str, digests: list[str]
     ) -> AsyncIterator[tuple[str, bytes]]:
-        """(digest, piece) of each blob in `digests`, in order; each must be named by the
+        """(digest, piece) of each blob in `digests`, one blob after another; each must be named by the
         session's latest checkpoint, which is all its lease holder may read."""
         _check_digests("digests", digests)
         await self._check_lease(worker_id, session_id, epoch, owner)
@@ -108,12 +116,11 @@ class Workspaces:
                     f"blob {digest} is not named by session {session_id!r}'s latest workspace checkpoint; "
                     "a worker may read only the blobs of the checkpoint it restores",
                 )
-        for digest in digests:
-            try:
-                async for piece in self._blobs.read(owner, digest):
-                    yield digest, piece
-            except KeyError:
-                raise errors.InvalidWorkspace("digests", f"blob {digest} is not stored") from None
+        try:
+            async for digest, piece in self._blobs.read(owner, list(dict.fromkeys(digests))):
+                yield digest, piece
+        except KeyError as gone:
+            raise errors.InvalidWorkspace("digests", f"blob {gone.args[0]} is not stored") from None
 
     async def prepare(
         self, owner: str, session_id: str, seq: int, chunk_digests: list[str], file_count: int, total_bytes: int
@@ -170,7 +177,7 @@ class Workspaces:
             return info
         data = bytearray()
         try:
-            async for piece in self._blobs.read(owner, digest):
+            async for _, piece in self._blobs.read(owner, [digest]):
                 data += piece
         except KeyError:
             raise errors.InvalidWorkspace("workspace.chunk_digests", f"manifest chunk {digest} is not stored") from None

@@ -282,14 +282,16 @@ class BlobStore(Protocol):
         """The digests of `digests` the owner has no stored blob for, in order."""
         ...
 
-    async def put(self, owner: str, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
-        """Store a blob from its chunks; it becomes visible (to `missing`, `read`) only once all
-        of it is durable and its SHA-256 is `digest`, else `BlobMismatch` is raised and nothing
-        of it is kept. Storing a blob the owner already has is a no-op (the chunks are read)."""
+    async def put(self, owner: str, blobs: AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]) -> None:
+        """Store each (digest, size, its chunks) of `blobs`; a blob becomes visible (to
+        `missing`, `read`) only once all of it is durable and its SHA-256 is `digest`, else
+        `BlobMismatch` is raised and nothing of that blob is kept. Storing a blob the owner
+        already has stores the same bytes again."""
         ...
 
-    def read(self, owner: str, digest: str) -> AsyncIterator[bytes]:
-        """A stored blob's chunks, in order (`KeyError` when the owner has no such blob)."""
+    def read(self, owner: str, digests: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """(digest, piece) of the stored blobs `digests`, each blob's pieces in order and one
+        blob after another (`KeyError` naming one the owner has no blob for)."""
         ...
 
     async def usage(self, owner: str) -> int:

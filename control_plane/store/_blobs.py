@@ -1,11 +1,12 @@
 """The embedded blob store: workspace blobs as rows, in pieces of at most 1 MiB.
 
 The domain's `BlobStore` port on the control plane's own database, so a default install needs
-nothing else. Blobs are written outside the group-commit writer: each piece is its own small
-transaction, so a 100 MiB upload never holds SQLite's write lock for more than one piece and
-turns keep committing between pieces. A blob's `blobs` row is inserted last, once every piece
-is durable and the SHA-256 of what arrived is its name: until then it does not exist for
-`missing` or `read`. Pieces of an upload that failed half-way stay until the same blob is
+nothing else. Blobs are written outside the group-commit writer, in transactions of a few MiB
+of pieces, so a 100 MiB upload never holds SQLite's write lock for long and turns keep
+committing between them. Small blobs share a transaction (a 10,000-file upload is
+a few dozen commits, not tens of thousands). A blob's `blobs` row is inserted in the
+transaction of its last piece, once the SHA-256 of what arrived is its name: until then it does
+not exist for `missing` or `read`. Pieces of an upload that failed half-way stay until the same blob is
 uploaded again (they are overwritten) or the owner's data is purged.
 """
 
@@ -32,6 +33,34 @@ _pieces = table_of(BlobChunkRow)
 PIECE_BYTES = 1 << 20
 # Digests per IN (...) query.
 _BATCH = 500
+# An upload commits every few MiB (or rows): small transactions keep SQLite's write lock short.
+_FLUSH_BYTES = 4 << 20
+_FLUSH_ROWS = 1000
+
+
+class _Batch:
+    """Pieces and blob rows waiting for one transaction."""
+
+    def __init__(self) -> None:
+        self.pieces: list[dict[str, object]] = []
+        self.blobs: list[dict[str, object]] = []
+        self.bytes = 0
+
+    def piece(self, owner: str, digest: str, index: int, data: bytes) -> None:
+        self.pieces.append({"owner_id": owner, "digest": digest, "idx": index, "data": data})
+        self.bytes += len(data)
+
+    def blob(self, owner: str, digest: str, size: int) -> None:
+        self.blobs.append({"owner_id": owner, "digest": digest, "size": size, "create_time_us": now_us()})
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= _FLUSH_BYTES or len(self.pieces) + len(self.blobs) >= _FLUSH_ROWS
+
+    def clear(self) -> None:
+        self.pieces.clear()
+        self.blobs.clear()
+        self.bytes = 0
 
 
 class SqlBlobStore:
@@ -68,70 +97,74 @@ class SqlBlobStore:
                 held.update(r.digest for r in await conn.execute(query))
         return [d for d in digests if d not in held]
 
-    async def put(self, owner: str, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
-        hasher = hashlib.sha256()
-        received = 0
-        index = 0
-        pending = bytearray()
-        known = not await self.missing(owner, [digest])
-        async for chunk in chunks:
-            hasher.update(chunk)
-            received += len(chunk)
-            if received > size:
-                break
-            if known:
-                continue  # read to the end (the caller's stream must be consumed), store nothing
-            pending += chunk
-            while len(pending) >= PIECE_BYTES:
-                await self._store_piece(owner, digest, index, bytes(pending[:PIECE_BYTES]))
-                del pending[:PIECE_BYTES]
-                index += 1
-        if received != size or hasher.hexdigest() != digest:
-            if not known:
+    async def put(self, owner: str, blobs: AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]) -> None:
+        batch = _Batch()
+        async for digest, size, chunks in blobs:
+            hasher = hashlib.sha256()
+            received = index = 0
+            pending = bytearray()
+            async for chunk in chunks:
+                hasher.update(chunk)
+                received += len(chunk)
+                if received > size:
+                    break
+                pending += chunk
+                while len(pending) >= PIECE_BYTES:
+                    batch.piece(owner, digest, index, bytes(pending[:PIECE_BYTES]))
+                    del pending[:PIECE_BYTES]
+                    index += 1
+                    if batch.full:
+                        await self._flush(batch)
+            if received != size or hasher.hexdigest() != digest:
+                await self._flush(batch)
                 await self._drop_pieces(owner, digest)
-            what = f"{received} bytes" if received != size else f"content with SHA-256 {hasher.hexdigest()}"
-            raise BlobMismatch(f"blob {digest} should be {size} bytes with that SHA-256 but {what} arrived")
-        if known:
-            return
-        if pending or index == 0:
-            await self._store_piece(owner, digest, index, bytes(pending))
-        async with self._tx() as conn:
-            await conn.execute(
-                self._put_blob, {"owner_id": owner, "digest": digest, "size": size, "create_time_us": now_us()}
-            )
+                what = f"{received} bytes" if received != size else f"content with SHA-256 {hasher.hexdigest()}"
+                raise BlobMismatch(f"blob {digest} should be {size} bytes with that SHA-256 but {what} arrived")
+            if pending or index == 0:
+                batch.piece(owner, digest, index, bytes(pending))
+            batch.blob(owner, digest, size)
+            if batch.full:
+                await self._flush(batch)
+        await self._flush(batch)
 
-    async def _store_piece(self, owner: str, digest: str, index: int, data: bytes) -> None:
+    async def _flush(self, batch: _Batch) -> None:
+        """One transaction: the batch's pieces, then the rows of the blobs whose last piece is
+        among them or already stored (a blob is visible only once all of it is durable)."""
+        if not batch.pieces and not batch.blobs:
+            return
         async with self._tx() as conn:
-            await conn.execute(self._put_piece, {"owner_id": owner, "digest": digest, "idx": index, "data": data})
+            if batch.pieces:
+                await conn.execute(self._put_piece, batch.pieces)
+            if batch.blobs:
+                await conn.execute(self._put_blob, batch.blobs)
+        batch.clear()
 
     async def _drop_pieces(self, owner: str, digest: str) -> None:
         async with self._tx() as conn:
             await conn.execute(delete(_pieces).where(and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest)))
 
-    async def read(self, owner: str, digest: str) -> AsyncIterator[bytes]:
-        async with self._tx() as conn:
-            found = (
-                await conn.execute(
-                    select(_blobs.c.size).where(and_(_blobs.c.owner_id == owner, _blobs.c.digest == digest))
-                )
-            ).first()
-        if found is None:
-            raise KeyError(digest)
-        index = 0
-        while True:
-            # One piece per query: a reader holds at most one piece in memory.
+    async def read(self, owner: str, digests: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        for start in range(0, len(digests), _BATCH):
+            batch = sorted(set(digests[start : start + _BATCH]))
             async with self._tx() as conn:
-                row = (
-                    await conn.execute(
-                        select(_pieces.c.data).where(
-                            and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest, _pieces.c.idx == index)
-                        )
+                held = {
+                    r.digest
+                    for r in await conn.execute(
+                        select(_blobs.c.digest).where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(batch)))
                     )
-                ).first()
-            if row is None:
-                return
-            yield bytes(row.data)
-            index += 1
+                }
+                missing = [d for d in batch if d not in held]
+                if missing:
+                    raise KeyError(missing[0])
+                # Streamed: at most a few pieces are in memory whatever the blobs' sizes.
+                result = await conn.stream(
+                    select(_pieces.c.digest, _pieces.c.data)
+                    .where(and_(_pieces.c.owner_id == owner, _pieces.c.digest.in_(batch)))
+                    .order_by(_pieces.c.digest, _pieces.c.idx)
+                    .execution_options(yield_per=4)
+                )
+                async for row in result:
+                    yield row.digest, bytes(row.data)
 
     async def usage(self, owner: str) -> int:
         async with self._tx() as conn:

@@ -1647,7 +1647,8 @@ export const GetBlobsRequestSchema: GenMessage<GetBlobsRequest> = /*@__PURE__*/
  */
 export type GetBlobsResponse = Message<"tether.v1.GetBlobsResponse"> & {
   /**
-   * A piece of a blob; blobs come in request order, each one's chunks in order.
+   * A piece of a blob: each blob's pieces come in order, one blob after another (in any order
+   * of blobs; each requested blob once).
    *
    * @generated from field: tether.v1.BlobChunk chunk = 1;
    */
