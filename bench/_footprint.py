@@ -19,11 +19,22 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from its third field (state) on; the command name may hold spaces."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_s(pid: int) -> float:
     """The process's CPU time so far (utime + stime), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s(pid: int) -> float:
+    """The CPU time of the process's children it has reaped (cutime + cstime), in seconds."""
+    fields = _stat_fields(pid)
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 async def idle_cpu_pct(pid: int, window_s: float) -> float:

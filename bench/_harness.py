@@ -30,6 +30,11 @@ def emit(metric: str, value: float, unit: str, **extra: object) -> None:
     print(json.dumps({"metric": metric, "value": round(value, 3), "unit": unit, **extra}), flush=True)
 
 
+def emit_missing(metric: str, unit: str, reason: str) -> None:
+    """A figure that could not be measured in this run, and why (its value is null)."""
+    print(json.dumps({"metric": metric, "value": None, "unit": unit, "reason": reason}), flush=True)
+
+
 class ControlPlaneProc:
     """One control plane on one database (a SQLite file or a URL) and one port, which it keeps
     across restarts."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
 
-from ._harness import emit, procs
+from ._harness import emit, procs, wait_connected
 
 WORKERS = 4
 SLOTS = 8
@@ -27,12 +28,27 @@ TERMINAL = {"turn_completed", "turn_failed", "turn_interrupted"}
 
 
 async def turn_load(
-    worker_targets: list[str], client_targets: list[str], ps, *, sessions: int = SESSIONS
+    worker_targets: list[str],
+    client_targets: list[str],
+    ps,
+    *,
+    sessions: int = SESSIONS,
+    warmup_s: float = WARMUP_S,
+    measure_s: float = MEASURE_S,
+    at_window_edge: Callable[[], None] | None = None,
+    connected_first: bool = False,
 ) -> tuple[float, int]:
     """Run the load: WORKERS workers (worker i dials worker_targets[i % n]), `sessions`
-    sessions each driven through client_targets[k % n]. Returns (turns/s, total turns)."""
+    sessions each driven through client_targets[k % n]. Returns (turns/s, total turns).
+
+    `at_window_edge` is called when the measured window opens and when it closes (to read
+    CPU counters over exactly the turns counted). With `connected_first` the load starts once
+    every worker has its Lease stream open (one target only), so a slow start on a busy
+    machine does not reach into the window."""
     for i in range(WORKERS):
         ps.worker(worker_targets[i % len(worker_targets)], f"w{i}", SLOTS)
+    if connected_first:
+        await wait_connected(worker_targets[0], [ps.worker_id(f"w{i}") for i in range(WORKERS)])
     channels = [grpc.aio.insecure_channel(t) for t in client_targets]
     try:
         stubs = [sgrpc.SessionServiceStub(ch) for ch in channels]
@@ -44,7 +60,7 @@ async def turn_load(
         ]
         completed: list[float] = []
         failures = 0
-        stop_at = time.monotonic() + WARMUP_S + MEASURE_S
+        stop_at = time.monotonic() + warmup_s + measure_s
 
         async def run(stub: sgrpc.SessionServiceStub, session_id: str) -> None:
             nonlocal failures
@@ -64,15 +80,23 @@ async def turn_load(
             finally:
                 stream.cancel()
 
+        async def edges(probe: Callable[[], None]) -> None:
+            for at in (t0 + warmup_s, t0 + warmup_s + measure_s):
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                probe()
+
         t0 = time.monotonic()
-        await asyncio.gather(*(run(stubs[k % len(stubs)], s) for k, s in enumerate(ids)))
+        await asyncio.gather(
+            *(run(stubs[k % len(stubs)], s) for k, s in enumerate(ids)),
+            *([edges(at_window_edge)] if at_window_edge is not None else []),
+        )
     finally:
         for ch in channels:
             await ch.close()
-    window_start = t0 + WARMUP_S
-    measured = [t for t in completed if window_start <= t <= window_start + MEASURE_S]
+    window_start = t0 + warmup_s
+    measured = [t for t in completed if window_start <= t <= window_start + measure_s]
     assert failures == 0, f"{failures} turns did not complete"
-    return len(measured) / MEASURE_S, len(completed)
+    return len(measured) / measure_s, len(completed)
 
 
 async def main() -> None:
