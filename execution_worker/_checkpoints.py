@@ -20,7 +20,7 @@ import asyncio
 import collections
 import logging
 import os
-import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +41,6 @@ from tether.v1 import resources_pb2, worker_service_pb2
 
 _log = logging.getLogger("tether.execution_worker")
 
-#: Bytes of a blob per PutBlobs message (well under any control plane's message limit).
-PIECE_BYTES = 128 << 10
 #: Digests per FindMissingBlobs / GetBlobs call (the control plane's bound).
 DIGESTS_PER_CALL = 10_000
 #: Scanners (stat caches) kept for sessions no longer held here.
@@ -87,6 +85,9 @@ class SessionWorkspace:
     upload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: What the last restore did, reported with the next turn's start.
     restored: RestoreStats | None = None
+    #: The chunks of the session's latest checkpoint the control plane holds (restored here or
+    #: stored from here); () when it has none, which is what an empty workspace scans to.
+    stored_chunks: tuple[str, ...] = ()
 
 
 class WorkspaceLimit(Exception):
@@ -140,15 +141,29 @@ class Checkpoints:
         if missing:
             try:
                 await self._link.stub.PutBlobs(
-                    _pieces(self._worker_id, workspace.session_id, lease_epoch, checkpoint, missing)
+                    _pieces(
+                        self._worker_id,
+                        workspace.session_id,
+                        lease_epoch,
+                        checkpoint,
+                        missing,
+                        self._link.lease.max_message_bytes,
+                    )
                 )
             except grpc.aio.AioRpcError as error:
                 if error_reason(error) == WORKSPACE_LIMIT_EXCEEDED:
                     raise WorkspaceLimit(error.details() or "workspace limit") from error
                 raise
 
+    @staticmethod
+    def unchanged(workspace: SessionWorkspace, checkpoint: Checkpoint) -> bool:
+        """Whether `checkpoint` is the one the control plane already holds as the session's
+        latest (then a snapshot need not carry it: the session keeps it)."""
+        return tuple(checkpoint.manifest.chunk_digests) == workspace.stored_chunks
+
     def stored(self, workspace: SessionWorkspace, checkpoint: Checkpoint) -> None:
         """The snapshot naming `checkpoint` is stored: its blobs are the control plane's."""
+        workspace.stored_chunks = tuple(checkpoint.manifest.chunk_digests)
         named = _named(checkpoint)
         fresh = [d for d in named if d not in workspace.confirmed]
         workspace.confirmed.update(named)
@@ -167,6 +182,7 @@ class Checkpoints:
         errors pass through as AioRpcError)."""
         stage = workspace.scanner.stage_dir
         await asyncio.to_thread(os.makedirs, stage, exist_ok=True)
+        began = time.perf_counter()
         chunk_digests = list(manifest.chunk_digests)
         fetched = await self._download(workspace, lease_epoch, chunk_digests, stage)
         entries: list[resources_pb2.WorkspaceEntry] = []
@@ -179,10 +195,16 @@ class Checkpoints:
             entries.extend(chunk.entries)
         loop = asyncio.get_running_loop()
 
+        download_s = 0.0
+
         def fetch(digests: list[str]) -> Iterator[tuple[str, Path]]:
             # Called from restore's thread: the download runs on the event loop meanwhile.
+            nonlocal download_s
+            started = time.perf_counter()
             future = asyncio.run_coroutine_threadsafe(self._download(workspace, lease_epoch, digests, stage), loop)
-            yield from future.result().items()
+            landed = future.result()
+            download_s += time.perf_counter() - started
+            yield from landed.items()
 
         stats = await asyncio.to_thread(
             restore, workspace.root, entries, fetch, ignores=self.ignores, stage_dir=stage, scanner=workspace.scanner
@@ -192,9 +214,13 @@ class Checkpoints:
         # Downloads the restore used are copied into place: nothing staged is pending upload.
         await asyncio.to_thread(workspace.scanner.staged_cleanup, set())
         workspace.confirmed = set(chunk_digests) | {e.digest for e in entries if e.kind == FILE}
+        workspace.stored_chunks = tuple(chunk_digests)
         _log.info(
-            "session %s: workspace restored (%d files, %d bytes; %d written, %d bytes downloaded, %d removed)",
+            "session %s: workspace restored in %.3fs, %.3fs of it downloading "
+            "(%d files, %d bytes; %d written, %d bytes downloaded, %d removed)",
             workspace.session_id,
+            time.perf_counter() - began,
+            download_s,
             stats.file_count,
             stats.total_bytes,
             stats.files_written,
@@ -211,44 +237,69 @@ class Checkpoints:
         landed: dict[str, Path] = {}
         for start in range(0, len(digests), DIGESTS_PER_CALL):
             batch = digests[start : start + DIGESTS_PER_CALL]
+            asked = set(batch)
             call = self._link.stub.GetBlobs(
                 worker_service_pb2.GetBlobsRequest(
                     worker_id=self._worker_id, session_id=workspace.session_id, lease_epoch=lease_epoch, digests=batch
                 )
             )
-            current = ""
-            out = None
+            # Pieces are written as they come, on the loop: each is at most 128 KiB into the
+            # page cache, cheaper than a thread hop apiece.
+            sink = _BlobSink(stage, landed)
             try:
                 async for message in call:
-                    piece = message.chunk
-                    if piece.digest != current:
-                        if out is not None:
-                            _finish(out, stage / current, landed, current)
-                        if piece.digest not in batch or piece.offset != 0:
-                            raise WorkspaceError(
-                                f"the control plane sent blob {piece.digest[:64]!r}, not one asked for"
-                            )
-                        current = piece.digest
-                        out = tempfile.NamedTemporaryFile(dir=stage, prefix=".get-", delete=False)
-                    assert out is not None
-                    await asyncio.to_thread(out.write, piece.data)
-                if out is not None:
-                    _finish(out, stage / current, landed, current)
-                    out = None
+                    for piece in message.chunks:
+                        if piece.digest != sink.digest:
+                            if piece.digest not in asked or piece.offset != 0 or piece.digest in landed:
+                                raise WorkspaceError(
+                                    f"the control plane sent blob {piece.digest[:64]!r}, not one asked for"
+                                )
+                            sink.start(piece.digest)
+                        sink.write(piece.data)
+                sink.finish()
             finally:
-                if out is not None:
-                    out.close()
-                    await asyncio.to_thread(_unlink_quietly, out.name)
+                sink.abandon()
         for digest in digests:
             if digest not in landed:
                 raise WorkspaceError(f"blob {digest} of the checkpoint did not arrive")
         return landed
 
 
-def _finish(out: tempfile._TemporaryFileWrapper[bytes], target: Path, landed: dict[str, Path], digest: str) -> None:
-    out.close()
-    os.replace(out.name, target)
-    landed[digest] = target
+class _BlobSink:
+    """Writes one downloaded blob at a time into the stage directory."""
+
+    def __init__(self, stage: Path, landed: dict[str, Path]) -> None:
+        self._stage = stage
+        self._landed = landed
+        self.digest = ""
+        self._fd = -1
+        self._temp = ""
+
+    def start(self, digest: str) -> None:
+        self.finish()
+        self.digest = digest
+        self._temp = os.path.join(self._stage, f".get-{digest}")
+        self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def finish(self) -> None:
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        target = self._stage / self.digest
+        os.replace(self._temp, target)
+        self._landed[self.digest] = target
+
+    def abandon(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            _unlink_quietly(self._temp)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -265,29 +316,38 @@ def _named(checkpoint: Checkpoint) -> list[str]:
     return list(digests)
 
 
+def message_sizes(max_message_bytes: int) -> tuple[int, int]:
+    """Pieces of a blob, and pieces in one message, that fit the control plane's messages
+    (at most 128 KiB and 512 KiB)."""
+    room = max(256, max_message_bytes - 4096)  # the rest of the message: digests, offsets
+    return min(128 << 10, room // 2), min(512 << 10, room)
+
+
 def _pieces(
-    worker_id: str, session_id: str, epoch: int, checkpoint: Checkpoint, digests: list[str]
+    worker_id: str, session_id: str, epoch: int, checkpoint: Checkpoint, digests: list[str], max_message_bytes: int
 ) -> Iterator[worker_service_pb2.PutBlobsRequest]:
-    """The PutBlobs stream: each blob's staged copy in pieces (an empty blob is one piece)."""
-    first = True
+    """The PutBlobs stream: each blob's staged copy in pieces, small blobs several to a message
+    (an empty blob is one empty piece)."""
+    piece_bytes, message_bytes = message_sizes(max_message_bytes)
+    message = worker_service_pb2.PutBlobsRequest(worker_id=worker_id, session_id=session_id, lease_epoch=epoch)
+    size_so_far = 0
     for digest in digests:
         path = checkpoint.blob_path(digest)
         size = path.stat().st_size
         offset = 0
         with open(path, "rb") as f:
             while True:
-                data = f.read(PIECE_BYTES)
-                chunk = worker_service_pb2.BlobChunk(digest=digest, size=size, offset=offset, data=data)
-                if first:
-                    yield worker_service_pb2.PutBlobsRequest(
-                        worker_id=worker_id, session_id=session_id, lease_epoch=epoch, chunk=chunk
-                    )
-                    first = False
-                else:
-                    yield worker_service_pb2.PutBlobsRequest(chunk=chunk)
+                data = f.read(piece_bytes)
+                if size_so_far + len(data) + 100 > message_bytes and (message.chunks or message.worker_id):
+                    yield message
+                    message, size_so_far = worker_service_pb2.PutBlobsRequest(), 0
+                message.chunks.append(worker_service_pb2.BlobChunk(digest=digest, size=size, offset=offset, data=data))
+                size_so_far += len(data) + 100
                 offset += len(data)
                 if offset >= size:
                     break
+    if message.chunks or message.worker_id:
+        yield message
 
 
 def restore_failure(error: BaseException) -> str:

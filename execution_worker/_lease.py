@@ -42,6 +42,9 @@ from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
+#: What a control plane that does not say takes in one message (gRPC's default).
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+
 #: Protocol features this worker implements, announced in RegisterRequest.features.
 FEATURES = (
     "lease_renew",
@@ -163,6 +166,8 @@ class LeaseClient:
             reconnect_backoff_max_s=settings.reconnect_backoff_max_s,
         )
         self.registration_id = ""
+        # The control plane's message size limit (RegisterResponse), for blob uploads.
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._call: grpc.aio.StreamStreamCall | None = None
         self._write_lock = asyncio.Lock()
         self._stopping = False
@@ -300,6 +305,7 @@ class LeaseClient:
         )
         self.timings = LeaseTimings.from_response(response, self.timings)
         self.registration_id = response.registration_id
+        self.max_message_bytes = response.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
         call = self._stub.Lease()
         try:
             held = list(self._handler.held_leases())

@@ -213,6 +213,8 @@ class Snapshots:
         timeout = self._settings.snapshot_timeout_s if timeout_s is None else max(0.1, timeout_s)
         checkpoint = await self._scan(capture)
         workspace = capture.workspace
+        if checkpoint is not None and workspace is not None and self._checkpoints.unchanged(workspace, checkpoint):
+            checkpoint = None  # the files are as the latest checkpoint has them: it stays the session's
         try:
             if checkpoint is not None and workspace is not None:
                 async with workspace.upload_lock:

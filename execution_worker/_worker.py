@@ -491,7 +491,9 @@ class Worker:
                     raise LeaseLost() from error
                 _log.warning("session %s: %s", session.session_id, restore_failure(error))
                 raise RehydrationFailed(restore_failure(error)) from error
-            except (WorkspaceError, OSError, ValueError) as error:
+            except Exception as error:  # fail closed, whatever went wrong: the runtime never starts
+                if not isinstance(error, (WorkspaceError, OSError)):
+                    _log.exception("session %s: workspace restore failed", session.session_id)
                 _log.warning("session %s: %s", session.session_id, restore_failure(error))
                 raise RehydrationFailed(restore_failure(error)) from error
         session.workspace = workspace

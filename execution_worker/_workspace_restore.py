@@ -16,6 +16,7 @@ does not start the runtime when it raises.
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import logging
@@ -357,8 +358,15 @@ class _Restore:
 
     def _write_files(self) -> int:
         written = 0
+        # How many files still need each blob: a verified staged blob's last use is moved into
+        # place (one rename) instead of copied and hashed again.
+        uses = collections.Counter(e.digest for e in self.entries if e.kind == FILE and e.path not in self.kept)
         for entry in self.entries:
             if entry.kind != FILE or entry.path in self.kept:
+                continue
+            uses[entry.digest] -= 1
+            if not uses[entry.digest] and self._move_staged(entry):
+                written += 1
                 continue
             directory = self._parent(entry.path)
             temp = os.path.join(directory, _TEMP_PREFIX + secrets.token_hex(8))
@@ -381,6 +389,31 @@ class _Restore:
                 raise
             written += 1
         return written
+
+    def _move_staged(self, entry: resources_pb2.WorkspaceEntry) -> bool:
+        """Move the staged blob of `entry` (verified when it was fetched or found staged) to
+        its path, with its mode and the restore's stamp; False when it is not staged here or
+        lies on another file system (then it is copied)."""
+        source = self.sources[entry.digest]
+        if os.path.dirname(source) != self.stage_dir:
+            return False
+        directory = self._parent(entry.path)
+        try:
+            os.chmod(source, entry.mode, follow_symlinks=False)
+            os.utime(source, ns=(self.stamp_ns, self.stamp_ns), follow_symlinks=False)
+            temp = os.path.join(directory, _TEMP_PREFIX + secrets.token_hex(8))
+            os.rename(source, temp)
+        except OSError as error:
+            if error.errno == errno.EXDEV:
+                return False
+            raise
+        try:
+            self._replace(temp, entry.path)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        del self.sources[entry.digest]
+        return True
 
     def _write_symlinks(self) -> int:
         written = 0

@@ -33,7 +33,7 @@ from ._convert import (
     worker_msg_pb,
 )
 from ._errors import translate
-from ._workspaces import WorkspaceCalls
+from ._workspaces import WorkspaceCalls, message_sizes
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,17 @@ def _durable(item: Any) -> bool:
 
 class WorkerService(WorkspaceCalls):
     def __init__(
-        self, hub: Hub, auth: Authenticator, access: CredentialStore, limits: Limits, workspaces: Workspaces
+        self,
+        hub: Hub,
+        auth: Authenticator,
+        access: CredentialStore,
+        limits: Limits,
+        workspaces: Workspaces,
+        max_message_bytes: int = 4 << 20,
     ) -> None:
         self._hub = hub
+        self._max_message_bytes = max_message_bytes
+        self._send_piece_bytes, self._send_message_bytes = message_sizes(max_message_bytes)
         self._workspaces = workspaces
         self._auth = auth
         self._access = access
@@ -140,6 +148,7 @@ class WorkerService(WorkspaceCalls):
                 worker_dead_grace=duration(t.worker_dead_grace_s),
                 idle_heartbeat_interval=duration(t.idle_heartbeat_interval_s) if t.idle_heartbeat_interval_s else None,
                 lease_digests=True,
+                max_message_bytes=self._max_message_bytes,
             )
 
     async def Heartbeat(

@@ -27,11 +27,18 @@ if TYPE_CHECKING:
     from ..domain._workspaces import Workspaces
     from ._auth import Authenticator
 
-#: Largest piece of a blob in one message (a worker sends 128 KiB; any message-size setting
-#: of the control plane of 256 KiB or more lets a largest piece through).
+#: Largest piece of a blob the control plane takes (a worker sizes its pieces and messages by
+#: RegisterResponse.max_message_bytes, see `message_sizes`).
 MAX_PIECE_BYTES = 1 << 20
-#: Pieces GetBlobs sends: small enough for any sensible receive limit of a worker.
-SEND_PIECE_BYTES = 128 << 10
+
+
+def message_sizes(max_message_bytes: int) -> tuple[int, int]:
+    """The pieces of a blob, and the pieces in one message, that fit messages of at most
+    `max_message_bytes` (small blobs share a message; at most 128 KiB and 512 KiB)."""
+    room = max(256, max_message_bytes - 4096)  # the rest of the message: digests, offsets
+    return min(128 << 10, room // 2), min(512 << 10, room)
+
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FILE, _DIR, _LINK = pb.WORKSPACE_ENTRY_KIND_FILE, pb.WORKSPACE_ENTRY_KIND_DIRECTORY, pb.WORKSPACE_ENTRY_KIND_SYMLINK
 
@@ -94,6 +101,8 @@ class WorkspaceCalls:
 
     _auth: Authenticator
     _workspaces: Workspaces
+    _send_piece_bytes: int
+    _send_message_bytes: int
     _worker_id: Callable[[WorkerCaller, str], str]
 
     async def FindMissingBlobs(
@@ -132,17 +141,24 @@ class WorkspaceCalls:
             caller = await self._auth.worker(context)
             worker_id = self._worker_id(caller, request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            offset = 0
-            current = ""
+            out = wpb.GetBlobsResponse()
+            size = 0
+            current, offset = "", 0
             async for digest, piece in self._workspaces.read(
                 worker_id, session_id, request.lease_epoch, caller.owner, list(request.digests)
             ):
                 if digest != current:
                     current, offset = digest, 0
-                for start in range(0, max(len(piece), 1), SEND_PIECE_BYTES):
-                    data = piece[start : start + SEND_PIECE_BYTES]
-                    yield wpb.GetBlobsResponse(chunk=wpb.BlobChunk(digest=digest, offset=offset, data=data))
+                for start in range(0, max(len(piece), 1), self._send_piece_bytes):
+                    data = piece[start : start + self._send_piece_bytes]
+                    if size + len(data) + 100 > self._send_message_bytes and out.chunks:
+                        yield out
+                        out, size = wpb.GetBlobsResponse(), 0
+                    out.chunks.append(wpb.BlobChunk(digest=digest, offset=offset, data=data))
                     offset += len(data)
+                    size += len(data) + 100
+            if out.chunks:
+                yield out
 
 
 async def _blobs_of(
@@ -150,22 +166,34 @@ async def _blobs_of(
 ) -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
     """The upload's blobs, each as (digest, size, its pieces), read from the stream as the store
     consumes them: no blob is ever whole in memory."""
-    reader = _PieceReader(rest)
-    head: wpb.PutBlobsRequest | None = first
+    reader = _PieceReader(_pieces_of(first, rest))
+    head = await reader.next_piece()
     while head is not None:
-        chunk = head.chunk
-        if chunk.offset != 0:
-            raise errors.InvalidArgument("chunk.offset", f"blob {chunk.digest[:64]} must start at offset 0")
-        yield chunk.digest, chunk.size, reader.pieces(chunk)
+        if head.offset != 0:
+            raise errors.InvalidArgument("chunks.offset", f"blob {head.digest[:64]} must start at offset 0")
+        yield head.digest, head.size, reader.pieces(head)
         head = reader.next_head
 
 
-class _PieceReader:
-    """Reads one blob's pieces off the upload stream, then the message that starts the next."""
+async def _pieces_of(
+    first: wpb.PutBlobsRequest, rest: AsyncIterator[wpb.PutBlobsRequest]
+) -> AsyncIterator[wpb.BlobChunk]:
+    for piece in first.chunks:
+        yield piece
+    async for message in rest:
+        for piece in message.chunks:
+            yield piece
 
-    def __init__(self, rest: AsyncIterator[wpb.PutBlobsRequest]) -> None:
-        self._rest = rest
-        self.next_head: wpb.PutBlobsRequest | None = None
+
+class _PieceReader:
+    """Reads one blob's pieces off the upload's pieces, then the piece that starts the next."""
+
+    def __init__(self, pieces: AsyncIterator[wpb.BlobChunk]) -> None:
+        self._pieces = pieces
+        self.next_head: wpb.BlobChunk | None = None
+
+    async def next_piece(self) -> wpb.BlobChunk | None:
+        return await anext(self._pieces, None)
 
     async def pieces(self, head: wpb.BlobChunk) -> AsyncIterator[bytes]:
         digest, size = head.digest, head.size
@@ -174,22 +202,21 @@ class _PieceReader:
         yield head.data
         offset = len(head.data)
         while offset < size:
-            message = await anext(self._rest, None)
-            if message is None:
+            piece = await self.next_piece()
+            if piece is None:
                 raise errors.InvalidArgument(
-                    "chunk", f"the upload ended {size - offset} bytes before the end of blob {digest}"
+                    "chunks", f"the upload ended {size - offset} bytes before the end of blob {digest}"
                 )
-            piece = message.chunk
             if piece.digest != digest or piece.offset != offset:
                 raise errors.InvalidArgument(
-                    "chunk.offset", f"blob {digest} continues at offset {offset}, not at {piece.offset}"
+                    "chunks.offset", f"blob {digest} continues at offset {offset}, not at {piece.offset}"
                 )
             _check_piece(piece)
             yield piece.data
             offset += len(piece.data)
-        self.next_head = await anext(self._rest, None)
+        self.next_head = await self.next_piece()
 
 
 def _check_piece(piece: wpb.BlobChunk) -> None:
     if len(piece.data) > MAX_PIECE_BYTES:
-        raise errors.InvalidArgument("chunk.data", f"pieces of a blob are at most {MAX_PIECE_BYTES} bytes")
+        raise errors.InvalidArgument("chunks.data", f"pieces of a blob are at most {MAX_PIECE_BYTES} bytes")

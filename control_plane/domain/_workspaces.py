@@ -72,7 +72,7 @@ class Workspaces:
         async def checked() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
             nonlocal used
             async for digest, size, chunks in blobs:
-                _check_digests("chunk.digest", [digest])
+                _check_digests("chunks.digest", [digest])
                 self._check_blob_size(owner, digest, size, used)
                 used += size
                 tally[0] += 1
@@ -82,7 +82,7 @@ class Workspaces:
         try:
             await self._blobs.put(owner, checked())
         except BlobMismatch as mismatch:
-            raise errors.InvalidWorkspace("chunk.data", str(mismatch)) from None
+            raise errors.InvalidWorkspace("chunks.data", str(mismatch)) from None
         return tally[0], tally[1]
 
     def _check_blob_size(self, owner: str, digest: str, size: int, used: int) -> None:
@@ -129,7 +129,7 @@ class Workspaces:
         chunk and every blob a chunk names is stored, the paths stay inside the workspace, the
         counts are what the chunks hold, and the owner's limits are kept."""
         _check_digests("workspace.chunk_digests", chunk_digests)
-        missing = await self._blobs.missing(owner, list(dict.fromkeys(chunk_digests)))
+        missing = await self._blobs.missing(owner, list(dict.fromkeys(chunk_digests))) if chunk_digests else []
         if missing:
             raise errors.InvalidWorkspace(
                 "workspace.chunk_digests",

@@ -54,7 +54,7 @@ class Worker(FakeWorker):
                         digest=digest, size=len(data), offset=offset, data=data[offset : offset + piece]
                     )
                     head = {"worker_id": self.worker_id, "session_id": self.session_id, "lease_epoch": self.epoch}
-                    yield wpb.PutBlobsRequest(chunk=chunk, **(head if first else {}))
+                    yield wpb.PutBlobsRequest(chunks=[chunk], **(head if first else {}))
                     first = False
 
         return await self.stub.PutBlobs(requests(), timeout=10)
@@ -74,7 +74,8 @@ class Worker(FakeWorker):
         )
         out: dict[str, bytearray] = {}
         async for message in self.stub.GetBlobs(request, timeout=10):
-            out.setdefault(message.chunk.digest, bytearray()).extend(message.chunk.data)
+            for piece in message.chunks:
+                out.setdefault(piece.digest, bytearray()).extend(piece.data)
         return {k: bytes(v) for k, v in out.items()}
 
     async def snapshot(self, seq: int, chunks: list[bytes], files: int, size: int) -> wpb.SnapshotResponse:

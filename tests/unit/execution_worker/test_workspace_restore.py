@@ -364,7 +364,8 @@ def test_a_full_disk_fails_the_restore_and_leaves_no_partial_file(
     root, stage = tmp_path / "ws", tmp_path / "stage"
     write(root, {"f": "previous"})
     stage.mkdir()
-    entries = [entry("f", content=b"x" * 5000)]
+    # Two files of one blob: the first is a copy (the last use is moved into place).
+    entries = [entry("f", content=b"x" * 5000), entry("g", content=b"x" * 5000)]
     (stage / sha(b"x" * 5000)).write_bytes(b"x" * 5000)
     real_write = os.write
 

@@ -59,7 +59,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., output_schema_runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests")
+    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests", "max_message_bytes")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class RegisterResponse(_message.Message):
     WORKER_DEAD_GRACE_FIELD_NUMBER: _ClassVar[int]
     IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     registration_id: str
     heartbeat_interval: _duration_pb2.Duration
@@ -84,7 +85,8 @@ class RegisterResponse(_message.Message):
     worker_dead_grace: _duration_pb2.Duration
     idle_heartbeat_interval: _duration_pb2.Duration
     lease_digests: bool
-    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_digests: _Optional[bool] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_digests: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "registration_id", "running_turns", "leases")
@@ -435,16 +437,16 @@ class BlobChunk(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PutBlobsRequest(_message.Message):
-    __slots__ = ("worker_id", "session_id", "lease_epoch", "chunk")
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "chunks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     session_id: str
     lease_epoch: int
-    chunk: BlobChunk
-    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[BlobChunk]
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[BlobChunk, _Mapping]]] = ...) -> None: ...
 
 class PutBlobsResponse(_message.Message):
     __slots__ = ("blob_count", "bytes_received")
@@ -467,7 +469,7 @@ class GetBlobsRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetBlobsResponse(_message.Message):
-    __slots__ = ("chunk",)
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
-    chunk: BlobChunk
-    def __init__(self, chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[BlobChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[BlobChunk, _Mapping]]] = ...) -> None: ...
