@@ -68,6 +68,7 @@ PINNED: dict[str, list[str]] = {
         "WorkerNotConnectedError",
         "WorkerStatus",
         "WorkerToken",
+        "WorkspaceRestored",
     ],
     "tether.sdk.codex_import": [
         "BUNDLE_VERSION",
@@ -98,6 +99,7 @@ PINNED: dict[str, list[str]] = {
         "SCHEMA_HEAD",
         "SchemaNotCurrent",
         "SchemaState",
+        "SqlBlobStore",
         "Upgrade",
         "UpgradeFailed",
         "WriteFailed",
