@@ -5,8 +5,9 @@ creates sessions; runs turns whose output streams live; shows two workers sharin
 an interrupt, a snapshot of the model-visible history, a subscriber replaying the durable log
 from a cursor, then the heart of Tether: it SIGKILLs the worker holding a session in the middle
 of a conversation, and the next turn runs on the other worker and remembers what was said,
-because that worker's runtime was rehydrated from the control plane; and `RestoreSession` moves
-the session onto a worker it names. Everything runs on 127.0.0.1 and stops by itself.
+because that worker's runtime was rehydrated from the control plane, and finds the files a
+session wrote there, restored from its workspace checkpoint; and `RestoreSession` moves the
+session onto a worker it names. Everything runs on 127.0.0.1 and stops by itself.
 
 Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
 """
@@ -136,6 +137,9 @@ async def follow(client: sdk.AsyncClient, session_id: str, turn_id: str, label: 
             say(f"{tag} $ {e.input.replace(chr(10), '; ')}")
         elif e.kind == "turn_started":
             say(f"{tag} started on {style.worker(e.worker_id)}")
+        elif e.kind == "workspace_restored" and e.workspace_restored is not None:
+            w = e.workspace_restored
+            say(f"{tag} workspace restored: {w.file_count} files, {w.total_bytes} bytes ({w.files_written} written)")
         elif e.kind == "output":
             for line in e.text.splitlines():
                 say(f"{tag} {e.stream}: {style(line, 'red') if e.stream == 'stderr' else line}")
@@ -235,7 +239,7 @@ REMEMBER = ("say my name is Ada", "say I keep bees")
 
 
 async def survive_a_kill(
-    client: sdk.AsyncClient, workers: dict[str, subprocess.Popen], target: str, tmp: pathlib.Path
+    client: sdk.AsyncClient, workers: dict[str, subprocess.Popen], target: str, tmp: pathlib.Path, files_session: str
 ) -> None:
     heading("6. A session outlives its worker: SIGKILL the worker that holds it mid-conversation:")
     session = (await client.create_session("script")).session_id
@@ -244,6 +248,10 @@ async def survive_a_kill(
         turn = await run_turn(client, session, line, "s3")
     holder = turn.worker_id
     epoch = (await client.get_session(session)).lease_epoch
+    # Session s1's files (notes.txt, from step 1) go down with the same worker.
+    if (await client.get_session(files_session)).worker_id != holder:
+        await client.restore_session(files_session, worker_id=holder, timeout_s=TURN_TIMEOUT_S)
+    say(f"   session s1 (its workspace holds notes.txt from step 1) is on {style.worker(holder)} too")
     doomed = workers[holder]
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
@@ -268,6 +276,14 @@ async def survive_a_kill(
         f"   failover: the next turn ran on {style.worker(survivor)} at lease epoch {moved.lease_epoch}, and it "
         + style("remembers", "green", "bold")
         + f" both earlier turns: its runtime was rehydrated from the control plane's log, not from {holder}"
+    )
+
+    files = await run_turn(client, files_session, "cat notes.txt", "s1")
+    if files.worker_id == holder or "notes" not in await output_of(client, files):
+        raise DemoFailed(f"session s1's notes.txt did not survive the SIGKILL of {holder} (ran on {files.worker_id})")
+    say(
+        f"   and its files came too: notes.txt, written on {holder} in step 1, is on {style.worker(files.worker_id)}, "
+        "restored from the session's last workspace checkpoint"
     )
 
     heading(f"7. RestoreSession moves an idle session onto a worker you choose: {holder} is back, move it there:")
@@ -304,7 +320,7 @@ async def demo(tmp: pathlib.Path) -> None:
                 "(shell and script runtimes, 1 slot each), dialing out to the control plane"
             )
             main_session = await tour(client)
-            await survive_a_kill(client, workers, target, tmp)
+            await survive_a_kill(client, workers, target, tmp, main_session)
 
             heading("Summary:")
             final = await client.get_session(main_session)

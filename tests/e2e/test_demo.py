@@ -68,6 +68,10 @@ def test_the_demo_survives_a_sigkill_and_restores_onto_a_chosen_worker():
     assert "stdout: recalled: say my name is Ada" in recall_turn
     assert "stdout: recalled: say I keep bees" in recall_turn
     assert re.search(rf"failover: the next turn ran on {other} at lease epoch [2-9]", after), after
+    # The shell session's notes.txt (step 1) was on the killed worker too, and is read on the other.
+    files_turn = turn_lines(after, "cat notes.txt")
+    assert f"started on {other}" in files_turn and "stdout: notes" in files_turn, files_turn
+    assert f"notes.txt, written on {killed} in step 1, is on {other}" in " ".join(after.split()), after
 
     # Step 7: the killed worker comes back and RestoreSession puts the session on it by name.
     restore = after.split("7. RestoreSession", 1)[1]
