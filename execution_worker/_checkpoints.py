@@ -115,7 +115,11 @@ class Checkpoints:
     # -- checkpoints ------------------------------------------------------------------------------
 
     async def scan(self, workspace: SessionWorkspace) -> Checkpoint:
-        """Scan the workspace; the caller already holds its gate (taken with the history)."""
+        """Scan the workspace; the caller already holds its gate (taken with the history). An
+        empty workspace is scanned on the loop (microseconds, less than a thread hop); any
+        other in a thread, however small it was last time: one turn can write a whole tree."""
+        if _is_empty(workspace.root):
+            return workspace.scanner.scan()
         return await asyncio.to_thread(workspace.scanner.scan)
 
     async def upload(self, workspace: SessionWorkspace, checkpoint: Checkpoint, lease_epoch: int) -> None:
@@ -300,6 +304,15 @@ class _BlobSink:
             os.close(self._fd)
             self._fd = -1
             _unlink_quietly(self._temp)
+
+
+def _is_empty(root: Path) -> bool:
+    """Whether the directory `root` holds nothing (or is not there): one getdents."""
+    try:
+        with os.scandir(root) as listing:
+            return next(listing, None) is None
+    except OSError:
+        return False
 
 
 def _unlink_quietly(path: str) -> None:
