@@ -46,8 +46,19 @@ def describe_event(event: Event) -> str:
         EventKind.TURN_INTERRUPTED: event.reason,
         EventKind.TURN_WAITING: event.reason,
         EventKind.RUNTIME: f"{event.runtime_event_name} {event.runtime_json}",
+        EventKind.WORKSPACE_RESTORED: _restored_detail(event),
     }.get(event.kind, "")
     return f"#{event.seq} {event.turn_id} {event.kind.value or 'unknown'} {detail}".rstrip()
+
+
+def _restored_detail(event: Event) -> str:
+    w = event.workspace_restored
+    if w is None:
+        return ""
+    return (
+        f"worker={event.worker_id} files={w.file_count} bytes={w.total_bytes} written={w.files_written} "
+        f"downloaded={w.bytes_downloaded} removed={w.files_removed}"
+    )
 
 
 def _write_click(text: str, err: bool) -> None:
