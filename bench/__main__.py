@@ -34,6 +34,7 @@ from . import (
     turns,
     typescript,
     worker_memory,
+    workspace,
 )
 
 BENCHES = {
@@ -44,6 +45,7 @@ BENCHES = {
     "failover": failover.main,
     "rehydrate": rehydrate.main,
     "fork": fork.main,
+    "workspace": workspace.main,
     "bundle": bundle.main,
     "retention": retention.main,
     "purge": purge.main,
