@@ -4,8 +4,14 @@
     python -m bench.chaos --sessions 20 ...     # other sizes (see --help)
 
 What runs: one control plane (a process, SQLite file, fixed port) and M shell workers (processes,
-a few slots each). N sessions each run K turns (3-5) one after another; turn j of session i
-is ``echo si-tj-a; sleep 0.05-0.4; echo si-tj-b``, so its whole output is known in advance.
+a few slots each). N sessions each run K turns (3-5) one after another, the driver pausing
+0-0.3 s before each next one; attempt a of turn j of session i is
+``echo si-tj-a; echo si-tj-attempt<a> >> ledger.txt; sleep 0.05-0.4; echo si-tj-b``, so its
+whole output is known in advance, and the session's workspace keeps a ledger of the attempts
+that ran in it. The workspace moves with the session: the worker checkpoints it after a turn
+(unless the next turn starts within 50 ms: its end covers both), and a worker taking the session
+at a new epoch restores the latest checkpoint first. After the chaos, one more turn per session
+prints the ledger (``cat ledger.txt``; nothing when there is none).
 
 Chaos, all at random intervals and bounded in count:
 
@@ -40,13 +46,27 @@ after the control plane stops) and checked:
 - every completed turn printed exactly its two lines and exited 0; every intended turn
   completed exactly once, as the last attempt for it; GetTurn agrees with the log;
 - lease_epoch never goes down along the log and is the same for all worker-written events of
-  a turn (and equals the turn's epoch): anything else is a stale write the control plane took.
+  a turn (and equals the turn's epoch): anything else is a stale write the control plane took;
+- the ledger (check_ledger): every checkpoint of the session stored in the SQLite file is read
+  back as a restore reads it (manifest chunks, the ledger's entry, its blob's pieces, checked
+  against the digest). In seq order, with what the read printed placed at the read's first
+  seq, each ledger is a prefix of the next: above all, the latest checkpoint stored before the
+  read is a prefix of what it printed (lines may only have been appended since). Every ledger,
+  printed or stored, holds only whole lines of attempts the driver sent, each at most once and
+  in the order sent. An attempt lost with its worker may or may not have written its line, and a
+  completed turn's line is gone when its worker died before the checkpoint after it: both are
+  counted, not failed, since no checkpoint held them.
 
 Figures (one JSON line each): chaos_sessions_total, chaos_sessions_lost (must be 0: sessions
-that did not complete all intended turns or whose log failed a check), chaos_events_duplicated
-(must be 0), chaos_stale_writes_accepted (must be 0), chaos_worker_kills, chaos_worker_freezes,
-chaos_cp_restarts,
-chaos_duration_s, chaos_turns_lost_to_worker_death, chaos_turns_failed_other (informational).
+that did not complete all intended turns and the ledger read, or whose log failed a check),
+chaos_events_duplicated (must be 0), chaos_stale_writes_accepted (must be 0),
+chaos_checkpointed_lines_lost (must be 0: lines of a stored checkpoint's ledger missing in place
+from a later checkpoint or from what the read printed; an unreadable checkpoint counts 1),
+chaos_ledger_lines_bad (must be 0), chaos_sessions_checkpointed (sessions with a checkpoint
+stored before the read, of those that completed a turn), chaos_workspace_restored (events, and
+how many came with the ledger reads), chaos_worker_kills, chaos_worker_freezes, chaos_cp_restarts,
+chaos_duration_s (the intended turns; the reads are timed apart), chaos_turns_lost_to_worker_death,
+chaos_turns_failed_other (informational).
 The process exits non-zero when a must-be-0 figure is not 0; logs are then kept and their path
 printed.
 """
@@ -65,16 +85,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tether import sdk
 
 from ._chaos_checks import (
+    LEDGER_READ,
     Attempt,
     ChaosResult,
     SessionRun,
+    StoredLedger,
     _db_epochs,
+    _db_ledgers,
     _read_back,
+    check_ledger,
     check_session,
     report,
 )
@@ -97,6 +122,9 @@ class ChaosConfig:
     slots: int = 2
     turns: tuple[int, int] = (3, 5)  # turns per session, inclusive range
     sleep_s: tuple[float, float] = (0.05, 0.4)  # each turn's `sleep`
+    # The driver's pause before each next turn: past the worker's 50 ms snapshot debounce, the
+    # turn before is checkpointed on its own (back to back, the next turn's end covers it).
+    pause_s: tuple[float, float] = (0.0, 0.3)
     cp_restarts: int = 2
     max_worker_kills: int = 40
     kill_interval_s: tuple[float, float] = (1.0, 3.0)
@@ -111,6 +139,7 @@ class ChaosConfig:
     # after its own random pause.
     cp_crash_kills_worker: bool = True
     time_cap_s: float = 180.0  # about 3.5x a normal run of the defaults on 2 cores
+    ledger_read_cap_s: float = 60.0
     max_attempts: int = 6
     # Control-plane flags (name without dashes -> value); flags this build lacks are reported.
     cp_timings: dict[str, float] = field(default_factory=dict)
@@ -290,6 +319,43 @@ async def _follow_to_end(
     return None, cursor
 
 
+async def _turn(
+    client: sdk.AsyncClient,
+    run: SessionRun,
+    j: int,
+    command: Callable[[int], str],
+    cfg: ChaosConfig,
+    deadline: float,
+    retries: Retries,
+) -> bool:
+    """Send turn j (attempt a runs `command(a)`) until an attempt completes, at most
+    `max_attempts` times. False, with `run.error` set, when none did."""
+    for a in range(cfg.max_attempts):
+        at = Attempt(j, a, f"chaos-s{run.index}-t{j}-a{a}")
+        run.attempts.append(at)
+        text = command(a)
+        turn = await retry(
+            lambda text=text, at=at: client.send_input(run.session_id, text, idempotency_key=at.key),
+            deadline=deadline,
+            retries=retries,
+        )
+        at.turn_id = turn.turn_id
+        end, run.cursor = await _follow_to_end(client, run, turn.turn_id, run.cursor, deadline, retries)
+        if end is None:
+            run.error = f"turn {j} attempt {a} ({turn.turn_id}) did not end before the time cap"
+            return False
+        at.outcome = end.kind.value
+        if end.kind == sdk.EventKind.TURN_COMPLETED:
+            return True
+        if end.kind == sdk.EventKind.TURN_FAILED:
+            at.worker_lost = end.worker_lost
+            at.message = end.error_message
+        else:
+            at.message = end.reason
+    run.error = f"turn {j} did not complete in {cfg.max_attempts} attempts"
+    return False
+
+
 async def _drive(
     client: sdk.AsyncClient,
     run: SessionRun,
@@ -299,39 +365,29 @@ async def _drive(
     retries: Retries,
     on_done,
 ) -> None:
-    cursor = 0
     try:
         for j in range(run.n_turns):
+            if j:
+                await asyncio.sleep(rng.uniform(*cfg.pause_s))
             sleep_s = rng.uniform(*cfg.sleep_s)
-            command = run.command(j, sleep_s)
-            for a in range(cfg.max_attempts):
-                at = Attempt(j, a, f"chaos-s{run.index}-t{j}-a{a}")
-                run.attempts.append(at)
-                turn = await retry(
-                    lambda command=command, at=at: client.send_input(run.session_id, command, idempotency_key=at.key),
-                    deadline=deadline,
-                    retries=retries,
-                )
-                at.turn_id = turn.turn_id
-                end, cursor = await _follow_to_end(client, run, turn.turn_id, cursor, deadline, retries)
-                if end is None:
-                    run.error = f"turn {j} attempt {a} ({turn.turn_id}) did not end before the time cap"
-                    return
-                at.outcome = end.kind.value
-                if end.kind == sdk.EventKind.TURN_COMPLETED:
-                    break
-                if end.kind == sdk.EventKind.TURN_FAILED:
-                    at.worker_lost = end.worker_lost
-                    at.message = end.error_message
-                else:
-                    at.message = end.reason
-            else:
-                run.error = f"turn {j} did not complete in {cfg.max_attempts} attempts"
+            if not await _turn(
+                client, run, j, lambda a, j=j, sleep_s=sleep_s: run.command(j, a, sleep_s), cfg, deadline, retries
+            ):
                 return
             run.completed += 1
             on_done()
     except Exception as exc:  # a non-transient error, or the time cap in the middle of a retry
         run.error = f"{type(exc).__name__}: {exc}"
+
+
+async def _read_ledger(
+    client: sdk.AsyncClient, run: SessionRun, cfg: ChaosConfig, deadline: float, retries: Retries
+) -> None:
+    """After the chaos: one more turn that prints the session's ledger file."""
+    try:
+        await _turn(client, run, run.n_turns, lambda a: LEDGER_READ, cfg, deadline, retries)
+    except Exception as exc:
+        run.error = f"ledger read: {type(exc).__name__}: {exc}"
 
 
 async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosResult:
@@ -371,12 +427,22 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
                 await chaos_task
                 await chaos.settle()
                 await asyncio.wait_for(chaos.cp_up.wait(), 60)
+                t1 = time.monotonic()
+                await asyncio.gather(
+                    *(
+                        _read_ledger(client, run, cfg, t1 + cfg.ledger_read_cap_s, retries)
+                        for run in runs
+                        if not run.error
+                    )
+                )
+                res.ledger_read_s = time.monotonic() - t1
                 logs, turns = await _read_back(client, runs, retries, time.monotonic() + 120)
             res.worker_kills = chaos.kills
             res.worker_freezes = chaos.freezes
             res.cp_restarts = chaos.cp_restarts
             ps.stop_all()
             db_epochs, db_counts = _db_epochs(ps.tmp / "bench.db")
+            stored = _db_ledgers(ps.tmp / "bench.db")
         api_has_epochs = any(e.lease_epoch for evs in logs.values() for e in evs)
         res.epoch_source = "api" if api_has_epochs else "sqlite events.lease_epoch (the API sends none)"
         for run in runs:
@@ -395,6 +461,7 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
             if tally.problems:
                 res.sessions_lost += 1
                 res.problems.extend(tally.problems[:3])
+            _tally_ledger(res, run, events, stored.get(run.session_id, []))
             res.stream_gaps += run.stream_gaps
             for a in run.attempts:
                 res.turns_sent += 1
@@ -421,6 +488,27 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tally_ledger(res: ChaosResult, run: SessionRun, events: list[sdk.Event], stored: list[StoredLedger]) -> None:
+    """One session's restores and ledger check, added to the figures."""
+    reads = {a.turn_id for a in run.attempts if a.j == run.n_turns}
+    for e in events:
+        if e.kind == sdk.EventKind.WORKSPACE_RESTORED:
+            res.workspace_restored += 1
+            res.workspace_restored_at_read += e.turn_id in reads
+    res.sessions_with_a_turn += run.completed > 0
+    ledger = check_ledger(run, events, stored)
+    if ledger is None:
+        return  # no ledger read completed: check_session failed the session
+    res.checkpointed_lines_lost += ledger.lines_lost
+    res.ledger_lines_bad += ledger.lines_bad
+    res.problems.extend(ledger.problems[:3])
+    res.sessions_checkpointed += run.completed > 0 and ledger.checkpoints > 0
+    res.checkpoints += ledger.checkpoints
+    res.lines_checkpointed += ledger.lines_checkpointed
+    res.completed_turns_not_kept += ledger.completed_not_kept
+    res.lost_attempts_kept += ledger.lost_attempts_kept
+
+
 async def main(cfg: ChaosConfig | None = None) -> bool:
     res = await run_chaos(cfg or ChaosConfig())
     report(res)
@@ -435,6 +523,7 @@ def _cli() -> None:
     p.add_argument("--slots", type=int, default=d.slots)
     p.add_argument("--turns", type=int, nargs=2, default=d.turns)
     p.add_argument("--sleep-s", type=float, nargs=2, default=d.sleep_s)
+    p.add_argument("--pause-s", type=float, nargs=2, default=d.pause_s)
     p.add_argument("--cp-restarts", type=int, default=d.cp_restarts)
     p.add_argument("--max-worker-kills", type=int, default=d.max_worker_kills)
     p.add_argument("--time-cap-s", type=float, default=d.time_cap_s)
@@ -457,6 +546,7 @@ def _cli() -> None:
         slots=a.slots,
         turns=tuple(a.turns),
         sleep_s=tuple(a.sleep_s),
+        pause_s=tuple(a.pause_s),
         cp_restarts=a.cp_restarts,
         max_worker_kills=a.max_worker_kills,
         time_cap_s=a.time_cap_s,
