@@ -260,7 +260,7 @@ class ControlPlane:
         )
         server.add_generic_rpc_handlers(
             (
-                _handlers("tether.v1.SessionService", SessionService(self.hub, auth)),
+                _handlers("tether.v1.SessionService", SessionService(self.hub, auth, workspaces)),
                 _handlers(
                     "tether.v1.WorkerService",
                     WorkerService(self.hub, auth, access, s.limits, workspaces, s.max_message_bytes),

@@ -357,7 +357,8 @@ def _is_loopback(host: str) -> bool:
     show_default=True,
     envvar="TETHER_MAX_IMPORT_MIB",
     show_envvar=True,
-    help="Largest session bundle ImportSession reads, in MiB (it is held in memory while checked).",
+    help="Largest session bundle ImportSession reads, in MiB, less its workspace blobs (the rest is held in "
+    "memory while checked; blobs are stored as they arrive, within the workspace limits).",
 )
 @click.option(
     "--events-per-second-per-session",

@@ -57,8 +57,8 @@ def revert(lazy: LazyClient, session_id: str, turn_id: str, as_json: bool) -> No
 )
 @pass_lazy
 def export(lazy: LazyClient, session_id: str, output: str) -> None:
-    """Write a session (no turn queued or running) as a bundle: its turns, events, requests and
-    snapshots, JSON Lines (docs/bundles.md)."""
+    """Write a session (no turn queued or running) as a bundle: its turns, events, requests,
+    snapshots and workspace checkpoints with their files, JSON Lines (docs/bundles.md)."""
     chunks = lazy.client.export_session(session_id)
     if output == "-":
         out = sys.stdout.buffer

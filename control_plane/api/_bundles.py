@@ -1,16 +1,18 @@
 """The session bundle's encoding (docs/bundles.md): JSON Lines of the contract's messages in
 the protobuf JSON mapping, versioned, written by ExportSession and read by ImportSession.
 
-`encode` turns a `SessionBundle` of stored records into chunks of the bundle. `BundleReader`
-takes the chunks of an import as they arrive, checks each line as soon as it is whole (so a
-bad bundle is refused at its first bad line, naming it), keeps the byte limit, and gives back
-the records once the `end` line has been checked against what came before it.
+`encode` turns a `SessionBundle` of stored records, and the pieces of the workspace blobs its
+checkpoints name, into chunks of the bundle. `BundleReader` takes the chunks of an import as
+they arrive, checks each line as soon as it is whole (so a bad bundle is refused at its first
+bad line, naming it), keeps the byte limit, hands the pieces of `blob` lines on as they come
+(they are stored, not held), and gives back the records once the `end` line has been checked
+against what came before it. The workspace lines' own encoding is in `_bundle_workspace.py`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, cast
@@ -23,6 +25,7 @@ from tether.v1 import resources_pb2 as pb
 from ..domain import errors
 from ..domain.hub import SessionBundle
 from ..domain.model import (
+    Checkpoint,
     Event,
     PendingRequest,
     RequestKind,
@@ -32,13 +35,22 @@ from ..domain.model import (
     Turn,
     TurnState,
 )
+from . import _bundle_workspace as ws
 from . import _validate as v
+from ._bundle_workspace import BlobPiece
 from ._convert import HistoryCodec, request_pb, snapshot_pb, ts, turn_pb
 
-VERSION = 1
+#: The version `encode` writes; `BundleReader` reads it and every older one (docs/bundles.md).
+VERSION = 2
 _CHUNK = 64 * 1024
 # The order of a bundle's lines: each key's phase; a line may repeat its phase or move on.
-_PHASES = {"session": 1, "turn": 2, "event": 3, "request": 4, "snapshot": 5, "end": 6}
+_PHASES = {"session": 1, "turn": 2, "event": 3, "request": 4, "snapshot": 5, "checkpoint": 6, "blob": 7, "end": 8}
+# Version 1 has no workspace: its end line counts the first four.
+_V1_KINDS = ("session", "turn", "event", "request", "snapshot", "end")
+_COUNTS = {
+    1: ("turns", "events", "requests", "snapshots"),
+    2: ("turns", "events", "requests", "snapshots", "checkpoints", "blobs"),
+}
 _ENDED = {TurnState.COMPLETED, TurnState.FAILED, TurnState.INTERRUPTED}
 
 
@@ -57,8 +69,11 @@ def _producer() -> str:
         return "tether"
 
 
-async def encode(bundle: SessionBundle) -> AsyncIterator[bytes]:
-    """The bundle's bytes, in chunks of about 64 KiB."""
+async def encode(
+    bundle: SessionBundle, blob_pieces: AsyncIterator[tuple[str, int, int, bytes]]
+) -> AsyncIterator[bytes]:
+    """The bundle's bytes, in chunks of at most 64 KiB; `blob_pieces` are the (digest, size,
+    offset, piece) of the blobs `bundle.checkpoints` name, each blob's pieces in order."""
     s = bundle.session
     header = {
         "tether_bundle": VERSION,
@@ -80,7 +95,8 @@ async def encode(bundle: SessionBundle) -> AsyncIterator[bytes]:
         session.state = pb.SESSION_STATE_ARCHIVED
     out = bytearray(json.dumps(header, separators=(",", ":")).encode() + b"\n")
     out += _line("session", _as_json(session))
-    counts = {"turns": len(bundle.turns), "events": 0, "requests": len(bundle.requests), "snapshots": 0}
+    counts = dict.fromkeys(_COUNTS[VERSION], 0)
+    counts |= {"turns": len(bundle.turns), "requests": len(bundle.requests), "checkpoints": len(bundle.checkpoints)}
     for turn in bundle.turns:
         out += _line("turn", _as_json(turn_pb(turn)))
     events = bundle.events
@@ -92,18 +108,37 @@ async def encode(bundle: SessionBundle) -> AsyncIterator[bytes]:
             out += _line("event", _as_json(msg))
             counts["events"] += 1
             if len(out) >= _CHUNK:
-                yield bytes(out)
-                out.clear()
+                for chunk in _cut(out):
+                    yield chunk
     for request in bundle.requests:
         out += _line("request", _as_json(request_pb(request)))
     for snap in bundle.snapshots:
         out += _line("snapshot", _as_json(snapshot_pb(snap)))
         counts["snapshots"] += 1
         if len(out) >= _CHUNK:
-            yield bytes(out)
-            out.clear()
+            for chunk in _cut(out):
+                yield chunk
+    for checkpoint in bundle.checkpoints:
+        out += _line("checkpoint", ws.checkpoint_json(checkpoint))
+    async for digest, size, offset, piece in blob_pieces:
+        if offset == 0:
+            counts["blobs"] += 1
+        out += _line("blob", ws.blob_json(digest, size, offset, piece))
+        if len(out) >= _CHUNK:
+            for chunk in _cut(out):
+                yield chunk
     out += _line("end", counts)
-    yield bytes(out)
+    for chunk in _cut(out):
+        yield chunk
+
+
+def _cut(out: bytearray) -> list[bytes]:
+    """`out` in pieces of at most `_CHUNK` bytes (a blob line is larger), and `out` emptied."""
+    view = memoryview(out)
+    chunks = [bytes(view[i : i + _CHUNK]) for i in range(0, len(out), _CHUNK)]
+    view.release()
+    out.clear()
+    return chunks
 
 
 async def _one_page(events: list[Event]) -> AsyncIterator[list[Event]]:
@@ -111,15 +146,18 @@ async def _one_page(events: list[Event]) -> AsyncIterator[list[Event]]:
 
 
 class BundleReader:
-    """Reads an import's chunks as they arrive; `finish` gives the records of a whole, valid
-    bundle. Every refusal is `InvalidBundle` (or `UnsupportedBundleVersion`, `LimitExceeded`)."""
+    """Reads an import's chunks as they arrive (`read`, which yields the pieces of its `blob`
+    lines); `finish` then gives the records of a whole, valid bundle. Every refusal is
+    `InvalidBundle` (or `UnsupportedBundleVersion`, `LimitExceeded`). The byte limit counts the
+    lines held until the end, not the blob lines, which are stored as they come."""
 
     def __init__(self, max_bytes: int, max_mib: int) -> None:
         self._max_bytes = max_bytes
         self._max_mib = max_mib
         self._size = 0
-        self._pending = b""
-        self._line_no = 0
+        self._pending = bytearray()
+        self.line = 0  # the last line read
+        self._version = VERSION
         self._phase = 0
         self._session: Session | None = None
         self._turns: list[Turn] = []
@@ -129,32 +167,48 @@ class BundleReader:
         self._requests: list[PendingRequest] = []
         self._request_ids: set[str] = set()
         self._snapshots: list[Snapshot] = []
+        self._checkpoints: list[Checkpoint] = []
+        self.checkpoint_lines: list[int] = []  # the line of each checkpoint
+        self.blob_lines: dict[str, int] = {}  # each blob's first line
+        self._blob: BlobPiece | None = None  # the blob whose pieces are coming, and where its next starts
         self._ended = False
 
-    def feed(self, chunk: bytes) -> None:
-        self._size += len(chunk)
-        if self._size > self._max_bytes:
-            raise errors.LimitExceeded(
-                "max_import_mib",
-                self._max_mib,
-                f"the bundle passed {self._max_mib} MiB at line {self._line_no + 1}; raise --max-import-mib "
-                "on the control plane, or export less (fork the part you need first)",
-            )
-        data = self._pending + chunk
-        lines = data.split(b"\n")
-        self._pending = lines.pop()
-        for raw in lines:
-            self._read_line(raw)
+    async def read(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[BlobPiece]:
+        """Read the bundle's chunks, checking each line; yields the piece of each `blob` line."""
+        async for chunk in chunks:
+            lines = chunk.split(b"\n")
+            if len(lines) > 1:
+                self._pending += lines[0]
+                lines[0] = bytes(self._pending)
+                self._pending.clear()
+                for raw in lines[:-1]:
+                    piece = self._read_line(raw)
+                    if piece is not None:
+                        yield piece
+            self._pending += lines[-1]
+            if len(self._pending) > max(self._max_bytes - self._size, ws.MAX_BLOB_LINE):
+                self._over_limit()
+        if self._pending:
+            raw = bytes(self._pending)
+            self._pending.clear()
+            piece = self._read_line(raw)
+            if piece is not None:
+                yield piece
+
+    def _over_limit(self) -> None:
+        raise errors.LimitExceeded(
+            "max_import_mib",
+            self._max_mib,
+            f"the bundle passed {self._max_mib} MiB at line {self.line + 1}; raise --max-import-mib "
+            "on the control plane, or export less (fork the part you need first)",
+        )
 
     def finish(self) -> SessionBundle:
-        if self._pending:
-            self._read_line(self._pending)
-            self._pending = b""
-        if self._line_no == 0:
+        if self.line == 0:
             raise errors.InvalidBundle(0, "the bundle is empty")
         if not self._ended:
             raise errors.InvalidBundle(
-                self._line_no, "the bundle ends without its 'end' line: it is truncated; export it again"
+                self.line, "the bundle ends without its 'end' line: it is truncated; export it again"
             )
         assert self._session is not None
         compacted = self._session.compacted_seq
@@ -162,36 +216,53 @@ class BundleReader:
             raise errors.InvalidBundle(
                 2, f"the session's events up to seq {compacted} were compacted, but no snapshot covers them"
             )
-        return SessionBundle(self._session, self._turns, self._requests, self._snapshots, self._events)
+        return SessionBundle(
+            self._session, self._turns, self._requests, self._snapshots, self._events, self._checkpoints
+        )
 
     # ----------------------------------------------------------------- lines
 
-    def _read_line(self, raw: bytes) -> None:
-        self._line_no += 1
-        n = self._line_no
+    def _read_line(self, raw: bytes) -> BlobPiece | None:
+        self.line += 1
+        n = self.line
         if self._ended:
             if raw.strip():
                 raise errors.InvalidBundle(n, "there is data after the 'end' line")
-            return
+            return None
         try:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise errors.InvalidBundle(n, f"not JSON ({exc})") from None
         if n == 1:
             self._header(value)
-            return
+            self._held(raw)
+            return None
         if not isinstance(value, dict) or len(value) != 1:
             raise errors.InvalidBundle(n, "a line must be a JSON object with exactly one key")
         ((key, body),) = value.items()
         phase = _PHASES.get(key)
-        if phase is None:
-            raise errors.InvalidBundle(n, f"unknown line kind {key!r}; expected one of {', '.join(_PHASES)}")
+        kinds = _V1_KINDS if self._version == 1 else _PHASES
+        if phase is None or key not in kinds:
+            raise errors.InvalidBundle(
+                n, f"unknown line kind {key!r}; a version-{self._version} bundle has {', '.join(kinds)}"
+            )
         if phase < self._phase or (phase == 1 and self._phase == 1):
             raise errors.InvalidBundle(n, f"a {key!r} line cannot come after a {self._kind()!r} line")
         if phase > 1 and self._phase == 0:
             raise errors.InvalidBundle(n, "the 'session' line must come right after the header")
+        if self._blob is not None and key != "blob":
+            raise errors.InvalidBundle(n, ws.unfinished(self._blob))
         self._phase = phase
+        if key == "blob":
+            return self._on_blob(n, body)
+        self._held(raw)
         getattr(self, f"_on_{key}")(n, body)
+        return None
+
+    def _held(self, raw: bytes) -> None:
+        self._size += len(raw) + 1
+        if self._size > self._max_bytes:
+            self._over_limit()
 
     def _kind(self) -> str:
         return next(k for k, p in _PHASES.items() if p == self._phase)
@@ -200,8 +271,9 @@ class BundleReader:
         if not isinstance(value, dict) or "tether_bundle" not in value:
             raise errors.InvalidBundle(1, "not a Tether session bundle (no 'tether_bundle' header)")
         version = value["tether_bundle"]
-        if version != VERSION or isinstance(version, bool):
+        if not isinstance(version, int) or isinstance(version, bool) or version not in _COUNTS:
             raise errors.UnsupportedBundleVersion(version, VERSION)
+        self._version = version
 
     def _parse(self, n: int, body: Any, message: Message, what: str) -> Any:
         if not isinstance(body, dict):
@@ -357,13 +429,31 @@ class BundleReader:
             )
         )
 
+    def _on_checkpoint(self, n: int, body: Any) -> None:
+        assert self._session is not None
+        last = self._events[-1].seq if self._events else self._session.compacted_seq
+        after = self._checkpoints[-1].seq if self._checkpoints else -1
+        self._checkpoints.append(ws.parse_checkpoint(n, body, self._turn_ids, after, last))
+        self.checkpoint_lines.append(n)
+
+    def _on_blob(self, n: int, body: Any) -> BlobPiece:
+        piece = ws.parse_blob(n, body, self._blob, self.blob_lines)
+        if piece.offset == 0:
+            self.blob_lines[piece.digest] = n
+        end = piece.offset + len(piece.data)
+        self._blob = piece._replace(offset=end, data=b"") if end < piece.size else None
+        return piece
+
     def _on_end(self, n: int, body: Any) -> None:
         have = {
             "turns": len(self._turns),
             "events": len(self._events),
             "requests": len(self._requests),
             "snapshots": len(self._snapshots),
+            "checkpoints": len(self._checkpoints),
+            "blobs": len(self.blob_lines),
         }
+        have = {k: have[k] for k in _COUNTS[self._version]}
         if body != have:
             raise errors.InvalidBundle(
                 n, f"the 'end' line counts {body!r} but the bundle holds {have}: it is truncated or was edited"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -13,11 +14,14 @@ from ..domain import errors
 from ..domain.hub import Hub
 from ..domain.model import InputPolicy, RequestState, SessionState
 from ..domain.ports import SessionQuery
-from . import _bundles, _pages
+from . import _bundle_workspace, _bundles, _pages
 from . import _validate as v
 from ._auth import Authenticator
 from ._convert import events_message, request_pb, session_pb, snapshot_pb, turn_pb
 from ._errors import translate
+
+if TYPE_CHECKING:
+    from ..domain._workspaces import Workspaces
 
 _PAGE_DEFAULT = 100
 _PAGE_MAX = 1000
@@ -70,9 +74,10 @@ def _update_mask(request: spb.UpdateSessionRequest) -> tuple[str, ...]:
 
 
 class SessionService:
-    def __init__(self, hub: Hub, auth: Authenticator) -> None:
+    def __init__(self, hub: Hub, auth: Authenticator, workspaces: Workspaces) -> None:
         self._hub = hub
         self._auth = auth
+        self._workspaces = workspaces  # a bundle carries the session's workspace checkpoints
 
     async def CreateSession(
         self, request: spb.CreateSessionRequest, context: grpc.aio.ServicerContext
@@ -300,7 +305,8 @@ class SessionService:
         async with translate(context, "ExportSession"):
             owner = (await self._auth.app(context)).owner
             bundle = await self._hub.export_session(owner, v.required("session_id", request.session_id))
-            async for chunk in _bundles.encode(bundle):
+            blobs = self._workspaces.export_pieces(owner, bundle.checkpoints)
+            async for chunk in _bundles.encode(bundle, blobs):
                 yield spb.ExportSessionResponse(chunk=chunk)
 
     async def ImportSession(self, requests, context: grpc.aio.ServicerContext) -> spb.ImportSessionResponse:
@@ -308,19 +314,25 @@ class SessionService:
             caller = await self._auth.app(context)
             owner = caller.owner
             max_mib = self._hub.limits.max_import_mib
+            keep_ids = False
+
+            async def chunks() -> AsyncIterator[bytes]:
+                nonlocal keep_ids
+                first = True
+                async for message in requests:
+                    if first:
+                        first, keep_ids = False, message.keep_session_id
+                        if keep_ids and not caller.admin:
+                            # Whether an id is taken would tell of another owner's session.
+                            raise errors.PermissionDenied(
+                                "keep_session_id needs an admin key (moving sessions between control planes is "
+                                "an operator's job); import without it to get new ids"
+                            )
+                    yield message.chunk
+
             reader = _bundles.BundleReader(max_mib << 20, max_mib)
-            keep_ids: bool | None = None
-            async for message in requests:
-                if keep_ids is None:
-                    keep_ids = message.keep_session_id
-                    if keep_ids and not caller.admin:
-                        # Whether an id is taken would tell of another owner's session.
-                        raise errors.PermissionDenied(
-                            "keep_session_id needs an admin key (moving sessions between control planes is an "
-                            "operator's job); import without it to get new ids"
-                        )
-                reader.feed(message.chunk)
-            view = await self._hub.import_session(owner, reader.finish(), bool(keep_ids))
+            bundle = await _bundle_workspace.read_bundle(reader, chunks(), self._workspaces, owner)
+            view = await self._hub.import_session(owner, bundle, keep_ids)
             return spb.ImportSessionResponse(session=session_pb(view))
 
     async def RespondToRequest(

@@ -53,6 +53,7 @@ class ProtoChunkCodec:
             raise ValueError("is not a WorkspaceManifestChunk") from None
         files = size = 0
         digests: list[str] = []
+        sizes: list[int] = []
         previous = b""
         for i, entry in enumerate(chunk.entries):
             where = f"entry {i} ({entry.path[:200]!r})"
@@ -71,13 +72,14 @@ class ProtoChunkCodec:
                 files += 1
                 size += entry.size
                 digests.append(entry.digest)
+                sizes.append(entry.size)
             elif entry.kind == _LINK:
                 if not entry.link_target or "\0" in entry.link_target:
                     raise ValueError(f"{where}: a symlink needs a target")
                 files += 1
             elif entry.kind != _DIR:
                 raise ValueError(f"{where}: kind must be FILE, DIRECTORY or SYMLINK")
-        return ChunkInfo(files, size, tuple(digests))
+        return ChunkInfo(files, size, tuple(digests), tuple(sizes))
 
 
 def path_problem(path: str) -> str:

@@ -12,7 +12,9 @@ Import gives the session the caller's owner and, unless the ids are kept, new id
 session, its turns and its requests, with the ids inside event bodies and snapshot history
 rebound to them (as a fork does). Lease epochs and worker event numbers belong to the source's
 leases and are dropped (the imported log's events count as the control plane's own, epoch 0),
-so the first lease of the imported session starts a clean watermark. With kept ids, a session or
+so the first lease of the imported session starts a clean watermark. Workspace checkpoints keep
+their seqs and move to the new turn ids; the blobs they name are stored and checked under the
+importing owner before this part is asked to store the session (Workspaces). With kept ids, a session or
 turn id that exists already is refused before anything is written.
 """
 
@@ -20,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import errors
 from ._shared import Committer
 from .messages import SessionView
-from .model import Event, PendingRequest, Session, Snapshot, Turn, new_id, now_us
+from .model import Checkpoint, Event, PendingRequest, Session, Snapshot, Turn, new_id, now_us
 from .ports import BodyCodec, Changes, SessionReader
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ class SessionBundle:
     requests: list[PendingRequest]
     snapshots: list[Snapshot]
     events: list[Event] | AsyncIterator[list[Event]]
+    # Its workspace checkpoints, by seq; the blobs they name travel beside them (Workspaces).
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 class Bundles:
@@ -68,12 +72,14 @@ class Bundles:
         turns = await self._reader.turns_after(session_id, 0)
         requests = await self._reader.list_requests(session_id, None)
         snapshots = [s for s in await self._reader.list_snapshots(session_id) if s.seq <= upto]
+        checkpoints = [c for c in await self._reader.list_checkpoints(session_id) if c.seq <= upto]
         return SessionBundle(
             dataclasses.replace(rec.session),
             turns,
             requests,
             snapshots,
             self._events.events_between(session_id, 0, upto),
+            checkpoints,
         )
 
     @staticmethod
@@ -145,6 +151,11 @@ class Bundles:
                     history=s.history if keep_ids else self._codec.rebind_history(s.history, turn_ids),
                 )
                 for s in bundle.snapshots
+            ],
+            # The blobs they name are the owner's already (stored and checked before this).
+            checkpoint_inserts=[
+                dataclasses.replace(c, session_id=session_id, turn_id=turn_ids[c.turn_id] if c.turn_id else "")
+                for c in bundle.checkpoints
             ],
         )
         last_seq = bundle.events[-1].seq if bundle.events else source.compacted_seq

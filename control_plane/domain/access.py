@@ -64,7 +64,8 @@ class Limits:
     # Failed pairing codes one client address may present per minute (and ten times that
     # from all addresses together, so a distributed guesser is bounded too).
     pairing_failures_per_minute: int = 10
-    # Bytes of one ImportSession bundle (it is read whole before anything is stored).
+    # Bytes of one ImportSession bundle less its workspace blobs (the rest is read whole before the
+    # session is stored; blobs are stored as they arrive, within the workspace limits below).
     max_import_mib: int = 256
     # A session's workspace checkpoint: bytes of file content and files (with symlinks).
     max_workspace_bytes: int = 1 << 30

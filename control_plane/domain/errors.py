@@ -293,7 +293,7 @@ class UnsupportedBundleVersion(InvalidArgument):
         super().__init__(
             "chunk",
             f"line 1: bundle format version {version!r} is not one this control plane reads (it reads "
-            f"version {supported}); import it with the Tether release that exported it, or a newer one",
+            f"versions 1 to {supported}); import it with the Tether release that exported it, or a newer one",
         )
 
 

@@ -309,6 +309,7 @@ class ChunkInfo(NamedTuple):
     file_count: int  # files and symlinks
     total_bytes: int
     file_digests: tuple[str, ...]
+    file_sizes: tuple[int, ...] = ()  # each file's size as its entry says, beside file_digests
 
 
 class ChunkCodec(Protocol):

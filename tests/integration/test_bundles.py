@@ -73,7 +73,7 @@ async def test_a_round_trip_keeps_the_conversation_and_the_next_turn_rehydrates_
     source, _, w = await _source(control_plane, client, start_worker)
     bundle = await _bundle(client, source)
     lines = [json.loads(line) for line in bundle.splitlines()]
-    assert lines[0]["tether_bundle"] == 1 and list(lines[1]) == ["session"] and list(lines[-1]) == ["end"]
+    assert lines[0]["tether_bundle"] == 2 and list(lines[1]) == ["session"] and list(lines[-1]) == ["end"]
     assert lines[-1]["end"]["turns"] == 3 and lines[-1]["end"]["snapshots"] >= 1
 
     imported = await client.import_session(bundle)
@@ -134,11 +134,11 @@ async def test_every_bad_bundle_is_refused_naming_the_line_and_nothing_is_stored
     source, _, _ = await _source(control_plane, client, start_worker)
     bundle = await _bundle(client, source)
     count = len(bundle.splitlines())
-    newer = _cut(bundle, 1, b'{"tether_bundle": 2}\n')
+    newer = _cut(bundle, 1, b'{"tether_bundle": 3}\n')
     bad_json = _cut(bundle, 4, b'{"turn": {"turn_id": \n')
     cases = [
         (b"", "INVALID_BUNDLE", "empty"),
-        (newer, "UNSUPPORTED_BUNDLE_VERSION", "line 1: bundle format version 2"),
+        (newer, "UNSUPPORTED_BUNDLE_VERSION", "line 1: bundle format version 3"),
         (_cut(bundle, count, None), "INVALID_BUNDLE", "truncated"),
         (bundle[: len(bundle) // 2], "INVALID_BUNDLE", "line "),
         (bad_json, "INVALID_BUNDLE", "line 4: not JSON"),
@@ -195,7 +195,7 @@ async def test_the_export_and_import_commands_round_trip_through_a_file(control_
         CliRunner().invoke, session_cli, [*base, "export", session.session_id, "-o", str(path)]
     )
     assert out.exit_code == 0, out.output
-    assert not pathlib.Path(f"{path}.partial").exists() and path.read_bytes().startswith(b'{"tether_bundle":1')
+    assert not pathlib.Path(f"{path}.partial").exists() and path.read_bytes().startswith(b'{"tether_bundle":2')
     to_stdout = await asyncio.to_thread(CliRunner().invoke, session_cli, [*base, "export", session.session_id])
     assert to_stdout.stdout_bytes.splitlines()[1:-1] == path.read_bytes().splitlines()[1:-1]
     back = await asyncio.to_thread(CliRunner().invoke, session_cli, [*base, "import", str(path)])
