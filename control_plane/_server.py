@@ -177,6 +177,7 @@ class ControlPlane:
         self.hub: Hub | None = None
         self.access: AccessStore | None = None
         self.workspaces: Workspaces | None = None
+        self._blob_collector: asyncio.Task[None] | None = None
         self._health: health.aio.HealthServicer | None = None
         self._closed = False
         # Replicas (PostgreSQL only): the election, the relay to the leader, and whether this
@@ -257,6 +258,9 @@ class ControlPlane:
         hub = self.hub
         workspaces = self.workspaces = Workspaces(
             Reader(engine), SqlBlobStore(engine), ProtoChunkCodec(), s.limits, hub.load_for_worker
+        )
+        self._blob_collector = asyncio.create_task(
+            workspaces.collect_forever(s.blob_gc_interval_s, s.blob_gc_grace_s), name="tether-blob-collector"
         )
         server.add_generic_rpc_handlers(
             (
@@ -373,6 +377,10 @@ class ControlPlane:
         if self._closed:
             return
         self._closed = True
+        if self._blob_collector is not None:
+            self._blob_collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._blob_collector
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self.hub is not None:

@@ -26,6 +26,10 @@ class Settings:
     advertise_address: str = ""
     max_message_bytes: int = 4 << 20
     shutdown_grace_s: float = 5.0
+    # Workspace blobs no checkpoint names are collected this often, once unused this long (a
+    # checkpoint being uploaded uses its blobs; see domain/_workspaces.py).
+    blob_gc_interval_s: float = 600.0
+    blob_gc_grace_s: float = 3600.0
     timings: Timings = field(default_factory=Timings)
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)

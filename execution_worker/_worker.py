@@ -485,7 +485,10 @@ class Worker:
         workspace = self._checkpoints.open(session.session_id, root)
         if manifest is not None:
             try:
-                workspace.restored = await self._checkpoints.restore(workspace, manifest, session.lease_epoch)
+                stats = await self._checkpoints.restore(workspace, manifest, session.lease_epoch)
+                # A move (or a cleanup) is reported; a new session's first empty workspace is not.
+                if session.lease_epoch > 1 or stats.files_written or stats.files_removed:
+                    workspace.restored = stats
             except grpc.aio.AioRpcError as error:
                 if is_lease_lost(error):
                     raise LeaseLost() from error

@@ -378,7 +378,7 @@ class WorkerService(WorkspaceCalls):
             caller = await self._auth.worker(context)
             worker_id = self._worker_id(caller, request.worker_id)
             session_id = v.required("session_id", request.session_id)
-            snap, carried, upto, checkpoint = await self._hub.resume_source(
+            snap, carried, upto, checkpoint, tracks_workspace = await self._hub.resume_source(
                 worker_id, session_id, request.lease_epoch, caller.owner
             )
             after = 0
@@ -387,6 +387,8 @@ class WorkerService(WorkspaceCalls):
                 header.workspace.chunk_digests.extend(checkpoint.chunk_digests)
                 header.workspace.file_count = checkpoint.file_count
                 header.workspace.total_bytes = checkpoint.total_bytes
+            elif tracks_workspace:
+                header.workspace.SetInParent()  # no checkpoint yet: the workspace is empty
             history: list[pb.HistoryItem] = []
             if snap is not None:
                 after = snap.seq

@@ -131,7 +131,7 @@ class Snapshots:
         snap = await self._reader.latest_snapshot(session_id)
         carried = await self._reader.inputs_open_at(session_id, snap.seq) if snap is not None else []
         checkpoint = await self._reader.current_checkpoint(session_id)
-        return ResumeSource(snap, carried, upto, checkpoint)
+        return ResumeSource(snap, carried, upto, checkpoint, rec.session.tracks_workspace)
 
 
 def _resolver(waiter: asyncio.Future[Snapshot], snap: Snapshot) -> Callable[[], None]:

@@ -19,7 +19,9 @@ each imported checkpoint as `prepare` checks a worker's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +31,8 @@ from . import errors
 from .access import Limits
 from .model import Checkpoint, now_us
 from .ports import BlobMismatch, BlobStore, ChunkCodec, ChunkInfo, SessionReader
+
+log = logging.getLogger("tether.control_plane.workspaces")
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Digests one FindMissingBlobs or GetBlobs call may name.
@@ -337,6 +341,40 @@ class Workspaces:
         for info in infos:
             named.update(info.file_digests)
         return frozenset(named)
+
+    async def collect_garbage(self, owner: str, grace_s: float) -> tuple[int, int]:
+        """Delete the owner's blobs that no checkpoint names (its sessions were deleted, or
+        its files changed) and that nothing used within `grace_s` (a checkpoint being uploaded
+        uses its blobs: PutBlobs stores them and FindMissingBlobs and the manifest check find
+        them). Returns how many blobs and bytes went."""
+        keep: set[str] = set()
+        for digest in await self._reader.checkpoint_chunks_of(owner):
+            keep.add(digest)
+            cached = self._chunks.get((owner, digest))
+            if cached is not None:
+                keep.update(cached[0].file_digests)
+                continue
+            data = bytearray()
+            try:
+                async for _, piece in self._blobs.read(owner, [digest]):
+                    data += piece
+                keep.update(self._codec.parse_chunk(bytes(data)).file_digests)
+            except (KeyError, ValueError):
+                continue  # a chunk not stored, or unreadable, names nothing that could be kept
+        count, size = await self._blobs.collect(owner, keep, now_us() - int(grace_s * 1e6))
+        if count:
+            log.info("workspace blobs of owner %r collected: %d blobs, %d bytes", owner, count, size)
+        return count, size
+
+    async def collect_forever(self, interval_s: float, grace_s: float) -> None:
+        """Collect every owner's unused blobs every `interval_s` (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                for owner in await self._blobs.owners():
+                    await self.collect_garbage(owner, grace_s)
+            except errors.DomainError as problem:
+                log.warning("workspace blob collection failed: %s", problem)
 
     def forget_owner(self, owner: str) -> None:
         """The owner's blobs were deleted: nothing cached of them may vouch for a chunk now."""

@@ -222,6 +222,9 @@ class ResumeSource(NamedTuple):
     carried: list[Event]
     upto: int
     checkpoint: Checkpoint | None = None  # the workspace to restore before the runtime starts
+    # With no checkpoint: whether the workspace is empty (the session's workspace has moved
+    # with it since it was created) or unknown (made before: leave the worker's files alone).
+    tracks_workspace: bool = False
 
 
 @dataclass(frozen=True)

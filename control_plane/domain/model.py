@@ -96,6 +96,10 @@ class Session:
     delete_time_us: int = 0
     # Events with a seq at or below this were compacted away by retention (0: none).
     compacted_seq: int = 0
+    # Its workspace has moved with it since it was created (every session made by a release
+    # with workspace checkpoints): with no checkpoint yet, its workspace is empty. False for a
+    # session made before, whose files a worker may still hold: those are left alone.
+    tracks_workspace: bool = True
 
 
 @dataclass

@@ -194,6 +194,10 @@ class SessionReader(Protocol):
         """The id of the session's last turn whose terminal event is at or before `seq` ("")."""
         ...
 
+    async def checkpoint_chunks_of(self, owner: str) -> set[str]:
+        """The manifest chunks every checkpoint of the owner's sessions names."""
+        ...
+
 
 class GroupCommitWriter(Protocol):
     """Every durable change goes through one writer, which commits in submission order."""
@@ -276,7 +280,8 @@ class BlobStore(Protocol):
     """Where workspace blobs (file contents, manifest chunks) live: content-addressed by their
     SHA-256 (lowercase hex), scoped by owner, streamed in and out in chunks so no blob is ever
     whole in memory. The embedded default keeps them in the database (store/_blobs.py); an
-    object store can take over behind the same five calls (docs/workspaces.md)."""
+    object store can take over behind the same calls (docs/workspaces.md). `missing` counts as
+    a use of the blobs it finds: the collector spares what was used within its grace."""
 
     async def missing(self, owner: str, digests: list[str]) -> list[str]:
         """The digests of `digests` the owner has no stored blob for, in order."""
@@ -296,6 +301,15 @@ class BlobStore(Protocol):
 
     async def usage(self, owner: str) -> int:
         """Bytes of blobs the owner stores."""
+        ...
+
+    async def collect(self, owner: str, keep: set[str], used_before_us: int) -> tuple[int, int]:
+        """Delete the owner's blobs not in `keep` that no checkpoint has used (stored them, or
+        found them held with `missing`) since `used_before_us`; returns how many and bytes."""
+        ...
+
+    async def owners(self) -> list[str]:
+        """The owners that store blobs."""
         ...
 
     async def delete_owner(self, owner: str) -> int:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, select
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,7 +51,7 @@ class _Batch:
         self.bytes += len(data)
 
     def blob(self, owner: str, digest: str, size: int) -> None:
-        self.blobs.append({"owner_id": owner, "digest": digest, "size": size, "create_time_us": now_us()})
+        self.blobs.append({"owner_id": owner, "digest": digest, "size": size, "used_time_us": now_us()})
 
     @property
     def full(self) -> bool:
@@ -78,7 +78,10 @@ class SqlBlobStore:
         self._put_piece = piece.on_conflict_do_update(
             index_elements=[_pieces.c.owner_id, _pieces.c.digest, _pieces.c.idx], set_={"data": piece.excluded.data}
         )
-        self._put_blob = upsert(_blobs).on_conflict_do_nothing(index_elements=[_blobs.c.owner_id, _blobs.c.digest])
+        blob = upsert(_blobs)
+        self._put_blob = blob.on_conflict_do_update(
+            index_elements=[_blobs.c.owner_id, _blobs.c.digest], set_={"used_time_us": blob.excluded.used_time_us}
+        )
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -90,11 +93,19 @@ class SqlBlobStore:
 
     async def missing(self, owner: str, digests: list[str]) -> list[str]:
         held: set[str] = set()
+        now = now_us()
         async with self._tx() as conn:
             for start in range(0, len(digests), _BATCH):
                 batch = digests[start : start + _BATCH]
                 query = select(_blobs.c.digest).where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(batch)))
-                held.update(r.digest for r in await conn.execute(query))
+                found = [r.digest for r in await conn.execute(query)]
+                if found:  # asked for by a checkpoint: used now, spared by the collector's grace
+                    await conn.execute(
+                        update(_blobs)
+                        .where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(found)))
+                        .values(used_time_us=now)
+                    )
+                held.update(found)
         return [d for d in digests if d not in held]
 
     async def put(self, owner: str, blobs: AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]) -> None:
@@ -170,6 +181,47 @@ class SqlBlobStore:
         async with self._tx() as conn:
             total = (await conn.execute(select(func.sum(_blobs.c.size)).where(_blobs.c.owner_id == owner))).scalar()
         return int(total or 0)
+
+    async def collect(self, owner: str, keep: set[str], used_before_us: int) -> tuple[int, int]:
+        unused: list[tuple[str, int]] = []
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(_blobs.c.digest, _blobs.c.size).where(
+                    and_(_blobs.c.owner_id == owner, _blobs.c.used_time_us < used_before_us)
+                )
+            )
+            unused = [(r.digest, r.size) for r in rows if r.digest not in keep]
+        sizes = dict(unused)
+        gone: list[str] = []
+        for start in range(0, len(unused), _BATCH):
+            batch = [d for d, _ in unused[start : start + _BATCH]]
+            async with self._tx() as conn:
+                # The row first, and only if still unused: from then on the blob does not exist
+                # for `missing` or `read`; then the pieces of exactly the rows deleted.
+                deleted = [
+                    r.digest
+                    for r in await conn.execute(
+                        delete(_blobs)
+                        .where(
+                            and_(
+                                _blobs.c.owner_id == owner,
+                                _blobs.c.digest.in_(batch),
+                                _blobs.c.used_time_us < used_before_us,
+                            )
+                        )
+                        .returning(_blobs.c.digest)
+                    )
+                ]
+                if deleted:
+                    await conn.execute(
+                        delete(_pieces).where(and_(_pieces.c.owner_id == owner, _pieces.c.digest.in_(deleted)))
+                    )
+            gone.extend(deleted)
+        return len(gone), sum(sizes[d] for d in gone)
+
+    async def owners(self) -> list[str]:
+        async with self._tx() as conn:
+            return [r.owner_id for r in await conn.execute(select(_blobs.c.owner_id).distinct())]
 
     async def delete_owner(self, owner: str) -> int:
         async with self._tx() as conn:

@@ -290,6 +290,17 @@ class Reader:
             rows = (await conn.execute(select(c).where(c.c.session_id == session_id).order_by(c.c.seq))).all()
         return [checkpoint_from_row(r) for r in rows]
 
+    async def checkpoint_chunks_of(self, owner: str) -> set[str]:
+        c = CheckpointRow.__table__
+        s = SessionRow.__table__
+        query = select(c.c.chunk_digests).join(s, s.c.session_id == c.c.session_id).where(s.c.owner_id == owner)
+        chunks: set[str] = set()
+        async with self._engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=500))
+            async for row in result:
+                chunks.update(d for d in row.chunk_digests.split(",") if d)
+        return chunks
+
     async def turn_ended_upto(self, session_id: str, seq: int) -> str:
         t = TurnRow.__table__
         query = (

@@ -73,6 +73,7 @@ def session_from_row(r: Any, turn_count: int = 0, last_event_us: int = 0) -> Ses
         title=r.title,
         delete_time_us=r.delete_time_us,
         compacted_seq=r.compacted_seq,
+        tracks_workspace=bool(r.tracks_workspace),
     )
 
 
@@ -92,6 +93,7 @@ def session_to_row(s: Session) -> dict[str, Any]:
         "title": s.title,
         "delete_time_us": s.delete_time_us,
         "compacted_seq": s.compacted_seq,
+        "tracks_workspace": s.tracks_workspace,
     }
 
 

@@ -84,6 +84,8 @@ class SessionRow(Base):
     delete_time_us: Mapped[int] = mapped_column(BigInteger, default=0)
     # Retention compacted away the events with a seq at or below this (0: none).
     compacted_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Its workspace moves with it since it was created (false for sessions made before 0005).
+    tracks_workspace: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class TurnRow(Base):
@@ -190,7 +192,9 @@ class BlobRow(Base):
     owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    # When a checkpoint last relied on it (stored, or found held by FindMissingBlobs or a
+    # manifest check): garbage collection spares what was used within its grace.
+    used_time_us: Mapped[int] = mapped_column(BigInteger)
 
 
 class BlobChunkRow(Base):

@@ -287,6 +287,7 @@ def test_revision_0001_is_the_schema_released_before_owners_and_each_step_goes_b
 def _without_later_columns(conn: Connection) -> None:
     """The release with owners and no migrations made today's tables, less what came after it:
     the leadership table (not created) and the columns below (dropped once the rows are in)."""
+    conn.execute(text("ALTER TABLE sessions DROP COLUMN tracks_workspace"))  # 0005
     conn.execute(text("DROP INDEX ix_sessions_delete_time"))  # 0004
     for table, column in (  # 0004
         ("sessions", "forked_from_session_id"),

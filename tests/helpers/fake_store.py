@@ -316,6 +316,14 @@ class MemoryStore:
     async def list_checkpoints(self, session_id: str) -> list[Checkpoint]:
         return sorted((c for (sid, _), c in self.checkpoints.items() if sid == session_id), key=lambda c: c.seq)
 
+    async def checkpoint_chunks_of(self, owner: str) -> set[str]:
+        return {
+            d
+            for (sid, _), c in self.checkpoints.items()
+            if sid in self.sessions and self.sessions[sid].owner == owner
+            for d in c.chunk_digests
+        }
+
     async def turn_ended_upto(self, session_id: str, seq: int) -> str:
         ended = [
             t for t in self.turns.values() if t.session_id == session_id and t.state.ended and 0 < t.last_seq <= seq

@@ -256,3 +256,33 @@ async def test_purging_the_owner_deletes_its_blobs(control_plane, client):
         assert await control_plane.workspaces.blobs.missing("local", [sha(b"secret")]) == [sha(b"secret")]
     finally:
         await w.close()
+
+
+async def test_blobs_no_checkpoint_names_are_collected_after_their_grace(control_plane, client):
+    w = await _worker(control_plane, client)
+    other = Worker(f"127.0.0.1:{control_plane.port}", "wkr_ws2")
+    await other.register()
+    await other.open_lease()
+    blobs = control_plane.workspaces.blobs
+    try:
+        await w.run_turn(client, "one")
+        await _checkpoint(w, client, {"shared": b"both", "mine": b"only the first session's"})
+        other.session_id = (await client.create_session("shell")).session_id
+        await other.run_turn(client, "one")
+        await _checkpoint(other, client, {"shared": b"both"})
+        await w.put({sha(b"uploaded, never named"): b"uploaded, never named"})
+
+        # Within the grace nothing goes, named or not: a checkpoint may be on its way.
+        assert await control_plane.workspaces.collect_garbage("local", grace_s=3600) == (0, 0)
+        assert await blobs.missing("local", [sha(b"uploaded, never named")]) == []
+        # Past it, only what no checkpoint names.
+        assert await control_plane.workspaces.collect_garbage("local", grace_s=0) == (1, len(b"uploaded, never named"))
+        await client.delete_session(w.session_id)
+        count, _ = await control_plane.workspaces.collect_garbage("local", grace_s=0)
+        assert count == 2  # "mine" and the first session's manifest chunk; "shared" stays
+        named = [sha(b"both"), sha(b"only the first session's")]
+        assert await blobs.missing("local", named) == [sha(b"only the first session's")]
+        assert await other.get([sha(b"both")]) == {sha(b"both"): b"both"}
+    finally:
+        await other.close()
+        await w.close()

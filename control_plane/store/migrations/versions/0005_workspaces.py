@@ -4,6 +4,8 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-06
 
+- `sessions.tracks_workspace`: false for the sessions that exist (a worker may hold their files;
+  they are left alone until the first checkpoint), true for every session made from now on;
 - `workspace_checkpoints`: a session's workspace at a snapshot (its manifest chunks' digests),
   one per turn that was checkpointed; none for the sessions that exist;
 - `blobs` and `blob_chunks`: owner-scoped, content-addressed file contents and manifest chunks,
@@ -22,6 +24,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # The sessions that exist were made before workspaces moved: their files stay where they are
+    # until their first checkpoint. Added as NULL, filled, then made NOT NULL.
+    op.add_column("sessions", sa.Column("tracks_workspace", sa.Boolean(), nullable=True))
+    op.get_bind().execute(sa.table("sessions", sa.column("tracks_workspace")).update().values(tracks_workspace=False))
+    with op.batch_alter_table("sessions") as batch:
+        batch.alter_column("tracks_workspace", existing_type=sa.Boolean(), nullable=False)
     op.create_table(
         "workspace_checkpoints",
         sa.Column("session_id", sa.String(64), nullable=False),
@@ -44,7 +52,7 @@ def upgrade() -> None:
         sa.Column("owner_id", sa.String(128), nullable=False),
         sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("create_time_us", sa.BigInteger(), nullable=False),
+        sa.Column("used_time_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("owner_id", "digest", name=op.f("pk_blobs")),
     )
     op.create_table(
@@ -61,3 +69,5 @@ def downgrade() -> None:
     op.drop_table("blob_chunks")
     op.drop_table("blobs")
     op.drop_table("workspace_checkpoints")
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("tracks_workspace")

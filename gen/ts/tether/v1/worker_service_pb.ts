@@ -1314,8 +1314,10 @@ export type ResumeResponse = Message<"tether.v1.ResumeResponse"> & {
   events: Event[];
 
   /**
-   * The session's latest workspace checkpoint (in the first chunk); unset when it has none.
-   * The worker makes the workspace match it before the runtime starts.
+   * The session's latest workspace checkpoint (in the first chunk): the worker makes the
+   * workspace match it before the runtime starts. Empty (no chunks) when the session has no
+   * checkpoint yet: its workspace is empty. Unset for a session made before workspaces moved
+   * that has no checkpoint yet: the worker leaves its files alone.
    *
    * @generated from field: tether.v1.WorkspaceManifest workspace = 5;
    */
