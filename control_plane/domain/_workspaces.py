@@ -180,7 +180,11 @@ class Workspaces:
     ) -> tuple[int, int, list[ChunkInfo]]:
         """Files and bytes of a manifest whose chunks, and the blobs they name, the owner holds,
         whose counts are what its chunks hold, within the workspace limits; and its chunks."""
-        missing = await self._blobs.missing(owner, list(dict.fromkeys(chunk_digests))) if chunk_digests else []
+        # No touch: what FindMissingBlobs found is marked used already, and what the session's
+        # earlier checkpoints name is kept by them.
+        missing = (
+            await self._blobs.missing(owner, list(dict.fromkeys(chunk_digests)), touch=False) if chunk_digests else []
+        )
         if missing:
             raise errors.InvalidWorkspace(
                 "workspace.chunk_digests",
@@ -401,7 +405,7 @@ class Workspaces:
             info = self._codec.parse_chunk(bytes(data))
         except ValueError as problem:
             raise errors.InvalidWorkspace("workspace.chunk_digests", f"manifest chunk {digest}: {problem}") from None
-        missing = await self._blobs.missing(owner, list(dict.fromkeys(info.file_digests)))
+        missing = await self._blobs.missing(owner, list(dict.fromkeys(info.file_digests)), touch=False)
         if missing:
             raise errors.InvalidWorkspace(
                 "workspace.chunk_digests",

@@ -283,8 +283,9 @@ class BlobStore(Protocol):
     object store can take over behind the same calls (docs/workspaces.md). `missing` counts as
     a use of the blobs it finds: the collector spares what was used within its grace."""
 
-    async def missing(self, owner: str, digests: list[str]) -> list[str]:
-        """The digests of `digests` the owner has no stored blob for, in order."""
+    async def missing(self, owner: str, digests: list[str], *, touch: bool = True) -> list[str]:
+        """The digests of `digests` the owner has no stored blob for, in order; with `touch`,
+        the ones it has are marked used now."""
         ...
 
     async def put(self, owner: str, blobs: AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]) -> None:

@@ -91,7 +91,7 @@ class SqlBlobStore:
         except SQLAlchemyError as exc:
             raise errors.Unavailable(f"the database did not answer: {type(exc).__name__}") from exc
 
-    async def missing(self, owner: str, digests: list[str]) -> list[str]:
+    async def missing(self, owner: str, digests: list[str], *, touch: bool = True) -> list[str]:
         held: set[str] = set()
         now = now_us()
         async with self._tx() as conn:
@@ -99,7 +99,7 @@ class SqlBlobStore:
                 batch = digests[start : start + _BATCH]
                 query = select(_blobs.c.digest).where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(batch)))
                 found = [r.digest for r in await conn.execute(query)]
-                if found:  # asked for by a checkpoint: used now, spared by the collector's grace
+                if found and touch:  # asked for by a checkpoint: used now, spared by the collector's grace
                     await conn.execute(
                         update(_blobs)
                         .where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(found)))
