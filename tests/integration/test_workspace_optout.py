@@ -1,0 +1,64 @@
+"""A runtime decides whether its files move: the shell runtime's workspace is checkpointed with
+its snapshots; a plugin whose `workspace_dir` answers None opts out, and its files are neither
+checkpointed nor touched by a restore (they stay on the worker that wrote them)."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from pathlib import Path
+
+from tests.helpers.processes import eventually
+from tether import sdk
+from tether.execution_worker import ShellRuntime, Worker, WorkerSettings
+
+
+class KeepFilesHere(ShellRuntime):
+    """The shell runtime, opting out: its files stay on the worker."""
+
+    def workspace_dir(self, session_id: str, workdir: Path) -> Path | None:
+        return None
+
+
+async def _turn(client: sdk.AsyncClient, session_id: str, command: str) -> str:
+    turn = await client.send_input(session_id, command)
+    done = await client.wait_for_turn(session_id, turn.turn_id, timeout_s=20)
+    assert done.state == sdk.TurnState.COMPLETED, done.error_message
+    events = [e async for e in client.stream_events(session_id, after_seq=0, stop_at_end=True)]
+    return "".join(e.text for e in events if e.turn_id == turn.turn_id and e.kind == "output")
+
+
+async def test_a_runtime_that_opts_out_keeps_its_files_where_they_are_and_the_shell_runtimes_move(
+    control_plane, client, tmp_path: pathlib.Path
+) -> None:
+    target = f"127.0.0.1:{control_plane.port}"
+    runtimes = {"shell": ShellRuntime, "keep": KeepFilesHere}
+    workers = [Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target), runtimes=runtimes) for n in "ab"]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    reader = control_plane.workspaces._reader  # what the control plane stores of each workspace
+    try:
+        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+        moving = (await client.create_session("shell")).session_id
+        staying = (await client.create_session("keep")).session_id
+        for sid in (moving, staying):
+            await _turn(client, sid, "echo kept > file.txt")
+            await client.create_snapshot(sid, timeout_s=20)
+        checkpoint = await reader.current_checkpoint(moving)
+        assert checkpoint is not None and checkpoint.file_count == 1
+        assert await reader.current_checkpoint(staying) is None  # opted out: nothing checkpointed
+
+        for sid in (moving, staying):
+            first = (await client.get_session(sid)).worker_id
+            await client.restore_session(sid, timeout_s=20)  # onto the other worker
+            assert (await client.get_session(sid)).worker_id != first
+        assert await _turn(client, moving, "cat file.txt") == "kept\n"  # its files came along
+        assert await _turn(client, staying, "cat file.txt 2>/dev/null || echo absent") == "absent\n"
+
+        # Back on the worker that wrote it, the opted-out session's file is still there: a
+        # restore leaves an opted-out runtime's files alone.
+        await client.restore_session(staying, timeout_s=20)
+        assert await _turn(client, staying, "cat file.txt") == "kept\n"
+    finally:
+        for w in workers:
+            await w.close()
+        await asyncio.gather(*running, return_exceptions=True)
