@@ -24,6 +24,7 @@ _SUBCOMMANDS = {
     "keys": ("tether.control_plane.keys_cli", "keys"),
     "db": ("tether.control_plane.db_cli", "db"),
     "conformance": ("tether.cli.conformance", "conformance"),
+    "doctor": ("tether.cli.doctor", "doctor"),
 }
 
 

@@ -163,6 +163,14 @@ PINNED: dict[str, list[str]] = {
         "new_request_id",
         "resolve_worker_id",
     ],
+    "tether.execution_worker.doctor": [
+        "Check",
+        "Status",
+        "WorkerSetup",
+        "runtime_checks",
+        "token_check",
+        "workdir_check",
+    ],
 }
 
 #: Public modules whose `__all__` another test pins.
