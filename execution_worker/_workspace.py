@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import pathspec
-
 from tether.v1 import resources_pb2
 
 _log = logging.getLogger("tether.execution_worker")
@@ -68,6 +66,10 @@ class IgnoreRules:
     the top-level `.tether` (the worker's own name; a checkpoint never holds it)."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
+        # Imported here: the `tether` command loads this module (for its defaults) on installs
+        # without the worker extra, which brings pathspec.
+        import pathspec
+
         self.patterns = tuple(patterns)
         self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
         self._memo: dict[str, bool] = {}
