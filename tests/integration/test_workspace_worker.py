@@ -1,4 +1,4 @@
-"""A runtime decides whether its files move: the shell runtime's workspace is checkpointed with
+"""A runtime decides whether its files move, and a restore fails closed: the shell runtime's workspace is checkpointed with
 its snapshots; a plugin whose `workspace_dir` answers None opts out, and its files are neither
 checkpointed nor touched by a restore (they stay on the worker that wrote them)."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from pathlib import Path
+
+import pytest
 
 from tests.helpers.processes import eventually
 from tether import sdk
@@ -58,6 +60,46 @@ async def test_a_runtime_that_opts_out_keeps_its_files_where_they_are_and_the_sh
         # restore leaves an opted-out runtime's files alone.
         await client.restore_session(staying, timeout_s=20)
         assert await _turn(client, staying, "cat file.txt") == "kept\n"
+    finally:
+        for w in workers:
+            await w.close()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_starts_the_runtime(
+    control_plane, client, tmp_path: pathlib.Path
+) -> None:
+    from sqlalchemy import update
+
+    from tether.control_plane.store._blobs import _pieces
+
+    target = f"127.0.0.1:{control_plane.port}"
+    started: list[str] = []
+
+    class Recording(ShellRuntime):
+        async def start(self, session_id: str, workdir: Path, history: list) -> None:  # type: ignore[override]
+            started.append(session_id)
+            await super().start(session_id, workdir, history)
+
+    workers = [
+        Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target), runtimes={"shell": Recording}) for n in "ab"
+    ]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+        sid = (await client.create_session("shell")).session_id
+        await _turn(client, sid, "echo precious > data.txt")
+        await client.create_snapshot(sid, timeout_s=20)
+        holder = (await client.get_session(sid)).worker_id
+        # The stored copy of data.txt is damaged (as a disk or a bad object store might).
+        async with control_plane.workspaces.blobs._engine.begin() as conn:
+            await conn.execute(update(_pieces).values(data=b"damaged\n").where(_pieces.c.data == b"precious\n"))
+        runs = len(started)
+        with pytest.raises(sdk.RehydrationFailedError) as refused:
+            await client.restore_session(sid, timeout_s=20)  # onto the other worker
+        assert "workspace restore failed" in str(refused.value) and "SHA-256" in str(refused.value)
+        assert len(started) == runs  # the runtime never started in a half-restored workspace
+        assert (await client.get_session(sid)).worker_id in ("", holder)
     finally:
         for w in workers:
             await w.close()
