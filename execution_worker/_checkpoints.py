@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 
 from tether.execution_worker._context import Link
-from tether.execution_worker._errors import describe, error_reason, is_lease_lost
+from tether.execution_worker._errors import describe, error_reason
 from tether.execution_worker._workspace import (
     DEFAULT_IGNORES,
     FILE,
@@ -46,7 +46,9 @@ DIGESTS_PER_CALL = 10_000
 #: Scanners (stat caches) kept for sessions no longer held here.
 SCANNERS_KEPT = 64
 
+#: The control plane's reasons for refusing a checkpoint (the session keeps its previous one).
 WORKSPACE_LIMIT_EXCEEDED = "WORKSPACE_LIMIT_EXCEEDED"
+INVALID_WORKSPACE = "INVALID_WORKSPACE"
 
 
 class WorkspaceGate:
@@ -376,6 +378,5 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceGate",
     "WorkspaceLimit",
-    "is_lease_lost",
     "restore_failure",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from tether.execution_worker._checkpoints import (
+    INVALID_WORKSPACE,
     WORKSPACE_LIMIT_EXCEEDED,
     Checkpoints,
     SessionWorkspace,
@@ -281,7 +282,7 @@ class Snapshots:
         try:
             response = await self._link.stub.Snapshot(self._chunks(capture, request_id, checkpoint), timeout=timeout)
         except grpc.aio.AioRpcError as error:
-            if checkpoint is None or error_reason(error) not in (WORKSPACE_LIMIT_EXCEEDED, "INVALID_WORKSPACE"):
+            if checkpoint is None or error_reason(error) not in (WORKSPACE_LIMIT_EXCEEDED, INVALID_WORKSPACE):
                 raise
             _log.warning(
                 "session %s: workspace checkpoint refused (%s); it keeps its previous checkpoint",
