@@ -42,6 +42,22 @@ class HistoryRole(enum.Enum):
     TOOL_OUTPUT = "tool_output"
 
 
+class Portability(enum.Enum):
+    """How a runtime's sessions move to another worker (mirrors tether.v1.RuntimePortability).
+
+    - `HISTORY`: the worker injects the model-visible history Tether recorded (`start()`'s
+      `history`); the runtime needs nothing else. The default, and what Codex declares.
+    - `STATE`: the runtime's own state rides in each snapshot (`runtime_metadata()`), and a
+      worker taking the session over hands it back through `restore_state()` before `start()`.
+    - `NONE`: the runtime cannot continue a session elsewhere. The control plane refuses to
+      move a session that has run a turn to another worker, and says why.
+    """
+
+    HISTORY = "history"
+    STATE = "state"
+    NONE = "none"
+
+
 class OutputStream(enum.Enum):
     """Which stream of the runtime an output chunk came from."""
 
@@ -275,8 +291,15 @@ class Runtime(abc.ABC):
         """The model-visible history of every finished turn, for a snapshot."""
 
     def runtime_metadata(self) -> dict[str, Any]:
-        """Runtime-specific state a snapshot keeps next to the history (JSON-serialisable)."""
+        """Runtime-specific state a snapshot keeps next to the history (JSON-serialisable). A
+        runtime of `Portability.STATE` keeps here what `restore_state()` needs."""
         return {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Called before `start()` on a worker taking the session over, with the metadata of
+        the session's latest snapshot (`{}` when there is none). Only runtimes of
+        `Portability.STATE` are called. Raising fails the turn closed (the runtime never
+        starts): a runtime that cannot continue from `state` must raise, never start empty."""
 
     def workspace_dir(self, session_id: str, workdir: Path) -> Path | None:
         """The directory whose files move with the session, or None to opt out (its files then
@@ -320,6 +343,27 @@ def honouring_output_schema(factory: _F) -> _F:
     return factory
 
 
+def runtime_portability(factory: RuntimeFactory) -> Portability:
+    """How sessions of the runtimes `factory` makes move (see `Portability`): the factory's
+    `portability` attribute (set it with `declaring_portability`, or as a class attribute of
+    a Runtime class; a `functools.partial` is looked through), `Portability.HISTORY` if unset.
+    The worker declares it at Register; `ListWorkers` shows it."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    value = getattr(factory, "portability", Portability.HISTORY)
+    return value if isinstance(value, Portability) else Portability(value)
+
+
+def declaring_portability(portability: Portability) -> Callable[[_F], _F]:
+    """Declare how the sessions of a runtime factory (a function or a Runtime class) move."""
+
+    def mark(factory: _F) -> _F:
+        setattr(factory, "portability", portability)  # noqa: B010 (a plain function has no such attribute)
+        return factory
+
+    return mark
+
+
 def session_workspace(workdir: Path, session_id: str) -> Path:
     """The directory a session's runtime works in: `<workdir>/sessions/<session_id>/`."""
     if not _SAFE_SESSION_ID.match(session_id) or session_id in {".", ".."}:
@@ -343,6 +387,7 @@ __all__ = [
     "ItemStarted",
     "Output",
     "OutputStream",
+    "Portability",
     "RawEvent",
     "RequestKind",
     "RequestOpened",
@@ -353,8 +398,10 @@ __all__ = [
     "TurnCompleted",
     "TurnFailed",
     "TurnInterrupted",
+    "declaring_portability",
     "honouring_output_schema",
     "honours_output_schema",
     "new_request_id",
+    "runtime_portability",
     "session_workspace",
 ]
