@@ -300,6 +300,7 @@ class Runtime(abc.ABC):
         the session's latest snapshot (`{}` when there is none). Only runtimes of
         `Portability.STATE` are called. Raising fails the turn closed (the runtime never
         starts): a runtime that cannot continue from `state` must raise, never start empty."""
+        raise NotImplementedError(f"{type(self).__name__} declares Portability.STATE but has no restore_state()")
 
     def workspace_dir(self, session_id: str, workdir: Path) -> Path | None:
         """The directory whose files move with the session, or None to opt out (its files then
