@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from tether.v1 import resources_pb2 as tether_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtether/v1/admin_service.proto\x12\ttether.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08runtimes\x18\x03 \x03(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.tether.v1.WorkerStatus.LabelsEntry\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x15\n\rrunning_turns\x18\x06 \x01(\x05\x12\x15\n\rheld_sessions\x18\x07 \x01(\x05\x12\x11\n\tconnected\x18\x08 \x01(\x08\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x31\n\rregister_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\r\n\x05owner\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.tether.v1.WorkerStatus\"Q\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\">\n\x13\x44rainWorkerResponse\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.tether.v1.WorkerStatus\"B\n\x18\x43reatePairingCodeRequest\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"i\n\x19\x43reatePairingCodeResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x03 \x01(\t\"\xb1\x01\n\x0bWorkerToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17ListWorkerTokensRequest\"B\n\x18ListWorkerTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.tether.v1.WorkerToken\",\n\x18RevokeWorkerTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"B\n\x19RevokeWorkerTokenResponse\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.tether.v1.WorkerToken\"&\n\x15PurgeOwnerDataRequest\x12\r\n\x05owner\x18\x01 \x01(\t\"\x97\x01\n\x16PurgeOwnerDataResponse\x12\x18\n\x10sessions_deleted\x18\x01 \x01(\x04\x12\x1d\n\x15worker_tokens_deleted\x18\x02 \x01(\x04\x12\x17\n\x0fworkers_deleted\x18\x03 \x01(\x04\x12\x1d\n\x15pairing_codes_deleted\x18\x04 \x01(\x04\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x32\xa0\x04\n\x0c\x41\x64minService\x12L\n\x0bListWorkers\x12\x1d.tether.v1.ListWorkersRequest\x1a\x1e.tether.v1.ListWorkersResponse\x12L\n\x0b\x44rainWorker\x12\x1d.tether.v1.DrainWorkerRequest\x1a\x1e.tether.v1.DrainWorkerResponse\x12^\n\x11\x43reatePairingCode\x12#.tether.v1.CreatePairingCodeRequest\x1a$.tether.v1.CreatePairingCodeResponse\x12[\n\x10ListWorkerTokens\x12\".tether.v1.ListWorkerTokensRequest\x1a#.tether.v1.ListWorkerTokensResponse\x12^\n\x11RevokeWorkerToken\x12#.tether.v1.RevokeWorkerTokenRequest\x1a$.tether.v1.RevokeWorkerTokenResponse\x12W\n\x0ePurgeOwnerData\x12 .tether.v1.PurgeOwnerDataRequest\x1a!.tether.v1.PurgeOwnerDataResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtether/v1/admin_service.proto\x12\ttether.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tether/v1/resources.proto\"\x82\x04\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08runtimes\x18\x03 \x03(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.tether.v1.WorkerStatus.LabelsEntry\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x15\n\rrunning_turns\x18\x06 \x01(\x05\x12\x15\n\rheld_sessions\x18\x07 \x01(\x05\x12\x11\n\tconnected\x18\x08 \x01(\x08\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x31\n\rregister_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\r\n\x05owner\x18\x0c \x01(\t\x12L\n\x13runtime_portability\x18\r \x03(\x0b\x32/.tether.v1.WorkerStatus.RuntimePortabilityEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aX\n\x17RuntimePortabilityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0e\x32\x1d.tether.v1.RuntimePortability:\x02\x38\x01\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.tether.v1.WorkerStatus\"Q\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\">\n\x13\x44rainWorkerResponse\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.tether.v1.WorkerStatus\"B\n\x18\x43reatePairingCodeRequest\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"i\n\x19\x43reatePairingCodeResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x03 \x01(\t\"\xb1\x01\n\x0bWorkerToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17ListWorkerTokensRequest\"B\n\x18ListWorkerTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.tether.v1.WorkerToken\",\n\x18RevokeWorkerTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"B\n\x19RevokeWorkerTokenResponse\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.tether.v1.WorkerToken\"&\n\x15PurgeOwnerDataRequest\x12\r\n\x05owner\x18\x01 \x01(\t\"\x97\x01\n\x16PurgeOwnerDataResponse\x12\x18\n\x10sessions_deleted\x18\x01 \x01(\x04\x12\x1d\n\x15worker_tokens_deleted\x18\x02 \x01(\x04\x12\x17\n\x0fworkers_deleted\x18\x03 \x01(\x04\x12\x1d\n\x15pairing_codes_deleted\x18\x04 \x01(\x04\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x32\xa0\x04\n\x0c\x41\x64minService\x12L\n\x0bListWorkers\x12\x1d.tether.v1.ListWorkersRequest\x1a\x1e.tether.v1.ListWorkersResponse\x12L\n\x0b\x44rainWorker\x12\x1d.tether.v1.DrainWorkerRequest\x1a\x1e.tether.v1.DrainWorkerResponse\x12^\n\x11\x43reatePairingCode\x12#.tether.v1.CreatePairingCodeRequest\x1a$.tether.v1.CreatePairingCodeResponse\x12[\n\x10ListWorkerTokens\x12\".tether.v1.ListWorkerTokensRequest\x1a#.tether.v1.ListWorkerTokensResponse\x12^\n\x11RevokeWorkerToken\x12#.tether.v1.RevokeWorkerTokenRequest\x1a$.tether.v1.RevokeWorkerTokenResponse\x12W\n\x0ePurgeOwnerData\x12 .tether.v1.PurgeOwnerDataRequest\x1a!.tether.v1.PurgeOwnerDataResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERSTATUS_LABELSENTRY']._loaded_options = None
   _globals['_WORKERSTATUS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATUS']._serialized_start=110
-  _globals['_WORKERSTATUS']._serialized_end=456
-  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_start=411
-  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_end=456
-  _globals['_LISTWORKERSREQUEST']._serialized_start=458
-  _globals['_LISTWORKERSREQUEST']._serialized_end=478
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=480
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=543
-  _globals['_DRAINWORKERREQUEST']._serialized_start=545
-  _globals['_DRAINWORKERREQUEST']._serialized_end=626
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=628
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=690
-  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_start=692
-  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_end=758
-  _globals['_CREATEPAIRINGCODERESPONSE']._serialized_start=760
-  _globals['_CREATEPAIRINGCODERESPONSE']._serialized_end=865
-  _globals['_WORKERTOKEN']._serialized_start=868
-  _globals['_WORKERTOKEN']._serialized_end=1045
-  _globals['_LISTWORKERTOKENSREQUEST']._serialized_start=1047
-  _globals['_LISTWORKERTOKENSREQUEST']._serialized_end=1072
-  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_start=1074
-  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_end=1140
-  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_start=1142
-  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_end=1186
-  _globals['_REVOKEWORKERTOKENRESPONSE']._serialized_start=1188
-  _globals['_REVOKEWORKERTOKENRESPONSE']._serialized_end=1254
-  _globals['_PURGEOWNERDATAREQUEST']._serialized_start=1256
-  _globals['_PURGEOWNERDATAREQUEST']._serialized_end=1294
-  _globals['_PURGEOWNERDATARESPONSE']._serialized_start=1297
-  _globals['_PURGEOWNERDATARESPONSE']._serialized_end=1448
-  _globals['_ADMINSERVICE']._serialized_start=1451
-  _globals['_ADMINSERVICE']._serialized_end=1995
+  _globals['_WORKERSTATUS_RUNTIMEPORTABILITYENTRY']._loaded_options = None
+  _globals['_WORKERSTATUS_RUNTIMEPORTABILITYENTRY']._serialized_options = b'8\001'
+  _globals['_WORKERSTATUS']._serialized_start=137
+  _globals['_WORKERSTATUS']._serialized_end=651
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_start=516
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_end=561
+  _globals['_WORKERSTATUS_RUNTIMEPORTABILITYENTRY']._serialized_start=563
+  _globals['_WORKERSTATUS_RUNTIMEPORTABILITYENTRY']._serialized_end=651
+  _globals['_LISTWORKERSREQUEST']._serialized_start=653
+  _globals['_LISTWORKERSREQUEST']._serialized_end=673
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=675
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=738
+  _globals['_DRAINWORKERREQUEST']._serialized_start=740
+  _globals['_DRAINWORKERREQUEST']._serialized_end=821
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=823
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=885
+  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_start=887
+  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_end=953
+  _globals['_CREATEPAIRINGCODERESPONSE']._serialized_start=955
+  _globals['_CREATEPAIRINGCODERESPONSE']._serialized_end=1060
+  _globals['_WORKERTOKEN']._serialized_start=1063
+  _globals['_WORKERTOKEN']._serialized_end=1240
+  _globals['_LISTWORKERTOKENSREQUEST']._serialized_start=1242
+  _globals['_LISTWORKERTOKENSREQUEST']._serialized_end=1267
+  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_start=1269
+  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_end=1335
+  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_start=1337
+  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_end=1381
+  _globals['_REVOKEWORKERTOKENRESPONSE']._serialized_start=1383
+  _globals['_REVOKEWORKERTOKENRESPONSE']._serialized_end=1449
+  _globals['_PURGEOWNERDATAREQUEST']._serialized_start=1451
+  _globals['_PURGEOWNERDATAREQUEST']._serialized_end=1489
+  _globals['_PURGEOWNERDATARESPONSE']._serialized_start=1492
+  _globals['_PURGEOWNERDATARESPONSE']._serialized_end=1643
+  _globals['_ADMINSERVICE']._serialized_start=1646
+  _globals['_ADMINSERVICE']._serialized_end=2190
 # @@protoc_insertion_point(module_scope)

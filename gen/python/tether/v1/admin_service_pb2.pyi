@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from tether.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -11,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "name", "runtimes", "labels", "slots", "running_turns", "held_sessions", "connected", "draining", "register_time", "version", "owner")
+    __slots__ = ("worker_id", "name", "runtimes", "labels", "slots", "running_turns", "held_sessions", "connected", "draining", "register_time", "version", "owner", "runtime_portability")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +20,13 @@ class WorkerStatus(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RuntimePortabilityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _resources_pb2.RuntimePortability
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_resources_pb2.RuntimePortability, str]] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +39,7 @@ class WorkerStatus(_message.Message):
     REGISTER_TIME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_PORTABILITY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     runtimes: _containers.RepeatedScalarFieldContainer[str]
@@ -43,7 +52,8 @@ class WorkerStatus(_message.Message):
     register_time: _timestamp_pb2.Timestamp
     version: str
     owner: str
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., running_turns: _Optional[int] = ..., held_sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., draining: _Optional[bool] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    runtime_portability: _containers.ScalarMap[str, _resources_pb2.RuntimePortability]
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., running_turns: _Optional[int] = ..., held_sessions: _Optional[int] = ..., connected: _Optional[bool] = ..., draining: _Optional[bool] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owner: _Optional[str] = ..., runtime_portability: _Optional[_Mapping[str, _resources_pb2.RuntimePortability]] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

@@ -81,6 +81,14 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CURSOR_EXPIRED: _ClassVar[ErrorReason]
     ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_WORKSPACE: _ClassVar[ErrorReason]
+    ERROR_REASON_RUNTIME_NOT_PORTABLE: _ClassVar[ErrorReason]
+
+class RuntimePortability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUNTIME_PORTABILITY_UNSPECIFIED: _ClassVar[RuntimePortability]
+    RUNTIME_PORTABILITY_HISTORY: _ClassVar[RuntimePortability]
+    RUNTIME_PORTABILITY_STATE: _ClassVar[RuntimePortability]
+    RUNTIME_PORTABILITY_NONE: _ClassVar[RuntimePortability]
 
 class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -177,6 +185,11 @@ ERROR_REASON_OUTPUT_SCHEMA_UNSUPPORTED: ErrorReason
 ERROR_REASON_CURSOR_EXPIRED: ErrorReason
 ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: ErrorReason
 ERROR_REASON_INVALID_WORKSPACE: ErrorReason
+ERROR_REASON_RUNTIME_NOT_PORTABLE: ErrorReason
+RUNTIME_PORTABILITY_UNSPECIFIED: RuntimePortability
+RUNTIME_PORTABILITY_HISTORY: RuntimePortability
+RUNTIME_PORTABILITY_STATE: RuntimePortability
+RUNTIME_PORTABILITY_NONE: RuntimePortability
 REQUEST_KIND_UNSPECIFIED: RequestKind
 REQUEST_KIND_COMMAND_APPROVAL: RequestKind
 REQUEST_KIND_FILE_CHANGE_APPROVAL: RequestKind

@@ -32,7 +32,7 @@ class PairResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "name", "runtimes", "slots", "labels", "version", "features", "output_schema_runtimes")
+    __slots__ = ("worker_id", "name", "runtimes", "slots", "labels", "version", "features", "output_schema_runtimes", "runtime_portability")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,13 @@ class RegisterRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RuntimePortabilityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _resources_pb2.RuntimePortability
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_resources_pb2.RuntimePortability, str]] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +55,7 @@ class RegisterRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_PORTABILITY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     runtimes: _containers.RepeatedScalarFieldContainer[str]
@@ -56,7 +64,8 @@ class RegisterRequest(_message.Message):
     version: str
     features: _containers.RepeatedScalarFieldContainer[str]
     output_schema_runtimes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., output_schema_runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
+    runtime_portability: _containers.ScalarMap[str, _resources_pb2.RuntimePortability]
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., output_schema_runtimes: _Optional[_Iterable[str]] = ..., runtime_portability: _Optional[_Mapping[str, _resources_pb2.RuntimePortability]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests", "max_message_bytes")
