@@ -5,7 +5,9 @@ Kept in one place so neither the runtimes nor the protocol loops know the other'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from typing import Any
 
 from tether.execution_worker._workspace_restore import RestoreStats
 from tether.execution_worker.runtime import (
@@ -21,6 +23,7 @@ from tether.execution_worker.runtime import (
     ItemStarted,
     Output,
     OutputStream,
+    Portability,
     RawEvent,
     RequestKind,
     RequestOpened,
@@ -31,6 +34,29 @@ from tether.execution_worker.runtime import (
     TurnInterrupted,
 )
 from tether.v1 import resources_pb2, worker_service_pb2
+
+_PORTABILITY_TO_PROTO = {
+    Portability.HISTORY: resources_pb2.RUNTIME_PORTABILITY_HISTORY,
+    Portability.STATE: resources_pb2.RUNTIME_PORTABILITY_STATE,
+    Portability.NONE: resources_pb2.RUNTIME_PORTABILITY_NONE,
+}
+
+
+def portability_pb(portability: Portability) -> resources_pb2.RuntimePortability:
+    """A runtime's declared portability as the contract's enum (for RegisterRequest)."""
+    return _PORTABILITY_TO_PROTO[portability]
+
+
+def runtime_state(metadata_json: str) -> dict[str, Any]:
+    """A snapshot's runtime metadata as `Runtime.restore_state` takes it: `{}` when there is no
+    snapshot. Metadata that is not a JSON object raises ValueError (the restore fails closed)."""
+    if not metadata_json:
+        return {}
+    state = json.loads(metadata_json)
+    if not isinstance(state, dict):
+        raise ValueError(f"the snapshot's runtime metadata is a JSON {type(state).__name__}, not an object")
+    return state
+
 
 _ROLE_TO_PROTO = {
     HistoryRole.INPUT: resources_pb2.HISTORY_ITEM_ROLE_INPUT,

@@ -26,7 +26,7 @@ import hashlib
 import importlib.metadata
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -38,7 +38,7 @@ from tether.execution_worker._credentials import REJECTED_CODES, CredentialsReje
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import WorkerSettings
 from tether.sdk.channel import tls_hint
-from tether.v1 import worker_service_pb2, worker_service_pb2_grpc
+from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -154,12 +154,14 @@ class LeaseClient:
         runtimes: Sequence[str],
         handler: LeaseHandler,
         output_schema_runtimes: Sequence[str] = (),
+        runtime_portability: Mapping[str, resources_pb2.RuntimePortability] | None = None,
     ) -> None:
         self._stub = stub
         self._settings = settings
         self._worker_id = worker_id
         self._runtimes = list(runtimes)
         self._output_schema_runtimes = list(output_schema_runtimes)
+        self._runtime_portability = dict(runtime_portability or {})
         self._handler = handler
         self.timings = LeaseTimings(
             reconnect_backoff_initial_s=settings.reconnect_backoff_initial_s,
@@ -296,6 +298,7 @@ class LeaseClient:
                 name=settings.name,
                 runtimes=self._runtimes,
                 output_schema_runtimes=self._output_schema_runtimes,
+                runtime_portability=self._runtime_portability,
                 slots=settings.slots,
                 labels=dict(settings.labels),
                 version=_version(),

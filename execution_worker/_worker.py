@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import grpc
 
@@ -26,7 +26,7 @@ from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._checkpoints import Checkpoints, WorkspaceError, restore_failure
 from tether.execution_worker._codex_check import CodexUnavailable, codex_problem
 from tether.execution_worker._context import Link, TaskGroup
-from tether.execution_worker._convert import history_from_resume, resume_watermark
+from tether.execution_worker._convert import history_from_resume, portability_pb, resume_watermark, runtime_state
 from tether.execution_worker._credentials import CredentialsRejected
 from tether.execution_worker._discovery import check_runtimes, codex_runtime, select_runtimes
 from tether.execution_worker._errors import describe, is_lease_lost
@@ -42,7 +42,14 @@ from tether.execution_worker._session import (
 from tether.execution_worker._settings import WorkerSettings, resolve_worker_id
 from tether.execution_worker._snapshots import Snapshots
 from tether.execution_worker._turns import Turns
-from tether.execution_worker.runtime import HistoryItem, Runtime, RuntimeFactory, honours_output_schema
+from tether.execution_worker.runtime import (
+    HistoryItem,
+    Portability,
+    Runtime,
+    RuntimeFactory,
+    honours_output_schema,
+    runtime_portability,
+)
 from tether.sdk.channel import WithMetadata, credential_metadata, make_channel
 from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
 
@@ -245,6 +252,7 @@ class Worker:
             runtimes=list(self._runtimes),
             handler=self,
             output_schema_runtimes=[name for name, f in self._runtimes.items() if honours_output_schema(f)],
+            runtime_portability={name: portability_pb(runtime_portability(f)) for name, f in self._runtimes.items()},
         )
         self._link.open(stub, lease)
         if self._draining:  # drain requested before run(): the first stream announces it
@@ -436,7 +444,7 @@ class Worker:
             old, session.runtime = session.runtime, None
             await close_quietly(old)
         try:
-            history, watermark, manifest = await self._resume(session, skip_turn_id)
+            history, watermark, manifest, state = await self._resume(session, skip_turn_id)
         except LeaseLost:
             raise
         except Exception as error:
@@ -449,6 +457,8 @@ class Worker:
             await close_quietly(runtime)
             raise
         try:
+            if runtime_portability(self._runtimes[session.runtime_name]) is Portability.STATE:
+                runtime.restore_state(state)
             await runtime.start(session.session_id, self.settings.workdir, history)
         except Exception as error:
             await close_quietly(runtime)
@@ -503,8 +513,9 @@ class Worker:
 
     async def _resume(
         self, session: Session, skip_turn_id: str
-    ) -> tuple[list[HistoryItem], int, resources_pb2.WorkspaceManifest | None]:
-        """Download the session's history. A control plane that is away (restarting, or a
+    ) -> tuple[list[HistoryItem], int, resources_pb2.WorkspaceManifest | None, dict[str, Any]]:
+        """Download the session's history, its workspace manifest and its latest snapshot's
+        runtime metadata (`{}` without a snapshot). A control plane that is away (restarting, or a
         replica handing over) answers UNAVAILABLE: retry, with backoff, while the session is
         still ours (not dropped: its lease was neither lost nor revoked) and within the Resume
         deadline; the lease survives the control plane's restart."""
@@ -533,4 +544,5 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             manifest = chunks[0].workspace if chunks and chunks[0].HasField("workspace") else None
-            return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks), manifest
+            state = runtime_state(chunks[0].runtime_metadata_json if chunks else "")
+            return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks), manifest, state

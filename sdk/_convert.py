@@ -352,8 +352,18 @@ def worker_status_from_proto(msg: admin_service_pb2.WorkerStatus) -> WorkerStatu
         register_time=timestamp_from_proto(msg.register_time),
         version=msg.version,
         owner=msg.owner,
+        runtime_portability={
+            name: _PORTABILITY.get(value, "history") for name, value in sorted(msg.runtime_portability.items())
+        },
         raw=msg,
     )
+
+
+_PORTABILITY = {
+    resources_pb2.RUNTIME_PORTABILITY_HISTORY: "history",
+    resources_pb2.RUNTIME_PORTABILITY_STATE: "state",
+    resources_pb2.RUNTIME_PORTABILITY_NONE: "none",
+}
 
 
 def worker_token_from_proto(msg: admin_service_pb2.WorkerToken) -> WorkerToken:

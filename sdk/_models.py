@@ -496,6 +496,10 @@ class WorkerStatus:
     version: str
     #: The owner whose work it runs.
     owner: str = ""
+    #: How each of its runtimes' sessions move to another worker: "history" (rehydrated from
+    #: the recorded history), "state" (the runtime's own state rides in snapshots) or "none"
+    #: (a session that has run on a worker stays there).
+    runtime_portability: dict[str, str] = field(default_factory=dict)
     raw: Any = field(default=None, repr=False, compare=False)
 
 

@@ -15,7 +15,7 @@ from ..domain.messages import WorkerStatus
 from ..domain.ports import CredentialStore
 from . import _validate as v
 from ._auth import Authenticator, owner_name
-from ._convert import ts
+from ._convert import portability_pb, ts
 from ._errors import translate
 
 PAIRING_TTL_DEFAULT_S = 600
@@ -37,6 +37,7 @@ def _status_pb(st: WorkerStatus) -> apb.WorkerStatus:
         register_time=ts(info.registered_at_us),
         version=info.version,
         owner=info.owner,
+        runtime_portability=portability_pb(info.runtime_portability),
     )
 
 

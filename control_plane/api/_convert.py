@@ -8,6 +8,7 @@ numbers, so converting one is a cast.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -15,6 +16,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
+from ..domain import errors
 from ..domain import messages as m
 from ..domain.model import Event, PendingRequest, RequestKind, RequestState, Session, Snapshot, Turn, now_us
 
@@ -398,3 +400,38 @@ def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
             )
         )
     raise TypeError(f"no wire form for {type(msg).__name__}")
+
+
+_PORTABILITY_NAMES = {
+    pb.RUNTIME_PORTABILITY_UNSPECIFIED: "history",
+    pb.RUNTIME_PORTABILITY_HISTORY: "history",
+    pb.RUNTIME_PORTABILITY_STATE: "state",
+    pb.RUNTIME_PORTABILITY_NONE: "none",
+}
+_PORTABILITY_VALUES = {
+    "history": pb.RUNTIME_PORTABILITY_HISTORY,
+    "state": pb.RUNTIME_PORTABILITY_STATE,
+    "none": pb.RUNTIME_PORTABILITY_NONE,
+}
+
+
+def runtime_portability(runtimes: list[str], declared: Mapping[str, int]) -> dict[str, str]:
+    """RegisterRequest.runtime_portability as the domain keeps it: every runtime of the worker
+    named, "history" where the worker declared nothing (a worker older than the field)."""
+    out = dict.fromkeys(runtimes, "history")
+    for name, value in sorted(declared.items()):
+        if name not in out:
+            raise errors.InvalidArgument(
+                f"runtime_portability[{name!r}]", f"{name!r} is not one of the worker's runtimes {runtimes}"
+            )
+        if value not in _PORTABILITY_NAMES:
+            raise errors.InvalidArgument(
+                f"runtime_portability[{name!r}]", f"{value} is not a RuntimePortability value (HISTORY, STATE or NONE)"
+            )
+        out[name] = _PORTABILITY_NAMES[value]
+    return out
+
+
+def portability_pb(portability: dict[str, str]) -> dict[str, pb.RuntimePortability]:
+    """The domain's runtime portability map as WorkerStatus.runtime_portability."""
+    return {name: _PORTABILITY_VALUES[value] for name, value in portability.items()}

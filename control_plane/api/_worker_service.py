@@ -29,6 +29,7 @@ from ._convert import (
     events_message,
     incoming_event,
     lease_refs,
+    runtime_portability,
     ts,
     worker_msg_pb,
 )
@@ -122,6 +123,7 @@ class WorkerService(WorkspaceCalls):
                     raise errors.InvalidArgument(
                         f"output_schema_runtimes[{i}]", f"{name!r} is not one of the worker's runtimes {runtimes}"
                     )
+            portability = runtime_portability(runtimes, request.runtime_portability)
             info = WorkerInfo(
                 worker_id=worker_id,
                 name=v.optional("name", request.name, max_len=256),
@@ -132,6 +134,7 @@ class WorkerService(WorkspaceCalls):
                 version=v.optional("version", request.version, max_len=64),
                 owner=caller.owner,
                 output_schema_runtimes=list(request.output_schema_runtimes),
+                runtime_portability=portability,
             )
             registration_id = await self._hub.register(info)
             t = self._hub.timings

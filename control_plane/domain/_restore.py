@@ -95,6 +95,13 @@ class Restores:
         if rec.restoring is not None:
             raise errors.SessionBusy(f"session {session_id!r} is already being restored", session_id=session_id)
         holder = self._leases.holder(rec)
+        runtime = rec.session.runtime
+        if self._leases.epoch(rec) > 0 and self._workers.portability(owner, runtime, holder) == "none":
+            raise errors.RuntimeNotPortable(
+                f"session {session_id!r} cannot move: its runtime {runtime!r} declares portability none "
+                "(the agent's state stays on the worker that ran it); start a new session instead",
+                session_id=session_id,
+            )
         if worker_id:
             w = self._workers.get(worker_id)
             if w is None or w.info.owner != owner:
@@ -232,7 +239,7 @@ class Restores:
         if restore.granted and self._leases.held_at(rec, epoch):
             # Granted but never confirmed: the lease must not stay with a runtime that is not
             # there. Free it; the next turn rehydrates wherever it lands.
-            self._leases.drop_soon(rec, str(error), f"tether-restore-failed-{rec.session_id}")
+            self._leases.drop_soon(rec, str(error), f"tether-restore-failed-{rec.session_id}", cause="restore_failed")
         if not restore.done.done():
             restore.done.set_exception(error)
         self._scheduler.dispatch(rec)
@@ -250,6 +257,7 @@ class Restores:
             self._clear(rec)
         if not restore.done.done():
             restore.done.set_result(None)
+        self._leases.rehydrated(rec, restore=True)
         log.info("session %s restored onto %s (epoch %d)", rec.session_id, restore.worker_id, restore.epoch)
         self._scheduler.dispatch(rec)
 

@@ -138,6 +138,8 @@ class Scheduler:
                 return
             target, resume = holder, False
         else:
+            if self._pinned(rec, holder_id, holder, now):
+                return
             best = self.most_free(rec.session, schema=schema)
             if best is None:
                 self._waiting[session_id] = None
@@ -166,6 +168,31 @@ class Scheduler:
                 output_schema=turn.output_schema,
             )
         )
+
+    def _pinned(self, rec: SessionRecord, holder_id: str, holder: WorkerConn | None, now: float) -> bool:
+        """A session whose runtime declares portability "none" and that has run on a worker
+        (a lease epoch) never moves: while its holder is connected and holds the lease the next
+        turn waits for it, however long; once the holder is gone, the queued turns fail
+        RUNTIME_NOT_PORTABLE. True when dispatch stops here."""
+        session = rec.session
+        if (
+            self._leases.epoch(rec) == 0
+            or self._workers.portability(session.owner, session.runtime, holder_id) != "none"
+        ):
+            return False
+        if holder is not None and holder.connected and holder_id and self._leases.unexpired(rec, now):
+            self._waiting[rec.session_id] = None
+            return True
+        self._waiting.pop(rec.session_id, None)
+        message = (
+            f"RUNTIME_NOT_PORTABLE: runtime {session.runtime!r} declares portability none (its agent's "
+            f"state stays with the worker that ran it), and that worker ({holder_id or 'its last holder'}) "
+            "no longer holds this session, so no other worker can continue it; start a new session"
+        )
+        while (turn := self._turns.next_queued(rec)) is not None:
+            log.warning("turn %s of session %s failed: %s", turn.turn_id, rec.session_id, message)
+            self._committer.submit(self._turns.fail_queued(rec, turn, message))
+        return True
 
     def _why_no_worker(self, session: Session, schema: bool = False) -> str:
         """Why no connected worker could ever take the session's turn as things stand ("" when

@@ -195,6 +195,20 @@ class Workers:
                 offered = True
         return False if offered else None
 
+    def portability(self, owner: str, runtime: str, worker_id: str = "") -> str:
+        """How sessions of `owner`'s `runtime` move: what `worker_id` (the worker that last held
+        the session) declared when it is registered and offers the runtime; otherwise "none"
+        when any of the owner's registered workers offering it declares "none" (the cautious
+        answer), else "history"."""
+        w = self._workers.get(worker_id) if worker_id else None
+        if w is not None and w.info.owner == owner and runtime in w.info.runtimes:
+            return w.info.runtime_portability.get(runtime, "history")
+        for w in self._workers.values():
+            info = w.info
+            if info.owner == owner and runtime in info.runtimes and info.runtime_portability.get(runtime) == "none":
+                return "none"
+        return "history"
+
     def require(self, worker_id: str, registration_id: str | None = None) -> WorkerConn:
         w = self._workers.get(worker_id)
         if w is None or (registration_id is not None and w.info.registration_id != registration_id):
@@ -258,7 +272,9 @@ class Workers:
         # before the stream is bound, so nothing is offered to it at an old epoch meanwhile.
         for rec in self._leases.held_by(worker_id):
             if not rec.deleted and rec.session_id not in held_ids:
-                await self._leases.drop(rec, "the worker restarted and no longer holds the session", revoke=True)
+                await self._leases.drop(
+                    rec, "the worker restarted and no longer holds the session", revoke=True, cause="worker_restarted"
+                )
         w = self.require(worker_id, registration_id)
         if w.connected:
             w.push(CloseMsg("replaced by a newer Lease stream"))
@@ -298,7 +314,7 @@ class Workers:
         for session_id in w.held():
             rec = self._sessions.get(session_id)
             if rec is not None and self._leases.holder(rec) == w.info.worker_id and not rec.deleted:
-                self._leases.drop_soon(rec, why, f"tether-worker-dead-{session_id}")
+                self._leases.drop_soon(rec, why, f"tether-worker-dead-{session_id}", cause="worker_lost")
         w.forget_held()
 
     # ----------------------------------------------------------------- drain

@@ -151,6 +151,14 @@ class NoWorker(DomainError):
     reason = "NO_WORKER"
 
 
+class RuntimeNotPortable(DomainError):
+    """The session's runtime declares portability none and the session has run on a worker: it
+    cannot continue on another one."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "RUNTIME_NOT_PORTABLE"
+
+
 class RuntimeMismatch(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "RUNTIME_MISMATCH"

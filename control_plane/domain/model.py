@@ -253,3 +253,6 @@ class WorkerInfo:
     owner: str = ""
     # Those of `runtimes` that honour a turn's output schema (not stored: sent at each Register).
     output_schema_runtimes: list[str] = field(default_factory=list)
+    # How each runtime's sessions move: "history", "state" or "none" (a runtime left out is
+    # "history"; not stored: sent at each Register).
+    runtime_portability: dict[str, str] = field(default_factory=dict)

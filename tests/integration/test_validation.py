@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -519,6 +521,21 @@ async def test_bad_worker_requests(stubs):
         (wpb.RegisterRequest(worker_id="w1", runtimes=[], slots=1), "runtimes"),
         (wpb.RegisterRequest(worker_id="w1", runtimes=["shell"], slots=0), "slots"),
         (wpb.RegisterRequest(worker_id="w/1", runtimes=["shell"], slots=1), "worker_id"),
+        (
+            wpb.RegisterRequest(
+                worker_id="w1", runtimes=["shell"], slots=1, runtime_portability={"acp": rpb.RUNTIME_PORTABILITY_NONE}
+            ),
+            "runtime_portability['acp']",
+        ),
+        (
+            wpb.RegisterRequest(
+                worker_id="w1",
+                runtimes=["shell"],
+                slots=1,
+                runtime_portability={"shell": cast(rpb.RuntimePortability, 9)},
+            ),
+            "runtime_portability['shell']",
+        ),
     ]
     for req, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
