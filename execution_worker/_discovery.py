@@ -1,6 +1,6 @@
 """Runtime discovery: which runtimes this installation offers, by name.
 
-The built-ins (`shell`, `script`, and `codex`, which is imported on first use) plus every
+The built-ins (`shell`, `script`, and `codex` and `claude`, imported on first use) plus every
 factory registered under the `tether.runtimes` entry point group. This is the one module that
 imports the runtimes, so that the plugin API (`runtime.py`) never has to.
 """
@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING
 
 from tether.execution_worker._script import ScriptRuntime
 from tether.execution_worker._shell import ShellRuntime
-from tether.execution_worker.runtime import ENTRY_POINT_GROUP, Runtime, RuntimeFactory, honouring_output_schema
+from tether.execution_worker.runtime import (
+    ENTRY_POINT_GROUP,
+    Portability,
+    Runtime,
+    RuntimeFactory,
+    declaring_portability,
+    honouring_output_schema,
+)
 
 if TYPE_CHECKING:
+    from tether.execution_worker._claude_settings import ClaudeSettings
     from tether.execution_worker._codex_settings import CodexSettings
 
 _log = logging.getLogger(__name__)
@@ -30,8 +38,16 @@ def codex_runtime(settings: CodexSettings | None = None) -> Runtime:
     return CodexRuntime(settings)
 
 
+@declaring_portability(Portability.HISTORY)  # Claude's messages, written back as its transcript
+def claude_runtime(settings: ClaudeSettings | None = None) -> Runtime:
+    """The built-in Claude Code runtime (imported on first use, like codex)."""
+    from tether.execution_worker._claude import ClaudeRuntime
+
+    return ClaudeRuntime(settings)
+
+
 def _builtin_runtimes() -> dict[str, RuntimeFactory]:
-    return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime}
+    return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime, "claude": claude_runtime}
 
 
 def discover_runtimes() -> dict[str, RuntimeFactory]:
