@@ -34,6 +34,7 @@ from .api._workspaces import ProtoChunkCodec
 from .domain import errors
 from .domain._workspaces import Workspaces
 from .domain.hub import Hub
+from .observability import Metrics
 from .store import (
     AccessStore,
     DatabaseNotReady,
@@ -170,6 +171,8 @@ class ControlPlane:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Its own registry: several control planes in one process keep their metrics apart.
+        self.metrics = Metrics()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._engine: AsyncEngine | None = None
@@ -248,13 +251,17 @@ class ControlPlane:
             create_sqlite_writer_engine(url, sqlite_synchronous=s.sqlite_synchronous) if is_sqlite(url) else None
         )
         self._writer = Writer(engine, sync_writer)
+        self._writer.on_transaction = self.metrics.transaction
         self._writer.start()
-        self.hub = Hub(Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits, s.retention)
+        self.hub = Hub(
+            Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits, s.retention, observer=self.metrics
+        )
+        self.metrics.watch(self.hub.load)
         if not replicated:
             await self.hub.start()
             self.serving = True
         access = self.access = AccessStore(engine)
-        auth = Authenticator(access, s.dev_owner)
+        auth = Authenticator(access, s.dev_owner, on_refused=self.metrics.auth_refused)
         hub = self.hub
         workspaces = self.workspaces = Workspaces(
             Reader(engine), SqlBlobStore(engine), ProtoChunkCodec(), s.limits, hub.load_for_worker

@@ -4,6 +4,8 @@ Credentials travel as `authorization: Bearer <secret>`; a backend or admin key a
 owner it acts for in `x-tether-owner`. Known credentials are cached for a few seconds so a
 call costs no database read; a revocation through this control plane evicts at once and ends
 the worker's open streams (`watch`). Secrets are never logged and never put in a message.
+Every refusal is reported to `on_refused` with a reason from a fixed set (`REFUSALS`), for the
+auth-failure metric; an accepted caller's owner (and worker id) name the call in the logs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+
+from tether import logs
 
 from ..domain import errors
 from ..domain.access import (
@@ -31,6 +35,17 @@ from ..domain.ports import CredentialStore
 log = logging.getLogger(__name__)
 
 OWNER_HEADER = "x-tether-owner"
+# Why a call's credentials were refused (the `reason` label of tether_auth_failures_total).
+REFUSALS = (
+    "missing_credential",  # no authorization metadata
+    "malformed_credential",  # not 'Bearer <secret>'
+    "unknown_credential",  # a secret this control plane did not issue
+    "wrong_credential_kind",  # a worker token on the session API, an API key on WorkerService
+    "revoked",  # an API key or worker token that was revoked
+    "owner_missing",  # a backend key without x-tether-owner
+    "owner_mismatch",  # an owner-bound key naming another owner
+    "owner_invalid",  # x-tether-owner that is not an owner name
+)
 _Credential = TypeVar("_Credential", ApiKey, WorkerToken)
 _CACHE_TTL_S = 2.0
 _MAX_SECRET = 256
@@ -63,68 +78,123 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[str, str]:
 
 
 class Authenticator:
-    def __init__(self, store: CredentialStore, dev_owner: str = "") -> None:
+    def __init__(
+        self, store: CredentialStore, dev_owner: str = "", on_refused: Callable[[str], None] | None = None
+    ) -> None:
         self._store = store
         self.dev_owner = dev_owner
+        self._on_refused = on_refused
         self._keys: dict[str, tuple[ApiKey, float]] = {}  # by secret hash
         self._tokens: dict[str, tuple[WorkerToken, float]] = {}  # by secret hash
         self._revoked_tokens: set[str] = set()  # token ids revoked through this process
         self._watchers: dict[str, set[Callable[[errors.DomainError], None]]] = {}
 
+    def _refuse(self, reason: str, err: errors.DomainError) -> errors.DomainError:
+        """`err`, once `on_refused` heard why (one of REFUSALS)."""
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        return err
+
+    def _metadata(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        try:
+            return _metadata(context)
+        except errors.Unauthenticated as err:
+            raise self._refuse("malformed_credential", err) from None
+
+    def _owner(self, value: str) -> str:
+        try:
+            return owner_name(value)
+        except errors.InvalidArgument as err:
+            raise self._refuse("owner_invalid", err) from None
+
     async def app(self, context: grpc.aio.ServicerContext, *, owner_required: bool = True) -> AppCaller:
         """The application calling SessionService or AdminService. An admin key may leave the
         owner out (`owner_required=False`) to act across owners; its `owner` is then ""."""
-        secret, owner = _metadata(context)
+        caller = await self._app(context, owner_required)
+        logs.bind(owner=caller.owner)
+        return caller
+
+    async def _app(self, context: grpc.aio.ServicerContext, owner_required: bool) -> AppCaller:
+        secret, owner = self._metadata(context)
         if not secret:
             if self.dev_owner:  # --dev: a local caller is trusted, and may name an owner
-                return AppCaller(owner_name(owner) if owner else self.dev_owner, admin=True)
-            raise errors.Unauthenticated(
-                "this call needs an API key: send 'authorization: Bearer <key>' (tether keys create)"
+                return AppCaller(self._owner(owner) if owner else self.dev_owner, admin=True)
+            raise self._refuse(
+                "missing_credential",
+                errors.Unauthenticated(
+                    "this call needs an API key: send 'authorization: Bearer <key>' (tether keys create)"
+                ),
             )
         key = await self._api_key(secret)
         if key is None:
             if secret.startswith(WORKER_TOKEN_PREFIX) and await self._worker_token(secret) is not None:
-                raise errors.PermissionDenied("a worker token cannot call the session API; use an API key")
-            raise errors.Unauthenticated("the API key is not one this control plane issued")
+                raise self._refuse(
+                    "wrong_credential_kind",
+                    errors.PermissionDenied("a worker token cannot call the session API; use an API key"),
+                )
+            raise self._refuse(
+                "unknown_credential", errors.Unauthenticated("the API key is not one this control plane issued")
+            )
         if key.revoke_time_us:
-            raise errors.TokenRevoked(f"API key {key.key_id} was revoked", key_id=key.key_id)
+            raise self._refuse("revoked", errors.TokenRevoked(f"API key {key.key_id} was revoked", key_id=key.key_id))
         if key.kind == "owner":
             if owner and owner != key.owner:
-                raise errors.PermissionDenied(
-                    f"API key {key.key_id} is bound to one owner and cannot act for another; drop {OWNER_HEADER}",
-                    key_id=key.key_id,
+                raise self._refuse(
+                    "owner_mismatch",
+                    errors.PermissionDenied(
+                        f"API key {key.key_id} is bound to one owner and cannot act for another; drop {OWNER_HEADER}",
+                        key_id=key.key_id,
+                    ),
                 )
             return AppCaller(key.owner, key_id=key.key_id, bound=True)
         admin = key.kind == "admin"
         if not owner:
             if admin and not owner_required:
                 return AppCaller("", admin=True, key_id=key.key_id)
-            raise errors.InvalidArgument(OWNER_HEADER, f"a {key.kind} key must name the owner it acts for on this call")
-        return AppCaller(owner_name(owner), admin=admin, key_id=key.key_id)
+            raise self._refuse(
+                "owner_missing",
+                errors.InvalidArgument(OWNER_HEADER, f"a {key.kind} key must name the owner it acts for on this call"),
+            )
+        return AppCaller(self._owner(owner), admin=admin, key_id=key.key_id)
 
     async def worker(self, context: grpc.aio.ServicerContext) -> WorkerCaller:
         """The execution worker calling WorkerService."""
-        secret, _ = _metadata(context)
+        caller = await self._worker(context)
+        logs.bind(owner=caller.owner, worker_id=caller.worker_id)
+        return caller
+
+    async def _worker(self, context: grpc.aio.ServicerContext) -> WorkerCaller:
+        secret, _ = self._metadata(context)
         if not secret:
             if self.dev_owner:
                 return WorkerCaller(self.dev_owner)
-            raise errors.Unauthenticated(
-                "WorkerService needs a worker token: pair the worker first (tether worker pair --code CODE)"
+            raise self._refuse(
+                "missing_credential",
+                errors.Unauthenticated(
+                    "WorkerService needs a worker token: pair the worker first (tether worker pair --code CODE)"
+                ),
             )
         token = await self._worker_token(secret)
         if token is None:
             if secret.startswith(API_KEY_PREFIX) and await self._api_key(secret) is not None:
-                raise errors.PermissionDenied(
-                    "an API key cannot call WorkerService; pair the worker for a worker token"
+                raise self._refuse(
+                    "wrong_credential_kind",
+                    errors.PermissionDenied("an API key cannot call WorkerService; pair the worker for a worker token"),
                 )
-            raise errors.Unauthenticated("the worker token is not one this control plane issued; pair the worker again")
+            raise self._refuse(
+                "unknown_credential",
+                errors.Unauthenticated("the worker token is not one this control plane issued; pair the worker again"),
+            )
         self._check_token(token)
         return WorkerCaller(token.owner, token.worker_id, token.token_id)
 
     def _check_token(self, token: WorkerToken) -> None:
         if token.revoke_time_us or token.token_id in self._revoked_tokens:
-            raise errors.TokenRevoked(
-                f"worker token {token.token_id} was revoked; pair the worker again", token_id=token.token_id
+            raise self._refuse(
+                "revoked",
+                errors.TokenRevoked(
+                    f"worker token {token.token_id} was revoked; pair the worker again", token_id=token.token_id
+                ),
             )
 
     def check_still_valid(self, caller: WorkerCaller) -> None:

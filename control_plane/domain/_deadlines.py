@@ -101,6 +101,6 @@ class TurnDeadlines:
         )
         self.forced_ends += 1
         self._tasks.spawn(
-            self._leases.drop(rec, why, revoke=True, ending=(TurnState.INTERRUPTED, why)),
+            self._leases.drop(rec, why, revoke=True, cause="turn_deadline", ending=(TurnState.INTERRUPTED, why)),
             f"tether-force-end-{turn.turn_id}",
         )

@@ -22,7 +22,7 @@ from ._shared import Committer, log
 from .access import Limits, TokenBucket
 from .messages import IncomingEvent, IngestResult
 from .model import TERMINAL_KINDS, TurnState, now_us
-from .ports import BodyCodec, Changes
+from .ports import BodyCodec, Changes, Observer
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 
 
 class Ingest:
-    def __init__(self, committer: Committer, limits: Limits, codec: BodyCodec) -> None:
+    def __init__(self, committer: Committer, limits: Limits, codec: BodyCodec, observer: Observer) -> None:
         self._committer = committer
         self._limits = limits
         self._codec = codec
+        self._observer = observer
         self.reused_worker_seqs = 0  # batches refused for a reused worker_seq (see _check_duplicate)
 
     def connect(
@@ -112,6 +113,8 @@ class Ingest:
         # requests its turn leaves unanswered: the terminal event is always the turn's last.
         stored = self._events.number(rec, fresh[:-1] if ends else fresh, epoch, now)
         changes = Changes(event_inserts=stored)
+        self._observer.events_ingested(len(fresh))
+        self._leases.rehydrated(rec)  # the holder's first write since its grant: its runtime is up
         self._leases.ack(rec, last.worker_seq)
         self._leases.mark_turn(rec, fresh[0].worker_seq, last.turn_id)
         for e in opened:  # checked above: each carries a request

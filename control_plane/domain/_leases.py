@@ -24,7 +24,7 @@ from . import errors
 from ._shared import Committer, Tasks, log
 from .messages import RenewedMsg, RevokeMsg, Timings
 from .model import Lease, TurnState, now_us
-from .ports import Changes
+from .ports import Changes, LeaseMove, Observer
 
 if TYPE_CHECKING:
     from ._record import SessionRecord
@@ -43,6 +43,7 @@ class LeaseBook:
     # Under the current epoch, where each turn's events start: (first worker_seq, turn id), in
     # order. Lets a resent event be checked against the turn it claims (Ingest).
     turn_marks: list[tuple[int, str]] = field(default_factory=list)
+    granted_at: float = 0.0  # time.monotonic() of a grant whose holder has not rehydrated yet
 
     @classmethod
     def reloaded(cls, lease: Lease | None, last_worker_seq: int, ttl_s: float) -> LeaseBook:
@@ -55,10 +56,11 @@ class LeaseBook:
 
 
 class Leases:
-    def __init__(self, committer: Committer, tasks: Tasks, timings: Timings) -> None:
+    def __init__(self, committer: Committer, tasks: Tasks, timings: Timings, observer: Observer) -> None:
         self._committer = committer
         self._tasks = tasks
         self._timings = timings
+        self._observer = observer
         # Calls refused by fencing, per worker: a worker that keeps writing for a lease it lost
         # is a zombie, and this is how the conformance kit sees one.
         self._fenced_calls: collections.Counter[str] = collections.Counter()
@@ -189,17 +191,34 @@ class Leases:
         book = rec.lease
         lease = book.lease
         if lease is None or lease.epoch != epoch or lease.worker_id != w.info.worker_id:
-            previous = self._workers.get(self.holder(rec))
+            holder = self.holder(rec)
+            previous = self._workers.get(holder)
             if previous is not None and previous is not w:
                 previous.let_go(session_id)
                 previous.push(RevokeMsg(session_id, lease.epoch if lease else 0, why_moved))
+            restore = self._restores.in_progress(rec)
+            self._observer.lease_granted("restore" if restore else "turn")
+            if holder and holder != w.info.worker_id:
+                self._observer.lease_moved("restore" if restore else "reassigned")
             granted = Lease(session_id, w.info.worker_id, epoch, now_us())
             self._set(rec, granted)
             book.acked_worker_seq = 0
             book.turn_marks.clear()
+            book.granted_at = time.monotonic()
             changes.lease_upserts.append(granted)
         book.expires = time.monotonic() + self._timings.lease_ttl_s
         w.hold(session_id, epoch)
+
+    def rehydrated(self, rec: SessionRecord, *, restore: bool = False) -> None:
+        """The holder's runtime is up under its grant (its first write, or the snapshot that
+        confirms a restore): reported once per grant, with the time it took."""
+        book = rec.lease
+        if not book.granted_at:
+            return
+        first = book.lease is not None and book.lease.epoch == 1
+        kind = "restore" if restore else ("start" if first else "move")
+        self._observer.rehydrated(kind, time.monotonic() - book.granted_at)
+        book.granted_at = 0.0
 
     def renew_held(self, w: WorkerConn, held: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Extend the leases `w` says it holds; returns those it no longer has."""
@@ -254,7 +273,7 @@ class Leases:
             w.let_go(session_id)
         why = f"the worker released the session ({reason or 'no reason given'})"
         log.info("worker %s released session %s (epoch %d): %s", worker_id, session_id, epoch, reason or "no reason")
-        await self.drop(rec, why, revoke=False)
+        await self.drop(rec, why, revoke=False, cause="released")
 
     def take_back(self, rec: SessionRecord, why: str, changes: Changes) -> None:
         """Free an idle session's lease now, with a revoke to its holder, the freed lease going
@@ -270,13 +289,20 @@ class Leases:
         freed = Lease(rec.session_id, "", lease.epoch, now_us())
         self._set(rec, freed)
         changes.lease_upserts.append(freed)
+        self._observer.lease_moved("reverted")
 
-    def drop_soon(self, rec: SessionRecord, why: str, task_name: str) -> None:
+    def drop_soon(self, rec: SessionRecord, why: str, task_name: str, *, cause: LeaseMove) -> None:
         """`drop` with a revoke, in a background task (from a callback that cannot await)."""
-        self._tasks.spawn(self.drop(rec, why, revoke=True), task_name)
+        self._tasks.spawn(self.drop(rec, why, revoke=True, cause=cause), task_name)
 
     async def drop(
-        self, rec: SessionRecord, why: str, *, revoke: bool, ending: tuple[TurnState, str] | None = None
+        self,
+        rec: SessionRecord,
+        why: str,
+        *,
+        revoke: bool,
+        cause: LeaseMove,
+        ending: tuple[TurnState, str] | None = None,
     ) -> None:
         """Free the session's lease (keeping its epoch) so any worker may take it next.
 
@@ -295,6 +321,7 @@ class Leases:
                 w.push(RevokeMsg(session_id, lease.epoch, why))
         freed = Lease(session_id, "", lease.epoch, now_us())
         self._set(rec, freed)
+        self._observer.lease_moved(cause)
         self._restores.fail(
             rec,
             lease.epoch,
@@ -331,7 +358,9 @@ class Leases:
             for rec in self.leased():  # only leased sessions: idle ones cost the sweeper nothing
                 if now >= rec.lease.expires and not rec.deleted:
                     try:
-                        await self.drop(rec, "the lease was not renewed before its deadline", revoke=True)
+                        await self.drop(
+                            rec, "the lease was not renewed before its deadline", revoke=True, cause="lease_expired"
+                        )
                     except errors.DomainError:
                         log.exception("could not expire lease of %s", rec.session_id)
             self._scheduler.dispatch_waiting()

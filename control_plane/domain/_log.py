@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from . import errors
 from .messages import IncomingEvent
 from .model import Event, now_us
-from .ports import SessionReader
+from .ports import Observer, SessionReader
 
 if TYPE_CHECKING:
     from ._record import SessionRecord
@@ -39,8 +39,9 @@ class LogBook:
 
 
 class EventLog:
-    def __init__(self, reader: SessionReader) -> None:
+    def __init__(self, reader: SessionReader, observer: Observer) -> None:
         self._reader = reader
+        self._observer = observer
 
     def connect(self, *, sessions: SessionCache) -> None:
         self._sessions = sessions
@@ -95,6 +96,7 @@ class EventLog:
         book.last_event_us = events[-1].create_time_us
         changed, book.changed = book.changed, asyncio.Event()
         changed.set()
+        self._observer.events_published((now_us() - events[0].create_time_us) / 1e6)
 
     def followed(self, rec: SessionRecord) -> bool:
         """Whether a subscriber follows the log, or a commit of it is under way."""

@@ -22,7 +22,7 @@ from ._shared import Committer
 from .access import Limits
 from .messages import InterruptMsg
 from .model import InputPolicy, Turn, TurnState, new_id, now_us
-from .ports import BodyCodec, Changes, SessionReader
+from .ports import BodyCodec, Changes, Observer, SessionReader
 
 if TYPE_CHECKING:
     from ._deadlines import TurnDeadlines
@@ -63,11 +63,14 @@ class TurnBook:
 
 
 class Turns:
-    def __init__(self, reader: SessionReader, committer: Committer, codec: BodyCodec, limits: Limits) -> None:
+    def __init__(
+        self, reader: SessionReader, committer: Committer, codec: BodyCodec, limits: Limits, observer: Observer
+    ) -> None:
         self._reader = reader
         self._committer = committer
         self._codec = codec
         self._limits = limits
+        self._observer = observer
         # owner -> the loaded records with a turn queued, offered or running
         self._busy: dict[str, dict[str, SessionRecord]] = {}
 
@@ -128,6 +131,19 @@ class Turns:
     def has_open(self, rec: SessionRecord) -> bool:
         """Whether any turn of the session is open (queued, offered or running)."""
         return bool(rec.turns.turns) or self.busy(rec)
+
+    def queued(self) -> tuple[int, int]:
+        """How many turns wait in a queue, and when the oldest of them was queued (a `now_us()`
+        reading; 0 when none waits). Walks only the busy sessions."""
+        count = oldest = 0
+        for busy in self._busy.values():
+            for rec in busy.values():
+                book = rec.turns
+                if book.queue:
+                    count += len(book.queue)
+                    created = book.turns[book.queue[0]].create_time_us
+                    oldest = created if not oldest else min(oldest, created)
+        return count, oldest
 
     def busy_records(self, owner: str | None = None) -> list[SessionRecord]:
         """The loaded records with a turn queued, offered or running (`owner`'s, or everyone's)."""
@@ -191,6 +207,7 @@ class Turns:
         turn.start_time_us = now_us()
         changes.turn_updates.append(turn)
         self._deadlines.started(rec, turn)
+        self._observer.turn_started((turn.start_time_us - turn.create_time_us) / 1e6)
 
     # ----------------------------------------------------------------- calls
 
@@ -438,6 +455,8 @@ class Turns:
 
     def _close(self, rec: SessionRecord, turn: Turn) -> None:
         self._deadlines.ended(turn)
+        ran_s = (turn.end_time_us - turn.start_time_us) / 1e6 if turn.start_time_us else None
+        self._observer.turn_ended(rec.session.runtime, turn.state.name.lower(), ran_s)
         book = rec.turns
         book.turns.pop(turn.turn_id, None)
         if book.active is turn:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._bundles import Bundles, SessionBundle
 from ._deadlines import TurnDeadlines
@@ -99,8 +99,9 @@ from .model import (
     Snapshot,
     Turn,
     WorkerInfo,
+    now_us,
 )
-from .ports import BodyCodec, GroupCommitWriter, SessionQuery, SessionReader
+from .ports import BodyCodec, GroupCommitWriter, NullObserver, Observer, SessionQuery, SessionReader
 
 __all__ = [
     "AnswerMsg",
@@ -112,6 +113,7 @@ __all__ = [
     "DrainMsg",
     "GrantMsg",
     "Hub",
+    "HubLoad",
     "IncomingEvent",
     "IngestResult",
     "InterruptMsg",
@@ -127,6 +129,18 @@ __all__ = [
 ]
 
 
+class HubLoad(NamedTuple):
+    """What the hub holds now, for operators' gauges (`Hub.load`)."""
+
+    sessions_loaded: int
+    sessions_live: int  # loaded, with a turn queued, offered or running, or a worker holding the lease
+    turns_queued: int
+    oldest_queued_s: float  # how long the oldest queued turn has waited (0: none waits)
+    workers_connected: int
+    slots: int  # of the connected workers
+    slots_in_use: int  # by offered and running turns and restores, on the connected workers
+
+
 class Hub:
     def __init__(
         self,
@@ -136,17 +150,20 @@ class Hub:
         timings: Timings,
         limits: Limits | None = None,
         retention: Retention | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        """`observer` hears what happens, for metrics (default: nobody)."""
         self.timings = timings
         self.limits = limits or Limits()
         self._tasks = Tasks()  # owned here, awaited by stop()
+        observer = observer or NullObserver()
         committer = Committer(writer)
         sessions = self._sessions = SessionCache(reader, committer, timings)
-        events = self._events = EventLog(reader)
-        turns = self._turns = Turns(reader, committer, codec, self.limits)
+        events = self._events = EventLog(reader, observer)
+        turns = self._turns = Turns(reader, committer, codec, self.limits, observer)
         scheduler = self._scheduler = Scheduler(committer, timings, codec)
-        leases = self._leases = Leases(committer, self._tasks, timings)
-        ingest = self._ingest = Ingest(committer, self.limits, codec)
+        leases = self._leases = Leases(committer, self._tasks, timings, observer)
+        ingest = self._ingest = Ingest(committer, self.limits, codec, observer)
         requests = self._requests = PendingRequests(reader, committer, codec)
         snapshots = self._snapshots = Snapshots(reader, committer, timings)
         restores = self._restores = Restores(committer, timings)
@@ -227,6 +244,28 @@ class Hub:
     def loaded_sessions(self) -> int:
         """How many sessions are in memory now (live ones and recently used ones)."""
         return len(self._sessions)
+
+    def load(self) -> HubLoad:
+        """What the hub holds now. Walks only busy sessions, held leases and workers, never
+        every loaded session, so it stays cheap with many sessions loaded."""
+        live = {rec.session_id for rec in self._turns.busy_records()}
+        live.update(rec.session_id for rec in self._leases.leased())
+        queued, oldest_us = self._turns.queued()
+        connected = slots = free = 0
+        for w in self._workers.all():
+            if w.connected:
+                connected += 1
+                slots += w.info.slots
+                free += w.free_slots
+        return HubLoad(
+            sessions_loaded=len(self._sessions),
+            sessions_live=len(live),
+            turns_queued=queued,
+            oldest_queued_s=max(0.0, (now_us() - oldest_us) / 1e6) if oldest_us else 0.0,
+            workers_connected=connected,
+            slots=slots,
+            slots_in_use=slots - free,
+        )
 
     def evict_idle(self, now: float | None = None) -> int:
         """Drop the sessions that are not live and were not used for `session_idle_s` before

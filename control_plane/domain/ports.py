@@ -1,7 +1,7 @@
 """Ports: what the domain needs from storage and from the edge, as Protocols.
 
-`store/` implements the storage ports (`SessionReader`, `GroupCommitWriter`, `CredentialStore`)
-and `api/` the `BodyCodec`; the composition root (`control_plane/_server.py`) wires them. The
+`store/` implements the storage ports (`SessionReader`, `GroupCommitWriter`, `CredentialStore`),
+`api/` the `BodyCodec` and `observability/` the `Observer`; the composition root (`control_plane/_server.py`) wires them. The
 domain hands the writer `Changes`, a unit of domain records, and never sees a row: mapping
 records to rows is the store's business. Tests use in-memory fakes of these ports
 (tests/helpers/fake_store.py).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from .access import ApiKey, WorkerToken
 from .model import Checkpoint, Event, Lease, PendingRequest, RequestState, Session, Snapshot, Turn, WorkerInfo
@@ -22,8 +22,11 @@ __all__ = [
     "Changes",
     "CredentialStore",
     "GroupCommitWriter",
+    "LeaseMove",
     "ListedSession",
     "LoadedSession",
+    "NullObserver",
+    "Observer",
     "SessionQuery",
     "SessionReader",
     "WriteFailed",
@@ -210,6 +213,80 @@ class GroupCommitWriter(Protocol):
         """Queue `changes`; the future resolves once they are durable (after their on_commit
         callbacks ran) or fails with WriteFailed."""
         ...
+
+
+# Why a lease left the worker holding it (Observer.lease_moved); a fixed set, so a metric
+# labelled with it stays bounded.
+LeaseMove = Literal[
+    "reassigned",  # granted to another worker for a turn (holder draining, busy past the sticky timeout)
+    "restore",  # RestoreSession moved it
+    "released",  # the worker released it (end of a drain, a cooled runtime, a failed rehydration)
+    "lease_expired",  # not renewed before its deadline
+    "worker_lost",  # its worker did not reconnect within the worker-dead grace
+    "worker_restarted",  # its worker came back without it
+    "restore_failed",  # a restore granted it but was never confirmed
+    "turn_deadline",  # the turn outlived the interrupt grace or the maximum turn duration
+    "reverted",  # RevertSession took it back
+]
+
+
+class Observer(Protocol):
+    """What the domain reports as it works, for operators (control_plane/observability turns it
+    into metrics). Called on the event loop, some of it on the turn path: an implementation
+    only counts, never blocks. Nothing passed names a session, turn, worker or owner."""
+
+    def turn_started(self, queued_s: float) -> None:
+        """A worker accepted a turn `queued_s` after its input was queued."""
+        ...
+
+    def turn_ended(self, runtime: str, outcome: str, ran_s: float | None) -> None:
+        """A turn of a session on `runtime` ended (`outcome`: completed, failed, interrupted)
+        after running `ran_s` (None: it never ran)."""
+        ...
+
+    def lease_granted(self, kind: str) -> None:
+        """A worker was granted a session's lease at a new epoch, for a turn or a restore."""
+        ...
+
+    def lease_moved(self, reason: LeaseMove) -> None: ...
+
+    def rehydrated(self, kind: str, seconds: float) -> None:
+        """A worker rebuilt a session's runtime `seconds` after its grant: the session's first
+        lease ("start"), a later one for a turn ("move"), or a RestoreSession ("restore")."""
+        ...
+
+    def events_ingested(self, count: int) -> None:
+        """A worker's batch added `count` events to a session's log."""
+        ...
+
+    def events_published(self, lag_s: float) -> None:
+        """Committed events reached their subscribers `lag_s` after they were numbered."""
+        ...
+
+
+class NullObserver:
+    """An Observer that reports nowhere (the default)."""
+
+    def turn_started(self, queued_s: float) -> None:
+        pass
+
+    def turn_ended(self, runtime: str, outcome: str, ran_s: float | None) -> None:
+        pass
+
+    def lease_granted(self, kind: str) -> None:
+        pass
+
+    def lease_moved(self, reason: LeaseMove) -> None:
+        pass
+
+    def rehydrated(self, kind: str, seconds: float) -> None:
+        pass
+
+    def events_ingested(self, count: int) -> None:
+        pass
+
+    def events_published(self, lag_s: float) -> None:
+        pass
 
 
 class CredentialStore(Protocol):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,8 @@ class Writer:
         # Run first in every transaction; raising rolls it back. A replica's leadership fence
         # (store/_election.py) goes here, so a deposed leader can never commit.
         self.fence: Callable[[Connection], None] | None = None
+        # Told of every transaction once it ends: (seconds it took, write sets it held, committed).
+        self.on_transaction: Callable[[float, int, bool], None] | None = None
         self.transactions = 0
         self.write_sets = 0
 
@@ -235,6 +238,7 @@ class Writer:
         merged = WriteSet()
         for ws, _ in batch:
             merged.merge(ws)
+        started = time.perf_counter()
         try:
             if self._thread is not None:
                 await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, merged)
@@ -242,6 +246,8 @@ class Writer:
                 async with self._engine.begin() as conn:
                     await conn.run_sync(self._apply, merged)
         except Exception as exc:  # the whole transaction rolled back: fail every waiter
+            if self.on_transaction is not None:
+                self.on_transaction(time.perf_counter() - started, len(batch), False)
             log.exception("write transaction failed; %d write sets rolled back", len(batch))
             if self.on_failure is not None:
                 self.on_failure()
@@ -249,6 +255,8 @@ class Writer:
                 if not fut.done():
                     fut.set_exception(WriteFailed(str(exc)))
             return
+        if self.on_transaction is not None:
+            self.on_transaction(time.perf_counter() - started, len(batch), True)
         for ws, fut in batch:
             for callback in ws.on_commit:
                 try:
