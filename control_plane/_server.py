@@ -34,6 +34,7 @@ from .api._workspaces import ProtoChunkCodec
 from .domain import errors
 from .domain._workspaces import Workspaces
 from .domain.hub import Hub
+from .http import Console, ConsoleNotBuilt, HttpApp, HttpServer, ServiceApp, ServingGate, TlsFiles
 from .observability import Metrics
 from .store import (
     AccessStore,
@@ -175,6 +176,9 @@ class ControlPlane:
         self.metrics = Metrics()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        # The HTTP port (--http-port): the same services for browsers and curl; None when off.
+        self.http: HttpServer | None = None
+        self._console: Console | None = None
         self._engine: AsyncEngine | None = None
         self._writer: Writer | None = None
         self.hub: Hub | None = None
@@ -232,6 +236,12 @@ class ControlPlane:
             await self.close()
             raise StartupError(f"cannot listen on {address}: is another process using the port?") from exc
         try:
+            self._bind_http()
+        except (OSError, ConsoleNotBuilt) as exc:
+            await server.stop(None)
+            await self.close()
+            raise StartupError(str(exc)) from None
+        try:
             engine = self._engine = create_engine(
                 url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.db_pool_size
             )
@@ -269,14 +279,16 @@ class ControlPlane:
         self._blob_collector = asyncio.create_task(
             workspaces.collect_forever(s.blob_gc_interval_s, s.blob_gc_grace_s), name="tether-blob-collector"
         )
+        session_service = SessionService(self.hub, auth, workspaces)
+        admin_service = AdminService(self.hub, auth, access, s.limits, workspaces)
         server.add_generic_rpc_handlers(
             (
-                _handlers("tether.v1.SessionService", SessionService(self.hub, auth, workspaces)),
+                _handlers("tether.v1.SessionService", session_service),
                 _handlers(
                     "tether.v1.WorkerService",
                     WorkerService(self.hub, auth, access, s.limits, workspaces, s.max_message_bytes),
                 ),
-                _handlers("tether.v1.AdminService", AdminService(self.hub, auth, access, s.limits, workspaces)),
+                _handlers("tether.v1.AdminService", admin_service),
             )
         )
         self._health = health.aio.HealthServicer()
@@ -284,6 +296,8 @@ class ControlPlane:
         _reflection.enable_reflection([*_SERVICES, health.SERVICE_NAME], server)
         await server.start()
         self._server = server
+        if self.http is not None:
+            await self.http.start(self._http_app(session_service, admin_service))
         if replicated:
             await self._campaign(url)
         for name in ("", *_SERVICES, health.SERVICE_NAME, *_reflection.SERVICE_NAMES):
@@ -297,6 +311,45 @@ class ControlPlane:
             f", --dev: callers without credentials act as owner {s.dev_owner!r}" if s.dev_owner else "",
         )
         return self.port
+
+    def _bind_http(self) -> None:
+        """Bind the HTTP port (and find the console) before the database is opened, as the
+        gRPC port is: a busy port, a bad TLS file or a missing console creates no file."""
+        s = self.settings
+        if s.http_port is None:
+            return
+        if s.console:
+            self._console = Console(s.console_dir)
+        cert, key = s.http_tls_cert_file or s.tls_cert_file, s.http_tls_key_file or s.tls_key_file
+        if bool(cert) != bool(key):
+            raise OSError("HTTP TLS needs both a certificate and its key (--http-tls-cert, --http-tls-key)")
+        tls = TlsFiles(cert, key, s.tls_client_ca_file) if cert else None
+        http = HttpServer(s.http_host, s.http_port, tls, shutdown_grace_s=s.shutdown_grace_s)
+        address = f"{s.http_host}:{s.http_port}"
+        try:
+            http.bind()
+        except ssl.SSLError as exc:
+            raise OSError(f"cannot use the HTTP port's TLS files ({cert}, {key}): {exc}") from exc
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address} (--http-port): {exc.strerror or exc}") from exc
+        self.http = http
+
+    def _http_app(self, session_service: SessionService, admin_service: AdminService) -> HttpApp:
+        services = ServiceApp(
+            {"tether.v1.SessionService": session_service, "tether.v1.AdminService": admin_service},
+            read_max_bytes=self.settings.max_message_bytes,
+            interceptors=(ServingGate(self._http_refusal),),
+        )
+        # /metrics: the observability package's ASGI app is given here as `metrics=`.
+        return HttpApp(services, services.paths, cors_origins=self.settings.http_cors_origins, console=self._console)
+
+    def _http_refusal(self) -> str | None:
+        """Why this replica does not serve an HTTP call now (the HTTP port does not relay)."""
+        if self.serving:
+            return None
+        leader = self._election.leader if self._election is not None else None
+        where = f"; replica {leader.replica_id} leads (gRPC at {leader.address})" if leader is not None else ""
+        return f"replica {self.replica_id} is not serving (no leader elected, or it follows){where}; retry"
 
     async def _campaign(self, url: str) -> None:
         """Join the replicas on this database: lead if none does, else relay to the leader.
@@ -392,6 +445,8 @@ class ControlPlane:
             await self._health.enter_graceful_shutdown()
         if self.hub is not None:
             await self.hub.stop()
+        if self.http is not None:
+            await self.http.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_s)
         if self._writer is not None:
@@ -456,6 +511,8 @@ async def serve_forever(settings: Settings, port_file: str | None = None) -> Non
         if port_file:
             _write_port_file(port_file, cp.port)
         print(f"tether control plane listening on {settings.host}:{cp.port}", flush=True)
+        if cp.http is not None:
+            print(f"tether HTTP listening on {cp.http.scheme}://{settings.http_host}:{cp.http.port}", flush=True)
         await stop.wait()
         log.info("shutting down")
 

@@ -37,3 +37,14 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # The HTTP port (control_plane/http): the contract over Connect, gRPC-Web and gRPC for
+    # browsers and curl; None: off. Its TLS files default to the gRPC port's (tls_client_ca_file
+    # applies to both); a browser may call it from its own origin and from http_cors_origins.
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    http_cors_origins: tuple[str, ...] = ()
+    http_tls_cert_file: str = ""
+    http_tls_key_file: str = ""
+    # The web console under /console/ on the HTTP port; "" serves the packaged build (make web).
+    console: bool = False
+    console_dir: str = ""

@@ -306,6 +306,64 @@ def _is_loopback(host: str) -> bool:
     help="Require client certificates signed by this CA (mutual TLS).",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    envvar="TETHER_HTTP_PORT",
+    show_envvar=True,
+    help="Also serve SessionService and AdminService over HTTP (Connect, gRPC-Web and gRPC; HTTP/1.1 and "
+    "HTTP/2) on this port, for browsers and curl (0 picks a free one).  [default: off]",
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TETHER_HTTP_HOST",
+    show_envvar=True,
+    help="Address the HTTP port binds.",
+)
+@click.option(
+    "--http-cors-origin",
+    "http_cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    envvar="TETHER_HTTP_CORS_ORIGIN",
+    show_envvar=True,
+    help="A web origin (scheme://host[:port]) whose pages may call the HTTP port from a browser (repeatable; "
+    "the environment variable takes several separated by spaces). The port's own origin always may.",
+)
+@click.option(
+    "--http-tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="TETHER_HTTP_TLS_CERT",
+    show_envvar=True,
+    help="Serve the HTTP port's TLS with this certificate (PEM; with --http-tls-key).  [default: --tls-cert]",
+)
+@click.option(
+    "--http-tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="TETHER_HTTP_TLS_KEY",
+    show_envvar=True,
+    help="The HTTP certificate's private key (PEM).  [default: --tls-key]",
+)
+@click.option(
+    "--console",
+    is_flag=True,
+    envvar="TETHER_CONSOLE",
+    show_envvar=True,
+    help="Serve the web console under /console/ on the HTTP port (built by `make web`).",
+)
+@click.option(
+    "--console-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="TETHER_CONSOLE_DIR",
+    show_envvar=True,
+    help="Serve the console from this directory instead of the installed build.",
+)
+@click.option(
     "--max-active-sessions-per-owner",
     type=click.IntRange(1),
     default=Limits.max_active_sessions_per_owner,
@@ -424,6 +482,13 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     tls_client_ca: str | None,
+    http_port: int | None,
+    http_host: str,
+    http_cors_origins: tuple[str, ...],
+    http_tls_cert: str | None,
+    http_tls_key: str | None,
+    console: bool,
+    console_dir: str | None,
     max_active_sessions_per_owner: int,
     max_queued_turns_per_owner: int,
     events_per_second_per_session: float,
@@ -454,6 +519,13 @@ def serve(
         raise click.BadParameter(
             "--dev lets anyone in without credentials; it is only allowed on a loopback address", param_hint="--dev"
         )
+    _check_http(http_port, http_host, http_tls_cert, http_tls_key, console, console_dir, dev)
+    if http_port is not None and not _is_loopback(http_host) and not (http_tls_cert or tls_cert):
+        logging.getLogger("tether").warning(
+            "serving plaintext HTTP on non-loopback address %s: keys cross the network in the clear; "
+            "use --http-tls-cert and --http-tls-key (or --tls-cert and --tls-key)",
+            http_host,
+        )
     if not _is_loopback(host) and not tls_cert:
         logging.getLogger("tether").warning(
             "serving plaintext gRPC on non-loopback address %s: keys and tokens cross the network in the clear; "
@@ -474,6 +546,13 @@ def serve(
         tls_cert_file=tls_cert or "",
         tls_key_file=tls_key or "",
         tls_client_ca_file=tls_client_ca or "",
+        http_port=http_port,
+        http_host=http_host,
+        http_cors_origins=tuple(_cors_origin(o) for o in http_cors_origins),
+        http_tls_cert_file=http_tls_cert or "",
+        http_tls_key_file=http_tls_key or "",
+        console=console,
+        console_dir=console_dir or "",
         limits=Limits(
             max_active_sessions_per_owner=max_active_sessions_per_owner,
             max_queued_turns_per_owner=max_queued_turns_per_owner,
@@ -514,6 +593,48 @@ def serve(
         _run(serve_forever(settings, port_file))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _check_http(
+    port: int | None,
+    host: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    console: bool,
+    console_dir: str | None,
+    dev: bool,
+) -> None:
+    if port is None:
+        for flag, given in (
+            ("--http-tls-cert", tls_cert),
+            ("--http-tls-key", tls_key),
+            ("--console", console),
+            ("--console-dir", console_dir),
+        ):
+            if given:
+                raise click.BadParameter("needs the HTTP port: add --http-port", param_hint=flag)
+        return
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("--http-tls-cert and --http-tls-key go together", param_hint="--http-tls-cert")
+    if console_dir and not console:
+        raise click.BadParameter("only means something with --console", param_hint="--console-dir")
+    if dev and not _is_loopback(host):
+        raise click.BadParameter(
+            "--dev lets anyone in without credentials; the HTTP port must then bind a loopback address",
+            param_hint="--http-host",
+        )
+
+
+def _cors_origin(text: str) -> str:
+    """An origin as browsers send it: scheme://host[:port], nothing after."""
+    origin = text.strip().rstrip("/")
+    scheme, sep, rest = origin.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?#*"):
+        raise click.BadParameter(
+            f"expected an origin such as https://app.example.com or http://localhost:5173, got {text!r}",
+            param_hint="--http-cors-origin",
+        )
+    return origin
 
 
 def _run(main: Coroutine[Any, Any, _T]) -> _T:
