@@ -13,6 +13,7 @@ Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,8 @@ from typing import Any, TypedDict, TypeVar
 import click
 import grpc
 
+from tether.execution_worker._claude_check import claude_problem
+from tether.execution_worker._claude_settings import PERMISSION_MODES, ClaudeSettings
 from tether.execution_worker._codex_check import CodexUnavailable
 from tether.execution_worker._codex_settings import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
 from tether.execution_worker._credentials import (
@@ -35,11 +38,12 @@ from tether.execution_worker._credentials import (
     pair,
     save_credentials,
 )
-from tether.execution_worker._discovery import discover_runtimes
+from tether.execution_worker._discovery import claude_runtime, discover_runtimes, select_runtimes
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from tether.execution_worker._worker import Worker
 from tether.execution_worker._workspace import DEFAULT_IGNORES
+from tether.execution_worker.runtime import RuntimeFactory
 
 _T = TypeVar("_T")
 
@@ -93,6 +97,17 @@ class _CodexConfigOverride(click.ParamType):
             if not sep or not key.strip():
                 self.fail(f"{value!r} is not of the form KEY=TOML", param, ctx)
         return value
+
+
+class _Line(click.ParamType):
+    """A value that may hold spaces (a Claude tool rule such as `Bash(git *)`, an argument): its
+    environment variable holds one per line."""
+
+    name = "TEXT"
+    envvar_list_splitter = "\n"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return value.strip()
 
 
 def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -290,6 +305,72 @@ def _tls_options(f):
     "codex session's own CODEX_HOME.",
 )
 @click.option(
+    "--claude-bin",
+    envvar="TETHER_CLAUDE_BIN",
+    show_envvar=True,
+    default="claude",
+    show_default=True,
+    help="The claude executable the claude runtime runs (a path or a name on PATH).",
+)
+@click.option(
+    "--claude-model",
+    envvar="TETHER_CLAUDE_MODEL",
+    show_envvar=True,
+    default=None,
+    show_default="Claude Code's own default",
+    help="Model of claude sessions (an alias such as sonnet, or a full name).",
+)
+@click.option(
+    "--claude-permission-mode",
+    envvar="TETHER_CLAUDE_PERMISSION_MODE",
+    show_envvar=True,
+    type=click.Choice(PERMISSION_MODES),
+    default=None,
+    show_default="Claude Code's own: ask before acting",
+    help="Permission mode of claude sessions; what it does not allow becomes an approval request.",
+)
+@click.option(
+    "--claude-allowed-tools",
+    envvar="TETHER_CLAUDE_ALLOWED_TOOLS",
+    show_envvar=True,
+    multiple=True,
+    type=_Line(),
+    callback=_drop_blank,
+    metavar="RULE",
+    help="A tool rule claude sessions may use without asking, e.g. 'Bash(git *)' or Edit; repeatable "
+    "(one per line in the environment variable).",
+)
+@click.option(
+    "--claude-arg",
+    "claude_args",
+    envvar="TETHER_CLAUDE_ARGS",
+    show_envvar=True,
+    multiple=True,
+    type=_Line(),
+    callback=_drop_blank,
+    metavar="ARG",
+    help="An extra argument for claude, after the runtime's own; repeatable (one per line in the environment variable).",
+)
+@click.option(
+    "--claude-config-from",
+    envvar="TETHER_CLAUDE_CONFIG_FROM",
+    show_envvar=True,
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default="$CLAUDE_CONFIG_DIR or ~/.claude",
+    help="Where .credentials.json and settings.json of a logged-in user are copied from into each "
+    "claude session's own CLAUDE_CONFIG_DIR.",
+)
+@click.option(
+    "--claude-max-retries",
+    envvar="TETHER_CLAUDE_MAX_RETRIES",
+    show_envvar=True,
+    type=click.IntRange(0),
+    default=None,
+    show_default="Claude Code's own",
+    help="Retries of a failed model request before a claude turn fails.",
+)
+@click.option(
     "--token-file",
     envvar="TETHER_WORKER_TOKEN_FILE",
     show_envvar=True,
@@ -335,6 +416,13 @@ def worker(
     codex_approval_policy: str,
     codex_config: tuple[str, ...],
     codex_home_from: Path | None,
+    claude_bin: str,
+    claude_model: str | None,
+    claude_permission_mode: str | None,
+    claude_allowed_tools: tuple[str, ...],
+    claude_args: tuple[str, ...],
+    claude_config_from: Path | None,
+    claude_max_retries: int | None,
     token_file: Path | None,
     pairing_code: str | None,
     tls_ca: str | None,
@@ -376,6 +464,15 @@ def worker(
             config=codex_config,
             home_from=codex_home_from,
         )
+        claude = ClaudeSettings(
+            bin=claude_bin,
+            model=claude_model or None,
+            permission_mode=claude_permission_mode,
+            allowed_tools=claude_allowed_tools,
+            args=claude_args,
+            config_from=claude_config_from,
+            max_retries=claude_max_retries,
+        )
         settings = WorkerSettings(
             workdir=workdir,
             control_plane=control_plane,
@@ -396,7 +493,7 @@ def worker(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    sys.exit(_run(_serve(settings)))
+    sys.exit(_run(_serve(settings, claude)))
 
 
 def _credentials(
@@ -460,10 +557,28 @@ def pair_worker(
     click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
 
 
-async def _serve(settings: WorkerSettings) -> int:
+async def _offered_runtimes(settings: WorkerSettings, claude: ClaudeSettings) -> dict[str, RuntimeFactory]:
+    """`--runtime`'s factories, the claude runtime given its settings, or left out (with one
+    line naming the fix) when it cannot work here; the worker checks codex itself."""
+    runtimes = select_runtimes(settings.runtimes)
+    if runtimes.get("claude") is claude_runtime:
+        problem = await claude_problem(claude, settings.workdir / ".tether" / "claude-check")
+        if problem is None:
+            runtimes["claude"] = functools.partial(claude_runtime, claude)
+        else:
+            del runtimes["claude"]
+            what = "not offering the claude runtime" if runtimes else "the claude runtime cannot run here"
+            logging.getLogger("tether.execution_worker").error("%s: %s", what, problem)
+    return runtimes
+
+
+async def _serve(settings: WorkerSettings, claude: ClaudeSettings | None = None) -> int:
     loop = asyncio.get_running_loop()
     exit_code = 0
-    async with Worker(settings) as w:
+    runtimes = await _offered_runtimes(settings, claude or ClaudeSettings())
+    if not runtimes:
+        return 2  # nothing left to offer; the line above says why
+    async with Worker(settings, runtimes=runtimes) as w:
         run = asyncio.create_task(w.run(), name="worker")
 
         def on_signal(signum: int) -> None:
