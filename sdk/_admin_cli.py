@@ -43,7 +43,15 @@ def _worker_line(w: WorkerStatus) -> str:
     state = ("connected" if w.connected else "disconnected") + (",draining" if w.draining else "")
     return (
         f"{w.worker_id}  {state:22}  turns={w.running_turns}/{w.slots}  "
-        f"sessions={w.held_sessions}  runtimes={','.join(w.runtimes) or '-'}  {w.name}"
+        f"sessions={w.held_sessions}  runtimes={_runtimes(w) or '-'}  {w.name}"
+    )
+
+
+def _runtimes(w: WorkerStatus) -> str:
+    """The runtimes, each with its portability when it is not the default: `shell,acp(none)`."""
+    return ",".join(
+        name + (f"({p})" if (p := w.runtime_portability.get(name, "history")) != "history" else "")
+        for name in w.runtimes
     )
 
 

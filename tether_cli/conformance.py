@@ -305,11 +305,28 @@ async def _let_stragglers_finish(timeout: float) -> None:
 @click.command("conformance")
 @click.option(
     "--worker-cmd",
-    required=True,
+    default=None,
     metavar="COMMAND",
     help="Starts the worker under test; split like a shell command line (not run through "
     "a shell). {control_plane} and {workdir} are replaced, and the same values are "
     "in TETHER_CONTROL_PLANE and TETHER_WORKDIR.",
+)
+@click.option(
+    "--runtime",
+    "runtime_name",
+    default=None,
+    metavar="NAME",
+    help="Instead of a worker, check a runtime this installation offers (a built-in or a "
+    "tether.runtimes plugin): that it moves between workers the way it declares its "
+    "portability (history, state or none).",
+)
+@click.option(
+    "--turn",
+    "turn_input",
+    default="echo tether-conformance",
+    show_default=True,
+    metavar="INPUT",
+    help="With --runtime: the input of the turns the kit runs.",
 )
 @click.option(
     "--keep",
@@ -319,12 +336,17 @@ async def _let_stragglers_finish(timeout: float) -> None:
     help="Keep the kit's files (worker logs, database) in this directory "
     "[default: a temporary one, kept only when a scenario fails].",
 )
-def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
-    """Check that an execution worker follows the WorkerService contract (docs/conformance.md).
+def conformance(
+    worker_cmd: str | None, runtime_name: str | None, turn_input: str, keep_dir: pathlib.Path | None
+) -> None:
+    """Check that an execution worker follows the WorkerService contract, or (--runtime) that
+    a runtime moves the way it declares (docs/conformance.md).
 
     Prints PASS or FAIL per scenario; exits 1 when any failed, 2 when registration failed (the
     worker never registered, or registered without the 'script' runtime), so nothing else ran.
     """
+    if (worker_cmd is None) == (runtime_name is None):
+        raise click.UsageError("give exactly one of --worker-cmd COMMAND and --runtime NAME")
     root = keep_dir or pathlib.Path(tempfile.mkdtemp(prefix="tether-conformance-"))
     root.mkdir(parents=True, exist_ok=True)
     # The control plane's own log (leases dropped on purpose, and so on) goes to a file next
@@ -334,12 +356,29 @@ def conformance(worker_cmd: str, keep_dir: pathlib.Path | None) -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    code = asyncio.run(run_kit(worker_cmd, root, lambda line: click.echo(line)))
-    total = len(SCENARIOS)
+    if runtime_name is not None:
+        code = _check_runtime(runtime_name, turn_input, root)
+    else:
+        assert worker_cmd is not None
+        code = asyncio.run(run_kit(worker_cmd, root, lambda line: click.echo(line)))
+        if code == 0:
+            click.echo(f"all {len(SCENARIOS)} scenarios passed")
     if code == 0:
-        click.echo(f"all {total} scenarios passed")
         if keep_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     else:
-        click.echo(f"conformance failed; worker logs and the database are in {root}")
+        click.echo(f"conformance failed; logs and the database are in {root}")
     sys.exit(code)
+
+
+def _check_runtime(name: str, turn_input: str, root: pathlib.Path) -> int:
+    from tether.cli._runtime_kit import run_runtime_kit
+    from tether.execution_worker import discover_runtimes
+
+    runtimes = discover_runtimes()
+    if name not in runtimes:
+        raise click.UsageError(f"no runtime {name!r} here; this installation offers {', '.join(sorted(runtimes))}")
+    code = asyncio.run(run_runtime_kit(name, runtimes[name], turn_input, root, lambda line: click.echo(line)))
+    if code == 0:
+        click.echo(f"runtime {name!r} moves the way it declares")
+    return code
