@@ -25,6 +25,7 @@ from . import (
     fork,
     fuzz,
     idle_workers,
+    metrics,
     peer_celery,
     pg,
     purge,
@@ -59,6 +60,7 @@ BENCHES = {
     "cp_memory": cp_memory.main,
     "idle_workers": idle_workers.main,
     "worker_memory": worker_memory.main,
+    "metrics": metrics.main,
 }
 
 
