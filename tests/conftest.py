@@ -4,6 +4,8 @@ The helpers they use live in tests/helpers/, which tests import directly."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pathlib
 import signal
 import subprocess
@@ -87,7 +89,18 @@ def ts_dist() -> pathlib.Path:
     returns the directory holding the compiled examples (`client.js`, `worker.js`)."""
     if not TSC.exists():
         raise RuntimeError("TypeScript is not installed: run `npm install` (make test does it)")
-    done = subprocess.run([str(TSC), "-p", str(TS_DIR)], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError("tsc failed:\n" + done.stdout + done.stderr)
-    return TS_DIR / "dist" / "examples" / "typescript"
+    # Under pytest-xdist each test process asks: the first compiles while the others wait on
+    # the lock, and they then find this run's stamp and use its output, so no process reads a
+    # file that another is rewriting.
+    dist = TS_DIR / "dist"
+    dist.mkdir(exist_ok=True)
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    stamp = dist / ".compiled-for-run"
+    with open(dist / ".compile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not run or not stamp.exists() or stamp.read_text() != run:
+            done = subprocess.run([str(TSC), "-p", str(TS_DIR)], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError("tsc failed:\n" + done.stdout + done.stderr)
+            stamp.write_text(run)
+    return dist / "examples" / "typescript"
