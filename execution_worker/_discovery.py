@@ -1,6 +1,6 @@
 """Runtime discovery: which runtimes this installation offers, by name.
 
-The built-ins (`shell`, `script`, and `codex` and `claude`, imported on first use) plus every
+The built-ins (`shell`, `script`, and `codex`, `claude` and `acp`, imported on first use) plus every
 factory registered under the `tether.runtimes` entry point group. This is the one module that
 imports the runtimes, so that the plugin API (`runtime.py`) never has to.
 """
@@ -24,6 +24,7 @@ from tether.execution_worker.runtime import (
 )
 
 if TYPE_CHECKING:
+    from tether.execution_worker._acp_settings import AcpSettings
     from tether.execution_worker._claude_settings import ClaudeSettings
     from tether.execution_worker._codex_settings import CodexSettings
 
@@ -46,8 +47,24 @@ def claude_runtime(settings: ClaudeSettings | None = None) -> Runtime:
     return ClaudeRuntime(settings)
 
 
+@declaring_portability(Portability.NONE)  # until the worker probes its agent (_acp_check.AcpRuntimeFactory)
+def acp_runtime(settings: AcpSettings | None = None) -> Runtime:
+    """The built-in ACP runtime, for the agent `settings.command` (imported on first use). The
+    worker replaces it with an `AcpRuntimeFactory` probed at start, which declares how the
+    agent's sessions move."""
+    from tether.execution_worker._acp import AcpRuntime, AcpSettings
+
+    return AcpRuntime(settings if settings is not None else AcpSettings())
+
+
 def _builtin_runtimes() -> dict[str, RuntimeFactory]:
-    return {"shell": ShellRuntime, "codex": codex_runtime, "script": ScriptRuntime, "claude": claude_runtime}
+    return {
+        "shell": ShellRuntime,
+        "codex": codex_runtime,
+        "script": ScriptRuntime,
+        "claude": claude_runtime,
+        "acp": acp_runtime,
+    }
 
 
 def discover_runtimes() -> dict[str, RuntimeFactory]:

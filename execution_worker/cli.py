@@ -26,6 +26,8 @@ from typing import Any, TypedDict, TypeVar
 import click
 import grpc
 
+from tether.execution_worker._acp_check import AcpRuntimeFactory
+from tether.execution_worker._acp_settings import AcpSettings, parse_env
 from tether.execution_worker._claude_check import claude_problem
 from tether.execution_worker._claude_settings import PERMISSION_MODES, ClaudeSettings
 from tether.execution_worker._codex_check import CodexUnavailable
@@ -38,7 +40,7 @@ from tether.execution_worker._credentials import (
     pair,
     save_credentials,
 )
-from tether.execution_worker._discovery import claude_runtime, discover_runtimes, select_runtimes
+from tether.execution_worker._discovery import acp_runtime, claude_runtime, discover_runtimes, select_runtimes
 from tether.execution_worker._errors import describe
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
 from tether.execution_worker._worker import Worker
@@ -108,6 +110,22 @@ class _Line(click.ParamType):
 
     def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
         return value.strip()
+
+
+class _AcpEnvEntry(click.ParamType):
+    """One `KEY=VALUE` for the acp agent's environment. TETHER_ACP_ENV holds one per line, since
+    values may contain spaces."""
+
+    name = "KEY=VALUE"
+    envvar_list_splitter = "\n"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        value = value.strip()
+        if value:
+            key, sep, _ = value.partition("=")
+            if not sep or not key.strip():
+                self.fail(f"{value!r} is not of the form KEY=VALUE", param, ctx)
+        return value
 
 
 def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -371,6 +389,56 @@ def _tls_options(f):
     help="Retries of a failed model request before a claude turn fails.",
 )
 @click.option(
+    "--acp-command",
+    envvar="TETHER_ACP_COMMAND",
+    show_envvar=True,
+    default=None,
+    help="The command line of the ACP agent the acp runtime runs (shell-quoted), e.g. 'codex-acp'.",
+)
+@click.option(
+    "--acp-env",
+    envvar="TETHER_ACP_ENV",
+    show_envvar=True,
+    multiple=True,
+    type=_AcpEnvEntry(),
+    callback=_drop_blank,
+    help="KEY=VALUE set in the ACP agent's environment; repeatable (one per line in the environment variable).",
+)
+@click.option(
+    "--acp-state-dir-env",
+    envvar="TETHER_ACP_STATE_DIR_ENV",
+    show_envvar=True,
+    default=None,
+    metavar="NAME",
+    help="The variable through which the agent takes its state directory (e.g. CODEX_HOME): each session "
+    "gets its own, carried in snapshots, so an agent with session/load moves between workers.",
+)
+@click.option(
+    "--acp-state-seed",
+    envvar="TETHER_ACP_STATE_SEED",
+    show_envvar=True,
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A directory whose files (a config, a login) are copied into each new session's state directory.",
+)
+@click.option(
+    "--acp-state-exclude",
+    envvar="TETHER_ACP_STATE_EXCLUDE",
+    show_envvar=True,
+    multiple=True,
+    metavar="GLOB",
+    help="A state file pattern (relative path) not carried in snapshots, e.g. 'log/*'; repeatable.",
+)
+@click.option(
+    "--acp-state-max-mib",
+    envvar="TETHER_ACP_STATE_MAX_MIB",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=8.0,
+    show_default=True,
+    help="The most agent state a snapshot carries; a session whose state is bigger cannot move.",
+)
+@click.option(
     "--token-file",
     envvar="TETHER_WORKER_TOKEN_FILE",
     show_envvar=True,
@@ -423,6 +491,12 @@ def worker(
     claude_args: tuple[str, ...],
     claude_config_from: Path | None,
     claude_max_retries: int | None,
+    acp_command: str | None,
+    acp_env: tuple[str, ...],
+    acp_state_dir_env: str | None,
+    acp_state_seed: Path | None,
+    acp_state_exclude: tuple[str, ...],
+    acp_state_max_mib: float,
     token_file: Path | None,
     pairing_code: str | None,
     tls_ca: str | None,
@@ -473,6 +547,14 @@ def worker(
             config_from=claude_config_from,
             max_retries=claude_max_retries,
         )
+        acp = AcpSettings.from_command_line(
+            acp_command or "",
+            env=parse_env(acp_env),
+            state_dir_env=acp_state_dir_env or None,
+            state_seed=acp_state_seed,
+            state_exclude=acp_state_exclude,
+            max_state_bytes=int(acp_state_max_mib * 1024 * 1024),
+        )
         settings = WorkerSettings(
             workdir=workdir,
             control_plane=control_plane,
@@ -493,7 +575,7 @@ def worker(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    sys.exit(_run(_serve(settings, claude)))
+    sys.exit(_run(_serve(settings, claude, acp)))
 
 
 def _credentials(
@@ -557,10 +639,28 @@ def pair_worker(
     click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
 
 
-async def _offered_runtimes(settings: WorkerSettings, claude: ClaudeSettings) -> dict[str, RuntimeFactory]:
+async def _offered_runtimes(
+    settings: WorkerSettings, claude: ClaudeSettings, acp: AcpSettings | None = None
+) -> dict[str, RuntimeFactory]:
     """`--runtime`'s factories, the claude runtime given its settings, or left out (with one
-    line naming the fix) when it cannot work here; the worker checks codex itself."""
+    line naming the fix) when it cannot work here; the worker checks codex itself. The acp
+    runtime's agent is probed: left out the same way, else offered with the portability found."""
     runtimes = select_runtimes(settings.runtimes)
+    if runtimes.get("acp") is acp_runtime:
+        factory = AcpRuntimeFactory(acp or AcpSettings())
+        problem = await factory.probe(settings.workdir / ".tether" / "acp-check")
+        if problem is None:
+            runtimes["acp"] = factory
+            logging.getLogger("tether.execution_worker").info(
+                "offering the acp runtime (%s): portability %s: %s",
+                factory.settings.shown(),
+                factory.portability.value,
+                factory.portability_reason,
+            )
+        else:
+            del runtimes["acp"]
+            what = "not offering the acp runtime" if runtimes else "the acp runtime cannot run here"
+            logging.getLogger("tether.execution_worker").error("%s: %s", what, problem)
     if runtimes.get("claude") is claude_runtime:
         problem = await claude_problem(claude, settings.workdir / ".tether" / "claude-check")
         if problem is None:
@@ -572,10 +672,10 @@ async def _offered_runtimes(settings: WorkerSettings, claude: ClaudeSettings) ->
     return runtimes
 
 
-async def _serve(settings: WorkerSettings, claude: ClaudeSettings | None = None) -> int:
+async def _serve(settings: WorkerSettings, claude: ClaudeSettings | None = None, acp: AcpSettings | None = None) -> int:
     loop = asyncio.get_running_loop()
     exit_code = 0
-    runtimes = await _offered_runtimes(settings, claude or ClaudeSettings())
+    runtimes = await _offered_runtimes(settings, claude or ClaudeSettings(), acp)
     if not runtimes:
         return 2  # nothing left to offer; the line above says why
     async with Worker(settings, runtimes=runtimes) as w:
