@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pathlib
 
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -33,5 +35,10 @@ class Console:
         self._files = StaticFiles(directory=root, html=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # StaticFiles serves the path below root_path.
-        await self._files({**scope, "root_path": scope.get("root_path", "") + PREFIX}, receive, send)
+        # StaticFiles serves the path below root_path, and raises for what it does not serve (404,
+        # 405) before it answers anything.
+        try:
+            await self._files({**scope, "root_path": scope.get("root_path", "") + PREFIX}, receive, send)
+        except HTTPException as exc:
+            answer = PlainTextResponse(f"{exc.detail}: {scope['path']}", exc.status_code, headers=exc.headers)
+            await answer(scope, receive, send)
