@@ -7,7 +7,7 @@ NPM_BIN := node_modules/.bin
 BUF := $(NPM_BIN)/buf
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup lock check gen gen-check lint breaking contract-baseline conformance demo test bench serve clean
+.PHONY: setup lock check gen gen-check lint breaking contract-baseline conformance web demo test bench serve clean
 
 # The project's own installs take the exact versions in requirements.lock; pyproject.toml keeps
 # the compatible ranges that a user's `pip install tether[...]` resolves.
@@ -67,11 +67,11 @@ conformance: $(STAMP) $(NPM_STAMP)
 	$(BIN)/tether conformance --worker-cmd "node examples/typescript/dist/examples/typescript/worker.js"
 
 ## demo: a control plane on SQLite, two workers, live output, a worker SIGKILLed mid-session, a RestoreSession
-demo: $(STAMP)
+demo: $(STAMP) web
 	$(BIN)/python -m tether.cli.demo
 
 ## test: set up, run the code gate, check the contract and generated code, run the whole test suite
-test: $(STAMP) $(NPM_STAMP)
+test: $(STAMP) $(NPM_STAMP) web
 	$(BIN)/python tools/check.py
 	$(BUF) lint
 	$(BUF) breaking --against contract/tether-v1.binpb
@@ -81,6 +81,13 @@ test: $(STAMP) $(NPM_STAMP)
 ## bench: print one JSON line per figure
 bench: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m bench
+
+## web: type-check web/ (tsc), bundle the console into control_plane/http/console/ and the browser library into web/client/dist/ (esbuild; no CDN)
+web: $(NPM_STAMP)
+	$(NPM_BIN)/tsc -p web
+	$(NPM_BIN)/esbuild web/console/src/main.ts --bundle --format=esm --target=es2022 --minify --legal-comments=none --log-level=warning --outfile=control_plane/http/console/app.js
+	cp web/console/index.html web/console/app.css control_plane/http/console/
+	$(NPM_BIN)/esbuild web/client/src/index.ts --bundle --format=esm --target=es2022 --external:@connectrpc/* --external:@bufbuild/* --log-level=warning --outfile=web/client/dist/tether-client.js
 
 ## serve: run a control plane on ./tether.db
 serve: $(STAMP)
