@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
+from tether import logs
+
 from ._server import StartupError, serve_forever
 from ._settings import Settings
 from .domain.access import Limits
@@ -448,6 +450,15 @@ def _is_loopback(host: str) -> bool:
     "--port-file", type=click.Path(dir_okay=False), default=None, help="Write the bound port here once serving."
 )
 @click.option("--log-level", default="INFO", show_default=True, envvar="TETHER_LOG_LEVEL", show_envvar=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    envvar="TETHER_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object per line on stderr, with the session, turn, worker and owner ids it concerns.",
+)
 def serve(
     host: str,
     port: int,
@@ -496,9 +507,10 @@ def serve(
     pairing_failures_per_minute: int,
     port_file: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a Tether control plane (SQLite by default)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format)
     if heartbeat_interval_s >= lease_ttl_s:
         raise click.BadParameter("must be shorter than --lease-ttl-s", param_hint="--heartbeat-interval-s")
     if idle_heartbeat_interval_s and idle_heartbeat_interval_s < heartbeat_interval_s:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tether import logs
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import event_body, turn_started_body, workspace_restored_body
 from tether.execution_worker._errors import describe
@@ -152,7 +153,14 @@ class Turns:
                     )
                 )
             )
-            _log.info("%s %s/%s rejected: %s", what, offer.session_id, offer.turn_id, reason)
+            _log.info(
+                "%s %s/%s rejected: %s",
+                what,
+                offer.session_id,
+                offer.turn_id,
+                reason,
+                extra={"session_id": offer.session_id, "turn_id": offer.turn_id},
+            )
             return
         # Reserve before answering so a burst of offers cannot oversubscribe the slots.
         expires = asyncio.get_running_loop().time() + lease.timings.offer_timeout_s + self._settings.rpc_timeout_s
@@ -165,7 +173,14 @@ class Turns:
             )
         )
         if sent:
-            _log.info("%s %s/%s accepted (epoch %d)", what, offer.session_id, offer.turn_id, offer.lease_epoch)
+            _log.info(
+                "%s %s/%s accepted (epoch %d)",
+                what,
+                offer.session_id,
+                offer.turn_id,
+                offer.lease_epoch,
+                extra={"session_id": offer.session_id, "turn_id": offer.turn_id},
+            )
         else:
             self._reservations.pop((offer.session_id, offer.turn_id), None)
 
@@ -200,6 +215,7 @@ class Turns:
         """A restore-only placement: rehydrate the runtime and keep it warm, then confirm with
         a snapshot at the new epoch. Fails closed: a runtime that cannot be rebuilt from the
         history is never replaced by an empty one; the lease goes back with the reason."""
+        logs.bind(session_id=session.session_id)  # this task's log lines name the session
         try:
             runtime = await self._rehydrate(session, skip_turn_id="")
         except LeaseLost:
@@ -220,6 +236,7 @@ class Turns:
 
     async def _run_turn(self, session: Session, offer: worker_service_pb2.Offer) -> None:
         turn_id = offer.turn_id
+        logs.bind(session_id=session.session_id, turn_id=turn_id)  # this task's log lines name the turn
         outbox = session.outbox
         terminal: object = None
 

@@ -26,6 +26,7 @@ from typing import Any, TypedDict, TypeVar
 import click
 import grpc
 
+from tether import logs
 from tether.execution_worker._acp_check import AcpRuntimeFactory
 from tether.execution_worker._acp_settings import AcpSettings, parse_env
 from tether.execution_worker._claude_check import claude_problem
@@ -463,6 +464,15 @@ def _tls_options(f):
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--log-format",
+    envvar="TETHER_LOG_FORMAT",
+    show_envvar=True,
+    default="text",
+    show_default=True,
+    type=click.Choice(logs.FORMATS),
+    help="json: one JSON object per line on stderr, with the session, turn, worker and owner ids it concerns.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -503,6 +513,7 @@ def worker(
     tls_cert: str | None,
     tls_key: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run an execution worker that dials the control plane and runs sessions' turns.
 
@@ -511,11 +522,7 @@ def worker(
     """
     if ctx.invoked_subcommand is not None:
         return
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(log_level, log_format)
     tls = _TlsFiles(tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key)
     token_file = token_file or default_token_file(workdir)
     credentials = _credentials(token_file, pairing_code, control_plane, name, tls)
@@ -526,6 +533,7 @@ def worker(
                 "drop --worker-id or pair again"
             )
         worker_id = credentials.worker_id
+        logs.bind(owner=credentials.owner)
         logging.getLogger("tether.execution_worker").info(
             "using the worker token %s of owner %r (%s)", credentials.token_id, credentials.owner, token_file
         )
@@ -679,6 +687,7 @@ async def _serve(settings: WorkerSettings, claude: ClaudeSettings | None = None,
     if not runtimes:
         return 2  # nothing left to offer; the line above says why
     async with Worker(settings, runtimes=runtimes) as w:
+        logs.bind(worker_id=w.worker_id)  # every task of the worker's run names it
         run = asyncio.create_task(w.run(), name="worker")
 
         def on_signal(signum: int) -> None:

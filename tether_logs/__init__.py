@@ -54,13 +54,12 @@ def redact(text: str) -> str:
 
 def bind(**ids: str) -> None:
     """Name the work the current task does from here on (`owner`, `worker_id`, `session_id`,
-    `turn_id`); empty values leave a name as it was. Tasks created afterwards inherit it."""
+    `turn_id`; an empty value clears the name). Tasks created afterwards inherit it."""
     for name, value in ids.items():
         var = _bound.get(name)
         if var is None:
             raise TypeError(f"bind() names {', '.join(FIELDS)}; got {name!r}")
-        if value:
-            var.set(value)
+        var.set(value)
 
 
 def bound() -> dict[str, str]:
@@ -119,5 +118,5 @@ def configure(level: str, fmt: str = "text", stream: TextIO | None = None) -> No
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
-    if fmt == "json":
+    if fmt == "json" and handler in logging.getLogger().handlers:
         logging.captureWarnings(True)

@@ -160,7 +160,9 @@ class Authenticator:
     async def worker(self, context: grpc.aio.ServicerContext) -> WorkerCaller:
         """The execution worker calling WorkerService."""
         caller = await self._worker(context)
-        logs.bind(owner=caller.owner, worker_id=caller.worker_id)
+        logs.bind(owner=caller.owner)
+        if caller.worker_id:  # a token's worker (a --dev worker names its id in its requests)
+            logs.bind(worker_id=caller.worker_id)
         return caller
 
     async def _worker(self, context: grpc.aio.ServicerContext) -> WorkerCaller:

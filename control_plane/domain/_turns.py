@@ -14,11 +14,12 @@ with a turn queued, offered or running, never every loaded one.
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import errors
-from ._shared import Committer
+from ._shared import Committer, log
 from .access import Limits
 from .messages import InterruptMsg
 from .model import InputPolicy, Turn, TurnState, new_id, now_us
@@ -283,6 +284,7 @@ class Turns:
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         await self._committer.commit(changes)
+        log.debug("turn %s queued", turn.turn_id, extra={"session_id": session_id, "turn_id": turn.turn_id})
         return turn, False
 
     def _ask_to_stop(self, rec: SessionRecord, turn: Turn, reason: str, changes: Changes) -> None:
@@ -457,6 +459,9 @@ class Turns:
         self._deadlines.ended(turn)
         ran_s = (turn.end_time_us - turn.start_time_us) / 1e6 if turn.start_time_us else None
         self._observer.turn_ended(rec.session.runtime, turn.state.name.lower(), ran_s)
+        if log.isEnabledFor(logging.DEBUG):
+            ids = {"session_id": rec.session_id, "turn_id": turn.turn_id, "owner": rec.session.owner}
+            log.debug("turn %s %s", turn.turn_id, turn.state.name.lower(), extra=ids)
         book = rec.turns
         book.turns.pop(turn.turn_id, None)
         if book.active is turn:
