@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import importlib.metadata
 import itertools
 import json
 import logging
+import os
+import shutil
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +32,8 @@ from tether.execution_worker._codex_process import STREAM_LIMIT, CodexProcess
 _log = logging.getLogger("tether.execution_worker._acp")
 
 _STDERR_TAIL_LINES = 20
+#: How long `close()` waits for the agent to exit once its stdin is closed, before SIGTERM.
+_STDIN_EOF_WAIT_S = 0.2
 #: The ACP protocol version this client speaks.
 PROTOCOL_VERSION = 1
 
@@ -195,13 +202,14 @@ class AcpConnection:
         proc = self.proc
         if proc.returncode is None:
             proc.stdin.close()
-            try:
-                async with asyncio.timeout(grace_s):
+            # Not every agent exits at the end of its input (codex-acp does not): then SIGTERM.
+            if not await _exits_within(proc, _STDIN_EOF_WAIT_S):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                if not await _exits_within(proc, grace_s):
+                    _log.warning("%s: the acp agent did not exit; killing it", self._name)
+                    proc.kill_group()
                     await proc.wait()
-            except TimeoutError:
-                _log.warning("%s: the acp agent did not exit; killing it", self._name)
-                proc.kill_group()
-                await proc.wait()
         for task in (self._reader, self._stderr_reader):
             try:
                 async with asyncio.timeout(grace_s):
@@ -284,6 +292,24 @@ class AcpConnection:
             self._on_exit_callback()
 
 
+async def _exits_within(proc: CodexProcess, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await proc.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _bound_to_worker(command: list[str]) -> list[str]:
+    """`command` run through `setpriv --pdeathsig KILL` where there is one (util-linux): an agent
+    need not exit at the end of its input (codex-acp does not), so a SIGKILLed worker would
+    leave it running. Not a `preexec_fn`: Python code between fork and exec in a threaded
+    worker is what crashed children (see _codex_process)."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
 async def spawn_agent(
     command: tuple[str, ...], *, cwd: Any, env: dict[str, str], name: str, request_timeout_s: float, **callbacks: Any
 ) -> AcpConnection:
@@ -292,7 +318,7 @@ async def spawn_agent(
     if not command:
         raise AcpError("no acp agent command is configured (--acp-command)")
     try:
-        proc = await CodexProcess.spawn(list(command), cwd=cwd, env=env)
+        proc = await CodexProcess.spawn(_bound_to_worker(list(command)), cwd=cwd, env=env)
     except OSError as error:
         raise AcpError(f"could not run the acp agent {command[0]!r}: {error}") from error
     return AcpConnection(proc, name=name, request_timeout_s=request_timeout_s, **callbacks)
