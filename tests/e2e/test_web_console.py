@@ -46,7 +46,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def chromium_path() -> str:
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium executable (before any process starts: a skip costs nothing)."""
     named = os.environ.get("TETHER_CHROMIUM")
     if named:
         if not os.access(named, os.X_OK):
@@ -106,8 +108,9 @@ def http_base_url(cp: ControlPlaneProcess) -> str:
     return found[1]
 
 
-async def test_console_in_chromium(cp_console: ControlPlaneProcess, procs, tmp_path: pathlib.Path) -> None:
-    executable = chromium_path()
+async def test_console_in_chromium(
+    chromium: str, cp_console: ControlPlaneProcess, procs, tmp_path: pathlib.Path
+) -> None:
     try:
         from playwright.async_api import async_playwright, expect
     except ImportError as exc:
@@ -121,7 +124,7 @@ async def test_console_in_chromium(cp_console: ControlPlaneProcess, procs, tmp_p
     shot = artifact_dir(tmp_path) / "console-session.png"
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = await browser.new_page(viewport={"width": 1200, "height": 800})
         problems: list[str] = []
         page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
