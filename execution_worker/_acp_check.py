@@ -29,8 +29,6 @@ from tether.execution_worker._acp_rpc import (
 from tether.execution_worker._acp_settings import AcpSettings
 from tether.execution_worker.runtime import Portability, Runtime
 
-#: How long `initialize` and `session/new` may take at the probe.
-PROBE_TIMEOUT_S = 30.0
 PROBE_EXIT_GRACE_S = 2.0
 
 
@@ -97,7 +95,7 @@ async def probe_agent(settings: AcpSettings, scratch: Path) -> AcpProbe:
             cwd=workspace,
             env=env,
             name="acp probe",
-            request_timeout_s=PROBE_TIMEOUT_S,
+            request_timeout_s=settings.request_timeout_s,
             on_notification=lambda method, params: None,
             on_request=_refuse,
             on_exit=lambda: None,
