@@ -14,6 +14,7 @@ import asyncio
 import sys
 
 from . import (
+    acp,
     bundle,
     chaos,
     codex,
@@ -53,6 +54,7 @@ BENCHES = {
     "drain": drain.main,
     "chaos": chaos.main,
     "codex": codex.main,
+    "acp": acp.main,
     "typescript": typescript.main,
     "fuzz": fuzz.main,
     "security": security.main,
