@@ -25,6 +25,7 @@ from . import (
     failover,
     fork,
     fuzz,
+    http,
     idle_workers,
     metrics,
     peer_celery,
@@ -63,6 +64,7 @@ BENCHES = {
     "idle_workers": idle_workers.main,
     "worker_memory": worker_memory.main,
     "metrics": metrics.main,
+    "http": http.main,
 }
 
 

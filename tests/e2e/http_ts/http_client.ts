@@ -6,6 +6,7 @@
  *
  *   node .../http_client.js turn  --base-url URL --transport KIND [--input TEXT]
  *   node .../http_client.js bench --base-url URL --transport KIND --session ID --input TEXT
+ *   node .../http_client.js subscribe --base-url URL --transport KIND --session ID[,ID...] --per-session N
  *
  * KIND: connect-web (Connect over fetch), grpc-web (gRPC-Web over fetch), connect-h2 (Connect
  * over HTTP/2), grpc (gRPC over HTTP/2).
@@ -14,8 +15,11 @@
  * the session created, the turn sent, every event read up to the turn's end, and the end.
  * `bench` reads a line on stdin per sample: SendInput, then the time to the turn's first
  * event after input_received on an event stream held open, as one JSON line {turn_id, ms, end}.
+ * `subscribe` opens N streams on each session (all at once), prints {"ready": count} once every
+ * one has read its first batch, and holds them open until stdin closes.
  */
 
+import { setMaxListeners } from "node:events";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
@@ -103,8 +107,12 @@ async function bench(sessions: Sessions, sessionId: string, input: string): Prom
         }
       }
     }
+    if (!stop.signal.aborted) throw new Error("the event stream ended while samples were being taken");
   })().catch((err) => {
-    if (!stop.signal.aborted) throw err;
+    if (stop.signal.aborted) return;
+    const e = ConnectError.from(err);
+    process.stderr.write(`bench: the event stream broke: [${e.code}] ${e.rawMessage}\n`);
+    process.exit(3);
   });
   const lines = createInterface({ input: process.stdin });
   for await (const _ of lines) {
@@ -113,14 +121,48 @@ async function bench(sessions: Sessions, sessionId: string, input: string): Prom
     const turnId = sent.turn?.turnId ?? "";
     const end =
       ended.get(turnId) ??
-      (await new Promise<string>((resolve) => {
+      (await new Promise<string>((resolve, reject) => {
         ends.set(turnId, resolve);
+        setTimeout(() => reject(new Error(`turn ${turnId} did not end within 20 s on the stream`)), 20_000).unref();
       }));
     print({ turn_id: turnId, ms: (firstAt.get(turnId) ?? NaN) - t0, end });
   }
   stop.abort();
-  await follow;
+  // fetch ends an aborted stream's body when it next reads; the samples are taken, so do not
+  // wait on it for long.
+  await Promise.race([follow, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
   return 0;
+}
+
+async function subscribe(sessions: Sessions, sessionIds: string[], perSession: number): Promise<number> {
+  const stop = new AbortController();
+  setMaxListeners(0, stop.signal); // one signal ends every stream
+  let ready = 0;
+  const total = sessionIds.length * perSession;
+  const streams: Promise<void>[] = [];
+  for (const sessionId of sessionIds) {
+    for (let i = 0; i < perSession; i++) {
+      streams.push(
+        (async () => {
+          let first = true;
+          for await (const _ of sessions.streamSessionEvents({ sessionId, afterSeq: 0n }, { signal: stop.signal })) {
+            if (first) {
+              first = false;
+              if (++ready === total) print({ ready });
+            }
+          }
+        })().catch((err) => {
+          if (!stop.signal.aborted) throw err;
+        }),
+      );
+    }
+  }
+  for await (const _ of createInterface({ input: process.stdin })) {
+    // held open until stdin closes
+  }
+  stop.abort();
+  await Promise.all(streams);
+  return ready === total ? 0 : 1;
 }
 
 async function main(): Promise<number> {
@@ -131,10 +173,14 @@ async function main(): Promise<number> {
       transport: { type: "string", default: "connect-web" },
       input: { type: "string", default: "echo hello" },
       session: { type: "string", default: "" },
+      "per-session": { type: "string", default: "1" },
     },
   });
   const sessions = createClient(SessionService, transport(values.transport, values["base-url"] ?? ""));
   if (positionals[0] === "bench") return bench(sessions, values.session, values.input);
+  if (positionals[0] === "subscribe") {
+    return subscribe(sessions, values.session.split(","), Number(values["per-session"]));
+  }
   return turn(sessions, values.input);
 }
 
