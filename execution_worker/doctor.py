@@ -9,7 +9,9 @@ answer a `Check` that names the fix when it fails.
   PERMISSION_DENIED. Registering would replace the registration of a worker already running.
 - `runtime_checks`: per runtime offered, its binary (and version), its credentials and a dry
   start in a scratch directory: for `shell`, /bin/sh runs a turn; for `codex`, the binary's
-  version, the model provider's credentials and `codex app-server` answering `initialize`.
+  version, the model provider's credentials and `codex app-server` answering `initialize`; for
+  `claude`, the binary's version, Claude Code's credentials and `claude -p` answering the
+  stream-json `initialize`.
 
 Nothing here reaches the control plane's state or a model provider.
 """
@@ -25,6 +27,7 @@ from typing import Literal
 
 import grpc
 
+from tether.execution_worker._claude_settings import ClaudeSettings
 from tether.execution_worker._codex_settings import CodexSettings
 from tether.execution_worker._credentials import REJECTED_CODES, default_token_file, load_credentials
 from tether.execution_worker._errors import describe, error_reason
@@ -76,6 +79,7 @@ class WorkerSetup:
     token_file: Path | None = None  # None: WORKDIR/.tether/token.json, as the worker reads it
     control_plane: str = "127.0.0.1:7670"
     codex: CodexSettings = field(default_factory=CodexSettings)
+    claude: ClaudeSettings = field(default_factory=ClaudeSettings)
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -199,6 +203,8 @@ async def runtime_checks(setup: WorkerSetup) -> list[Check]:
                 )
             elif runtime == "codex":
                 checks.extend(await _codex_checks(setup.codex, where))
+            elif runtime == "claude":
+                checks.extend(await _claude_checks(setup.claude, where))
             elif runtime == "shell":
                 checks.append(await _shell_check(factory, where))
             elif runtime == "script":
@@ -270,6 +276,33 @@ async def _codex_checks(settings: CodexSettings, scratch: Path) -> list[Check]:
         "runtime.codex.dry_start",
         await codex_dry_start_problem(settings, scratch),
         "`codex app-server` started and answered initialize",
+    )
+    return [binary, credentials, dry_start]
+
+
+async def _claude_checks(settings: ClaudeSettings, scratch: Path) -> list[Check]:
+    from tether.execution_worker._claude_check import (
+        claude_binary_problem,
+        claude_credentials_problem,
+        claude_dry_start_problem,
+    )
+
+    binary = _from_problem(
+        "runtime.claude.binary",
+        await claude_binary_problem(settings, scratch),
+        f"{settings.bin} runs and its version is supported",
+    )
+    credentials = _from_problem(
+        "runtime.claude.credentials",
+        claude_credentials_problem(settings),
+        f"Claude Code's credentials are present (in {settings.resolved_config_from()} or the environment)",
+    )
+    if binary.status == "FAIL":
+        return [binary, credentials, Check.skipped("runtime.claude.dry_start", "not tried: no usable claude binary")]
+    dry_start = _from_problem(
+        "runtime.claude.dry_start",
+        await claude_dry_start_problem(settings, scratch),
+        "`claude -p` started and answered initialize",
     )
     return [binary, credentials, dry_start]
 
