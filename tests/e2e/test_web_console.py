@@ -125,7 +125,7 @@ async def test_console_in_chromium(
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = await browser.new_page(viewport={"width": 1200, "height": 800})
+        page = await browser.new_page(viewport={"width": 1100, "height": 680})
         problems: list[str] = []
         page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
