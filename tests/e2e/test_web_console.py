@@ -151,21 +151,45 @@ async def test_console_in_chromium(
             await expect(transcript).to_contain_text("turn completed (exit 0)")
             assert "tick-1\ntick-2\ntick-3\ntick-4" in await transcript.inner_text()
 
-            # Its worker is SIGKILLed; the next turn runs on the other worker, shown as it moves.
+            # A long turn, stopped with the Interrupt button.
             worker = page.get_by_test_id("session-worker")
+            interrupt = page.get_by_test_id("interrupt")
+            await page.get_by_test_id("input").fill("sleep 30")
+            await page.get_by_test_id("send").click()
+            await expect(interrupt).to_be_enabled()
+            await interrupt.click()
+            await expect(transcript).to_contain_text("turn interrupted")
+            await expect(interrupt).to_be_disabled()
+
+            # Restored onto the other worker, chosen in the list.
             await expect(worker).to_have_text(re.compile("|".join(worker_ids.values())))
             first = await worker.inner_text()
-            killed = next(name for name, wid in worker_ids.items() if wid == first)
-            survivor = next(name for name in worker_ids if name != killed)
+            other = next(wid for wid in worker_ids.values() if wid != first)
+            await expect(page.locator(f"[data-testid=restore-to] option[value={other}]")).to_have_count(1)
+            await page.get_by_test_id("restore-to").select_option(other)
+            await page.get_by_test_id("restore").click()
+            await expect(worker).to_have_text(other)
+
+            # That worker is SIGKILLed; the next turn runs on the first one, shown as it moves.
+            killed = next(name for name, wid in worker_ids.items() if wid == other)
+            survivor = next(name for name, wid in worker_ids.items() if wid == first)
             workers[killed].send_signal(signal.SIGKILL)
             await page.get_by_test_id("input").fill("echo after-the-kill")
             await page.get_by_test_id("send").click()
             await expect(worker).to_have_text(worker_ids[survivor])
-            await expect(transcript).to_contain_text(f"turn started on worker {worker_ids[survivor]}")
+            started = transcript.locator(".entry-notice").filter(has_text="turn started")
+            await expect(started).to_have_count(3)
+            await expect(started.last).to_have_text(f"turn started on worker {worker_ids[survivor]}")
             await expect(transcript.locator(".entry-output").last).to_have_text("after-the-kill\n")
             await expect(page.get_by_test_id("connection")).to_have_text("live")
             await page.screenshot(path=str(shot))
             print(f"\nscreenshot of the session view: {shot}")
+
+            # Forked: the console opens the new session, which names where it came from.
+            await page.get_by_test_id("fork").click()
+            await expect(page.get_by_test_id("session-forked-from")).to_have_text(session_id)
+            fork_id = await page.get_by_test_id("session-view").get_attribute("data-session-id")
+            assert fork_id and fork_id != session_id
 
             # An approval (the script runtime asks for one), answered with its button.
             await page.goto(http_base_url(cp_console) + "/console/#/sessions")
@@ -205,9 +229,11 @@ async def test_console_in_chromium(
     async with sdk.AsyncClient(target) as client:
         turns = (await client.list_turns(session_id)).turns
         assert [(t.input[:4], t.state, t.worker_id) for t in turns] == [
-            ("for ", sdk.TurnState.COMPLETED, worker_ids[killed]),
+            ("for ", sdk.TurnState.COMPLETED, worker_ids[survivor]),
+            ("slee", sdk.TurnState.INTERRUPTED, worker_ids[survivor]),
             ("echo", sdk.TurnState.COMPLETED, worker_ids[survivor]),
         ]
+        assert (await client.get_session(fork_id)).forked_from_session_id == session_id
         [request] = await client.list_requests(script_session)
         assert request.summary == "deploy to staging" and request.state is sdk.RequestState.RESOLVED
         assert request.response_json.replace(" ", "") == '{"decision":"accept"}'
