@@ -242,6 +242,76 @@ async def test_console_in_chromium(
     assert shot.stat().st_size > 10_000
 
 
+async def test_console_asks_for_the_key_and_keeps_it(chromium: str, tmp_path: pathlib.Path) -> None:
+    """Without --dev: refused until a key is entered, then every call carries it as a bearer
+    token; it is kept in sessionStorage across a reload and shows only the key owner's sessions."""
+    try:
+        from playwright.async_api import async_playwright, expect
+    except ImportError as exc:
+        _unavailable(f"Playwright for Python is not installed ({exc}); it is in the dev extra")
+    console_built()
+    db = tmp_path / "keyed.db"
+    cp = ControlPlaneProcess(tmp_path, db, extra=["--http-port", "0", "--console"], dev=False, migrate=True)
+    cp.start()
+    try:
+        keys = {}
+        for owner in ("alice", "bob"):
+            made = subprocess.run(
+                [sys.executable, "-m", "tether.cli", "keys", "create", "--owner", owner, "--db", str(db)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+                timeout=60,
+            )
+            keys[owner] = made.stdout.strip()
+        titles = {}
+        for owner, key in keys.items():
+            async with sdk.AsyncClient(cp.target, api_key=key) as client:
+                session = await client.create_session("shell")
+                await client.send_input(session.session_id, f"echo {owner}-was-here")
+                titles[owner] = f"echo {owner}-was-here"
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = await browser.new_page()
+            logged: list[str] = []
+            page.on("console", lambda m: logged.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: logged.append(f"page error: {e}"))
+            sent: list[str | None] = []
+            page.on(
+                "request",
+                lambda r: sent.append(r.headers.get("authorization")) if "/tether.v1." in r.url else None,
+            )
+            expect.set_options(timeout=UI_TIMEOUT_MS)
+            try:
+                await page.goto(http_base_url(cp) + "/console/")
+                await expect(page.get_by_test_id("key-state")).to_have_text("the key was refused: enter another")
+                await expect(page.locator("#notice")).to_contain_text("Unauthenticated UNAUTHENTICATED")
+                assert sent and all(a is None for a in sent), sent
+
+                await page.get_by_test_id("api-key").fill(keys["alice"])
+                await page.get_by_test_id("api-key").press("Enter")
+                rows = page.get_by_test_id("sessions").locator("tbody tr")
+                await expect(rows).to_have_count(1)
+                await expect(rows.first).to_contain_text(titles["alice"])
+                await expect(page.locator("#notice")).to_be_hidden()
+                assert await page.evaluate("sessionStorage.getItem('tether.apiKey')") == keys["alice"]
+
+                sent.clear()
+                await page.reload()
+                await expect(rows).to_have_count(1)
+                await expect(rows.first).to_contain_text(titles["alice"])
+                await expect(page.get_by_test_id("key-state")).to_have_text("key set")
+                assert sent and all(a == f"Bearer {keys['alice']}" for a in sent), sent
+            finally:
+                await browser.close()
+        # The only errors the browser logged are the refused calls before the key was entered.
+        assert logged and all("status of 401" in m for m in logged), logged
+    finally:
+        cp.stop()
+
+
 def test_browser_library(tmp_path: pathlib.Path) -> None:
     """web/client/test/*.test.ts, bundled for node by esbuild and run with `node --test`."""
     if not ESBUILD.exists():
