@@ -108,6 +108,7 @@ def http_base_url(cp: ControlPlaneProcess) -> str:
     return found[1]
 
 
+@pytest.mark.timeout(300)
 async def test_console_in_chromium(
     chromium: str, cp_console: ControlPlaneProcess, procs, tmp_path: pathlib.Path
 ) -> None:
@@ -142,7 +143,7 @@ async def test_console_in_chromium(
             session_id = await page.get_by_test_id("session-view").get_attribute("data-session-id")
             assert session_id and session_id.startswith("ses_")
             transcript = page.get_by_test_id("transcript")
-            await page.get_by_test_id("input").fill("for i in 1 2 3 4; do echo tick-$i; sleep 0.6; done")
+            await page.get_by_test_id("input").fill("for i in 1 2 3 4; do echo tick-$i; sleep 1; done")
             await page.get_by_test_id("send").click()
             await expect(transcript).to_contain_text("tick-1")
             seen_first = await transcript.inner_text()
