@@ -240,7 +240,14 @@ class LeaseOpened(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only", "output_schema")
+    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only", "output_schema", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +258,7 @@ class Offer(_message.Message):
     ACCEPT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_ONLY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     input: str
@@ -261,7 +269,8 @@ class Offer(_message.Message):
     accept_deadline: _timestamp_pb2.Timestamp
     restore_only: bool
     output_schema: str
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ..., output_schema: _Optional[str] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ..., output_schema: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OfferGranted(_message.Message):
     __slots__ = ("session_id", "turn_id", "lease_epoch", "lease_expire_time")
