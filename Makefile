@@ -87,7 +87,7 @@ web: $(NPM_STAMP)
 	$(NPM_BIN)/tsc -p web
 	$(NPM_BIN)/esbuild web/console/src/main.ts --bundle --format=esm --target=es2022 --minify --legal-comments=none --log-level=warning --outfile=control_plane/http/console/app.js
 	cp web/console/index.html web/console/app.css control_plane/http/console/
-	$(NPM_BIN)/esbuild web/client/src/index.ts --bundle --format=esm --target=es2022 --external:@connectrpc/* --external:@bufbuild/* --log-level=warning --outfile=web/client/dist/tether-client.js
+	$(NPM_BIN)/esbuild web/client/src/index.ts --bundle --format=esm --target=es2022 '--external:@connectrpc/*' '--external:@bufbuild/*' --log-level=warning --outfile=web/client/dist/tether-client.js
 
 ## serve: run a control plane on ./tether.db
 serve: $(STAMP)
