@@ -223,7 +223,9 @@ async def test_a_none_agent_session_is_not_continued_empty_on_another_worker(cp,
         t2 = await client.send_input(s.session_id, "what was the password?")
         done = await finished(client, s.session_id, t2.turn_id)
         assert done.state == sdk.TurnState.FAILED
-        assert "none" in done.error_message, done.error_message
+        # Refused by the control plane (RUNTIME_NOT_PORTABLE), or by the runtime on the new worker.
+        reason = done.error_message
+        assert "RUNTIME_NOT_PORTABLE" in reason or "portability none" in reason, reason
         # Never sent to the model on an empty conversation.
         assert not mock.requests_containing("what was the password?")
 
