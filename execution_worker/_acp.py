@@ -128,6 +128,8 @@ class AcpRuntime(Runtime):
         }
         if self._state_dir is not None and self.portability is Portability.STATE:
             metadata["state"] = pack_state(self.settings, self._state_dir)
+            if "error" in metadata["state"]:
+                _log.warning("session %s: cannot move: %s", self._session_id, metadata["state"]["error"])
         return metadata
 
     def export_history(self) -> list[HistoryItem]:
