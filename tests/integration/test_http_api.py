@@ -451,3 +451,21 @@ async def test_console_not_built_is_a_clear_startup_error(
     with pytest.raises(StartupError, match=f"no web console at {tmp_path}"):
         async with ControlPlane(settings):
             pass
+
+
+# -- replicas -----------------------------------------------------------------------------
+
+
+async def test_a_replica_that_does_not_serve_answers_unavailable(cp: ControlPlane, web: Http) -> None:
+    """A follower (here: a replica whose hub is not serving) refuses before reading the request;
+    the HTTP port does not relay to the leader."""
+    key = await cp.create_api_key("owner", "alice")
+    cp.serving = False
+    try:
+        status, answer = await web.call("/tether.v1.SessionService/CreateSession", {"runtime": "shell"}, key=key)
+    finally:
+        cp.serving = True
+    assert (status, answer["code"]) == (503, "unavailable")
+    assert f"replica {cp.replica_id} is not serving" in answer["message"]
+    status, listed = await web.call("/tether.v1.SessionService/ListSessions", {}, key=key)
+    assert status == 200 and listed == {}  # the refused call made nothing
