@@ -14,12 +14,18 @@ permission prompts over stdio, a config directory of its own, telemetry off). Th
 median of the per-pair differences (each Tether turn minus the direct turn run just before it);
 both medians are printed next to it. The first turns of each (process start) are warm-up and
 not counted.
+
+claude_runtime_overhead_ms_p50 splits that figure: the same pairs with the runtime alone
+(`ClaudeRuntime.run_turn` in this process, no control plane, no worker) against the direct
+client, so what is left of the first figure is the path every runtime shares (SendInput, the
+offer and grant, events shipped, stored and streamed back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +34,9 @@ from typing import Any
 import grpc
 
 from tests.helpers.anthropic_mock import MODEL, MockAnthropic, claude_bin
+from tether.execution_worker._claude import ClaudeRuntime
 from tether.execution_worker._claude_settings import ClaudeSettings
+from tether.execution_worker.runtime import TurnCompleted
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
 
@@ -116,7 +124,9 @@ async def main() -> bool | None:
                 str(ps.tmp / "no-user-config"),
             ),
         )
-        settings = ClaudeSettings(bin=str(claude_bin()), model=MODEL, max_retries=0)
+        settings = ClaudeSettings(
+            bin=str(claude_bin()), model=MODEL, max_retries=0, config_from=ps.tmp / "no-user-config"
+        )
         config, cwd = ps.tmp / "direct-config", ps.tmp / "direct-work"
         config.mkdir()
         cwd.mkdir()
@@ -148,6 +158,7 @@ async def main() -> bool | None:
                     tether_ms.append(t)
             stream.cancel()
         await direct.close()
+        runtime_pairs = await _runtime_pairs(settings, ps.tmp, mock)
         ps.stop_all()
     direct_p50, tether_p50 = percentile(direct_ms, 50), percentile(tether_ms, 50)
     overhead = percentile([t - d for t, d in zip(tether_ms, direct_ms, strict=True)], 50)
@@ -159,4 +170,53 @@ async def main() -> bool | None:
         direct_p50_ms=round(direct_p50, 2),
         tether_p50_ms=round(tether_p50, 2),
     )
+    emit(
+        "claude_runtime_overhead_ms_p50",
+        round(percentile([r - d for d, r in runtime_pairs], 50), 2),
+        "ms",
+        turns=len(runtime_pairs),
+    )
     return None
+
+
+async def _runtime_pairs(settings: ClaudeSettings, tmp: Path, mock: MockAnthropic) -> list[tuple[float, float]]:
+    """(direct, runtime-alone) turn times, interleaved, after the warm-up; both conversations
+    start empty, as in the first figure."""
+    config, cwd = tmp / "direct-config-2", tmp / "direct-work-2"
+    config.mkdir()
+    cwd.mkdir()
+    direct = await DirectClaude.start(settings, config, cwd, mock)
+    saved = {key: os.environ.get(key) for key in mock.env()}
+    os.environ.update(mock.env())  # the runtime's claude inherits this process's environment
+    runtime = ClaudeRuntime(settings)
+    try:
+        await runtime.start("ses_bench", tmp / "runtime-workdir", [])
+        pairs = []
+        for i in range(WARMUP + TURNS):
+            text = f"say hello {i}"
+            if i % 2:  # which goes first alternates: neither side always runs right after the other
+                r = await _runtime_turn(runtime, i, text)
+                d = await direct.turn(text)
+            else:
+                d = await direct.turn(text)
+                r = await _runtime_turn(runtime, i, text)
+            if i >= WARMUP:
+                pairs.append((d, r))
+        return pairs
+    finally:
+        await runtime.close()
+        await direct.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def _runtime_turn(runtime: ClaudeRuntime, i: int, text: str) -> float:
+    t0 = time.perf_counter()
+    end = None
+    async for event in runtime.run_turn(f"trn_{i}", text):
+        end = event
+    assert isinstance(end, TurnCompleted), end
+    return (time.perf_counter() - t0) * 1000
