@@ -23,6 +23,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -241,6 +242,68 @@ async def test_console_in_chromium(
         drained = {w.name: w for w in await client.list_workers()}[survivor]
         assert drained.draining
     assert shot.stat().st_size > 10_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_console_rides_out_a_control_plane_restart(chromium: str, procs, tmp_path: pathlib.Path) -> None:
+    """The control plane is SIGKILLed mid-turn while the console follows the session, and
+    restarted on the same ports: the page says it is reconnecting, then live again, and the
+    transcript holds every line of the turn once, in order (the library resumed after the last
+    seq it saw)."""
+    try:
+        from playwright.async_api import async_playwright, expect
+    except ImportError as exc:
+        _unavailable(f"Playwright for Python is not installed ({exc}); it is in the dev extra")
+    console_built()
+    cp = ControlPlaneProcess(tmp_path, tmp_path / "tether.db", extra=["--http-port", str(free_port()), "--console"])
+    cp.start()
+    try:
+        start_worker(procs, cp.target, tmp_path / "w1", "w1")
+        await workers_connected(cp.target)
+        async with sdk.AsyncClient(cp.target) as client:
+            session_id = (await client.create_session("shell")).session_id
+        lines = [f"line-{i}" for i in range(1, 11)]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = await browser.new_page()
+            logged: list[str] = []
+            page.on("console", lambda m: logged.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: logged.append(f"page error: {e}"))
+            expect.set_options(timeout=UI_TIMEOUT_MS)
+            try:
+                await page.goto(f"{http_base_url(cp)}/console/#/sessions/{session_id}")
+                connection = page.get_by_test_id("connection")
+                await page.get_by_test_id("input").fill("for i in $(seq 1 10); do echo line-$i; sleep 0.5; done")
+                await page.get_by_test_id("send").click()
+                transcript = page.get_by_test_id("transcript")
+                await expect(transcript).to_contain_text("line-2")
+                await expect(connection).to_have_text("live")
+                cp.stop(signal.SIGKILL)  # a crash, mid-turn, while the page follows the stream
+                await expect(connection).to_contain_text("reconnecting after seq")
+                cp.start()  # the same ports and database
+                await expect(connection).to_have_text("live")
+                await expect(transcript).to_contain_text("turn completed (exit 0)")
+                outputs = await transcript.locator(".entry-output").all_inner_texts()
+                assert outputs == ["".join(f"{line}\n" for line in lines)], outputs
+                seqs = [
+                    int(s)
+                    for s in await transcript.locator(".entry").evaluate_all("els => els.map(e => e.dataset.seq)")
+                ]
+                assert seqs == sorted(set(seqs)), seqs
+            finally:
+                await browser.close()
+        # While it was down, only the connection attempts failed.
+        assert all("net::ERR_" in m for m in logged), logged
+        async with sdk.AsyncClient(cp.target) as client:
+            [turn] = (await client.list_turns(session_id)).turns
+            assert turn.state is sdk.TurnState.COMPLETED
+    finally:
+        cp.stop()
 
 
 async def test_console_asks_for_the_key_and_keeps_it(chromium: str, tmp_path: pathlib.Path) -> None:

@@ -229,6 +229,7 @@ export function sessionView(sessionId: string): View {
     try {
       const [s, workers] = await Promise.all([client().getSession(sessionId), client().listWorkers()]);
       if (stopped) return;
+      clearError("refresh session");
       renderFacts(s);
       const chosen = restoreTo.value;
       restoreTo.replaceChildren(

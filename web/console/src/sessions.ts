@@ -3,7 +3,7 @@
 import { SessionState, type Session } from "../../../gen/ts/tether/v1/resources_pb.js";
 import { client } from "./api.js";
 import { h, type View, when } from "./dom.js";
-import { showError } from "./notify.js";
+import { clearError, showError } from "./notify.js";
 
 const REFRESH_MS = 2_000;
 
@@ -59,6 +59,7 @@ export function sessionsView(): View {
     try {
       const { sessions } = await client().listSessions({ pageSize: 100 });
       if (!stopped) body.replaceChildren(...sessions.map(row));
+      clearError("list sessions");
     } catch (error) {
       showError("list sessions", error);
     }

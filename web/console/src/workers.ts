@@ -37,6 +37,7 @@ export function workersView(): View {
     try {
       const workers = await client().listWorkers();
       if (!stopped) body.replaceChildren(...workers.map((w) => row(w, (id) => void drain(id))));
+      clearError("list workers");
     } catch (error) {
       showError("list workers", error);
     }
