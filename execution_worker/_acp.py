@@ -31,6 +31,7 @@ from tether.execution_worker._acp_files import Terminals, WorkspaceFiles
 from tether.execution_worker._acp_permissions import METHOD as PERMISSION_METHOD
 from tether.execution_worker._acp_permissions import Permissions
 from tether.execution_worker._acp_rpc import (
+    INVALID_PARAMS,
     METHOD_NOT_FOUND,
     AcpConnection,
     AcpError,
@@ -283,7 +284,7 @@ class AcpRuntime(Runtime):
 
     async def _on_request(self, method: str, params: dict[str, Any]) -> Any:
         if params.get("sessionId") != self._acp_session_id:
-            raise AcpRpcError(method, -32602, "tether: not this session's id")
+            raise AcpRpcError(method, INVALID_PARAMS, "tether: not this session's id")
         files, terminals = self._files, self._terminals
         assert files is not None and terminals is not None
         if method == PERMISSION_METHOD:

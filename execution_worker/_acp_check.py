@@ -20,6 +20,7 @@ from typing import Any
 
 from tether.execution_worker._acp_rpc import (
     AUTH_REQUIRED,
+    METHOD_NOT_FOUND,
     PROTOCOL_VERSION,
     AcpError,
     AcpRpcError,
@@ -130,7 +131,7 @@ async def probe_agent(settings: AcpSettings, scratch: Path) -> AcpProbe:
 
 
 async def _refuse(method: str, params: dict[str, Any]) -> Any:
-    raise AcpRpcError(method, -32601, "tether: the probe serves nothing")
+    raise AcpRpcError(method, METHOD_NOT_FOUND, "tether: the probe serves nothing")
 
 
 def _login_hint(init: dict[str, Any]) -> str:
