@@ -36,7 +36,7 @@ from .domain import errors
 from .domain._workspaces import Workspaces
 from .domain.hub import Hub
 from .http import Console, ConsoleNotBuilt, HttpApp, HttpServer, ServiceApp, ServingGate, TlsFiles
-from .observability import Metrics
+from .observability import Metrics, turn_tracer
 from .store import (
     AccessStore,
     DatabaseNotReady,
@@ -203,6 +203,9 @@ class ControlPlane:
         self.settings = settings
         # Its own registry: several control planes in one process keep their metrics apart.
         self.metrics = Metrics()
+        # An OpenTelemetry TracerProvider to trace turns with, set before start() (default: the
+        # global one, when this process set one up; otherwise turns are not traced).
+        self.tracer_provider: object | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         # The HTTP port (--http-port): the same services for browsers and curl; None when off.
@@ -293,7 +296,14 @@ class ControlPlane:
         self._writer.on_transaction = self.metrics.transaction
         self._writer.start()
         self.hub = Hub(
-            Reader(engine), self._writer, ProtoBodyCodec(), s.timings, s.limits, s.retention, observer=self.metrics
+            Reader(engine),
+            self._writer,
+            ProtoBodyCodec(),
+            s.timings,
+            s.limits,
+            s.retention,
+            observer=self.metrics,
+            tracer=turn_tracer(self.tracer_provider),
         )
         self.metrics.watch(self.hub.load)
         if not replicated:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from tether import logs
+from tether.logs import tracing
 
 from ._server import StartupError, serve_forever
 from ._settings import Settings
@@ -511,6 +512,10 @@ def serve(
 ) -> None:
     """Run a Tether control plane (SQLite by default)."""
     logs.configure(log_level, log_format)
+    try:
+        tracing.configure("tether-control-plane")
+    except tracing.TracingUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     if heartbeat_interval_s >= lease_ttl_s:
         raise click.BadParameter("must be shorter than --lease-ttl-s", param_hint="--heartbeat-interval-s")
     if idle_heartbeat_interval_s and idle_heartbeat_interval_s < heartbeat_interval_s:

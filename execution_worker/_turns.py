@@ -25,6 +25,7 @@ from tether.execution_worker._errors import describe
 from tether.execution_worker._session import LeaseLost, RehydrationFailed, Session, SessionTable
 from tether.execution_worker._settings import WorkerSettings
 from tether.execution_worker._snapshots import Snapshots
+from tether.execution_worker._tracing import in_turn_span, traced_events, traced_rehydrate
 from tether.execution_worker.runtime import (
     TERMINAL_EVENTS,
     Runtime,
@@ -80,7 +81,7 @@ class Turns:
         self._tasks = tasks
         self._sessions = sessions
         self._snapshots = snapshots
-        self._rehydrate = rehydrate
+        self._rehydrate = traced_rehydrate(rehydrate)
         self._drop_later = drop_later
         self._changed = changed
         self._reservations: dict[tuple[str, str], _Reservation] = {}
@@ -207,7 +208,9 @@ class Turns:
         session.turn_id = offer.turn_id
         session.turn_generation += 1
         session.pending_interrupt = None
-        session.turn_task = self._tasks.spawn(self._run_turn(session, offer), f"turn {offer.turn_id}")
+        session.turn_task = self._tasks.spawn(
+            in_turn_span(offer, self._run_turn(session, offer)), f"turn {offer.turn_id}"
+        )
 
     # -- restores and turns -------------------------------------------------------------------------
 
@@ -299,8 +302,9 @@ class Turns:
                     outbox.emit(turn_id, event_body(terminal))
                     return
                 turn_events = runtime.run_turn(turn_id, offer.input, output_schema=json.loads(offer.output_schema))  # type: ignore[call-arg]
+                turn_events = traced_events(turn_events, offer.runtime)
             else:
-                turn_events = runtime.run_turn(turn_id, offer.input)
+                turn_events = traced_events(runtime.run_turn(turn_id, offer.input), offer.runtime)
             try:
                 async for event in turn_events:
                     if isinstance(event, TERMINAL_EVENTS):

@@ -47,6 +47,7 @@ from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSetti
 from tether.execution_worker._worker import Worker
 from tether.execution_worker._workspace import DEFAULT_IGNORES
 from tether.execution_worker.runtime import RuntimeFactory
+from tether.logs import tracing
 
 _T = TypeVar("_T")
 
@@ -523,6 +524,10 @@ def worker(
     if ctx.invoked_subcommand is not None:
         return
     logs.configure(log_level, log_format)
+    try:
+        tracing.configure("tether-worker")
+    except tracing.TracingUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     tls = _TlsFiles(tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key)
     token_file = token_file or default_token_file(workdir)
     credentials = _credentials(token_file, pairing_code, control_plane, name, tls)

@@ -352,6 +352,7 @@ def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
                 accept_deadline=ts(msg.accept_deadline_us),
                 restore_only=msg.restore_only,
                 output_schema=msg.output_schema,
+                trace_context=dict(msg.trace_context),
             )
         )
     if isinstance(msg, m.GrantMsg):

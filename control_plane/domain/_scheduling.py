@@ -166,6 +166,7 @@ class Scheduler:
                 last_seq=self._events.committed_seq(rec),
                 accept_deadline_us=now_us() + int(timeout * 1e6),
                 output_schema=turn.output_schema,
+                trace_context=self._turns.traced_offer(turn, target.info.worker_id, epoch),
             )
         )
 

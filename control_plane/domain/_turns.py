@@ -23,7 +23,7 @@ from ._shared import Committer, log
 from .access import Limits
 from .messages import InterruptMsg
 from .model import InputPolicy, Turn, TurnState, new_id, now_us
-from .ports import BodyCodec, Changes, Observer, SessionReader
+from .ports import BodyCodec, Changes, Observer, SessionReader, TurnTracer
 
 if TYPE_CHECKING:
     from ._deadlines import TurnDeadlines
@@ -65,13 +65,20 @@ class TurnBook:
 
 class Turns:
     def __init__(
-        self, reader: SessionReader, committer: Committer, codec: BodyCodec, limits: Limits, observer: Observer
+        self,
+        reader: SessionReader,
+        committer: Committer,
+        codec: BodyCodec,
+        limits: Limits,
+        observer: Observer,
+        tracer: TurnTracer,
     ) -> None:
         self._reader = reader
         self._committer = committer
         self._codec = codec
         self._limits = limits
         self._observer = observer
+        self._tracer = tracer
         # owner -> the loaded records with a turn queued, offered or running
         self._busy: dict[str, dict[str, SessionRecord]] = {}
 
@@ -186,10 +193,15 @@ class Turns:
         book.active = turn
         return turn
 
+    def traced_offer(self, turn: Turn, worker_id: str, epoch: int) -> tuple[tuple[str, str], ...]:
+        """The trace context headers an offer of `turn` carries (none when turns are not traced)."""
+        return tuple(self._tracer.offered(turn, worker_id, epoch).items())
+
     def withdraw(self, rec: SessionRecord) -> Turn | None:
         """An offered turn that no worker took is queued again (not yet back in the queue)."""
         turn = self.offered(rec)
         if turn is not None:
+            self._tracer.withdrawn(turn)
             turn.state = TurnState.QUEUED
             rec.turns.active = None
             self._track(rec)
@@ -209,6 +221,7 @@ class Turns:
         changes.turn_updates.append(turn)
         self._deadlines.started(rec, turn)
         self._observer.turn_started((turn.start_time_us - turn.create_time_us) / 1e6)
+        self._tracer.accepted(turn)
 
     # ----------------------------------------------------------------- calls
 
@@ -281,6 +294,7 @@ class Turns:
         turn.first_seq = event.seq
         changes.turn_inserts.append(turn)
         changes.event_inserts.append(event)
+        changes.on_commit.append(lambda: self._tracer.queued(turn, runtime))  # before the offer
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
         changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         await self._committer.commit(changes)
@@ -459,6 +473,7 @@ class Turns:
         self._deadlines.ended(turn)
         ran_s = (turn.end_time_us - turn.start_time_us) / 1e6 if turn.start_time_us else None
         self._observer.turn_ended(rec.session.runtime, turn.state.name.lower(), ran_s)
+        self._tracer.ended(turn)
         if log.isEnabledFor(logging.DEBUG):
             ids = {"session_id": rec.session_id, "turn_id": turn.turn_id, "owner": rec.session.owner}
             log.debug("turn %s %s", turn.turn_id, turn.state.name.lower(), extra=ids)

@@ -101,7 +101,16 @@ from .model import (
     WorkerInfo,
     now_us,
 )
-from .ports import BodyCodec, GroupCommitWriter, NullObserver, Observer, SessionQuery, SessionReader
+from .ports import (
+    BodyCodec,
+    GroupCommitWriter,
+    NullObserver,
+    NullTurnTracer,
+    Observer,
+    SessionQuery,
+    SessionReader,
+    TurnTracer,
+)
 
 __all__ = [
     "AnswerMsg",
@@ -151,8 +160,10 @@ class Hub:
         limits: Limits | None = None,
         retention: Retention | None = None,
         observer: Observer | None = None,
+        tracer: TurnTracer | None = None,
     ) -> None:
-        """`observer` hears what happens, for metrics (default: nobody)."""
+        """`observer` hears what happens, for metrics, and `tracer` traces each turn (default:
+        nobody, nothing)."""
         self.timings = timings
         self.limits = limits or Limits()
         self._tasks = Tasks()  # owned here, awaited by stop()
@@ -160,7 +171,7 @@ class Hub:
         committer = Committer(writer)
         sessions = self._sessions = SessionCache(reader, committer, timings)
         events = self._events = EventLog(reader, observer)
-        turns = self._turns = Turns(reader, committer, codec, self.limits, observer)
+        turns = self._turns = Turns(reader, committer, codec, self.limits, observer, tracer or NullTurnTracer())
         scheduler = self._scheduler = Scheduler(committer, timings, codec)
         leases = self._leases = Leases(committer, self._tasks, timings, observer)
         ingest = self._ingest = Ingest(committer, self.limits, codec, observer)

@@ -122,6 +122,7 @@ class OfferMsg:
     accept_deadline_us: int
     restore_only: bool = False
     output_schema: str = ""
+    trace_context: tuple[tuple[str, str], ...] = ()  # the turn's trace context headers, when traced
 
 
 @dataclass(frozen=True)

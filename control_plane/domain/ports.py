@@ -1,7 +1,7 @@
 """Ports: what the domain needs from storage and from the edge, as Protocols.
 
 `store/` implements the storage ports (`SessionReader`, `GroupCommitWriter`, `CredentialStore`),
-`api/` the `BodyCodec` and `observability/` the `Observer`; the composition root (`control_plane/_server.py`) wires them. The
+`api/` the `BodyCodec` and `observability/` the `Observer` and the `TurnTracer`; the composition root (`control_plane/_server.py`) wires them. The
 domain hands the writer `Changes`, a unit of domain records, and never sees a row: mapping
 records to rows is the store's business. Tests use in-memory fakes of these ports
 (tests/helpers/fake_store.py).
@@ -26,9 +26,11 @@ __all__ = [
     "ListedSession",
     "LoadedSession",
     "NullObserver",
+    "NullTurnTracer",
     "Observer",
     "SessionQuery",
     "SessionReader",
+    "TurnTracer",
     "WriteFailed",
 ]
 
@@ -286,6 +288,51 @@ class NullObserver:
         pass
 
     def events_published(self, lag_s: float) -> None:
+        pass
+
+
+class TurnTracer(Protocol):
+    """Traces turns (control_plane/observability implements it with OpenTelemetry): one trace
+    per turn, from its input to its end. Called on the event loop; a turn it has not seen
+    queued (one reloaded after a restart) is ignored."""
+
+    def queued(self, turn: Turn, runtime: str) -> None:
+        """The turn's input is durable: its trace starts (at the turn's create time)."""
+        ...
+
+    def offered(self, turn: Turn, worker_id: str, epoch: int) -> dict[str, str]:
+        """The turn is offered to `worker_id`: the trace context headers the offer carries."""
+        ...
+
+    def withdrawn(self, turn: Turn) -> None:
+        """The offer went unanswered or was declined: the turn is queued again."""
+        ...
+
+    def accepted(self, turn: Turn) -> None:
+        """The worker accepted the offer: the turn runs."""
+        ...
+
+    def ended(self, turn: Turn) -> None:
+        """The turn ended (its state, end time and error are set): its trace ends."""
+        ...
+
+
+class NullTurnTracer:
+    """A TurnTracer that traces nothing (the default)."""
+
+    def queued(self, turn: Turn, runtime: str) -> None:
+        pass
+
+    def offered(self, turn: Turn, worker_id: str, epoch: int) -> dict[str, str]:
+        return {}
+
+    def withdrawn(self, turn: Turn) -> None:
+        pass
+
+    def accepted(self, turn: Turn) -> None:
+        pass
+
+    def ended(self, turn: Turn) -> None:
         pass
 
 

@@ -45,9 +45,11 @@ def test_the_ports_are_the_storage_and_codec_protocols() -> None:
         "ListedSession",
         "LoadedSession",
         "NullObserver",
+        "NullTurnTracer",
         "Observer",
         "SessionQuery",
         "SessionReader",
+        "TurnTracer",
         "WriteFailed",
     ]
     assert set(messages.__all__) <= set(dir(messages))

@@ -90,6 +90,9 @@ PINNED: dict[str, list[str]] = {
     ],
     "tether.cli": ["main"],
     "tether.control_plane": ["ControlPlane", "Settings", "Timings", "serve_forever"],
+    "tether.control_plane.observability": ["MAX_RUNTIMES", "Metrics", "metrics_asgi_app", "turn_tracer"],
+    "tether.logs": ["FIELDS", "FORMATS", "JsonFormatter", "TextFormatter", "bind", "bound", "configure", "redact"],
+    "tether.logs.tracing": ["TracingUnavailable", "configure", "requested"],
     "tether.control_plane.store": [
         "AccessStore",
         "DatabaseNotReady",
