@@ -42,11 +42,7 @@ def _in_a_traced_turn() -> Any:
 
 
 @contextlib.contextmanager
-def _turn_span(offer: worker_service_pb2.Offer) -> Iterator[None]:
-    tracer = _tracer() if offer.trace_context else None
-    if tracer is None:
-        yield
-        return
+def _turn_span(tracer: Any, offer: worker_service_pb2.Offer) -> Iterator[None]:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -64,9 +60,15 @@ def _turn_span(offer: worker_service_pb2.Offer) -> Iterator[None]:
         yield
 
 
-async def in_turn_span(offer: worker_service_pb2.Offer, run: Coroutine[Any, Any, _T]) -> _T:
-    """Run `run` (the turn's task) inside the turn's `tether.worker.turn` span, when traced."""
-    with _turn_span(offer):
+def in_turn_span(offer: worker_service_pb2.Offer, run: Coroutine[Any, Any, _T]) -> Coroutine[Any, Any, _T]:
+    """`run` (the turn's task), inside the turn's `tether.worker.turn` span when traced; else
+    `run` itself."""
+    tracer = _tracer() if offer.trace_context else None
+    return run if tracer is None else _spanned(tracer, offer, run)
+
+
+async def _spanned(tracer: Any, offer: worker_service_pb2.Offer, run: Coroutine[Any, Any, _T]) -> _T:
+    with _turn_span(tracer, offer):
         return await run
 
 
@@ -85,14 +87,16 @@ def traced_rehydrate(rehydrate: Callable[..., Awaitable[_T]]) -> Callable[..., A
     return traced
 
 
-async def traced_events(events: AsyncIterator[_T], runtime: str) -> AsyncIterator[_T]:
-    """The runtime's events of a turn, inside a `tether.runtime.turn` span when traced. The span
-    is not made current (the generator may be closed from elsewhere); it ends with the events."""
+def traced_events(events: AsyncIterator[_T], runtime: str) -> AsyncIterator[_T]:
+    """The runtime's events of a turn, inside a `tether.runtime.turn` span when traced; else
+    `events` themselves."""
     tracer = _in_a_traced_turn()
-    if tracer is None:
-        async for event in events:
-            yield event
-        return
+    return events if tracer is None else _spanned_events(tracer, events, runtime)
+
+
+async def _spanned_events(tracer: Any, events: AsyncIterator[_T], runtime: str) -> AsyncIterator[_T]:
+    # The span is not made current (the generator may be closed from elsewhere); it ends with
+    # the events.
     span = tracer.start_span("tether.runtime.turn", attributes={"tether.runtime": runtime})
     count = 0
     try:
