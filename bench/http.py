@@ -6,17 +6,20 @@
     grpc_first_event_ms_p50             the same client code over gRPC (connect-node, HTTP/2, on
                                         the gRPC port), in the same run
     browser_minus_grpc_first_event_ms_p50  median of the per-pair differences (target: within 2 ms)
+    browser_proto_first_event_ms_p50    connect-web with binary protobuf instead of its default
+                                        JSON, in the same rounds (and its difference to gRPC)
     http_stream_subscribers_1k_rss_mib  the control plane's RSS with 1,000 Connect streams open
                                         over HTTP/1.1 (100 sessions, 10 each), every one caught up
     http_stream_subscribers_1k_rss_growth_mib and http_stream_subscriber_kib: the growth from
                                         before the streams opened, in all and per stream
 
 First event: one control plane process with --http-port, one Python worker (`--runtime script`,
-input `say ping`), and two processes of tests/e2e/http_ts/http_client.js in `bench` mode, each
-on its own session, each holding one event stream open and timing each event as it reads it on
-its own monotonic clock (performance.now()). Samples are taken in pairs, Connect-over-HTTP then
-gRPC on even pairs and the other way on odd ones, so both see the same machine noise; the
-first pairs are warm-up. This is the measure bench/typescript.py takes, with the transport the
+input `say ping`), and three processes of tests/e2e/http_ts/http_client.js in `bench` mode
+(Connect with JSON and with binary protobuf on the HTTP port, gRPC on the gRPC port), each on
+its own session, each holding one event stream open and timing each event as it reads it on its
+own monotonic clock (performance.now()). Samples are taken in rounds of one per side, each side
+first, second and last in turn, so all see the same machine noise; the first rounds are
+warm-up. This is the measure bench/typescript.py takes, with the transport the
 only difference between the two sides.
 
 Subscribers: a fresh control plane with --http-port and no worker; 100 sessions each get one
@@ -148,16 +151,19 @@ async def first_event() -> None:
         )
         http_ms: list[float] = []
         grpc_ms: list[float] = []
+        proto_ms: list[float] = []
         async with sdk.AsyncClient(cp.target) as client, asyncio.timeout(TIME_LIMIT_S):
             http_session = (await client.create_session("script")).session_id
             grpc_session = (await client.create_session("script")).session_id
+            proto_session = (await client.create_session("script")).session_id
             browser = await NodeSide.start(base_url, "connect-web", http_session)
             grpc_side = await NodeSide.start(f"http://{cp.target}", "grpc", grpc_session)
+            proto_side = await NodeSide.start(base_url, "connect-web-proto", proto_session)
             try:
                 for i in range(WARMUP + PAIRS):
-                    order = [("http", browser), ("grpc", grpc_side)]
-                    if i % 2:
-                        order.reverse()
+                    # Each side goes first, second and last in turn.
+                    order = [("http", browser), ("grpc", grpc_side), ("proto", proto_side)]
+                    order = order[i % 3 :] + order[: i % 3]
                     pair: dict[str, float] = {}
                     for name, side in order:
                         turn_id, ms, end = await side.sample()
@@ -167,10 +173,11 @@ async def first_event() -> None:
                     if i >= WARMUP:
                         http_ms.append(pair["http"])
                         grpc_ms.append(pair["grpc"])
+                        proto_ms.append(pair["proto"])
             finally:
-                statuses = [await browser.stop(), await grpc_side.stop()]
-            if statuses != [0, 0]:
-                raise RuntimeError(f"http_client.js bench exited with statuses {statuses} (Connect, gRPC)")
+                statuses = [await browser.stop(), await grpc_side.stop(), await proto_side.stop()]
+            if statuses != [0, 0, 0]:
+                raise RuntimeError(f"http_client.js bench exited with statuses {statuses} (Connect, gRPC, proto)")
     n = len(http_ms)
     diffs = [h - g for h, g in zip(http_ms, grpc_ms, strict=True)]
     emit("browser_first_event_ms_p50", percentile(http_ms, 50), "ms", turns=n, transport="connect-web over HTTP/1.1")
@@ -178,6 +185,9 @@ async def first_event() -> None:
     emit("grpc_first_event_ms_p50", percentile(grpc_ms, 50), "ms", turns=n, transport="connect-node gRPC over HTTP/2")
     emit("grpc_first_event_ms_p99", percentile(grpc_ms, 99), "ms", turns=n)
     emit("browser_minus_grpc_first_event_ms_p50", statistics.median(diffs), "ms", pairs=n)
+    emit("browser_proto_first_event_ms_p50", percentile(proto_ms, 50), "ms", turns=n, transport="connect-web, binary")
+    proto_diffs = [p - g for p, g in zip(proto_ms, grpc_ms, strict=True)]
+    emit("browser_proto_minus_grpc_first_event_ms_p50", statistics.median(proto_diffs), "ms", pairs=n)
 
 
 async def subscribers() -> bool:
@@ -224,13 +234,13 @@ async def subscribers() -> bool:
             except TimeoutError:
                 node.kill()
                 status = await node.wait()
-        if status != 0:
-            raise RuntimeError(f"http_client.js subscribe exited with status {status}")
         left = await _connections_left(int(base_url.rsplit(":", 1)[1]))
     emit("http_stream_subscribers_1k_rss_mib", during, "MiB", subscribers=count, before_mib=round(before, 1))
     emit("http_stream_subscribers_1k_rss_growth_mib", during - before, "MiB", subscribers=count)
     emit("http_stream_subscriber_kib", (during - before) * 1024 / count, "KiB", subscribers=count)
     emit("http_stream_connections_left_after_close", left, "count")
+    if status != 0:
+        raise RuntimeError(f"http_client.js subscribe exited with status {status}")
     return left == 0
 
 

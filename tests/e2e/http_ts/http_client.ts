@@ -8,8 +8,9 @@
  *   node .../http_client.js bench --base-url URL --transport KIND --session ID --input TEXT
  *   node .../http_client.js subscribe --base-url URL --transport KIND --session ID[,ID...] --per-session N
  *
- * KIND: connect-web (Connect over fetch), grpc-web (gRPC-Web over fetch), connect-h2 (Connect
- * over HTTP/2), grpc (gRPC over HTTP/2).
+ * KIND: connect-web (Connect with JSON over fetch, connect-web's default), connect-web-proto (the
+ * same with binary protobuf), grpc-web (gRPC-Web over fetch), connect-h2 (Connect over HTTP/2),
+ * grpc (gRPC over HTTP/2).
  *
  * `turn` prints one JSON line per step: the error a missing session gets (code and reason),
  * the session created, the turn sent, every event read up to the turn's end, and the end.
@@ -40,6 +41,8 @@ function transport(kind: string, baseUrl: string): Transport {
   switch (kind) {
     case "connect-web":
       return createConnectTransport({ baseUrl });
+    case "connect-web-proto":
+      return createConnectTransport({ baseUrl, useBinaryFormat: true });
     case "grpc-web":
       return createGrpcWebTransport({ baseUrl });
     case "connect-h2":
@@ -161,7 +164,8 @@ async function subscribe(sessions: Sessions, sessionIds: string[], perSession: n
     // held open until stdin closes
   }
   stop.abort();
-  await Promise.all(streams);
+  // As in bench: an aborted fetch body ends when it is next read; do not wait on them for long.
+  await Promise.race([Promise.all(streams), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
   return ready === total ? 0 : 1;
 }
 
