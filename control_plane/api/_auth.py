@@ -45,6 +45,7 @@ REFUSALS = (
     "owner_missing",  # a backend key without x-tether-owner
     "owner_mismatch",  # an owner-bound key naming another owner
     "owner_invalid",  # x-tether-owner that is not an owner name
+    "pairing_code_invalid",  # Pair with a code that is unknown, expired or used
 )
 _Credential = TypeVar("_Credential", ApiKey, WorkerToken)
 _CACHE_TTL_S = 2.0
@@ -94,6 +95,10 @@ class Authenticator:
         if self._on_refused is not None:
             self._on_refused(reason)
         return err
+
+    def pairing_refused(self, err: errors.DomainError) -> errors.DomainError:
+        """`err`, once `on_refused` heard of a pairing code refused (Pair checks codes itself)."""
+        return self._refuse("pairing_code_invalid", err)
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
         try:

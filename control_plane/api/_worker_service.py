@@ -100,7 +100,7 @@ class WorkerService(WorkspaceCalls):
             issued = await self._access.pair(code, name)
             if issued is None:
                 self._pairing_failures.failed(peer)
-                raise errors.PairingCodeInvalid()
+                raise self._auth.pairing_refused(errors.PairingCodeInvalid())
             token, secret = issued
             log.info("worker %s paired for a new token %s", token.worker_id, token.token_id)
             return wpb.PairResponse(token=secret, token_id=token.token_id, worker_id=token.worker_id, owner=token.owner)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +17,8 @@ from tests.helpers.processes import FAST, eventually, start_worker
 from tether import sdk
 from tether.control_plane import ControlPlane, Settings
 from tether.control_plane.observability import MAX_RUNTIMES, Metrics, metrics_asgi_app
+from tether.v1 import worker_service_pb2 as wpb
+from tether.v1 import worker_service_pb2_grpc as wgrpc
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -85,10 +88,15 @@ async def test_metrics_move_with_real_traffic_and_name_no_session_turn_worker_or
             assert value(after_interrupt, "tether_turns_queued") == 0
             assert value(after_interrupt, "tether_oldest_queued_turn_age_seconds") == 0
 
-            # A credential this control plane never issued is refused, and counted by reason.
+            # A credential this control plane never issued, and a pairing code it never made, are
+            # refused, and counted by reason.
             async with sdk.AsyncClient(target, api_key="tak_" + "x" * 43) as stranger:
                 with pytest.raises(sdk.UnauthenticatedError):
                     await stranger.list_sessions()
+            async with grpc.aio.insecure_channel(target) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await wgrpc.WorkerServiceStub(channel).Pair(wpb.PairRequest(code="ZZZZ-ZZZZ"), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
             # The holder dies mid-turn: past the worker-dead grace its lease is dropped and its
             # turn fails; the next turn runs on the other worker, which rehydrates the session.
@@ -132,6 +140,7 @@ async def test_metrics_move_with_real_traffic_and_name_no_session_turn_worker_or
         assert grew("tether_db_commit_batch_size_count", 5)
         assert value(after, "tether_db_commit_batch_size_sum") >= value(after, "tether_db_commit_batch_size_count")
         assert grew("tether_auth_failures_total", 1, reason="unknown_credential")
+        assert grew("tether_auth_failures_total", 1, reason="pairing_code_invalid")
         assert value(after, "tether_workers_connected") == 1
         assert value(after, "tether_worker_slots") == 2
         assert value(after, "tether_sessions_loaded") == 2
