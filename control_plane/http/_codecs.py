@@ -5,11 +5,13 @@ names in lowerCamelCase, which connect-web sends by default and curl users write
 that does not decode is refused as the gRPC port refuses one: INVALID_ARGUMENT with a
 BadRequest naming `request`. A response handler may yield `Encoded` bytes (the event stream
 encodes each batch once for all its subscribers); the binary codec passes them through and the
-JSON codec decodes them first.
+JSON codec converts them, once per batch however many JSON subscribers follow the session (it
+keeps the last few conversions).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 from connectrpc.errors import ConnectError
@@ -55,13 +57,25 @@ class JsonCodec:
     """`application/json`, `application/grpc-web+json`. Unknown fields are ignored, as the
     binary encoding keeps them, so an older control plane still serves a newer client."""
 
+    _RECENT = 256  # event batches whose JSON is kept: a live batch reaches every subscriber at once
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+
     def name(self) -> str:
         return "json"
 
     def encode(self, message: Message | Encoded) -> bytes:
-        if isinstance(message, Encoded):
-            message = message.type.FromString(message.data)
-        return json_format.MessageToJson(message, indent=None).encode()
+        if not isinstance(message, Encoded):
+            return json_format.MessageToJson(message, indent=None).encode()
+        # Subscribers share the batch's bytes object, so a hit compares by identity.
+        cached = self._recent.get(message.data)
+        if cached is None:
+            decoded = message.type.FromString(message.data)
+            cached = self._recent[message.data] = json_format.MessageToJson(decoded, indent=None).encode()
+            if len(self._recent) > self._RECENT:
+                self._recent.popitem(last=False)
+        return cached
 
     def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message:
         message = message_class()
