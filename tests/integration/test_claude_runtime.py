@@ -15,6 +15,8 @@ import pytest
 from tests.helpers.anthropic_mock import MODEL, MockAnthropic, claude_bin
 from tether.execution_worker._claude import ClaudeError, ClaudeRuntime
 from tether.execution_worker._claude_settings import ClaudeSettings, claude_session_id
+from tether.execution_worker._claude_transcript import history_item
+from tether.execution_worker._convert import LOST_TURN_MARKER
 from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
@@ -277,3 +279,23 @@ async def test_a_missing_binary_fails_the_start(env: None, tmp_path: pathlib.Pat
     with pytest.raises(ClaudeError, match="could not run"):
         await runtime.start("ses_nobin", tmp_path, [])
     await runtime.close()
+
+
+async def test_a_turn_lost_with_its_worker_reaches_the_model_with_its_marker(
+    env: None, mock_api: MockAnthropic, tmp_path: pathlib.Path
+) -> None:
+    # What the worker hands over for a turn that died with its worker: the input Claude had,
+    # then the marker (an INPUT item without raw JSON), then nothing from the assistant.
+    history = [
+        history_item({"role": "user", "content": [{"type": "text", "text": "RUN: make deploy"}]}, "trn_0"),
+        HistoryItem(HistoryRole.INPUT, LOST_TURN_MARKER, "trn_0"),
+    ]
+    runtime = ClaudeRuntime(settings_for(tmp_path))
+    await runtime.start("ses_lost", tmp_path, history)
+    try:
+        seen = len(mock_api.conversation_requests())
+        assert (await run(runtime, "did it deploy?", "trn_1"))[-1] == TurnCompleted()
+    finally:
+        await runtime.close()
+    sent = json.dumps(mock_api.conversation_requests()[seen]["messages"])
+    assert sent.index("RUN: make deploy") < sent.index("turn_aborted") < sent.index("did it deploy?")
