@@ -36,7 +36,7 @@ from .domain import errors
 from .domain._workspaces import Workspaces
 from .domain.hub import Hub
 from .http import Console, ConsoleNotBuilt, HttpApp, HttpServer, ServiceApp, ServingGate, TlsFiles
-from .observability import Metrics, turn_tracer
+from .observability import Metrics, metrics_asgi_app, turn_tracer
 from .store import (
     AccessStore,
     DatabaseNotReady,
@@ -379,8 +379,13 @@ class ControlPlane:
             read_max_bytes=self.settings.max_message_bytes,
             interceptors=(ServingGate(self._http_refusal),),
         )
-        # /metrics: the observability package's ASGI app is given here as `metrics=`.
-        return HttpApp(services, services.paths, cors_origins=self.settings.http_cors_origins, console=self._console)
+        return HttpApp(
+            services,
+            services.paths,
+            cors_origins=self.settings.http_cors_origins,
+            console=self._console,
+            metrics=metrics_asgi_app(self.metrics),
+        )
 
     def _http_refusal(self) -> str | None:
         """Why this replica does not serve an HTTP call now (the HTTP port does not relay)."""
