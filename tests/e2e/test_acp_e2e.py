@@ -154,7 +154,19 @@ async def test_a_model_api_failure_fails_the_turn_readably(cp, procs, tmp_path, 
         assert (await finished(client, s.session_id, t2.turn_id)).state == sdk.TurnState.COMPLETED
 
 
-async def test_a_pending_approval_is_answered_after_a_control_plane_restart(cp, procs, tmp_path, mock):
+@pytest.fixture
+def cp_long_lease(tmp_path, db_url):
+    """A control plane whose leases outlast its own restart on a busy machine: the worker's
+    reconnect backoff (up to 5 s until the restarted control plane says otherwise) can miss
+    the 3 s of the `cp` fixture, which would end the turn as lost, not answered."""
+    cp = ControlPlaneProcess(tmp_path, db_url, extra=["--worker-dead-grace-s", "0.5", "--lease-ttl-s", "15"])
+    cp.start()
+    yield cp
+    cp.stop()
+
+
+async def test_a_pending_approval_is_answered_after_a_control_plane_restart(cp_long_lease, procs, tmp_path, mock):
+    cp = cp_long_lease
     acp_worker(procs, cp, tmp_path, "wa", mock)
     async with sdk.AsyncClient(cp.target) as client:
         s = await client.create_session("acp")
