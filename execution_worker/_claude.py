@@ -22,9 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +85,8 @@ class ClaudeRuntime(Runtime):
         self._usage = Usage()
         self._turn: ClaudeTurn | None = None
         self._approvals = Approvals()
+        # Turns abandoned mid-way whose `result` claude has yet to send (see run_turn).
+        self._abandoned_results = 0
         self._started = False
         self._closed = False
         self._close_done = asyncio.Event()
@@ -266,6 +266,7 @@ class ClaudeRuntime(Runtime):
     # -- messages from claude ---------------------------------------------------------------------
 
     def _on_exit(self) -> None:
+        self._abandoned_results = 0  # a new process starts clean
         if self._turn is not None:
             self._turn.queue.put_nowait(_EXITED)
 
@@ -273,6 +274,13 @@ class ClaudeRuntime(Runtime):
         if message.get("type") == "system" and message.get("subtype") == "init":
             self._model = str(message.get("model") or self._model)
             self._claude_version = str(message.get("claude_code_version") or self._claude_version)
+        if self._abandoned_results:
+            # The rest of a turn whose consumer went away, up to and including its result.
+            if message.get("type") == "control_request":
+                self._refuse(message, "tether: the turn was abandoned")
+            elif message.get("type") == "result":
+                self._abandoned_results -= 1
+            return
         if self._turn is not None:
             self._turn.queue.put_nowait(message)
         elif message.get("type") == "control_request":
@@ -317,8 +325,7 @@ class ClaudeRuntime(Runtime):
                         turn_id,
                         INTERRUPT_GRACE_S,
                     )
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(channel.proc.pid, signal.SIGKILL)
+                    channel.proc.kill_group()
                     turn.interrupt_deadline = None
                 elif message is _EXITED:
                     terminal = (
@@ -335,6 +342,7 @@ class ClaudeRuntime(Runtime):
                     if opened is not None:
                         yield opened
                 else:
+                    turn.result_seen = turn.result_seen or message.get("type") == "result"
                     for event in message_events(turn, message, self._usage):
                         if isinstance(event, (TurnCompleted, TurnFailed, TurnInterrupted)):
                             terminal = event
@@ -349,8 +357,10 @@ class ClaudeRuntime(Runtime):
             yield terminal
         finally:
             if not turn.finished.is_set():
-                # The consumer went away mid-turn: stop Claude's turn too, without waiting.
-                if self._channel is not None and self._channel.running:
+                # The consumer went away mid-turn: stop Claude's turn too, without waiting, and
+                # keep what is left of it (up to its result) out of the next turn.
+                if self._channel is not None and self._channel.running and turn.history and not turn.result_seen:
+                    self._abandoned_results += 1
                     with contextlib.suppress(ClaudeError):
                         self._channel.write(
                             {

@@ -74,6 +74,7 @@ class ClaudeTurn:
     interrupt_reason: str | None = None
     interrupt_sent: bool = False
     interrupt_deadline: float | None = None
+    result_seen: bool = False  # claude sent the turn's `result`: nothing more of it will come
     last_error: str = ""
     history: list[HistoryItem] = field(default_factory=list)
     # Messages API message id -> (content block index -> item id) of blocks streamed so far.

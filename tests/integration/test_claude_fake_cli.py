@@ -1,6 +1,8 @@
 """What only a stand-in `claude` can be made to do: ignore the interrupt control request (the
 runtime then stops it with a signal, and the next turn resumes the conversation in a new
-process) and die in the middle of a turn (the turn fails with the process's last words)."""
+process), finish a turn its consumer abandoned after the next one was sent (what is left of it
+stays out of the next turn), and die in the middle of a turn (the turn fails with the process's
+last words)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from tether.execution_worker._claude_settings import ClaudeSettings
 from tether.execution_worker.runtime import ItemCompleted, ItemKind, TurnCompleted, TurnFailed, TurnInterrupted
 
 # Speaks just enough stream-json: answers initialize, ignores interrupt, answers a user message
-# with an assistant message and a result, except "hang" (never answered) and "crash" (exits).
+# with an assistant message and a result, except "hang" (never answered), "slow" (answered a
+# second later) and "crash" (exits).
 FAKE = r"""
-import json, sys
+import json, sys, time
 resumed = "--resume" in sys.argv
 def say(obj):
     print(json.dumps(obj), flush=True)
@@ -30,6 +33,8 @@ for line in sys.stdin:
         text = msg["message"]["content"][0]["text"]
         if text == "hang":
             continue
+        if text == "slow":
+            time.sleep(1.0)
         if text == "crash":
             print("fake claude: out of cheese", file=sys.stderr, flush=True)
             sys.exit(3)
@@ -82,3 +87,18 @@ async def test_claude_dying_mid_turn_fails_it_with_its_last_words(fake: ClaudeRu
     events = await turn(fake, "crash", "trn_1")
     assert isinstance(events[-1], TurnFailed)
     assert "claude exited (code 3)" in events[-1].error_message and "out of cheese" in events[-1].error_message
+
+
+async def test_what_is_left_of_an_abandoned_turn_stays_out_of_the_next(fake: ClaudeRuntime) -> None:
+    async def consume() -> None:
+        async for _ in fake.run_turn("trn_1", "slow"):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)  # "slow" is with claude, which answers it in a second
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    events = await turn(fake, "next", "trn_2")
+    assert events[-1] == TurnCompleted()
+    texts = [e.item.text for e in events if isinstance(e, ItemCompleted) and e.item.kind is ItemKind.AGENT_MESSAGE]
+    assert texts == ["next"]  # not "slow", which came first
