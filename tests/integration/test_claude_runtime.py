@@ -299,3 +299,26 @@ async def test_a_turn_lost_with_its_worker_reaches_the_model_with_its_marker(
         await runtime.close()
     sent = json.dumps(mock_api.conversation_requests()[seen]["messages"])
     assert sent.index("RUN: make deploy") < sent.index("turn_aborted") < sent.index("did it deploy?")
+
+
+async def test_an_interrupt_while_a_request_waits_ends_the_turn_and_the_answer_has_nowhere_to_go(
+    claude: ClaudeRuntime,
+) -> None:
+    events: list = []
+    asked = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in claude.run_turn("trn_1", "RUN: touch never.txt"):
+            events.append(event)
+            if isinstance(event, RequestOpened):
+                asked.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(asked.wait(), 30)
+    await claude.interrupt("stop waiting")
+    await asyncio.wait_for(task, 15)
+    assert events[-1] == TurnInterrupted("stop waiting")
+    [request] = of_type(events, RequestOpened)
+    assert not await claude.respond(request.request_id, {"decision": "accept"})
+    assert claude.workspace is not None and not (claude.workspace / "never.txt").exists()
+    assert (await run(claude, "and now?", "trn_2"))[-1] == TurnCompleted()
