@@ -5,6 +5,7 @@ API on 127.0.0.1. Everything goes through the SDK, as an application would."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -182,6 +183,19 @@ async def test_a_pending_approval_is_answered_after_a_control_plane_restart(cp_l
     assert (tmp_path / "wa" / "sessions" / s.session_id / "workspace" / "after-restart.txt").exists()
 
 
+def _running_in(directory: str) -> list[int]:
+    """Processes whose working directory is `directory`."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == directory:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 async def _snapshot_turns(client: sdk.AsyncClient, session_id: str) -> int:
     try:
         snap = await client.get_snapshot(session_id)
@@ -205,7 +219,11 @@ async def test_after_a_worker_sigkill_the_agent_loads_the_session_on_another_wor
             return await _snapshot_turns(client, s.session_id) >= 2
 
         await eventually(both_turns_snapshotted, timeout=20, what="A's snapshot of both turns")
+        a_workspace = str(tmp_path / "wa" / "sessions" / s.session_id / "workspace")
+        assert _running_in(a_workspace), "A's agent runs in the session's workspace"
         a.send_signal(signal.SIGKILL)
+        # The agent dies with its worker (codex-acp would otherwise outlive it).
+        await eventually(lambda: not _running_in(a_workspace), timeout=10, what="A's agent to exit")
         # B has never seen the session: its agent state comes from the snapshot.
         acp_worker(procs, cp, tmp_path, "wb", mock)
         t3 = await client.send_input(s.session_id, "what was my colour?")
