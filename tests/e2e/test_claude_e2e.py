@@ -222,6 +222,33 @@ async def test_after_a_sigkill_the_next_turn_runs_elsewhere_with_the_history_car
     assert list(b_config.glob(f"*/{claude_session_id(s.session_id)}.jsonl"))
 
 
+async def test_restore_session_moves_a_claude_session_to_a_worker_that_never_saw_it(cp, procs, tmp_path, mock):
+    claude_worker(procs, cp, tmp_path / "wa", "wa", mock)
+    async with sdk.AsyncClient(cp.target) as client:
+        s = await client.create_session("claude")
+        t1 = await client.send_input(s.session_id, "RUN: echo restored-tool-output")
+        assert (await finished(client, s.session_id, t1.turn_id)).state == sdk.TurnState.COMPLETED
+        claude_worker(procs, cp, tmp_path / "wb", "wb", mock)
+
+        async def b_connected() -> bool:
+            return any(w.worker_id == "wb" and w.connected for w in await client.list_workers())
+
+        await eventually(b_connected, timeout=20, what="worker wb connected")
+        # Answers once B holds the lease and its rehydrated runtime confirmed with a snapshot.
+        moved = await client.restore_session(s.session_id, worker_id="wb", timeout_s=60)
+        assert moved.worker_id == "wb" and moved.runtime_thread_id == claude_session_id(s.session_id)
+        # Claude's transcript now lives in B's own config directory, written from the history.
+        b_config = tmp_path / "wb" / "sessions" / s.session_id / "claude-config" / "projects"
+        [transcript] = b_config.glob(f"*/{claude_session_id(s.session_id)}.jsonl")
+        assert "restored-tool-output" in transcript.read_text()
+        seen = len(mock.conversation_requests())
+        t2 = await client.send_input(s.session_id, "and now?")
+        done = await finished(client, s.session_id, t2.turn_id)
+        assert done.state == sdk.TurnState.COMPLETED and done.worker_id == "wb", done.error_message
+        sent = json.dumps(mock.conversation_requests()[seen]["messages"])
+        assert "echo restored-tool-output" in sent and '"tool_result"' in sent
+
+
 async def _has_snapshot(client: sdk.AsyncClient, session_id: str, turns: int) -> bool:
     try:
         snap = await client.get_snapshot(session_id)
