@@ -166,8 +166,11 @@ class Turns:
         self._track(rec)
 
     def forgotten(self, rec: SessionRecord) -> None:
-        """The session cache dropped `rec`: it leaves the index."""
+        """The session cache dropped `rec`: it leaves the index. Open turns of a dropped record
+        (deleted, or dropped after a failed write) end nowhere else: their traces end here."""
         self._untrack(rec)
+        for turn in rec.turns.turns.values():
+            self._tracer.abandoned(turn)
 
     def _track(self, rec: SessionRecord) -> None:
         if self.busy(rec) and not rec.deleted:

@@ -316,6 +316,11 @@ class TurnTracer(Protocol):
         """The turn ended (its state, end time and error are set): its trace ends."""
         ...
 
+    def abandoned(self, turn: Turn) -> None:
+        """The control plane let go of the open turn without ending it (its session was
+        deleted, or dropped after a failed write and reloaded): its trace ends as abandoned."""
+        ...
+
 
 class NullTurnTracer:
     """A TurnTracer that traces nothing (the default)."""
@@ -333,6 +338,9 @@ class NullTurnTracer:
         pass
 
     def ended(self, turn: Turn) -> None:
+        pass
+
+    def abandoned(self, turn: Turn) -> None:
         pass
 
 

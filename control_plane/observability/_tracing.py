@@ -95,6 +95,12 @@ class TurnTracing:
             traced.offer = None
 
     def ended(self, turn: Turn) -> None:
+        self._end(turn, turn.state.name.lower())
+
+    def abandoned(self, turn: Turn) -> None:
+        self._end(turn, "abandoned")
+
+    def _end(self, turn: Turn, outcome: str) -> None:
         traced = self._open.pop(turn.turn_id, None)
         if traced is None:
             return
@@ -102,7 +108,6 @@ class TurnTracing:
             traced.offer.set_attribute("tether.offer.outcome", "withdrawn")
             traced.offer.end()
         root = traced.root
-        outcome = turn.state.name.lower()
         root.set_attribute("tether.turn.outcome", outcome)
         if turn.worker_id:
             root.set_attribute("tether.worker_id", turn.worker_id)
