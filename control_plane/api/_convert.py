@@ -429,7 +429,7 @@ def runtime_portability(runtimes: list[str], declared: Mapping[str, int]) -> dic
             raise errors.InvalidArgument(
                 f"runtime_portability[{name!r}]", f"{value} is not a RuntimePortability value (HISTORY, STATE or NONE)"
             )
-        out[name] = _PORTABILITY_NAMES[value]
+        out[name] = _PORTABILITY_NAMES[cast(pb.RuntimePortability, value)]
     return out
 
 

@@ -30,6 +30,7 @@ def test_the_plugin_api_exports_the_interface_and_the_events():
             "ItemStarted",
             "Output",
             "OutputStream",
+            "Portability",
             "RawEvent",
             "RequestKind",
             "RequestOpened",
@@ -40,9 +41,11 @@ def test_the_plugin_api_exports_the_interface_and_the_events():
             "TurnCompleted",
             "TurnFailed",
             "TurnInterrupted",
+            "declaring_portability",
             "honouring_output_schema",
             "honours_output_schema",
             "new_request_id",
+            "runtime_portability",
             "session_workspace",
         ]
     )
