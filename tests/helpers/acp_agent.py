@@ -25,6 +25,9 @@ needs_codex_acp = pytest.mark.skipif(
 )
 #: No outbound calls of the agent's own: no analytics, no plugin sync, no update check.
 QUIET = ("analytics.enabled=false", "features.plugins=false", "check_for_update_on_startup=false")
+#: A model name codex-acp knows (it would otherwise open every turn with a message that it has
+#: no metadata for the model); the mock answers whatever the name.
+MODEL = "gpt-5.2"
 #: What codex-acp rebuilds by itself: bundled skills, logs and its SQLite indexes (session/load
 #: reads the rollout files under sessions/).
 STATE_EXCLUDE = ("skills/*", "*.sqlite", "*.sqlite-*", "log/*", "tmp/*", ".tmp/*")
@@ -42,7 +45,7 @@ def write_seed(mock: MockResponses, seed: pathlib.Path) -> pathlib.Path:
     """A CODEX_HOME seed whose config.toml sends all model traffic to `mock`."""
     seed.mkdir(parents=True, exist_ok=True)
     (seed / "config.toml").write_text(
-        'model = "mock-model"\nmodel_provider = "mock"\n\n[model_providers.mock]\n'
+        f'model = "{MODEL}"\nmodel_provider = "mock"\n\n[model_providers.mock]\n'
         f'name = "mock"\nbase_url = "{mock.base_url}"\nwire_api = "responses"\n'
         "request_max_retries = 0\nstream_max_retries = 0\n"
     )
