@@ -22,7 +22,16 @@ from tests.helpers.processes import ROOT
 # What the server and worker extras bring, none of which the SDK may need.
 SERVER_ONLY = ["sqlalchemy", "aiosqlite", "asyncpg", "alembic", "uvloop", "click", "grpc_reflection"]
 # Copied to build from; everything else in the tree is not part of the distribution's source.
-SOURCES = ["pyproject.toml", "README.md", "gen", "sdk", "control_plane", "execution_worker", "tether_cli"]
+SOURCES = [
+    "pyproject.toml",
+    "README.md",
+    "gen",
+    "sdk",
+    "control_plane",
+    "execution_worker",
+    "tether_cli",
+    "tether_logs",
+]
 
 
 def _run(args: list[str], cwd: pathlib.Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -72,6 +81,7 @@ def test_the_wheel_installs_one_top_level_name_and_ships_py_typed(wheel: pathlib
         ("control_plane", "tether/control_plane"),
         ("execution_worker", "tether/execution_worker"),
         ("tether_cli", "tether/cli"),
+        ("tether_logs", "tether/logs"),
     ]:
         for path in (ROOT / folder).rglob("*.py"):
             inside = f"{package}/{path.relative_to(ROOT / folder).as_posix()}"
