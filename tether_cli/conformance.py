@@ -367,7 +367,8 @@ def conformance(
         if keep_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     else:
-        click.echo(f"conformance failed; logs and the database are in {root}")
+        what = "the control plane's log and the database" if runtime_name else "worker logs and the database"
+        click.echo(f"conformance failed; {what} are in {root}")
     sys.exit(code)
 
 

@@ -62,7 +62,7 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
 
     captured: dict[str, Any] = {}
 
-    def fake_serve(settings: Any) -> Any:
+    def fake_serve(settings: Any, *runtime_settings: Any) -> Any:
         captured["settings"] = settings
         return asyncio.sleep(0, result=0)
 

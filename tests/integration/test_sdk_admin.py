@@ -333,7 +333,7 @@ def test_cli_worker_without_a_command_still_runs_a_worker(monkeypatch, tmp_path)
 
     seen = {}
 
-    async def fake_serve(settings):
+    async def fake_serve(settings, *runtime_settings):
         seen["settings"] = settings
         return 0
 
