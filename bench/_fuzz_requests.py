@@ -182,7 +182,11 @@ class Requests:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             key = self._single(f.message_type.fields_by_name["key"], depth)
             value = self._single(f.message_type.fields_by_name["value"], depth + 1)
-            many = st.builds(lambda n: {f"k{i}": "v" for i in range(n)}, st.integers(60, 70))
+            value_field = f.message_type.fields_by_name["value"]
+            if value_field.type == d.FieldDescriptor.TYPE_MESSAGE:
+                return st.dictionaries(key, value, max_size=4)
+            # Many entries of one value of the map's own type (a label map over its limit).
+            many = st.tuples(st.integers(60, 70), value).map(lambda nv: {f"k{i}": nv[1] for i in range(nv[0])})
             return st.one_of(st.dictionaries(key, value, max_size=4), many)
         single = self._single(f, depth)
         if f.is_repeated:
