@@ -73,7 +73,13 @@ class CodexRpc:
         stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     async def send(self, message: Message) -> None:
-        self.write(message)
+        try:
+            self.write(message)
+        except CodexExited:
+            # Its stdin closed before the reader recorded the exit: wait for it, so the error
+            # carries the exit code and the last stderr lines rather than "not running".
+            await self._await_exit()
+            raise CodexExited(self.exit_message()) from None
         try:
             await self.proc.stdin.drain()
         except (ConnectionError, BrokenPipeError) as error:

@@ -212,6 +212,9 @@ async def test_a_pending_request_survives_a_control_plane_restart(cp, procs, tmp
         t = await client.send_input(s.session_id, "RUN_ESCALATED: touch after-restart.txt")
         req = await opened_request(client, s.session_id, t.turn_id)
     cp.stop(signal.SIGKILL)
+    # Leases reloaded at the restart get this TTL to be renewed: long enough for a worker on a
+    # busy machine to reconnect (the default 3 s was missed once under load).
+    cp.extra = [*cp.extra, "--lease-ttl-s", "15"]
     cp.start()  # same port, same database
     async with sdk.AsyncClient(cp.target) as client:
         await client.respond_to_request(s.session_id, req.request_id, json.dumps({"decision": "accept"}))
