@@ -76,7 +76,7 @@ test: $(STAMP) $(NPM_STAMP) web
 	$(BUF) lint
 	$(BUF) breaking --against contract/tether-v1.binpb
 	$(BIN)/python tools/gen.py --check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 ## bench: print one JSON line per figure
 bench: $(STAMP) $(NPM_STAMP)
