@@ -19,7 +19,6 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether import logs
 from tether.v1 import admin_service_pb2, session_service_pb2, worker_service_pb2
 
 from . import _reflection
@@ -29,6 +28,7 @@ from .api._auth import Authenticator
 from .api._convert import ProtoBodyCodec
 from .api._errors import abort
 from .api._forward import Forwarder, tether_methods
+from .api._log_ids import name_in_logs
 from .api._session_service import SessionService
 from .api._worker_service import WorkerService
 from .api._workspaces import ProtoChunkCodec
@@ -88,30 +88,6 @@ def _malformed(type_name: str) -> errors.InvalidArgument:
     return errors.InvalidArgument("request", f"is not a valid {type_name} message (the protobuf encoding is corrupt)")
 
 
-def _ids(message: object) -> dict[str, str]:
-    return {
-        name: value
-        for name in ("session_id", "turn_id", "worker_id")
-        if isinstance(value := getattr(message, name, None), str) and value
-    }
-
-
-def _name_in_logs(request: object) -> None:
-    """Bind the session and turn a request names (its own fields, or those of the message its
-    oneof holds, as in a LeaseRequest) for the call's log lines, clearing those of the stream's
-    previous request; a worker id it names is kept. Each call runs in its own task."""
-    ids = _ids(request)
-    if not ids and hasattr(request, "WhichOneof"):
-        for oneof in request.DESCRIPTOR.oneofs:  # type: ignore[attr-defined]
-            held = request.WhichOneof(oneof.name)
-            if held:
-                ids = _ids(getattr(request, held))
-                break
-    logs.bind(session_id=ids.get("session_id", ""), turn_id=ids.get("turn_id", ""))
-    if "worker_id" in ids:
-        logs.bind(worker_id=ids["worker_id"])
-
-
 def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, server_streaming: bool) -> Callable:
     """`fn` behind a check that answers a malformed request with INVALID_ARGUMENT. A streamed
     request is checked as the handler reads it, so the messages before it are still served.
@@ -121,7 +97,7 @@ def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, se
         async for request in requests:
             if request is _MALFORMED:
                 raise _malformed(type_name)
-            _name_in_logs(request)
+            name_in_logs(request)
             yield request
 
     if not client_streaming and not server_streaming:
@@ -129,7 +105,7 @@ def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, se
         async def unary_unary(request: object, context: grpc.aio.ServicerContext) -> object:
             if request is _MALFORMED:
                 await abort(context, _malformed(type_name))
-            _name_in_logs(request)
+            name_in_logs(request)
             return await fn(request, context)
 
         return unary_unary
@@ -138,7 +114,7 @@ def _refusing_malformed(fn: Callable, type_name: str, client_streaming: bool, se
         async def unary_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
             if request is _MALFORMED:
                 await abort(context, _malformed(type_name))
-            _name_in_logs(request)
+            name_in_logs(request)
             async with contextlib.aclosing(fn(request, context)) as responses:
                 async for response in responses:
                     yield response

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from tether.v1 import admin_service_pb2, session_service_pb2
 
+from ..api._log_ids import name_in_logs
 from ._codecs import Encoded, JsonCodec, ProtoCodec
 from ._context import Aborted, CallContext
 
@@ -115,6 +116,7 @@ async def _requests(stream: AsyncIterator[Message]) -> AsyncIterator[Message]:
 
 def _unary(fn: Servicer) -> Callable[[Message, RequestContext], Any]:
     async def call(request: Message, ctx: RequestContext) -> Message:
+        name_in_logs(request)
         try:
             return await fn(request, CallContext(ctx))
         except Aborted as aborted:
@@ -137,6 +139,7 @@ def _server_stream(
     fn: Servicer, pre_encoded: type[Message] | None
 ) -> Callable[[Message, RequestContext], AsyncIterator[Any]]:
     async def call(request: Message, ctx: RequestContext) -> AsyncIterator[Message | Encoded]:
+        name_in_logs(request)
         try:
             async with contextlib.aclosing(fn(request, CallContext(ctx))) as responses:
                 async for response in responses:
