@@ -34,6 +34,11 @@ MAX_BATCH_BYTES = 1024 * 1024
 #: worker holding many quiet sessions does not pin a server stream for each.
 IDLE_CLOSE_S = 30.0
 
+#: How long an event emitted with `linger=True` (a turn's `turn_started`) waits for company:
+#: the next event emitted without it sends both at once, so a short turn's events leave in one
+#: StreamEvents message (one ack, one commit, one message to each subscriber) instead of two.
+LINGER_S = 0.02
+
 
 class EventOutbox:
     """Unacknowledged events of one session under one lease epoch, and the task sending them.
@@ -75,6 +80,7 @@ class EventOutbox:
         self._closed = False
         self.lease_lost = False
         self._task: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- producer side ----------------------------------------------------------------------
 
@@ -82,16 +88,28 @@ class EventOutbox:
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}")
 
-    def emit(self, turn_id: str, body: resources_pb2.EventBody) -> int:
-        """Queue one event; returns its worker_seq (0 when the outbox is closed)."""
+    def emit(self, turn_id: str, body: resources_pb2.EventBody, *, linger: bool = False) -> int:
+        """Queue one event; returns its worker_seq (0 when the outbox is closed). With `linger`
+        the event waits up to `LINGER_S` for the next one, to leave in the same message (a
+        sender already busy writing takes it when its write completes, as any event)."""
         if self._closed:
             return 0
         self._emitted += 1
         event = worker_service_pb2.WorkerEvent(worker_seq=self._emitted, turn_id=turn_id, body=body)
         self._pending.append(event)
         self._sizes.append(event.ByteSize())
-        self._new_events.set()
+        if linger:
+            if self._linger is None:
+                self._linger = asyncio.get_running_loop().call_later(LINGER_S, self._flush_lingering)
+        else:
+            self._flush_lingering()
         return self._emitted
+
+    def _flush_lingering(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self._new_events.set()
 
     @property
     def acked_worker_seq(self) -> int:
@@ -131,6 +149,9 @@ class EventOutbox:
         """Stop sending and discard whatever is unacknowledged. Idempotent; safe to call from
         the outbox's own callback."""
         self._closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self._pending.clear()
         self._sizes.clear()
         self._resolve_waiters(False)

@@ -246,9 +246,11 @@ class Turns:
         def started() -> None:
             # turn_started goes first, once the runtime is up, so it carries the runtime's
             # thread id also on a session's first turn and the first turn after a move.
+            # It lingers for the turn's next event, so a short turn's events travel together.
             outbox.emit(
                 turn_id,
                 turn_started_body(self._worker_id, session.runtime.runtime_thread_id if session.runtime else ""),
+                linger=True,
             )
 
         try:

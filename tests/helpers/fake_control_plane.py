@@ -278,6 +278,8 @@ class FakeRuntime(Runtime):
     async def run_turn(self, turn_id: str, input: str) -> AsyncIterator[Any]:
         self.registry.turns.append((self, turn_id))
         self.history.append(HistoryItem(HistoryRole.INPUT, input, turn_id))
+        if self.registry.first_event_after_s:
+            await asyncio.sleep(self.registry.first_event_after_s)
         if input.startswith("reply: "):
             text = input.removeprefix("reply: ")
             yield ItemCompleted(Item(f"msg-{turn_id}", ItemKind.AGENT_MESSAGE, text=text, status="completed"))
@@ -319,6 +321,7 @@ class RuntimeRegistry:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail_start = ""
+        self.first_event_after_s = 0.0  # how long a turn runs before its first event
 
     def __call__(self) -> FakeRuntime:
         runtime = FakeRuntime(self)
