@@ -58,6 +58,7 @@ FEATURES = (
     "restore_only",
     "release_reason",
     "snapshot_after_turn",
+    "granted_offer",
 )
 
 #: Without a liveness timeout from the server, the stream is deaf after this many heartbeat

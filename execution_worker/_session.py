@@ -37,6 +37,10 @@ _log = logging.getLogger("tether.execution_worker")
 RELEASE_COOLED = "cooled"
 
 
+#: How many released leases the worker remembers (see `SessionTable.gave_back`).
+RELEASES_REMEMBERED = 4096
+
+
 class LeaseLost(Exception):
     """A call of a session's was fenced off: the session is no longer this worker's."""
 
@@ -128,6 +132,9 @@ class SessionTable:
         self._awaits_grant = awaits_grant
         # Least recently used first.
         self._live: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        # The epochs of the leases given back lately (a bounded memory): an offer granted at one
+        # of them crossed the release on the wire and is not run.
+        self._released: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._trim_scheduled = False
         #: Cleared by a drain: from then on sessions stay as they are until released.
         self.cooling_allowed = True
@@ -252,12 +259,20 @@ class SessionTable:
         _log.debug("forgetting session %s: %s", session.session_id, why)
         await self.dispose(session)
 
+    def gave_back(self, session_id: str, lease_epoch: int) -> bool:
+        """Whether this worker released the session's lease at `lease_epoch` and holds it no more."""
+        return self._released.get(session_id) == lease_epoch and session_id not in self._live
+
     async def release(self, session_id: str, lease_epoch: int, reason: str, session: Session | None = None) -> None:
         """Give a lease back with `reason` and forget the session (`session`, when live)."""
         if session is not None:
             if self._live.get(session_id) is session:
                 del self._live[session_id]
             session.dropped = True  # out of held_refs before the release is on the wire
+        self._released[session_id] = lease_epoch
+        self._released.move_to_end(session_id)
+        while len(self._released) > RELEASES_REMEMBERED:
+            self._released.popitem(last=False)
         released = await self._link.lease.send(
             worker_service_pb2.LeaseRequest(
                 release=worker_service_pb2.ReleaseLease(session_id=session_id, lease_epoch=lease_epoch, reason=reason)

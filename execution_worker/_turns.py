@@ -140,6 +140,9 @@ class Turns:
         return None
 
     async def on_offer(self, offer: worker_service_pb2.Offer) -> None:
+        if offer.HasField("granted"):
+            self._run_granted_offer(offer)
+            return
         lease = self._link.lease
         what = "restore" if offer.restore_only else "offer"
         reason = self._rejection(offer)
@@ -185,6 +188,41 @@ class Turns:
         else:
             self._reservations.pop((offer.session_id, offer.turn_id), None)
 
+    def _run_granted_offer(self, offer: worker_service_pb2.Offer) -> None:
+        """An offer that carries its grant (the next turn of a session whose warm runtime is
+        here): the control plane already stored the turn as running here, so there is nothing
+        to accept and it is never rejected. It runs now, or right after the session's previous
+        turn if that is still finishing."""
+        if self._sessions.gave_back(offer.session_id, offer.lease_epoch):
+            # It crossed our release on the wire: the control plane queues the turn again when
+            # the release reaches it, for whichever worker takes the session next.
+            _log.info(
+                "granted offer %s/%s not run: this worker released the session at epoch %d",
+                offer.session_id,
+                offer.turn_id,
+                offer.lease_epoch,
+                extra={"session_id": offer.session_id, "turn_id": offer.turn_id},
+            )
+            return
+        _log.info(
+            "offer %s/%s granted with the offer (epoch %d)",
+            offer.session_id,
+            offer.turn_id,
+            offer.lease_epoch,
+            extra={"session_id": offer.session_id, "turn_id": offer.turn_id},
+        )
+        live = self._sessions.get(offer.session_id)
+        previous = live.turn_task if live is not None else None
+        if previous is None:
+            self._start_granted(offer, offer.granted)
+            return
+
+        async def after_previous() -> None:
+            await asyncio.wait({previous})
+            self._start_granted(offer, offer.granted)
+
+        self._tasks.spawn(after_previous(), f"granted turn {offer.turn_id}")
+
     def on_granted(self, granted: worker_service_pb2.OfferGranted) -> None:
         reservation = self._reservations.pop((granted.session_id, granted.turn_id), None)
         self._changed.set()
@@ -192,7 +230,9 @@ class Turns:
             # Without the offer there is no input to run; the server times the turn out.
             _log.warning("grant for unknown offer %s/%s ignored", granted.session_id, granted.turn_id)
             return
-        offer = reservation.offer
+        self._start_granted(reservation.offer, granted)
+
+    def _start_granted(self, offer: worker_service_pb2.Offer, granted: worker_service_pb2.OfferGranted) -> None:
         epoch = granted.lease_epoch or offer.lease_epoch
         # A new epoch retires what was held under an older one (it is rehydrated afresh).
         self._sessions.retire_other_epochs(offer.session_id, epoch)

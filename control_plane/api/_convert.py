@@ -338,8 +338,18 @@ def lease_refs(refs) -> list[tuple[str, int]]:
     return [(r.session_id, r.lease_epoch) for r in refs]
 
 
+def _granted_pb(msg: m.GrantMsg) -> wpb.OfferGranted:
+    return wpb.OfferGranted(
+        session_id=msg.session_id,
+        turn_id=msg.turn_id,
+        lease_epoch=msg.lease_epoch,
+        lease_expire_time=ts(msg.lease_expire_us),
+    )
+
+
 def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
     if isinstance(msg, m.OfferMsg):
+        granted = msg.granted
         return wpb.LeaseResponse(
             offer=wpb.Offer(
                 session_id=msg.session_id,
@@ -353,17 +363,11 @@ def worker_msg_pb(msg: m.WorkerMsg) -> wpb.LeaseResponse:
                 restore_only=msg.restore_only,
                 output_schema=msg.output_schema,
                 trace_context=dict(msg.trace_context),
+                granted=_granted_pb(granted) if granted is not None else None,
             )
         )
     if isinstance(msg, m.GrantMsg):
-        return wpb.LeaseResponse(
-            granted=wpb.OfferGranted(
-                session_id=msg.session_id,
-                turn_id=msg.turn_id,
-                lease_epoch=msg.lease_epoch,
-                lease_expire_time=ts(msg.lease_expire_us),
-            )
-        )
+        return wpb.LeaseResponse(granted=_granted_pb(msg))
     if isinstance(msg, m.InterruptMsg):
         return wpb.LeaseResponse(
             interrupt=wpb.InterruptRequested(session_id=msg.session_id, turn_id=msg.turn_id, reason=msg.reason)

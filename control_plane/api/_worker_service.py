@@ -124,6 +124,9 @@ class WorkerService(WorkspaceCalls):
                         f"output_schema_runtimes[{i}]", f"{name!r} is not one of the worker's runtimes {runtimes}"
                     )
             portability = runtime_portability(runtimes, request.runtime_portability)
+            if len(request.features) > 64:
+                raise errors.InvalidArgument("features", f"at most 64 features, got {len(request.features)}")
+            features = frozenset(v.word(f"features[{i}]", f, max_len=64) for i, f in enumerate(request.features))
             info = WorkerInfo(
                 worker_id=worker_id,
                 name=v.optional("name", request.name, max_len=256),
@@ -135,6 +138,7 @@ class WorkerService(WorkspaceCalls):
                 owner=caller.owner,
                 output_schema_runtimes=list(request.output_schema_runtimes),
                 runtime_portability=portability,
+                features=features,
             )
             registration_id = await self._hub.register(info)
             t = self._hub.timings

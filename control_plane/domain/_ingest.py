@@ -117,6 +117,7 @@ class Ingest:
         self._leases.rehydrated(rec)  # the holder's first write since its grant: its runtime is up
         self._leases.ack(rec, last.worker_seq)
         self._leases.mark_turn(rec, fresh[0].worker_seq, last.turn_id)
+        rec.offer.granted_turn = ""  # its worker runs it
         for e in opened:  # checked above: each carries a request
             request = e.request
             assert request is not None

@@ -332,7 +332,14 @@ class Leases:
             ),
         )
         turn = self._turns.running(rec)
-        if turn is not None and ending is not None:
+        if turn is not None and cause == "released" and rec.offer.granted_turn == turn.turn_id:
+            # Granted with its offer as the worker released the session: the worker does not
+            # run an offer for a lease it gave back, so the turn has not begun anywhere.
+            log.info(
+                "turn %s of session %s was granted as its worker released it; queued again", turn.turn_id, session_id
+            )
+            changes = self._turns.unstart(rec, turn)
+        elif turn is not None and ending is not None:
             changes = self._turns.end(rec, turn, *ending)
         elif turn is not None:
             message = f"the turn's worker {lease.worker_id} was lost: {why}"

@@ -19,6 +19,7 @@ sessions waiting for a worker. Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,10 @@ from ._shared import Committer, log
 from .messages import GrantMsg, OfferMsg, RevokeMsg, Timings
 from .model import Session, now_us
 from .ports import BodyCodec, Changes
+
+#: The RegisterRequest feature of a worker that runs an offer carrying its grant without
+#: accepting it (`Offer.granted`).
+GRANTED_OFFER = "granted_offer"
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -44,6 +49,8 @@ class OfferBook:
     epoch: int = 0
     timer: asyncio.TimerHandle | None = None
     sticky_since: float = 0.0  # when the next turn started waiting for a busy holder
+    # The turn granted with its offer that its worker has not written for yet ("" when none).
+    granted_turn: str = ""
 
 
 class Scheduler:
@@ -146,29 +153,84 @@ class Scheduler:
                 self._note_waiting(rec, now)
                 return
             target, epoch = best, epoch + 1
+        self._offer(rec, target, epoch, resume)
+
+    def dispatch_with_commit(self, rec: SessionRecord, changes: Changes) -> bool:
+        """Before `changes` commit (SendInput's): when the session's next turn would go to its
+        warm holder at the same epoch, and that holder takes granted offers, the turn starts in
+        these changes and the offer, grant included, is pushed once they commit: one commit
+        and one message, no AcceptOffer round. False, with nothing done, otherwise (the caller
+        dispatches after its commit, as usual)."""
+        if rec.deleted or not self._turns.ready(rec) or self._restores.in_progress(rec):
+            return False
+        holder_id = self._leases.holder(rec)
+        holder = self._workers.get(holder_id) if holder_id else None
+        queued = self._turns.next_queued(rec)
+        if (
+            holder is None
+            or queued is None
+            or GRANTED_OFFER not in holder.info.features
+            or (queued.output_schema and rec.session.runtime not in holder.info.output_schema_runtimes)
+        ):
+            return False
+        now = time.monotonic()
+        if not (
+            self._leases.unexpired(rec, now)
+            and holder.connected
+            and not holder.draining
+            and holder.holds(rec.session_id)
+            and holder.free_slots > 0
+        ):
+            return False
+        self._offer(rec, holder, self._leases.epoch(rec), False, changes)
+        return True
+
+    def _offer(
+        self, rec: SessionRecord, target: WorkerConn, epoch: int, resume: bool, changes: Changes | None = None
+    ) -> None:
+        """Offer the next queued turn to `target` at `epoch`. A sticky turn (no resume) for a
+        worker that takes granted offers starts now and goes with its grant once that is
+        durable (in `changes`' commit when given, else in its own); any other offer is pushed
+        now and waits for AcceptOffer under the offer timer."""
+        session_id = rec.session_id
         self._waiting.pop(session_id, None)
         offer = rec.offer
         offer.sticky_since = 0.0
         turn = self._turns.take_next(rec)
         offer.epoch = epoch
-        offer.offered_to = target.info.worker_id
+        worker_id = target.info.worker_id
+        offer.offered_to = worker_id
         target.occupy(turn.turn_id)
         timeout = self._timings.offer_timeout_s
-        offer.timer = asyncio.get_running_loop().call_later(timeout, self._offer_expired, rec, turn.turn_id)
-        target.push(
-            OfferMsg(
-                session_id=session_id,
-                turn_id=turn.turn_id,
-                input=turn.input,
-                runtime=rec.session.runtime,
-                lease_epoch=epoch,
-                resume_required=resume,
-                last_seq=self._events.committed_seq(rec),
-                accept_deadline_us=now_us() + int(timeout * 1e6),
-                output_schema=turn.output_schema,
-                trace_context=self._turns.traced_offer(turn, target.info.worker_id, epoch),
-            )
+        now = now_us()
+        msg = OfferMsg(
+            session_id=session_id,
+            turn_id=turn.turn_id,
+            input=turn.input,
+            runtime=rec.session.runtime,
+            lease_epoch=epoch,
+            resume_required=resume,
+            last_seq=self._events.committed_seq(rec),
+            accept_deadline_us=now + int(timeout * 1e6),
+            output_schema=turn.output_schema,
+            trace_context=self._turns.traced_offer(turn, worker_id, epoch),
         )
+        if not resume and GRANTED_OFFER in target.info.features:
+            own = changes is None
+            changes = Changes() if changes is None else changes
+            self._leases.grant(rec, target, epoch, changes, "moved to another worker")
+            self._turns.start(rec, turn, worker_id, epoch, changes)
+            if any(t is turn for t in changes.turn_inserts):
+                changes.turn_updates.remove(turn)  # inserted as running: nothing to update
+            grant = GrantMsg(session_id, turn.turn_id, epoch, now + int(self._timings.lease_ttl_s * 1e6))
+            granted = dataclasses.replace(msg, granted=grant)
+            offer.granted_turn = turn.turn_id
+            changes.on_commit.append(lambda: target.push(granted))
+            if own:
+                self._committer.submit(changes)
+            return
+        offer.timer = asyncio.get_running_loop().call_later(timeout, self._offer_expired, rec, turn.turn_id)
+        target.push(msg)
 
     def _pinned(self, rec: SessionRecord, holder_id: str, holder: WorkerConn | None, now: float) -> bool:
         """A session whose runtime declares portability "none" and that has run on a worker

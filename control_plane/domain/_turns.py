@@ -226,6 +226,23 @@ class Turns:
         self._observer.turn_started((turn.start_time_us - turn.create_time_us) / 1e6)
         self._tracer.accepted(turn)
 
+    def unstart(self, rec: SessionRecord, turn: Turn) -> Changes:
+        """A turn granted with its offer that its worker never began (the worker gave the
+        session back as the offer crossed): queued again at the front, to be offered anew; the
+        caller commits."""
+        self._deadlines.ended(turn)
+        self._workers.free_slot(turn.worker_id, turn.turn_id)
+        turn.state = TurnState.QUEUED
+        turn.worker_id = ""
+        turn.lease_epoch = 0
+        turn.start_time_us = 0
+        rec.turns.active = None
+        rec.offer.granted_turn = ""
+        self.requeue(rec, turn)
+        changes = Changes(turn_updates=[turn])
+        changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
+        return changes
+
     # ----------------------------------------------------------------- calls
 
     async def send_input(
@@ -297,9 +314,14 @@ class Turns:
         turn.first_seq = event.seq
         changes.turn_inserts.append(turn)
         changes.event_inserts.append(event)
-        changes.on_commit.append(lambda: self._tracer.queued(turn, runtime))  # before the offer
+        # Traced from now: the offer may be made before the commit, to go out with it (a failed
+        # write drops the record, which ends its turns' traces).
+        self._tracer.queued(turn, runtime)
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
-        changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
+        # A turn for the session's warm holder starts in this commit and its offer carries
+        # the grant; any other is dispatched once the turn is stored.
+        if not self._scheduler.dispatch_with_commit(rec, changes):
+            changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
         await self._committer.commit(changes)
         log.debug("turn %s queued", turn.turn_id, extra={"session_id": session_id, "turn_id": turn.turn_id})
         return turn, False

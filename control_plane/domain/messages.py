@@ -123,6 +123,7 @@ class OfferMsg:
     restore_only: bool = False
     output_schema: str = ""
     trace_context: tuple[tuple[str, str], ...] = ()  # the turn's trace context headers, when traced
+    granted: GrantMsg | None = None  # the grant, sent with the offer (nothing to accept)
 
 
 @dataclass(frozen=True)

@@ -256,3 +256,5 @@ class WorkerInfo:
     # How each runtime's sessions move: "history", "state" or "none" (a runtime left out is
     # "history"; not stored: sent at each Register).
     runtime_portability: dict[str, str] = field(default_factory=dict)
+    # The protocol features it announced (RegisterRequest.features; not stored).
+    features: frozenset[str] = frozenset()

@@ -87,6 +87,7 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         self.resume_chunks: list[wpb.ResumeResponse] = []
         self.last_seq: dict[str, int] = {}  # session seq, shared by Resume and event acks
         self.stored: list[tuple[str, wpb.WorkerEvent]] = []
+        self.registrations: list[wpb.RegisterRequest] = []
 
     # -- what tests read -------------------------------------------------------------------
 
@@ -135,7 +136,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         runtime: str = "fake",
         resume_required: bool = False,
         restore_only: bool = False,
+        granted: bool = False,
     ) -> None:
+        """Push an offer; with `granted` it carries its grant (nothing to accept)."""
         self.push(
             wpb.LeaseResponse(
                 offer=wpb.Offer(
@@ -147,6 +150,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
                     resume_required=resume_required,
                     restore_only=restore_only,
                     last_seq=self.last_seq.get(session_id, 0),
+                    granted=(
+                        wpb.OfferGranted(session_id=session_id, turn_id=turn_id, lease_epoch=epoch) if granted else None
+                    ),
                 )
             )
         )
@@ -157,6 +163,7 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
     # -- the service ------------------------------------------------------------------------
 
     async def Register(self, request, context):
+        self.registrations.append(request)
         response = wpb.RegisterResponse(
             worker_id=request.worker_id,
             registration_id=f"reg_{self.streams + 1}",

@@ -79,8 +79,10 @@ class Worker:
         runtimes: Sequence[str] = ("shell",),
         labels: dict[str, str] | None = None,
         schema_runtimes: Sequence[str] = (),
+        features: Sequence[str] = (),
     ) -> None:
         self.hub = hub
+        self.features = frozenset(features)
         self.schema_runtimes = list(schema_runtimes)
         self.worker_id = worker_id
         self.owner = owner
@@ -96,6 +98,7 @@ class Worker:
         info = WorkerInfo(self.worker_id, self.worker_id, "", self.runtimes, self.labels, self.slots, "test")
         info.owner = self.owner
         info.output_schema_runtimes = list(self.schema_runtimes)
+        info.features = self.features
         self.registration_id = await self.hub.register(info)
         self.outbox = asyncio.Queue()
         return await self.hub.attach(self.worker_id, self.registration_id, list(held), self.outbox)

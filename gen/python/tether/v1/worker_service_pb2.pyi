@@ -240,7 +240,7 @@ class LeaseOpened(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., lost_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only", "output_schema", "trace_context")
+    __slots__ = ("session_id", "turn_id", "input", "runtime", "lease_epoch", "resume_required", "last_seq", "accept_deadline", "restore_only", "output_schema", "trace_context", "granted")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class Offer(_message.Message):
     RESTORE_ONLY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     input: str
@@ -270,7 +271,8 @@ class Offer(_message.Message):
     restore_only: bool
     output_schema: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ..., output_schema: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    granted: OfferGranted
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., input: _Optional[str] = ..., runtime: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., resume_required: _Optional[bool] = ..., last_seq: _Optional[int] = ..., accept_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restore_only: _Optional[bool] = ..., output_schema: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., granted: _Optional[_Union[OfferGranted, _Mapping]] = ...) -> None: ...
 
 class OfferGranted(_message.Message):
     __slots__ = ("session_id", "turn_id", "lease_epoch", "lease_expire_time")
