@@ -1,11 +1,13 @@
 """The `deltas` runtime of `bench/deltas.py`, and the worker that offers it.
 
 A turn's input is ``COUNT INTERVAL_MS``: the turn opens one agent-message item, yields COUNT
-`ItemDelta`s of it, one every INTERVAL_MS on a fixed schedule (the n-th due at start + n x
-INTERVAL_MS, so a late one does not push the others back), then completes the item and the
-turn. Each delta's text is ``time.time_ns()`` read just before the delta is yielded to the
-worker: the moment the worker has the delta, on CLOCK_REALTIME, which the subscriber in
-another process on the same machine reads too.
+`ItemDelta`s of it, one every INTERVAL_MS on a fixed schedule (the n-th, from 0, due at start +
+n x INTERVAL_MS, so a late one does not push the others back), then completes the item and the
+turn; an interrupt ends it before its next delta (the item, completed then, says ``K deltas``:
+how many it yielded). The n-th delta's text is ``N:T``, T being
+``time.time_ns()`` read just before the delta is yielded to the worker: the moment the worker
+has the delta, on CLOCK_REALTIME, which the subscriber in another process on the same machine
+reads too (`parse_delta`).
 
 ``python -m bench._delta_runtime --control-plane HOST:PORT --workdir DIR ...`` runs the real
 `Worker` (the public in-process API, `tether.execution_worker.Worker`) with this runtime
@@ -48,6 +50,12 @@ def turn_input(count: int, interval_ms: float) -> str:
     return f"{count} {interval_ms}"
 
 
+def parse_delta(text: str) -> tuple[int, int]:
+    """A delta's (index in its turn, emit time in CLOCK_REALTIME ns)."""
+    n, _, t = text.partition(":")
+    return int(n), int(t)
+
+
 class DeltaRuntime(Runtime):
     """Yields timestamped deltas at a fixed rate (see the module docstring)."""
 
@@ -72,16 +80,21 @@ class DeltaRuntime(Runtime):
         item = Item(item_id=f"msg_{turn_id}", kind=ItemKind.AGENT_MESSAGE)
         yield ItemStarted(item)
         start = time.monotonic()
-        for n in range(count):
-            delay = start + n * interval_s - time.monotonic()
+        sent = 0
+        while sent < count and self._interrupted is None:
+            delay = start + sent * interval_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self._interrupted is not None:
-                yield TurnInterrupted(self._interrupted)
-                return
-            yield ItemDelta(item.item_id, DeltaKind.AGENT_MESSAGE, str(time.time_ns()))
-        text = f"{count} deltas"
-        yield ItemCompleted(Item(item_id=item.item_id, kind=ItemKind.AGENT_MESSAGE, text=text, status="completed"))
+                if self._interrupted is not None:
+                    break
+            yield ItemDelta(item.item_id, DeltaKind.AGENT_MESSAGE, f"{sent}:{time.time_ns()}")
+            sent += 1
+        text = f"{sent} deltas"
+        status = "completed" if self._interrupted is None else "interrupted"
+        yield ItemCompleted(Item(item_id=item.item_id, kind=ItemKind.AGENT_MESSAGE, text=text, status=status))
+        if self._interrupted is not None:
+            yield TurnInterrupted(self._interrupted)
+            return
         self._history += [
             HistoryItem(HistoryRole.INPUT, input, turn_id),
             HistoryItem(HistoryRole.OUTPUT, text, turn_id),
