@@ -114,6 +114,7 @@ async def _read(stub: sgrpc.SessionServiceStub, s: Stream, first: asyncio.Event)
                     s.terminal = kind
                     return
     finally:
+        first.set()  # also when the stream ends with no delta: the run need not wait for one
         call.cancel()
 
 
@@ -183,6 +184,10 @@ async def delta_load(cfg: Config) -> dict[str, float]:
             except TimeoutError:
                 started = sum(f.is_set() for f in firsts)
                 raise RuntimeError(f"only {started} of {cfg.sessions} sessions streamed a delta") from None
+            if silent := [s for s in streams if not s.deltas]:
+                raise RuntimeError(
+                    f"{len(silent)} sessions ended with no delta, the first by {silent[0].terminal or 'its stream closing'}"
+                )
             last_start = max(s.deltas[0][1] for s in streams)
             if last_start - sent_ns > cfg.startup_s * 1e9:
                 raise RuntimeError(
