@@ -28,7 +28,12 @@ from typing import Any
 
 from tether.execution_worker._codex_approvals import Approvals, answer_problem
 from tether.execution_worker._codex_errors import CodexError, CodexExited, CodexRpcError
-from tether.execution_worker._codex_events import DROPPED_NOTIFICATIONS, CodexTurn, notification_events
+from tether.execution_worker._codex_events import (
+    DROPPED_NOTIFICATIONS,
+    CodexTurn,
+    announces_turn_end,
+    notification_events,
+)
 from tether.execution_worker._codex_process import CodexProcess
 from tether.execution_worker._codex_rollout import Rollout, history_to_raw, is_model_visible, raw_to_history
 from tether.execution_worker._codex_rpc import CodexRpc, Message
@@ -62,10 +67,17 @@ EXIT_GRACE_S = 2.0
 INTERRUPT_GRACE_S = 10.0
 #: How long, after `turn/completed`, to wait for the turn's end marker in the rollout file.
 ROLLOUT_FLUSH_WAIT_S = 2.0
+#: Polling for that marker starts at the first interval and doubles up to the second.
+_ROLLOUT_POLL_FIRST_S = 0.001
 _ROLLOUT_POLL_S = 0.02
+#: How long the thread's going idle, which Codex sends just before the turn's `turn/completed`,
+#: is held for the next message, so that it leaves with the turn's end: one message to the
+#: control plane (one commit, one push to subscribers) on the turn's critical path, not two.
+END_HOLD_S = 0.05
 
 _EXITED = object()  # queued to the running turn when app-server is gone
 _WAKE = object()  # queued to the running turn when an interrupt asks it to watch the clock
+_HOLD_OVER = object()  # what _next_message returns when the hold ends before a message comes
 
 
 def _tether_version() -> str:
@@ -333,8 +345,16 @@ class CodexRuntime(Runtime):
             self._codex_turns[turn.codex_turn_id] = turn_id
             if turn.interrupt_reason is not None:
                 await self._send_interrupt(turn)
+            # Events held back until the next message or END_HOLD_S (see announces_turn_end).
+            held: list[RuntimeEvent] = []
+            hold_until = 0.0
             while terminal is None:
-                message = await self._next_message(turn)
+                message = await self._next_message(turn, hold_until if held else None)
+                if message is _HOLD_OVER:
+                    for event in held:
+                        yield event
+                    held.clear()
+                    continue
                 if message is None:  # Codex never confirmed the interrupt
                     _log.warning(
                         "session %s: codex did not end turn %s within %gs of turn/interrupt",
@@ -352,15 +372,30 @@ class CodexRuntime(Runtime):
                 elif message is _WAKE:
                     continue
                 elif isinstance(message, AgentError):  # an answer refused by respond()
-                    yield message
+                    for event in (*held, message):
+                        yield event
+                    held.clear()
                 else:
+                    hold = announces_turn_end(message)
                     for event in self._events_for(turn, message):
                         if isinstance(event, (TurnCompleted, TurnFailed, TurnInterrupted)):
                             terminal = event
-                        else:
-                            yield event
-                            if self._gives_up(turn, event):
-                                await self._send_interrupt(turn)
+                            continue
+                        for earlier in held:
+                            yield earlier
+                        held.clear()
+                        if hold:
+                            held.append(event)
+                            hold_until = asyncio.get_running_loop().time() + END_HOLD_S
+                            continue
+                        yield event
+                        if self._gives_up(turn, event):
+                            await self._send_interrupt(turn)
+                    if held and terminal is None and turn.queue.empty():
+                        # The turn is ending: read its history while turn/completed is on its way.
+                        self._read_history(turn)
+            for event in held:
+                yield event
             if turn.gave_up is not None and isinstance(terminal, TurnInterrupted):
                 terminal = TurnFailed(turn.gave_up)
             for item in await self._collect_history(turn):
@@ -400,14 +435,19 @@ class CodexRuntime(Runtime):
             self._turn = None
         turn.finished.set()
 
-    async def _next_message(self, turn: CodexTurn) -> Any:
-        if turn.interrupt_deadline is None:
+    async def _next_message(self, turn: CodexTurn, hold_until: float | None = None) -> Any:
+        """The next message for `turn`; None once the interrupt's grace is over, _HOLD_OVER
+        once `hold_until` (a loop time) passes first."""
+        deadline, expired = turn.interrupt_deadline, None
+        if hold_until is not None and (deadline is None or hold_until < deadline):
+            deadline, expired = hold_until, _HOLD_OVER
+        if deadline is None:
             return await turn.queue.get()
         try:
-            async with asyncio.timeout_at(turn.interrupt_deadline):
+            async with asyncio.timeout_at(deadline):
                 return await turn.queue.get()
         except TimeoutError:
-            return None
+            return expired
 
     def _events_for(self, turn: CodexTurn, message: Message) -> Iterable[RuntimeEvent]:
         method = str(message["method"])
@@ -480,24 +520,32 @@ class CodexRuntime(Runtime):
             # Typically the turn ended meanwhile; its turn/completed (or the exit) ends it.
             _log.info("session %s: turn/interrupt: %s", self._session_id, error)
 
+    def _read_history(self, turn: CodexTurn) -> bool:
+        """Add the model-visible items the rollout file gained to `turn.history`; True once the
+        turn's end marker is read (every line of this turn and of those before it is then)."""
+        rollout = self._rollout
+        if rollout is None or turn.history_complete:
+            return turn.history_complete
+        for codex_turn, raw in rollout.read():
+            if codex_turn is None or not is_model_visible(raw):
+                continue
+            raw.pop("internal_chat_message_metadata_passthrough", None)
+            turn.history.append(raw_to_history(raw, self._codex_turns.get(codex_turn, turn.turn_id)))
+        if turn.codex_turn_id is not None and rollout.take_end(turn.codex_turn_id):
+            self._codex_turns.clear()
+            turn.history_complete = True
+        return turn.history_complete
+
     async def _collect_history(self, turn: CodexTurn) -> list[HistoryItem]:
-        """The model-visible items the turn added, read from the rollout file."""
+        """The model-visible items the turn added, read from the rollout file (what was read of
+        it before the turn's end, and the rest once its end marker is there)."""
         rollout = self._rollout
         if rollout is None:
             return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ROLLOUT_FLUSH_WAIT_S
-        collected: list[HistoryItem] = []
-        while True:
-            for codex_turn, raw in rollout.read():
-                if codex_turn is None or not is_model_visible(raw):
-                    continue
-                raw.pop("internal_chat_message_metadata_passthrough", None)
-                collected.append(raw_to_history(raw, self._codex_turns.get(codex_turn, turn.turn_id)))
-            if turn.codex_turn_id is not None and rollout.take_end(turn.codex_turn_id):
-                # Every line of this turn and of those before it is read.
-                self._codex_turns.clear()
-                break
+        delay = _ROLLOUT_POLL_FIRST_S
+        while not self._read_history(turn):
             if self._rpc is None or not self._rpc.running:
                 break
             if loop.time() >= deadline:
@@ -509,9 +557,10 @@ class CodexRuntime(Runtime):
                     ROLLOUT_FLUSH_WAIT_S,
                 )
                 break
-            await asyncio.sleep(_ROLLOUT_POLL_S)
-        self._history.extend(collected)
-        return collected
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _ROLLOUT_POLL_S)
+        self._history.extend(turn.history)
+        return turn.history
 
 
 def _version_from_user_agent(user_agent: str) -> str:

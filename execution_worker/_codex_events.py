@@ -18,6 +18,7 @@ from tether.execution_worker.runtime import (
     AgentError,
     DeltaKind,
     FileChange,
+    HistoryItem,
     Item,
     ItemCompleted,
     ItemDelta,
@@ -67,6 +68,19 @@ class CodexTurn:
     file_paths: dict[str, list[str]] = field(default_factory=dict)  # fileChange item id -> paths
     request_ids: set[str] = field(default_factory=set)  # its pending requests (see _codex_approvals)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # The model-visible items read from the rollout file so far, and whether its end was read.
+    history: list[HistoryItem] = field(default_factory=list)
+    history_complete: bool = False
+
+
+def announces_turn_end(message: dict[str, Any]) -> bool:
+    """Whether the message is the thread going idle: Codex sends it as a turn ends, just before
+    that turn's `turn/completed`."""
+    if message.get("method") != "thread/status/changed" or "id" in message:
+        return False
+    params = message.get("params")
+    status = params.get("status") if isinstance(params, dict) else None
+    return isinstance(status, dict) and status.get("type") == "idle"
 
 
 def notification_events(turn: CodexTurn, method: str, params: dict[str, Any]) -> Iterator[RuntimeEvent]:
