@@ -3,8 +3,9 @@
 A turn's input is ``COUNT INTERVAL_MS``: the turn opens one agent-message item, yields COUNT
 `ItemDelta`s of it, one every INTERVAL_MS on a fixed schedule (the n-th, from 0, due at start +
 n x INTERVAL_MS, so a late one does not push the others back), then completes the item and the
-turn; an interrupt ends it before its next delta (the item, completed then, says ``K deltas``:
-how many it yielded). The n-th delta's text is ``N:T``, T being
+turn. SIGUSR1 to the worker ends every turn before its next delta, as completed, and an
+interrupt ends one as interrupted; the item, completed either way, says ``K deltas``: how many
+the turn yielded. The n-th delta's text is ``N:T``, T being
 ``time.time_ns()`` read just before the delta is yielded to the worker: the moment the worker
 has the delta, on CLOCK_REALTIME, which the subscriber in another process on the same machine
 reads too (`parse_delta`).
@@ -12,7 +13,8 @@ reads too (`parse_delta`).
 ``python -m bench._delta_runtime --control-plane HOST:PORT --workdir DIR ...`` runs the real
 `Worker` (the public in-process API, `tether.execution_worker.Worker`) with this runtime
 offered as `deltas` beside the runtimes named by `--runtime` (as `Procs.worker` passes them),
-on uvloop as `tether worker` runs; the first SIGTERM drains it, a second stops it.
+on uvloop as `tether worker` runs; the first SIGTERM drains it, a second stops it, and SIGUSR1
+ends its turns.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def parse_delta(text: str) -> tuple[int, int]:
 class DeltaRuntime(Runtime):
     """Yields timestamped deltas at a fixed rate (see the module docstring)."""
 
+    #: Set on SIGUSR1: every turn of this process ends, completed, before its next delta.
+    stopping = False
+
     def __init__(self) -> None:
         self._history: list[HistoryItem] = []
         self._interrupted: str | None = None
@@ -81,11 +86,11 @@ class DeltaRuntime(Runtime):
         yield ItemStarted(item)
         start = time.monotonic()
         sent = 0
-        while sent < count and self._interrupted is None:
+        while sent < count and self._interrupted is None and not DeltaRuntime.stopping:
             delay = start + sent * interval_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-                if self._interrupted is not None:
+                if self._interrupted is not None or DeltaRuntime.stopping:
                     break
             yield ItemDelta(item.item_id, DeltaKind.AGENT_MESSAGE, f"{sent}:{time.time_ns()}")
             sent += 1
@@ -139,8 +144,12 @@ async def _serve(args: argparse.Namespace) -> int:
             else:
                 worker.request_drain()
 
+        def stop_turns() -> None:
+            DeltaRuntime.stopping = True
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signal.SIGUSR1, stop_turns)
         try:
             await run
         except asyncio.CancelledError:

@@ -15,8 +15,9 @@ reads, the latency is its receive time (`time.time_ns()` when the stream yields 
 holding it) minus the time in the delta. The window, on the deltas' own emit times: from
 WARMUP_S after the last session's first delta, for MEASURE_S. Every delta emitted in it is
 measured, however late it arrives. The run fails if the last turn's first delta was emitted
-more than STARTUP_S after the inputs were sent. Once the window has closed the turns are
-interrupted (InterruptTurn), and the run waits until every stream has read its turn's end.
+more than STARTUP_S after the inputs were sent. Once the window has closed the workers get
+SIGUSR1, on which the runtime completes its turns, and the run waits until every stream has
+read its turn's end.
 
 Extra fields: where the time goes, split at the event's `create_time` (when the control plane
 numbered the worker's batch, before its commit): `to_cp_ms_*` is emit -> numbered (the worker's
@@ -31,7 +32,7 @@ its lag to every figure. `cp_cpu_pct`, `workers_cpu_pct` (the worker processes t
 cores, shared. `deltas_missing` (must be 0) counts the deltas a turn yielded (its completed
 item says how many) that its stream never read; beside it, `out_of_order` (must be 0) the
 deltas read other than once each in order (they are numbered from 0 in their turn), and
-`turns_not_ended` (must be 0) the turns whose end was not read, or that failed.
+`turns_not_ended` (must be 0) the turns whose completion was not read.
 
 TETHER_BENCH_QUICK=1 runs a small, short load (a smoke test); TETHER_BENCH_SESSIONS=N another
 number of sessions (the load is then N x 20 deltas/s; `sessions` in the figures' lines says N).
@@ -43,6 +44,7 @@ import asyncio
 import dataclasses
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -56,7 +58,7 @@ from ._footprint import cpu_s
 from ._harness import emit, percentile, procs, wait_connected
 
 TERMINAL = {"turn_completed", "turn_failed", "turn_interrupted"}
-#: How long the streams get to read their turns' ends once the turns are interrupted.
+#: How long the streams get to read their turns' ends once the turns are told to end.
 END_TIMEOUT_S = 30.0
 
 
@@ -134,7 +136,7 @@ async def _sleep_until(ns: int) -> None:
 
 
 async def delta_load(cfg: Config) -> dict[str, float]:
-    # Turns longer than any run needs; they are interrupted once the window has closed.
+    # Turns longer than any run needs; they are ended once the window has closed.
     count = math.ceil((cfg.startup_s + cfg.warmup_s + cfg.measure_s + END_TIMEOUT_S) * 1000 / cfg.interval_ms)
     slots = math.ceil(cfg.sessions / cfg.workers)
     with procs() as ps:
@@ -207,14 +209,8 @@ async def delta_load(cfg: Config) -> dict[str, float]:
             lag_stop.set()
             await lag_task
 
-            await asyncio.gather(
-                *(
-                    stub(k).InterruptTurn(
-                        spb.InterruptTurnRequest(session_id=s.session_id, reason="bench window closed"), timeout=30
-                    )
-                    for k, s in enumerate(streams)
-                )
-            )
+            for w in workers:
+                w.send_signal(signal.SIGUSR1)  # the runtime completes its turns (bench/_delta_runtime.py)
             done, pending = await asyncio.wait(readers, timeout=END_TIMEOUT_S)
             for task in done:
                 task.result()
@@ -240,7 +236,7 @@ async def delta_load(cfg: Config) -> dict[str, float]:
         "received_per_s": received_in_window / cfg.measure_s,
         "missing": sum(s.missing for s in streams),
         "out_of_order": sum(s.out_of_order for s in streams),
-        "not_ended": sum(1 for s in streams if s.terminal not in ("turn_completed", "turn_interrupted")),
+        "not_ended": sum(1 for s in streams if s.terminal != "turn_completed"),
         "startup_s": (last_start - sent_ns) / 1e9,
         "to_cp_p50": percentile(to_cp, 50),
         "to_cp_p99": percentile(to_cp, 99),

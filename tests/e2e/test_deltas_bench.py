@@ -1,7 +1,7 @@
 """The live-delta latency benchmark (`bench/deltas.py`, in `make bench`) in its quick mode: 20
 sessions streaming 20 deltas/s each through real workers running the bench's `deltas` runtime;
 the figures come out, and every delta a turn yielded arrives, once and in order, before the
-turn's end (the turns are interrupted once the window closes)."""
+turn's completion (the workers end the turns once the window closes)."""
 
 from __future__ import annotations
 
