@@ -136,7 +136,9 @@ export type RegisterRequest = Message<"tether.v1.RegisterRequest"> & {
   version: string;
 
   /**
-   * Protocol features the worker supports.
+   * Protocol features the worker supports. The control plane acts on "granted_offer" (the
+   * worker runs an Offer that carries its grant without AcceptOffer); the others are
+   * informative. At most 64, each a word of at most 64 characters.
    *
    * @generated from field: repeated string features = 7;
    */
