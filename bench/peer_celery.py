@@ -11,6 +11,10 @@
     cp_cpu_ms_per_turn                 Tether's control plane, utime + stime from /proc over the
                                        throughput window / turns completed in it
     worker_cpu_ms_per_turn             the same for Tether's four worker processes
+    tether_granted_shell_turn_throughput_tps, turn_throughput_vs_celery_granted,
+    cp_cpu_ms_per_turn_granted         the throughput load again on a control plane started
+                                       with --grant-with-offer (off by default: see
+                                       docs/operations.md), in the same rounds
 
 Beside the values: each round's, the CPU per turn of the `sh` children the workers reaped and
 of this process (the load generator, both sides' clients), the Celery workers' CPU per task,
@@ -93,9 +97,9 @@ class Side:
 # --- Tether: the existing benchmarks, with CPU read over the throughput window ---------------
 
 
-async def tether_throughput(cfg: PeerConfig, side: Side) -> None:
+async def tether_throughput(cfg: PeerConfig, side: Side, *cp_args: str) -> None:
     with procs() as ps:
-        cp = ps.start_control_plane()
+        cp = ps.start_control_plane(*cp_args)
         assert cp.proc is not None
         cp_proc = cp.proc
         readings: list[dict[str, float]] = []
@@ -271,9 +275,9 @@ def unavailable(url: str) -> str | None:
 # --- the run -------------------------------------------------------------------------------
 
 
-async def run(cfg: PeerConfig) -> tuple[Side, Side, str | None]:
-    """(Tether, Celery, why Celery's figures are missing or None)."""
-    tether, peer = Side(), Side()
+async def run(cfg: PeerConfig) -> tuple[Side, Side, Side, str | None]:
+    """(Tether, Celery, Tether with granted offers, why Celery's figures are missing or None)."""
+    tether, peer, granted = Side(), Side(), Side()
     reason = unavailable(REDIS_URL)
     with contextlib.ExitStack() as stack:
         celery: CeleryPeer | None = None
@@ -290,10 +294,11 @@ async def run(cfg: PeerConfig) -> tuple[Side, Side, str | None]:
             await tether_throughput(cfg, tether)
             if celery is not None and reason is None:
                 reason = await _attempt(celery.throughput, cfg, peer)
+            await tether_throughput(cfg, granted, "--grant-with-offer")
             await tether_dispatch(cfg, tether)
             if celery is not None and reason is None:
                 reason = await _attempt(celery.dispatch, cfg, peer)
-    return tether, peer, reason
+    return tether, peer, granted, reason
 
 
 async def _attempt(step: Callable[[PeerConfig, Side], None], cfg: PeerConfig, side: Side) -> str | None:
@@ -307,7 +312,7 @@ async def _attempt(step: Callable[[PeerConfig, Side], None], cfg: PeerConfig, si
 
 async def main() -> None:
     cfg = QUICK if os.environ.get("TETHER_BENCH_QUICK") == "1" else FULL
-    tether, peer, reason = await run(cfg)
+    tether, peer, granted, reason = await run(cfg)
     shape = {"workers": WORKERS, "slots": SLOTS, "sessions": SESSIONS, "rounds": cfg.rounds}
 
     tps = statistics.median(tether.tps)
@@ -326,12 +331,22 @@ async def main() -> None:
         client_ms_per_turn=round(tether.cpu_ms_per_turn("client"), 3),
         **per_turn,
     )
+    granted_tps = statistics.median(granted.tps)
+    emit("tether_granted_shell_turn_throughput_tps", granted_tps, "turns/s", by_round=_r(granted.tps), **shape)
+    emit(
+        "cp_cpu_ms_per_turn_granted",
+        granted.cpu_ms_per_turn("cp"),
+        "ms",
+        worker_ms_per_turn=round(granted.cpu_ms_per_turn("workers"), 3),
+        turns=granted.turns_in_window,
+    )
 
     if reason is not None or not peer.tps or not peer.latencies_ms:
         why = reason or "no Celery round completed"
         for metric, unit in (
             ("celery_shell_turn_throughput_tps", "tasks/s"),
             ("turn_throughput_vs_celery", "ratio"),
+            ("turn_throughput_vs_celery_granted", "ratio"),
             ("celery_dispatch_latency_p50_ms", "ms"),
             ("celery_dispatch_latency_p99_ms", "ms"),
             ("dispatch_p50_vs_celery", "ratio"),
@@ -351,6 +366,7 @@ async def main() -> None:
         **shape,
     )
     emit("turn_throughput_vs_celery", tps / peer_tps, "ratio")
+    emit("turn_throughput_vs_celery_granted", granted_tps / peer_tps, "ratio", policy="--grant-with-offer")
     peer_p50 = percentile(peer.latencies_ms, 50)
     peer_extra: dict[str, object] = {"tasks": len(peer.latencies_ms), "p50_by_round": _r(peer.p50_by_round)}
     if peer.receipt_latencies_ms:  # submit → the message reached the worker's consumer

@@ -270,6 +270,16 @@ def _is_loopback(host: str) -> bool:
     "NO_WORKER (0: it waits as long as it takes).",
 )
 @click.option(
+    "--grant-with-offer/--no-grant-with-offer",
+    default=False,
+    show_default=True,
+    envvar="TETHER_GRANT_WITH_OFFER",
+    show_envvar=True,
+    help="Start a warm session's turn in its input's commit and send the grant with the offer (one "
+    "round and one commit fewer per turn). A turn sent to a worker that died before the control plane "
+    "noticed then fails WORKER_LOST instead of moving (docs/operations.md).",
+)
+@click.option(
     "--max-message-bytes",
     type=click.IntRange(1024),
     default=4 << 20,
@@ -480,6 +490,7 @@ def serve(
     interrupt_grace_s: float,
     max_turn_s: float,
     queue_timeout_s: float,
+    grant_with_offer: bool,
     max_message_bytes: int,
     max_import_mib: int,
     max_workspace_mib: int,
@@ -604,6 +615,7 @@ def serve(
             interrupt_grace_s=interrupt_grace_s,
             max_turn_s=max_turn_s,
             queue_timeout_s=queue_timeout_s,
+            grant_with_offer=grant_with_offer,
         ),
     )
     try:

@@ -167,7 +167,8 @@ class Scheduler:
         holder = self._workers.get(holder_id) if holder_id else None
         queued = self._turns.next_queued(rec)
         if (
-            holder is None
+            not self._timings.grant_with_offer
+            or holder is None
             or queued is None
             or GRANTED_OFFER not in holder.info.features
             or (queued.output_schema and rec.session.runtime not in holder.info.output_schema_runtimes)
@@ -215,7 +216,7 @@ class Scheduler:
             output_schema=turn.output_schema,
             trace_context=self._turns.traced_offer(turn, worker_id, epoch),
         )
-        if not resume and GRANTED_OFFER in target.info.features:
+        if not resume and self._timings.grant_with_offer and GRANTED_OFFER in target.info.features:
             own = changes is None
             changes = Changes() if changes is None else changes
             self._leases.grant(rec, target, epoch, changes, "moved to another worker")

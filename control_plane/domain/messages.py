@@ -77,6 +77,12 @@ class Timings:
     waiting_notice_s: float = 2.0
     # Server-side only. How often the control plane looks for scheduled deletions that are due.
     deletion_sweep_s: float = 1.0
+    # Server-side only, a dispatch policy rather than a timing: a sticky turn for a warm holder
+    # that announces the granted_offer feature is stored running in its input's commit and its
+    # offer carries the grant (no AcceptOffer round). Off by default: a turn granted to a worker
+    # that died before the control plane noticed fails WORKER_LOST instead of moving to another
+    # worker (docs/operations.md, "Granted offers").
+    grant_with_offer: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,15 @@ TETHER = [
     "tether_dispatch_latency_p99_ms",
     "cp_cpu_ms_per_turn",
     "worker_cpu_ms_per_turn",
+    "tether_granted_shell_turn_throughput_tps",
+    "cp_cpu_ms_per_turn_granted",
 ]
 CELERY = [
     "celery_shell_turn_throughput_tps",
     "celery_dispatch_latency_p50_ms",
     "celery_dispatch_latency_p99_ms",
     "turn_throughput_vs_celery",
+    "turn_throughput_vs_celery_granted",
     "dispatch_p50_vs_celery",
 ]
 REDIS = "redis://127.0.0.1:6379/13"

@@ -1,11 +1,14 @@
-"""Granted offers: a sticky turn for a worker that announced "granted_offer" is stored as
-running in the same commit as its input, and its offer, grant included, goes out only once
+"""Granted offers (the control plane's grant_with_offer policy, off by default): a sticky
+turn for a worker that announced "granted_offer" is stored as running in the same commit as its input, and its offer, grant included, goes out only once
 that commit is durable: no AcceptOffer round. Every other placement still waits for an accept.
 When the offer crosses the worker's release of the session, the turn is queued again, never
 failed and never run twice."""
 
 from __future__ import annotations
 
+import pytest
+
+from tests.helpers.processes import eventually
 from tether.control_plane.domain.messages import GrantMsg, OfferMsg
 from tether.control_plane.domain.model import TurnState
 
@@ -23,7 +26,7 @@ async def _warm(hub, store, worker: Worker) -> tuple[str, OfferMsg]:
 
 
 async def test_a_sticky_turn_is_stored_running_with_its_input_and_its_offer_carries_the_grant() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1, features=GRANTED)
     await holder.connect()
     sid, first = await _warm(hub, store, holder)
@@ -46,7 +49,7 @@ async def test_a_sticky_turn_is_stored_running_with_its_input_and_its_offer_carr
 
 
 async def test_a_worker_without_the_feature_still_accepts_each_offer() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1)
     await holder.connect()
     sid, first = await _warm(hub, store, holder)
@@ -62,7 +65,7 @@ async def test_a_worker_without_the_feature_still_accepts_each_offer() -> None:
 
 
 async def test_a_turn_queued_behind_a_running_one_is_granted_with_its_offer_when_that_ends() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1, features=GRANTED)
     await holder.connect()
     sid, _ = await _warm(hub, store, holder)
@@ -81,7 +84,7 @@ async def test_a_turn_queued_behind_a_running_one_is_granted_with_its_offer_when
 
 
 async def test_a_failed_commit_sends_no_granted_offer() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1, features=GRANTED)
     await holder.connect()
     sid, _ = await _warm(hub, store, holder)
@@ -98,7 +101,7 @@ async def test_a_failed_commit_sends_no_granted_offer() -> None:
 
 
 async def test_an_offer_that_crosses_the_workers_release_is_queued_again_not_failed() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1, features=GRANTED)
     await holder.connect()
     sid, first = await _warm(hub, store, holder)
@@ -122,7 +125,7 @@ async def test_an_offer_that_crosses_the_workers_release_is_queued_again_not_fai
 
 
 async def test_a_release_after_the_worker_began_the_granted_turn_fails_it_as_before() -> None:
-    hub, store = new_hub()
+    hub, store = new_hub(grant_with_offer=True)
     holder = Worker(hub, "holder", slots=1, features=GRANTED)
     await holder.connect()
     sid, first = await _warm(hub, store, holder)
@@ -134,3 +137,40 @@ async def test_a_release_after_the_worker_began_the_granted_turn_fails_it_as_bef
     await settle()
 
     assert store.turns[turn.turn_id].state == TurnState.FAILED
+
+
+async def test_by_default_a_worker_with_the_feature_still_accepts_each_offer() -> None:
+    hub, store = new_hub()  # grant_with_offer is off unless the control plane is told
+    holder = Worker(hub, "holder", slots=1, features=GRANTED)
+    await holder.connect()
+    sid, _ = await _warm(hub, store, holder)
+
+    turn, _ = await hub.send_input(OWNER, sid, "next", "")
+
+    offer = holder.offer()
+    assert offer.granted is None and not offer.resume_required
+    assert store.turns[turn.turn_id].state == TurnState.QUEUED
+
+
+@pytest.mark.parametrize("grant_with_offer", [True, False])
+async def test_the_trade_off_a_turn_granted_to_a_worker_already_dead_fails_rather_than_moves(grant_with_offer) -> None:
+    """What the policy gives up, and why it is off by default: the grant went out with the
+    offer, so the worker may have begun the turn; one lost before it wrote for the turn is
+    never run again elsewhere (it could run twice). Without the policy the same turn is
+    still only offered, so it moves to the other worker."""
+    hub, store = new_hub(worker_dead_grace_s=0.01, grant_with_offer=grant_with_offer)
+    holder, other = Worker(hub, "holder", features=GRANTED), Worker(hub, "other", features=GRANTED)
+    await holder.connect()
+    sid, first = await _warm(hub, store, holder)
+    await other.connect()
+    # The holder has died, and the control plane has not noticed yet.
+    turn, _ = await hub.send_input(OWNER, sid, "next", "")
+    holder.disconnect()
+    await eventually(lambda: store.leases[sid].worker_id != "holder", timeout=5, what="the holder's lease to go")
+    await settle()
+    if grant_with_offer:
+        assert store.turns[turn.turn_id].state == TurnState.FAILED
+        assert other.only(OfferMsg) == []
+    else:
+        moved = other.offer()
+        assert (moved.turn_id, moved.lease_epoch, moved.resume_required) == (turn.turn_id, first.lease_epoch + 1, True)
