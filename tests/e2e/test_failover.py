@@ -340,3 +340,43 @@ async def test_drain_worker_rpc_drains_a_worker_and_it_exits(tmp_path, procs, db
 
 async def _holder_is_not(client: sdk.AsyncClient, session_id: str, worker_id: str) -> bool:
     return (await client.get_session(session_id)).worker_id != worker_id
+
+
+@pytest.mark.parametrize("grant_with_offer", [False, True], ids=["default", "grant-with-offer"])
+async def test_a_turn_sent_to_a_worker_that_died_unnoticed_moves_unless_granted_with_its_offer(
+    tmp_path, procs, db_url, grant_with_offer
+):
+    """The one thing `tether serve --grant-with-offer` trades (docs/operations.md): worker A is
+    frozen (SIGSTOP: no FIN, so the control plane still counts it connected) when the session's
+    next turn is sent, and is then killed. By default that turn was only offered to A, so it
+    moves to B and completes there, rehydrated; with the policy it went out with its grant, so
+    A may have begun it, and it fails worker_lost rather than risk running twice."""
+    cp = _cp(tmp_path, db_url, "--worker-dead-grace-s", "0.5", *(["--grant-with-offer"] if grant_with_offer else []))
+    try:
+        a = start_worker(procs, cp.target, tmp_path / "wa", "wa", 1, "--worker-id", "wa")
+        async with sdk.AsyncClient(cp.target) as client:
+            s = await client.create_session("shell")
+            t1 = await client.send_input(s.session_id, "echo one")
+            first = await client.wait_for_turn(s.session_id, t1.turn_id, timeout_s=20)
+            assert first.worker_id == "wa"
+            start_worker(procs, cp.target, tmp_path / "wb", "wb", 1, "--worker-id", "wb")
+            a.send_signal(signal.SIGSTOP)
+            t2 = await client.send_input(s.session_id, "echo two")
+            a.send_signal(signal.SIGKILL)
+            second = await client.wait_for_turn(s.session_id, t2.turn_id, timeout_s=30)
+            events = await _events(client, s.session_id)
+            check_log(events)
+            if grant_with_offer:
+                assert second.state == sdk.TurnState.FAILED and second.worker_id == "wa", second
+                failed = [e for e in events if e.turn_id == t2.turn_id and e.kind == "turn_failed"]
+                assert len(failed) == 1 and failed[0].worker_lost
+            else:
+                assert second.state == sdk.TurnState.COMPLETED and second.worker_id == "wb", second
+                assert second.lease_epoch == first.lease_epoch + 1
+                assert _outputs(events, t2.turn_id) == "two\n"
+            # Either way the session goes on, on B.
+            t3 = await client.send_input(s.session_id, "echo three")
+            third = await client.wait_for_turn(s.session_id, t3.turn_id, timeout_s=30)
+            assert third.state == sdk.TurnState.COMPLETED and third.worker_id == "wb"
+    finally:
+        cp.stop()
