@@ -28,14 +28,26 @@ from tether.execution_worker._snapshots import Snapshots
 from tether.execution_worker._tracing import in_turn_span, traced_events, traced_rehydrate
 from tether.execution_worker.runtime import (
     TERMINAL_EVENTS,
+    HistoryAppended,
+    ItemCompleted,
+    ItemStarted,
+    RawEvent,
     Runtime,
     RuntimeFactory,
+    TokenUsage,
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
     honours_output_schema,
 )
 from tether.v1 import worker_service_pb2
+
+#: The events that linger (up to `_events.LINGER_S`) for the turn's next one, so they travel
+#: with it in one StreamEvents message: bookkeeping a user does not watch arrive (an item's
+#: start and end, whose text the deltas already streamed, token counts, the model-visible
+#: history, raw runtime messages). Output, deltas, pending requests, errors and the turn's end
+#: leave at once, and take whatever lingers with them.
+LINGERING_EVENTS = (ItemStarted, ItemCompleted, TokenUsage, HistoryAppended, RawEvent)
 
 _log = logging.getLogger("tether.execution_worker")
 
@@ -353,7 +365,7 @@ class Turns:
                         if terminal is not None:
                             continue  # exactly one terminal event per turn, whatever the runtime does
                         terminal = event
-                    outbox.emit(turn_id, event_body(event))
+                    outbox.emit(turn_id, event_body(event), linger=isinstance(event, LINGERING_EVENTS))
             finally:
                 if timer is not None:
                     timer.cancel()

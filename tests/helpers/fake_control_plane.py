@@ -290,7 +290,9 @@ class FakeRuntime(Runtime):
         if input.startswith("reply: "):
             text = input.removeprefix("reply: ")
             yield ItemCompleted(Item(f"msg-{turn_id}", ItemKind.AGENT_MESSAGE, text=text, status="completed"))
+            await asyncio.sleep(self.registry.between_events_s)
             yield TokenUsage(last_input_tokens=1, total_tokens=len(text))
+            await asyncio.sleep(self.registry.between_events_s)
         yield Output(OutputStream.STDOUT, f"ran {input}\n")
         gate = asyncio.ensure_future(self.registry.gate.wait())
         interrupted = asyncio.ensure_future(self._interrupted.wait())
@@ -329,6 +331,7 @@ class RuntimeRegistry:
         self.gate.set()
         self.fail_start = ""
         self.first_event_after_s = 0.0  # how long a turn runs before its first event
+        self.between_events_s = 0.0  # how long a "reply: " turn waits between its events
 
     def __call__(self) -> FakeRuntime:
         runtime = FakeRuntime(self)

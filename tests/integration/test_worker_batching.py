@@ -1,6 +1,8 @@
 """A short turn's events leave the worker in one StreamEvents message: `turn_started` lingers
 for the turn's next event (up to the outbox's LINGER_S) instead of travelling alone, and a turn
-whose first event takes longer still announces its start once the linger is over. Against the
+whose first event takes longer still announces its start once the linger is over. A turn's
+bookkeeping events (items started and completed, token usage, history, raw runtime messages)
+linger too, and go with the next output, delta, request or the turn's end. Against the
 scripted control plane in tests/helpers/fake_control_plane.py."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 import time
 
 from tests.helpers.fake_control_plane import _connected, _run_turn
+from tests.helpers.processes import eventually
 from tether.execution_worker._events import LINGER_S
 from tether.v1 import worker_service_pb2 as wpb
 
@@ -46,3 +49,16 @@ async def test_a_slow_first_event_does_not_hold_the_start_back_past_the_linger(f
         assert time.monotonic() - sent < 0.8, "turn_started waited for the runtime's first event"
         await asyncio.sleep(0.005)
     assert _event_messages(cp)[0] == ["turn_started"]
+
+
+async def test_bookkeeping_events_travel_with_the_next_output(fake_cp, start_worker):
+    cp, target = fake_cp
+    w = start_worker(target)
+    await _connected(cp)
+    w.registry.gate.clear()  # the turn holds after its output
+    w.registry.between_events_s = LINGER_S / 8  # an agent's events come a little apart
+    cp.offer("ses_c", "trn_1", "reply: hi")
+    await eventually(lambda: _event_messages(cp), timeout=3, what="the turn's first StreamEvents message")
+    # The item's end and the token counts did not leave alone: they waited for the output.
+    assert _event_messages(cp)[0] == ["turn_started", "item_completed", "token_usage", "output"]
+    w.registry.gate.set()
