@@ -79,11 +79,6 @@ class IgnoreRules:
         """How many decisions are remembered (paths that went away included)."""
         return len(self._memo)
 
-    @classmethod
-    def load(cls, root: Path, ignores: Sequence[str]) -> IgnoreRules:
-        """The rules for `root` as it is now: `ignores` plus `<root>/.tetherignore` if it is a file."""
-        return cls([*ignores, *read_ignore_file(root)])
-
     def ignored(self, path: str, is_dir: bool) -> bool:
         """Whether the relative '/'-separated `path` is left out (a directory with all it holds)."""
         key = path + "/" if is_dir else path
@@ -257,9 +252,13 @@ class WorkspaceScanner:
     def scan(self) -> Checkpoint:
         """Walk the workspace (never following a symlink) and stage what is new or changed."""
         started_ns = time.time_ns()
-        rules = IgnoreRules.load(self.root, self.ignores)
-        if rules.patterns == self._rules.patterns and self._rules.memo_size <= 4 * len(self._cache) + 100_000:
-            rules = self._rules  # keeps its memo of decisions, unless paths that went away swelled it
+        patterns = (*self.ignores, *read_ignore_file(self.root))
+        rules = self._rules
+        # The same patterns keep their compiled rules and memo of decisions (compiling them
+        # again for every after-turn checkpoint cost a shell worker about 2 % of its time),
+        # unless paths that went away swelled the memo.
+        if patterns != rules.patterns or rules.memo_size > 4 * len(self._cache) + 100_000:
+            rules = IgnoreRules(patterns)
         os.makedirs(self.stage_dir, exist_ok=True)
         old_cache = self._cache
         cache: dict[str, _Cached] = {}
