@@ -111,6 +111,10 @@ class EventOutbox:
             self._linger = None
         self._new_events.set()
 
+    def unacked_turn_ids(self) -> set[str]:
+        """The turns of the events not acknowledged yet."""
+        return {event.turn_id for event in self._pending}
+
     @property
     def acked_worker_seq(self) -> int:
         return self._acked

@@ -59,6 +59,7 @@ FEATURES = (
     "release_reason",
     "snapshot_after_turn",
     "granted_offer",
+    "reports_turns",
 )
 
 #: Without a liveness timeout from the server, the stream is deaf after this many heartbeat
@@ -131,6 +132,8 @@ class LeaseHandler(Protocol):
     """What the Lease loop asks of the worker."""
 
     def held_leases(self) -> Sequence[worker_service_pb2.LeaseRef]: ...
+
+    def known_turns(self) -> Sequence[str]: ...
 
     def running_turns(self) -> int: ...
 
@@ -315,7 +318,10 @@ class LeaseClient:
             held = list(self._handler.held_leases())
             open_request = worker_service_pb2.LeaseRequest(
                 open=worker_service_pb2.LeaseOpen(
-                    worker_id=self._worker_id, registration_id=self.registration_id, leases=held
+                    worker_id=self._worker_id,
+                    registration_id=self.registration_id,
+                    leases=held,
+                    turn_ids=list(self._handler.known_turns()),
                 )
             )
             # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a

@@ -158,6 +158,17 @@ class SessionTable:
     def running_turns(self) -> int:
         return sum(1 for s in self._live.values() if s.turn_task is not None)
 
+    def known_turns(self) -> set[str]:
+        """The turns of the held sessions: running, or ended with events not acknowledged yet."""
+        known: set[str] = set()
+        for s in self._live.values():
+            if s.dropped:
+                continue
+            if s.turn_id:
+                known.add(s.turn_id)
+            known |= s.outbox.unacked_turn_ids()
+        return known
+
     def busy(self) -> bool:
         """A turn or a restore runs in some session."""
         return any(s.turn_task is not None or s.restore_task is not None for s in self._live.values())

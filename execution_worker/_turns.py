@@ -97,6 +97,7 @@ class Turns:
         self._drop_later = drop_later
         self._changed = changed
         self._reservations: dict[tuple[str, str], _Reservation] = {}
+        self._granted_waiting: set[str] = set()  # granted offers waiting for the previous turn
         self.draining = False
 
     # -- reservations -----------------------------------------------------------------------------
@@ -230,10 +231,18 @@ class Turns:
             return
 
         async def after_previous() -> None:
-            await asyncio.wait({previous})
+            try:
+                await asyncio.wait({previous})
+            finally:
+                self._granted_waiting.discard(offer.turn_id)
             self._start_granted(offer, offer.granted)
 
+        self._granted_waiting.add(offer.turn_id)
         self._tasks.spawn(after_previous(), f"granted turn {offer.turn_id}")
+
+    def granted_waiting(self) -> set[str]:
+        """Turns granted with their offer that wait for their session's previous turn."""
+        return set(self._granted_waiting)
 
     def on_granted(self, granted: worker_service_pb2.OfferGranted) -> None:
         reservation = self._reservations.pop((granted.session_id, granted.turn_id), None)

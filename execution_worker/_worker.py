@@ -387,6 +387,9 @@ class Worker:
     def held_leases(self) -> Sequence[worker_service_pb2.LeaseRef]:
         return self._sessions.held_refs()
 
+    def known_turns(self) -> Sequence[str]:
+        return sorted(self._sessions.known_turns() | self._turns.granted_waiting())
+
     def running_turns(self) -> int:
         return self.running_turn_count
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _HISTORY_CHUNK = 500
 _MAX_SNAPSHOT_ITEMS = 200_000
 _END = object()
+MAX_OPEN_TURN_IDS = 4096  # LeaseOpen.turn_ids
 
 
 def _durable(item: Any) -> bool:
@@ -182,7 +183,13 @@ class WorkerService(WorkspaceCalls):
             worker_id = self._worker_id(caller, first.open.worker_id, "open.worker_id")
             registration_id = v.required("open.registration_id", first.open.registration_id)
             outbox: asyncio.Queue[Any] = asyncio.Queue()
-            lost = await self._hub.attach(worker_id, registration_id, lease_refs(first.open.leases), outbox)
+            if len(first.open.turn_ids) > MAX_OPEN_TURN_IDS:
+                raise errors.InvalidArgument(
+                    "open.turn_ids", f"lists {len(first.open.turn_ids)} turns; at most {MAX_OPEN_TURN_IDS}"
+                )
+            lost = await self._hub.attach(
+                worker_id, registration_id, lease_refs(first.open.leases), outbox, known_turns=set(first.open.turn_ids)
+            )
             reader = asyncio.create_task(self._read_lease(worker_id, registration_id, request_iterator, outbox))
             unwatch = self._auth.watch(caller, outbox.put_nowait)
             try:

@@ -73,12 +73,15 @@ class Bundles:
         requests = await self._reader.list_requests(session_id, None)
         snapshots = [s for s in await self._reader.list_snapshots(session_id) if s.seq <= upto]
         checkpoints = [c for c in await self._reader.list_checkpoints(session_id) if c.seq <= upto]
+        session = dataclasses.replace(rec.session)
         return SessionBundle(
-            dataclasses.replace(rec.session),
+            session,
             turns,
             requests,
             snapshots,
-            self._events.events_between(session_id, 0, upto),
+            # From the compacted_seq the bundle states: retention sets it before its delete
+            # commits, so the database may still hold events it already counts as dropped.
+            self._events.events_between(session_id, session.compacted_seq, upto),
             checkpoints,
         )
 

@@ -227,9 +227,9 @@ class Turns:
         self._tracer.accepted(turn)
 
     def unstart(self, rec: SessionRecord, turn: Turn) -> Changes:
-        """A turn granted with its offer that its worker never began (the worker gave the
-        session back as the offer crossed): queued again at the front, to be offered anew; the
-        caller commits."""
+        """A running turn whose worker never began it (a turn granted with its offer when the
+        worker gave the session back as the offer crossed, or one whose grant went down with
+        a Lease stream): queued again at the front, to be offered anew; the caller commits."""
         self._deadlines.ended(turn)
         self._workers.free_slot(turn.worker_id, turn.turn_id)
         turn.state = TurnState.QUEUED

@@ -20,6 +20,9 @@ from .messages import CloseMsg, DrainMsg, Timings, WorkerMsg, WorkerStatus
 from .model import WorkerInfo, new_id, now_us
 from .ports import Changes
 
+#: The worker feature by which LeaseOpen.turn_ids is heeded (see `Workers.attach`).
+REPORTS_TURNS = "reports_turns"
+
 if TYPE_CHECKING:
     from ._leases import Leases
     from ._pending import PendingRequests
@@ -259,9 +262,18 @@ class Workers:
         return info.registration_id
 
     async def attach(
-        self, worker_id: str, registration_id: str, held: list[tuple[str, int]], outbox: asyncio.Queue[WorkerMsg]
+        self,
+        worker_id: str,
+        registration_id: str,
+        held: list[tuple[str, int]],
+        outbox: asyncio.Queue[WorkerMsg],
+        known_turns: set[str] | None = None,
     ) -> list[tuple[str, int]]:
-        """Bind a Lease stream to its registration. Returns the held leases it no longer has."""
+        """Bind a Lease stream to its registration. Returns the held leases it no longer has.
+        A worker that reports the turns it knows (the "reports_turns" feature) and leaves out
+        one this control plane has running on it never got that turn's grant (it went down
+        with the previous stream, or with the control plane): the turn is queued again, not
+        left running with nobody to run it. It never began, so this runs nothing twice."""
         self.require(worker_id, registration_id)
         for session_id, _ in held:  # after a control-plane restart they may not be loaded yet
             await self._sessions.load(session_id)
@@ -281,12 +293,23 @@ class Workers:
         w.bind(outbox)
         w.disarm_dead_timer()  # back within the grace: nothing moves
         # Rebuild its slot count from the turns it runs.
+        reports = known_turns is not None and REPORTS_TURNS in w.info.features
         for rec in self._leases.held_by(worker_id):
             if rec.deleted or rec.session_id not in held_ids:
                 continue
             running = self._turns.running(rec)
             if running is not None and running.worker_id == worker_id:
                 w.occupy(running.turn_id)
+                if reports and running.turn_id not in (known_turns or ()):
+                    log.warning(
+                        "turn %s of session %s never reached worker %s (its grant was lost with the previous "
+                        "stream): queued again",
+                        running.turn_id,
+                        rec.session_id,
+                        worker_id,
+                    )
+                    self._committer.submit(self._turns.unstart(rec, running))
+                    continue
                 self._requests.redeliver(rec)  # answers it may have missed meanwhile
         lost = self._leases.renew_held(w, held)
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)

@@ -397,10 +397,17 @@ class Hub:
         return self._workers.owner_of(worker_id)
 
     async def attach(
-        self, worker_id: str, registration_id: str, held: list[tuple[str, int]], outbox: asyncio.Queue[WorkerMsg]
+        self,
+        worker_id: str,
+        registration_id: str,
+        held: list[tuple[str, int]],
+        outbox: asyncio.Queue[WorkerMsg],
+        known_turns: set[str] | None = None,
     ) -> list[tuple[str, int]]:
-        """Bind a Lease stream to its registration. Returns the held leases it no longer has."""
-        return await self._workers.attach(worker_id, registration_id, held, outbox)
+        """Bind a Lease stream to its registration. Returns the held leases it no longer has.
+        `known_turns`: the turns the worker says it knows (LeaseOpen.turn_ids), heeded when it
+        announced "reports_turns"."""
+        return await self._workers.attach(worker_id, registration_id, held, outbox, known_turns)
 
     def detach(self, worker_id: str, outbox: asyncio.Queue[WorkerMsg]) -> None:
         self._workers.detach(worker_id, outbox)

@@ -93,15 +93,18 @@ class Worker:
         self.outbox: asyncio.Queue[WorkerMsg] = asyncio.Queue()
         self._worker_seq: dict[tuple[str, int], int] = {}
 
-    async def connect(self, held: Sequence[tuple[str, int]] = ()) -> list[tuple[str, int]]:
-        """Register and open a Lease stream claiming `held`; returns the leases it lost."""
+    async def connect(
+        self, held: Sequence[tuple[str, int]] = (), known_turns: set[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Register and open a Lease stream claiming `held` (and, when given, saying it knows
+        `known_turns`); returns the leases it lost."""
         info = WorkerInfo(self.worker_id, self.worker_id, "", self.runtimes, self.labels, self.slots, "test")
         info.owner = self.owner
         info.output_schema_runtimes = list(self.schema_runtimes)
         info.features = self.features
         self.registration_id = await self.hub.register(info)
         self.outbox = asyncio.Queue()
-        return await self.hub.attach(self.worker_id, self.registration_id, list(held), self.outbox)
+        return await self.hub.attach(self.worker_id, self.registration_id, list(held), self.outbox, known_turns)
 
     def disconnect(self) -> None:
         """The Lease stream closes (the worker-dead grace starts)."""

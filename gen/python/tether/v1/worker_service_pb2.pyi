@@ -144,14 +144,16 @@ class LeaseRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[LeaseOpen, _Mapping]] = ..., accept: _Optional[_Union[AcceptOffer, _Mapping]] = ..., reject: _Optional[_Union[RejectOffer, _Mapping]] = ..., renew: _Optional[_Union[RenewLeases, _Mapping]] = ..., release: _Optional[_Union[ReleaseLease, _Mapping]] = ..., draining: _Optional[_Union[DrainStarted, _Mapping]] = ...) -> None: ...
 
 class LeaseOpen(_message.Message):
-    __slots__ = ("worker_id", "registration_id", "leases")
+    __slots__ = ("worker_id", "registration_id", "leases", "turn_ids")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    TURN_IDS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     registration_id: str
     leases: _containers.RepeatedCompositeFieldContainer[LeaseRef]
-    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
+    turn_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., turn_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AcceptOffer(_message.Message):
     __slots__ = ("session_id", "turn_id", "lease_epoch")
