@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,12 @@ from ._errors import translate
 
 if TYPE_CHECKING:
     from ..domain._workspaces import Workspaces
+
+#: A refused import reads (and drops) up to this much more of what the client still sends,
+#: for up to this long, before it answers: a client still writing when the call ends can get
+#: gRPC's INTERNAL "Internal error from Core" in place of the status that says what was wrong.
+_DRAIN_BYTES = 16 << 20
+_DRAIN_S = 2.0
 
 _PAGE_DEFAULT = 100
 _PAGE_MAX = 1000
@@ -331,7 +339,11 @@ class SessionService:
                     yield message.chunk
 
             reader = _bundles.BundleReader(max_mib << 20, max_mib)
-            bundle = await _bundle_workspace.read_bundle(reader, chunks(), self._workspaces, owner)
+            try:
+                bundle = await _bundle_workspace.read_bundle(reader, chunks(), self._workspaces, owner)
+            except errors.DomainError:
+                await _drain(requests)
+                raise
             view = await self._hub.import_session(owner, bundle, keep_ids)
             return spb.ImportSessionResponse(session=session_pb(view))
 
@@ -356,3 +368,14 @@ class SessionService:
             state = RequestState(request.state) if request.state else None
             found = await self._hub.list_requests(owner, session_id, state)
             return spb.ListRequestsResponse(requests=[request_pb(r) for r in found])
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Read the rest of a client stream, within _DRAIN_BYTES and _DRAIN_S (see there)."""
+    left = _DRAIN_BYTES
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_DRAIN_S):
+            async for message in requests:
+                left -= len(message.chunk)
+                if left <= 0:
+                    return
