@@ -8,157 +8,41 @@ TOKEN_ID`) ask the control plane about workers through the SDK; the umbrella `te
 
 Signals: the first SIGTERM or SIGINT drains (exit 0 once drained); a second one stops at once
 (running commands are killed) with exit status 128 + signal number.
+
+This module owns the command surface (the options and turning them into settings); the
+parameter types are in `_cli_params`, credentials and `worker pair` in `_pair_cli`, and the
+process's run (the runtimes offered, signals, exit status) in `_process`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import os
-import signal
 import socket
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
 
 import click
-import grpc
 
 from tether import logs
-from tether.execution_worker._acp_check import AcpRuntimeFactory
+from tether.execution_worker import _process
 from tether.execution_worker._acp_settings import AcpSettings, parse_env
-from tether.execution_worker._claude_check import claude_problem
 from tether.execution_worker._claude_settings import PERMISSION_MODES, ClaudeSettings
-from tether.execution_worker._codex_check import CodexUnavailable
-from tether.execution_worker._codex_settings import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
-from tether.execution_worker._credentials import (
-    CredentialsRejected,
-    WorkerCredentials,
-    default_token_file,
-    load_credentials,
-    pair,
-    save_credentials,
+from tether.execution_worker._cli_params import (
+    AcpEnvEntry,
+    CodexConfigOverride,
+    Line,
+    check_runtimes,
+    drop_blank,
+    parse_labels,
+    tls_options,
 )
-from tether.execution_worker._discovery import acp_runtime, claude_runtime, discover_runtimes, select_runtimes
-from tether.execution_worker._errors import describe
+from tether.execution_worker._codex_settings import APPROVAL_POLICIES, SANDBOX_MODES, CodexSettings
+from tether.execution_worker._credentials import default_token_file
+from tether.execution_worker._pair_cli import TlsFiles, credentials_for, pair_worker
 from tether.execution_worker._settings import DEFAULT_CONTROL_PLANE, WorkerSettings
-from tether.execution_worker._worker import Worker
 from tether.execution_worker._workspace import DEFAULT_IGNORES
-from tether.execution_worker.runtime import RuntimeFactory
 from tether.logs import tracing
-
-_T = TypeVar("_T")
-
-
-class _TlsFiles(TypedDict):
-    """The TLS files of the --tls-* flags, as `WorkerSettings` and `pair()` name them."""
-
-    tls_ca_file: str | None
-    tls_cert_file: str | None
-    tls_key_file: str | None
-
-
-def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for value in values:
-        # TETHER_LABELS may carry several labels separated by spaces or commas.
-        for item in value.replace(",", " ").split():
-            key, sep, val = item.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{item!r} is not of the form key=value", ctx=ctx, param=param)
-            labels[key] = val
-    return labels
-
-
-def _check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    available = discover_runtimes()
-    names: list[str] = []
-    for value in values:
-        names.extend(n for n in value.replace(",", " ").split() if n)
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown runtime {', '.join(map(repr, unknown))}; available: {', '.join(sorted(available))}",
-            ctx=ctx,
-            param=param,
-        )
-    return tuple(dict.fromkeys(names)) or ("shell",)
-
-
-class _CodexConfigOverride(click.ParamType):
-    """One `-c KEY=TOML` override for codex. TETHER_CODEX_CONFIG holds one per line, since TOML
-    values (inline tables, strings) may contain spaces."""
-
-    name = "KEY=TOML"
-    envvar_list_splitter = "\n"
-
-    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        value = value.strip()
-        if value:
-            key, sep, _ = value.partition("=")
-            if not sep or not key.strip():
-                self.fail(f"{value!r} is not of the form KEY=TOML", param, ctx)
-        return value
-
-
-class _Line(click.ParamType):
-    """A value that may hold spaces (a Claude tool rule such as `Bash(git *)`, an argument): its
-    environment variable holds one per line."""
-
-    name = "TEXT"
-    envvar_list_splitter = "\n"
-
-    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        return value.strip()
-
-
-class _AcpEnvEntry(click.ParamType):
-    """One `KEY=VALUE` for the acp agent's environment. TETHER_ACP_ENV holds one per line, since
-    values may contain spaces."""
-
-    name = "KEY=VALUE"
-    envvar_list_splitter = "\n"
-
-    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        value = value.strip()
-        if value:
-            key, sep, _ = value.partition("=")
-            if not sep or not key.strip():
-                self.fail(f"{value!r} is not of the form KEY=VALUE", param, ctx)
-        return value
-
-
-def _drop_blank(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v for v in values if v)
-
-
-def _tls_options(f):
-    f = click.option(
-        "--tls-key",
-        envvar="TETHER_TLS_CLIENT_KEY",
-        show_envvar=True,
-        default=None,
-        type=click.Path(exists=True, dir_okay=False),
-        help="The client certificate's key (mutual TLS).",
-    )(f)
-    f = click.option(
-        "--tls-cert",
-        envvar="TETHER_TLS_CLIENT_CERT",
-        show_envvar=True,
-        default=None,
-        type=click.Path(exists=True, dir_okay=False),
-        help="Client certificate for mutual TLS (PEM).",
-    )(f)
-    return click.option(
-        "--tls-ca",
-        envvar="TETHER_TLS_CA",
-        show_envvar=True,
-        default=None,
-        type=click.Path(exists=True, dir_okay=False),
-        help="Dial with TLS, verifying the control plane against this CA (PEM).",
-    )(f)
 
 
 @click.group("worker", invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
@@ -178,7 +62,7 @@ def _tls_options(f):
     multiple=True,
     default=("shell",),
     show_default=True,
-    callback=_check_runtimes,
+    callback=check_runtimes,
     help="Runtime to offer; repeat for several.",
 )
 @click.option(
@@ -205,7 +89,7 @@ def _tls_options(f):
     envvar="TETHER_LABELS",
     show_envvar=True,
     multiple=True,
-    callback=_parse_labels,
+    callback=parse_labels,
     metavar="KEY=VALUE",
     help="Label sessions can select this worker by; repeatable.",
 )
@@ -310,8 +194,8 @@ def _tls_options(f):
     envvar="TETHER_CODEX_CONFIG",
     show_envvar=True,
     multiple=True,
-    type=_CodexConfigOverride(),
-    callback=_drop_blank,
+    type=CodexConfigOverride(),
+    callback=drop_blank,
     help="Codex config override passed as `-c KEY=TOML`; repeatable (one per line in the environment variable).",
 )
 @click.option(
@@ -354,8 +238,8 @@ def _tls_options(f):
     envvar="TETHER_CLAUDE_ALLOWED_TOOLS",
     show_envvar=True,
     multiple=True,
-    type=_Line(),
-    callback=_drop_blank,
+    type=Line(),
+    callback=drop_blank,
     metavar="RULE",
     help="A tool rule claude sessions may use without asking, e.g. 'Bash(git *)' or Edit; repeatable "
     "(one per line in the environment variable).",
@@ -366,8 +250,8 @@ def _tls_options(f):
     envvar="TETHER_CLAUDE_ARGS",
     show_envvar=True,
     multiple=True,
-    type=_Line(),
-    callback=_drop_blank,
+    type=Line(),
+    callback=drop_blank,
     metavar="ARG",
     help="An extra argument for claude, after the runtime's own; repeatable (one per line in the environment variable).",
 )
@@ -402,8 +286,8 @@ def _tls_options(f):
     envvar="TETHER_ACP_ENV",
     show_envvar=True,
     multiple=True,
-    type=_AcpEnvEntry(),
-    callback=_drop_blank,
+    type=AcpEnvEntry(),
+    callback=drop_blank,
     help="KEY=VALUE set in the ACP agent's environment; repeatable (one per line in the environment variable).",
 )
 @click.option(
@@ -456,7 +340,7 @@ def _tls_options(f):
     default=None,
     help="On first start, pair with this one-time code and keep the token in --token-file.",
 )
-@_tls_options
+@tls_options
 @click.option(
     "--log-level",
     envvar="TETHER_LOG_LEVEL",
@@ -528,9 +412,9 @@ def worker(
         tracing.configure("tether-worker")
     except tracing.TracingUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    tls = _TlsFiles(tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key)
+    tls = TlsFiles(tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key)
     token_file = token_file or default_token_file(workdir)
-    credentials = _credentials(token_file, pairing_code, control_plane, name, tls)
+    credentials = credentials_for(token_file, pairing_code, control_plane, name, tls)
     if credentials is not None:
         if worker_id and worker_id != credentials.worker_id:
             raise click.UsageError(
@@ -588,162 +472,12 @@ def worker(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    sys.exit(_run(_serve(settings, claude, acp)))
-
-
-def _credentials(
-    token_file: Path, pairing_code: str | None, control_plane: str, name: str, tls: _TlsFiles
-) -> WorkerCredentials | None:
-    try:
-        stored = load_credentials(token_file)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    if stored is not None:
-        if pairing_code:
-            logging.getLogger("tether.execution_worker").info(
-                "already paired (%s); ignoring the pairing code", token_file
-            )
-        return stored
-    if not pairing_code:
-        return None
-    return _pair_and_save(control_plane, pairing_code, name, token_file, tls)
-
-
-def _pair_and_save(control_plane: str, code: str, name: str, token_file: Path, tls: _TlsFiles) -> WorkerCredentials:
-    try:
-        credentials = asyncio.run(pair(control_plane, code, name, **tls))
-    except ValueError as error:  # an unreadable TLS file
-        raise click.UsageError(str(error)) from None
-    except grpc.aio.AioRpcError as error:
-        raise click.ClickException(f"pairing with {control_plane} failed: {describe(error)}") from None
-    save_credentials(token_file, credentials)
-    return credentials
-
-
-@click.command("pair")
-@click.option(
-    "--code",
-    envvar="TETHER_PAIRING_CODE",
-    show_envvar=True,
-    required=True,
-    help="The one-time pairing code (tether pair).",
-)
-@click.option("--control-plane", default=None, help="HOST:PORT of the control plane [default: the group's].")
-@click.option(
-    "--token-file",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=Path),
-    show_default="the group's --token-file, else WORKDIR/.tether/token.json",
-    help="Where to keep the token (readable by this user only).",
-)
-@click.option("--name", default=None, help="Name for the token [default: the group's --name].")
-@click.pass_context
-def pair_worker(
-    ctx: click.Context, code: str, control_plane: str | None, token_file: Path | None, name: str | None
-) -> None:
-    """Exchange a one-time pairing code for this worker's token and keep it."""
-    group = ctx.parent.params if ctx.parent is not None else {}
-    target = control_plane or group.get("control_plane") or DEFAULT_CONTROL_PLANE
-    path = token_file or group.get("token_file") or default_token_file(group.get("workdir") or Path("./tether-worker"))
-    tls = _TlsFiles(
-        tls_ca_file=group.get("tls_ca"), tls_cert_file=group.get("tls_cert"), tls_key_file=group.get("tls_key")
-    )
-    credentials = _pair_and_save(target, code, name or group.get("name") or socket.gethostname(), path, tls)
-    click.echo(f"paired: worker {credentials.worker_id} of owner {credentials.owner!r}; token kept in {path}")
-
-
-async def _offered_runtimes(
-    settings: WorkerSettings, claude: ClaudeSettings, acp: AcpSettings | None = None
-) -> dict[str, RuntimeFactory]:
-    """`--runtime`'s factories, the claude runtime given its settings, or left out (with one
-    line naming the fix) when it cannot work here; the worker checks codex itself. The acp
-    runtime's agent is probed: left out the same way, else offered with the portability found."""
-    runtimes = select_runtimes(settings.runtimes)
-    if runtimes.get("acp") is acp_runtime:
-        factory = AcpRuntimeFactory(acp or AcpSettings())
-        problem = await factory.probe(settings.workdir / ".tether" / "acp-check")
-        if problem is None:
-            runtimes["acp"] = factory
-            logging.getLogger("tether.execution_worker").info(
-                "offering the acp runtime (%s): portability %s: %s",
-                factory.settings.shown(),
-                factory.portability.value,
-                factory.portability_reason,
-            )
-        else:
-            del runtimes["acp"]
-            what = "not offering the acp runtime" if runtimes else "the acp runtime cannot run here"
-            logging.getLogger("tether.execution_worker").error("%s: %s", what, problem)
-    if runtimes.get("claude") is claude_runtime:
-        problem = await claude_problem(claude, settings.workdir / ".tether" / "claude-check")
-        if problem is None:
-            runtimes["claude"] = functools.partial(claude_runtime, claude)
-        else:
-            del runtimes["claude"]
-            what = "not offering the claude runtime" if runtimes else "the claude runtime cannot run here"
-            logging.getLogger("tether.execution_worker").error("%s: %s", what, problem)
-    return runtimes
-
-
-async def _serve(settings: WorkerSettings, claude: ClaudeSettings | None = None, acp: AcpSettings | None = None) -> int:
-    loop = asyncio.get_running_loop()
-    exit_code = 0
-    runtimes = await _offered_runtimes(settings, claude or ClaudeSettings(), acp)
-    if not runtimes:
-        return 2  # nothing left to offer; the line above says why
-    async with Worker(settings, runtimes=runtimes) as w:
-        logs.bind(worker_id=w.worker_id)  # every task of the worker's run names it
-        run = asyncio.create_task(w.run(), name="worker")
-
-        def on_signal(signum: int) -> None:
-            nonlocal exit_code
-            if not w.draining:
-                logging.getLogger("tether.execution_worker").info(
-                    "%s received; draining (send it again to stop at once)", signal.Signals(signum).name
-                )
-                w.request_drain()
-            else:
-                logging.getLogger("tether.execution_worker").warning(
-                    "%s received again; stopping now", signal.Signals(signum).name
-                )
-                exit_code = 128 + signum
-                run.cancel()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            await run
-        except asyncio.CancelledError:
-            if exit_code == 0:
-                raise
-        except CodexUnavailable as error:
-            logging.getLogger("tether.execution_worker").error("%s", error)
-            exit_code = 2
-        except CredentialsRejected as error:
-            logging.getLogger("tether.execution_worker").error(
-                "the control plane refused this worker's credentials: %s. Pair it again "
-                "(tether worker pair --code CODE) or fix --token-file.",
-                error,
-            )
-            exit_code = 3
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-    return exit_code
+    sys.exit(_process.run(_process.serve(settings, claude, acp)))
 
 
 worker.add_command(pair_worker)
 
 __all__ = ["worker"]
-
-
-def _run(main: Coroutine[Any, Any, _T]) -> _T:
-    """Run on uvloop where it is installed; it has no build for Windows, where the stock loop runs."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def _ignores(given: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.anthropic_mock import claude_bin
 from tests.helpers.processes import ROOT
-from tether.execution_worker import cli
+from tether.execution_worker import _process
 from tether.execution_worker._claude_check import (
     CREDENTIAL_VARIABLES,
     PROVIDER_VARIABLES,
@@ -124,13 +124,13 @@ async def test_the_worker_offers_claude_only_when_it_can_run(tmp_path: pathlib.P
     settings = WorkerSettings(workdir=tmp_path, runtimes=("shell", "claude"))
     config = logged_in(tmp_path)
     good = ClaudeSettings(bin=fake_claude(tmp_path, "2.1.332 (Claude Code)"), config_from=config, model="m")
-    offered = await cli._offered_runtimes(settings, good)
+    offered = await _process.offered_runtimes(settings, good)
     assert set(offered) == {"shell", "claude"}
     runtime = offered["claude"]()
     assert getattr(runtime, "settings", None) == good  # the worker's --claude-* settings reach it
     assert runtime_portability(offered["claude"]) is Portability.HISTORY is runtime_portability(claude_runtime)
     broken = ClaudeSettings(bin=str(tmp_path / "no-such-claude"))
-    assert set(await cli._offered_runtimes(settings, broken)) == {"shell"}
+    assert set(await _process.offered_runtimes(settings, broken)) == {"shell"}
 
 
 def test_a_worker_with_nothing_else_to_offer_exits_2_with_one_line(tmp_path: pathlib.Path) -> None:

@@ -58,7 +58,7 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
 
     import uvloop
 
-    from tether.execution_worker import cli
+    from tether.execution_worker import _process, cli
 
     captured: dict[str, Any] = {}
 
@@ -71,7 +71,7 @@ def test_worker_flags_build_codex_settings(monkeypatch: pytest.MonkeyPatch, tmp_
         return 0
 
     # Only the settings the flags build are under test: no worker runs, logging stays as it is.
-    monkeypatch.setattr(cli, "_serve", fake_serve)
+    monkeypatch.setattr(_process, "serve", fake_serve)
     monkeypatch.setattr(uvloop, "run", fake_run)
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
     env = {

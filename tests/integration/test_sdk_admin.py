@@ -329,7 +329,7 @@ def test_cli_worker_help_shows_both_forms():
 
 def test_cli_worker_without_a_command_still_runs_a_worker(monkeypatch, tmp_path):
     """`tether worker --control-plane ... --runtime ...` builds settings and runs the worker."""
-    import tether.execution_worker.cli as cli
+    from tether.execution_worker import _process
 
     seen = {}
 
@@ -337,7 +337,7 @@ def test_cli_worker_without_a_command_still_runs_a_worker(monkeypatch, tmp_path)
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setattr(cli, "_serve", fake_serve)
+    monkeypatch.setattr(_process, "serve", fake_serve)
     result = CliRunner().invoke(
         worker_cli,
         [
