@@ -167,10 +167,9 @@ class Scheduler:
         holder = self._workers.get(holder_id) if holder_id else None
         queued = self._turns.next_queued(rec)
         if (
-            not self._timings.grant_with_offer
-            or holder is None
+            holder is None
             or queued is None
-            or GRANTED_OFFER not in holder.info.features
+            or not self._grants_with_offer(holder)
             or (queued.output_schema and rec.session.runtime not in holder.info.output_schema_runtimes)
         ):
             return False
@@ -216,7 +215,7 @@ class Scheduler:
             output_schema=turn.output_schema,
             trace_context=self._turns.traced_offer(turn, worker_id, epoch),
         )
-        if not resume and self._timings.grant_with_offer and GRANTED_OFFER in target.info.features:
+        if not resume and self._grants_with_offer(target):
             own = changes is None
             changes = Changes() if changes is None else changes
             self._leases.grant(rec, target, epoch, changes, "moved to another worker")
@@ -232,6 +231,10 @@ class Scheduler:
             return
         offer.timer = asyncio.get_running_loop().call_later(timeout, self._offer_expired, rec, turn.turn_id)
         target.push(msg)
+
+    def _grants_with_offer(self, w: WorkerConn) -> bool:
+        """Whether a sticky offer to `w` carries its grant: the policy is on and `w` takes it."""
+        return self._timings.grant_with_offer and GRANTED_OFFER in w.info.features
 
     def _pinned(self, rec: SessionRecord, holder_id: str, holder: WorkerConn | None, now: float) -> bool:
         """A session whose runtime declares portability "none" and that has run on a worker

@@ -293,24 +293,25 @@ class Workers:
         w.bind(outbox)
         w.disarm_dead_timer()  # back within the grace: nothing moves
         # Rebuild its slot count from the turns it runs.
-        reports = known_turns is not None and REPORTS_TURNS in w.info.features
+        known = known_turns if REPORTS_TURNS in w.info.features else None
         for rec in self._leases.held_by(worker_id):
             if rec.deleted or rec.session_id not in held_ids:
                 continue
             running = self._turns.running(rec)
-            if running is not None and running.worker_id == worker_id:
-                w.occupy(running.turn_id)
-                if reports and running.turn_id not in (known_turns or ()):
-                    log.warning(
-                        "turn %s of session %s never reached worker %s (its grant was lost with the previous "
-                        "stream): queued again",
-                        running.turn_id,
-                        rec.session_id,
-                        worker_id,
-                    )
-                    self._committer.submit(self._turns.unstart(rec, running))
-                    continue
-                self._requests.redeliver(rec)  # answers it may have missed meanwhile
+            if running is None or running.worker_id != worker_id:
+                continue
+            if known is not None and running.turn_id not in known:
+                log.warning(
+                    "turn %s of session %s never reached worker %s (its grant was lost with the previous stream): "
+                    "queued again",
+                    running.turn_id,
+                    rec.session_id,
+                    worker_id,
+                )
+                self._committer.submit(self._turns.unstart(rec, running))
+                continue
+            w.occupy(running.turn_id)
+            self._requests.redeliver(rec)  # answers it may have missed meanwhile
         lost = self._leases.renew_held(w, held)
         log.info("worker %s attached (%d slots, runtimes %s)", worker_id, w.info.slots, w.info.runtimes)
         self._scheduler.dispatch_waiting()

@@ -51,7 +51,9 @@ async def test_a_slow_first_event_does_not_hold_the_start_back_past_the_linger(f
     assert _event_messages(cp)[0] == ["turn_started"]
 
 
-async def test_bookkeeping_events_travel_with_the_next_output(fake_cp, start_worker):
+async def test_bookkeeping_events_travel_with_the_next_output(fake_cp, start_worker, monkeypatch):
+    # A long linger, so a stall of the shared machine between two events cannot send one alone.
+    monkeypatch.setattr("tether.execution_worker._events.LINGER_S", 1.0)
     cp, target = fake_cp
     w = start_worker(target)
     await _connected(cp)
