@@ -83,6 +83,11 @@ def _version() -> str:
         return "0.0.0"
 
 
+#: The longest reconnect delay, as a share of the lease TTL: a worker retries several times
+#: within one TTL, so a control plane back from a restart finds it before its leases expire.
+RECONNECT_SHARE_OF_TTL = 0.25
+
+
 @dataclass(frozen=True)
 class LeaseTimings:
     """The timings the server set in its RegisterResponse (the server is the authority)."""
@@ -112,12 +117,19 @@ class LeaseTimings:
             return value if value > 0 else default
 
         heartbeat_interval_s = seconds("heartbeat_interval", fallback.heartbeat_interval_s)
+        lease_ttl_s = seconds("lease_ttl", fallback.lease_ttl_s)
         return cls(
             heartbeat_interval_s=heartbeat_interval_s,
-            lease_ttl_s=seconds("lease_ttl", fallback.lease_ttl_s),
+            lease_ttl_s=lease_ttl_s,
             offer_timeout_s=seconds("offer_timeout", fallback.offer_timeout_s),
             reconnect_backoff_initial_s=seconds("reconnect_backoff_initial", fallback.reconnect_backoff_initial_s),
-            reconnect_backoff_max_s=seconds("reconnect_backoff_max", fallback.reconnect_backoff_max_s),
+            # A restarted control plane gives each lease it loads one TTL from the load: a
+            # worker whose reconnect delay had grown past that while the control plane was
+            # down would come back to leases already expired and lose its running turns.
+            reconnect_backoff_max_s=min(
+                seconds("reconnect_backoff_max", fallback.reconnect_backoff_max_s),
+                lease_ttl_s * RECONNECT_SHARE_OF_TTL,
+            ),
             max_events_per_message=response.max_events_per_message or fallback.max_events_per_message,
             # Unset means 3 heartbeat intervals of this response, not what an earlier
             # registration said.

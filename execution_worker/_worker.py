@@ -224,12 +224,13 @@ class Worker:
             await self._offer_codex_only_if_usable()
         if self._channel is None:
             # gRPC's own subchannel backoff (1 s growing to 120 s) would fail our calls fast
-            # while it waits, overriding the server's reconnect hints: keep it short and let
-            # the Lease loop's jittered backoff be the one that paces reconnects.
+            # while it waits, overriding the server's reconnect hints: keep it short (it only
+            # decides how long a refused connection is believed) and let the Lease loop's
+            # jittered backoff be the one that paces reconnects.
             backoff_options = [
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", int(self.settings.reconnect_backoff_max_s * 1000)),
+                ("grpc.max_reconnect_backoff_ms", int(min(self.settings.reconnect_backoff_max_s, 1.0) * 1000)),
             ]
             self._channel = make_channel(
                 self.settings.control_plane,

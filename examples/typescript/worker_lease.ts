@@ -65,12 +65,14 @@ function timingsFrom(response: RegisterResponse, fallback: Timings): Timings {
     return value > 0 ? value : dflt;
   };
   const heartbeatMs = ms(response.heartbeatInterval, fallback.heartbeatMs);
+  const leaseTtlMs = ms(response.leaseTtl, fallback.leaseTtlMs);
   return {
     heartbeatMs,
-    leaseTtlMs: ms(response.leaseTtl, fallback.leaseTtlMs),
+    leaseTtlMs,
     offerTimeoutMs: ms(response.offerTimeout, fallback.offerTimeoutMs),
     backoffInitialMs: ms(response.reconnectBackoffInitial, fallback.backoffInitialMs),
-    backoffMaxMs: ms(response.reconnectBackoffMax, fallback.backoffMaxMs),
+    // Well inside the lease TTL: a restarted control plane gives each lease it loads one TTL.
+    backoffMaxMs: Math.min(ms(response.reconnectBackoffMax, fallback.backoffMaxMs), leaseTtlMs / 4),
     maxEventsPerMessage: response.maxEventsPerMessage > 0 ? response.maxEventsPerMessage : fallback.maxEventsPerMessage,
     // Unset means 3 heartbeats of this response, not what an earlier registration said.
     livenessMs: ms(response.livenessTimeout, LIVENESS_FALLBACK_INTERVALS * heartbeatMs),

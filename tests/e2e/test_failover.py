@@ -200,7 +200,7 @@ async def test_control_plane_sigkill_mid_stream_loses_nothing(tmp_path, procs, d
         seen: list[sdk.Event] = []
         async with sdk.AsyncClient(cp.target) as client:
             s = await client.create_session("shell")
-            t = await client.send_input(s.session_id, "for i in $(seq 1 40); do echo $i; sleep 0.05; done")
+            t = await client.send_input(s.session_id, "for i in $(seq 1 40); do echo $i; sleep 0.15; done")
 
         async def subscriber() -> None:
             # A live subscriber that reconnects from its cursor whenever the stream breaks.
@@ -218,8 +218,20 @@ async def test_control_plane_sigkill_mid_stream_loses_nothing(tmp_path, procs, d
         follower = asyncio.create_task(subscriber())
         await eventually(lambda: sum(e.kind == "output" for e in seen) >= 5, timeout=20, what="output flowing")
         cp.stop(signal.SIGKILL)
-        await asyncio.sleep(0.3)
+        # Down longer than the lease TTL (3 s), as a slow restart is: the worker's reconnect
+        # delay must not have grown past the TTL the restarted control plane gives its leases.
+        await asyncio.sleep(3.5)
         cp.start()  # same port, same database
+
+        async def loaded() -> bool:  # once loaded, its lease's TTL runs (a refusal is gRPC's stale backoff)
+            try:
+                async with sdk.AsyncClient(cp.target) as client:
+                    await client.get_session(s.session_id)
+                return True
+            except sdk.UnavailableError:
+                return False
+
+        await eventually(loaded, timeout=10, what="the restarted control plane to answer")
         await asyncio.wait_for(follower, 60)
         async with sdk.AsyncClient(cp.target) as client:
             done = await client.wait_for_turn(s.session_id, t.turn_id, timeout_s=30)

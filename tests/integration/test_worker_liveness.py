@@ -14,6 +14,7 @@ import pytest
 from tests.helpers.fake_control_plane import HEARTBEAT_S, LIVENESS_S, _connected, _duration, _run_turn
 from tests.helpers.processes import eventually
 from tether.execution_worker import WorkerSettings
+from tether.execution_worker._backoff import Backoff
 from tether.execution_worker._lease import LeaseTimings
 from tether.v1 import worker_service_pb2 as wpb
 
@@ -29,6 +30,20 @@ def test_liveness_timeout_comes_from_register_else_three_heartbeats():
     # Not what an earlier registration said: 3 heartbeats of this one.
     earlier = LeaseTimings.from_response(with_liveness, fallback)
     assert LeaseTimings.from_response(without, earlier).liveness_timeout_s == 6
+
+
+def test_the_reconnect_delay_stays_well_inside_the_lease_ttl():
+    # A restarted control plane gives the leases it loads one TTL: a worker whose backoff had
+    # grown past it while the control plane was down would come back to expired leases.
+    fallback = LeaseTimings()
+    short_ttl = wpb.RegisterResponse(lease_ttl=_duration(3), reconnect_backoff_max=_duration(5))
+    assert LeaseTimings.from_response(short_ttl, fallback).reconnect_backoff_max_s == 0.75
+    long_ttl = wpb.RegisterResponse(lease_ttl=_duration(60), reconnect_backoff_max=_duration(5))
+    assert LeaseTimings.from_response(long_ttl, fallback).reconnect_backoff_max_s == 5
+    timings = LeaseTimings.from_response(short_ttl, fallback)
+    backoff = Backoff(timings.reconnect_backoff_initial_s, timings.reconnect_backoff_max_s)
+    delays = [backoff.next_delay() for _ in range(20)]
+    assert max(delays) <= 0.75, delays  # so at least four tries in every TTL
 
 
 async def test_a_deaf_server_is_dropped_after_the_liveness_timeout_and_leases_are_kept(fake_cp, start_worker):
