@@ -107,6 +107,8 @@ class LeaseTimings:
     idle_heartbeat_interval_s: float = 0.0
     #: Whether the server takes a digest of the held leases in place of their list.
     lease_digests: bool = False
+    #: Whether the server takes snapshots that send only the history after a stored one.
+    snapshot_deltas: bool = False
 
     @classmethod
     def from_response(cls, response: worker_service_pb2.RegisterResponse, fallback: LeaseTimings) -> LeaseTimings:
@@ -137,6 +139,7 @@ class LeaseTimings:
             worker_dead_grace_s=seconds("worker_dead_grace", 0.0),
             idle_heartbeat_interval_s=max(heartbeat_interval_s, seconds("idle_heartbeat_interval", 0.0)),
             lease_digests=response.lease_digests,
+            snapshot_deltas=response.snapshot_deltas,
         )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._events import EventOutbox
-from tether.execution_worker.runtime import Runtime
+from tether.execution_worker.runtime import HistoryItem, Runtime
 from tether.v1 import worker_service_pb2
 
 if TYPE_CHECKING:
@@ -39,6 +39,15 @@ RELEASE_COOLED = "cooled"
 
 #: How many released leases the worker remembers (see `SessionTable.gave_back`).
 RELEASES_REMEMBERED = 4096
+
+
+@dataclass(frozen=True)
+class SnapshotBase:
+    """The latest snapshot of a session this worker stored, and the history it sent: the next
+    snapshot whose history begins with it sends only what follows (`_snapshots`)."""
+
+    snapshot_id: str
+    history: list[HistoryItem]
 
 
 class LeaseLost(Exception):
@@ -71,6 +80,8 @@ class Session:
     history_seq: int = 0
     # Watermark of the latest snapshot stored at this epoch; None before the first.
     snapshot_seq: int | None = None
+    # The latest snapshot stored from here, the base of the next one's delta.
+    snapshot_base: SnapshotBase | None = None
     # Snapshot uploads running in the background.
     snapshot_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # The after-turn work: waiting for the turn's acknowledgements, then the snapshot policy.

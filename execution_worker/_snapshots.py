@@ -6,6 +6,12 @@ right after a restore-only placement (the control plane takes the first snapshot
 epoch as the confirmation that the restore worked), and before the session leaves the worker's
 memory: at the end of a drain, and when it is cooled (`_session`). Each upload captures the
 history synchronously and sends it in a task of its own, so it never holds up the next turn.
+
+When the control plane takes deltas (RegisterResponse.snapshot_deltas) and the history still
+begins with what the session's latest stored snapshot sent, an upload sends only the items that
+follow, naming that snapshot as its base: a long session does not resend its whole history
+after every turn. A base the control plane no longer has (SNAPSHOT_BASE_UNKNOWN) costs one
+retry with the whole history.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from tether.execution_worker._checkpoints import (
 from tether.execution_worker._context import Link, TaskGroup
 from tether.execution_worker._convert import history_to_proto
 from tether.execution_worker._errors import describe, error_reason, is_lease_lost
-from tether.execution_worker._session import Session, SessionTable
+from tether.execution_worker._session import Session, SessionTable, SnapshotBase
 from tether.execution_worker._settings import WorkerSettings
 from tether.execution_worker._workspace import Checkpoint
 from tether.execution_worker.runtime import HistoryItem
@@ -39,6 +45,9 @@ _log = logging.getLogger("tether.execution_worker")
 
 #: History items per SnapshotRequest chunk.
 SNAPSHOT_CHUNK_ITEMS = 500
+
+#: The control plane's answer to a base it does not have.
+SNAPSHOT_BASE_UNKNOWN = "SNAPSHOT_BASE_UNKNOWN"
 
 
 class WorkspaceHold:
@@ -232,6 +241,7 @@ class Snapshots:
         session = self._sessions.get(capture.session_id)
         if session is not None and session.lease_epoch == capture.lease_epoch:
             session.snapshot_seq = max(session.snapshot_seq or 0, capture.seq)
+            session.snapshot_base = SnapshotBase(response.snapshot_id, capture.history)
         _log.info(
             "snapshot %s of session %s stored (seq %d, %d items)",
             response.snapshot_id,
@@ -278,24 +288,48 @@ class Snapshots:
         self, capture: SnapshotCapture, request_id: str, checkpoint: Checkpoint | None, timeout: float
     ) -> worker_service_pb2.SnapshotResponse:
         """The Snapshot call; a manifest refused for a workspace limit is dropped and the
-        snapshot sent without it (the session keeps its previous checkpoint)."""
-        try:
-            response = await self._link.stub.Snapshot(self._chunks(capture, request_id, checkpoint), timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            if checkpoint is None or error_reason(error) not in (WORKSPACE_LIMIT_EXCEEDED, INVALID_WORKSPACE):
-                raise
-            _log.warning(
-                "session %s: workspace checkpoint refused (%s); it keeps its previous checkpoint",
-                capture.session_id,
-                describe(error),
-            )
-            return await self._link.stub.Snapshot(self._chunks(capture, request_id, None), timeout=timeout)
+        snapshot sent without it (the session keeps its previous checkpoint), and a delta whose
+        base the control plane no longer has is sent again whole."""
+        base = self._delta_base(capture)
+        while True:
+            try:
+                response = await self._link.stub.Snapshot(
+                    self._chunks(capture, request_id, checkpoint, base), timeout=timeout
+                )
+                break
+            except grpc.aio.AioRpcError as error:
+                reason = error_reason(error)
+                if base is not None and reason == SNAPSHOT_BASE_UNKNOWN:
+                    _log.info("session %s: %s; sending the whole history", capture.session_id, describe(error))
+                    base = None
+                    continue
+                if checkpoint is None or reason not in (WORKSPACE_LIMIT_EXCEEDED, INVALID_WORKSPACE):
+                    raise
+                _log.warning(
+                    "session %s: workspace checkpoint refused (%s); it keeps its previous checkpoint",
+                    capture.session_id,
+                    describe(error),
+                )
+                checkpoint = None
         if checkpoint is not None and capture.workspace is not None:
             self._checkpoints.stored(capture.workspace, checkpoint)
         return response
 
+    def _delta_base(self, capture: SnapshotCapture) -> SnapshotBase | None:
+        """The stored snapshot this one can send only the rest of the history after: the
+        session's latest, when the control plane takes deltas and the captured history still
+        begins with the history that snapshot sent (a revert or a compaction rewrites it)."""
+        session = self._sessions.get(capture.session_id)
+        base = session.snapshot_base if session is not None else None
+        if base is None or not self._link.lease.timings.snapshot_deltas:
+            return None
+        sent, history = base.history, capture.history
+        if len(history) < len(sent) or not all(a is b or a == b for a, b in zip(sent, history, strict=False)):
+            return None
+        return base
+
     def _chunks(
-        self, capture: SnapshotCapture, request_id: str, checkpoint: Checkpoint | None
+        self, capture: SnapshotCapture, request_id: str, checkpoint: Checkpoint | None, base: SnapshotBase | None
     ) -> Iterator[worker_service_pb2.SnapshotRequest]:
         history = capture.history
         header = worker_service_pb2.SnapshotRequest(
@@ -306,6 +340,9 @@ class Snapshots:
             runtime_metadata_json=capture.metadata_json,
             request_id=request_id,
         )
+        if base is not None:
+            header.base_snapshot_id = base.snapshot_id
+            history = history[len(base.history) :]
         if checkpoint is not None:
             header.workspace.CopyFrom(checkpoint.manifest)
         header.history.extend(history_to_proto(h) for h in history[:SNAPSHOT_CHUNK_ITEMS])

@@ -14,6 +14,7 @@ from tether.v1 import resources_pb2 as pb
 from tether.v1 import worker_service_pb2 as wpb
 
 from ..domain import errors
+from ..domain._snapshots import MAX_SNAPSHOT_ITEMS
 from ..domain._workspaces import Workspaces
 from ..domain.access import FailureLimiter, Limits, WorkerCaller
 from ..domain.hub import Hub
@@ -39,7 +40,6 @@ from ._workspaces import WorkspaceCalls, message_sizes
 log = logging.getLogger(__name__)
 
 _HISTORY_CHUNK = 500
-_MAX_SNAPSHOT_ITEMS = 200_000
 _END = object()
 MAX_OPEN_TURN_IDS = 4096  # LeaseOpen.turn_ids
 
@@ -156,6 +156,7 @@ class WorkerService(WorkspaceCalls):
                 worker_dead_grace=duration(t.worker_dead_grace_s),
                 idle_heartbeat_interval=duration(t.idle_heartbeat_interval_s) if t.idle_heartbeat_interval_s else None,
                 lease_digests=True,
+                snapshot_deltas=True,
                 max_message_bytes=self._max_message_bytes,
             )
 
@@ -438,8 +439,8 @@ class WorkerService(WorkspaceCalls):
             items = list(first.history)
             async for chunk in requests:
                 items.extend(chunk.history)
-                if len(items) > _MAX_SNAPSHOT_ITEMS:
-                    raise errors.InvalidArgument("history", f"at most {_MAX_SNAPSHOT_ITEMS} items per snapshot")
+                if len(items) > MAX_SNAPSHOT_ITEMS:
+                    raise errors.InvalidArgument("history", f"at most {MAX_SNAPSHOT_ITEMS} items per snapshot")
             for i, item in enumerate(items):
                 v.enum_value(f"history[{i}].role", item.role, pb.HistoryItemRole)
             checkpoint = None
@@ -465,5 +466,6 @@ class WorkerService(WorkspaceCalls):
                 first.request_id,
                 caller.owner,
                 checkpoint,
+                base_snapshot_id=v.optional("base_snapshot_id", first.base_snapshot_id, max_len=64),
             )
             return wpb.SnapshotResponse(snapshot_id=snap.snapshot_id, seq=snap.seq)

@@ -4,6 +4,11 @@ Owns the waiters of CreateSnapshot calls (by request id) until the holder's uplo
 snapshot is stored only from the lease holder at its epoch and never claims a seq past the
 committed log. A snapshot from the worker a restore granted the session to confirms the
 restore (Restores).
+
+A snapshot may send only the history after an earlier stored snapshot's (its base): the stored
+history is the base's followed by what it sent, so it is whole again, and every reader (Resume,
+GetSnapshot, export, forks) sees whole snapshots only. Protobuf's encoding of a repeated field
+concatenates, so the merge is a byte concatenation, with no item decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from ._shared import Committer
 from .messages import ResumeSource, SnapshotRequestMsg, Timings
 from .model import Checkpoint, Snapshot, new_id, now_us
 from .ports import Changes, SessionReader
+
+#: The most history items one snapshot holds (its base's and its own).
+MAX_SNAPSHOT_ITEMS = 200_000
 
 if TYPE_CHECKING:
     from ._leases import Leases
@@ -92,11 +100,16 @@ class Snapshots:
         request_id: str,
         owner: str,
         checkpoint: Checkpoint | None = None,
+        base_snapshot_id: str = "",
     ) -> Snapshot:
+        """Store the holder's snapshot. With `base_snapshot_id`, `history` holds only the items
+        after that stored snapshot's history."""
         rec = await self._leases.load_and_check(worker_id, session_id, epoch, owner)
         committed = self._events.committed_seq(rec)
         if seq > committed:
             raise errors.InvalidArgument("seq", f"the snapshot claims seq {seq} but the log ends at {committed}")
+        if base_snapshot_id:
+            history, history_count = await self._on_base(session_id, seq, base_snapshot_id, history, history_count)
         snap = Snapshot(
             snapshot_id=new_id("snp"),
             session_id=session_id,
@@ -122,6 +135,25 @@ class Snapshots:
             changes.on_commit.append(confirm)
         await self._committer.commit(changes)
         return snap
+
+    async def _on_base(
+        self, session_id: str, seq: int, base_snapshot_id: str, history: bytes, history_count: int
+    ) -> tuple[bytes, int]:
+        """The whole history: the base snapshot's, then the items sent after it."""
+        base = await self._reader.get_snapshot(session_id, base_snapshot_id)
+        if base is None or base.seq > seq:
+            why = "is not a stored snapshot of the session" if base is None else f"covers seq {base.seq}, past {seq}"
+            raise errors.SnapshotBaseUnknown(
+                f"base snapshot {base_snapshot_id!r} {why}; send the whole history",
+                session_id=session_id,
+                snapshot_id=base_snapshot_id,
+            )
+        total = base.history_count + history_count
+        if total > MAX_SNAPSHOT_ITEMS:
+            raise errors.InvalidArgument(
+                "history", f"at most {MAX_SNAPSHOT_ITEMS} items per snapshot; with its base this one has {total}"
+            )
+        return base.history + history, total
 
     async def resume_source(self, worker_id: str, session_id: str, epoch: int, owner: str) -> ResumeSource:
         """What a resuming worker reads: the latest snapshot, the inputs at or before its

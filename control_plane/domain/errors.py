@@ -71,6 +71,14 @@ class SnapshotNotFound(DomainError):
     reason = "SNAPSHOT_NOT_FOUND"
 
 
+class SnapshotBaseUnknown(DomainError):
+    """A snapshot names a base that is not a stored snapshot of its session: the worker sends
+    the whole history instead."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "SNAPSHOT_BASE_UNKNOWN"
+
+
 class LeaseLost(DomainError):
     code = "FAILED_PRECONDITION"
     reason = "LEASE_LOST"

@@ -515,10 +515,22 @@ class Hub:
         request_id: str,
         owner: str,
         checkpoint: Checkpoint | None = None,
+        base_snapshot_id: str = "",
     ) -> Snapshot:
-        """Store a snapshot (and the workspace checkpoint it carries, checked by Workspaces)."""
+        """Store a snapshot (and the workspace checkpoint it carries, checked by Workspaces);
+        with `base_snapshot_id`, `history` is what follows that snapshot's (Snapshots)."""
         return await self._snapshots.store(
-            worker_id, session_id, epoch, seq, metadata_json, history, history_count, request_id, owner, checkpoint
+            worker_id,
+            session_id,
+            epoch,
+            seq,
+            metadata_json,
+            history,
+            history_count,
+            request_id,
+            owner,
+            checkpoint,
+            base_snapshot_id=base_snapshot_id,
         )
 
     async def resume_source(self, worker_id: str, session_id: str, epoch: int, owner: str) -> ResumeSource:

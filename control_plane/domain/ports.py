@@ -137,6 +137,10 @@ class SessionReader(Protocol):
 
     async def latest_snapshot(self, session_id: str) -> Snapshot | None: ...
 
+    async def get_snapshot(self, session_id: str, snapshot_id: str) -> Snapshot | None:
+        """One stored snapshot of the session (None: not stored, or another session's)."""
+        ...
+
     async def list_snapshots(self, session_id: str) -> list[Snapshot]:
         """The session's kept snapshots, oldest first."""
         ...

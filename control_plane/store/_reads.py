@@ -260,6 +260,17 @@ class Reader:
             ).first()
         return snapshot_from_row(row) if row else None
 
+    async def get_snapshot(self, session_id: str, snapshot_id: str) -> Snapshot | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(SnapshotRow.__table__).where(
+                        SnapshotRow.snapshot_id == snapshot_id, SnapshotRow.session_id == session_id
+                    )
+                )
+            ).first()
+        return snapshot_from_row(row) if row else None
+
     async def list_snapshots(self, session_id: str) -> list[Snapshot]:
         query = (
             select(SnapshotRow.__table__)

@@ -67,6 +67,8 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
     def __init__(self, *, liveness_s: float | None = LIVENESS_S) -> None:
         self.liveness_s = liveness_s
         self.lease_digests = False  # offered at Register: renewals then carry a digest
+        self.snapshot_deltas = False  # offered at Register: snapshots may name a base
+        self.unknown_bases: set[str] = set()  # base snapshot ids answered SNAPSHOT_BASE_UNKNOWN
         self.idle_heartbeat_s: float | None = None  # offered at Register when set
         self.resync_next = False  # answer the next renewal with resync
         self.log: list[tuple[Any, ...]] = []
@@ -180,6 +182,7 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         if self.idle_heartbeat_s is not None:
             response.idle_heartbeat_interval.CopyFrom(_duration(self.idle_heartbeat_s))
         response.lease_digests = self.lease_digests
+        response.snapshot_deltas = self.snapshot_deltas
         return response
 
     async def Lease(self, request_iterator, context):
@@ -260,6 +263,9 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         if self.snapshot_error is not None:
             code, reason = self.snapshot_error
             await context.abort(code, f"refused: {reason}", trailing_metadata=_rich_error(code, reason, reason))
+        if header.base_snapshot_id in self.unknown_bases:
+            code, reason = grpc.StatusCode.FAILED_PRECONDITION, "SNAPSHOT_BASE_UNKNOWN"
+            await context.abort(code, "base not stored", trailing_metadata=_rich_error(code, reason, reason))
         return wpb.SnapshotResponse(snapshot_id=f"snp_{len(self.snapshots())}", seq=header.seq)
 
 

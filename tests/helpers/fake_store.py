@@ -221,6 +221,9 @@ class MemoryStore:
         snaps = sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
         return snaps[-1] if snaps else None
 
+    async def get_snapshot(self, session_id: str, snapshot_id: str) -> Snapshot | None:
+        return next((s for s in self.snapshots.get(session_id, []) if s.snapshot_id == snapshot_id), None)
+
     async def list_snapshots(self, session_id: str) -> list[Snapshot]:
         return sorted(self.snapshots.get(session_id, []), key=lambda s: (s.seq, s.create_time_us))
 

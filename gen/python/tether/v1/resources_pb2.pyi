@@ -82,6 +82,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_WORKSPACE: _ClassVar[ErrorReason]
     ERROR_REASON_RUNTIME_NOT_PORTABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_SNAPSHOT_BASE_UNKNOWN: _ClassVar[ErrorReason]
 
 class RuntimePortability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -186,6 +187,7 @@ ERROR_REASON_CURSOR_EXPIRED: ErrorReason
 ERROR_REASON_WORKSPACE_LIMIT_EXCEEDED: ErrorReason
 ERROR_REASON_INVALID_WORKSPACE: ErrorReason
 ERROR_REASON_RUNTIME_NOT_PORTABLE: ErrorReason
+ERROR_REASON_SNAPSHOT_BASE_UNKNOWN: ErrorReason
 RUNTIME_PORTABILITY_UNSPECIFIED: RuntimePortability
 RUNTIME_PORTABILITY_HISTORY: RuntimePortability
 RUNTIME_PORTABILITY_STATE: RuntimePortability

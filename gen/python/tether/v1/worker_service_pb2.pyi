@@ -68,7 +68,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., output_schema_runtimes: _Optional[_Iterable[str]] = ..., runtime_portability: _Optional[_Mapping[str, _resources_pb2.RuntimePortability]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests", "max_message_bytes")
+    __slots__ = ("worker_id", "registration_id", "heartbeat_interval", "lease_ttl", "offer_timeout", "reconnect_backoff_initial", "reconnect_backoff_max", "max_events_per_message", "liveness_timeout", "worker_dead_grace", "idle_heartbeat_interval", "lease_digests", "max_message_bytes", "snapshot_deltas")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class RegisterResponse(_message.Message):
     IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DELTAS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     registration_id: str
     heartbeat_interval: _duration_pb2.Duration
@@ -95,7 +96,8 @@ class RegisterResponse(_message.Message):
     idle_heartbeat_interval: _duration_pb2.Duration
     lease_digests: bool
     max_message_bytes: int
-    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_digests: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    snapshot_deltas: bool
+    def __init__(self, worker_id: _Optional[str] = ..., registration_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., offer_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconnect_backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_events_per_message: _Optional[int] = ..., liveness_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_dead_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_digests: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., snapshot_deltas: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "registration_id", "running_turns", "leases")
@@ -401,7 +403,7 @@ class ResumeResponse(_message.Message):
     def __init__(self, snapshot_seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_resources_pb2.Event, _Mapping]]] = ..., workspace: _Optional[_Union[_resources_pb2.WorkspaceManifest, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("worker_id", "session_id", "lease_epoch", "seq", "runtime_metadata_json", "request_id", "history", "workspace")
+    __slots__ = ("worker_id", "session_id", "lease_epoch", "seq", "runtime_metadata_json", "request_id", "history", "workspace", "base_snapshot_id")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -410,6 +412,7 @@ class SnapshotRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    BASE_SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     session_id: str
     lease_epoch: int
@@ -418,7 +421,8 @@ class SnapshotRequest(_message.Message):
     request_id: str
     history: _containers.RepeatedCompositeFieldContainer[_resources_pb2.HistoryItem]
     workspace: _resources_pb2.WorkspaceManifest
-    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., request_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., workspace: _Optional[_Union[_resources_pb2.WorkspaceManifest, _Mapping]] = ...) -> None: ...
+    base_snapshot_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., runtime_metadata_json: _Optional[str] = ..., request_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[_resources_pb2.HistoryItem, _Mapping]]] = ..., workspace: _Optional[_Union[_resources_pb2.WorkspaceManifest, _Mapping]] = ..., base_snapshot_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("snapshot_id", "seq")
