@@ -75,7 +75,10 @@ async def test_a_delta_is_stored_whole_and_a_bad_base_stores_nothing(control_pla
         await w.close()
 
 
-async def test_the_worker_sends_only_the_new_history_once_the_control_plane_takes_deltas(fake_cp, start_worker):
+async def test_the_worker_sends_only_the_new_history_once_the_control_plane_takes_deltas(
+    fake_cp, start_worker, monkeypatch
+):
+    monkeypatch.setattr("tether.execution_worker._snapshots.DELTA_MIN_BASE_ITEMS", 2)
     cp, target = fake_cp
     cp.snapshot_deltas = True
     start_worker(target, snapshot_idle_s=0.0)
@@ -97,7 +100,8 @@ async def test_the_worker_sends_only_the_new_history_once_the_control_plane_take
     assert h5.base_snapshot_id == "" and len(items5) == 8 and h5.seq == h4.seq
 
 
-async def test_a_control_plane_without_deltas_gets_the_whole_history_every_time(fake_cp, start_worker):
+async def test_a_control_plane_without_deltas_gets_the_whole_history_every_time(fake_cp, start_worker, monkeypatch):
+    monkeypatch.setattr("tether.execution_worker._snapshots.DELTA_MIN_BASE_ITEMS", 2)
     cp, target = fake_cp
     start_worker(target, snapshot_idle_s=0.0)
     await _connected(cp)
@@ -105,3 +109,16 @@ async def test_a_control_plane_without_deltas_gets_the_whole_history_every_time(
         await _run_turn(cp, "ses_w", turn)
         await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
     assert [(h.base_snapshot_id, len(items)) for h, items in cp.snapshots()] == [("", 2), ("", 4)]
+
+
+async def test_a_short_history_is_sent_whole_as_a_delta_would_cost_more(fake_cp, start_worker, monkeypatch):
+    monkeypatch.setattr("tether.execution_worker._snapshots.DELTA_MIN_BASE_ITEMS", 4)
+    cp, target = fake_cp
+    cp.snapshot_deltas = True
+    start_worker(target, snapshot_idle_s=0.0)
+    await _connected(cp)
+    for n, turn in enumerate(("trn_1", "trn_2", "trn_3"), start=1):
+        await _run_turn(cp, "ses_s", turn)
+        await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
+    # A base of 2 items is below the bound; one of 4 is not.
+    assert [(h.base_snapshot_id, len(items)) for h, items in cp.snapshots()] == [("", 2), ("", 4), ("snp_2", 2)]
