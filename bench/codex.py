@@ -13,6 +13,14 @@ run just before it), which cancels the slow drift of a shared machine better tha
 of two medians; both medians are printed next to it. Both sides use the pinned Codex binary with
 the same settings and a fresh CODEX_HOME; the first turns of each (process start, thread start)
 are warm-up and not counted.
+
+Where a Tether turn's time goes, on the control plane's clock (the same as this process's
+`time.time_ns()`), medians on the figure's line: `to_running_ms_p50` from SendInput to the
+turn's `start_time` (when the control plane took the worker's acceptance: the input's commit,
+the offer and the AcceptOffer), `running_to_end_ms_p50` from there to the terminal event's
+`create_time` (when the control plane numbered it: the grant, Codex's turn read and mapped by the
+worker, the StreamEvents hop; compare it with the direct turn), and `end_to_client_ms_p50` from
+there to this process reading it (the commit, the fan-out and the stream's hop).
 """
 
 from __future__ import annotations
@@ -151,6 +159,7 @@ async def main() -> bool | None:
         thread_id = await direct.open_thread(str(cwd))
         direct_ms: list[float] = []
         tether_ms: list[float] = []
+        phases: dict[str, list[float]] = {"to_running": [], "running_to_end": [], "end_to_client": []}
         async with grpc.aio.insecure_channel(target) as ch:
             stub = sgrpc.SessionServiceStub(ch)
             sid = (await stub.CreateSession(spb.CreateSessionRequest(runtime="codex"), timeout=10)).session.session_id
@@ -160,20 +169,31 @@ async def main() -> bool | None:
                 text = f"say hi {i}"
                 d = await direct.turn(thread_id, text)
                 t0 = time.perf_counter()
-                await stub.SendInput(spb.SendInputRequest(session_id=sid, input=text), timeout=10)
+                sent_ns = time.time_ns()
+                sent = await stub.SendInput(spb.SendInputRequest(session_id=sid, input=text), timeout=10)
                 ended = ""
+                numbered: dict[str, int] = {}  # kind -> when the control plane numbered it
                 while not ended:
                     async with asyncio.timeout(60):
                         msg = await events.__anext__()
                     for e in msg.events:
                         kind = e.body.WhichOneof("kind")
+                        numbered.setdefault(kind, e.create_time.ToNanoseconds())
                         if kind in TERMINAL:
                             ended = kind
+                received_ns = time.time_ns()
                 t = (time.perf_counter() - t0) * 1000
                 assert ended == "turn_completed", f"turn {i} through Tether ended {ended}"
                 if i >= WARMUP:
                     direct_ms.append(d)
                     tether_ms.append(t)
+                    turn = await stub.GetTurn(
+                        spb.GetTurnRequest(session_id=sid, turn_id=sent.turn.turn_id), timeout=10
+                    )
+                    running, end = turn.turn.start_time.ToNanoseconds(), numbered[ended]
+                    phases["to_running"].append((running - sent_ns) / 1e6)
+                    phases["running_to_end"].append((end - running) / 1e6)
+                    phases["end_to_client"].append((received_ns - end) / 1e6)
             stream.cancel()
         await direct.close()
         ps.stop_all()
@@ -186,5 +206,6 @@ async def main() -> bool | None:
         turns=len(tether_ms),
         direct_p50_ms=round(direct_p50, 2),
         tether_p50_ms=round(tether_p50, 2),
+        **{f"{name}_ms_p50": round(percentile(values, 50), 2) for name, values in phases.items()},
     )
     return None
