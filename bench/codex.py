@@ -187,9 +187,7 @@ async def main() -> bool | None:
                 if i >= WARMUP:
                     direct_ms.append(d)
                     tether_ms.append(t)
-                    turn = await stub.GetTurn(
-                        spb.GetTurnRequest(session_id=sid, turn_id=sent.turn.turn_id), timeout=10
-                    )
+                    turn = await stub.GetTurn(spb.GetTurnRequest(session_id=sid, turn_id=sent.turn.turn_id), timeout=10)
                     running, end = turn.turn.start_time.ToNanoseconds(), numbered[ended]
                     phases["to_running"].append((running - sent_ns) / 1e6)
                     phases["running_to_end"].append((end - running) / 1e6)
