@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ._shared import Committer, log
 from .messages import GrantMsg, OfferMsg, RevokeMsg, Timings
 from .model import Session, now_us
-from .ports import BodyCodec, Changes
+from .ports import BodyCodec, Changes, WriteFailed
 
 #: The RegisterRequest feature of a worker that runs an offer carrying its grant without
 #: accepting it (`Offer.granted`).
@@ -406,6 +406,18 @@ class Scheduler:
             w.free(turn_id)
             w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
             self.dispatch_waiting()
+            return
+        unstored = rec.turns.unstored.get(turn_id)
+        if unstored is not None and not unstored.done():
+            # Offered while its input's commit was in flight: nothing is granted before that
+            # commit. If it fails, the failed write's recovery has dropped every record and
+            # closed every Lease stream, so the worker forgets the accepted offer.
+            try:
+                await asyncio.shield(unstored)
+            except WriteFailed:
+                w.free(turn_id)
+                return
+            await self.accept(worker_id, session_id, turn_id, epoch)  # checked again, now stored
             return
         offer = rec.offer
         if offer.timer:

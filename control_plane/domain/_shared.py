@@ -29,8 +29,13 @@ class Committer:
     async def commit(self, changes: Changes) -> None:
         # Submitted before the first suspension, like every decision: commit order is the
         # order in which callers decided.
+        await self.wait(self._writer.submit(changes))
+
+    @staticmethod
+    async def wait(stored: asyncio.Future[None]) -> None:
+        """Wait for a submitted commit; a failed write is UNAVAILABLE."""
         try:
-            await self._writer.submit(changes)
+            await stored
         except WriteFailed as exc:
             raise errors.Unavailable(f"the database did not accept the write: {exc}") from exc
 

@@ -13,6 +13,7 @@ with a turn queued, offered or running, never every loaded one.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class TurnBook:
     queue: collections.deque[str] = field(default_factory=collections.deque)
     active: Turn | None = None  # offered or running
     keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> turn id
+    # Turns whose input's commit is still in flight, with its future: they may be offered
+    # meanwhile, but nothing grants one before its commit (Scheduler.accept).
+    unstored: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @classmethod
     def reloaded(cls, open_turns: list[Turn]) -> TurnBook:
@@ -319,10 +323,21 @@ class Turns:
         self._tracer.queued(turn, runtime)
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
         # A turn for the session's warm holder starts in this commit and its offer carries
-        # the grant; any other is dispatched once the turn is stored.
-        if not self._scheduler.dispatch_with_commit(rec, changes):
-            changes.on_commit.append(lambda: self._scheduler.dispatch(rec))
-        await self._committer.commit(changes)
+        # the grant. Any other is offered now, while its commit is in flight: the offer and its
+        # AcceptOffer travel meanwhile, and the grant waits for the commit (Scheduler.accept),
+        # so no worker runs it before it is durable.
+        granted = self._scheduler.dispatch_with_commit(rec, changes)
+        stored = self._committer.submit(changes)
+        if not granted:
+            book.unstored[turn.turn_id] = stored
+            try:
+                self._scheduler.dispatch(rec)
+            except Exception:  # the turn is decided: it commits whatever dispatching found
+                log.exception("dispatching turn %s before its commit failed", turn.turn_id)
+        try:
+            await self._committer.wait(stored)
+        finally:
+            book.unstored.pop(turn.turn_id, None)
         log.debug("turn %s queued", turn.turn_id, extra={"session_id": session_id, "turn_id": turn.turn_id})
         return turn, False
 

@@ -58,14 +58,32 @@ class MemoryStore:
     on_failure: Callable[[], None] | None = None
     fail_next: int = 0  # how many of the next commits fail
     commits: int = 0
+    # While paused, submitted commits wait, in order, for `resume()` (a commit in flight).
+    paused: bool = False
+    _held: list[_Unit] = field(default_factory=list)
 
     # ----------------------------------------------------------------- GroupCommitWriter
 
     def submit(self, changes: Changes) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         unit = _Unit(_frozen(changes), done)
-        asyncio.get_running_loop().call_soon(self._commit, unit)
+        if self.paused:
+            self._held.append(unit)
+        else:
+            asyncio.get_running_loop().call_soon(self._commit, unit)
         return done
+
+    def resume(self) -> None:
+        """Carry out the commits held while paused, in order, and stop pausing."""
+        self.paused = False
+        held, self._held = self._held, []
+        for unit in held:
+            asyncio.get_running_loop().call_soon(self._commit, unit)
+
+    def lose_held(self) -> None:
+        """The process died with the held commits in flight: they never happen."""
+        self.paused = False
+        self._held = []
 
     def _commit(self, unit: _Unit) -> None:
         if self.fail_next > 0:
