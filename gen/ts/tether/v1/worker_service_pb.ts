@@ -879,7 +879,9 @@ export type Offer = Message<"tether.v1.Offer"> & {
   resumeRequired: boolean;
 
   /**
-   * Sequence number of the session's last stored event when the offer was made.
+   * Sequence number of the session's last stored event when the offer was made. A turn is
+   * offered while its input's commit is in flight, so this may be the seq before the turn's own
+   * input_received; OfferGranted comes only once that commit is done.
    *
    * @generated from field: uint64 last_seq = 7;
    */
