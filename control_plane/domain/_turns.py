@@ -47,7 +47,8 @@ class TurnBook:
     active: Turn | None = None  # offered or running
     keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> turn id
     # Turns whose input's commit is still in flight, with its future: they may be offered
-    # meanwhile, but nothing grants one before its commit (Scheduler.accept).
+    # meanwhile, but nothing grants one before its commit (Scheduler.accept), and a repeat of
+    # their idempotency key is answered only once it is done.
     unstored: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @classmethod
@@ -268,6 +269,9 @@ class Turns:
                         "different input; use a new key for new input",
                         turn_id=existing.turn_id,
                     )
+                unstored = rec.turns.unstored.get(existing.turn_id)
+                if unstored is not None:  # the first call's commit is in flight: answer as it will
+                    await self._committer.wait(asyncio.shield(unstored))
                 return existing, True
             if rec.deleted:
                 raise errors.SessionNotFound(session_id)
@@ -328,8 +332,8 @@ class Turns:
         # so no worker runs it before it is durable.
         granted = self._scheduler.dispatch_with_commit(rec, changes)
         stored = self._committer.submit(changes)
+        book.unstored[turn.turn_id] = stored
         if not granted:
-            book.unstored[turn.turn_id] = stored
             try:
                 self._scheduler.dispatch(rec)
             except Exception:  # the turn is decided: it commits whatever dispatching found

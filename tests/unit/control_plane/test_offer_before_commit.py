@@ -85,3 +85,28 @@ async def test_a_control_plane_killed_before_the_commit_leaves_nothing_to_run() 
         assert store.turns[again.turn_id].state == TurnState.RUNNING
     finally:
         await restarted.stop()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["stored", "failed"])
+async def test_a_repeated_key_is_answered_only_once_the_first_calls_commit_is_done(fails: bool) -> None:
+    hub, store = new_hub()
+    sid = await new_session(hub)
+    store.paused = True
+    first = asyncio.create_task(hub.send_input(OWNER, sid, "hi", "key-1"))
+    await settle()
+    repeat = asyncio.create_task(hub.send_input(OWNER, sid, "hi", "key-1"))
+    await settle()
+    assert not first.done() and not repeat.done(), "a repeat answered for a turn not yet stored"
+
+    store.fail_next = 1 if fails else 0
+    store.resume()
+    await settle()
+    if fails:
+        for call in (first, repeat):
+            with pytest.raises(errors.Unavailable):
+                await call
+        assert not store.turns
+    else:
+        (turn, deduplicated), (again, repeated) = await first, await repeat
+        assert (again.turn_id, deduplicated, repeated) == (turn.turn_id, False, True)
+        assert list(store.turns) == [turn.turn_id]
