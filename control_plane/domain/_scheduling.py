@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ._shared import Committer, log
 from .messages import GrantMsg, OfferMsg, RevokeMsg, Timings
 from .model import Session, now_us
-from .ports import BodyCodec, Changes, WriteFailed
+from .ports import BodyCodec, Changes
 
 #: The RegisterRequest feature of a worker that runs an offer carrying its grant without
 #: accepting it (`Offer.granted`).
@@ -412,9 +412,8 @@ class Scheduler:
             # Offered while its input's commit was in flight: nothing is granted before that
             # commit. If it fails, the failed write's recovery has dropped every record and
             # closed every Lease stream, so the worker forgets the accepted offer.
-            try:
-                await asyncio.shield(unstored)
-            except WriteFailed:
+            await asyncio.wait({unstored})  # its outcome, without raising it here
+            if unstored.cancelled() or unstored.exception() is not None:
                 w.free(turn_id)
                 return
             await self.accept(worker_id, session_id, turn_id, epoch)  # checked again, now stored

@@ -339,7 +339,9 @@ class Turns:
             except Exception:  # the turn is decided: it commits whatever dispatching found
                 log.exception("dispatching turn %s before its commit failed", turn.turn_id)
         try:
-            await self._committer.wait(stored)
+            # Shielded: a caller that goes away (its RPC cancelled) must not cancel the future
+            # that AcceptOffer and repeats of the key wait on; the commit happens anyway.
+            await self._committer.wait(asyncio.shield(stored))
         finally:
             book.unstored.pop(turn.turn_id, None)
         log.debug("turn %s queued", turn.turn_id, extra={"session_id": session_id, "turn_id": turn.turn_id})

@@ -110,3 +110,16 @@ async def test_a_repeated_key_is_answered_only_once_the_first_calls_commit_is_do
         (turn, deduplicated), (again, repeated) = await first, await repeat
         assert (again.turn_id, deduplicated, repeated) == (turn.turn_id, False, True)
         assert list(store.turns) == [turn.turn_id]
+
+
+async def test_an_input_whose_caller_goes_away_mid_commit_is_still_granted() -> None:
+    hub, store, w, sid, offer, sending, accepting = await _offered_in_flight()
+
+    sending.cancel()  # the app's SendInput is cancelled while the commit is in flight
+    await asyncio.gather(sending, return_exceptions=True)
+    store.resume()
+    await settle()
+    await accepting  # the worker's Lease stream carries on: nothing raised into it
+
+    assert [g.turn_id for g in w.only(GrantMsg)] == [offer.turn_id]
+    assert store.turns[offer.turn_id].state == TurnState.RUNNING
