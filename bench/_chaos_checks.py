@@ -128,9 +128,12 @@ class _Tally:
         self.problems.append(text)
 
 
-def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], turns: dict[str, Any]) -> _Tally:
+def check_session(
+    run: SessionRun, events: list[sdk.Event], epochs: list[int], turns: dict[str, Any], *, ledger_read: bool = True
+) -> _Tally:
     """Check one session's full log against what its driver sent. `epochs[k]` is the
-    lease_epoch of `events[k]`; `turns` maps turn id to GetTurn's answer."""
+    lease_epoch of `events[k]`; `turns` maps turn id to GetTurn's answer; `ledger_read`: the
+    driver ended the session with one more turn that read its ledger (the chaos run does)."""
     t = _Tally()
     sid = run.session_id
     seqs = [e.seq for e in events]
@@ -209,7 +212,7 @@ def check_session(run: SessionRun, events: list[sdk.Event], epochs: list[int], t
     for a in run.attempts:
         if a.turn_id and a.turn_id not in logged:
             t.problem(f"{sid}: turn {a.turn_id} (key {a.key}) the driver stored is not in the log")
-    for j in range(run.n_turns + 1):  # the intended turns, then the ledger read
+    for j in range(run.n_turns + (1 if ledger_read else 0)):  # the intended turns, then the ledger read
         if completed_for[j] > 1:
             t.duplicated += completed_for[j] - 1
             t.problem(f"{sid}: intended turn {j} completed {completed_for[j]} times")
