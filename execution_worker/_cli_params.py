@@ -35,22 +35,6 @@ def check_runtimes(ctx: click.Context, param: click.Parameter, values: tuple[str
     return tuple(dict.fromkeys(names)) or ("shell",)
 
 
-class CodexConfigOverride(click.ParamType):
-    """One `-c KEY=TOML` override for codex. TETHER_CODEX_CONFIG holds one per line, since TOML
-    values (inline tables, strings) may contain spaces."""
-
-    name = "KEY=TOML"
-    envvar_list_splitter = "\n"
-
-    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        value = value.strip()
-        if value:
-            key, sep, _ = value.partition("=")
-            if not sep or not key.strip():
-                self.fail(f"{value!r} is not of the form KEY=TOML", param, ctx)
-        return value
-
-
 class Line(click.ParamType):
     """A value that may hold spaces (a Claude tool rule such as `Bash(git *)`, an argument): its
     environment variable holds one per line."""
@@ -62,19 +46,20 @@ class Line(click.ParamType):
         return value.strip()
 
 
-class AcpEnvEntry(click.ParamType):
-    """One `KEY=VALUE` for the acp agent's environment. TETHER_ACP_ENV holds one per line, since
-    values may contain spaces."""
+class KeyedLine(Line):
+    """A `KEY=...` line: a codex `-c KEY=TOML` override (TETHER_CODEX_CONFIG), or a `KEY=VALUE`
+    of the acp agent's environment (TETHER_ACP_ENV); one per line in the variable, since values
+    may contain spaces. `name` says the form, as help and errors show it."""
 
-    name = "KEY=VALUE"
-    envvar_list_splitter = "\n"
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        value = value.strip()
+        value = super().convert(value, param, ctx)
         if value:
             key, sep, _ = value.partition("=")
             if not sep or not key.strip():
-                self.fail(f"{value!r} is not of the form KEY=VALUE", param, ctx)
+                self.fail(f"{value!r} is not of the form {self.name}", param, ctx)
         return value
 
 

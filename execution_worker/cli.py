@@ -29,8 +29,7 @@ from tether.execution_worker import _process
 from tether.execution_worker._acp_settings import AcpSettings, parse_env
 from tether.execution_worker._claude_settings import PERMISSION_MODES, ClaudeSettings
 from tether.execution_worker._cli_params import (
-    AcpEnvEntry,
-    CodexConfigOverride,
+    KeyedLine,
     Line,
     check_runtimes,
     drop_blank,
@@ -194,7 +193,7 @@ from tether.logs import tracing
     envvar="TETHER_CODEX_CONFIG",
     show_envvar=True,
     multiple=True,
-    type=CodexConfigOverride(),
+    type=KeyedLine("KEY=TOML"),
     callback=drop_blank,
     help="Codex config override passed as `-c KEY=TOML`; repeatable (one per line in the environment variable).",
 )
@@ -286,7 +285,7 @@ from tether.logs import tracing
     envvar="TETHER_ACP_ENV",
     show_envvar=True,
     multiple=True,
-    type=AcpEnvEntry(),
+    type=KeyedLine("KEY=VALUE"),
     callback=drop_blank,
     help="KEY=VALUE set in the ACP agent's environment; repeatable (one per line in the environment variable).",
 )
