@@ -10,8 +10,8 @@ history synchronously and sends it in a task of its own, so it never holds up th
 When the control plane takes deltas (RegisterResponse.snapshot_deltas) and the history still
 begins with what the session's latest stored snapshot sent (at least DELTA_MIN_BASE_ITEMS
 items), an upload sends only the items that follow, naming that snapshot as its base: a long
-session does not resend its whole history after every turn. A base the control plane no longer has (SNAPSHOT_BASE_UNKNOWN) costs one
-retry with the whole history.
+session does not resend its whole history after every turn. A base the control plane no longer
+has (SNAPSHOT_BASE_UNKNOWN) costs one retry with the whole history.
 """
 
 from __future__ import annotations

@@ -395,6 +395,16 @@ class Scheduler:
         if not turn_id:
             await self._restores.accept(w, rec, session_id, epoch)
             return
+        unstored = rec.turns.unstored.get(turn_id) if rec is not None else None
+        if unstored is not None and not unstored.done():
+            # Offered while its input's commit was in flight: nothing is granted before that
+            # commit. If it fails, the failed write's recovery has dropped every record and
+            # closed every Lease stream, so the worker forgets the accepted offer.
+            await asyncio.wait({unstored})  # its outcome, without raising it here
+            if unstored.cancelled() or unstored.exception() is not None:
+                w.free(turn_id)
+                return
+            rec = self._sessions.get(session_id)  # what holds now, checked below
         turn = self._turns.offered(rec) if rec is not None else None
         if (
             rec is None
@@ -406,17 +416,6 @@ class Scheduler:
             w.free(turn_id)
             w.push(RevokeMsg(session_id, epoch, "the offer is no longer valid"))
             self.dispatch_waiting()
-            return
-        unstored = rec.turns.unstored.get(turn_id)
-        if unstored is not None and not unstored.done():
-            # Offered while its input's commit was in flight: nothing is granted before that
-            # commit. If it fails, the failed write's recovery has dropped every record and
-            # closed every Lease stream, so the worker forgets the accepted offer.
-            await asyncio.wait({unstored})  # its outcome, without raising it here
-            if unstored.cancelled() or unstored.exception() is not None:
-                w.free(turn_id)
-                return
-            await self.accept(worker_id, session_id, turn_id, epoch)  # checked again, now stored
             return
         offer = rec.offer
         if offer.timer:
