@@ -32,6 +32,13 @@ async def _snapshot(w: FakeWorker, session_id: str, epoch: int, seq: int, items,
     return (await w.stub.Snapshot(iter([request]), timeout=10)).snapshot_id
 
 
+async def _turns_each_snapshotted(cp, session_id: str, turns: int) -> None:
+    """Run turns trn_1.. of `session_id` one at a time, each followed by its after-turn snapshot."""
+    for n in range(1, turns + 1):
+        await _run_turn(cp, session_id, f"trn_{n}")
+        await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
+
+
 async def _reason(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call
@@ -83,9 +90,7 @@ async def test_the_worker_sends_only_the_new_history_once_the_control_plane_take
     cp.snapshot_deltas = True
     start_worker(target, snapshot_idle_s=0.0)
     await _connected(cp)
-    for n, turn in enumerate(("trn_1", "trn_2", "trn_3"), start=1):
-        await _run_turn(cp, "ses_d", turn)
-        await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
+    await _turns_each_snapshotted(cp, "ses_d", 3)
     (h1, items1), (h2, items2), (h3, items3) = cp.snapshots()
     assert h1.base_snapshot_id == "" and [i.text for i in items1] == ["cmd trn_1", "ran cmd trn_1\n"]
     assert h2.base_snapshot_id == "snp_1" and [i.text for i in items2] == ["cmd trn_2", "ran cmd trn_2\n"]
@@ -105,9 +110,7 @@ async def test_a_control_plane_without_deltas_gets_the_whole_history_every_time(
     cp, target = fake_cp
     start_worker(target, snapshot_idle_s=0.0)
     await _connected(cp)
-    for n, turn in enumerate(("trn_1", "trn_2"), start=1):
-        await _run_turn(cp, "ses_w", turn)
-        await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
+    await _turns_each_snapshotted(cp, "ses_w", 2)
     assert [(h.base_snapshot_id, len(items)) for h, items in cp.snapshots()] == [("", 2), ("", 4)]
 
 
@@ -117,8 +120,6 @@ async def test_a_short_history_is_sent_whole_as_a_delta_would_cost_more(fake_cp,
     cp.snapshot_deltas = True
     start_worker(target, snapshot_idle_s=0.0)
     await _connected(cp)
-    for n, turn in enumerate(("trn_1", "trn_2", "trn_3"), start=1):
-        await _run_turn(cp, "ses_s", turn)
-        await eventually(lambda n=n: len(cp.snapshots()) == n, timeout=3, what=f"snapshot {n}")
+    await _turns_each_snapshotted(cp, "ses_s", 3)
     # A base of 2 items is below the bound; one of 4 is not.
     assert [(h.base_snapshot_id, len(items)) for h, items in cp.snapshots()] == [("", 2), ("", 4), ("snp_2", 2)]
