@@ -19,7 +19,7 @@ from ..domain._workspaces import Workspaces
 from ..domain.access import FailureLimiter, Limits, WorkerCaller
 from ..domain.hub import Hub
 from ..domain.messages import CloseMsg, RevokeMsg
-from ..domain.model import WorkerInfo
+from ..domain.model import TERMINAL_KINDS, WorkerInfo
 from ..domain.ports import CredentialStore
 from . import _validate as v
 from ._auth import Authenticator, peer_address
@@ -319,14 +319,31 @@ class WorkerService(WorkspaceCalls):
             )
             carried: Any = None  # an item taken off the queue while coalescing, not yet durable
             unwatch = self._auth.watch(caller, pending.put_nowait)
+            loop = asyncio.get_running_loop()
+            ack_delay = self._hub.timings.event_ack_delay_s
+            unsent: tuple[int, int] | None = None  # (acked_worker_seq, last_seq) durable, not yet acknowledged
+            ack_due = 0.0  # when `unsent` goes out at the latest
             try:
                 while True:
-                    item, carried = (carried if carried is not None else await pending.get()), None
+                    if carried is not None:
+                        item, carried = carried, None
+                    elif unsent is None:
+                        item = await pending.get()
+                    else:
+                        try:
+                            async with asyncio.timeout_at(ack_due):
+                                item = await pending.get()
+                        except TimeoutError:
+                            yield wpb.StreamEventsResponse(acked_worker_seq=unsent[0], last_seq=unsent[1])
+                            unsent = None
+                            continue
                     if item is _END:
+                        if unsent is not None:
+                            yield wpb.StreamEventsResponse(acked_worker_seq=unsent[0], last_seq=unsent[1])
                         return
                     if isinstance(item, BaseException):
                         raise item
-                    fut, acked, last = item
+                    fut, acked, last, urgent = item
                     try:
                         if fut is not None:
                             await fut
@@ -336,14 +353,21 @@ class WorkerService(WorkspaceCalls):
                             if not _durable(nxt):
                                 carried = nxt
                                 break
-                            fut, acked, last = nxt
+                            fut, acked, last, later_urgent = nxt
+                            urgent = urgent or later_urgent
                             if fut is not None:
                                 fut.result()
                     except errors.DomainError:
                         raise
                     except Exception as exc:
                         raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
-                    yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
+                    if urgent or ack_delay <= 0:
+                        yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
+                        unsent = None
+                    else:
+                        if unsent is None:
+                            ack_due = loop.time() + ack_delay
+                        unsent = (acked, last)
             finally:
                 unwatch()
                 reader.cancel()
@@ -380,7 +404,11 @@ class WorkerService(WorkspaceCalls):
                                 f"events[{i}].body", f"{e.kind} is written by the control plane"
                             )
                     result = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
-                    pending.put_nowait((result.committed, result.acked_worker_seq, result.last_seq))
+                    stored = result.events
+                    # A resend (nothing new) or a turn's end is acknowledged at once: the worker
+                    # waits for that ack (its snapshot, a drain); the rest may wait (Timings.event_ack_delay_s).
+                    urgent = result.committed is None or (bool(stored) and stored[-1].kind in TERMINAL_KINDS)
+                    pending.put_nowait((result.committed, result.acked_worker_seq, result.last_seq, urgent))
                 req = await anext(requests, None)
             pending.put_nowait(_END)
         except asyncio.CancelledError:

@@ -77,6 +77,11 @@ class Timings:
     waiting_notice_s: float = 2.0
     # Server-side only. How often the control plane looks for scheduled deletions that are due.
     deletion_sweep_s: float = 1.0
+    # Server-side only. How long the acknowledgement of a worker's stored events may wait for
+    # the stream's next batches, so one ack covers them all (a live turn's deltas each leave in
+    # a message of their own). A batch that ends a turn, or holds only events already stored, is
+    # acknowledged at once, as is whatever is unacknowledged when the worker closes the stream.
+    event_ack_delay_s: float = 0.25
     # Server-side only, a dispatch policy rather than a timing: a sticky turn for a warm holder
     # that announces the granted_offer feature is stored running in its input's commit and its
     # offer carries the grant (no AcceptOffer round). Off by default: a turn granted to a worker

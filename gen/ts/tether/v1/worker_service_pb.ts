@@ -1266,7 +1266,10 @@ export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__P
   messageDesc(file_tether_v1_worker_service, 26);
 
 /**
- * StreamEventsResponse acknowledges stored events.
+ * StreamEventsResponse acknowledges stored events. One ack may cover several batches: the
+ * server may hold it up to a short delay (250 ms by default) for the stream's next batches. A
+ * batch that ends a turn, or that holds only events already stored, is acknowledged at once,
+ * and whatever is unacknowledged is acknowledged before the server ends a half-closed stream.
  *
  * @generated from message tether.v1.StreamEventsResponse
  */
