@@ -91,6 +91,9 @@ class Session:
     # Bumped when a turn is granted: an after-turn snapshot that sees it changed skips.
     turn_generation: int = 0
     turns_since_snapshot: int = 0
+    # Turns finished here, and how many of them the latest snapshot stored from here covers.
+    turns_finished: int = 0
+    turns_stored: int = 0
     # Its workspace, once a runtime that moves its files is started (see `_checkpoints`).
     workspace: SessionWorkspace | None = None
 

@@ -46,6 +46,11 @@ class WorkerSettings:
     #: ... once the session has then been idle this long (a turn that starts meanwhile takes
     #: the snapshot over at its own end).
     snapshot_idle_s: float = 0.05
+    #: ... but a session whose runtime rebuilds from the log (portability history) and whose
+    #: files are as its latest checkpoint has them skips that upload until this many turns have
+    #: finished since its latest stored snapshot: the upload would carry only history that the
+    #: log already holds and that a restore replays from it. 1: an upload after every turn.
+    snapshot_log_turns: int = 16
     #: Gitignore patterns left out of every workspace checkpoint (besides each workspace's own
     #: `.tetherignore`); what they match stays on the worker that wrote it.
     workspace_ignores: tuple[str, ...] = DEFAULT_IGNORES
@@ -92,6 +97,8 @@ class WorkerSettings:
             raise ValueError("at least one runtime is required")
         if self.snapshot_every_turns < 0:
             raise ValueError(f"snapshot_every_turns must be 0 or more, got {self.snapshot_every_turns}")
+        if self.snapshot_log_turns < 1:
+            raise ValueError(f"snapshot_log_turns must be 1 or more, got {self.snapshot_log_turns}")
         if self.warm_sessions < 0:
             raise ValueError(f"warm_sessions must be 0 or more, got {self.warm_sessions}")
         if self.turn_timeout_s < 0:

@@ -1,7 +1,10 @@
 """Session snapshots: when the worker uploads one, and the upload itself.
 
 A session's runtime is checkpointed after every `snapshot_every_turns` finished turns (once the
-turn's events are acknowledged, unless the next turn already started), on a SnapshotRequested,
+turn's events are acknowledged, unless the next turn already started). That upload is skipped
+when it would carry nothing the log lacks: the runtime rebuilds from the log (portability
+history), its files are as the latest checkpoint has them, and fewer than `snapshot_log_turns`
+turns have finished since the latest stored snapshot. A snapshot is also taken on a SnapshotRequested,
 right after a restore-only placement (the control plane takes the first snapshot at the new
 epoch as the confirmation that the restore worked), and before the session leaves the worker's
 memory: at the end of a drain, and when it is cooled (`_session`). Each upload captures the
@@ -79,6 +82,7 @@ class SnapshotCapture:
     metadata_json: str
     workspace: SessionWorkspace | None = None
     hold: WorkspaceHold | None = None
+    turns_finished: int = 0  # the session's finished turns the history covers
 
 
 class Snapshots:
@@ -94,8 +98,12 @@ class Snapshots:
         sessions: SessionTable,
         drop_later: Callable[[str, int, str], None],
         checkpoints: Checkpoints,
+        rebuilds_from_log: Callable[[str], bool],
     ) -> None:
+        """`rebuilds_from_log(runtime_name)`: whether that runtime's sessions continue from the
+        history alone (portability history), which Resume rebuilds from the log after a snapshot."""
         self._checkpoints = checkpoints
+        self._rebuilds_from_log = rebuilds_from_log
         self._settings = settings
         self._worker_id = worker_id
         self._link = link
@@ -112,6 +120,7 @@ class Snapshots:
             return
         every = self._settings.snapshot_every_turns
         due = False
+        session.turns_finished += 1
         if session.runtime is not None and every > 0:
             session.turns_since_snapshot += 1
             due = session.turns_since_snapshot >= every
@@ -137,7 +146,11 @@ class Snapshots:
             if session.turn_generation != generation or session.turn_task is not None:
                 return  # the next turn started: its end covers this one
             session.turns_since_snapshot = 0
-            self.spawn_upload(session, self.capture(session), request_id="", why="after turn")
+            optional = (
+                self._rebuilds_from_log(session.runtime_name)
+                and session.turns_finished - session.turns_stored < self._settings.snapshot_log_turns
+            )
+            self.spawn_upload(session, self.capture(session), request_id="", why="after turn", optional=optional)
         finally:
             if session.after_turn_task is asyncio.current_task():
                 session.after_turn_task = None
@@ -207,10 +220,15 @@ class Snapshots:
             metadata_json=json.dumps(session.runtime.runtime_metadata()),
             workspace=workspace,
             hold=WorkspaceHold(workspace) if workspace is not None else None,
+            turns_finished=session.turns_finished,
         )
 
-    def spawn_upload(self, session: Session, capture: SnapshotCapture, *, request_id: str, why: str) -> None:
-        task = self._tasks.spawn(self.upload(capture, request_id=request_id), f"{why} snapshot {session.session_id}")
+    def spawn_upload(
+        self, session: Session, capture: SnapshotCapture, *, request_id: str, why: str, optional: bool = False
+    ) -> None:
+        task = self._tasks.spawn(
+            self.upload(capture, request_id=request_id, optional=optional), f"{why} snapshot {session.session_id}"
+        )
         session.snapshot_tasks.add(task)
 
         def done(task: asyncio.Task[bool]) -> None:
@@ -221,14 +239,20 @@ class Snapshots:
 
         task.add_done_callback(done)
 
-    async def upload(self, capture: SnapshotCapture, *, request_id: str, timeout_s: float | None = None) -> bool:
+    async def upload(
+        self, capture: SnapshotCapture, *, request_id: str, timeout_s: float | None = None, optional: bool = False
+    ) -> bool:
         """Upload one captured snapshot (every snapshot path ends here). True once stored; a
-        LEASE_LOST answer drops the session."""
+        LEASE_LOST answer drops the session. An `optional` one is not sent when the workspace
+        has no change to checkpoint (False)."""
         timeout = self._settings.snapshot_timeout_s if timeout_s is None else max(0.1, timeout_s)
         checkpoint = await self._scan(capture)
         workspace = capture.workspace
         if checkpoint is not None and workspace is not None and self._checkpoints.unchanged(workspace, checkpoint):
             checkpoint = None  # the files are as the latest checkpoint has them: it stays the session's
+        if optional and checkpoint is None:
+            _log.debug("session %s: no snapshot after this turn (the log holds what it would carry)", capture.session_id)
+            return False
         try:
             if checkpoint is not None and workspace is not None:
                 async with workspace.upload_lock:
@@ -245,6 +269,7 @@ class Snapshots:
         session = self._sessions.get(capture.session_id)
         if session is not None and session.lease_epoch == capture.lease_epoch:
             session.snapshot_seq = max(session.snapshot_seq or 0, capture.seq)
+            session.turns_stored = max(session.turns_stored, capture.turns_finished)
             session.snapshot_base = SnapshotBase(response.snapshot_id, capture.history)
         _log.info(
             "snapshot %s of session %s stored (seq %d, %d items)",

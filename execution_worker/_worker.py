@@ -126,6 +126,7 @@ class Worker:
             sessions=self._sessions,
             drop_later=self._drop_later,
             checkpoints=self._checkpoints,
+            rebuilds_from_log=lambda name: runtime_portability(self._runtimes[name]) is Portability.HISTORY,
         )
         self._turns = Turns(
             settings=settings,

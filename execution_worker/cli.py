@@ -136,6 +136,17 @@ from tether.logs import tracing
     help="Upload a session snapshot after every N finished turns; 0 only on request, restore and drain.",
 )
 @click.option(
+    "--snapshot-log-turns",
+    envvar="TETHER_SNAPSHOT_LOG_TURNS",
+    show_envvar=True,
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="A session whose runtime rebuilds from the log (portability history) and whose files did not change "
+    "skips its after-turn snapshot until this many turns have passed since its last one (a restore replays "
+    "them from the log); 1: a snapshot after every turn.",
+)
+@click.option(
     "--warm-sessions",
     envvar="TETHER_WARM_SESSIONS",
     show_envvar=True,
@@ -369,6 +380,7 @@ def worker(
     name: str,
     drain_grace_s: float,
     snapshot_every_turns: int,
+    snapshot_log_turns: int,
     workspace_ignores: tuple[str, ...],
     warm_sessions: int,
     turn_timeout_s: float,
@@ -461,6 +473,7 @@ def worker(
             name=name,
             drain_grace_s=drain_grace_s,
             snapshot_every_turns=snapshot_every_turns,
+            snapshot_log_turns=snapshot_log_turns,
             workspace_ignores=_ignores(workspace_ignores),
             warm_sessions=warm_sessions,
             offer_trace=Path(trace) if (trace := os.environ.get("TETHER_OFFER_TRACE")) else None,

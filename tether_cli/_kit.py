@@ -271,7 +271,7 @@ class Kit:
     async def prepare_resume(self) -> None:
         """Three turns of a session on the reference worker, snapshotting every second turn,
         then the worker killed: the session's history is a snapshot plus a tail of events."""
-        ref = self.launch_reference("reference-1", "--snapshot-every-turns", "2")
+        ref = self.launch_reference("reference-1", "--snapshot-every-turns", "2", "--snapshot-log-turns", "1")
         try:
             await self.registered(ref)
         except ScenarioFailed as exc:

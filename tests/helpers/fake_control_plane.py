@@ -383,6 +383,9 @@ async def start_worker(tmp_path: Path):
             resume_timeout_s=2.0,
             flush_timeout_s=2.0,
             drain_grace_s=5.0,
+            # These tests are about the after-turn upload itself: one after every turn, as for a
+            # runtime whose state the log lacks (test_snapshot_policy.py covers the skipping).
+            snapshot_log_turns=1,
         )
         settings.update(overrides)
         registry = RuntimeRegistry()
