@@ -251,7 +251,9 @@ class Snapshots:
         if checkpoint is not None and workspace is not None and self._checkpoints.unchanged(workspace, checkpoint):
             checkpoint = None  # the files are as the latest checkpoint has them: it stays the session's
         if optional and checkpoint is None:
-            _log.debug("session %s: no snapshot after this turn (the log holds what it would carry)", capture.session_id)
+            _log.debug(
+                "session %s: no snapshot after this turn (the log holds what it would carry)", capture.session_id
+            )
             return False
         try:
             if checkpoint is not None and workspace is not None:

@@ -190,7 +190,9 @@ async def test_after_a_sigkill_the_next_turn_runs_elsewhere_with_the_history_car
     cp, procs, tmp_path, mock, snapshots
 ):
     every = "1" if snapshots == "after every turn" else "0"
-    a = claude_worker(procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every, "--snapshot-log-turns", "1")
+    a = claude_worker(
+        procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every, "--snapshot-log-turns", "1"
+    )
     async with sdk.AsyncClient(cp.target) as client:
         s = await client.create_session("claude")
         t1 = await client.send_input(s.session_id, "remember: my favourite colour is teal")

@@ -250,7 +250,9 @@ async def test_a_session_restored_onto_a_fresh_worker_carries_its_history_to_the
     cp, procs, tmp_path, mock, snapshots
 ):
     every = "1" if snapshots == "after every turn" else "0"
-    a = codex_worker(procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every, "--snapshot-log-turns", "1")
+    a = codex_worker(
+        procs, cp, tmp_path / "wa", "wa", mock, "--snapshot-every-turns", every, "--snapshot-log-turns", "1"
+    )
     async with sdk.AsyncClient(cp.target) as client:
         s = await client.create_session("codex")
         t1 = await client.send_input(s.session_id, "remember: my favourite colour is teal")

@@ -13,7 +13,7 @@ import pytest
 from tests.helpers.fake_control_plane import FakeRuntime, _connected, _run_turn
 from tests.helpers.processes import eventually
 from tether import sdk
-from tether.execution_worker import Portability, ShellRuntime, Worker, WorkerSettings
+from tether.execution_worker import Portability, Worker, WorkerSettings
 
 LOG_TURNS = 3
 SETTLE_S = 0.5  # well past the 50 ms idle wait and an upload on loopback
@@ -62,8 +62,7 @@ async def test_a_shell_session_snapshots_when_its_files_change_or_every_few_turn
 ):
     target = f"127.0.0.1:{control_plane.port}"
     workers = [
-        Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, snapshot_log_turns=LOG_TURNS))
-        for n in "ab"
+        Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, snapshot_log_turns=LOG_TURNS)) for n in "ab"
     ]
     running = [asyncio.create_task(w.run()) for w in workers]
     try:
