@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -46,6 +46,65 @@ MAX_OPEN_TURN_IDS = 4096  # LeaseOpen.turn_ids
 
 def _durable(item: Any) -> bool:
     return isinstance(item, tuple) and (item[0] is None or item[0].done())
+
+
+async def _acknowledgements(pending: asyncio.Queue[Any], delay: float) -> AsyncGenerator[tuple[int, int], None]:
+    """The acks of one StreamEvents stream, as (acked_worker_seq, last_seq), from what its
+    reader queues: (commit future, acked, last, urgent) per batch, then _END; an exception
+    ends the stream with it.
+
+    An ack covers every batch durable by then. One that is not urgent waits up to `delay` for
+    later batches to cover too; an urgent batch (a turn's end, or nothing new) and the end of
+    the stream send what waits at once.
+    """
+    loop = asyncio.get_running_loop()
+    carried: Any = None  # an item taken off the queue while coalescing, not yet durable
+    unsent: tuple[int, int] | None = None  # durable, not acknowledged yet
+    due = 0.0  # when `unsent` goes out at the latest
+    while True:
+        if carried is not None:
+            item, carried = carried, None
+        elif unsent is None:
+            item = await pending.get()
+        else:
+            try:
+                async with asyncio.timeout_at(due):
+                    item = await pending.get()
+            except TimeoutError:
+                yield unsent
+                unsent = None
+                continue
+        if item is _END:
+            if unsent is not None:
+                yield unsent
+            return
+        if isinstance(item, BaseException):
+            raise item
+        fut, acked, last, urgent = item
+        try:
+            if fut is not None:
+                await fut
+            # Coalesce: later batches already durable are covered by the same ack.
+            while not pending.empty():
+                nxt = pending.get_nowait()
+                if not _durable(nxt):
+                    carried = nxt
+                    break
+                fut, acked, last, later_urgent = nxt
+                urgent = urgent or later_urgent
+                if fut is not None:
+                    fut.result()
+        except errors.DomainError:
+            raise
+        except Exception as exc:
+            raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
+        if urgent or delay <= 0:
+            yield acked, last
+            unsent = None
+        else:
+            if unsent is None:
+                due = loop.time() + delay
+            unsent = (acked, last)
 
 
 class WorkerService(WorkspaceCalls):
@@ -317,57 +376,11 @@ class WorkerService(WorkspaceCalls):
             reader = asyncio.create_task(
                 self._read_events(worker_id, caller.owner, session_id, epoch, first, requests, pending)
             )
-            carried: Any = None  # an item taken off the queue while coalescing, not yet durable
             unwatch = self._auth.watch(caller, pending.put_nowait)
-            loop = asyncio.get_running_loop()
-            ack_delay = self._hub.timings.event_ack_delay_s
-            unsent: tuple[int, int] | None = None  # (acked_worker_seq, last_seq) durable, not yet acknowledged
-            ack_due = 0.0  # when `unsent` goes out at the latest
             try:
-                while True:
-                    if carried is not None:
-                        item, carried = carried, None
-                    elif unsent is None:
-                        item = await pending.get()
-                    else:
-                        try:
-                            async with asyncio.timeout_at(ack_due):
-                                item = await pending.get()
-                        except TimeoutError:
-                            yield wpb.StreamEventsResponse(acked_worker_seq=unsent[0], last_seq=unsent[1])
-                            unsent = None
-                            continue
-                    if item is _END:
-                        if unsent is not None:
-                            yield wpb.StreamEventsResponse(acked_worker_seq=unsent[0], last_seq=unsent[1])
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    fut, acked, last, urgent = item
-                    try:
-                        if fut is not None:
-                            await fut
-                        # Coalesce: later batches already durable are covered by one ack.
-                        while not pending.empty():
-                            nxt = pending.get_nowait()
-                            if not _durable(nxt):
-                                carried = nxt
-                                break
-                            fut, acked, last, later_urgent = nxt
-                            urgent = urgent or later_urgent
-                            if fut is not None:
-                                fut.result()
-                    except errors.DomainError:
-                        raise
-                    except Exception as exc:
-                        raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
-                    if urgent or ack_delay <= 0:
+                async with contextlib.aclosing(_acknowledgements(pending, self._hub.timings.event_ack_delay_s)) as acks:
+                    async for acked, last in acks:
                         yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
-                        unsent = None
-                    else:
-                        if unsent is None:
-                            ack_due = loop.time() + ack_delay
-                        unsent = (acked, last)
             finally:
                 unwatch()
                 reader.cancel()
