@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.fake_control_plane import FakeRuntime, _connected, _run_turn
 from tests.helpers.processes import eventually
+from tests.integration.test_workspace_worker import _turn  # a turn's output, checked COMPLETED
 from tether import sdk
 from tether.execution_worker import Portability, Worker, WorkerSettings
 
@@ -39,14 +40,6 @@ async def test_only_a_runtime_whose_state_the_log_lacks_snapshots_after_every_tu
         if len(cp.snapshots()) > len(uploads):
             uploads.append(n)
     assert uploads == expected
-
-
-async def _turn(client: sdk.AsyncClient, session_id: str, command: str) -> str:
-    turn = await client.send_input(session_id, command)
-    done = await client.wait_for_turn(session_id, turn.turn_id, timeout_s=20)
-    assert done.state == sdk.TurnState.COMPLETED, done.error_message
-    events = [e async for e in client.stream_events(session_id, after_seq=0, stop_at_end=True)]
-    return "".join(e.text for e in events if e.turn_id == turn.turn_id and e.kind == "output")
 
 
 async def _snapshot_seq(client: sdk.AsyncClient, session_id: str) -> int:
