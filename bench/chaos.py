@@ -85,7 +85,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tether import sdk
@@ -138,6 +138,11 @@ class ChaosConfig:
     # Each control-plane crash takes a worker down with it (one host running both), back
     # after its own random pause.
     cp_crash_kills_worker: bool = True
+    # Aim each kill and freeze at a worker that is running a turn, when one is (any live worker
+    # otherwise). A small run then moves sessions mid-turn however the machine's load shifts
+    # its timing; random aim can hit only idle workers, which come back before their sessions
+    # move. The benchmark keeps random aim.
+    aim_at_running_turns: bool = False
     time_cap_s: float = 180.0  # about 3.5x a normal run of the defaults on 2 cores
     ledger_read_cap_s: float = 60.0
     max_attempts: int = 6
@@ -164,6 +169,8 @@ class _Chaos:
         self.cp_up = asyncio.Event()
         self._restarts: set[asyncio.Task[None]] = set()
         self.cp_args: list[str] = []
+        # Ids of the workers running a turn now (aim_at_running_turns); set by run_chaos.
+        self.running: Callable[[], Awaitable[set[str]]] | None = None
 
     def start(self) -> str:
         self.cp_args, missing = cp_timing_args(**self.cfg.cp_timings)
@@ -191,11 +198,31 @@ class _Chaos:
         liveness = t.get("liveness_timeout_s", 3 * t.get("heartbeat_interval_s", 2.0))
         return liveness + t.get("worker_dead_grace_s", 1.0) + self.rng.uniform(*self.cfg.freeze_margin_s)
 
-    async def freeze_worker(self) -> bool:
+    async def _victim(self) -> str | None:
+        """The worker to kill or freeze: never the last one alive; with aim_at_running_turns, one
+        running a turn when the control plane names one."""
         alive = self.alive()
         if len(alive) < 2:
+            return None
+        if self.cfg.aim_at_running_turns and self.running is not None:
+            try:
+                busy = await self.running()
+            except sdk.TetherError:  # the control plane is down or slow: aim at random
+                busy = set()
+            aimed = [n for n in alive if self._worker_id(n) in busy]
+            alive = aimed or alive
+        return self.rng.choice(alive)
+
+    def _worker_id(self, name: str) -> str | None:
+        try:
+            return self.ps.worker_id(name, timeout_s=0)
+        except RuntimeError:  # just started: no id written yet
+            return None
+
+    async def freeze_worker(self) -> bool:
+        name = await self._victim()
+        if name is None:
             return False
-        name = self.rng.choice(alive)
         p = self.workers[name]
         assert p is not None
         p.send_signal(signal.SIGSTOP)
@@ -215,10 +242,9 @@ class _Chaos:
             self.frozen.discard(name)
 
     async def kill_worker(self, *, fixed_down_s: float | None = None) -> bool:
-        alive = self.alive()
-        if len(alive) < 2:
+        name = await self._victim()
+        if name is None:
             return False
-        name = self.rng.choice(alive)
         p = self.workers[name]
         assert p is not None
         await asyncio.to_thread(self.ps.kill, p)
@@ -412,6 +438,12 @@ async def run_chaos(cfg: ChaosConfig, tmp: pathlib.Path | None = None) -> ChaosR
             t0 = time.monotonic()
             deadline = t0 + cfg.time_cap_s
             async with sdk.AsyncClient(target, options=client_options()) as client:
+
+                async def running() -> set[str]:
+                    workers = await client.list_workers(timeout_s=1.0)
+                    return {w.worker_id for w in workers if w.connected and w.running_turns}
+
+                chaos.running = running
                 for run in runs:
                     run.session_id = (
                         await retry(lambda: client.create_session("shell"), deadline=deadline, retries=retries)

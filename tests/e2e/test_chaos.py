@@ -32,6 +32,7 @@ async def test_sessions_survive_worker_kills_and_a_control_plane_crash(tmp_path)
         kill_interval_s=(0.6, 1.2),
         worker_down_s=(0.2, 1.5),
         cp_down_s=(0.2, 0.5),
+        aim_at_running_turns=True,  # so that a kill moves a session however loaded the machine is
         time_cap_s=45,
         cp_timings={"lease_ttl_s": 3, "heartbeat_interval_s": 0.3, "worker_dead_grace_s": 0.5},
         seed=7,
