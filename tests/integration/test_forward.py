@@ -177,7 +177,7 @@ COMMAND = "for i in 1 2 3; do echo out-$i; done; echo oops >&2; exit 3"
 async def test_worker_runs_a_turn_through_the_relay(
     control_plane: ControlPlane, relay: Relay, procs, tmp_path: pathlib.Path
 ) -> None:
-    start_worker(procs, relay.target, tmp_path / "w1", "w1")
+    worker = start_worker(procs, relay.target, tmp_path / "w1", "w1")
     async with sdk.AsyncClient(relay.target, timeout_s=CALL_TIMEOUT_S) as client:
         await eventually(lambda: _has_worker(client), what="the worker to register through the relay")
         s = await client.create_session("shell")
@@ -207,6 +207,9 @@ async def test_worker_runs_a_turn_through_the_relay(
     ]
     for method in ("Register", "Lease", "StreamEvents", "Snapshot"):
         assert f"/tether.v1.WorkerService/{method}" in relay.routed
+    # Its drain goes through the relay, which runs on this event loop: stop it while the loop
+    # still serves (the `procs` fixture's own stop would block the loop until its timeout).
+    assert await asyncio.to_thread(worker.stop) == 0
 
 
 async def _has_worker(client: sdk.AsyncClient) -> bool:
