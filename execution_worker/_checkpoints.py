@@ -21,7 +21,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,9 @@ from tether.execution_worker._workspace_restore import RestoreStats, restore
 from tether.v1 import resources_pb2, worker_service_pb2
 
 _log = logging.getLogger("tether.execution_worker")
+
+#: Told a failed download call's error: waits out a backoff and says whether to call again.
+RetryPolicy = Callable[[grpc.aio.AioRpcError], Awaitable[bool]]
 
 #: Digests per FindMissingBlobs / GetBlobs call (the control plane's bound).
 DIGESTS_PER_CALL = 10_000
@@ -182,15 +185,21 @@ class Checkpoints:
     # -- restores ---------------------------------------------------------------------------------
 
     async def restore(
-        self, workspace: SessionWorkspace, manifest: resources_pb2.WorkspaceManifest, lease_epoch: int
+        self,
+        workspace: SessionWorkspace,
+        manifest: resources_pb2.WorkspaceManifest,
+        lease_epoch: int,
+        *,
+        retry: RetryPolicy | None = None,
     ) -> RestoreStats:
         """Make the workspace match `manifest` (raises `WorkspaceError`, `LeaseLost`-worthy RPC
-        errors pass through as AioRpcError)."""
+        errors pass through as AioRpcError). A download the control plane fails is asked again,
+        for the blobs that did not arrive, while `retry(error)` says True."""
         stage = workspace.scanner.stage_dir
         await asyncio.to_thread(os.makedirs, stage, exist_ok=True)
         began = time.perf_counter()
         chunk_digests = list(manifest.chunk_digests)
-        fetched = await self._download(workspace, lease_epoch, chunk_digests, stage)
+        fetched = await self._download(workspace, lease_epoch, chunk_digests, stage, retry)
         entries: list[resources_pb2.WorkspaceEntry] = []
         for digest in chunk_digests:
             chunk = resources_pb2.WorkspaceManifestChunk()
@@ -207,7 +216,9 @@ class Checkpoints:
             # Called from restore's thread: the download runs on the event loop meanwhile.
             nonlocal download_s
             started = time.perf_counter()
-            future = asyncio.run_coroutine_threadsafe(self._download(workspace, lease_epoch, digests, stage), loop)
+            future = asyncio.run_coroutine_threadsafe(
+                self._download(workspace, lease_epoch, digests, stage, retry), loop
+            )
             landed = future.result()
             download_s += time.perf_counter() - started
             yield from landed.items()
@@ -236,39 +247,57 @@ class Checkpoints:
         return stats
 
     async def _download(
-        self, workspace: SessionWorkspace, lease_epoch: int, digests: list[str], stage: Path
+        self,
+        workspace: SessionWorkspace,
+        lease_epoch: int,
+        digests: list[str],
+        stage: Path,
+        retry: RetryPolicy | None = None,
     ) -> dict[str, Path]:
         """Download `digests` into `stage` (each to a temp file renamed to its digest, checked
-        by the restore); returns where each landed."""
+        by the restore); returns where each landed. A call that fails is made again for the
+        blobs it did not bring, while `retry(error)` says True."""
         landed: dict[str, Path] = {}
         for start in range(0, len(digests), DIGESTS_PER_CALL):
             batch = digests[start : start + DIGESTS_PER_CALL]
-            asked = set(batch)
-            call = self._link.stub.GetBlobs(
-                worker_service_pb2.GetBlobsRequest(
-                    worker_id=self._worker_id, session_id=workspace.session_id, lease_epoch=lease_epoch, digests=batch
-                )
-            )
-            # Pieces are written as they come, on the loop: each is at most 128 KiB into the
-            # page cache, cheaper than a thread hop apiece.
-            sink = _BlobSink(stage, landed)
-            try:
-                async for message in call:
-                    for piece in message.chunks:
-                        if piece.digest != sink.digest:
-                            if piece.digest not in asked or piece.offset != 0 or piece.digest in landed:
-                                raise WorkspaceError(
-                                    f"the control plane sent blob {piece.digest[:64]!r}, not one asked for"
-                                )
-                            sink.start(piece.digest)
-                        sink.write(piece.data)
-                sink.finish()
-            finally:
-                sink.abandon()
+            while wanted := [d for d in batch if d not in landed]:
+                try:
+                    await self._get_blobs(workspace, lease_epoch, wanted, stage, landed)
+                except grpc.aio.AioRpcError as error:
+                    if retry is None or not await retry(error):
+                        raise
         for digest in digests:
             if digest not in landed:
                 raise WorkspaceError(f"blob {digest} of the checkpoint did not arrive")
         return landed
+
+    async def _get_blobs(
+        self, workspace: SessionWorkspace, lease_epoch: int, wanted: list[str], stage: Path, landed: dict[str, Path]
+    ) -> None:
+        """One GetBlobs call: each blob that arrives whole is added to `landed`; a blob cut
+        off by a failed call is removed."""
+        asked = set(wanted)
+        call = self._link.stub.GetBlobs(
+            worker_service_pb2.GetBlobsRequest(
+                worker_id=self._worker_id, session_id=workspace.session_id, lease_epoch=lease_epoch, digests=wanted
+            )
+        )
+        # Pieces are written as they come, on the loop: each is at most 128 KiB into the
+        # page cache, cheaper than a thread hop apiece.
+        sink = _BlobSink(stage, landed)
+        try:
+            async for message in call:
+                for piece in message.chunks:
+                    if piece.digest != sink.digest:
+                        if piece.digest not in asked or piece.offset != 0 or piece.digest in landed:
+                            raise WorkspaceError(
+                                f"the control plane sent blob {piece.digest[:64]!r}, not one asked for"
+                            )
+                        sink.start(piece.digest)
+                    sink.write(piece.data)
+            sink.finish()
+        finally:
+            sink.abandon()
 
 
 class _BlobSink:

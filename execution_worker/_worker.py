@@ -448,8 +448,13 @@ class Worker:
         if session.runtime is not None:
             old, session.runtime = session.runtime, None
             await close_quietly(old)
+        # A control plane that is away (restarting, or a replica handing over) answers UNAVAILABLE:
+        # Resume and the workspace's downloads are retried, with backoff, while the session is
+        # still ours (its lease neither lost nor revoked) and within one Resume deadline; the
+        # lease survives the control plane's restart.
+        retry = _RetryWhileOurs(session, self.settings)
         try:
-            history, watermark, manifest, state = await self._resume(session, skip_turn_id)
+            history, watermark, manifest, state = await self._resume(session, skip_turn_id, retry)
         except LeaseLost:
             raise
         except Exception as error:
@@ -457,7 +462,7 @@ class Worker:
             raise RehydrationFailed(f"Resume failed: {describe(error)}") from error
         runtime = self._runtimes[session.runtime_name]()
         try:
-            await self._restore_workspace(session, runtime, manifest)
+            await self._restore_workspace(session, runtime, manifest, retry)
         except BaseException:
             await close_quietly(runtime)
             raise
@@ -484,7 +489,11 @@ class Worker:
         return runtime
 
     async def _restore_workspace(
-        self, session: Session, runtime: Runtime, manifest: resources_pb2.WorkspaceManifest | None
+        self,
+        session: Session,
+        runtime: Runtime,
+        manifest: resources_pb2.WorkspaceManifest | None,
+        retry: _RetryWhileOurs,
     ) -> None:
         """Before the runtime starts: make its workspace match the session's latest checkpoint
         (failing closed with `RehydrationFailed`), and open the workspace for checkpoints."""
@@ -500,7 +509,7 @@ class Worker:
         workspace = self._checkpoints.open(session.session_id, root)
         if manifest is not None:
             try:
-                stats = await self._checkpoints.restore(workspace, manifest, session.lease_epoch)
+                stats = await self._checkpoints.restore(workspace, manifest, session.lease_epoch, retry=retry)
                 # A move (or a cleanup) is reported; a new session's first empty workspace is not.
                 if session.lease_epoch > 1 or stats.files_written or stats.files_removed:
                     workspace.restored = stats
@@ -517,37 +526,57 @@ class Worker:
         session.workspace = workspace
 
     async def _resume(
-        self, session: Session, skip_turn_id: str
+        self, session: Session, skip_turn_id: str, retry: _RetryWhileOurs
     ) -> tuple[list[HistoryItem], int, resources_pb2.WorkspaceManifest | None, dict[str, Any]]:
         """Download the session's history, its workspace manifest and its latest snapshot's
-        runtime metadata (`{}` without a snapshot). A control plane that is away (restarting, or a
-        replica handing over) answers UNAVAILABLE: retry, with backoff, while the session is
-        still ours (not dropped: its lease was neither lost nor revoked) and within the Resume
-        deadline; the lease survives the control plane's restart."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.resume_timeout_s
-        backoff = Backoff(self.settings.reconnect_backoff_initial_s, self.settings.reconnect_backoff_max_s)
+        runtime metadata (`{}` without a snapshot), retrying UNAVAILABLE as `retry` allows."""
         request = worker_service_pb2.ResumeRequest(
             worker_id=self.worker_id, session_id=session.session_id, lease_epoch=session.lease_epoch
         )
         while True:
-            call = self._link.stub.Resume(request, timeout=max(0.1, deadline - loop.time()))
+            call = self._link.stub.Resume(request, timeout=retry.remaining_s())
             try:
                 chunks = [chunk async for chunk in call]
             except grpc.aio.AioRpcError as error:
                 if is_lease_lost(error):
                     raise LeaseLost() from error
-                delay = backoff.next_delay()
-                if error.code() != grpc.StatusCode.UNAVAILABLE or session.dropped or loop.time() + delay >= deadline:
-                    raise
-                _log.info(
-                    "session %s: Resume answered %s; retrying in %.2fs while the lease is ours",
-                    session.session_id,
-                    describe(error),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
+                if await retry(error):
+                    continue
+                raise
             manifest = chunks[0].workspace if chunks and chunks[0].HasField("workspace") else None
             state = runtime_state(chunks[0].runtime_metadata_json if chunks else "")
             return history_from_resume(chunks, skip_turn_id=skip_turn_id), resume_watermark(chunks), manifest, state
+
+
+class _RetryWhileOurs:
+    """The retry policy of one rehydration's calls (Resume, then GetBlobs): an UNAVAILABLE answer
+    is retried after a backoff while the session is still held here and the deadline
+    (`resume_timeout_s` from the first call) leaves room; any other answer is final."""
+
+    def __init__(self, session: Session, settings: WorkerSettings) -> None:
+        self._session = session
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + settings.resume_timeout_s
+        self._backoff = Backoff(settings.reconnect_backoff_initial_s, settings.reconnect_backoff_max_s)
+
+    def remaining_s(self) -> float:
+        """The time left for the next call (at least 0.1 s)."""
+        return max(0.1, self._deadline - self._loop.time())
+
+    async def __call__(self, error: grpc.aio.AioRpcError) -> bool:
+        """Wait out a backoff and say True when `error` is worth another try."""
+        delay = self._backoff.next_delay()
+        if (
+            error.code() != grpc.StatusCode.UNAVAILABLE
+            or self._session.dropped
+            or self._loop.time() + delay >= self._deadline
+        ):
+            return False
+        _log.info(
+            "session %s: the control plane answered %s; retrying in %.2fs while the lease is ours",
+            self._session.session_id,
+            describe(error),
+            delay,
+        )
+        await asyncio.sleep(delay)
+        return not self._session.dropped

@@ -8,6 +8,7 @@ import asyncio
 import pathlib
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.helpers.processes import eventually
@@ -100,6 +101,74 @@ async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_st
         assert "workspace restore failed" in str(refused.value) and "SHA-256" in str(refused.value)
         assert len(started) == runs  # the runtime never started in a half-restored workspace
         assert (await client.get_session(sid)).worker_id in ("", holder)
+    finally:
+        for w in workers:
+            await w.close()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+class _FlakyBlobs:
+    """A worker's WorkerService stub whose first `failures` GetBlobs calls fail UNAVAILABLE
+    after their first message, as a control plane restarting mid-download does."""
+
+    def __init__(self, stub, failures: int) -> None:
+        self._stub = stub
+        self.failures = failures
+        self.calls: list[list[str]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._stub, name)
+
+    def GetBlobs(self, request, **kwargs):
+        self.calls.append(list(request.digests))
+        call = self._stub.GetBlobs(request, **kwargs)
+        if self.failures <= 0:
+            return call
+        self.failures -= 1
+
+        async def cut_short():
+            async for message in call:
+                yield message
+                break  # at most the first message's pieces arrive
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "Connection reset by peer"
+            )
+
+        return cut_short()
+
+
+@pytest.mark.parametrize("failures, restored", [(2, True), (1_000, False)], ids=["then-served", "never"])
+async def test_a_download_the_control_plane_cuts_off_is_retried_while_the_deadline_allows(
+    control_plane, client, tmp_path: pathlib.Path, failures: int, restored: bool
+) -> None:
+    """Found by the chaos run: a workspace restore that met a control-plane restart failed its
+    turn (GetBlobs UNAVAILABLE) where Resume, just before it, was retried. The download is now
+    asked again for the blobs that did not arrive, within the Resume deadline."""
+    target = f"127.0.0.1:{control_plane.port}"
+    settings = {"resume_timeout_s": 1.5, "reconnect_backoff_initial_s": 0.05, "reconnect_backoff_max_s": 0.2}
+    workers = [Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, **settings)) for n in "ab"]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+        sid = (await client.create_session("shell")).session_id
+        await _turn(client, sid, "echo precious > data.txt; seq 1 50000 > big.txt")
+        await client.create_snapshot(sid, timeout_s=20)
+        holder = (await client.get_session(sid)).worker_id
+        [other] = [w for w in workers if w.worker_id != holder]
+        flaky = _FlakyBlobs(other._link.stub, failures)
+        other._link._stub = flaky
+        if restored:
+            await client.restore_session(sid, timeout_s=20)  # onto the other worker
+            assert (await client.get_session(sid)).worker_id == other.worker_id
+            assert await _turn(client, sid, "cat data.txt; wc -l < big.txt") == "precious\n50000\n"
+            assert len(flaky.calls) >= 3  # two cut short, then what had not arrived
+        else:
+            with pytest.raises(sdk.RehydrationFailedError) as refused:
+                await client.restore_session(sid, timeout_s=20)
+            assert "UNAVAILABLE" in str(refused.value), refused.value
+            assert (await client.get_session(sid)).worker_id in ("", holder)
+            assert len(flaky.calls) >= 3  # retried, then gave up at the deadline
     finally:
         for w in workers:
             await w.close()
