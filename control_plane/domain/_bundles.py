@@ -81,8 +81,31 @@ class Bundles:
             snapshots,
             # From the compacted_seq the bundle states: retention sets it before its delete
             # commits, so the database may still hold events it already counts as dropped.
-            self._events.events_between(session_id, session.compacted_seq, upto),
+            self._whole(session_id, session.compacted_seq, upto),
             checkpoints,
+        )
+
+    async def _whole(self, session_id: str, after: int, upto: int) -> AsyncIterator[list[Event]]:
+        """The events in (after, upto], read a page at a time, checked to come without a gap: a
+        compaction (or a delete) that removes some while they are read stops the export with
+        `ChangedWhileExported` instead of letting a bundle out with a hole in its log."""
+        expected = after + 1
+        async for page in self._events.events_between(session_id, after, upto):
+            for event in page:
+                if event.seq != expected:
+                    raise self._changed(session_id, expected)
+                expected += 1
+            yield page
+        if expected != upto + 1:
+            raise self._changed(session_id, expected)
+
+    def _changed(self, session_id: str, missing: int) -> errors.ChangedWhileExported:
+        rec = self._sessions.get(session_id)
+        what = "deleted" if rec is None or rec.deleted else "compacted by retention"
+        return errors.ChangedWhileExported(
+            f"session {session_id!r} was {what} while it was exported (event {missing} is gone); "
+            "what was sent of the bundle is incomplete: export the session again",
+            session_id=session_id,
         )
 
     @staticmethod

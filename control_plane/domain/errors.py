@@ -215,6 +215,13 @@ class SessionBusy(DomainError):
     reason = "SESSION_BUSY"
 
 
+class ChangedWhileExported(SessionBusy):
+    """Retention compacted (or a delete removed) the session's events while an export read them:
+    the bundle would have a gap, so the export stops; exporting again gives a whole bundle."""
+
+    code = "ABORTED"
+
+
 class WorkerNotFound(DomainError):
     code = "NOT_FOUND"
     reason = "WORKER_NOT_REGISTERED"

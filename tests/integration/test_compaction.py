@@ -5,6 +5,9 @@ whole wherever it goes next: a new worker, a fork, a bundle imported again."""
 
 from __future__ import annotations
 
+import re
+
+import grpc
 import pytest
 
 from tests.helpers.processes import FAST, eventually
@@ -75,3 +78,54 @@ async def test_a_compacted_log_expires_old_cursors_and_keeps_the_history_whole(d
         await _run(client, imported.session_id, "six")
         runtime, _ = second.registry.turns[-1]
         assert [h.text for h in runtime.started_with or []] == [*EXPECTED, "four", "ran four\n"]
+
+
+@pytest.mark.parametrize("change", ["compaction", "delete"])
+async def test_an_export_that_a_compaction_or_delete_overtakes_stops_instead_of_leaving_a_gap(
+    control_plane, client, start_worker, monkeypatch, change: str
+) -> None:
+    """The log is read a page at a time while the bundle goes out. Retention compacting the
+    session (or a delete) between two pages used to let the bundle out with a hole in its log;
+    the export now stops with ABORTED / SESSION_BUSY, and exporting again gives a whole bundle."""
+    from tether.control_plane.domain import _log
+
+    w = start_worker(f"127.0.0.1:{control_plane.port}", worker_id="wkr_export")
+    await eventually(lambda: w.worker.connected, timeout=5, what="worker connected")
+    session = await client.create_session("fake")
+    for text in ("one", "two", "three"):
+        await _run(client, session.session_id, text)
+    snapshot = await client.create_snapshot(session.session_id)
+    sessions = control_plane.hub._sessions
+
+    async def overtake() -> None:
+        if change == "compaction":
+            await sessions.compacted(sessions.get(session.session_id), snapshot.seq)
+        else:
+            await client.delete_session(session.session_id)
+
+    pages = _log.EventLog.events_between
+
+    async def overtaken(self, session_id: str, after_seq: int, upto: int):
+        first = True
+        async for page in pages(self, session_id, after_seq, upto):
+            yield page
+            if first:
+                first = False
+                await overtake()  # between the first page and the next
+
+    monkeypatch.setattr(_log, "_RESUME_PAGE", 2)
+    monkeypatch.setattr(_log.EventLog, "events_between", overtaken)
+    with pytest.raises(sdk.SessionBusyError) as stopped:
+        b"".join([c async for c in client.export_session(session.session_id)])
+    assert stopped.value.code == grpc.StatusCode.ABORTED, stopped.value
+    what = "compacted by retention" if change == "compaction" else "deleted"
+    # The page after the first may have been read before the change (it is read ahead).
+    assert re.search(f"was {what} while it was exported \\(event [35] is gone\\)", str(stopped.value))
+
+    monkeypatch.setattr(_log.EventLog, "events_between", pages)
+    if change == "compaction":  # exported again, whole: its log starts after the compacted seq
+        imported = await client.import_session(b"".join([c async for c in client.export_session(session.session_id)]))
+        assert imported.compacted_seq == snapshot.seq
+        await _run(client, imported.session_id, "four")
+        runtime, _ = w.registry.turns[-1]
+        assert [h.text for h in runtime.started_with or []] == EXPECTED

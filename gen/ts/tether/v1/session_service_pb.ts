@@ -1450,6 +1450,9 @@ export const SessionService: GenService<{
   /**
    * ExportSession streams a session with no turn queued or running as a bundle (JSON Lines,
    * versioned; see docs/bundles.md): its turns, events, requests and snapshots.
+   * FAILED_PRECONDITION (SESSION_BUSY) while a turn is queued or running; ABORTED
+   * (SESSION_BUSY) when retention compacts the session, or a delete removes it, while its log
+   * streams: the bundle would have a gap, so export again.
    *
    * @generated from rpc tether.v1.SessionService.ExportSession
    */
