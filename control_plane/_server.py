@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -533,6 +534,11 @@ async def serve_forever(settings: Settings, port_file: str | None = None) -> Non
         print(f"tether control plane listening on {settings.host}:{cp.port}", flush=True)
         if cp.http is not None:
             print(f"tether HTTP listening on {cp.http.scheme}://{settings.http_host}:{cp.http.port}", flush=True)
+        # What startup built (modules, the open sessions it reloaded) lives as long as the
+        # process: out of the collector's reach, a full collection walks only what came since.
+        # Its longest pause under load fell from 67-119 ms to 14-48 ms (docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         log.info("shutting down")
 

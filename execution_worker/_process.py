@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -67,6 +68,9 @@ async def serve(settings: WorkerSettings, claude: ClaudeSettings | None = None, 
         return 2  # nothing left to offer; the line above says why
     async with Worker(settings, runtimes=runtimes) as w:
         logs.bind(worker_id=w.worker_id)  # every task of the worker's run names it
+        # As the control plane does: what startup built stays out of full collections' way.
+        gc.collect()
+        gc.freeze()
         run = asyncio.create_task(w.run(), name="worker")
 
         def on_signal(signum: int) -> None:
