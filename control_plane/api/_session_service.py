@@ -174,7 +174,9 @@ class SessionService:
             v.enum_value("policy", request.policy, spb.InputPolicy)
             policy = InputPolicy(request.policy) if request.policy else InputPolicy.ENQUEUE
             schema = v.output_schema("output_schema", request.output_schema)
-            turn, dedup = await self._hub.send_input(owner, session_id, text, key, policy, schema)
+            turn, dedup = await self._hub.send_input(
+                owner, session_id, text, key, policy, schema, _trace_context(context)
+            )
             return spb.SendInputResponse(turn=turn_pb(turn), deduplicated=dedup)
 
     async def GetTurn(self, request: spb.GetTurnRequest, context: grpc.aio.ServicerContext) -> spb.GetTurnResponse:
@@ -379,3 +381,17 @@ async def _drain(requests: AsyncIterator[Any]) -> None:
                 left -= len(message.chunk)
                 if left <= 0:
                     return
+
+
+#: The W3C Trace Context headers a caller's trace continues from.
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The caller's trace context headers (gRPC metadata, or HTTP headers on the Connect port),
+    for the turn's trace to continue; the tracer ignores malformed ones."""
+    return {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in _TRACE_HEADERS and isinstance(value, str)
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -258,6 +259,7 @@ class Turns:
         key: str,
         policy: InputPolicy = InputPolicy.ENQUEUE,
         output_schema: str = "",
+        trace_context: Mapping[str, str] | None = None,
     ) -> tuple[Turn, bool]:
         rec = await self._sessions.require(session_id, owner)
         if key:
@@ -324,7 +326,7 @@ class Turns:
         changes.event_inserts.append(event)
         # Traced from now: the offer may be made before the commit, to go out with it (a failed
         # write drops the record, which ends its turns' traces).
-        self._tracer.queued(turn, runtime)
+        self._tracer.queued(turn, runtime, trace_context)
         changes.on_commit.append(lambda: self._events.published(rec, [event]))
         # A turn for the session's warm holder starts in this commit and its offer carries
         # the grant. Any other is offered now, while its commit is in flight: the offer and its

@@ -47,7 +47,7 @@ leases), so the hub makes them first and connects them second.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
 from ._bundles import Bundles, SessionBundle
@@ -363,11 +363,13 @@ class Hub:
         key: str,
         policy: InputPolicy = InputPolicy.ENQUEUE,
         output_schema: str = "",
+        trace_context: Mapping[str, str] | None = None,
     ) -> tuple[Turn, bool]:
         """Queue a turn; with `key`, the same key and input return the first turn (True).
         `policy` says what happens when a turn is queued or running already; `output_schema`
-        (checked JSON Schema text) is what the turn's result must match."""
-        return await self._turns.send_input(owner, session_id, text, key, policy, output_schema)
+        (checked JSON Schema text) is what the turn's result must match; `trace_context` (the
+        caller's W3C trace context headers) is the trace the turn's continues."""
+        return await self._turns.send_input(owner, session_id, text, key, policy, output_schema, trace_context)
 
     async def get_turn(self, owner: str, session_id: str, turn_id: str) -> Turn:
         return await self._turns.get_turn(owner, session_id, turn_id)

@@ -10,7 +10,7 @@ records to rows is the store's business. Tests use in-memory fakes of these port
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -300,8 +300,10 @@ class TurnTracer(Protocol):
     per turn, from its input to its end. Called on the event loop; a turn it has not seen
     queued (one reloaded after a restart) is ignored."""
 
-    def queued(self, turn: Turn, runtime: str) -> None:
-        """The turn's input is durable: its trace starts (at the turn's create time)."""
+    def queued(self, turn: Turn, runtime: str, caller: Mapping[str, str] | None = None) -> None:
+        """The turn's input is durable: its trace starts (at the turn's create time). `caller`:
+        the W3C trace context headers the input came with; the trace then continues the
+        caller's (the turn's span is a child of the caller's span)."""
         ...
 
     def offered(self, turn: Turn, worker_id: str, epoch: int) -> dict[str, str]:
@@ -329,7 +331,7 @@ class TurnTracer(Protocol):
 class NullTurnTracer:
     """A TurnTracer that traces nothing (the default)."""
 
-    def queued(self, turn: Turn, runtime: str) -> None:
+    def queued(self, turn: Turn, runtime: str, caller: Mapping[str, str] | None = None) -> None:
         pass
 
     def offered(self, turn: Turn, worker_id: str, epoch: int) -> dict[str, str]:

@@ -4,7 +4,9 @@ The trace's root span, `tether.turn`, runs from the turn's input (its create tim
 `tether.offer` spans each offer, from dispatch to the worker's accept (or to the offer going
 back to the queue). The offer carries the root's context to the worker as W3C Trace Context
 headers (`Offer.trace_context`), so a tracing worker's spans of the turn (`tether.worker.turn`,
-its rehydration and its runtime) are children of the root.
+its rehydration and its runtime) are children of the root. When the input came with the
+caller's W3C trace context (SendInput's `traceparent` metadata or header), the root is a child of
+the caller's span, in the caller's trace.
 
 Only `turn_tracer()` is imported by the control plane: it returns None, importing nothing of
 OpenTelemetry, unless a tracer provider has been configured in this process (`tether serve`
@@ -14,6 +16,7 @@ does so from the standard `OTEL_*` variables, see `tether.logs.tracing`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +56,11 @@ class TurnTracing:
         self._propagator = TraceContextTextMapPropagator()
         self._open: dict[str, _Traced] = {}
 
-    def queued(self, turn: Turn, runtime: str) -> None:
+    def queued(self, turn: Turn, runtime: str, caller: Mapping[str, str] | None = None) -> None:
         root = self._tracer.start_span(
             "tether.turn",
+            # The caller's span, when its input came with W3C trace context; else a new trace.
+            context=self._propagator.extract(caller) if caller else None,
             kind=self._trace.SpanKind.SERVER,
             start_time=turn.create_time_us * 1000,
             attributes={

@@ -11,13 +11,16 @@ carries a context and nothing is traced.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import urllib.request
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,6 +30,7 @@ from tests.helpers.processes import FAST, ROOT, eventually, worker_args
 from tether import sdk
 from tether.control_plane import ControlPlane, Settings
 from tether.control_plane.observability import turn_tracer
+from tether.v1 import session_service_pb2, session_service_pb2_grpc
 
 
 def _console_spans(text: str) -> list[dict]:
@@ -132,3 +136,54 @@ def test_without_a_tracer_provider_nothing_is_traced() -> None:
         if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             pytest.skip("a global tracer provider was set in this process")
     assert turn_tracer() is None
+
+
+async def test_a_turn_continues_the_trace_its_input_came_with(tmp_path: pathlib.Path) -> None:
+    """An application that traces sends W3C trace context with SendInput (gRPC metadata, as
+    OpenTelemetry's gRPC instrumentation does, or HTTP headers on the HTTP port): the turn's
+    root span is a child of the application's span, in the application's trace. A malformed
+    `traceparent` starts a new trace."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings(port=0, http_port=0, db=str(tmp_path / "tether.db"), timings=FAST, dev_owner="local")
+    cp = ControlPlane(settings)
+    cp.tracer_provider = provider
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    traced = f"00-{trace_id}-{span_id}-01"
+    async with cp, sdk.AsyncClient(f"127.0.0.1:{cp.port}") as client:
+        assert cp.http is not None
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}")
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+
+        def over_http(session_id: str, parent: str) -> str:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{cp.http.port}/tether.v1.SessionService/SendInput",
+                data=json.dumps({"sessionId": session_id, "input": "http"}).encode(),
+                headers={"content-type": "application/json", "traceparent": parent, "tracestate": "app=1"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return json.load(answer)["turn"]["turnId"]
+
+        turns = {}
+        for name, parent in (("grpc", traced), ("http", traced), ("malformed", "00-not-a-trace-01")):
+            session = await client.create_session("nobody-runs-this")
+            if name == "http":
+                turn_id = await asyncio.to_thread(over_http, session.session_id, parent)
+            else:
+                sent = await stub.SendInput(
+                    session_service_pb2.SendInputRequest(session_id=session.session_id, input=name),
+                    metadata=(("traceparent", parent), ("tracestate", "app=1")),
+                )
+                turn_id = sent.turn.turn_id
+            turns[turn_id] = name
+            await client.delete_session(session.session_id)  # ends the queued turn's trace (abandoned)
+        await channel.close()
+    roots = {turns[s.attributes["tether.turn_id"]]: s for s in exporter.get_finished_spans() if s.name == "tether.turn"}
+    for name in ("grpc", "http"):
+        root = roots[name]
+        assert f"{root.context.trace_id:032x}" == trace_id, name
+        assert root.parent is not None and root.parent.is_remote and f"{root.parent.span_id:016x}" == span_id, name
+        assert root.context.trace_state.get("app") == "1", name
+    malformed = roots["malformed"]
+    assert malformed.parent is None and f"{malformed.context.trace_id:032x}" != trace_id
