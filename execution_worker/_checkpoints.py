@@ -260,9 +260,11 @@ class Checkpoints:
         landed: dict[str, Path] = {}
         for start in range(0, len(digests), DIGESTS_PER_CALL):
             batch = digests[start : start + DIGESTS_PER_CALL]
-            while wanted := [d for d in batch if d not in landed]:
+            while True:
+                wanted = [d for d in batch if d not in landed]
                 try:
                     await self._get_blobs(workspace, lease_epoch, wanted, stage, landed)
+                    break  # what the call left out is checked below; only a failed call is made again
                 except grpc.aio.AioRpcError as error:
                     if retry is None or not await retry(error):
                         raise

@@ -111,9 +111,10 @@ class _FlakyBlobs:
     """A worker's WorkerService stub whose first `failures` GetBlobs calls fail UNAVAILABLE
     after their first message, as a control plane restarting mid-download does."""
 
-    def __init__(self, stub, failures: int) -> None:
+    def __init__(self, stub, failures: int, *, then_nothing: bool = False) -> None:
         self._stub = stub
         self.failures = failures
+        self.then_nothing = then_nothing  # after the failures, calls end at once with no blob
         self.calls: list[list[str]] = []
 
     def __getattr__(self, name: str):
@@ -122,6 +123,9 @@ class _FlakyBlobs:
     def GetBlobs(self, request, **kwargs):
         self.calls.append(list(request.digests))
         call = self._stub.GetBlobs(request, **kwargs)
+        if self.failures <= 0 and self.then_nothing:
+            call.cancel()
+            return _no_messages()
         if self.failures <= 0:
             return call
         self.failures -= 1
@@ -138,13 +142,23 @@ class _FlakyBlobs:
         return cut_short()
 
 
-@pytest.mark.parametrize("failures, restored", [(2, True), (1_000, False)], ids=["then-served", "never"])
+async def _no_messages():
+    return
+    yield  # an async generator that ends at once
+
+
+@pytest.mark.parametrize(
+    "failures, then_nothing, restored",
+    [(2, False, True), (1_000, False, False), (1, True, False)],
+    ids=["then-served", "never", "then-left-out"],
+)
 async def test_a_download_the_control_plane_cuts_off_is_retried_while_the_deadline_allows(
-    control_plane, client, tmp_path: pathlib.Path, failures: int, restored: bool
+    control_plane, client, tmp_path: pathlib.Path, failures: int, then_nothing: bool, restored: bool
 ) -> None:
     """Found by the chaos run: a workspace restore that met a control-plane restart failed its
     turn (GetBlobs UNAVAILABLE) where Resume, just before it, was retried. The download is now
-    asked again for the blobs that did not arrive, within the Resume deadline."""
+    asked again for the blobs that did not arrive, within the Resume deadline. A call that ends
+    without error but leaves blobs out is not made again: the restore fails closed at once."""
     target = f"127.0.0.1:{control_plane.port}"
     settings = {"resume_timeout_s": 1.5, "reconnect_backoff_initial_s": 0.05, "reconnect_backoff_max_s": 0.2}
     workers = [Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, **settings)) for n in "ab"]
@@ -156,13 +170,18 @@ async def test_a_download_the_control_plane_cuts_off_is_retried_while_the_deadli
         await client.create_snapshot(sid, timeout_s=20)
         holder = (await client.get_session(sid)).worker_id
         [other] = [w for w in workers if w.worker_id != holder]
-        flaky = _FlakyBlobs(other._link.stub, failures)
+        flaky = _FlakyBlobs(other._link.stub, failures, then_nothing=then_nothing)
         other._link._stub = flaky
         if restored:
             await client.restore_session(sid, timeout_s=20)  # onto the other worker
             assert (await client.get_session(sid)).worker_id == other.worker_id
             assert await _turn(client, sid, "cat data.txt; wc -l < big.txt") == "precious\n50000\n"
             assert len(flaky.calls) >= 3  # two cut short, then what had not arrived
+        elif then_nothing:
+            with pytest.raises(sdk.RehydrationFailedError) as refused:
+                await client.restore_session(sid, timeout_s=20)
+            assert "did not arrive" in str(refused.value), refused.value
+            assert len(flaky.calls) == 2  # the cut-off call, then the one that left blobs out
         else:
             with pytest.raises(sdk.RehydrationFailedError) as refused:
                 await client.restore_session(sid, timeout_s=20)
