@@ -5,8 +5,10 @@ environment asks for traces: `OTEL_TRACES_EXPORTER` (`otlp`, `console`, or both,
 separated; `none` turns tracing off), or an OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), and `OTEL_SDK_DISABLED` is not `true`. Then it installs
 a global tracer provider whose spans go, in batches (`OTEL_BSP_*`), to the exporters named:
-OTLP over gRPC (`opentelemetry-exporter-otlp-proto-grpc`, which reads its endpoint, headers,
-certificates and timeout from the `OTEL_EXPORTER_OTLP_*` variables itself) or the console.
+OTLP or the console. OTLP goes over gRPC (`opentelemetry-exporter-otlp-proto-grpc`), or over
+HTTP when `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` is
+`http/protobuf` (`opentelemetry-exporter-otlp-proto-http`); either exporter reads its endpoint,
+headers, certificates and timeout from the `OTEL_EXPORTER_OTLP_*` variables itself.
 The service is `OTEL_SERVICE_NAME`, else `service_name`; `OTEL_RESOURCE_ATTRIBUTES` adds to it.
 Spans still queued are flushed when the process exits.
 """
@@ -14,6 +16,10 @@ Spans still queued are flushed when the process exits.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["TracingUnavailable", "configure", "requested"]
 
@@ -42,7 +48,7 @@ def configure(service_name: str) -> bool:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError:
         raise TracingUnavailable(
             "the OTEL_* variables ask for traces but OpenTelemetry is not installed: "
@@ -55,14 +61,7 @@ def configure(service_name: str) -> bool:
         if name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name == "otlp":
-            if protocol != "grpc":
-                raise TracingUnavailable(
-                    f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported: Tether exports OTLP over gRPC; "
-                    "set it to grpc (or unset it) and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's gRPC port"
-                )
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            exporters.append(OTLPSpanExporter())
+            exporters.append(_otlp_exporter(protocol))
         else:
             raise TracingUnavailable(
                 f"OTEL_TRACES_EXPORTER names {name!r}; Tether sends traces to otlp, console or none"
@@ -73,3 +72,24 @@ def configure(service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return True
+
+
+def _otlp_exporter(protocol: str) -> SpanExporter:
+    """The OTLP exporter for `protocol`: `grpc` (the default) or `http/protobuf`."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OTLPHttpSpanExporter
+        except ImportError:
+            raise TracingUnavailable(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf needs opentelemetry-exporter-otlp-proto-http: "
+                "pip install 'tether[otel]' again, or set the protocol to grpc"
+            ) from None
+        return OTLPHttpSpanExporter()
+    raise TracingUnavailable(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported: Tether exports OTLP over grpc or "
+        "http/protobuf; set one of those (or unset it for grpc)"
+    )

@@ -51,8 +51,8 @@ def test_nothing_asked_installs_nothing() -> None:
     [
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "names 'jaeger'; Tether sends traces to otlp, console or none"),
         (
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
-            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is not supported",
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported: Tether exports OTLP over grpc or http/protobuf",
         ),
     ],
 )
@@ -63,3 +63,57 @@ def test_settings_it_cannot_honour_are_refused_saying_what_to_set(
         monkeypatch.setenv(name, value)
     with pytest.raises(tracing.TracingUnavailable, match=says.replace("(", r"\(")):
         tracing.configure("tether-test")
+
+
+def test_otlp_over_http_reaches_a_collector(tmp_path) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: spans go as protobuf POSTs to the
+    endpoint. A process set up from the variables alone (configure() installs the global
+    provider, so not in this one) sends a span to a local receiver, which decodes it."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, self.headers["content-type"], body))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{server.server_port}/v1/traces",
+        "OTEL_SERVICE_NAME": "tether-http-probe",
+    }
+    script = (
+        "from opentelemetry import trace\n"
+        "from tether.logs import tracing\n"
+        "assert tracing.configure('tether-test')\n"
+        "trace.get_tracer('probe').start_span('tether.probe').end()\n"
+        "trace.get_tracer_provider().shutdown()\n"  # flushes the batch
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    [(path, content_type, body)] = received
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    request = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "tether-http-probe"
+    assert [s.name for scope in resource_spans.scope_spans for s in scope.spans] == ["tether.probe"]
