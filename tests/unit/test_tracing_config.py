@@ -65,14 +65,66 @@ def test_settings_it_cannot_honour_are_refused_saying_what_to_set(
         tracing.configure("tether-test")
 
 
-def test_otlp_over_http_reaches_a_collector(tmp_path) -> None:
-    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: spans go as protobuf POSTs to the
-    endpoint. A process set up from the variables alone (configure() installs the global
-    provider, so not in this one) sends a span to a local receiver, which decodes it."""
-    import http.server
+def _export_one_span(protocol: str, endpoint: str, traces_endpoint: bool) -> None:
+    """A process set up from the OTEL_* variables alone (configure() installs the global
+    provider, so not this one) sends one span, `tether.probe`, and flushes it."""
     import os
     import subprocess
     import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_SERVICE_NAME"] = "tether-otlp-probe"
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if traces_endpoint else "OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    if protocol:
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = protocol
+    script = (
+        "from opentelemetry import trace\n"
+        "from tether.logs import tracing\n"
+        "assert tracing.configure('tether-test')\n"
+        "trace.get_tracer('probe').start_span('tether.probe').end()\n"
+        "trace.get_tracer_provider().shutdown()\n"  # flushes the batch
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def _the_probe_span(request) -> None:
+    [resource_spans] = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "tether-otlp-probe"
+    assert [s.name for scope in resource_spans.scope_spans for s in scope.spans] == ["tether.probe"]
+
+
+def test_otlp_over_grpc_reaches_a_collector() -> None:
+    """The default protocol: the span goes to the collector's gRPC TraceService."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        _export_one_span("", f"http://127.0.0.1:{port}", traces_endpoint=False)
+    finally:
+        server.stop(None)
+    [request] = received
+    _the_probe_span(request)
+
+
+def test_otlp_over_http_reaches_a_collector() -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: the span goes as a protobuf POST to
+    the traces endpoint."""
+    import http.server
     import threading
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -92,28 +144,10 @@ def test_otlp_over_http_reaches_a_collector(tmp_path) -> None:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{server.server_port}/v1/traces",
-        "OTEL_SERVICE_NAME": "tether-http-probe",
-    }
-    script = (
-        "from opentelemetry import trace\n"
-        "from tether.logs import tracing\n"
-        "assert tracing.configure('tether-test')\n"
-        "trace.get_tracer('probe').start_span('tether.probe').end()\n"
-        "trace.get_tracer_provider().shutdown()\n"  # flushes the batch
-    )
     try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        _export_one_span("http/protobuf", f"http://127.0.0.1:{server.server_port}/v1/traces", traces_endpoint=True)
     finally:
         server.shutdown()
-    assert done.returncode == 0, done.stderr
     [(path, content_type, body)] = received
     assert path == "/v1/traces" and content_type == "application/x-protobuf"
-    request = ExportTraceServiceRequest.FromString(body)
-    [resource_spans] = request.resource_spans
-    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-    assert service == "tether-http-probe"
-    assert [s.name for scope in resource_spans.scope_spans for s in scope.spans] == ["tether.probe"]
+    _the_probe_span(ExportTraceServiceRequest.FromString(body))
