@@ -5,7 +5,9 @@ checkpointed nor touched by a restore (they stay on the worker that wrote them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,24 @@ class KeepFilesHere(ShellRuntime):
         return None
 
 
+@contextlib.asynccontextmanager
+async def _two_workers(control_plane, tmp_path: pathlib.Path, runtimes=None, **settings) -> AsyncIterator[list[Worker]]:
+    """Workers `a` and `b` running in this process against `control_plane`, both connected;
+    closed at the end. `settings` are WorkerSettings fields."""
+    target = f"127.0.0.1:{control_plane.port}"
+    workers = [
+        Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, **settings), runtimes=runtimes) for n in "ab"
+    ]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+        yield workers
+    finally:
+        for w in workers:
+            await w.close()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 async def _turn(client: sdk.AsyncClient, session_id: str, command: str) -> str:
     turn = await client.send_input(session_id, command)
     done = await client.wait_for_turn(session_id, turn.turn_id, timeout_s=20)
@@ -34,13 +54,9 @@ async def _turn(client: sdk.AsyncClient, session_id: str, command: str) -> str:
 async def test_a_runtime_that_opts_out_keeps_its_files_where_they_are_and_the_shell_runtimes_move(
     control_plane, client, tmp_path: pathlib.Path
 ) -> None:
-    target = f"127.0.0.1:{control_plane.port}"
     runtimes = {"shell": ShellRuntime, "keep": KeepFilesHere}
-    workers = [Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target), runtimes=runtimes) for n in "ab"]
-    running = [asyncio.create_task(w.run()) for w in workers]
     reader = control_plane.workspaces._reader  # what the control plane stores of each workspace
-    try:
-        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+    async with _two_workers(control_plane, tmp_path, runtimes):
         moving = (await client.create_session("shell")).session_id
         staying = (await client.create_session("keep")).session_id
         for sid in (moving, staying):
@@ -61,10 +77,6 @@ async def test_a_runtime_that_opts_out_keeps_its_files_where_they_are_and_the_sh
         # restore leaves an opted-out runtime's files alone.
         await client.restore_session(staying, timeout_s=20)
         assert await _turn(client, staying, "cat file.txt") == "kept\n"
-    finally:
-        for w in workers:
-            await w.close()
-        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_starts_the_runtime(
@@ -74,7 +86,6 @@ async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_st
 
     from tether.control_plane.store._blobs import _pieces
 
-    target = f"127.0.0.1:{control_plane.port}"
     started: list[str] = []
 
     class Recording(ShellRuntime):
@@ -82,12 +93,7 @@ async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_st
             started.append(session_id)
             await super().start(session_id, workdir, history)
 
-    workers = [
-        Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target), runtimes={"shell": Recording}) for n in "ab"
-    ]
-    running = [asyncio.create_task(w.run()) for w in workers]
-    try:
-        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+    async with _two_workers(control_plane, tmp_path, {"shell": Recording}):
         sid = (await client.create_session("shell")).session_id
         await _turn(client, sid, "echo precious > data.txt")
         await client.create_snapshot(sid, timeout_s=20)
@@ -101,10 +107,6 @@ async def test_a_restore_that_meets_a_corrupted_blob_fails_the_turn_and_never_st
         assert "workspace restore failed" in str(refused.value) and "SHA-256" in str(refused.value)
         assert len(started) == runs  # the runtime never started in a half-restored workspace
         assert (await client.get_session(sid)).worker_id in ("", holder)
-    finally:
-        for w in workers:
-            await w.close()
-        await asyncio.gather(*running, return_exceptions=True)
 
 
 class _FlakyBlobs:
@@ -122,12 +124,9 @@ class _FlakyBlobs:
 
     def GetBlobs(self, request, **kwargs):
         self.calls.append(list(request.digests))
-        call = self._stub.GetBlobs(request, **kwargs)
-        if self.failures <= 0 and self.then_nothing:
-            call.cancel()
-            return _no_messages()
         if self.failures <= 0:
-            return call
+            return _no_messages() if self.then_nothing else self._stub.GetBlobs(request, **kwargs)
+        call = self._stub.GetBlobs(request, **kwargs)
         self.failures -= 1
 
         async def cut_short():
@@ -159,12 +158,8 @@ async def test_a_download_the_control_plane_cuts_off_is_retried_while_the_deadli
     turn (GetBlobs UNAVAILABLE) where Resume, just before it, was retried. The download is now
     asked again for the blobs that did not arrive, within the Resume deadline. A call that ends
     without error but leaves blobs out is not made again: the restore fails closed at once."""
-    target = f"127.0.0.1:{control_plane.port}"
     settings = {"resume_timeout_s": 1.5, "reconnect_backoff_initial_s": 0.05, "reconnect_backoff_max_s": 0.2}
-    workers = [Worker(WorkerSettings(workdir=tmp_path / n, control_plane=target, **settings)) for n in "ab"]
-    running = [asyncio.create_task(w.run()) for w in workers]
-    try:
-        await eventually(lambda: all(w.connected for w in workers), timeout=10, what="both workers connected")
+    async with _two_workers(control_plane, tmp_path, **settings) as workers:
         sid = (await client.create_session("shell")).session_id
         await _turn(client, sid, "echo precious > data.txt; seq 1 50000 > big.txt")
         await client.create_snapshot(sid, timeout_s=20)
@@ -188,7 +183,3 @@ async def test_a_download_the_control_plane_cuts_off_is_retried_while_the_deadli
             assert "UNAVAILABLE" in str(refused.value), refused.value
             assert (await client.get_session(sid)).worker_id in ("", holder)
             assert len(flaky.calls) >= 3  # retried, then gave up at the deadline
-    finally:
-        for w in workers:
-            await w.close()
-        await asyncio.gather(*running, return_exceptions=True)

@@ -3,7 +3,16 @@ what to set instead) before installing anything."""
 
 from __future__ import annotations
 
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from concurrent import futures
+
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tether.logs import tracing
 
@@ -68,10 +77,6 @@ def test_settings_it_cannot_honour_are_refused_saying_what_to_set(
 def _export_one_span(protocol: str, endpoint: str, traces_endpoint: bool) -> None:
     """A process set up from the OTEL_* variables alone (configure() installs the global
     provider, so not this one) sends one span, `tether.probe`, and flushes it."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OTEL_SERVICE_NAME"] = "tether-otlp-probe"
     env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if traces_endpoint else "OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
@@ -97,11 +102,6 @@ def _the_probe_span(request) -> None:
 
 def test_otlp_over_grpc_reaches_a_collector() -> None:
     """The default protocol: the span goes to the collector's gRPC TraceService."""
-    from concurrent import futures
-
-    import grpc
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
     received = []
 
     class Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -124,11 +124,6 @@ def test_otlp_over_grpc_reaches_a_collector() -> None:
 def test_otlp_over_http_reaches_a_collector() -> None:
     """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: the span goes as a protobuf POST to
     the traces endpoint."""
-    import http.server
-    import threading
-
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
     received: list[tuple[str, str, bytes]] = []
 
     class Collector(http.server.BaseHTTPRequestHandler):
@@ -150,4 +145,4 @@ def test_otlp_over_http_reaches_a_collector() -> None:
         server.shutdown()
     [(path, content_type, body)] = received
     assert path == "/v1/traces" and content_type == "application/x-protobuf"
-    _the_probe_span(ExportTraceServiceRequest.FromString(body))
+    _the_probe_span(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
