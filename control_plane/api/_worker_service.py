@@ -19,7 +19,7 @@ from ..domain._workspaces import Workspaces
 from ..domain.access import FailureLimiter, Limits, WorkerCaller
 from ..domain.hub import Hub
 from ..domain.messages import CloseMsg, RevokeMsg
-from ..domain.model import TERMINAL_KINDS, WorkerInfo
+from ..domain.model import WorkerInfo
 from ..domain.ports import CredentialStore
 from . import _validate as v
 from ._auth import Authenticator, peer_address
@@ -28,13 +28,13 @@ from ._convert import (
     HistoryCodec,
     duration,
     events_message,
-    incoming_event,
     lease_refs,
     runtime_portability,
     ts,
     worker_msg_pb,
 )
 from ._errors import translate
+from ._event_streams import EventStreams
 from ._workspaces import WorkspaceCalls, message_sizes
 
 log = logging.getLogger(__name__)
@@ -42,69 +42,6 @@ log = logging.getLogger(__name__)
 _HISTORY_CHUNK = 500
 _END = object()
 MAX_OPEN_TURN_IDS = 4096  # LeaseOpen.turn_ids
-
-
-def _durable(item: Any) -> bool:
-    return isinstance(item, tuple) and (item[0] is None or item[0].done())
-
-
-async def _acknowledgements(pending: asyncio.Queue[Any], delay: float) -> AsyncGenerator[tuple[int, int], None]:
-    """The acks of one StreamEvents stream, as (acked_worker_seq, last_seq), from what its
-    reader queues: (commit future, acked, last, urgent) per batch, then _END; an exception
-    ends the stream with it.
-
-    An ack covers every batch durable by then. One that is not urgent waits up to `delay` for
-    later batches to cover too; an urgent batch (a turn's end, or nothing new) and the end of
-    the stream send what waits at once.
-    """
-    loop = asyncio.get_running_loop()
-    carried: Any = None  # an item taken off the queue while coalescing, not yet durable
-    unsent: tuple[int, int] | None = None  # durable, not acknowledged yet
-    due = 0.0  # when `unsent` goes out at the latest
-    while True:
-        if carried is not None:
-            item, carried = carried, None
-        elif unsent is None:
-            item = await pending.get()
-        else:
-            try:
-                async with asyncio.timeout_at(due):
-                    item = await pending.get()
-            except TimeoutError:
-                yield unsent
-                unsent = None
-                continue
-        if item is _END:
-            if unsent is not None:
-                yield unsent
-            return
-        if isinstance(item, BaseException):
-            raise item
-        fut, acked, last, urgent = item
-        try:
-            if fut is not None:
-                await fut
-            # Coalesce: later batches already durable are covered by the same ack.
-            while not pending.empty():
-                nxt = pending.get_nowait()
-                if not _durable(nxt):
-                    carried = nxt
-                    break
-                fut, acked, last, later_urgent = nxt
-                urgent = urgent or later_urgent
-                if fut is not None:
-                    fut.result()
-        except errors.DomainError:
-            raise
-        except Exception as exc:
-            raise errors.Unavailable(f"events were not stored; resend them: {exc}") from exc
-        if urgent or delay <= 0:
-            yield acked, last
-            unsent = None
-        else:
-            if unsent is None:
-                due = loop.time() + delay
-            unsent = (acked, last)
 
 
 class WorkerService(WorkspaceCalls):
@@ -125,6 +62,7 @@ class WorkerService(WorkspaceCalls):
         self._access = access
         self._limits = limits
         self._pairing_failures = FailureLimiter(limits.pairing_failures_per_minute)
+        self._event_streams = EventStreams(hub, auth, self._worker_id)
 
     def _worker_id(self, caller: WorkerCaller, given: str, field: str = "worker_id") -> str:
         """The worker id a call may act as: the one its token is bound to, or, for an anonymous
@@ -357,77 +295,15 @@ class WorkerService(WorkspaceCalls):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def StreamEvents(
+    def StreamEvents(
         self, request_iterator: AsyncIterator[wpb.StreamEventsRequest], context: grpc.aio.ServicerContext
-    ):
-        async with translate(context, "StreamEvents"):
-            caller = await self._auth.worker(context)
-            requests = aiter(request_iterator)
-            first = await anext(requests, None)
-            if first is None:
-                return
-            worker_id = self._worker_id(caller, first.worker_id)
-            session_id = v.required("session_id", first.session_id)
-            epoch = first.lease_epoch
-            if epoch <= 0:
-                raise errors.InvalidArgument("lease_epoch", "is required (the epoch from the offer)")
-            await self._hub.load_for_worker(worker_id, session_id, epoch, caller.owner)
-            pending: asyncio.Queue[Any] = asyncio.Queue()
-            reader = asyncio.create_task(
-                self._read_events(worker_id, caller.owner, session_id, epoch, first, requests, pending)
-            )
-            unwatch = self._auth.watch(caller, pending.put_nowait)
-            try:
-                async with contextlib.aclosing(_acknowledgements(pending, self._hub.timings.event_ack_delay_s)) as acks:
-                    async for acked, last in acks:
-                        yield wpb.StreamEventsResponse(acked_worker_seq=acked, last_seq=last)
-            finally:
-                unwatch()
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+    ) -> AsyncGenerator[wpb.StreamEventsResponse, None]:
+        return self._event_streams.stream_events(request_iterator, context)
 
-    async def _read_events(
-        self,
-        worker_id: str,
-        owner: str,
-        session_id: str,
-        epoch: int,
-        first: wpb.StreamEventsRequest,
-        requests: AsyncIterator[wpb.StreamEventsRequest],
-        pending: asyncio.Queue[Any],
-    ) -> None:
-        max_events = self._hub.timings.max_events_per_message
-        try:
-            req: wpb.StreamEventsRequest | None = first
-            while req is not None:
-                if req.session_id and req.session_id != session_id:
-                    raise errors.InvalidArgument("session_id", "one StreamEvents stream carries one session")
-                if req.lease_epoch and req.lease_epoch != epoch:
-                    raise errors.InvalidArgument("lease_epoch", "one StreamEvents stream carries one lease epoch")
-                if len(req.events) > max_events:
-                    raise errors.InvalidArgument("events", f"at most {max_events} events per message")
-                if req.events:
-                    incoming = [incoming_event(e) for e in req.events]
-                    for i, e in enumerate(incoming):
-                        if not e.kind:
-                            raise errors.InvalidArgument(f"events[{i}].body", "must set one event kind")
-                        if e.kind in ("input_received", "request_resolved", "turn_waiting"):
-                            raise errors.InvalidArgument(
-                                f"events[{i}].body", f"{e.kind} is written by the control plane"
-                            )
-                    result = self._hub.ingest(worker_id, session_id, epoch, incoming, owner)
-                    stored = result.events
-                    # A resend (nothing new) or a turn's end is acknowledged at once: the worker
-                    # waits for that ack (its snapshot, a drain); the rest may wait (Timings.event_ack_delay_s).
-                    urgent = result.committed is None or (bool(stored) and stored[-1].kind in TERMINAL_KINDS)
-                    pending.put_nowait((result.committed, result.acked_worker_seq, result.last_seq, urgent))
-                req = await anext(requests, None)
-            pending.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            pending.put_nowait(exc)
+    def StreamWorkerEvents(
+        self, request_iterator: AsyncIterator[wpb.WorkerEventsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[wpb.WorkerEventsResponse, None]:
+        return self._event_streams.stream_worker_events(request_iterator, context)
 
     async def Resume(self, request: wpb.ResumeRequest, context: grpc.aio.ServicerContext):
         async with translate(context, "Resume"):

@@ -66,18 +66,6 @@ class Ingest:
         self, worker_id: str, session_id: str, epoch: int, events: list[IncomingEvent], owner: str
     ) -> IngestResult:
         rec = self._leases.check(worker_id, session_id, epoch, owner)
-        limits = self._limits
-        bucket = rec.events_bucket
-        if bucket is None:
-            bucket = rec.events_bucket = TokenBucket(
-                limits.events_per_second_per_session, limits.event_burst_per_session
-            )
-        if not bucket.spend(len(events)):
-            raise errors.LimitExceeded(
-                "events_per_second_per_session",
-                limits.events_per_second_per_session,
-                f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
-            )
         expected = self._leases.acked_worker_seq(rec) + 1
         for e in events:
             if e.worker_seq < expected:
@@ -85,12 +73,21 @@ class Ingest:
         fresh = [e for e in events if e.worker_seq >= expected]
         for i, e in enumerate(fresh):
             if e.worker_seq != expected + i:
-                raise errors.InvalidArgument(
-                    "events.worker_seq",
-                    f"worker_seq must continue at {expected + i} with no gaps; got {e.worker_seq}",
-                )
+                raise errors.WorkerSeqGap(expected + i, e.worker_seq)
         if not fresh:
             return IngestResult(None, self._leases.acked_worker_seq(rec), self._events.committed_seq(rec), [])
+        limits = self._limits
+        bucket = rec.events_bucket
+        if bucket is None:
+            bucket = rec.events_bucket = TokenBucket(
+                limits.events_per_second_per_session, limits.event_burst_per_session
+            )
+        if not bucket.spend(len(fresh)):
+            raise errors.LimitExceeded(
+                "events_per_second_per_session",
+                limits.events_per_second_per_session,
+                f"session {session_id!r} is writing events faster than allowed; resend them after a pause",
+            )
         active = self._turns.active(rec)
         running_id = active.turn_id if active is not None and active.state == TurnState.RUNNING else ""
         for e in fresh:

@@ -143,6 +143,15 @@ class TurnReverted(DomainError):
     reason = "TURN_REVERTED"
 
 
+class WorkerSeqGap(InvalidArgument):
+    """A batch's fresh events do not continue the accepted worker_seq watermark (the reason
+    stays INVALID_ARGUMENT; the class lets a multiplexed stream drop the batches a worker sent
+    before it read a refusal)."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__("events.worker_seq", f"worker_seq must continue at {expected} with no gaps; got {got}")
+
+
 class WorkerSeqReused(InvalidArgument):
     """A claimed duplicate event differs from the event stored under its number."""
 

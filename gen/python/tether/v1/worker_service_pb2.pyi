@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tether.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
@@ -377,6 +378,54 @@ class StreamEventsResponse(_message.Message):
     acked_worker_seq: int
     last_seq: int
     def __init__(self, acked_worker_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class WorkerEventsRequest(_message.Message):
+    __slots__ = ("worker_id", "batches")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    batches: _containers.RepeatedCompositeFieldContainer[SessionEventBatch]
+    def __init__(self, worker_id: _Optional[str] = ..., batches: _Optional[_Iterable[_Union[SessionEventBatch, _Mapping]]] = ...) -> None: ...
+
+class SessionEventBatch(_message.Message):
+    __slots__ = ("session_id", "lease_epoch", "events")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_epoch: int
+    events: _containers.RepeatedCompositeFieldContainer[WorkerEvent]
+    def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., events: _Optional[_Iterable[_Union[WorkerEvent, _Mapping]]] = ...) -> None: ...
+
+class WorkerEventsResponse(_message.Message):
+    __slots__ = ("acks", "refused")
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[SessionEventsAck]
+    refused: _containers.RepeatedCompositeFieldContainer[SessionEventsRefused]
+    def __init__(self, acks: _Optional[_Iterable[_Union[SessionEventsAck, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[SessionEventsRefused, _Mapping]]] = ...) -> None: ...
+
+class SessionEventsAck(_message.Message):
+    __slots__ = ("session_id", "lease_epoch", "acked_worker_seq", "last_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACKED_WORKER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_epoch: int
+    acked_worker_seq: int
+    last_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., acked_worker_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class SessionEventsRefused(_message.Message):
+    __slots__ = ("session_id", "lease_epoch", "status")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_epoch: int
+    status: _status_pb2.Status
+    def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("worker_id", "session_id", "lease_epoch")

@@ -59,6 +59,11 @@ class WorkerServiceStub:
                 request_serializer=tether_dot_v1_dot_worker__service__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_worker__service__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamWorkerEvents = channel.stream_stream(
+                '/tether.v1.WorkerService/StreamWorkerEvents',
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.FromString,
+                _registered_method=True)
         self.Resume = channel.unary_stream(
                 '/tether.v1.WorkerService/Resume',
                 request_serializer=tether_dot_v1_dot_worker__service__pb2.ResumeRequest.SerializeToString,
@@ -125,6 +130,19 @@ class WorkerServiceServicer:
     def StreamEvents(self, request_iterator, context):
         """StreamEvents carries one leased session's events to the control plane, which stores them,
         gives them their session sequence numbers and acknowledges a watermark.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamWorkerEvents(self, request_iterator, context):
+        """StreamWorkerEvents carries the events of every session the worker holds on one stream:
+        a message may hold batches of many sessions, and an answer acknowledges many. Each batch is
+        fenced, deduplicated and acknowledged exactly as on StreamEvents; a batch the control plane
+        refuses (a lost lease, a gap, a limit) is answered in-band for its session alone, and the
+        stream goes on for the others. A worker holding many sessions writes far fewer messages
+        than with a StreamEvents stream per session. A control plane that answers UNIMPLEMENTED
+        predates it: use StreamEvents.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +219,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=tether_dot_v1_dot_worker__service__pb2.StreamEventsRequest.FromString,
                     response_serializer=tether_dot_v1_dot_worker__service__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'StreamWorkerEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamWorkerEvents,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.SerializeToString,
             ),
             'Resume': grpc.unary_stream_rpc_method_handler(
                     servicer.Resume,
@@ -346,6 +369,33 @@ class WorkerService:
             '/tether.v1.WorkerService/StreamEvents',
             tether_dot_v1_dot_worker__service__pb2.StreamEventsRequest.SerializeToString,
             tether_dot_v1_dot_worker__service__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamWorkerEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tether.v1.WorkerService/StreamWorkerEvents',
+            tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

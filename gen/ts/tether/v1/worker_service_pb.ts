@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
 import type { Event, EventBody, HistoryItem, RuntimePortability, WorkspaceManifest } from "./resources_pb.js";
 import { file_tether_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/worker_service.proto.
  */
 export const file_tether_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSKoAwoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRIeChZvdXRwdXRfc2NoZW1hX3J1bnRpbWVzGAggAygJEk8KE3J1bnRpbWVfcG9ydGFiaWxpdHkYCSADKAsyMi50ZXRoZXIudjEuUmVnaXN0ZXJSZXF1ZXN0LlJ1bnRpbWVQb3J0YWJpbGl0eUVudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaWAoXUnVudGltZVBvcnRhYmlsaXR5RW50cnkSCwoDa2V5GAEgASgJEiwKBXZhbHVlGAIgASgOMh0udGV0aGVyLnYxLlJ1bnRpbWVQb3J0YWJpbGl0eToCOAEi3wQKEFJlZ2lzdGVyUmVzcG9uc2USEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDW9mZmVyX3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPAoZcmVjb25uZWN0X2JhY2tvZmZfaW5pdGlhbBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI4ChVyZWNvbm5lY3RfYmFja29mZl9tYXgYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHgoWbWF4X2V2ZW50c19wZXJfbWVzc2FnZRgIIAEoBRIzChBsaXZlbmVzc190aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXdvcmtlcl9kZWFkX2dyYWNlGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjoKF2lkbGVfaGVhcnRiZWF0X2ludGVydmFsGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWxlYXNlX2RpZ2VzdHMYDCABKAgSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYDSABKA0SFwoPc25hcHNob3RfZGVsdGFzGA4gASgIInoKEEhlYXJ0YmVhdFJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIVCg1ydW5uaW5nX3R1cm5zGAMgASgFEiMKBmxlYXNlcxgEIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiKDAQoRSGVhcnRiZWF0UmVzcG9uc2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEg0KBWRyYWluGAMgASgIIjMKCExlYXNlUmVmEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQikgIKDExlYXNlUmVxdWVzdBIkCgRvcGVuGAEgASgLMhQudGV0aGVyLnYxLkxlYXNlT3BlbkgAEigKBmFjY2VwdBgCIAEoCzIWLnRldGhlci52MS5BY2NlcHRPZmZlckgAEigKBnJlamVjdBgDIAEoCzIWLnRldGhlci52MS5SZWplY3RPZmZlckgAEicKBXJlbmV3GAQgASgLMhYudGV0aGVyLnYxLlJlbmV3TGVhc2VzSAASKgoHcmVsZWFzZRgFIAEoCzIXLnRldGhlci52MS5SZWxlYXNlTGVhc2VIABIrCghkcmFpbmluZxgGIAEoCzIXLnRldGhlci52MS5EcmFpblN0YXJ0ZWRIAEIGCgRraW5kIm4KCUxlYXNlT3BlbhIRCgl3b3JrZXJfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgJEiMKBmxlYXNlcxgDIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIQCgh0dXJuX2lkcxgEIAMoCSJHCgtBY2NlcHRPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQiVwoLUmVqZWN0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2CgtSZW5ld0xlYXNlcxIjCgZsZWFzZXMYASADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSFQoNcnVubmluZ190dXJucxgCIAEoBRIrCgtoZWxkX2RpZ2VzdBgDIAEoCzIWLnRldGhlci52MS5MZWFzZURpZ2VzdCIpCgtMZWFzZURpZ2VzdBINCgVjb3VudBgBIAEoDRILCgN4b3IYAiABKAYiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiKIAwoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIEhUKDW91dHB1dF9zY2hlbWEYCiABKAkSOQoNdHJhY2VfY29udGV4dBgLIAMoCzIiLnRldGhlci52MS5PZmZlci5UcmFjZUNvbnRleHRFbnRyeRIoCgdncmFudGVkGAwgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZBozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJIoABCg1MZWFzZXNSZW5ld2VkEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIOCgZyZXN5bmMYAyABKAgiVgoLV29ya2VyRXZlbnQSEgoKd29ya2VyX3NlcRgBIAEoBBIPCgd0dXJuX2lkGAIgASgJEiIKBGJvZHkYAyABKAsyFC50ZXRoZXIudjEuRXZlbnRCb2R5InkKE1N0cmVhbUV2ZW50c1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSJgoGZXZlbnRzGAQgAygLMhYudGV0aGVyLnYxLldvcmtlckV2ZW50IkIKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEhgKEGFja2VkX3dvcmtlcl9zZXEYASABKAQSEAoIbGFzdF9zZXEYAiABKAQiSwoNUmVzdW1lUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBCLBAQoOUmVzdW1lUmVzcG9uc2USFAoMc25hcHNob3Rfc2VxGAEgASgEEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgCIAEoCRInCgdoaXN0b3J5GAMgAygLMhYudGV0aGVyLnYxLkhpc3RvcnlJdGVtEiAKBmV2ZW50cxgEIAMoCzIQLnRldGhlci52MS5FdmVudBIvCgl3b3Jrc3BhY2UYBSABKAsyHC50ZXRoZXIudjEuV29ya3NwYWNlTWFuaWZlc3QigQIKD1NuYXBzaG90UmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBILCgNzZXEYBCABKAQSHQoVcnVudGltZV9tZXRhZGF0YV9qc29uGAUgASgJEhIKCnJlcXVlc3RfaWQYBiABKAkSJwoHaGlzdG9yeRgHIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIvCgl3b3Jrc3BhY2UYCCABKAsyHC50ZXRoZXIudjEuV29ya3NwYWNlTWFuaWZlc3QSGAoQYmFzZV9zbmFwc2hvdF9pZBgJIAEoCSI0ChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEgsKA3NlcRgCIAEoBCJmChdGaW5kTWlzc2luZ0Jsb2JzUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBIPCgdkaWdlc3RzGAQgAygJIjMKGEZpbmRNaXNzaW5nQmxvYnNSZXNwb25zZRIXCg9taXNzaW5nX2RpZ2VzdHMYASADKAkiRwoJQmxvYkNodW5rEg4KBmRpZ2VzdBgBIAEoCRIMCgRzaXplGAIgASgEEg4KBm9mZnNldBgDIAEoBBIMCgRkYXRhGAQgASgMInMKD1B1dEJsb2JzUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtsZWFzZV9lcG9jaBgDIAEoBBIkCgZjaHVua3MYBCADKAsyFC50ZXRoZXIudjEuQmxvYkNodW5rIj4KEFB1dEJsb2JzUmVzcG9uc2USEgoKYmxvYl9jb3VudBgBIAEoDRIWCg5ieXRlc19yZWNlaXZlZBgCIAEoBCJeCg9HZXRCbG9ic1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSDwoHZGlnZXN0cxgEIAMoCSI4ChBHZXRCbG9ic1Jlc3BvbnNlEiQKBmNodW5rcxgBIAMoCzIULnRldGhlci52MS5CbG9iQ2h1bmsy3QUKDVdvcmtlclNlcnZpY2USQwoIUmVnaXN0ZXISGi50ZXRoZXIudjEuUmVnaXN0ZXJSZXF1ZXN0GhsudGV0aGVyLnYxLlJlZ2lzdGVyUmVzcG9uc2USRgoJSGVhcnRiZWF0EhsudGV0aGVyLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHC50ZXRoZXIudjEuSGVhcnRiZWF0UmVzcG9uc2USPgoFTGVhc2USFy50ZXRoZXIudjEuTGVhc2VSZXF1ZXN0GhgudGV0aGVyLnYxLkxlYXNlUmVzcG9uc2UoATABElMKDFN0cmVhbUV2ZW50cxIeLnRldGhlci52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Gh8udGV0aGVyLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlKAEwARI/CgZSZXN1bWUSGC50ZXRoZXIudjEuUmVzdW1lUmVxdWVzdBoZLnRldGhlci52MS5SZXN1bWVSZXNwb25zZTABEkUKCFNuYXBzaG90EhoudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdBobLnRldGhlci52MS5TbmFwc2hvdFJlc3BvbnNlKAESWwoQRmluZE1pc3NpbmdCbG9icxIiLnRldGhlci52MS5GaW5kTWlzc2luZ0Jsb2JzUmVxdWVzdBojLnRldGhlci52MS5GaW5kTWlzc2luZ0Jsb2JzUmVzcG9uc2USRQoIUHV0QmxvYnMSGi50ZXRoZXIudjEuUHV0QmxvYnNSZXF1ZXN0GhsudGV0aGVyLnYxLlB1dEJsb2JzUmVzcG9uc2UoARJFCghHZXRCbG9icxIaLnRldGhlci52MS5HZXRCbG9ic1JlcXVlc3QaGy50ZXRoZXIudjEuR2V0QmxvYnNSZXNwb25zZTABEjcKBFBhaXISFi50ZXRoZXIudjEuUGFpclJlcXVlc3QaFy50ZXRoZXIudjEuUGFpclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tether_v1_resources]);
+  fileDesc("Ch50ZXRoZXIvdjEvd29ya2VyX3NlcnZpY2UucHJvdG8SCXRldGhlci52MSIpCgtQYWlyUmVxdWVzdBIMCgRjb2RlGAEgASgJEgwKBG5hbWUYAiABKAkiUQoMUGFpclJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCRINCgVvd25lchgEIAEoCSKoAwoPUmVnaXN0ZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHJ1bnRpbWVzGAMgAygJEg0KBXNsb3RzGAQgASgFEjYKBmxhYmVscxgFIAMoCzImLnRldGhlci52MS5SZWdpc3RlclJlcXVlc3QuTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgGIAEoCRIQCghmZWF0dXJlcxgHIAMoCRIeChZvdXRwdXRfc2NoZW1hX3J1bnRpbWVzGAggAygJEk8KE3J1bnRpbWVfcG9ydGFiaWxpdHkYCSADKAsyMi50ZXRoZXIudjEuUmVnaXN0ZXJSZXF1ZXN0LlJ1bnRpbWVQb3J0YWJpbGl0eUVudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaWAoXUnVudGltZVBvcnRhYmlsaXR5RW50cnkSCwoDa2V5GAEgASgJEiwKBXZhbHVlGAIgASgOMh0udGV0aGVyLnYxLlJ1bnRpbWVQb3J0YWJpbGl0eToCOAEi3wQKEFJlZ2lzdGVyUmVzcG9uc2USEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDW9mZmVyX3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPAoZcmVjb25uZWN0X2JhY2tvZmZfaW5pdGlhbBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI4ChVyZWNvbm5lY3RfYmFja29mZl9tYXgYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHgoWbWF4X2V2ZW50c19wZXJfbWVzc2FnZRgIIAEoBRIzChBsaXZlbmVzc190aW1lb3V0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXdvcmtlcl9kZWFkX2dyYWNlGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjoKF2lkbGVfaGVhcnRiZWF0X2ludGVydmFsGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWxlYXNlX2RpZ2VzdHMYDCABKAgSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYDSABKA0SFwoPc25hcHNob3RfZGVsdGFzGA4gASgIInoKEEhlYXJ0YmVhdFJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoCRIVCg1ydW5uaW5nX3R1cm5zGAMgASgFEiMKBmxlYXNlcxgEIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiKDAQoRSGVhcnRiZWF0UmVzcG9uc2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKC2xvc3RfbGVhc2VzGAIgAygLMhMudGV0aGVyLnYxLkxlYXNlUmVmEg0KBWRyYWluGAMgASgIIjMKCExlYXNlUmVmEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQikgIKDExlYXNlUmVxdWVzdBIkCgRvcGVuGAEgASgLMhQudGV0aGVyLnYxLkxlYXNlT3BlbkgAEigKBmFjY2VwdBgCIAEoCzIWLnRldGhlci52MS5BY2NlcHRPZmZlckgAEigKBnJlamVjdBgDIAEoCzIWLnRldGhlci52MS5SZWplY3RPZmZlckgAEicKBXJlbmV3GAQgASgLMhYudGV0aGVyLnYxLlJlbmV3TGVhc2VzSAASKgoHcmVsZWFzZRgFIAEoCzIXLnRldGhlci52MS5SZWxlYXNlTGVhc2VIABIrCghkcmFpbmluZxgGIAEoCzIXLnRldGhlci52MS5EcmFpblN0YXJ0ZWRIAEIGCgRraW5kIm4KCUxlYXNlT3BlbhIRCgl3b3JrZXJfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgJEiMKBmxlYXNlcxgDIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIQCgh0dXJuX2lkcxgEIAMoCSJHCgtBY2NlcHRPZmZlchISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQiVwoLUmVqZWN0T2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg4KBnJlYXNvbhgEIAEoCSJ2CgtSZW5ld0xlYXNlcxIjCgZsZWFzZXMYASADKAsyEy50ZXRoZXIudjEuTGVhc2VSZWYSFQoNcnVubmluZ190dXJucxgCIAEoBRIrCgtoZWxkX2RpZ2VzdBgDIAEoCzIWLnRldGhlci52MS5MZWFzZURpZ2VzdCIpCgtMZWFzZURpZ2VzdBINCgVjb3VudBgBIAEoDRILCgN4b3IYAiABKAYiRwoMUmVsZWFzZUxlYXNlEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJIjwKDERyYWluU3RhcnRlZBIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwMKDUxlYXNlUmVzcG9uc2USKAoGb3BlbmVkGAEgASgLMhYudGV0aGVyLnYxLkxlYXNlT3BlbmVkSAASIQoFb2ZmZXIYAiABKAsyEC50ZXRoZXIudjEuT2ZmZXJIABIqCgdncmFudGVkGAMgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZEgAEjIKCWludGVycnVwdBgEIAEoCzIdLnRldGhlci52MS5JbnRlcnJ1cHRSZXF1ZXN0ZWRIABIqCgdyZXZva2VkGAUgASgLMhcudGV0aGVyLnYxLkxlYXNlUmV2b2tlZEgAEjAKCHNuYXBzaG90GAYgASgLMhwudGV0aGVyLnYxLlNuYXBzaG90UmVxdWVzdGVkSAASKgoFZHJhaW4YByABKAsyGS50ZXRoZXIudjEuRHJhaW5SZXF1ZXN0ZWRIABIrCgdyZW5ld2VkGAggASgLMhgudGV0aGVyLnYxLkxlYXNlc1JlbmV3ZWRIABIuCghhbnN3ZXJlZBgJIAEoCzIaLnRldGhlci52MS5SZXF1ZXN0QW5zd2VyZWRIAEIGCgRraW5kIkoKC0xlYXNlT3BlbmVkEhEKCXdvcmtlcl9pZBgBIAEoCRIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZiKIAwoFT2ZmZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd0dXJuX2lkGAIgASgJEg0KBWlucHV0GAMgASgJEg8KB3J1bnRpbWUYBCABKAkSEwoLbGVhc2VfZXBvY2gYBSABKAQSFwoPcmVzdW1lX3JlcXVpcmVkGAYgASgIEhAKCGxhc3Rfc2VxGAcgASgEEjMKD2FjY2VwdF9kZWFkbGluZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcmVzdG9yZV9vbmx5GAkgASgIEhUKDW91dHB1dF9zY2hlbWEYCiABKAkSOQoNdHJhY2VfY29udGV4dBgLIAMoCzIiLnRldGhlci52MS5PZmZlci5UcmFjZUNvbnRleHRFbnRyeRIoCgdncmFudGVkGAwgASgLMhcudGV0aGVyLnYxLk9mZmVyR3JhbnRlZBozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn8KDE9mZmVyR3JhbnRlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEkludGVycnVwdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSDgoGcmVhc29uGAMgASgJIkcKDExlYXNlUmV2b2tlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEg4KBnJlYXNvbhgDIAEoCSJQChFTbmFwc2hvdFJlcXVlc3RlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEhIKCnJlcXVlc3RfaWQYAyABKAkiPgoORHJhaW5SZXF1ZXN0ZWQSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKD1JlcXVlc3RBbnN3ZXJlZBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3R1cm5faWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIVCg1yZXNwb25zZV9qc29uGAQgASgJIoABCg1MZWFzZXNSZW5ld2VkEjUKEWxlYXNlX2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgtsb3N0X2xlYXNlcxgCIAMoCzITLnRldGhlci52MS5MZWFzZVJlZhIOCgZyZXN5bmMYAyABKAgiVgoLV29ya2VyRXZlbnQSEgoKd29ya2VyX3NlcRgBIAEoBBIPCgd0dXJuX2lkGAIgASgJEiIKBGJvZHkYAyABKAsyFC50ZXRoZXIudjEuRXZlbnRCb2R5InkKE1N0cmVhbUV2ZW50c1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSJgoGZXZlbnRzGAQgAygLMhYudGV0aGVyLnYxLldvcmtlckV2ZW50IkIKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEhgKEGFja2VkX3dvcmtlcl9zZXEYASABKAQSEAoIbGFzdF9zZXEYAiABKAQiVwoTV29ya2VyRXZlbnRzUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSLQoHYmF0Y2hlcxgCIAMoCzIcLnRldGhlci52MS5TZXNzaW9uRXZlbnRCYXRjaCJkChFTZXNzaW9uRXZlbnRCYXRjaBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEiYKBmV2ZW50cxgDIAMoCzIWLnRldGhlci52MS5Xb3JrZXJFdmVudCJzChRXb3JrZXJFdmVudHNSZXNwb25zZRIpCgRhY2tzGAEgAygLMhsudGV0aGVyLnYxLlNlc3Npb25FdmVudHNBY2sSMAoHcmVmdXNlZBgCIAMoCzIfLnRldGhlci52MS5TZXNzaW9uRXZlbnRzUmVmdXNlZCJnChBTZXNzaW9uRXZlbnRzQWNrEhIKCnNlc3Npb25faWQYASABKAkSEwoLbGVhc2VfZXBvY2gYAiABKAQSGAoQYWNrZWRfd29ya2VyX3NlcRgDIAEoBBIQCghsYXN0X3NlcRgEIAEoBCJjChRTZXNzaW9uRXZlbnRzUmVmdXNlZBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2xlYXNlX2Vwb2NoGAIgASgEEiIKBnN0YXR1cxgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzIksKDVJlc3VtZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQiwQEKDlJlc3VtZVJlc3BvbnNlEhQKDHNuYXBzaG90X3NlcRgBIAEoBBIdChVydW50aW1lX21ldGFkYXRhX2pzb24YAiABKAkSJwoHaGlzdG9yeRgDIAMoCzIWLnRldGhlci52MS5IaXN0b3J5SXRlbRIgCgZldmVudHMYBCADKAsyEC50ZXRoZXIudjEuRXZlbnQSLwoJd29ya3NwYWNlGAUgASgLMhwudGV0aGVyLnYxLldvcmtzcGFjZU1hbmlmZXN0IoECCg9TbmFwc2hvdFJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSCwoDc2VxGAQgASgEEh0KFXJ1bnRpbWVfbWV0YWRhdGFfanNvbhgFIAEoCRISCgpyZXF1ZXN0X2lkGAYgASgJEicKB2hpc3RvcnkYByADKAsyFi50ZXRoZXIudjEuSGlzdG9yeUl0ZW0SLwoJd29ya3NwYWNlGAggASgLMhwudGV0aGVyLnYxLldvcmtzcGFjZU1hbmlmZXN0EhgKEGJhc2Vfc25hcHNob3RfaWQYCSABKAkiNAoQU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCRILCgNzZXEYAiABKAQiZgoXRmluZE1pc3NpbmdCbG9ic1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSDwoHZGlnZXN0cxgEIAMoCSIzChhGaW5kTWlzc2luZ0Jsb2JzUmVzcG9uc2USFwoPbWlzc2luZ19kaWdlc3RzGAEgAygJIkcKCUJsb2JDaHVuaxIOCgZkaWdlc3QYASABKAkSDAoEc2l6ZRgCIAEoBBIOCgZvZmZzZXQYAyABKAQSDAoEZGF0YRgEIAEoDCJzCg9QdXRCbG9ic1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEwoLbGVhc2VfZXBvY2gYAyABKAQSJAoGY2h1bmtzGAQgAygLMhQudGV0aGVyLnYxLkJsb2JDaHVuayI+ChBQdXRCbG9ic1Jlc3BvbnNlEhIKCmJsb2JfY291bnQYASABKA0SFgoOYnl0ZXNfcmVjZWl2ZWQYAiABKAQiXgoPR2V0QmxvYnNSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2xlYXNlX2Vwb2NoGAMgASgEEg8KB2RpZ2VzdHMYBCADKAkiOAoQR2V0QmxvYnNSZXNwb25zZRIkCgZjaHVua3MYASADKAsyFC50ZXRoZXIudjEuQmxvYkNodW5rMrgGCg1Xb3JrZXJTZXJ2aWNlEkMKCFJlZ2lzdGVyEhoudGV0aGVyLnYxLlJlZ2lzdGVyUmVxdWVzdBobLnRldGhlci52MS5SZWdpc3RlclJlc3BvbnNlEkYKCUhlYXJ0YmVhdBIbLnRldGhlci52MS5IZWFydGJlYXRSZXF1ZXN0GhwudGV0aGVyLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEj4KBUxlYXNlEhcudGV0aGVyLnYxLkxlYXNlUmVxdWVzdBoYLnRldGhlci52MS5MZWFzZVJlc3BvbnNlKAEwARJTCgxTdHJlYW1FdmVudHMSHi50ZXRoZXIudjEuU3RyZWFtRXZlbnRzUmVxdWVzdBofLnRldGhlci52MS5TdHJlYW1FdmVudHNSZXNwb25zZSgBMAESWQoSU3RyZWFtV29ya2VyRXZlbnRzEh4udGV0aGVyLnYxLldvcmtlckV2ZW50c1JlcXVlc3QaHy50ZXRoZXIudjEuV29ya2VyRXZlbnRzUmVzcG9uc2UoATABEj8KBlJlc3VtZRIYLnRldGhlci52MS5SZXN1bWVSZXF1ZXN0GhkudGV0aGVyLnYxLlJlc3VtZVJlc3BvbnNlMAESRQoIU25hcHNob3QSGi50ZXRoZXIudjEuU25hcHNob3RSZXF1ZXN0GhsudGV0aGVyLnYxLlNuYXBzaG90UmVzcG9uc2UoARJbChBGaW5kTWlzc2luZ0Jsb2JzEiIudGV0aGVyLnYxLkZpbmRNaXNzaW5nQmxvYnNSZXF1ZXN0GiMudGV0aGVyLnYxLkZpbmRNaXNzaW5nQmxvYnNSZXNwb25zZRJFCghQdXRCbG9icxIaLnRldGhlci52MS5QdXRCbG9ic1JlcXVlc3QaGy50ZXRoZXIudjEuUHV0QmxvYnNSZXNwb25zZSgBEkUKCEdldEJsb2JzEhoudGV0aGVyLnYxLkdldEJsb2JzUmVxdWVzdBobLnRldGhlci52MS5HZXRCbG9ic1Jlc3BvbnNlMAESNwoEUGFpchIWLnRldGhlci52MS5QYWlyUmVxdWVzdBoXLnRldGhlci52MS5QYWlyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_rpc_status, file_google_protobuf_timestamp, file_tether_v1_resources]);
 
 /**
  * PairRequest carries the code an operator or an application handed to the worker.
@@ -1297,6 +1299,183 @@ export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@_
   messageDesc(file_tether_v1_worker_service, 27);
 
 /**
+ * WorkerEventsRequest carries batches of events of any of the worker's sessions.
+ *
+ * @generated from message tether.v1.WorkerEventsRequest
+ */
+export type WorkerEventsRequest = Message<"tether.v1.WorkerEventsRequest"> & {
+  /**
+   * The worker. Required in the first message; later messages must name the same one or none.
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * Batches, handled in order. A session may have several; each continues the one before.
+   *
+   * @generated from field: repeated tether.v1.SessionEventBatch batches = 2;
+   */
+  batches: SessionEventBatch[];
+};
+
+/**
+ * Describes the message tether.v1.WorkerEventsRequest.
+ * Use `create(WorkerEventsRequestSchema)` to create a new message.
+ */
+export const WorkerEventsRequestSchema: GenMessage<WorkerEventsRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 28);
+
+/**
+ * SessionEventBatch is one session's events, as a StreamEventsRequest carries them.
+ *
+ * @generated from message tether.v1.SessionEventBatch
+ */
+export type SessionEventBatch = Message<"tether.v1.SessionEventBatch"> & {
+  /**
+   * The session. Required.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch. Required.
+   *
+   * @generated from field: uint64 lease_epoch = 2;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * Events in worker_seq order, continuing the session's acknowledged or sent ones. After a
+   * refusal, the control plane drops the session's batches that were already on their way
+   * (ones that do not continue what it accepted) until one resends from the acknowledged
+   * watermark.
+   *
+   * @generated from field: repeated tether.v1.WorkerEvent events = 3;
+   */
+  events: WorkerEvent[];
+};
+
+/**
+ * Describes the message tether.v1.SessionEventBatch.
+ * Use `create(SessionEventBatchSchema)` to create a new message.
+ */
+export const SessionEventBatchSchema: GenMessage<SessionEventBatch> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 29);
+
+/**
+ * WorkerEventsResponse acknowledges stored events and refuses batches, for any sessions. An
+ * ack may wait up to a short delay (250 ms by default) to cover later batches too; a batch that
+ * ends a turn, or that holds only events already stored, is acknowledged at once, and
+ * whatever is unacknowledged is acknowledged before the server ends a half-closed stream. A
+ * session's acks come before its refusal in the same message.
+ *
+ * @generated from message tether.v1.WorkerEventsResponse
+ */
+export type WorkerEventsResponse = Message<"tether.v1.WorkerEventsResponse"> & {
+  /**
+   * Watermarks, at most one per session and epoch.
+   *
+   * @generated from field: repeated tether.v1.SessionEventsAck acks = 1;
+   */
+  acks: SessionEventsAck[];
+
+  /**
+   * Batches refused, each for its session alone.
+   *
+   * @generated from field: repeated tether.v1.SessionEventsRefused refused = 2;
+   */
+  refused: SessionEventsRefused[];
+};
+
+/**
+ * Describes the message tether.v1.WorkerEventsResponse.
+ * Use `create(WorkerEventsResponseSchema)` to create a new message.
+ */
+export const WorkerEventsResponseSchema: GenMessage<WorkerEventsResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 30);
+
+/**
+ * SessionEventsAck is one session's acknowledgement.
+ *
+ * @generated from message tether.v1.SessionEventsAck
+ */
+export type SessionEventsAck = Message<"tether.v1.SessionEventsAck"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch of its batches.
+   *
+   * @generated from field: uint64 lease_epoch = 2;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * Every event with worker_seq <= this is stored durably.
+   *
+   * @generated from field: uint64 acked_worker_seq = 3;
+   */
+  ackedWorkerSeq: bigint;
+
+  /**
+   * Session sequence number of the last stored event.
+   *
+   * @generated from field: uint64 last_seq = 4;
+   */
+  lastSeq: bigint;
+};
+
+/**
+ * Describes the message tether.v1.SessionEventsAck.
+ * Use `create(SessionEventsAckSchema)` to create a new message.
+ */
+export const SessionEventsAckSchema: GenMessage<SessionEventsAck> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 31);
+
+/**
+ * SessionEventsRefused says a session's batch was not stored, and why: the status the same
+ * batch would end a StreamEvents stream with (FAILED_PRECONDITION with reason LEASE_LOST: stop
+ * the session; others: resend from the acknowledged watermark after a pause).
+ *
+ * @generated from message tether.v1.SessionEventsRefused
+ */
+export type SessionEventsRefused = Message<"tether.v1.SessionEventsRefused"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The lease epoch of the batch.
+   *
+   * @generated from field: uint64 lease_epoch = 2;
+   */
+  leaseEpoch: bigint;
+
+  /**
+   * Why, with an ErrorInfo (reason, domain "tether.dev") among its details.
+   *
+   * @generated from field: google.rpc.Status status = 3;
+   */
+  status?: Status | undefined;
+};
+
+/**
+ * Describes the message tether.v1.SessionEventsRefused.
+ * Use `create(SessionEventsRefusedSchema)` to create a new message.
+ */
+export const SessionEventsRefusedSchema: GenMessage<SessionEventsRefused> = /*@__PURE__*/
+  messageDesc(file_tether_v1_worker_service, 32);
+
+/**
  * ResumeRequest asks for a session's rehydration material.
  *
  * @generated from message tether.v1.ResumeRequest
@@ -1329,7 +1508,7 @@ export type ResumeRequest = Message<"tether.v1.ResumeRequest"> & {
  * Use `create(ResumeRequestSchema)` to create a new message.
  */
 export const ResumeRequestSchema: GenMessage<ResumeRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 28);
+  messageDesc(file_tether_v1_worker_service, 33);
 
 /**
  * ResumeResponse is one chunk of rehydration material. The first chunk carries the snapshot's
@@ -1385,7 +1564,7 @@ export type ResumeResponse = Message<"tether.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 29);
+  messageDesc(file_tether_v1_worker_service, 34);
 
 /**
  * SnapshotRequest is one chunk of a snapshot upload. The first chunk carries the header fields;
@@ -1471,7 +1650,7 @@ export type SnapshotRequest = Message<"tether.v1.SnapshotRequest"> & {
  * Use `create(SnapshotRequestSchema)` to create a new message.
  */
 export const SnapshotRequestSchema: GenMessage<SnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 30);
+  messageDesc(file_tether_v1_worker_service, 35);
 
 /**
  * SnapshotResponse acknowledges a stored snapshot.
@@ -1499,7 +1678,7 @@ export type SnapshotResponse = Message<"tether.v1.SnapshotResponse"> & {
  * Use `create(SnapshotResponseSchema)` to create a new message.
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 31);
+  messageDesc(file_tether_v1_worker_service, 36);
 
 /**
  * FindMissingBlobsRequest asks which blobs the control plane lacks.
@@ -1541,7 +1720,7 @@ export type FindMissingBlobsRequest = Message<"tether.v1.FindMissingBlobsRequest
  * Use `create(FindMissingBlobsRequestSchema)` to create a new message.
  */
 export const FindMissingBlobsRequestSchema: GenMessage<FindMissingBlobsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 32);
+  messageDesc(file_tether_v1_worker_service, 37);
 
 /**
  * FindMissingBlobsResponse names the blobs to upload.
@@ -1562,7 +1741,7 @@ export type FindMissingBlobsResponse = Message<"tether.v1.FindMissingBlobsRespon
  * Use `create(FindMissingBlobsResponseSchema)` to create a new message.
  */
 export const FindMissingBlobsResponseSchema: GenMessage<FindMissingBlobsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 33);
+  messageDesc(file_tether_v1_worker_service, 38);
 
 /**
  * BlobChunk is a piece of one blob. A blob's chunks come in order; the first has offset 0 and
@@ -1605,7 +1784,7 @@ export type BlobChunk = Message<"tether.v1.BlobChunk"> & {
  * Use `create(BlobChunkSchema)` to create a new message.
  */
 export const BlobChunkSchema: GenMessage<BlobChunk> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 34);
+  messageDesc(file_tether_v1_worker_service, 39);
 
 /**
  * PutBlobsRequest is one message of a blob upload.
@@ -1648,7 +1827,7 @@ export type PutBlobsRequest = Message<"tether.v1.PutBlobsRequest"> & {
  * Use `create(PutBlobsRequestSchema)` to create a new message.
  */
 export const PutBlobsRequestSchema: GenMessage<PutBlobsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 35);
+  messageDesc(file_tether_v1_worker_service, 40);
 
 /**
  * PutBlobsResponse acknowledges stored blobs.
@@ -1676,7 +1855,7 @@ export type PutBlobsResponse = Message<"tether.v1.PutBlobsResponse"> & {
  * Use `create(PutBlobsResponseSchema)` to create a new message.
  */
 export const PutBlobsResponseSchema: GenMessage<PutBlobsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 36);
+  messageDesc(file_tether_v1_worker_service, 41);
 
 /**
  * GetBlobsRequest asks for blobs of a leased session's latest checkpoint.
@@ -1718,7 +1897,7 @@ export type GetBlobsRequest = Message<"tether.v1.GetBlobsRequest"> & {
  * Use `create(GetBlobsRequestSchema)` to create a new message.
  */
 export const GetBlobsRequestSchema: GenMessage<GetBlobsRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 37);
+  messageDesc(file_tether_v1_worker_service, 42);
 
 /**
  * GetBlobsResponse is one message of a blob download.
@@ -1740,7 +1919,7 @@ export type GetBlobsResponse = Message<"tether.v1.GetBlobsResponse"> & {
  * Use `create(GetBlobsResponseSchema)` to create a new message.
  */
 export const GetBlobsResponseSchema: GenMessage<GetBlobsResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_worker_service, 38);
+  messageDesc(file_tether_v1_worker_service, 43);
 
 /**
  * WorkerService is the API execution workers call. A worker only ever dials out: it registers,
@@ -1794,6 +1973,22 @@ export const WorkerService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof StreamEventsRequestSchema;
     output: typeof StreamEventsResponseSchema;
+  },
+  /**
+   * StreamWorkerEvents carries the events of every session the worker holds on one stream:
+   * a message may hold batches of many sessions, and an answer acknowledges many. Each batch is
+   * fenced, deduplicated and acknowledged exactly as on StreamEvents; a batch the control plane
+   * refuses (a lost lease, a gap, a limit) is answered in-band for its session alone, and the
+   * stream goes on for the others. A worker holding many sessions writes far fewer messages
+   * than with a StreamEvents stream per session. A control plane that answers UNIMPLEMENTED
+   * predates it: use StreamEvents.
+   *
+   * @generated from rpc tether.v1.WorkerService.StreamWorkerEvents
+   */
+  streamWorkerEvents: {
+    methodKind: "bidi_streaming";
+    input: typeof WorkerEventsRequestSchema;
+    output: typeof WorkerEventsResponseSchema;
   },
   /**
    * Resume sends a newly leased worker what it needs to rehydrate the session's runtime: the
