@@ -30,12 +30,30 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
             status.ParseFromString(value)
         except Exception:
             return ""
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                return info.reason
+        return status_reason(status)
     return ""
+
+
+def status_reason(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason among a google.rpc.Status's details, or "" when there is none."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+def status_lease_lost(status: status_pb2.Status) -> bool:
+    """`is_lease_lost` for a status answered in-band (a refused batch on StreamWorkerEvents)."""
+    return status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and status_reason(status) == LEASE_LOST
+
+
+def describe_status(status: status_pb2.Status) -> str:
+    """`describe` for a status answered in-band."""
+    reason = status_reason(status)
+    names = {c.value[0]: c.name for c in grpc.StatusCode}
+    return f"{names.get(status.code, status.code)}: {status.message}" + (f" [{reason}]" if reason else "")
 
 
 def is_lease_lost(error: BaseException) -> bool:

@@ -1,5 +1,7 @@
-"""The per-session event outbox: numbers a leased session's events and delivers them on a
-StreamEvents stream until the control plane acknowledges them.
+"""The per-session event outbox: numbers a leased session's events and delivers them until the
+control plane acknowledges them: on the worker's one StreamWorkerEvents stream, shared by
+every session (`_event_stream.EventStream`), or, with a control plane that predates it, on a
+StreamEvents stream of its own.
 
 Delivery is at-least-once with stable numbers: every event gets the next `worker_seq` of its
 (session, lease epoch) when emitted and keeps it across reconnects, so the server can drop the
@@ -16,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
+from google.rpc import status_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from tether.execution_worker._backoff import Backoff
-from tether.execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._errors import describe, describe_status, is_lease_lost, status_lease_lost
 from tether.v1 import resources_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from tether.execution_worker._event_stream import EventStream
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +64,7 @@ class EventOutbox:
         new_backoff: Callable[[], Backoff],
         on_lease_lost: Callable[[EventOutbox], None],
         rpc_timeout_s: float = 10.0,
+        stream: EventStream | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.session_id = session_id
@@ -81,12 +88,33 @@ class EventOutbox:
         self.lease_lost = False
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        # The worker's shared stream; `_attached` while this outbox sends on it.
+        self._stream = stream
+        self._attached = False
+        # A batch the shared stream refused (not a lost lease): resend after this pause.
+        self._refusals = new_backoff()
+        self._paused: asyncio.TimerHandle | None = None
 
     # -- producer side ----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}")
+        """Start sending: on the shared stream when the worker has one that the control plane
+        serves, else on a StreamEvents stream of this outbox's own."""
+        if self._task is not None or self._attached or self._closed:
+            return
+        if self._stream is not None and self._stream.attach(self):
+            self._attached = True
+            self._mark_ready()
+            return
+        self._task = asyncio.create_task(self._run(), name=f"outbox {self.session_id}@{self.lease_epoch}")
+
+    def fall_back(self) -> None:
+        """The control plane does not serve the shared stream: send on a stream of its own."""
+        self._attached = False
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        self.start()
 
     def emit(self, turn_id: str, body: resources_pb2.EventBody, *, linger: bool = False) -> int:
         """Queue one event; returns its worker_seq (0 when the outbox is closed). With `linger`
@@ -110,6 +138,11 @@ class EventOutbox:
             self._linger.cancel()
             self._linger = None
         self._new_events.set()
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        if self._attached and self.has_unsent and self._stream is not None:
+            self._stream.ready(self)
 
     def unacked_turn_ids(self) -> set[str]:
         """The turns of the events not acknowledged yet."""
@@ -153,6 +186,7 @@ class EventOutbox:
         """Stop sending and discard whatever is unacknowledged. Idempotent; safe to call from
         the outbox's own callback."""
         self._closed = True
+        self._detach()
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -167,7 +201,95 @@ class EventOutbox:
             except asyncio.CancelledError:
                 pass
 
-    # -- sender --------------------------------------------------------------------------------
+    def _detach(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if self._attached and self._stream is not None:
+            self._stream.detach(self)
+        self._attached = False
+
+    def _lost(self) -> None:
+        _log.warning(
+            "session %s lost its lease (epoch %d) while sending events; stopping it", self.session_id, self.lease_epoch
+        )
+        self.lease_lost = True
+        self._closed = True
+        self._detach()
+        self._pending.clear()
+        self._sizes.clear()
+        self._resolve_waiters(False)
+        self._on_lease_lost(self)
+
+    # -- what a sender calls ---------------------------------------------------------------------
+
+    @property
+    def has_unsent(self) -> bool:
+        """Events wait to be sent, and nothing holds them back (a pause after a refusal)."""
+        return not self._closed and self._paused is None and self._next_send <= self._emitted
+
+    def take(
+        self, max_events: int, max_bytes: int, at_least_one: bool
+    ) -> tuple[list[worker_service_pb2.WorkerEvent], int]:
+        """The next events to send, oldest first: at most `max_events`, and within `max_bytes`
+        (but one, however large, when `at_least_one`); with their serialized size. They count
+        as sent: `rewind()` sends them again."""
+        if self._next_send <= self._acked:
+            self._next_send = self._acked + 1  # acked past what was sent: skip ahead
+        start = self._next_send - self._acked - 1
+        end = min(len(self._pending), start + max(1, max_events))
+        size = 0
+        for i in range(start, end):
+            if size + self._sizes[i] > max_bytes and (i > start or not at_least_one):
+                end = i
+                break
+            size += self._sizes[i]
+        batch = self._pending[start:end]
+        self._next_send += len(batch)
+        return batch, size
+
+    def rewind(self) -> None:
+        """The stream broke: what was sent and not acknowledged goes again."""
+        self._next_send = self._acked + 1
+
+    def acknowledged(self, acked_worker_seq: int, last_seq: int) -> None:
+        acked = min(acked_worker_seq, self._emitted)
+        if last_seq:
+            self._last_seq = max(self._last_seq, last_seq)
+        if acked <= self._acked:
+            return
+        del self._pending[: acked - self._acked]
+        del self._sizes[: acked - self._acked]
+        self._acked = acked
+        self._refusals.reset()
+        self._resolve_waiters()
+
+    def refused(self, status: status_pb2.Status) -> None:
+        """The shared stream refused a batch of this session: a lost lease stops it; anything
+        else is resent from the acknowledged watermark after a pause (as a broken StreamEvents
+        stream is reconnected)."""
+        if self._closed:
+            return
+        if status_lease_lost(status):
+            self._lost()
+            return
+        self.rewind()
+        delay = self._refusals.next_delay()
+        _log.warning(
+            "events of session %s were refused (%s); resending in %.2fs",
+            self.session_id,
+            describe_status(status),
+            delay,
+        )
+        if self._paused is not None:
+            self._paused.cancel()
+        self._paused = asyncio.get_running_loop().call_later(delay, self._unpause)
+
+    def _unpause(self) -> None:
+        self._paused = None
+        self._mark_ready()
+
+    # -- own StreamEvents stream ---------------------------------------------------------------
 
     def _resolve_waiters(self, value: bool | None = None) -> None:
         keep = []
@@ -182,17 +304,6 @@ class EventOutbox:
                 keep.append((target, future))
         self._ack_waiters = keep
 
-    def _on_ack(self, response: worker_service_pb2.StreamEventsResponse) -> None:
-        acked = min(response.acked_worker_seq, self._emitted)
-        if response.last_seq:
-            self._last_seq = max(self._last_seq, response.last_seq)
-        if acked <= self._acked:
-            return
-        del self._pending[: acked - self._acked]
-        del self._sizes[: acked - self._acked]
-        self._acked = acked
-        self._resolve_waiters()
-
     async def _run(self) -> None:
         backoff = self._new_backoff()
         while not self._closed:
@@ -206,17 +317,7 @@ class EventOutbox:
                 got_ack = await self._pump(call)
             except grpc.aio.AioRpcError as error:
                 if is_lease_lost(error):
-                    _log.warning(
-                        "session %s lost its lease (epoch %d) while sending events; stopping it",
-                        self.session_id,
-                        self.lease_epoch,
-                    )
-                    self.lease_lost = True
-                    self._closed = True
-                    self._pending.clear()
-                    self._sizes.clear()
-                    self._resolve_waiters(False)
-                    self._on_lease_lost(self)
+                    self._lost()
                     return
                 if self._acked >= self._emitted:
                     # Nothing is waiting: reconnect lazily, when the next event needs the stream.
@@ -269,7 +370,8 @@ class EventOutbox:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
-            self._on_ack(cast(worker_service_pb2.StreamEventsResponse, response))
+            ack = cast(worker_service_pb2.StreamEventsResponse, response)
+            self.acknowledged(ack.acked_worker_seq, ack.last_seq)
 
     async def _write_events(self, call: grpc.aio.StreamStreamCall) -> None:
         header_sent = False
@@ -285,23 +387,13 @@ class EventOutbox:
                             await call.done_writing()
                             return
                 continue
-            if self._next_send <= self._acked:
-                self._next_send = self._acked + 1  # acked past what this call sent: skip ahead
-                continue
-            start = self._next_send - self._acked - 1
-            end = min(len(self._pending), start + max(1, self._max_batch()))
-            budget = MAX_BATCH_BYTES
-            for i in range(start, end):
-                budget -= self._sizes[i]
-                if budget < 0 and i > start:
-                    end = i
-                    break
-            batch = self._pending[start:end]
+            batch, _ = self.take(self._max_batch(), MAX_BATCH_BYTES, at_least_one=True)
+            if not batch:
+                continue  # acked past what this call sent: take() skipped ahead
             request = worker_service_pb2.StreamEventsRequest(events=batch)
             if not header_sent:
                 request.worker_id = self.worker_id
                 request.session_id = self.session_id
                 request.lease_epoch = self.lease_epoch
                 header_sent = True
-            self._next_send += len(batch)
             await call.write(request)

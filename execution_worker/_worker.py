@@ -30,6 +30,7 @@ from tether.execution_worker._convert import history_from_resume, portability_pb
 from tether.execution_worker._credentials import CredentialsRejected
 from tether.execution_worker._discovery import check_runtimes, codex_runtime, select_runtimes
 from tether.execution_worker._errors import describe, is_lease_lost
+from tether.execution_worker._event_stream import EventStream
 from tether.execution_worker._events import EventOutbox
 from tether.execution_worker._lease import LeaseClient
 from tether.execution_worker._session import (
@@ -148,6 +149,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
         self._running = False
+        # Every session's events, on one stream (made with the first outbox).
+        self._event_stream: EventStream | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -295,6 +298,8 @@ class Worker:
             self._link.lease.stop()
         for session in self._sessions.live():
             await self._sessions.forget(session, "worker closing")
+        if self._event_stream is not None:
+            await self._event_stream.close()
         await self._tasks.close()
         if self._owns_channel and self._channel is not None:
             await self._channel.close()
@@ -304,6 +309,14 @@ class Worker:
 
     def _new_outbox(self, session_id: str, lease_epoch: int) -> EventOutbox:
         lease = self._link.lease
+        if self._event_stream is None:
+            self._event_stream = EventStream(
+                stub=self._link.stub,
+                worker_id=self.worker_id,
+                max_events_per_message=lambda: lease.timings.max_events_per_message,
+                new_backoff=lease.new_backoff,
+                rpc_timeout_s=self.settings.rpc_timeout_s,
+            )
         outbox = EventOutbox(
             stub=self._link.stub,
             worker_id=self.worker_id,
@@ -313,6 +326,7 @@ class Worker:
             new_backoff=lease.new_backoff,
             on_lease_lost=lambda o: self._drop_later(o.session_id, o.lease_epoch, "LEASE_LOST on an event write"),
             rpc_timeout_s=self.settings.rpc_timeout_s,
+            stream=self._event_stream,
         )
         outbox.start()
         return outbox

@@ -62,7 +62,11 @@ _DROP_STREAM = object()
 
 class FakeControlPlane(wgrpc.WorkerServiceServicer):
     """A scripted WorkerService. `log` holds, in arrival order, ("lease", stream_no, request),
-    ("snapshot", header, history), ("resume", request) and ("events", request)."""
+    ("snapshot", header, history), ("resume", request), ("events", request) and
+    ("worker_events", request).
+
+    It answers StreamWorkerEvents with UNIMPLEMENTED, as a control plane that predates it, so
+    workers send on StreamEvents, unless `serves_worker_events` is set."""
 
     def __init__(self, *, liveness_s: float | None = LIVENESS_S) -> None:
         self.liveness_s = liveness_s
@@ -90,6 +94,13 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
         self.last_seq: dict[str, int] = {}  # session seq, shared by Resume and event acks
         self.stored: list[tuple[str, wpb.WorkerEvent]] = []
         self.registrations: list[wpb.RegisterRequest] = []
+        self.serves_worker_events = False
+        # StreamWorkerEvents: the next batch of each session named here is refused with this
+        # (code, reason), once; a refused session's batches that do not resend from its
+        # watermark are dropped until one does, as the real control plane does.
+        self.refuse_next: dict[str, tuple[grpc.StatusCode, str]] = {}
+        self.acked: dict[str, int] = {}
+        self.break_worker_events = 0  # the next this many StreamWorkerEvents messages end the call, stored nowhere
 
     # -- what tests read -------------------------------------------------------------------
 
@@ -240,6 +251,40 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
             yield wpb.StreamEventsResponse(
                 acked_worker_seq=request.events[-1].worker_seq, last_seq=self.last_seq[session_id]
             )
+
+    async def StreamWorkerEvents(self, request_iterator, context):
+        if not self.serves_worker_events:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        refused: set[str] = set()
+        async for request in request_iterator:
+            self.log.append(("worker_events", request))
+            if self.break_worker_events > 0:
+                self.break_worker_events -= 1
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken by the test")
+            await self.ack_gate.wait()
+            answer = wpb.WorkerEventsResponse()
+            for batch in request.batches:
+                sid = batch.session_id
+                if sid in refused and batch.events[0].worker_seq != self.acked.get(sid, 0) + 1:
+                    continue
+                refused.discard(sid)
+                if sid in self.refuse_next:
+                    code, reason = self.refuse_next.pop(sid)
+                    status = status_pb2.Status.FromString(_rich_error(code, reason, "refused by the test")[0][1])
+                    answer.refused.add(session_id=sid, lease_epoch=batch.lease_epoch).status.CopyFrom(status)
+                    refused.add(sid)
+                    continue
+                for event in batch.events:
+                    self.last_seq[sid] = self.last_seq.get(sid, 0) + 1
+                    self.stored.append((sid, event))
+                self.acked[sid] = batch.events[-1].worker_seq
+                answer.acks.add(
+                    session_id=sid,
+                    lease_epoch=batch.lease_epoch,
+                    acked_worker_seq=self.acked[sid],
+                    last_seq=self.last_seq[sid],
+                )
+            yield answer
 
     async def Resume(self, request, context):
         self.log.append(("resume", request))
