@@ -354,6 +354,17 @@ async def call_everything(probe: Probe, target: str, t: Targets) -> None:
         await call.done_writing()
         return [r async for r in call]
 
+    async def stream_worker_events(value: str) -> Any:
+        call = workers.StreamWorkerEvents(metadata=worker_md, timeout=5)
+        batch = wpb.SessionEventBatch(
+            session_id=value, lease_epoch=epoch, events=[wpb.WorkerEvent(worker_seq=1, turn_id=vt)]
+        )
+        await call.write(wpb.StreamWorkerEventsRequest(worker_id=wid, batches=[batch]))
+        await call.done_writing()
+        # A refusal comes in-band, so the call itself ends OK: the answers (an ack, had the
+        # batch been stored, or the refusal's status) must be the same for both ids.
+        return [r async for r in call]
+
     async def resume(value: str) -> Any:
         call = workers.Resume(
             wpb.ResumeRequest(worker_id=wid, session_id=value, lease_epoch=epoch), metadata=worker_md, timeout=5
@@ -367,6 +378,7 @@ async def call_everything(probe: Probe, target: str, t: Targets) -> None:
         return await workers.Snapshot(chunks(), metadata=worker_md, timeout=5)
 
     await probe.compare("StreamEvents(victim session)", stream_events, vs)
+    await probe.compare("StreamWorkerEvents(victim session)", stream_worker_events, vs, ok_allowed=True)
     await probe.compare("Resume(victim session)", resume, vs)
     await probe.compare("Snapshot(victim session)", snapshot_upload, vs)
     await _lease_probe(

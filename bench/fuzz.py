@@ -311,6 +311,14 @@ class Fuzzer:
             first = st.just(wpb.LeaseRequest(open=wpb.LeaseOpen(registration_id=f.attacker_registration_id)))
         elif method.name == "StreamEvents":
             first = st.builds(lambda s, e: wpb.StreamEventsRequest(session_id=s, lease_epoch=e), sessions, epochs)
+        elif method.name == "StreamWorkerEvents":
+            first = st.builds(
+                lambda s, e: wpb.StreamWorkerEventsRequest(
+                    batches=[wpb.SessionEventBatch(session_id=s, lease_epoch=e)]
+                ),
+                sessions,
+                epochs,
+            )
         elif method.name == "Snapshot":
             first = st.builds(lambda s, e: wpb.SnapshotRequest(session_id=s, lease_epoch=e), sessions, epochs)
         else:

@@ -184,7 +184,7 @@ class EventStream:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
-            answer = cast(worker_service_pb2.WorkerEventsResponse, response)
+            answer = cast(worker_service_pb2.StreamWorkerEventsResponse, response)
             self._acks += 1
             outboxes = self._outboxes
             for ack in answer.acks:
@@ -218,9 +218,9 @@ class EventStream:
                 header_sent = True
             await call.write(request)
 
-    def _next_message(self) -> worker_service_pb2.WorkerEventsRequest:
+    def _next_message(self) -> worker_service_pb2.StreamWorkerEventsRequest:
         """Take from the ready outboxes, oldest first, what one message holds."""
-        request = worker_service_pb2.WorkerEventsRequest()
+        request = worker_service_pb2.StreamWorkerEventsRequest()
         events_left = max(1, self._max_events())
         bytes_left = MAX_BATCH_BYTES
         while self._ready and events_left > 0:

@@ -4,8 +4,8 @@ close. It owns the channel, the drain, the routing of Lease messages, and rehydr
 then a fresh runtime started from the stored history).
 
 Ownership: every background task is created through the worker's `TaskGroup` (or owned by a
-session's outbox, or by the Lease loop) and is cancelled and awaited by `close()`, which is
-idempotent. Sessions are forgotten on exactly four paths: lease lost (revoked, lost in a
+session's outbox, by the shared event stream, or by the Lease loop) and is cancelled and
+awaited by `close()`, which is idempotent. Sessions are forgotten on exactly four paths: lease lost (revoked, lost in a
 renewal or open, LEASE_LOST on a write), released (at the end of a drain, after a failed
 restore, or when a quiet session beyond the warm bound is cooled, see `_session`), retired by
 a newer epoch of the same session, or the worker closing.

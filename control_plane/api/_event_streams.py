@@ -228,8 +228,8 @@ class EventStreams:
     # -- StreamWorkerEvents ----------------------------------------------------------------
 
     async def stream_worker_events(
-        self, request_iterator: AsyncIterator[wpb.WorkerEventsRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[wpb.WorkerEventsResponse, None]:
+        self, request_iterator: AsyncIterator[wpb.StreamWorkerEventsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[wpb.StreamWorkerEventsResponse, None]:
         async with translate(context, "StreamWorkerEvents"):
             caller = await self._auth.worker(context)
             requests = aiter(request_iterator)
@@ -243,7 +243,7 @@ class EventStreams:
 
             async with contextlib.aclosing(self._answer(caller, read)) as answers:
                 async for acks, refusals in answers:
-                    answer = wpb.WorkerEventsResponse()
+                    answer = wpb.StreamWorkerEventsResponse()
                     for (session_id, epoch), (acked, last) in acks.items():
                         answer.acks.add(session_id=session_id, lease_epoch=epoch, acked_worker_seq=acked, last_seq=last)
                     for r in refusals:
@@ -254,15 +254,15 @@ class EventStreams:
         self,
         worker_id: str,
         owner: str,
-        first: wpb.WorkerEventsRequest,
-        requests: AsyncIterator[wpb.WorkerEventsRequest],
+        first: wpb.StreamWorkerEventsRequest,
+        requests: AsyncIterator[wpb.StreamWorkerEventsRequest],
         pending: asyncio.Queue[Any],
     ) -> None:
         max_events = self._hub.timings.max_events_per_message
         loaded: set[Key] = set()  # sessions whose record is in memory (loaded once a stream)
         refused: set[Key] = set()  # refused, and not resent from the watermark since
         try:
-            req: wpb.WorkerEventsRequest | None = first
+            req: wpb.StreamWorkerEventsRequest | None = first
             while req is not None:
                 if req.worker_id and req.worker_id != worker_id:
                     raise errors.InvalidArgument("worker_id", "one StreamWorkerEvents stream carries one worker")

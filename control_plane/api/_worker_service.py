@@ -301,8 +301,8 @@ class WorkerService(WorkspaceCalls):
         return self._event_streams.stream_events(request_iterator, context)
 
     def StreamWorkerEvents(
-        self, request_iterator: AsyncIterator[wpb.WorkerEventsRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[wpb.WorkerEventsResponse, None]:
+        self, request_iterator: AsyncIterator[wpb.StreamWorkerEventsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[wpb.StreamWorkerEventsResponse, None]:
         return self._event_streams.stream_worker_events(request_iterator, context)
 
     async def Resume(self, request: wpb.ResumeRequest, context: grpc.aio.ServicerContext):

@@ -262,7 +262,7 @@ class FakeControlPlane(wgrpc.WorkerServiceServicer):
                 self.break_worker_events -= 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken by the test")
             await self.ack_gate.wait()
-            answer = wpb.WorkerEventsResponse()
+            answer = wpb.StreamWorkerEventsResponse()
             for batch in request.batches:
                 sid = batch.session_id
                 if sid in refused and batch.events[0].worker_seq != self.acked.get(sid, 0) + 1:

@@ -205,7 +205,7 @@ async def test_worker_runs_a_turn_through_the_relay(
         ("INPUT", COMMAND),
         ("OUTPUT", "out-1\nout-2\nout-3\noops\n"),
     ]
-    for method in ("Register", "Lease", "StreamEvents", "Snapshot"):
+    for method in ("Register", "Lease", "StreamWorkerEvents", "Snapshot"):
         assert f"/tether.v1.WorkerService/{method}" in relay.routed
     # Its drain goes through the relay, which runs on this event loop: stop it while the loop
     # still serves (the `procs` fixture's own stop would block the loop until its timeout).

@@ -44,7 +44,7 @@ class Shared:
     def __init__(self, worker: FakeWorker) -> None:
         self._worker_id = worker.worker_id
         self._call = worker.stub.StreamWorkerEvents(timeout=HELD_S)
-        self.answers: list[wpb.WorkerEventsResponse] = []
+        self.answers: list[wpb.StreamWorkerEventsResponse] = []
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -52,13 +52,13 @@ class Shared:
             self.answers.append(answer)
 
     async def write(self, *batches: tuple[Running, list[wpb.WorkerEvent]]) -> None:
-        request = wpb.WorkerEventsRequest(worker_id=self._worker_id)
+        request = wpb.StreamWorkerEventsRequest(worker_id=self._worker_id)
         self._worker_id = ""  # the id goes in the first message only
         for run, events in batches:
             request.batches.add(session_id=run.session_id, lease_epoch=run.epoch, events=events)
         await self._call.write(request)
 
-    async def write_raw(self, request: wpb.WorkerEventsRequest) -> None:
+    async def write_raw(self, request: wpb.StreamWorkerEventsRequest) -> None:
         await self._call.write(request)
 
     async def end(self) -> None:
@@ -238,7 +238,7 @@ async def test_a_malformed_message_ends_the_stream_and_stores_nothing_of_it(db_u
         await call.write((a, [started(1, a.turn_id, "wkr_bad")]))
         await eventually(lambda: call.acks(a) == [1], timeout=10, what="the first batch's ack")
         before = await _kinds(client, a.session_id)
-        bad = wpb.WorkerEventsRequest()
+        bad = wpb.StreamWorkerEventsRequest()
         batch = bad.batches.add(session_id=a.session_id, lease_epoch=a.epoch, events=[output(2, a.turn_id, "x")])
         if case == "a second worker id":
             bad.worker_id = "wkr_other"

@@ -73,7 +73,7 @@ def _text(text: str) -> rpb.EventBody:
     return rpb.EventBody(output=rpb.OutputChunk(text=text))
 
 
-def _messages(cp: FakeControlPlane) -> list[wpb.WorkerEventsRequest]:
+def _messages(cp: FakeControlPlane) -> list[wpb.StreamWorkerEventsRequest]:
     return [entry[1] for entry in cp.log if entry[0] == "worker_events"]
 
 

@@ -379,7 +379,7 @@ class StreamEventsResponse(_message.Message):
     last_seq: int
     def __init__(self, acked_worker_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
-class WorkerEventsRequest(_message.Message):
+class StreamWorkerEventsRequest(_message.Message):
     __slots__ = ("worker_id", "batches")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
@@ -397,7 +397,7 @@ class SessionEventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[WorkerEvent]
     def __init__(self, session_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., events: _Optional[_Iterable[_Union[WorkerEvent, _Mapping]]] = ...) -> None: ...
 
-class WorkerEventsResponse(_message.Message):
+class StreamWorkerEventsResponse(_message.Message):
     __slots__ = ("acks", "refused")
     ACKS_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]

@@ -28,7 +28,7 @@ if _version_not_supported:
 class WorkerServiceStub:
     """WorkerService is the API execution workers call. A worker only ever dials out: it registers,
     then holds one long-lived Lease stream on which the control plane pushes work, and writes
-    events on StreamEvents. Every write names the session's lease epoch; a write with an epoch that
+    events on StreamWorkerEvents (or a StreamEvents stream a session). Every write names the session's lease epoch; a write with an epoch that
     is no longer current fails with FAILED_PRECONDITION and reason LEASE_LOST, and the worker must
     stop that session.
     """
@@ -61,8 +61,8 @@ class WorkerServiceStub:
                 _registered_method=True)
         self.StreamWorkerEvents = channel.stream_stream(
                 '/tether.v1.WorkerService/StreamWorkerEvents',
-                request_serializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.SerializeToString,
-                response_deserializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.FromString,
+                request_serializer=tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsResponse.FromString,
                 _registered_method=True)
         self.Resume = channel.unary_stream(
                 '/tether.v1.WorkerService/Resume',
@@ -99,7 +99,7 @@ class WorkerServiceStub:
 class WorkerServiceServicer:
     """WorkerService is the API execution workers call. A worker only ever dials out: it registers,
     then holds one long-lived Lease stream on which the control plane pushes work, and writes
-    events on StreamEvents. Every write names the session's lease epoch; a write with an epoch that
+    events on StreamWorkerEvents (or a StreamEvents stream a session). Every write names the session's lease epoch; a write with an epoch that
     is no longer current fails with FAILED_PRECONDITION and reason LEASE_LOST, and the worker must
     stop that session.
     """
@@ -222,8 +222,8 @@ def add_WorkerServiceServicer_to_server(servicer, server):
             ),
             'StreamWorkerEvents': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamWorkerEvents,
-                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.FromString,
-                    response_serializer=tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.SerializeToString,
+                    request_deserializer=tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsResponse.SerializeToString,
             ),
             'Resume': grpc.unary_stream_rpc_method_handler(
                     servicer.Resume,
@@ -266,7 +266,7 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 class WorkerService:
     """WorkerService is the API execution workers call. A worker only ever dials out: it registers,
     then holds one long-lived Lease stream on which the control plane pushes work, and writes
-    events on StreamEvents. Every write names the session's lease epoch; a write with an epoch that
+    events on StreamWorkerEvents (or a StreamEvents stream a session). Every write names the session's lease epoch; a write with an epoch that
     is no longer current fails with FAILED_PRECONDITION and reason LEASE_LOST, and the worker must
     stop that session.
     """
@@ -394,8 +394,8 @@ class WorkerService:
             request_iterator,
             target,
             '/tether.v1.WorkerService/StreamWorkerEvents',
-            tether_dot_v1_dot_worker__service__pb2.WorkerEventsRequest.SerializeToString,
-            tether_dot_v1_dot_worker__service__pb2.WorkerEventsResponse.FromString,
+            tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsRequest.SerializeToString,
+            tether_dot_v1_dot_worker__service__pb2.StreamWorkerEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
