@@ -41,6 +41,16 @@ _END = object()
 #: (session_id, lease_epoch)
 Key = tuple[str, int]
 _WRITTEN_BY_CONTROL_PLANE = frozenset({"input_received", "request_resolved", "turn_waiting"})
+#: How many sessions a shared stream remembers as loaded, and as refused: a stream lives as long
+#: as its worker keeps sending, over any number of sessions. Forgetting one early costs only a
+#: cache lookup (loaded), or a second refusal of a batch already on its way (refused).
+_REMEMBERED = 4096
+
+
+def _remember(keys: dict[Key, None], key: Key) -> None:
+    keys[key] = None
+    if len(keys) > _REMEMBERED:
+        del keys[next(iter(keys))]
 
 
 @dataclass(frozen=True)
@@ -259,8 +269,8 @@ class EventStreams:
         pending: asyncio.Queue[Any],
     ) -> None:
         max_events = self._hub.timings.max_events_per_message
-        loaded: set[Key] = set()  # sessions whose record is in memory (loaded once a stream)
-        refused: set[Key] = set()  # refused, and not resent from the watermark since
+        loaded: dict[Key, None] = {}  # sessions whose record is in memory (loaded once a stream)
+        refused: dict[Key, None] = {}  # refused, and not resent from the watermark since
         try:
             req: wpb.StreamWorkerEventsRequest | None = first
             while req is not None:
@@ -280,7 +290,7 @@ class EventStreams:
                     try:
                         if key not in loaded:
                             await self._hub.load_for_worker(worker_id, session_id, epoch, owner)
-                            loaded.add(key)
+                            _remember(loaded, key)
                         if not batch.events:
                             continue
                         incoming = _incoming(batch.events, f"batches[{i}].events")
@@ -289,9 +299,9 @@ class EventStreams:
                         if isinstance(err, errors.WorkerSeqGap) and key in refused:
                             continue  # sent before the worker read the refusal: dropped
                         pending.put_nowait(_Refusal(key, status_for(err)[1]))
-                        refused.add(key)
+                        _remember(refused, key)
                     else:
-                        refused.discard(key)
+                        refused.pop(key, None)
                         pending.put_nowait(_queued(key, result))
                 req = await anext(requests, None)
             pending.put_nowait(_END)

@@ -260,3 +260,29 @@ async def test_a_malformed_message_ends_the_stream_and_stores_nothing_of_it(db_u
         }[case]
         assert said in (error.details() or ""), error.details()
         assert await _kinds(client, a.session_id) == before  # nothing of the message is stored
+
+
+async def test_a_stream_remembers_a_bounded_number_of_refused_sessions(db_url, monkeypatch):
+    """A shared stream may live for days over any number of sessions, so what it remembers of
+    them is bounded; a refused session it forgot gets its in-flight batch refused again, which
+    the worker handles as it does the first refusal (a pause, then the resend)."""
+    monkeypatch.setattr("tether.control_plane.api._event_streams._REMEMBERED", 1)
+    async with _control_plane(db_url, 0.0) as cp, _sessions(cp, "wkr_bound", 2) as (client, worker, runs):
+        a, b = runs
+        call = Shared(worker)
+        await call.write((a, [output(2, a.turn_id, "gap")]), (b, [output(2, b.turn_id, "gap")]))
+        await eventually(lambda: call.refusals(a) and call.refusals(b), timeout=10, what="both refusals")
+        # b is remembered: its in-flight batch is dropped; a was forgotten: refused again.
+        await call.write((b, [output(3, b.turn_id, "in flight")]), (a, [output(3, a.turn_id, "in flight")]))
+        await eventually(lambda: len(call.refusals(a)) == 2, timeout=10, what="a's second refusal")
+        await asyncio.sleep(NO_ANSWER_S)
+        assert len(call.refusals(b)) == 1
+        # Both resend from the watermark and are stored once.
+        await call.write(
+            (a, [started(1, a.turn_id, "wkr_bound"), completed(2, a.turn_id)]),
+            (b, [started(1, b.turn_id, "wkr_bound"), completed(2, b.turn_id)]),
+        )
+        await eventually(lambda: call.acks(a) == [2] and call.acks(b) == [2], timeout=10, what="the resends' acks")
+        await call.end()
+        for run in runs:
+            assert await _kinds(client, run.session_id) == ["input_received", "turn_started", "turn_completed"]
