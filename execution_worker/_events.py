@@ -289,8 +289,6 @@ class EventOutbox:
         self._paused = None
         self._mark_ready()
 
-    # -- own StreamEvents stream ---------------------------------------------------------------
-
     def _resolve_waiters(self, value: bool | None = None) -> None:
         keep = []
         for target, future in self._ack_waiters:
@@ -303,6 +301,8 @@ class EventOutbox:
             else:
                 keep.append((target, future))
         self._ack_waiters = keep
+
+    # -- own StreamEvents stream ---------------------------------------------------------------
 
     async def _run(self) -> None:
         backoff = self._new_backoff()
