@@ -22,6 +22,7 @@ from ..domain.model import (
 from ..domain.ports import ListedSession, LoadedSession, SessionQuery
 from ._rows import checkpoint_from_row, request_from_row, session_from_row, snapshot_from_row, turn_from_row
 from ._schema import CheckpointRow, EventRow, LeaseRow, RequestRow, SessionRow, SnapshotRow, TurnRow
+from ._whole import reads_run_to_the_end
 
 _ENDED = TurnState.COMPLETED  # states >= this have ended
 
@@ -48,6 +49,7 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+@reads_run_to_the_end
 class Reader:
     """The domain's `SessionReader` port on SQLAlchemy."""
 
