@@ -24,6 +24,7 @@ from ..domain.access import (
 )
 from ..domain.model import new_id, now_us
 from ._schema import ApiKeyRow, PairingCodeRow, WorkerRow, WorkerTokenRow, table_of
+from ._whole import runs_to_the_end
 
 _keys = table_of(ApiKeyRow)
 _tokens = table_of(WorkerTokenRow)
@@ -72,11 +73,13 @@ class AccessStore:
             )
         return key, secret
 
+    @runs_to_the_end
     async def find_api_key(self, secret: str) -> ApiKey | None:
         async with self._tx() as conn:
             row = (await conn.execute(select(_keys).where(_keys.c.secret_hash == secret_hash(secret)))).first()
         return _key(row) if row else None
 
+    @runs_to_the_end
     async def list_api_keys(self) -> list[ApiKey]:
         async with self._tx() as conn:
             rows = (await conn.execute(select(_keys).order_by(_keys.c.key_id.desc()))).all()
@@ -163,17 +166,20 @@ class AccessStore:
             )
         return token, secret
 
+    @runs_to_the_end
     async def find_worker_token(self, secret: str) -> WorkerToken | None:
         async with self._tx() as conn:
             row = (await conn.execute(select(_tokens).where(_tokens.c.secret_hash == secret_hash(secret)))).first()
         return _token(row) if row else None
 
+    @runs_to_the_end
     async def worker_id_bound(self, worker_id: str) -> bool:
         """Whether a token (revoked or not) owns `worker_id`, so no other caller may use it."""
         async with self._tx() as conn:
             row = (await conn.execute(select(_tokens.c.token_id).where(_tokens.c.worker_id == worker_id))).first()
         return row is not None
 
+    @runs_to_the_end
     async def list_worker_tokens(self, owner: str) -> list[WorkerToken]:
         async with self._tx() as conn:
             rows = (

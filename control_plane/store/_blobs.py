@@ -25,6 +25,7 @@ from ..domain import errors
 from ..domain.model import now_us
 from ..domain.ports import BlobMismatch
 from ._schema import BlobChunkRow, BlobRow, table_of
+from ._whole import runs_to_the_end
 
 _blobs = table_of(BlobRow)
 _pieces = table_of(BlobChunkRow)
@@ -91,6 +92,7 @@ class SqlBlobStore:
         except SQLAlchemyError as exc:
             raise errors.Unavailable(f"the database did not answer: {type(exc).__name__}") from exc
 
+    @runs_to_the_end
     async def missing(self, owner: str, digests: list[str], *, touch: bool = True) -> list[str]:
         held: set[str] = set()
         now = now_us()
@@ -177,6 +179,7 @@ class SqlBlobStore:
                 async for row in result:
                     yield row.digest, bytes(row.data)
 
+    @runs_to_the_end
     async def usage(self, owner: str) -> int:
         async with self._tx() as conn:
             total = (await conn.execute(select(func.sum(_blobs.c.size)).where(_blobs.c.owner_id == owner))).scalar()
@@ -219,6 +222,7 @@ class SqlBlobStore:
             gone.extend(deleted)
         return len(gone), sum(sizes[d] for d in gone)
 
+    @runs_to_the_end
     async def owners(self) -> list[str]:
         async with self._tx() as conn:
             return [r.owner_id for r in await conn.execute(select(_blobs.c.owner_id).distinct())]

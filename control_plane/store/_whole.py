@@ -7,7 +7,8 @@ second cancellation during that termination can leave its graceful close waiting
 thread that the forced close has already stopped: the event loop then never finishes
 cancelling its tasks at shutdown (seen as a test teardown hung in `_cancel_all_tasks`).
 
-So a read runs in a task of its own; a cancelled caller waits for it to end (a read takes
+So a read runs in a task of its own (`Reader`, every method; the credential and blob
+stores' reads, method by method); a cancelled caller waits for it to end (a read takes
 milliseconds), then is cancelled as asked, and the connection goes back to the pool whole.
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
+P = ParamSpec("P")
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
 
@@ -43,9 +45,12 @@ async def to_the_end(read: Coroutine[Any, Any, T]) -> T:
         raise
 
 
-def _whole(method: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., Awaitable[T]]:
+def runs_to_the_end(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Method decorator: the read runs to its end (see `to_the_end`). Only for reads and
+    idempotent writes: a write the caller gave up on would still be made."""
+
     @functools.wraps(method)
-    async def run(*args: Any, **kwargs: Any) -> T:
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
         return await to_the_end(method(*args, **kwargs))
 
     return run
@@ -55,5 +60,5 @@ def reads_run_to_the_end(cls: C) -> C:
     """Class decorator: every coroutine method of `cls` runs to its end (see `to_the_end`)."""
     for name, value in list(vars(cls).items()):
         if not name.startswith("__") and inspect.iscoroutinefunction(value):
-            setattr(cls, name, _whole(value))
+            setattr(cls, name, runs_to_the_end(value))
     return cls

@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tether.control_plane.store._access import AccessStore
+from tether.control_plane.store._blobs import SqlBlobStore
 from tether.control_plane.store._reads import Reader
 from tether.control_plane.store._whole import to_the_end
 
@@ -82,3 +84,15 @@ async def test_every_read_of_the_reader_runs_to_the_end(engine, monkeypatch):
     with pytest.raises(Exception, match="no such table"):  # an empty database: the call is what counts
         await Reader(eng).latest_snapshot("ses_x")
     assert seen == ["Reader.latest_snapshot"]
+
+
+def test_the_credential_and_blob_stores_reads_run_to_the_end():
+    for cls, reads in (
+        (AccessStore, ["find_api_key", "list_api_keys", "find_worker_token", "worker_id_bound", "list_worker_tokens"]),
+        (SqlBlobStore, ["missing", "usage", "owners"]),
+    ):
+        for name in reads:
+            assert hasattr(getattr(cls, name), "__wrapped__"), f"{cls.__name__}.{name} is not wrapped"
+    # Writes a caller gave up on are not made behind its back.
+    assert not hasattr(AccessStore.pair, "__wrapped__")
+    assert not hasattr(AccessStore.create_api_key, "__wrapped__")
