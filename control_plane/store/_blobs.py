@@ -13,8 +13,9 @@ uploaded again (they are overwritten) or the owner's data is purged.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, select, update
@@ -34,6 +35,8 @@ _pieces = table_of(BlobChunkRow)
 PIECE_BYTES = 1 << 20
 # Digests per IN (...) query.
 _BATCH = 500
+# What one read of pieces holds in memory, at most (or one piece, if larger).
+_PAGE_BYTES = 4 * PIECE_BYTES
 # An upload commits every few MiB (or rows): small transactions keep SQLite's write lock short.
 _FLUSH_BYTES = 4 << 20
 _FLUSH_ROWS = 1000
@@ -62,6 +65,61 @@ class _Batch:
         self.pieces.clear()
         self.blobs.clear()
         self.bytes = 0
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What one read of `SqlBlobStore.read` fetches: whole small blobs, or a range of one large
+    blob's pieces."""
+
+    digests: list[str]
+    pieces: range | None = None  # None: every piece of `digests`
+
+
+def _piece_count(size: int) -> int:
+    return max(1, -(-size // PIECE_BYTES))  # an empty blob is one empty piece
+
+
+def _pages(batch: list[str], sizes: dict[str, int]) -> Iterator[_Page]:
+    """`batch`'s blobs in pages of at most `_PAGE_BYTES`: small blobs together, a larger one in
+    ranges of its pieces."""
+    group: list[str] = []
+    held = 0
+    per_page = _PAGE_BYTES // PIECE_BYTES
+    for digest in batch:
+        size = sizes[digest]
+        if group and held + size > _PAGE_BYTES:
+            yield _Page(group)
+            group, held = [], 0
+        if size <= _PAGE_BYTES:
+            group.append(digest)
+            held += size
+            continue
+        for first in range(0, _piece_count(size), per_page):
+            yield _Page([digest], range(first, first + per_page))
+    if group:
+        yield _Page(group)
+
+
+def _by_digest(
+    rows: list[tuple[str, int, bytes]], page: _Page, sizes: dict[str, int]
+) -> Iterator[tuple[str, list[bytes]]]:
+    """The page's rows per blob, checked whole: every piece the page asked for is there, in
+    order (else the blob went while it was read). Pieces past a blob's size are not its own and
+    are skipped. What a piece holds is its readers' to check (a worker checks each blob's
+    SHA-256, an export each blob's size)."""
+    pieces: dict[str, list[tuple[int, bytes]]] = {d: [] for d in page.digests}
+    for digest, index, data in rows:
+        if index < _piece_count(sizes[digest]):  # past the end: left by an upload cut off half-way
+            pieces[digest].append((index, data))
+    for digest in page.digests:
+        count = _piece_count(sizes[digest])
+        wanted = page.pieces if page.pieces is not None else range(count)
+        wanted = range(wanted.start, min(wanted.stop, count))
+        got = pieces[digest]
+        if [i for i, _ in got] != list(wanted):
+            raise KeyError(digest)
+        yield digest, [data for _, data in got]
 
 
 class SqlBlobStore:
@@ -157,27 +215,41 @@ class SqlBlobStore:
             await conn.execute(delete(_pieces).where(and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest)))
 
     async def read(self, owner: str, digests: list[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """A page of pieces at a time (at most `_PAGE_BYTES`, or one piece larger), each page a
+        read of its own that runs to its end (`_whole.py`): no query is open while the caller
+        holds a piece, so a caller that goes away between two never cuts one off. A blob
+        collected between two pages, or missing a piece, ends the read with `KeyError`, as one
+        never stored does."""
         for start in range(0, len(digests), _BATCH):
             batch = sorted(set(digests[start : start + _BATCH]))
-            async with self._tx() as conn:
-                held = {
-                    r.digest
-                    for r in await conn.execute(
-                        select(_blobs.c.digest).where(and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(batch)))
-                    )
-                }
-                missing = [d for d in batch if d not in held]
-                if missing:
-                    raise KeyError(missing[0])
-                # Streamed: at most a few pieces are in memory whatever the blobs' sizes.
-                result = await conn.stream(
-                    select(_pieces.c.digest, _pieces.c.data)
-                    .where(and_(_pieces.c.owner_id == owner, _pieces.c.digest.in_(batch)))
-                    .order_by(_pieces.c.digest, _pieces.c.idx)
-                    .execution_options(yield_per=4)
-                )
-                async for row in result:
-                    yield row.digest, bytes(row.data)
+            sizes = await self._sizes(owner, batch)
+            missing = [d for d in batch if d not in sizes]
+            if missing:
+                raise KeyError(missing[0])
+            for page in _pages(batch, sizes):
+                rows = await self._page(owner, page)
+                for digest, pieces in _by_digest(rows, page, sizes):
+                    for piece in pieces:
+                        yield digest, piece
+
+    @runs_to_the_end
+    async def _sizes(self, owner: str, batch: list[str]) -> dict[str, int]:
+        async with self._tx() as conn:
+            query = select(_blobs.c.digest, _blobs.c.size).where(
+                and_(_blobs.c.owner_id == owner, _blobs.c.digest.in_(batch))
+            )
+            return {r.digest: r.size for r in await conn.execute(query)}
+
+    @runs_to_the_end
+    async def _page(self, owner: str, page: _Page) -> list[tuple[str, int, bytes]]:
+        """The page's pieces as (digest, index, data), in digest then index order."""
+        where = [_pieces.c.owner_id == owner, _pieces.c.digest.in_(page.digests)]
+        if page.pieces is not None:
+            where += [_pieces.c.idx >= page.pieces.start, _pieces.c.idx < page.pieces.stop]
+        query = select(_pieces.c.digest, _pieces.c.idx, _pieces.c.data).where(and_(*where))
+        async with self._tx() as conn:
+            rows = await conn.execute(query.order_by(_pieces.c.digest, _pieces.c.idx))
+            return [(r.digest, r.idx, bytes(r.data)) for r in rows]
 
     @runs_to_the_end
     async def usage(self, owner: str) -> int:

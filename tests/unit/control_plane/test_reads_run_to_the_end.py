@@ -89,7 +89,7 @@ async def test_every_read_of_the_reader_runs_to_the_end(engine, monkeypatch):
 def test_the_credential_and_blob_stores_reads_run_to_the_end():
     for cls, reads in (
         (AccessStore, ["find_api_key", "list_api_keys", "find_worker_token", "worker_id_bound", "list_worker_tokens"]),
-        (SqlBlobStore, ["missing", "usage", "owners"]),
+        (SqlBlobStore, ["missing", "usage", "owners", "_sizes", "_page"]),  # `read` is pages of `_page`
     ):
         for name in reads:
             assert hasattr(getattr(cls, name), "__wrapped__"), f"{cls.__name__}.{name} is not wrapped"

@@ -1,0 +1,152 @@
+"""`SqlBlobStore.read` reads a page of pieces at a time, each page a read that runs to its end:
+a caller that goes away mid-read never cuts a query off (`store/_whole.py`), every blob comes
+out whole and in order whatever its size, and a blob that goes between two pages, or was never
+stored whole (a piece missing), ends the read with `KeyError` instead of coming out short."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tether.control_plane.store import _blobs
+from tether.control_plane.store._blobs import PIECE_BYTES, SqlBlobStore
+from tether.control_plane.store._migrate import ensure_schema
+
+OWNER = "own_a"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, max(len(data), 1), 300 << 10):
+        yield data[start : start + (300 << 10)]
+
+
+async def _upload(store: SqlBlobStore, *blobs: bytes) -> list[str]:
+    async def each() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
+        for data in blobs:
+            yield _sha(data), len(data), _chunks(data)
+
+    await store.put(OWNER, each())
+    return [_sha(b) for b in blobs]
+
+
+@pytest.fixture
+async def engine(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'blobs.db'}")
+    await ensure_schema(engine, migrate=True)
+    terminated: list[str] = []
+    original = engine.dialect.do_terminate
+
+    def do_terminate(dbapi_connection: object) -> None:
+        terminated.append("terminated")
+        original(dbapi_connection)
+
+    engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
+    try:
+        yield engine, terminated
+    finally:
+        await engine.dispose()
+
+
+async def _read(store: SqlBlobStore, digests: list[str]) -> dict[str, bytes]:
+    out: dict[str, bytearray] = {}
+    async for digest, piece in store.read(OWNER, digests):
+        out.setdefault(digest, bytearray()).extend(piece)
+    return {d: bytes(b) for d, b in out.items()}
+
+
+async def test_blobs_of_every_size_come_out_whole_a_page_at_a_time(engine, monkeypatch):
+    eng, _ = engine
+    store = SqlBlobStore(eng)
+    sizes = [0, 1, 5000, PIECE_BYTES, PIECE_BYTES + 1, 4 * PIECE_BYTES, 9 * PIECE_BYTES + 7, 300]
+    blobs = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    digests = await _upload(store, *blobs)
+    pages: list[tuple[int, range | None]] = []
+    page = SqlBlobStore._page.__wrapped__  # type: ignore[attr-defined]
+
+    async def counted(self, owner, p):
+        pages.append((len(p.digests), p.pieces))
+        return await page(self, owner, p)
+
+    monkeypatch.setattr(SqlBlobStore, "_page", counted)
+    assert await _read(store, digests) == dict(zip(digests, blobs, strict=True))
+    # The 9 MiB blob came in three pages of at most four pieces; the small ones shared pages.
+    assert [p for n, p in pages if p is not None] == [range(0, 4), range(4, 8), range(8, 12)]
+    assert sum(n for n, p in pages if p is None) == len(sizes) - 1
+    assert len(pages) < len(sizes) + 2
+
+
+async def test_a_caller_that_goes_away_mid_read_cuts_no_query_off(engine, monkeypatch):
+    eng, terminated = engine
+    store = SqlBlobStore(eng)
+    [digest] = await _upload(store, b"x" * (12 * PIECE_BYTES))
+    started, finished = asyncio.Event(), []
+    page = SqlBlobStore._page.__wrapped__  # type: ignore[attr-defined]
+
+    async def slow(self, owner, p):
+        started.set()
+        await asyncio.sleep(0.2)  # the caller is cancelled while the page is read
+        rows = await page(self, owner, p)
+        finished.append(p.pieces)
+        return rows
+
+    monkeypatch.setattr(SqlBlobStore, "_page", _blobs.runs_to_the_end(slow))
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        async for _, piece in store.read(OWNER, [digest]):
+            got.append(piece)
+
+    caller = asyncio.ensure_future(consume())
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    # The page in flight ran to its end and its connection went back whole; nothing after it ran.
+    assert finished == [range(0, 4)]
+    assert got == []
+    assert terminated == []
+    assert eng.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_blob_collected_between_two_pages_ends_the_read_with_key_error(engine, monkeypatch):
+    eng, _ = engine
+    store = SqlBlobStore(eng)
+    [digest] = await _upload(store, b"y" * (6 * PIECE_BYTES))
+    got: list[bytes] = []
+    with pytest.raises(KeyError) as gone:
+        async for _, piece in store.read(OWNER, [digest]):
+            got.append(piece)
+            if len(got) == 4:  # the first page is read: collect the blob before the second
+                assert await store.collect(OWNER, set(), used_before_us=2**62) == (1, 6 * PIECE_BYTES)
+    assert gone.value.args == (digest,)
+    assert len(got) == 4  # never a short blob passed off as whole
+
+
+async def test_a_missing_piece_ends_the_read_and_pieces_past_a_blobs_size_are_skipped(engine):
+    eng, _ = engine
+    store = SqlBlobStore(eng)
+    short, long = b"s" * (PIECE_BYTES + 10), b"l" * 10
+    d_short, d_long = await _upload(store, short, long)
+    async with eng.begin() as conn:
+        # A blob row claiming a piece more than is stored (a piece lost), and stray pieces past
+        # a blob's end (an upload cut off half-way, of a larger size, under the same name).
+        await conn.execute(
+            update(_blobs._blobs).where(_blobs._blobs.c.digest == d_short).values(size=len(short) + PIECE_BYTES)
+        )
+        await conn.execute(insert(_blobs._pieces).values(owner_id=OWNER, digest=d_long, idx=1, data=b"stray" * 10))
+    with pytest.raises(KeyError) as gone:
+        await _read(store, [d_short])
+    assert gone.value.args == (d_short,)
+    assert await _read(store, [d_long]) == {d_long: long}
+    with pytest.raises(KeyError):
+        await _read(store, ["0" * 64])
