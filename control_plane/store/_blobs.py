@@ -7,7 +7,8 @@ committing between them. Small blobs share a transaction (a 10,000-file upload i
 a few dozen commits, not tens of thousands). A blob's `blobs` row is inserted in the
 transaction of its last piece, once the SHA-256 of what arrived is its name: until then it does
 not exist for `missing` or `read`. Pieces of an upload that failed half-way stay until the same blob is
-uploaded again (they are overwritten) or the owner's data is purged.
+uploaded again (they are overwritten) or the owner's data is purged. The pieces of a blob that is
+stored whole are never rewritten nor dropped by another upload of it, whatever that one sends.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, select, update
+from sqlalchemy import Exists, Table, and_, delete, exists, func, literal_column, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -65,6 +66,11 @@ class _Batch:
         self.pieces.clear()
         self.blobs.clear()
         self.bytes = 0
+
+
+def _stored(owner: Any, digest: Any) -> Exists:
+    """Whether the blob has its `blobs` row (it is stored whole)."""
+    return exists().where(and_(_blobs.c.owner_id == owner, _blobs.c.digest == digest))
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,15 @@ class SqlBlobStore:
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert
         piece = upsert(_pieces)
+        # A piece already stored is rewritten only while its blob is not: an upload of a blob
+        # that is stored whole (two sessions with the same file, racing) never touches it, even
+        # when what it sends turns out not to match.
         self._put_piece = piece.on_conflict_do_update(
-            index_elements=[_pieces.c.owner_id, _pieces.c.digest, _pieces.c.idx], set_={"data": piece.excluded.data}
+            index_elements=[_pieces.c.owner_id, _pieces.c.digest, _pieces.c.idx],
+            set_={"data": piece.excluded.data},
+            # The conflict's own key, as both dialects name the proposed row; a column of
+            # `piece.excluded` would be rendered as a table of the subquery's FROM.
+            where=~_stored(literal_column("excluded.owner_id"), literal_column("excluded.digest")),
         )
         blob = upsert(_blobs)
         self._put_blob = blob.on_conflict_do_update(
@@ -211,8 +224,13 @@ class SqlBlobStore:
         batch.clear()
 
     async def _drop_pieces(self, owner: str, digest: str) -> None:
+        """Drop what a failed upload left, unless the blob is stored whole meanwhile."""
         async with self._tx() as conn:
-            await conn.execute(delete(_pieces).where(and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest)))
+            await conn.execute(
+                delete(_pieces).where(
+                    and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest, ~_stored(owner, digest))
+                )
+            )
 
     async def read(self, owner: str, digests: list[str]) -> AsyncIterator[tuple[str, bytes]]:
         """A page of pieces at a time (at most `_PAGE_BYTES`, or one piece larger), each page a

@@ -1,21 +1,23 @@
 """`SqlBlobStore.read` reads a page of pieces at a time, each page a read that runs to its end:
 a caller that goes away mid-read never cuts a query off (`store/_whole.py`), every blob comes
 out whole and in order whatever its size, and a blob that goes between two pages, or was never
-stored whole (a piece missing), ends the read with `KeyError` instead of coming out short."""
+stored whole (a piece missing), ends the read with `KeyError` instead of coming out short. An
+upload that fails its check leaves a stored blob of the same name as it was."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import pathlib
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tether.control_plane.domain.ports import BlobMismatch
 from tether.control_plane.store import _blobs
 from tether.control_plane.store._blobs import PIECE_BYTES, SqlBlobStore
+from tether.control_plane.store._database import database_url
 from tether.control_plane.store._migrate import ensure_schema
 
 OWNER = "own_a"
@@ -40,8 +42,9 @@ async def _upload(store: SqlBlobStore, *blobs: bytes) -> list[str]:
 
 
 @pytest.fixture
-async def engine(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'blobs.db'}")
+async def engine(db_url: str) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
+    """SQLite and PostgreSQL (`db_url`), with every connection SQLAlchemy terminates counted."""
+    engine = create_async_engine(database_url(db_url))
     await ensure_schema(engine, migrate=True)
     terminated: list[str] = []
     original = engine.dialect.do_terminate
@@ -150,3 +153,21 @@ async def test_a_missing_piece_ends_the_read_and_pieces_past_a_blobs_size_are_sk
     assert await _read(store, [d_long]) == {d_long: long}
     with pytest.raises(KeyError):
         await _read(store, ["0" * 64])
+
+
+@pytest.mark.parametrize("size", [10, 3 * PIECE_BYTES + 5], ids=["one piece", "four pieces"])
+async def test_an_upload_that_does_not_match_leaves_the_stored_blob_of_that_name_whole(engine, size):
+    """Two sessions with the same file may upload it at once; one whose copy changed under it
+    fails its SHA-256 check, and must not overwrite or drop the pieces the other stored."""
+    eng, _ = engine
+    store = SqlBlobStore(eng)
+    good = b"g" * size
+    [digest] = await _upload(store, good)
+
+    async def forged() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
+        yield digest, size, _chunks(b"b" * size)
+
+    with pytest.raises(BlobMismatch):
+        await store.put(OWNER, forged())
+    assert await _read(store, [digest]) == {digest: good}
+    assert await store.missing(OWNER, [digest]) == []
