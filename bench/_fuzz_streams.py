@@ -19,7 +19,10 @@ misbehave, on streams the control plane has opened and is reading:
   StreamEventsRequests, and plausible ones (the right session, epoch, turn and next
   worker_seq, give or take one, with an arbitrary event body). It then uploads a snapshot whose
   header is valid followed by chunks that are not, ends the turn on a second StreamEvents
-  stream, and releases the lease.
+  stream, and releases the lease. Half the sequences do the same on StreamWorkerEvents, the
+  worker's one stream for all its sessions: their batches go in a SessionEventBatch, the tail's
+  undecodable or arbitrary messages are StreamWorkerEventsRequests, and a batch refused in-band
+  (SessionEventsRefused) is judged as a call's answer would be.
 
 Every call's answer goes through the same judgement as the plain fuzz (`problem`).
 """
@@ -49,6 +52,9 @@ from ._fuzz_requests import Outcome, Requests, outcome_of
 STEP_TIMEOUT_S = 10.0  # a step of a sequence this slow is a hang, reported as such
 _LEASE = "/tether.v1.WorkerService/Lease"
 _EVENTS = "/tether.v1.WorkerService/StreamEvents"
+_WORKER_EVENTS = "/tether.v1.WorkerService/StreamWorkerEvents"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 _SNAPSHOT = "/tether.v1.WorkerService/Snapshot"
 _RESUME = "/tether.v1.WorkerService/Resume"
 
@@ -122,6 +128,9 @@ class EventsPlan:
     # or (what, epoch offset) for a message about the held lease itself: "reject" or "accept"
     # the granted offer again, "release" or "renew" the lease, at its epoch plus the offset.
     lease_tail: tuple[tuple, ...] = ()
+    # The events go on StreamWorkerEvents (then a "raw" tail item is a StreamWorkerEventsRequest
+    # body), not StreamEvents.
+    shared: bool = False
 
 
 @dataclass
@@ -200,7 +209,11 @@ class StreamFuzzer:
         )
 
     def events_plans(self) -> st.SearchStrategy[EventsPlan]:
-        raw = st.tuples(st.just("raw"), self._requests.body(wpb.StreamEventsRequest.DESCRIPTOR))
+        return st.booleans().flatmap(self._events_plans)
+
+    def _events_plans(self, shared: bool) -> st.SearchStrategy[EventsPlan]:
+        request_type = wpb.StreamWorkerEventsRequest if shared else wpb.StreamEventsRequest
+        raw = st.tuples(st.just("raw"), self._requests.body(request_type.DESCRIPTOR))
         bodies = self._requests.message(rpb.EventBody.DESCRIPTOR).map(lambda m: m.SerializeToString())
         plausible = st.tuples(st.just("event"), bodies, st.sampled_from([0, 0, 0, 0, -1, 1]))
         request = self._requests.message(rpb.PendingRequest.DESCRIPTOR)
@@ -228,6 +241,7 @@ class StreamFuzzer:
                 ),
                 max_size=3,
             ).map(tuple),
+            st.just(shared),
         )
 
     # -- sequences ----------------------------------------------------------------------------
@@ -272,7 +286,7 @@ class StreamFuzzer:
         self._resume(worker, session_id, epoch)
         acked, last_seq = self._stream_events(worker, session_id, epoch, turn_id, plan)
         self._snapshot(worker, session_id, epoch, turn_id, last_seq, plan.snapshot_tail)
-        self._end_turn(worker, session_id, epoch, turn_id, acked)
+        self._end_turn(_Events(self, worker, session_id, epoch, plan.shared), turn_id, acked)
         lease.send(
             wpb.LeaseRequest(
                 release=wpb.ReleaseLease(session_id=session_id, lease_epoch=epoch, reason="fuzz sequence done")
@@ -338,33 +352,29 @@ class StreamFuzzer:
             request.request_id = request_id = next(self._request_ids)
             bodies.append(rpb.EventBody(request_opened=rpb.RequestOpened(request=request)))
         events = [wpb.WorkerEvent(worker_seq=n, turn_id=turn_id, body=b) for n, b in enumerate(bodies, 1)]
-        stream = _Stream(self._channel, _EVENTS, worker.metadata)
-        first = wpb.StreamEventsRequest(worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch)
-        first.events.extend(events)
-        stream.send(first.SerializeToString())
+        on = _Events(self, worker, session_id, epoch, plan.shared)
+        on.send(events, first=True)
         acked = last_seq = 0
-        while acked < len(events) and (answer := stream.read()) is not None:
-            response = wpb.StreamEventsResponse.FromString(answer)
-            acked, last_seq = response.acked_worker_seq, response.last_seq
+        while acked < len(events) and (answer := on.stream.read()) is not None:
+            acked, last_seq = on.acked(answer, acked, last_seq)
         if acked == len(events):
             self.depth.counts["events_streams_acked"] += 1
             if request_id:
                 self._answer(session_id, request, plan)
             for item in plan.tail:
                 if item[0] == "raw":
-                    stream.send(item[1])
+                    on.stream.send(item[1])
                 else:
                     _, body, offset = item
                     event = wpb.WorkerEvent(
                         worker_seq=max(0, acked + 1 + offset), turn_id=turn_id, body=rpb.EventBody.FromString(body)
                     )
-                    stream.send(wpb.StreamEventsRequest(events=[event]).SerializeToString())
-                self.depth.counts["events_malformed_after_ack"] += 1
-        answers, outcome = stream.finish()
+                    on.send([event])
+                on.count("events_malformed_after_ack")
+        answers, outcome = on.stream.finish()
         for answer in answers:
-            response = wpb.StreamEventsResponse.FromString(answer)
-            acked, last_seq = max(acked, response.acked_worker_seq), max(last_seq, response.last_seq)
-        self._record("StreamEvents", "worker_token", outcome)
+            acked, last_seq = on.acked(answer, acked, last_seq)
+        self._record(on.method, "worker_token", outcome)
         return acked, last_seq
 
     def _answer(self, session_id: str, opened: rpb.PendingRequest, plan: EventsPlan) -> None:
@@ -410,22 +420,67 @@ class StreamFuzzer:
         except grpc.RpcError as err:
             self._record("Snapshot", "worker_token", outcome_of(err))
 
-    def _end_turn(self, worker: _Worker, session_id: str, epoch: int, turn_id: str, acked: int) -> None:
+    def _end_turn(self, on: _Events, turn_id: str, acked: int) -> None:
         """turn_completed on a second stream, as a worker resending after a broken one does."""
         done = wpb.WorkerEvent(
             worker_seq=acked + 1, turn_id=turn_id, body=rpb.EventBody(turn_completed=rpb.TurnCompleted())
         )
-        request = wpb.StreamEventsRequest(
-            worker_id=worker.worker_id, session_id=session_id, lease_epoch=epoch, events=[done]
-        )
-        stream = _Stream(self._channel, _EVENTS, worker.metadata)
-        stream.send(request.SerializeToString())
-        answers, outcome = stream.finish()
-        self._record("StreamEvents", "worker_token", outcome)
-        if outcome.code == grpc.StatusCode.OK and any(
-            wpb.StreamEventsResponse.FromString(a).acked_worker_seq == acked + 1 for a in answers
-        ):
-            self.depth.counts["events_turns_completed"] += 1
+        on.send([done], first=True)
+        answers, outcome = on.stream.finish()
+        self._record(on.method, "worker_token", outcome)
+        raised = [on.acked(a, 0, 0)[0] for a in answers]
+        if outcome.code == grpc.StatusCode.OK and acked + 1 in raised:
+            on.count("events_turns_completed")
+
+
+class _Events:
+    """One events stream of a sequence: StreamEvents, or StreamWorkerEvents (`shared`), whose
+    batches name the session and whose in-band refusals are recorded as answers."""
+
+    def __init__(self, fuzzer: StreamFuzzer, worker: _Worker, session_id: str, epoch: int, shared: bool) -> None:
+        self._fuzzer = fuzzer
+        self._worker = worker
+        self._key = (session_id, epoch)
+        self.shared = shared
+        self.method = "StreamWorkerEvents" if shared else "StreamEvents"
+        self.stream = _Stream(fuzzer._channel, _WORKER_EVENTS if shared else _EVENTS, worker.metadata)
+
+    def count(self, what: str) -> None:
+        """Count how deep a sequence got, on either stream, and apart for the shared one."""
+        self._fuzzer.depth.counts[what] += 1
+        if self.shared:
+            self._fuzzer.depth.counts[f"{what}_shared"] += 1
+
+    def send(self, events: list[wpb.WorkerEvent], *, first: bool = False) -> None:
+        session_id, epoch = self._key
+        worker_id = self._worker.worker_id if first else ""
+        if self.shared:
+            batch = wpb.SessionEventBatch(session_id=session_id, lease_epoch=epoch, events=events)
+            message = wpb.StreamWorkerEventsRequest(worker_id=worker_id, batches=[batch]).SerializeToString()
+        elif first:
+            message = wpb.StreamEventsRequest(
+                worker_id=worker_id, session_id=session_id, lease_epoch=epoch, events=events
+            ).SerializeToString()
+        else:
+            message = wpb.StreamEventsRequest(events=events).SerializeToString()
+        self.stream.send(message)
+
+    def acked(self, answer: bytes, acked: int, last_seq: int) -> tuple[int, int]:
+        """(acked, last_seq) raised by one answer; its in-band refusals are recorded."""
+        if not self.shared:
+            response = wpb.StreamEventsResponse.FromString(answer)
+            return max(acked, response.acked_worker_seq), max(last_seq, response.last_seq)
+        shared = wpb.StreamWorkerEventsResponse.FromString(answer)
+        for ack in shared.acks:
+            if (ack.session_id, ack.lease_epoch) == self._key:
+                acked, last_seq = max(acked, ack.acked_worker_seq), max(last_seq, ack.last_seq)
+        for refused in shared.refused:
+            status = refused.status
+            rich = any(d.type_url == _ERROR_INFO for d in status.details)
+            code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN) if status.code else grpc.StatusCode.UNKNOWN
+            self._fuzzer._record("StreamWorkerEvents", "worker_token", Outcome(code, status.message, rich))
+            self._fuzzer.depth.counts["events_refused_in_band"] += 1
+        return acked, last_seq
 
 
 def _with_kind(request: rpb.PendingRequest, kind: int) -> rpb.PendingRequest:

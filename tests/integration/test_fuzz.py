@@ -56,6 +56,9 @@ def test_every_rpc_survives_arbitrary_and_malformed_requests(tmp_path):
     assert depth["events_malformed_after_ack"] >= MID_STREAM_EXAMPLES, depth
     assert depth["snapshot_malformed_after_header"] > 0, depth
     assert depth["events_turns_completed"] >= MID_STREAM_EXAMPLES // 2, depth
+    # Some of the sequences ran on the worker's shared stream, StreamWorkerEvents, as deep.
+    assert depth["events_malformed_after_ack_shared"] > 0, depth
+    assert depth["events_turns_completed_shared"] > 0, depth
     assert depth["requests_opened"] > 0, "some turns opened a real pending request to answer"
 
 
