@@ -8,7 +8,9 @@ a few dozen commits, not tens of thousands). A blob's `blobs` row is inserted in
 transaction of its last piece, once the SHA-256 of what arrived is its name: until then it does
 not exist for `missing` or `read`. Pieces of an upload that failed half-way stay until the same blob is
 uploaded again (they are overwritten) or the owner's data is purged. The pieces of a blob that is
-stored whole are never rewritten nor dropped by another upload of it, whatever that one sends.
+stored whole are never rewritten nor dropped by another upload of it, whatever that one sends
+(what a failed one wrote past the blob's end is dropped), and a read skips any piece past a
+blob's end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Exists, Table, and_, delete, exists, func, literal_column, select, update
+from sqlalchemy import Exists, Table, and_, case, delete, exists, func, literal_column, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -75,11 +77,11 @@ def _stored(owner: Any, digest: Any) -> Exists:
 
 @dataclass(frozen=True)
 class _Page:
-    """What one read of `SqlBlobStore.read` fetches: whole small blobs, or a range of one large
-    blob's pieces."""
+    """What one read of `SqlBlobStore.read` fetches: these pieces of each of `digests` (whole
+    small blobs, or a range of one large blob's pieces)."""
 
     digests: list[str]
-    pieces: range | None = None  # None: every piece of `digests`
+    pieces: range
 
 
 def _piece_count(size: int) -> int:
@@ -95,7 +97,7 @@ def _pages(batch: list[str], sizes: dict[str, int]) -> Iterator[_Page]:
     for digest in batch:
         size = sizes[digest]
         if group and held + size > _PAGE_BYTES:
-            yield _Page(group)
+            yield _Page(group, range(per_page))
             group, held = [], 0
         if size <= _PAGE_BYTES:
             group.append(digest)
@@ -104,7 +106,7 @@ def _pages(batch: list[str], sizes: dict[str, int]) -> Iterator[_Page]:
         for first in range(0, _piece_count(size), per_page):
             yield _Page([digest], range(first, first + per_page))
     if group:
-        yield _Page(group)
+        yield _Page(group, range(per_page))  # bounded even by stray pieces past their ends
 
 
 def _by_digest(
@@ -120,8 +122,7 @@ def _by_digest(
             pieces[digest].append((index, data))
     for digest in page.digests:
         count = _piece_count(sizes[digest])
-        wanted = page.pieces if page.pieces is not None else range(count)
-        wanted = range(wanted.start, min(wanted.stop, count))
+        wanted = range(page.pieces.start, min(page.pieces.stop, count))
         got = pieces[digest]
         if [i for i, _ in got] != list(wanted):
             raise KeyError(digest)
@@ -224,11 +225,21 @@ class SqlBlobStore:
         batch.clear()
 
     async def _drop_pieces(self, owner: str, digest: str) -> None:
-        """Drop what a failed upload left, unless the blob is stored whole meanwhile."""
+        """Drop what a failed upload left: every piece of the blob, or, if it is stored whole
+        (meanwhile, or from the start), the pieces past its end."""
+        pieces = (
+            select(case((_blobs.c.size == 0, 1), else_=(_blobs.c.size + (PIECE_BYTES - 1)) // PIECE_BYTES))
+            .where(and_(_blobs.c.owner_id == owner, _blobs.c.digest == digest))
+            .scalar_subquery()
+        )
         async with self._tx() as conn:
             await conn.execute(
                 delete(_pieces).where(
-                    and_(_pieces.c.owner_id == owner, _pieces.c.digest == digest, ~_stored(owner, digest))
+                    and_(
+                        _pieces.c.owner_id == owner,
+                        _pieces.c.digest == digest,
+                        _pieces.c.idx >= func.coalesce(pieces, 0),
+                    )
                 )
             )
 
@@ -261,10 +272,14 @@ class SqlBlobStore:
     @runs_to_the_end
     async def _page(self, owner: str, page: _Page) -> list[tuple[str, int, bytes]]:
         """The page's pieces as (digest, index, data), in digest then index order."""
-        where = [_pieces.c.owner_id == owner, _pieces.c.digest.in_(page.digests)]
-        if page.pieces is not None:
-            where += [_pieces.c.idx >= page.pieces.start, _pieces.c.idx < page.pieces.stop]
-        query = select(_pieces.c.digest, _pieces.c.idx, _pieces.c.data).where(and_(*where))
+        query = select(_pieces.c.digest, _pieces.c.idx, _pieces.c.data).where(
+            and_(
+                _pieces.c.owner_id == owner,
+                _pieces.c.digest.in_(page.digests),
+                _pieces.c.idx >= page.pieces.start,
+                _pieces.c.idx < page.pieces.stop,
+            )
+        )
         async with self._tx() as conn:
             rows = await conn.execute(query.order_by(_pieces.c.digest, _pieces.c.idx))
             return [(r.digest, r.idx, bytes(r.data)) for r in rows]

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tether.control_plane.domain.ports import BlobMismatch
@@ -73,18 +73,19 @@ async def test_blobs_of_every_size_come_out_whole_a_page_at_a_time(engine, monke
     sizes = [0, 1, 5000, PIECE_BYTES, PIECE_BYTES + 1, 4 * PIECE_BYTES, 9 * PIECE_BYTES + 7, 300]
     blobs = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
     digests = await _upload(store, *blobs)
-    pages: list[tuple[int, range | None]] = []
+    pages: list[tuple[list[str], range]] = []
     page = SqlBlobStore._page.__wrapped__  # type: ignore[attr-defined]
 
     async def counted(self, owner, p):
-        pages.append((len(p.digests), p.pieces))
+        pages.append((p.digests, p.pieces))
         return await page(self, owner, p)
 
     monkeypatch.setattr(SqlBlobStore, "_page", counted)
     assert await _read(store, digests) == dict(zip(digests, blobs, strict=True))
     # The 9 MiB blob came in three pages of at most four pieces; the small ones shared pages.
-    assert [p for n, p in pages if p is not None] == [range(0, 4), range(4, 8), range(8, 12)]
-    assert sum(n for n, p in pages if p is None) == len(sizes) - 1
+    big = digests[sizes.index(9 * PIECE_BYTES + 7)]
+    assert [p for ds, p in pages if ds == [big]] == [range(0, 4), range(4, 8), range(8, 12)]
+    assert sum(len(ds) for ds, _ in pages if big not in ds) == len(sizes) - 1
     assert len(pages) < len(sizes) + 2
 
 
@@ -146,11 +147,14 @@ async def test_a_missing_piece_ends_the_read_and_pieces_past_a_blobs_size_are_sk
         await conn.execute(
             update(_blobs._blobs).where(_blobs._blobs.c.digest == d_short).values(size=len(short) + PIECE_BYTES)
         )
-        await conn.execute(insert(_blobs._pieces).values(owner_id=OWNER, digest=d_long, idx=1, data=b"stray" * 10))
+        for idx in (1, 7):
+            await conn.execute(insert(_blobs._pieces).values(owner_id=OWNER, digest=d_long, idx=idx, data=b"stray"))
     with pytest.raises(KeyError) as gone:
         await _read(store, [d_short])
     assert gone.value.args == (d_short,)
     assert await _read(store, [d_long]) == {d_long: long}
+    # A page of small blobs never fetches more than its four pieces a blob, strays or not.
+    assert [idx for _, idx, _ in await store._page(OWNER, _blobs._Page([d_long], range(4)))] == [0, 1]
     with pytest.raises(KeyError):
         await _read(store, ["0" * 64])
 
@@ -167,7 +171,14 @@ async def test_an_upload_that_does_not_match_leaves_the_stored_blob_of_that_name
     async def forged() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
         yield digest, size, _chunks(b"b" * size)
 
-    with pytest.raises(BlobMismatch):
-        await store.put(OWNER, forged())
-    assert await _read(store, [digest]) == {digest: good}
-    assert await store.missing(OWNER, [digest]) == []
+    async def longer() -> AsyncIterator[tuple[str, int, AsyncIterator[bytes]]]:
+        yield digest, size + 2 * PIECE_BYTES, _chunks(b"b" * (size + 2 * PIECE_BYTES))
+
+    for upload in (forged, longer):
+        with pytest.raises(BlobMismatch):
+            await store.put(OWNER, upload())
+        assert await _read(store, [digest]) == {digest: good}
+        assert await store.missing(OWNER, [digest]) == []
+    async with eng.connect() as conn:  # and what the longer one wrote past the blob's end is gone
+        rows = await conn.execute(select(_blobs._pieces.c.idx).where(_blobs._pieces.c.digest == digest))
+        assert sorted(r.idx for r in rows) == list(range(_blobs._piece_count(size)))
