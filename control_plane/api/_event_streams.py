@@ -284,13 +284,14 @@ class EventStreams:
                         raise errors.InvalidArgument(
                             f"batches[{i}].lease_epoch", "is required (the epoch from the offer)"
                         )
+                cold = [k for k in dict.fromkeys((b.session_id, b.lease_epoch) for b in req.batches) if k not in loaded]
+                not_loaded = await self._load(worker_id, owner, cold, loaded) if cold else {}
                 for i, batch in enumerate(req.batches):
                     session_id, epoch = batch.session_id, batch.lease_epoch
                     key = (session_id, epoch)
                     try:
-                        if key not in loaded:
-                            await self._hub.load_for_worker(worker_id, session_id, epoch, owner)
-                            _remember(loaded, key)
+                        if key in not_loaded:
+                            raise not_loaded[key]
                         if not batch.events:
                             continue
                         incoming = _incoming(batch.events, f"batches[{i}].events")
@@ -309,3 +310,24 @@ class EventStreams:
             raise
         except Exception as exc:
             pending.put_nowait(exc)
+
+    async def _load(
+        self, worker_id: str, owner: str, keys: list[Key], loaded: dict[Key, None]
+    ) -> dict[Key, errors.DomainError]:
+        """Load and check the sessions of `keys` at once, not one after another: a worker
+        resending after a control-plane restart names many sessions no longer in memory, and
+        each load is a read. Returns why each one that failed did (its batches are refused);
+        anything but a DomainError ends the stream, as a failed load did before."""
+        results = await asyncio.gather(
+            *(self._hub.load_for_worker(worker_id, session_id, epoch, owner) for session_id, epoch in keys),
+            return_exceptions=True,
+        )
+        failed: dict[Key, errors.DomainError] = {}
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, errors.DomainError):
+                failed[key] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                _remember(loaded, key)
+        return failed

@@ -286,3 +286,40 @@ async def test_a_stream_remembers_a_bounded_number_of_refused_sessions(db_url, m
         await call.end()
         for run in runs:
             assert await _kinds(client, run.session_id) == ["input_received", "turn_started", "turn_completed"]
+
+
+async def test_the_sessions_a_message_names_are_loaded_at_once_and_a_failed_load_refuses_its_own(db_url, monkeypatch):
+    """After a control-plane restart a worker's first message names every session it resends,
+    none of them in memory: their loads (each a read) run at the same time, not one behind
+    another, and one that fails (here a stale epoch) refuses that batch alone."""
+    async with _control_plane(db_url, 0.0) as cp, _sessions(cp, "wkr_cold", 4) as (client, worker, runs):
+        assert cp.hub is not None
+        real = cp.hub.load_for_worker
+        in_flight = peak = 0
+
+        async def slow(*args: object) -> None:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await asyncio.sleep(0.2)  # a read that takes a while
+                await real(*args)  # type: ignore[arg-type]
+            finally:
+                in_flight -= 1
+
+        monkeypatch.setattr(cp.hub, "load_for_worker", slow)
+        stale = dataclasses.replace(runs[0], epoch=runs[0].epoch + 1)
+        call = Shared(worker)
+        await call.write(*((r, [started(1, r.turn_id, "wkr_cold")]) for r in [*runs, stale]))
+        await eventually(lambda: all(call.acks(r) == [1] for r in runs), timeout=10, what="every session's ack")
+        await eventually(lambda: bool(call.refusals(stale)), timeout=10, what="the stale epoch's refusal")
+        assert peak == 5  # all five (session, epoch) pairs at once
+        [refusal] = call.refusals(stale)
+        assert refusal.lease_epoch == stale.epoch and _reason(refusal) == "LEASE_LOST"
+        # Loaded once: the next batches go straight to ingest.
+        await call.write(*((r, [completed(2, r.turn_id)]) for r in runs))
+        await eventually(lambda: all(call.acks(r) == [1, 2] for r in runs), timeout=10, what="the turns' ends")
+        assert peak == 5 and in_flight == 0
+        await call.end()
+        for run in runs:
+            assert await _kinds(client, run.session_id) == ["input_received", "turn_started", "turn_completed"]
