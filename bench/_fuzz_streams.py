@@ -355,7 +355,10 @@ class StreamFuzzer:
         on = _Events(self, worker, session_id, epoch, plan.shared)
         on.send(events, first=True)
         acked = last_seq = 0
-        while acked < len(events) and (answer := on.stream.read()) is not None:
+        # Until they are acknowledged, or refused: a refusal ends a StreamEvents call, while
+        # StreamWorkerEvents answers it in-band and goes on (the lease tail may have released
+        # the lease already).
+        while acked < len(events) and not on.refused and (answer := on.stream.read()) is not None:
             acked, last_seq = on.acked(answer, acked, last_seq)
         if acked == len(events):
             self.depth.counts["events_streams_acked"] += 1
@@ -444,6 +447,7 @@ class _Events:
         self.shared = shared
         self.method = "StreamWorkerEvents" if shared else "StreamEvents"
         self.stream = _Stream(fuzzer._channel, _WORKER_EVENTS if shared else _EVENTS, worker.metadata)
+        self.refused = False  # a batch of this session was refused in-band
 
     def count(self, what: str) -> None:
         """Count how deep a sequence got, on either stream, and apart for the shared one."""
@@ -475,6 +479,7 @@ class _Events:
             if (ack.session_id, ack.lease_epoch) == self._key:
                 acked, last_seq = max(acked, ack.acked_worker_seq), max(last_seq, ack.last_seq)
         for refused in shared.refused:
+            self.refused = self.refused or (refused.session_id, refused.lease_epoch) == self._key
             status = refused.status
             rich = any(d.type_url == _ERROR_INFO for d in status.details)
             code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN) if status.code else grpc.StatusCode.UNKNOWN

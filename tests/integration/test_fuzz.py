@@ -8,13 +8,14 @@ mid-stream sequences) lives in bench/fuzz.py, which `make bench` runs with more 
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from bench._fuzz_requests import Requests
-from bench._fuzz_streams import EventsPlan, StreamFuzzer
+from bench._fuzz_requests import Outcome, Requests, problem
+from bench._fuzz_streams import STEP_TIMEOUT_S, EventsPlan, StreamFuzzer
 from bench.fuzz import VICTIM, LocalControlPlane, all_methods, run_fuzz, setup_fixtures
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
@@ -243,3 +244,28 @@ def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, bod
     assert kinds.count("input_received") == 1 and "request_resolved" not in kinds, kinds
     assert "turn_waiting" not in kinds[kinds.index("turn_started") :], kinds
     assert kinds[-1] == "turn_completed", "the worker still ends its turn on the next stream"
+
+
+def test_a_shared_stream_sequence_whose_lease_is_already_released_ends_without_waiting(tmp_path):
+    """Found by the mid-stream fuzz (its own harness): a sequence that releases its lease on the
+    Lease stream before sending events on StreamWorkerEvents gets them refused in-band, and the
+    stream goes on; the sequence waited for an ack that never came until the call's deadline,
+    and judged that a hang. It now stops waiting at the refusal, which is judged as an answer."""
+    answers: list[tuple[str, Outcome]] = []
+    with (
+        LocalControlPlane(tmp_path / "fuzz.db") as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        fixtures = setup_fixtures(server, channel)
+        streams = StreamFuzzer(
+            channel, fixtures.api_key, Requests(fixtures.ids), lambda name, _, outcome: answers.append((name, outcome))
+        )
+        started = time.monotonic()
+        streams.events_sequence(EventsPlan(0, None, (), 0, (("raw", b"\n\x01\xff"),), (), (("release", 0),), True))
+        elapsed = time.monotonic() - started
+    assert elapsed < STEP_TIMEOUT_S, "the sequence waited for the call's deadline"
+    shared = [outcome for name, outcome in answers if name == "StreamWorkerEvents"]
+    assert [problem(o) for o in shared] == [None] * len(shared), shared
+    refusals = [o for o in shared if o.code != grpc.StatusCode.OK]
+    assert refusals and all(o.rich for o in refusals), shared
+    assert streams.depth.counts["events_refused_in_band"] >= 1
