@@ -472,7 +472,12 @@ async def main() -> bool:
         "requests",
         methods=len(report.by_method),
         mid_stream_sequences=2 * BENCH_MID_STREAM_EXAMPLES,
-        mid_stream_malformed_messages=sum(v for k, v in report.mid_stream.items() if "_malformed_" in k),
+        # (the `_shared` counts are the StreamWorkerEvents share of the others, not more)
+        mid_stream_malformed_messages=sum(
+            v for k, v in report.mid_stream.items() if "_malformed_" in k and not k.endswith("_shared")
+        ),
+        mid_stream_malformed_shared=report.mid_stream["events_malformed_after_ack_shared"],
+        refused_in_band=report.mid_stream["events_refused_in_band"],
         seconds=round(report.seconds, 1),
     )
     emit("fuzz_internal_errors", report.internal_errors, "responses")
