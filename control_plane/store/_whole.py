@@ -8,8 +8,9 @@ thread that the forced close has already stopped: the event loop then never fini
 cancelling its tasks at shutdown (seen as a test teardown hung in `_cancel_all_tasks`).
 
 So a read runs in a task of its own (`Reader`, every method; the credential and blob
-stores' reads, method by method, and `SqlBlobStore.read` page by page); a cancelled caller waits for it to end (a read takes
-milliseconds), then is cancelled as asked, and the connection goes back to the pool whole.
+stores' reads, method by method, and `SqlBlobStore.read` page by page); a cancelled caller
+waits for it to end (a read takes milliseconds), then is cancelled as asked, and the
+connection goes back to the pool whole.
 """
 
 from __future__ import annotations
