@@ -7,16 +7,19 @@ mid-stream sequences) lives in bench/fuzz.py, which `make bench` runs with more 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import pathlib
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from bench._fuzz_requests import Outcome, Requests, problem
-from bench._fuzz_streams import STEP_TIMEOUT_S, EventsPlan, StreamFuzzer
-from bench.fuzz import VICTIM, LocalControlPlane, all_methods, run_fuzz, setup_fixtures
+from bench._fuzz_streams import STEP_TIMEOUT_S, EventsPlan, Record, StreamFuzzer
+from bench.fuzz import VICTIM, Fixtures, LocalControlPlane, all_methods, run_fuzz, setup_fixtures
 from tether.v1 import resources_pb2 as rpb
 from tether.v1 import session_service_pb2 as spb
 from tether.v1 import session_service_pb2_grpc as sgrpc
@@ -164,6 +167,18 @@ async def test_a_huge_worker_id_gets_a_readable_error(control_plane, channel):
     assert len(info.value.details()) < 200
 
 
+@contextlib.contextmanager
+def _stream_fuzzer(tmp_path: pathlib.Path, record: Record) -> Iterator[tuple[grpc.Channel, Fixtures, StreamFuzzer]]:
+    """A fuzz control plane with its fixtures, and the mid-stream sequences' runner on it that
+    hands every answer to `record`."""
+    with (
+        LocalControlPlane(tmp_path / "fuzz.db") as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        fixtures = setup_fixtures(server, channel)
+        yield channel, fixtures, StreamFuzzer(channel, fixtures.api_key, Requests(fixtures.ids), record)
+
+
 HUGE = 60_000  # characters: under the 64 KiB answer limit, over what a client takes in trailers
 
 
@@ -181,17 +196,12 @@ def test_a_refused_answer_that_quotes_huge_text_still_arrives_as_invalid_argumen
     decision the request takes. Uncut, the status outgrew the client's trailer limit and arrived
     as RESOURCE_EXHAUSTED "received metadata size exceeds hard limit", with no ErrorInfo."""
     answers = []
-    with (
-        LocalControlPlane(tmp_path / "fuzz.db") as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        fixtures = setup_fixtures(server, channel)
-        streams = StreamFuzzer(
-            channel,
-            fixtures.api_key,
-            Requests(fixtures.ids),
-            lambda name, _, outcome: answers.append(outcome) if name == "RespondToRequest" else None,
-        )
+
+    def record(name: str, _: str, outcome: Outcome) -> None:
+        if name == "RespondToRequest":
+            answers.append(outcome)
+
+    with _stream_fuzzer(tmp_path, record) as (_, _, streams):
         opened = rpb.PendingRequest(kind=rpb.REQUEST_KIND_COMMAND_APPROVAL, available_decisions=offered)
         streams.events_sequence(EventsPlan(0, opened.SerializeToString(), (json.dumps(answer),), 0, (), ()))
     assert streams.depth.counts["requests_opened"] == 1
@@ -220,15 +230,12 @@ def test_a_worker_cannot_write_the_events_the_control_plane_writes(tmp_path, bod
     """Found by the mid-stream fuzz: a worker's request_resolved (and turn_waiting) was stored,
     so a session's log could show an answer (to a request that never existed) that no
     application gave, or a running turn said to wait."""
-    answers = []
-    with (
-        LocalControlPlane(tmp_path / "fuzz.db") as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        fixtures = setup_fixtures(server, channel)
-        streams = StreamFuzzer(
-            channel, fixtures.api_key, Requests(fixtures.ids), lambda name, _, outcome: answers.append((name, outcome))
-        )
+    answers: list[tuple[str, Outcome]] = []
+
+    def record(name: str, _: str, outcome: Outcome) -> None:
+        answers.append((name, outcome))
+
+    with _stream_fuzzer(tmp_path, record) as (channel, fixtures, streams):
         streams.events_sequence(EventsPlan(0, None, (), 0, (("event", body.SerializeToString(), 0),), ()))
         md = (("authorization", f"Bearer {fixtures.api_key}"),)
         sessions = sgrpc.SessionServiceStub(channel)
@@ -252,14 +259,7 @@ def test_a_shared_stream_sequence_whose_lease_is_already_released_ends_without_w
     stream goes on; the sequence waited for an ack that never came until the call's deadline,
     and judged that a hang. It now stops waiting at the refusal, which is judged as an answer."""
     answers: list[tuple[str, Outcome]] = []
-    with (
-        LocalControlPlane(tmp_path / "fuzz.db") as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        fixtures = setup_fixtures(server, channel)
-        streams = StreamFuzzer(
-            channel, fixtures.api_key, Requests(fixtures.ids), lambda name, _, outcome: answers.append((name, outcome))
-        )
+    with _stream_fuzzer(tmp_path, lambda name, _, outcome: answers.append((name, outcome))) as (_, _, streams):
         started = time.monotonic()
         streams.events_sequence(EventsPlan(0, None, (), 0, (("raw", b"\n\x01\xff"),), (), (("release", 0),), True))
         elapsed = time.monotonic() - started
