@@ -118,13 +118,11 @@ def _by_digest(
     SHA-256, an export each blob's size)."""
     pieces: dict[str, list[tuple[int, bytes]]] = {d: [] for d in page.digests}
     for digest, index, data in rows:
-        if index < _piece_count(sizes[digest]):  # past the end: left by an upload cut off half-way
-            pieces[digest].append((index, data))
+        pieces[digest].append((index, data))
     for digest in page.digests:
         count = _piece_count(sizes[digest])
-        wanted = range(page.pieces.start, min(page.pieces.stop, count))
-        got = pieces[digest]
-        if [i for i, _ in got] != list(wanted):
+        got = [(i, data) for i, data in pieces[digest] if i < count]  # past the end: a cut-off upload's
+        if [i for i, _ in got] != list(range(page.pieces.start, min(page.pieces.stop, count))):
             raise KeyError(digest)
         yield digest, [data for _, data in got]
 
