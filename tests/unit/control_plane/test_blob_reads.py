@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests.unit.control_plane.test_reads_run_to_the_end import terminations
 from tether.control_plane.domain.ports import BlobMismatch
 from tether.control_plane.store import _blobs
 from tether.control_plane.store._blobs import PIECE_BYTES, SqlBlobStore
@@ -46,16 +47,8 @@ async def engine(db_url: str) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
     """SQLite and PostgreSQL (`db_url`), with every connection SQLAlchemy terminates counted."""
     engine = create_async_engine(database_url(db_url))
     await ensure_schema(engine, migrate=True)
-    terminated: list[str] = []
-    original = engine.dialect.do_terminate
-
-    def do_terminate(dbapi_connection: object) -> None:
-        terminated.append("terminated")
-        original(dbapi_connection)
-
-    engine.dialect.do_terminate = do_terminate  # type: ignore[method-assign]
     try:
-        yield engine, terminated
+        yield engine, terminations(engine)
     finally:
         await engine.dispose()
 
@@ -94,6 +87,8 @@ async def test_a_caller_that_goes_away_mid_read_cuts_no_query_off(engine, monkey
     store = SqlBlobStore(eng)
     [digest] = await _upload(store, b"x" * (12 * PIECE_BYTES))
     started, finished = asyncio.Event(), []
+    # The slowed page below runs to its end through the same decorator the store's own does.
+    assert hasattr(SqlBlobStore._page, "__wrapped__")
     page = SqlBlobStore._page.__wrapped__  # type: ignore[attr-defined]
 
     async def slow(self, owner, p):

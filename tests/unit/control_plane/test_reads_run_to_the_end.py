@@ -21,9 +21,9 @@ from tether.control_plane.store._whole import to_the_end
 SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
 
 
-@pytest.fixture
-async def engine(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
+def terminations(engine: AsyncEngine) -> list[str]:
+    """A list that gets "terminated" each time SQLAlchemy terminates one of `engine`'s
+    connections (what a query cut off by a cancellation leads to)."""
     terminated: list[str] = []
     dialect = engine.dialect
     original = dialect.do_terminate
@@ -33,8 +33,14 @@ async def engine(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AsyncEngine, lis
         original(dbapi_connection)
 
     dialect.do_terminate = do_terminate  # type: ignore[method-assign]
+    return terminated
+
+
+@pytest.fixture
+async def engine(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AsyncEngine, list[str]]]:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
     try:
-        yield engine, terminated
+        yield engine, terminations(engine)
     finally:
         await engine.dispose()
 
