@@ -225,7 +225,7 @@ class SqlBlobStore:
     async def _drop_pieces(self, owner: str, digest: str) -> None:
         """Drop what a failed upload left: every piece of the blob, or, if it is stored whole
         (meanwhile, or from the start), the pieces past its end."""
-        pieces = (
+        pieces = (  # `_piece_count(size)` of the stored blob, in SQL: one statement, no race
             select(case((_blobs.c.size == 0, 1), else_=(_blobs.c.size + (PIECE_BYTES - 1)) // PIECE_BYTES))
             .where(and_(_blobs.c.owner_id == owner, _blobs.c.digest == digest))
             .scalar_subquery()
